@@ -1,0 +1,173 @@
+//! `RedisConfig`.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::backends::{DEFAULT_PREFIX, redact_url};
+use crate::error::StoreError;
+
+/// How to reach Redis.
+///
+/// ```
+/// use std::time::Duration;
+/// use battlement::backends::RedisConfig;
+///
+/// let config: RedisConfig = serde_json::from_str(r#"{
+///     "urls": ["redis://:secret@127.0.0.1:6379"],
+///     "prefix": "shop",
+///     "timeout": "20ms"
+/// }"#).unwrap();
+/// assert_eq!(config.timeout(), Duration::from_millis(20));
+/// assert!(!format!("{config:?}").contains("secret"));
+/// ```
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    urls: Vec<String>,
+    #[serde(default)]
+    cluster: bool,
+    #[serde(default = "default_prefix")]
+    prefix: String,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    connect_timeout: Duration,
+}
+
+fn default_prefix() -> String {
+    DEFAULT_PREFIX.to_owned()
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_millis(50)
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl RedisConfig {
+    /// One standalone server, e.g. `redis://:password@host:6379/0`.
+    pub fn standalone(url: impl Into<String>) -> Self {
+        Self {
+            urls: vec![url.into()],
+            cluster: false,
+            prefix: default_prefix(),
+            timeout: default_timeout(),
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+
+    /// A Redis Cluster reached through these seed nodes.
+    pub fn cluster<I, S>(seeds: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            urls: seeds.into_iter().map(Into::into).collect(),
+            cluster: true,
+            ..Self::standalone("")
+        }
+    }
+
+    /// Namespaces every key under `prefix` (default `battlement`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Bounds every call (default 50 ms).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Bounds connecting (default 2 s).
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The per-call timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The connect timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The server URLs (one, or the cluster seeds).
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    pub(crate) fn prefix_str(&self) -> &str {
+        &self.prefix
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), StoreError> {
+        if self.urls.is_empty() || self.urls.iter().any(String::is_empty) {
+            return Err(StoreError::Config("redis: no server URL".into()));
+        }
+        if !self.cluster && self.urls.len() > 1 {
+            return Err(StoreError::Config(
+                "redis: several URLs given for a standalone server; use RedisConfig::cluster".into(),
+            ));
+        }
+        if self.timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err(StoreError::Config("redis: timeouts must be above zero".into()));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let urls: Vec<String> = self.urls.iter().map(|u| redact_url(u)).collect();
+        f.debug_struct("RedisConfig")
+            .field("urls", &urls)
+            .field("cluster", &self.cluster)
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_configs_are_errors_not_panics() {
+        assert!(RedisConfig::standalone("").validate().is_err());
+        assert!(RedisConfig::cluster(Vec::<String>::new()).validate().is_err());
+        let two = RedisConfig {
+            urls: vec!["redis://a".into(), "redis://b".into()],
+            ..RedisConfig::standalone("x")
+        };
+        assert!(two.validate().is_err());
+        let zero = RedisConfig::standalone("redis://a").with_timeout(Duration::ZERO);
+        assert!(zero.validate().is_err());
+        let err = serde_json::from_str::<RedisConfig>(r#"{"urls":["redis://a"],"timeot":"1s"}"#);
+        assert!(err.is_err(), "unknown fields are rejected");
+    }
+
+    #[test]
+    fn debug_hides_passwords() {
+        let c = RedisConfig::cluster(["redis://u:pw1@a:1", "redis://:pw2@b:2"]);
+        let s = format!("{c:?}");
+        assert!(!s.contains("pw1") && !s.contains("pw2"), "{s}");
+        assert!(s.contains("u:***@a:1"));
+    }
+}

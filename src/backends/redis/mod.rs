@@ -1,0 +1,187 @@
+//! `RedisStore`: state shared by every instance through Redis (standalone or
+//! Cluster).
+
+mod config;
+
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, RedisError};
+
+pub use config::RedisConfig;
+
+use super::{Backend, KeySpace};
+use crate::error::StoreError;
+
+/// State in Redis, shared by every process that points at the same server.
+///
+/// One multiplexed connection (standalone: redis's `ConnectionManager`,
+/// which reconnects by itself; Cluster: the cluster client, which follows
+/// slot moves) is shared by every clone, so concurrent callers pipeline
+/// over it. Every call is bounded by the configured timeout (default 50 ms).
+///
+/// ```no_run
+/// # async fn run() -> Result<(), battlement::StoreError> {
+/// use battlement::backends::{Backend, RedisConfig, RedisStore};
+/// let redis = RedisStore::connect("redis://127.0.0.1:6379").await?;
+/// redis.ping().await?;
+/// let cluster = RedisStore::from_config(
+///     RedisConfig::cluster(["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]).prefix("shop"),
+/// ).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: RwLock<Option<Connection>>,
+    keys: KeySpace,
+    timeout: Duration,
+    config: RedisConfig,
+}
+
+#[derive(Clone)]
+enum Connection {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl RedisStore {
+    /// Connects to one standalone server at `url` with default settings.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::from_config(RedisConfig::standalone(url)).await
+    }
+
+    /// Connects as `config` says and checks the server answers a `PING`.
+    pub async fn from_config(config: RedisConfig) -> Result<Self, StoreError> {
+        config.validate()?;
+        let keys = KeySpace::new(config.prefix_str())?;
+        let connect = open(&config);
+        let conn = tokio::time::timeout(config.connect_timeout(), connect)
+            .await
+            .map_err(|_| StoreError::Timeout(config.connect_timeout()))??;
+        let store = Self {
+            inner: Arc::new(Inner {
+                conn: RwLock::new(Some(conn)),
+                keys,
+                timeout: config.timeout(),
+                config,
+            }),
+        };
+        store.ping().await?;
+        Ok(store)
+    }
+
+    /// The settings this store was built from.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// Runs `cmd` with the per-call timeout; errors are mapped to
+    /// [`StoreError`].
+    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        let conn = self.connection()?;
+        let call = async move {
+            match conn {
+                Connection::Standalone(mut c) => cmd.query_async(&mut c).await,
+                Connection::Cluster(mut c) => cmd.query_async(&mut c).await,
+            }
+        };
+        match tokio::time::timeout(self.inner.timeout, call).await {
+            Ok(result) => result.map_err(map_error),
+            Err(_) => Err(StoreError::Timeout(self.inner.timeout)),
+        }
+    }
+
+    fn connection(&self) -> Result<Connection, StoreError> {
+        let guard = self
+            .inner
+            .conn
+            .read()
+            .map_err(|_| StoreError::Closed)?;
+        guard.clone().ok_or(StoreError::Closed)
+    }
+}
+
+async fn open(config: &RedisConfig) -> Result<Connection, StoreError> {
+    if config.is_cluster() {
+        let client = ClusterClient::builder(config.urls().iter().map(String::as_str))
+            .connection_timeout(config.connect_timeout())
+            .response_timeout(config.connect_timeout())
+            .retries(2)
+            .build()
+            .map_err(config_error)?;
+        let conn = client.get_async_connection().await.map_err(map_error)?;
+        Ok(Connection::Cluster(conn))
+    } else {
+        let url = config.urls().first().map(String::as_str).unwrap_or_default();
+        let client = redis::Client::open(url).map_err(config_error)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout()))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let manager =
+            ConnectionManager::new_lazy_with_config(client, manager_config).map_err(map_error)?;
+        Ok(Connection::Standalone(manager))
+    }
+}
+
+fn config_error(err: RedisError) -> StoreError {
+    StoreError::Config(format!("redis: {err}"))
+}
+
+/// Maps a redis client error without leaking its type.
+pub(crate) fn map_error(err: RedisError) -> StoreError {
+    if err.is_timeout() {
+        StoreError::Timeout(Duration::ZERO)
+    } else if err.is_io_error()
+        || err.is_connection_refusal()
+        || err.is_connection_dropped()
+        || err.is_unrecoverable_error()
+        || err.is_cluster_error()
+    {
+        StoreError::Unavailable(format!("redis: {err}"))
+    } else {
+        StoreError::Backend(format!("redis: {err}"))
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backend for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn keyspace(&self) -> &KeySpace {
+        &self.inner.keys
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let reply: String = self.query(&redis::cmd("PING")).await?;
+        if reply == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::Protocol(format!("redis: PING answered {reply:?}")))
+        }
+    }
+
+    fn close(&self) {
+        if let Ok(mut conn) = self.inner.conn.write() {
+            conn.take();
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Time for every decision, behind one trait so tests can drive it.
+//!
+//! ```
+//! use std::time::Duration;
+//! use battlement::clock::{Clock, ManualClock};
+//!
+//! let clock = ManualClock::new(Duration::from_secs(1_000));
+//! let before = clock.now();
+//! clock.advance(Duration::from_millis(250));
+//! assert_eq!(clock.now() - before, Duration::from_millis(250));
+//! ```
+//!
+//! Every "now" in battlement comes from a [`Clock`] (SPEC C-4). Time is a
+//! [`Duration`] since the UNIX epoch, so decisions made by several processes
+//! against one shared store compare like with like. [`SystemClock`] anchors
+//! a monotonic [`Instant`] to the wall clock once, so it never runs backwards
+//! within a process; [`ManualClock`] only moves when a test moves it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A source of the current time, as a duration since the UNIX epoch.
+pub trait Clock: Send + Sync + fmt::Debug + 'static {
+    /// The current time.
+    fn now(&self) -> Duration;
+}
+
+/// A clock shared between layers and stores.
+pub type SharedClock = Arc<dyn Clock>;
+
+/// The process clock: wall time at start plus monotonic time since.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock {
+    wall: Duration,
+    start: Instant,
+}
+
+impl SystemClock {
+    /// Reads the wall clock once and follows the monotonic clock from there.
+    pub fn new() -> Self {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Self {
+            wall,
+            start: Instant::now(),
+        }
+    }
+
+    /// The system clock as a [`SharedClock`].
+    pub fn shared() -> SharedClock {
+        Arc::new(Self::new())
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        self.wall + self.start.elapsed()
+    }
+}
+
+/// A clock that moves only when told to; clones share the same time.
+#[derive(Debug, Clone, Default)]
+pub struct ManualClock {
+    nanos: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock standing at `start` since the UNIX epoch.
+    pub fn new(start: Duration) -> Self {
+        let clock = Self::default();
+        clock.set(start);
+        clock
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        self.nanos.fetch_add(saturating_nanos(by), Ordering::SeqCst);
+    }
+
+    /// Sets the clock to `to` since the UNIX epoch.
+    pub fn set(&self, to: Duration) {
+        self.nanos.store(saturating_nanos(to), Ordering::SeqCst);
+    }
+
+    /// This clock as a [`SharedClock`] (sharing the same time).
+    pub fn shared(&self) -> SharedClock {
+        Arc::new(self.clone())
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Ordering::SeqCst))
+    }
+}
+
+fn saturating_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_clock_is_wall_time_and_never_goes_back() {
+        let clock = SystemClock::new();
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        let a = clock.now();
+        let b = clock.now();
+        assert!(b >= a);
+        assert!(a.abs_diff(wall) < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn manual_clock_clones_share_time() {
+        let clock = ManualClock::new(Duration::from_secs(5));
+        let other = clock.clone();
+        other.advance(Duration::from_millis(1));
+        assert_eq!(clock.now(), Duration::from_millis(5_001));
+        clock.set(Duration::ZERO);
+        assert_eq!(other.shared().now(), Duration::ZERO);
+    }
+}

@@ -1,0 +1,121 @@
+//! The shared backend test suite: every case runs against every backend.
+//!
+//! ```ignore
+//! // tests/conformance_redis.rs
+//! mod support;
+//! battlement::backend_suite!(support::RedisHarness::start().await);
+//! battlement::backend_fault_suite!(support::RedisHarness::start().await);
+//! ```
+//!
+//! A suite is a module of generic async functions, one per guarantee, each
+//! taking a [`Harness`] that can build stores on the server under test.
+//! The macros stamp one named `#[tokio::test]` per case, so a failing case
+//! is reported on its own, for each backend. The harness expression is
+//! evaluated inside each test, so each test gets its own server when the
+//! harness starts one.
+//!
+//! A new backend passes the suite by implementing [`Harness`] (and
+//! [`FaultHarness`] when its server can be stopped) and invoking the
+//! macros. The in-memory harness is [`MemoryHarness`].
+
+// Test code: a failed expectation is a failed test.
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
+
+pub mod backend;
+mod memory;
+
+use std::future::Future;
+
+pub use memory::MemoryHarness;
+
+use crate::backends::Backend;
+use crate::error::StoreError;
+
+/// Builds stores connected to the backend under test.
+pub trait Harness: Send + Sync + 'static {
+    /// The backend type.
+    type Store: Backend;
+
+    /// A store on a fresh, unique key prefix.
+    fn store(&self) -> impl Future<Output = Self::Store> + Send {
+        async {
+            let prefix = unique_prefix();
+            match self.store_with_prefix(&prefix).await {
+                Ok(store) => store,
+                Err(err) => panic!("harness could not build a store: {err}"),
+            }
+        }
+    }
+
+    /// A store on `prefix`; invalid settings are errors.
+    fn store_with_prefix(
+        &self,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Self::Store, StoreError>> + Send;
+}
+
+/// A harness whose server can be made to fail.
+pub trait FaultHarness: Harness {
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    fn pause(&mut self);
+    /// Unfreezes a paused server.
+    fn resume(&mut self);
+    /// Kills the server.
+    fn stop(&mut self);
+    /// Starts the server again on the same address and waits until it is
+    /// ready.
+    fn restart(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// A key prefix no other test uses.
+pub fn unique_prefix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("t{}-{n}", std::process::id())
+}
+
+/// Stamps one `#[tokio::test]` per case of a suite module.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    ($harness:expr; $suite:ident; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let harness = $harness;
+                $crate::conformance::$suite::$case(harness).await;
+            }
+        )*
+    };
+}
+
+/// The backend suite (connect, ping, close, namespacing, health) for a
+/// [`Harness`] expression.
+#[macro_export]
+macro_rules! backend_suite {
+    ($harness:expr) => {
+        $crate::__conformance_cases!($harness; backend;
+            ping_answers,
+            clones_share_one_connection,
+            close_stops_every_clone,
+            keys_are_namespaced_and_escaped,
+            invalid_prefix_is_rejected,
+            health_check_passes_with_latency,
+            debug_output_has_no_secrets,
+        );
+    };
+}
+
+/// The backend fault suite (hung server, outage, restart) for a
+/// [`FaultHarness`] expression.
+#[macro_export]
+macro_rules! backend_fault_suite {
+    ($harness:expr) => {
+        $crate::__conformance_cases!($harness; backend;
+            hung_server_times_out,
+            outage_fails_fast_and_recovers,
+            health_check_fails_then_recovers,
+        );
+    };
+}

@@ -1,0 +1,503 @@
+//! Key extractors: who a request belongs to, for per-key limits and state.
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use battlement::key::{ClientIp, KeyExtractor, PeerAddr, RequestHead};
+//!
+//! // Behind one trusted load balancer at 10.0.0.1.
+//! let extractor = ClientIp::new(["10.0.0.0/8".parse().unwrap()]);
+//! let mut req = http::Request::get("/")
+//!     // The client tried to spoof the left-most entry.
+//!     .header("x-forwarded-for", "1.1.1.1, 203.0.113.7")
+//!     .body(())
+//!     .unwrap();
+//! req.extensions_mut().insert(PeerAddr("10.0.0.1:443".parse::<SocketAddr>().unwrap()));
+//! let key = extractor.extract(&RequestHead::of(&req)).unwrap();
+//! assert_eq!(key.as_str(), "203.0.113.7");
+//! ```
+//!
+//! An extractor reads a [`RequestHead`] (method, URI, headers, extensions)
+//! and returns a [`Key`] or a [`KeyError`]. Keys are opaque strings that
+//! may hold client-controlled bytes; backends encode them before they reach
+//! a server (SPEC C-9).
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::header::{FORWARDED, HeaderName};
+use http::{Extensions, HeaderMap, Method, Request, StatusCode, Uri};
+use ipnet::IpNet;
+
+use crate::reject::Problem;
+
+/// A borrowed view of a request's head, given to key extractors.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    /// The request method.
+    pub method: &'a Method,
+    /// The request URI.
+    pub uri: &'a Uri,
+    /// The request headers.
+    pub headers: &'a HeaderMap,
+    /// The request extensions (peer address, matched route, ...).
+    pub extensions: &'a Extensions,
+}
+
+impl<'a> RequestHead<'a> {
+    /// The head of `req`.
+    pub fn of<B>(req: &'a Request<B>) -> Self {
+        Self {
+            method: req.method(),
+            uri: req.uri(),
+            headers: req.headers(),
+            extensions: req.extensions(),
+        }
+    }
+}
+
+/// The key a request is counted under.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(Arc<str>);
+
+impl Key {
+    /// A key holding `s`.
+    pub fn new(s: impl Into<Arc<str>>) -> Self {
+        Self(s.into())
+    }
+
+    /// The key as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for Key {
+    fn from(s: &str) -> Self {
+        Self::new(s)
+    }
+}
+
+impl From<String> for Key {
+    fn from(s: String) -> Self {
+        Self::new(s)
+    }
+}
+
+impl From<IpAddr> for Key {
+    fn from(ip: IpAddr) -> Self {
+        Self::new(ip.to_canonical().to_string())
+    }
+}
+
+/// Why no key could be taken from a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// A required header was absent.
+    #[error("missing header {0}")]
+    MissingHeader(HeaderName),
+    /// A header held a value that cannot be a key.
+    #[error("invalid header {0}: {1}")]
+    InvalidHeader(HeaderName, &'static str),
+    /// The server did not record the peer address (a deployment error:
+    /// serve with connect info, or insert [`PeerAddr`]).
+    #[error("peer address unknown")]
+    MissingPeer,
+    /// A custom extractor rejected the request.
+    #[error("{0}")]
+    Rejected(String),
+}
+
+impl From<KeyError> for Problem {
+    fn from(err: KeyError) -> Self {
+        match err {
+            KeyError::MissingPeer => {
+                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
+                    .detail("the server cannot tell the client address")
+            }
+            other => Problem::new(StatusCode::BAD_REQUEST, "Bad Request").detail(other.to_string()),
+        }
+    }
+}
+
+/// Takes a [`Key`] from a request.
+pub trait KeyExtractor: Send + Sync + 'static {
+    /// The key of the request with this head.
+    fn extract(&self, head: &RequestHead<'_>) -> Result<Key, KeyError>;
+}
+
+impl<T: KeyExtractor + ?Sized> KeyExtractor for Arc<T> {
+    fn extract(&self, head: &RequestHead<'_>) -> Result<Key, KeyError> {
+        (**self).extract(head)
+    }
+}
+
+/// One key for every request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GlobalKey;
+
+impl KeyExtractor for GlobalKey {
+    fn extract(&self, _: &RequestHead<'_>) -> Result<Key, KeyError> {
+        Ok(Key::from("global"))
+    }
+}
+
+/// The peer's socket address, for servers that are neither axum nor tonic:
+/// insert it into the request extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The address of the connection's peer, from axum's `ConnectInfo`,
+/// tonic's `TcpConnectInfo` or a [`PeerAddr`] extension.
+pub fn peer_ip(extensions: &Extensions) -> Option<IpAddr> {
+    if let Some(PeerAddr(addr)) = extensions.get::<PeerAddr>() {
+        return Some(addr.ip().to_canonical());
+    }
+    #[cfg(feature = "axum")]
+    if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+        return Some(info.0.ip().to_canonical());
+    }
+    #[cfg(feature = "tonic")]
+    if let Some(addr) = extensions
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|info| info.remote_addr())
+    {
+        return Some(addr.ip().to_canonical());
+    }
+    None
+}
+
+/// The IP address of the connection's peer (see [`peer_ip`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PeerIp;
+
+impl KeyExtractor for PeerIp {
+    fn extract(&self, head: &RequestHead<'_>) -> Result<Key, KeyError> {
+        peer_ip(head.extensions).map(Key::from).ok_or(KeyError::MissingPeer)
+    }
+}
+
+/// Which header a [`ClientIp`] reads the proxy chain from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2`.
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`.
+    Forwarded,
+}
+
+/// The client's IP behind trusted proxies.
+///
+/// Starting from the peer address and walking the forwarding header from
+/// right to left, the first address that is **not** in the trusted list is
+/// the client. Entries to its left were written by the client and are never
+/// used, so a spoofed left-most `X-Forwarded-For` entry cannot choose the
+/// key. When the peer itself is untrusted the header is ignored. When every
+/// hop is trusted the left-most one is the client. A hop that cannot be
+/// parsed (`unknown`, an obfuscated name, garbage) stops the walk at the
+/// last trusted address, which is then the key.
+#[derive(Debug, Clone)]
+pub struct ClientIp {
+    trusted: Arc<[IpNet]>,
+    header: ForwardedHeader,
+}
+
+impl ClientIp {
+    /// Trusts proxies in these networks; reads `X-Forwarded-For`.
+    pub fn new(trusted: impl IntoIterator<Item = IpNet>) -> Self {
+        Self {
+            trusted: trusted.into_iter().collect(),
+            header: ForwardedHeader::XForwardedFor,
+        }
+    }
+
+    /// Reads the chain from `header` instead.
+    pub fn header(mut self, header: ForwardedHeader) -> Self {
+        self.header = header;
+        self
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client address of a request with this peer and these headers.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let mut client = peer.to_canonical();
+        if !self.is_trusted(client) {
+            return client;
+        }
+        let hops = match self.header {
+            ForwardedHeader::XForwardedFor => hops_in(headers, "x-forwarded-for", parse_xff_hop),
+            ForwardedHeader::Forwarded => hops_in(headers, FORWARDED.as_str(), parse_forwarded_hop),
+        };
+        for hop in hops.into_iter().rev() {
+            match hop {
+                Some(ip) => {
+                    client = ip;
+                    if !self.is_trusted(ip) {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        client
+    }
+}
+
+impl KeyExtractor for ClientIp {
+    fn extract(&self, head: &RequestHead<'_>) -> Result<Key, KeyError> {
+        let peer = peer_ip(head.extensions).ok_or(KeyError::MissingPeer)?;
+        Ok(Key::from(self.client_ip(peer, head.headers)))
+    }
+}
+
+/// Every comma-separated element of every `name` header, in order; `None`
+/// for an element that is not an address.
+fn hops_in(headers: &HeaderMap, name: &str, parse: fn(&str) -> Option<IpAddr>) -> Vec<Option<IpAddr>> {
+    let mut hops = Vec::new();
+    for value in headers.get_all(name) {
+        match value.to_str() {
+            Ok(s) => hops.extend(s.split(',').map(|e| parse(e.trim()))),
+            Err(_) => hops.push(None),
+        }
+    }
+    hops
+}
+
+fn parse_xff_hop(s: &str) -> Option<IpAddr> {
+    parse_addr(s)
+}
+
+fn parse_forwarded_hop(element: &str) -> Option<IpAddr> {
+    element.split(';').find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("for") {
+            return None;
+        }
+        let value = value.trim();
+        let value = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
+        parse_addr(value)
+    })
+}
+
+/// `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`, `[2001:db8::1]`, `[2001:db8::1]:80`.
+fn parse_addr(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some(sa.ip().to_canonical());
+    }
+    let inner = s.strip_prefix('[')?.strip_suffix(']')?;
+    inner.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+}
+
+/// The value of a header, e.g. an API key. Values must be 1..=`max_len`
+/// visible ASCII characters.
+#[derive(Debug, Clone)]
+pub struct HeaderKey {
+    name: HeaderName,
+    max_len: usize,
+}
+
+impl HeaderKey {
+    /// Keys by the value of `name` (at most 256 characters).
+    pub fn new(name: HeaderName) -> Self {
+        Self { name, max_len: 256 }
+    }
+
+    /// Accepts values up to `max_len` characters.
+    pub fn max_len(mut self, max_len: usize) -> Self {
+        self.max_len = max_len;
+        self
+    }
+}
+
+impl KeyExtractor for HeaderKey {
+    fn extract(&self, head: &RequestHead<'_>) -> Result<Key, KeyError> {
+        let value = head
+            .headers
+            .get(&self.name)
+            .ok_or_else(|| KeyError::MissingHeader(self.name.clone()))?;
+        let bytes = value.as_bytes();
+        if bytes.is_empty() || bytes.len() > self.max_len {
+            return Err(KeyError::InvalidHeader(self.name.clone(), "bad length"));
+        }
+        if !bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+            return Err(KeyError::InvalidHeader(self.name.clone(), "not visible ASCII"));
+        }
+        let s = value
+            .to_str()
+            .map_err(|_| KeyError::InvalidHeader(self.name.clone(), "not visible ASCII"))?;
+        Ok(Key::from(s))
+    }
+}
+
+/// A key computed by a closure; see [`key_fn`].
+#[derive(Clone)]
+pub struct KeyFn<F>(F);
+
+impl<F> fmt::Debug for KeyFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyFn")
+    }
+}
+
+/// A key extractor from a closure.
+///
+/// ```
+/// use battlement::key::{key_fn, Key, KeyError, KeyExtractor, RequestHead};
+///
+/// let by_tenant = key_fn(|head: &RequestHead<'_>| {
+///     let path = head.uri.path();
+///     path.split('/').nth(1).filter(|s| !s.is_empty()).map(Key::from)
+///         .ok_or_else(|| KeyError::Rejected("no tenant in path".into()))
+/// });
+/// let req = http::Request::get("/acme/orders").body(()).unwrap();
+/// assert_eq!(by_tenant.extract(&RequestHead::of(&req)).unwrap().as_str(), "acme");
+/// ```
+pub fn key_fn<F>(f: F) -> KeyFn<F>
+where
+    F: Fn(&RequestHead<'_>) -> Result<Key, KeyError> + Send + Sync + 'static,
+{
+    KeyFn(f)
+}
+
+impl<F> KeyExtractor for KeyFn<F>
+where
+    F: Fn(&RequestHead<'_>) -> Result<Key, KeyError> + Send + Sync + 'static,
+{
+    fn extract(&self, head: &RequestHead<'_>) -> Result<Key, KeyError> {
+        (self.0)(head)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(peer: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::get("/");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let mut req = b.body(()).unwrap();
+        req.extensions_mut().insert(PeerAddr(peer.parse().unwrap()));
+        req
+    }
+
+    fn client(extractor: &ClientIp, req: &Request<()>) -> String {
+        extractor.extract(&RequestHead::of(req)).unwrap().to_string()
+    }
+
+    fn lb() -> ClientIp {
+        ClientIp::new(["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()])
+    }
+
+    #[test]
+    fn spoofed_left_most_forwarded_for_is_never_the_key() {
+        let req = request("10.0.0.1:1", &[("x-forwarded-for", "6.6.6.6, 203.0.113.7")]);
+        assert_eq!(client(&lb(), &req), "203.0.113.7");
+        // Spoofed entries in a separate header line come first too.
+        let req = request(
+            "10.0.0.1:1",
+            &[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "203.0.113.7, 10.0.0.2")],
+        );
+        assert_eq!(client(&lb(), &req), "203.0.113.7");
+    }
+
+    #[test]
+    fn untrusted_peer_ignores_the_header() {
+        let req = request("198.51.100.1:1", &[("x-forwarded-for", "6.6.6.6")]);
+        assert_eq!(client(&lb(), &req), "198.51.100.1");
+    }
+
+    #[test]
+    fn all_trusted_hops_give_the_left_most() {
+        let req = request("10.0.0.1:1", &[("x-forwarded-for", "10.1.1.1, 10.2.2.2")]);
+        assert_eq!(client(&lb(), &req), "10.1.1.1");
+        let req = request("10.0.0.1:1", &[]);
+        assert_eq!(client(&lb(), &req), "10.0.0.1");
+    }
+
+    #[test]
+    fn garbage_hop_stops_at_the_last_trusted_address() {
+        let req = request("10.0.0.1:1", &[("x-forwarded-for", "203.0.113.7, not-an-ip, 10.0.0.2")]);
+        assert_eq!(client(&lb(), &req), "10.0.0.2");
+    }
+
+    #[test]
+    fn ports_brackets_and_mapped_addresses_are_understood() {
+        let req = request("[::ffff:10.0.0.1]:1", &[("x-forwarded-for", "[2001:db8::7]:4711")]);
+        assert_eq!(client(&lb(), &req), "2001:db8::7");
+        let req = request("10.0.0.1:1", &[("x-forwarded-for", "203.0.113.7:8080")]);
+        assert_eq!(client(&lb(), &req), "203.0.113.7");
+    }
+
+    #[test]
+    fn forwarded_header_is_walked_the_same_way() {
+        let extractor = lb().header(ForwardedHeader::Forwarded);
+        let req = request(
+            "10.0.0.1:1",
+            &[("forwarded", "for=6.6.6.6, for=\"[2001:db8::7]:80\";proto=https, for=10.0.0.9")],
+        );
+        assert_eq!(client(&extractor, &req), "2001:db8::7");
+        let req = request("10.0.0.1:1", &[("forwarded", "for=unknown, For=10.0.0.3")]);
+        assert_eq!(client(&extractor, &req), "10.0.0.3");
+    }
+
+    #[test]
+    fn peer_ip_requires_connect_info() {
+        let req = Request::get("/").body(()).unwrap();
+        assert_eq!(PeerIp.extract(&RequestHead::of(&req)), Err(KeyError::MissingPeer));
+        let p: Problem = KeyError::MissingPeer.into();
+        assert_eq!(p.status(), 500);
+        let req = request("192.0.2.1:9", &[]);
+        assert_eq!(PeerIp.extract(&RequestHead::of(&req)).unwrap().as_str(), "192.0.2.1");
+    }
+
+    #[cfg(feature = "axum")]
+    #[test]
+    fn axum_connect_info_is_read() {
+        let mut req = Request::get("/").body(()).unwrap();
+        let addr: SocketAddr = "192.0.2.9:1234".parse().unwrap();
+        req.extensions_mut().insert(axum::extract::ConnectInfo(addr));
+        assert_eq!(PeerIp.extract(&RequestHead::of(&req)).unwrap().as_str(), "192.0.2.9");
+    }
+
+    #[test]
+    fn header_key_validates_the_value() {
+        let ex = HeaderKey::new(HeaderName::from_static("x-api-key")).max_len(8);
+        let ok = request("192.0.2.1:9", &[("x-api-key", "abc")]);
+        assert_eq!(ex.extract(&RequestHead::of(&ok)).unwrap().as_str(), "abc");
+        let missing = request("192.0.2.1:9", &[]);
+        let err = ex.extract(&RequestHead::of(&missing)).unwrap_err();
+        assert_eq!(err.to_string(), "missing header x-api-key");
+        assert_eq!(Problem::from(err).status(), 400);
+        let long = request("192.0.2.1:9", &[("x-api-key", "123456789")]);
+        assert!(ex.extract(&RequestHead::of(&long)).is_err());
+        let mut bin = request("192.0.2.1:9", &[]);
+        bin.headers_mut().insert("x-api-key", http::HeaderValue::from_bytes(b"a\xffb").unwrap());
+        assert!(matches!(
+            ex.extract(&RequestHead::of(&bin)),
+            Err(KeyError::InvalidHeader(_, "not visible ASCII"))
+        ));
+    }
+
+    #[test]
+    fn global_key_is_constant() {
+        let req = Request::get("/").body(()).unwrap();
+        assert_eq!(GlobalKey.extract(&RequestHead::of(&req)).unwrap().as_str(), "global");
+    }
+}

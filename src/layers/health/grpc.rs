@@ -1,0 +1,140 @@
+//! `grpc.health.v1.Health` over the same registry (SPEC HL-3).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::Stream;
+use tonic::{Request, Response, Status};
+use tonic_health::ServingStatus;
+use tonic_health::pb::health_check_response::ServingStatus as PbStatus;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+
+use super::check::Group;
+use super::registry::HealthRegistry;
+
+/// The gRPC health service, driven by a [`HealthRegistry`].
+///
+/// The overall status (service `""`) is readiness; each registered gRPC
+/// service name maps to a group. `Check` answers `NOT_FOUND` for unknown
+/// names; `Watch` sends the current status at once and again whenever it
+/// changes (polled every second by default), and `SERVICE_UNKNOWN` for
+/// unknown names.
+///
+/// ```
+/// use battlement::health::{GrpcHealth, Group, HealthRegistry};
+///
+/// let registry = HealthRegistry::new();
+/// let health = GrpcHealth::new(registry)
+///     .service("helloworld.Greeter", Group::Readiness)
+///     .into_server();
+/// // tonic::transport::Server::builder().add_service(health) ...
+/// ```
+#[derive(Clone, Debug)]
+pub struct GrpcHealth {
+    registry: HealthRegistry,
+    services: Arc<HashMap<String, Group>>,
+    poll_every: Duration,
+}
+
+impl GrpcHealth {
+    /// Serves the overall status (`""`) from readiness.
+    pub fn new(registry: HealthRegistry) -> Self {
+        let services = HashMap::from([(String::new(), Group::Readiness)]);
+        Self {
+            registry,
+            services: Arc::new(services),
+            poll_every: Duration::from_secs(1),
+        }
+    }
+
+    /// Reports the gRPC service `name` (e.g. `helloworld.Greeter`) from
+    /// `group`.
+    pub fn service(mut self, name: impl Into<String>, group: Group) -> Self {
+        Arc::make_mut(&mut self.services).insert(name.into(), group);
+        self
+    }
+
+    /// How often `Watch` re-runs the checks (default 1 s).
+    pub fn poll_every(mut self, every: Duration) -> Self {
+        self.poll_every = every;
+        self
+    }
+
+    /// The tonic service to `add_service`.
+    pub fn into_server(self) -> HealthServer<Self> {
+        HealthServer::new(self)
+    }
+
+    /// The status of `service`, or `None` if it is unknown.
+    pub async fn status(&self, service: &str) -> Option<ServingStatus> {
+        let group = self.services.get(service)?;
+        let report = self.registry.run(group).await;
+        Some(if report.is_healthy() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        })
+    }
+
+    async fn wire_status(&self, service: &str) -> PbStatus {
+        match self.status(service).await {
+            Some(ServingStatus::Serving) => PbStatus::Serving,
+            Some(ServingStatus::NotServing) => PbStatus::NotServing,
+            Some(ServingStatus::Unknown) => PbStatus::Unknown,
+            None => PbStatus::ServiceUnknown,
+        }
+    }
+}
+
+fn response(status: PbStatus) -> HealthCheckResponse {
+    HealthCheckResponse {
+        status: status.into(),
+    }
+}
+
+#[tonic::async_trait]
+impl Health for GrpcHealth {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        let service = &request.get_ref().service;
+        match self.wire_status(service).await {
+            PbStatus::ServiceUnknown => {
+                Err(Status::not_found(format!("unknown service {service:?}")))
+            }
+            status => Ok(Response::new(response(status))),
+        }
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let service = request.into_inner().service;
+        let this = self.clone();
+        let stream = futures_util::stream::unfold(None, move |last: Option<PbStatus>| {
+            let this = this.clone();
+            let service = service.clone();
+            async move {
+                let mut first = last.is_none();
+                loop {
+                    if !first {
+                        tokio::time::sleep(this.poll_every).await;
+                    }
+                    first = false;
+                    let status = this.wire_status(&service).await;
+                    if Some(status) != last {
+                        return Some((Ok(response(status)), Some(status)));
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,4 @@
+//! One folder per concern; each is a `tower::Layer`.
+
+pub mod health;
+pub mod request_id;

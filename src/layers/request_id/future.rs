@@ -1,0 +1,60 @@
+//! `ResponseFuture` of the request-id service.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::{HeaderName, Response};
+use pin_project_lite::pin_project;
+use tokio::task::futures::TaskLocalFuture;
+use tracing::instrument::Instrumented;
+
+use super::id::RequestId;
+
+pin_project! {
+    /// Runs the inner service with the id in scope, then echoes it.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: Instrumented<TaskLocalFuture<RequestId, F>>,
+        header: HeaderName,
+        id: Option<RequestId>,
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn new(
+        inner: Instrumented<TaskLocalFuture<RequestId, F>>,
+        header: HeaderName,
+        id: RequestId,
+    ) -> Self {
+        Self {
+            inner,
+            header,
+            id: Some(id),
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = ready!(this.inner.poll(cx))?;
+        if let Some(id) = this.id.take() {
+            res.headers_mut()
+                .insert(this.header.clone(), id.header_value().clone());
+            res.extensions_mut().insert(id);
+        }
+        Poll::Ready(Ok(res))
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").field("id", &self.id).finish_non_exhaustive()
+    }
+}

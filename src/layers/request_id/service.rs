@@ -1,0 +1,65 @@
+//! `RequestIdService`.
+
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower_service::Service;
+use tracing::Instrument;
+
+use super::future::ResponseFuture;
+use super::id::RequestId;
+use super::layer::RequestIdLayer;
+use crate::key::RequestHead;
+
+/// The service made by [`RequestIdLayer`].
+#[derive(Clone, Debug)]
+pub struct RequestIdService<S> {
+    inner: S,
+    layer: RequestIdLayer,
+}
+
+impl<S> RequestIdService<S> {
+    pub(crate) fn new(inner: S, layer: RequestIdLayer) -> Self {
+        Self { inner, layer }
+    }
+
+    fn id_for<B>(&self, req: &Request<B>) -> RequestId {
+        if self.layer.trust_incoming {
+            let mut values = req.headers().get_all(&self.layer.header).iter();
+            if let (Some(value), None) = (values.next(), values.next())
+                && let Some(id) = RequestId::parse(value)
+            {
+                return id;
+            }
+        }
+        self.layer.make.make_request_id(&RequestHead::of(req))
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestIdService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let id = self.id_for(&req);
+        req.headers_mut()
+            .insert(self.layer.header.clone(), id.header_value().clone());
+        req.extensions_mut().insert(id.clone());
+        tracing::Span::current().record("request.id", id.as_str());
+        let span = if self.layer.span {
+            tracing::info_span!("request", request_id = %id)
+        } else {
+            tracing::Span::none()
+        };
+        let inner = id.clone().scope(self.inner.call(req)).instrument(span);
+        ResponseFuture::new(inner, self.layer.header.clone(), id)
+    }
+}

@@ -1,0 +1,16 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod backends;
+pub mod clock;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod error;
+pub mod key;
+pub mod layers;
+pub mod reject;
+
+pub use error::{BoxError, ConfigError, FailurePolicy, StoreError};
+pub use layers::health::{self, HealthRegistry};
+pub use layers::request_id::{self, RequestId, RequestIdLayer};

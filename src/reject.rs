@@ -1,0 +1,447 @@
+//! Protocol-aware rejections: one [`Problem`], rendered for HTTP or gRPC.
+//!
+//! ```
+//! use battlement::reject::{Problem, Protocol, ResponseBody};
+//! use http::{Request, StatusCode};
+//!
+//! let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
+//!     .detail("quota of 10 per second exceeded")
+//!     .header(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+//!
+//! // Plain HTTP: RFC 9457 problem+json.
+//! let http_req = Request::get("/").body(()).unwrap();
+//! let res = problem.clone().into_response::<String>(Protocol::of(&http_req));
+//! assert_eq!(res.status(), 429);
+//! assert_eq!(res.headers()["content-type"], "application/problem+json");
+//!
+//! // gRPC: a trailers-only response, HTTP 200 with `grpc-status` 8.
+//! let grpc_req = Request::post("/pkg.Svc/M")
+//!     .header("content-type", "application/grpc")
+//!     .body(())
+//!     .unwrap();
+//! let res = problem.into_response::<String>(Protocol::of(&grpc_req));
+//! assert_eq!(res.status(), 200);
+//! assert_eq!(res.headers()["grpc-status"], "8");
+//! assert_eq!(res.headers()["retry-after"], "1");
+//! ```
+//!
+//! Layers in response mode (the default on servers) turn a rejection into a
+//! response here, so their `Service::Error` stays the inner service's error
+//! and `Router::layer` / `Server::builder().layer` need no error handling
+//! (SPEC C-2). The response body type is [`ResponseBody<B>`]: the inner
+//! service's body, or the rejection's bytes.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderName};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+/// The wire protocol of a request, which decides how a rejection looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Plain HTTP: status code and problem+json body.
+    Http,
+    /// gRPC (`content-type: application/grpc*`): trailers-only response.
+    Grpc,
+}
+
+impl Protocol {
+    /// The protocol of `req`, from its `content-type`.
+    pub fn of<B>(req: &Request<B>) -> Self {
+        Self::of_headers(req.headers())
+    }
+
+    /// The protocol of a request with these headers.
+    pub fn of_headers(headers: &HeaderMap) -> Self {
+        let is_grpc = headers
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if is_grpc { Self::Grpc } else { Self::Http }
+    }
+}
+
+/// gRPC status codes (<https://grpc.github.io/grpc/core/md_doc_statuscodes.html>).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[allow(missing_docs)]
+pub enum GrpcCode {
+    Ok = 0,
+    Cancelled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
+}
+
+impl GrpcCode {
+    /// The numeric code sent in `grpc-status`.
+    pub fn as_i32(self) -> i32 {
+        self as i32
+    }
+
+    /// The code that means the same as an HTTP rejection status.
+    pub fn for_status(status: StatusCode) -> Self {
+        match status.as_u16() {
+            400 | 422 => Self::InvalidArgument,
+            401 => Self::Unauthenticated,
+            403 => Self::PermissionDenied,
+            404 => Self::NotFound,
+            408 | 504 => Self::DeadlineExceeded,
+            409 => Self::Aborted,
+            412 => Self::FailedPrecondition,
+            413 | 429 => Self::ResourceExhausted,
+            501 => Self::Unimplemented,
+            502 | 503 => Self::Unavailable,
+            s if s < 400 => Self::Ok,
+            s if s < 500 => Self::FailedPrecondition,
+            _ => Self::Internal,
+        }
+    }
+}
+
+/// A rejection, described once and rendered per [`Protocol`].
+///
+/// For HTTP it becomes an RFC 9457 `application/problem+json` response; for
+/// gRPC a trailers-only response (HTTP 200, `grpc-status`, `grpc-message`).
+/// Extra headers (such as `Retry-After`) are sent with both.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    status: StatusCode,
+    grpc_code: GrpcCode,
+    type_uri: Cow<'static, str>,
+    title: Cow<'static, str>,
+    detail: Option<String>,
+    headers: HeaderMap,
+    extensions: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Problem {
+    /// A problem with an HTTP status and a short human-readable title; the
+    /// gRPC code defaults to [`GrpcCode::for_status`].
+    pub fn new(status: StatusCode, title: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            status,
+            grpc_code: GrpcCode::for_status(status),
+            type_uri: Cow::Borrowed("about:blank"),
+            title: title.into(),
+            detail: None,
+            headers: HeaderMap::new(),
+            extensions: serde_json::Map::new(),
+        }
+    }
+
+    /// The explanation specific to this occurrence (`detail`, and the
+    /// `grpc-message`).
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// A URI identifying the problem type (`type`, default `about:blank`).
+    pub fn type_uri(mut self, uri: impl Into<Cow<'static, str>>) -> Self {
+        self.type_uri = uri.into();
+        self
+    }
+
+    /// Overrides the gRPC status code.
+    pub fn grpc_code(mut self, code: GrpcCode) -> Self {
+        self.grpc_code = code;
+        self
+    }
+
+    /// Adds a response header (sent for HTTP and gRPC alike).
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.append(name, value);
+        self
+    }
+
+    /// Adds an extension member to the problem+json body.
+    pub fn extension(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.extensions.insert(key.into(), value.into());
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The gRPC status code.
+    pub fn code(&self) -> GrpcCode {
+        self.grpc_code
+    }
+
+    /// The title.
+    pub fn title(&self) -> &str {
+        &self.title
+    }
+
+    /// The extra response headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The RFC 9457 JSON document.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut doc = serde_json::Map::new();
+        doc.insert("type".into(), self.type_uri.as_ref().into());
+        doc.insert("title".into(), self.title.as_ref().into());
+        doc.insert("status".into(), self.status.as_u16().into());
+        if let Some(detail) = &self.detail {
+            doc.insert("detail".into(), detail.as_str().into());
+        }
+        for (k, v) in &self.extensions {
+            doc.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        serde_json::Value::Object(doc)
+    }
+
+    /// Renders the problem for `protocol`.
+    pub fn into_response<B>(self, protocol: Protocol) -> Response<ResponseBody<B>> {
+        match protocol {
+            Protocol::Http => self.into_http(),
+            Protocol::Grpc => self.into_grpc(),
+        }
+    }
+
+    fn into_http<B>(self) -> Response<ResponseBody<B>> {
+        let body = Bytes::from(self.to_json().to_string());
+        let mut res = Response::new(ResponseBody::full(body));
+        *res.status_mut() = self.status;
+        let headers = res.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        headers.extend(self.headers);
+        res
+    }
+
+    fn into_grpc<B>(self) -> Response<ResponseBody<B>> {
+        let mut res = Response::new(ResponseBody::empty());
+        let headers = res.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", HeaderValue::from(self.grpc_code.as_i32()));
+        let message = self.detail.as_deref().unwrap_or(&self.title);
+        if let Ok(value) = HeaderValue::from_str(&grpc_percent_encode(message)) {
+            headers.insert("grpc-message", value);
+        }
+        headers.extend(self.headers);
+        res
+    }
+}
+
+/// Percent-encodes a `grpc-message` value as the gRPC HTTP/2 spec requires:
+/// every byte outside printable ASCII, and `%` itself.
+pub fn grpc_percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for &b in message.as_bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+pin_project! {
+    /// A response body: the inner service's, or a rejection's bytes.
+    pub struct ResponseBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Inner { #[pin] body: B },
+        Full { data: Option<Bytes> },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    /// Wraps the inner service's body.
+    pub fn inner(body: B) -> Self {
+        Self {
+            kind: Kind::Inner { body },
+        }
+    }
+
+    /// A body of exactly these bytes.
+    pub fn full(data: Bytes) -> Self {
+        let data = if data.is_empty() { None } else { Some(data) };
+        Self {
+            kind: Kind::Full { data },
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self::full(Bytes::new())
+    }
+}
+
+impl<B> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.kind {
+            Kind::Inner { .. } => f.write_str("ResponseBody::Inner"),
+            Kind::Full { data } => f.debug_tuple("ResponseBody::Full").field(data).finish(),
+        }
+    }
+}
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Inner { body } => body.poll_frame(cx),
+            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Empty};
+
+    fn grpc_request() -> Request<()> {
+        Request::post("/helloworld.Greeter/SayHello")
+            .header("content-type", "application/grpc+proto")
+            .body(())
+            .unwrap()
+    }
+
+    async fn body_bytes(res: Response<ResponseBody<Empty<Bytes>>>) -> Bytes {
+        res.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn http_rejection_is_problem_json() {
+        let res = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+            .detail("circuit open")
+            .type_uri("https://battlement.dev/problems/circuit-open")
+            .extension("retry_after_ms", 1500)
+            .header(http::header::RETRY_AFTER, HeaderValue::from_static("2"))
+            .into_response::<Empty<Bytes>>(Protocol::Http);
+        assert_eq!(res.status(), 503);
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        assert_eq!(res.headers()["retry-after"], "2");
+        let doc: serde_json::Value = serde_json::from_slice(&body_bytes(res).await).unwrap();
+        assert_eq!(
+            doc,
+            serde_json::json!({
+                "type": "https://battlement.dev/problems/circuit-open",
+                "title": "Service Unavailable",
+                "status": 503,
+                "detail": "circuit open",
+                "retry_after_ms": 1500,
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn extensions_never_override_standard_members() {
+        let res = Problem::new(StatusCode::BAD_REQUEST, "Bad Request")
+            .extension("status", 200)
+            .into_response::<Empty<Bytes>>(Protocol::Http);
+        let doc: serde_json::Value = serde_json::from_slice(&body_bytes(res).await).unwrap();
+        assert_eq!(doc["status"], 400);
+    }
+
+    #[tokio::test]
+    async fn grpc_rejection_is_trailers_only() {
+        let req = grpc_request();
+        assert_eq!(Protocol::of(&req), Protocol::Grpc);
+        let res = Problem::new(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
+            .detail("rate limited: 100% of quota, retry in 1s ☃")
+            .header(http::header::RETRY_AFTER, HeaderValue::from_static("1"))
+            .into_response::<Empty<Bytes>>(Protocol::of(&req));
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-type"], "application/grpc");
+        assert_eq!(res.headers()["grpc-status"], "8");
+        assert_eq!(
+            res.headers()["grpc-message"],
+            "rate limited: 100%25 of quota, retry in 1s %E2%98%83"
+        );
+        assert_eq!(res.headers()["retry-after"], "1");
+        assert!(res.body().is_end_stream());
+        assert!(body_bytes(res).await.is_empty());
+    }
+
+    #[test]
+    fn grpc_codes_follow_the_meaning_of_the_status() {
+        let cases = [
+            (400, GrpcCode::InvalidArgument),
+            (409, GrpcCode::Aborted),
+            (413, GrpcCode::ResourceExhausted),
+            (422, GrpcCode::InvalidArgument),
+            (429, GrpcCode::ResourceExhausted),
+            (500, GrpcCode::Internal),
+            (503, GrpcCode::Unavailable),
+            (504, GrpcCode::DeadlineExceeded),
+        ];
+        for (status, code) in cases {
+            assert_eq!(GrpcCode::for_status(StatusCode::from_u16(status).unwrap()), code);
+        }
+        let p = Problem::new(StatusCode::CONFLICT, "Conflict").grpc_code(GrpcCode::AlreadyExists);
+        assert_eq!(p.code().as_i32(), 6);
+    }
+
+    #[test]
+    fn plain_http_and_grpc_web_text_are_told_apart() {
+        let plain = Request::get("/").header("content-type", "application/json").body(()).unwrap();
+        assert_eq!(Protocol::of(&plain), Protocol::Http);
+        let web = Request::post("/x").header("content-type", "application/grpc-web").body(()).unwrap();
+        assert_eq!(Protocol::of(&web), Protocol::Grpc);
+    }
+
+    #[tokio::test]
+    async fn inner_body_passes_through() {
+        let body: ResponseBody<http_body_util::Full<Bytes>> =
+            ResponseBody::inner(http_body_util::Full::new(Bytes::from_static(b"hello")));
+        assert_eq!(body.size_hint().exact(), Some(5));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+    }
+}

@@ -1,0 +1,29 @@
+//! The backend conformance suite on every backend (SPEC C-3).
+#![cfg(feature = "conformance")]
+
+mod support;
+
+mod memory {
+    battlement::backend_suite!(battlement::conformance::MemoryHarness);
+}
+
+#[cfg(feature = "redis")]
+mod redis {
+    use super::support::RedisHarness;
+    battlement::backend_suite!(RedisHarness::start());
+    battlement::backend_fault_suite!(RedisHarness::start());
+}
+
+#[cfg(feature = "redis")]
+mod redis_cluster {
+    use super::support::RedisClusterHarness;
+    battlement::backend_suite!(RedisClusterHarness::start());
+    battlement::backend_fault_suite!(RedisClusterHarness::start());
+}
+
+#[cfg(feature = "etcd")]
+mod etcd {
+    use super::support::EtcdHarness;
+    battlement::backend_suite!(EtcdHarness::start());
+    battlement::backend_fault_suite!(EtcdHarness::start());
+}

@@ -1,0 +1,86 @@
+//! A single-member `etcd` fixture.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::process::{Process, free_port, require_binary};
+
+/// One etcd member with a temporary data dir on free loopback ports.
+pub struct EtcdServer {
+    client_port: u16,
+    process: Process,
+    _dir: TempDir,
+}
+
+impl EtcdServer {
+    pub fn start() -> Self {
+        let binary = require_binary("etcd");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let client_port = free_port();
+        let peer_port = free_port();
+        let data = dir.path().join("data");
+        let process = Process::spawn("etcd", move || {
+            let client = format!("http://127.0.0.1:{client_port}");
+            let peer = format!("http://127.0.0.1:{peer_port}");
+            let mut cmd = Command::new(&binary);
+            cmd.args(["--name", "test"])
+                .arg("--data-dir")
+                .arg(&data)
+                .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &format!("test={peer}")])
+                .args(["--logger", "zap", "--log-level", "error"]);
+            cmd
+        });
+        let mut server = Self {
+            client_port,
+            process,
+            _dir: dir,
+        };
+        server.wait_ready();
+        server
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn wait_ready(&mut self) {
+        let port = self.client_port;
+        self.process.wait_until(Duration::from_secs(20), || {
+            http_get(port, "/health").is_some_and(|r| r.contains("\"health\":\"true\""))
+        });
+    }
+
+    pub fn pause(&self) {
+        self.process.pause();
+    }
+
+    pub fn resume(&self) {
+        self.process.resume();
+    }
+
+    pub fn stop(&mut self) {
+        self.process.stop();
+    }
+
+    /// Starts again with the same ports and data.
+    pub fn restart(&mut self) {
+        self.process.stop();
+        self.process.start();
+        self.wait_ready();
+    }
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut out = String::new();
+    stream.read_to_string(&mut out).ok()?;
+    Some(out)
+}

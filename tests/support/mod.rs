@@ -1,0 +1,15 @@
+//! Real servers for tests: `redis-server` (standalone and a 3-master
+//! cluster) and `etcd`, each a child process on free loopback ports with a
+//! temporary data dir, killed on drop. A missing binary or a server that
+//! does not come up fails the test (never a silent skip).
+#![allow(dead_code)]
+
+mod etcd;
+mod harness;
+mod process;
+mod redis;
+
+pub use etcd::EtcdServer;
+pub use harness::*;
+pub use process::{free_port, require_binary};
+pub use redis::{RedisCluster, RedisServer};

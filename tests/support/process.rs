@@ -1,0 +1,122 @@
+//! Child-process plumbing shared by the server fixtures.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral loopback port")
+}
+
+/// The path of `name` on PATH, or a test failure that says how to get it.
+pub fn require_binary(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} not found on PATH: run scripts/test.sh, which installs it{}",
+                if std::env::var_os("CI").is_some() { " (CI must have it)" } else { "" }
+            )
+        })
+}
+
+/// A server process that can be killed, restarted, frozen and thawed.
+pub struct Process {
+    name: &'static str,
+    command: Box<dyn Fn() -> Command + Send + Sync>,
+    child: Option<Child>,
+}
+
+impl Process {
+    pub fn spawn(name: &'static str, command: impl Fn() -> Command + Send + Sync + 'static) -> Self {
+        let mut p = Self {
+            name,
+            command: Box::new(command),
+            child: None,
+        };
+        p.start();
+        p
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let child = (self.command)()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.name));
+        self.child = Some(child);
+    }
+
+    /// Kills the process and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(None)) => true,
+            _ => false,
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().unwrap_or_else(|| panic!("{} is not running", self.name));
+        let pid = i32::try_from(child.id()).expect("pid fits i32");
+        // SAFETY-free: libc::kill is a plain syscall wrapper; tests only.
+        let rc = unsafe_free_kill(pid, signal);
+        assert_eq!(rc, 0, "signal {signal} to {} failed", self.name);
+    }
+
+    /// SIGSTOP: the server keeps its sockets but answers nothing.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// Waits up to `limit` for `ready` to hold; fails the test otherwise.
+    pub fn wait_until(&mut self, limit: Duration, mut ready: impl FnMut() -> bool) {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if ready() {
+                return;
+            }
+            if !self.is_running() {
+                panic!("{} exited before it was ready", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{} not ready after {limit:?}", self.name);
+    }
+}
+
+fn unsafe_free_kill(pid: i32, signal: i32) -> i32 {
+    // `kill(1)` keeps the crate's `unsafe_code = "forbid"` spirit in tests.
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    if status.success() { 0 } else { 1 }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
