@@ -55,7 +55,6 @@ impl EtcdStore {
         let keys = KeySpace::new(config.prefix_str())?;
         let mut options = ConnectOptions::new()
             .with_connect_timeout(config.connect_timeout())
-            .with_timeout(config.timeout())
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
         if let Some((user, password)) = config.credentials() {
             options = options.with_user(user, password);
@@ -64,7 +63,7 @@ impl EtcdStore {
         let client = tokio::time::timeout(config.connect_timeout(), connect)
             .await
             .map_err(|_| StoreError::Timeout(config.connect_timeout()))?
-            .map_err(map_error)?;
+            .map_err(|e| map_error(e, config.connect_timeout()))?;
         let store = Self {
             inner: Arc::new(Inner {
                 client: RwLock::new(Some(client)),
@@ -90,7 +89,7 @@ impl EtcdStore {
     {
         let client = self.client()?;
         match tokio::time::timeout(self.inner.timeout, f(client)).await {
-            Ok(result) => result.map_err(map_error),
+            Ok(result) => result.map_err(|e| map_error(e, self.inner.timeout)),
             Err(_) => Err(StoreError::Timeout(self.inner.timeout)),
         }
     }
@@ -102,7 +101,7 @@ impl EtcdStore {
 }
 
 /// Maps an etcd client error without leaking its type.
-pub(crate) fn map_error(err: etcd_client::Error) -> StoreError {
+pub(crate) fn map_error(err: etcd_client::Error, timeout: Duration) -> StoreError {
     use etcd_client::Error as E;
     use tonic::Code;
     match err {
@@ -110,7 +109,7 @@ pub(crate) fn map_error(err: etcd_client::Error) -> StoreError {
             Code::Unavailable | Code::Cancelled | Code::Unknown => {
                 StoreError::Unavailable(format!("etcd: {}", status.message()))
             }
-            Code::DeadlineExceeded => StoreError::Timeout(Duration::ZERO),
+            Code::DeadlineExceeded => StoreError::Timeout(timeout),
             _ => StoreError::Backend(format!("etcd: {}", status.message())),
         },
         E::TransportError(e) => StoreError::Unavailable(format!("etcd: {e}")),

@@ -94,7 +94,7 @@ impl RedisStore {
             }
         };
         match tokio::time::timeout(self.inner.timeout, call).await {
-            Ok(result) => result.map_err(map_error),
+            Ok(result) => result.map_err(|e| map_error(e, self.inner.timeout)),
             Err(_) => Err(StoreError::Timeout(self.inner.timeout)),
         }
     }
@@ -117,7 +117,10 @@ async fn open(config: &RedisConfig) -> Result<Connection, StoreError> {
             .retries(2)
             .build()
             .map_err(config_error)?;
-        let conn = client.get_async_connection().await.map_err(map_error)?;
+        let conn = client
+            .get_async_connection()
+            .await
+            .map_err(|e| map_error(e, config.connect_timeout()))?;
         Ok(Connection::Cluster(conn))
     } else {
         let url = config.urls().first().map(String::as_str).unwrap_or_default();
@@ -128,7 +131,7 @@ async fn open(config: &RedisConfig) -> Result<Connection, StoreError> {
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
         let manager =
-            ConnectionManager::new_lazy_with_config(client, manager_config).map_err(map_error)?;
+            ConnectionManager::new_lazy_with_config(client, manager_config).map_err(config_error)?;
         Ok(Connection::Standalone(manager))
     }
 }
@@ -138,9 +141,9 @@ fn config_error(err: RedisError) -> StoreError {
 }
 
 /// Maps a redis client error without leaking its type.
-pub(crate) fn map_error(err: RedisError) -> StoreError {
+pub(crate) fn map_error(err: RedisError, timeout: Duration) -> StoreError {
     if err.is_timeout() {
-        StoreError::Timeout(Duration::ZERO)
+        StoreError::Timeout(timeout)
     } else if err.is_io_error()
         || err.is_connection_refusal()
         || err.is_connection_dropped()
