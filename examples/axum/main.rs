@@ -1,1 +1,304 @@
-fn main(){}
+//! The battlement demo server.
+//!
+//! Run with: `cargo run --example axum` (then `curl -i 127.0.0.1:3000/hello`).
+//!
+//! Serves HTTP/1.1 and h2c on `BIND` (default `127.0.0.1:3000`) with every
+//! route behind the server stack. Environment (see shared/EXAMPLES.md):
+//! `REDIS_URL` (needs `--features redis`) and `ETCD_ENDPOINTS` (needs
+//! `--features etcd`) add their readiness checks; `DOWNSTREAM_URL` is what
+//! `/proxy` calls (default `http://127.0.0.1:3001`); `LAYERS=none` serves the
+//! same routes with no middleware; `DRAIN_SECS` is how long readiness fails
+//! before the server stops on ctrl-c (default 0).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use battlement::health::{HealthRegistry, HealthRoutes};
+use battlement::request_id::{ForwardRequestIdLayer, RequestIdLayer};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tower::{ServiceBuilder, ServiceExt};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the environment asks for.
+#[derive(Debug, Clone)]
+struct Settings {
+    bind: SocketAddr,
+    downstream: Uri,
+    layers: bool,
+    drain: Duration,
+    redis_url: Option<String>,
+    etcd_endpoints: Option<Vec<String>>,
+}
+
+impl Settings {
+    fn from_env() -> Result<Self, Error> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let bind = var("BIND").unwrap_or_else(|| "127.0.0.1:3000".into());
+        let downstream = var("DOWNSTREAM_URL").unwrap_or_else(|| "http://127.0.0.1:3001".into());
+        let drain = var("DRAIN_SECS").unwrap_or_else(|| "0".into());
+        Ok(Self {
+            bind: bind.parse().map_err(|e| format!("BIND={bind:?}: {e}"))?,
+            downstream: downstream.parse().map_err(|e| format!("DOWNSTREAM_URL={downstream:?}: {e}"))?,
+            layers: var("LAYERS").as_deref() != Some("none"),
+            drain: Duration::from_secs(drain.parse().map_err(|e| format!("DRAIN_SECS={drain:?}: {e}"))?),
+            redis_url: var("REDIS_URL"),
+            etcd_endpoints: var("ETCD_ENDPOINTS")
+                .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect()),
+        })
+    }
+}
+
+/// The outbound HTTP client of `/proxy`: request-id forwarding over
+/// hyper-util's pooled client.
+type Downstream = tower::util::BoxCloneSyncService<
+    http::Request<Empty<Bytes>>,
+    http::Response<hyper::body::Incoming>,
+    hyper_util::client::legacy::Error,
+>;
+
+#[derive(Clone)]
+struct AppState {
+    downstream_url: Uri,
+    downstream: Downstream,
+}
+
+/// The routes, with or without the server stack.
+fn app(settings: &Settings, health: HealthRegistry) -> Router {
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let downstream = ServiceBuilder::new()
+        .layer(ForwardRequestIdLayer::new())
+        .service(client);
+    let state = AppState {
+        downstream_url: settings.downstream.clone(),
+        downstream: Downstream::new(downstream),
+    };
+    let routes = Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .route("/items/{id}", get(item))
+        .route("/proxy", get(proxy))
+        .with_state(state)
+        .merge(HealthRoutes::new(health).router());
+    if !settings.layers {
+        return routes;
+    }
+    // All layers in one ServiceBuilder, applied once (cheaper than many
+    // `Router::layer` calls).
+    routes.layer(ServiceBuilder::new().layer(RequestIdLayer::new()))
+}
+
+async fn item(Path(id): Path<String>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "id": id }))
+}
+
+/// Calls the downstream and relays its status and body (at most 1 MiB).
+async fn proxy(State(state): State<AppState>) -> Response {
+    let request = match http::Request::get(state.downstream_url.clone()).body(Empty::new()) {
+        Ok(request) => request,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    let call = state.downstream.oneshot(request);
+    let response = match tokio::time::timeout(Duration::from_secs(10), call).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => return (StatusCode::BAD_GATEWAY, format!("downstream: {e}")).into_response(),
+        Err(_) => return (StatusCode::GATEWAY_TIMEOUT, "downstream timed out").into_response(),
+    };
+    let (parts, body) = response.into_parts();
+    match Limited::new(body, 1 << 20).collect().await {
+        Ok(body) => (parts.status, Body::from(body.to_bytes())).into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, format!("downstream body: {e}")).into_response(),
+    }
+}
+
+/// Readiness includes the Redis / etcd checks when those are configured.
+async fn health(settings: &Settings) -> Result<HealthRegistry, Error> {
+    let registry = HealthRegistry::new();
+    if let Some(url) = &settings.redis_url {
+        #[cfg(feature = "redis")]
+        {
+            let redis = battlement::backends::RedisStore::connect(url).await?;
+            registry.register(battlement::health::store_check(redis));
+        }
+        #[cfg(not(feature = "redis"))]
+        return Err(format!("REDIS_URL={url} needs: cargo run --example axum --features redis").into());
+    }
+    if let Some(endpoints) = &settings.etcd_endpoints {
+        #[cfg(feature = "etcd")]
+        {
+            let etcd = battlement::backends::EtcdStore::connect(endpoints.clone()).await?;
+            registry.register(battlement::health::store_check(etcd));
+        }
+        #[cfg(not(feature = "etcd"))]
+        return Err(format!("ETCD_ENDPOINTS={endpoints:?} needs: cargo run --example axum --features etcd").into());
+    }
+    Ok(registry)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let settings = Settings::from_env()?;
+    let registry = health(&settings).await?;
+    let app = app(&settings, registry.clone());
+    let listener = tokio::net::TcpListener::bind(settings.bind).await?;
+    tracing::info!(addr = %settings.bind, layers = settings.layers, "listening");
+    let drain = settings.drain;
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!(?drain, "draining: readiness now fails");
+            registry.drain();
+            tokio::time::sleep(drain).await;
+        })
+        .await?;
+    Ok(())
+}
+
+/// The test fixtures that start real servers.
+#[cfg(all(test, feature = "redis"))]
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn settings() -> Settings {
+        Settings {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            downstream: "http://127.0.0.1:9".parse().unwrap(),
+            layers: true,
+            drain: Duration::ZERO,
+            redis_url: None,
+            etcd_endpoints: None,
+        }
+    }
+
+    async fn call(app: &Router, req: Request<Body>) -> (StatusCode, http::HeaderMap, String) {
+        let res = app.clone().oneshot(req).await.unwrap();
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn get_req(uri: &str) -> Request<Body> {
+        Request::get(uri).body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn hello_has_a_uuid_v7_request_id() {
+        let app = app(&settings(), HealthRegistry::new());
+        let (status, headers, body) = call(&app, get_req("/hello")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "hello"));
+        let id = headers["x-request-id"].to_str().unwrap();
+        assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7);
+    }
+
+    #[tokio::test]
+    async fn valid_ids_are_echoed_and_bad_ones_replaced() {
+        let app = app(&settings(), HealthRegistry::new());
+        let req = Request::get("/hello").header("x-request-id", "edge-42").body(Body::empty()).unwrap();
+        assert_eq!(call(&app, req).await.1["x-request-id"], "edge-42");
+        let long = "a".repeat(200);
+        let req = Request::get("/hello").header("x-request-id", &long).body(Body::empty()).unwrap();
+        assert_ne!(call(&app, req).await.1["x-request-id"], long.as_str());
+    }
+
+    #[tokio::test]
+    async fn items_and_health_routes() {
+        let app = app(&settings(), HealthRegistry::new());
+        let (status, _, body) = call(&app, get_req("/items/42")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"id":"42"}"#));
+        for path in ["/livez", "/readyz", "/startupz"] {
+            let (status, headers, _) = call(&app, get_req(path)).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(headers["content-type"], "application/health+json");
+        }
+    }
+
+    #[tokio::test]
+    async fn layers_none_serves_bare_routes() {
+        let bare = Settings { layers: false, ..settings() };
+        let app = app(&bare, HealthRegistry::new());
+        let (status, headers, body) = call(&app, get_req("/hello")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "hello"));
+        assert!(!headers.contains_key("x-request-id"));
+    }
+
+    #[tokio::test]
+    async fn proxy_forwards_the_request_id_downstream() {
+        // A downstream that answers with the id it received.
+        let downstream = Router::new().route(
+            "/",
+            get(|headers: http::HeaderMap| async move {
+                headers.get("x-request-id").map(|v| v.to_str().unwrap_or("").to_owned()).unwrap_or_default()
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, downstream).await });
+        let s = Settings { downstream: format!("http://{addr}/").parse().unwrap(), ..settings() };
+        let app = app(&s, HealthRegistry::new());
+        let req = Request::get("/proxy").header("x-request-id", "hop-1").body(Body::empty()).unwrap();
+        let (status, headers, body) = call(&app, req).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "hop-1"));
+        assert_eq!(headers["x-request-id"], "hop-1");
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn proxy_to_a_dead_downstream_is_502() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let s = Settings { downstream: format!("http://127.0.0.1:{port}/").parse().unwrap(), ..settings() };
+        let (status, _, _) = call(&app(&s, HealthRegistry::new()), get_req("/proxy")).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+    }
+
+    /// Issue acceptance: Redis stopped -> /readyz 503 naming the redis
+    /// check within 2 s while /livez stays 200; Redis back -> 200 within 2 s.
+    #[cfg(feature = "redis")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn readiness_follows_redis() {
+        let mut redis = crate::support::RedisServer::start();
+        let s = Settings { redis_url: Some(redis.url()), ..settings() };
+        let app = app(&s, health(&s).await.unwrap());
+        let (status, _, body) = call(&app, get_req("/readyz")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains("\"redis:responseTime\""), "{body}");
+
+        redis.stop();
+        let started = std::time::Instant::now();
+        let (status, _, body) = call(&app, get_req("/readyz")).await;
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["checks"]["redis:responseTime"][0]["status"], "fail");
+        assert_eq!(call(&app, get_req("/livez")).await.0, StatusCode::OK);
+
+        redis.restart();
+        let back = std::time::Instant::now();
+        loop {
+            if call(&app, get_req("/readyz")).await.0 == StatusCode::OK {
+                break;
+            }
+            assert!(back.elapsed() < Duration::from_secs(2), "readiness not back within 2 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //! cluster) and `etcd`, each a child process on free loopback ports with a
 //! temporary data dir, killed on drop. A missing binary or a server that
 //! does not come up fails the test (never a silent skip).
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 mod etcd;
 mod harness;
