@@ -180,7 +180,9 @@ pub struct PeerIp;
 
 impl KeyExtractor for PeerIp {
     fn extract(&self, head: &RequestHead<'_>) -> Result<Key, KeyError> {
-        peer_ip(head.extensions).map(Key::from).ok_or(KeyError::MissingPeer)
+        peer_ip(head.extensions)
+            .map(Key::from)
+            .ok_or(KeyError::MissingPeer)
     }
 }
 
@@ -264,7 +266,11 @@ impl KeyExtractor for ClientIp {
 
 /// Every comma-separated element of every `name` header, in order; `None`
 /// for an element that is not an address.
-fn hops_in(headers: &HeaderMap, name: &str, parse: fn(&str) -> Option<IpAddr>) -> Vec<Option<IpAddr>> {
+fn hops_in(
+    headers: &HeaderMap,
+    name: &str,
+    parse: fn(&str) -> Option<IpAddr>,
+) -> Vec<Option<IpAddr>> {
     let mut hops = Vec::new();
     for value in headers.get_all(name) {
         match value.to_str() {
@@ -286,7 +292,10 @@ fn parse_forwarded_hop(element: &str) -> Option<IpAddr> {
             return None;
         }
         let value = value.trim();
-        let value = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
         parse_addr(value)
     })
 }
@@ -335,7 +344,10 @@ impl KeyExtractor for HeaderKey {
             return Err(KeyError::InvalidHeader(self.name.clone(), "bad length"));
         }
         if !bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
-            return Err(KeyError::InvalidHeader(self.name.clone(), "not visible ASCII"));
+            return Err(KeyError::InvalidHeader(
+                self.name.clone(),
+                "not visible ASCII",
+            ));
         }
         let s = value
             .to_str()
@@ -398,7 +410,10 @@ mod tests {
     }
 
     fn client(extractor: &ClientIp, req: &Request<()>) -> String {
-        extractor.extract(&RequestHead::of(req)).unwrap().to_string()
+        extractor
+            .extract(&RequestHead::of(req))
+            .unwrap()
+            .to_string()
     }
 
     fn lb() -> ClientIp {
@@ -412,7 +427,10 @@ mod tests {
         // Spoofed entries in a separate header line come first too.
         let req = request(
             "10.0.0.1:1",
-            &[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-for", "203.0.113.7, 10.0.0.2")],
+            &[
+                ("x-forwarded-for", "6.6.6.6"),
+                ("x-forwarded-for", "203.0.113.7, 10.0.0.2"),
+            ],
         );
         assert_eq!(client(&lb(), &req), "203.0.113.7");
     }
@@ -433,13 +451,19 @@ mod tests {
 
     #[test]
     fn garbage_hop_stops_at_the_last_trusted_address() {
-        let req = request("10.0.0.1:1", &[("x-forwarded-for", "203.0.113.7, not-an-ip, 10.0.0.2")]);
+        let req = request(
+            "10.0.0.1:1",
+            &[("x-forwarded-for", "203.0.113.7, not-an-ip, 10.0.0.2")],
+        );
         assert_eq!(client(&lb(), &req), "10.0.0.2");
     }
 
     #[test]
     fn ports_brackets_and_mapped_addresses_are_understood() {
-        let req = request("[::ffff:10.0.0.1]:1", &[("x-forwarded-for", "[2001:db8::7]:4711")]);
+        let req = request(
+            "[::ffff:10.0.0.1]:1",
+            &[("x-forwarded-for", "[2001:db8::7]:4711")],
+        );
         assert_eq!(client(&lb(), &req), "2001:db8::7");
         let req = request("10.0.0.1:1", &[("x-forwarded-for", "203.0.113.7:8080")]);
         assert_eq!(client(&lb(), &req), "203.0.113.7");
@@ -450,7 +474,10 @@ mod tests {
         let extractor = lb().header(ForwardedHeader::Forwarded);
         let req = request(
             "10.0.0.1:1",
-            &[("forwarded", "for=6.6.6.6, for=\"[2001:db8::7]:80\";proto=https, for=10.0.0.9")],
+            &[(
+                "forwarded",
+                "for=6.6.6.6, for=\"[2001:db8::7]:80\";proto=https, for=10.0.0.9",
+            )],
         );
         assert_eq!(client(&extractor, &req), "2001:db8::7");
         let req = request("10.0.0.1:1", &[("forwarded", "for=unknown, For=10.0.0.3")]);
@@ -460,11 +487,17 @@ mod tests {
     #[test]
     fn peer_ip_requires_connect_info() {
         let req = Request::get("/").body(()).unwrap();
-        assert_eq!(PeerIp.extract(&RequestHead::of(&req)), Err(KeyError::MissingPeer));
+        assert_eq!(
+            PeerIp.extract(&RequestHead::of(&req)),
+            Err(KeyError::MissingPeer)
+        );
         let p: Problem = KeyError::MissingPeer.into();
         assert_eq!(p.status(), 500);
         let req = request("192.0.2.1:9", &[]);
-        assert_eq!(PeerIp.extract(&RequestHead::of(&req)).unwrap().as_str(), "192.0.2.1");
+        assert_eq!(
+            PeerIp.extract(&RequestHead::of(&req)).unwrap().as_str(),
+            "192.0.2.1"
+        );
     }
 
     #[cfg(feature = "axum")]
@@ -472,8 +505,12 @@ mod tests {
     fn axum_connect_info_is_read() {
         let mut req = Request::get("/").body(()).unwrap();
         let addr: SocketAddr = "192.0.2.9:1234".parse().unwrap();
-        req.extensions_mut().insert(axum::extract::ConnectInfo(addr));
-        assert_eq!(PeerIp.extract(&RequestHead::of(&req)).unwrap().as_str(), "192.0.2.9");
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(addr));
+        assert_eq!(
+            PeerIp.extract(&RequestHead::of(&req)).unwrap().as_str(),
+            "192.0.2.9"
+        );
     }
 
     #[test]
@@ -488,7 +525,10 @@ mod tests {
         let long = request("192.0.2.1:9", &[("x-api-key", "123456789")]);
         assert!(ex.extract(&RequestHead::of(&long)).is_err());
         let mut bin = request("192.0.2.1:9", &[]);
-        bin.headers_mut().insert("x-api-key", http::HeaderValue::from_bytes(b"a\xffb").unwrap());
+        bin.headers_mut().insert(
+            "x-api-key",
+            http::HeaderValue::from_bytes(b"a\xffb").unwrap(),
+        );
         assert!(matches!(
             ex.extract(&RequestHead::of(&bin)),
             Err(KeyError::InvalidHeader(_, "not visible ASCII"))
@@ -498,6 +538,9 @@ mod tests {
     #[test]
     fn global_key_is_constant() {
         let req = Request::get("/").body(()).unwrap();
-        assert_eq!(GlobalKey.extract(&RequestHead::of(&req)).unwrap().as_str(), "global");
+        assert_eq!(
+            GlobalKey.extract(&RequestHead::of(&req)).unwrap().as_str(),
+            "global"
+        );
     }
 }

@@ -173,7 +173,11 @@ impl Problem {
     }
 
     /// Adds an extension member to the problem+json body.
-    pub fn extension(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+    pub fn extension(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<serde_json::Value>,
+    ) -> Self {
         self.extensions.insert(key.into(), value.into());
         self
     }
@@ -336,7 +340,9 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
-            Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }
@@ -423,7 +429,10 @@ mod tests {
             (504, GrpcCode::DeadlineExceeded),
         ];
         for (status, code) in cases {
-            assert_eq!(GrpcCode::for_status(StatusCode::from_u16(status).unwrap()), code);
+            assert_eq!(
+                GrpcCode::for_status(StatusCode::from_u16(status).unwrap()),
+                code
+            );
         }
         let p = Problem::new(StatusCode::CONFLICT, "Conflict").grpc_code(GrpcCode::AlreadyExists);
         assert_eq!(p.code().as_i32(), 6);
@@ -431,9 +440,15 @@ mod tests {
 
     #[test]
     fn plain_http_and_grpc_web_text_are_told_apart() {
-        let plain = Request::get("/").header("content-type", "application/json").body(()).unwrap();
+        let plain = Request::get("/")
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap();
         assert_eq!(Protocol::of(&plain), Protocol::Http);
-        let web = Request::post("/x").header("content-type", "application/grpc-web").body(()).unwrap();
+        let web = Request::post("/x")
+            .header("content-type", "application/grpc-web")
+            .body(())
+            .unwrap();
         assert_eq!(Protocol::of(&web), Protocol::Grpc);
     }
 

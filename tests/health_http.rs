@@ -34,7 +34,13 @@ fn toggle(name: &'static str, up: &Arc<AtomicBool>) -> Check {
     let up = up.clone();
     Check::new(name, move || {
         let up = up.load(Ordering::SeqCst);
-        async move { if up { Outcome::pass() } else { Outcome::fail("connection refused") } }
+        async move {
+            if up {
+                Outcome::pass()
+            } else {
+                Outcome::fail("connection refused")
+            }
+        }
     })
     .component_type("datastore")
 }
@@ -45,24 +51,39 @@ async fn probes_answer_health_json_with_status_codes() {
     let registry = HealthRegistry::new();
     let db_up = Arc::new(AtomicBool::new(true));
     registry.register(toggle("db", &db_up));
-    registry.register(Check::new("process", || async { Outcome::pass() }).groups([Group::Liveness]));
+    registry
+        .register(Check::new("process", || async { Outcome::pass() }).groups([Group::Liveness]));
     let app: Router = HealthRoutes::new(registry).router();
 
     let (status, ct, body) = get(&app, "/readyz").await;
-    assert_eq!((status, ct.as_str()), (StatusCode::OK, "application/health+json"));
+    assert_eq!(
+        (status, ct.as_str()),
+        (StatusCode::OK, "application/health+json")
+    );
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(doc["status"], "pass");
     assert_eq!(doc["checks"]["db:status"][0]["status"], "pass");
     assert_eq!(doc["checks"]["db:status"][0]["componentType"], "datastore");
-    assert!(doc["checks"]["db:status"][0]["time"].as_str().unwrap().ends_with('Z'));
-    assert!(doc["checks"].get("process:status").is_none(), "liveness check not in readiness");
+    assert!(
+        doc["checks"]["db:status"][0]["time"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    assert!(
+        doc["checks"].get("process:status").is_none(),
+        "liveness check not in readiness"
+    );
 
     db_up.store(false, Ordering::SeqCst);
     let (status, _, body) = get(&app, "/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(doc["status"], "fail");
-    assert_eq!(doc["checks"]["db:status"][0]["output"], "connection refused");
+    assert_eq!(
+        doc["checks"]["db:status"][0]["output"],
+        "connection refused"
+    );
 
     let (status, _, body) = get(&app, "/livez").await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -74,7 +95,9 @@ async fn probes_answer_health_json_with_status_codes() {
 #[tokio::test]
 async fn warn_is_200_and_verbose_gives_text_lines() {
     let registry = HealthRegistry::new();
-    registry.register(Check::new("queue", || async { Outcome::warn("backlog 1200") }));
+    registry.register(Check::new("queue", || async {
+        Outcome::warn("backlog 1200")
+    }));
     registry.register(Check::new("cache", || async { Outcome::pass() }));
     let app: Router = HealthRoutes::new(registry.clone()).router();
     let (status, _, body) = get(&app, "/readyz").await;
@@ -82,10 +105,18 @@ async fn warn_is_200_and_verbose_gives_text_lines() {
     assert!(body.contains("\"status\":\"warn\""), "{body}");
 
     let (status, ct, body) = get(&app, "/readyz?verbose").await;
-    assert_eq!((status, ct.as_str()), (StatusCode::OK, "text/plain; charset=utf-8"));
-    assert_eq!(body, "[+]cache ok\n[+]queue warn: backlog 1200\nreadyz check passed\n");
+    assert_eq!(
+        (status, ct.as_str()),
+        (StatusCode::OK, "text/plain; charset=utf-8")
+    );
+    assert_eq!(
+        body,
+        "[+]cache ok\n[+]queue warn: backlog 1200\nreadyz check passed\n"
+    );
 
-    registry.register(Check::new("db", || async { Outcome::fail("refused\nnewline") }));
+    registry.register(Check::new("db", || async {
+        Outcome::fail("refused\nnewline")
+    }));
     let (status, _, body) = get(&app, "/readyz?verbose=1").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains("[-]db failed: refused newline\n"), "{body}");
@@ -115,7 +146,14 @@ async fn paths_are_configurable_and_methods_checked() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    assert!(res.into_body().collect().await.unwrap().to_bytes().is_empty());
+    assert!(
+        res.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty()
+    );
 }
 
 // SPEC HL-1: checks run concurrently; a hanging check fails at its
@@ -138,7 +176,11 @@ async fn checks_run_concurrently_and_hangs_time_out() {
     );
     let started = tokio::time::Instant::now();
     let report = registry.run(&Group::Readiness).await;
-    assert_eq!(started.elapsed(), Duration::from_millis(500), "max, not sum, of the checks");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(500),
+        "max, not sum, of the checks"
+    );
     assert_eq!(report.status(), Status::Fail);
     let hang = report.check("hangs").unwrap();
     assert_eq!(hang.status(), Status::Fail);
@@ -186,11 +228,21 @@ async fn groups_select_checks() {
     );
     assert_eq!(registry.run(&Group::Startup).await.status(), Status::Fail);
     assert_eq!(registry.run(&Group::Readiness).await.status(), Status::Pass);
-    assert_eq!(registry.run(&Group::Custom("batch".into())).await.checks().len(), 1);
-    registry.register(
-        Check::new("migrations", || async { Outcome::pass() }).groups([Group::Startup]),
+    assert_eq!(
+        registry
+            .run(&Group::Custom("batch".into()))
+            .await
+            .checks()
+            .len(),
+        1
     );
-    assert_eq!(registry.run(&Group::Startup).await.status(), Status::Pass, "replaced");
+    registry
+        .register(Check::new("migrations", || async { Outcome::pass() }).groups([Group::Startup]));
+    assert_eq!(
+        registry.run(&Group::Startup).await.status(),
+        Status::Pass,
+        "replaced"
+    );
     assert!(registry.deregister("gpu"));
     assert!(!registry.deregister("gpu"));
 }
@@ -217,6 +269,9 @@ async fn drain_fails_readiness_but_not_liveness() {
     let (status, _, body) = get(&app, "/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(doc["checks"]["shutdown:status"][0]["output"], "draining for shutdown");
+    assert_eq!(
+        doc["checks"]["shutdown:status"][0]["output"],
+        "draining for shutdown"
+    );
     assert_eq!(get(&app, "/livez").await.0, StatusCode::OK);
 }

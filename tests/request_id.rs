@@ -13,19 +13,20 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
 /// A server stack whose handler reports what it saw.
-fn echo_service() -> impl tower::Service<
-    Request<()>,
-    Response = Response<String>,
-    Error = Infallible,
-    Future = impl Send,
-> + Clone {
+fn echo_service()
+-> impl tower::Service<Request<()>, Response = Response<String>, Error = Infallible, Future = impl Send>
++ Clone {
     ServiceBuilder::new()
         .layer(RequestIdLayer::new())
         .service(service_fn(|req: Request<()>| async move {
             let header = req.headers()["x-request-id"].to_str().unwrap().to_owned();
             let ext = req.extensions().get::<RequestId>().unwrap().clone();
             assert_eq!(ext.as_str(), header, "header and extension agree");
-            assert_eq!(RequestId::current(), Some(ext), "current() inside the handler");
+            assert_eq!(
+                RequestId::current(),
+                Some(ext),
+                "current() inside the handler"
+            );
             Ok::<_, Infallible>(Response::new(header))
         }))
 }
@@ -33,7 +34,8 @@ fn echo_service() -> impl tower::Service<
 async fn send(value: Option<&[u8]>) -> (String, String) {
     let mut req = Request::get("/").body(()).unwrap();
     if let Some(v) = value {
-        req.headers_mut().insert("x-request-id", HeaderValue::from_bytes(v).unwrap());
+        req.headers_mut()
+            .insert("x-request-id", HeaderValue::from_bytes(v).unwrap());
     }
     let res = echo_service().oneshot(req).await.unwrap();
     let echoed = res.headers()["x-request-id"].to_str().unwrap().to_owned();
@@ -95,8 +97,13 @@ async fn trust_can_be_switched_off_and_header_renamed() {
                 .trust_incoming(false)
                 .header(http::HeaderName::from_static("x-correlation-id")),
         )
-        .service(service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) }));
-    let req = Request::get("/").header("x-correlation-id", "client-chosen").body(()).unwrap();
+        .service(service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(()))
+        }));
+    let req = Request::get("/")
+        .header("x-correlation-id", "client-chosen")
+        .body(())
+        .unwrap();
     let res = svc.oneshot(req).await.unwrap();
     let id = res.headers()["x-correlation-id"].to_str().unwrap();
     assert!(is_uuid_v7(id), "{id}");
@@ -119,10 +126,14 @@ async fn generated_ids_are_uuid_v7_and_increase() {
 #[tokio::test]
 async fn a_custom_generator_can_be_plugged_in() {
     let svc = ServiceBuilder::new()
-        .layer(RequestIdLayer::new().make_request_id(|_: &battlement::key::RequestHead<'_>| {
-            RequestId::parse(&HeaderValue::from_static("fixed-id")).unwrap()
-        }))
-        .service(service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) }));
+        .layer(
+            RequestIdLayer::new().make_request_id(|_: &battlement::key::RequestHead<'_>| {
+                RequestId::parse(&HeaderValue::from_static("fixed-id")).unwrap()
+            }),
+        )
+        .service(service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(()))
+        }));
     let res = svc.oneshot(Request::new(())).await.unwrap();
     assert_eq!(res.headers()["x-request-id"], "fixed-id");
 }
@@ -186,22 +197,33 @@ async fn every_log_line_of_the_request_carries_the_id() {
         }));
     // An outer span (e.g. the trace layer's) that declares `request.id`.
     let outer = tracing::info_span!("http", request.id = tracing::field::Empty);
-    let req = Request::get("/").header("x-request-id", "trace-me-1").body(()).unwrap();
+    let req = Request::get("/")
+        .header("x-request-id", "trace-me-1")
+        .body(())
+        .unwrap();
     let fut = {
         let _enter = outer.enter();
         svc.oneshot(req)
     };
-    tracing::Instrument::instrument(fut, outer.clone()).await.unwrap();
+    tracing::Instrument::instrument(fut, outer.clone())
+        .await
+        .unwrap();
 
     let events = capture.events.lock().unwrap();
     let handling = events
         .iter()
         .find(|e| e.get("message").is_some_and(|m| m == "handling"))
         .expect("handler event captured");
-    assert_eq!(handling.get("request_id").map(String::as_str), Some("trace-me-1"));
+    assert_eq!(
+        handling.get("request_id").map(String::as_str),
+        Some("trace-me-1")
+    );
     let spans = capture.spans.lock().unwrap();
     let http_span = spans.values().find(|s| s["name"] == "http").unwrap();
-    assert_eq!(http_span.get("request.id").map(String::as_str), Some("trace-me-1"));
+    assert_eq!(
+        http_span.get("request.id").map(String::as_str),
+        Some("trace-me-1")
+    );
 }
 
 // SPEC RID-3
@@ -209,20 +231,28 @@ async fn every_log_line_of_the_request_carries_the_id() {
 async fn outbound_calls_in_the_handler_forward_the_id() {
     // The downstream reports the id it received.
     let downstream = service_fn(|req: Request<()>| async move {
-        let id = req.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_owned());
+        let id = req
+            .headers()
+            .get("x-request-id")
+            .map(|v| v.to_str().unwrap().to_owned());
         Ok::<_, Infallible>(id)
     });
-    let client = ServiceBuilder::new().layer(ForwardRequestIdLayer::new()).service(downstream);
-    let server = ServiceBuilder::new().layer(RequestIdLayer::new()).service(service_fn(
-        move |_: Request<()>| {
+    let client = ServiceBuilder::new()
+        .layer(ForwardRequestIdLayer::new())
+        .service(downstream);
+    let server = ServiceBuilder::new()
+        .layer(RequestIdLayer::new())
+        .service(service_fn(move |_: Request<()>| {
             let client = client.clone();
             async move {
                 let got = client.oneshot(Request::new(())).await?;
                 Ok::<_, Infallible>(Response::new(got))
             }
-        },
-    ));
-    let req = Request::get("/").header("x-request-id", "from-edge").body(()).unwrap();
+        }));
+    let req = Request::get("/")
+        .header("x-request-id", "from-edge")
+        .body(())
+        .unwrap();
     let res = server.oneshot(req).await.unwrap();
     assert_eq!(res.into_body().as_deref(), Some("from-edge"));
 }
@@ -233,16 +263,25 @@ async fn forwarding_keeps_an_explicit_id_and_can_generate() {
     let downstream = service_fn(|req: Request<()>| async move {
         Ok::<_, Infallible>(req.headers().get("x-request-id").cloned())
     });
-    let plain = ServiceBuilder::new().layer(ForwardRequestIdLayer::new()).service(downstream);
+    let plain = ServiceBuilder::new()
+        .layer(ForwardRequestIdLayer::new())
+        .service(downstream);
     assert_eq!(plain.clone().oneshot(Request::new(())).await.unwrap(), None);
 
     let mut req = Request::new(());
-    req.extensions_mut().insert(RequestId::parse(&HeaderValue::from_static("ext-id")).unwrap());
+    req.extensions_mut()
+        .insert(RequestId::parse(&HeaderValue::from_static("ext-id")).unwrap());
     assert_eq!(plain.clone().oneshot(req).await.unwrap().unwrap(), "ext-id");
 
-    let req = Request::get("/").header("x-request-id", "already").body(()).unwrap();
+    let req = Request::get("/")
+        .header("x-request-id", "already")
+        .body(())
+        .unwrap();
     let inside = RequestId::parse(&HeaderValue::from_static("scoped")).unwrap();
-    assert_eq!(inside.scope(plain.oneshot(req)).await.unwrap().unwrap(), "already");
+    assert_eq!(
+        inside.scope(plain.oneshot(req)).await.unwrap().unwrap(),
+        "already"
+    );
 
     let generating = ServiceBuilder::new()
         .layer(ForwardRequestIdLayer::new().generate_missing(true))

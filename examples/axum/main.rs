@@ -49,9 +49,15 @@ impl Settings {
         let drain = var("DRAIN_SECS").unwrap_or_else(|| "0".into());
         Ok(Self {
             bind: bind.parse().map_err(|e| format!("BIND={bind:?}: {e}"))?,
-            downstream: downstream.parse().map_err(|e| format!("DOWNSTREAM_URL={downstream:?}: {e}"))?,
+            downstream: downstream
+                .parse()
+                .map_err(|e| format!("DOWNSTREAM_URL={downstream:?}: {e}"))?,
             layers: var("LAYERS").as_deref() != Some("none"),
-            drain: Duration::from_secs(drain.parse().map_err(|e| format!("DRAIN_SECS={drain:?}: {e}"))?),
+            drain: Duration::from_secs(
+                drain
+                    .parse()
+                    .map_err(|e| format!("DRAIN_SECS={drain:?}: {e}"))?,
+            ),
             redis_url: var("REDIS_URL"),
             etcd_endpoints: var("ETCD_ENDPOINTS")
                 .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect()),
@@ -131,7 +137,9 @@ async fn health(settings: &Settings) -> Result<HealthRegistry, Error> {
             registry.register(battlement::health::store_check(redis));
         }
         #[cfg(not(feature = "redis"))]
-        return Err(format!("REDIS_URL={url} needs: cargo run --example axum --features redis").into());
+        return Err(
+            format!("REDIS_URL={url} needs: cargo run --example axum --features redis").into(),
+        );
     }
     if let Some(endpoints) = &settings.etcd_endpoints {
         #[cfg(feature = "etcd")]
@@ -140,7 +148,10 @@ async fn health(settings: &Settings) -> Result<HealthRegistry, Error> {
             registry.register(battlement::health::store_check(etcd));
         }
         #[cfg(not(feature = "etcd"))]
-        return Err(format!("ETCD_ENDPOINTS={endpoints:?} needs: cargo run --example axum --features etcd").into());
+        return Err(format!(
+            "ETCD_ENDPOINTS={endpoints:?} needs: cargo run --example axum --features etcd"
+        )
+        .into());
     }
     Ok(registry)
 }
@@ -157,15 +168,12 @@ async fn main() -> Result<(), Error> {
     let app = app(&settings, registry.clone());
     let listener = tokio::net::TcpListener::bind(settings.bind).await?;
     tracing::info!(addr = %settings.bind, layers = settings.layers, "listening");
-    let drain = settings.drain;
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            tracing::info!(?drain, "draining: readiness now fails");
-            registry.drain();
-            tokio::time::sleep(drain).await;
-        })
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(registry.shutdown_on_signal(settings.drain))
+    .await?;
     Ok(())
 }
 
@@ -194,7 +202,11 @@ mod tests {
         let res = app.clone().oneshot(req).await.unwrap();
         let (parts, body) = res.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
-        (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
     }
 
     fn get_req(uri: &str) -> Request<Body> {
@@ -213,10 +225,16 @@ mod tests {
     #[tokio::test]
     async fn valid_ids_are_echoed_and_bad_ones_replaced() {
         let app = app(&settings(), HealthRegistry::new());
-        let req = Request::get("/hello").header("x-request-id", "edge-42").body(Body::empty()).unwrap();
+        let req = Request::get("/hello")
+            .header("x-request-id", "edge-42")
+            .body(Body::empty())
+            .unwrap();
         assert_eq!(call(&app, req).await.1["x-request-id"], "edge-42");
         let long = "a".repeat(200);
-        let req = Request::get("/hello").header("x-request-id", &long).body(Body::empty()).unwrap();
+        let req = Request::get("/hello")
+            .header("x-request-id", &long)
+            .body(Body::empty())
+            .unwrap();
         assert_ne!(call(&app, req).await.1["x-request-id"], long.as_str());
     }
 
@@ -234,7 +252,10 @@ mod tests {
 
     #[tokio::test]
     async fn layers_none_serves_bare_routes() {
-        let bare = Settings { layers: false, ..settings() };
+        let bare = Settings {
+            layers: false,
+            ..settings()
+        };
         let app = app(&bare, HealthRegistry::new());
         let (status, headers, body) = call(&app, get_req("/hello")).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "hello"));
@@ -247,15 +268,24 @@ mod tests {
         let downstream = Router::new().route(
             "/",
             get(|headers: http::HeaderMap| async move {
-                headers.get("x-request-id").map(|v| v.to_str().unwrap_or("").to_owned()).unwrap_or_default()
+                headers
+                    .get("x-request-id")
+                    .map(|v| v.to_str().unwrap_or("").to_owned())
+                    .unwrap_or_default()
             }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move { axum::serve(listener, downstream).await });
-        let s = Settings { downstream: format!("http://{addr}/").parse().unwrap(), ..settings() };
+        let s = Settings {
+            downstream: format!("http://{addr}/").parse().unwrap(),
+            ..settings()
+        };
         let app = app(&s, HealthRegistry::new());
-        let req = Request::get("/proxy").header("x-request-id", "hop-1").body(Body::empty()).unwrap();
+        let req = Request::get("/proxy")
+            .header("x-request-id", "hop-1")
+            .body(Body::empty())
+            .unwrap();
         let (status, headers, body) = call(&app, req).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "hop-1"));
         assert_eq!(headers["x-request-id"], "hop-1");
@@ -264,8 +294,15 @@ mod tests {
 
     #[tokio::test]
     async fn proxy_to_a_dead_downstream_is_502() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let s = Settings { downstream: format!("http://127.0.0.1:{port}/").parse().unwrap(), ..settings() };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let s = Settings {
+            downstream: format!("http://127.0.0.1:{port}/").parse().unwrap(),
+            ..settings()
+        };
         let (status, _, _) = call(&app(&s, HealthRegistry::new()), get_req("/proxy")).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY);
     }
@@ -276,7 +313,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn readiness_follows_redis() {
         let mut redis = crate::support::RedisServer::start();
-        let s = Settings { redis_url: Some(redis.url()), ..settings() };
+        let s = Settings {
+            redis_url: Some(redis.url()),
+            ..settings()
+        };
         let app = app(&s, health(&s).await.unwrap());
         let (status, _, body) = call(&app, get_req("/readyz")).await;
         assert_eq!(status, StatusCode::OK, "{body}");
@@ -297,7 +337,10 @@ mod tests {
             if call(&app, get_req("/readyz")).await.0 == StatusCode::OK {
                 break;
             }
-            assert!(back.elapsed() < Duration::from_secs(2), "readiness not back within 2 s");
+            assert!(
+                back.elapsed() < Duration::from_secs(2),
+                "readiness not back within 2 s"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

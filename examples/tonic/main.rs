@@ -1,1 +1,277 @@
-fn main(){}
+//! Run with: cargo run --example tonic
+//!
+//! Serves gRPC on `BIND` (default `127.0.0.1:50051`), every call behind
+//! [`battlement::RequestIdLayer`] (a valid incoming `x-request-id` is kept,
+//! otherwise a UUIDv7 is made; either way it is echoed in the response
+//! metadata and carried by every log line of the call):
+//!
+//! - `helloworld.Greeter/SayHello`, answering `Hello <name>`;
+//! - `grpc.health.v1.Health` (`Check` and `Watch`) from a
+//!   [`battlement::HealthRegistry`]: `""` and `helloworld.Greeter` report
+//!   readiness.
+//!
+//! Environment:
+//!
+//! - `REDIS_URL`: connect to Redis and add it to readiness (build with
+//!   `--features redis`);
+//! - `ETCD_ENDPOINTS`: comma-separated etcd endpoints, added to readiness
+//!   (build with `--features etcd`);
+//! - `DRAIN_SECS` (default 0): on ctrl-c, readiness turns `NOT_SERVING`
+//!   at once, then the server waits this long before shutting down
+//!   gracefully, so load balancers stop sending traffic first;
+//! - `RUST_LOG` (default `info`).
+//!
+//! ```text
+//! grpcurl -plaintext -import-path examples/tonic -proto helloworld.proto \
+//!     -d '{"name":"Ferris"}' 127.0.0.1:50051 helloworld.Greeter/SayHello
+//! ```
+
+use std::error::Error;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use battlement::RequestIdLayer;
+use battlement::health::{Group, GrpcHealth, HealthRegistry};
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
+
+use helloworld::greeter_server::{Greeter, GreeterServer};
+use helloworld::{HelloReply, HelloRequest};
+
+/// The code generated from `helloworld.proto` (see the header of
+/// `helloworld.rs` for how).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod helloworld {
+    include!("helloworld.rs");
+}
+
+type BoxError = Box<dyn Error>;
+
+/// `helloworld.Greeter`.
+#[derive(Debug, Default)]
+struct Hello;
+
+#[tonic::async_trait]
+impl Greeter for Hello {
+    async fn say_hello(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> Result<Response<HelloReply>, Status> {
+        let name = request.into_inner().name;
+        tracing::info!(%name, "SayHello");
+        Ok(Response::new(HelloReply {
+            message: format!("Hello {name}"),
+        }))
+    }
+}
+
+/// The gRPC services: the greeter and the health service over `registry`.
+fn app(registry: HealthRegistry) -> Routes {
+    let health = GrpcHealth::new(registry)
+        .service(helloworld::greeter_server::SERVICE_NAME, Group::Readiness)
+        .into_server();
+    Routes::new(GreeterServer::new(Hello)).add_service(health)
+}
+
+/// Serves [`app`] behind the request-id layer on `listener` until
+/// `shutdown` completes, then finishes the calls in flight.
+async fn serve(
+    listener: TcpListener,
+    registry: HealthRegistry,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    Server::builder()
+        .layer(RequestIdLayer::new())
+        .add_routes(app(registry))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let filter = EnvFilter::builder()
+        .with_default_directive(LevelFilter::INFO.into())
+        .from_env()
+        .map_err(|e| format!("RUST_LOG: {e}"))?;
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    let bind: SocketAddr = env_var("BIND")?
+        .unwrap_or_else(|| "127.0.0.1:50051".to_owned())
+        .parse()
+        .map_err(|e| format!("BIND: expected an address like 127.0.0.1:50051: {e}"))?;
+    let drain = match env_var("DRAIN_SECS")? {
+        Some(secs) => Duration::from_secs(
+            secs.parse()
+                .map_err(|e| format!("DRAIN_SECS: expected whole seconds, got {secs:?}: {e}"))?,
+        ),
+        None => Duration::ZERO,
+    };
+
+    let registry = HealthRegistry::new();
+    register_backends(&registry).await?;
+
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|e| format!("cannot listen on {bind}: {e}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving helloworld.Greeter and grpc.health.v1.Health");
+
+    let shutdown = registry.clone().shutdown_on_signal(drain);
+    serve(listener, registry, shutdown).await?;
+    Ok(())
+}
+
+/// Adds the stores named by the environment to readiness.
+async fn register_backends(registry: &HealthRegistry) -> Result<(), BoxError> {
+    #[cfg(feature = "redis")]
+    if let Some(url) = env_var("REDIS_URL")? {
+        let store = battlement::backends::RedisStore::connect(&url)
+            .await
+            .map_err(|e| format!("REDIS_URL: {e}"))?;
+        registry.register(battlement::health::store_check(store));
+        tracing::info!("readiness checks Redis");
+    }
+    #[cfg(not(feature = "redis"))]
+    if env_var("REDIS_URL")?.is_some() {
+        return Err(rebuild_with("REDIS_URL", "redis"));
+    }
+
+    #[cfg(feature = "etcd")]
+    if let Some(list) = env_var("ETCD_ENDPOINTS")? {
+        let endpoints: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let store = battlement::backends::EtcdStore::connect(endpoints)
+            .await
+            .map_err(|e| format!("ETCD_ENDPOINTS: {e}"))?;
+        registry.register(battlement::health::store_check(store));
+        tracing::info!("readiness checks etcd");
+    }
+    #[cfg(not(feature = "etcd"))]
+    if env_var("ETCD_ENDPOINTS")?.is_some() {
+        return Err(rebuild_with("ETCD_ENDPOINTS", "etcd"));
+    }
+
+    #[cfg(not(any(feature = "redis", feature = "etcd")))]
+    let _ = registry;
+    Ok(())
+}
+
+#[cfg(not(all(feature = "redis", feature = "etcd")))]
+fn rebuild_with(var: &str, feature: &str) -> BoxError {
+    format!(
+        "{var} is set but this example was built without the `{feature}` feature; \
+         run it with `cargo run --example tonic --features {feature}`"
+    )
+    .into()
+}
+
+/// The variable `name`, `None` when unset or empty.
+fn env_var(name: &str) -> Result<Option<String>, BoxError> {
+    match std::env::var(name) {
+        Ok(value) if value.trim().is_empty() => Ok(None),
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(err) => Err(format!("{name}: {err}").into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::transport::Channel;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    use helloworld::greeter_client::GreeterClient;
+
+    /// Starts the example's server on an ephemeral loopback port.
+    async fn start(registry: HealthRegistry) -> Channel {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, registry, std::future::pending()));
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    fn hello(name: &str) -> Request<HelloRequest> {
+        Request::new(HelloRequest {
+            name: name.to_owned(),
+        })
+    }
+
+    fn request_id<T>(response: &Response<T>) -> &str {
+        response
+            .metadata()
+            .get("x-request-id")
+            .expect("x-request-id in the response metadata")
+            .to_str()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn say_hello_answers_with_a_uuid_v7_request_id() {
+        let mut client = GreeterClient::new(start(HealthRegistry::new()).await);
+        let response = client.say_hello(hello("Ferris")).await.unwrap();
+        assert_eq!(response.get_ref().message, "Hello Ferris");
+        let id = uuid::Uuid::parse_str(request_id(&response)).unwrap();
+        assert_eq!(id.get_version_num(), 7);
+    }
+
+    #[tokio::test]
+    async fn a_valid_incoming_request_id_is_echoed() {
+        let mut client = GreeterClient::new(start(HealthRegistry::new()).await);
+        let mut request = hello("Ferris");
+        request
+            .metadata_mut()
+            .insert("x-request-id", "abc-123_X.y:z".parse().unwrap());
+        let response = client.say_hello(request).await.unwrap();
+        assert_eq!(request_id(&response), "abc-123_X.y:z");
+
+        let mut request = hello("Ferris");
+        request
+            .metadata_mut()
+            .insert("x-request-id", "not;valid".parse().unwrap());
+        let response = client.say_hello(request).await.unwrap();
+        let id = uuid::Uuid::parse_str(request_id(&response)).unwrap();
+        assert_eq!(id.get_version_num(), 7);
+    }
+
+    #[tokio::test]
+    async fn health_reports_the_greeter_from_readiness() {
+        let registry = HealthRegistry::new();
+        let mut health = HealthClient::new(start(registry.clone()).await);
+        let check = |service: &str| HealthCheckRequest {
+            service: service.to_owned(),
+        };
+        for service in ["", "helloworld.Greeter"] {
+            let status = health
+                .check(check(service))
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
+        }
+        registry.drain();
+        let status = health
+            .check(check("helloworld.Greeter"))
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::NotServing as i32);
+    }
+}

@@ -69,7 +69,10 @@ impl MemoryStore {
 
     /// A store from `config`.
     pub fn from_config(config: MemoryConfig) -> Result<Self, StoreError> {
-        Ok(Self::build(KeySpace::new(&config.prefix)?, SystemClock::shared()))
+        Ok(Self::build(
+            KeySpace::new(&config.prefix)?,
+            SystemClock::shared(),
+        ))
     }
 
     /// This store on `clock` instead of the system clock (for tests).

@@ -77,9 +77,7 @@ pub struct KeySpace {
 impl KeySpace {
     /// A namespace under `prefix`: 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
     pub fn new(prefix: &str) -> Result<Self, StoreError> {
-        let valid = !prefix.is_empty()
-            && prefix.len() <= 64
-            && prefix.bytes().all(is_plain);
+        let valid = !prefix.is_empty() && prefix.len() <= 64 && prefix.bytes().all(is_plain);
         if !valid {
             return Err(StoreError::Config(format!(
                 "key prefix {prefix:?} must be 1 to 64 characters of A-Z a-z 0-9 . _ -"
@@ -177,13 +175,19 @@ mod tests {
     #[test]
     fn bad_prefixes_are_rejected() {
         for bad in ["", "a:b", "a{b}", "a b", &"x".repeat(65)] {
-            assert!(matches!(KeySpace::new(bad), Err(StoreError::Config(_))), "{bad:?}");
+            assert!(
+                matches!(KeySpace::new(bad), Err(StoreError::Config(_))),
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact_url("redis://:hunter2@db:6379/0"), "redis://:***@db:6379/0");
+        assert_eq!(
+            redact_url("redis://:hunter2@db:6379/0"),
+            "redis://:***@db:6379/0"
+        );
         assert_eq!(redact_url("rediss://bob:pw@db"), "rediss://bob:***@db");
         assert_eq!(redact_url("redis://db:6379"), "redis://db:6379");
     }

@@ -30,7 +30,10 @@ pub async fn clones_share_one_connection<H: Harness>(h: H) {
     let store = h.store().await;
     let clone = store.clone();
     drop(store);
-    clone.ping().await.expect("clone pings after the original is dropped");
+    clone
+        .ping()
+        .await
+        .expect("clone pings after the original is dropped");
 }
 
 /// `close` on one clone stops all of them, with a non-transient error.
@@ -38,7 +41,10 @@ pub async fn close_stops_every_clone<H: Harness>(h: H) {
     let store = h.store().await;
     let clone = store.clone();
     store.close();
-    let err = clone.ping().await.expect_err("closed store must not answer");
+    let err = clone
+        .ping()
+        .await
+        .expect_err("closed store must not answer");
     assert_eq!(err, StoreError::Closed);
     assert!(!err.is_transient());
     let other = h.store().await;
@@ -55,8 +61,14 @@ pub async fn keys_are_namespaced_and_escaped<H: Harness>(h: H) {
     assert_eq!(key.matches('{').count(), 1, "{key}");
     assert_eq!(key.matches('}').count(), 1, "{key}");
     assert!(!key.contains('\n'));
-    let other = h.store_with_prefix(&unique_prefix()).await.expect("valid prefix");
-    assert_ne!(other.keyspace().key("rl", "a"), store.keyspace().key("rl", "a"));
+    let other = h
+        .store_with_prefix(&unique_prefix())
+        .await
+        .expect("valid prefix");
+    assert_ne!(
+        other.keyspace().key("rl", "a"),
+        store.keyspace().key("rl", "a")
+    );
 }
 
 /// Prefixes that could break the key layout are configuration errors.
@@ -81,7 +93,10 @@ pub async fn health_check_passes_with_latency<H: Harness>(h: H) {
     let entry = &doc["checks"][&key][0];
     assert_eq!(entry["status"], "pass", "{doc}");
     assert_eq!(entry["observedUnit"], "ms");
-    assert!(entry["observedValue"].as_f64().is_some_and(|v| v >= 0.0), "{doc}");
+    assert!(
+        entry["observedValue"].as_f64().is_some_and(|v| v >= 0.0),
+        "{doc}"
+    );
     let live = registry.run(&Group::Liveness).await;
     assert!(live.checks().is_empty(), "store checks are readiness only");
 }
@@ -125,7 +140,10 @@ pub async fn outage_fails_fast_and_recovers<H: FaultHarness>(mut h: H) {
     h.stop();
     for _ in 0..5 {
         let started = Instant::now();
-        let err = store.ping().await.expect_err("a stopped server cannot answer");
+        let err = store
+            .ping()
+            .await
+            .expect_err("a stopped server cannot answer");
         assert!(err.is_transient(), "{err:?}");
         assert!(started.elapsed() < CALL_BOUND);
     }
@@ -143,7 +161,9 @@ pub async fn health_check_fails_then_recovers<H: FaultHarness>(mut h: H) {
     h.stop();
     let report = registry.run(&Group::Readiness).await;
     assert_eq!(report.status(), Status::Fail, "{report:?}");
-    let failing = report.check(store.kind()).expect("check named after the backend");
+    let failing = report
+        .check(store.kind())
+        .expect("check named after the backend");
     assert!(failing.output().is_some_and(|o| !o.is_empty()));
     assert!(failing.took() < CALL_BOUND);
     h.restart().await;
@@ -155,7 +175,10 @@ pub async fn health_check_fails_then_recovers<H: FaultHarness>(mut h: H) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(passed, "readiness did not recover within 2 s of the restart");
+    assert!(
+        passed,
+        "readiness did not recover within 2 s of the restart"
+    );
 }
 
 /// Retries `f` for up to 2 s until it succeeds.

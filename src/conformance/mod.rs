@@ -1,10 +1,16 @@
 //! The shared backend test suite: every case runs against every backend.
 //!
-//! ```ignore
-//! // tests/conformance_redis.rs
-//! mod support;
-//! battlement::backend_suite!(support::RedisHarness::start().await);
-//! battlement::backend_fault_suite!(support::RedisHarness::start().await);
+//! ```
+//! use battlement::conformance::{backend, MemoryHarness};
+//!
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! // One case, run by hand against one backend...
+//! backend::close_stops_every_clone(MemoryHarness).await;
+//! # });
+//!
+//! // ...or every case, one `#[tokio::test]` each, in a test file:
+//! // battlement::backend_suite!(battlement::conformance::MemoryHarness);
+//! // battlement::backend_fault_suite!(support::RedisHarness::start());
 //! ```
 //!
 //! A suite is a module of generic async functions, one per guarantee, each

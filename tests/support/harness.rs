@@ -26,7 +26,9 @@ mod redis_harness {
 
     impl RedisHarness {
         pub fn start() -> Self {
-            Self { server: RedisServer::start() }
+            Self {
+                server: RedisServer::start(),
+            }
         }
     }
 
@@ -62,7 +64,9 @@ mod redis_harness {
 
     impl RedisClusterHarness {
         pub fn start() -> Self {
-            Self { cluster: RedisCluster::start() }
+            Self {
+                cluster: RedisCluster::start(),
+            }
         }
     }
 
@@ -109,7 +113,9 @@ mod etcd_harness {
 
     impl EtcdHarness {
         pub fn start() -> Self {
-            Self { server: EtcdServer::start() }
+            Self {
+                server: EtcdServer::start(),
+            }
         }
     }
 

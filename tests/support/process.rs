@@ -22,7 +22,11 @@ pub fn require_binary(name: &str) -> PathBuf {
         .unwrap_or_else(|| {
             panic!(
                 "{name} not found on PATH: run scripts/test.sh, which installs it{}",
-                if std::env::var_os("CI").is_some() { " (CI must have it)" } else { "" }
+                if std::env::var_os("CI").is_some() {
+                    " (CI must have it)"
+                } else {
+                    ""
+                }
             )
         })
 }
@@ -35,7 +39,10 @@ pub struct Process {
 }
 
 impl Process {
-    pub fn spawn(name: &'static str, command: impl Fn() -> Command + Send + Sync + 'static) -> Self {
+    pub fn spawn(
+        name: &'static str,
+        command: impl Fn() -> Command + Send + Sync + 'static,
+    ) -> Self {
         let mut p = Self {
             name,
             command: Box::new(command),
@@ -65,14 +72,14 @@ impl Process {
     }
 
     pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut().map(|c| c.try_wait()) {
-            Some(Ok(None)) => true,
-            _ => false,
-        }
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
     fn signal(&self, signal: i32) {
-        let child = self.child.as_ref().unwrap_or_else(|| panic!("{} is not running", self.name));
+        let child = self
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("{} is not running", self.name));
         let pid = i32::try_from(child.id()).expect("pid fits i32");
         // SAFETY-free: libc::kill is a plain syscall wrapper; tests only.
         let rc = unsafe_free_kill(pid, signal);

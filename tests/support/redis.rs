@@ -56,8 +56,9 @@ impl RedisServer {
 
     fn wait_ready(&mut self) {
         let port = self.port;
-        self.process
-            .wait_until(Duration::from_secs(10), || ping(port).is_some_and(|r| r.starts_with("+PONG")));
+        self.process.wait_until(Duration::from_secs(10), || {
+            ping(port).is_some_and(|r| r.starts_with("+PONG"))
+        });
     }
 
     pub fn pause(&self) {
@@ -93,7 +94,9 @@ impl RedisServer {
 /// Sends a RESP `PING`, returns the first reply line.
 fn ping(port: u16) -> Option<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
     stream.write_all(b"PING\r\n").ok()?;
     let mut buf = [0u8; 64];
     let n = stream.read(&mut buf).ok()?;
@@ -115,8 +118,13 @@ impl RedisCluster {
             "--cluster-node-timeout",
             "2000",
         ];
-        let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_with(&cluster_args)).collect();
-        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| RedisServer::start_with(&cluster_args))
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         let out = Command::new(require_binary("redis-cli"))
             .arg("--cluster")
             .arg("create")

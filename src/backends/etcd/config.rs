@@ -110,7 +110,10 @@ impl EtcdConfig {
     }
 
     pub(crate) fn credentials(&self) -> Option<(&str, &str)> {
-        Some((self.username.as_deref()?, self.password.as_deref().unwrap_or("")))
+        Some((
+            self.username.as_deref()?,
+            self.password.as_deref().unwrap_or(""),
+        ))
     }
 
     pub(crate) fn validate(&self) -> Result<(), StoreError> {
@@ -118,7 +121,9 @@ impl EtcdConfig {
             return Err(StoreError::Config("etcd: no endpoint".into()));
         }
         if self.timeout.is_zero() || self.connect_timeout.is_zero() {
-            return Err(StoreError::Config("etcd: timeouts must be above zero".into()));
+            return Err(StoreError::Config(
+                "etcd: timeouts must be above zero".into(),
+            ));
         }
         if self.password.is_some() && self.username.is_none() {
             return Err(StoreError::Config("etcd: password without username".into()));
@@ -147,7 +152,12 @@ mod tests {
     #[test]
     fn invalid_configs_are_errors() {
         assert!(EtcdConfig::new(Vec::<String>::new()).validate().is_err());
-        assert!(EtcdConfig::new(["http://a:1"]).with_timeout(Duration::ZERO).validate().is_err());
+        assert!(
+            EtcdConfig::new(["http://a:1"])
+                .with_timeout(Duration::ZERO)
+                .validate()
+                .is_err()
+        );
         assert!(EtcdConfig::new(["http://a:1"]).validate().is_ok());
     }
 

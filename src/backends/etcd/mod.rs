@@ -138,7 +138,9 @@ impl Backend for EtcdStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.call(|mut c| async move { c.status().await }).await.map(drop)
+        self.call(|mut c| async move { c.status().await })
+            .await
+            .map(drop)
     }
 
     fn close(&self) {

@@ -121,11 +121,14 @@ impl RedisConfig {
         }
         if !self.cluster && self.urls.len() > 1 {
             return Err(StoreError::Config(
-                "redis: several URLs given for a standalone server; use RedisConfig::cluster".into(),
+                "redis: several URLs given for a standalone server; use RedisConfig::cluster"
+                    .into(),
             ));
         }
         if self.timeout.is_zero() || self.connect_timeout.is_zero() {
-            return Err(StoreError::Config("redis: timeouts must be above zero".into()));
+            return Err(StoreError::Config(
+                "redis: timeouts must be above zero".into(),
+            ));
         }
         Ok(())
     }
@@ -151,7 +154,11 @@ mod tests {
     #[test]
     fn invalid_configs_are_errors_not_panics() {
         assert!(RedisConfig::standalone("").validate().is_err());
-        assert!(RedisConfig::cluster(Vec::<String>::new()).validate().is_err());
+        assert!(
+            RedisConfig::cluster(Vec::<String>::new())
+                .validate()
+                .is_err()
+        );
         let two = RedisConfig {
             urls: vec!["redis://a".into(), "redis://b".into()],
             ..RedisConfig::standalone("x")

@@ -100,11 +100,7 @@ impl RedisStore {
     }
 
     fn connection(&self) -> Result<Connection, StoreError> {
-        let guard = self
-            .inner
-            .conn
-            .read()
-            .map_err(|_| StoreError::Closed)?;
+        let guard = self.inner.conn.read().map_err(|_| StoreError::Closed)?;
         guard.clone().ok_or(StoreError::Closed)
     }
 }
@@ -123,15 +119,19 @@ async fn open(config: &RedisConfig) -> Result<Connection, StoreError> {
             .map_err(|e| map_error(e, config.connect_timeout()))?;
         Ok(Connection::Cluster(conn))
     } else {
-        let url = config.urls().first().map(String::as_str).unwrap_or_default();
+        let url = config
+            .urls()
+            .first()
+            .map(String::as_str)
+            .unwrap_or_default();
         let client = redis::Client::open(url).map_err(config_error)?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout()))
             .set_number_of_retries(2)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let manager =
-            ConnectionManager::new_lazy_with_config(client, manager_config).map_err(config_error)?;
+        let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
+            .map_err(config_error)?;
         Ok(Connection::Standalone(manager))
     }
 }
@@ -178,7 +178,9 @@ impl Backend for RedisStore {
         if reply == "PONG" {
             Ok(())
         } else {
-            Err(StoreError::Protocol(format!("redis: PING answered {reply:?}")))
+            Err(StoreError::Protocol(format!(
+                "redis: PING answered {reply:?}"
+            )))
         }
     }
 

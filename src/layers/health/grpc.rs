@@ -23,6 +23,12 @@ use super::registry::HealthRegistry;
 /// changes (polled every second by default), and `SERVICE_UNKNOWN` for
 /// unknown names.
 ///
+/// Once the registry is [draining](HealthRegistry::drain), `Watch` sends
+/// the status one last time if it changed (`NOT_SERVING` for readiness)
+/// and then ends the stream, so that open watchers do not hold up a
+/// graceful shutdown (SPEC HL-5); a `Watch` started while draining sends
+/// the status once and ends.
+///
 /// ```
 /// use battlement::health::{GrpcHealth, Group, HealthRegistry};
 ///
@@ -118,19 +124,29 @@ impl Health for GrpcHealth {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let service = request.into_inner().service;
         let this = self.clone();
-        let stream = futures_util::stream::unfold(None, move |last: Option<PbStatus>| {
+        // State: the status last sent, and whether the stream is done.
+        let stream = futures_util::stream::unfold((None, false), move |(last, done)| {
             let this = this.clone();
             let service = service.clone();
             async move {
+                if done {
+                    return None;
+                }
                 let mut first = last.is_none();
                 loop {
                     if !first {
                         tokio::time::sleep(this.poll_every).await;
                     }
                     first = false;
+                    // Read before running the checks, so that a status
+                    // computed while draining already reflects the drain.
+                    let draining = this.registry.is_draining();
                     let status = this.wire_status(&service).await;
                     if Some(status) != last {
-                        return Some((Ok(response(status)), Some(status)));
+                        return Some((Ok(response(status)), (Some(status), draining)));
+                    }
+                    if draining {
+                        return None;
                     }
                 }
             }

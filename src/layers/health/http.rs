@@ -40,7 +40,8 @@ impl HealthEndpoint {
         if method != Method::GET && method != Method::HEAD {
             let mut res = Response::new(Full::default());
             *res.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-            res.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            res.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
             return res;
         }
         let report = self.registry.run(&self.group).await;
@@ -52,12 +53,20 @@ impl HealthEndpoint {
         let (content_type, body) = if wants_verbose(query) {
             ("text/plain; charset=utf-8", Bytes::from(report.to_text()))
         } else {
-            (HEALTH_JSON, Bytes::from(report.to_health_json().to_string()))
+            (
+                HEALTH_JSON,
+                Bytes::from(report.to_health_json().to_string()),
+            )
         };
-        let body = if method == Method::HEAD { Bytes::new() } else { body };
+        let body = if method == Method::HEAD {
+            Bytes::new()
+        } else {
+            body
+        };
         let mut res = Response::new(Full::new(body));
         *res.status_mut() = status;
-        res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        res.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         res.headers_mut()
             .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         res
@@ -139,9 +148,12 @@ impl HealthRoutes {
 
     /// The endpoints with their paths.
     pub fn endpoints(&self) -> impl Iterator<Item = (&str, HealthEndpoint)> + '_ {
-        self.paths
-            .iter()
-            .map(|(group, path)| (path.as_str(), HealthEndpoint::new(self.registry.clone(), group.clone())))
+        self.paths.iter().map(|(group, path)| {
+            (
+                path.as_str(),
+                HealthEndpoint::new(self.registry.clone(), group.clone()),
+            )
+        })
     }
 
     /// An axum router with the three routes, to `merge` into an app.

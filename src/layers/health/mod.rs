@@ -25,8 +25,9 @@
 //! at its timeout without delaying the others (SPEC HL-1). The HTTP
 //! endpoints answer `application/health+json` (SPEC HL-2), the gRPC service
 //! answers from the same registry (SPEC HL-3), [`store_check`] covers the
-//! backends (SPEC HL-4) and [`HealthRegistry::drain`] implements graceful
-//! shutdown (SPEC HL-5).
+//! backends (SPEC HL-4), and [`HealthRegistry::drain`] with
+//! [`HealthRegistry::shutdown_on_signal`] implement graceful shutdown
+//! (SPEC HL-5).
 
 mod check;
 #[cfg(feature = "tonic")]
@@ -34,6 +35,7 @@ mod grpc;
 mod http;
 mod registry;
 mod report;
+mod shutdown;
 mod store;
 
 pub use check::{Check, Group, Outcome, Status};

@@ -81,7 +81,11 @@ pub struct Report {
 impl Report {
     pub(crate) fn new(group: Group, mut checks: Vec<CheckReport>) -> Self {
         checks.sort_by(|a, b| a.name.cmp(&b.name));
-        let status = checks.iter().map(CheckReport::status).max().unwrap_or(Status::Pass);
+        let status = checks
+            .iter()
+            .map(CheckReport::status)
+            .max()
+            .unwrap_or(Status::Pass);
         Self {
             group,
             status,
@@ -128,7 +132,10 @@ impl Report {
                 entry.insert("output".into(), output.into());
             }
             let key = format!("{}:{}", c.name, c.measurement);
-            if let Value::Array(list) = checks.entry(key).or_insert_with(|| Value::Array(Vec::new())) {
+            if let Value::Array(list) = checks
+                .entry(key)
+                .or_insert_with(|| Value::Array(Vec::new()))
+            {
                 list.push(Value::Object(entry));
             }
         }
@@ -154,7 +161,11 @@ impl Report {
             }
             out.push('\n');
         }
-        let verdict = if self.status == Status::Fail { "failed" } else { "passed" };
+        let verdict = if self.status == Status::Fail {
+            "failed"
+        } else {
+            "passed"
+        };
         let _ = writeln!(out, "{} check {verdict}", self.group.name());
         out
     }

@@ -75,8 +75,12 @@ impl RequestIdLayer {
 
     /// Builds the layer from its serde form.
     pub fn from_config(config: &RequestIdConfig) -> Result<Self, ConfigError> {
-        let header = HeaderName::try_from(config.header.as_str())
-            .map_err(|_| ConfigError::new(format!("request id header {:?} is not a header name", config.header)))?;
+        let header = HeaderName::try_from(config.header.as_str()).map_err(|_| {
+            ConfigError::new(format!(
+                "request id header {:?} is not a header name",
+                config.header
+            ))
+        })?;
         Ok(Self::new()
             .header(header)
             .trust_incoming(config.trust_incoming)

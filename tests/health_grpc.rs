@@ -1,0 +1,261 @@
+//! `grpc.health.v1.Health` served by `GrpcHealth`, called with a real tonic
+//! client over loopback (SPEC HL-3, HL-5).
+#![cfg(feature = "tonic")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use battlement::health::{Check, Group, GrpcHealth, HealthRegistry, Outcome, Status};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, Server};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+
+/// Bound for every wait on the server.
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A registry whose readiness follows `ready`, plus a liveness check that
+/// always passes.
+fn registry(ready: &Arc<AtomicBool>) -> HealthRegistry {
+    let registry = HealthRegistry::new();
+    let flag = ready.clone();
+    registry.register(Check::new("dep", move || {
+        let ok = flag.clone();
+        async move {
+            if ok.load(Ordering::SeqCst) {
+                Outcome::pass()
+            } else {
+                Outcome::fail("down")
+            }
+        }
+    }));
+    registry
+        .register(Check::new("process", || async { Outcome::pass() }).groups([Group::Liveness]));
+    registry
+}
+
+/// Serves `GrpcHealth` over `registry` on an ephemeral loopback port.
+async fn start(registry: HealthRegistry) -> HealthClient<Channel> {
+    start_until(registry, std::future::pending()).await.0
+}
+
+/// Like [`start`], with a graceful shutdown when `shutdown` completes; the
+/// handle finishes when the server has stopped.
+async fn start_until(
+    registry: HealthRegistry,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> (
+    HealthClient<Channel>,
+    JoinHandle<Result<(), tonic::transport::Error>>,
+) {
+    let health = GrpcHealth::new(registry)
+        .service("helloworld.Greeter", Group::Readiness)
+        .poll_every(Duration::from_millis(50))
+        .into_server();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        Server::builder()
+            .add_service(health)
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown),
+    );
+    let channel = timeout(
+        WAIT,
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect(),
+    )
+    .await
+    .expect("connect timed out")
+    .unwrap();
+    (HealthClient::new(channel), server)
+}
+
+fn request(service: &str) -> HealthCheckRequest {
+    HealthCheckRequest {
+        service: service.to_owned(),
+    }
+}
+
+async fn check(
+    client: &mut HealthClient<Channel>,
+    service: &str,
+) -> Result<ServingStatus, tonic::Status> {
+    let response = timeout(WAIT, client.check(request(service)))
+        .await
+        .expect("Check timed out")?;
+    Ok(status_of(&response.into_inner()))
+}
+
+async fn next(stream: &mut tonic::Streaming<HealthCheckResponse>) -> ServingStatus {
+    let response = timeout(WAIT, stream.message())
+        .await
+        .expect("no Watch update in time")
+        .unwrap()
+        .expect("Watch stream ended");
+    status_of(&response)
+}
+
+fn status_of(response: &HealthCheckResponse) -> ServingStatus {
+    ServingStatus::try_from(response.status).expect("a known ServingStatus")
+}
+
+// SPEC HL-3
+#[tokio::test]
+async fn check_overall_follows_readiness() {
+    let ready = Arc::new(AtomicBool::new(true));
+    let mut client = start(registry(&ready)).await;
+
+    assert_eq!(
+        check(&mut client, "").await.unwrap(),
+        ServingStatus::Serving
+    );
+    ready.store(false, Ordering::SeqCst);
+    assert_eq!(
+        check(&mut client, "").await.unwrap(),
+        ServingStatus::NotServing
+    );
+    ready.store(true, Ordering::SeqCst);
+    assert_eq!(
+        check(&mut client, "").await.unwrap(),
+        ServingStatus::Serving
+    );
+}
+
+// SPEC HL-3
+#[tokio::test]
+async fn check_named_service_follows_its_group() {
+    let ready = Arc::new(AtomicBool::new(true));
+    let mut client = start(registry(&ready)).await;
+
+    assert_eq!(
+        check(&mut client, "helloworld.Greeter").await.unwrap(),
+        ServingStatus::Serving
+    );
+    ready.store(false, Ordering::SeqCst);
+    assert_eq!(
+        check(&mut client, "helloworld.Greeter").await.unwrap(),
+        ServingStatus::NotServing
+    );
+}
+
+// SPEC HL-3
+#[tokio::test]
+async fn check_unknown_service_is_not_found() {
+    let ready = Arc::new(AtomicBool::new(true));
+    let mut client = start(registry(&ready)).await;
+
+    let err = check(&mut client, "nope").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+}
+
+// SPEC HL-3
+#[tokio::test]
+async fn watch_sends_the_status_then_each_change() {
+    let ready = Arc::new(AtomicBool::new(true));
+    let mut client = start(registry(&ready)).await;
+
+    let mut stream = timeout(WAIT, client.watch(request("")))
+        .await
+        .expect("Watch timed out")
+        .unwrap()
+        .into_inner();
+    assert_eq!(next(&mut stream).await, ServingStatus::Serving);
+    ready.store(false, Ordering::SeqCst);
+    assert_eq!(next(&mut stream).await, ServingStatus::NotServing);
+    ready.store(true, Ordering::SeqCst);
+    assert_eq!(next(&mut stream).await, ServingStatus::Serving);
+}
+
+// SPEC HL-3
+#[tokio::test]
+async fn watch_unknown_service_is_service_unknown() {
+    let ready = Arc::new(AtomicBool::new(true));
+    let mut client = start(registry(&ready)).await;
+
+    let mut stream = timeout(WAIT, client.watch(request("nope")))
+        .await
+        .expect("Watch timed out")
+        .unwrap()
+        .into_inner();
+    assert_eq!(next(&mut stream).await, ServingStatus::ServiceUnknown);
+}
+
+// SPEC HL-5
+#[tokio::test]
+async fn drain_fails_readiness_but_not_liveness() {
+    let ready = Arc::new(AtomicBool::new(true));
+    let registry = registry(&ready);
+    let mut client = start(registry.clone()).await;
+    assert_eq!(
+        check(&mut client, "").await.unwrap(),
+        ServingStatus::Serving
+    );
+
+    registry.drain();
+
+    assert_eq!(
+        check(&mut client, "").await.unwrap(),
+        ServingStatus::NotServing
+    );
+    assert_eq!(
+        check(&mut client, "helloworld.Greeter").await.unwrap(),
+        ServingStatus::NotServing
+    );
+    let liveness = registry.run(&Group::Liveness).await;
+    assert_eq!(liveness.status(), Status::Pass);
+    assert!(liveness.is_healthy());
+}
+
+// SPEC HL-5
+#[tokio::test]
+async fn drain_ends_watch_streams_so_graceful_shutdown_finishes() {
+    let ready = Arc::new(AtomicBool::new(true));
+    let registry = registry(&ready);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (mut client, server) = start_until(registry.clone(), async {
+        let _ = stopped.await;
+    })
+    .await;
+    let mut overall = client.watch(request("")).await.unwrap().into_inner();
+    let mut greeter = client
+        .watch(request("helloworld.Greeter"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next(&mut overall).await, ServingStatus::Serving);
+    assert_eq!(next(&mut greeter).await, ServingStatus::Serving);
+
+    registry.drain();
+
+    // Watchers are told NOT_SERVING, then their streams end ...
+    for stream in [&mut overall, &mut greeter] {
+        assert_eq!(next(stream).await, ServingStatus::NotServing);
+        let end = timeout(WAIT, stream.message())
+            .await
+            .expect("Watch stream still open after drain");
+        assert!(matches!(end, Ok(None)), "{end:?}");
+    }
+    // ... and a Watch started while draining reports once and ends.
+    let mut late = client.watch(request("")).await.unwrap().into_inner();
+    assert_eq!(next(&mut late).await, ServingStatus::NotServing);
+    let end = timeout(WAIT, late.message())
+        .await
+        .expect("late Watch still open");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+
+    // So an open watcher does not hold up graceful shutdown.
+    let _watching = client.watch(request("")).await.unwrap().into_inner();
+    stop.send(()).unwrap();
+    timeout(WAIT, server)
+        .await
+        .expect("graceful shutdown blocked by a Watch stream")
+        .unwrap()
+        .unwrap();
+}
