@@ -46,8 +46,7 @@ where
         let mut res = ready!(this.inner.poll(cx))?;
         if let Some(id) = this.id.take() {
             res.headers_mut()
-                .insert(this.header.clone(), id.header_value().clone());
-            res.extensions_mut().insert(id);
+                .insert(this.header.clone(), id.into_header_value());
         }
         Poll::Ready(Ok(res))
     }

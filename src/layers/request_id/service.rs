@@ -23,16 +23,16 @@ impl<S> RequestIdService<S> {
         Self { inner, layer }
     }
 
-    fn id_for<B>(&self, req: &Request<B>) -> RequestId {
-        if self.layer.trust_incoming {
-            let mut values = req.headers().get_all(&self.layer.header).iter();
-            if let (Some(value), None) = (values.next(), values.next())
-                && let Some(id) = RequestId::parse(value)
-            {
-                return id;
-            }
+    /// The incoming id if it is trusted and valid.
+    fn incoming<B>(&self, req: &Request<B>) -> Option<RequestId> {
+        if !self.layer.trust_incoming {
+            return None;
         }
-        self.layer.make.make_request_id(&RequestHead::of(req))
+        let mut values = req.headers().get_all(&self.layer.header).iter();
+        match (values.next(), values.next()) {
+            (Some(value), None) => RequestId::parse(value),
+            _ => None,
+        }
     }
 }
 
@@ -49,9 +49,15 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let id = self.id_for(&req);
-        req.headers_mut()
-            .insert(self.layer.header.clone(), id.header_value().clone());
+        let id = match self.incoming(&req) {
+            Some(id) => id,
+            None => {
+                let id = self.layer.make.make_request_id(&RequestHead::of(&req));
+                req.headers_mut()
+                    .insert(self.layer.header.clone(), id.header_value().clone());
+                id
+            }
+        };
         req.extensions_mut().insert(id.clone());
         tracing::Span::current().record("request.id", id.as_str());
         let span = if self.layer.span {
