@@ -25,6 +25,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// The current time.
     fn now(&self) -> Duration;
+
+    /// The current time in whole microseconds since the UNIX epoch.
+    fn now_micros(&self) -> u64 {
+        u64::try_from(self.now().as_micros()).unwrap_or(u64::MAX)
+    }
 }
 
 /// A clock shared between layers and stores.

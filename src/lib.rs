@@ -16,4 +16,5 @@ pub mod reject;
 
 pub use error::{BoxError, ConfigError, FailurePolicy, StoreError};
 pub use layers::health::{self, HealthRegistry};
+pub use layers::rate_limit;
 pub use layers::request_id::{self, RequestId, RequestIdLayer};

@@ -5,6 +5,9 @@ mod support;
 
 mod memory {
     battlement::backend_suite!(battlement::conformance::MemoryHarness);
+    mod rate_limit {
+        battlement::rate_limit_suite!(battlement::conformance::MemoryHarness);
+    }
 }
 
 #[cfg(feature = "redis")]
@@ -12,6 +15,10 @@ mod redis {
     use super::support::RedisHarness;
     battlement::backend_suite!(RedisHarness::start());
     battlement::backend_fault_suite!(RedisHarness::start());
+    mod rate_limit {
+        use super::RedisHarness;
+        battlement::rate_limit_suite!(RedisHarness::start());
+    }
 }
 
 #[cfg(feature = "redis")]
@@ -19,6 +26,10 @@ mod redis_cluster {
     use super::support::RedisClusterHarness;
     battlement::backend_suite!(RedisClusterHarness::start());
     battlement::backend_fault_suite!(RedisClusterHarness::start());
+    mod rate_limit {
+        use super::RedisClusterHarness;
+        battlement::rate_limit_suite!(RedisClusterHarness::start());
+    }
 }
 
 #[cfg(feature = "etcd")]
@@ -26,4 +37,8 @@ mod etcd {
     use super::support::EtcdHarness;
     battlement::backend_suite!(EtcdHarness::start());
     battlement::backend_fault_suite!(EtcdHarness::start());
+    mod rate_limit {
+        use super::EtcdHarness;
+        battlement::rate_limit_suite!(EtcdHarness::start());
+    }
 }

@@ -1,7 +1,8 @@
 //! The harness of the in-memory backend.
 
-use super::Harness;
+use super::{Harness, StoredKey, unique_prefix};
 use crate::backends::{MemoryConfig, MemoryStore};
+use crate::clock::SharedClock;
 use crate::error::StoreError;
 
 /// Builds [`MemoryStore`]s.
@@ -13,5 +14,21 @@ impl Harness for MemoryHarness {
 
     async fn store_with_prefix(&self, prefix: &str) -> Result<MemoryStore, StoreError> {
         MemoryStore::from_config(MemoryConfig::default().prefix(prefix))
+    }
+
+    async fn store_with_clock(&self, clock: SharedClock) -> MemoryStore {
+        let store = self.store_with_prefix(&unique_prefix()).await;
+        store.expect("valid prefix").with_clock(clock)
+    }
+
+    async fn stored_keys(&self, store: &MemoryStore) -> Vec<StoredKey> {
+        store
+            .rate_limit_entries()
+            .into_iter()
+            .map(|(key, ttl)| StoredKey {
+                key,
+                ttl: Some(ttl),
+            })
+            .collect()
     }
 }

@@ -29,12 +29,15 @@
 
 pub mod backend;
 mod memory;
+pub mod rate_limit;
 
 use std::future::Future;
+use std::time::Duration;
 
 pub use memory::MemoryHarness;
 
 use crate::backends::Backend;
+use crate::clock::SharedClock;
 use crate::error::StoreError;
 
 /// Builds stores connected to the backend under test.
@@ -58,6 +61,23 @@ pub trait Harness: Send + Sync + 'static {
         &self,
         prefix: &str,
     ) -> impl Future<Output = Result<Self::Store, StoreError>> + Send;
+
+    /// A store on a fresh prefix that takes time from `clock` (Redis:
+    /// caller-clock mode).
+    fn store_with_clock(&self, clock: SharedClock) -> impl Future<Output = Self::Store> + Send;
+
+    /// Every key `store` has written under its prefix, with its TTL, read
+    /// from the server itself.
+    fn stored_keys(&self, store: &Self::Store) -> impl Future<Output = Vec<StoredKey>> + Send;
+}
+
+/// A key found on the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    /// The full key.
+    pub key: String,
+    /// Its time to live; `None` if it never expires.
+    pub ttl: Option<Duration>,
 }
 
 /// A harness whose server can be made to fail.
@@ -109,6 +129,28 @@ macro_rules! backend_suite {
             invalid_prefix_is_rejected,
             health_check_passes_with_latency,
             debug_output_has_no_secrets,
+        );
+    };
+}
+
+/// The rate-limit suite for a [`Harness`] whose store implements
+/// `RateLimitStore`.
+#[macro_export]
+macro_rules! rate_limit_suite {
+    ($harness:expr) => {
+        $crate::__conformance_cases!($harness; rate_limit;
+            burst_is_admitted_then_denied,
+            eleventh_request_waits_exactly_100ms,
+            refill_follows_the_clock,
+            cost_above_one_counts_fully,
+            cost_above_burst_is_never_allowed,
+            keys_and_policies_are_isolated,
+            concurrent_tasks_admit_exactly_the_burst,
+            zero_cost_peeks_without_writing,
+            denials_write_nothing_and_keys_expire,
+            retry_after_is_exact,
+            quota_changes_keep_state,
+            random_sequences_match_the_reference,
         );
     };
 }

@@ -1,4 +1,5 @@
 //! One folder per concern; each is a `tower::Layer`.
 
 pub mod health;
+pub mod rate_limit;
 pub mod request_id;

@@ -15,10 +15,28 @@ pub const TEST_TIMEOUT: Duration = Duration::from_millis(500);
 #[cfg(all(feature = "redis", feature = "conformance"))]
 mod redis_harness {
     use battlement::StoreError;
-    use battlement::backends::{RedisConfig, RedisStore};
-    use battlement::conformance::{FaultHarness, Harness};
+    use battlement::backends::{Backend, RedisConfig, RedisStore};
+    use battlement::clock::SharedClock;
+    use battlement::conformance::{FaultHarness, Harness, StoredKey, unique_prefix};
 
     use super::*;
+
+    /// Keys under the store's prefix on these nodes, with `PTTL`.
+    fn scan(nodes: &[&RedisServer], store: &RedisStore) -> Vec<StoredKey> {
+        let pattern = format!("{}:*", store.keyspace().prefix());
+        let mut keys = Vec::new();
+        for node in nodes {
+            for key in node.cli(&["--scan", "--pattern", &pattern]).lines() {
+                let pttl: i64 = node.cli(&["pttl", key]).trim().parse().expect("PTTL reply");
+                let ttl = u64::try_from(pttl).ok().map(Duration::from_millis);
+                keys.push(StoredKey {
+                    key: key.to_owned(),
+                    ttl,
+                });
+            }
+        }
+        keys
+    }
 
     pub struct RedisHarness {
         pub server: RedisServer,
@@ -40,6 +58,15 @@ mod redis_harness {
                 .prefix(prefix)
                 .with_timeout(TEST_TIMEOUT);
             RedisStore::from_config(config).await
+        }
+
+        async fn store_with_clock(&self, clock: SharedClock) -> RedisStore {
+            let store = self.store_with_prefix(&unique_prefix()).await;
+            store.expect("redis store").with_clock(clock)
+        }
+
+        async fn stored_keys(&self, store: &RedisStore) -> Vec<StoredKey> {
+            scan(&[&self.server], store)
         }
     }
 
@@ -79,6 +106,16 @@ mod redis_harness {
                 .with_timeout(TEST_TIMEOUT);
             RedisStore::from_config(config).await
         }
+
+        async fn store_with_clock(&self, clock: SharedClock) -> RedisStore {
+            let store = self.store_with_prefix(&unique_prefix()).await;
+            store.expect("redis cluster store").with_clock(clock)
+        }
+
+        async fn stored_keys(&self, store: &RedisStore) -> Vec<StoredKey> {
+            let nodes: Vec<&RedisServer> = self.cluster.nodes().iter().collect();
+            scan(&nodes, store)
+        }
     }
 
     impl FaultHarness for RedisClusterHarness {
@@ -102,8 +139,10 @@ pub use redis_harness::*;
 #[cfg(all(feature = "etcd", feature = "conformance"))]
 mod etcd_harness {
     use battlement::StoreError;
-    use battlement::backends::{EtcdConfig, EtcdStore};
-    use battlement::conformance::{FaultHarness, Harness};
+    use battlement::backends::{Backend, EtcdConfig, EtcdStore};
+    use battlement::clock::SharedClock;
+    use battlement::conformance::{FaultHarness, Harness, StoredKey, unique_prefix};
+    use etcd_client::{Client, GetOptions};
 
     use super::*;
 
@@ -127,6 +166,40 @@ mod etcd_harness {
                 .prefix(prefix)
                 .with_timeout(TEST_TIMEOUT);
             EtcdStore::from_config(config).await
+        }
+
+        async fn store_with_clock(&self, clock: SharedClock) -> EtcdStore {
+            let store = self.store_with_prefix(&unique_prefix()).await;
+            store.expect("etcd store").with_clock(clock)
+        }
+
+        /// Keys under the store's prefix with their lease's remaining TTL.
+        async fn stored_keys(&self, store: &EtcdStore) -> Vec<StoredKey> {
+            let mut client = Client::connect([self.server.endpoint()], None)
+                .await
+                .expect("etcd client");
+            let prefix = format!("{}:", store.keyspace().prefix());
+            let resp = client
+                .get(prefix, Some(GetOptions::new().with_prefix()))
+                .await
+                .expect("etcd get");
+            let mut keys = Vec::new();
+            for kv in resp.kvs() {
+                let ttl = if kv.lease() == 0 {
+                    None
+                } else {
+                    let live = client
+                        .lease_time_to_live(kv.lease(), None)
+                        .await
+                        .expect("lease ttl");
+                    u64::try_from(live.ttl()).ok().map(Duration::from_secs)
+                };
+                keys.push(StoredKey {
+                    key: kv.key_str().expect("utf-8 key").to_owned(),
+                    ttl,
+                });
+            }
+            keys
         }
     }
 

@@ -2,6 +2,8 @@
 //! option).
 
 mod config;
+mod lease;
+mod rate_limit;
 
 use std::fmt;
 use std::future::Future;
@@ -13,7 +15,9 @@ use etcd_client::{Client, ConnectOptions};
 pub use config::EtcdConfig;
 
 use super::{Backend, KeySpace};
+use crate::clock::{SharedClock, SystemClock};
 use crate::error::StoreError;
+use lease::LeaseCache;
 
 /// State in etcd, shared by every process that points at the same cluster.
 ///
@@ -37,6 +41,8 @@ struct Inner {
     keys: KeySpace,
     timeout: Duration,
     config: EtcdConfig,
+    clock: SharedClock,
+    leases: LeaseCache,
 }
 
 impl EtcdStore {
@@ -70,6 +76,8 @@ impl EtcdStore {
                 keys,
                 timeout: config.timeout(),
                 config,
+                clock: SystemClock::shared(),
+                leases: LeaseCache::default(),
             }),
         };
         store.ping().await?;
@@ -79,6 +87,26 @@ impl EtcdStore {
     /// The settings this store was built from.
     pub fn config(&self) -> &EtcdConfig {
         &self.inner.config
+    }
+
+    /// Decides with `clock` instead of the system clock (for tests).
+    pub fn with_clock(self, clock: SharedClock) -> Self {
+        let client = self.inner.client.read().ok().and_then(|c| c.clone());
+        Self {
+            inner: Arc::new(Inner {
+                client: RwLock::new(client),
+                keys: self.inner.keys.clone(),
+                timeout: self.inner.timeout,
+                config: self.inner.config.clone(),
+                clock,
+                leases: LeaseCache::default(),
+            }),
+        }
+    }
+
+    /// The clock decisions are made with.
+    pub(crate) fn clock(&self) -> &SharedClock {
+        &self.inner.clock
     }
 
     /// Runs `f` on a client handle with the per-call timeout.

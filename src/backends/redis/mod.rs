@@ -2,6 +2,7 @@
 //! Cluster).
 
 mod config;
+mod rate_limit;
 
 use std::fmt;
 use std::sync::{Arc, RwLock};
@@ -10,11 +11,12 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, FromRedisValue, RedisError};
+use redis::{Cmd, FromRedisValue, RedisError, ScriptInvocation};
 
 pub use config::RedisConfig;
 
 use super::{Backend, KeySpace};
+use crate::clock::SharedClock;
 use crate::error::StoreError;
 
 /// State in Redis, shared by every process that points at the same server.
@@ -44,6 +46,7 @@ struct Inner {
     keys: KeySpace,
     timeout: Duration,
     config: RedisConfig,
+    clock: Option<SharedClock>,
 }
 
 #[derive(Clone)]
@@ -72,6 +75,7 @@ impl RedisStore {
                 keys,
                 timeout: config.timeout(),
                 config,
+                clock: None,
             }),
         };
         store.ping().await?;
@@ -81,6 +85,45 @@ impl RedisStore {
     /// The settings this store was built from.
     pub fn config(&self) -> &RedisConfig {
         &self.inner.config
+    }
+
+    /// Decides with `clock` instead of the Redis server's `TIME` (for
+    /// tests; in production every instance should share the server clock).
+    pub fn with_clock(self, clock: SharedClock) -> Self {
+        let conn = self.inner.conn.read().ok().and_then(|c| c.clone());
+        Self {
+            inner: Arc::new(Inner {
+                conn: RwLock::new(conn),
+                keys: self.inner.keys.clone(),
+                timeout: self.inner.timeout,
+                config: self.inner.config.clone(),
+                clock: Some(clock),
+            }),
+        }
+    }
+
+    /// The caller clock, if one was set.
+    pub(crate) fn caller_clock(&self) -> Option<&SharedClock> {
+        self.inner.clock.as_ref()
+    }
+
+    /// Runs a Lua script (`EVALSHA`, loading it on `NOSCRIPT`) with the
+    /// per-call timeout.
+    pub(crate) async fn invoke<T: FromRedisValue>(
+        &self,
+        script: &ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let conn = self.connection()?;
+        let call = async move {
+            match conn {
+                Connection::Standalone(mut c) => script.invoke_async(&mut c).await,
+                Connection::Cluster(mut c) => script.invoke_async(&mut c).await,
+            }
+        };
+        match tokio::time::timeout(self.inner.timeout, call).await {
+            Ok(result) => result.map_err(|e| map_error(e, self.inner.timeout)),
+            Err(_) => Err(StoreError::Timeout(self.inner.timeout)),
+        }
     }
 
     /// Runs `cmd` with the per-call timeout; errors are mapped to

@@ -1,5 +1,7 @@
 //! `MemoryStore`: process-local state, no server.
 
+mod rate_limit;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -8,6 +10,7 @@ use serde::Deserialize;
 use super::{Backend, DEFAULT_PREFIX, KeySpace};
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::StoreError;
+use rate_limit::Cells;
 
 /// Settings of a [`MemoryStore`].
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +62,7 @@ struct Inner {
     keys: KeySpace,
     clock: SharedClock,
     closed: AtomicBool,
+    cells: Cells,
 }
 
 impl MemoryStore {
@@ -91,12 +95,12 @@ impl MemoryStore {
                 keys,
                 clock,
                 closed: AtomicBool::new(false),
+                cells: Cells::default(),
             }),
         }
     }
 
     /// `Err(Closed)` once the store was closed.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn check_open(&self) -> Result<(), StoreError> {
         if self.inner.closed.load(Ordering::Acquire) {
             Err(StoreError::Closed)

@@ -1,0 +1,90 @@
+//! `RateLimitStore` for `EtcdStore`: read, decide, then write with a
+//! transaction that only succeeds if the key's revision is unchanged; on a
+//! conflict the transaction's else-branch returns the new value and the
+//! decision is made again. Written keys carry a lease as their TTL.
+//!
+//! etcd has no server clock, so decisions use the store's clock (the
+//! system clock by default): keep instances NTP-synchronised. Each decision
+//! costs at least two round trips, so this is the low-rate option (SPEC
+//! RL-6); prefer Redis for hot paths.
+
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, GetResponse, PutOptions, Txn, TxnOp, TxnOpResponse};
+
+use super::EtcdStore;
+use crate::backends::Backend;
+use crate::error::StoreError;
+use crate::layers::rate_limit::gcra::{self, GcraState};
+use crate::layers::rate_limit::store::state_id;
+use crate::layers::rate_limit::{Decision, Quota, RateLimitStore};
+
+/// Attempts before a decision under contention gives up.
+const MAX_ATTEMPTS: u32 = 200;
+
+/// The state and revision of a key (revision 0: absent).
+fn read(resp: &GetResponse) -> (Option<GcraState>, i64) {
+    match resp.kvs().first() {
+        Some(kv) => (
+            kv.value_str().ok().and_then(GcraState::decode),
+            kv.mod_revision(),
+        ),
+        None => (None, 0),
+    }
+}
+
+impl RateLimitStore for EtcdStore {
+    async fn decide(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        cost: u64,
+    ) -> Result<Decision, StoreError> {
+        let key = self.keyspace().key("rl", &state_id(policy, key));
+        let k = key.clone();
+        let first = self
+            .call(|mut c| async move { c.get(k, None).await })
+            .await?;
+        let (mut state, mut revision) = read(&first);
+        for attempt in 0..MAX_ATTEMPTS {
+            let step = gcra::decide(state, quota, cost, self.clock().now_micros());
+            let Some(write) = step.write else {
+                return Ok(step.decision);
+            };
+            let lease = self.lease_for(Duration::from_micros(step.ttl_us)).await?;
+            let guard = if revision == 0 {
+                Compare::create_revision(key.as_str(), CompareOp::Equal, 0)
+            } else {
+                Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)
+            };
+            let txn = Txn::new()
+                .when([guard])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    write.encode(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )])
+                .or_else([TxnOp::get(key.as_str(), None)]);
+            let resp = self.call(|mut c| async move { c.txn(txn).await }).await?;
+            if resp.succeeded() {
+                return Ok(step.decision);
+            }
+            match resp.op_responses().first() {
+                Some(TxnOpResponse::Get(get)) => (state, revision) = read(get),
+                _ => {
+                    return Err(StoreError::Protocol(
+                        "etcd: txn else-branch without get".into(),
+                    ));
+                }
+            }
+            // Back off a little so that contenders interleave.
+            let spread = u64::from(attempt.min(20)) * 250;
+            let jitter = fastrand::u64(0..=spread);
+            tokio::time::sleep(Duration::from_micros(jitter)).await;
+        }
+        Err(StoreError::Backend(format!(
+            "etcd: {MAX_ATTEMPTS} conflicting writes on one rate-limit key"
+        )))
+    }
+}

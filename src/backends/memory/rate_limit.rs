@@ -1,0 +1,172 @@
+//! `RateLimitStore` for `MemoryStore`: one lock-free cell per key.
+//!
+//! governor's limiter cannot be used here: its GCRA rounds the emission
+//! interval to nanoseconds and has no cost-above-burst or quota-rescaling
+//! semantics, and battlement's memory, Redis and etcd backends must decide
+//! identically (SPEC RL-7). The cell follows governor's design instead: the
+//! state is one 128-bit word updated with compare-and-swap.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use portable_atomic::AtomicU128;
+
+use super::MemoryStore;
+use crate::error::StoreError;
+use crate::layers::rate_limit::gcra::{self, GcraState};
+use crate::layers::rate_limit::{Decision, Quota, RateLimitStore};
+
+/// How often idle keys are evicted.
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The rate-limit cells of one memory store.
+#[derive(Debug, Default)]
+pub(crate) struct Cells {
+    map: DashMap<Box<str>, Cell>,
+    sweeper: AtomicBool,
+}
+
+/// `(debt, at)` in one word, plus the period the debt is expressed in and
+/// when the bucket is full again (for eviction).
+#[derive(Debug, Default)]
+struct Cell {
+    state: AtomicU128,
+    period_us: AtomicU64,
+    full_at_us: AtomicU64,
+}
+
+impl Cell {
+    fn decide(&self, quota: &Quota, cost: u64, now_us: u64) -> Decision {
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            let state = GcraState {
+                debt: (current >> 64) as u64,
+                at: current as u64,
+                period_us: self.period_us.load(Ordering::Relaxed),
+            };
+            let step = gcra::decide(Some(state), quota, cost, now_us);
+            let Some(write) = step.write else {
+                return step.decision;
+            };
+            let next = (u128::from(write.debt) << 64) | u128::from(write.at);
+            match self.state.compare_exchange_weak(
+                current,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.period_us.store(write.period_us, Ordering::Relaxed);
+                    self.full_at_us
+                        .fetch_max(now_us.saturating_add(step.ttl_us), Ordering::Relaxed);
+                    return step.decision;
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+}
+
+thread_local! {
+    static ID: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+impl Cells {
+    /// Number of keys held.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Removes every key whose bucket is full again at `now_us`.
+    pub(crate) fn sweep(&self, now_us: u64) {
+        self.map
+            .retain(|_, cell| cell.full_at_us.load(Ordering::Relaxed) > now_us);
+    }
+
+    fn decide(&self, policy: &str, key: &str, quota: &Quota, cost: u64, now_us: u64) -> Decision {
+        ID.with_borrow_mut(|id| {
+            id.clear();
+            id.push_str(policy);
+            id.push('/');
+            id.push_str(key);
+            if let Some(cell) = self.map.get(id.as_str()) {
+                return cell.decide(quota, cost, now_us);
+            }
+            // A new key: write only when the request is allowed.
+            let fresh = gcra::decide(None, quota, cost, now_us);
+            if fresh.write.is_none() {
+                return fresh.decision;
+            }
+            let cell = self.map.entry(id.as_str().into()).or_default();
+            cell.decide(quota, cost, now_us)
+        })
+    }
+}
+
+impl MemoryStore {
+    /// Number of rate-limit keys held; keys idle until their bucket is full
+    /// again are evicted every second by a background task, without any
+    /// call by the user (SPEC RL-4).
+    pub fn rate_limit_keys(&self) -> usize {
+        self.inner.cells.len()
+    }
+
+    /// Every rate-limit key (namespaced as on the servers) with the time
+    /// until its bucket is full again.
+    pub fn rate_limit_entries(&self) -> Vec<(String, Duration)> {
+        let now = self.inner.clock.now_micros();
+        self.inner
+            .cells
+            .map
+            .iter()
+            .map(|e| {
+                let ttl = e.full_at_us.load(Ordering::Relaxed).saturating_sub(now);
+                (
+                    self.inner.keys.key("rl", e.key()),
+                    Duration::from_micros(ttl),
+                )
+            })
+            .collect()
+    }
+
+    /// Starts the background sweeper once, on the caller's runtime. It ends
+    /// when the store is dropped.
+    fn ensure_sweeper(&self) {
+        let cells = &self.inner.cells;
+        if cells.sweeper.load(Ordering::Relaxed) || cells.sweeper.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            cells.sweeper.store(false, Ordering::Release);
+            return;
+        };
+        let weak: Weak<super::Inner> = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                inner.cells.sweep(inner.clock.now_micros());
+            }
+        });
+    }
+}
+
+impl RateLimitStore for MemoryStore {
+    async fn decide(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        cost: u64,
+    ) -> Result<Decision, StoreError> {
+        self.check_open()?;
+        self.ensure_sweeper();
+        let now_us = self.inner.clock.now_micros();
+        Ok(self.inner.cells.decide(policy, key, quota, cost, now_us))
+    }
+}

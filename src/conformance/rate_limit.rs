@@ -1,0 +1,338 @@
+//! Cases every `RateLimitStore` must pass (SPEC RL-1, RL-4..RL-7).
+//!
+//! Time comes from a [`ManualClock`] handed to the store (caller-clock mode
+//! on Redis), so every case is exact and nothing sleeps.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::{Harness, StoredKey};
+use crate::backends::Backend;
+use crate::clock::{Clock, ManualClock};
+use crate::rate_limit::{Decision, Quota, RateLimitStore};
+
+/// 2026-01-01T00:00:00Z in µs: a realistic "now" (large numbers matter for
+/// the Lua script's exactness).
+const T0: Duration = Duration::from_secs(1_767_225_600);
+
+fn quota(count: u64, period_ms: u64, burst: u64) -> Quota {
+    Quota::new(count, Duration::from_millis(period_ms))
+        .and_then(|q| q.with_burst(burst))
+        .expect("valid quota")
+}
+
+async fn setup<H: Harness>(h: &H) -> (H::Store, ManualClock)
+where
+    H::Store: RateLimitStore,
+{
+    let clock = ManualClock::new(T0);
+    (h.store_with_clock(clock.shared()).await, clock)
+}
+
+async fn decide<S: RateLimitStore>(s: &S, key: &str, q: &Quota, cost: u64) -> Decision {
+    s.decide("p", key, q, cost).await.expect("store answers")
+}
+
+/// The burst is admitted at once, then the next request is denied.
+pub async fn burst_is_admitted_then_denied<H: Harness>(h: H)
+where
+    H::Store: RateLimitStore,
+{
+    let (s, _clock) = setup(&h).await;
+    let q = quota(5, 1_000, 5);
+    for expected_remaining in (0..5).rev() {
+        let d = decide(&s, "k", &q, 1).await;
+        assert!(d.is_allowed(), "{d:?}");
+        assert_eq!(d.remaining(), expected_remaining);
+    }
+    let d = decide(&s, "k", &q, 1).await;
+    assert!(!d.is_allowed());
+    assert_eq!(d.remaining(), 0);
+}
+
+/// 10/s burst 10: the 11th simultaneous request waits exactly 100 ms, and
+/// the bucket is full again exactly 1 s after the burst.
+pub async fn eleventh_request_waits_exactly_100ms<H: Harness>(h: H)
+where
+    H::Store: RateLimitStore,
+{
+    let (s, _clock) = setup(&h).await;
+    let q = quota(10, 1_000, 10);
+    for _ in 0..10 {
+        assert!(decide(&s, "k", &q, 1).await.is_allowed());
+    }
+    let d = decide(&s, "k", &q, 1).await;
+    assert_eq!(d.retry_after(), Some(Duration::from_millis(100)), "{d:?}");
+    assert_eq!(d.reset(), Duration::from_secs(1));
+}
+
+/// Capacity comes back with the clock, one emission interval at a time.
+pub async fn refill_follows_the_clock<H: Harness>(h: H)
+where
+    H::Store: RateLimitStore,
+{
+    let (s, clock) = setup(&h).await;
+    let q = quota(10, 1_000, 10);
+    for _ in 0..10 {
+        decide(&s, "k", &q, 1).await;
+    }
+    clock.advance(Duration::from_micros(99_999));
+    assert!(!decide(&s, "k", &q, 1).await.is_allowed(), "one µs early");
+    clock.advance(Duration::from_micros(1));
+    assert!(decide(&s, "k", &q, 1).await.is_allowed(), "on time");
+    assert!(!decide(&s, "k", &q, 1).await.is_allowed());
+    clock.advance(Duration::from_secs(5));
+    let d = decide(&s, "k", &q, 1).await;
+    assert_eq!(d.remaining(), 9, "full again after idling: {d:?}");
+}
+
+/// A request may cost more than one; the retry hint accounts for it.
+pub async fn cost_above_one_counts_fully<H: Harness>(h: H)
+where
+    H::Store: RateLimitStore,
+{
+    let (s, _clock) = setup(&h).await;
+    let q = quota(10, 1_000, 10);
+    let d = decide(&s, "k", &q, 3).await;
+    assert_eq!(d.remaining(), 7, "{d:?}");
+    let d = decide(&s, "k", &q, 8).await;
+    assert_eq!(d.retry_after(), Some(Duration::from_millis(100)), "{d:?}");
+    let d = decide(&s, "k", &q, 7).await;
+    assert!(d.is_allowed());
+    assert_eq!(d.remaining(), 0);
+}
+
+/// A cost above the burst can never pass; it writes nothing.
+pub async fn cost_above_burst_is_never_allowed<H: Harness>(h: H)
+where
+    H::Store: RateLimitStore,
+{
+    let (s, _clock) = setup(&h).await;
+    let q = quota(10, 1_000, 10);
+    let d = decide(&s, "fresh", &q, 11).await;
+    assert!(!d.is_allowed());
+    assert_eq!(d.retry_after(), None, "never: {d:?}");
+    assert_eq!(d.remaining(), 10);
+    assert!(h.stored_keys(&s).await.is_empty(), "a denial wrote a key");
+}
+
+/// Keys and policies never share state.
+pub async fn keys_and_policies_are_isolated<H: Harness>(h: H)
+where
+    H::Store: RateLimitStore,
+{
+    let (s, _clock) = setup(&h).await;
+    let q = quota(2, 1_000, 2);
+    for _ in 0..2 {
+        decide(&s, "a", &q, 1).await;
+    }
+    assert!(!decide(&s, "a", &q, 1).await.is_allowed());
+    assert!(decide(&s, "b", &q, 1).await.is_allowed());
+    assert!(
+        s.decide("other-policy", "a", &q, 1)
+            .await
+            .expect("answers")
+            .is_allowed()
+    );
+    // Keys that differ only in characters the key encoding escapes.
+    assert!(decide(&s, "a:b", &q, 1).await.is_allowed());
+    assert!(decide(&s, "a/b", &q, 1).await.is_allowed());
+    let other = h.store_with_clock(ManualClock::new(T0).shared()).await;
+    assert!(
+        decide(&other, "a", &q, 1).await.is_allowed(),
+        "prefixes isolate stores"
+    );
+}
+
+/// 64 concurrent tasks on one key admit exactly the burst.
+pub async fn concurrent_tasks_admit_exactly_the_burst<H: Harness>(h: H)
+where
+    H::Store: RateLimitStore,
+{
+    let (s, _clock) = setup(&h).await;
+    let q = quota(20, 60_000, 20);
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.decide("p", "hot", &q, 1).await })
+        })
+        .collect();
+    let mut allowed = 0;
+    for t in tasks {
+        if t.await.expect("task").expect("store answers").is_allowed() {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 20);
+}
+
+/// Cost 0 reports the state without consuming or writing.
+pub async fn zero_cost_peeks_without_writing<H: Harness>(h: H)
+where
+    H::Store: RateLimitStore,
+{
+    let (s, _clock) = setup(&h).await;
+    let q = quota(5, 1_000, 5);
+    let d = decide(&s, "k", &q, 0).await;
+    assert_eq!((d.is_allowed(), d.remaining()), (true, 5));
+    assert!(h.stored_keys(&s).await.is_empty());
+    decide(&s, "k", &q, 2).await;
+    assert_eq!(decide(&s, "k", &q, 0).await.remaining(), 3);
+}
+
+/// Denials write nothing; every written key has a TTL no longer than the
+/// time until its bucket is full again (checked on the real server).
+pub async fn denials_write_nothing_and_keys_expire<H: Harness>(h: H)
+where
+    H::Store: RateLimitStore,
+{
+    let (s, _clock) = setup(&h).await;
+    let q = quota(10, 1_000, 3);
+    for _ in 0..3 {
+        decide(&s, "k", &q, 1).await;
+    }
+    let before = h.stored_keys(&s).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    for _ in 0..5 {
+        assert!(!decide(&s, "k", &q, 1).await.is_allowed());
+    }
+    assert!(!decide(&s, "other", &q, 4).await.is_allowed());
+    let after = h.stored_keys(&s).await;
+    assert_eq!(after.len(), 1, "denials created keys: {after:?}");
+    assert_eq!(after[0].key, before[0].key);
+    let prefix = s.keyspace().concern_prefix("rl");
+    for StoredKey { key, ttl } in &after {
+        assert!(key.starts_with(&prefix), "{key} outside {prefix}");
+        let ttl = ttl.unwrap_or_else(|| panic!("{key} has no TTL"));
+        assert!(
+            ttl > Duration::ZERO && ttl <= Duration::from_millis(300) + LEASE_ROUNDING,
+            "{key}: {ttl:?}"
+        );
+    }
+}
+
+/// etcd leases have whole-second TTLs and a shared-lease slack.
+const LEASE_ROUNDING: Duration = Duration::from_secs(5);
+
+/// Retry-after is never early and exactly enough.
+pub async fn retry_after_is_exact<H: Harness>(h: H)
+where
+    H::Store: RateLimitStore,
+{
+    let (s, clock) = setup(&h).await;
+    let q = quota(3, 1_000, 2);
+    decide(&s, "k", &q, 1).await;
+    decide(&s, "k", &q, 1).await;
+    let wait = decide(&s, "k", &q, 1).await.retry_after().expect("finite");
+    assert_eq!(wait, Duration::from_micros(333_334), "1/3 s rounded up");
+    clock.advance(wait - Duration::from_micros(1));
+    assert!(!decide(&s, "k", &q, 1).await.is_allowed());
+    clock.advance(Duration::from_micros(1));
+    assert!(decide(&s, "k", &q, 1).await.is_allowed());
+}
+
+/// A quota change applies to the next decision and keeps the outstanding
+/// cost of that key; other keys are untouched.
+pub async fn quota_changes_keep_state<H: Harness>(h: H)
+where
+    H::Store: RateLimitStore,
+{
+    let (s, _clock) = setup(&h).await;
+    let small = quota(10, 1_000, 10);
+    for _ in 0..4 {
+        decide(&s, "a", &small, 1).await;
+    }
+    decide(&s, "b", &small, 1).await;
+    let big = quota(100, 60_000, 100);
+    assert_eq!(decide(&s, "a", &big, 1).await.remaining(), 95);
+    assert_eq!(decide(&s, "b", &small, 1).await.remaining(), 8);
+}
+
+/// An exact model in a different formulation: a theoretical arrival time in
+/// units of 1/count µs, in u128.
+#[derive(Default)]
+struct Reference {
+    tat: BTreeMap<(u8, u8), u128>,
+}
+
+impl Reference {
+    fn decide(
+        &mut self,
+        key: (u8, u8),
+        q: &Quota,
+        cost: u64,
+        now_us: u64,
+    ) -> (bool, Option<u64>, u64) {
+        let n = u128::from(q.count());
+        let p = u128::from(q.period_us());
+        let cap = u128::from(q.burst()) * p;
+        let now = u128::from(now_us) * n;
+        let tat = self.tat.get(&key).copied().unwrap_or(0).max(now);
+        let remaining = ((cap - (tat - now).min(cap)) / p) as u64;
+        if u128::from(cost) > u128::from(q.burst()) {
+            return (false, None, remaining);
+        }
+        let next = tat + u128::from(cost) * p;
+        if next - now <= cap {
+            if cost > 0 {
+                self.tat.insert(key, next);
+            }
+            (true, None, ((cap - (next - now)) / p) as u64)
+        } else {
+            let wait = (next - now - cap).div_ceil(n) as u64;
+            (false, Some(wait), remaining)
+        }
+    }
+}
+
+/// 10,000 random steps, biased to land on decision boundaries, give the
+/// reference model's decisions, retry hints and remaining counts.
+pub async fn random_sequences_match_the_reference<H: Harness>(h: H)
+where
+    H::Store: RateLimitStore,
+{
+    let (s, clock) = setup(&h).await;
+    let mut rng = fastrand::Rng::with_seed(0x0ba7_71e5);
+    let quotas = [
+        quota(3, 1_000, 2),
+        quota(10, 1_000, 10),
+        quota(7, 60_000, 3),
+        quota(1, 250, 1),
+    ];
+    let mut reference = Reference::default();
+    let mut last_wait: u64 = 0;
+    for step in 0..10_000u32 {
+        let phase = (step / 2_500) as u8;
+        let q = quotas[usize::from(phase)];
+        let key = rng.u8(0..3);
+        let cost = match rng.u8(0..10) {
+            0 => 0,
+            1 => q.burst() + 1,
+            2 => rng.u64(1..=q.burst()),
+            _ => 1,
+        };
+        let advance = match rng.u8(0..4) {
+            0 => 0,
+            1 => last_wait,
+            2 => last_wait.saturating_sub(1),
+            _ => rng.u64(0..q.period_us() / q.count() * 2),
+        };
+        clock.advance(Duration::from_micros(advance));
+        let now = clock.now_micros();
+        let got = s
+            .decide(&format!("q{phase}"), &key.to_string(), &q, cost)
+            .await
+            .expect("store answers");
+        let want = reference.decide((phase, key), &q, cost, now);
+        let got_tuple = (
+            got.is_allowed(),
+            got.retry_after().map(|d| d.as_micros() as u64),
+            got.remaining(),
+        );
+        assert_eq!(
+            got_tuple, want,
+            "step {step}: key {key} cost {cost} at +{advance}µs with {q}"
+        );
+        last_wait = want.1.unwrap_or(0);
+    }
+}

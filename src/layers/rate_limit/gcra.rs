@@ -1,0 +1,204 @@
+//! The integer GCRA every backend runs (SPEC RL-1, RL-7).
+//!
+//! State per key is `(debt, at)`: `debt` is the outstanding cost scaled to
+//! microseconds × `count` (each unit of cost adds `period_us`, and debt
+//! drains by `count` per microsecond), `at` is when it was last written, in
+//! microseconds since the UNIX epoch. A request of cost `c` is allowed when
+//! `debt_now + c·period_us ≤ burst·period_us`. All arithmetic is on
+//! integers below 2^53 (see [`Quota`]), so the Redis Lua script, the etcd
+//! and the memory backends compute exactly the same decisions; the Lua copy
+//! lives in `backends/redis/scripts/gcra.lua`.
+//!
+//! A quota change keeps the outstanding cost: the debt is rescaled from the
+//! old period to the new one.
+
+use std::time::Duration;
+
+use super::quota::Quota;
+use super::store::Decision;
+
+/// What a store keeps per key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcraState {
+    /// Outstanding cost × `period_us` of the quota it was written with.
+    pub debt: u64,
+    /// When it was written (µs since the UNIX epoch).
+    pub at: u64,
+    /// The `period_us` the debt is expressed in.
+    pub period_us: u64,
+}
+
+impl GcraState {
+    /// `debt:at:period_us`, the stored form on Redis and etcd.
+    pub fn encode(&self) -> String {
+        format!("{}:{}:{}", self.debt, self.at, self.period_us)
+    }
+
+    /// Parses [`encode`](Self::encode)'s output.
+    pub fn decode(s: &str) -> Option<Self> {
+        let mut parts = s.split(':').map(str::parse::<u64>);
+        let state = Self {
+            debt: parts.next()?.ok()?,
+            at: parts.next()?.ok()?,
+            period_us: parts.next()?.ok()?,
+        };
+        parts.next().is_none().then_some(state)
+    }
+}
+
+/// The outcome of one decision: the decision, the state to write (none on
+/// denial), and how long the key must live (time until the bucket is full).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// The decision.
+    pub decision: Decision,
+    /// The new state, `None` when nothing is written (denials).
+    pub write: Option<GcraState>,
+    /// Time to live of the written state, in microseconds.
+    pub ttl_us: u64,
+}
+
+/// Decides a request of `cost` at `now_us` on a key in `state`.
+pub fn decide(state: Option<GcraState>, quota: &Quota, cost: u64, now_us: u64) -> Step {
+    let n = quota.count();
+    let p = quota.period_us();
+    let capacity = quota.burst() * p;
+    let debt = state.map_or(0, |s| current_debt(s, p, n, now_us));
+    let reset_now = div_ceil(debt, n);
+    let remaining_now = (capacity - debt.min(capacity)) / p;
+    if cost > quota.burst() {
+        return Step {
+            decision: Decision::Denied {
+                retry_after: None,
+                remaining: remaining_now,
+                reset: Duration::from_micros(reset_now),
+            },
+            write: None,
+            ttl_us: 0,
+        };
+    }
+    let after = debt + cost * p;
+    if after <= capacity {
+        let reset = div_ceil(after, n);
+        Step {
+            decision: Decision::Allowed {
+                remaining: (capacity - after) / p,
+                reset: Duration::from_micros(reset),
+            },
+            write: (cost > 0).then_some(GcraState {
+                debt: after,
+                at: now_us,
+                period_us: p,
+            }),
+            ttl_us: reset,
+        }
+    } else {
+        Step {
+            decision: Decision::Denied {
+                retry_after: Some(Duration::from_micros(div_ceil(after - capacity, n))),
+                remaining: remaining_now,
+                reset: Duration::from_micros(reset_now),
+            },
+            write: None,
+            ttl_us: 0,
+        }
+    }
+}
+
+/// The debt left at `now_us`, in the current period's units.
+fn current_debt(s: GcraState, period_us: u64, count: u64, now_us: u64) -> u64 {
+    let debt = if s.period_us == period_us || s.period_us == 0 {
+        s.debt
+    } else {
+        // Keep the outstanding cost across a quota change.
+        let scaled = u128::from(s.debt) * u128::from(period_us);
+        u64::try_from(scaled.div_ceil(u128::from(s.period_us))).unwrap_or(u64::MAX)
+    };
+    let elapsed = now_us.saturating_sub(s.at);
+    if elapsed >= div_ceil(debt, count) {
+        0
+    } else {
+        debt - elapsed * count
+    }
+}
+
+fn div_ceil(a: u64, b: u64) -> u64 {
+    a.div_ceil(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(q: &Quota, state: &mut Option<GcraState>, cost: u64, now: u64) -> Decision {
+        let step = decide(*state, q, cost, now);
+        if let Some(w) = step.write {
+            *state = Some(w);
+        }
+        step.decision
+    }
+
+    // SPEC RL-1: 10/s burst 10 -> 10 pass, the 11th waits exactly 100 ms.
+    #[test]
+    fn burst_then_exact_retry_after() {
+        let q = Quota::per_second(10).unwrap();
+        let mut s = None;
+        let t0 = 1_700_000_000_000_000;
+        for i in 0..10 {
+            assert!(run(&q, &mut s, 1, t0).is_allowed(), "request {i}");
+        }
+        let d = run(&q, &mut s, 1, t0);
+        assert_eq!(d.retry_after(), Some(Duration::from_millis(100)));
+        assert!(!run(&q, &mut s, 1, t0 + 99_999).is_allowed());
+        assert!(run(&q, &mut s, 1, t0 + 100_000).is_allowed());
+    }
+
+    #[test]
+    fn thirds_of_a_second_are_exact() {
+        let q = Quota::per_second(3).unwrap().with_burst(1).unwrap();
+        let mut s = None;
+        assert!(run(&q, &mut s, 1, 0).is_allowed());
+        // 1/3 s = 333_333.33 µs: denied one µs early, allowed on time.
+        assert_eq!(
+            run(&q, &mut s, 1, 333_333).retry_after(),
+            Some(Duration::from_micros(1))
+        );
+        assert!(run(&q, &mut s, 1, 333_334).is_allowed());
+    }
+
+    #[test]
+    fn cost_above_burst_is_never_allowed_and_writes_nothing() {
+        let q = Quota::per_second(10).unwrap();
+        let step = decide(None, &q, 11, 0);
+        assert_eq!(step.decision.retry_after(), None);
+        assert!(!step.decision.is_allowed());
+        assert_eq!(step.write, None);
+    }
+
+    #[test]
+    fn quota_change_keeps_outstanding_cost() {
+        let q = Quota::per_second(10).unwrap();
+        let mut s = None;
+        for _ in 0..4 {
+            run(&q, &mut s, 1, 0);
+        }
+        let bigger = Quota::per_minute(100).unwrap();
+        match run(&bigger, &mut s, 1, 0) {
+            Decision::Allowed { remaining, .. } => assert_eq!(remaining, 95),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn state_round_trips() {
+        let s = GcraState {
+            debt: 12,
+            at: 34,
+            period_us: 56,
+        };
+        assert_eq!(GcraState::decode(&s.encode()), Some(s));
+        assert_eq!(GcraState::decode("1:2"), None);
+        assert_eq!(GcraState::decode("1:2:3:4"), None);
+        assert_eq!(GcraState::decode("a:2:3"), None);
+    }
+}

@@ -1,0 +1,88 @@
+//! `RateLimitStore`: where GCRA state lives.
+
+use std::future::Future;
+use std::time::Duration;
+
+use super::quota::Quota;
+use crate::backends::Backend;
+use crate::error::StoreError;
+
+/// What a store decided for one request under one policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Let it through.
+    Allowed {
+        /// Requests of cost 1 still allowed right now.
+        remaining: u64,
+        /// Time until the bucket is full again.
+        reset: Duration,
+    },
+    /// Reject it.
+    Denied {
+        /// When a retry can succeed; `None` when it never can (cost above
+        /// the burst).
+        retry_after: Option<Duration>,
+        /// Requests of cost 1 still allowed right now.
+        remaining: u64,
+        /// Time until the bucket is full again.
+        reset: Duration,
+    },
+}
+
+impl Decision {
+    /// Whether the request may go ahead.
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Self::Allowed { .. })
+    }
+
+    /// When to retry a denied request.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Allowed { .. } => None,
+            Self::Denied { retry_after, .. } => *retry_after,
+        }
+    }
+
+    /// Requests of cost 1 still allowed.
+    pub fn remaining(&self) -> u64 {
+        match self {
+            Self::Allowed { remaining, .. } | Self::Denied { remaining, .. } => *remaining,
+        }
+    }
+
+    /// Time until the bucket is full again.
+    pub fn reset(&self) -> Duration {
+        match self {
+            Self::Allowed { reset, .. } | Self::Denied { reset, .. } => *reset,
+        }
+    }
+}
+
+/// GCRA state behind a rate limiter (SPEC RL-4..RL-7).
+///
+/// `decide` is one atomic step: read the key's state, decide, and (only when
+/// allowed) write the new state with a TTL equal to the time until the
+/// bucket is full again. Implementations must give the same decisions for
+/// the same sequence of (time, key, cost); the shared conformance suite
+/// checks it. `Err` means the store failed, never that the request was
+/// denied.
+pub trait RateLimitStore: Backend {
+    /// Decides a request of `cost` for `key` under `policy`'s `quota`.
+    fn decide(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        cost: u64,
+    ) -> impl Future<Output = Result<Decision, StoreError>> + Send;
+}
+
+/// The stored id of `key` under `policy`: `policy/key`, encoded by the
+/// [`KeySpace`](crate::backends::KeySpace) of the backend.
+pub(crate) fn state_id(policy: &str, key: &str) -> String {
+    let mut id = String::with_capacity(policy.len() + key.len() + 1);
+    id.push_str(policy);
+    id.push('/');
+    id.push_str(key);
+    id
+}
