@@ -10,6 +10,7 @@ pub mod clock;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod error;
+pub mod events;
 pub mod key;
 pub mod layers;
 pub mod reject;

@@ -1,8 +1,58 @@
-//! Rate limiting: keyed integer GCRA with shared state.
+//! Rate limiting: keyed integer GCRA with shared state (SPEC RL-1..RL-9).
+//!
+//! ```
+//! use battlement::backends::MemoryStore;
+//! use battlement::rate_limit::{Policy, Quota, RateLimitLayer};
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let svc = ServiceBuilder::new()
+//!     .layer(
+//!         RateLimitLayer::new(MemoryStore::new())
+//!             .policy(Policy::new("global", Quota::per_second(2).unwrap()).unwrap()),
+//!     )
+//!     .service(service_fn(|_: Request<String>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::from("ok")))
+//!     }));
+//!
+//! for _ in 0..2 {
+//!     let res = svc.clone().oneshot(Request::new(String::new())).await.unwrap();
+//!     assert_eq!(res.status(), StatusCode::OK);
+//! }
+//! let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+//! assert_eq!(res.headers()["retry-after"], "1");
+//! assert_eq!(res.headers()["ratelimit"], "\"global\";r=0;t=1");
+//! # });
+//! ```
+//!
+//! A [`Quota`] is N per period with a burst; a [`Policy`] applies it per
+//! key (peer IP, client IP behind proxies, header, route, closure) with a
+//! cost per request; the [`RateLimitLayer`] decides every policy against a
+//! [`RateLimitStore`] before calling the inner service. `MemoryStore`,
+//! `RedisStore` and `EtcdStore` all run the same integer GCRA and pass the
+//! same conformance suite, so a sequence of (time, key, cost) gets the
+//! same decisions on each.
 
+mod client;
+mod decide;
+mod error;
+mod future;
 pub(crate) mod gcra;
+mod headers;
+mod layer;
+mod policy;
 mod quota;
+mod service;
 pub(crate) mod store;
 
+pub use client::{ClientRateLimit, ClientRateLimitLayer};
+pub use error::RateLimited;
+pub use future::ResponseFuture;
+pub use headers::{RATELIMIT, RATELIMIT_POLICY};
+pub use layer::{RateLimitHandle, RateLimitLayer};
+pub use policy::Policy;
 pub use quota::Quota;
+pub use service::RateLimit;
 pub use store::{Decision, RateLimitStore};

@@ -1,0 +1,173 @@
+//! The in-process event stream every layer reports its decisions to
+//! (SPEC C-7), and a rate-limited warning log for store failures (C-5).
+//!
+//! ```
+//! use battlement::events::{Event, Events};
+//!
+//! let events = Events::new();
+//! let mut rx = events.subscribe();
+//! events.emit(Event::new("rate_limit", "denied").with_policy("per-ip"));
+//! let e = rx.try_recv().unwrap();
+//! assert_eq!((e.layer(), e.event(), e.policy()), ("rate_limit", "denied", Some("per-ip")));
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast;
+
+/// One decision or incident of a layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    layer: &'static str,
+    event: &'static str,
+    policy: Option<Arc<str>>,
+    detail: Option<String>,
+}
+
+impl Event {
+    /// An event of `layer` (`rate_limit`, ...) named `event` (`denied`, ...).
+    pub fn new(layer: &'static str, event: &'static str) -> Self {
+        Self {
+            layer,
+            event,
+            policy: None,
+            detail: None,
+        }
+    }
+
+    /// Names the policy the event is about.
+    pub fn with_policy(mut self, policy: impl Into<Arc<str>>) -> Self {
+        self.policy = Some(policy.into());
+        self
+    }
+
+    /// Adds a human-readable detail (e.g. the store error).
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// The layer.
+    pub fn layer(&self) -> &'static str {
+        self.layer
+    }
+
+    /// The event name.
+    pub fn event(&self) -> &'static str {
+        self.event
+    }
+
+    /// The policy name.
+    pub fn policy(&self) -> Option<&str> {
+        self.policy.as_deref()
+    }
+
+    /// The detail.
+    pub fn detail(&self) -> Option<&str> {
+        self.detail.as_deref()
+    }
+}
+
+/// A broadcast stream of [`Event`]s. Clones share the stream; emitting with
+/// no subscriber costs one atomic load.
+#[derive(Debug, Clone)]
+pub struct Events {
+    tx: broadcast::Sender<Event>,
+}
+
+impl Events {
+    /// A stream that buffers up to 1024 events per slow subscriber.
+    pub fn new() -> Self {
+        let (tx, _) = broadcast::channel(1024);
+        Self { tx }
+    }
+
+    /// Receives every event emitted from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+
+    /// Sends `event` to the subscribers, if any.
+    pub fn emit(&self, event: Event) {
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(event);
+        }
+    }
+
+    /// Whether anyone listens (to skip building events).
+    pub fn is_observed(&self) -> bool {
+        self.tx.receiver_count() > 0
+    }
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Logs at `warn` at most once per interval and counts what it held back.
+#[derive(Debug)]
+pub(crate) struct WarnLimiter {
+    start: Instant,
+    every: Duration,
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl WarnLimiter {
+    pub(crate) fn new(every: Duration) -> Self {
+        Self {
+            start: Instant::now(),
+            every,
+            last_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs `log` with the number of warnings suppressed since the last
+    /// one, or counts this one as suppressed.
+    pub(crate) fn warn(&self, log: impl FnOnce(u64)) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX) + 1;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= self.every.as_millis() as u64;
+        if due
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            log(self.suppressed.swap(0, Ordering::AcqRel));
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_are_rate_limited_and_counted() {
+        let limiter = WarnLimiter::new(Duration::from_secs(3600));
+        let mut logged = Vec::new();
+        for _ in 0..5 {
+            limiter.warn(|suppressed| logged.push(suppressed));
+        }
+        assert_eq!(logged, vec![0]);
+        assert_eq!(limiter.suppressed.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn unobserved_events_are_dropped() {
+        let events = Events::new();
+        assert!(!events.is_observed());
+        events.emit(Event::new("x", "y"));
+        let mut rx = events.subscribe();
+        events.emit(Event::new("x", "z").with_detail("d"));
+        assert_eq!(rx.try_recv().unwrap().detail(), Some("d"));
+    }
+}

@@ -1,0 +1,174 @@
+//! The decision of one request over every policy, shared by the server and
+//! client services.
+
+use std::sync::{Arc, RwLock};
+
+use http::{HeaderMap, StatusCode};
+
+use super::error::RateLimited;
+use super::headers;
+use super::policy::Policy;
+use super::store::{Decision, RateLimitStore};
+use crate::backends::MemoryStore;
+use crate::error::{FailurePolicy, StoreError};
+use crate::events::{Event, Events, WarnLimiter};
+use crate::key::{Key, KeyError, RequestHead};
+use crate::reject::Problem;
+
+/// Everything a request's decision needs, shared by all its services.
+pub(crate) struct Limiter<St> {
+    pub(crate) store: St,
+    pub(crate) policies: Arc<RwLock<Arc<[Policy]>>>,
+    pub(crate) shadow: bool,
+    pub(crate) failure: FailurePolicy,
+    pub(crate) legacy_headers: bool,
+    pub(crate) fallback: MemoryStore,
+    pub(crate) events: Events,
+    pub(crate) warn: WarnLimiter,
+}
+
+/// What the layer does with a request.
+#[derive(Debug)]
+pub(crate) enum Verdict {
+    /// Call the inner service, then add these headers to its response.
+    Allow(Option<HeaderMap>),
+    /// Answer without calling the inner service.
+    Reject(Rejection),
+}
+
+/// Why a request was not let through.
+#[derive(Debug)]
+pub(crate) enum Rejection {
+    Limited(Box<RateLimited>),
+    BadKey(KeyError),
+    StoreDown(StoreError),
+}
+
+impl Rejection {
+    pub(crate) fn into_problem(self) -> Problem {
+        match self {
+            Self::Limited(limited) => (*limited).into(),
+            Self::BadKey(err) => err.into(),
+            Self::StoreDown(_) => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
+                    .detail("the rate limiter's store is unavailable")
+            }
+        }
+    }
+
+    pub(crate) fn into_error(self) -> crate::BoxError {
+        match self {
+            Self::Limited(limited) => limited,
+            Self::BadKey(err) => Box::new(err),
+            Self::StoreDown(err) => Box::new(err),
+        }
+    }
+}
+
+/// The keys and costs of one request, taken before the request moves on.
+pub(crate) struct Job {
+    policies: Arc<[Policy]>,
+    keys: Vec<(Key, u64)>,
+}
+
+impl<St: RateLimitStore> Limiter<St> {
+    /// Extracts every policy's key and cost from the request head.
+    pub(crate) fn job(&self, head: &RequestHead<'_>) -> Result<Job, Rejection> {
+        let policies = match self.policies.read() {
+            Ok(p) => p.clone(),
+            Err(_) => Arc::from(Vec::new()),
+        };
+        let mut keys = Vec::with_capacity(policies.len());
+        for policy in policies.iter() {
+            let key = policy.key.extract(head).map_err(Rejection::BadKey)?;
+            keys.push((key, policy.cost_of(head)));
+        }
+        Ok(Job { policies, keys })
+    }
+
+    /// Decides every policy in order; stops at the first denial.
+    pub(crate) async fn decide(&self, job: Job) -> Verdict {
+        let mut strictest: Option<(&Policy, Decision)> = None;
+        for (policy, (key, cost)) in job.policies.iter().zip(&job.keys) {
+            let decision = match self
+                .store
+                .decide(&policy.name, key.as_str(), &policy.quota, *cost)
+                .await
+            {
+                Ok(decision) => decision,
+                Err(err) => match self.on_store_error(policy, &err) {
+                    FailurePolicy::FailOpen => continue,
+                    FailurePolicy::FailClosed => return Verdict::Reject(Rejection::StoreDown(err)),
+                    FailurePolicy::LocalFallback => {
+                        match self
+                            .fallback
+                            .decide(&policy.name, key.as_str(), &policy.quota, *cost)
+                            .await
+                        {
+                            Ok(decision) => decision,
+                            Err(_) => continue,
+                        }
+                    }
+                },
+            };
+            let allowed = decision.is_allowed();
+            if !allowed && self.shadow {
+                self.emit(policy, "shadow_denied");
+                tracing::info!(policy = %policy.name, key = %key, "rate limit would deny (shadow mode)");
+                continue;
+            }
+            self.emit(policy, if allowed { "allowed" } else { "denied" });
+            if !allowed {
+                let headers = headers::render(policy, &decision, self.legacy_headers);
+                let limited =
+                    RateLimited::new(policy.name.clone(), decision.retry_after(), headers);
+                return Verdict::Reject(Rejection::Limited(Box::new(limited)));
+            }
+            if strictest
+                .as_ref()
+                .is_none_or(|(_, d)| decision.remaining() < d.remaining())
+            {
+                strictest = Some((policy, decision));
+            }
+        }
+        if self.shadow {
+            return Verdict::Allow(None);
+        }
+        Verdict::Allow(strictest.map(|(p, d)| headers::render(p, &d, self.legacy_headers)))
+    }
+
+    /// Logs (rate limited) and reports a store failure; returns the policy
+    /// to apply.
+    fn on_store_error(&self, policy: &Policy, err: &StoreError) -> FailurePolicy {
+        let outcome = match self.failure {
+            FailurePolicy::FailOpen => "fail_open",
+            FailurePolicy::FailClosed => "fail_closed",
+            FailurePolicy::LocalFallback => "local_fallback",
+        };
+        self.warn.warn(|suppressed| {
+            tracing::warn!(
+                policy = %policy.name,
+                error = %err,
+                outcome,
+                suppressed,
+                "rate limit store failed"
+            );
+        });
+        if self.events.is_observed() {
+            self.events.emit(
+                Event::new("rate_limit", "store_failure")
+                    .with_policy(policy.name.clone())
+                    .with_detail(format!("{outcome}: {err}")),
+            );
+            self.emit(policy, outcome);
+        }
+        self.failure
+    }
+
+    fn emit(&self, policy: &Policy, event: &'static str) {
+        if self.events.is_observed() {
+            self.events
+                .emit(Event::new("rate_limit", event).with_policy(policy.name.clone()));
+        }
+    }
+}

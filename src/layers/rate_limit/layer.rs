@@ -1,0 +1,195 @@
+//! `RateLimitLayer`: configuration and the runtime quota handle.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::decide::Limiter;
+use super::policy::Policy;
+use super::quota::Quota;
+use super::service::RateLimit;
+use super::store::RateLimitStore;
+use crate::backends::MemoryStore;
+use crate::error::{ConfigError, FailurePolicy};
+use crate::events::{Events, WarnLimiter};
+
+/// Rate limits requests before they reach the inner service (SPEC RL-1..9).
+///
+/// Every policy is decided in order against the store; the request is
+/// denied if any policy denies it, and the inner service is then never
+/// called. Denials are 429 `application/problem+json` (HTTP) or a
+/// trailers-only `RESOURCE_EXHAUSTED` (gRPC) with `Retry-After`; allowed
+/// responses carry the `RateLimit` / `RateLimit-Policy` headers of the most
+/// restrictive policy. [`client_mode`](Self::client_mode) returns a typed
+/// [`RateLimited`](super::RateLimited) error instead.
+///
+/// ```
+/// use battlement::backends::MemoryStore;
+/// use battlement::key::PeerIp;
+/// use battlement::rate_limit::{Policy, Quota, RateLimitLayer};
+/// use battlement::FailurePolicy;
+///
+/// let layer = RateLimitLayer::new(MemoryStore::new())
+///     .policy(Policy::new("per-ip", Quota::per_second(100).unwrap()).unwrap().key(PeerIp))
+///     .failure_policy(FailurePolicy::LocalFallback);
+/// let handle = layer.handle();
+/// handle.set_quota("per-ip", Quota::per_second(50).unwrap()).unwrap();
+/// ```
+pub struct RateLimitLayer<St> {
+    store: St,
+    policies: Arc<RwLock<Arc<[Policy]>>>,
+    shadow: bool,
+    failure: FailurePolicy,
+    legacy_headers: bool,
+    events: Events,
+}
+
+impl<St: RateLimitStore> RateLimitLayer<St> {
+    /// A layer with no policy yet over `store` (share one store between
+    /// layers by cloning it).
+    pub fn new(store: St) -> Self {
+        Self {
+            store,
+            policies: Arc::new(RwLock::new(Arc::from(Vec::new()))),
+            shadow: false,
+            failure: FailurePolicy::FailOpen,
+            legacy_headers: false,
+            events: Events::new(),
+        }
+    }
+
+    /// Adds a policy; a request must pass all of them.
+    pub fn policy(self, policy: Policy) -> Self {
+        if let Ok(mut policies) = self.policies.write() {
+            let mut list = policies.to_vec();
+            list.retain(|p| p.name != policy.name);
+            list.push(policy);
+            *policies = Arc::from(list);
+        }
+        self
+    }
+
+    /// Shadow mode (SPEC RL-8): would-be denials are counted and logged but
+    /// the request goes through, without rate-limit headers.
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// What to do when the store fails (default: fail open).
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.failure = policy;
+        self
+    }
+
+    /// Also send `X-RateLimit-Limit`, `-Remaining` and `-Reset`.
+    pub fn legacy_headers(mut self, on: bool) -> Self {
+        self.legacy_headers = on;
+        self
+    }
+
+    /// Reports decisions to `events` (share one stream between layers).
+    pub fn events(mut self, events: Events) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// The event stream decisions are reported to.
+    pub fn event_stream(&self) -> &Events {
+        &self.events
+    }
+
+    /// Changes quotas at runtime (SPEC RL-9).
+    pub fn handle(&self) -> RateLimitHandle {
+        RateLimitHandle {
+            policies: self.policies.clone(),
+        }
+    }
+
+    /// Returns typed [`RateLimited`](super::RateLimited) errors instead of
+    /// responses, for client stacks.
+    pub fn client_mode(self) -> super::client::ClientRateLimitLayer<St> {
+        super::client::ClientRateLimitLayer::new(self)
+    }
+
+    pub(crate) fn limiter(&self) -> Arc<Limiter<St>> {
+        Arc::new(Limiter {
+            store: self.store.clone(),
+            policies: self.policies.clone(),
+            shadow: self.shadow,
+            failure: self.failure,
+            legacy_headers: self.legacy_headers,
+            fallback: MemoryStore::new(),
+            events: self.events.clone(),
+            warn: WarnLimiter::new(Duration::from_secs(10)),
+        })
+    }
+}
+
+impl<St: Clone> Clone for RateLimitLayer<St> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            policies: self.policies.clone(),
+            shadow: self.shadow,
+            failure: self.failure,
+            legacy_headers: self.legacy_headers,
+            events: self.events.clone(),
+        }
+    }
+}
+
+impl<St: std::fmt::Debug> std::fmt::Debug for RateLimitLayer<St> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("store", &self.store)
+            .field(
+                "policies",
+                &self.policies.read().map(|p| p.len()).unwrap_or(0),
+            )
+            .field("shadow", &self.shadow)
+            .field("failure", &self.failure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, St: RateLimitStore> Layer<S> for RateLimitLayer<St> {
+    type Service = RateLimit<S, St>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::new(inner, self.limiter())
+    }
+}
+
+/// Changes the quotas of a running [`RateLimitLayer`] without a restart and
+/// without resetting any key: the next decision of each key uses the new
+/// quota with the cost it already spent.
+#[derive(Debug, Clone)]
+pub struct RateLimitHandle {
+    policies: Arc<RwLock<Arc<[Policy]>>>,
+}
+
+impl RateLimitHandle {
+    /// Sets the quota of the policy named `name`.
+    pub fn set_quota(&self, name: &str, quota: Quota) -> Result<(), ConfigError> {
+        let mut policies = self
+            .policies
+            .write()
+            .map_err(|_| ConfigError::new("rate limit policies are poisoned"))?;
+        let mut list = policies.to_vec();
+        let policy = list
+            .iter_mut()
+            .find(|p| &*p.name == name)
+            .ok_or_else(|| ConfigError::new(format!("no rate limit policy named {name:?}")))?;
+        policy.quota = quota;
+        *policies = Arc::from(list);
+        Ok(())
+    }
+
+    /// The current quota of the policy named `name`.
+    pub fn quota(&self, name: &str) -> Option<Quota> {
+        let policies = self.policies.read().ok()?;
+        policies.iter().find(|p| &*p.name == name).map(|p| p.quota)
+    }
+}
