@@ -1,0 +1,148 @@
+//! The rate-limit layer on a real Redis: one clock for every instance, and
+//! behaviour while Redis is down (SPEC C-4, C-5, RL-5, RL-7).
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use battlement::FailurePolicy;
+use battlement::backends::{RedisConfig, RedisStore};
+use battlement::clock::{Clock, SystemClock};
+use battlement::rate_limit::{Policy, Quota, RateLimitLayer, RateLimitStore};
+use http::{Request, Response, StatusCode};
+use support::RedisServer;
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+async fn store(redis: &RedisServer) -> RedisStore {
+    let config = RedisConfig::standalone(redis.url()).with_timeout(Duration::from_millis(200));
+    RedisStore::from_config(config).await.unwrap()
+}
+
+/// A skewed application clock: the system clock plus an offset.
+#[derive(Debug)]
+struct Skewed(Duration);
+
+impl Clock for Skewed {
+    fn now(&self) -> Duration {
+        SystemClock::new().now() + self.0
+    }
+}
+
+// SPEC C-4: with Redis TIME (the default) two instances whose own clocks
+// are 5 s apart decide as one; with caller clocks they would not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skewed_application_clocks_decide_identically_on_server_time() {
+    let redis = RedisServer::start();
+    let a = store(&redis).await;
+    let b = store(&redis).await;
+    let q = Quota::per_minute(10).unwrap();
+    let mut allowed = 0;
+    for i in 0..20 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        if s.decide("p", "shared", &q, 1).await.unwrap().is_allowed() {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 10, "server TIME: the two instances share one bucket exactly");
+
+    // The same with caller clocks 5 s apart: the late instance sees 5 s of
+    // refill that never happened and admits more than the quota.
+    let early = store(&redis).await.with_clock(Arc::new(Skewed(Duration::ZERO)));
+    let late = store(&redis).await.with_clock(Arc::new(Skewed(Duration::from_secs(5))));
+    let mut allowed = 0;
+    for i in 0..20 {
+        let s = if i % 2 == 0 { &early } else { &late };
+        if s.decide("p", "skewed", &q, 1).await.unwrap().is_allowed() {
+            allowed += 1;
+        }
+    }
+    assert!(allowed > 10, "caller clocks skewed by 5 s should over-admit, got {allowed}");
+}
+
+fn service(
+    store: RedisStore,
+    failure: FailurePolicy,
+    calls: &Arc<AtomicUsize>,
+) -> (
+    impl tower::Service<Request<String>, Response = Response<battlement::reject::ResponseBody<String>>, Error = Infallible>
+    + Clone,
+    battlement::events::Events,
+) {
+    let calls = calls.clone();
+    let layer = RateLimitLayer::new(store)
+        .policy(Policy::new("g", Quota::per_minute(1_000).unwrap()).unwrap())
+        .failure_policy(failure);
+    let events = layer.event_stream().clone();
+    let svc = ServiceBuilder::new().layer(layer).service(service_fn(move |_: Request<String>| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, Infallible>(Response::new(String::from("ok"))) }
+    }));
+    (svc, events)
+}
+
+// SPEC C-5: Redis stopped mid-test. Fail-open passes and counts; fail-closed
+// answers 503; after the restart decisions resume within 1 s, same app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_follows_the_failure_policy_and_recovers() {
+    let mut redis = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (open, open_events) = service(store(&redis).await, FailurePolicy::FailOpen, &calls);
+    let (closed, _) = service(store(&redis).await, FailurePolicy::FailClosed, &calls);
+    let mut events = open_events.subscribe();
+    let get = || Request::new(String::new());
+
+    let res = open.clone().oneshot(get()).await.unwrap();
+    assert!(res.headers().contains_key("ratelimit"), "decided by Redis");
+
+    redis.stop();
+    for _ in 0..5 {
+        let res = open.clone().oneshot(get()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(!res.headers().contains_key("ratelimit"), "fail-open: no decision to report");
+        let res = closed.clone().oneshot(get()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let mut fail_open = 0;
+    while let Ok(e) = events.try_recv() {
+        fail_open += usize::from(e.event() == "fail_open");
+    }
+    assert_eq!(fail_open, 5);
+    assert_eq!(calls.load(Ordering::SeqCst), 6, "1 before + 5 fail-open; fail-closed never calls");
+
+    redis.restart();
+    let back = Instant::now();
+    for svc in [&closed, &open] {
+        loop {
+            let res = svc.clone().oneshot(get()).await.unwrap();
+            if res.status() == StatusCode::OK && res.headers().contains_key("ratelimit") {
+                break;
+            }
+            assert!(back.elapsed() < Duration::from_secs(1), "decisions did not resume within 1 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+// SPEC RL-7: two processes' worth of stores on one Redis admit exactly the
+// quota between them under concurrency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_instances_admit_exactly_the_quota() {
+    let redis = RedisServer::start();
+    let stores = [store(&redis).await, store(&redis).await, store(&redis).await];
+    let q = Quota::per_hour(100).unwrap();
+    let tasks: Vec<_> = (0..300)
+        .map(|i| {
+            let s = stores[i % 3].clone();
+            tokio::spawn(async move { s.decide("p", "k", &q, 1).await.unwrap().is_allowed() })
+        })
+        .collect();
+    let mut allowed = 0;
+    for t in tasks {
+        allowed += usize::from(t.await.unwrap());
+    }
+    assert_eq!(allowed, 100);
+}
