@@ -19,7 +19,12 @@ use tower::{BoxError, Service, ServiceBuilder, ServiceExt, service_fn};
 type Body = Full<Bytes>;
 
 /// An inner service that counts its calls.
-fn counted(calls: &Arc<AtomicUsize>) -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future = impl Send> + Clone + Send + 'static {
+fn counted(
+    calls: &Arc<AtomicUsize>,
+) -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future = impl Send>
++ Clone
++ Send
++ 'static {
     let calls = calls.clone();
     service_fn(move |_: Request<Body>| {
         calls.fetch_add(1, Ordering::SeqCst);
@@ -33,7 +38,8 @@ fn quota(n: u64, secs: u64) -> Quota {
 
 fn from(ip: &str) -> Request<Body> {
     let mut req = Request::get("/").body(Body::default()).unwrap();
-    req.extensions_mut().insert(PeerAddr(SocketAddr::new(ip.parse().unwrap(), 40000)));
+    req.extensions_mut()
+        .insert(PeerAddr(SocketAddr::new(ip.parse().unwrap(), 40000)));
     req
 }
 
@@ -47,12 +53,16 @@ fn clock_store() -> (MemoryStore, ManualClock) {
 async fn denial_is_429_problem_json_with_headers_and_skips_the_inner_service() {
     let calls = Arc::new(AtomicUsize::new(0));
     let (store, _clock) = clock_store();
-    let layer = RateLimitLayer::new(store).policy(Policy::new("per-ip", quota(10, 1)).unwrap().key(PeerIp));
+    let layer =
+        RateLimitLayer::new(store).policy(Policy::new("per-ip", quota(10, 1)).unwrap().key(PeerIp));
     let svc = ServiceBuilder::new().layer(layer).service(counted(&calls));
     for i in 0..10 {
         let res = svc.clone().oneshot(from("192.0.2.1")).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
-        assert_eq!(res.headers()["ratelimit"], format!("\"per-ip\";r={};t=1", 9 - i).as_str());
+        assert_eq!(
+            res.headers()["ratelimit"],
+            format!("\"per-ip\";r={};t=1", 9 - i).as_str()
+        );
         assert_eq!(res.headers()["ratelimit-policy"], "\"per-ip\";q=10;w=1");
     }
     let res = svc.clone().oneshot(from("192.0.2.1")).await.unwrap();
@@ -65,16 +75,24 @@ async fn denial_is_429_problem_json_with_headers_and_skips_the_inner_service() {
     assert_eq!(body["status"], 429);
     assert_eq!(body["policy"], "per-ip");
     assert_eq!(body["retry_after_ms"], 100);
-    assert_eq!(calls.load(Ordering::SeqCst), 10, "inner service never called on denial");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        10,
+        "inner service never called on denial"
+    );
     // Another client is unaffected.
-    assert_eq!(svc.oneshot(from("192.0.2.2")).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        svc.oneshot(from("192.0.2.2")).await.unwrap().status(),
+        StatusCode::OK
+    );
 }
 
 // SPEC C-2, RL-3
 #[tokio::test]
 async fn grpc_denial_is_resource_exhausted_trailers_only() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = RateLimitLayer::new(MemoryStore::new()).policy(Policy::new("rpc", quota(1, 60)).unwrap());
+    let layer =
+        RateLimitLayer::new(MemoryStore::new()).policy(Policy::new("rpc", quota(1, 60)).unwrap());
     let svc = ServiceBuilder::new().layer(layer).service(counted(&calls));
     let grpc = || {
         Request::post("/helloworld.Greeter/SayHello")
@@ -82,13 +100,28 @@ async fn grpc_denial_is_resource_exhausted_trailers_only() {
             .body(Body::default())
             .unwrap()
     };
-    assert_eq!(svc.clone().oneshot(grpc()).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        svc.clone().oneshot(grpc()).await.unwrap().status(),
+        StatusCode::OK
+    );
     let res = svc.oneshot(grpc()).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["grpc-status"], "8");
-    assert!(res.headers()["grpc-message"].to_str().unwrap().contains("rate limited by policy rpc"));
+    assert!(
+        res.headers()["grpc-message"]
+            .to_str()
+            .unwrap()
+            .contains("rate limited by policy rpc")
+    );
     assert_eq!(res.headers()["retry-after"], "60");
-    assert!(res.into_body().collect().await.unwrap().to_bytes().is_empty());
+    assert!(
+        res.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty()
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
@@ -115,8 +148,17 @@ async fn several_policies_report_the_most_restrictive() {
     svc.clone().oneshot(req("192.0.2.2")).await.unwrap();
     svc.clone().oneshot(req("192.0.2.3")).await.unwrap();
     let res = svc.clone().oneshot(req("192.0.2.4")).await.unwrap();
-    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS, "tenant quota spans IPs");
-    assert!(res.headers()["ratelimit"].to_str().unwrap().starts_with("\"per-tenant\""));
+    assert_eq!(
+        res.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "tenant quota spans IPs"
+    );
+    assert!(
+        res.headers()["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with("\"per-tenant\"")
+    );
     // A request without the tenant header is a client error, not a 500.
     let res = svc.oneshot(from("192.0.2.5")).await.unwrap();
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
@@ -135,14 +177,26 @@ async fn shadow_mode_counts_but_lets_through() {
     for _ in 0..5 {
         let res = svc.clone().oneshot(from("192.0.2.1")).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
-        assert!(!res.headers().contains_key("ratelimit"), "no headers in shadow mode");
+        assert!(
+            !res.headers().contains_key("ratelimit"),
+            "no headers in shadow mode"
+        );
     }
     assert_eq!(calls.load(Ordering::SeqCst), 5);
     let mut names = Vec::new();
     while let Ok(e) = events.try_recv() {
         names.push(e.event());
     }
-    assert_eq!(names, ["allowed", "allowed", "shadow_denied", "shadow_denied", "shadow_denied"]);
+    assert_eq!(
+        names,
+        [
+            "allowed",
+            "allowed",
+            "shadow_denied",
+            "shadow_denied",
+            "shadow_denied"
+        ]
+    );
 }
 
 // SPEC C-5: fail open (default), fail closed, local fallback.
@@ -157,7 +211,14 @@ async fn store_failures_follow_the_failure_policy() {
     let mut events = open.event_stream().subscribe();
     let svc = ServiceBuilder::new().layer(open).service(counted(&calls));
     for _ in 0..4 {
-        assert_eq!(svc.clone().oneshot(from("192.0.2.1")).await.unwrap().status(), StatusCode::OK);
+        assert_eq!(
+            svc.clone()
+                .oneshot(from("192.0.2.1"))
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
     }
     let mut fail_open = 0;
     while let Ok(e) = events.try_recv() {
@@ -175,16 +236,25 @@ async fn store_failures_follow_the_failure_policy() {
     let fallback = RateLimitLayer::new(broken)
         .policy(policy())
         .failure_policy(FailurePolicy::LocalFallback);
-    let svc = ServiceBuilder::new().layer(fallback).service(counted(&calls));
-    let statuses: Vec<u16> = futures_util::future::join_all(
-        (0..3).map(|_| svc.clone().oneshot(from("192.0.2.1"))),
-    )
-    .await
-    .into_iter()
-    .map(|r| r.unwrap().status().as_u16())
-    .collect();
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 2, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 1, "{statuses:?}");
+    let svc = ServiceBuilder::new()
+        .layer(fallback)
+        .service(counted(&calls));
+    let statuses: Vec<u16> =
+        futures_util::future::join_all((0..3).map(|_| svc.clone().oneshot(from("192.0.2.1"))))
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().status().as_u16())
+            .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        1,
+        "{statuses:?}"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 6);
 }
 
@@ -193,17 +263,29 @@ async fn store_failures_follow_the_failure_policy() {
 async fn quotas_change_at_runtime_without_resetting_keys() {
     let calls = Arc::new(AtomicUsize::new(0));
     let (store, _clock) = clock_store();
-    let layer = RateLimitLayer::new(store).policy(Policy::new("per-ip", quota(2, 60)).unwrap().key(PeerIp));
+    let layer =
+        RateLimitLayer::new(store).policy(Policy::new("per-ip", quota(2, 60)).unwrap().key(PeerIp));
     let handle = layer.handle();
     let svc = ServiceBuilder::new().layer(layer).service(counted(&calls));
     svc.clone().oneshot(from("192.0.2.1")).await.unwrap();
     svc.clone().oneshot(from("192.0.2.1")).await.unwrap();
-    assert_eq!(svc.clone().oneshot(from("192.0.2.1")).await.unwrap().status(), 429);
+    assert_eq!(
+        svc.clone()
+            .oneshot(from("192.0.2.1"))
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
     handle.set_quota("per-ip", quota(5, 60)).unwrap();
     assert_eq!(handle.quota("per-ip").unwrap().count(), 5);
     let res = svc.clone().oneshot(from("192.0.2.1")).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    assert_eq!(res.headers()["ratelimit"], "\"per-ip\";r=2;t=36", "2 of 5 spent before the change");
+    assert_eq!(
+        res.headers()["ratelimit"],
+        "\"per-ip\";r=2;t=36",
+        "2 of 5 spent before the change"
+    );
     assert!(handle.set_quota("nope", quota(1, 1)).is_err());
 }
 
@@ -239,7 +321,10 @@ async fn client_mode_returns_rate_limited() {
     assert_eq!(limited.policy(), "upstream");
     assert_eq!(limited.retry_after(), Some(Duration::from_secs(2)));
     assert_eq!(limited.headers()["retry-after"], "2");
-    assert_eq!(err.to_string(), "rate limited by policy upstream; retry in 2000 ms");
+    assert_eq!(
+        err.to_string(),
+        "rate limited by policy upstream; retry in 2000 ms"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 

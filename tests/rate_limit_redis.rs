@@ -47,12 +47,19 @@ async fn skewed_application_clocks_decide_identically_on_server_time() {
             allowed += 1;
         }
     }
-    assert_eq!(allowed, 10, "server TIME: the two instances share one bucket exactly");
+    assert_eq!(
+        allowed, 10,
+        "server TIME: the two instances share one bucket exactly"
+    );
 
     // The same with caller clocks 5 s apart: the late instance sees 5 s of
     // refill that never happened and admits more than the quota.
-    let early = store(&redis).await.with_clock(Arc::new(Skewed(Duration::ZERO)));
-    let late = store(&redis).await.with_clock(Arc::new(Skewed(Duration::from_secs(5))));
+    let early = store(&redis)
+        .await
+        .with_clock(Arc::new(Skewed(Duration::ZERO)));
+    let late = store(&redis)
+        .await
+        .with_clock(Arc::new(Skewed(Duration::from_secs(5))));
     let mut allowed = 0;
     for i in 0..20 {
         let s = if i % 2 == 0 { &early } else { &late };
@@ -60,7 +67,10 @@ async fn skewed_application_clocks_decide_identically_on_server_time() {
             allowed += 1;
         }
     }
-    assert!(allowed > 10, "caller clocks skewed by 5 s should over-admit, got {allowed}");
+    assert!(
+        allowed > 10,
+        "caller clocks skewed by 5 s should over-admit, got {allowed}"
+    );
 }
 
 fn service(
@@ -68,8 +78,11 @@ fn service(
     failure: FailurePolicy,
     calls: &Arc<AtomicUsize>,
 ) -> (
-    impl tower::Service<Request<String>, Response = Response<battlement::reject::ResponseBody<String>>, Error = Infallible>
-    + Clone,
+    impl tower::Service<
+        Request<String>,
+        Response = Response<battlement::reject::ResponseBody<String>>,
+        Error = Infallible,
+    > + Clone,
     battlement::events::Events,
 ) {
     let calls = calls.clone();
@@ -77,10 +90,12 @@ fn service(
         .policy(Policy::new("g", Quota::per_minute(1_000).unwrap()).unwrap())
         .failure_policy(failure);
     let events = layer.event_stream().clone();
-    let svc = ServiceBuilder::new().layer(layer).service(service_fn(move |_: Request<String>| {
-        calls.fetch_add(1, Ordering::SeqCst);
-        async { Ok::<_, Infallible>(Response::new(String::from("ok"))) }
-    }));
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(service_fn(move |_: Request<String>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(String::from("ok"))) }
+        }));
     (svc, events)
 }
 
@@ -102,7 +117,10 @@ async fn redis_outage_follows_the_failure_policy_and_recovers() {
     for _ in 0..5 {
         let res = open.clone().oneshot(get()).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK);
-        assert!(!res.headers().contains_key("ratelimit"), "fail-open: no decision to report");
+        assert!(
+            !res.headers().contains_key("ratelimit"),
+            "fail-open: no decision to report"
+        );
         let res = closed.clone().oneshot(get()).await.unwrap();
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
@@ -111,7 +129,11 @@ async fn redis_outage_follows_the_failure_policy_and_recovers() {
         fail_open += usize::from(e.event() == "fail_open");
     }
     assert_eq!(fail_open, 5);
-    assert_eq!(calls.load(Ordering::SeqCst), 6, "1 before + 5 fail-open; fail-closed never calls");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        6,
+        "1 before + 5 fail-open; fail-closed never calls"
+    );
 
     redis.restart();
     let back = Instant::now();
@@ -121,7 +143,10 @@ async fn redis_outage_follows_the_failure_policy_and_recovers() {
             if res.status() == StatusCode::OK && res.headers().contains_key("ratelimit") {
                 break;
             }
-            assert!(back.elapsed() < Duration::from_secs(1), "decisions did not resume within 1 s");
+            assert!(
+                back.elapsed() < Duration::from_secs(1),
+                "decisions did not resume within 1 s"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -132,7 +157,11 @@ async fn redis_outage_follows_the_failure_policy_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_instances_admit_exactly_the_quota() {
     let redis = RedisServer::start();
-    let stores = [store(&redis).await, store(&redis).await, store(&redis).await];
+    let stores = [
+        store(&redis).await,
+        store(&redis).await,
+        store(&redis).await,
+    ];
     let q = Quota::per_hour(100).unwrap();
     let tasks: Vec<_> = (0..300)
         .map(|i| {

@@ -3,9 +3,14 @@
 //! Run with: `cargo run --example axum` (then `curl -i 127.0.0.1:3000/hello`).
 //!
 //! Serves HTTP/1.1 and h2c on `BIND` (default `127.0.0.1:3000`) with every
-//! route behind the server stack. Environment (see shared/EXAMPLES.md):
-//! `REDIS_URL` (needs `--features redis`) and `ETCD_ENDPOINTS` (needs
-//! `--features etcd`) add their readiness checks; `DOWNSTREAM_URL` is what
+//! route behind the server stack (request id; rate limit per client IP on
+//! everything but the health routes). Environment (see shared/EXAMPLES.md):
+//! `RATE_LIMIT` (`N/s`, `N/m`, `N/h`, default `100/s`) and `RATE_BURST`
+//! (default N); `TRUSTED_PROXIES` (comma list of CIDRs whose
+//! `X-Forwarded-For` is believed, default none); `REDIS_URL` (needs
+//! `--features redis`) keeps rate-limit state in Redis, shared by every
+//! instance, and adds a readiness check; `ETCD_ENDPOINTS` (needs
+//! `--features etcd`) adds its readiness check; `DOWNSTREAM_URL` is what
 //! `/proxy` calls (default `http://127.0.0.1:3001`); `LAYERS=none` serves the
 //! same routes with no middleware; `DRAIN_SECS` is how long readiness fails
 //! before the server stops on ctrl-c (default 0).
@@ -19,7 +24,10 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use battlement::backends::MemoryStore;
 use battlement::health::{HealthRegistry, HealthRoutes};
+use battlement::key::ClientIp;
+use battlement::rate_limit::{Policy, Quota, RateLimitLayer, RateLimitStore};
 use battlement::request_id::{ForwardRequestIdLayer, RequestIdLayer};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
@@ -37,6 +45,8 @@ struct Settings {
     downstream: Uri,
     layers: bool,
     drain: Duration,
+    rate_limit: Quota,
+    trusted_proxies: Vec<ipnet::IpNet>,
     redis_url: Option<String>,
     etcd_endpoints: Option<Vec<String>>,
 }
@@ -47,6 +57,30 @@ impl Settings {
         let bind = var("BIND").unwrap_or_else(|| "127.0.0.1:3000".into());
         let downstream = var("DOWNSTREAM_URL").unwrap_or_else(|| "http://127.0.0.1:3001".into());
         let drain = var("DRAIN_SECS").unwrap_or_else(|| "0".into());
+        let limit = var("RATE_LIMIT").unwrap_or_else(|| "100/s".into());
+        let mut rate_limit: Quota = limit
+            .parse()
+            .map_err(|e| format!("RATE_LIMIT={limit:?}: {e}"))?;
+        if let Some(burst) = var("RATE_BURST") {
+            let n = burst
+                .parse()
+                .map_err(|e| format!("RATE_BURST={burst:?}: {e}"))?;
+            rate_limit = rate_limit
+                .with_burst(n)
+                .map_err(|e| format!("RATE_BURST={burst:?}: {e}"))?;
+        }
+        let trusted_proxies = var("TRUSTED_PROXIES")
+            .map(|list| {
+                list.split(',')
+                    .map(|c| {
+                        c.trim()
+                            .parse()
+                            .map_err(|e| format!("TRUSTED_PROXIES: {c:?}: {e}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
         Ok(Self {
             bind: bind.parse().map_err(|e| format!("BIND={bind:?}: {e}"))?,
             downstream: downstream
@@ -58,6 +92,8 @@ impl Settings {
                     .parse()
                     .map_err(|e| format!("DRAIN_SECS={drain:?}: {e}"))?,
             ),
+            rate_limit,
+            trusted_proxies,
             redis_url: var("REDIS_URL"),
             etcd_endpoints: var("ETCD_ENDPOINTS")
                 .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect()),
@@ -79,8 +115,13 @@ struct AppState {
     downstream: Downstream,
 }
 
-/// The routes, with or without the server stack.
-fn app(settings: &Settings, health: HealthRegistry) -> Router {
+/// The routes, with or without the server stack; rate-limit state in
+/// `store`.
+fn app<St: RateLimitStore>(
+    settings: &Settings,
+    health: HealthRegistry,
+    store: St,
+) -> Result<Router, Error> {
     let client: Client<HttpConnector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
     let downstream = ServiceBuilder::new()
@@ -90,18 +131,24 @@ fn app(settings: &Settings, health: HealthRegistry) -> Router {
         downstream_url: settings.downstream.clone(),
         downstream: Downstream::new(downstream),
     };
-    let routes = Router::new()
+    let api = Router::new()
         .route("/hello", get(|| async { "hello" }))
         .route("/items/{id}", get(item))
         .route("/proxy", get(proxy))
-        .with_state(state)
-        .merge(HealthRoutes::new(health).router());
+        .with_state(state);
+    let health = HealthRoutes::new(health).router();
     if !settings.layers {
-        return routes;
+        return Ok(api.merge(health));
     }
-    // All layers in one ServiceBuilder, applied once (cheaper than many
-    // `Router::layer` calls).
-    routes.layer(ServiceBuilder::new().layer(RequestIdLayer::new()))
+    // Health probes are not rate limited.
+    let per_ip = Policy::new("per-ip", settings.rate_limit)?
+        .key(ClientIp::new(settings.trusted_proxies.iter().copied()));
+    let api = api.layer(RateLimitLayer::new(store).policy(per_ip));
+    // The server-wide layers in one ServiceBuilder, applied once (cheaper
+    // than many `Router::layer` calls).
+    Ok(api
+        .merge(health)
+        .layer(ServiceBuilder::new().layer(RequestIdLayer::new())))
 }
 
 async fn item(Path(id): Path<String>) -> axum::Json<serde_json::Value> {
@@ -127,20 +174,9 @@ async fn proxy(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Readiness includes the Redis / etcd checks when those are configured.
-async fn health(settings: &Settings) -> Result<HealthRegistry, Error> {
-    let registry = HealthRegistry::new();
-    if let Some(url) = &settings.redis_url {
-        #[cfg(feature = "redis")]
-        {
-            let redis = battlement::backends::RedisStore::connect(url).await?;
-            registry.register(battlement::health::store_check(redis));
-        }
-        #[cfg(not(feature = "redis"))]
-        return Err(
-            format!("REDIS_URL={url} needs: cargo run --example axum --features redis").into(),
-        );
-    }
+/// Connects the stores the environment names, registers their readiness
+/// checks, and builds the app on them.
+async fn build(settings: &Settings, registry: &HealthRegistry) -> Result<Router, Error> {
     if let Some(endpoints) = &settings.etcd_endpoints {
         #[cfg(feature = "etcd")]
         {
@@ -153,7 +189,19 @@ async fn health(settings: &Settings) -> Result<HealthRegistry, Error> {
         )
         .into());
     }
-    Ok(registry)
+    if let Some(url) = &settings.redis_url {
+        #[cfg(feature = "redis")]
+        {
+            let redis = battlement::backends::RedisStore::connect(url).await?;
+            registry.register(battlement::health::store_check(redis.clone()));
+            return app(settings, registry.clone(), redis);
+        }
+        #[cfg(not(feature = "redis"))]
+        return Err(
+            format!("REDIS_URL={url} needs: cargo run --example axum --features redis").into(),
+        );
+    }
+    app(settings, registry.clone(), MemoryStore::new())
 }
 
 #[tokio::main]
@@ -164,8 +212,8 @@ async fn main() -> Result<(), Error> {
         )
         .init();
     let settings = Settings::from_env()?;
-    let registry = health(&settings).await?;
-    let app = app(&settings, registry.clone());
+    let registry = HealthRegistry::new();
+    let app = build(&settings, &registry).await?;
     let listener = tokio::net::TcpListener::bind(settings.bind).await?;
     tracing::info!(addr = %settings.bind, layers = settings.layers, "listening");
     axum::serve(
@@ -193,12 +241,23 @@ mod tests {
             downstream: "http://127.0.0.1:9".parse().unwrap(),
             layers: true,
             drain: Duration::ZERO,
+            rate_limit: Quota::per_second(100).unwrap(),
+            trusted_proxies: Vec::new(),
             redis_url: None,
             etcd_endpoints: None,
         }
     }
 
-    async fn call(app: &Router, req: Request<Body>) -> (StatusCode, http::HeaderMap, String) {
+    /// The example app on in-memory stores.
+    fn memory_app(settings: &Settings) -> Router {
+        app(settings, HealthRegistry::new(), MemoryStore::new()).unwrap()
+    }
+
+    /// Sends `req` as if from 192.0.2.1 (what `axum::serve` records).
+    async fn call(app: &Router, mut req: Request<Body>) -> (StatusCode, http::HeaderMap, String) {
+        let peer: SocketAddr = "192.0.2.1:40000".parse().unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         let res = app.clone().oneshot(req).await.unwrap();
         let (parts, body) = res.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
@@ -215,7 +274,7 @@ mod tests {
 
     #[tokio::test]
     async fn hello_has_a_uuid_v7_request_id() {
-        let app = app(&settings(), HealthRegistry::new());
+        let app = memory_app(&settings());
         let (status, headers, body) = call(&app, get_req("/hello")).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "hello"));
         let id = headers["x-request-id"].to_str().unwrap();
@@ -224,7 +283,7 @@ mod tests {
 
     #[tokio::test]
     async fn valid_ids_are_echoed_and_bad_ones_replaced() {
-        let app = app(&settings(), HealthRegistry::new());
+        let app = memory_app(&settings());
         let req = Request::get("/hello")
             .header("x-request-id", "edge-42")
             .body(Body::empty())
@@ -240,7 +299,7 @@ mod tests {
 
     #[tokio::test]
     async fn items_and_health_routes() {
-        let app = app(&settings(), HealthRegistry::new());
+        let app = memory_app(&settings());
         let (status, _, body) = call(&app, get_req("/items/42")).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"id":"42"}"#));
         for path in ["/livez", "/readyz", "/startupz"] {
@@ -256,7 +315,7 @@ mod tests {
             layers: false,
             ..settings()
         };
-        let app = app(&bare, HealthRegistry::new());
+        let app = memory_app(&bare);
         let (status, headers, body) = call(&app, get_req("/hello")).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "hello"));
         assert!(!headers.contains_key("x-request-id"));
@@ -281,7 +340,7 @@ mod tests {
             downstream: format!("http://{addr}/").parse().unwrap(),
             ..settings()
         };
-        let app = app(&s, HealthRegistry::new());
+        let app = memory_app(&s);
         let req = Request::get("/proxy")
             .header("x-request-id", "hop-1")
             .body(Body::empty())
@@ -303,7 +362,7 @@ mod tests {
             downstream: format!("http://127.0.0.1:{port}/").parse().unwrap(),
             ..settings()
         };
-        let (status, _, _) = call(&app(&s, HealthRegistry::new()), get_req("/proxy")).await;
+        let (status, _, _) = call(&memory_app(&s), get_req("/proxy")).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY);
     }
 
@@ -317,7 +376,8 @@ mod tests {
             redis_url: Some(redis.url()),
             ..settings()
         };
-        let app = app(&s, health(&s).await.unwrap());
+        let registry = HealthRegistry::new();
+        let app = build(&s, &registry).await.unwrap();
         let (status, _, body) = call(&app, get_req("/readyz")).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert!(body.contains("\"redis:responseTime\""), "{body}");
@@ -343,5 +403,64 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn requests_over_the_quota_get_429_but_health_does_not() {
+        let s = Settings {
+            rate_limit: "2/m".parse().unwrap(),
+            ..settings()
+        };
+        let app = memory_app(&s);
+        for _ in 0..2 {
+            assert_eq!(call(&app, get_req("/hello")).await.0, StatusCode::OK);
+        }
+        let (status, headers, _) = call(&app, get_req("/items/1")).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(headers["retry-after"], "30");
+        assert_eq!(headers["content-type"], "application/problem+json");
+        assert!(
+            headers.contains_key("x-request-id"),
+            "rejections carry the request id"
+        );
+        for path in ["/livez", "/readyz", "/startupz"] {
+            assert_eq!(call(&app, get_req(path)).await.0, StatusCode::OK, "{path}");
+        }
+    }
+
+    /// Issue acceptance: two instances sharing one Redis with
+    /// `RATE_LIMIT=50/m`, 100 requests alternating between them: exactly
+    /// 50 × 200 and 50 × 429, every 429 with valid headers.
+    #[cfg(feature = "redis")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_instances_share_one_quota_through_redis() {
+        let redis = crate::support::RedisServer::start();
+        let s = Settings {
+            rate_limit: "50/m".parse().unwrap(),
+            redis_url: Some(redis.url()),
+            ..settings()
+        };
+        let a = build(&s, &HealthRegistry::new()).await.unwrap();
+        let b = build(&s, &HealthRegistry::new()).await.unwrap();
+        let (mut ok, mut limited) = (0, 0);
+        for i in 0..100 {
+            let app = if i % 2 == 0 { &a } else { &b };
+            let (status, headers, _) = call(app, get_req("/hello")).await;
+            let policy = headers["ratelimit-policy"].to_str().unwrap();
+            assert_eq!(policy, "\"per-ip\";q=50;w=60");
+            let ratelimit = headers["ratelimit"].to_str().unwrap();
+            assert!(ratelimit.starts_with("\"per-ip\";r="), "{ratelimit}");
+            match status {
+                StatusCode::OK => ok += 1,
+                StatusCode::TOO_MANY_REQUESTS => {
+                    limited += 1;
+                    let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+                    assert!((1..=2).contains(&wait), "one request per 1.2 s: {wait}");
+                    assert!(ratelimit.starts_with("\"per-ip\";r=0;t="), "{ratelimit}");
+                }
+                other => panic!("unexpected {other}"),
+            }
+        }
+        assert_eq!((ok, limited), (50, 50));
     }
 }

@@ -8,11 +8,16 @@
 //! - `helloworld.Greeter/SayHello`, answering `Hello <name>`;
 //! - `grpc.health.v1.Health` (`Check` and `Watch`) from a
 //!   [`battlement::HealthRegistry`]: `""` and `helloworld.Greeter` report
-//!   readiness.
+//!   readiness;
+//! - rate limiting per peer IP: over the quota a call fails with
+//!   `RESOURCE_EXHAUSTED` (a trailers-only response with `retry-after`).
 //!
 //! Environment:
 //!
-//! - `REDIS_URL`: connect to Redis and add it to readiness (build with
+//! - `RATE_LIMIT` (`N/s`, `N/m` or `N/h`, default `100/s`) and `RATE_BURST`
+//!   (default N): the per-IP quota;
+//! - `REDIS_URL`: connect to Redis, keep the rate-limit state there (shared
+//!   by every instance) and add Redis to readiness (build with
 //!   `--features redis`);
 //! - `ETCD_ENDPOINTS`: comma-separated etcd endpoints, added to readiness
 //!   (build with `--features etcd`);
@@ -32,7 +37,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use battlement::RequestIdLayer;
+use battlement::backends::MemoryStore;
 use battlement::health::{Group, GrpcHealth, HealthRegistry};
+use battlement::key::PeerIp;
+use battlement::rate_limit::{Policy, Quota, RateLimitLayer, RateLimitStore};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic::transport::Server;
@@ -79,15 +87,24 @@ fn app(registry: HealthRegistry) -> Routes {
     Routes::new(GreeterServer::new(Hello)).add_service(health)
 }
 
-/// Serves [`app`] behind the request-id layer on `listener` until
-/// `shutdown` completes, then finishes the calls in flight.
-async fn serve(
+/// The per-peer-IP rate limit over `store`.
+fn rate_limit<St: RateLimitStore>(store: St, quota: Quota) -> Result<RateLimitLayer<St>, BoxError> {
+    Ok(RateLimitLayer::new(store).policy(Policy::new("per-ip", quota)?.key(PeerIp)))
+}
+
+/// Serves [`app`] behind the request-id and rate-limit layers on
+/// `listener` until `shutdown` completes, then finishes the calls in flight.
+async fn serve<St: RateLimitStore>(
     listener: TcpListener,
     registry: HealthRegistry,
+    limit: RateLimitLayer<St>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    Server::builder()
+    let layers = tower::ServiceBuilder::new()
         .layer(RequestIdLayer::new())
+        .layer(limit);
+    Server::builder()
+        .layer(layers)
         .add_routes(app(registry))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await
@@ -113,6 +130,17 @@ async fn main() -> Result<(), BoxError> {
         None => Duration::ZERO,
     };
 
+    let mut quota: Quota = env_var("RATE_LIMIT")?
+        .unwrap_or_else(|| "100/s".to_owned())
+        .parse()
+        .map_err(|e| format!("RATE_LIMIT: {e}"))?;
+    if let Some(burst) = env_var("RATE_BURST")? {
+        let burst = burst.parse().map_err(|e| format!("RATE_BURST: {e}"))?;
+        quota = quota
+            .with_burst(burst)
+            .map_err(|e| format!("RATE_BURST: {e}"))?;
+    }
+
     let registry = HealthRegistry::new();
     register_backends(&registry).await?;
 
@@ -122,7 +150,21 @@ async fn main() -> Result<(), BoxError> {
     tracing::info!(addr = %listener.local_addr()?, "serving helloworld.Greeter and grpc.health.v1.Health");
 
     let shutdown = registry.clone().shutdown_on_signal(drain);
-    serve(listener, registry, shutdown).await?;
+    #[cfg(feature = "redis")]
+    if let Some(url) = env_var("REDIS_URL")? {
+        let redis = battlement::backends::RedisStore::connect(&url)
+            .await
+            .map_err(|e| format!("REDIS_URL: {e}"))?;
+        serve(listener, registry, rate_limit(redis, quota)?, shutdown).await?;
+        return Ok(());
+    }
+    serve(
+        listener,
+        registry,
+        rate_limit(MemoryStore::new(), quota)?,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 
@@ -196,9 +238,14 @@ mod tests {
 
     /// Starts the example's server on an ephemeral loopback port.
     async fn start(registry: HealthRegistry) -> Channel {
+        start_with(registry, Quota::per_second(100).unwrap()).await
+    }
+
+    async fn start_with(registry: HealthRegistry, quota: Quota) -> Channel {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, registry, std::future::pending()));
+        let limit = rate_limit(MemoryStore::new(), quota).unwrap();
+        tokio::spawn(serve(listener, registry, limit, std::future::pending()));
         Channel::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
@@ -247,6 +294,23 @@ mod tests {
         let response = client.say_hello(request).await.unwrap();
         let id = uuid::Uuid::parse_str(request_id(&response)).unwrap();
         assert_eq!(id.get_version_num(), 7);
+    }
+
+    #[tokio::test]
+    async fn calls_over_the_quota_are_resource_exhausted() {
+        let quota = Quota::per_minute(2).unwrap();
+        let mut client = GreeterClient::new(start_with(HealthRegistry::new(), quota).await);
+        for _ in 0..2 {
+            client.say_hello(hello("Ferris")).await.unwrap();
+        }
+        let status = client.say_hello(hello("Ferris")).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            status.message().contains("rate limited by policy per-ip"),
+            "{status:?}"
+        );
+        assert_eq!(status.metadata().get("retry-after").unwrap(), "30");
+        assert!(status.metadata().get("x-request-id").is_some());
     }
 
     #[tokio::test]
