@@ -32,6 +32,9 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 
 echo "== fmt";    cargo fmt --all -- --check
 echo "== clippy"; cargo clippy --all-targets --all-features -- -D warnings
+echo "== clippy (default and no features)"
+cargo clippy --lib -- -D warnings
+cargo clippy --lib --no-default-features -- -D warnings
 echo "== doc";    RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 echo "== test";   cargo test --all-features --all-targets
 echo "== doctest"; cargo test --all-features --doc

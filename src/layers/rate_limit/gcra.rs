@@ -28,6 +28,7 @@ pub struct GcraState {
     pub period_us: u64,
 }
 
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 impl GcraState {
     /// `debt:at:period_us`, the stored form on Redis and etcd.
     pub fn encode(&self) -> String {

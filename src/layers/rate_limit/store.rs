@@ -79,6 +79,7 @@ pub trait RateLimitStore: Backend {
 
 /// The stored id of `key` under `policy`: `policy/key`, encoded by the
 /// [`KeySpace`](crate::backends::KeySpace) of the backend.
+#[cfg_attr(not(any(feature = "redis", feature = "etcd")), allow(dead_code))]
 pub(crate) fn state_id(policy: &str, key: &str) -> String {
     let mut id = String::with_capacity(policy.len() + key.len() + 1);
     id.push_str(policy);
