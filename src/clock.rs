@@ -13,13 +13,15 @@
 //! Every "now" in battlement comes from a [`Clock`] (SPEC C-4). Time is a
 //! [`Duration`] since the UNIX epoch, so decisions made by several processes
 //! against one shared store compare like with like. [`SystemClock`] anchors
-//! a monotonic [`Instant`] to the wall clock once, so it never runs backwards
-//! within a process; [`ManualClock`] only moves when a test moves it.
+//! a monotonic clock to the wall clock once, so it never runs backwards
+//! within a process; it reads the CPU's time-stamp counter through `quanta`
+//! (a few ns, against ~20 ns for `clock_gettime`), as governor does.
+//! [`ManualClock`] only moves when a test moves it.
 
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A source of the current time, as a duration since the UNIX epoch.
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
@@ -39,7 +41,7 @@ pub type SharedClock = Arc<dyn Clock>;
 #[derive(Debug, Clone, Copy)]
 pub struct SystemClock {
     wall: Duration,
-    start: Instant,
+    start: quanta::Instant,
 }
 
 impl SystemClock {
@@ -50,7 +52,7 @@ impl SystemClock {
             .unwrap_or_default();
         Self {
             wall,
-            start: Instant::now(),
+            start: quanta::Instant::now(),
         }
     }
 
@@ -68,7 +70,7 @@ impl Default for SystemClock {
 
 impl Clock for SystemClock {
     fn now(&self) -> Duration {
-        self.wall + self.start.elapsed()
+        self.wall + quanta::Instant::now().duration_since(self.start)
     }
 }
 

@@ -57,24 +57,70 @@ impl<'a> RequestHead<'a> {
 }
 
 /// The key a request is counted under.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key(Arc<str>);
+///
+/// Short keys (IP addresses, most API keys) are stored inline, so taking a
+/// key costs no allocation.
+#[derive(Clone)]
+pub struct Key(Repr);
+
+const INLINE: usize = 46;
+
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Shared(Arc<str>),
+}
 
 impl Key {
     /// A key holding `s`.
-    pub fn new(s: impl Into<Arc<str>>) -> Self {
-        Self(s.into())
+    pub fn new(s: &str) -> Self {
+        if s.len() <= INLINE {
+            let mut bytes = [0u8; INLINE];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            Self(Repr::Inline {
+                len: s.len() as u8,
+                bytes,
+            })
+        } else {
+            Self(Repr::Shared(s.into()))
+        }
     }
 
     /// The key as a string.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            // Always a copy of a whole `&str`, so always valid UTF-8.
+            Repr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Repr::Shared(s) => s,
+        }
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Key").field(&self.as_str()).finish()
     }
 }
 
 impl fmt::Display for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -86,13 +132,19 @@ impl From<&str> for Key {
 
 impl From<String> for Key {
     fn from(s: String) -> Self {
-        Self::new(s)
+        Self::new(&s)
     }
 }
 
 impl From<IpAddr> for Key {
     fn from(ip: IpAddr) -> Self {
-        Self::new(ip.to_canonical().to_string())
+        use std::io::Write as _;
+        let mut bytes = [0u8; INLINE];
+        let mut cursor = std::io::Cursor::new(&mut bytes[..]);
+        // An IPv6 address is at most 39 characters: it always fits.
+        let _ = write!(cursor, "{}", ip.to_canonical());
+        let len = cursor.position() as u8;
+        Self(Repr::Inline { len, bytes })
     }
 }
 

@@ -22,10 +22,16 @@ use crate::layers::rate_limit::{Decision, Quota, RateLimitStore};
 /// How often idle keys are evicted.
 pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// `full_at_us` is only rewritten when it moves by more than this (and then
+/// set this much later), to keep the hot path to one atomic write; it may
+/// thus lag the true time by up to this much, so eviction waits this much
+/// longer.
+const FULL_AT_SLACK_US: u64 = 100_000;
+
 /// The rate-limit cells of one memory store.
 #[derive(Debug, Default)]
 pub(crate) struct Cells {
-    map: DashMap<Box<str>, Cell>,
+    map: DashMap<Box<str>, Cell, foldhash::fast::RandomState>,
     sweeper: AtomicBool,
 }
 
@@ -59,9 +65,14 @@ impl Cell {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    self.period_us.store(write.period_us, Ordering::Relaxed);
-                    self.full_at_us
-                        .fetch_max(now_us.saturating_add(step.ttl_us), Ordering::Relaxed);
+                    if self.period_us.load(Ordering::Relaxed) != write.period_us {
+                        self.period_us.store(write.period_us, Ordering::Relaxed);
+                    }
+                    let full_at = now_us.saturating_add(step.ttl_us);
+                    if full_at > self.full_at_us.load(Ordering::Relaxed) + FULL_AT_SLACK_US {
+                        self.full_at_us
+                            .fetch_max(full_at + FULL_AT_SLACK_US, Ordering::Relaxed);
+                    }
                     return step.decision;
                 }
                 Err(actual) => current = actual,
@@ -83,7 +94,7 @@ impl Cells {
     /// Removes every key whose bucket is full again at `now_us`.
     pub(crate) fn sweep(&self, now_us: u64) {
         self.map
-            .retain(|_, cell| cell.full_at_us.load(Ordering::Relaxed) > now_us);
+            .retain(|_, cell| cell.full_at_us.load(Ordering::Relaxed) + FULL_AT_SLACK_US > now_us);
     }
 
     fn decide(&self, policy: &str, key: &str, quota: &Quota, cost: u64, now_us: u64) -> Decision {

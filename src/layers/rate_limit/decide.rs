@@ -3,10 +3,10 @@
 
 use std::sync::{Arc, RwLock};
 
-use http::{HeaderMap, StatusCode};
+use http::StatusCode;
 
 use super::error::RateLimited;
-use super::headers;
+use super::headers::{self, Rendered};
 use super::policy::Policy;
 use super::store::{Decision, RateLimitStore};
 use crate::backends::MemoryStore;
@@ -31,7 +31,7 @@ pub(crate) struct Limiter<St> {
 #[derive(Debug)]
 pub(crate) enum Verdict {
     /// Call the inner service, then add these headers to its response.
-    Allow(Option<HeaderMap>),
+    Allow(Option<Rendered>),
     /// Answer without calling the inner service.
     Reject(Rejection),
 }
@@ -120,8 +120,11 @@ impl<St: RateLimitStore> Limiter<St> {
             self.emit(policy, if allowed { "allowed" } else { "denied" });
             if !allowed {
                 let headers = headers::render(policy, &decision, self.legacy_headers);
-                let limited =
-                    RateLimited::new(policy.name.clone(), decision.retry_after(), headers);
+                let limited = RateLimited::new(
+                    policy.name.clone(),
+                    decision.retry_after(),
+                    headers.into_map(),
+                );
                 return Verdict::Reject(Rejection::Limited(Box::new(limited)));
             }
             if strictest

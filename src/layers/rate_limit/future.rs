@@ -5,11 +5,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use futures_util::future::BoxFuture;
-use http::{HeaderMap, Request, Response};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::decide::{Rejection, Verdict};
+use super::headers::Rendered;
 use crate::reject::{Protocol, ResponseBody};
 
 pin_project! {
@@ -37,7 +38,7 @@ pin_project! {
         Calling {
             #[pin]
             future: S::Future,
-            headers: Option<HeaderMap>,
+            headers: Option<Rendered>,
         },
         Rejected {
             rejection: Option<Rejection>,
@@ -104,7 +105,7 @@ where
                 StateProj::Calling { future, headers } => {
                     let mut res = ready!(future.poll(cx))?;
                     if let Some(headers) = headers.take() {
-                        res.headers_mut().extend(headers);
+                        headers.apply(res.headers_mut());
                     }
                     return Poll::Ready(Ok(res.map(ResponseBody::inner)));
                 }

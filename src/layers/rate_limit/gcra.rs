@@ -65,44 +65,35 @@ pub fn decide(state: Option<GcraState>, quota: &Quota, cost: u64, now_us: u64) -
     let p = quota.period_us();
     let capacity = quota.burst() * p;
     let debt = state.map_or(0, |s| current_debt(s, p, n, now_us));
-    let reset_now = div_ceil(debt, n);
-    let remaining_now = (capacity - debt.min(capacity)) / p;
-    if cost > quota.burst() {
-        return Step {
-            decision: Decision::Denied {
-                retry_after: None,
-                remaining: remaining_now,
-                reset: Duration::from_micros(reset_now),
-            },
-            write: None,
-            ttl_us: 0,
-        };
+    if cost <= quota.burst() {
+        let after = debt + cost * p;
+        if after <= capacity {
+            let reset = div_ceil(after, n);
+            return Step {
+                decision: Decision::Allowed {
+                    remaining: (capacity - after) / p,
+                    reset: Duration::from_micros(reset),
+                },
+                write: (cost > 0).then_some(GcraState {
+                    debt: after,
+                    at: now_us,
+                    period_us: p,
+                }),
+                ttl_us: reset,
+            };
+        }
     }
-    let after = debt + cost * p;
-    if after <= capacity {
-        let reset = div_ceil(after, n);
-        Step {
-            decision: Decision::Allowed {
-                remaining: (capacity - after) / p,
-                reset: Duration::from_micros(reset),
-            },
-            write: (cost > 0).then_some(GcraState {
-                debt: after,
-                at: now_us,
-                period_us: p,
-            }),
-            ttl_us: reset,
-        }
-    } else {
-        Step {
-            decision: Decision::Denied {
-                retry_after: Some(Duration::from_micros(div_ceil(after - capacity, n))),
-                remaining: remaining_now,
-                reset: Duration::from_micros(reset_now),
-            },
-            write: None,
-            ttl_us: 0,
-        }
+    // Denied: nothing is written.
+    let retry_after = (cost <= quota.burst())
+        .then(|| Duration::from_micros(div_ceil(debt + cost * p - capacity, n)));
+    Step {
+        decision: Decision::Denied {
+            retry_after,
+            remaining: (capacity - debt.min(capacity)) / p,
+            reset: Duration::from_micros(div_ceil(debt, n)),
+        },
+        write: None,
+        ttl_us: 0,
     }
 }
 
@@ -115,12 +106,8 @@ fn current_debt(s: GcraState, period_us: u64, count: u64, now_us: u64) -> u64 {
         let scaled = u128::from(s.debt) * u128::from(period_us);
         u64::try_from(scaled.div_ceil(u128::from(s.period_us))).unwrap_or(u64::MAX)
     };
-    let elapsed = now_us.saturating_sub(s.at);
-    if elapsed >= div_ceil(debt, count) {
-        0
-    } else {
-        debt - elapsed * count
-    }
+    let drained = now_us.saturating_sub(s.at).saturating_mul(count);
+    debt.saturating_sub(drained)
 }
 
 fn div_ceil(a: u64, b: u64) -> u64 {

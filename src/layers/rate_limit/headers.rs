@@ -23,47 +23,88 @@ pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_micros().div_ceil(1_000_000) as u64
 }
 
+/// The `RateLimit-Policy` value of a policy (constant until its quota
+/// changes, so it is computed once).
+pub(crate) fn policy_value(name: &str, quota: &super::quota::Quota) -> HeaderValue {
+    let value = format!(
+        "\"{name}\";q={};w={}",
+        quota.count(),
+        ceil_secs(quota.period())
+    );
+    HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The rate-limit headers of one decision, ready to insert.
+#[derive(Debug, Clone)]
+pub(crate) struct Rendered {
+    policy: HeaderValue,
+    limit: HeaderValue,
+    retry_after: Option<HeaderValue>,
+    legacy: Option<[HeaderValue; 3]>,
+}
+
+impl Rendered {
+    /// Inserts the headers into `headers`.
+    pub(crate) fn apply(self, headers: &mut HeaderMap) {
+        headers.insert(RATELIMIT_POLICY, self.policy);
+        headers.insert(RATELIMIT, self.limit);
+        if let Some(v) = self.retry_after {
+            headers.insert(RETRY_AFTER, v);
+        }
+        if let Some([limit, remaining, reset]) = self.legacy {
+            headers.insert(X_LIMIT, limit);
+            headers.insert(X_REMAINING, remaining);
+            headers.insert(X_RESET, reset);
+        }
+    }
+
+    /// The headers as a map.
+    pub(crate) fn into_map(self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(6);
+        self.apply(&mut map);
+        map
+    }
+}
+
 /// The headers describing `decision` under `policy`.
-pub(crate) fn render(policy: &Policy, decision: &Decision, legacy: bool) -> HeaderMap {
-    let quota = policy.quota;
+pub(crate) fn render(policy: &Policy, decision: &Decision, legacy: bool) -> Rendered {
     let reset = match decision {
         Decision::Allowed { reset, .. } => ceil_secs(*reset),
         Decision::Denied {
             retry_after, reset, ..
         } => ceil_secs(retry_after.unwrap_or(*reset)),
     };
-    let mut headers = HeaderMap::with_capacity(6);
-    let mut put = |name: HeaderName, value: String| {
-        if let Ok(v) = HeaderValue::try_from(value) {
-            headers.insert(name, v);
-        }
+    let mut limit = String::with_capacity(policy.name.len() + 32);
+    limit.push('"');
+    limit.push_str(&policy.name);
+    limit.push_str("\";r=");
+    push_u64(&mut limit, decision.remaining());
+    limit.push_str(";t=");
+    push_u64(&mut limit, reset);
+    let retry_after = match decision {
+        Decision::Denied {
+            retry_after: Some(wait),
+            ..
+        } => Some(HeaderValue::from(ceil_secs(*wait).max(1))),
+        _ => None,
     };
-    put(
-        RATELIMIT_POLICY,
-        format!(
-            "\"{}\";q={};w={}",
-            policy.name,
-            quota.count(),
-            ceil_secs(quota.period())
-        ),
-    );
-    put(
-        RATELIMIT,
-        format!("\"{}\";r={};t={}", policy.name, decision.remaining(), reset),
-    );
-    if let Decision::Denied {
-        retry_after: Some(wait),
-        ..
-    } = decision
-    {
-        put(RETRY_AFTER, ceil_secs(*wait).max(1).to_string());
+    Rendered {
+        policy: policy.policy_header.clone(),
+        limit: HeaderValue::try_from(limit).unwrap_or_else(|_| HeaderValue::from_static("")),
+        retry_after,
+        legacy: legacy.then(|| {
+            [
+                HeaderValue::from(policy.quota.count()),
+                HeaderValue::from(decision.remaining()),
+                HeaderValue::from(reset),
+            ]
+        }),
     }
-    if legacy {
-        put(X_LIMIT, quota.count().to_string());
-        put(X_REMAINING, decision.remaining().to_string());
-        put(X_RESET, reset.to_string());
-    }
-    headers
+}
+
+fn push_u64(out: &mut String, n: u64) {
+    use std::fmt::Write as _;
+    let _ = write!(out, "{n}");
 }
 
 #[cfg(test)]
@@ -79,7 +120,7 @@ mod tests {
             remaining: 0,
             reset: Duration::from_secs(60),
         };
-        let h = render(&p, &d, true);
+        let h = render(&p, &d, true).into_map();
         assert_eq!(h["ratelimit-policy"], "\"per-ip\";q=50;w=60");
         assert_eq!(h["ratelimit"], "\"per-ip\";r=0;t=2");
         assert_eq!(h["retry-after"], "2");
@@ -94,7 +135,7 @@ mod tests {
             remaining: 9,
             reset: Duration::from_millis(100),
         };
-        let h = render(&p, &d, false);
+        let h = render(&p, &d, false).into_map();
         assert_eq!(h["ratelimit"], "\"api\";r=9;t=1");
         assert!(!h.contains_key("retry-after"));
         assert!(!h.contains_key("x-ratelimit-limit"));

@@ -182,7 +182,7 @@ impl RateLimitHandle {
             .iter_mut()
             .find(|p| &*p.name == name)
             .ok_or_else(|| ConfigError::new(format!("no rate limit policy named {name:?}")))?;
-        policy.quota = quota;
+        policy.set_quota(quota);
         *policies = Arc::from(list);
         Ok(())
     }

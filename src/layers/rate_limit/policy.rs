@@ -3,6 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use http::HeaderValue;
+
 use super::quota::Quota;
 use crate::error::ConfigError;
 use crate::key::{GlobalKey, KeyExtractor, RequestHead};
@@ -25,6 +27,7 @@ type CostFn = dyn Fn(&RequestHead<'_>) -> u64 + Send + Sync;
 pub struct Policy {
     pub(crate) name: Arc<str>,
     pub(crate) quota: Quota,
+    pub(crate) policy_header: HeaderValue,
     pub(crate) key: Arc<dyn KeyExtractor>,
     pub(crate) cost: Option<Arc<CostFn>>,
 }
@@ -45,6 +48,7 @@ impl Policy {
         Ok(Self {
             name: name.into(),
             quota,
+            policy_header: super::headers::policy_value(name, &quota),
             key: Arc::new(GlobalKey),
             cost: None,
         })
@@ -70,6 +74,11 @@ impl Policy {
     /// The quota.
     pub fn quota(&self) -> Quota {
         self.quota
+    }
+
+    pub(crate) fn set_quota(&mut self, quota: Quota) {
+        self.quota = quota;
+        self.policy_header = super::headers::policy_value(&self.name, &quota);
     }
 
     pub(crate) fn cost_of(&self, head: &RequestHead<'_>) -> u64 {

@@ -1,25 +1,14 @@
 -- Integer GCRA, one key, one round trip (SPEC RL-1, RL-5).
--- The same model as src/layers/rate_limit/gcra.rs; every number stays
--- below 2^53 so Lua's doubles are exact, and divisions are done exactly.
+-- The same model as src/layers/rate_limit/gcra.rs. Every number stays below
+-- 2^53, so Lua's doubles hold them exactly; a quotient a / b of such
+-- numbers is off by at most one after math.floor, which the divisions
+-- below correct (no helper functions: closures cost per call).
 --
 -- KEYS[1]  state key, value "debt:at:period_us"
 -- ARGV     count, period_us, burst, cost, now_us ("" = Redis TIME)
 -- returns  {allowed (0/1), remaining, retry_after_us (-1 = never), reset_us}
 
-local function fdiv(a, b)
-  local q = math.floor(a / b)
-  local r = a - q * b
-  while r < 0 do q = q - 1; r = r + b end
-  while r >= b do q = q + 1; r = r - b end
-  return q
-end
-
-local function cdiv(a, b)
-  local q = fdiv(a, b)
-  if q * b < a then q = q + 1 end
-  return q
-end
-
+local floor = math.floor
 local n = tonumber(ARGV[1])
 local p = tonumber(ARGV[2])
 local b = tonumber(ARGV[3])
@@ -38,25 +27,50 @@ local raw = redis.call('GET', KEYS[1])
 if raw then
   local d, at, sp = string.match(raw, '^(%d+):(%d+):(%d+)$')
   if d then
-    d = tonumber(d); at = tonumber(at); sp = tonumber(sp)
+    d = tonumber(d)
+    sp = tonumber(sp)
     if sp > 0 and sp ~= p then d = math.ceil(d / sp * p) end
-    local elapsed = now - at
-    if elapsed < 0 then elapsed = 0 end
-    if elapsed < cdiv(d, n) then debt = d - elapsed * n end
+    local elapsed = now - tonumber(at)
+    if elapsed > 0 then
+      local drained = elapsed * n
+      if drained < d then debt = d - drained end
+    else
+      debt = d
+    end
   end
 end
 
-local remaining_now = fdiv(cap - math.min(debt, cap), p)
-if cost > b then
-  return {0, remaining_now, -1, cdiv(debt, n)}
-end
 local after = debt + cost * p
-if after <= cap then
-  local reset = cdiv(after, n)
+if cost <= b and after <= cap then
+  -- reset = ceil(after / n), remaining = floor((cap - after) / p)
+  local reset = floor(after / n)
+  if reset * n > after then reset = reset - 1 elseif (reset + 1) * n <= after then reset = reset + 1 end
+  if reset * n < after then reset = reset + 1 end
+  local left = cap - after
+  local remaining = floor(left / p)
+  if remaining * p > left then remaining = remaining - 1 elseif (remaining + 1) * p <= left then remaining = remaining + 1 end
   if cost > 0 then
-    redis.call('SET', KEYS[1], string.format('%d:%d:%d', after, now, p),
-      'PX', math.max(1, cdiv(reset, 1000)))
+    local ttl = floor((reset + 999) / 1000)
+    if ttl < 1 then ttl = 1 end
+    redis.call('SET', KEYS[1], string.format('%d:%d:%d', after, now, p), 'PX', ttl)
   end
-  return {1, fdiv(cap - after, p), 0, reset}
+  return {1, remaining, 0, reset}
 end
-return {0, remaining_now, cdiv(after - cap, n), cdiv(debt, n)}
+
+-- Denied: nothing is written.
+local held = debt
+if held > cap then held = cap end
+local left = cap - held
+local remaining = floor(left / p)
+if remaining * p > left then remaining = remaining - 1 elseif (remaining + 1) * p <= left then remaining = remaining + 1 end
+local reset = floor(debt / n)
+if reset * n > debt then reset = reset - 1 elseif (reset + 1) * n <= debt then reset = reset + 1 end
+if reset * n < debt then reset = reset + 1 end
+if cost > b then
+  return {0, remaining, -1, reset}
+end
+local over = after - cap
+local wait = floor(over / n)
+if wait * n > over then wait = wait - 1 elseif (wait + 1) * n <= over then wait = wait + 1 end
+if wait * n < over then wait = wait + 1 end
+return {0, remaining, wait, reset}

@@ -1,0 +1,193 @@
+//! Rate-limit cost next to governor and tower_governor, and Redis decision
+//! throughput next to a raw `EVALSHA` of a trivial script, in one run.
+//!
+//! Run with: `cargo bench --features redis --bench rate_limit`
+//!
+//! - `decision/*`: one allowed decision on one of 1024 keys: battlement's
+//!   `MemoryStore` vs governor's keyed limiter (`check_key`).
+//! - `layer/*`: one request through the layer to a no-op service, keyed by
+//!   peer IP: bare, tower_governor's `GovernorLayer`, battlement's
+//!   `RateLimitLayer` on `MemoryStore`.
+//! - `redis/*`: time per decision with 32 concurrent tasks on one shared
+//!   connection to a local `redis-server`: battlement's GCRA script vs
+//!   `EVALSHA` of `return 1` through the same redis client.
+#![allow(missing_docs)] // criterion_group! makes undocumented items
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use battlement::backends::{MemoryStore, RedisStore};
+use battlement::key::{PeerAddr, PeerIp};
+use battlement::rate_limit::{Policy, Quota, RateLimitLayer, RateLimitStore};
+use criterion::{Criterion, criterion_group, criterion_main};
+use futures_util::FutureExt;
+use http::{Request, Response};
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+
+const KEYS: usize = 1024;
+const TASKS: u64 = 32;
+
+fn ips() -> Vec<IpAddr> {
+    (0..KEYS)
+        .map(|i| IpAddr::from([10, 0, (i / 256) as u8, (i % 256) as u8]))
+        .collect()
+}
+
+fn decision(c: &mut Criterion) {
+    let ips = ips();
+    let names: Vec<String> = ips.iter().map(ToString::to_string).collect();
+    let per_sec = NonZeroU32::new(1_000_000_000).unwrap_or(NonZeroU32::MIN);
+    let governor = governor::RateLimiter::keyed(governor::Quota::per_second(per_sec));
+    let mut i = 0;
+    c.bench_function("rate_limit/decision/governor-keyed", |b| {
+        b.iter(|| {
+            i = (i + 1) % KEYS;
+            governor.check_key(&ips[i]).is_ok()
+        })
+    });
+    let store = MemoryStore::new();
+    let quota = Quota::per_second(1_000_000_000).unwrap_or_else(|e| panic!("{e}"));
+    c.bench_function("rate_limit/decision/battlement-memory", |b| {
+        b.iter(|| {
+            i = (i + 1) % KEYS;
+            store.decide("p", &names[i], &quota, 1).now_or_never()
+        })
+    });
+}
+
+type Body = axum::body::Body;
+
+fn noop()
+-> impl Service<Request<String>, Response = Response<Body>, Error = Infallible, Future = impl Send>
++ Clone {
+    service_fn(|_: Request<String>| async { Ok::<_, Infallible>(Response::new(Body::empty())) })
+}
+
+fn request(ip: IpAddr) -> Request<String> {
+    let mut req = Request::new(String::new());
+    let addr = SocketAddr::new(ip, 40000);
+    req.extensions_mut().insert(addr);
+    req.extensions_mut().insert(PeerAddr(addr));
+    req
+}
+
+fn bench_layer<S>(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, svc: S)
+where
+    S: Service<Request<String>> + Clone,
+    S::Error: std::fmt::Debug,
+{
+    let ips = ips();
+    let mut i = 0;
+    c.bench_function(&format!("rate_limit/layer/{name}"), |b| {
+        b.to_async(rt).iter(|| {
+            i = (i + 1) % KEYS;
+            svc.clone().oneshot(request(ips[i]))
+        })
+    });
+}
+
+fn layer(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    bench_layer(c, &rt, "bare", noop());
+    let config = tower_governor::governor::GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(1_000_000)
+        .finish()
+        .unwrap_or_else(|| panic!("governor config"));
+    let governed = ServiceBuilder::new()
+        .layer(tower_governor::GovernorLayer::new(config))
+        .service(noop());
+    bench_layer(c, &rt, "tower_governor", governed);
+    let quota = Quota::per_second(1_000_000_000).unwrap_or_else(|e| panic!("{e}"));
+    let policy = Policy::new("per-ip", quota)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .key(PeerIp);
+    let limited = rt.block_on(async {
+        ServiceBuilder::new()
+            .layer(RateLimitLayer::new(MemoryStore::new()).policy(policy))
+            .service(noop())
+    });
+    bench_layer(c, &rt, "battlement-memory", limited);
+}
+
+/// Runs `iters` calls of `op` spread over [`TASKS`] tasks; the elapsed time.
+async fn spread<F, Fut>(iters: u64, op: F) -> Duration
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                for i in (t..iters).step_by(TASKS as usize) {
+                    op(i).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+    started.elapsed()
+}
+
+fn redis(c: &mut Criterion) {
+    let server = support::RedisServer::start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let store = rt
+        .block_on(RedisStore::connect(&server.url()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let raw = rt.block_on(async {
+        let client = redis::Client::open(server.url()).unwrap_or_else(|e| panic!("{e}"));
+        redis::aio::ConnectionManager::new(client)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    });
+    let trivial = Arc::new(redis::Script::new("return 1"));
+    let quota = Quota::per_second(1_000_000_000).unwrap_or_else(|e| panic!("{e}"));
+    let mut group = c.benchmark_group("rate_limit/redis");
+    group.measurement_time(Duration::from_secs(5));
+    group.bench_function("raw-evalsha-return-1", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (raw, trivial) = (raw.clone(), trivial.clone());
+            spread(iters, move |i| {
+                let (mut raw, trivial) = (raw.clone(), trivial.clone());
+                async move {
+                    let _: Result<i64, _> =
+                        trivial.key(i % KEYS as u64).invoke_async(&mut raw).await;
+                }
+            })
+        })
+    });
+    group.bench_function("battlement-gcra", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let store = store.clone();
+            spread(iters, move |i| {
+                let store = store.clone();
+                async move {
+                    let key = (i % KEYS as u64).to_string();
+                    let _ = store.decide("p", &key, &quota, 1).await;
+                }
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decision, layer, redis);
+criterion_main!(benches);
