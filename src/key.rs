@@ -364,6 +364,24 @@ fn parse_addr(s: &str) -> Option<IpAddr> {
     inner.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
 
+/// The matched route template (axum's `MatchedPath`, e.g. `/items/{id}`),
+/// so every route gets its own budget. Requests that matched no route share
+/// the key `unmatched`: the raw path is never used, so clients cannot
+/// create keys at will.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouteKey;
+
+impl KeyExtractor for RouteKey {
+    fn extract(&self, head: &RequestHead<'_>) -> Result<Key, KeyError> {
+        #[cfg(feature = "axum")]
+        if let Some(path) = head.extensions.get::<axum::extract::MatchedPath>() {
+            return Ok(Key::from(path.as_str()));
+        }
+        let _ = head;
+        Ok(Key::from("unmatched"))
+    }
+}
+
 /// The value of a header, e.g. an API key. Values must be 1..=`max_len`
 /// visible ASCII characters.
 #[derive(Debug, Clone)]
@@ -585,6 +603,39 @@ mod tests {
             ex.extract(&RequestHead::of(&bin)),
             Err(KeyError::InvalidHeader(_, "not visible ASCII"))
         ));
+    }
+
+    #[cfg(feature = "axum")]
+    #[tokio::test]
+    async fn route_key_is_the_template_never_the_raw_path() {
+        use tower::ServiceExt;
+        let app: axum::Router = axum::Router::new().route(
+            "/items/{id}",
+            axum::routing::get(|req: axum::extract::Request| async move {
+                RouteKey
+                    .extract(&RequestHead::of(&req))
+                    .unwrap()
+                    .to_string()
+            }),
+        );
+        let res = app
+            .oneshot(
+                Request::get("/items/42")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let body = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body, "/items/{id}");
+        let bare = Request::get("/random/path").body(()).unwrap();
+        assert_eq!(
+            RouteKey.extract(&RequestHead::of(&bare)).unwrap().as_str(),
+            "unmatched"
+        );
     }
 
     #[test]

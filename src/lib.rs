@@ -17,5 +17,5 @@ pub mod reject;
 
 pub use error::{BoxError, ConfigError, FailurePolicy, StoreError};
 pub use layers::health::{self, HealthRegistry};
-pub use layers::rate_limit;
+pub use layers::rate_limit::{self, RateLimitLayer};
 pub use layers::request_id::{self, RequestId, RequestIdLayer};

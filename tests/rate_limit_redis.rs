@@ -152,6 +152,33 @@ async fn redis_outage_follows_the_failure_policy_and_recovers() {
     }
 }
 
+// SPEC RL-5: a flushed script cache (NOSCRIPT) is reloaded transparently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushed_scripts_are_reloaded() {
+    let redis = RedisServer::start();
+    let s = store(&redis).await;
+    let q = Quota::per_minute(3).unwrap();
+    assert_eq!(s.decide("p", "k", &q, 1).await.unwrap().remaining(), 2);
+    assert_eq!(redis.cli(&["script", "flush"]).trim(), "OK");
+    assert_eq!(
+        s.decide("p", "k", &q, 1).await.unwrap().remaining(),
+        1,
+        "state kept, script reloaded"
+    );
+    // Each of the two loads was an EVALSHA answered NOSCRIPT, then one that ran.
+    let stats = redis.cli(&["info", "commandstats"]);
+    assert!(stats.contains("cmdstat_evalsha:calls=4,"), "{stats}");
+    assert!(stats.contains("failed_calls=2"), "{stats}");
+    // Steady state: one EVALSHA per decision, nothing else.
+    s.decide("p", "k", &q, 1).await.unwrap();
+    let stats = redis.cli(&["info", "commandstats"]);
+    assert!(stats.contains("cmdstat_evalsha:calls=5,"), "{stats}");
+    assert!(
+        !stats.contains("cmdstat_get:"),
+        "no separate GET round trip: {stats}"
+    );
+}
+
 // SPEC RL-7: two processes' worth of stores on one Redis admit exactly the
 // quota between them under concurrency.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
