@@ -8,6 +8,27 @@ use super::EtcdServer;
 #[cfg(feature = "redis")]
 use super::{RedisCluster, RedisServer};
 
+/// Forwards the fault controls of a harness to its server fixture.
+#[cfg(feature = "conformance")]
+macro_rules! fault_harness {
+    ($harness:ty, $field:ident) => {
+        impl FaultHarness for $harness {
+            fn pause(&mut self) {
+                self.$field.pause();
+            }
+            fn resume(&mut self) {
+                self.$field.resume();
+            }
+            fn stop(&mut self) {
+                self.$field.stop();
+            }
+            async fn restart(&mut self) {
+                self.$field.restart();
+            }
+        }
+    };
+}
+
 /// Per-call timeout for stores in tests: generous, so a loaded 2-core CI
 /// machine does not turn a slow answer into a failure.
 pub const TEST_TIMEOUT: Duration = Duration::from_millis(500);
@@ -70,20 +91,7 @@ mod redis_harness {
         }
     }
 
-    impl FaultHarness for RedisHarness {
-        fn pause(&mut self) {
-            self.server.pause();
-        }
-        fn resume(&mut self) {
-            self.server.resume();
-        }
-        fn stop(&mut self) {
-            self.server.stop();
-        }
-        async fn restart(&mut self) {
-            self.server.restart();
-        }
-    }
+    fault_harness!(RedisHarness, server);
 
     pub struct RedisClusterHarness {
         pub cluster: RedisCluster,
@@ -118,20 +126,7 @@ mod redis_harness {
         }
     }
 
-    impl FaultHarness for RedisClusterHarness {
-        fn pause(&mut self) {
-            self.cluster.pause();
-        }
-        fn resume(&mut self) {
-            self.cluster.resume();
-        }
-        fn stop(&mut self) {
-            self.cluster.stop();
-        }
-        async fn restart(&mut self) {
-            self.cluster.restart();
-        }
-    }
+    fault_harness!(RedisClusterHarness, cluster);
 }
 #[cfg(all(feature = "redis", feature = "conformance"))]
 pub use redis_harness::*;
@@ -203,20 +198,7 @@ mod etcd_harness {
         }
     }
 
-    impl FaultHarness for EtcdHarness {
-        fn pause(&mut self) {
-            self.server.pause();
-        }
-        fn resume(&mut self) {
-            self.server.resume();
-        }
-        fn stop(&mut self) {
-            self.server.stop();
-        }
-        async fn restart(&mut self) {
-            self.server.restart();
-        }
-    }
+    fault_harness!(EtcdHarness, server);
 }
 #[cfg(all(feature = "etcd", feature = "conformance"))]
 pub use etcd_harness::*;
