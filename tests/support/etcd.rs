@@ -19,7 +19,13 @@ pub struct EtcdServer {
 impl EtcdServer {
     pub fn start() -> Self {
         let binary = require_binary("etcd");
-        let dir = tempfile::tempdir().expect("temp dir");
+        // tmpfs when there is one: etcd fsyncs every write, and a loaded CI
+        // disk can stall an fsync past any sane per-call timeout.
+        let dir = tempfile::Builder::new()
+            .prefix("battlement-etcd")
+            .tempdir_in("/dev/shm")
+            .or_else(|_| tempfile::tempdir())
+            .expect("temp dir");
         let client_port = free_port();
         let peer_port = free_port();
         let data = dir.path().join("data");

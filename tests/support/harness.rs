@@ -33,6 +33,9 @@ macro_rules! fault_harness {
 /// machine does not turn a slow answer into a failure.
 pub const TEST_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// etcd commits every write through Raft and its WAL: give it more.
+pub const ETCD_TEST_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[cfg(all(feature = "redis", feature = "conformance"))]
 mod redis_harness {
     use battlement::StoreError;
@@ -159,7 +162,7 @@ mod etcd_harness {
         async fn store_with_prefix(&self, prefix: &str) -> Result<EtcdStore, StoreError> {
             let config = EtcdConfig::new([self.server.endpoint()])
                 .prefix(prefix)
-                .with_timeout(TEST_TIMEOUT);
+                .with_timeout(ETCD_TEST_TIMEOUT);
             EtcdStore::from_config(config).await
         }
 

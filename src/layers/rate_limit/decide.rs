@@ -119,6 +119,12 @@ impl<St: RateLimitStore> Limiter<St> {
             }
             self.emit(policy, if allowed { "allowed" } else { "denied" });
             if !allowed {
+                tracing::debug!(
+                    policy = %policy.name,
+                    key = %key,
+                    retry_after_ms = decision.retry_after().map(|d| d.as_millis() as u64),
+                    "rate limited"
+                );
                 let headers = headers::render(policy, &decision, self.legacy_headers);
                 let limited = RateLimited::new(
                     policy.name.clone(),
