@@ -47,8 +47,14 @@ use pin_project_lite::pin_project;
 pub enum Protocol {
     /// Plain HTTP: status code and problem+json body.
     Http,
-    /// gRPC (`content-type: application/grpc*`): trailers-only response.
+    /// gRPC (`content-type: application/grpc`, `application/grpc+proto`,
+    /// ...): trailers-only response.
     Grpc,
+    /// gRPC-Web (`application/grpc-web`, `+proto`, ...): a headers-only
+    /// response with the grpc-web content type.
+    GrpcWeb,
+    /// gRPC-Web text mode (`application/grpc-web-text*`).
+    GrpcWebText,
 }
 
 impl Protocol {
@@ -59,10 +65,26 @@ impl Protocol {
 
     /// The protocol of a request with these headers.
     pub fn of_headers(headers: &HeaderMap) -> Self {
-        let is_grpc = headers
-            .get(CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        if is_grpc { Self::Grpc } else { Self::Http }
+        let Some(value) = headers.get(CONTENT_TYPE) else {
+            return Self::Http;
+        };
+        let ct = value.as_bytes();
+        // The byte after `prefix` (`;` at the end), if `ct` starts with it.
+        let after = |prefix: &[u8]| -> Option<u8> {
+            let head = ct.get(..prefix.len())?;
+            head.eq_ignore_ascii_case(prefix)
+                .then(|| ct.get(prefix.len()).copied().unwrap_or(b';'))
+        };
+        if let Some(b'+' | b';' | b' ') = after(b"application/grpc-web-text") {
+            return Self::GrpcWebText;
+        }
+        if let Some(b'+' | b';' | b' ') = after(b"application/grpc-web") {
+            return Self::GrpcWeb;
+        }
+        match after(b"application/grpc") {
+            Some(b'+' | b';' | b' ') => Self::Grpc,
+            _ => Self::Http,
+        }
     }
 }
 
@@ -221,7 +243,9 @@ impl Problem {
     pub fn into_response<B>(self, protocol: Protocol) -> Response<ResponseBody<B>> {
         match protocol {
             Protocol::Http => self.into_http(),
-            Protocol::Grpc => self.into_grpc(),
+            Protocol::Grpc => self.into_grpc("application/grpc"),
+            Protocol::GrpcWeb => self.into_grpc("application/grpc-web+proto"),
+            Protocol::GrpcWebText => self.into_grpc("application/grpc-web-text+proto"),
         }
     }
 
@@ -238,10 +262,10 @@ impl Problem {
         res
     }
 
-    fn into_grpc<B>(self) -> Response<ResponseBody<B>> {
+    fn into_grpc<B>(self, content_type: &'static str) -> Response<ResponseBody<B>> {
         let mut res = Response::new(ResponseBody::empty());
         let headers = res.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         headers.insert("grpc-status", HeaderValue::from(self.grpc_code.as_i32()));
         let message = self.detail.as_deref().unwrap_or(&self.title);
         if let Ok(value) = HeaderValue::from_str(&grpc_percent_encode(message)) {
@@ -439,17 +463,28 @@ mod tests {
     }
 
     #[test]
-    fn plain_http_and_grpc_web_text_are_told_apart() {
-        let plain = Request::get("/")
-            .header("content-type", "application/json")
-            .body(())
-            .unwrap();
-        assert_eq!(Protocol::of(&plain), Protocol::Http);
-        let web = Request::post("/x")
-            .header("content-type", "application/grpc-web")
-            .body(())
-            .unwrap();
-        assert_eq!(Protocol::of(&web), Protocol::Grpc);
+    fn protocols_are_told_apart_by_content_type() {
+        for (ct, want) in [
+            ("application/json", Protocol::Http),
+            ("application/grpc", Protocol::Grpc),
+            ("Application/GRPC+proto", Protocol::Grpc),
+            ("application/grpc; charset=utf-8", Protocol::Grpc),
+            ("application/grpcx", Protocol::Http),
+            ("application/grpc-web", Protocol::GrpcWeb),
+            ("application/grpc-web-text", Protocol::GrpcWebText),
+            ("application/grpc-webx", Protocol::Http),
+            ("application/grpc-web+proto", Protocol::GrpcWeb),
+        ] {
+            let req = Request::post("/x")
+                .header("content-type", ct)
+                .body(())
+                .unwrap();
+            assert_eq!(Protocol::of(&req), want, "{ct}");
+        }
+        let res =
+            Problem::new(StatusCode::TOO_MANY_REQUESTS, "x").into_response::<()>(Protocol::GrpcWeb);
+        assert_eq!(res.headers()["content-type"], "application/grpc-web+proto");
+        assert_eq!(res.headers()["grpc-status"], "8");
     }
 
     #[tokio::test]

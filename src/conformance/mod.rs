@@ -151,6 +151,7 @@ macro_rules! rate_limit_suite {
             retry_after_is_exact,
             quota_changes_keep_state,
             random_sequences_match_the_reference,
+            skewed_clocks_do_not_over_admit,
         );
     };
 }

@@ -248,6 +248,28 @@ where
     assert_eq!(decide(&s, "b", &small, 1).await.remaining(), 8);
 }
 
+/// Two instances whose clocks are 50 ms apart, taking turns on one key
+/// (simulated by moving one clock back and forth), admit the quota and
+/// not the skew again on every swap.
+pub async fn skewed_clocks_do_not_over_admit<H: Harness>(h: H)
+where
+    H::Store: RateLimitStore,
+{
+    let (s, clock) = setup(&h).await;
+    let q = quota(100, 1_000, 100);
+    let mut allowed = 0;
+    for i in 0..2_000u64 {
+        let skew = if i % 2 == 0 { 0 } else { 50_000 };
+        clock.set(T0 + Duration::from_micros(i * 1_000 - skew.min(i * 1_000)));
+        if decide(&s, "k", &q, 1).await.is_allowed() {
+            allowed += 1;
+        }
+    }
+    // burst 100 + 2 s at 100/s + at most the 50 ms skew once (5).
+    assert!(allowed <= 100 + 200 + 5, "admitted {allowed}");
+    assert!(allowed >= 100 + 190, "admitted {allowed}");
+}
+
 /// An exact model in a different formulation: a theoretical arrival time in
 /// units of 1/count µs, in u128.
 #[derive(Default)]

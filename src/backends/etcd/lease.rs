@@ -13,24 +13,27 @@ pub(crate) struct LeaseCache {
     last: Mutex<Option<(i64, u64)>>,
 }
 
-/// A cached lease is reused when it outlives the key by at most this much.
+/// A cached lease is reused when it outlives the key by at most this much
+/// plus the key's own TTL: a key living somewhat longer than needed only
+/// costs space, and it keeps the number of live leases small.
 const SLACK: Duration = Duration::from_secs(2);
 
 impl EtcdStore {
     /// A lease that expires no earlier than `ttl` from now and at most
-    /// [`SLACK`] later (etcd rounds TTLs up to whole seconds).
+    /// `ttl` + [`SLACK`] later. New leases are granted for twice the TTL
+    /// so that keys written soon after can share them.
     pub(crate) async fn lease_for(&self, ttl: Duration) -> Result<i64, StoreError> {
         let now = self.clock().now_micros();
         let needed = now.saturating_add(ttl.as_micros() as u64);
-        let slack = SLACK.as_micros() as u64;
+        let slack = (SLACK + ttl).as_micros() as u64;
         if let Ok(last) = self.inner.leases.last.lock()
             && let Some((id, expires)) = *last
             && expires >= needed
-            && expires <= needed + slack
+            && expires <= needed.saturating_add(slack)
         {
             return Ok(id);
         }
-        let seconds = i64::try_from(ttl.as_secs() + 2).unwrap_or(i64::MAX);
+        let seconds = i64::try_from(ttl.as_secs() * 2 + 2).unwrap_or(i64::MAX);
         let granted = self
             .call(|mut c| async move { c.lease_grant(seconds, None).await })
             .await?;

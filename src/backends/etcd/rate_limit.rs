@@ -34,7 +34,25 @@ fn read(resp: &GetResponse) -> (Option<GcraState>, i64) {
 }
 
 impl RateLimitStore for EtcdStore {
+    /// Bounded as a whole by four per-call timeouts: a hot key under heavy
+    /// contention fails with a timeout (handled by the layer's failure
+    /// policy) instead of retrying for long.
     async fn decide(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        cost: u64,
+    ) -> Result<Decision, StoreError> {
+        let deadline = self.config().timeout() * 4;
+        tokio::time::timeout(deadline, self.decide_unbounded(policy, key, quota, cost))
+            .await
+            .map_err(|_| StoreError::Timeout(deadline))?
+    }
+}
+
+impl EtcdStore {
+    async fn decide_unbounded(
         &self,
         policy: &str,
         key: &str,
@@ -80,8 +98,7 @@ impl RateLimitStore for EtcdStore {
             }
             // Back off a little so that contenders interleave.
             let spread = u64::from(attempt.min(20)) * 250;
-            let jitter = fastrand::u64(0..=spread);
-            tokio::time::sleep(Duration::from_micros(jitter)).await;
+            tokio::time::sleep(Duration::from_micros(fastrand::u64(0..=spread))).await;
         }
         Err(StoreError::Backend(format!(
             "etcd: {MAX_ATTEMPTS} conflicting writes on one rate-limit key"

@@ -156,6 +156,9 @@ impl MemoryStore {
         };
         let weak: Weak<super::Inner> = Arc::downgrade(&self.inner);
         runtime.spawn(async move {
+            // If this task ends for any reason (store dropped, runtime shut
+            // down), the next decision starts a new sweeper.
+            let _restart = SweeperFlag(weak.clone());
             let mut tick = tokio::time::interval(SWEEP_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -164,6 +167,17 @@ impl MemoryStore {
                 inner.cells.sweep(inner.clock.now_micros());
             }
         });
+    }
+}
+
+/// Clears the "sweeper running" flag when the sweeper task ends.
+struct SweeperFlag(Weak<super::Inner>);
+
+impl Drop for SweeperFlag {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            inner.cells.sweeper.store(false, Ordering::Release);
+        }
     }
 }
 

@@ -24,7 +24,7 @@ pub(crate) struct Limiter<St> {
     pub(crate) legacy_headers: bool,
     pub(crate) fallback: MemoryStore,
     pub(crate) events: Events,
-    pub(crate) warn: WarnLimiter,
+    pub(crate) warn: Arc<WarnLimiter>,
 }
 
 /// What the layer does with a request.
@@ -114,14 +114,14 @@ impl<St: RateLimitStore> Limiter<St> {
             let allowed = decision.is_allowed();
             if !allowed && self.shadow {
                 self.emit(policy, "shadow_denied");
-                tracing::info!(policy = %policy.name, key = %key, "rate limit would deny (shadow mode)");
+                tracing::info!(policy = %policy.name, "rate limit would deny (shadow mode)");
                 continue;
             }
             self.emit(policy, if allowed { "allowed" } else { "denied" });
             if !allowed {
+                // The key is not logged: it may be an API key.
                 tracing::debug!(
                     policy = %policy.name,
-                    key = %key,
                     retry_after_ms = decision.retry_after().map(|d| d.as_millis() as u64),
                     "rate limited"
                 );

@@ -10,7 +10,7 @@
 //! lives in `backends/redis/scripts/gcra.lua`.
 //!
 //! A quota change keeps the outstanding cost: the debt is rescaled from the
-//! old period to the new one.
+//! old period to the new one, in whole units of cost rounded up.
 
 use std::time::Duration;
 
@@ -60,11 +60,18 @@ pub struct Step {
 }
 
 /// Decides a request of `cost` at `now_us` on a key in `state`.
+///
+/// A clock behind the state's `at` (another instance's clock ran ahead)
+/// drains nothing, and the state keeps its later `at`: otherwise instances
+/// with skewed clocks would each drain the skew again on every swap.
 pub fn decide(state: Option<GcraState>, quota: &Quota, cost: u64, now_us: u64) -> Step {
     let n = quota.count();
     let p = quota.period_us();
     let capacity = quota.burst() * p;
-    let debt = state.map_or(0, |s| current_debt(s, p, n, now_us));
+    let (debt, at) = match state {
+        Some(s) => (current_debt(s, quota, now_us), now_us.max(s.at)),
+        None => (0, now_us),
+    };
     if cost <= quota.burst() {
         let after = debt + cost * p;
         if after <= capacity {
@@ -76,7 +83,7 @@ pub fn decide(state: Option<GcraState>, quota: &Quota, cost: u64, now_us: u64) -
                 },
                 write: (cost > 0).then_some(GcraState {
                     debt: after,
-                    at: now_us,
+                    at,
                     period_us: p,
                 }),
                 ttl_us: reset,
@@ -97,16 +104,20 @@ pub fn decide(state: Option<GcraState>, quota: &Quota, cost: u64, now_us: u64) -
     }
 }
 
-/// The debt left at `now_us`, in the current period's units.
-fn current_debt(s: GcraState, period_us: u64, count: u64, now_us: u64) -> u64 {
-    let debt = if s.period_us == period_us || s.period_us == 0 {
+/// The debt left at `now_us`, in the current quota's units.
+///
+/// After a period change the outstanding cost is kept in whole units,
+/// rounded up, and at most a full bucket: `min(ceil(debt / old_period),
+/// burst) × period`, so every value stays below 2^52 and the Lua copy
+/// computes the same.
+fn current_debt(s: GcraState, quota: &Quota, now_us: u64) -> u64 {
+    let p = quota.period_us();
+    let debt = if s.period_us == p || s.period_us == 0 {
         s.debt
     } else {
-        // Keep the outstanding cost across a quota change.
-        let scaled = u128::from(s.debt) * u128::from(period_us);
-        u64::try_from(scaled.div_ceil(u128::from(s.period_us))).unwrap_or(u64::MAX)
+        div_ceil(s.debt, s.period_us).min(quota.burst()) * p
     };
-    let drained = now_us.saturating_sub(s.at).saturating_mul(count);
+    let drained = now_us.saturating_sub(s.at).saturating_mul(quota.count());
     debt.saturating_sub(drained)
 }
 
@@ -171,10 +182,24 @@ mod tests {
             run(&q, &mut s, 1, 0);
         }
         let bigger = Quota::per_minute(100).unwrap();
+        // 4 units were spent; the new period keeps them.
         match run(&bigger, &mut s, 1, 0) {
             Decision::Allowed { remaining, .. } => assert_eq!(remaining, 95),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_clock_behind_drains_nothing_and_keeps_the_later_time() {
+        let q = Quota::per_second(100).unwrap();
+        let ahead = GcraState {
+            debt: 50 * q.period_us(),
+            at: 1_000_000,
+            period_us: q.period_us(),
+        };
+        let step = decide(Some(ahead), &q, 1, 950_000);
+        assert_eq!(step.write.unwrap().at, 1_000_000);
+        assert_eq!(step.write.unwrap().debt, 51 * q.period_us());
     }
 
     #[test]

@@ -25,12 +25,17 @@ pub(crate) fn ceil_secs(d: Duration) -> u64 {
 
 /// The `RateLimit-Policy` value of a policy (constant until its quota
 /// changes, so it is computed once).
+///
+/// `w` is whole seconds, so a sub-second period is stated per second
+/// (1 per 100 ms is `q=10;w=1`).
 pub(crate) fn policy_value(name: &str, quota: &super::quota::Quota) -> HeaderValue {
-    let value = format!(
-        "\"{name}\";q={};w={}",
-        quota.count(),
-        ceil_secs(quota.period())
-    );
+    let (q, w) = if quota.period_us() < 1_000_000 {
+        let per_second = u128::from(quota.count()) * 1_000_000 / u128::from(quota.period_us());
+        (u64::try_from(per_second).unwrap_or(u64::MAX), 1)
+    } else {
+        (quota.count(), ceil_secs(quota.period()))
+    };
+    let value = format!("\"{name}\";q={q};w={w}");
     HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
@@ -126,6 +131,12 @@ mod tests {
         assert_eq!(h["retry-after"], "2");
         assert_eq!(h["x-ratelimit-limit"], "50");
         assert_eq!(h["x-ratelimit-reset"], "2");
+    }
+
+    #[test]
+    fn sub_second_periods_are_stated_per_second() {
+        let q = Quota::new(1, Duration::from_millis(100)).unwrap();
+        assert_eq!(policy_value("fast", &q), "\"fast\";q=10;w=1");
     }
 
     #[test]

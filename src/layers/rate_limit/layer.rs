@@ -18,7 +18,8 @@ use crate::events::{Events, WarnLimiter};
 ///
 /// Every policy is decided in order against the store; the request is
 /// denied if any policy denies it, and the inner service is then never
-/// called. Denials are 429 `application/problem+json` (HTTP) or a
+/// called. Policies decided before the denying one keep the request's
+/// cost (as in Envoy): put the most selective policy first. Denials are 429 `application/problem+json` (HTTP) or a
 /// trailers-only `RESOURCE_EXHAUSTED` (gRPC) with `Retry-After`; allowed
 /// responses carry the `RateLimit` / `RateLimit-Policy` headers of the most
 /// restrictive policy. [`client_mode`](Self::client_mode) returns a typed
@@ -43,6 +44,10 @@ pub struct RateLimitLayer<St> {
     failure: FailurePolicy,
     legacy_headers: bool,
     events: Events,
+    // One per layer, shared by every service it makes (axum makes one per
+    // route): the fallback quota and the log rate are per layer.
+    fallback: MemoryStore,
+    warn: Arc<WarnLimiter>,
 }
 
 impl<St: RateLimitStore> RateLimitLayer<St> {
@@ -56,6 +61,8 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
             failure: FailurePolicy::FailOpen,
             legacy_headers: false,
             events: Events::new(),
+            fallback: MemoryStore::new(),
+            warn: Arc::new(WarnLimiter::new(Duration::from_secs(10))),
         }
     }
 
@@ -120,9 +127,9 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
             shadow: self.shadow,
             failure: self.failure,
             legacy_headers: self.legacy_headers,
-            fallback: MemoryStore::new(),
+            fallback: self.fallback.clone(),
             events: self.events.clone(),
-            warn: WarnLimiter::new(Duration::from_secs(10)),
+            warn: self.warn.clone(),
         })
     }
 }
@@ -136,6 +143,8 @@ impl<St: Clone> Clone for RateLimitLayer<St> {
             failure: self.failure,
             legacy_headers: self.legacy_headers,
             events: self.events.clone(),
+            fallback: self.fallback.clone(),
+            warn: self.warn.clone(),
         }
     }
 }
@@ -164,7 +173,9 @@ impl<S, St: RateLimitStore> Layer<S> for RateLimitLayer<St> {
 
 /// Changes the quotas of a running [`RateLimitLayer`] without a restart and
 /// without resetting any key: the next decision of each key uses the new
-/// quota with the cost it already spent.
+/// quota with the cost it already spent. A key's stored lifetime was set
+/// under the old quota, so a key that is only denied after a change to a
+/// slower quota can expire early and start full again.
 #[derive(Debug, Clone)]
 pub struct RateLimitHandle {
     policies: Arc<RwLock<Arc<[Policy]>>>,

@@ -52,6 +52,11 @@ impl RequestId {
         CURRENT.scope(self, fut)
     }
 
+    /// Runs `f` with `self` as [`RequestId::current`].
+    pub fn sync_scope<R>(self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self, f)
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         // Valid ids are ASCII, so this never falls back.

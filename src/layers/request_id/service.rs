@@ -65,7 +65,9 @@ where
         } else {
             tracing::Span::none()
         };
-        let inner = id.clone().scope(self.inner.call(req)).instrument(span);
+        // `call` itself runs inside the span and with the id in scope too.
+        let call = span.in_scope(|| id.clone().sync_scope(|| self.inner.call(req)));
+        let inner = id.clone().scope(call).instrument(span);
         ResponseFuture::new(inner, self.layer.header.clone(), id)
     }
 }

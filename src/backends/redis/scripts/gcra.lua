@@ -23,19 +23,30 @@ end
 
 local cap = b * p
 local debt = 0
+local at = now
 local raw = redis.call('GET', KEYS[1])
 if raw then
-  local d, at, sp = string.match(raw, '^(%d+):(%d+):(%d+)$')
+  local d, sat, sp = string.match(raw, '^(%d+):(%d+):(%d+)$')
   if d then
     d = tonumber(d)
+    sat = tonumber(sat)
     sp = tonumber(sp)
-    if sp > 0 and sp ~= p then d = math.ceil(d / sp * p) end
-    local elapsed = now - tonumber(at)
+    if sp > 0 and sp ~= p then
+      -- keep the outstanding cost in whole units, at most a full bucket
+      local units = floor(d / sp)
+      if units * sp > d then units = units - 1 elseif (units + 1) * sp <= d then units = units + 1 end
+      if units * sp < d then units = units + 1 end
+      if units > b then units = b end
+      d = units * p
+    end
+    local elapsed = now - sat
     if elapsed > 0 then
       local drained = elapsed * n
       if drained < d then debt = d - drained end
     else
+      -- a clock behind the stored one drains nothing and keeps its time
       debt = d
+      at = sat
     end
   end
 end
@@ -52,7 +63,7 @@ if cost <= b and after <= cap then
   if cost > 0 then
     local ttl = floor((reset + 999) / 1000)
     if ttl < 1 then ttl = 1 end
-    redis.call('SET', KEYS[1], string.format('%d:%d:%d', after, now, p), 'PX', ttl)
+    redis.call('SET', KEYS[1], string.format('%d:%d:%d', after, at, p), 'PX', ttl)
   end
   return {1, remaining, 0, reset}
 end
