@@ -246,6 +246,24 @@ where
     let big = quota(100, 60_000, 100);
     assert_eq!(decide(&s, "a", &big, 1).await.remaining(), 95);
     assert_eq!(decide(&s, "b", &small, 1).await.remaining(), 8);
+
+    // Spent under a fast quota, then slowed down: a denial rewrites the key
+    // with the slow quota's lifetime, so it cannot expire and refill early.
+    for _ in 0..10 {
+        decide(&s, "c", &small, 1).await;
+    }
+    let slow = quota(10, 60_000, 10);
+    assert!(!decide(&s, "c", &slow, 1).await.is_allowed());
+    let stored = h.stored_keys(&s).await;
+    let c = stored
+        .iter()
+        .find(|k| k.key.ends_with("%2Fc}"))
+        .expect("key c stored");
+    let ttl = c.ttl.expect("key c has a TTL");
+    assert!(
+        ttl > Duration::from_secs(30),
+        "lifetime of the slow quota: {ttl:?}"
+    );
 }
 
 /// Two instances whose clocks are 50 ms apart, taking turns on one key

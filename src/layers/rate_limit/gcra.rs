@@ -90,17 +90,25 @@ pub fn decide(state: Option<GcraState>, quota: &Quota, cost: u64, now_us: u64) -
             };
         }
     }
-    // Denied: nothing is written.
+    // Denied: nothing is written, unless the state was written under
+    // another period: then it is rewritten in this quota's units, with
+    // this quota's lifetime, so the key cannot expire early and refill.
     let retry_after = (cost <= quota.burst())
         .then(|| Duration::from_micros(div_ceil(debt + cost * p - capacity, n)));
+    let reset = div_ceil(debt, n);
+    let rescaled = state.is_some_and(|s| s.period_us != p && s.period_us != 0);
     Step {
         decision: Decision::Denied {
             retry_after,
             remaining: (capacity - debt.min(capacity)) / p,
-            reset: Duration::from_micros(div_ceil(debt, n)),
+            reset: Duration::from_micros(reset),
         },
-        write: None,
-        ttl_us: 0,
+        write: (rescaled && debt > 0).then_some(GcraState {
+            debt,
+            at,
+            period_us: p,
+        }),
+        ttl_us: reset,
     }
 }
 
@@ -200,6 +208,29 @@ mod tests {
         let step = decide(Some(ahead), &q, 1, 950_000);
         assert_eq!(step.write.unwrap().at, 1_000_000);
         assert_eq!(step.write.unwrap().debt, 51 * q.period_us());
+    }
+
+    #[test]
+    fn a_denial_after_a_period_change_rewrites_the_state_with_the_new_lifetime() {
+        let fast = Quota::per_second(10).unwrap();
+        let mut s = None;
+        for _ in 0..10 {
+            run(&fast, &mut s, 1, 0);
+        }
+        let slow = Quota::per_minute(10).unwrap();
+        let step = decide(s, &slow, 1, 0);
+        assert!(!step.decision.is_allowed());
+        let w = step.write.expect("rescaled state is written");
+        assert_eq!(
+            (w.debt, w.period_us),
+            (10 * slow.period_us(), slow.period_us())
+        );
+        assert_eq!(
+            step.ttl_us, 60_000_000,
+            "full again after a minute, not a second"
+        );
+        // Once rewritten, further denials write nothing.
+        assert_eq!(decide(Some(w), &slow, 1, 1).write, None);
     }
 
     #[test]

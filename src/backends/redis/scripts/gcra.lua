@@ -24,6 +24,7 @@ end
 local cap = b * p
 local debt = 0
 local at = now
+local rescaled = false
 local raw = redis.call('GET', KEYS[1])
 if raw then
   local d, sat, sp = string.match(raw, '^(%d+):(%d+):(%d+)$')
@@ -32,6 +33,7 @@ if raw then
     sat = tonumber(sat)
     sp = tonumber(sp)
     if sp > 0 and sp ~= p then
+      rescaled = true
       -- keep the outstanding cost in whole units, at most a full bucket
       local units = floor(d / sp)
       if units * sp > d then units = units - 1 elseif (units + 1) * sp <= d then units = units + 1 end
@@ -68,7 +70,7 @@ if cost <= b and after <= cap then
   return {1, remaining, 0, reset}
 end
 
--- Denied: nothing is written.
+-- Denied: nothing is written (but see the rescaled case below).
 local held = debt
 if held > cap then held = cap end
 local left = cap - held
@@ -77,6 +79,13 @@ if remaining * p > left then remaining = remaining - 1 elseif (remaining + 1) * 
 local reset = floor(debt / n)
 if reset * n > debt then reset = reset - 1 elseif (reset + 1) * n <= debt then reset = reset + 1 end
 if reset * n < debt then reset = reset + 1 end
+if rescaled and debt > 0 then
+  -- written under another period: store it in this quota's units and
+  -- lifetime, so the key cannot expire early and refill
+  local ttl = floor((reset + 999) / 1000)
+  if ttl < 1 then ttl = 1 end
+  redis.call('SET', KEYS[1], string.format('%d:%d:%d', debt, at, p), 'PX', ttl)
+end
 if cost > b then
   return {0, remaining, -1, reset}
 end
