@@ -84,7 +84,15 @@ impl EtcdStore {
                     Some(PutOptions::new().with_lease(lease)),
                 )])
                 .or_else([TxnOp::get(key.as_str(), None)]);
-            let resp = self.call(|mut c| async move { c.txn(txn).await }).await?;
+            let resp = match self.call(|mut c| async move { c.txn(txn).await }).await {
+                Ok(resp) => resp,
+                // The cached lease expired on the server: get a new one.
+                Err(StoreError::Backend(msg)) if msg.contains("lease not found") => {
+                    self.forget_lease();
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
             if resp.succeeded() {
                 return Ok(step.decision);
             }
