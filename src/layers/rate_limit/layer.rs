@@ -173,9 +173,11 @@ impl<S, St: RateLimitStore> Layer<S> for RateLimitLayer<St> {
 
 /// Changes the quotas of a running [`RateLimitLayer`] without a restart and
 /// without resetting any key: the next decision of each key uses the new
-/// quota with the cost it already spent. A key's stored lifetime was set
-/// under the old quota, so a key that is only denied after a change to a
-/// slower quota can expire early and start full again.
+/// quota with the cost it already spent (rescaled to a new period, and
+/// stored with the new lifetime even on a denial). A change of the count
+/// alone, with the same period, is not visible in the stored state: a key
+/// that is only denied afterwards keeps the lifetime set under the old
+/// count.
 #[derive(Debug, Clone)]
 pub struct RateLimitHandle {
     policies: Arc<RwLock<Arc<[Policy]>>>,
