@@ -200,7 +200,9 @@ where
     let after = h.stored_keys(&s).await;
     assert_eq!(after.len(), 1, "denials created keys: {after:?}");
     assert_eq!(after[0].key, before[0].key);
-    let prefix = s.keyspace().concern_prefix("rl");
+    let prefix = s
+        .keyspace()
+        .concern_prefix(crate::layers::rate_limit::store::CONCERN);
     for StoredKey { key, ttl } in &after {
         assert!(key.starts_with(&prefix), "{key} outside {prefix}");
         let ttl = ttl.unwrap_or_else(|| panic!("{key} has no TTL"));

@@ -16,7 +16,7 @@ use super::EtcdStore;
 use crate::backends::Backend;
 use crate::error::StoreError;
 use crate::layers::rate_limit::gcra::{self, GcraState};
-use crate::layers::rate_limit::store::state_id;
+use crate::layers::rate_limit::store::state_key;
 use crate::layers::rate_limit::{Decision, Quota, RateLimitStore};
 
 /// Attempts before a decision under contention gives up.
@@ -45,71 +45,62 @@ impl RateLimitStore for EtcdStore {
         cost: u64,
     ) -> Result<Decision, StoreError> {
         let deadline = self.config().timeout() * 4;
-        tokio::time::timeout(deadline, self.decide_unbounded(policy, key, quota, cost))
+        let decide = async {
+            let key = state_key(self.keyspace(), policy, key);
+            let k = key.clone();
+            let first = self
+                .call(|mut c| async move { c.get(k, None).await })
+                .await?;
+            let (mut state, mut revision) = read(&first);
+            for attempt in 0..MAX_ATTEMPTS {
+                let step = gcra::decide(state, quota, cost, self.clock().now_micros());
+                let Some(write) = step.write else {
+                    return Ok(step.decision);
+                };
+                let lease = self.lease_for(Duration::from_micros(step.ttl_us)).await?;
+                let guard = if revision == 0 {
+                    Compare::create_revision(key.as_str(), CompareOp::Equal, 0)
+                } else {
+                    Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)
+                };
+                let txn = Txn::new()
+                    .when([guard])
+                    .and_then([TxnOp::put(
+                        key.as_str(),
+                        write.encode(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    )])
+                    .or_else([TxnOp::get(key.as_str(), None)]);
+                let resp = match self.call(|mut c| async move { c.txn(txn).await }).await {
+                    Ok(resp) => resp,
+                    // The cached lease expired on the server: get a new one.
+                    Err(StoreError::Backend(msg)) if msg.contains("lease not found") => {
+                        self.forget_lease();
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                };
+                if resp.succeeded() {
+                    return Ok(step.decision);
+                }
+                match resp.op_responses().first() {
+                    Some(TxnOpResponse::Get(get)) => (state, revision) = read(get),
+                    _ => {
+                        return Err(StoreError::Protocol(
+                            "etcd: txn else-branch without get".into(),
+                        ));
+                    }
+                }
+                // Back off a little so that contenders interleave.
+                let spread = u64::from(attempt.min(20)) * 250;
+                tokio::time::sleep(Duration::from_micros(fastrand::u64(0..=spread))).await;
+            }
+            Err(StoreError::Backend(format!(
+                "etcd: {MAX_ATTEMPTS} conflicting writes on one rate-limit key"
+            )))
+        };
+        tokio::time::timeout(deadline, decide)
             .await
             .map_err(|_| StoreError::Timeout(deadline))?
-    }
-}
-
-impl EtcdStore {
-    async fn decide_unbounded(
-        &self,
-        policy: &str,
-        key: &str,
-        quota: &Quota,
-        cost: u64,
-    ) -> Result<Decision, StoreError> {
-        let key = self.keyspace().key("rl", &state_id(policy, key));
-        let k = key.clone();
-        let first = self
-            .call(|mut c| async move { c.get(k, None).await })
-            .await?;
-        let (mut state, mut revision) = read(&first);
-        for attempt in 0..MAX_ATTEMPTS {
-            let step = gcra::decide(state, quota, cost, self.clock().now_micros());
-            let Some(write) = step.write else {
-                return Ok(step.decision);
-            };
-            let lease = self.lease_for(Duration::from_micros(step.ttl_us)).await?;
-            let guard = if revision == 0 {
-                Compare::create_revision(key.as_str(), CompareOp::Equal, 0)
-            } else {
-                Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)
-            };
-            let txn = Txn::new()
-                .when([guard])
-                .and_then([TxnOp::put(
-                    key.as_str(),
-                    write.encode(),
-                    Some(PutOptions::new().with_lease(lease)),
-                )])
-                .or_else([TxnOp::get(key.as_str(), None)]);
-            let resp = match self.call(|mut c| async move { c.txn(txn).await }).await {
-                Ok(resp) => resp,
-                // The cached lease expired on the server: get a new one.
-                Err(StoreError::Backend(msg)) if msg.contains("lease not found") => {
-                    self.forget_lease();
-                    continue;
-                }
-                Err(err) => return Err(err),
-            };
-            if resp.succeeded() {
-                return Ok(step.decision);
-            }
-            match resp.op_responses().first() {
-                Some(TxnOpResponse::Get(get)) => (state, revision) = read(get),
-                _ => {
-                    return Err(StoreError::Protocol(
-                        "etcd: txn else-branch without get".into(),
-                    ));
-                }
-            }
-            // Back off a little so that contenders interleave.
-            let spread = u64::from(attempt.min(20)) * 250;
-            tokio::time::sleep(Duration::from_micros(fastrand::u64(0..=spread))).await;
-        }
-        Err(StoreError::Backend(format!(
-            "etcd: {MAX_ATTEMPTS} conflicting writes on one rate-limit key"
-        )))
     }
 }

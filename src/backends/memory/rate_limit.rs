@@ -17,6 +17,7 @@ use portable_atomic::AtomicU128;
 use super::MemoryStore;
 use crate::error::StoreError;
 use crate::layers::rate_limit::gcra::{self, GcraState};
+use crate::layers::rate_limit::store::{CONCERN, write_state_id};
 use crate::layers::rate_limit::{Decision, Quota, RateLimitStore};
 
 /// How often idle keys are evicted.
@@ -100,9 +101,7 @@ impl Cells {
     fn decide(&self, policy: &str, key: &str, quota: &Quota, cost: u64, now_us: u64) -> Decision {
         ID.with_borrow_mut(|id| {
             id.clear();
-            id.push_str(policy);
-            id.push('/');
-            id.push_str(key);
+            write_state_id(id, policy, key);
             if let Some(cell) = self.map.get(id.as_str()) {
                 return cell.decide(quota, cost, now_us);
             }
@@ -136,7 +135,7 @@ impl MemoryStore {
             .map(|e| {
                 let ttl = e.full_at_us.load(Ordering::Relaxed).saturating_sub(now);
                 (
-                    self.inner.keys.key("rl", e.key()),
+                    self.inner.keys.key(CONCERN, e.key()),
                     Duration::from_micros(ttl),
                 )
             })

@@ -5,13 +5,17 @@ mod config;
 mod rate_limit;
 
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use redis::aio::ConnectionLike;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, FromRedisValue, RedisError, ScriptInvocation};
+use redis::{
+    Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, ScriptInvocation, Value,
+};
 
 pub use config::RedisConfig;
 
@@ -53,6 +57,35 @@ struct Inner {
 enum Connection {
     Standalone(ConnectionManager),
     Cluster(ClusterConnection),
+}
+
+/// Either connection, usable wherever redis takes a connection.
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Standalone(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Standalone(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 impl RedisStore {
@@ -113,32 +146,26 @@ impl RedisStore {
         &self,
         script: &ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        let conn = self.connection()?;
-        let call = async move {
-            match conn {
-                Connection::Standalone(mut c) => script.invoke_async(&mut c).await,
-                Connection::Cluster(mut c) => script.invoke_async(&mut c).await,
-            }
-        };
-        match tokio::time::timeout(self.inner.timeout, call).await {
-            Ok(result) => result.map_err(|e| map_error(e, self.inner.timeout)),
-            Err(_) => Err(StoreError::Timeout(self.inner.timeout)),
-        }
+        self.bounded(|mut c| async move { script.invoke_async(&mut c).await })
+            .await
     }
 
-    /// Runs `cmd` with the per-call timeout; errors are mapped to
-    /// [`StoreError`].
+    /// Runs `cmd` with the per-call timeout.
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
-        let conn = self.connection()?;
-        let call = async move {
-            match conn {
-                Connection::Standalone(mut c) => cmd.query_async(&mut c).await,
-                Connection::Cluster(mut c) => cmd.query_async(&mut c).await,
-            }
-        };
-        match tokio::time::timeout(self.inner.timeout, call).await {
-            Ok(result) => result.map_err(|e| map_error(e, self.inner.timeout)),
-            Err(_) => Err(StoreError::Timeout(self.inner.timeout)),
+        self.bounded(|mut c| async move { cmd.query_async(&mut c).await })
+            .await
+    }
+
+    /// Runs `call` on the shared connection, bounded by the per-call
+    /// timeout; errors are mapped to [`StoreError`].
+    async fn bounded<T, F>(&self, call: impl FnOnce(Connection) -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = RedisResult<T>>,
+    {
+        let timeout = self.inner.timeout;
+        match tokio::time::timeout(timeout, call(self.connection()?)).await {
+            Ok(result) => result.map_err(|e| map_error(e, timeout)),
+            Err(_) => Err(StoreError::Timeout(timeout)),
         }
     }
 

@@ -10,7 +10,7 @@ use redis::Script;
 use super::RedisStore;
 use crate::backends::Backend;
 use crate::error::StoreError;
-use crate::layers::rate_limit::store::state_id;
+use crate::layers::rate_limit::store::state_key;
 use crate::layers::rate_limit::{Decision, Quota, RateLimitStore};
 
 static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/gcra.lua")));
@@ -23,7 +23,7 @@ impl RateLimitStore for RedisStore {
         quota: &Quota,
         cost: u64,
     ) -> Result<Decision, StoreError> {
-        let key = self.keyspace().key("rl", &state_id(policy, key));
+        let key = state_key(self.keyspace(), policy, key);
         let now = self
             .caller_clock()
             .map(|c| c.now_micros().to_string())

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use super::check::{Check, Group, Outcome, Status};
+use super::check::{Check, Group, Outcome};
 use super::report::{CheckReport, Report};
 use crate::clock::{SharedClock, SystemClock};
 
@@ -162,12 +162,5 @@ impl std::fmt::Debug for HealthRegistry {
             .field("checks", &names)
             .field("draining", &self.is_draining())
             .finish()
-    }
-}
-
-impl Report {
-    /// Whether the probe passes (pass or warn).
-    pub fn is_healthy(&self) -> bool {
-        self.status() != Status::Fail
     }
 }

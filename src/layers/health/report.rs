@@ -11,7 +11,8 @@ use super::check::{Check, Group, Outcome, Status};
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckReport {
     name: String,
-    measurement: String,
+    /// `component:measurement`, the key in health+json `checks`.
+    key: String,
     component_type: Option<String>,
     outcome: Outcome,
     time: SystemTime,
@@ -22,7 +23,7 @@ impl CheckReport {
     pub(crate) fn new(check: &Check, outcome: Outcome, time: SystemTime, took: Duration) -> Self {
         Self {
             name: check.name.to_string(),
-            measurement: check.measurement.to_string(),
+            key: check.key(),
             component_type: check.component_type.as_ref().map(ToString::to_string),
             outcome,
             time,
@@ -33,7 +34,7 @@ impl CheckReport {
     fn synthetic(name: &str, outcome: Outcome) -> Self {
         Self {
             name: name.to_owned(),
-            measurement: "status".to_owned(),
+            key: format!("{name}:status"),
             component_type: Some("system".to_owned()),
             outcome,
             time: SystemTime::now(),
@@ -98,6 +99,11 @@ impl Report {
         self.status
     }
 
+    /// Whether the probe passes (pass or warn).
+    pub fn is_healthy(&self) -> bool {
+        self.status != Status::Fail
+    }
+
     /// The checks, sorted by name.
     pub fn checks(&self) -> &[CheckReport] {
         &self.checks
@@ -131,9 +137,8 @@ impl Report {
             if let Some(output) = c.output() {
                 entry.insert("output".into(), output.into());
             }
-            let key = format!("{}:{}", c.name, c.measurement);
             if let Value::Array(list) = checks
-                .entry(key)
+                .entry(c.key.clone())
                 .or_insert_with(|| Value::Array(Vec::new()))
             {
                 list.push(Value::Object(entry));

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::quota::Quota;
-use crate::backends::Backend;
+use crate::backends::{Backend, KeySpace};
 use crate::error::StoreError;
 
 /// What a store decided for one request under one policy.
@@ -77,13 +77,22 @@ pub trait RateLimitStore: Backend {
     ) -> impl Future<Output = Result<Decision, StoreError>> + Send;
 }
 
-/// The stored id of `key` under `policy`: `policy/key`, encoded by the
-/// [`KeySpace`](crate::backends::KeySpace) of the backend.
+/// The concern name of rate-limit keys in a
+/// [`KeySpace`](crate::backends::KeySpace): `{prefix}:rl:{policy/key}`.
+pub(crate) const CONCERN: &str = "rl";
+
+/// Writes the id of `key` under `policy` (`policy/key`) into `out`; every
+/// backend names its state this way.
+pub(crate) fn write_state_id(out: &mut String, policy: &str, key: &str) {
+    out.push_str(policy);
+    out.push('/');
+    out.push_str(key);
+}
+
+/// The full stored key of `key` under `policy` in `keys`.
 #[cfg_attr(not(any(feature = "redis", feature = "etcd")), allow(dead_code))]
-pub(crate) fn state_id(policy: &str, key: &str) -> String {
+pub(crate) fn state_key(keys: &KeySpace, policy: &str, key: &str) -> String {
     let mut id = String::with_capacity(policy.len() + key.len() + 1);
-    id.push_str(policy);
-    id.push('/');
-    id.push_str(key);
-    id
+    write_state_id(&mut id, policy, key);
+    keys.key(CONCERN, &id)
 }
