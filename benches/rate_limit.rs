@@ -51,6 +51,13 @@ fn decision(c: &mut Criterion) {
             governor.check_key(&ips[i]).is_ok()
         })
     });
+    // The store evicts idle keys from a task on the caller's runtime, as
+    // in a server.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _runtime = rt.enter();
     let store = MemoryStore::new();
     let quota = Quota::per_second(1_000_000_000).unwrap_or_else(|e| panic!("{e}"));
     c.bench_function("rate_limit/decision/battlement-memory", |b| {
