@@ -382,6 +382,33 @@ impl KeyExtractor for RouteKey {
     }
 }
 
+/// The upstream a client request goes to: the URI's `host[:port]`
+/// (lowercase), or else the `Host` header; `unknown` when neither is
+/// there. Meant for client-side layers (one breaker per upstream host);
+/// on a server, the `Host` header is chosen by the client.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostKey;
+
+impl KeyExtractor for HostKey {
+    fn extract(&self, head: &RequestHead<'_>) -> Result<Key, KeyError> {
+        let authority = head.uri.authority().map(|a| a.as_str()).or_else(|| {
+            head.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
+        let Some(authority) = authority else {
+            return Ok(Key::from("unknown"));
+        };
+        // Drop any `user:password@`.
+        let host = authority.rsplit('@').next().unwrap_or(authority);
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Ok(Key::from(host.to_ascii_lowercase()))
+        } else {
+            Ok(Key::from(host))
+        }
+    }
+}
+
 /// The value of a header, e.g. an API key. Values must be 1..=`max_len`
 /// visible ASCII characters.
 #[derive(Debug, Clone)]
@@ -484,6 +511,23 @@ mod tests {
             .extract(&RequestHead::of(req))
             .unwrap()
             .to_string()
+    }
+
+    #[test]
+    fn host_key_is_the_upstream_authority() {
+        let key = |req: Request<()>| HostKey.extract(&RequestHead::of(&req)).unwrap().to_string();
+        let req = |uri: &str| Request::get(uri).body(()).unwrap();
+        assert_eq!(
+            key(req("http://API.example.com:8080/x")),
+            "api.example.com:8080"
+        );
+        assert_eq!(key(req("http://user:pw@10.0.0.1/x")), "10.0.0.1");
+        let with_host = Request::get("/x")
+            .header("host", "svc:50051")
+            .body(())
+            .unwrap();
+        assert_eq!(key(with_host), "svc:50051");
+        assert_eq!(key(req("/x")), "unknown");
     }
 
     fn lb() -> ClientIp {

@@ -1,5 +1,6 @@
 //! One folder per concern; each is a `tower::Layer`.
 
+pub mod circuit_breaker;
 pub mod health;
 pub mod rate_limit;
 pub mod request_id;

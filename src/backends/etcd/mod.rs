@@ -1,6 +1,7 @@
 //! `EtcdStore`: state shared through etcd (the low-rate, strongly consistent
 //! option).
 
+mod circuit_breaker;
 mod config;
 mod lease;
 mod rate_limit;

@@ -1,5 +1,6 @@
 //! `MemoryStore`: process-local state, no server.
 
+mod circuit_breaker;
 mod rate_limit;
 
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use serde::Deserialize;
 use super::{Backend, DEFAULT_PREFIX, KeySpace};
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::StoreError;
+use circuit_breaker::Records;
 use rate_limit::Cells;
 
 /// Settings of a [`MemoryStore`].
@@ -63,6 +65,7 @@ struct Inner {
     clock: SharedClock,
     closed: AtomicBool,
     cells: Cells,
+    breakers: Records,
 }
 
 impl MemoryStore {
@@ -96,6 +99,7 @@ impl MemoryStore {
                 clock,
                 closed: AtomicBool::new(false),
                 cells: Cells::default(),
+                breakers: Records::default(),
             }),
         }
     }

@@ -1,6 +1,7 @@
 //! `RedisStore`: state shared by every instance through Redis (standalone or
 //! Cluster).
 
+mod circuit_breaker;
 mod config;
 mod rate_limit;
 

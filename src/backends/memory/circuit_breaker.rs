@@ -1,0 +1,122 @@
+//! `CircuitBreakerStore` for `MemoryStore`: breaker states shared by every
+//! layer that holds a clone of the store.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use super::MemoryStore;
+use crate::error::StoreError;
+use crate::layers::circuit_breaker::store::ttl;
+use crate::layers::circuit_breaker::{
+    CircuitBreakerStore, Published, SharedState, State, Versioned,
+};
+
+/// The written states, by id.
+#[derive(Debug, Default)]
+pub(crate) struct Records(Mutex<HashMap<Box<str>, Record>>);
+
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    state: State,
+    version: u64,
+    open_until_us: u64,
+    reopens: u32,
+    expires_us: u64,
+}
+
+impl Record {
+    fn versioned(&self, now_us: u64) -> Versioned {
+        Versioned {
+            version: self.version,
+            shared: SharedState {
+                state: self.state,
+                open_for: std::time::Duration::from_micros(
+                    self.open_until_us.saturating_sub(now_us),
+                ),
+                reopens: self.reopens,
+            },
+        }
+    }
+}
+
+impl CircuitBreakerStore for MemoryStore {
+    async fn load(&self, id: &str) -> Result<Option<Versioned>, StoreError> {
+        self.check_open()?;
+        let now_us = self.inner.clock.now_micros();
+        let mut records = self
+            .inner
+            .breakers
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match records.get(id) {
+            Some(r) if r.expires_us > now_us => Ok(Some(r.versioned(now_us))),
+            Some(_) => {
+                records.remove(id);
+                Ok(None)
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn publish(
+        &self,
+        id: &str,
+        expected: u64,
+        next: SharedState,
+    ) -> Result<Published, StoreError> {
+        self.check_open()?;
+        let now_us = self.inner.clock.now_micros();
+        let mut records = self
+            .inner
+            .breakers
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        records.retain(|_, r| r.expires_us > now_us);
+        let current = records.get(id).copied();
+        if let Some(r) = current
+            && r.version != expected
+        {
+            return Ok(Published::Conflict(Some(r.versioned(now_us))));
+        }
+        let version = expected + 1;
+        let open_for_us = u64::try_from(next.open_for.as_micros()).unwrap_or(u64::MAX);
+        let ttl_us = u64::try_from(ttl(&next).as_micros()).unwrap_or(u64::MAX);
+        records.insert(
+            id.into(),
+            Record {
+                state: next.state,
+                version,
+                open_until_us: now_us.saturating_add(open_for_us),
+                reopens: next.reopens,
+                expires_us: now_us.saturating_add(ttl_us),
+            },
+        );
+        Ok(Published::Applied(version))
+    }
+}
+
+impl MemoryStore {
+    /// Every written breaker state's key (namespaced as on the servers)
+    /// with its time to live.
+    pub fn circuit_breaker_entries(&self) -> Vec<(String, std::time::Duration)> {
+        let now_us = self.inner.clock.now_micros();
+        let records = self
+            .inner
+            .breakers
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        records
+            .iter()
+            .filter(|(_, r)| r.expires_us > now_us)
+            .map(|(id, r)| {
+                (
+                    crate::layers::circuit_breaker::store::state_key(&self.inner.keys, id),
+                    std::time::Duration::from_micros(r.expires_us - now_us),
+                )
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,82 @@
+//! `ClassifiedBody`: a response body that records the call's outcome when
+//! it ends, for gRPC statuses that arrive in trailers.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use super::classify::ClassifyResponse;
+use super::registry::Permit;
+use super::state::Outcome;
+
+pin_project! {
+    /// The inner response body; when the outcome waits for the trailers,
+    /// it is recorded as the body ends (dropped before the end: cancelled,
+    /// not counted).
+    pub struct ClassifiedBody<B> {
+        #[pin]
+        inner: B,
+        pending: Option<(Permit, Arc<dyn ClassifyResponse>)>,
+    }
+}
+
+impl<B> ClassifiedBody<B> {
+    /// A body whose call is already recorded.
+    pub(crate) fn settled(inner: B) -> Self {
+        Self {
+            inner,
+            pending: None,
+        }
+    }
+
+    /// A body whose outcome comes from its trailers.
+    pub(crate) fn pending(inner: B, permit: Permit, classifier: Arc<dyn ClassifyResponse>) -> Self {
+        Self {
+            inner,
+            pending: Some((permit, classifier)),
+        }
+    }
+}
+
+impl<B> std::fmt::Debug for ClassifiedBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClassifiedBody")
+            .field("pending", &self.pending.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> Body for ClassifiedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let Some((permit, classifier)) = this.pending.take() {
+            match &frame {
+                Some(Ok(f)) => match f.trailers_ref() {
+                    Some(trailers) => permit.record(classifier.classify_trailers(Some(trailers))),
+                    None => *this.pending = Some((permit, classifier)),
+                },
+                Some(Err(_)) => permit.record(Outcome::Failure),
+                None => permit.record(classifier.classify_trailers(None)),
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

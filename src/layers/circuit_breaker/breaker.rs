@@ -1,0 +1,367 @@
+//! One breaker's state machine (SPEC CB-1, CB-2, CB-4), driven by explicit
+//! times so tests run on a manual clock.
+//!
+//! A closed (or disabled) breaker admits with one atomic load; every other
+//! step takes the breaker's mutex. Each transition bumps a generation, and
+//! an outcome carries the generation it was admitted in: outcomes from
+//! before the last transition are dropped, and since transitions happen
+//! under the mutex, a burst of concurrent failures makes exactly one.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use super::config::BreakerConfig;
+use super::state::{Outcome, State};
+use super::store::{SharedState, Versioned};
+use super::window::{Outcomes, Totals};
+
+/// When a rejected caller may try again while half-open probes run.
+pub(crate) const HALF_OPEN_RETRY: Duration = Duration::from_secs(1);
+
+/// A state change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Transition {
+    pub from: State,
+    pub to: State,
+}
+
+/// What an admitted call carries until its outcome is recorded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ticket {
+    generation: u64,
+    kind: Kind,
+    started: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Call,
+    Probe,
+    Untracked,
+}
+
+impl Ticket {
+    /// When the call was admitted.
+    pub(crate) fn started(&self) -> Duration {
+        self.started
+    }
+}
+
+/// Why a call was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub state: State,
+    pub retry_after: Option<Duration>,
+}
+
+/// One breaker.
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    /// `generation << 3 | state`, for the lock-free closed path.
+    word: AtomicU64,
+    /// Seconds on the breaker's clock of the last admission (eviction).
+    last_used: AtomicU64,
+    inner: Mutex<Inner>,
+    /// Serializes publications to the store.
+    pub(crate) publishing: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: State,
+    generation: u64,
+    outcomes: Outcomes,
+    consecutive: u32,
+    open_until: Duration,
+    reopens: u32,
+    probes_out: u32,
+    probes: Totals,
+    /// The store version this state derives from.
+    version: u64,
+    /// The generation last written to the store.
+    published: u64,
+}
+
+fn word(generation: u64, state: State) -> u64 {
+    generation << 3 | state.code()
+}
+
+impl Breaker {
+    pub(crate) fn new(config: &BreakerConfig, now: Duration) -> Self {
+        Self {
+            word: AtomicU64::new(word(0, State::Closed)),
+            last_used: AtomicU64::new(now.as_secs()),
+            inner: Mutex::new(Inner {
+                state: State::Closed,
+                generation: 0,
+                outcomes: Outcomes::new(config.window),
+                consecutive: 0,
+                open_until: Duration::ZERO,
+                reopens: 0,
+                probes_out: 0,
+                probes: Totals::default(),
+                version: 0,
+                published: 0,
+            }),
+            publishing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The state as last set (an open breaker whose time has passed reads
+    /// `Open` until a call half-opens it).
+    pub(crate) fn state(&self) -> State {
+        State::from_code(self.word.load(Ordering::Acquire) & 7)
+    }
+
+    /// Seconds on the clock of the last admission.
+    pub(crate) fn last_used(&self) -> u64 {
+        self.last_used.load(Ordering::Relaxed)
+    }
+
+    /// Admits a call at `now`, or says why not. May half-open the breaker.
+    pub(crate) fn acquire(
+        &self,
+        config: &BreakerConfig,
+        now: Duration,
+    ) -> (Result<Ticket, Refusal>, Option<Transition>) {
+        if self.last_used.load(Ordering::Relaxed) != now.as_secs() {
+            self.last_used.store(now.as_secs(), Ordering::Relaxed);
+        }
+        let w = self.word.load(Ordering::Acquire);
+        let ticket = |generation, kind| Ticket {
+            generation,
+            kind,
+            started: now,
+        };
+        match State::from_code(w & 7) {
+            State::Closed => return (Ok(ticket(w >> 3, Kind::Call)), None),
+            State::Disabled => return (Ok(ticket(w >> 3, Kind::Untracked)), None),
+            _ => {}
+        }
+        let mut inner = self.lock();
+        let mut transition = None;
+        if inner.state == State::Open && now >= inner.open_until {
+            transition = self.transition(&mut inner, config, State::HalfOpen, now);
+        }
+        let result = match inner.state {
+            State::Closed => Ok(ticket(inner.generation, Kind::Call)),
+            State::Disabled => Ok(ticket(inner.generation, Kind::Untracked)),
+            State::Open => Err(Refusal {
+                state: State::Open,
+                retry_after: Some(inner.open_until.saturating_sub(now)),
+            }),
+            State::ForcedOpen => Err(Refusal {
+                state: State::ForcedOpen,
+                retry_after: None,
+            }),
+            State::HalfOpen => {
+                let started = inner.probes_out as u64 + inner.probes.calls;
+                if started < u64::from(config.half_open_probes) {
+                    inner.probes_out += 1;
+                    Ok(ticket(inner.generation, Kind::Probe))
+                } else {
+                    Err(Refusal {
+                        state: State::HalfOpen,
+                        retry_after: Some(HALF_OPEN_RETRY),
+                    })
+                }
+            }
+        };
+        (result, transition)
+    }
+
+    /// Records the outcome of an admitted call at `now`.
+    pub(crate) fn record(
+        &self,
+        config: &BreakerConfig,
+        ticket: Ticket,
+        outcome: Outcome,
+        now: Duration,
+    ) -> Option<Transition> {
+        if ticket.kind == Kind::Untracked {
+            return None;
+        }
+        let mut inner = self.lock();
+        if ticket.generation != inner.generation {
+            // Admitted before the last transition (SPEC CB-4).
+            return None;
+        }
+        let failure = outcome == Outcome::Failure;
+        let slow =
+            outcome == Outcome::Success && now.saturating_sub(ticket.started) > config.slow_call;
+        match (ticket.kind, inner.state) {
+            (Kind::Probe, State::HalfOpen) => {
+                inner.probes_out = inner.probes_out.saturating_sub(1);
+                if outcome == Outcome::Ignored {
+                    return None;
+                }
+                inner.probes.calls += 1;
+                inner.probes.failures += u64::from(failure);
+                inner.probes.slow += u64::from(slow);
+                let probes = inner.probes;
+                let next = if config.consecutive_failures.is_some() {
+                    if failure {
+                        Some(State::Open)
+                    } else {
+                        (probes.calls >= u64::from(config.half_open_probes))
+                            .then_some(State::Closed)
+                    }
+                } else if probes.calls >= u64::from(config.half_open_probes) {
+                    Some(if breached(config, probes) {
+                        State::Open
+                    } else {
+                        State::Closed
+                    })
+                } else {
+                    None
+                };
+                next.and_then(|to| self.transition(&mut inner, config, to, now))
+            }
+            (Kind::Call, State::Closed) => {
+                if outcome == Outcome::Ignored {
+                    return None;
+                }
+                inner.outcomes.record(now.as_secs(), failure, slow);
+                inner.consecutive = if failure { inner.consecutive + 1 } else { 0 };
+                let trip = match config.consecutive_failures {
+                    Some(n) => inner.consecutive >= n,
+                    None => {
+                        let totals = inner.outcomes.totals(now.as_secs());
+                        totals.calls >= u64::from(config.minimum_calls) && breached(config, totals)
+                    }
+                };
+                if trip {
+                    self.transition(&mut inner, config, State::Open, now)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// Moves the breaker to `to` by hand (force open, disable, reset to
+    /// closed).
+    pub(crate) fn force(
+        &self,
+        config: &BreakerConfig,
+        to: State,
+        now: Duration,
+    ) -> Option<Transition> {
+        let mut inner = self.lock();
+        if to == State::Closed {
+            inner.reopens = 0;
+        }
+        self.transition(&mut inner, config, to, now)
+    }
+
+    /// Takes on a state another instance wrote to the store, if newer than
+    /// what this breaker derives from.
+    pub(crate) fn adopt(
+        &self,
+        config: &BreakerConfig,
+        record: &Versioned,
+        now: Duration,
+    ) -> Option<Transition> {
+        let mut inner = self.lock();
+        if record.version <= inner.version {
+            return None;
+        }
+        inner.version = record.version;
+        let shared = record.shared;
+        inner.reopens = shared.reopens;
+        let to = match shared.state {
+            // An open time that already passed elsewhere half-opens here.
+            State::Open if shared.open_for.is_zero() => State::HalfOpen,
+            state => state,
+        };
+        let unchanged = to == inner.state && to != State::Open;
+        let transition = if unchanged {
+            None
+        } else {
+            self.transition(&mut inner, config, to, now)
+        };
+        if to == State::Open {
+            inner.open_until = now + shared.open_for;
+        }
+        // What came from the store needs no publishing.
+        inner.published = inner.generation;
+        transition
+    }
+
+    /// The state to write to the store, when it changed since the last
+    /// write and other instances should follow it: `(generation, expected
+    /// version, state)`. Half-open is local: every instance half-opens
+    /// when the shared open time ends.
+    pub(crate) fn unpublished(&self, now: Duration) -> Option<(u64, u64, SharedState)> {
+        let inner = self.lock();
+        if inner.published == inner.generation || inner.state == State::HalfOpen {
+            return None;
+        }
+        let open_for = match inner.state {
+            State::Open => inner.open_until.saturating_sub(now),
+            _ => Duration::ZERO,
+        };
+        let shared = SharedState {
+            state: inner.state,
+            open_for,
+            reopens: inner.reopens,
+        };
+        Some((inner.generation, inner.version, shared))
+    }
+
+    /// Notes that `generation` was written to the store as `version`.
+    pub(crate) fn published(&self, generation: u64, version: u64) {
+        let mut inner = self.lock();
+        inner.version = inner.version.max(version);
+        if inner.generation == generation {
+            inner.published = generation;
+        }
+    }
+
+    /// Remaining open time, for `Retry-After` and the handle.
+    pub(crate) fn open_remaining(&self, now: Duration) -> Option<Duration> {
+        let inner = self.lock();
+        (inner.state == State::Open).then(|| inner.open_until.saturating_sub(now))
+    }
+
+    fn transition(
+        &self,
+        inner: &mut Inner,
+        config: &BreakerConfig,
+        to: State,
+        now: Duration,
+    ) -> Option<Transition> {
+        let from = inner.state;
+        match (from, to) {
+            (State::HalfOpen, State::Open) => inner.reopens = inner.reopens.saturating_add(1),
+            (_, State::Closed) => inner.reopens = 0,
+            _ => {}
+        }
+        if to == State::Open {
+            inner.open_until = now + config.open_time(inner.reopens);
+        }
+        inner.state = to;
+        inner.generation += 1;
+        inner.outcomes = Outcomes::new(config.window);
+        inner.consecutive = 0;
+        inner.probes_out = 0;
+        inner.probes = Totals::default();
+        self.word
+            .store(word(inner.generation, to), Ordering::Release);
+        Some(Transition { from, to })
+    }
+}
+
+/// Whether `totals` reach the failure-rate or slow-call-rate threshold.
+fn breached(config: &BreakerConfig, totals: Totals) -> bool {
+    let calls = totals.calls as f64;
+    totals.calls > 0
+        && (totals.failures as f64 * 100.0 >= config.failure_rate * calls
+            || totals.slow as f64 * 100.0 >= config.slow_call_rate * calls)
+}

@@ -1,0 +1,320 @@
+//! `CircuitBreakerLayer`: configuration, the client-mode layer and the
+//! operator handle.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::classify::{ClassifyResponse, DefaultClassifier};
+use super::config::{BreakerConfig, Window};
+use super::error::CircuitOpen;
+use super::registry::{DynStore, Permit, Registry};
+use super::service::{CircuitBreaker, ClientCircuitBreaker, Shared};
+use super::state::State;
+use super::store::CircuitBreakerStore;
+use crate::clock::{SharedClock, SystemClock};
+use crate::error::ConfigError;
+use crate::events::Events;
+use crate::key::{GlobalKey, Key, KeyExtractor};
+
+/// How often instances read each other's breaker states from the store.
+pub const DEFAULT_SYNC_EVERY: Duration = Duration::from_millis(250);
+
+/// How long a closed breaker may go unused before it is evicted.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(600);
+
+/// Stops calls to a failing dependency (SPEC CB-1..CB-6).
+///
+/// One breaker per key (by default one for everything; [`HostKey`] gives
+/// one per upstream host). A closed breaker counts outcomes in its window
+/// and opens when the failure or slow-call rate reaches its threshold; an
+/// open one rejects without calling the inner service (503
+/// `application/problem+json` or gRPC `UNAVAILABLE`, with `Retry-After`
+/// the open time left); after the open time, half-open admits a fixed
+/// number of probes that decide whether it closes or re-opens. Instances
+/// sharing a store share their breakers' states: a trip on one opens the
+/// breaker everywhere within [`sync_every`](Self::sync_every), and a closed
+/// breaker makes no store call per request.
+///
+/// [`HostKey`]: crate::key::HostKey
+///
+/// ```
+/// use std::time::Duration;
+/// use battlement::backends::MemoryStore;
+/// use battlement::circuit_breaker::{BreakerConfig, CircuitBreakerLayer};
+/// use battlement::key::HostKey;
+///
+/// let layer = CircuitBreakerLayer::new(
+///     "upstream",
+///     MemoryStore::new(),
+///     BreakerConfig::default().minimum_calls(10).open_for(Duration::from_secs(5)),
+/// )
+/// .unwrap()
+/// .key(HostKey);
+/// let handle = layer.handle();
+/// handle.force_open("api.example.com");
+/// ```
+#[derive(Clone)]
+pub struct CircuitBreakerLayer {
+    parts: Parts,
+    shared: Shared,
+}
+
+/// Everything the registry is built from.
+#[derive(Clone)]
+struct Parts {
+    name: Arc<str>,
+    config: BreakerConfig,
+    store: Arc<dyn DynStore>,
+    clock: SharedClock,
+    events: Events,
+    sync_every: Duration,
+    idle: Duration,
+}
+
+impl Parts {
+    fn registry(&self) -> Arc<Registry> {
+        Arc::new(Registry::new(
+            self.name.clone(),
+            self.config.clone(),
+            self.store.clone(),
+            self.clock.clone(),
+            self.events.clone(),
+            self.sync_every,
+            self.idle,
+        ))
+    }
+}
+
+impl fmt::Debug for CircuitBreakerLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreakerLayer")
+            .field("name", &self.parts.name)
+            .field("config", &self.parts.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CircuitBreakerLayer {
+    /// A breaker named `name` (its metric and event label, and its key
+    /// prefix in the store) with `config`, sharing state through `store`.
+    pub fn new<St: CircuitBreakerStore>(
+        name: &str,
+        store: St,
+        config: BreakerConfig,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        if name.is_empty() || name.contains('/') {
+            return Err(ConfigError::new(format!(
+                "breaker name must be non-empty and without '/', got {name:?}"
+            )));
+        }
+        let idle = match config.window {
+            Window::Time(d) => DEFAULT_IDLE.max(d),
+            Window::Count(_) => DEFAULT_IDLE,
+        };
+        let parts = Parts {
+            name: name.into(),
+            config,
+            store: Arc::new(store),
+            clock: SystemClock::shared(),
+            events: Events::new(),
+            sync_every: DEFAULT_SYNC_EVERY,
+            idle,
+        };
+        let shared = Shared {
+            registry: parts.registry(),
+            key: Arc::new(GlobalKey),
+            classifier: Arc::new(DefaultClassifier),
+        };
+        Ok(Self { parts, shared })
+    }
+
+    fn rebuild(mut self, change: impl FnOnce(&mut Parts)) -> Self {
+        change(&mut self.parts);
+        self.shared.registry = self.parts.registry();
+        self
+    }
+
+    /// Keeps one breaker per key (SPEC CB-5); default: one for all calls.
+    pub fn key(mut self, key: impl KeyExtractor) -> Self {
+        self.shared.key = Arc::new(key);
+        self
+    }
+
+    /// Classifies outcomes with `classifier` (SPEC CB-3).
+    pub fn classifier(mut self, classifier: impl ClassifyResponse) -> Self {
+        self.shared.classifier = Arc::new(classifier);
+        self
+    }
+
+    /// Takes time from `clock` (tests use a `ManualClock`).
+    pub fn clock(self, clock: SharedClock) -> Self {
+        self.rebuild(|p| p.clock = clock)
+    }
+
+    /// Reports outcomes, rejections and transitions to `events`.
+    pub fn events(self, events: Events) -> Self {
+        self.rebuild(|p| p.events = events)
+    }
+
+    /// How often other instances' states are read from the store.
+    pub fn sync_every(self, every: Duration) -> Self {
+        self.rebuild(|p| p.sync_every = every.max(Duration::from_millis(10)))
+    }
+
+    /// How long a closed breaker may go unused before it is evicted.
+    pub fn idle_timeout(self, idle: Duration) -> Self {
+        self.rebuild(|p| p.idle = idle)
+    }
+
+    /// Client mode: rejections are [`CircuitOpen`] errors.
+    pub fn client_mode(self) -> ClientCircuitBreakerLayer {
+        ClientCircuitBreakerLayer {
+            shared: self.shared,
+        }
+    }
+
+    /// A handle to read and steer this layer's breakers. Take it after
+    /// the builder calls: [`clock`](Self::clock), [`events`](Self::events),
+    /// [`sync_every`](Self::sync_every) and
+    /// [`idle_timeout`](Self::idle_timeout) start fresh breakers.
+    pub fn handle(&self) -> CircuitBreakerHandle {
+        CircuitBreakerHandle {
+            registry: self.shared.registry.clone(),
+        }
+    }
+}
+
+impl<S> Layer<S> for CircuitBreakerLayer {
+    type Service = CircuitBreaker<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CircuitBreaker::new(inner, self.shared.clone())
+    }
+}
+
+/// [`CircuitBreakerLayer`] in client mode: the service error is `BoxError`
+/// and a rejection is a [`CircuitOpen`].
+#[derive(Clone)]
+pub struct ClientCircuitBreakerLayer {
+    shared: Shared,
+}
+
+impl ClientCircuitBreakerLayer {
+    /// A handle to read and steer this layer's breakers.
+    pub fn handle(&self) -> CircuitBreakerHandle {
+        CircuitBreakerHandle {
+            registry: self.shared.registry.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for ClientCircuitBreakerLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientCircuitBreakerLayer")
+            .field("name", &self.shared.registry.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for ClientCircuitBreakerLayer {
+    type Service = ClientCircuitBreaker<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientCircuitBreaker::new(inner, self.shared.clone())
+    }
+}
+
+/// Reads and steers the breakers of one layer; also the way to guard any
+/// call that is not an HTTP request ([`acquire`](Self::acquire)).
+///
+/// ```
+/// use battlement::backends::MemoryStore;
+/// use battlement::circuit_breaker::{BreakerConfig, CircuitBreakerLayer, Outcome, State};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let config = BreakerConfig::default().consecutive_failures(2);
+/// let breaker = CircuitBreakerLayer::new("db", MemoryStore::new(), config).unwrap().handle();
+/// for _ in 0..2 {
+///     let permit = breaker.acquire("primary").unwrap();
+///     // ... the call fails:
+///     permit.record(Outcome::Failure);
+/// }
+/// assert_eq!(breaker.state("primary"), State::Open);
+/// let open = breaker.acquire("primary").unwrap_err();
+/// assert!(open.retry_after().is_some());
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct CircuitBreakerHandle {
+    registry: Arc<Registry>,
+}
+
+impl fmt::Debug for CircuitBreakerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreakerHandle")
+            .field("breaker", &self.registry.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CircuitBreakerHandle {
+    /// Admits one call on `key`'s breaker; record its outcome on the
+    /// permit.
+    pub fn acquire(&self, key: &str) -> Result<Permit, CircuitOpen> {
+        self.registry.acquire(Key::new(key))
+    }
+
+    /// The state of `key`'s breaker (`Closed` when it has none).
+    pub fn state(&self, key: &str) -> State {
+        self.registry.state(key)
+    }
+
+    /// The open time left on `key`'s breaker, when open.
+    pub fn open_remaining(&self, key: &str) -> Option<Duration> {
+        self.registry.open_remaining(key)
+    }
+
+    /// Every live breaker's key and state.
+    pub fn states(&self) -> Vec<(String, State)> {
+        self.registry.states()
+    }
+
+    /// Number of live breakers (idle closed ones are evicted).
+    pub fn len(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// Whether there is no live breaker.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Rejects every call on `key` until [`reset`](Self::reset); shared
+    /// with the other instances through the store.
+    pub fn force_open(&self, key: &str) {
+        self.registry.force(key, State::ForcedOpen);
+    }
+
+    /// Lets every call on `key` through, counting nothing, until
+    /// [`reset`](Self::reset); shared through the store.
+    pub fn disable(&self, key: &str) {
+        self.registry.force(key, State::Disabled);
+    }
+
+    /// Closes `key`'s breaker with an empty window; shared through the
+    /// store.
+    pub fn reset(&self, key: &str) {
+        self.registry.force(key, State::Closed);
+    }
+
+    /// Runs one round of the background work now: reads the other
+    /// instances' states, writes unwritten transitions, evicts idle
+    /// breakers.
+    pub async fn sync(&self) {
+        self.registry.sync_all().await;
+    }
+}

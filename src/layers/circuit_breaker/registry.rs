@@ -1,0 +1,405 @@
+//! The keyed breakers of one layer (SPEC CB-5) and their synchronization
+//! with the store (CB-6).
+//!
+//! One background task per layer (started by the first call, ended when
+//! the layer is dropped) polls the store for every live key, writes
+//! transitions a failed store call left unwritten, and evicts breakers
+//! that are closed and idle.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use futures_util::future::BoxFuture;
+use futures_util::{StreamExt, stream};
+
+use super::breaker::{Breaker, Ticket, Transition};
+use super::config::BreakerConfig;
+use super::error::CircuitOpen;
+use super::state::{Outcome, State};
+use super::store::{CircuitBreakerStore, Published, SharedState, Versioned};
+use crate::clock::SharedClock;
+use crate::error::StoreError;
+use crate::events::{Event, Events, WarnLimiter};
+use crate::key::Key;
+
+/// The layer name in events.
+pub(crate) const LAYER: &str = "circuit_breaker";
+
+/// Store calls the sync task runs at once.
+const SYNC_CONCURRENCY: usize = 16;
+
+/// A [`CircuitBreakerStore`] behind a pointer (store calls are rare: one
+/// per transition and one per key per poll).
+pub(crate) trait DynStore: Send + Sync + 'static {
+    fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, StoreError>>;
+    fn publish<'a>(
+        &'a self,
+        id: &'a str,
+        expected: u64,
+        next: SharedState,
+    ) -> BoxFuture<'a, Result<Published, StoreError>>;
+}
+
+impl<St: CircuitBreakerStore> DynStore for St {
+    fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, StoreError>> {
+        Box::pin(CircuitBreakerStore::load(self, id))
+    }
+
+    fn publish<'a>(
+        &'a self,
+        id: &'a str,
+        expected: u64,
+        next: SharedState,
+    ) -> BoxFuture<'a, Result<Published, StoreError>> {
+        Box::pin(CircuitBreakerStore::publish(self, id, expected, next))
+    }
+}
+
+/// Every breaker of one layer.
+pub(crate) struct Registry {
+    pub(crate) name: Arc<str>,
+    pub(crate) config: BreakerConfig,
+    pub(crate) clock: SharedClock,
+    pub(crate) events: Events,
+    pub(crate) sync_every: Duration,
+    pub(crate) idle: Duration,
+    pub(crate) store: Arc<dyn DynStore>,
+    breakers: DashMap<Key, Arc<Breaker>, foldhash::fast::RandomState>,
+    task: AtomicBool,
+    warn: WarnLimiter,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .field("keys", &self.breakers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    pub(crate) fn new(
+        name: Arc<str>,
+        config: BreakerConfig,
+        store: Arc<dyn DynStore>,
+        clock: SharedClock,
+        events: Events,
+        sync_every: Duration,
+        idle: Duration,
+    ) -> Self {
+        Self {
+            name,
+            config,
+            clock,
+            events,
+            sync_every,
+            idle,
+            store,
+            breakers: DashMap::default(),
+            task: AtomicBool::new(false),
+            warn: WarnLimiter::new(Duration::from_secs(10)),
+        }
+    }
+
+    fn id(&self, key: &Key) -> String {
+        format!("{}/{}", self.name, key.as_str())
+    }
+
+    /// The breaker of `key`, created closed (and then synced from the
+    /// store at once) if there is none.
+    fn breaker(self: &Arc<Self>, key: &Key) -> Arc<Breaker> {
+        if let Some(b) = self.breakers.get(key) {
+            return b.clone();
+        }
+        let mut created = false;
+        let breaker = self
+            .breakers
+            .entry(key.clone())
+            .or_insert_with(|| {
+                created = true;
+                Arc::new(Breaker::new(&self.config, self.clock.now()))
+            })
+            .clone();
+        if created {
+            let this = self.clone();
+            let (key, b) = (key.clone(), breaker.clone());
+            spawn(async move { this.sync_one(&key, &b).await });
+        }
+        breaker
+    }
+
+    /// Admits a call on `key`'s breaker, or rejects it.
+    pub(crate) fn acquire(self: &Arc<Self>, key: Key) -> Result<Permit, CircuitOpen> {
+        self.ensure_task();
+        let breaker = self.breaker(&key);
+        let (result, transition) = breaker.acquire(&self.config, self.clock.now());
+        if let Some(t) = transition {
+            self.transitioned(&key, &breaker, t, true);
+        }
+        match result {
+            Ok(ticket) => Ok(Permit {
+                registry: self.clone(),
+                key,
+                breaker,
+                ticket: Some(ticket),
+            }),
+            Err(refusal) => {
+                self.emit("rejected", None);
+                Err(CircuitOpen::new(
+                    self.name.clone(),
+                    key.as_str().to_owned(),
+                    refusal.state,
+                    refusal.retry_after,
+                ))
+            }
+        }
+    }
+
+    /// The state of `key`'s breaker (`Closed` if it has none).
+    pub(crate) fn state(&self, key: &str) -> State {
+        self.breakers
+            .get(&Key::new(key))
+            .map_or(State::Closed, |b| b.state())
+    }
+
+    /// Every live key with its state.
+    pub(crate) fn states(&self) -> Vec<(String, State)> {
+        self.breakers
+            .iter()
+            .map(|e| (e.key().as_str().to_owned(), e.value().state()))
+            .collect()
+    }
+
+    /// The open time left on `key`'s breaker.
+    pub(crate) fn open_remaining(&self, key: &str) -> Option<Duration> {
+        let breaker = self.breakers.get(&Key::new(key))?;
+        breaker.open_remaining(self.clock.now())
+    }
+
+    /// Forces `key`'s breaker to `to`; shared through the store.
+    pub(crate) fn force(self: &Arc<Self>, key: &str, to: State) {
+        let key = Key::new(key);
+        let breaker = self.breaker(&key);
+        if let Some(t) = breaker.force(&self.config, to, self.clock.now()) {
+            self.transitioned(&key, &breaker, t, true);
+        }
+    }
+
+    fn settle(
+        self: &Arc<Self>,
+        key: &Key,
+        breaker: &Arc<Breaker>,
+        ticket: Ticket,
+        outcome: Outcome,
+    ) {
+        let transition = breaker.record(&self.config, ticket, outcome, self.clock.now());
+        self.emit(outcome.as_str(), None);
+        if let Some(t) = transition {
+            self.transitioned(key, breaker, t, true);
+        }
+    }
+
+    fn emit(&self, event: &'static str, detail: Option<String>) {
+        if self.events.is_observed() {
+            let mut e = Event::new(LAYER, event).with_policy(self.name.clone());
+            if let Some(detail) = detail {
+                e = e.with_detail(detail);
+            }
+            self.events.emit(e);
+        }
+    }
+
+    /// Reports a transition; `publish`: this instance made it, so the
+    /// others must learn it.
+    fn transitioned(
+        self: &Arc<Self>,
+        key: &Key,
+        breaker: &Arc<Breaker>,
+        t: Transition,
+        publish: bool,
+    ) {
+        tracing::info!(
+            breaker = %self.name,
+            key = key.as_str(),
+            from = t.from.as_str(),
+            to = t.to.as_str(),
+            "circuit breaker state changed"
+        );
+        self.emit(
+            "transition",
+            Some(format!("{} -> {} (key {})", t.from, t.to, key.as_str())),
+        );
+        if publish && t.to != State::HalfOpen {
+            let this = self.clone();
+            let (key, b) = (key.clone(), breaker.clone());
+            spawn(async move { this.publish(&key, &b).await });
+        }
+    }
+
+    /// Writes `breaker`'s state if it changed since the last write; on a
+    /// lost race takes the winner's state.
+    async fn publish(self: &Arc<Self>, key: &Key, breaker: &Arc<Breaker>) {
+        let _one_at_a_time = breaker.publishing.lock().await;
+        let Some((generation, expected, next)) = breaker.unpublished(self.clock.now()) else {
+            return;
+        };
+        match self.store.publish(&self.id(key), expected, next).await {
+            Ok(Published::Applied(version)) => breaker.published(generation, version),
+            Ok(Published::Conflict(Some(record))) => self.adopt(key, breaker, &record),
+            Ok(Published::Conflict(None)) => {}
+            Err(e) => self.store_failed(&e),
+        }
+    }
+
+    fn adopt(self: &Arc<Self>, key: &Key, breaker: &Arc<Breaker>, record: &Versioned) {
+        if let Some(t) = breaker.adopt(&self.config, record, self.clock.now()) {
+            self.transitioned(key, breaker, t, false);
+        }
+    }
+
+    /// Writes an unwritten transition, or takes a newer stored state.
+    async fn sync_one(self: &Arc<Self>, key: &Key, breaker: &Arc<Breaker>) {
+        if breaker.unpublished(self.clock.now()).is_some() {
+            return self.publish(key, breaker).await;
+        }
+        match self.store.load(&self.id(key)).await {
+            Ok(Some(record)) => self.adopt(key, breaker, &record),
+            Ok(None) => {}
+            Err(e) => self.store_failed(&e),
+        }
+    }
+
+    fn store_failed(&self, e: &StoreError) {
+        self.emit("store_error", Some(e.to_string()));
+        self.warn.warn(|suppressed| {
+            tracing::warn!(
+                breaker = %self.name,
+                error = %e,
+                suppressed,
+                "circuit breaker store failed; deciding locally"
+            );
+        });
+    }
+
+    /// One round of the background task: evict idle closed breakers, sync
+    /// the others.
+    pub(crate) async fn sync_all(self: &Arc<Self>) {
+        let now_s = self.clock.now().as_secs();
+        let idle = self.idle.as_secs();
+        self.breakers.retain(|_, b| {
+            b.state() != State::Closed || now_s.saturating_sub(b.last_used()) < idle
+        });
+        let live: Vec<_> = self
+            .breakers
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        stream::iter(live)
+            .for_each_concurrent(SYNC_CONCURRENCY, |(key, b)| async move {
+                self.sync_one(&key, &b).await;
+            })
+            .await;
+    }
+
+    /// Number of live breakers.
+    pub(crate) fn len(&self) -> usize {
+        self.breakers.len()
+    }
+
+    /// Starts the background task once, on the caller's runtime.
+    fn ensure_task(self: &Arc<Self>) {
+        if self.task.load(Ordering::Relaxed) || self.task.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.task.store(false, Ordering::Release);
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let _restart = TaskFlag(weak.clone());
+            let every = match weak.upgrade() {
+                Some(registry) => registry.sync_every,
+                None => return,
+            };
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(registry) = weak.upgrade() else {
+                    break;
+                };
+                registry.sync_all().await;
+            }
+        });
+    }
+}
+
+/// Clears the "task running" flag when the task ends, so the next call
+/// starts a new one.
+struct TaskFlag(Weak<Registry>);
+
+impl Drop for TaskFlag {
+    fn drop(&mut self) {
+        if let Some(registry) = self.0.upgrade() {
+            registry.task.store(false, Ordering::Release);
+        }
+    }
+}
+
+fn spawn(task: impl Future<Output = ()> + Send + 'static) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(task);
+    }
+}
+
+/// The right to make one call through a breaker. Record how the call went
+/// with [`record`](Self::record); dropping the permit unrecorded counts the
+/// call as cancelled ([`Outcome::Ignored`]), which gives a half-open
+/// probe's slot back (SPEC CB-2).
+pub struct Permit {
+    registry: Arc<Registry>,
+    key: Key,
+    breaker: Arc<Breaker>,
+    ticket: Option<Ticket>,
+}
+
+impl Permit {
+    /// Records the call's outcome; its duration is the time since the
+    /// permit was taken (for the slow-call rate).
+    pub fn record(mut self, outcome: Outcome) {
+        if let Some(ticket) = self.ticket.take() {
+            self.registry
+                .settle(&self.key, &self.breaker, ticket, outcome);
+        }
+    }
+
+    /// How long ago the permit was taken.
+    pub fn elapsed(&self) -> Duration {
+        let started = self.ticket.map_or(Duration::ZERO, |t| t.started());
+        self.registry.clock.now().saturating_sub(started)
+    }
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("breaker", &self.registry.name)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.registry
+                .settle(&self.key, &self.breaker, ticket, Outcome::Ignored);
+        }
+    }
+}
