@@ -8,6 +8,9 @@ mod memory {
     mod rate_limit {
         battlement::rate_limit_suite!(battlement::conformance::MemoryHarness);
     }
+    mod circuit_breaker {
+        battlement::circuit_breaker_suite!(battlement::conformance::MemoryHarness);
+    }
 }
 
 #[cfg(feature = "redis")]
@@ -18,6 +21,10 @@ mod redis {
     mod rate_limit {
         use super::RedisHarness;
         battlement::rate_limit_suite!(RedisHarness::start());
+    }
+    mod circuit_breaker {
+        use super::RedisHarness;
+        battlement::circuit_breaker_suite!(RedisHarness::start());
     }
 }
 
@@ -30,6 +37,10 @@ mod redis_cluster {
         use super::RedisClusterHarness;
         battlement::rate_limit_suite!(RedisClusterHarness::start());
     }
+    mod circuit_breaker {
+        use super::RedisClusterHarness;
+        battlement::circuit_breaker_suite!(RedisClusterHarness::start());
+    }
 }
 
 #[cfg(feature = "etcd")]
@@ -40,5 +51,9 @@ mod etcd {
     mod rate_limit {
         use super::EtcdHarness;
         battlement::rate_limit_suite!(EtcdHarness::start());
+    }
+    mod circuit_breaker {
+        use super::EtcdHarness;
+        battlement::circuit_breaker_suite!(EtcdHarness::start());
     }
 }

@@ -25,6 +25,7 @@ impl Harness for MemoryHarness {
         store
             .rate_limit_entries()
             .into_iter()
+            .chain(store.circuit_breaker_entries())
             .map(|(key, ttl)| StoredKey {
                 key,
                 ttl: Some(ttl),

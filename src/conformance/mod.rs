@@ -28,6 +28,7 @@
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
 
 pub mod backend;
+pub mod circuit_breaker;
 mod memory;
 pub mod rate_limit;
 
@@ -152,6 +153,23 @@ macro_rules! rate_limit_suite {
             quota_changes_keep_state,
             random_sequences_match_the_reference,
             skewed_clocks_do_not_over_admit,
+        );
+    };
+}
+
+/// The circuit-breaker suite for a [`Harness`] whose store implements
+/// `CircuitBreakerStore`.
+#[macro_export]
+macro_rules! circuit_breaker_suite {
+    ($harness:expr) => {
+        $crate::__conformance_cases!($harness; circuit_breaker;
+            publish_is_a_compare_and_set,
+            concurrent_publishes_have_one_winner,
+            open_time_runs_on_the_store_clock,
+            written_states_have_a_ttl,
+            a_trip_on_one_instance_opens_the_other_within_a_second,
+            a_half_open_decision_is_seen_by_the_other_instance,
+            forced_states_are_shared,
         );
     };
 }

@@ -1,0 +1,222 @@
+//! Cases every `CircuitBreakerStore` must pass (SPEC CB-6): the version
+//! compare-and-set, the shared open time, TTLs, and two breaker layers on
+//! one store acting as two instances.
+
+use std::time::{Duration, Instant};
+
+use super::{Harness, StoredKey};
+use crate::backends::Backend;
+use crate::circuit_breaker::store::{CONCERN, RETENTION};
+use crate::circuit_breaker::{
+    BreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitBreakerStore, Outcome,
+    Published, SharedState, State,
+};
+use crate::clock::ManualClock;
+
+const T0: Duration = Duration::from_secs(1_767_225_600);
+const K: &str = "upstream";
+
+fn open_for(secs: u64) -> SharedState {
+    SharedState {
+        state: State::Open,
+        open_for: Duration::from_secs(secs),
+        reopens: 0,
+    }
+}
+
+const CLOSED: SharedState = SharedState {
+    state: State::Closed,
+    open_for: Duration::ZERO,
+    reopens: 0,
+};
+
+/// Writing needs the stored version; a stale writer gets the winner's
+/// state back.
+pub async fn publish_is_a_compare_and_set<H: Harness>(h: H)
+where
+    H::Store: CircuitBreakerStore,
+{
+    let s = h.store_with_clock(ManualClock::new(T0).shared()).await;
+    assert_eq!(s.load("b/k").await.unwrap(), None);
+    assert_eq!(s.publish("b/k", 0, open_for(30)).await.unwrap(), Published::Applied(1));
+    match s.publish("b/k", 0, CLOSED).await.unwrap() {
+        Published::Conflict(Some(winner)) => {
+            assert_eq!(winner.version, 1);
+            assert_eq!(winner.shared, open_for(30));
+        }
+        other => panic!("stale write accepted: {other:?}"),
+    }
+    assert_eq!(s.publish("b/k", 1, CLOSED).await.unwrap(), Published::Applied(2));
+    let stored = s.load("b/k").await.unwrap().unwrap();
+    assert_eq!((stored.version, stored.shared), (2, CLOSED));
+    // Nothing stored: any expected version writes.
+    assert_eq!(s.publish("b/other", 7, CLOSED).await.unwrap(), Published::Applied(8));
+}
+
+/// Concurrent writers of one version: exactly one wins.
+pub async fn concurrent_publishes_have_one_winner<H: Harness>(h: H)
+where
+    H::Store: CircuitBreakerStore,
+{
+    let s = h.store().await;
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.publish("b/k", 0, open_for(10 + i)).await })
+        })
+        .collect();
+    let mut applied = 0;
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            Published::Applied(1) => applied += 1,
+            Published::Conflict(Some(v)) => assert_eq!(v.version, 1),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(applied, 1);
+}
+
+/// The open time left runs on the store's clock.
+pub async fn open_time_runs_on_the_store_clock<H: Harness>(h: H)
+where
+    H::Store: CircuitBreakerStore,
+{
+    let clock = ManualClock::new(T0);
+    let s = h.store_with_clock(clock.shared()).await;
+    s.publish("b/k", 0, open_for(30)).await.unwrap();
+    clock.advance(Duration::from_secs(10));
+    let stored = s.load("b/k").await.unwrap().unwrap();
+    assert_eq!(stored.shared.open_for, Duration::from_secs(20));
+    clock.advance(Duration::from_secs(25));
+    let stored = s.load("b/k").await.unwrap().unwrap();
+    assert_eq!(stored.shared.open_for, Duration::ZERO);
+    assert_eq!(stored.shared.state, State::Open);
+}
+
+/// Every written state is namespaced and expires (open time + retention).
+pub async fn written_states_have_a_ttl<H: Harness>(h: H)
+where
+    H::Store: CircuitBreakerStore,
+{
+    let s = h.store().await;
+    s.publish("b/k", 0, open_for(30)).await.unwrap();
+    s.publish("b/k2", 0, CLOSED).await.unwrap();
+    let prefix = s.keyspace().concern_prefix(CONCERN);
+    let keys: Vec<_> = h
+        .stored_keys(&s)
+        .await
+        .into_iter()
+        .filter(|k| k.key.starts_with(&prefix))
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for StoredKey { key, ttl } in keys {
+        let ttl = ttl.unwrap_or_else(|| panic!("{key} has no TTL"));
+        // etcd grants leases of twice the TTL so that later keys share them.
+        let max = (RETENTION + Duration::from_secs(30)) * 2 + LEASE_ROUNDING;
+        assert!(ttl > RETENTION - LEASE_ROUNDING && ttl <= max, "{key}: {ttl:?}");
+    }
+}
+
+/// etcd leases have whole-second TTLs.
+const LEASE_ROUNDING: Duration = Duration::from_secs(5);
+
+fn layer<S: CircuitBreakerStore + Clone>(s: &S, config: BreakerConfig) -> CircuitBreakerLayer {
+    CircuitBreakerLayer::new("shared", s.clone(), config).expect("valid config")
+}
+
+fn fail(b: &CircuitBreakerHandle) {
+    b.acquire(K).expect("admitted").record(Outcome::Failure);
+}
+
+/// Instance A trips; instance B rejects within a second, without any
+/// call of its own failing (real time, background sync).
+pub async fn a_trip_on_one_instance_opens_the_other_within_a_second<H: Harness>(h: H)
+where
+    H::Store: CircuitBreakerStore,
+{
+    let s = h.store().await;
+    let config = BreakerConfig::default()
+        .consecutive_failures(1)
+        .open_for(Duration::from_secs(30));
+    let a = layer(&s, config.clone()).handle();
+    let b = layer(&s, config).handle();
+    drop(b.acquire(K).expect("B starts closed"));
+    fail(&a);
+    let tripped = Instant::now();
+    let rejected = loop {
+        if let Err(open) = b.acquire(K) {
+            break open;
+        }
+        assert!(tripped.elapsed() < Duration::from_secs(1), "B still admits after 1 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(rejected.state(), State::Open);
+    let left = rejected.retry_after().expect("open time");
+    assert!(left > Duration::from_secs(28) && left <= Duration::from_secs(30), "{left:?}");
+}
+
+/// Whichever instance decides the half-open round, the other follows:
+/// A's probe closes both; later B's failed probe re-opens both with the
+/// backed-off open time.
+pub async fn a_half_open_decision_is_seen_by_the_other_instance<H: Harness>(h: H)
+where
+    H::Store: CircuitBreakerStore,
+{
+    let clock = ManualClock::new(T0);
+    let s = h.store_with_clock(clock.shared()).await;
+    let config = BreakerConfig::default()
+        .consecutive_failures(1)
+        .half_open_probes(1)
+        .open_for(Duration::from_secs(10))
+        .open_backoff(2.0, Duration::from_secs(60));
+    let a = layer(&s, config.clone()).clock(clock.shared()).handle();
+    let b = layer(&s, config).clock(clock.shared()).handle();
+    drop(b.acquire(K).expect("B starts closed"));
+
+    fail(&a);
+    a.sync().await;
+    b.sync().await;
+    assert_eq!(b.state(K), State::Open);
+    assert_eq!(b.open_remaining(K), Some(Duration::from_secs(10)));
+
+    clock.advance(Duration::from_secs(10));
+    a.acquire(K).expect("probe").record(Outcome::Success);
+    assert_eq!(a.state(K), State::Closed);
+    a.sync().await;
+    b.sync().await;
+    assert_eq!(b.state(K), State::Closed, "A's probe closed B too");
+
+    fail(&a);
+    a.sync().await;
+    b.sync().await;
+    clock.advance(Duration::from_secs(10));
+    b.acquire(K).expect("probe").record(Outcome::Failure);
+    assert_eq!(b.open_remaining(K), Some(Duration::from_secs(20)), "backed off");
+    b.sync().await;
+    a.sync().await;
+    let open = a.acquire(K).expect_err("B's failed probe re-opened A");
+    assert_eq!(open.retry_after(), Some(Duration::from_secs(20)));
+}
+
+/// Forcing a breaker open on one instance forces it everywhere, and a
+/// reset closes it everywhere.
+pub async fn forced_states_are_shared<H: Harness>(h: H)
+where
+    H::Store: CircuitBreakerStore,
+{
+    let clock = ManualClock::new(T0);
+    let s = h.store_with_clock(clock.shared()).await;
+    let a = layer(&s, BreakerConfig::default()).clock(clock.shared()).handle();
+    let b = layer(&s, BreakerConfig::default()).clock(clock.shared()).handle();
+    drop(b.acquire(K).expect("B starts closed"));
+    a.force_open(K);
+    a.sync().await;
+    b.sync().await;
+    let open = b.acquire(K).expect_err("forced open everywhere");
+    assert_eq!((open.state(), open.retry_after()), (State::ForcedOpen, None));
+    a.reset(K);
+    a.sync().await;
+    b.sync().await;
+    assert_eq!(b.state(K), State::Closed);
+    assert!(b.acquire(K).is_ok());
+}
