@@ -26,9 +26,13 @@ fn clock() -> ManualClock {
 }
 
 fn layer(config: BreakerConfig, clock: &ManualClock) -> CircuitBreakerLayer {
-    CircuitBreakerLayer::new("test", MemoryStore::new().with_clock(clock.shared()), config)
-        .unwrap()
-        .clock(clock.shared())
+    CircuitBreakerLayer::new(
+        "test",
+        MemoryStore::new().with_clock(clock.shared()),
+        config,
+    )
+    .unwrap()
+    .clock(clock.shared())
 }
 
 fn breaker(config: BreakerConfig, clock: &ManualClock) -> CircuitBreakerHandle {
@@ -355,8 +359,8 @@ async fn breakers_are_per_key_and_idle_ones_are_evicted() {
 fn upstream(
     status: StatusCode,
     hits: &Arc<AtomicUsize>,
-) -> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible>
-+ Clone {
+) -> impl Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone
+{
     let hits = hits.clone();
     service_fn(move |_: Request<Full<Bytes>>| {
         hits.fetch_add(1, Ordering::SeqCst);
@@ -473,9 +477,19 @@ async fn grpc_ok_counts_as_success_and_dropped_bodies_as_nothing() {
     let clock = clock();
     let layer = layer(BreakerConfig::default().consecutive_failures(1), &clock);
     let handle = layer.handle();
-    let ok = ServiceBuilder::new().layer(layer.clone()).service(grpc_upstream("0"));
-    ok.oneshot(grpc_request()).await.unwrap().into_body().collect().await.unwrap();
-    let failing = ServiceBuilder::new().layer(layer).service(grpc_upstream("13"));
+    let ok = ServiceBuilder::new()
+        .layer(layer.clone())
+        .service(grpc_upstream("0"));
+    ok.oneshot(grpc_request())
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap();
+    let failing = ServiceBuilder::new()
+        .layer(layer)
+        .service(grpc_upstream("13"));
     drop(failing.oneshot(grpc_request()).await.unwrap());
     assert_eq!(handle.state("global"), State::Closed);
 }
@@ -493,7 +507,11 @@ async fn client_mode_is_keyed_per_host_and_fails_with_circuit_open() {
         .layer(layer)
         .service(upstream(StatusCode::BAD_GATEWAY, &hits));
     for _ in 0..2 {
-        let res = svc.clone().oneshot(get("http://a.example:8080/x")).await.unwrap();
+        let res = svc
+            .clone()
+            .oneshot(get("http://a.example:8080/x"))
+            .await
+            .unwrap();
         assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
     }
     let err: BoxError = svc
@@ -517,9 +535,12 @@ async fn inner_errors_count_as_failures() {
     let clock = clock();
     let layer = layer(BreakerConfig::default().consecutive_failures(1), &clock);
     let handle = layer.handle();
-    let svc = ServiceBuilder::new().layer(layer).service(service_fn(
-        |_: Request<Full<Bytes>>| async { Err::<Response<Full<Bytes>>, BoxError>("connect refused".into()) },
-    ));
+    let svc =
+        ServiceBuilder::new()
+            .layer(layer)
+            .service(service_fn(|_: Request<Full<Bytes>>| async {
+                Err::<Response<Full<Bytes>>, BoxError>("connect refused".into())
+            }));
     let err = svc.clone().oneshot(get("/")).await.unwrap_err();
     assert_eq!(err.to_string(), "connect refused");
     assert_eq!(handle.state("global"), State::Open);

@@ -45,12 +45,19 @@ async fn a_closed_breaker_sends_no_redis_command_per_request() {
             Ok::<_, Infallible>(Response::new(String::from("ok")))
         }));
     // The first request creates the breaker (one load); then measure.
-    svc.clone().oneshot(Request::new(String::new())).await.unwrap();
+    svc.clone()
+        .oneshot(Request::new(String::new()))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let before = commands(&redis);
     let started = Instant::now();
     for _ in 0..10_000 {
-        let res = svc.clone().oneshot(Request::new(String::new())).await.unwrap();
+        let res = svc
+            .clone()
+            .oneshot(Request::new(String::new()))
+            .await
+            .unwrap();
         assert_eq!(res.status(), StatusCode::OK);
     }
     let elapsed = started.elapsed();
@@ -58,7 +65,10 @@ async fn a_closed_breaker_sends_no_redis_command_per_request() {
     eprintln!("{sent} Redis commands for 10,000 requests in {elapsed:?}");
     // Only the background poll talks to Redis: one script per 250 ms.
     let polls = elapsed.as_millis() as u64 / 250 + 2;
-    assert!(sent <= polls, "{sent} commands for 10,000 requests in {elapsed:?}");
+    assert!(
+        sent <= polls,
+        "{sent} commands for 10,000 requests in {elapsed:?}"
+    );
 }
 
 // SPEC C-5: with Redis down, breakers keep deciding locally, report the

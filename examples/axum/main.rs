@@ -11,7 +11,10 @@
 //! `--features redis`) keeps rate-limit state in Redis, shared by every
 //! instance, and adds a readiness check; `ETCD_ENDPOINTS` (needs
 //! `--features etcd`) adds its readiness check; `DOWNSTREAM_URL` is what
-//! `/proxy` calls (default `http://127.0.0.1:3001`); `LAYERS=none` serves the
+//! `/proxy` calls (default `http://127.0.0.1:3001`) through a circuit breaker
+//! per downstream host that opens when half the calls of the last 10 s
+//! failed (at least 5) and stays open `BREAKER_OPEN` seconds (default 5),
+//! its state shared through Redis when `REDIS_URL` is set; `LAYERS=none` serves the
 //! same routes with no middleware; `DRAIN_SECS` is how long readiness fails
 //! before the server stops on ctrl-c (default 0).
 
@@ -25,8 +28,11 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use battlement::backends::MemoryStore;
+use battlement::circuit_breaker::{
+    BreakerConfig, CircuitBreakerLayer, CircuitBreakerStore, CircuitOpen, ClassifiedBody, Window,
+};
 use battlement::health::{HealthRegistry, HealthRoutes};
-use battlement::key::ClientIp;
+use battlement::key::{ClientIp, HostKey};
 use battlement::rate_limit::{Policy, Quota, RateLimitLayer, RateLimitStore};
 use battlement::request_id::{ForwardRequestIdLayer, RequestIdLayer};
 use bytes::Bytes;
@@ -45,6 +51,7 @@ struct Settings {
     downstream: Uri,
     layers: bool,
     drain: Duration,
+    breaker_open: Duration,
     rate_limit: Quota,
     trusted_proxies: Vec<ipnet::IpNet>,
     redis_url: Option<String>,
@@ -57,6 +64,7 @@ impl Settings {
         let bind = var("BIND").unwrap_or_else(|| "127.0.0.1:3000".into());
         let downstream = var("DOWNSTREAM_URL").unwrap_or_else(|| "http://127.0.0.1:3001".into());
         let drain = var("DRAIN_SECS").unwrap_or_else(|| "0".into());
+        let breaker_open = var("BREAKER_OPEN").unwrap_or_else(|| "5".into());
         let limit = var("RATE_LIMIT").unwrap_or_else(|| "100/s".into());
         let mut rate_limit: Quota = limit
             .parse()
@@ -92,6 +100,11 @@ impl Settings {
                     .parse()
                     .map_err(|e| format!("DRAIN_SECS={drain:?}: {e}"))?,
             ),
+            breaker_open: Duration::from_secs(
+                breaker_open
+                    .parse()
+                    .map_err(|e| format!("BREAKER_OPEN={breaker_open:?}: {e}"))?,
+            ),
             rate_limit,
             trusted_proxies,
             redis_url: var("REDIS_URL"),
@@ -101,12 +114,12 @@ impl Settings {
     }
 }
 
-/// The outbound HTTP client of `/proxy`: request-id forwarding over
-/// hyper-util's pooled client.
+/// The outbound HTTP client of `/proxy`: request-id forwarding and a
+/// circuit breaker per host over hyper-util's pooled client.
 type Downstream = tower::util::BoxCloneSyncService<
     http::Request<Empty<Bytes>>,
-    http::Response<hyper::body::Incoming>,
-    hyper_util::client::legacy::Error,
+    http::Response<ClassifiedBody<hyper::body::Incoming>>,
+    Error,
 >;
 
 #[derive(Clone)]
@@ -115,17 +128,30 @@ struct AppState {
     downstream: Downstream,
 }
 
-/// The routes, with or without the server stack; rate-limit state in
-/// `store`.
-fn app<St: RateLimitStore>(
+/// The routes, with or without the server stack; rate-limit and breaker
+/// state in `store`.
+fn app<St: RateLimitStore + CircuitBreakerStore>(
     settings: &Settings,
     health: HealthRegistry,
     store: St,
 ) -> Result<Router, Error> {
     let client: Client<HttpConnector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
+    let breaker = BreakerConfig::default()
+        .window(Window::Time(Duration::from_secs(10)))
+        .minimum_calls(5)
+        .failure_rate(50.0)
+        .half_open_probes(1)
+        .open_for(settings.breaker_open);
+    // The timeout sits inside the breaker: a timed-out call is a failure.
     let downstream = ServiceBuilder::new()
         .layer(ForwardRequestIdLayer::new())
+        .layer(
+            CircuitBreakerLayer::new("downstream", store.clone(), breaker)?
+                .key(HostKey)
+                .client_mode(),
+        )
+        .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(10)))
         .service(client);
     let state = AppState {
         downstream_url: settings.downstream.clone(),
@@ -155,17 +181,27 @@ async fn item(Path(id): Path<String>) -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "id": id }))
 }
 
-/// Calls the downstream and relays its status and body (at most 1 MiB).
+/// Calls the downstream and relays its status and body (at most 1 MiB);
+/// 503 with `Retry-After` while its breaker is open.
 async fn proxy(State(state): State<AppState>) -> Response {
     let request = match http::Request::get(state.downstream_url.clone()).body(Empty::new()) {
         Ok(request) => request,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
-    let call = state.downstream.oneshot(request);
-    let response = match tokio::time::timeout(Duration::from_secs(10), call).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => return (StatusCode::BAD_GATEWAY, format!("downstream: {e}")).into_response(),
-        Err(_) => return (StatusCode::GATEWAY_TIMEOUT, "downstream timed out").into_response(),
+    let response = match state.downstream.oneshot(request).await {
+        Ok(response) => response,
+        Err(e) => {
+            if let Some(open) = e.downcast_ref::<CircuitOpen>() {
+                let problem = battlement::reject::Problem::from(open.clone());
+                return problem
+                    .into_response::<Body>(battlement::reject::Protocol::Http)
+                    .map(Body::new);
+            }
+            if e.is::<tower::timeout::error::Elapsed>() {
+                return (StatusCode::GATEWAY_TIMEOUT, "downstream timed out").into_response();
+            }
+            return (StatusCode::BAD_GATEWAY, format!("downstream: {e}")).into_response();
+        }
     };
     let (parts, body) = response.into_parts();
     match Limited::new(body, 1 << 20).collect().await {
@@ -241,6 +277,7 @@ mod tests {
             downstream: "http://127.0.0.1:9".parse().unwrap(),
             layers: true,
             drain: Duration::ZERO,
+            breaker_open: Duration::from_secs(5),
             rate_limit: Quota::per_second(100).unwrap(),
             trusted_proxies: Vec::new(),
             redis_url: None,
@@ -352,7 +389,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn proxy_to_a_dead_downstream_is_502() {
+    async fn proxy_to_a_dead_downstream_is_502_then_its_breaker_opens() {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -362,8 +399,17 @@ mod tests {
             downstream: format!("http://127.0.0.1:{port}/").parse().unwrap(),
             ..settings()
         };
-        let (status, _, _) = call(&memory_app(&s), get_req("/proxy")).await;
-        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        let app = memory_app(&s);
+        for _ in 0..5 {
+            let (status, _, _) = call(&app, get_req("/proxy")).await;
+            assert_eq!(status, StatusCode::BAD_GATEWAY);
+        }
+        // Five failures of five calls: open for BREAKER_OPEN (5 s).
+        let (status, headers, body) = call(&app, get_req("/proxy")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(headers["retry-after"], "5");
+        assert_eq!(headers["content-type"], "application/problem+json");
+        assert!(body.contains("\"breaker\":\"downstream\""), "{body}");
     }
 
     /// Issue acceptance: Redis stopped -> /readyz 503 naming the redis

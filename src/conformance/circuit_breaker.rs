@@ -38,7 +38,10 @@ where
 {
     let s = h.store_with_clock(ManualClock::new(T0).shared()).await;
     assert_eq!(s.load("b/k").await.unwrap(), None);
-    assert_eq!(s.publish("b/k", 0, open_for(30)).await.unwrap(), Published::Applied(1));
+    assert_eq!(
+        s.publish("b/k", 0, open_for(30)).await.unwrap(),
+        Published::Applied(1)
+    );
     match s.publish("b/k", 0, CLOSED).await.unwrap() {
         Published::Conflict(Some(winner)) => {
             assert_eq!(winner.version, 1);
@@ -46,11 +49,17 @@ where
         }
         other => panic!("stale write accepted: {other:?}"),
     }
-    assert_eq!(s.publish("b/k", 1, CLOSED).await.unwrap(), Published::Applied(2));
+    assert_eq!(
+        s.publish("b/k", 1, CLOSED).await.unwrap(),
+        Published::Applied(2)
+    );
     let stored = s.load("b/k").await.unwrap().unwrap();
     assert_eq!((stored.version, stored.shared), (2, CLOSED));
     // Nothing stored: any expected version writes.
-    assert_eq!(s.publish("b/other", 7, CLOSED).await.unwrap(), Published::Applied(8));
+    assert_eq!(
+        s.publish("b/other", 7, CLOSED).await.unwrap(),
+        Published::Applied(8)
+    );
 }
 
 /// Concurrent writers of one version: exactly one wins.
@@ -113,7 +122,10 @@ where
         let ttl = ttl.unwrap_or_else(|| panic!("{key} has no TTL"));
         // etcd grants leases of twice the TTL so that later keys share them.
         let max = (RETENTION + Duration::from_secs(30)) * 2 + LEASE_ROUNDING;
-        assert!(ttl > RETENTION - LEASE_ROUNDING && ttl <= max, "{key}: {ttl:?}");
+        assert!(
+            ttl > RETENTION - LEASE_ROUNDING && ttl <= max,
+            "{key}: {ttl:?}"
+        );
     }
 }
 
@@ -147,12 +159,18 @@ where
         if let Err(open) = b.acquire(K) {
             break open;
         }
-        assert!(tripped.elapsed() < Duration::from_secs(1), "B still admits after 1 s");
+        assert!(
+            tripped.elapsed() < Duration::from_secs(1),
+            "B still admits after 1 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(rejected.state(), State::Open);
     let left = rejected.retry_after().expect("open time");
-    assert!(left > Duration::from_secs(28) && left <= Duration::from_secs(30), "{left:?}");
+    assert!(
+        left > Duration::from_secs(28) && left <= Duration::from_secs(30),
+        "{left:?}"
+    );
 }
 
 /// Whichever instance decides the half-open round, the other follows:
@@ -191,7 +209,11 @@ where
     b.sync().await;
     clock.advance(Duration::from_secs(10));
     b.acquire(K).expect("probe").record(Outcome::Failure);
-    assert_eq!(b.open_remaining(K), Some(Duration::from_secs(20)), "backed off");
+    assert_eq!(
+        b.open_remaining(K),
+        Some(Duration::from_secs(20)),
+        "backed off"
+    );
     b.sync().await;
     a.sync().await;
     let open = a.acquire(K).expect_err("B's failed probe re-opened A");
@@ -206,14 +228,21 @@ where
 {
     let clock = ManualClock::new(T0);
     let s = h.store_with_clock(clock.shared()).await;
-    let a = layer(&s, BreakerConfig::default()).clock(clock.shared()).handle();
-    let b = layer(&s, BreakerConfig::default()).clock(clock.shared()).handle();
+    let a = layer(&s, BreakerConfig::default())
+        .clock(clock.shared())
+        .handle();
+    let b = layer(&s, BreakerConfig::default())
+        .clock(clock.shared())
+        .handle();
     drop(b.acquire(K).expect("B starts closed"));
     a.force_open(K);
     a.sync().await;
     b.sync().await;
     let open = b.acquire(K).expect_err("forced open everywhere");
-    assert_eq!((open.state(), open.retry_after()), (State::ForcedOpen, None));
+    assert_eq!(
+        (open.state(), open.retry_after()),
+        (State::ForcedOpen, None)
+    );
     a.reset(K);
     a.sync().await;
     b.sync().await;

@@ -56,7 +56,7 @@ pub enum Published {
 }
 
 /// Shared breaker state (SPEC CB-6). Ids are `breaker/key`; stores keep
-/// them under [`CONCERN`] with a TTL of the open time plus [`RETENTION`].
+/// them under the `cb` concern of their key space with a TTL of the open time plus [`RETENTION`].
 pub trait CircuitBreakerStore: Backend {
     /// The state of `id`, if written and not expired; `open_for` is the
     /// open time left now.
