@@ -558,3 +558,31 @@ fn bad_config_fails_at_build_time() {
     assert!(err.to_string().contains("failure_rate"), "{err}");
     assert!(CircuitBreakerLayer::new("a/b", MemoryStore::new(), BreakerConfig::default()).is_err());
 }
+
+// SPEC C-1: on an axum Router, no HandleErrorLayer needed.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn works_as_an_axum_router_layer() {
+    use axum::Router;
+    use axum::routing::get;
+    let clock = clock();
+    let layer = layer(BreakerConfig::default().consecutive_failures(2), &clock);
+    let app = Router::new()
+        .route(
+            "/flaky",
+            get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+        )
+        .layer(layer);
+    let req = || {
+        Request::get("/flaky")
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let res = app.clone().oneshot(req()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    let res = app.oneshot(req()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["retry-after"], "60");
+}
