@@ -6,6 +6,7 @@
 )]
 
 pub mod backends;
+pub mod body;
 pub mod clock;
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -1,7 +1,7 @@
 //! Protocol-aware rejections: one [`Problem`], rendered for HTTP or gRPC.
 //!
 //! ```
-//! use battlement::reject::{Problem, Protocol, ResponseBody};
+//! use battlement::reject::{Problem, Protocol};
 //! use http::{Request, StatusCode};
 //!
 //! let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
@@ -28,19 +28,17 @@
 //! Layers in response mode (the default on servers) turn a rejection into a
 //! response here, so their `Service::Error` stays the inner service's error
 //! and `Router::layer` / `Server::builder().layer` need no error handling
-//! (SPEC C-2). The response body type is [`ResponseBody<B>`]: the inner
+//! (SPEC C-2). The response body type is [`LayerBody<B>`](crate::body::LayerBody): the inner
 //! service's body, or the rejection's bytes.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
-use pin_project_lite::pin_project;
+
+use crate::body::LayerBody;
 
 /// The wire protocol of a request, which decides how a rejection looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -240,7 +238,7 @@ impl Problem {
     }
 
     /// Renders the problem for `protocol`.
-    pub fn into_response<B>(self, protocol: Protocol) -> Response<ResponseBody<B>> {
+    pub fn into_response<B>(self, protocol: Protocol) -> Response<LayerBody<B>> {
         match protocol {
             Protocol::Http => self.into_http(),
             Protocol::Grpc => self.into_grpc("application/grpc"),
@@ -249,9 +247,9 @@ impl Problem {
         }
     }
 
-    fn into_http<B>(self) -> Response<ResponseBody<B>> {
+    fn into_http<B>(self) -> Response<LayerBody<B>> {
         let body = Bytes::from(self.to_json().to_string());
-        let mut res = Response::new(ResponseBody::full(body));
+        let mut res = Response::new(LayerBody::full(body));
         *res.status_mut() = self.status;
         let headers = res.headers_mut();
         headers.insert(
@@ -262,8 +260,8 @@ impl Problem {
         res
     }
 
-    fn into_grpc<B>(self, content_type: &'static str) -> Response<ResponseBody<B>> {
-        let mut res = Response::new(ResponseBody::empty());
+    fn into_grpc<B>(self, content_type: &'static str) -> Response<LayerBody<B>> {
+        let mut res = Response::new(LayerBody::empty());
         let headers = res.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         headers.insert("grpc-status", HeaderValue::from(self.grpc_code.as_i32()));
@@ -290,90 +288,10 @@ pub fn grpc_percent_encode(message: &str) -> String {
     out
 }
 
-pin_project! {
-    /// A response body: the inner service's, or a rejection's bytes.
-    pub struct ResponseBody<B> {
-        #[pin]
-        kind: Kind<B>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<B> {
-        Inner { #[pin] body: B },
-        Full { data: Option<Bytes> },
-    }
-}
-
-impl<B> ResponseBody<B> {
-    /// Wraps the inner service's body.
-    pub fn inner(body: B) -> Self {
-        Self {
-            kind: Kind::Inner { body },
-        }
-    }
-
-    /// A body of exactly these bytes.
-    pub fn full(data: Bytes) -> Self {
-        let data = if data.is_empty() { None } else { Some(data) };
-        Self {
-            kind: Kind::Full { data },
-        }
-    }
-
-    /// An empty body.
-    pub fn empty() -> Self {
-        Self::full(Bytes::new())
-    }
-}
-
-impl<B> std::fmt::Debug for ResponseBody<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.kind {
-            Kind::Inner { .. } => f.write_str("ResponseBody::Inner"),
-            Kind::Full { data } => f.debug_tuple("ResponseBody::Full").field(data).finish(),
-        }
-    }
-}
-
-impl<B> Body for ResponseBody<B>
-where
-    B: Body<Data = Bytes>,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.project().kind.project() {
-            KindProj::Inner { body } => body.poll_frame(cx),
-            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Inner { body } => body.is_end_stream(),
-            Kind::Full { data } => data.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Inner { body } => body.size_hint(),
-            Kind::Full { data } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body::Body as _;
     use http_body_util::{BodyExt, Empty};
 
     fn grpc_request() -> Request<()> {
@@ -383,7 +301,7 @@ mod tests {
             .unwrap()
     }
 
-    async fn body_bytes(res: Response<ResponseBody<Empty<Bytes>>>) -> Bytes {
+    async fn body_bytes(res: Response<LayerBody<Empty<Bytes>>>) -> Bytes {
         res.into_body().collect().await.unwrap().to_bytes()
     }
 
@@ -485,13 +403,5 @@ mod tests {
             Problem::new(StatusCode::TOO_MANY_REQUESTS, "x").into_response::<()>(Protocol::GrpcWeb);
         assert_eq!(res.headers()["content-type"], "application/grpc-web+proto");
         assert_eq!(res.headers()["grpc-status"], "8");
-    }
-
-    #[tokio::test]
-    async fn inner_body_passes_through() {
-        let body: ResponseBody<http_body_util::Full<Bytes>> =
-            ResponseBody::inner(http_body_util::Full::new(Bytes::from_static(b"hello")));
-        assert_eq!(body.size_hint().exact(), Some(5));
-        assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
     }
 }

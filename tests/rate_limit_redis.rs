@@ -82,7 +82,7 @@ fn service(
 ) -> (
     impl tower::Service<
         Request<String>,
-        Response = Response<battlement::reject::ResponseBody<String>>,
+        Response = Response<battlement::body::LayerBody<String>>,
         Error = Infallible,
     > + Clone,
     battlement::events::Events,

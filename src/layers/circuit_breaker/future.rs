@@ -14,7 +14,8 @@ use super::classify::ClassifyResponse;
 use super::error::CircuitOpen;
 use super::registry::Permit;
 use crate::BoxError;
-use crate::reject::{Problem, Protocol, ResponseBody};
+use crate::body::LayerBody;
+use crate::reject::{Problem, Protocol};
 
 pin_project! {
     /// Runs an admitted call and records its outcome, or yields the
@@ -141,12 +142,12 @@ where
     F: Future<Output = Result<Response<B>, E>>,
     E: fmt::Display,
 {
-    type Output = Result<Response<ResponseBody<ClassifiedBody<B>>>, E>;
+    type Output = Result<Response<LayerBody<ClassifiedBody<B>>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         Poll::Ready(match ready!(this.call.poll_finished(cx)) {
-            Finished::Response(res) => Ok(res.map(ResponseBody::inner)),
+            Finished::Response(res) => Ok(res.map(LayerBody::inner)),
             Finished::Error(e) => Err(e),
             Finished::Rejected(open) => Ok(Problem::from(open).into_response(*this.protocol)),
         })

@@ -12,8 +12,9 @@ use super::classify::ClassifyResponse;
 use super::future::{Call, ClientResponseFuture, ResponseFuture};
 use super::registry::Registry;
 use crate::BoxError;
+use crate::body::LayerBody;
 use crate::key::{Key, KeyExtractor, RequestHead};
-use crate::reject::{Protocol, ResponseBody};
+use crate::reject::Protocol;
 
 /// What both services share: the breakers, the key and the classifier.
 #[derive(Clone)]
@@ -67,7 +68,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Error: fmt::Display,
 {
-    type Response = Response<ResponseBody<ClassifiedBody<ResBody>>>;
+    type Response = Response<LayerBody<ClassifiedBody<ResBody>>>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 

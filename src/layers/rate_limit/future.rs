@@ -11,7 +11,8 @@ use tower_service::Service;
 
 use super::decide::{Rejection, Verdict};
 use super::headers::Rendered;
-use crate::reject::{Protocol, ResponseBody};
+use crate::body::LayerBody;
+use crate::reject::Protocol;
 
 pin_project! {
     /// Decides, then calls the inner service or answers the rejection.
@@ -79,7 +80,7 @@ impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+    type Output = Result<Response<LayerBody<ResBody>>, S::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -107,7 +108,7 @@ where
                     if let Some(headers) = headers.take() {
                         headers.apply(res.headers_mut());
                     }
-                    return Poll::Ready(Ok(res.map(ResponseBody::inner)));
+                    return Poll::Ready(Ok(res.map(LayerBody::inner)));
                 }
                 StateProj::Rejected { rejection } => {
                     let Some(rejection) = rejection.take() else {

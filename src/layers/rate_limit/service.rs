@@ -9,8 +9,9 @@ use tower_service::Service;
 use super::decide::Limiter;
 use super::future::ResponseFuture;
 use super::store::RateLimitStore;
+use crate::body::LayerBody;
 use crate::key::RequestHead;
-use crate::reject::{Protocol, ResponseBody};
+use crate::reject::Protocol;
 
 /// The service made by [`RateLimitLayer`](super::RateLimitLayer).
 pub struct RateLimit<S, St> {
@@ -46,7 +47,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     St: RateLimitStore,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<LayerBody<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<S, ReqBody>;
 
