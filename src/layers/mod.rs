@@ -2,5 +2,6 @@
 
 pub mod circuit_breaker;
 pub mod health;
+pub mod idempotency;
 pub mod rate_limit;
 pub mod request_id;

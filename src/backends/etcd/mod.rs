@@ -3,8 +3,10 @@
 
 mod circuit_breaker;
 mod config;
+mod idempotency;
 mod lease;
 mod rate_limit;
+mod txn;
 
 use std::fmt;
 use std::future::Future;

@@ -10,9 +10,10 @@
 
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, GetResponse, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::GetResponse;
 
 use super::EtcdStore;
+use super::txn::Guarded;
 use crate::backends::Backend;
 use crate::error::StoreError;
 use crate::layers::rate_limit::gcra::{self, GcraState};
@@ -47,49 +48,19 @@ impl RateLimitStore for EtcdStore {
         let deadline = self.config().timeout() * 4;
         let decide = async {
             let key = state_key(self.keyspace(), policy, key);
-            let k = key.clone();
-            let first = self
-                .call(|mut c| async move { c.get(k, None).await })
-                .await?;
-            let (mut state, mut revision) = read(&first);
+            let (mut state, mut revision) = read(&self.get(&key).await?);
             for attempt in 0..MAX_ATTEMPTS {
                 let step = gcra::decide(state, quota, cost, self.clock().now_micros());
                 let Some(write) = step.write else {
                     return Ok(step.decision);
                 };
-                let lease = self.lease_for(Duration::from_micros(step.ttl_us)).await?;
-                let guard = if revision == 0 {
-                    Compare::create_revision(key.as_str(), CompareOp::Equal, 0)
-                } else {
-                    Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)
-                };
-                let txn = Txn::new()
-                    .when([guard])
-                    .and_then([TxnOp::put(
-                        key.as_str(),
-                        write.encode(),
-                        Some(PutOptions::new().with_lease(lease)),
-                    )])
-                    .or_else([TxnOp::get(key.as_str(), None)]);
-                let resp = match self.call(|mut c| async move { c.txn(txn).await }).await {
-                    Ok(resp) => resp,
-                    // The cached lease expired on the server: get a new one.
-                    Err(StoreError::Backend(msg)) if msg.contains("lease not found") => {
-                        self.forget_lease();
-                        continue;
-                    }
-                    Err(err) => return Err(err),
-                };
-                if resp.succeeded() {
-                    return Ok(step.decision);
-                }
-                match resp.op_responses().first() {
-                    Some(TxnOpResponse::Get(get)) => (state, revision) = read(get),
-                    _ => {
-                        return Err(StoreError::Protocol(
-                            "etcd: txn else-branch without get".into(),
-                        ));
-                    }
+                let ttl = Duration::from_micros(step.ttl_us);
+                match self
+                    .put_at(&key, revision, write.encode().as_bytes(), ttl)
+                    .await?
+                {
+                    Guarded::Applied => return Ok(step.decision),
+                    Guarded::Moved(get) => (state, revision) = read(&get),
                 }
                 // Back off a little so that contenders interleave.
                 let spread = u64::from(attempt.min(20)) * 250;

@@ -1,6 +1,7 @@
 //! `MemoryStore`: process-local state, no server.
 
 mod circuit_breaker;
+mod idempotency;
 mod rate_limit;
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use super::{Backend, DEFAULT_PREFIX, KeySpace};
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::StoreError;
 use circuit_breaker::Records;
+use idempotency::Records as IdempotencyRecords;
 use rate_limit::Cells;
 
 /// Settings of a [`MemoryStore`].
@@ -66,6 +68,7 @@ struct Inner {
     closed: AtomicBool,
     cells: Cells,
     breakers: Records,
+    idempotency: IdempotencyRecords,
 }
 
 impl MemoryStore {
@@ -100,6 +103,7 @@ impl MemoryStore {
                 closed: AtomicBool::new(false),
                 cells: Cells::default(),
                 breakers: Records::default(),
+                idempotency: IdempotencyRecords::default(),
             }),
         }
     }

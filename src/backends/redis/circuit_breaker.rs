@@ -17,14 +17,6 @@ static LOAD: LazyLock<Script> =
 static PUBLISH: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/breaker_publish.lua")));
 
-impl RedisStore {
-    fn caller_now(&self) -> String {
-        self.caller_clock()
-            .map(|c| c.now_micros().to_string())
-            .unwrap_or_default()
-    }
-}
-
 /// A stored value the store cannot read is a protocol error, not a state.
 fn parse(value: &str, now_us: u64) -> Result<Option<Versioned>, StoreError> {
     if value.is_empty() {

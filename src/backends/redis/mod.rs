@@ -136,6 +136,14 @@ impl RedisStore {
         }
     }
 
+    /// The caller clock's time as a script argument; empty when the
+    /// scripts use Redis `TIME`.
+    pub(crate) fn caller_now(&self) -> String {
+        self.caller_clock()
+            .map(|c| c.now_micros().to_string())
+            .unwrap_or_default()
+    }
+
     /// The caller clock, if one was set.
     pub(crate) fn caller_clock(&self) -> Option<&SharedClock> {
         self.inner.clock.as_ref()

@@ -24,10 +24,7 @@ impl RateLimitStore for RedisStore {
         cost: u64,
     ) -> Result<Decision, StoreError> {
         let key = state_key(self.keyspace(), policy, key);
-        let now = self
-            .caller_clock()
-            .map(|c| c.now_micros().to_string())
-            .unwrap_or_default();
+        let now = self.caller_now();
         let mut invocation = GCRA.key(key);
         invocation
             .arg(quota.count())

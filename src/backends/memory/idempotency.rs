@@ -1,0 +1,129 @@
+//! `IdempotencyStore` for `MemoryStore`: records in one locked map.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use super::MemoryStore;
+use crate::error::StoreError;
+use crate::layers::idempotency::store::{micros, state_key};
+use crate::layers::idempotency::{
+    Claim, ClaimToken, Fingerprint, IdempotencyStore, Record, StoredResponse,
+};
+
+/// The records, by id.
+#[derive(Debug, Default)]
+pub(crate) struct Records(Mutex<HashMap<Box<str>, Record>>);
+
+impl Records {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<Box<str>, Record>) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Expired records are dropped once this many are held and a claim comes.
+const PURGE_ABOVE: usize = 1024;
+
+impl IdempotencyStore for MemoryStore {
+    async fn claim(
+        &self,
+        id: &str,
+        fingerprint: &Fingerprint,
+        lock: Duration,
+    ) -> Result<Claim, StoreError> {
+        self.check_open()?;
+        let now = self.inner.clock.now_micros();
+        Ok(self.inner.idempotency.with(|records| {
+            if records.len() > PURGE_ABOVE {
+                records.retain(|_, r| r.expires_us() > now);
+            }
+            match records.get(id) {
+                Some(Record::InFlight {
+                    expires_us,
+                    fingerprint,
+                    ..
+                }) if *expires_us > now => Claim::InFlight {
+                    fingerprint: *fingerprint,
+                },
+                Some(Record::Completed {
+                    expires_us,
+                    fingerprint,
+                    response,
+                }) if *expires_us > now => Claim::Completed {
+                    fingerprint: *fingerprint,
+                    response: response.clone(),
+                },
+                _ => {
+                    let token = ClaimToken::random();
+                    let record = Record::InFlight {
+                        expires_us: now.saturating_add(micros(lock)),
+                        token,
+                        fingerprint: *fingerprint,
+                    };
+                    records.insert(id.into(), record);
+                    Claim::Won(token)
+                }
+            }
+        }))
+    }
+
+    async fn complete(
+        &self,
+        id: &str,
+        token: ClaimToken,
+        fingerprint: &Fingerprint,
+        response: &StoredResponse,
+        retention: Duration,
+    ) -> Result<bool, StoreError> {
+        self.check_open()?;
+        let now = self.inner.clock.now_micros();
+        Ok(self
+            .inner
+            .idempotency
+            .with(|records| match records.get_mut(id) {
+                Some(record @ Record::InFlight { .. }) if owned(record, token) => {
+                    *record = Record::Completed {
+                        expires_us: now.saturating_add(micros(retention)),
+                        fingerprint: *fingerprint,
+                        response: response.clone(),
+                    };
+                    true
+                }
+                _ => false,
+            }))
+    }
+
+    async fn release(&self, id: &str, token: ClaimToken) -> Result<(), StoreError> {
+        self.check_open()?;
+        self.inner.idempotency.with(|records| {
+            if records.get(id).is_some_and(|r| owned(r, token)) {
+                records.remove(id);
+            }
+        });
+        Ok(())
+    }
+}
+
+fn owned(record: &Record, token: ClaimToken) -> bool {
+    matches!(record, Record::InFlight { token: t, .. } if *t == token)
+}
+
+impl MemoryStore {
+    /// Every idempotency record's key (namespaced as on the servers) with
+    /// the time until it expires.
+    pub fn idempotency_entries(&self) -> Vec<(String, Duration)> {
+        let now = self.inner.clock.now_micros();
+        self.inner.idempotency.with(|records| {
+            records
+                .iter()
+                .filter(|(_, r)| r.expires_us() > now)
+                .map(|(id, r)| {
+                    (
+                        state_key(&self.inner.keys, id),
+                        Duration::from_micros(r.expires_us() - now),
+                    )
+                })
+                .collect()
+        })
+    }
+}

@@ -1,0 +1,84 @@
+//! `IdempotencyStore` for `RedisStore`: claim, complete and release are one
+//! `EVALSHA` each on one key, with Redis `TIME` as the clock of lock and
+//! retention expiry unless a caller clock was set; the key's `PX` TTL
+//! removes it after.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::Script;
+
+use super::RedisStore;
+use crate::backends::Backend;
+use crate::error::StoreError;
+use crate::layers::idempotency::record::encode_response;
+use crate::layers::idempotency::store::{micros, state_key};
+use crate::layers::idempotency::{
+    Claim, ClaimToken, Fingerprint, IdempotencyStore, Record, StoredResponse,
+};
+
+static CLAIM: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/idempotency_claim.lua")));
+static COMPLETE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/idempotency_complete.lua")));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/idempotency_release.lua")));
+
+impl IdempotencyStore for RedisStore {
+    async fn claim(
+        &self,
+        id: &str,
+        fingerprint: &Fingerprint,
+        lock: Duration,
+    ) -> Result<Claim, StoreError> {
+        let token = ClaimToken::random();
+        let mut invocation = CLAIM.key(state_key(self.keyspace(), id));
+        invocation
+            .arg(token.to_hex())
+            .arg(fingerprint.to_hex())
+            .arg(micros(lock).max(1000))
+            .arg(self.caller_now());
+        let current: Vec<u8> = self.invoke(&invocation).await?;
+        if current.is_empty() {
+            return Ok(Claim::Won(token));
+        }
+        match Record::decode(&current) {
+            Some(Record::InFlight { fingerprint, .. }) => Ok(Claim::InFlight { fingerprint }),
+            Some(Record::Completed {
+                fingerprint,
+                response,
+                ..
+            }) => Ok(Claim::Completed {
+                fingerprint,
+                response,
+            }),
+            None => Err(StoreError::Protocol("unreadable idempotency record".into())),
+        }
+    }
+
+    async fn complete(
+        &self,
+        id: &str,
+        token: ClaimToken,
+        fingerprint: &Fingerprint,
+        response: &StoredResponse,
+        retention: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = COMPLETE.key(state_key(self.keyspace(), id));
+        invocation
+            .arg(token.to_hex())
+            .arg(fingerprint.to_hex())
+            .arg(encode_response(response))
+            .arg(micros(retention).max(1000))
+            .arg(self.caller_now());
+        let stored: u8 = self.invoke(&invocation).await?;
+        Ok(stored == 1)
+    }
+
+    async fn release(&self, id: &str, token: ClaimToken) -> Result<(), StoreError> {
+        let mut invocation = RELEASE.key(state_key(self.keyspace(), id));
+        invocation.arg(token.to_hex());
+        let _: u8 = self.invoke(&invocation).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,66 @@
+//! What makes two requests with one key "the same" (SPEC ID-2).
+
+use http::request::Parts;
+
+use super::record::Fingerprint;
+
+/// Computes a request's [`Fingerprint`] from its head and whole body.
+///
+/// ```
+/// use battlement::idempotency::{Fingerprint, MakeFingerprint};
+/// use http::request::Parts;
+///
+/// /// The body only: the same payload to any path is the same request.
+/// struct BodyOnly;
+///
+/// impl MakeFingerprint for BodyOnly {
+///     fn fingerprint(&self, _: &Parts, body: &[u8]) -> Fingerprint {
+///         Fingerprint::of(&[body])
+///     }
+/// }
+/// ```
+pub trait MakeFingerprint: Send + Sync + 'static {
+    /// The fingerprint of a request.
+    fn fingerprint(&self, head: &Parts, body: &[u8]) -> Fingerprint;
+}
+
+/// Method, path and body (the SHA-256 of them); the query, headers and
+/// the key itself are left out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultFingerprint;
+
+impl MakeFingerprint for DefaultFingerprint {
+    fn fingerprint(&self, head: &Parts, body: &[u8]) -> Fingerprint {
+        Fingerprint::of(&[
+            head.method.as_str().as_bytes(),
+            head.uri.path().as_bytes(),
+            body,
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::Request;
+
+    use super::*;
+
+    fn fp(method: &str, uri: &str, body: &[u8]) -> Fingerprint {
+        let (parts, ()) = Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(())
+            .unwrap()
+            .into_parts();
+        DefaultFingerprint.fingerprint(&parts, body)
+    }
+
+    #[test]
+    fn method_path_and_body_count() {
+        let base = fp("POST", "/orders", b"{}");
+        assert_eq!(base, fp("POST", "/orders?x=1", b"{}"));
+        assert_ne!(base, fp("PATCH", "/orders", b"{}"));
+        assert_ne!(base, fp("POST", "/orders/2", b"{}"));
+        assert_ne!(base, fp("POST", "/orders", b"{ }"));
+    }
+}

@@ -1,0 +1,192 @@
+//! `IdempotencyLayer`: configuration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use tower_layer::Layer;
+
+use super::fingerprint::{DefaultFingerprint, MakeFingerprint};
+use super::scope::AuthorizationScope;
+use super::service::Idempotency;
+use super::store::IdempotencyStore;
+use crate::backends::MemoryStore;
+use crate::error::FailurePolicy;
+use crate::events::{Events, WarnLimiter};
+use crate::key::KeyExtractor;
+
+/// Default lock of an executing request (SPEC ID-6).
+pub const DEFAULT_LOCK: Duration = Duration::from_secs(60);
+/// Default retention of a completed response (SPEC ID-6).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Default limit of a request body read for the fingerprint.
+pub const DEFAULT_MAX_REQUEST_BODY: usize = 1 << 20;
+/// Default limit of a response body stored for replay.
+pub const DEFAULT_MAX_RESPONSE_BODY: usize = 1 << 20;
+
+/// Executes each `Idempotency-Key` once and replays its response (SPEC
+/// ID-1..ID-7; draft-ietf-httpapi-idempotency-key-header with Stripe's
+/// semantics).
+///
+/// For the methods it covers (POST and PATCH by default), a request with a
+/// key is read whole (up to [`max_request_body`](Self::max_request_body),
+/// else 413), fingerprinted, and claimed in the store under its principal
+/// ([`scope`](Self::scope)):
+/// - the first claim executes; its response (any status, 5xx included) is
+///   read whole and stored for [`retention`](Self::retention) before it is
+///   sent, so a duplicate arriving after the response gets the replay;
+/// - a duplicate while it executes gets 409 (gRPC `ABORTED`) with
+///   `Retry-After: 1`; after, the stored status, headers, body and
+///   trailers byte for byte plus `Idempotent-Replayed: true`;
+/// - the same key with another fingerprint gets 422;
+/// - a missing key gets 400 when [`required`](Self::required), else the
+///   request passes untouched; a malformed key always gets 400.
+///
+/// A response body over [`max_response_body`](Self::max_response_body) is
+/// sent but not stored, and the key is released, so a retry executes
+/// again (logged at `warn`). An inner error releases the key too. A
+/// request cancelled or a process killed while executing keeps the lock
+/// until it expires ([`lock`](Self::lock)); then the key can execute once
+/// more. If the store fails the default is fail-closed (503), since
+/// exactly-once cannot be promised.
+///
+/// ```
+/// use std::time::Duration;
+/// use battlement::backends::MemoryStore;
+/// use battlement::idempotency::IdempotencyLayer;
+///
+/// let layer = IdempotencyLayer::new(MemoryStore::new())
+///     .required(true)
+///     .lock(Duration::from_secs(30))
+///     .retention(Duration::from_secs(3600));
+/// ```
+#[derive(Clone)]
+pub struct IdempotencyLayer<St> {
+    store: St,
+    settings: Settings,
+}
+
+/// Everything but the store.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub methods: Vec<Method>,
+    pub required: bool,
+    pub scope: Arc<dyn KeyExtractor>,
+    pub fingerprint: Arc<dyn MakeFingerprint>,
+    pub lock: Duration,
+    pub retention: Duration,
+    pub max_request_body: usize,
+    pub max_response_body: usize,
+    pub failure: FailurePolicy,
+    pub events: Events,
+    // One per layer, shared by every service it makes.
+    pub fallback: MemoryStore,
+    pub warn: Arc<WarnLimiter>,
+}
+
+impl<St> std::fmt::Debug for IdempotencyLayer<St> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotencyLayer")
+            .field("methods", &self.settings.methods)
+            .field("required", &self.settings.required)
+            .field("lock", &self.settings.lock)
+            .field("retention", &self.settings.retention)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<St: IdempotencyStore> IdempotencyLayer<St> {
+    /// A layer over `store` with the defaults: POST and PATCH, key
+    /// optional, scoped by `Authorization`, 60 s lock, 24 h retention,
+    /// 1 MiB body limits, fail-closed.
+    pub fn new(store: St) -> Self {
+        Self {
+            store,
+            settings: Settings {
+                methods: vec![Method::POST, Method::PATCH],
+                required: false,
+                scope: Arc::new(AuthorizationScope),
+                fingerprint: Arc::new(DefaultFingerprint),
+                lock: DEFAULT_LOCK,
+                retention: DEFAULT_RETENTION,
+                max_request_body: DEFAULT_MAX_REQUEST_BODY,
+                max_response_body: DEFAULT_MAX_RESPONSE_BODY,
+                failure: FailurePolicy::FailClosed,
+                events: Events::new(),
+                fallback: MemoryStore::new(),
+                warn: Arc::new(WarnLimiter::new(Duration::from_secs(10))),
+            },
+        }
+    }
+
+    /// The methods this layer covers; others pass untouched.
+    pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
+        self.settings.methods = methods.into_iter().collect();
+        self
+    }
+
+    /// Whether a covered request without a key is rejected with 400.
+    pub fn required(mut self, required: bool) -> Self {
+        self.settings.required = required;
+        self
+    }
+
+    /// Whose keys they are (default: [`AuthorizationScope`]).
+    pub fn scope(mut self, scope: impl KeyExtractor) -> Self {
+        self.settings.scope = Arc::new(scope);
+        self
+    }
+
+    /// How requests are compared (default: [`DefaultFingerprint`]).
+    pub fn fingerprint(mut self, fingerprint: impl MakeFingerprint) -> Self {
+        self.settings.fingerprint = Arc::new(fingerprint);
+        self
+    }
+
+    /// How long an executing request holds its key.
+    pub fn lock(mut self, lock: Duration) -> Self {
+        self.settings.lock = lock;
+        self
+    }
+
+    /// How long a completed response is replayed.
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.settings.retention = retention;
+        self
+    }
+
+    /// The largest request body read for the fingerprint (above: 413).
+    pub fn max_request_body(mut self, bytes: usize) -> Self {
+        self.settings.max_request_body = bytes;
+        self
+    }
+
+    /// The largest response body stored (above: sent, not stored).
+    pub fn max_response_body(mut self, bytes: usize) -> Self {
+        self.settings.max_response_body = bytes;
+        self
+    }
+
+    /// What to do when the store fails: fail-closed (503, the default),
+    /// fail-open (execute without idempotency) or a local fallback store
+    /// (idempotent within this process only).
+    pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.settings.failure = policy;
+        self
+    }
+
+    /// Reports executions, replays, conflicts and store failures to
+    /// `events`.
+    pub fn events(mut self, events: Events) -> Self {
+        self.settings.events = events;
+        self
+    }
+}
+
+impl<S, St: Clone> Layer<S> for IdempotencyLayer<St> {
+    type Service = Idempotency<S, St>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Idempotency::new(inner, self.store.clone(), Arc::new(self.settings.clone()))
+    }
+}

@@ -1,0 +1,74 @@
+//! Idempotency keys: each key executes once, across processes, and its
+//! response is replayed (SPEC ID-1..ID-7).
+//!
+//! ```
+//! use battlement::backends::MemoryStore;
+//! use battlement::idempotency::IdempotencyLayer;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::BodyExt;
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let orders = Arc::new(AtomicU64::new(0));
+//! let counter = orders.clone();
+//! let svc = ServiceBuilder::new()
+//!     .layer(IdempotencyLayer::new(MemoryStore::new()).required(true))
+//!     .service(service_fn(move |_req: Request<_>| {
+//!         let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+//!         async move {
+//!             let mut res = Response::new(format!("order {n}"));
+//!             *res.status_mut() = StatusCode::CREATED;
+//!             Ok::<_, std::convert::Infallible>(res)
+//!         }
+//!     }));
+//!
+//! let post = || {
+//!     Request::post("/orders")
+//!         .header("idempotency-key", "\"order-7\"")
+//!         .body(String::from(r#"{"item": "tea"}"#))
+//!         .unwrap()
+//! };
+//! let first = svc.clone().oneshot(post()).await.unwrap();
+//! assert_eq!(first.status(), StatusCode::CREATED);
+//! let again = svc.oneshot(post()).await.unwrap();
+//! assert_eq!(again.status(), StatusCode::CREATED);
+//! assert_eq!(again.headers()["idempotent-replayed"], "true");
+//! assert_eq!(again.into_body().collect().await.unwrap().to_bytes(), "order 1");
+//! assert_eq!(orders.load(Ordering::SeqCst), 1);
+//! # });
+//! ```
+//!
+//! The [`IdempotencyLayer`] reads the `Idempotency-Key` header (an RFC 9651
+//! string; gRPC metadata `idempotency-key` is the same header), scopes it
+//! to the caller ([`AuthorizationScope`] or any key extractor),
+//! fingerprints the request ([`DefaultFingerprint`] or a
+//! [`MakeFingerprint`]), and claims it in an [`IdempotencyStore`]:
+//! `MemoryStore`, `RedisStore` (one script per step) or `EtcdStore`
+//! (revision-guarded transactions), which all pass one conformance suite.
+
+mod error;
+mod fingerprint;
+mod future;
+mod key;
+mod layer;
+pub(crate) mod record;
+mod scope;
+mod service;
+pub(crate) mod store;
+
+/// The layer name in events.
+pub(crate) const LAYER: &str = "idempotency";
+
+pub use fingerprint::{DefaultFingerprint, MakeFingerprint};
+pub use future::ResponseFuture;
+pub use key::{IDEMPOTENCY_KEY, MAX_KEY_LEN};
+pub use layer::{
+    DEFAULT_LOCK, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY, DEFAULT_RETENTION,
+    IdempotencyLayer,
+};
+pub use record::{ClaimToken, Fingerprint, Record, StoredResponse};
+pub use scope::AuthorizationScope;
+pub use service::{IDEMPOTENT_REPLAYED, Idempotency};
+pub use store::{Claim, IdempotencyStore};

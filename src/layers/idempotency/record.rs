@@ -1,0 +1,344 @@
+//! What an idempotency store keeps per key, and its stored form on Redis
+//! and etcd.
+//!
+//! Values are one blob (one `SET`, no hash: DESIGN.md), starting with an
+//! ASCII head the Lua scripts can match:
+//! - in flight: `I:{expires_us}:{token}:{fingerprint}`
+//! - completed: `C:{expires_us}:{fingerprint}:` then the response in a
+//!   length-prefixed binary form (status, headers, body, trailers).
+//!
+//! `expires_us` is the logical end of the lock or of the retention on the
+//! store's clock; the server-side TTL or lease only cleans up after it.
+
+use std::fmt;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use sha2::{Digest, Sha256};
+
+/// A SHA-256 digest of what makes two requests "the same" (SPEC ID-2).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 32]);
+
+impl Fingerprint {
+    /// The SHA-256 of `parts`, each followed by a newline.
+    pub fn of(parts: &[&[u8]]) -> Self {
+        let mut hasher = Sha256::new();
+        for part in parts {
+            hasher.update(part);
+            hasher.update(b"\n");
+        }
+        Self(hasher.finalize().into())
+    }
+
+    /// Lowercase hex, 64 characters.
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    /// Parses [`to_hex`](Self::to_hex)'s output.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut out = [0u8; 32];
+        unhex(s, &mut out)?;
+        Some(Self(out))
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({})", &self.to_hex()[..12])
+    }
+}
+
+/// Identifies one claim, so only its owner can complete or release it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClaimToken(u128);
+
+impl ClaimToken {
+    /// A random token.
+    pub fn random() -> Self {
+        Self(fastrand::u128(..))
+    }
+
+    /// Lowercase hex, 32 characters.
+    pub fn to_hex(self) -> String {
+        format!("{:032x}", self.0)
+    }
+
+    /// Parses [`to_hex`](Self::to_hex)'s output.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        (s.len() == 32)
+            .then(|| u128::from_str_radix(s, 16).ok())
+            .flatten()
+            .map(Self)
+    }
+}
+
+impl fmt::Debug for ClaimToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClaimToken(..)")
+    }
+}
+
+/// A completed response, replayed byte for byte (SPEC ID-4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers (hop-by-hop headers are not stored).
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+    /// The trailers, if the body had any (gRPC).
+    pub trailers: Option<HeaderMap>,
+}
+
+/// The state of one idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// Claimed and executing until `expires_us`.
+    InFlight {
+        /// End of the lock (µs since the UNIX epoch, store clock).
+        expires_us: u64,
+        /// The owner's token.
+        token: ClaimToken,
+        /// The claiming request's fingerprint.
+        fingerprint: Fingerprint,
+    },
+    /// Done; replayed until `expires_us`.
+    Completed {
+        /// End of the retention.
+        expires_us: u64,
+        /// The request's fingerprint.
+        fingerprint: Fingerprint,
+        /// The response.
+        response: StoredResponse,
+    },
+}
+
+impl Record {
+    /// When the record stops counting.
+    pub fn expires_us(&self) -> u64 {
+        match self {
+            Self::InFlight { expires_us, .. } | Self::Completed { expires_us, .. } => *expires_us,
+        }
+    }
+
+    /// The stored form.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Self::InFlight {
+                expires_us,
+                token,
+                fingerprint,
+            } => in_flight_value(*expires_us, *token, fingerprint).into_bytes(),
+            Self::Completed {
+                expires_us,
+                fingerprint,
+                response,
+            } => {
+                let mut out = format!("C:{expires_us}:{}:", fingerprint.to_hex()).into_bytes();
+                out.extend_from_slice(&encode_response(response));
+                out
+            }
+        }
+    }
+
+    /// Parses [`encode`](Self::encode)'s output; `None` if it is not one.
+    pub fn decode(value: &[u8]) -> Option<Self> {
+        let (kind, rest) = (value.first()?, value.get(2..)?);
+        let mut fields = rest.splitn(3, |b| *b == b':');
+        let expires_us = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
+        match kind {
+            b'I' => {
+                let token = ClaimToken::from_hex(std::str::from_utf8(fields.next()?).ok()?)?;
+                let fingerprint = Fingerprint::from_hex(std::str::from_utf8(fields.next()?).ok()?)?;
+                Some(Self::InFlight {
+                    expires_us,
+                    token,
+                    fingerprint,
+                })
+            }
+            b'C' => {
+                let fingerprint = Fingerprint::from_hex(std::str::from_utf8(fields.next()?).ok()?)?;
+                let response = decode_response(fields.next()?)?;
+                Some(Self::Completed {
+                    expires_us,
+                    fingerprint,
+                    response,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The stored form of an in-flight record.
+pub(crate) fn in_flight_value(
+    expires_us: u64,
+    token: ClaimToken,
+    fingerprint: &Fingerprint,
+) -> String {
+    format!("I:{expires_us}:{}:{}", token.to_hex(), fingerprint.to_hex())
+}
+
+/// Status, headers, body and trailers, length-prefixed (big endian).
+pub(crate) fn encode_response(r: &StoredResponse) -> Vec<u8> {
+    let mut out = BytesMut::with_capacity(r.body.len() + 256);
+    out.put_u16(r.status.as_u16());
+    put_headers(&mut out, &r.headers);
+    out.put_u32(r.body.len() as u32);
+    out.put_slice(&r.body);
+    match &r.trailers {
+        Some(t) => {
+            out.put_u8(1);
+            put_headers(&mut out, t);
+        }
+        None => out.put_u8(0),
+    }
+    out.to_vec()
+}
+
+fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
+    out.put_u32(headers.len() as u32);
+    for (name, value) in headers {
+        out.put_u16(name.as_str().len() as u16);
+        out.put_slice(name.as_str().as_bytes());
+        out.put_u32(value.len() as u32);
+        out.put_slice(value.as_bytes());
+    }
+}
+
+fn decode_response(mut buf: &[u8]) -> Option<StoredResponse> {
+    let status = StatusCode::from_u16(get_u16(&mut buf)?).ok()?;
+    let headers = get_headers(&mut buf)?;
+    let len = get_u32(&mut buf)? as usize;
+    let body = Bytes::copy_from_slice(take(&mut buf, len)?);
+    let trailers = match get_u8(&mut buf)? {
+        0 => None,
+        1 => Some(get_headers(&mut buf)?),
+        _ => return None,
+    };
+    buf.is_empty().then_some(StoredResponse {
+        status,
+        headers,
+        body,
+        trailers,
+    })
+}
+
+fn get_headers(buf: &mut &[u8]) -> Option<HeaderMap> {
+    let count = get_u32(buf)? as usize;
+    let mut headers = HeaderMap::with_capacity(count.min(256));
+    for _ in 0..count {
+        let len = get_u16(buf)? as usize;
+        let name = HeaderName::from_bytes(take(buf, len)?).ok()?;
+        let len = get_u32(buf)? as usize;
+        let value = HeaderValue::from_bytes(take(buf, len)?).ok()?;
+        headers.append(name, value);
+    }
+    Some(headers)
+}
+
+fn take<'a>(buf: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if buf.len() < n {
+        return None;
+    }
+    let (head, rest) = buf.split_at(n);
+    *buf = rest;
+    Some(head)
+}
+
+fn get_u8(buf: &mut &[u8]) -> Option<u8> {
+    (buf.remaining() >= 1).then(|| buf.get_u8())
+}
+
+fn get_u16(buf: &mut &[u8]) -> Option<u16> {
+    (buf.remaining() >= 2).then(|| buf.get_u16())
+}
+
+fn get_u32(buf: &mut &[u8]) -> Option<u32> {
+    (buf.remaining() >= 4).then(|| buf.get_u32())
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn unhex(s: &str, out: &mut [u8]) -> Option<()> {
+    if s.len() != out.len() * 2 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response() -> StoredResponse {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        headers.append("set-cookie", HeaderValue::from_static("a=1"));
+        headers.append("set-cookie", HeaderValue::from_static("b=2"));
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        StoredResponse {
+            status: StatusCode::CREATED,
+            headers,
+            body: Bytes::from_static(b"{\"order\":1}\0\xff binary"),
+            trailers: Some(trailers),
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let fingerprint = Fingerprint::of(&[b"POST", b"/orders", b"{}"]);
+        let records = [
+            Record::InFlight {
+                expires_us: 1_767_225_600_000_000,
+                token: ClaimToken::random(),
+                fingerprint,
+            },
+            Record::Completed {
+                expires_us: 42,
+                fingerprint,
+                response: response(),
+            },
+            Record::Completed {
+                expires_us: 42,
+                fingerprint,
+                response: StoredResponse {
+                    trailers: None,
+                    ..response()
+                },
+            },
+        ];
+        for record in records {
+            assert_eq!(Record::decode(&record.encode()), Some(record));
+        }
+    }
+
+    #[test]
+    fn damaged_values_decode_to_none() {
+        let good = Record::Completed {
+            expires_us: 1,
+            fingerprint: Fingerprint::of(&[b"x"]),
+            response: response(),
+        }
+        .encode();
+        for cut in 0..good.len() {
+            assert_eq!(Record::decode(&good[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(Record::decode(b"X:1:2:3"), None);
+        assert_eq!(Record::decode(b"I:1:zz:yy"), None);
+    }
+}

@@ -1,0 +1,391 @@
+//! `Idempotency`: claim, execute once, store, replay.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tower_service::Service;
+
+use super::error::Rejection;
+use super::future::ResponseFuture;
+use super::key;
+use super::layer::Settings;
+use super::record::{ClaimToken, Fingerprint, StoredResponse};
+use super::scope::scoped_id;
+use super::store::{Claim, IdempotencyStore};
+use crate::BoxError;
+use crate::backends::MemoryStore;
+use crate::body::LayerBody;
+use crate::error::{FailurePolicy, StoreError};
+use crate::events::Event;
+use crate::key::RequestHead;
+use crate::reject::{Problem, Protocol};
+
+/// Marks a replayed response.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// The service made by [`IdempotencyLayer`](super::IdempotencyLayer).
+#[derive(Clone)]
+pub struct Idempotency<S, St> {
+    inner: S,
+    store: St,
+    settings: Arc<Settings>,
+}
+
+impl<S, St> Idempotency<S, St> {
+    pub(crate) fn new(inner: S, store: St, settings: Arc<Settings>) -> Self {
+        Self {
+            inner,
+            store,
+            settings,
+        }
+    }
+}
+
+impl<S: fmt::Debug, St> fmt::Debug for Idempotency<S, St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Idempotency")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, St, ReqBody, ResBody> Service<Request<ReqBody>> for Idempotency<S, St>
+where
+    S: Service<Request<LayerBody<ReqBody>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    St: IdempotencyStore,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + Unpin + 'static,
+    ResBody::Error: fmt::Display,
+{
+    type Response = Response<LayerBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let settings = &self.settings;
+        if !settings.methods.contains(req.method()) {
+            return ResponseFuture::passthrough(self.inner.call(req.map(LayerBody::inner)));
+        }
+        let protocol = Protocol::of(&req);
+        let key = match key::parse(req.headers()) {
+            Ok(Some(key)) => key,
+            Ok(None) if !settings.required => {
+                return ResponseFuture::passthrough(self.inner.call(req.map(LayerBody::inner)));
+            }
+            Ok(None) => return ResponseFuture::rejected(Rejection::MissingKey.into(), protocol),
+            Err(rejection) => return ResponseFuture::rejected(rejection.into(), protocol),
+        };
+        let scope = match settings.scope.extract(&RequestHead::of(&req)) {
+            Ok(scope) => scope,
+            Err(e) => return ResponseFuture::rejected(Problem::from(e), protocol),
+        };
+        let run = Run {
+            id: scoped_id(scope.as_str(), &key),
+            store: self.store.clone(),
+            settings: settings.clone(),
+            protocol,
+        };
+        // The readied service goes into the future; a fresh clone stays.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::running(Box::pin(run.execute(inner, req)))
+    }
+}
+
+/// One covered request with a key.
+struct Run<St> {
+    id: String,
+    store: St,
+    settings: Arc<Settings>,
+    protocol: Protocol,
+}
+
+/// The store a claim was made in.
+#[derive(Clone, Copy)]
+enum Held<'a, St> {
+    Shared(&'a St),
+    Fallback(&'a MemoryStore),
+}
+
+impl<St: IdempotencyStore> Run<St> {
+    async fn execute<S, ReqBody, ResBody>(
+        self,
+        mut inner: S,
+        req: Request<ReqBody>,
+    ) -> Result<Response<LayerBody<ResBody>>, S::Error>
+    where
+        S: Service<Request<LayerBody<ReqBody>>, Response = Response<ResBody>>,
+        ReqBody: Body<Data = Bytes>,
+        ReqBody::Error: Into<BoxError>,
+        ResBody: Body<Data = Bytes> + Unpin,
+        ResBody::Error: fmt::Display,
+    {
+        let (parts, body) = req.into_parts();
+        let bytes = match read_request(body, self.settings.max_request_body).await {
+            Ok(bytes) => bytes,
+            Err(rejection) => return Ok(self.reject(rejection)),
+        };
+        let fingerprint = self.settings.fingerprint.fingerprint(&parts, &bytes);
+        let (claim, held) = match self.claim(&fingerprint).await {
+            Some(claimed) => claimed,
+            None if self.settings.failure == FailurePolicy::FailOpen => {
+                let res = inner
+                    .call(Request::from_parts(parts, LayerBody::full(bytes)))
+                    .await?;
+                return Ok(res.map(LayerBody::inner));
+            }
+            None => return Ok(self.reject(Rejection::StoreDown)),
+        };
+        let token = match claim {
+            Claim::Won(token) => token,
+            Claim::InFlight { fingerprint: f } | Claim::Completed { fingerprint: f, .. }
+                if f != fingerprint =>
+            {
+                self.emit("mismatch");
+                return Ok(self.reject(Rejection::Mismatch));
+            }
+            Claim::InFlight { .. } => {
+                self.emit("conflict");
+                return Ok(self.reject(Rejection::InFlight));
+            }
+            Claim::Completed { response, .. } => {
+                self.emit("replayed");
+                return Ok(replay(response));
+            }
+        };
+        self.emit("executed");
+        let res = match inner
+            .call(Request::from_parts(parts, LayerBody::full(bytes)))
+            .await
+        {
+            Ok(res) => res,
+            Err(e) => {
+                self.release(held, token).await;
+                return Err(e);
+            }
+        };
+        let (parts, body) = res.into_parts();
+        match read_response(body, self.settings.max_response_body).await {
+            Read::Whole { data, trailers } => {
+                let stored = StoredResponse {
+                    status: parts.status,
+                    headers: end_to_end(&parts.headers),
+                    body: data.clone(),
+                    trailers: trailers.clone(),
+                };
+                self.complete(held, token, &fingerprint, &stored).await;
+                let body = match trailers {
+                    Some(trailers) => LayerBody::with_trailers(data, trailers),
+                    None => LayerBody::full(data),
+                };
+                Ok(Response::from_parts(parts, body))
+            }
+            Read::TooLarge { prefix, rest } => {
+                self.emit("not_stored");
+                tracing::warn!(
+                    limit = self.settings.max_response_body,
+                    "idempotent response too large to store; a retry will execute again"
+                );
+                self.release(held, token).await;
+                Ok(Response::from_parts(
+                    parts,
+                    LayerBody::resumed(prefix, rest),
+                ))
+            }
+            Read::Failed(error) => {
+                self.release(held, token).await;
+                let problem = Problem::new(StatusCode::BAD_GATEWAY, "Bad Gateway")
+                    .detail(format!("the response body failed: {error}"));
+                Ok(problem.into_response(self.protocol))
+            }
+        }
+    }
+
+    fn reject<B>(&self, rejection: Rejection) -> Response<LayerBody<B>> {
+        Problem::from(rejection).into_response(self.protocol)
+    }
+
+    fn emit(&self, event: &'static str) {
+        self.settings.events.emit(Event::new(super::LAYER, event));
+    }
+
+    /// Claims in the store, or per the failure policy in the local
+    /// fallback; `None` when neither can answer.
+    async fn claim(&self, fingerprint: &Fingerprint) -> Option<(Claim, Held<'_, St>)> {
+        let (lock, id) = (self.settings.lock, self.id.as_str());
+        match self.store.claim(id, fingerprint, lock).await {
+            Ok(claim) => Some((claim, Held::Shared(&self.store))),
+            Err(e) => {
+                self.store_failed(&e);
+                if self.settings.failure != FailurePolicy::LocalFallback {
+                    return None;
+                }
+                let fallback = &self.settings.fallback;
+                let claim = fallback.claim(id, fingerprint, lock).await.ok()?;
+                Some((claim, Held::Fallback(fallback)))
+            }
+        }
+    }
+
+    async fn complete(
+        &self,
+        held: Held<'_, St>,
+        token: ClaimToken,
+        fingerprint: &Fingerprint,
+        stored: &StoredResponse,
+    ) {
+        let (id, retention) = (self.id.as_str(), self.settings.retention);
+        let done = match held {
+            Held::Shared(s) => s.complete(id, token, fingerprint, stored, retention).await,
+            Held::Fallback(s) => s.complete(id, token, fingerprint, stored, retention).await,
+        };
+        match done {
+            Ok(true) => {}
+            Ok(false) => {
+                self.emit("lock_lost");
+                tracing::warn!(
+                    lock = ?self.settings.lock,
+                    "idempotency lock expired before the response was stored; raise the lock"
+                );
+            }
+            Err(e) => self.store_failed(&e),
+        }
+    }
+
+    async fn release(&self, held: Held<'_, St>, token: ClaimToken) {
+        let id = self.id.as_str();
+        let released = match held {
+            Held::Shared(s) => s.release(id, token).await,
+            Held::Fallback(s) => s.release(id, token).await,
+        };
+        if let Err(e) = released {
+            self.store_failed(&e);
+        }
+    }
+
+    fn store_failed(&self, e: &StoreError) {
+        self.settings
+            .events
+            .emit(Event::new(super::LAYER, "store_error").with_detail(e.to_string()));
+        self.settings.warn.warn(|suppressed| {
+            tracing::warn!(error = %e, suppressed, "idempotency store failed");
+        });
+    }
+}
+
+/// The whole request body, or 413 / 400.
+async fn read_request<B>(body: B, limit: usize) -> Result<Bytes, Rejection>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    if body.size_hint().lower() > limit as u64 {
+        return Err(Rejection::TooLarge(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(Rejection::TooLarge(limit)),
+        Err(e) => Err(Rejection::BadBody(e.to_string())),
+    }
+}
+
+/// A response body read for storing.
+enum Read<B> {
+    Whole {
+        data: Bytes,
+        trailers: Option<HeaderMap>,
+    },
+    /// Over the limit: what was read, and the rest.
+    TooLarge {
+        prefix: Bytes,
+        rest: B,
+    },
+    Failed(String),
+}
+
+async fn read_response<B>(mut body: B, limit: usize) -> Read<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: fmt::Display,
+{
+    if body.size_hint().lower() > limit as u64 {
+        return Read::TooLarge {
+            prefix: Bytes::new(),
+            rest: body,
+        };
+    }
+    let mut data = BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => return Read::Failed(e.to_string()),
+        };
+        match frame.into_data() {
+            Ok(chunk) => {
+                data.extend_from_slice(&chunk);
+                if data.len() > limit {
+                    return Read::TooLarge {
+                        prefix: data.freeze(),
+                        rest: body,
+                    };
+                }
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers = Some(t);
+                }
+            }
+        }
+    }
+    Read::Whole {
+        data: data.freeze(),
+        trailers,
+    }
+}
+
+/// `headers` without the hop-by-hop ones (RFC 9110 §7.6.1), which belong
+/// to one connection, not to the response.
+fn end_to_end(headers: &HeaderMap) -> HeaderMap {
+    const HOP_BY_HOP: [&str; 6] = [
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    let mut kept = headers.clone();
+    kept.remove(header::CONNECTION);
+    for name in HOP_BY_HOP {
+        kept.remove(name);
+    }
+    kept
+}
+
+/// The stored response, marked as a replay.
+fn replay<B>(stored: StoredResponse) -> Response<LayerBody<B>> {
+    let body = match stored.trailers {
+        Some(trailers) => LayerBody::with_trailers(stored.body, trailers),
+        None => LayerBody::full(stored.body),
+    };
+    let mut res = Response::new(body);
+    *res.status_mut() = stored.status;
+    *res.headers_mut() = stored.headers;
+    res.headers_mut()
+        .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    res
+}

@@ -1,0 +1,81 @@
+//! `IdempotencyStore`: where claims and completed responses live (SPEC
+//! ID-3, ID-6, ID-7).
+
+use std::future::Future;
+use std::time::Duration;
+
+use super::record::{ClaimToken, Fingerprint, StoredResponse};
+use crate::backends::{Backend, KeySpace};
+use crate::error::StoreError;
+
+/// The concern name of idempotency keys in a [`KeySpace`].
+pub const CONCERN: &str = "idem";
+
+/// The outcome of a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This caller owns the key now: execute, then complete or release.
+    Won(ClaimToken),
+    /// Another request holds the key and is executing.
+    InFlight {
+        /// That request's fingerprint.
+        fingerprint: Fingerprint,
+    },
+    /// The key was completed: replay.
+    Completed {
+        /// The completed request's fingerprint.
+        fingerprint: Fingerprint,
+        /// Its response.
+        response: StoredResponse,
+    },
+}
+
+/// Claims and completed responses of idempotency keys.
+///
+/// Every method is one atomic step on the server (Redis: one script; etcd:
+/// one revision-guarded transaction; memory: one locked map update), so
+/// of any number of concurrent claims of one key exactly one wins. A
+/// record counts until its logical expiry on the store's clock (Redis
+/// `TIME` unless a caller clock is set); the server TTL or lease then
+/// removes it. `Err` means the store failed, never a conflict.
+pub trait IdempotencyStore: Backend {
+    /// Claims `id` for a request with `fingerprint`, locked for `lock`;
+    /// an expired claim or record counts as absent.
+    fn claim(
+        &self,
+        id: &str,
+        fingerprint: &Fingerprint,
+        lock: Duration,
+    ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
+
+    /// Stores the response of the claim `token` for `retention`. `false`
+    /// when the claim is no longer this token's (its lock expired and
+    /// another request claimed the key).
+    fn complete(
+        &self,
+        id: &str,
+        token: ClaimToken,
+        fingerprint: &Fingerprint,
+        response: &StoredResponse,
+        retention: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Gives up the claim `token` (the request failed before a response
+    /// worth keeping); does nothing if the claim is no longer its.
+    fn release(
+        &self,
+        id: &str,
+        token: ClaimToken,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The stored key of `id`.
+#[cfg_attr(not(any(feature = "redis", feature = "etcd")), allow(dead_code))]
+pub(crate) fn state_key(keys: &KeySpace, id: &str) -> String {
+    keys.key(CONCERN, id)
+}
+
+/// Microseconds of `d`, saturated.
+pub(crate) fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
