@@ -11,6 +11,9 @@ mod memory {
     mod circuit_breaker {
         battlement::circuit_breaker_suite!(battlement::conformance::MemoryHarness);
     }
+    mod idempotency {
+        battlement::idempotency_suite!(battlement::conformance::MemoryHarness);
+    }
 }
 
 #[cfg(feature = "redis")]
@@ -25,6 +28,10 @@ mod redis {
     mod circuit_breaker {
         use super::RedisHarness;
         battlement::circuit_breaker_suite!(RedisHarness::start());
+    }
+    mod idempotency {
+        use super::RedisHarness;
+        battlement::idempotency_suite!(RedisHarness::start());
     }
 }
 
@@ -41,6 +48,10 @@ mod redis_cluster {
         use super::RedisClusterHarness;
         battlement::circuit_breaker_suite!(RedisClusterHarness::start());
     }
+    mod idempotency {
+        use super::RedisClusterHarness;
+        battlement::idempotency_suite!(RedisClusterHarness::start());
+    }
 }
 
 #[cfg(feature = "etcd")]
@@ -55,5 +66,9 @@ mod etcd {
     mod circuit_breaker {
         use super::EtcdHarness;
         battlement::circuit_breaker_suite!(EtcdHarness::start());
+    }
+    mod idempotency {
+        use super::EtcdHarness;
+        battlement::idempotency_suite!(EtcdHarness::start());
     }
 }

@@ -26,6 +26,7 @@ impl Harness for MemoryHarness {
             .rate_limit_entries()
             .into_iter()
             .chain(store.circuit_breaker_entries())
+            .chain(store.idempotency_entries())
             .map(|(key, ttl)| StoredKey {
                 key,
                 ttl: Some(ttl),

@@ -29,6 +29,7 @@
 
 pub mod backend;
 pub mod circuit_breaker;
+pub mod idempotency;
 mod memory;
 pub mod rate_limit;
 
@@ -170,6 +171,24 @@ macro_rules! circuit_breaker_suite {
             a_trip_on_one_instance_opens_the_other_within_a_second,
             a_half_open_decision_is_seen_by_the_other_instance,
             forced_states_are_shared,
+        );
+    };
+}
+
+/// The idempotency suite for a [`Harness`] whose store implements
+/// `IdempotencyStore`.
+#[macro_export]
+macro_rules! idempotency_suite {
+    ($harness:expr) => {
+        $crate::__conformance_cases!($harness; idempotency;
+            hundred_concurrent_claims_have_one_winner,
+            a_claimed_key_is_in_flight,
+            completed_keys_replay_byte_for_byte,
+            the_lock_expires_on_the_store_clock,
+            retention_expires_on_the_store_clock,
+            release_frees_the_key_for_its_owner_only,
+            principals_are_isolated,
+            records_have_a_ttl_on_the_server,
         );
     };
 }

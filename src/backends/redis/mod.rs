@@ -3,6 +3,7 @@
 
 mod circuit_breaker;
 mod config;
+mod idempotency;
 mod rate_limit;
 
 use std::fmt;

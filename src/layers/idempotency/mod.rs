@@ -72,3 +72,9 @@ pub use record::{ClaimToken, Fingerprint, Record, StoredResponse};
 pub use scope::AuthorizationScope;
 pub use service::{IDEMPOTENT_REPLAYED, Idempotency};
 pub use store::{Claim, IdempotencyStore};
+
+/// The store id of `key` under `scope`, for the conformance suite.
+#[cfg(feature = "conformance")]
+pub(crate) fn scope_id_for_tests(scope: &str, key: &str) -> String {
+    scope::scoped_id(scope, key)
+}

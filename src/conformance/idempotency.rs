@@ -1,0 +1,275 @@
+//! Cases every `IdempotencyStore` must pass (SPEC ID-3, ID-5..ID-7).
+//!
+//! Lock and retention expiry run on a [`ManualClock`] handed to the store
+//! (caller-clock mode on Redis); the server-side TTL or lease is checked
+//! on the server itself.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use super::{Harness, StoredKey};
+use crate::backends::Backend;
+use crate::clock::ManualClock;
+use crate::idempotency::store::CONCERN;
+use crate::idempotency::{Claim, ClaimToken, Fingerprint, IdempotencyStore, StoredResponse};
+
+const T0: Duration = Duration::from_secs(1_767_225_600);
+const LOCK: Duration = Duration::from_secs(60);
+const RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+fn fp(body: &str) -> Fingerprint {
+    Fingerprint::of(&[b"POST", b"/orders", body.as_bytes()])
+}
+
+fn response() -> StoredResponse {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.append("set-cookie", HeaderValue::from_static("a=1"));
+    headers.append("set-cookie", HeaderValue::from_static("b=2"));
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    StoredResponse {
+        status: StatusCode::CREATED,
+        headers,
+        // Every byte value, so nothing is lost to an encoding.
+        body: (0..=255u8).cycle().take(1024).collect::<Vec<u8>>().into(),
+        trailers: Some(trailers),
+    }
+}
+
+async fn setup<H: Harness>(h: &H) -> (H::Store, ManualClock)
+where
+    H::Store: IdempotencyStore,
+{
+    let clock = ManualClock::new(T0);
+    (h.store_with_clock(clock.shared()).await, clock)
+}
+
+async fn won<S: IdempotencyStore>(s: &S, id: &str, f: &Fingerprint) -> ClaimToken {
+    match s.claim(id, f, LOCK).await.expect("store answers") {
+        Claim::Won(token) => token,
+        other => panic!("expected to win {id}, got {other:?}"),
+    }
+}
+
+/// 100 concurrent claims of one key: exactly one wins.
+pub async fn hundred_concurrent_claims_have_one_winner<H: Harness>(h: H)
+where
+    H::Store: IdempotencyStore,
+{
+    let s = h.store().await;
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.claim("k", &fp("{}"), LOCK).await })
+        })
+        .collect();
+    let mut winners = 0;
+    for t in tasks {
+        match t.await.expect("task").expect("store answers") {
+            Claim::Won(_) => winners += 1,
+            Claim::InFlight { fingerprint } => assert_eq!(fingerprint, fp("{}")),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(winners, 1);
+}
+
+/// A claimed key answers "in flight" with the claimer's fingerprint.
+pub async fn a_claimed_key_is_in_flight<H: Harness>(h: H)
+where
+    H::Store: IdempotencyStore,
+{
+    let (s, _clock) = setup(&h).await;
+    won(&s, "k", &fp("a")).await;
+    for body in ["a", "b"] {
+        let claim = s.claim("k", &fp(body), LOCK).await.expect("store answers");
+        assert_eq!(
+            claim,
+            Claim::InFlight {
+                fingerprint: fp("a")
+            }
+        );
+    }
+}
+
+/// A completed key replays the response byte for byte, with the
+/// completed request's fingerprint (for the 422 check).
+pub async fn completed_keys_replay_byte_for_byte<H: Harness>(h: H)
+where
+    H::Store: IdempotencyStore,
+{
+    let (s, _clock) = setup(&h).await;
+    let token = won(&s, "k", &fp("a")).await;
+    assert!(
+        s.complete("k", token, &fp("a"), &response(), RETENTION)
+            .await
+            .expect("store answers")
+    );
+    for body in ["a", "b"] {
+        match s.claim("k", &fp(body), LOCK).await.expect("store answers") {
+            Claim::Completed {
+                fingerprint,
+                response: replayed,
+            } => {
+                assert_eq!(fingerprint, fp("a"));
+                assert_eq!(replayed, response());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // An empty body and no trailers survive too.
+    let token = won(&s, "k2", &fp("a")).await;
+    let bare = StoredResponse {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        headers: HeaderMap::new(),
+        body: Bytes::new(),
+        trailers: None,
+    };
+    assert!(
+        s.complete("k2", token, &fp("a"), &bare, RETENTION)
+            .await
+            .expect("store answers")
+    );
+    match s.claim("k2", &fp("a"), LOCK).await.expect("store answers") {
+        Claim::Completed { response, .. } => assert_eq!(response, bare),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// After the lock, the key can be claimed again; the old owner can then
+/// neither complete nor release it.
+pub async fn the_lock_expires_on_the_store_clock<H: Harness>(h: H)
+where
+    H::Store: IdempotencyStore,
+{
+    let (s, clock) = setup(&h).await;
+    let old = won(&s, "k", &fp("a")).await;
+    clock.advance(LOCK - Duration::from_millis(1));
+    assert!(matches!(
+        s.claim("k", &fp("a"), LOCK).await,
+        Ok(Claim::InFlight { .. })
+    ));
+    clock.advance(Duration::from_millis(1));
+    let new = won(&s, "k", &fp("a")).await;
+    assert!(
+        !s.complete("k", old, &fp("a"), &response(), RETENTION)
+            .await
+            .expect("store answers")
+    );
+    s.release("k", old).await.expect("store answers");
+    assert!(matches!(
+        s.claim("k", &fp("a"), LOCK).await,
+        Ok(Claim::InFlight { .. })
+    ));
+    assert!(
+        s.complete("k", new, &fp("a"), &response(), RETENTION)
+            .await
+            .expect("store answers")
+    );
+}
+
+/// After the retention, the key executes again.
+pub async fn retention_expires_on_the_store_clock<H: Harness>(h: H)
+where
+    H::Store: IdempotencyStore,
+{
+    let (s, clock) = setup(&h).await;
+    let retention = Duration::from_secs(10);
+    let token = won(&s, "k", &fp("a")).await;
+    assert!(
+        s.complete("k", token, &fp("a"), &response(), retention)
+            .await
+            .expect("store answers")
+    );
+    clock.advance(retention - Duration::from_millis(1));
+    assert!(matches!(
+        s.claim("k", &fp("a"), LOCK).await,
+        Ok(Claim::Completed { .. })
+    ));
+    clock.advance(Duration::from_millis(1));
+    won(&s, "k", &fp("a")).await;
+}
+
+/// Releasing frees the key, and only its owner can release it.
+pub async fn release_frees_the_key_for_its_owner_only<H: Harness>(h: H)
+where
+    H::Store: IdempotencyStore,
+{
+    let (s, _clock) = setup(&h).await;
+    let token = won(&s, "k", &fp("a")).await;
+    s.release("k", ClaimToken::random())
+        .await
+        .expect("store answers");
+    assert!(matches!(
+        s.claim("k", &fp("a"), LOCK).await,
+        Ok(Claim::InFlight { .. })
+    ));
+    s.release("k", token).await.expect("store answers");
+    won(&s, "k", &fp("a")).await;
+}
+
+/// The same key under two principals is two keys.
+pub async fn principals_are_isolated<H: Harness>(h: H)
+where
+    H::Store: IdempotencyStore,
+{
+    use crate::idempotency::scope_id_for_tests as scoped;
+    let (s, _clock) = setup(&h).await;
+    let alice = scoped("alice", "order-1");
+    let bob = scoped("bob", "order-1");
+    let token = won(&s, &alice, &fp("a")).await;
+    assert!(
+        s.complete(&alice, token, &fp("a"), &response(), RETENTION)
+            .await
+            .expect("store answers")
+    );
+    won(&s, &bob, &fp("a")).await;
+}
+
+/// Every record is namespaced, hides the client's key, and has a TTL on
+/// the server: the lock while in flight, the retention once completed.
+pub async fn records_have_a_ttl_on_the_server<H: Harness>(h: H)
+where
+    H::Store: IdempotencyStore,
+{
+    use crate::idempotency::scope_id_for_tests as scoped;
+    let s = h.store().await;
+    let id = scoped("anonymous", "my-secret-order-key");
+    let token = match s.claim(&id, &fp("a"), LOCK).await.expect("store answers") {
+        Claim::Won(token) => token,
+        other => panic!("{other:?}"),
+    };
+    let ttl = |keys: Vec<StoredKey>| {
+        let prefix = s.keyspace().concern_prefix(CONCERN);
+        let mine: Vec<_> = keys
+            .into_iter()
+            .filter(|k| k.key.starts_with(&prefix))
+            .collect();
+        assert_eq!(mine.len(), 1, "{mine:?}");
+        assert!(!mine[0].key.contains("secret"), "{}", mine[0].key);
+        mine[0]
+            .ttl
+            .unwrap_or_else(|| panic!("{} has no TTL", mine[0].key))
+    };
+    let lock_ttl = ttl(h.stored_keys(&s).await);
+    // etcd leases are whole seconds and shared: up to twice the TTL.
+    assert!(
+        lock_ttl > LOCK - SLACK && lock_ttl <= LOCK * 2 + SLACK,
+        "{lock_ttl:?}"
+    );
+    assert!(
+        s.complete(&id, token, &fp("a"), &response(), RETENTION)
+            .await
+            .expect("store answers")
+    );
+    let kept = ttl(h.stored_keys(&s).await);
+    assert!(
+        kept > RETENTION - SLACK && kept <= RETENTION * 2 + SLACK,
+        "{kept:?}"
+    );
+}
+
+const SLACK: Duration = Duration::from_secs(5);
