@@ -1,0 +1,284 @@
+//! The idempotency layer over the memory store (SPEC ID-1..ID-6, C-2, C-5,
+//! C-8): every rejection, replays, limits and store failures.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use battlement::FailurePolicy;
+use battlement::backends::{Backend, MemoryStore};
+use battlement::clock::ManualClock;
+use battlement::idempotency::IdempotencyLayer;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+
+/// An inner service answering `status` with a body naming its call
+/// number, and a `set-cookie` pair.
+fn counted(
+    status: StatusCode,
+    calls: &Arc<AtomicUsize>,
+) -> impl Service<
+    Request<battlement::body::LayerBody<Full<Bytes>>>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    let calls = calls.clone();
+    service_fn(move |req: Request<battlement::body::LayerBody<Full<Bytes>>>| {
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let res = Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .header("set-cookie", "a=1")
+                .header("set-cookie", "b=2")
+                .header("connection", "close")
+                .body(Full::new(Bytes::from(format!(
+                    "{{\"call\":{n},\"echo\":{}}}",
+                    String::from_utf8_lossy(&body)
+                ))))
+                .unwrap();
+            Ok::<_, Infallible>(res)
+        }
+    })
+}
+
+fn post(key: Option<&str>, body: &'static str) -> Request<Full<Bytes>> {
+    let mut b = Request::post("/orders");
+    if let Some(key) = key {
+        b = b.header("idempotency-key", key);
+    }
+    b.body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap()
+}
+
+async fn read(res: Response<impl http_body::Body<Data = Bytes, Error = impl std::fmt::Debug>>) -> (StatusCode, http::HeaderMap, String) {
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn layer() -> IdempotencyLayer<MemoryStore> {
+    IdempotencyLayer::new(MemoryStore::new()).required(true)
+}
+
+// SPEC ID-1: missing, empty, too long, not a structured-field string.
+#[tokio::test]
+async fn bad_or_missing_keys_are_400_and_never_reach_the_inner_service() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new().layer(layer()).service(counted(StatusCode::CREATED, &calls));
+    let long = format!("\"{}\"", "k".repeat(256));
+    for key in [None, Some("\"\""), Some(long.as_str()), Some("bare-token"), Some("\"a\", \"b\"")] {
+        let res = svc.clone().oneshot(post(key, "{}")).await.unwrap();
+        let (status, headers, body) = read(res).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{key:?}");
+        assert_eq!(headers["content-type"], "application/problem+json");
+        assert!(body.contains("Idempotency-Key"), "{body}");
+    }
+    let ok = svc.oneshot(post(Some(&format!("\"{}\"", "k".repeat(255))), "{}")).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::CREATED);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+// SPEC ID-4: replay byte for byte, marked; hop-by-hop headers not stored.
+#[tokio::test]
+async fn a_completed_key_replays_status_headers_and_body() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new().layer(layer()).service(counted(StatusCode::CREATED, &calls));
+    let (s1, h1, b1) = read(svc.clone().oneshot(post(Some("\"o-1\""), "{\"tea\":1}")).await.unwrap()).await;
+    assert_eq!((s1, b1.as_str()), (StatusCode::CREATED, "{\"call\":1,\"echo\":{\"tea\":1}}"));
+    assert!(!h1.contains_key("idempotent-replayed"));
+    for _ in 0..3 {
+        let (s, h, b) = read(svc.clone().oneshot(post(Some("\"o-1\""), "{\"tea\":1}")).await.unwrap()).await;
+        assert_eq!((s, b.as_str()), (s1, b1.as_str()));
+        assert_eq!(h["idempotent-replayed"], "true");
+        assert_eq!(h["content-type"], "application/json");
+        let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert!(!h.contains_key("connection"));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+// SPEC ID-4: 5xx responses are replayed too.
+#[tokio::test]
+async fn server_errors_are_replayed_too() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(layer())
+        .service(counted(StatusCode::INTERNAL_SERVER_ERROR, &calls));
+    for _ in 0..2 {
+        let res = svc.clone().oneshot(post(Some("\"o-5\""), "{}")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+// SPEC ID-2: same key, other request -> 422.
+#[tokio::test]
+async fn the_same_key_with_another_body_is_422() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new().layer(layer()).service(counted(StatusCode::CREATED, &calls));
+    svc.clone().oneshot(post(Some("\"o-2\""), "{\"a\":1}")).await.unwrap();
+    let (status, headers, body) = read(svc.oneshot(post(Some("\"o-2\""), "{\"a\":2}")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+// SPEC ID-3: a duplicate while the first runs -> 409, inner not called.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_in_flight_is_409_with_retry_after() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let started_tx = Arc::new(std::sync::Mutex::new(Some(started_tx)));
+    let (finish_tx, finish_rx) = tokio::sync::watch::channel(false);
+    let counter = calls.clone();
+    let slow = service_fn(move |_req: Request<battlement::body::LayerBody<Full<Bytes>>>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        if let Some(tx) = started_tx.lock().unwrap().take() {
+            let _ = tx.send(());
+        }
+        let mut finish = finish_rx.clone();
+        async move {
+            let _ = finish.wait_for(|done| *done).await;
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"done"))))
+        }
+    });
+    let svc = ServiceBuilder::new().layer(layer()).service(slow);
+    let first = tokio::spawn(svc.clone().oneshot(post(Some("\"o-3\""), "{}")));
+    started_rx.await.unwrap();
+    let (status, headers, _) = read(svc.clone().oneshot(post(Some("\"o-3\""), "{}")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(headers["retry-after"], "1");
+    finish_tx.send(true).unwrap();
+    assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+    let again = svc.oneshot(post(Some("\"o-3\""), "{}")).await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+// SPEC ID-1: other methods and keyless requests (when optional) pass.
+#[tokio::test]
+async fn get_and_optional_keyless_requests_pass_untouched() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(IdempotencyLayer::new(MemoryStore::new()))
+        .service(counted(StatusCode::OK, &calls));
+    for _ in 0..2 {
+        let get = Request::get("/orders")
+            .header("idempotency-key", "\"g\"")
+            .body(Full::default())
+            .unwrap();
+        let res = svc.clone().oneshot(get).await.unwrap();
+        assert!(!res.headers().contains_key("idempotent-replayed"));
+        let res = svc.clone().oneshot(post(None, "{}")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+}
+
+// SPEC ID-6, C-8: request body over the limit -> 413; response over the
+// limit -> sent whole, not stored, the key runs again.
+#[tokio::test]
+async fn body_limits() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(layer().max_request_body(8).max_response_body(16))
+        .service(counted(StatusCode::CREATED, &calls));
+    let (status, _, body) = read(svc.clone().oneshot(post(Some("\"big\""), "{\"123456789\":1}")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    // The response (`{"call":n,"echo":{}}`, 21 bytes) is over 16.
+    for n in 1..=2 {
+        let (status, headers, body) = read(svc.clone().oneshot(post(Some("\"r\""), "{}")).await.unwrap()).await;
+        assert_eq!(status, StatusCode::CREATED);
+        assert_eq!(body, format!("{{\"call\":{n},\"echo\":{{}}}}"), "sent whole");
+        assert!(!headers.contains_key("idempotent-replayed"));
+    }
+}
+
+// SPEC C-5, ID-7: store down -> 503 by default, inner not called; fail-open
+// executes; local fallback stays idempotent in this process.
+#[tokio::test]
+async fn store_failures_follow_the_failure_policy() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let down = MemoryStore::new();
+    down.close();
+    let closed = ServiceBuilder::new()
+        .layer(IdempotencyLayer::new(down.clone()))
+        .service(counted(StatusCode::CREATED, &calls));
+    let (status, headers, _) = read(closed.oneshot(post(Some("\"s\""), "{}")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+
+    let open = ServiceBuilder::new()
+        .layer(IdempotencyLayer::new(down.clone()).failure_policy(FailurePolicy::FailOpen))
+        .service(counted(StatusCode::CREATED, &calls));
+    for _ in 0..2 {
+        open.clone().oneshot(post(Some("\"s\""), "{}")).await.unwrap();
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "fail-open executes every time");
+
+    let local = ServiceBuilder::new()
+        .layer(IdempotencyLayer::new(down).failure_policy(FailurePolicy::LocalFallback))
+        .service(counted(StatusCode::CREATED, &calls));
+    for _ in 0..2 {
+        local.clone().oneshot(post(Some("\"s\""), "{}")).await.unwrap();
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "the fallback replays");
+}
+
+// SPEC ID-5: two principals, one key: two executions.
+#[tokio::test]
+async fn keys_are_scoped_per_authorization() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new().layer(layer()).service(counted(StatusCode::CREATED, &calls));
+    for token in ["Bearer alice", "Bearer bob", "Bearer alice"] {
+        let mut req = post(Some("\"shared\""), "{}");
+        req.headers_mut().insert("authorization", token.parse().unwrap());
+        svc.clone().oneshot(req).await.unwrap();
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+// SPEC ID-6: a crashed request's lock expires, then the key runs once.
+#[tokio::test]
+async fn an_abandoned_claim_expires_after_the_lock() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let clock = ManualClock::new(Duration::from_secs(1_767_225_600));
+    let store = MemoryStore::new().with_clock(clock.shared());
+    let counter = calls.clone();
+    // The first call never finishes: its future is dropped, as if the
+    // process had died mid-request.
+    let hang = service_fn(move |_req: Request<battlement::body::LayerBody<Full<Bytes>>>| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>()
+    });
+    let svc = ServiceBuilder::new()
+        .layer(layer_on(store.clone()))
+        .service(hang);
+    let abandoned = tokio::time::timeout(Duration::from_millis(50), svc.oneshot(post(Some("\"c\""), "{}"))).await;
+    assert!(abandoned.is_err());
+    let ok = ServiceBuilder::new()
+        .layer(layer_on(store))
+        .service(counted(StatusCode::CREATED, &calls));
+    let res = ok.clone().oneshot(post(Some("\"c\""), "{}")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CONFLICT, "still locked");
+    clock.advance(Duration::from_secs(30));
+    let res = ok.clone().oneshot(post(Some("\"c\""), "{}")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let res = ok.oneshot(post(Some("\"c\""), "{}")).await.unwrap();
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+fn layer_on(store: MemoryStore) -> IdempotencyLayer<MemoryStore> {
+    IdempotencyLayer::new(store).required(true).lock(Duration::from_secs(30))
+}
