@@ -14,11 +14,16 @@
 //! `/proxy` calls (default `http://127.0.0.1:3001`) through a circuit breaker
 //! per downstream host that opens when half the calls of the last 10 s
 //! failed (at least 5) and stays open `BREAKER_OPEN` seconds (default 5),
-//! its state shared through Redis when `REDIS_URL` is set; `LAYERS=none` serves the
+//! its state shared through Redis when `REDIS_URL` is set; `POST /orders`
+//! requires an `Idempotency-Key` and executes each key once (its order
+//! counter is the Redis key `example:orders` with `REDIS_URL`, in-process
+//! otherwise); `LAYERS=none` serves the
 //! same routes with no middleware; `DRAIN_SECS` is how long readiness fails
 //! before the server stops on ctrl-c (default 0).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -26,12 +31,13 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use battlement::backends::MemoryStore;
 use battlement::circuit_breaker::{
     BreakerConfig, CircuitBreakerLayer, CircuitBreakerStore, CircuitOpen, ClassifiedBody, Window,
 };
 use battlement::health::{HealthRegistry, HealthRoutes};
+use battlement::idempotency::{IdempotencyLayer, IdempotencyStore};
 use battlement::key::{ClientIp, HostKey};
 use battlement::rate_limit::{Policy, Quota, RateLimitLayer, RateLimitStore};
 use battlement::request_id::{ForwardRequestIdLayer, RequestIdLayer};
@@ -126,14 +132,51 @@ type Downstream = tower::util::BoxCloneSyncService<
 struct AppState {
     downstream_url: Uri,
     downstream: Downstream,
+    orders: Orders,
 }
 
-/// The routes, with or without the server stack; rate-limit and breaker
-/// state in `store`.
-fn app<St: RateLimitStore + CircuitBreakerStore>(
+/// The order counter: one number per executed order.
+#[derive(Clone)]
+enum Orders {
+    Local(Arc<AtomicU64>),
+    #[cfg(feature = "redis")]
+    Redis(redis::aio::ConnectionManager),
+}
+
+impl Orders {
+    /// The Redis key `example:orders` when `REDIS_URL` is set.
+    async fn connect(settings: &Settings) -> Result<Self, Error> {
+        #[cfg(feature = "redis")]
+        if let Some(url) = &settings.redis_url {
+            let client = redis::Client::open(url.as_str())?;
+            return Ok(Self::Redis(client.get_connection_manager().await?));
+        }
+        let _ = settings;
+        Ok(Self::Local(Arc::new(AtomicU64::new(0))))
+    }
+
+    async fn next(&self) -> Result<u64, Error> {
+        match self {
+            Self::Local(n) => Ok(n.fetch_add(1, Ordering::SeqCst) + 1),
+            #[cfg(feature = "redis")]
+            Self::Redis(conn) => {
+                let mut conn = conn.clone();
+                Ok(redis::cmd("INCR")
+                    .arg("example:orders")
+                    .query_async(&mut conn)
+                    .await?)
+            }
+        }
+    }
+}
+
+/// The routes, with or without the server stack; rate-limit, breaker and
+/// idempotency state in `store`.
+fn app<St: RateLimitStore + CircuitBreakerStore + IdempotencyStore>(
     settings: &Settings,
     health: HealthRegistry,
     store: St,
+    orders: Orders,
 ) -> Result<Router, Error> {
     let client: Client<HttpConnector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
@@ -156,10 +199,17 @@ fn app<St: RateLimitStore + CircuitBreakerStore>(
     let state = AppState {
         downstream_url: settings.downstream.clone(),
         downstream: Downstream::new(downstream),
+        orders,
+    };
+    // Each Idempotency-Key executes once, even across instances.
+    let orders = match settings.layers {
+        true => post(order).layer(IdempotencyLayer::new(store.clone()).required(true)),
+        false => post(order),
     };
     let api = Router::new()
         .route("/hello", get(|| async { "hello" }))
         .route("/items/{id}", get(item))
+        .route("/orders", orders)
         .route("/proxy", get(proxy))
         .with_state(state);
     let health = HealthRoutes::new(health).router();
@@ -179,6 +229,21 @@ fn app<St: RateLimitStore + CircuitBreakerStore>(
 
 async fn item(Path(id): Path<String>) -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({ "id": id }))
+}
+
+/// Places an order: the next number of the counter and the request body.
+async fn order(
+    State(state): State<AppState>,
+    axum::Json(body): axum::Json<serde_json::Value>,
+) -> Response {
+    match state.orders.next().await {
+        Ok(n) => (
+            StatusCode::CREATED,
+            axum::Json(serde_json::json!({ "order": n, "body": body })),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("order counter: {e}")).into_response(),
+    }
 }
 
 /// Calls the downstream and relays its status and body (at most 1 MiB);
@@ -230,14 +295,19 @@ async fn build(settings: &Settings, registry: &HealthRegistry) -> Result<Router,
         {
             let redis = battlement::backends::RedisStore::connect(url).await?;
             registry.register(battlement::health::store_check(redis.clone()));
-            return app(settings, registry.clone(), redis);
+            return app(settings, registry.clone(), redis, Orders::connect(settings).await?);
         }
         #[cfg(not(feature = "redis"))]
         return Err(
             format!("REDIS_URL={url} needs: cargo run --example axum --features redis").into(),
         );
     }
-    app(settings, registry.clone(), MemoryStore::new())
+    app(
+        settings,
+        registry.clone(),
+        MemoryStore::new(),
+        Orders::connect(settings).await?,
+    )
 }
 
 #[tokio::main]
@@ -287,7 +357,8 @@ mod tests {
 
     /// The example app on in-memory stores.
     fn memory_app(settings: &Settings) -> Router {
-        app(settings, HealthRegistry::new(), MemoryStore::new()).unwrap()
+        let orders = Orders::Local(Arc::new(AtomicU64::new(0)));
+        app(settings, HealthRegistry::new(), MemoryStore::new(), orders).unwrap()
     }
 
     /// Sends `req` as if from 192.0.2.1 (what `axum::serve` records).
@@ -508,5 +579,72 @@ mod tests {
             }
         }
         assert_eq!((ok, limited), (50, 50));
+    }
+
+    fn order_req(key: Option<&str>, body: &str) -> Request<Body> {
+        let mut b = Request::post("/orders").header("content-type", "application/json");
+        if let Some(key) = key {
+            b = b.header("idempotency-key", key);
+        }
+        b.body(Body::from(body.to_owned())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn orders_execute_once_per_idempotency_key() {
+        let app = memory_app(&settings());
+        let (status, _, body) = call(&app, order_req(None, "{}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        let (status, headers, first) = call(&app, order_req(Some("\"a\""), r#"{"tea":1}"#)).await;
+        assert_eq!((status, first.as_str()), (StatusCode::CREATED, r#"{"body":{"tea":1},"order":1}"#));
+        assert!(!headers.contains_key("idempotent-replayed"));
+        let (status, headers, again) = call(&app, order_req(Some("\"a\""), r#"{"tea":1}"#)).await;
+        assert_eq!((status, again), (StatusCode::CREATED, first));
+        assert_eq!(headers["idempotent-replayed"], "true");
+        let (status, _, _) = call(&app, order_req(Some("\"a\""), r#"{"tea":2}"#)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        let (_, _, next) = call(&app, order_req(Some("\"b\""), r#"{"tea":2}"#)).await;
+        assert_eq!(next, r#"{"body":{"tea":2},"order":2}"#);
+    }
+
+    /// Issue acceptance: two instances on one Redis, 100 concurrent orders
+    /// with one key and one body -> the counter moves by exactly one.
+    #[cfg(feature = "redis")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_instances_execute_a_key_once_through_redis() {
+        let redis = crate::support::RedisServer::start();
+        let s = Settings {
+            rate_limit: "10000/s".parse().unwrap(),
+            redis_url: Some(redis.url()),
+            ..settings()
+        };
+        let a = build(&s, &HealthRegistry::new()).await.unwrap();
+        let b = build(&s, &HealthRegistry::new()).await.unwrap();
+        let before: i64 = redis.cli(&["GET", "example:orders"]).trim().parse().unwrap_or(0);
+        let tasks: Vec<_> = (0..100)
+            .map(|i| {
+                let app = if i % 2 == 0 { a.clone() } else { b.clone() };
+                tokio::spawn(async move {
+                    call(&app, order_req(Some("\"order-42\""), r#"{"item":"tea"}"#)).await
+                })
+            })
+            .collect();
+        let mut created = Vec::new();
+        let mut conflicts = 0;
+        for t in tasks {
+            let (status, headers, body) = t.await.unwrap();
+            match status {
+                StatusCode::CREATED => created.push((headers.contains_key("idempotent-replayed"), body)),
+                StatusCode::CONFLICT => conflicts += 1,
+                other => panic!("unexpected {other}: {body}"),
+            }
+        }
+        let after: i64 = redis.cli(&["GET", "example:orders"]).trim().parse().unwrap();
+        assert_eq!(after - before, 1, "exactly one execution");
+        let executed = created.iter().filter(|(replayed, _)| !replayed).count();
+        assert_eq!(executed, 1);
+        assert!(created.iter().all(|(_, body)| *body == created[0].1), "byte-identical");
+        assert_eq!(created.len() + conflicts, 100);
+        let (status, _, _) = call(&b, order_req(Some("\"order-42\""), r#"{"item":"cake"}"#)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     }
 }

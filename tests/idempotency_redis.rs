@@ -1,0 +1,101 @@
+//! The idempotency layer on a real Redis: a request whose process dies
+//! mid-execution holds its key until the lock expires, then the key runs
+//! once; Redis down -> 503 without executing (SPEC ID-6, C-5).
+#![cfg(feature = "redis")]
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use battlement::backends::{RedisConfig, RedisStore};
+use battlement::body::LayerBody;
+use battlement::idempotency::IdempotencyLayer;
+use http::{Request, Response, StatusCode};
+use support::RedisServer;
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+async fn store(redis: &RedisServer) -> RedisStore {
+    let config = RedisConfig::standalone(redis.url()).with_timeout(Duration::from_millis(200));
+    RedisStore::from_config(config).await.unwrap()
+}
+
+fn post() -> Request<String> {
+    Request::post("/orders")
+        .header("idempotency-key", "\"crash-1\"")
+        .body(String::from("{}"))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_killed_mid_execution_runs_once_after_the_lock_expires() {
+    let redis = RedisServer::start();
+    let lock = Duration::from_secs(1);
+    // Instance A claims the key, starts executing, and dies.
+    let a = ServiceBuilder::new()
+        .layer(IdempotencyLayer::new(store(&redis).await).lock(lock))
+        .service(service_fn(|_: Request<LayerBody<String>>| {
+            std::future::pending::<Result<Response<String>, Infallible>>()
+        }));
+    let killed = tokio::spawn(a.oneshot(post()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    killed.abort();
+    let claimed_at = Instant::now();
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let b = ServiceBuilder::new()
+        .layer(IdempotencyLayer::new(store(&redis).await).lock(lock))
+        .service(service_fn(move |_: Request<LayerBody<String>>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(String::from("created"))) }
+        }));
+    let res = b.clone().oneshot(post()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CONFLICT, "A's lock still holds");
+    let executed = loop {
+        let res = b.clone().oneshot(post()).await.unwrap();
+        if res.status() == StatusCode::OK {
+            break claimed_at.elapsed();
+        }
+        assert_eq!(res.status(), StatusCode::CONFLICT);
+        assert!(claimed_at.elapsed() < Duration::from_secs(5), "the lock never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(executed >= lock - Duration::from_millis(150), "ran after {executed:?}");
+    for _ in 0..3 {
+        let res = b.clone().oneshot(post()).await.unwrap();
+        assert_eq!(res.headers()["idempotent-replayed"], "true");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_is_503_and_nothing_executes() {
+    let mut redis = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let svc = ServiceBuilder::new()
+        .layer(IdempotencyLayer::new(store(&redis).await))
+        .service(service_fn(move |_: Request<LayerBody<String>>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(String::from("created"))) }
+        }));
+    redis.stop();
+    let started = Instant::now();
+    let res = svc.clone().oneshot(post()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    redis.restart();
+    let back = Instant::now();
+    loop {
+        if svc.clone().oneshot(post()).await.unwrap().status() == StatusCode::OK {
+            break;
+        }
+        assert!(back.elapsed() < Duration::from_secs(3), "never recovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
