@@ -29,24 +29,26 @@ fn counted(
 + Send
 + 'static {
     let calls = calls.clone();
-    service_fn(move |req: Request<battlement::body::LayerBody<Full<Bytes>>>| {
-        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-        async move {
-            let body = req.into_body().collect().await.unwrap().to_bytes();
-            let res = Response::builder()
-                .status(status)
-                .header("content-type", "application/json")
-                .header("set-cookie", "a=1")
-                .header("set-cookie", "b=2")
-                .header("connection", "close")
-                .body(Full::new(Bytes::from(format!(
-                    "{{\"call\":{n},\"echo\":{}}}",
-                    String::from_utf8_lossy(&body)
-                ))))
-                .unwrap();
-            Ok::<_, Infallible>(res)
-        }
-    })
+    service_fn(
+        move |req: Request<battlement::body::LayerBody<Full<Bytes>>>| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let res = Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .header("set-cookie", "a=1")
+                    .header("set-cookie", "b=2")
+                    .header("connection", "close")
+                    .body(Full::new(Bytes::from(format!(
+                        "{{\"call\":{n},\"echo\":{}}}",
+                        String::from_utf8_lossy(&body)
+                    ))))
+                    .unwrap();
+                Ok::<_, Infallible>(res)
+            }
+        },
+    )
 }
 
 fn post(key: Option<&str>, body: &'static str) -> Request<Full<Bytes>> {
@@ -54,13 +56,20 @@ fn post(key: Option<&str>, body: &'static str) -> Request<Full<Bytes>> {
     if let Some(key) = key {
         b = b.header("idempotency-key", key);
     }
-    b.body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap()
+    b.body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap()
 }
 
-async fn read(res: Response<impl http_body::Body<Data = Bytes, Error = impl std::fmt::Debug>>) -> (StatusCode, http::HeaderMap, String) {
+async fn read(
+    res: Response<impl http_body::Body<Data = Bytes, Error = impl std::fmt::Debug>>,
+) -> (StatusCode, http::HeaderMap, String) {
     let (parts, body) = res.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
-    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 fn layer() -> IdempotencyLayer<MemoryStore> {
@@ -71,16 +80,27 @@ fn layer() -> IdempotencyLayer<MemoryStore> {
 #[tokio::test]
 async fn bad_or_missing_keys_are_400_and_never_reach_the_inner_service() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let svc = ServiceBuilder::new().layer(layer()).service(counted(StatusCode::CREATED, &calls));
+    let svc = ServiceBuilder::new()
+        .layer(layer())
+        .service(counted(StatusCode::CREATED, &calls));
     let long = format!("\"{}\"", "k".repeat(256));
-    for key in [None, Some("\"\""), Some(long.as_str()), Some("bare-token"), Some("\"a\", \"b\"")] {
+    for key in [
+        None,
+        Some("\"\""),
+        Some(long.as_str()),
+        Some("bare-token"),
+        Some("\"a\", \"b\""),
+    ] {
         let res = svc.clone().oneshot(post(key, "{}")).await.unwrap();
         let (status, headers, body) = read(res).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{key:?}");
         assert_eq!(headers["content-type"], "application/problem+json");
         assert!(body.contains("Idempotency-Key"), "{body}");
     }
-    let ok = svc.oneshot(post(Some(&format!("\"{}\"", "k".repeat(255))), "{}")).await.unwrap();
+    let ok = svc
+        .oneshot(post(Some(&format!("\"{}\"", "k".repeat(255))), "{}"))
+        .await
+        .unwrap();
     assert_eq!(ok.status(), StatusCode::CREATED);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
@@ -89,12 +109,29 @@ async fn bad_or_missing_keys_are_400_and_never_reach_the_inner_service() {
 #[tokio::test]
 async fn a_completed_key_replays_status_headers_and_body() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let svc = ServiceBuilder::new().layer(layer()).service(counted(StatusCode::CREATED, &calls));
-    let (s1, h1, b1) = read(svc.clone().oneshot(post(Some("\"o-1\""), "{\"tea\":1}")).await.unwrap()).await;
-    assert_eq!((s1, b1.as_str()), (StatusCode::CREATED, "{\"call\":1,\"echo\":{\"tea\":1}}"));
+    let svc = ServiceBuilder::new()
+        .layer(layer())
+        .service(counted(StatusCode::CREATED, &calls));
+    let (s1, h1, b1) = read(
+        svc.clone()
+            .oneshot(post(Some("\"o-1\""), "{\"tea\":1}"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s1, b1.as_str()),
+        (StatusCode::CREATED, "{\"call\":1,\"echo\":{\"tea\":1}}")
+    );
     assert!(!h1.contains_key("idempotent-replayed"));
     for _ in 0..3 {
-        let (s, h, b) = read(svc.clone().oneshot(post(Some("\"o-1\""), "{\"tea\":1}")).await.unwrap()).await;
+        let (s, h, b) = read(
+            svc.clone()
+                .oneshot(post(Some("\"o-1\""), "{\"tea\":1}"))
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!((s, b.as_str()), (s1, b1.as_str()));
         assert_eq!(h["idempotent-replayed"], "true");
         assert_eq!(h["content-type"], "application/json");
@@ -113,7 +150,11 @@ async fn server_errors_are_replayed_too() {
         .layer(layer())
         .service(counted(StatusCode::INTERNAL_SERVER_ERROR, &calls));
     for _ in 0..2 {
-        let res = svc.clone().oneshot(post(Some("\"o-5\""), "{}")).await.unwrap();
+        let res = svc
+            .clone()
+            .oneshot(post(Some("\"o-5\""), "{}"))
+            .await
+            .unwrap();
         assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -123,9 +164,19 @@ async fn server_errors_are_replayed_too() {
 #[tokio::test]
 async fn the_same_key_with_another_body_is_422() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let svc = ServiceBuilder::new().layer(layer()).service(counted(StatusCode::CREATED, &calls));
-    svc.clone().oneshot(post(Some("\"o-2\""), "{\"a\":1}")).await.unwrap();
-    let (status, headers, body) = read(svc.oneshot(post(Some("\"o-2\""), "{\"a\":2}")).await.unwrap()).await;
+    let svc = ServiceBuilder::new()
+        .layer(layer())
+        .service(counted(StatusCode::CREATED, &calls));
+    svc.clone()
+        .oneshot(post(Some("\"o-2\""), "{\"a\":1}"))
+        .await
+        .unwrap();
+    let (status, headers, body) = read(
+        svc.oneshot(post(Some("\"o-2\""), "{\"a\":2}"))
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(headers["content-type"], "application/problem+json");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -139,21 +190,29 @@ async fn a_duplicate_in_flight_is_409_with_retry_after() {
     let started_tx = Arc::new(std::sync::Mutex::new(Some(started_tx)));
     let (finish_tx, finish_rx) = tokio::sync::watch::channel(false);
     let counter = calls.clone();
-    let slow = service_fn(move |_req: Request<battlement::body::LayerBody<Full<Bytes>>>| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        if let Some(tx) = started_tx.lock().unwrap().take() {
-            let _ = tx.send(());
-        }
-        let mut finish = finish_rx.clone();
-        async move {
-            let _ = finish.wait_for(|done| *done).await;
-            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"done"))))
-        }
-    });
+    let slow = service_fn(
+        move |_req: Request<battlement::body::LayerBody<Full<Bytes>>>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            if let Some(tx) = started_tx.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+            let mut finish = finish_rx.clone();
+            async move {
+                let _ = finish.wait_for(|done| *done).await;
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"done"))))
+            }
+        },
+    );
     let svc = ServiceBuilder::new().layer(layer()).service(slow);
     let first = tokio::spawn(svc.clone().oneshot(post(Some("\"o-3\""), "{}")));
     started_rx.await.unwrap();
-    let (status, headers, _) = read(svc.clone().oneshot(post(Some("\"o-3\""), "{}")).await.unwrap()).await;
+    let (status, headers, _) = read(
+        svc.clone()
+            .oneshot(post(Some("\"o-3\""), "{}"))
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(headers["retry-after"], "1");
     finish_tx.send(true).unwrap();
@@ -191,14 +250,30 @@ async fn body_limits() {
     let svc = ServiceBuilder::new()
         .layer(layer().max_request_body(8).max_response_body(16))
         .service(counted(StatusCode::CREATED, &calls));
-    let (status, _, body) = read(svc.clone().oneshot(post(Some("\"big\""), "{\"123456789\":1}")).await.unwrap()).await;
+    let (status, _, body) = read(
+        svc.clone()
+            .oneshot(post(Some("\"big\""), "{\"123456789\":1}"))
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert_eq!(calls.load(Ordering::SeqCst), 0);
     // The response (`{"call":n,"echo":{}}`, 21 bytes) is over 16.
     for n in 1..=2 {
-        let (status, headers, body) = read(svc.clone().oneshot(post(Some("\"r\""), "{}")).await.unwrap()).await;
+        let (status, headers, body) = read(
+            svc.clone()
+                .oneshot(post(Some("\"r\""), "{}"))
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(status, StatusCode::CREATED);
-        assert_eq!(body, format!("{{\"call\":{n},\"echo\":{{}}}}"), "sent whole");
+        assert_eq!(
+            body,
+            format!("{{\"call\":{n},\"echo\":{{}}}}"),
+            "sent whole"
+        );
         assert!(!headers.contains_key("idempotent-replayed"));
     }
 }
@@ -222,15 +297,26 @@ async fn store_failures_follow_the_failure_policy() {
         .layer(IdempotencyLayer::new(down.clone()).failure_policy(FailurePolicy::FailOpen))
         .service(counted(StatusCode::CREATED, &calls));
     for _ in 0..2 {
-        open.clone().oneshot(post(Some("\"s\""), "{}")).await.unwrap();
+        open.clone()
+            .oneshot(post(Some("\"s\""), "{}"))
+            .await
+            .unwrap();
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "fail-open executes every time");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "fail-open executes every time"
+    );
 
     let local = ServiceBuilder::new()
         .layer(IdempotencyLayer::new(down).failure_policy(FailurePolicy::LocalFallback))
         .service(counted(StatusCode::CREATED, &calls));
     for _ in 0..2 {
-        local.clone().oneshot(post(Some("\"s\""), "{}")).await.unwrap();
+        local
+            .clone()
+            .oneshot(post(Some("\"s\""), "{}"))
+            .await
+            .unwrap();
     }
     assert_eq!(calls.load(Ordering::SeqCst), 3, "the fallback replays");
 }
@@ -239,10 +325,13 @@ async fn store_failures_follow_the_failure_policy() {
 #[tokio::test]
 async fn keys_are_scoped_per_authorization() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let svc = ServiceBuilder::new().layer(layer()).service(counted(StatusCode::CREATED, &calls));
+    let svc = ServiceBuilder::new()
+        .layer(layer())
+        .service(counted(StatusCode::CREATED, &calls));
     for token in ["Bearer alice", "Bearer bob", "Bearer alice"] {
         let mut req = post(Some("\"shared\""), "{}");
-        req.headers_mut().insert("authorization", token.parse().unwrap());
+        req.headers_mut()
+            .insert("authorization", token.parse().unwrap());
         svc.clone().oneshot(req).await.unwrap();
     }
     assert_eq!(calls.load(Ordering::SeqCst), 2);
@@ -257,14 +346,20 @@ async fn an_abandoned_claim_expires_after_the_lock() {
     let counter = calls.clone();
     // The first call never finishes: its future is dropped, as if the
     // process had died mid-request.
-    let hang = service_fn(move |_req: Request<battlement::body::LayerBody<Full<Bytes>>>| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>()
-    });
+    let hang = service_fn(
+        move |_req: Request<battlement::body::LayerBody<Full<Bytes>>>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<Result<Response<Full<Bytes>>, Infallible>>()
+        },
+    );
     let svc = ServiceBuilder::new()
         .layer(layer_on(store.clone()))
         .service(hang);
-    let abandoned = tokio::time::timeout(Duration::from_millis(50), svc.oneshot(post(Some("\"c\""), "{}"))).await;
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(50),
+        svc.oneshot(post(Some("\"c\""), "{}")),
+    )
+    .await;
     assert!(abandoned.is_err());
     let ok = ServiceBuilder::new()
         .layer(layer_on(store))
@@ -280,5 +375,7 @@ async fn an_abandoned_claim_expires_after_the_lock() {
 }
 
 fn layer_on(store: MemoryStore) -> IdempotencyLayer<MemoryStore> {
-    IdempotencyLayer::new(store).required(true).lock(Duration::from_secs(30))
+    IdempotencyLayer::new(store)
+        .required(true)
+        .lock(Duration::from_secs(30))
 }

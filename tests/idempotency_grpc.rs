@@ -55,7 +55,8 @@ async fn serve(calls: &Arc<AtomicUsize>) -> GreeterClient<Channel> {
 fn hello(name: &str, key: Option<&str>) -> Request<HelloRequest> {
     let mut req = Request::new(HelloRequest { name: name.into() });
     if let Some(key) = key {
-        req.metadata_mut().insert("idempotency-key", key.parse().unwrap());
+        req.metadata_mut()
+            .insert("idempotency-key", key.parse().unwrap());
     }
     req
 }
@@ -64,16 +65,28 @@ fn hello(name: &str, key: Option<&str>) -> Request<HelloRequest> {
 async fn unary_calls_with_a_key_execute_once_and_replay() {
     let calls = Arc::new(AtomicUsize::new(0));
     let mut client = serve(&calls).await;
-    let first = client.say_hello(hello("Ferris", Some("\"k1\""))).await.unwrap();
+    let first = client
+        .say_hello(hello("Ferris", Some("\"k1\"")))
+        .await
+        .unwrap();
     assert_eq!(first.get_ref().message, "Hello Ferris #1");
     assert!(first.metadata().get("idempotent-replayed").is_none());
-    let again = client.say_hello(hello("Ferris", Some("\"k1\""))).await.unwrap();
+    let again = client
+        .say_hello(hello("Ferris", Some("\"k1\"")))
+        .await
+        .unwrap();
     assert_eq!(again.get_ref().message, "Hello Ferris #1");
     assert_eq!(again.metadata().get("idempotent-replayed").unwrap(), "true");
 
-    let other = client.say_hello(hello("Crab", Some("\"k1\""))).await.unwrap_err();
+    let other = client
+        .say_hello(hello("Crab", Some("\"k1\"")))
+        .await
+        .unwrap_err();
     assert_eq!(other.code(), Code::FailedPrecondition, "{other:?}");
-    let bad = client.say_hello(hello("Ferris", Some("unquoted"))).await.unwrap_err();
+    let bad = client
+        .say_hello(hello("Ferris", Some("unquoted")))
+        .await
+        .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
 
     let keyless = client.say_hello(hello("Ferris", None)).await.unwrap();

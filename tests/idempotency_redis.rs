@@ -60,10 +60,16 @@ async fn a_request_killed_mid_execution_runs_once_after_the_lock_expires() {
             break claimed_at.elapsed();
         }
         assert_eq!(res.status(), StatusCode::CONFLICT);
-        assert!(claimed_at.elapsed() < Duration::from_secs(5), "the lock never expired");
+        assert!(
+            claimed_at.elapsed() < Duration::from_secs(5),
+            "the lock never expired"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(executed >= lock - Duration::from_millis(150), "ran after {executed:?}");
+    assert!(
+        executed >= lock - Duration::from_millis(150),
+        "ran after {executed:?}"
+    );
     for _ in 0..3 {
         let res = b.clone().oneshot(post()).await.unwrap();
         assert_eq!(res.headers()["idempotent-replayed"], "true");

@@ -242,7 +242,11 @@ async fn order(
             axum::Json(serde_json::json!({ "order": n, "body": body })),
         )
             .into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("order counter: {e}")).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("order counter: {e}"),
+        )
+            .into_response(),
     }
 }
 
@@ -295,7 +299,12 @@ async fn build(settings: &Settings, registry: &HealthRegistry) -> Result<Router,
         {
             let redis = battlement::backends::RedisStore::connect(url).await?;
             registry.register(battlement::health::store_check(redis.clone()));
-            return app(settings, registry.clone(), redis, Orders::connect(settings).await?);
+            return app(
+                settings,
+                registry.clone(),
+                redis,
+                Orders::connect(settings).await?,
+            );
         }
         #[cfg(not(feature = "redis"))]
         return Err(
@@ -595,7 +604,10 @@ mod tests {
         let (status, _, body) = call(&app, order_req(None, "{}")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         let (status, headers, first) = call(&app, order_req(Some("\"a\""), r#"{"tea":1}"#)).await;
-        assert_eq!((status, first.as_str()), (StatusCode::CREATED, r#"{"body":{"tea":1},"order":1}"#));
+        assert_eq!(
+            (status, first.as_str()),
+            (StatusCode::CREATED, r#"{"body":{"tea":1},"order":1}"#)
+        );
         assert!(!headers.contains_key("idempotent-replayed"));
         let (status, headers, again) = call(&app, order_req(Some("\"a\""), r#"{"tea":1}"#)).await;
         assert_eq!((status, again), (StatusCode::CREATED, first));
@@ -619,7 +631,11 @@ mod tests {
         };
         let a = build(&s, &HealthRegistry::new()).await.unwrap();
         let b = build(&s, &HealthRegistry::new()).await.unwrap();
-        let before: i64 = redis.cli(&["GET", "example:orders"]).trim().parse().unwrap_or(0);
+        let before: i64 = redis
+            .cli(&["GET", "example:orders"])
+            .trim()
+            .parse()
+            .unwrap_or(0);
         let tasks: Vec<_> = (0..100)
             .map(|i| {
                 let app = if i % 2 == 0 { a.clone() } else { b.clone() };
@@ -633,16 +649,25 @@ mod tests {
         for t in tasks {
             let (status, headers, body) = t.await.unwrap();
             match status {
-                StatusCode::CREATED => created.push((headers.contains_key("idempotent-replayed"), body)),
+                StatusCode::CREATED => {
+                    created.push((headers.contains_key("idempotent-replayed"), body))
+                }
                 StatusCode::CONFLICT => conflicts += 1,
                 other => panic!("unexpected {other}: {body}"),
             }
         }
-        let after: i64 = redis.cli(&["GET", "example:orders"]).trim().parse().unwrap();
+        let after: i64 = redis
+            .cli(&["GET", "example:orders"])
+            .trim()
+            .parse()
+            .unwrap();
         assert_eq!(after - before, 1, "exactly one execution");
         let executed = created.iter().filter(|(replayed, _)| !replayed).count();
         assert_eq!(executed, 1);
-        assert!(created.iter().all(|(_, body)| *body == created[0].1), "byte-identical");
+        assert!(
+            created.iter().all(|(_, body)| *body == created[0].1),
+            "byte-identical"
+        );
         assert_eq!(created.len() + conflicts, 100);
         let (status, _, _) = call(&b, order_req(Some("\"order-42\""), r#"{"item":"cake"}"#)).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);

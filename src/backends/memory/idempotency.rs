@@ -13,16 +13,37 @@ use crate::layers::idempotency::{
 
 /// The records, by id.
 #[derive(Debug, Default)]
-pub(crate) struct Records(Mutex<HashMap<Box<str>, Record>>);
+pub(crate) struct Records(Mutex<Map>);
+
+#[derive(Debug, Default)]
+struct Map {
+    records: HashMap<Box<str>, Record>,
+    /// The size at which a claim next drops expired records: twice the
+    /// size after the last purge, so purging costs O(1) per claim.
+    purge_at: usize,
+}
+
+/// The smallest map that is purged.
+const PURGE_FROM: usize = 1024;
 
 impl Records {
     fn with<T>(&self, f: impl FnOnce(&mut HashMap<Box<str>, Record>) -> T) -> T {
-        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+        f(&mut self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .records)
+    }
+
+    /// Drops expired records when the map has doubled since the last purge.
+    fn purge(&self, now_us: u64) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.records.len() >= map.purge_at.max(PURGE_FROM) {
+            map.records.retain(|_, r| r.expires_us() > now_us);
+            map.purge_at = map.records.len() * 2;
+        }
     }
 }
-
-/// Expired records are dropped once this many are held and a claim comes.
-const PURGE_ABOVE: usize = 1024;
 
 impl IdempotencyStore for MemoryStore {
     async fn claim(
@@ -33,11 +54,11 @@ impl IdempotencyStore for MemoryStore {
     ) -> Result<Claim, StoreError> {
         self.check_open()?;
         let now = self.inner.clock.now_micros();
-        Ok(self.inner.idempotency.with(|records| {
-            if records.len() > PURGE_ABOVE {
-                records.retain(|_, r| r.expires_us() > now);
-            }
-            match records.get(id) {
+        self.inner.idempotency.purge(now);
+        Ok(self
+            .inner
+            .idempotency
+            .with(|records| match records.get(id) {
                 Some(Record::InFlight {
                     expires_us,
                     fingerprint,
@@ -63,8 +84,7 @@ impl IdempotencyStore for MemoryStore {
                     records.insert(id.into(), record);
                     Claim::Won(token)
                 }
-            }
-        }))
+            }))
     }
 
     async fn complete(

@@ -94,6 +94,9 @@ pub struct StoredResponse {
 }
 
 /// The state of one idempotency key.
+// Short-lived values, built once per request: boxing would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     /// Claimed and executing until `expires_us`.

@@ -12,6 +12,9 @@ use crate::error::StoreError;
 pub const CONCERN: &str = "idem";
 
 /// The outcome of a claim.
+// Short-lived values, built once per request: boxing would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// This caller owns the key now: execute, then complete or release.
