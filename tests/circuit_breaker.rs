@@ -260,23 +260,31 @@ async fn probes_decide_by_the_failure_rate() {
     assert_eq!(b.state(K), State::Closed, "1 failure of 4 probes = 25 %");
 }
 
-// SPEC CB-4: outcomes admitted before a transition are dropped.
+// SPEC CB-4: outcomes admitted before a transition are dropped, even when
+// they land in a new closed period.
 #[tokio::test]
 async fn a_stale_outcome_after_a_transition_is_ignored() {
     let clock = clock();
-    let b = breaker(rate_config(2).half_open_probes(1), &clock);
+    let b = breaker(
+        BreakerConfig::default()
+            .consecutive_failures(1)
+            .half_open_probes(1),
+        &clock,
+    );
     let stale: Vec<_> = (0..3).map(|_| b.acquire(K).unwrap()).collect();
-    calls(&b, Outcome::Failure, 2);
+    calls(&b, Outcome::Failure, 1);
     assert_eq!(b.state(K), State::Open);
-    clock.advance(Duration::from_secs(10));
-    let probe = b.acquire(K).unwrap();
-    // Outcomes of calls admitted while closed change nothing now.
+    clock.advance(Duration::from_secs(60));
+    b.acquire(K).unwrap().record(Outcome::Success);
+    assert_eq!(b.state(K), State::Closed, "a new closed period");
+    // One counted failure would open it again; these were admitted in the
+    // old closed period and change nothing.
     for permit in stale {
         permit.record(Outcome::Failure);
     }
-    assert_eq!(b.state(K), State::HalfOpen);
-    probe.record(Outcome::Success);
     assert_eq!(b.state(K), State::Closed);
+    calls(&b, Outcome::Failure, 1);
+    assert_eq!(b.state(K), State::Open);
 }
 
 // SPEC CB-4: exactly one transition under a concurrent burst of failures.
@@ -339,7 +347,10 @@ async fn forced_open_rejects_and_disabled_admits_until_reset() {
 #[tokio::test]
 async fn breakers_are_per_key_and_idle_ones_are_evicted() {
     let clock = clock();
-    let b = layer(BreakerConfig::default().consecutive_failures(1), &clock)
+    let config = BreakerConfig::default()
+        .consecutive_failures(1)
+        .open_for(Duration::from_secs(600));
+    let b = layer(config, &clock)
         .idle_timeout(Duration::from_secs(60))
         .handle();
     b.acquire("a").unwrap().record(Outcome::Failure);
@@ -349,10 +360,11 @@ async fn breakers_are_per_key_and_idle_ones_are_evicted() {
     assert_eq!(b.len(), 2);
     clock.advance(Duration::from_secs(61));
     b.sync().await;
-    // "b" is closed and idle: gone. "a" is not closed: kept.
-    let mut states = b.states();
-    states.sort_by(|x, y| x.0.cmp(&y.0));
-    assert_eq!(states, [("a".to_owned(), State::Open)]);
+    // "b" is idle: gone. "a" has open time left: kept, until it has not.
+    assert_eq!(b.states(), [("a".to_owned(), State::Open)]);
+    clock.advance(Duration::from_secs(600));
+    b.sync().await;
+    assert!(b.is_empty());
 }
 
 /// An inner HTTP service answering `status`, counting its calls.
@@ -585,4 +597,23 @@ async fn works_as_an_axum_router_layer() {
     let res = app.oneshot(req()).await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(res.headers()["retry-after"], "60");
+}
+
+// SPEC CB-5: keys beyond the cap share one overflow breaker.
+#[tokio::test]
+async fn keys_beyond_the_cap_share_an_overflow_breaker() {
+    let clock = clock();
+    let b = layer(BreakerConfig::default().consecutive_failures(1), &clock)
+        .max_keys(2)
+        .handle();
+    b.acquire("a").unwrap().record(Outcome::Success);
+    b.acquire("b").unwrap().record(Outcome::Success);
+    b.acquire("c").unwrap().record(Outcome::Failure);
+    assert_eq!(b.len(), 3, "a, b and the overflow breaker");
+    assert_eq!(b.state("~overflow"), State::Open);
+    assert!(
+        b.acquire("d").is_err(),
+        "d shares the open overflow breaker"
+    );
+    assert!(b.acquire("a").is_ok());
 }

@@ -31,35 +31,48 @@ const CLOSED: SharedState = SharedState {
 };
 
 /// Writing needs the stored version; a stale writer gets the winner's
-/// state back.
+/// state back (and its writer id); versions only grow, even after a
+/// record expired.
 pub async fn publish_is_a_compare_and_set<H: Harness>(h: H)
 where
     H::Store: CircuitBreakerStore,
 {
-    let s = h.store_with_clock(ManualClock::new(T0).shared()).await;
+    let clock = ManualClock::new(T0);
+    let s = h.store_with_clock(clock.shared()).await;
     assert_eq!(s.load("b/k").await.unwrap(), None);
-    assert_eq!(
-        s.publish("b/k", 0, open_for(30)).await.unwrap(),
-        Published::Applied(1)
-    );
-    match s.publish("b/k", 0, CLOSED).await.unwrap() {
+    let Published::Applied(v1) = s.publish("b/k", 0, 7, open_for(30)).await.unwrap() else {
+        panic!("first write refused")
+    };
+    match s.publish("b/k", 0, 8, CLOSED).await.unwrap() {
         Published::Conflict(Some(winner)) => {
-            assert_eq!(winner.version, 1);
+            assert_eq!((winner.version, winner.writer), (v1, 7));
             assert_eq!(winner.shared, open_for(30));
         }
         other => panic!("stale write accepted: {other:?}"),
     }
-    assert_eq!(
-        s.publish("b/k", 1, CLOSED).await.unwrap(),
-        Published::Applied(2)
-    );
+    let Published::Applied(v2) = s.publish("b/k", v1, 8, CLOSED).await.unwrap() else {
+        panic!("write on the current version refused")
+    };
+    assert!(v2 > v1);
     let stored = s.load("b/k").await.unwrap().unwrap();
-    assert_eq!((stored.version, stored.shared), (2, CLOSED));
-    // Nothing stored: any expected version writes.
     assert_eq!(
-        s.publish("b/other", 7, CLOSED).await.unwrap(),
-        Published::Applied(8)
+        (stored.version, stored.writer, stored.shared),
+        (v2, 8, CLOSED)
     );
+    // Nothing stored: any expected version writes, and the version still
+    // grows past it.
+    let Published::Applied(v) = s.publish("b/other", v2, 9, CLOSED).await.unwrap() else {
+        panic!("write on an absent key refused")
+    };
+    assert!(v > v2);
+    // A writer that never saw a record (it expired, or this instance is
+    // new) still writes above every earlier version: versions are store
+    // times.
+    clock.advance(Duration::from_secs(1));
+    let Published::Applied(fresh) = s.publish("b/new", 0, 9, CLOSED).await.unwrap() else {
+        panic!("write on a new key refused")
+    };
+    assert!(fresh > v2, "{fresh} <= {v2}");
 }
 
 /// Concurrent writers of one version: exactly one wins.
@@ -71,18 +84,20 @@ where
     let tasks: Vec<_> = (0..16)
         .map(|i| {
             let s = s.clone();
-            tokio::spawn(async move { s.publish("b/k", 0, open_for(10 + i)).await })
+            tokio::spawn(async move { s.publish("b/k", 0, i, open_for(10 + i)).await })
         })
         .collect();
-    let mut applied = 0;
+    let mut applied = Vec::new();
+    let mut conflicts = Vec::new();
     for t in tasks {
         match t.await.unwrap().unwrap() {
-            Published::Applied(1) => applied += 1,
-            Published::Conflict(Some(v)) => assert_eq!(v.version, 1),
+            Published::Applied(v) => applied.push(v),
+            Published::Conflict(Some(v)) => conflicts.push(v.version),
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(applied, 1);
+    assert_eq!(applied.len(), 1);
+    assert!(conflicts.iter().all(|v| *v == applied[0]));
 }
 
 /// The open time left runs on the store's clock.
@@ -92,7 +107,7 @@ where
 {
     let clock = ManualClock::new(T0);
     let s = h.store_with_clock(clock.shared()).await;
-    s.publish("b/k", 0, open_for(30)).await.unwrap();
+    s.publish("b/k", 0, 1, open_for(30)).await.unwrap();
     clock.advance(Duration::from_secs(10));
     let stored = s.load("b/k").await.unwrap().unwrap();
     assert_eq!(stored.shared.open_for, Duration::from_secs(20));
@@ -108,8 +123,8 @@ where
     H::Store: CircuitBreakerStore,
 {
     let s = h.store().await;
-    s.publish("b/k", 0, open_for(30)).await.unwrap();
-    s.publish("b/k2", 0, CLOSED).await.unwrap();
+    s.publish("b/k", 0, 1, open_for(30)).await.unwrap();
+    s.publish("b/k2", 0, 1, CLOSED).await.unwrap();
     let prefix = s.keyspace().concern_prefix(CONCERN);
     let keys: Vec<_> = h
         .stored_keys(&s)
@@ -186,7 +201,7 @@ where
         .consecutive_failures(1)
         .half_open_probes(1)
         .open_for(Duration::from_secs(10))
-        .open_backoff(2.0, Duration::from_secs(60));
+        .open_backoff(2.0, Duration::from_secs(600));
     let a = layer(&s, config.clone()).clock(clock.shared()).handle();
     let b = layer(&s, config).clock(clock.shared()).handle();
     drop(b.acquire(K).expect("B starts closed"));
@@ -208,6 +223,9 @@ where
     a.sync().await;
     b.sync().await;
     clock.advance(Duration::from_secs(10));
+    // A half-opens (its probe is cancelled), B's probe fails first.
+    drop(a.acquire(K).expect("A's probe"));
+    assert_eq!(a.state(K), State::HalfOpen);
     b.acquire(K).expect("probe").record(Outcome::Failure);
     assert_eq!(
         b.open_remaining(K),
@@ -218,6 +236,11 @@ where
     a.sync().await;
     let open = a.acquire(K).expect_err("B's failed probe re-opened A");
     assert_eq!(open.retry_after(), Some(Duration::from_secs(20)));
+    // A took B's re-open count as it is: its next failed probe backs off
+    // one step further (40 s), not two.
+    clock.advance(Duration::from_secs(20));
+    a.acquire(K).expect("probe").record(Outcome::Failure);
+    assert_eq!(a.open_remaining(K), Some(Duration::from_secs(40)));
 }
 
 /// Forcing a breaker open on one instance forces it everywhere, and a

@@ -11,7 +11,7 @@ use super::EtcdStore;
 use super::txn::Guarded;
 use crate::backends::Backend;
 use crate::error::StoreError;
-use crate::layers::circuit_breaker::store::{decode, encode, state_key, ttl};
+use crate::layers::circuit_breaker::store::{decode, encode, next_version, state_key};
 use crate::layers::circuit_breaker::{CircuitBreakerStore, Published, SharedState, Versioned};
 
 /// The state and revision of a key (revision 0: absent).
@@ -35,6 +35,7 @@ impl CircuitBreakerStore for EtcdStore {
         &self,
         id: &str,
         expected: u64,
+        writer: u64,
         next: SharedState,
     ) -> Result<Published, StoreError> {
         let key = state_key(self.keyspace(), id);
@@ -45,16 +46,10 @@ impl CircuitBreakerStore for EtcdStore {
         {
             return Ok(Published::Conflict(Some(current)));
         }
-        let version = expected + 1;
-        let open_for = u64::try_from(next.open_for.as_micros()).unwrap_or(0);
-        let value = encode(
-            next.state,
-            version,
-            now_us.saturating_add(open_for),
-            next.reopens,
-        );
+        let version = next_version(expected, now_us);
+        let value = encode(version, writer, &next, now_us);
         match self
-            .put_at(&key, revision, value.as_bytes(), ttl(&next))
+            .put_at(&key, revision, value.as_bytes(), next.ttl())
             .await?
         {
             Guarded::Applied => Ok(Published::Applied(version)),

@@ -6,7 +6,7 @@ use std::sync::{Mutex, PoisonError};
 
 use super::MemoryStore;
 use crate::error::StoreError;
-use crate::layers::circuit_breaker::store::ttl;
+use crate::layers::circuit_breaker::store::next_version;
 use crate::layers::circuit_breaker::{
     CircuitBreakerStore, Published, SharedState, State, Versioned,
 };
@@ -19,6 +19,7 @@ pub(crate) struct Records(Mutex<HashMap<Box<str>, Record>>);
 struct Record {
     state: State,
     version: u64,
+    writer: u64,
     open_until_us: u64,
     reopens: u32,
     expires_us: u64,
@@ -28,6 +29,7 @@ impl Record {
     fn versioned(&self, now_us: u64) -> Versioned {
         Versioned {
             version: self.version,
+            writer: self.writer,
             shared: SharedState {
                 state: self.state,
                 open_for: std::time::Duration::from_micros(
@@ -63,6 +65,7 @@ impl CircuitBreakerStore for MemoryStore {
         &self,
         id: &str,
         expected: u64,
+        writer: u64,
         next: SharedState,
     ) -> Result<Published, StoreError> {
         self.check_open()?;
@@ -80,14 +83,15 @@ impl CircuitBreakerStore for MemoryStore {
         {
             return Ok(Published::Conflict(Some(r.versioned(now_us))));
         }
-        let version = expected + 1;
+        let version = next_version(expected, now_us);
         let open_for_us = u64::try_from(next.open_for.as_micros()).unwrap_or(u64::MAX);
-        let ttl_us = u64::try_from(ttl(&next).as_micros()).unwrap_or(u64::MAX);
+        let ttl_us = u64::try_from(next.ttl().as_micros()).unwrap_or(u64::MAX);
         records.insert(
             id.into(),
             Record {
                 state: next.state,
                 version,
+                writer,
                 open_until_us: now_us.saturating_add(open_for_us),
                 reopens: next.reopens,
                 expires_us: now_us.saturating_add(ttl_us),

@@ -9,7 +9,7 @@ use redis::Script;
 use super::RedisStore;
 use crate::backends::Backend;
 use crate::error::StoreError;
-use crate::layers::circuit_breaker::store::{RETENTION, decode, state_key};
+use crate::layers::circuit_breaker::store::{decode, state_key};
 use crate::layers::circuit_breaker::{CircuitBreakerStore, Published, SharedState, Versioned};
 
 static LOAD: LazyLock<Script> =
@@ -39,15 +39,17 @@ impl CircuitBreakerStore for RedisStore {
         &self,
         id: &str,
         expected: u64,
+        writer: u64,
         next: SharedState,
     ) -> Result<Published, StoreError> {
         let mut invocation = PUBLISH.key(state_key(self.keyspace(), id));
         invocation
             .arg(expected)
             .arg(next.state.as_str())
-            .arg(u64::try_from(next.open_for.as_micros()).unwrap_or(u64::MAX / 2))
+            .arg(u64::try_from(next.open_for.as_micros()).unwrap_or(0))
             .arg(next.reopens)
-            .arg(RETENTION.as_millis() as u64)
+            .arg(u64::try_from(next.ttl().as_millis()).unwrap_or(u64::MAX))
+            .arg(writer)
             .arg(self.caller_now());
         let (version, current, now_us): (u64, String, u64) = self.invoke(&invocation).await?;
         if version > 0 {

@@ -4,6 +4,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
@@ -19,7 +20,7 @@ pin_project! {
     pub struct ClassifiedBody<B> {
         #[pin]
         inner: B,
-        pending: Option<(Permit, Arc<dyn ClassifyResponse>)>,
+        pending: Option<(Permit, Arc<dyn ClassifyResponse>, Duration)>,
     }
 }
 
@@ -32,11 +33,13 @@ impl<B> ClassifiedBody<B> {
         }
     }
 
-    /// A body whose outcome comes from its trailers.
+    /// A body whose outcome comes from its trailers; the call is timed
+    /// to now, when its head arrived.
     pub(crate) fn pending(inner: B, permit: Permit, classifier: Arc<dyn ClassifyResponse>) -> Self {
+        let elapsed = permit.elapsed();
         Self {
             inner,
-            pending: Some((permit, classifier)),
+            pending: Some((permit, classifier, elapsed)),
         }
     }
 }
@@ -59,15 +62,19 @@ impl<B: Body> Body for ClassifiedBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
-        if let Some((permit, classifier)) = this.pending.take() {
-            match &frame {
+        if let Some((permit, classifier, elapsed)) = this.pending.take() {
+            let outcome = match &frame {
                 Some(Ok(f)) => match f.trailers_ref() {
-                    Some(trailers) => permit.record(classifier.classify_trailers(Some(trailers))),
-                    None => *this.pending = Some((permit, classifier)),
+                    Some(trailers) => classifier.classify_trailers(Some(trailers)),
+                    None => {
+                        *this.pending = Some((permit, classifier, elapsed));
+                        return Poll::Ready(frame);
+                    }
                 },
-                Some(Err(_)) => permit.record(Outcome::Failure),
-                None => permit.record(classifier.classify_trailers(None)),
-            }
+                Some(Err(_)) => Outcome::Failure,
+                None => classifier.classify_trailers(None),
+            };
+            permit.record_timed(outcome, elapsed);
         }
         Poll::Ready(frame)
     }

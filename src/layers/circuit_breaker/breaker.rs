@@ -175,12 +175,14 @@ impl Breaker {
         (result, transition)
     }
 
-    /// Records the outcome of an admitted call at `now`.
+    /// Records the outcome of an admitted call that took `elapsed`, at
+    /// `now`.
     pub(crate) fn record(
         &self,
         config: &BreakerConfig,
         ticket: Ticket,
         outcome: Outcome,
+        elapsed: Duration,
         now: Duration,
     ) -> Option<Transition> {
         if ticket.kind == Kind::Untracked {
@@ -192,8 +194,7 @@ impl Breaker {
             return None;
         }
         let failure = outcome == Outcome::Failure;
-        let slow =
-            outcome == Outcome::Success && now.saturating_sub(ticket.started) > config.slow_call;
+        let slow = outcome == Outcome::Success && elapsed > config.slow_call;
         match (ticket.kind, inner.state) {
             (Kind::Probe, State::HalfOpen) => {
                 inner.probes_out = inner.probes_out.saturating_sub(1);
@@ -274,24 +275,30 @@ impl Breaker {
         }
         inner.version = record.version;
         let shared = record.shared;
-        inner.reopens = shared.reopens;
         let to = match shared.state {
             // An open time that already passed elsewhere half-opens here.
             State::Open if shared.open_for.is_zero() => State::HalfOpen,
             state => state,
         };
-        let unchanged = to == inner.state && to != State::Open;
-        let transition = if unchanged {
+        let transition = if to == inner.state {
             None
         } else {
             self.transition(&mut inner, config, to, now)
         };
+        inner.reopens = shared.reopens;
         if to == State::Open {
             inner.open_until = now + shared.open_for;
         }
         // What came from the store needs no publishing.
         inner.published = inner.generation;
         transition
+    }
+
+    /// Notes that the store holds this breaker's own write as `version`
+    /// (found after a call that timed out but applied).
+    pub(crate) fn seen(&self, version: u64) {
+        let mut inner = self.lock();
+        inner.version = inner.version.max(version);
     }
 
     /// The state to write to the store, when it changed since the last
@@ -322,6 +329,14 @@ impl Breaker {
         if inner.generation == generation {
             inner.published = generation;
         }
+    }
+
+    /// Whether the breaker may be forgotten: anything but an open breaker
+    /// with open time left (a forced or disabled state is in the store and
+    /// comes back from there).
+    pub(crate) fn evictable(&self, now: Duration) -> bool {
+        let inner = self.lock();
+        !(inner.state == State::Open && inner.open_until > now)
     }
 
     /// Remaining open time, for `Retry-After` and the handle.

@@ -79,6 +79,9 @@ impl Default for BreakerConfig {
 /// The longest time window: one hour of per-second buckets.
 const MAX_WINDOW_SECS: u64 = 3600;
 
+/// The longest open time.
+const MAX_OPEN: Duration = Duration::from_secs(24 * 3600);
+
 impl BreakerConfig {
     /// The window the rates are computed over.
     pub fn window(mut self, window: Window) -> Self {
@@ -183,6 +186,19 @@ impl BreakerConfig {
         if self.max_open_for < self.open_for {
             return Err(ConfigError::new("max_open_for must be at least open_for"));
         }
+        if self.max_open_for > MAX_OPEN {
+            return Err(ConfigError::new(format!(
+                "open_for and max_open_for must be at most {MAX_OPEN:?}"
+            )));
+        }
+        if let (Window::Count(size), None) = (self.window, self.consecutive_failures)
+            && self.minimum_calls > size
+        {
+            return Err(ConfigError::new(format!(
+                "minimum_calls ({}) above the window count ({size}) could never open the breaker",
+                self.minimum_calls
+            )));
+        }
         Ok(())
     }
 
@@ -235,6 +251,14 @@ mod tests {
             (
                 BreakerConfig::default().open_backoff(2.0, Duration::from_secs(1)),
                 "max_open_for",
+            ),
+            (
+                BreakerConfig::default().open_backoff(2.0, Duration::from_secs(90_000)),
+                "max_open_for",
+            ),
+            (
+                BreakerConfig::default().window(Window::Count(10)),
+                "minimum_calls",
             ),
         ];
         for (config, field) in cases {

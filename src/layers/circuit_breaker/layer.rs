@@ -22,8 +22,11 @@ use crate::key::{GlobalKey, Key, KeyExtractor};
 /// How often instances read each other's breaker states from the store.
 pub const DEFAULT_SYNC_EVERY: Duration = Duration::from_millis(250);
 
-/// How long a closed breaker may go unused before it is evicted.
+/// How long a breaker may go unused before it is evicted.
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(600);
+
+/// The default cap on the number of breakers of one layer.
+pub const DEFAULT_MAX_KEYS: usize = 10_000;
 
 /// Stops calls to a failing dependency (SPEC CB-1..CB-6).
 ///
@@ -72,6 +75,7 @@ struct Parts {
     events: Events,
     sync_every: Duration,
     idle: Duration,
+    max_keys: usize,
 }
 
 impl Parts {
@@ -84,6 +88,7 @@ impl Parts {
             self.events.clone(),
             self.sync_every,
             self.idle,
+            self.max_keys,
         ))
     }
 }
@@ -123,6 +128,7 @@ impl CircuitBreakerLayer {
             events: Events::new(),
             sync_every: DEFAULT_SYNC_EVERY,
             idle,
+            max_keys: DEFAULT_MAX_KEYS,
         };
         let shared = Shared {
             registry: parts.registry(),
@@ -165,9 +171,22 @@ impl CircuitBreakerLayer {
         self.rebuild(|p| p.sync_every = every.max(Duration::from_millis(10)))
     }
 
-    /// How long a closed breaker may go unused before it is evicted.
+    /// How long a breaker may go unused before it is evicted (never
+    /// while open time is left; at least one second, and at least the
+    /// time window, so no counted outcome is thrown away).
     pub fn idle_timeout(self, idle: Duration) -> Self {
-        self.rebuild(|p| p.idle = idle)
+        let floor = match self.parts.config.window {
+            Window::Time(d) => d.max(Duration::from_secs(1)),
+            Window::Count(_) => Duration::from_secs(1),
+        };
+        self.rebuild(|p| p.idle = idle.max(floor))
+    }
+
+    /// At most this many breakers (default 10,000); calls on further keys
+    /// share one overflow breaker until idle ones are evicted, so a server
+    /// keyed by a client-chosen value cannot grow without bound.
+    pub fn max_keys(self, max: usize) -> Self {
+        self.rebuild(|p| p.max_keys = max.max(1))
     }
 
     /// Client mode: rejections are [`CircuitOpen`] errors.

@@ -60,7 +60,7 @@ pub use error::CircuitOpen;
 pub use future::{ClientResponseFuture, ResponseFuture};
 pub use layer::{
     CircuitBreakerHandle, CircuitBreakerLayer, ClientCircuitBreakerLayer, DEFAULT_IDLE,
-    DEFAULT_SYNC_EVERY,
+    DEFAULT_MAX_KEYS, DEFAULT_SYNC_EVERY,
 };
 pub use registry::Permit;
 pub use service::{CircuitBreaker, ClientCircuitBreaker};

@@ -28,6 +28,9 @@ use crate::key::Key;
 /// The layer name in events.
 pub(crate) const LAYER: &str = "circuit_breaker";
 
+/// The key calls share once a layer has `max_keys` breakers.
+const OVERFLOW: &str = "~overflow";
+
 /// Store calls the sync task runs at once.
 const SYNC_CONCURRENCY: usize = 16;
 
@@ -39,6 +42,7 @@ pub(crate) trait DynStore: Send + Sync + 'static {
         &'a self,
         id: &'a str,
         expected: u64,
+        writer: u64,
         next: SharedState,
     ) -> BoxFuture<'a, Result<Published, StoreError>>;
 }
@@ -52,9 +56,12 @@ impl<St: CircuitBreakerStore> DynStore for St {
         &'a self,
         id: &'a str,
         expected: u64,
+        writer: u64,
         next: SharedState,
     ) -> BoxFuture<'a, Result<Published, StoreError>> {
-        Box::pin(CircuitBreakerStore::publish(self, id, expected, next))
+        Box::pin(CircuitBreakerStore::publish(
+            self, id, expected, writer, next,
+        ))
     }
 }
 
@@ -66,8 +73,11 @@ pub(crate) struct Registry {
     pub(crate) events: Events,
     pub(crate) sync_every: Duration,
     pub(crate) idle: Duration,
+    pub(crate) max_keys: usize,
     pub(crate) store: Arc<dyn DynStore>,
     breakers: DashMap<Key, Arc<Breaker>, foldhash::fast::RandomState>,
+    /// This layer's id in the store's records.
+    writer: u64,
     task: AtomicBool,
     warn: WarnLimiter,
 }
@@ -91,6 +101,7 @@ impl Registry {
         events: Events,
         sync_every: Duration,
         idle: Duration,
+        max_keys: usize,
     ) -> Self {
         Self {
             name,
@@ -99,8 +110,10 @@ impl Registry {
             events,
             sync_every,
             idle,
+            max_keys,
             store,
             breakers: DashMap::default(),
+            writer: fastrand::u64(1..u64::MAX >> 12),
             task: AtomicBool::new(false),
             warn: WarnLimiter::new(Duration::from_secs(10)),
         }
@@ -111,10 +124,14 @@ impl Registry {
     }
 
     /// The breaker of `key`, created closed (and then synced from the
-    /// store at once) if there is none.
+    /// store at once) if there is none; past `max_keys`, the overflow
+    /// breaker.
     fn breaker(self: &Arc<Self>, key: &Key) -> Arc<Breaker> {
         if let Some(b) = self.breakers.get(key) {
             return b.clone();
+        }
+        if self.breakers.len() >= self.max_keys && key.as_str() != OVERFLOW {
+            return self.breaker(&Key::from(OVERFLOW));
         }
         let mut created = false;
         let breaker = self
@@ -196,8 +213,11 @@ impl Registry {
         breaker: &Arc<Breaker>,
         ticket: Ticket,
         outcome: Outcome,
+        elapsed: Option<Duration>,
     ) {
-        let transition = breaker.record(&self.config, ticket, outcome, self.clock.now());
+        let now = self.clock.now();
+        let elapsed = elapsed.unwrap_or_else(|| now.saturating_sub(ticket.started()));
+        let transition = breaker.record(&self.config, ticket, outcome, elapsed, now);
         self.emit(outcome.as_str(), None);
         if let Some(t) = transition {
             self.transitioned(key, breaker, t, true);
@@ -245,14 +265,26 @@ impl Registry {
     /// lost race takes the winner's state.
     async fn publish(self: &Arc<Self>, key: &Key, breaker: &Arc<Breaker>) {
         let _one_at_a_time = breaker.publishing.lock().await;
-        let Some((generation, expected, next)) = breaker.unpublished(self.clock.now()) else {
-            return;
-        };
-        match self.store.publish(&self.id(key), expected, next).await {
-            Ok(Published::Applied(version)) => breaker.published(generation, version),
-            Ok(Published::Conflict(Some(record))) => self.adopt(key, breaker, &record),
-            Ok(Published::Conflict(None)) => {}
-            Err(e) => self.store_failed(&e),
+        self.publish_locked(key, breaker).await;
+    }
+
+    async fn publish_locked(self: &Arc<Self>, key: &Key, breaker: &Arc<Breaker>) {
+        // Twice at most: once more after finding our own earlier write.
+        for _ in 0..2 {
+            let Some((generation, expected, next)) = breaker.unpublished(self.clock.now()) else {
+                return;
+            };
+            let id = self.id(key);
+            match self.store.publish(&id, expected, self.writer, next).await {
+                Ok(Published::Applied(version)) => return breaker.published(generation, version),
+                // A write of ours that timed out but applied: build on it.
+                Ok(Published::Conflict(Some(record))) if record.writer == self.writer => {
+                    breaker.seen(record.version);
+                }
+                Ok(Published::Conflict(Some(record))) => return self.adopt(key, breaker, &record),
+                Ok(Published::Conflict(None)) => return,
+                Err(e) => return self.store_failed(&e),
+            }
         }
     }
 
@@ -262,13 +294,17 @@ impl Registry {
         }
     }
 
-    /// Writes an unwritten transition, or takes a newer stored state.
+    /// Writes an unwritten transition, or takes a newer stored state; one
+    /// at a time with this breaker's publications, so a poll never mistakes
+    /// this instance's own write for another's.
     async fn sync_one(self: &Arc<Self>, key: &Key, breaker: &Arc<Breaker>) {
+        let _one_at_a_time = breaker.publishing.lock().await;
         if breaker.unpublished(self.clock.now()).is_some() {
-            return self.publish(key, breaker).await;
+            return self.publish_locked(key, breaker).await;
         }
         match self.store.load(&self.id(key)).await {
-            Ok(Some(record)) => self.adopt(key, breaker, &record),
+            Ok(Some(record)) if record.writer != self.writer => self.adopt(key, breaker, &record),
+            Ok(Some(record)) => breaker.seen(record.version),
             Ok(None) => {}
             Err(e) => self.store_failed(&e),
         }
@@ -286,14 +322,13 @@ impl Registry {
         });
     }
 
-    /// One round of the background task: evict idle closed breakers, sync
-    /// the others.
+    /// One round of the background task: evict idle breakers (but not
+    /// open ones with open time left), sync the others.
     pub(crate) async fn sync_all(self: &Arc<Self>) {
-        let now_s = self.clock.now().as_secs();
+        let now = self.clock.now();
         let idle = self.idle.as_secs();
-        self.breakers.retain(|_, b| {
-            b.state() != State::Closed || now_s.saturating_sub(b.last_used()) < idle
-        });
+        self.breakers
+            .retain(|_, b| now.as_secs().saturating_sub(b.last_used()) < idle || !b.evictable(now));
         let live: Vec<_> = self
             .breakers
             .iter()
@@ -372,10 +407,20 @@ pub struct Permit {
 impl Permit {
     /// Records the call's outcome; its duration is the time since the
     /// permit was taken (for the slow-call rate).
-    pub fn record(mut self, outcome: Outcome) {
+    pub fn record(self, outcome: Outcome) {
+        self.settle(outcome, None);
+    }
+
+    /// Records the outcome of a call that took `elapsed` (a streamed
+    /// response whose outcome came with its trailers is timed to its head).
+    pub(crate) fn record_timed(self, outcome: Outcome, elapsed: Duration) {
+        self.settle(outcome, Some(elapsed));
+    }
+
+    fn settle(mut self, outcome: Outcome, elapsed: Option<Duration>) {
         if let Some(ticket) = self.ticket.take() {
             self.registry
-                .settle(&self.key, &self.breaker, ticket, outcome);
+                .settle(&self.key, &self.breaker, ticket, outcome, elapsed);
         }
     }
 
@@ -399,7 +444,7 @@ impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
             self.registry
-                .settle(&self.key, &self.breaker, ticket, Outcome::Ignored);
+                .settle(&self.key, &self.breaker, ticket, Outcome::Ignored, None);
         }
     }
 }

@@ -7,7 +7,10 @@
 //! too. Half-open is not written: the open time ends at the same moment
 //! everywhere, each instance probes, and the first to decide (close or
 //! re-open) writes it; a later writer loses the compare-and-set and takes
-//! the winner's state. A closed breaker makes no store call per request.
+//! the winner's state (so N instances send up to N × K probes in one
+//! half-open round). A closed breaker makes no store call per request; if
+//! the store fails, every instance keeps deciding locally and writes its
+//! last transition once the store is back.
 
 use std::future::Future;
 use std::time::Duration;
@@ -19,9 +22,12 @@ use crate::error::StoreError;
 /// The concern name of breaker keys in a [`KeySpace`].
 pub const CONCERN: &str = "cb";
 
-/// How long a written state outlives its open time: a breaker that was
-/// last written longer ago than this reads as closed.
+/// How long a written closed or open state outlives its open time: a
+/// breaker last written longer ago than this reads as closed.
 pub const RETENTION: Duration = Duration::from_secs(3600);
+
+/// How long a forced-open or disabled state lasts without a reset.
+pub const FORCED_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// A breaker state as shared between instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,11 +41,16 @@ pub struct SharedState {
     pub reopens: u32,
 }
 
-/// A [`SharedState`] with the version it was written as.
+/// A [`SharedState`] with the version it was written as and its writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Versioned {
-    /// Increases by one with every write; 0 when nothing was written.
+    /// Grows with every write (the store's time of the write in µs, or
+    /// one more than the version it replaced): it never goes back, even
+    /// after the record expired.
     pub version: u64,
+    /// Who wrote it: each layer has a random id, so a writer recognises
+    /// its own write after a timed-out call that did apply.
+    pub writer: u64,
     /// The state.
     pub shared: SharedState,
 }
@@ -56,31 +67,54 @@ pub enum Published {
 }
 
 /// Shared breaker state (SPEC CB-6). Ids are `breaker/key`; stores keep
-/// them under the `cb` concern of their key space with a TTL of the open time plus [`RETENTION`].
+/// them under the `cb` concern of their key space with a TTL of
+/// [`ttl`](SharedState::ttl).
 pub trait CircuitBreakerStore: Backend {
     /// The state of `id`, if written and not expired; `open_for` is the
     /// open time left now.
     fn load(&self, id: &str) -> impl Future<Output = Result<Option<Versioned>, StoreError>> + Send;
 
-    /// Writes `next` as version `expected + 1` if the stored version is
-    /// `expected` (absent or expired counts as any version).
+    /// Writes `next` by `writer` if the stored version is `expected`
+    /// (absent or expired counts as any version), as version
+    /// `max(expected + 1, store time in µs)`.
     fn publish(
         &self,
         id: &str,
         expected: u64,
+        writer: u64,
         next: SharedState,
     ) -> impl Future<Output = Result<Published, StoreError>> + Send;
 }
 
-/// `state:version:open_until_us:reopens`, the stored form on Redis and
-/// etcd (the Redis script writes it itself).
-#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
-pub(crate) fn encode(state: State, version: u64, open_until_us: u64, reopens: u32) -> String {
-    format!("{}:{version}:{open_until_us}:{reopens}", state.as_str())
+impl SharedState {
+    /// How long the store keeps it: the open time plus [`RETENTION`], or
+    /// [`FORCED_RETENTION`] for forced states.
+    pub fn ttl(&self) -> Duration {
+        match self.state {
+            State::ForcedOpen | State::Disabled => FORCED_RETENTION,
+            _ => self.open_for + RETENTION,
+        }
+    }
 }
 
-/// Parses [`encode`]'s output into `(versioned, open_until_us)`, with the
-/// open time left at `now_us`.
+/// The version a write replacing `expected` gets at store time `now_us`.
+pub(crate) fn next_version(expected: u64, now_us: u64) -> u64 {
+    expected.saturating_add(1).max(now_us)
+}
+
+/// `state:version:open_until_us:reopens:writer`, the stored form on Redis
+/// and etcd (the Redis script writes it itself).
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+pub(crate) fn encode(version: u64, writer: u64, next: &SharedState, now_us: u64) -> String {
+    let open_until = now_us.saturating_add(u64::try_from(next.open_for.as_micros()).unwrap_or(0));
+    format!(
+        "{}:{version}:{open_until}:{}:{writer}",
+        next.state.as_str(),
+        next.reopens
+    )
+}
+
+/// Parses [`encode`]'s output, with the open time left at `now_us`.
 #[cfg_attr(not(any(feature = "redis", feature = "etcd")), allow(dead_code))]
 pub(crate) fn decode(s: &str, now_us: u64) -> Option<Versioned> {
     let mut parts = s.split(':');
@@ -88,11 +122,13 @@ pub(crate) fn decode(s: &str, now_us: u64) -> Option<Versioned> {
     let version = parts.next()?.parse().ok()?;
     let open_until_us: u64 = parts.next()?.parse().ok()?;
     let reopens = parts.next()?.parse().ok()?;
+    let writer = parts.next()?.parse().ok()?;
     if parts.next().is_some() || state == State::HalfOpen {
         return None;
     }
     Some(Versioned {
         version,
+        writer,
         shared: SharedState {
             state,
             open_for: Duration::from_micros(open_until_us.saturating_sub(now_us)),
@@ -105,9 +141,4 @@ pub(crate) fn decode(s: &str, now_us: u64) -> Option<Versioned> {
 #[cfg_attr(not(any(feature = "redis", feature = "etcd")), allow(dead_code))]
 pub(crate) fn state_key(keys: &KeySpace, id: &str) -> String {
     keys.key(CONCERN, id)
-}
-
-/// The TTL of a written state.
-pub(crate) fn ttl(shared: &SharedState) -> Duration {
-    shared.open_for + RETENTION
 }
