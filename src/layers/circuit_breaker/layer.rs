@@ -10,7 +10,7 @@ use tower_layer::Layer;
 use super::classify::{ClassifyResponse, DefaultClassifier};
 use super::config::{BreakerConfig, Window};
 use super::error::CircuitOpen;
-use super::registry::{DynStore, Permit, Registry};
+use super::registry::{Parts, Permit, Registry};
 use super::service::{CircuitBreaker, ClientCircuitBreaker, Shared};
 use super::state::State;
 use super::store::CircuitBreakerStore;
@@ -65,34 +65,6 @@ pub struct CircuitBreakerLayer {
     shared: Shared,
 }
 
-/// Everything the registry is built from.
-#[derive(Clone)]
-struct Parts {
-    name: Arc<str>,
-    config: BreakerConfig,
-    store: Arc<dyn DynStore>,
-    clock: SharedClock,
-    events: Events,
-    sync_every: Duration,
-    idle: Duration,
-    max_keys: usize,
-}
-
-impl Parts {
-    fn registry(&self) -> Arc<Registry> {
-        Arc::new(Registry::new(
-            self.name.clone(),
-            self.config.clone(),
-            self.store.clone(),
-            self.clock.clone(),
-            self.events.clone(),
-            self.sync_every,
-            self.idle,
-            self.max_keys,
-        ))
-    }
-}
-
 impl fmt::Debug for CircuitBreakerLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreakerLayer")
@@ -131,7 +103,7 @@ impl CircuitBreakerLayer {
             max_keys: DEFAULT_MAX_KEYS,
         };
         let shared = Shared {
-            registry: parts.registry(),
+            registry: Arc::new(Registry::new(parts.clone())),
             key: Arc::new(GlobalKey),
             classifier: Arc::new(DefaultClassifier),
         };
@@ -140,7 +112,7 @@ impl CircuitBreakerLayer {
 
     fn rebuild(mut self, change: impl FnOnce(&mut Parts)) -> Self {
         change(&mut self.parts);
-        self.shared.registry = self.parts.registry();
+        self.shared.registry = Arc::new(Registry::new(self.parts.clone()));
         self
     }
 

@@ -65,6 +65,19 @@ impl<St: CircuitBreakerStore> DynStore for St {
     }
 }
 
+/// What a registry is built from.
+#[derive(Clone)]
+pub(crate) struct Parts {
+    pub name: Arc<str>,
+    pub config: BreakerConfig,
+    pub store: Arc<dyn DynStore>,
+    pub clock: SharedClock,
+    pub events: Events,
+    pub sync_every: Duration,
+    pub idle: Duration,
+    pub max_keys: usize,
+}
+
 /// Every breaker of one layer.
 pub(crate) struct Registry {
     pub(crate) name: Arc<str>,
@@ -93,16 +106,17 @@ impl fmt::Debug for Registry {
 }
 
 impl Registry {
-    pub(crate) fn new(
-        name: Arc<str>,
-        config: BreakerConfig,
-        store: Arc<dyn DynStore>,
-        clock: SharedClock,
-        events: Events,
-        sync_every: Duration,
-        idle: Duration,
-        max_keys: usize,
-    ) -> Self {
+    pub(crate) fn new(parts: Parts) -> Self {
+        let Parts {
+            name,
+            config,
+            store,
+            clock,
+            events,
+            sync_every,
+            idle,
+            max_keys,
+        } = parts;
         Self {
             name,
             config,
