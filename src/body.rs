@@ -160,6 +160,63 @@ where
     }
 }
 
+/// A body read up to a limit.
+pub(crate) enum Read<B> {
+    /// All of it, within the limit.
+    Whole {
+        data: Bytes,
+        trailers: Option<HeaderMap>,
+    },
+    /// Over the limit: what was read, and the rest (send it as
+    /// [`LayerBody::resumed`], so nothing is lost).
+    TooLarge { prefix: Bytes, rest: B },
+    /// The body failed.
+    Failed(String),
+}
+
+/// Reads `body` whole if it fits in `limit` bytes.
+pub(crate) async fn read_limited<B>(mut body: B, limit: usize) -> Read<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    use http_body_util::BodyExt;
+    if body.size_hint().lower() > limit as u64 {
+        return Read::TooLarge {
+            prefix: Bytes::new(),
+            rest: body,
+        };
+    }
+    let mut data = bytes::BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => return Read::Failed(e.to_string()),
+        };
+        match frame.into_data() {
+            Ok(chunk) => {
+                data.extend_from_slice(&chunk);
+                if data.len() > limit {
+                    return Read::TooLarge {
+                        prefix: data.freeze(),
+                        rest: body,
+                    };
+                }
+            }
+            Err(frame) => {
+                if let Ok(t) = frame.into_trailers() {
+                    trailers = Some(t);
+                }
+            }
+        }
+    }
+    Read::Whole {
+        data: data.freeze(),
+        trailers,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use http_body_util::{BodyExt, Full};

@@ -19,6 +19,8 @@
 //! [`ManualClock`] only moves when a test moves it.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,6 +33,13 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// The current time in whole microseconds since the UNIX epoch.
     fn now_micros(&self) -> u64 {
         u64::try_from(self.now().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// Waits `duration` on this clock: a timer on the runtime, except for
+    /// a [`ManualClock`], which moves forward at once (so retry back-offs
+    /// run in tests without sleeping).
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(tokio::time::sleep(duration))
     }
 }
 
@@ -107,6 +116,11 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Duration {
         Duration::from_nanos(self.nanos.load(Ordering::SeqCst))
+    }
+
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        self.advance(duration);
+        Box::pin(std::future::ready(()))
     }
 }
 

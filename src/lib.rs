@@ -22,3 +22,4 @@ pub use layers::health::{self, HealthRegistry};
 pub use layers::idempotency::{self, IdempotencyLayer};
 pub use layers::rate_limit::{self, RateLimitLayer};
 pub use layers::request_id::{self, RequestId, RequestIdLayer};
+pub use layers::retry::{self, RetryLayer};

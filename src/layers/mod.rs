@@ -5,3 +5,4 @@ pub mod health;
 pub mod idempotency;
 pub mod rate_limit;
 pub mod request_id;
+pub mod retry;

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
@@ -20,7 +20,7 @@ use super::scope::scoped_id;
 use super::store::{Claim, IdempotencyStore};
 use crate::BoxError;
 use crate::backends::MemoryStore;
-use crate::body::LayerBody;
+use crate::body::{LayerBody, Read, read_limited};
 use crate::error::{FailurePolicy, StoreError};
 use crate::events::Event;
 use crate::key::RequestHead;
@@ -178,7 +178,7 @@ impl<St: IdempotencyStore> Run<St> {
             }
         };
         let (parts, body) = res.into_parts();
-        match read_response(body, self.settings.max_response_body).await {
+        match read_limited(body, self.settings.max_response_body).await {
             Read::Whole { data, trailers } => {
                 let stored = StoredResponse {
                     status: parts.status,
@@ -299,61 +299,6 @@ where
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<LengthLimitError>() => Err(Rejection::TooLarge(limit)),
         Err(e) => Err(Rejection::BadBody(e.to_string())),
-    }
-}
-
-/// A response body read for storing.
-enum Read<B> {
-    Whole {
-        data: Bytes,
-        trailers: Option<HeaderMap>,
-    },
-    /// Over the limit: what was read, and the rest.
-    TooLarge {
-        prefix: Bytes,
-        rest: B,
-    },
-    Failed(String),
-}
-
-async fn read_response<B>(mut body: B, limit: usize) -> Read<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: fmt::Display,
-{
-    if body.size_hint().lower() > limit as u64 {
-        return Read::TooLarge {
-            prefix: Bytes::new(),
-            rest: body,
-        };
-    }
-    let mut data = BytesMut::new();
-    let mut trailers = None;
-    while let Some(frame) = body.frame().await {
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(e) => return Read::Failed(e.to_string()),
-        };
-        match frame.into_data() {
-            Ok(chunk) => {
-                data.extend_from_slice(&chunk);
-                if data.len() > limit {
-                    return Read::TooLarge {
-                        prefix: data.freeze(),
-                        rest: body,
-                    };
-                }
-            }
-            Err(frame) => {
-                if let Ok(t) = frame.into_trailers() {
-                    trailers = Some(t);
-                }
-            }
-        }
-    }
-    Read::Whole {
-        data: data.freeze(),
-        trailers,
     }
 }
 

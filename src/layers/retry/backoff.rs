@@ -1,0 +1,143 @@
+//! Back-off between attempts (SPEC RT-1): exponential with full jitter, or
+//! decorrelated jitter (both from the AWS architecture blog's "Exponential
+//! Backoff and Jitter"), capped.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How long to wait before a retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Backoff {
+    /// Retry `n` (1-based) waits a uniform random time in
+    /// `[0, min(max, base × 2^(n-1))]`.
+    Exponential {
+        /// The first retry's ceiling.
+        #[serde(with = "humantime_serde")]
+        base: Duration,
+        /// The cap.
+        #[serde(with = "humantime_serde")]
+        max: Duration,
+    },
+    /// Each wait is uniform in `[base, min(max, previous × 3)]`.
+    Decorrelated {
+        /// The smallest wait.
+        #[serde(with = "humantime_serde")]
+        base: Duration,
+        /// The cap.
+        #[serde(with = "humantime_serde")]
+        max: Duration,
+    },
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::Exponential {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait before retry `retry` (1 for the first), after a wait of
+    /// `previous` (zero before the first).
+    pub fn delay(&self, retry: u32, previous: Duration, rng: &mut fastrand::Rng) -> Duration {
+        match *self {
+            Self::Exponential { base, max } => {
+                let ceiling = base
+                    .checked_mul(1u32 << retry.saturating_sub(1).min(31))
+                    .unwrap_or(max)
+                    .min(max);
+                uniform(rng, Duration::ZERO, ceiling)
+            }
+            Self::Decorrelated { base, max } => {
+                let ceiling = previous.max(base).saturating_mul(3).min(max);
+                uniform(rng, base.min(ceiling), ceiling)
+            }
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        let (Self::Exponential { base, max } | Self::Decorrelated { base, max }) = *self;
+        if base.is_zero() || max < base {
+            return Err(format!(
+                "backoff needs 0 < base <= max, got {base:?} and {max:?}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A uniform random duration in `[low, high]`, to the microsecond.
+fn uniform(rng: &mut fastrand::Rng, low: Duration, high: Duration) -> Duration {
+    let (low, high) = (low.as_micros() as u64, high.as_micros() as u64);
+    Duration::from_micros(rng.u64(low..=high.max(low)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    // SPEC RT-1: full jitter stays within the doubling ceiling and the cap.
+    #[test]
+    fn exponential_full_jitter_bounds_and_cap() {
+        let b = Backoff::Exponential {
+            base: 100 * MS,
+            max: 1000 * MS,
+        };
+        let mut rng = fastrand::Rng::with_seed(7);
+        for retry in 1..=12u32 {
+            let ceiling = (100 * MS * 2u32.pow(retry - 1)).min(1000 * MS);
+            let delays: Vec<_> = (0..200)
+                .map(|_| b.delay(retry, Duration::ZERO, &mut rng))
+                .collect();
+            assert!(delays.iter().all(|d| *d <= ceiling), "retry {retry}");
+            // Jittered: spread over the range, not stuck at one value.
+            let max = delays.iter().max().unwrap();
+            let min = delays.iter().min().unwrap();
+            assert!(
+                *max > ceiling * 3 / 4 && *min < ceiling / 4,
+                "retry {retry}: {min:?}..{max:?}"
+            );
+        }
+        // Huge retry counts neither overflow nor pass the cap.
+        assert!(b.delay(u32::MAX, Duration::ZERO, &mut rng) <= 1000 * MS);
+    }
+
+    // SPEC RT-1: decorrelated jitter grows from the previous wait, capped.
+    #[test]
+    fn decorrelated_jitter_bounds_and_cap() {
+        let b = Backoff::Decorrelated {
+            base: 100 * MS,
+            max: 2000 * MS,
+        };
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut previous = Duration::ZERO;
+        for retry in 1..=50 {
+            let d = b.delay(retry, previous, &mut rng);
+            let ceiling = (previous.max(100 * MS) * 3).min(2000 * MS);
+            assert!(
+                d >= 100 * MS && d <= ceiling,
+                "retry {retry}: {d:?} after {previous:?}"
+            );
+            previous = d;
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_delays() {
+        let b = Backoff::default();
+        let run = |seed| {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            (1..=5)
+                .map(|n| b.delay(n, Duration::ZERO, &mut rng))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(42), run(42));
+        assert_ne!(run(42), run(43));
+    }
+}

@@ -1,0 +1,89 @@
+//! Server hints on when to retry (SPEC RT-3): `Retry-After` (delay-seconds
+//! or an HTTP-date, RFC 9110 §10.2.3) and gRPC's `grpc-retry-pushback-ms`
+//! (a negative or malformed pushback means "do not retry").
+
+use std::time::{Duration, SystemTime};
+
+use http::HeaderMap;
+
+/// What the server said about retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hint {
+    /// Retry after this long.
+    After(Duration),
+    /// Do not retry (gRPC pushback).
+    Never,
+}
+
+/// The hint in `headers`, if any; `now` is the wall-clock time for dates.
+pub(crate) fn hint(headers: &HeaderMap, now: SystemTime) -> Option<Hint> {
+    if let Some(value) = headers.get("grpc-retry-pushback-ms") {
+        let ms = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok());
+        return Some(match ms {
+            Some(ms) if ms >= 0 => Hint::After(Duration::from_millis(ms as u64)),
+            _ => Hint::Never,
+        });
+    }
+    let value = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Hint::After(Duration::from_secs(secs)));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(Hint::After(
+        date.duration_since(now).unwrap_or(Duration::ZERO),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn with(name: &'static str, value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    // SPEC RT-3
+    #[test]
+    fn retry_after_seconds_dates_and_grpc_pushback() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600);
+        assert_eq!(
+            hint(&with("retry-after", "3"), now),
+            Some(Hint::After(Duration::from_secs(3)))
+        );
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(
+            hint(&with("retry-after", &date), now),
+            Some(Hint::After(Duration::from_secs(90)))
+        );
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
+        assert_eq!(
+            hint(&with("retry-after", &past), now),
+            Some(Hint::After(Duration::ZERO))
+        );
+        assert_eq!(hint(&with("retry-after", "soon"), now), None);
+        assert_eq!(
+            hint(&with("grpc-retry-pushback-ms", "250"), now),
+            Some(Hint::After(Duration::from_millis(250)))
+        );
+        assert_eq!(
+            hint(&with("grpc-retry-pushback-ms", "-1"), now),
+            Some(Hint::Never)
+        );
+        assert_eq!(
+            hint(&with("grpc-retry-pushback-ms", "x"), now),
+            Some(Hint::Never)
+        );
+        assert_eq!(hint(&HeaderMap::new(), now), None);
+    }
+}

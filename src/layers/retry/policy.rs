@@ -1,0 +1,357 @@
+//! `RetryPolicy`: how many attempts, how long between them, and which
+//! outcomes are worth another try (SPEC RT-1..RT-4).
+
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, Method, Request, Response};
+use serde::Deserialize;
+
+use super::backoff::Backoff;
+use super::hint::{Hint, hint};
+use crate::BoxError;
+use crate::circuit_breaker::CircuitOpen;
+use crate::error::ConfigError;
+use crate::idempotency::IDEMPOTENCY_KEY;
+use crate::rate_limit::RateLimited;
+
+/// The retry budget (SPEC RT-4): retries may add at most `percent` of the
+/// requests of the last `window`, plus `min_per_sec` retries per second
+/// (tower's `TpsBudget`), so a struggling upstream is not hit harder.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Budget {
+    /// Retries allowed as a percentage of requests.
+    pub percent: f32,
+    /// Retries allowed per second regardless of traffic.
+    pub min_per_sec: u32,
+    /// How far back requests count.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            percent: 20.0,
+            min_per_sec: 10,
+            window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How a client retries. Defaults: 3 attempts in all, exponential back-off
+/// with full jitter from 100 ms capped at 10 s, no per-try timeout, a 30 s
+/// deadline over all attempts and waits, retries on 429/502/503/504 and
+/// gRPC `UNAVAILABLE`, request bodies up to 64 KiB replayed, and a budget
+/// of 20 % + 10/s.
+///
+/// ```
+/// use std::time::Duration;
+/// use battlement::retry::{Backoff, RetryPolicy};
+///
+/// let policy = RetryPolicy::default()
+///     .max_attempts(4)
+///     .backoff(Backoff::Decorrelated { base: Duration::from_millis(50), max: Duration::from_secs(2) })
+///     .per_try_timeout(Duration::from_secs(1))
+///     .deadline(Duration::from_secs(5));
+/// assert!(policy.validate().is_ok());
+///
+/// let json = r#"{"max_attempts": 4, "backoff": {"exponential": {"base": "50ms", "max": "2s"}},
+///                "statuses": [503], "budget": null}"#;
+/// let parsed: RetryPolicy = serde_json::from_str(json).unwrap();
+/// assert!(parsed.validate().is_ok());
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryPolicy {
+    pub(crate) max_attempts: u32,
+    pub(crate) backoff: Backoff,
+    #[serde(with = "humantime_serde")]
+    pub(crate) per_try_timeout: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) statuses: Vec<u16>,
+    pub(crate) grpc_codes: Vec<i32>,
+    pub(crate) max_replay_body: usize,
+    pub(crate) budget: Option<Budget>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            backoff: Backoff::default(),
+            per_try_timeout: None,
+            deadline: Some(Duration::from_secs(30)),
+            statuses: vec![429, 502, 503, 504],
+            grpc_codes: vec![14],
+            max_replay_body: 64 * 1024,
+            budget: Some(Budget::default()),
+        }
+    }
+}
+
+/// What to do after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Return this outcome.
+    Stop(Stop),
+    /// Try again after this long.
+    Retry(Duration),
+}
+
+/// Why retrying stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// All attempts used.
+    Exhausted,
+    /// The server's hint or the back-off passes the deadline, or the
+    /// server said not to retry.
+    Deadline,
+}
+
+impl RetryPolicy {
+    /// Attempts in all, the first included (1 = never retry).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// The back-off between attempts.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Bounds each attempt; a timed-out attempt is retried.
+    pub fn per_try_timeout(mut self, timeout: Duration) -> Self {
+        self.per_try_timeout = Some(timeout);
+        self
+    }
+
+    /// Bounds all attempts and waits together.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// No overall deadline (attempts and back-off caps still bound it).
+    pub fn no_deadline(mut self) -> Self {
+        self.deadline = None;
+        self
+    }
+
+    /// HTTP statuses worth a retry (default 429, 502, 503, 504).
+    pub fn statuses(mut self, statuses: impl IntoIterator<Item = u16>) -> Self {
+        self.statuses = statuses.into_iter().collect();
+        self
+    }
+
+    /// gRPC status codes worth a retry (default 14, `UNAVAILABLE`).
+    pub fn grpc_codes(mut self, codes: impl IntoIterator<Item = i32>) -> Self {
+        self.grpc_codes = codes.into_iter().collect();
+        self
+    }
+
+    /// Request bodies up to this many bytes are kept for replay; larger
+    /// ones are sent once, whole, and never retried.
+    pub fn max_replay_body(mut self, bytes: usize) -> Self {
+        self.max_replay_body = bytes;
+        self
+    }
+
+    /// The retry budget; `None` turns it off.
+    pub fn budget(mut self, budget: Option<Budget>) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Checks every value; the layer constructor calls it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_attempts == 0 {
+            return Err(ConfigError::new("max_attempts must be at least 1"));
+        }
+        self.backoff.validate().map_err(ConfigError::new)?;
+        if self.per_try_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::new("per_try_timeout must be longer than zero"));
+        }
+        if self.deadline.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::new("deadline must be longer than zero"));
+        }
+        if let Some(b) = self.budget
+            && !(b.percent >= 0.0 && b.percent <= 1000.0 && !b.window.is_zero())
+        {
+            return Err(ConfigError::new(
+                "budget needs a percent in [0, 1000] and a window longer than zero",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `req` may be sent more than once (SPEC RT-2): an idempotent
+    /// method, an `Idempotency-Key`, or gRPC (whose retryable codes mean
+    /// the server did not process the call).
+    pub fn is_safe<B>(req: &Request<B>) -> bool {
+        let idempotent = matches!(
+            *req.method(),
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        );
+        idempotent || req.headers().contains_key(IDEMPOTENCY_KEY) || is_grpc(req.headers())
+    }
+
+    /// The server's hint if `res` is worth a retry, `None` if it is final.
+    pub(crate) fn retryable_response<B>(&self, res: &Response<B>) -> Option<Option<Hint>> {
+        let headers = res.headers();
+        let retry = match grpc_status(headers) {
+            Some(code) => self.grpc_codes.contains(&code),
+            None => self.statuses.contains(&res.status().as_u16()),
+        };
+        retry.then(|| hint(headers, SystemTime::now()))
+    }
+
+    /// The hint carried by an error: a client-side breaker or rate limiter
+    /// says when to come back (`Never` when it never will). Every other
+    /// error (connect, reset, timeout) is retryable at once.
+    pub(crate) fn error_hint(error: &BoxError) -> Option<Hint> {
+        if let Some(open) = error.downcast_ref::<CircuitOpen>() {
+            return Some(open.retry_after().map_or(Hint::Never, Hint::After));
+        }
+        if let Some(limited) = error.downcast_ref::<RateLimited>() {
+            return Some(limited.retry_after().map_or(Hint::Never, Hint::After));
+        }
+        None
+    }
+
+    /// After attempt `attempt` (1-based) with this outcome's hint, `elapsed`
+    /// into the deadline: stop, or retry after how long.
+    pub(crate) fn next(
+        &self,
+        attempt: u32,
+        hint: Option<Hint>,
+        previous: Duration,
+        elapsed: Duration,
+        rng: &mut fastrand::Rng,
+    ) -> Next {
+        if attempt >= self.max_attempts {
+            return Next::Stop(Stop::Exhausted);
+        }
+        let delay = match hint {
+            Some(Hint::Never) => return Next::Stop(Stop::Deadline),
+            Some(Hint::After(d)) => d,
+            None => self.backoff.delay(attempt, previous, rng),
+        };
+        if let Some(deadline) = self.deadline
+            && elapsed.saturating_add(delay) >= deadline
+        {
+            return Next::Stop(Stop::Deadline);
+        }
+        Next::Retry(delay)
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn grpc_status(headers: &HeaderMap) -> Option<i32> {
+    headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The status (or gRPC status, or error) of an outcome, for events.
+pub(crate) fn describe<B>(result: &Result<Response<B>, BoxError>) -> String {
+    match result {
+        Ok(res) => match grpc_status(res.headers()) {
+            Some(code) => format!("grpc-status {code}"),
+            None => res.status().as_u16().to_string(),
+        },
+        Err(e) => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy::default()
+            .max_attempts(4)
+            .backoff(Backoff::Exponential {
+                base: 100 * MS,
+                max: 400 * MS,
+            })
+            .deadline(Duration::from_secs(2))
+    }
+
+    #[test]
+    fn attempts_hints_and_the_deadline_decide() {
+        let p = policy();
+        let mut rng = fastrand::Rng::with_seed(1);
+        let z = Duration::ZERO;
+        assert!(matches!(p.next(1, None, z, z, &mut rng), Next::Retry(d) if d <= 100 * MS));
+        assert_eq!(p.next(4, None, z, z, &mut rng), Next::Stop(Stop::Exhausted));
+        let hinted = Some(Hint::After(Duration::from_secs(1)));
+        assert_eq!(
+            p.next(1, hinted, z, z, &mut rng),
+            Next::Retry(Duration::from_secs(1))
+        );
+        // A hint past the deadline gives up at once.
+        assert_eq!(
+            p.next(1, hinted, z, 1500 * MS, &mut rng),
+            Next::Stop(Stop::Deadline)
+        );
+        assert_eq!(
+            p.next(1, Some(Hint::Never), z, z, &mut rng),
+            Next::Stop(Stop::Deadline)
+        );
+    }
+
+    #[test]
+    fn safe_requests() {
+        let req = |m: Method| Request::builder().method(m).body(()).unwrap();
+        assert!(RetryPolicy::is_safe(&req(Method::GET)));
+        assert!(RetryPolicy::is_safe(&req(Method::PUT)));
+        assert!(!RetryPolicy::is_safe(&req(Method::POST)));
+        let keyed = Request::post("/")
+            .header("idempotency-key", "\"k\"")
+            .body(())
+            .unwrap();
+        assert!(RetryPolicy::is_safe(&keyed));
+        let grpc = Request::post("/a.B/C")
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        assert!(RetryPolicy::is_safe(&grpc));
+    }
+
+    #[test]
+    fn bad_policies_are_rejected() {
+        assert!(RetryPolicy::default().max_attempts(0).validate().is_err());
+        let zero = Backoff::Exponential {
+            base: Duration::ZERO,
+            max: MS,
+        };
+        assert!(RetryPolicy::default().backoff(zero).validate().is_err());
+        assert!(
+            RetryPolicy::default()
+                .deadline(Duration::ZERO)
+                .validate()
+                .is_err()
+        );
+        assert!(serde_json::from_str::<RetryPolicy>(r#"{"max_attempt": 3}"#).is_err());
+    }
+}

@@ -1,0 +1,272 @@
+//! `Retry`: the attempt loop (SPEC RT-1..RT-5).
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, Request, Response};
+use http_body::Body;
+use tower::ServiceExt;
+use tower::retry::budget::{Budget as _, TpsBudget};
+use tower_service::Service;
+
+use super::policy::{Next, RetryPolicy, Stop, describe};
+use crate::BoxError;
+use crate::body::{LayerBody, Read, read_limited};
+use crate::clock::SharedClock;
+use crate::events::{Event, Events};
+
+/// How many attempts a response took, in its extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempts(pub u32);
+
+/// The timed-out attempt or deadline error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptTimedOut(pub Duration);
+
+impl fmt::Display for AttemptTimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "attempt timed out after {} ms", self.0.as_millis())
+    }
+}
+
+impl std::error::Error for AttemptTimedOut {}
+
+/// What every clone of the service shares.
+pub(crate) struct Shared {
+    pub policy: RetryPolicy,
+    pub budget: Option<TpsBudget>,
+    pub clock: SharedClock,
+    pub events: Events,
+    pub seed: Option<u64>,
+}
+
+/// The service made by [`RetryLayer`](super::RetryLayer).
+pub struct Retry<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Retry<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+}
+
+impl<S: Clone> Clone for Retry<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Retry<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("inner", &self.inner)
+            .field("policy", &self.shared.policy)
+            .finish()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Retry<S>
+where
+    S: Service<Request<LayerBody<ReqBody>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    ReqBody: Body<Data = Bytes> + Send + Unpin + 'static,
+    ReqBody::Error: fmt::Display,
+    ResBody: Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<ResBody>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // The readied service goes into the future; a fresh clone stays.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(run(inner, self.shared.clone(), req))
+    }
+}
+
+/// A request as it can be sent again.
+enum Replay<B> {
+    /// Kept whole: every attempt gets a copy.
+    Kept {
+        parts: http::request::Parts,
+        data: Bytes,
+        trailers: Option<HeaderMap>,
+    },
+    /// Sent once (not safe, or too large to keep); `None` once sent.
+    Once(Option<Request<LayerBody<B>>>),
+}
+
+impl<B> Replay<B> {
+    /// Reads a safe request's body whole, up to the limit.
+    async fn prepare(req: Request<B>, policy: &RetryPolicy) -> Result<Self, BoxError>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: fmt::Display,
+    {
+        if !RetryPolicy::is_safe(&req) || policy.max_attempts < 2 {
+            return Ok(Self::Once(Some(req.map(LayerBody::inner))));
+        }
+        let (parts, body) = req.into_parts();
+        Ok(match read_limited(body, policy.max_replay_body).await {
+            Read::Whole { data, trailers } => Self::Kept {
+                parts,
+                data,
+                trailers,
+            },
+            // Too large to keep: sent once, whole (SPEC RT-5).
+            Read::TooLarge { prefix, rest } => Self::Once(Some(Request::from_parts(
+                parts,
+                LayerBody::resumed(prefix, rest),
+            ))),
+            Read::Failed(e) => return Err(format!("request body: {e}").into()),
+        })
+    }
+
+    /// The next attempt's request.
+    fn take(&mut self) -> Option<Request<LayerBody<B>>> {
+        match self {
+            Self::Kept {
+                parts,
+                data,
+                trailers,
+            } => {
+                let body = match trailers {
+                    Some(t) => LayerBody::with_trailers(data.clone(), t.clone()),
+                    None => LayerBody::full(data.clone()),
+                };
+                Some(Request::from_parts(parts.clone(), body))
+            }
+            Self::Once(req) => req.take(),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, Self::Kept { .. })
+    }
+}
+
+async fn run<S, ReqBody, ResBody>(
+    mut inner: S,
+    shared: Arc<Shared>,
+    req: Request<ReqBody>,
+) -> Result<Response<ResBody>, BoxError>
+where
+    S: Service<Request<LayerBody<ReqBody>>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    ReqBody: Body<Data = Bytes> + Unpin,
+    ReqBody::Error: fmt::Display,
+{
+    let policy = &shared.policy;
+    if let Some(budget) = &shared.budget {
+        budget.deposit();
+    }
+    let started = shared.clock.now();
+    let mut replay = Replay::prepare(req, policy).await?;
+    let mut rng = match shared.seed {
+        Some(seed) => fastrand::Rng::with_seed(seed),
+        None => fastrand::Rng::new(),
+    };
+    let mut previous = Duration::ZERO;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let Some(req) = replay.take() else {
+            return Err("retry: no request left to send".into());
+        };
+        if attempt > 1 {
+            ServiceExt::ready(&mut inner).await.map_err(Into::into)?;
+        }
+        let elapsed = shared.clock.now().saturating_sub(started);
+        let result = send(&mut inner, req, policy, elapsed).await;
+        let hint = match &result {
+            Ok(res) => match policy.retryable_response(res) {
+                Some(hint) => hint,
+                None => return finish(result, attempt),
+            },
+            Err(e) => RetryPolicy::error_hint(e),
+        };
+        if !replay.replayable() {
+            return finish(result, attempt);
+        }
+        let elapsed = shared.clock.now().saturating_sub(started);
+        let delay = match policy.next(attempt, hint, previous, elapsed, &mut rng) {
+            Next::Retry(delay) => delay,
+            Next::Stop(stop) => {
+                let event = match stop {
+                    Stop::Exhausted => "exhausted",
+                    Stop::Deadline => "gave_up",
+                };
+                emit(&shared.events, event, describe(&result));
+                return finish(result, attempt);
+            }
+        };
+        if let Some(budget) = &shared.budget
+            && !budget.withdraw()
+        {
+            emit(&shared.events, "budget_exhausted", describe(&result));
+            return finish(result, attempt);
+        }
+        emit(&shared.events, "retry", describe(&result));
+        drop(result);
+        shared.clock.sleep(delay).await;
+        previous = delay;
+    }
+}
+
+/// One attempt, bounded by the per-try timeout and what is left of the
+/// deadline.
+async fn send<S, B, R>(
+    inner: &mut S,
+    req: Request<B>,
+    policy: &RetryPolicy,
+    elapsed: Duration,
+) -> Result<Response<R>, BoxError>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    S::Error: Into<BoxError>,
+{
+    let left = policy.deadline.map(|d| d.saturating_sub(elapsed));
+    let limit = match (policy.per_try_timeout, left) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let call = inner.call(req);
+    match limit {
+        Some(limit) => match tokio::time::timeout(limit, call).await {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => Err(AttemptTimedOut(limit).into()),
+        },
+        None => call.await.map_err(Into::into),
+    }
+}
+
+fn finish<R>(
+    result: Result<Response<R>, BoxError>,
+    attempts: u32,
+) -> Result<Response<R>, BoxError> {
+    result.map(|mut res| {
+        res.extensions_mut().insert(Attempts(attempts));
+        res
+    })
+}
+
+fn emit(events: &Events, event: &'static str, detail: String) {
+    if events.is_observed() {
+        events.emit(Event::new(super::LAYER, event).with_detail(detail));
+    }
+}
