@@ -1,0 +1,395 @@
+//! Retries end to end against a real HTTP server on loopback, through
+//! hyper-util's client (SPEC RT-1..RT-5). Back-offs run on a manual clock:
+//! the observed delays are exact and nothing sleeps.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use battlement::body::LayerBody;
+use battlement::clock::{Clock, ManualClock};
+use battlement::retry::{AttemptTimedOut, Attempts, Backoff, Budget, RetryLayer, RetryPolicy};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+
+/// Counts the requests each route got.
+#[derive(Clone, Default)]
+struct Hits(Arc<AtomicUsize>);
+
+impl Hits {
+    fn next(&self) -> usize {
+        self.0.fetch_add(1, Ordering::SeqCst) + 1
+    }
+    fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+fn unavailable(headers: &[(&str, String)]) -> axum::response::Response {
+    let mut res = StatusCode::SERVICE_UNAVAILABLE.into_response();
+    for (name, value) in headers {
+        res.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    res
+}
+
+/// Serves the flaky routes; the address.
+async fn server(hits: Hits) -> std::net::SocketAddr {
+    let app = Router::new()
+        // Fails the first two attempts with 503.
+        .route(
+            "/flaky",
+            get(|State(h): State<Hits>| async move {
+                if h.next() <= 2 {
+                    unavailable(&[])
+                } else {
+                    "ok".into_response()
+                }
+            }),
+        )
+        .route(
+            "/retry-after",
+            get(|State(h): State<Hits>| async move {
+                if h.next() == 1 {
+                    unavailable(&[("retry-after", "1".into())])
+                } else {
+                    "ok".into_response()
+                }
+            }),
+        )
+        .route(
+            "/retry-after-date",
+            get(|State(h): State<Hits>| async move {
+                let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3));
+                if h.next() == 1 {
+                    unavailable(&[("retry-after", date)])
+                } else {
+                    "ok".into_response()
+                }
+            }),
+        )
+        .route(
+            "/retry-after-60",
+            get(|State(h): State<Hits>| async move {
+                h.next();
+                unavailable(&[("retry-after", "60".into())])
+            }),
+        )
+        .route(
+            "/always-503",
+            get(|State(h): State<Hits>| async move {
+                h.next();
+                unavailable(&[])
+            }),
+        )
+        .route(
+            "/slow-once",
+            get(|State(h): State<Hits>| async move {
+                if h.next() == 1 {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                "ok"
+            }),
+        )
+        .route(
+            "/order",
+            post(
+                |State(h): State<Hits>, headers: HeaderMap, body: Bytes| async move {
+                    h.next();
+                    let _ = (headers, body.len());
+                    unavailable(&[])
+                },
+            ),
+        )
+        .route(
+            "/upload",
+            put(|State(h): State<Hits>, body: Bytes| async move {
+                h.next();
+                (StatusCode::SERVICE_UNAVAILABLE, body.len().to_string())
+            }),
+        )
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(hits);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+type ClientBody = LayerBody<Full<Bytes>>;
+
+fn client(
+    policy: RetryPolicy,
+    clock: &ManualClock,
+) -> impl tower::Service<
+    http::Request<Full<Bytes>>,
+    Response = http::Response<hyper::body::Incoming>,
+    Error = BoxError,
+> + Clone {
+    let http: Client<HttpConnector, ClientBody> =
+        Client::builder(TokioExecutor::new()).build_http();
+    ServiceBuilder::new()
+        .layer(
+            RetryLayer::new(policy)
+                .unwrap()
+                .clock(clock.shared())
+                .seed(7),
+        )
+        .service(http)
+}
+
+fn policy() -> RetryPolicy {
+    RetryPolicy::default()
+        .max_attempts(4)
+        .backoff(Backoff::Exponential {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        })
+        .deadline(Duration::from_secs(10))
+}
+
+fn get_req(addr: std::net::SocketAddr, path: &str) -> http::Request<Full<Bytes>> {
+    http::Request::get(format!("http://{addr}{path}"))
+        .body(Full::default())
+        .unwrap()
+}
+
+fn attempts<B>(res: &http::Response<B>) -> u32 {
+    res.extensions().get::<Attempts>().unwrap().0
+}
+
+fn clock() -> ManualClock {
+    ManualClock::new(Duration::from_secs(1_767_225_600))
+}
+
+// SPEC RT-1: two 503s, then 200: three attempts, jittered back-offs
+// within their ceilings.
+#[tokio::test]
+async fn failing_attempts_are_retried_with_backoff() {
+    let hits = Hits::default();
+    let addr = server(hits.clone()).await;
+    let clock = clock();
+    let start = clock.now();
+    let res = client(policy(), &clock)
+        .oneshot(get_req(addr, "/flaky"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!((attempts(&res), hits.get()), (3, 3));
+    let waited = clock.now() - start;
+    assert!(
+        waited <= Duration::from_millis(300),
+        "100 ms + 200 ms ceilings: {waited:?}"
+    );
+}
+
+// SPEC RT-3: Retry-After in seconds replaces the back-off.
+#[tokio::test]
+async fn retry_after_seconds_is_honoured() {
+    let hits = Hits::default();
+    let addr = server(hits.clone()).await;
+    let clock = clock();
+    let start = clock.now();
+    let res = client(policy(), &clock)
+        .oneshot(get_req(addr, "/retry-after"))
+        .await
+        .unwrap();
+    assert_eq!((res.status(), attempts(&res)), (StatusCode::OK, 2));
+    assert_eq!(clock.now() - start, Duration::from_secs(1));
+}
+
+// SPEC RT-3: Retry-After as an HTTP-date.
+#[tokio::test]
+async fn retry_after_dates_are_honoured() {
+    let hits = Hits::default();
+    let addr = server(hits.clone()).await;
+    let clock = clock();
+    let start = clock.now();
+    let res = client(policy(), &clock)
+        .oneshot(get_req(addr, "/retry-after-date"))
+        .await
+        .unwrap();
+    assert_eq!((res.status(), attempts(&res)), (StatusCode::OK, 2));
+    let waited = clock.now() - start;
+    assert!(
+        waited > Duration::from_secs(1) && waited <= Duration::from_secs(3),
+        "{waited:?}"
+    );
+}
+
+// SPEC RT-3: a hint past the deadline returns the response at once.
+#[tokio::test]
+async fn a_hint_past_the_deadline_gives_up_at_once() {
+    let hits = Hits::default();
+    let addr = server(hits.clone()).await;
+    let clock = clock();
+    let start = clock.now();
+    let res = client(policy(), &clock)
+        .oneshot(get_req(addr, "/retry-after-60"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (res.status(), attempts(&res), hits.get()),
+        (StatusCode::SERVICE_UNAVAILABLE, 1, 1)
+    );
+    assert_eq!(res.headers()["retry-after"], "60");
+    assert_eq!(clock.now(), start, "no wait");
+}
+
+// SPEC RT-1: attempts are bounded; the last response is returned.
+#[tokio::test]
+async fn attempts_are_bounded() {
+    let hits = Hits::default();
+    let addr = server(hits.clone()).await;
+    let res = client(policy(), &clock())
+        .oneshot(get_req(addr, "/always-503"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (res.status(), attempts(&res), hits.get()),
+        (StatusCode::SERVICE_UNAVAILABLE, 4, 4)
+    );
+}
+
+// SPEC RT-4: an empty budget returns the first outcome at once.
+#[tokio::test]
+async fn an_exhausted_budget_stops_retries_at_once() {
+    let hits = Hits::default();
+    let addr = server(hits.clone()).await;
+    let empty = Budget {
+        percent: 0.0,
+        min_per_sec: 0,
+        window: Duration::from_secs(10),
+    };
+    let clock = clock();
+    let start = clock.now();
+    let res = client(policy().budget(Some(empty)), &clock)
+        .oneshot(get_req(addr, "/always-503"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (res.status(), attempts(&res), hits.get()),
+        (StatusCode::SERVICE_UNAVAILABLE, 1, 1)
+    );
+    assert_eq!(clock.now(), start);
+}
+
+// SPEC RT-1: a per-try timeout cuts a slow attempt; the next one runs.
+#[tokio::test]
+async fn a_slow_attempt_times_out_and_is_retried() {
+    let hits = Hits::default();
+    let addr = server(hits.clone()).await;
+    let policy = policy().per_try_timeout(Duration::from_millis(200));
+    let res = client(policy.clone(), &clock())
+        .oneshot(get_req(addr, "/slow-once"))
+        .await
+        .unwrap();
+    assert_eq!((res.status(), attempts(&res)), (StatusCode::OK, 2));
+    // With one attempt only, the timeout is the error.
+    let hits = Hits::default();
+    let addr = server(hits.clone()).await;
+    let err = client(policy.max_attempts(1), &clock())
+        .oneshot(get_req(addr, "/slow-once"))
+        .await
+        .unwrap_err();
+    assert!(err.is::<AttemptTimedOut>(), "{err}");
+}
+
+// SPEC RT-2: POST is retried only with an Idempotency-Key.
+#[tokio::test]
+async fn post_is_retried_only_with_an_idempotency_key() {
+    let hits = Hits::default();
+    let addr = server(hits.clone()).await;
+    let post = |key: Option<&str>| {
+        let mut b = http::Request::post(format!("http://{addr}/order"));
+        if let Some(key) = key {
+            b = b.header("idempotency-key", key);
+        }
+        b.body(Full::new(Bytes::from_static(b"{}"))).unwrap()
+    };
+    let res = client(policy(), &clock())
+        .oneshot(post(None))
+        .await
+        .unwrap();
+    assert_eq!((attempts(&res), hits.get()), (1, 1));
+    let res = client(policy(), &clock())
+        .oneshot(post(Some("\"k\"")))
+        .await
+        .unwrap();
+    assert_eq!((attempts(&res), hits.get()), (4, 5));
+}
+
+// SPEC RT-5: a 2 MiB streaming body is sent once, whole, and not retried.
+#[tokio::test]
+async fn a_large_streaming_body_is_sent_once_and_whole() {
+    let hits = Hits::default();
+    let addr = server(hits.clone()).await;
+    let chunks = (0..32)
+        .map(|_| Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(vec![b'x'; 64 * 1024]))));
+    let body = StreamBody::new(tokio_stream::iter(chunks));
+    let req = http::Request::put(format!("http://{addr}/upload"))
+        .body(body)
+        .unwrap();
+    let http: Client<HttpConnector, LayerBody<StreamBody<_>>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let client = ServiceBuilder::new()
+        .layer(RetryLayer::new(policy()).unwrap().clock(clock().shared()))
+        .service(http);
+    let res = client.oneshot(req).await.unwrap();
+    assert_eq!(
+        (res.status(), attempts(&res), hits.get()),
+        (StatusCode::SERVICE_UNAVAILABLE, 1, 1)
+    );
+    let received = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(received, (2 * 1024 * 1024).to_string());
+}
+
+// SPEC RT-2: a connection reset is retried.
+#[tokio::test]
+async fn a_reset_connection_is_retried() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Hits::default();
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            if count.next() == 1 {
+                // Close without answering: the client sees a reset.
+                drop(stream);
+                continue;
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+        }
+    });
+    let res = client(policy(), &clock())
+        .oneshot(get_req(addr, "/"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (res.status(), attempts(&res), accepted.get()),
+        (StatusCode::OK, 2, 2)
+    );
+}
