@@ -7,6 +7,7 @@
 
 pub mod backends;
 pub mod body;
+pub mod client;
 pub mod clock;
 #[cfg(feature = "conformance")]
 pub mod conformance;

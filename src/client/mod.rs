@@ -1,0 +1,43 @@
+//! The client-side stack (SPEC RT-6, C-1): request-id forwarding, retry,
+//! a circuit breaker per upstream host and an optional client rate limit,
+//! in that order, for hyper-util's client, tonic `Channel` and reqwest.
+//!
+//! ```
+//! use battlement::backends::MemoryStore;
+//! use battlement::client::ClientStack;
+//! use battlement::body::LayerBody;
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use tower::ServiceBuilder;
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let stack = ClientStack::new("upstream", MemoryStore::new()).build().unwrap();
+//! let breakers = stack.breakers();
+//! // The transport receives `LayerBody<B>` request bodies.
+//! let http = Client::builder(TokioExecutor::new()).build_http::<LayerBody<Full<Bytes>>>();
+//! let client = ServiceBuilder::new().layer(stack).service(http);
+//! # let _ = (client, breakers);
+//! # });
+//! ```
+//!
+//! Why this order: the request id goes on first, so every attempt carries
+//! the same id; retry wraps the breaker, so each attempt asks the breaker
+//! and an open breaker's remaining time becomes the retry's wait (or ends
+//! the retries when it passes the deadline); the rate limit is innermost,
+//! so every attempt counts against the quota. On a tonic `Channel` add
+//! [`TonicBodyLayer`] innermost; with reqwest use [`ReqwestService`] as
+//! the transport.
+
+mod stack;
+#[cfg(feature = "tonic")]
+mod tonic;
+#[cfg(feature = "reqwest")]
+mod reqwest;
+
+pub use stack::{ClientStack, ClientStackLayer, ClientStackService};
+#[cfg(feature = "tonic")]
+pub use tonic::{TonicBody, TonicBodyLayer};
+#[cfg(feature = "reqwest")]
+pub use reqwest::ReqwestService;

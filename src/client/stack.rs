@@ -1,0 +1,164 @@
+//! `ClientStack`: one value that builds the client layers in order.
+
+use std::time::Duration;
+
+use tower::util::Either;
+use tower_layer::Layer;
+
+use crate::circuit_breaker::{
+    BreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitBreakerStore,
+    ClientCircuitBreaker, ClientCircuitBreakerLayer, Window,
+};
+use crate::clock::SharedClock;
+use crate::error::ConfigError;
+use crate::events::Events;
+use crate::key::HostKey;
+use crate::rate_limit::{ClientRateLimit, ClientRateLimitLayer, Policy, RateLimitLayer, RateLimitStore};
+use crate::request_id::{ForwardRequestId, ForwardRequestIdLayer};
+use crate::retry::{Retry, RetryLayer, RetryPolicy};
+
+/// Builds a [`ClientStackLayer`]: request-id forwarding, retry, a
+/// circuit breaker per upstream host, and optionally a client rate limit.
+///
+/// The breaker's default: open when half the calls of the last 10 s
+/// failed (at least 5 calls), for 5 s, then one probe.
+pub struct ClientStack<St> {
+    name: String,
+    store: St,
+    retry: RetryPolicy,
+    breaker: BreakerConfig,
+    rate_limit: Option<Policy>,
+    events: Events,
+    clock: Option<SharedClock>,
+}
+
+impl<St: CircuitBreakerStore + RateLimitStore> ClientStack<St> {
+    /// A stack named `name` (its breaker's and rate limit's name) keeping
+    /// breaker and rate-limit state in `store`.
+    pub fn new(name: impl Into<String>, store: St) -> Self {
+        Self {
+            name: name.into(),
+            store,
+            retry: RetryPolicy::default(),
+            breaker: BreakerConfig::default()
+                .window(Window::Time(Duration::from_secs(10)))
+                .minimum_calls(5)
+                .failure_rate(50.0)
+                .half_open_probes(1)
+                .open_for(Duration::from_secs(5)),
+            rate_limit: None,
+            events: Events::new(),
+            clock: None,
+        }
+    }
+
+    /// The retry policy.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// The breaker thresholds.
+    pub fn breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = config;
+        self
+    }
+
+    /// Limits outbound calls with `policy` (client mode: over the quota is
+    /// a `RateLimited` error, which the retry waits out when it can).
+    pub fn rate_limit(mut self, policy: Policy) -> Self {
+        self.rate_limit = Some(policy);
+        self
+    }
+
+    /// Reports every layer's decisions to `events`.
+    pub fn events(mut self, events: Events) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// Times back-offs and the breaker on `clock` (tests).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Validates everything and builds the layer.
+    pub fn build(self) -> Result<ClientStackLayer<St>, ConfigError> {
+        let mut retry = RetryLayer::new(self.retry)?.events(self.events.clone());
+        let mut breaker = CircuitBreakerLayer::new(&self.name, self.store.clone(), self.breaker)?
+            .key(HostKey)
+            .events(self.events.clone());
+        if let Some(clock) = self.clock {
+            retry = retry.clock(clock.clone());
+            breaker = breaker.clock(clock);
+        }
+        let rate_limit = self.rate_limit.map(|policy| {
+            RateLimitLayer::new(self.store)
+                .policy(policy)
+                .events(self.events)
+                .client_mode()
+        });
+        Ok(ClientStackLayer {
+            forward: ForwardRequestIdLayer::new(),
+            retry,
+            breaker: breaker.client_mode(),
+            rate_limit,
+        })
+    }
+}
+
+/// The client layers, outermost first: [`ForwardRequestIdLayer`],
+/// [`RetryLayer`], [`CircuitBreakerLayer`] (client mode, per host), and a
+/// client-mode rate limit when configured.
+pub struct ClientStackLayer<St> {
+    forward: ForwardRequestIdLayer,
+    retry: RetryLayer,
+    breaker: ClientCircuitBreakerLayer,
+    rate_limit: Option<ClientRateLimitLayer<St>>,
+}
+
+impl<St: Clone> Clone for ClientStackLayer<St> {
+    fn clone(&self) -> Self {
+        Self {
+            forward: self.forward.clone(),
+            retry: self.retry.clone(),
+            breaker: self.breaker.clone(),
+            rate_limit: self.rate_limit.clone(),
+        }
+    }
+}
+
+impl<St> std::fmt::Debug for ClientStackLayer<St> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientStackLayer")
+            .field("retry", &self.retry)
+            .field("breaker", &self.breaker)
+            .field("rate_limit", &self.rate_limit.is_some())
+            .finish()
+    }
+}
+
+impl<St> ClientStackLayer<St> {
+    /// The breakers' handle (state per host, force open, reset).
+    pub fn breakers(&self) -> CircuitBreakerHandle {
+        self.breaker.handle()
+    }
+}
+
+/// The service a [`ClientStackLayer`] makes over `S`.
+pub type ClientStackService<S, St> =
+    ForwardRequestId<Retry<ClientCircuitBreaker<Either<ClientRateLimit<S, St>, S>>>>;
+
+impl<S, St: RateLimitStore> Layer<S> for ClientStackLayer<St> {
+    type Service = ClientStackService<S, St>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let limited = match &self.rate_limit {
+            Some(layer) => Either::Left(layer.layer(inner)),
+            None => Either::Right(inner),
+        };
+        self.forward
+            .layer(self.retry.layer(self.breaker.layer(limited)))
+    }
+}
