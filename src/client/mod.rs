@@ -30,14 +30,14 @@
 //! [`TonicBodyLayer`] innermost; with reqwest use [`ReqwestService`] as
 //! the transport.
 
+#[cfg(feature = "reqwest")]
+mod reqwest;
 mod stack;
 #[cfg(feature = "tonic")]
 mod tonic;
-#[cfg(feature = "reqwest")]
-mod reqwest;
 
-pub use stack::{ClientStack, ClientStackLayer, ClientStackService};
-#[cfg(feature = "tonic")]
-pub use tonic::{TonicBody, TonicBodyLayer};
 #[cfg(feature = "reqwest")]
 pub use reqwest::ReqwestService;
+pub use stack::{BoxErrors, ClientStack, ClientStackLayer, ClientStackService};
+#[cfg(feature = "tonic")]
+pub use tonic::{TonicBody, TonicBodyLayer};

@@ -1,10 +1,15 @@
 //! `ClientStack`: one value that builds the client layers in order.
 
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures_util::TryFutureExt;
+use tower_service::Service;
 
 use tower::util::Either;
 use tower_layer::Layer;
 
+use crate::BoxError;
 use crate::circuit_breaker::{
     BreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitBreakerStore,
     ClientCircuitBreaker, ClientCircuitBreakerLayer, Window,
@@ -13,7 +18,9 @@ use crate::clock::SharedClock;
 use crate::error::ConfigError;
 use crate::events::Events;
 use crate::key::HostKey;
-use crate::rate_limit::{ClientRateLimit, ClientRateLimitLayer, Policy, RateLimitLayer, RateLimitStore};
+use crate::rate_limit::{
+    ClientRateLimit, ClientRateLimitLayer, Policy, RateLimitLayer, RateLimitStore,
+};
 use crate::request_id::{ForwardRequestId, ForwardRequestIdLayer};
 use crate::retry::{Retry, RetryLayer, RetryPolicy};
 
@@ -148,7 +155,30 @@ impl<St> ClientStackLayer<St> {
 
 /// The service a [`ClientStackLayer`] makes over `S`.
 pub type ClientStackService<S, St> =
-    ForwardRequestId<Retry<ClientCircuitBreaker<Either<ClientRateLimit<S, St>, S>>>>;
+    ForwardRequestId<Retry<ClientCircuitBreaker<Either<ClientRateLimit<S, St>, BoxErrors<S>>>>>;
+
+/// `S` with its errors boxed (the transport under the stack when no rate
+/// limit is configured).
+#[derive(Debug, Clone)]
+pub struct BoxErrors<S>(S);
+
+impl<S, R> Service<R> for BoxErrors<S>
+where
+    S: Service<R>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = futures_util::future::MapErr<S::Future, fn(S::Error) -> BoxError>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        self.0.call(req).map_err(Into::into)
+    }
+}
 
 impl<S, St: RateLimitStore> Layer<S> for ClientStackLayer<St> {
     type Service = ClientStackService<S, St>;
@@ -156,7 +186,7 @@ impl<S, St: RateLimitStore> Layer<S> for ClientStackLayer<St> {
     fn layer(&self, inner: S) -> Self::Service {
         let limited = match &self.rate_limit {
             Some(layer) => Either::Left(layer.layer(inner)),
-            None => Either::Right(inner),
+            None => Either::Right(BoxErrors(inner)),
         };
         self.forward
             .layer(self.retry.layer(self.breaker.layer(limited)))
