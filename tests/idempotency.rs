@@ -242,8 +242,8 @@ async fn get_and_optional_keyless_requests_pass_untouched() {
     assert_eq!(calls.load(Ordering::SeqCst), 4);
 }
 
-// SPEC ID-6, C-8: request body over the limit -> 413; response over the
-// limit -> sent whole, not stored, the key runs again.
+// SPEC ID-6, C-8: request body over the limit -> 413; a response over the
+// limit is sent whole but not kept: duplicates get 410, nothing runs twice.
 #[tokio::test]
 async fn body_limits() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -259,23 +259,146 @@ async fn body_limits() {
     .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert_eq!(calls.load(Ordering::SeqCst), 0);
-    // The response (`{"call":n,"echo":{}}`, 21 bytes) is over 16.
-    for n in 1..=2 {
+    // The response (`{"call":1,"echo":{}}`, 21 bytes) is over 16.
+    let (status, _, body) = read(
+        svc.clone()
+            .oneshot(post(Some("\"r\""), "{}"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::CREATED, "{\"call\":1,\"echo\":{}}"),
+        "sent whole"
+    );
+    let (status, headers, body) = read(svc.oneshot(post(Some("\"r\""), "{}")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::GONE, "{body}");
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// A streamed body of 8-byte chunks, possibly ending in an error.
+type Chunks = http_body_util::StreamBody<tokio_stream::Iter<std::vec::IntoIter<ChunkResult>>>;
+type ChunkResult = Result<http_body::Frame<Bytes>, std::io::Error>;
+
+/// An inner service streaming `chunks` of 8 bytes (no size hint), then
+/// failing if `fail`.
+fn streaming(
+    chunks: usize,
+    fail: bool,
+    calls: &Arc<AtomicUsize>,
+) -> impl Service<
+    Request<battlement::body::LayerBody<Full<Bytes>>>,
+    Response = Response<Chunks>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    let calls = calls.clone();
+    service_fn(
+        move |_req: Request<battlement::body::LayerBody<Full<Bytes>>>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let mut frames: Vec<ChunkResult> = (0..chunks)
+                .map(|_| Ok(http_body::Frame::data(Bytes::from_static(b"12345678"))))
+                .collect();
+            if fail {
+                frames.push(Err(std::io::Error::other("upstream reset")));
+            }
+            let body = http_body_util::StreamBody::new(tokio_stream::iter(frames));
+            async move { Ok::<_, Infallible>(Response::new(body)) }
+        },
+    )
+}
+
+// SPEC ID-6: a streamed response crossing the limit mid-way is sent whole
+// and not kept; a failing body is a 502 and not kept either.
+#[tokio::test]
+async fn streamed_responses_over_the_limit_or_failing_are_not_kept() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(layer().max_response_body(20))
+        .service(streaming(4, false, &calls));
+    let (status, _, body) = read(
+        svc.clone()
+            .oneshot(post(Some("\"s\""), "{}"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body.len()),
+        (StatusCode::OK, 32),
+        "all 32 bytes sent"
+    );
+    let (status, _, _) = read(svc.oneshot(post(Some("\"s\""), "{}")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::GONE);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    let failing = ServiceBuilder::new()
+        .layer(layer())
+        .service(streaming(1, true, &calls));
+    let (status, _, body) = read(
+        failing
+            .clone()
+            .oneshot(post(Some("\"f\""), "{}"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    let (status, _, _) = read(failing.oneshot(post(Some("\"f\""), "{}")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::GONE);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+// SPEC ID-3: a client that goes away mid-request does not lose the
+// result: its retry gets the replay, and nothing runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_request_still_stores_its_response() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let slow = service_fn(
+        move |_req: Request<battlement::body::LayerBody<Full<Bytes>>>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"placed"))))
+            }
+        },
+    );
+    let svc = ServiceBuilder::new().layer(layer()).service(slow);
+    let gone = tokio::time::timeout(
+        Duration::from_millis(50),
+        svc.clone().oneshot(post(Some("\"c\""), "{}")),
+    )
+    .await;
+    assert!(gone.is_err(), "the client gave up");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
         let (status, headers, body) = read(
             svc.clone()
-                .oneshot(post(Some("\"r\""), "{}"))
+                .oneshot(post(Some("\"c\""), "{}"))
                 .await
                 .unwrap(),
         )
         .await;
-        assert_eq!(status, StatusCode::CREATED);
-        assert_eq!(
-            body,
-            format!("{{\"call\":{n},\"echo\":{{}}}}"),
-            "sent whole"
-        );
-        assert!(!headers.contains_key("idempotent-replayed"));
+        if status == StatusCode::OK {
+            assert_eq!(
+                (
+                    headers["idempotent-replayed"].to_str().unwrap(),
+                    body.as_str()
+                ),
+                ("true", "placed")
+            );
+            break;
+        }
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(std::time::Instant::now() < deadline, "never completed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
 // SPEC C-5, ID-7: store down -> 503 by default, inner not called; fail-open

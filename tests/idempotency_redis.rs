@@ -33,14 +33,20 @@ fn post() -> Request<String> {
 async fn a_request_killed_mid_execution_runs_once_after_the_lock_expires() {
     let redis = RedisServer::start();
     let lock = Duration::from_secs(1);
-    // Instance A claims the key, starts executing, and dies.
+    // Instance A claims the key, starts executing, and dies (its handler
+    // never answers, like a killed process).
+    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+    let started_tx = Arc::new(std::sync::Mutex::new(Some(started_tx)));
     let a = ServiceBuilder::new()
         .layer(IdempotencyLayer::new(store(&redis).await).lock(lock))
-        .service(service_fn(|_: Request<LayerBody<String>>| {
+        .service(service_fn(move |_: Request<LayerBody<String>>| {
+            if let Some(tx) = started_tx.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
             std::future::pending::<Result<Response<String>, Infallible>>()
         }));
     let killed = tokio::spawn(a.oneshot(post()));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    started.await.unwrap();
     killed.abort();
     let claimed_at = Instant::now();
 

@@ -297,7 +297,11 @@ async fn build(settings: &Settings, registry: &HealthRegistry) -> Result<Router,
     if let Some(url) = &settings.redis_url {
         #[cfg(feature = "redis")]
         {
-            let redis = battlement::backends::RedisStore::connect(url).await?;
+            // A roomier per-call timeout than the 50 ms default: the demo
+            // often shares a small machine with its load generator.
+            let config = battlement::backends::RedisConfig::standalone(url.as_str())
+                .with_timeout(Duration::from_millis(250));
+            let redis = battlement::backends::RedisStore::from_config(config).await?;
             registry.register(battlement::health::store_check(redis.clone()));
             return app(
                 settings,

@@ -21,6 +21,9 @@ pub(crate) enum Rejection {
     Mismatch,
     /// 503: the store failed and the policy is fail-closed.
     StoreDown,
+    /// 410, replayed to duplicates: the request ran but its response was
+    /// not kept (over the limit, or its body failed).
+    NotKept,
 }
 
 const TYPE: &str = "https://datatracker.ietf.org/doc/draft-ietf-httpapi-idempotency-key-header/";
@@ -56,6 +59,13 @@ impl From<Rejection> for Problem {
                     .type_uri(TYPE)
                     .grpc_code(GrpcCode::FailedPrecondition)
             }
+            Rejection::NotKept => Problem::new(StatusCode::GONE, "Gone")
+                .detail(
+                    "the request with this Idempotency-Key was executed, but its response \
+                     was not kept (too large, or it failed); it will not run again",
+                )
+                .type_uri(TYPE)
+                .grpc_code(GrpcCode::FailedPrecondition),
             Rejection::StoreDown => {
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable")
                     .detail("idempotency cannot be guaranteed right now; retry later")

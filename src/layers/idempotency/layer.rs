@@ -24,6 +24,10 @@ pub const DEFAULT_MAX_REQUEST_BODY: usize = 1 << 20;
 /// Default limit of a response body stored for replay.
 pub const DEFAULT_MAX_RESPONSE_BODY: usize = 1 << 20;
 
+const MAX_LOCK: Duration = Duration::from_secs(24 * 3600);
+const MAX_RETENTION: Duration = Duration::from_secs(366 * 24 * 3600);
+const MAX_BODY: usize = 64 << 20;
+
 /// Executes each `Idempotency-Key` once and replays its response (SPEC
 /// ID-1..ID-7; draft-ietf-httpapi-idempotency-key-header with Stripe's
 /// semantics).
@@ -42,13 +46,16 @@ pub const DEFAULT_MAX_RESPONSE_BODY: usize = 1 << 20;
 /// - a missing key gets 400 when [`required`](Self::required), else the
 ///   request passes untouched; a malformed key always gets 400.
 ///
-/// A response body over [`max_response_body`](Self::max_response_body) is
-/// sent but not stored, and the key is released, so a retry executes
-/// again (logged at `warn`). An inner error releases the key too. A
-/// request cancelled or a process killed while executing keeps the lock
-/// until it expires ([`lock`](Self::lock)); then the key can execute once
+/// Once a claim is won, the request runs to the end and its response is
+/// stored even if the client disconnects, so its retry finds the result. A
+/// response body over [`max_response_body`](Self::max_response_body), or
+/// one that fails, is not kept: duplicates get 410 Gone and the request
+/// does not run again. An inner error (no response at all) releases the
+/// key, so a retry runs. A process killed while executing keeps the lock
+/// until it expires ([`lock`](Self::lock)); then the key can run once
 /// more. If the store fails the default is fail-closed (503), since
-/// exactly-once cannot be promised.
+/// exactly-once cannot be promised. Apply it to unary routes: bodies are
+/// read whole.
 ///
 /// ```
 /// use std::time::Duration;
@@ -143,27 +150,31 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
         self
     }
 
-    /// How long an executing request holds its key.
+    /// How long an executing request holds its key (1 s to 1 day; keep it
+    /// above the handler's own timeout: the lock is not renewed).
     pub fn lock(mut self, lock: Duration) -> Self {
-        self.settings.lock = lock;
+        self.settings.lock = lock.clamp(Duration::from_secs(1), MAX_LOCK);
         self
     }
 
-    /// How long a completed response is replayed.
+    /// How long a completed response is replayed (1 s to 1 year).
     pub fn retention(mut self, retention: Duration) -> Self {
-        self.settings.retention = retention;
+        self.settings.retention = retention.clamp(Duration::from_secs(1), MAX_RETENTION);
         self
     }
 
-    /// The largest request body read for the fingerprint (above: 413).
+    /// The largest request body read for the fingerprint (above: 413; at
+    /// most 64 MiB).
     pub fn max_request_body(mut self, bytes: usize) -> Self {
-        self.settings.max_request_body = bytes;
+        self.settings.max_request_body = bytes.min(MAX_BODY);
         self
     }
 
-    /// The largest response body stored (above: sent, not stored).
+    /// The largest response body kept (at most 64 MiB). A larger response
+    /// is sent whole but not kept: duplicates get 410 and the request does
+    /// not run again.
     pub fn max_response_body(mut self, bytes: usize) -> Self {
-        self.settings.max_response_body = bytes;
+        self.settings.max_response_body = bytes.min(MAX_BODY);
         self
     }
 

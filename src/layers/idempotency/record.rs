@@ -67,8 +67,8 @@ impl ClaimToken {
 
     /// Parses [`to_hex`](Self::to_hex)'s output.
     pub fn from_hex(s: &str) -> Option<Self> {
-        (s.len() == 32)
-            .then(|| u128::from_str_radix(s, 16).ok())
+        let hex = s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        hex.then(|| u128::from_str_radix(s, 16).ok())
             .flatten()
             .map(Self)
     }
@@ -149,6 +149,9 @@ impl Record {
 
     /// Parses [`encode`](Self::encode)'s output; `None` if it is not one.
     pub fn decode(value: &[u8]) -> Option<Self> {
+        if value.get(1) != Some(&b':') {
+            return None;
+        }
         let (kind, rest) = (value.first()?, value.get(2..)?);
         let mut fields = rest.splitn(3, |b| *b == b':');
         let expires_us = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
@@ -238,7 +241,7 @@ fn get_headers(buf: &mut &[u8]) -> Option<HeaderMap> {
         let name = HeaderName::from_bytes(take(buf, len)?).ok()?;
         let len = get_u32(buf)? as usize;
         let value = HeaderValue::from_bytes(take(buf, len)?).ok()?;
-        headers.append(name, value);
+        headers.try_append(name, value).ok()?;
     }
     Some(headers)
 }
@@ -278,7 +281,11 @@ fn unhex(s: &str, out: &mut [u8]) -> Option<()> {
         return None;
     }
     for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        let pair = s.get(2 * i..2 * i + 2)?;
+        if !pair.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        *byte = u8::from_str_radix(pair, 16).ok()?;
     }
     Some(())
 }

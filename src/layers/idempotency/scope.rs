@@ -4,19 +4,24 @@
 use http::header::AUTHORIZATION;
 
 use super::record::Fingerprint;
-use crate::key::{Key, KeyError, KeyExtractor, RequestHead};
+use crate::key::{Key, KeyError, KeyExtractor, RequestHead, peer_ip};
 
 /// The default scope: a hash of the `Authorization` header (never the
-/// credential itself), or `anonymous` without one. Any
-/// [`KeyExtractor`] can replace it (an API-key header, a tenant id put in
-/// the extensions by the authentication layer, ...).
+/// credential itself); without one, the peer's IP address, so
+/// unauthenticated clients do not share keys; `anonymous` when neither is
+/// known. Any [`KeyExtractor`] can replace it (an API-key header, a tenant
+/// id put in the extensions by the authentication layer, ...). Behind a
+/// proxy, prefer a scope from authentication: the peer is the proxy.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AuthorizationScope;
 
 impl KeyExtractor for AuthorizationScope {
     fn extract(&self, head: &RequestHead<'_>) -> Result<Key, KeyError> {
-        Ok(match head.headers.get(AUTHORIZATION) {
-            Some(value) => Key::from(principal(value.as_bytes()).as_str()),
+        if let Some(value) = head.headers.get(AUTHORIZATION) {
+            return Ok(Key::from(principal(value.as_bytes()).as_str()));
+        }
+        Ok(match peer_ip(head.extensions) {
+            Some(ip) => Key::from(format!("ip:{ip}")),
             None => Key::from("anonymous"),
         })
     }

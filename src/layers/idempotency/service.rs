@@ -19,7 +19,6 @@ use super::record::{ClaimToken, Fingerprint, StoredResponse};
 use super::scope::scoped_id;
 use super::store::{Claim, IdempotencyStore};
 use crate::BoxError;
-use crate::backends::MemoryStore;
 use crate::body::{LayerBody, Read, read_limited};
 use crate::error::{FailurePolicy, StoreError};
 use crate::events::Event;
@@ -59,7 +58,7 @@ impl<S, St, ReqBody, ResBody> Service<Request<ReqBody>> for Idempotency<S, St>
 where
     S: Service<Request<LayerBody<ReqBody>>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,
-    S::Error: Send,
+    S::Error: Send + 'static,
     St: IdempotencyStore,
     ReqBody: Body<Data = Bytes> + Send + 'static,
     ReqBody::Error: Into<BoxError>,
@@ -106,6 +105,7 @@ where
 }
 
 /// One covered request with a key.
+#[derive(Clone)]
 struct Run<St> {
     id: String,
     store: St,
@@ -115,10 +115,14 @@ struct Run<St> {
 
 /// The store a claim was made in.
 #[derive(Clone, Copy)]
-enum Held<'a, St> {
-    Shared(&'a St),
-    Fallback(&'a MemoryStore),
+enum Held {
+    Shared,
+    Fallback,
 }
+
+/// Attempts at storing a response when the store fails transiently (the
+/// claim token makes a repeated write safe).
+const COMPLETE_ATTEMPTS: u32 = 3;
 
 impl<St: IdempotencyStore> Run<St> {
     async fn execute<S, ReqBody, ResBody>(
@@ -127,10 +131,12 @@ impl<St: IdempotencyStore> Run<St> {
         req: Request<ReqBody>,
     ) -> Result<Response<LayerBody<ResBody>>, S::Error>
     where
-        S: Service<Request<LayerBody<ReqBody>>, Response = Response<ResBody>>,
-        ReqBody: Body<Data = Bytes>,
+        S: Service<Request<LayerBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
+        S::Future: Send,
+        S::Error: Send + 'static,
+        ReqBody: Body<Data = Bytes> + Send + 'static,
         ReqBody::Error: Into<BoxError>,
-        ResBody: Body<Data = Bytes> + Unpin,
+        ResBody: Body<Data = Bytes> + Send + Unpin + 'static,
         ResBody::Error: fmt::Display,
     {
         let (parts, body) = req.into_parts();
@@ -167,12 +173,42 @@ impl<St: IdempotencyStore> Run<St> {
             }
         };
         self.emit("executed");
-        let res = match inner
-            .call(Request::from_parts(parts, LayerBody::full(bytes)))
-            .await
-        {
+        // From here the request runs to the end and its outcome is stored
+        // even if the client goes away: a retry must find the result, not
+        // run the request again.
+        let req = Request::from_parts(parts, LayerBody::full(bytes));
+        let protocol = self.protocol;
+        let owned = tokio::spawn(self.run_claimed(inner, req, held, token, fingerprint));
+        match owned.await {
+            Ok(result) => result,
+            Err(e) => {
+                let problem =
+                    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
+                        .detail(format!("the request handler did not finish: {e}"));
+                Ok(problem.into_response(protocol))
+            }
+        }
+    }
+
+    /// Calls the inner service for a won claim, then stores the response
+    /// (or a marker saying it was not kept) before handing it back.
+    async fn run_claimed<S, ReqBody, ResBody>(
+        self,
+        mut inner: S,
+        req: Request<LayerBody<ReqBody>>,
+        held: Held,
+        token: ClaimToken,
+        fingerprint: Fingerprint,
+    ) -> Result<Response<LayerBody<ResBody>>, S::Error>
+    where
+        S: Service<Request<LayerBody<ReqBody>>, Response = Response<ResBody>>,
+        ResBody: Body<Data = Bytes> + Unpin,
+        ResBody::Error: fmt::Display,
+    {
+        let res = match inner.call(req).await {
             Ok(res) => res,
             Err(e) => {
+                // Nothing answered: the request may run again.
                 self.release(held, token).await;
                 return Err(e);
             }
@@ -194,23 +230,43 @@ impl<St: IdempotencyStore> Run<St> {
                 Ok(Response::from_parts(parts, body))
             }
             Read::TooLarge { prefix, rest } => {
-                self.emit("not_stored");
+                self.emit("not_kept");
                 tracing::warn!(
                     limit = self.settings.max_response_body,
-                    "idempotent response too large to store; a retry will execute again"
+                    "idempotent response too large to keep; duplicates get 410"
                 );
-                self.release(held, token).await;
+                let marker = self.not_kept();
+                self.complete(held, token, &fingerprint, &marker).await;
                 Ok(Response::from_parts(
                     parts,
                     LayerBody::resumed(prefix, rest),
                 ))
             }
             Read::Failed(error) => {
-                self.release(held, token).await;
+                self.emit("not_kept");
+                let marker = self.not_kept();
+                self.complete(held, token, &fingerprint, &marker).await;
                 let problem = Problem::new(StatusCode::BAD_GATEWAY, "Bad Gateway")
                     .detail(format!("the response body failed: {error}"));
                 Ok(problem.into_response(self.protocol))
             }
+        }
+    }
+
+    /// What duplicates of a request whose response was not kept get: 410.
+    fn not_kept(&self) -> StoredResponse {
+        let problem = Problem::from(Rejection::NotKept);
+        let json = serde_json::to_vec(&problem.to_json()).unwrap_or_default();
+        let res = problem.into_response::<http_body_util::Empty<Bytes>>(self.protocol);
+        let body = match self.protocol {
+            Protocol::Http => Bytes::from(json),
+            _ => Bytes::new(),
+        };
+        StoredResponse {
+            status: res.status(),
+            headers: res.headers().clone(),
+            body,
+            trailers: None,
         }
     }
 
@@ -224,52 +280,69 @@ impl<St: IdempotencyStore> Run<St> {
 
     /// Claims in the store, or per the failure policy in the local
     /// fallback; `None` when neither can answer.
-    async fn claim(&self, fingerprint: &Fingerprint) -> Option<(Claim, Held<'_, St>)> {
+    async fn claim(&self, fingerprint: &Fingerprint) -> Option<(Claim, Held)> {
         let (lock, id) = (self.settings.lock, self.id.as_str());
         match self.store.claim(id, fingerprint, lock).await {
-            Ok(claim) => Some((claim, Held::Shared(&self.store))),
+            Ok(claim) => Some((claim, Held::Shared)),
             Err(e) => {
                 self.store_failed(&e);
                 if self.settings.failure != FailurePolicy::LocalFallback {
                     return None;
                 }
-                let fallback = &self.settings.fallback;
-                let claim = fallback.claim(id, fingerprint, lock).await.ok()?;
-                Some((claim, Held::Fallback(fallback)))
+                let claim = self
+                    .settings
+                    .fallback
+                    .claim(id, fingerprint, lock)
+                    .await
+                    .ok()?;
+                Some((claim, Held::Fallback))
             }
         }
     }
 
     async fn complete(
         &self,
-        held: Held<'_, St>,
+        held: Held,
         token: ClaimToken,
         fingerprint: &Fingerprint,
         stored: &StoredResponse,
     ) {
         let (id, retention) = (self.id.as_str(), self.settings.retention);
-        let done = match held {
-            Held::Shared(s) => s.complete(id, token, fingerprint, stored, retention).await,
-            Held::Fallback(s) => s.complete(id, token, fingerprint, stored, retention).await,
-        };
-        match done {
-            Ok(true) => {}
-            Ok(false) => {
-                self.emit("lock_lost");
-                tracing::warn!(
-                    lock = ?self.settings.lock,
-                    "idempotency lock expired before the response was stored; raise the lock"
-                );
+        for attempt in 1..=COMPLETE_ATTEMPTS {
+            let done = match held {
+                Held::Shared => {
+                    self.store
+                        .complete(id, token, fingerprint, stored, retention)
+                        .await
+                }
+                Held::Fallback => {
+                    self.settings
+                        .fallback
+                        .complete(id, token, fingerprint, stored, retention)
+                        .await
+                }
+            };
+            match done {
+                Ok(true) => return,
+                Ok(false) => {
+                    self.emit("lock_lost");
+                    tracing::warn!(
+                        lock = ?self.settings.lock,
+                        "idempotency lock expired before the response was stored; raise the lock"
+                    );
+                    return;
+                }
+                Err(e) if e.is_transient() && attempt < COMPLETE_ATTEMPTS => self.store_failed(&e),
+                Err(e) => return self.store_failed(&e),
             }
-            Err(e) => self.store_failed(&e),
         }
     }
 
-    async fn release(&self, held: Held<'_, St>, token: ClaimToken) {
+    async fn release(&self, held: Held, token: ClaimToken) {
         let id = self.id.as_str();
         let released = match held {
-            Held::Shared(s) => s.release(id, token).await,
-            Held::Fallback(s) => s.release(id, token).await,
+            Held::Shared => self.store.release(id, token).await,
+            Held::Fallback => self.settings.fallback.release(id, token).await,
         };
         if let Err(e) = released {
             self.store_failed(&e);
@@ -314,6 +387,12 @@ fn end_to_end(headers: &HeaderMap) -> HeaderMap {
         "upgrade",
     ];
     let mut kept = headers.clone();
+    // Headers named in `Connection` are hop-by-hop too.
+    for listed in headers.get_all(header::CONNECTION) {
+        for name in listed.to_str().unwrap_or_default().split(',') {
+            kept.remove(name.trim());
+        }
+    }
     kept.remove(header::CONNECTION);
     for name in HOP_BY_HOP {
         kept.remove(name);
