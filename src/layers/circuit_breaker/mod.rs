@@ -65,4 +65,6 @@ pub use layer::{
 pub use registry::Permit;
 pub use service::{CircuitBreaker, ClientCircuitBreaker};
 pub use state::{Outcome, State};
-pub use store::{CircuitBreakerStore, Published, RETENTION, SharedState, Versioned};
+pub use store::{
+    CircuitBreakerStore, FORCED_RETENTION, Published, RETENTION, SharedState, Versioned,
+};
