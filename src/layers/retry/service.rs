@@ -122,7 +122,16 @@ impl<B> Replay<B> {
             return Ok(Self::Once(Some(req.map(LayerBody::inner))));
         }
         let (parts, body) = req.into_parts();
-        Ok(match read_limited(body, policy.max_replay_body).await {
+        if body.is_end_stream() {
+            return Ok(Self::Kept {
+                parts,
+                data: Bytes::new(),
+                trailers: None,
+            });
+        }
+        // Boxed: a body to read is the rarer case, and its state would
+        // otherwise grow every request's future.
+        Ok(match Box::pin(read_limited(body, policy.max_replay_body)).await {
             Read::Whole { data, trailers } => Self::Kept {
                 parts,
                 data,
@@ -177,10 +186,8 @@ where
     }
     let started = shared.clock.now();
     let mut replay = Replay::prepare(req, policy).await?;
-    let mut rng = match shared.seed {
-        Some(seed) => fastrand::Rng::with_seed(seed),
-        None => fastrand::Rng::new(),
-    };
+    // Drawn only when a retry needs a back-off.
+    let mut rng = None;
     let mut previous = Duration::ZERO;
     let mut attempt = 0;
     loop {
@@ -204,7 +211,11 @@ where
             return finish(result, attempt);
         }
         let elapsed = shared.clock.now().saturating_sub(started);
-        let delay = match policy.next(attempt, hint, previous, elapsed, &mut rng) {
+        let rng = rng.get_or_insert_with(|| match shared.seed {
+            Some(seed) => fastrand::Rng::with_seed(seed),
+            None => fastrand::Rng::new(),
+        });
+        let delay = match policy.next(attempt, hint, previous, elapsed, rng) {
             Next::Retry(delay) => delay,
             Next::Stop(stop) => {
                 let event = match stop {
