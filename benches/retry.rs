@@ -48,19 +48,25 @@ fn success(c: &mut Criterion) {
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     bench(c, &rt, "bare", service_fn(ok::<Body>));
-    let resilience = tower_resilience::retry::RetryLayer::<Request<Body>, Response<Body>, Infallible>::builder()
-        .max_attempts(3)
-        .exponential_backoff(Duration::from_millis(100))
-        .build();
+    let resilience =
+        tower_resilience::retry::RetryLayer::<Request<Body>, Response<Body>, Infallible>::builder()
+            .max_attempts(3)
+            .exponential_backoff(Duration::from_millis(100))
+            .build();
     bench(
         c,
         &rt,
         "tower-resilience",
-        ServiceBuilder::new().layer(resilience).service(service_fn(ok::<Body>)),
+        ServiceBuilder::new()
+            .layer(resilience)
+            .service(service_fn(ok::<Body>)),
     );
     for (name, policy) in [
         ("battlement", RetryPolicy::default()),
-        ("battlement-no-deadline", RetryPolicy::default().no_deadline()),
+        (
+            "battlement-no-deadline",
+            RetryPolicy::default().no_deadline(),
+        ),
     ] {
         let layer = RetryLayer::new(policy).unwrap_or_else(|e| panic!("{e}"));
         bench(

@@ -33,14 +33,17 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use battlement::backends::MemoryStore;
+use battlement::body::LayerBody;
 use battlement::circuit_breaker::{
-    BreakerConfig, CircuitBreakerLayer, CircuitBreakerStore, CircuitOpen, ClassifiedBody, Window,
+    BreakerConfig, CircuitBreakerStore, CircuitOpen, ClassifiedBody, Window,
 };
+use battlement::client::ClientStack;
 use battlement::health::{HealthRegistry, HealthRoutes};
 use battlement::idempotency::{IdempotencyLayer, IdempotencyStore};
-use battlement::key::{ClientIp, HostKey};
+use battlement::key::ClientIp;
 use battlement::rate_limit::{Policy, Quota, RateLimitLayer, RateLimitStore};
-use battlement::request_id::{ForwardRequestIdLayer, RequestIdLayer};
+use battlement::request_id::RequestIdLayer;
+use battlement::retry::{AttemptTimedOut, RetryPolicy};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
@@ -120,8 +123,9 @@ impl Settings {
     }
 }
 
-/// The outbound HTTP client of `/proxy`: request-id forwarding and a
-/// circuit breaker per host over hyper-util's pooled client.
+/// The outbound HTTP client of `/proxy`: the client stack (request-id
+/// forwarding, retry, a circuit breaker per host) over hyper-util's pooled
+/// client.
 type Downstream = tower::util::BoxCloneSyncService<
     http::Request<Empty<Bytes>>,
     http::Response<ClassifiedBody<hyper::body::Incoming>>,
@@ -178,7 +182,7 @@ fn app<St: RateLimitStore + CircuitBreakerStore + IdempotencyStore>(
     store: St,
     orders: Orders,
 ) -> Result<Router, Error> {
-    let client: Client<HttpConnector, Empty<Bytes>> =
+    let client: Client<HttpConnector, LayerBody<Empty<Bytes>>> =
         Client::builder(TokioExecutor::new()).build_http();
     let breaker = BreakerConfig::default()
         .window(Window::Time(Duration::from_secs(10)))
@@ -186,16 +190,16 @@ fn app<St: RateLimitStore + CircuitBreakerStore + IdempotencyStore>(
         .failure_rate(50.0)
         .half_open_probes(1)
         .open_for(settings.breaker_open);
-    // The timeout sits inside the breaker: a timed-out call is a failure.
-    let downstream = ServiceBuilder::new()
-        .layer(ForwardRequestIdLayer::new())
-        .layer(
-            CircuitBreakerLayer::new("downstream", store.clone(), breaker)?
-                .key(HostKey)
-                .client_mode(),
-        )
-        .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(10)))
-        .service(client);
+    // A deadline shorter than the breaker's open time: a caller waits at
+    // most 3 s, never for an open breaker (/proxy answers 503 at once).
+    let retry = RetryPolicy::default()
+        .per_try_timeout(Duration::from_secs(2))
+        .deadline(Duration::from_secs(3).min(settings.breaker_open));
+    let stack = ClientStack::new("downstream", store.clone())
+        .retry(retry)
+        .breaker(breaker)
+        .build()?;
+    let downstream = ServiceBuilder::new().layer(stack).service(client);
     let state = AppState {
         downstream_url: settings.downstream.clone(),
         downstream: Downstream::new(downstream),
@@ -266,7 +270,7 @@ async fn proxy(State(state): State<AppState>) -> Response {
                     .into_response::<Body>(battlement::reject::Protocol::Http)
                     .map(Body::new);
             }
-            if e.is::<tower::timeout::error::Elapsed>() {
+            if e.is::<AttemptTimedOut>() {
                 return (StatusCode::GATEWAY_TIMEOUT, "downstream timed out").into_response();
             }
             return (StatusCode::BAD_GATEWAY, format!("downstream: {e}")).into_response();
@@ -484,11 +488,13 @@ mod tests {
             ..settings()
         };
         let app = memory_app(&s);
-        for _ in 0..5 {
-            let (status, _, _) = call(&app, get_req("/proxy")).await;
-            assert_eq!(status, StatusCode::BAD_GATEWAY);
-        }
-        // Five failures of five calls: open for BREAKER_OPEN (5 s).
+        // Three attempts (connection refused), then 502.
+        let (status, _, _) = call(&app, get_req("/proxy")).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        // Two more failed attempts make five: the breaker opens, and its
+        // open time (5 s) passes the retry deadline (3 s): 503 at once.
+        let (status, _, _) = call(&app, get_req("/proxy")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         let (status, headers, body) = call(&app, get_req("/proxy")).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert_eq!(headers["retry-after"], "5");

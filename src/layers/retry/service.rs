@@ -131,19 +131,21 @@ impl<B> Replay<B> {
         }
         // Boxed: a body to read is the rarer case, and its state would
         // otherwise grow every request's future.
-        Ok(match Box::pin(read_limited(body, policy.max_replay_body)).await {
-            Read::Whole { data, trailers } => Self::Kept {
-                parts,
-                data,
-                trailers,
+        Ok(
+            match Box::pin(read_limited(body, policy.max_replay_body)).await {
+                Read::Whole { data, trailers } => Self::Kept {
+                    parts,
+                    data,
+                    trailers,
+                },
+                // Too large to keep: sent once, whole (SPEC RT-5).
+                Read::TooLarge { prefix, rest } => Self::Once(Some(Request::from_parts(
+                    parts,
+                    LayerBody::resumed(prefix, rest),
+                ))),
+                Read::Failed(e) => return Err(format!("request body: {e}").into()),
             },
-            // Too large to keep: sent once, whole (SPEC RT-5).
-            Read::TooLarge { prefix, rest } => Self::Once(Some(Request::from_parts(
-                parts,
-                LayerBody::resumed(prefix, rest),
-            ))),
-            Read::Failed(e) => return Err(format!("request body: {e}").into()),
-        })
+        )
     }
 
     /// The next attempt's request.
