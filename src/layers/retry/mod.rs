@@ -36,12 +36,15 @@
 //! timeout and overall deadline, the retryable statuses and gRPC codes, the
 //! replay limit and the [`Budget`]; the [`RetryLayer`] runs it. Put it
 //! outside a client-mode circuit breaker so each attempt asks the breaker.
+//! [`TowerPolicy`] plugs the same policy into `tower::retry` for clonable
+//! requests.
 
 mod backoff;
 mod hint;
 mod layer;
 mod policy;
 mod service;
+mod tower_policy;
 
 /// The layer name in events.
 pub(crate) const LAYER: &str = "retry";
@@ -50,3 +53,4 @@ pub use backoff::Backoff;
 pub use layer::RetryLayer;
 pub use policy::{Budget, RetryPolicy};
 pub use service::{AttemptTimedOut, Attempts, Retry};
+pub use tower_policy::TowerPolicy;
