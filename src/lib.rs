@@ -24,3 +24,4 @@ pub use layers::idempotency::{self, IdempotencyLayer};
 pub use layers::rate_limit::{self, RateLimitLayer};
 pub use layers::request_id::{self, RequestId, RequestIdLayer};
 pub use layers::retry::{self, RetryLayer};
+pub use layers::trace::{self, TraceLayer};

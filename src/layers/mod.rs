@@ -6,3 +6,4 @@ pub mod idempotency;
 pub mod rate_limit;
 pub mod request_id;
 pub mod retry;
+pub mod trace;

@@ -52,5 +52,5 @@ pub(crate) const LAYER: &str = "retry";
 pub use backoff::Backoff;
 pub use layer::RetryLayer;
 pub use policy::{Budget, RetryPolicy};
-pub use service::{AttemptTimedOut, Attempts, Retry};
+pub use service::{AttemptTimedOut, Attempts, ResendCount, Retry};
 pub use tower_policy::TowerPolicy;

@@ -23,6 +23,11 @@ use crate::events::{Event, Events};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attempts(pub u32);
 
+/// On the request of a retry, in its extensions: how many times it was
+/// sent before (`http.request.resend_count` of its client span).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResendCount(pub u32);
+
 /// The timed-out attempt or deadline error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttemptTimedOut(pub Duration);
@@ -148,8 +153,8 @@ impl<B> Replay<B> {
         )
     }
 
-    /// The next attempt's request.
-    fn take(&mut self) -> Option<Request<LayerBody<B>>> {
+    /// The request of attempt `attempt` (1-based).
+    fn take(&mut self, attempt: u32) -> Option<Request<LayerBody<B>>> {
         match self {
             Self::Kept {
                 parts,
@@ -160,7 +165,11 @@ impl<B> Replay<B> {
                     Some(t) => LayerBody::with_trailers(data.clone(), t.clone()),
                     None => LayerBody::full(data.clone()),
                 };
-                Some(Request::from_parts(parts.clone(), body))
+                let mut req = Request::from_parts(parts.clone(), body);
+                if attempt > 1 {
+                    req.extensions_mut().insert(ResendCount(attempt - 1));
+                }
+                Some(req)
             }
             Self::Once(req) => req.take(),
         }
@@ -194,7 +203,7 @@ where
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let Some(req) = replay.take() else {
+        let Some(req) = replay.take(attempt) else {
             return Err("retry: no request left to send".into());
         };
         if attempt > 1 {

@@ -1,0 +1,30 @@
+//! OpenTelemetry tracing for servers and clients (SPEC TR-1..TR-5).
+//!
+//! ```
+//! use battlement::trace::TraceLayer;
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let svc = ServiceBuilder::new()
+//!     .layer(TraceLayer::server())
+//!     .service(service_fn(|_: Request<String>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::from("ok")))
+//!     }));
+//! let res = svc.oneshot(Request::get("/items/42").body(String::new()).unwrap()).await.unwrap();
+//! assert_eq!(res.status(), 200);
+//! # });
+//! ```
+//!
+//! See [`TraceLayer`] for what each span carries.
+
+mod body;
+mod layer;
+pub(crate) mod propagation;
+pub(crate) mod semconv;
+mod service;
+
+pub use body::TracedBody;
+pub use layer::TraceLayer;
+pub use semconv::DURATION_BUCKETS;
+pub use service::{ResponseFuture, Trace};

@@ -1,0 +1,208 @@
+//! `Trace` (server) and `ClientTrace`: one span per request or attempt.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::{Request, Response};
+use opentelemetry::trace::Status;
+use pin_project_lite::pin_project;
+use tower_service::Service;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::body::TracedBody;
+use super::propagation::{extract, inject};
+use super::semconv::{grpc_parts, grpc_server_error, grpc_status, method, protocol_version, route};
+use crate::RequestId;
+use crate::retry::ResendCount;
+
+/// The service made by [`TraceLayer`](super::TraceLayer).
+#[derive(Debug, Clone)]
+pub struct Trace<S> {
+    inner: S,
+    client: bool,
+}
+
+impl<S> Trace<S> {
+    pub(crate) fn new(inner: S, client: bool) -> Self {
+        Self { inner, client }
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Trace<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: fmt::Display,
+{
+    type Response = Response<TracedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let span = if self.client {
+            let span = client_span(&req);
+            inject(&span.context(), req.headers_mut());
+            span
+        } else {
+            server_span(&req)
+        };
+        let future = span.in_scope(|| self.inner.call(req));
+        ResponseFuture {
+            future,
+            span: Some(span),
+            client: self.client,
+        }
+    }
+}
+
+/// The server span: named `{method} {route}` (or `{method}`, or the gRPC
+/// `service/method`), child of the caller's trace context.
+fn server_span<B>(req: &Request<B>) -> Span {
+    let m = method(req.method());
+    let grpc = grpc_parts(req);
+    let route = route(req);
+    let name = match (&grpc, &route) {
+        (Some((service, rpc)), _) => format!("{service}/{rpc}"),
+        (None, Some(route)) => format!("{m} {route}"),
+        (None, None) => m.to_owned(),
+    };
+    let span = tracing::info_span!(target: "battlement::trace", "request", otel.name = %name, otel.kind = "server");
+    let _ = span.set_parent(extract(req.headers()));
+    span.set_attribute("http.request.method", m);
+    if m == "_OTHER" {
+        span.set_attribute(
+            "http.request.method_original",
+            req.method().as_str().to_owned(),
+        );
+    }
+    if let Some(route) = route {
+        span.set_attribute("http.route", route);
+    }
+    span.set_attribute("url.path", req.uri().path().to_owned());
+    span.set_attribute(
+        "url.scheme",
+        req.uri().scheme_str().unwrap_or("http").to_owned(),
+    );
+    span.set_attribute("network.protocol.version", protocol_version(req.version()));
+    if let Some(host) = req
+        .uri()
+        .host()
+        .map(str::to_owned)
+        .or_else(|| host_header(req))
+    {
+        span.set_attribute("server.address", host);
+    }
+    if let Some(agent) = req
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        span.set_attribute("user_agent.original", agent.to_owned());
+    }
+    if let Some((service, rpc)) = grpc {
+        span.set_attribute("rpc.system", "grpc");
+        span.set_attribute("rpc.service", service);
+        span.set_attribute("rpc.method", rpc);
+    }
+    if let Some(id) = req.extensions().get::<RequestId>() {
+        span.set_attribute("http.request.id", id.as_str().to_owned());
+        span.set_attribute("request.id", id.as_str().to_owned());
+    }
+    span
+}
+
+fn host_header<B>(req: &Request<B>) -> Option<String> {
+    let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
+    Some(host.rsplit_once(':').map_or(host, |(h, _)| h).to_owned())
+}
+
+/// The client span of one attempt: named `{method}`, kind client.
+fn client_span<B>(req: &Request<B>) -> Span {
+    let m = method(req.method());
+    let span = tracing::info_span!(target: "battlement::trace", "request", otel.name = m, otel.kind = "client");
+    span.set_attribute("http.request.method", m);
+    span.set_attribute("url.full", req.uri().to_string());
+    if let Some(host) = req.uri().host() {
+        span.set_attribute("server.address", host.to_owned());
+    }
+    if let Some(port) = req.uri().port_u16() {
+        span.set_attribute("server.port", i64::from(port));
+    }
+    if let Some(ResendCount(n)) = req.extensions().get::<ResendCount>() {
+        span.set_attribute("http.request.resend_count", i64::from(*n));
+    }
+    if let Some(id) = req
+        .extensions()
+        .get::<RequestId>()
+        .cloned()
+        .or_else(RequestId::current)
+    {
+        span.set_attribute("http.request.id", id.as_str().to_owned());
+    }
+    span
+}
+
+pin_project! {
+    /// Runs the call in its span; hands the span to the response body.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        future: F,
+        span: Option<Span>,
+        client: bool,
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: fmt::Display,
+{
+    type Output = Result<Response<TracedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = {
+            let _entered = this.span.as_ref().map(Span::enter);
+            ready!(this.future.poll(cx))
+        };
+        let Some(span) = this.span.take() else {
+            unreachable!("trace future polled after completion")
+        };
+        Poll::Ready(match result {
+            Ok(res) => {
+                record_response(&span, &res, *this.client);
+                Ok(res.map(|body| TracedBody::new(body, span, !*this.client)))
+            }
+            Err(e) => {
+                span.set_attribute("error.type", "_OTHER");
+                span.set_status(Status::error(e.to_string()));
+                Err(e)
+            }
+        })
+    }
+}
+
+/// Status code and status (SPEC TR-4): server 5xx is an error, 4xx is
+/// not; client 4xx and 5xx are errors; gRPC per the RPC conventions.
+fn record_response<B>(span: &Span, res: &Response<B>, client: bool) {
+    let status = res.status();
+    span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
+    if let Some(code) = grpc_status(res.headers()) {
+        span.set_attribute("rpc.grpc.status_code", i64::from(code));
+        if code != 0 && (client || grpc_server_error(code)) {
+            span.set_status(Status::error(format!("grpc-status {code}")));
+        }
+        return;
+    }
+    let error = status.is_server_error() || (client && status.is_client_error());
+    if error {
+        span.set_attribute("error.type", status.as_u16().to_string());
+        span.set_status(Status::error(""));
+    }
+}

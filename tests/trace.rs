@@ -1,0 +1,247 @@
+//! Tracing with the OpenTelemetry SDK's in-memory exporter (SPEC TR-1..TR-5,
+//! RID-3).
+#![cfg(feature = "axum")]
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::StatusCode;
+use axum::routing::get;
+use battlement::request_id::RequestIdLayer;
+use battlement::trace::TraceLayer;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use opentelemetry::trace::{SpanKind, Status, TraceId, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tracing_subscriber::layer::SubscriberExt;
+
+/// Spans end up in the returned exporter while the guard lives.
+fn collect() -> (InMemorySpanExporter, tracing::subscriber::DefaultGuard) {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    (exporter, tracing::subscriber::set_default(subscriber))
+}
+
+fn attr(span: &SpanData, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.to_string())
+}
+
+fn app() -> Router {
+    Router::new()
+        .route("/items/{id}", get(|| async { "item" }))
+        .route("/limited", get(|| async { StatusCode::TOO_MANY_REQUESTS }))
+        .route(
+            "/broken",
+            get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+        )
+        .layer(TraceLayer::server())
+}
+
+async fn send(app: Router, req: http::Request<Body>) -> http::Response<Body> {
+    let res = app.oneshot(req).await.unwrap();
+    let (parts, body) = res.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    http::Response::from_parts(parts, Body::from(bytes))
+}
+
+fn get_req(uri: &str) -> http::Request<Body> {
+    http::Request::get(uri)
+        .header("user-agent", "test/1")
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn server_span(exporter: &InMemorySpanExporter) -> SpanData {
+    let spans = exporter.get_finished_spans().unwrap();
+    spans
+        .into_iter()
+        .find(|s| s.span_kind == SpanKind::Server)
+        .expect("a server span")
+}
+
+// SPEC TR-2, TR-3
+#[tokio::test]
+async fn span_is_named_by_route_template_with_semconv_attributes() {
+    let (exporter, _guard) = collect();
+    send(app(), get_req("/items/42")).await;
+    let span = server_span(&exporter);
+    assert_eq!(span.name, "GET /items/{id}");
+    assert_eq!(attr(&span, "http.request.method").as_deref(), Some("GET"));
+    assert_eq!(attr(&span, "http.route").as_deref(), Some("/items/{id}"));
+    assert_eq!(
+        attr(&span, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(attr(&span, "url.scheme").as_deref(), Some("http"));
+    assert_eq!(
+        attr(&span, "network.protocol.version").as_deref(),
+        Some("1.1")
+    );
+    assert_eq!(
+        attr(&span, "user_agent.original").as_deref(),
+        Some("test/1")
+    );
+    assert_eq!(span.status, Status::Unset);
+}
+
+// SPEC TR-2: no matched route, no raw path in the name.
+#[tokio::test]
+async fn unmatched_requests_are_named_by_method_only() {
+    let (exporter, _guard) = collect();
+    send(app(), get_req("/no/such/path")).await;
+    let span = server_span(&exporter);
+    assert_eq!(span.name, "GET");
+    assert_eq!(attr(&span, "http.route"), None);
+}
+
+// SPEC TR-4: 4xx (our own 429 included) leave the status unset; 5xx error.
+#[tokio::test]
+async fn client_errors_are_unset_and_server_errors_are_errors() {
+    let (exporter, _guard) = collect();
+    send(app(), get_req("/limited")).await;
+    assert_eq!(server_span(&exporter).status, Status::Unset);
+    exporter.reset();
+    send(app(), get_req("/broken")).await;
+    let span = server_span(&exporter);
+    assert!(
+        matches!(span.status, Status::Error { .. }),
+        "{:?}",
+        span.status
+    );
+    assert_eq!(attr(&span, "error.type").as_deref(), Some("500"));
+}
+
+// SPEC TR-1: a valid traceparent is the parent; an invalid one starts anew.
+#[tokio::test]
+async fn incoming_traceparent_is_the_parent() {
+    let (exporter, _guard) = collect();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut req = get_req("/items/1");
+    req.headers_mut().insert(
+        "traceparent",
+        format!("00-{trace}-00f067aa0ba902b7-01").parse().unwrap(),
+    );
+    send(app(), req).await;
+    let span = server_span(&exporter);
+    assert_eq!(
+        span.span_context.trace_id(),
+        TraceId::from_hex(trace).unwrap()
+    );
+    assert_eq!(span.parent_span_id.to_string(), "00f067aa0ba902b7");
+
+    exporter.reset();
+    let mut req = get_req("/items/1");
+    req.headers_mut()
+        .insert("traceparent", "00-not-a-trace-id-01".parse().unwrap());
+    send(app(), req).await;
+    let span = server_span(&exporter);
+    assert_ne!(
+        span.span_context.trace_id(),
+        TraceId::from_hex(trace).unwrap()
+    );
+    assert_ne!(span.span_context.trace_id(), TraceId::INVALID);
+}
+
+// SPEC RID-3: the request id is on the span.
+#[tokio::test]
+async fn the_request_id_is_recorded() {
+    let (exporter, _guard) = collect();
+    let app = Router::new()
+        .route("/items/{id}", get(|| async { "item" }))
+        .layer(TraceLayer::server())
+        .layer(RequestIdLayer::new().span(false));
+    let mut req = get_req("/items/1");
+    req.headers_mut()
+        .insert("x-request-id", "req-7".parse().unwrap());
+    send(app, req).await;
+    let span = server_span(&exporter);
+    assert_eq!(attr(&span, "http.request.id").as_deref(), Some("req-7"));
+    assert_eq!(attr(&span, "request.id").as_deref(), Some("req-7"));
+}
+
+// SPEC TR-5: the span lasts until a slow streamed body ends.
+#[tokio::test]
+async fn the_span_covers_a_slow_streamed_body() {
+    let (exporter, _guard) = collect();
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(|| async {
+                let chunks = async_stream_body();
+                Body::from_stream(chunks)
+            }),
+        )
+        .layer(TraceLayer::server());
+    send(app, get_req("/slow")).await;
+    let span = server_span(&exporter);
+    let took = span.end_time.duration_since(span.start_time).unwrap();
+    assert!(took >= Duration::from_millis(150), "{took:?}");
+}
+
+fn async_stream_body() -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+    futures_util::stream::unfold(0, |n| async move {
+        if n == 3 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        Some((Ok(Bytes::from_static(b"chunk")), n + 1))
+    })
+}
+
+// SPEC TR-1, TR-4: the client layer injects its span's context; a 503
+// answer is an error on the client span.
+#[tokio::test]
+async fn the_client_layer_injects_traceparent() {
+    let (exporter, _guard) = collect();
+    let upstream = service_fn(|req: http::Request<Body>| async move {
+        let traceparent = req.headers().get("traceparent").cloned();
+        let mut res = http::Response::new(Body::empty());
+        *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        if let Some(tp) = traceparent {
+            res.headers_mut().insert("seen-traceparent", tp);
+        }
+        Ok::<_, Infallible>(res)
+    });
+    let client = ServiceBuilder::new()
+        .layer(TraceLayer::client())
+        .service(upstream);
+    let req = http::Request::get("http://upstream.test:8080/x")
+        .body(Body::empty())
+        .unwrap();
+    let res = client.oneshot(req).await.unwrap();
+    let seen = res.headers()["seen-traceparent"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    res.into_body().collect().await.unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    let span = spans
+        .iter()
+        .find(|s| s.span_kind == SpanKind::Client)
+        .expect("client span");
+    assert_eq!(span.name, "GET");
+    let expected = format!(
+        "00-{}-{}-01",
+        span.span_context.trace_id(),
+        span.span_context.span_id()
+    );
+    assert_eq!(seen, expected);
+    assert_eq!(
+        attr(span, "server.address").as_deref(),
+        Some("upstream.test")
+    );
+    assert_eq!(attr(span, "server.port").as_deref(), Some("8080"));
+    assert!(matches!(span.status, Status::Error { .. }));
+}
