@@ -1,5 +1,6 @@
 //! The in-process event stream every layer reports its decisions to
-//! (SPEC C-7), and a rate-limited warning log for store failures (C-5).
+//! (SPEC C-7), counted in the `battlement.events` metric (MT-4), and a
+//! rate-limited warning log for store failures (C-5).
 //!
 //! ```
 //! use battlement::events::{Event, Events};
@@ -11,10 +12,12 @@
 //! assert_eq!((e.layer(), e.event(), e.policy()), ("rate_limit", "denied", Some("per-ip")));
 //! ```
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use opentelemetry::metrics::Counter;
+use opentelemetry::{KeyValue, Value};
 use tokio::sync::broadcast;
 
 /// One decision or incident of a layer.
@@ -89,10 +92,30 @@ impl Events {
         self.tx.subscribe()
     }
 
-    /// Sends `event` to the subscribers, if any.
+    /// Counts `event` in the `battlement.events` metric and sends it to
+    /// the subscribers, if any.
     pub fn emit(&self, event: Event) {
+        count(event.layer, event.event, event.policy.as_ref());
         if self.tx.receiver_count() > 0 {
             let _ = self.tx.send(event);
+        }
+    }
+
+    /// Like [`emit`](Self::emit), building the event's detail only when
+    /// someone listens (the metric never carries details).
+    pub fn note(
+        &self,
+        layer: &'static str,
+        event: &'static str,
+        policy: Option<&Arc<str>>,
+        detail: impl FnOnce() -> Option<String>,
+    ) {
+        count(layer, event, policy);
+        if self.is_observed() {
+            let mut e = Event::new(layer, event);
+            e.policy = policy.cloned();
+            e.detail = detail();
+            let _ = self.tx.send(e);
         }
     }
 
@@ -100,6 +123,28 @@ impl Events {
     pub fn is_observed(&self) -> bool {
         self.tx.receiver_count() > 0
     }
+}
+
+/// Every resilience decision, in one instrument (SPEC MT-4, C-7):
+/// `battlement.events{layer, event, policy}`, on the global meter provider
+/// as it is at the first event.
+fn count(layer: &'static str, event: &'static str, policy: Option<&Arc<str>>) {
+    static EVENTS: OnceLock<Counter<u64>> = OnceLock::new();
+    let counter = EVENTS.get_or_init(|| {
+        opentelemetry::global::meter("battlement")
+            .u64_counter("battlement.events")
+            .with_description("Decisions and incidents of battlement's layers")
+            .build()
+    });
+    let policy = policy.map_or(Value::from(""), |p| Value::from(p.clone()));
+    counter.add(
+        1,
+        &[
+            KeyValue::new("layer", layer),
+            KeyValue::new("event", event),
+            KeyValue::new("policy", policy),
+        ],
+    );
 }
 
 impl Default for Events {

@@ -21,6 +21,7 @@ pub use error::{BoxError, ConfigError, FailurePolicy, StoreError};
 pub use layers::circuit_breaker::{self, CircuitBreakerLayer};
 pub use layers::health::{self, HealthRegistry};
 pub use layers::idempotency::{self, IdempotencyLayer};
+pub use layers::metrics::{self, MetricsLayer};
 pub use layers::rate_limit::{self, RateLimitLayer};
 pub use layers::request_id::{self, RequestId, RequestIdLayer};
 pub use layers::retry::{self, RetryLayer};

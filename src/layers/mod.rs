@@ -3,6 +3,7 @@
 pub mod circuit_breaker;
 pub mod health;
 pub mod idempotency;
+pub mod metrics;
 pub mod rate_limit;
 pub mod request_id;
 pub mod retry;

@@ -22,7 +22,7 @@ use super::state::{Outcome, State};
 use super::store::{CircuitBreakerStore, Published, SharedState, Versioned};
 use crate::clock::SharedClock;
 use crate::error::StoreError;
-use crate::events::{Event, Events, WarnLimiter};
+use crate::events::{Events, WarnLimiter};
 use crate::key::Key;
 
 /// The layer name in events.
@@ -239,13 +239,7 @@ impl Registry {
     }
 
     fn emit(&self, event: &'static str, detail: Option<String>) {
-        if self.events.is_observed() {
-            let mut e = Event::new(LAYER, event).with_policy(self.name.clone());
-            if let Some(detail) = detail {
-                e = e.with_detail(detail);
-            }
-            self.events.emit(e);
-        }
+        self.events.note(LAYER, event, Some(&self.name), || detail);
     }
 
     /// Reports a transition; `publish`: this instance made it, so the

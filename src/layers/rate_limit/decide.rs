@@ -11,7 +11,7 @@ use super::policy::Policy;
 use super::store::{Decision, RateLimitStore};
 use crate::backends::MemoryStore;
 use crate::error::{FailurePolicy, StoreError};
-use crate::events::{Event, Events, WarnLimiter};
+use crate::events::{Events, WarnLimiter};
 use crate::key::{Key, KeyError, RequestHead};
 use crate::reject::Problem;
 
@@ -163,21 +163,16 @@ impl<St: RateLimitStore> Limiter<St> {
                 "rate limit store failed"
             );
         });
-        if self.events.is_observed() {
-            self.events.emit(
-                Event::new("rate_limit", "store_failure")
-                    .with_policy(policy.name.clone())
-                    .with_detail(format!("{outcome}: {err}")),
-            );
-            self.emit(policy, outcome);
-        }
+        self.events
+            .note("rate_limit", "store_failure", Some(&policy.name), || {
+                Some(format!("{outcome}: {err}"))
+            });
+        self.emit(policy, outcome);
         self.failure
     }
 
     fn emit(&self, policy: &Policy, event: &'static str) {
-        if self.events.is_observed() {
-            self.events
-                .emit(Event::new("rate_limit", event).with_policy(policy.name.clone()));
-        }
+        self.events
+            .note("rate_limit", event, Some(&policy.name), || None);
     }
 }

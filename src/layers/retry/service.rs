@@ -17,7 +17,7 @@ use super::policy::{Next, RetryPolicy, Stop, describe};
 use crate::BoxError;
 use crate::body::{LayerBody, Read, read_limited};
 use crate::clock::SharedClock;
-use crate::events::{Event, Events};
+use crate::events::Events;
 
 /// How many attempts a response took, in its extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,17 +233,17 @@ where
                     Stop::Exhausted => "exhausted",
                     Stop::Deadline => "gave_up",
                 };
-                emit(&shared.events, event, describe(&result));
+                emit(&shared.events, event, || describe(&result));
                 return finish(result, attempt);
             }
         };
         if let Some(budget) = &shared.budget
             && !budget.withdraw()
         {
-            emit(&shared.events, "budget_exhausted", describe(&result));
+            emit(&shared.events, "budget_exhausted", || describe(&result));
             return finish(result, attempt);
         }
-        emit(&shared.events, "retry", describe(&result));
+        emit(&shared.events, "retry", || describe(&result));
         drop(result);
         shared.clock.sleep(delay).await;
         previous = delay;
@@ -287,8 +287,6 @@ fn finish<R>(
     })
 }
 
-fn emit(events: &Events, event: &'static str, detail: String) {
-    if events.is_observed() {
-        events.emit(Event::new(super::LAYER, event).with_detail(detail));
-    }
+fn emit(events: &Events, event: &'static str, detail: impl FnOnce() -> String) {
+    events.note(super::LAYER, event, None, || Some(detail()));
 }

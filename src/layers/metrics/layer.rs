@@ -1,0 +1,62 @@
+//! `MetricsLayer`: server and client request metrics.
+
+use std::sync::Arc;
+
+use opentelemetry::metrics::Meter;
+use tower_layer::Layer;
+
+use super::instruments::Instruments;
+use super::service::Metrics;
+
+/// Request metrics per the OpenTelemetry semantic conventions (SPEC MT-1,
+/// MT-2): `http.server.request.duration` and `http.server.active_requests`
+/// on servers, `rpc.server.call.duration` for gRPC calls, and
+/// `http.client.request.duration` on clients — unit `s`, semconv bucket
+/// boundaries ([`DURATION_BUCKETS`](crate::trace::DURATION_BUCKETS)).
+/// `http.route` is axum's route template and unknown methods are
+/// `_OTHER`, so clients cannot create series at will. A duration covers
+/// the response body until it ends; a request cancelled mid-flight still
+/// leaves the active count.
+///
+/// ```
+/// use battlement::metrics::MetricsLayer;
+/// use tower::ServiceBuilder;
+///
+/// // On the global meter provider (set it up first, e.g. with
+/// // `battlement::telemetry`).
+/// let server = ServiceBuilder::new().layer(MetricsLayer::server());
+/// # let _ = server;
+/// ```
+#[derive(Debug, Clone)]
+pub struct MetricsLayer {
+    instruments: Arc<Instruments>,
+    client: bool,
+}
+
+impl MetricsLayer {
+    /// Server metrics on the global meter provider.
+    pub fn server() -> Self {
+        Self::with_meter(&opentelemetry::global::meter("battlement"), false)
+    }
+
+    /// Client metrics on the global meter provider.
+    pub fn client() -> Self {
+        Self::with_meter(&opentelemetry::global::meter("battlement"), true)
+    }
+
+    /// Metrics on `meter`; `client` for client-side metrics.
+    pub fn with_meter(meter: &Meter, client: bool) -> Self {
+        Self {
+            instruments: Arc::new(Instruments::new(meter)),
+            client,
+        }
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = Metrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Metrics::new(inner, self.instruments.clone(), self.client)
+    }
+}

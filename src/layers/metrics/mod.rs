@@ -1,0 +1,26 @@
+//! OpenTelemetry request metrics (SPEC MT-1, MT-2); resilience events are
+//! counted in `battlement.events` (MT-4, see [`events`](crate::events)).
+//!
+//! ```
+//! use battlement::metrics::MetricsLayer;
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let svc = ServiceBuilder::new()
+//!     .layer(MetricsLayer::server())
+//!     .service(service_fn(|_: Request<String>| async {
+//!         Ok::<_, std::convert::Infallible>(Response::new(String::from("ok")))
+//!     }));
+//! let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+//! assert_eq!(res.status(), 200);
+//! # });
+//! ```
+
+mod instruments;
+mod layer;
+mod recording;
+mod service;
+
+pub use layer::MetricsLayer;
+pub use service::{MeteredBody, Metrics, ResponseFuture};

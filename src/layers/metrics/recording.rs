@@ -1,0 +1,56 @@
+//! One request being measured: recorded once, when its response body ends
+//! or when it is dropped (a cancelled request still leaves the active
+//! count).
+
+use std::time::Instant;
+
+use opentelemetry::KeyValue;
+
+use super::instruments::Instruments;
+
+/// What is known of a request so far.
+pub(crate) struct Recording {
+    pub instruments: std::sync::Arc<Instruments>,
+    pub kind: Kind,
+    pub started: Instant,
+    /// Attributes of the duration metric.
+    pub attributes: Vec<KeyValue>,
+    /// Attributes of `http.server.active_requests` (server only).
+    pub active: Option<[KeyValue; 2]>,
+    /// Set once the outcome is known; a recording dropped without one was
+    /// cancelled and counts no duration.
+    pub finished: bool,
+}
+
+/// Which duration histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Server,
+    Rpc,
+    Client,
+}
+
+impl Recording {
+    /// Adds attributes known from the response.
+    pub(crate) fn add(&mut self, kv: KeyValue) {
+        self.attributes.push(kv);
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if let Some(active) = &self.active {
+            self.instruments.active_requests.add(-1, active);
+        }
+        if !self.finished {
+            return;
+        }
+        let seconds = self.started.elapsed().as_secs_f64();
+        let histogram = match self.kind {
+            Kind::Server => &self.instruments.server_duration,
+            Kind::Rpc => &self.instruments.rpc_server_duration,
+            Kind::Client => &self.instruments.client_duration,
+        };
+        histogram.record(seconds, &self.attributes);
+    }
+}

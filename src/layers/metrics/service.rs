@@ -1,0 +1,218 @@
+//! `Metrics`: the service, its future and its body.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use opentelemetry::KeyValue;
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::instruments::Instruments;
+use super::recording::{Kind, Recording};
+use crate::trace::semconv::{grpc_parts, grpc_status, method, protocol_version, route};
+
+/// The service made by [`MetricsLayer`](super::MetricsLayer).
+#[derive(Debug, Clone)]
+pub struct Metrics<S> {
+    inner: S,
+    instruments: Arc<Instruments>,
+    client: bool,
+}
+
+impl<S> Metrics<S> {
+    pub(crate) fn new(inner: S, instruments: Arc<Instruments>, client: bool) -> Self {
+        Self {
+            inner,
+            instruments,
+            client,
+        }
+    }
+
+    fn start<B>(&self, req: &Request<B>) -> Recording {
+        let m = KeyValue::new("http.request.method", method(req.method()));
+        let scheme = KeyValue::new(
+            "url.scheme",
+            req.uri().scheme_str().unwrap_or("http").to_owned(),
+        );
+        let mut attributes = Vec::with_capacity(8);
+        let (kind, active) = if self.client {
+            attributes.push(m);
+            if let Some(host) = req.uri().host() {
+                attributes.push(KeyValue::new("server.address", host.to_owned()));
+            }
+            if let Some(port) = req.uri().port_u16() {
+                attributes.push(KeyValue::new("server.port", i64::from(port)));
+            }
+            (Kind::Client, None)
+        } else if let Some((service, rpc)) = grpc_parts(req) {
+            attributes.push(KeyValue::new("rpc.system", "grpc"));
+            attributes.push(KeyValue::new("rpc.service", service));
+            attributes.push(KeyValue::new("rpc.method", rpc));
+            let active = [m, scheme];
+            self.instruments.active_requests.add(1, &active);
+            (Kind::Rpc, Some(active))
+        } else {
+            attributes.push(m.clone());
+            attributes.push(scheme.clone());
+            attributes.push(KeyValue::new(
+                "network.protocol.version",
+                protocol_version(req.version()),
+            ));
+            if let Some(route) = route(req) {
+                attributes.push(KeyValue::new("http.route", route));
+            }
+            let active = [m, scheme];
+            self.instruments.active_requests.add(1, &active);
+            (Kind::Server, Some(active))
+        };
+        Recording {
+            instruments: self.instruments.clone(),
+            kind,
+            started: Instant::now(),
+            attributes,
+            active,
+            finished: false,
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Metrics<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<MeteredBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let recording = self.start(&req);
+        ResponseFuture {
+            future: self.inner.call(req),
+            recording: Some(recording),
+        }
+    }
+}
+
+pin_project! {
+    /// Measures the call; hands the recording to the response body.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        future: F,
+        recording: Option<Recording>,
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<MeteredBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.future.poll(cx));
+        let Some(mut recording) = this.recording.take() else {
+            unreachable!("metrics future polled after completion")
+        };
+        recording.finished = true;
+        Poll::Ready(match result {
+            Ok(res) => {
+                let status = res.status();
+                match recording.kind {
+                    Kind::Rpc => {
+                        if let Some(code) = grpc_status(res.headers()) {
+                            recording.add(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
+                        }
+                    }
+                    Kind::Server | Kind::Client => {
+                        recording.add(KeyValue::new(
+                            "http.response.status_code",
+                            i64::from(status.as_u16()),
+                        ));
+                        let error = status.is_server_error()
+                            || (recording.kind == Kind::Client && status.is_client_error());
+                        if error {
+                            recording.add(KeyValue::new("error.type", status.as_u16().to_string()));
+                        }
+                    }
+                }
+                Ok(res.map(|inner| MeteredBody {
+                    inner,
+                    recording: Some(recording),
+                }))
+            }
+            Err(e) => {
+                recording.add(KeyValue::new("error.type", "_OTHER"));
+                Err(e)
+            }
+        })
+    }
+}
+
+pin_project! {
+    /// The response body; the request's duration is recorded when it ends.
+    pub struct MeteredBody<B> {
+        #[pin]
+        inner: B,
+        recording: Option<Recording>,
+    }
+}
+
+impl<B> std::fmt::Debug for MeteredBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeteredBody").finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> Body for MeteredBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let (Some(trailers), Some(recording)) = (f.trailers_ref(), this.recording.as_mut())
+                    && recording.kind == Kind::Rpc
+                    && let Some(code) = grpc_status(trailers)
+                {
+                    recording.add(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
+                }
+            }
+            Some(Err(_)) => {
+                if let Some(recording) = this.recording.as_mut() {
+                    recording.add(KeyValue::new("error.type", "body"));
+                }
+                this.recording.take();
+            }
+            None => {
+                this.recording.take();
+            }
+        }
+        if this.inner.is_end_stream() {
+            this.recording.take();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,155 @@
+//! Request metrics with the OpenTelemetry SDK's in-memory exporter
+//! (SPEC MT-1, MT-2).
+#![cfg(feature = "axum")]
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use battlement::metrics::MetricsLayer;
+use battlement::trace::DURATION_BUCKETS;
+use http_body_util::BodyExt;
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, HistogramDataPoint, MetricData};
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use tower::ServiceExt;
+
+struct Meters {
+    exporter: InMemoryMetricExporter,
+    provider: SdkMeterProvider,
+}
+
+impl Meters {
+    fn new() -> Self {
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        Self { exporter, provider }
+    }
+
+    fn layer(&self) -> MetricsLayer {
+        MetricsLayer::with_meter(&self.provider.meter("test"), false)
+    }
+
+    /// Flushes and finds `name`'s aggregation.
+    fn histogram(&self, name: &str) -> (String, Vec<(Vec<KeyValue>, u64, Vec<f64>)>) {
+        self.provider.force_flush().unwrap();
+        let all = self.exporter.get_finished_metrics().unwrap();
+        let metric = all
+            .iter()
+            .rev()
+            .flat_map(|rm| rm.scope_metrics())
+            .flat_map(|sm| sm.metrics())
+            .find(|m| m.name() == name)
+            .unwrap_or_else(|| panic!("no {name}"));
+        let AggregatedMetrics::F64(MetricData::Histogram(h)) = metric.data() else {
+            panic!("{name} is not an f64 histogram")
+        };
+        let points = h
+            .data_points()
+            .map(|p: &HistogramDataPoint<f64>| {
+                let mut attrs: Vec<KeyValue> = p.attributes().cloned().collect();
+                attrs.sort_by(|a, b| a.key.as_str().cmp(b.key.as_str()));
+                (attrs, p.count(), p.bounds().collect())
+            })
+            .collect();
+        (metric.unit().to_owned(), points)
+    }
+
+    fn active(&self) -> i64 {
+        self.provider.force_flush().unwrap();
+        let all = self.exporter.get_finished_metrics().unwrap();
+        let Some(metric) = all
+            .iter()
+            .rev()
+            .flat_map(|rm| rm.scope_metrics())
+            .flat_map(|sm| sm.metrics())
+            .find(|m| m.name() == "http.server.active_requests")
+        else {
+            return 0;
+        };
+        let AggregatedMetrics::I64(MetricData::Sum(sum)) = metric.data() else {
+            panic!("active_requests is not an i64 sum")
+        };
+        sum.data_points().map(|p| p.value()).sum()
+    }
+}
+
+fn app(m: &Meters) -> Router {
+    Router::new()
+        .route("/items/{id}", get(|| async { "item" }))
+        .route("/hang", get(|| std::future::pending::<&'static str>()))
+        .layer(m.layer())
+}
+
+async fn send(app: &Router, uri: &str) {
+    let res = app.clone().oneshot(http::Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+    res.into_body().collect().await.unwrap();
+}
+
+// SPEC MT-1: name, unit, buckets, attributes with the route template.
+#[tokio::test]
+async fn server_duration_histogram_follows_semconv() {
+    let m = Meters::new();
+    let app = app(&m);
+    send(&app, "/items/42").await;
+    send(&app, "/items/43").await;
+    let (unit, points) = m.histogram("http.server.request.duration");
+    assert_eq!(unit, "s");
+    assert_eq!(points.len(), 1, "one series for one route");
+    let (attrs, count, bounds) = &points[0];
+    assert_eq!(*count, 2);
+    assert_eq!(bounds, &DURATION_BUCKETS.to_vec());
+    let expected = vec![
+        KeyValue::new("http.request.method", "GET"),
+        KeyValue::new("http.response.status_code", 200i64),
+        KeyValue::new("http.route", "/items/{id}"),
+        KeyValue::new("network.protocol.version", "1.1"),
+        KeyValue::new("url.scheme", "http"),
+    ];
+    assert_eq!(attrs, &expected);
+}
+
+// SPEC MT-1: random unmatched paths and methods add no series.
+#[tokio::test]
+async fn unmatched_paths_and_odd_methods_create_no_series() {
+    let m = Meters::new();
+    let app = app(&m);
+    send(&app, "/first-miss").await;
+    let before = m.histogram("http.server.request.duration").1.len();
+    for i in 0..10_000 {
+        send(&app, &format!("/miss/{i}/{}", fastrand::u64(..))).await;
+    }
+    for method in ["PURGE", "FOO", "BAR"] {
+        let req = http::Request::builder().method(method).uri("/x").body(Body::empty()).unwrap();
+        app.clone().oneshot(req).await.unwrap();
+    }
+    let (_, points) = m.histogram("http.server.request.duration");
+    assert_eq!(points.len(), before + 1, "only one _OTHER series was added");
+    let total: u64 = points.iter().map(|p| p.1).sum();
+    assert_eq!(total, 10_004);
+}
+
+// SPEC MT-1: cancelled requests leave the active count.
+#[tokio::test]
+async fn active_requests_return_to_zero_after_cancellation() {
+    let m = Meters::new();
+    let app = app(&m);
+    let mut pending = Vec::new();
+    for _ in 0..5 {
+        let app = app.clone();
+        pending.push(tokio::spawn(async move {
+            app.oneshot(http::Request::get("/hang").body(Body::empty()).unwrap()).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(m.active(), 5);
+    for task in pending {
+        task.abort();
+        let _ = task.await;
+    }
+    assert_eq!(m.active(), 0);
+}
