@@ -16,6 +16,8 @@ pub mod events;
 pub mod key;
 pub mod layers;
 pub mod reject;
+#[cfg(any(feature = "prometheus", feature = "otlp"))]
+pub mod telemetry;
 
 pub use error::{BoxError, ConfigError, FailurePolicy, StoreError};
 pub use layers::circuit_breaker::{self, CircuitBreakerLayer};

@@ -1,0 +1,185 @@
+//! One-call OpenTelemetry setup (SPEC MT-3): a tracer provider and a meter
+//! provider, a Prometheus scrape endpoint and OTLP export both fed by that
+//! one meter provider, W3C trace-context and baggage propagation, all from
+//! the standard `OTEL_*` environment variables. The guard flushes and
+//! shuts everything down when dropped.
+//!
+//! ```
+//! # #[cfg(feature = "prometheus")]
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use tracing_subscriber::layer::SubscriberExt;
+//!
+//! let telemetry = battlement::telemetry::init("my-service").unwrap();
+//! let subscriber = tracing_subscriber::registry().with(telemetry.tracing_layer());
+//! # let _ = subscriber;
+//! // ... serve; `telemetry.prometheus_text()` renders the metrics.
+//! assert!(telemetry.prometheus_text().is_ok());
+//! # });
+//! ```
+//!
+//! Environment: `OTEL_EXPORTER_OTLP_ENDPOINT` turns OTLP export on (spans
+//! and metrics; needs the `otlp` feature); `OTEL_EXPORTER_OTLP_PROTOCOL`
+//! must be `grpc` (the default); `OTEL_SERVICE_NAME` overrides the service
+//! name; `OTEL_TRACES_SAMPLER`, `OTEL_METRIC_EXPORT_INTERVAL` and the other
+//! SDK variables apply as the SDK defines them.
+
+use std::fmt;
+
+use opentelemetry::propagation::TextMapCompositePropagator;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
+
+use crate::error::ConfigError;
+
+/// Sets up OpenTelemetry for `service_name` and registers it globally;
+/// keep the guard for the life of the process.
+pub fn init(service_name: &str) -> Result<TelemetryGuard, ConfigError> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let service = var("OTEL_SERVICE_NAME").unwrap_or_else(|| service_name.to_owned());
+    let resource = Resource::builder().with_service_name(service).build();
+    #[cfg_attr(not(feature = "otlp"), allow(unused_mut))]
+    let mut tracers = SdkTracerProvider::builder().with_resource(resource.clone());
+    let mut meters = SdkMeterProvider::builder().with_resource(resource);
+
+    #[cfg(feature = "prometheus")]
+    let registry = {
+        let registry = prometheus::Registry::new();
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .build()
+            .map_err(|e| ConfigError::new(format!("prometheus exporter: {e}")))?;
+        meters = meters.with_reader(exporter);
+        registry
+    };
+
+    let otlp = var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
+    if otlp {
+        let protocol = var("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_else(|| "grpc".into());
+        if protocol != "grpc" {
+            return Err(ConfigError::new(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL={protocol:?}: only grpc is supported"
+            )));
+        }
+        #[cfg(feature = "otlp")]
+        {
+            let spans = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build()
+                .map_err(|e| ConfigError::new(format!("OTLP span exporter: {e}")))?;
+            tracers = tracers.with_batch_exporter(spans);
+            let metrics = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .build()
+                .map_err(|e| ConfigError::new(format!("OTLP metric exporter: {e}")))?;
+            meters = meters
+                .with_reader(opentelemetry_sdk::metrics::PeriodicReader::builder(metrics).build());
+        }
+        #[cfg(not(feature = "otlp"))]
+        return Err(ConfigError::new(
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set but battlement was built without the `otlp` feature",
+        ));
+    }
+
+    let tracers = tracers.build();
+    let meters = meters.build();
+    opentelemetry::global::set_tracer_provider(tracers.clone());
+    opentelemetry::global::set_meter_provider(meters.clone());
+    opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ]));
+    Ok(TelemetryGuard {
+        tracer: tracers.tracer("battlement"),
+        tracers,
+        meters,
+        #[cfg(feature = "prometheus")]
+        registry,
+    })
+}
+
+/// The providers [`init`] set up; dropping it flushes and shuts them down.
+pub struct TelemetryGuard {
+    tracer: Tracer,
+    tracers: SdkTracerProvider,
+    meters: SdkMeterProvider,
+    #[cfg(feature = "prometheus")]
+    registry: prometheus::Registry,
+}
+
+impl fmt::Debug for TelemetryGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TelemetryGuard").finish_non_exhaustive()
+    }
+}
+
+impl TelemetryGuard {
+    /// The `tracing` layer that turns spans (battlement's and the
+    /// application's) into OpenTelemetry spans.
+    pub fn tracing_layer<S>(&self) -> tracing_opentelemetry::OpenTelemetryLayer<S, Tracer>
+    where
+        S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    {
+        tracing_opentelemetry::layer().with_tracer(self.tracer.clone())
+    }
+
+    /// The meter provider (also the global one).
+    pub fn meter_provider(&self) -> &SdkMeterProvider {
+        &self.meters
+    }
+
+    /// Every metric in the Prometheus text exposition format.
+    #[cfg(feature = "prometheus")]
+    pub fn prometheus_text(&self) -> Result<String, ConfigError> {
+        render(&self.registry).map_err(ConfigError::new)
+    }
+
+    /// `GET /metrics` serving [`prometheus_text`](Self::prometheus_text).
+    #[cfg(all(feature = "prometheus", feature = "axum"))]
+    pub fn metrics_router(&self) -> axum::Router {
+        use axum::http::{StatusCode, header};
+        use axum::response::IntoResponse;
+        let registry = self.registry.clone();
+        axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = render(&registry);
+                async move {
+                    match text {
+                        Ok(text) => (
+                            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                            text,
+                        )
+                            .into_response(),
+                        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+                    }
+                }
+            }),
+        )
+    }
+}
+
+/// `registry`'s metrics as Prometheus text.
+#[cfg(feature = "prometheus")]
+fn render(registry: &prometheus::Registry) -> Result<String, String> {
+    use prometheus::Encoder;
+    let mut out = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&registry.gather(), &mut out)
+        .map_err(|e| format!("prometheus encoding: {e}"))?;
+    String::from_utf8(out).map_err(|e| e.to_string())
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.tracers.shutdown() {
+            tracing::warn!(error = %e, "tracer provider shutdown");
+        }
+        if let Err(e) = self.meters.shutdown() {
+            tracing::warn!(error = %e, "meter provider shutdown");
+        }
+    }
+}
