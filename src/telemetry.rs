@@ -150,7 +150,10 @@ impl TelemetryGuard {
                 async move {
                     match text {
                         Ok(text) => (
-                            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                            [(
+                                header::CONTENT_TYPE,
+                                "text/plain; version=0.0.4; charset=utf-8",
+                            )],
                             text,
                         )
                             .into_response(),

@@ -86,7 +86,11 @@ fn app(m: &Meters) -> Router {
 }
 
 async fn send(app: &Router, uri: &str) {
-    let res = app.clone().oneshot(http::Request::get(uri).body(Body::empty()).unwrap()).await.unwrap();
+    let res = app
+        .clone()
+        .oneshot(http::Request::get(uri).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     res.into_body().collect().await.unwrap();
 }
 
@@ -124,7 +128,11 @@ async fn unmatched_paths_and_odd_methods_create_no_series() {
         send(&app, &format!("/miss/{i}/{}", fastrand::u64(..))).await;
     }
     for method in ["PURGE", "FOO", "BAR"] {
-        let req = http::Request::builder().method(method).uri("/x").body(Body::empty()).unwrap();
+        let req = http::Request::builder()
+            .method(method)
+            .uri("/x")
+            .body(Body::empty())
+            .unwrap();
         app.clone().oneshot(req).await.unwrap();
     }
     let (_, points) = m.histogram("http.server.request.duration");
@@ -142,7 +150,8 @@ async fn active_requests_return_to_zero_after_cancellation() {
     for _ in 0..5 {
         let app = app.clone();
         pending.push(tokio::spawn(async move {
-            app.oneshot(http::Request::get("/hang").body(Body::empty()).unwrap()).await
+            app.oneshot(http::Request::get("/hang").body(Body::empty()).unwrap())
+                .await
         }));
     }
     tokio::time::sleep(Duration::from_millis(50)).await;

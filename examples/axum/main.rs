@@ -34,22 +34,24 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use battlement::backends::MemoryStore;
 use battlement::body::LayerBody;
-use battlement::circuit_breaker::{
-    BreakerConfig, CircuitBreakerStore, CircuitOpen, ClassifiedBody, Window,
-};
-use battlement::client::ClientStack;
+use battlement::circuit_breaker::{BreakerConfig, CircuitBreakerStore, CircuitOpen, Window};
+use battlement::client::{ClientBody, ClientStack};
 use battlement::health::{HealthRegistry, HealthRoutes};
 use battlement::idempotency::{IdempotencyLayer, IdempotencyStore};
 use battlement::key::ClientIp;
+use battlement::metrics::MetricsLayer;
 use battlement::rate_limit::{Policy, Quota, RateLimitLayer, RateLimitStore};
 use battlement::request_id::RequestIdLayer;
 use battlement::retry::{AttemptTimedOut, RetryPolicy};
+use battlement::trace::TraceLayer;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -128,7 +130,7 @@ impl Settings {
 /// client.
 type Downstream = tower::util::BoxCloneSyncService<
     http::Request<Empty<Bytes>>,
-    http::Response<ClassifiedBody<hyper::body::Incoming>>,
+    http::Response<ClientBody<hyper::body::Incoming>>,
     Error,
 >;
 
@@ -181,6 +183,7 @@ fn app<St: RateLimitStore + CircuitBreakerStore + IdempotencyStore>(
     health: HealthRegistry,
     store: St,
     orders: Orders,
+    metrics: Router,
 ) -> Result<Router, Error> {
     let client: Client<HttpConnector, LayerBody<Empty<Bytes>>> =
         Client::builder(TokioExecutor::new()).build_http();
@@ -216,19 +219,24 @@ fn app<St: RateLimitStore + CircuitBreakerStore + IdempotencyStore>(
         .route("/orders", orders)
         .route("/proxy", get(proxy))
         .with_state(state);
-    let health = HealthRoutes::new(health).router();
+    // Health probes and the Prometheus scrape are not rate limited.
+    let health = HealthRoutes::new(health).router().merge(metrics);
     if !settings.layers {
         return Ok(api.merge(health));
     }
-    // Health probes are not rate limited.
     let per_ip = Policy::new("per-ip", settings.rate_limit)?
         .key(ClientIp::new(settings.trusted_proxies.iter().copied()));
     let api = api.layer(RateLimitLayer::new(store).policy(per_ip));
     // The server-wide layers in one ServiceBuilder, applied once (cheaper
-    // than many `Router::layer` calls).
-    Ok(api
-        .merge(health)
-        .layer(ServiceBuilder::new().layer(RequestIdLayer::new())))
+    // than many `Router::layer` calls): the request id first (the span
+    // records it; its own span is off so the trace's span is the root),
+    // then the OpenTelemetry span and the request metrics.
+    Ok(api.merge(health).layer(
+        ServiceBuilder::new()
+            .layer(RequestIdLayer::new().span(false))
+            .layer(TraceLayer::server())
+            .layer(MetricsLayer::server()),
+    ))
 }
 
 async fn item(Path(id): Path<String>) -> axum::Json<serde_json::Value> {
@@ -285,7 +293,11 @@ async fn proxy(State(state): State<AppState>) -> Response {
 
 /// Connects the stores the environment names, registers their readiness
 /// checks, and builds the app on them.
-async fn build(settings: &Settings, registry: &HealthRegistry) -> Result<Router, Error> {
+async fn build(
+    settings: &Settings,
+    registry: &HealthRegistry,
+    metrics: Router,
+) -> Result<Router, Error> {
     if let Some(endpoints) = &settings.etcd_endpoints {
         #[cfg(feature = "etcd")]
         {
@@ -307,36 +319,39 @@ async fn build(settings: &Settings, registry: &HealthRegistry) -> Result<Router,
                 .with_timeout(Duration::from_millis(250));
             let redis = battlement::backends::RedisStore::from_config(config).await?;
             registry.register(battlement::health::store_check(redis.clone()));
-            return app(
-                settings,
-                registry.clone(),
-                redis,
-                Orders::connect(settings).await?,
-            );
+            let orders = Orders::connect(settings).await?;
+            return app(settings, registry.clone(), redis, orders, metrics);
         }
         #[cfg(not(feature = "redis"))]
         return Err(
             format!("REDIS_URL={url} needs: cargo run --example axum --features redis").into(),
         );
     }
+    let orders = Orders::connect(settings).await?;
     app(
         settings,
         registry.clone(),
         MemoryStore::new(),
-        Orders::connect(settings).await?,
+        orders,
+        metrics,
     )
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+    // OpenTelemetry from the OTEL_* variables; flushed when `telemetry`
+    // drops at the end of main.
+    let telemetry = battlement::telemetry::init("battlement-example-axum")?;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer())
+        .with(telemetry.tracing_layer())
         .init();
     let settings = Settings::from_env()?;
     let registry = HealthRegistry::new();
-    let app = build(&settings, &registry).await?;
+    let app = build(&settings, &registry, telemetry.metrics_router()).await?;
     let listener = tokio::net::TcpListener::bind(settings.bind).await?;
     tracing::info!(addr = %settings.bind, layers = settings.layers, "listening");
     axum::serve(
@@ -372,10 +387,25 @@ mod tests {
         }
     }
 
+    /// The process's telemetry (one global meter provider per process).
+    fn telemetry() -> &'static battlement::telemetry::TelemetryGuard {
+        static TELEMETRY: std::sync::OnceLock<battlement::telemetry::TelemetryGuard> =
+            std::sync::OnceLock::new();
+        TELEMETRY.get_or_init(|| battlement::telemetry::init("test").unwrap())
+    }
+
     /// The example app on in-memory stores.
     fn memory_app(settings: &Settings) -> Router {
         let orders = Orders::Local(Arc::new(AtomicU64::new(0)));
-        app(settings, HealthRegistry::new(), MemoryStore::new(), orders).unwrap()
+        let metrics = telemetry().metrics_router();
+        app(
+            settings,
+            HealthRegistry::new(),
+            MemoryStore::new(),
+            orders,
+            metrics,
+        )
+        .unwrap()
     }
 
     /// Sends `req` as if from 192.0.2.1 (what `axum::serve` records).
@@ -513,7 +543,7 @@ mod tests {
             ..settings()
         };
         let registry = HealthRegistry::new();
-        let app = build(&s, &registry).await.unwrap();
+        let app = build(&s, &registry, Router::new()).await.unwrap();
         let (status, _, body) = call(&app, get_req("/readyz")).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert!(body.contains("\"redis:responseTime\""), "{body}");
@@ -576,8 +606,12 @@ mod tests {
             redis_url: Some(redis.url()),
             ..settings()
         };
-        let a = build(&s, &HealthRegistry::new()).await.unwrap();
-        let b = build(&s, &HealthRegistry::new()).await.unwrap();
+        let a = build(&s, &HealthRegistry::new(), Router::new())
+            .await
+            .unwrap();
+        let b = build(&s, &HealthRegistry::new(), Router::new())
+            .await
+            .unwrap();
         let (mut ok, mut limited) = (0, 0);
         for i in 0..100 {
             let app = if i % 2 == 0 { &a } else { &b };
@@ -639,8 +673,12 @@ mod tests {
             redis_url: Some(redis.url()),
             ..settings()
         };
-        let a = build(&s, &HealthRegistry::new()).await.unwrap();
-        let b = build(&s, &HealthRegistry::new()).await.unwrap();
+        let a = build(&s, &HealthRegistry::new(), Router::new())
+            .await
+            .unwrap();
+        let b = build(&s, &HealthRegistry::new(), Router::new())
+            .await
+            .unwrap();
         let before: i64 = redis
             .cli(&["GET", "example:orders"])
             .trim()
@@ -681,5 +719,38 @@ mod tests {
         assert_eq!(created.len() + conflicts, 100);
         let (status, _, _) = call(&b, order_req(Some("\"order-42\""), r#"{"item":"cake"}"#)).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+
+    /// Issue acceptance: /metrics has the request duration histogram and
+    /// the resilience event counter after traffic.
+    #[tokio::test]
+    async fn metrics_route_exposes_request_durations_and_resilience_events() {
+        let s = Settings {
+            rate_limit: "1/m".parse().unwrap(),
+            ..settings()
+        };
+        let app = memory_app(&s);
+        assert_eq!(call(&app, get_req("/items/1")).await.0, StatusCode::OK);
+        assert_eq!(
+            call(&app, get_req("/items/2")).await.0,
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        let (status, headers, text) = call(&app, get_req("/metrics")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        assert!(
+            text.contains("# TYPE http_server_request_duration_seconds histogram"),
+            "{text}"
+        );
+        assert!(text.contains("http_route=\"/items/{id}\""), "{text}");
+        let denied = text
+            .lines()
+            .find(|l| l.starts_with("battlement_events_total{") && l.contains("event=\"denied\""));
+        assert!(denied.is_some(), "{text}");
     }
 }

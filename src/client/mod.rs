@@ -1,6 +1,7 @@
 //! The client-side stack (SPEC RT-6, C-1): request-id forwarding, retry,
-//! a circuit breaker per upstream host and an optional client rate limit,
-//! in that order, for hyper-util's client, tonic `Channel` and reqwest.
+//! a span and a duration metric per attempt, a circuit breaker per
+//! upstream host and an optional client rate limit, in that order, for
+//! hyper-util's client, tonic `Channel` and reqwest.
 //!
 //! ```
 //! use battlement::backends::MemoryStore;
@@ -23,7 +24,9 @@
 //! ```
 //!
 //! Why this order: the request id goes on first, so every attempt carries
-//! the same id; retry wraps the breaker, so each attempt asks the breaker
+//! the same id; each attempt gets its own client span (with
+//! `http.request.resend_count`) and its context goes out with it; retry
+//! wraps the breaker, so each attempt asks the breaker
 //! and an open breaker's remaining time becomes the retry's wait (or ends
 //! the retries when it passes the deadline); the rate limit is innermost,
 //! so every attempt counts against the quota. On a tonic `Channel` add
@@ -38,6 +41,6 @@ mod tonic;
 
 #[cfg(feature = "reqwest")]
 pub use reqwest::ReqwestService;
-pub use stack::{BoxErrors, ClientStack, ClientStackLayer, ClientStackService};
+pub use stack::{BoxErrors, ClientBody, ClientStack, ClientStackLayer, ClientStackService};
 #[cfg(feature = "tonic")]
 pub use tonic::{TonicBody, TonicBodyLayer};

@@ -18,11 +18,13 @@ use crate::clock::SharedClock;
 use crate::error::ConfigError;
 use crate::events::Events;
 use crate::key::HostKey;
+use crate::metrics::{Metrics, MetricsLayer};
 use crate::rate_limit::{
     ClientRateLimit, ClientRateLimitLayer, Policy, RateLimitLayer, RateLimitStore,
 };
 use crate::request_id::{ForwardRequestId, ForwardRequestIdLayer};
 use crate::retry::{Retry, RetryLayer, RetryPolicy};
+use crate::trace::{Trace, TraceLayer};
 
 /// Builds a [`ClientStackLayer`]: request-id forwarding, retry, a
 /// circuit breaker per upstream host, and optionally a client rate limit.
@@ -109,6 +111,8 @@ impl<St: CircuitBreakerStore + RateLimitStore> ClientStack<St> {
         Ok(ClientStackLayer {
             forward: ForwardRequestIdLayer::new(),
             retry,
+            trace: TraceLayer::client(),
+            metrics: MetricsLayer::client(),
             breaker: breaker.client_mode(),
             rate_limit,
         })
@@ -116,11 +120,15 @@ impl<St: CircuitBreakerStore + RateLimitStore> ClientStack<St> {
 }
 
 /// The client layers, outermost first: [`ForwardRequestIdLayer`],
-/// [`RetryLayer`], [`CircuitBreakerLayer`] (client mode, per host), and a
-/// client-mode rate limit when configured.
+/// [`RetryLayer`], then per attempt a client span ([`TraceLayer`], its
+/// context injected into the request) and `http.client.request.duration`
+/// ([`MetricsLayer`]), [`CircuitBreakerLayer`] (client mode, per host),
+/// and a client-mode rate limit when configured.
 pub struct ClientStackLayer<St> {
     forward: ForwardRequestIdLayer,
     retry: RetryLayer,
+    trace: TraceLayer,
+    metrics: MetricsLayer,
     breaker: ClientCircuitBreakerLayer,
     rate_limit: Option<ClientRateLimitLayer<St>>,
 }
@@ -130,6 +138,8 @@ impl<St: Clone> Clone for ClientStackLayer<St> {
         Self {
             forward: self.forward.clone(),
             retry: self.retry.clone(),
+            trace: self.trace,
+            metrics: self.metrics.clone(),
             breaker: self.breaker.clone(),
             rate_limit: self.rate_limit.clone(),
         }
@@ -153,9 +163,16 @@ impl<St> ClientStackLayer<St> {
     }
 }
 
+/// The response body of a [`ClientStackService`] over a transport whose
+/// responses have body `B`.
+pub type ClientBody<B> = crate::trace::TracedBody<
+    crate::metrics::MeteredBody<crate::circuit_breaker::ClassifiedBody<B>>,
+>;
+
 /// The service a [`ClientStackLayer`] makes over `S`.
-pub type ClientStackService<S, St> =
-    ForwardRequestId<Retry<ClientCircuitBreaker<Either<ClientRateLimit<S, St>, BoxErrors<S>>>>>;
+pub type ClientStackService<S, St> = ForwardRequestId<
+    Retry<Trace<Metrics<ClientCircuitBreaker<Either<ClientRateLimit<S, St>, BoxErrors<S>>>>>>,
+>;
 
 /// `S` with its errors boxed (the transport under the stack when no rate
 /// limit is configured).
@@ -188,7 +205,9 @@ impl<S, St: RateLimitStore> Layer<S> for ClientStackLayer<St> {
             Some(layer) => Either::Left(layer.layer(inner)),
             None => Either::Right(BoxErrors(inner)),
         };
-        self.forward
-            .layer(self.retry.layer(self.breaker.layer(limited)))
+        let attempt = self
+            .trace
+            .layer(self.metrics.layer(self.breaker.layer(limited)));
+        self.forward.layer(self.retry.layer(attempt))
     }
 }

@@ -38,10 +38,7 @@ impl Instruments {
                 "http.client.request.duration",
                 "Duration of HTTP client requests",
             ),
-            rpc_server_duration: histogram(
-                "rpc.server.call.duration",
-                "Duration of RPCs served",
-            ),
+            rpc_server_duration: histogram("rpc.server.call.duration", "Duration of RPCs served"),
         }
     }
 }

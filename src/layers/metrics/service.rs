@@ -185,7 +185,8 @@ impl<B: Body> Body for MeteredBody<B> {
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
         match &frame {
             Some(Ok(f)) => {
-                if let (Some(trailers), Some(recording)) = (f.trailers_ref(), this.recording.as_mut())
+                if let (Some(trailers), Some(recording)) =
+                    (f.trailers_ref(), this.recording.as_mut())
                     && recording.kind == Kind::Rpc
                     && let Some(code) = grpc_status(trailers)
                 {
