@@ -99,7 +99,12 @@ impl ManualClock {
 
     /// Moves the clock forward by `by`.
     pub fn advance(&self, by: Duration) {
-        self.nanos.fetch_add(saturating_nanos(by), Ordering::SeqCst);
+        let by = saturating_nanos(by);
+        let _ = self
+            .nanos
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_add(by))
+            });
     }
 
     /// Sets the clock to `to` since the UNIX epoch.

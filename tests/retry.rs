@@ -173,8 +173,14 @@ fn attempts<B>(res: &http::Response<B>) -> u32 {
     res.extensions().get::<Attempts>().unwrap().0
 }
 
+/// A manual clock standing at the real wall time (`Retry-After` dates are
+/// read against it).
 fn clock() -> ManualClock {
-    ManualClock::new(Duration::from_secs(1_767_225_600))
+    ManualClock::new(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap(),
+    )
 }
 
 // SPEC RT-1: two 503s, then 200: three attempts, jittered back-offs

@@ -72,7 +72,8 @@ impl Backoff {
 
 /// A uniform random duration in `[low, high]`, to the microsecond.
 fn uniform(rng: &mut fastrand::Rng, low: Duration, high: Duration) -> Duration {
-    let (low, high) = (low.as_micros() as u64, high.as_micros() as u64);
+    let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let (low, high) = (micros(low), micros(high));
     Duration::from_micros(rng.u64(low..=high.max(low)))
 }
 

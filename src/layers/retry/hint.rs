@@ -32,7 +32,9 @@ pub(crate) fn hint(headers: &HeaderMap, now: SystemTime) -> Option<Hint> {
         .to_str()
         .ok()?
         .trim();
-    if let Ok(secs) = value.parse::<u64>() {
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Delay-seconds, digits only; absurdly large ones saturate.
+        let secs = value.parse::<u64>().unwrap_or(u64::MAX);
         return Some(Hint::After(Duration::from_secs(secs)));
     }
     let date = httpdate::parse_http_date(value).ok()?;
@@ -72,6 +74,11 @@ mod tests {
             Some(Hint::After(Duration::ZERO))
         );
         assert_eq!(hint(&with("retry-after", "soon"), now), None);
+        assert_eq!(hint(&with("retry-after", "+5"), now), None);
+        assert_eq!(
+            hint(&with("retry-after", "99999999999999999999999"), now),
+            Some(Hint::After(Duration::from_secs(u64::MAX)))
+        );
         assert_eq!(
             hint(&with("grpc-retry-pushback-ms", "250"), now),
             Some(Hint::After(Duration::from_millis(250)))

@@ -91,6 +91,68 @@ impl Default for RetryPolicy {
     }
 }
 
+/// How freely a request may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Safety {
+    /// Idempotent method or `Idempotency-Key`: any retryable outcome.
+    Any,
+    /// gRPC without a key: only the configured gRPC codes (which mean the
+    /// server did not process the call) and connection failures (the
+    /// request never left).
+    Unprocessed,
+    /// Never sent twice.
+    Once,
+}
+
+impl Safety {
+    pub(crate) fn of<B>(req: &Request<B>) -> Self {
+        let idempotent = matches!(
+            *req.method(),
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        );
+        if idempotent || req.headers().contains_key(IDEMPOTENCY_KEY) {
+            Self::Any
+        } else if is_grpc(req.headers()) {
+            Self::Unprocessed
+        } else {
+            Self::Once
+        }
+    }
+}
+
+/// Whether `error` says the connection was never made (the request did
+/// not leave): a refused, unreachable or unresolvable peer.
+pub(crate) fn is_connect_error(error: &BoxError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::AddrNotAvailable
+                    | std::io::ErrorKind::NotConnected
+                    | std::io::ErrorKind::HostUnreachable
+                    | std::io::ErrorKind::NetworkUnreachable
+            )
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// The longest server hint followed when there is no deadline.
+const MAX_HINT: Duration = Duration::from_secs(300);
+
+/// The least time worth starting another attempt with.
+const MIN_ATTEMPT: Duration = Duration::from_millis(10);
+
 /// What to do after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Next {
@@ -179,39 +241,41 @@ impl RetryPolicy {
             return Err(ConfigError::new("deadline must be longer than zero"));
         }
         if let Some(b) = self.budget
-            && !(b.percent >= 0.0 && b.percent <= 1000.0 && !b.window.is_zero())
+            && !(b.percent >= 0.0
+                && b.percent <= 1000.0
+                && b.window >= Duration::from_secs(1)
+                && b.window <= Duration::from_secs(60)
+                && b.min_per_sec < 1_000_000)
         {
             return Err(ConfigError::new(
-                "budget needs a percent in [0, 1000] and a window longer than zero",
+                "budget needs a percent in [0, 1000], a window of 1 s to 60 s and \
+                 min_per_sec below 1,000,000",
             ));
         }
         Ok(())
     }
 
     /// Whether `req` may be sent more than once (SPEC RT-2): an idempotent
-    /// method, an `Idempotency-Key`, or gRPC (whose retryable codes mean
-    /// the server did not process the call).
+    /// method, an `Idempotency-Key`, or gRPC (see [`Safety`]).
     pub fn is_safe<B>(req: &Request<B>) -> bool {
-        let idempotent = matches!(
-            *req.method(),
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::PUT
-                | Method::DELETE
-                | Method::TRACE
-        );
-        idempotent || req.headers().contains_key(IDEMPOTENCY_KEY) || is_grpc(req.headers())
+        Safety::of(req) != Safety::Once
     }
 
-    /// The server's hint if `res` is worth a retry, `None` if it is final.
-    pub(crate) fn retryable_response<B>(&self, res: &Response<B>) -> Option<Option<Hint>> {
+    /// The server's hint if `res` is worth a retry, `None` if it is final;
+    /// `now` is the wall-clock time for `Retry-After` dates.
+    pub(crate) fn retryable_response<B>(
+        &self,
+        res: &Response<B>,
+        safety: Safety,
+        now: SystemTime,
+    ) -> Option<Option<Hint>> {
         let headers = res.headers();
-        let retry = match grpc_status(headers) {
-            Some(code) => self.grpc_codes.contains(&code),
-            None => self.statuses.contains(&res.status().as_u16()),
+        let retry = match (grpc_status(headers), safety) {
+            (Some(code), _) => self.grpc_codes.contains(&code),
+            (None, Safety::Any) => self.statuses.contains(&res.status().as_u16()),
+            (None, _) => false,
         };
-        retry.then(|| hint(headers, SystemTime::now()))
+        retry.then(|| hint(headers, now))
     }
 
     /// The hint carried by an error: a client-side breaker or rate limiter
@@ -242,11 +306,15 @@ impl RetryPolicy {
         }
         let delay = match hint {
             Some(Hint::Never) => return Next::Stop(Stop::Deadline),
+            Some(Hint::After(d)) if self.deadline.is_none() && d > MAX_HINT => {
+                return Next::Stop(Stop::Deadline);
+            }
             Some(Hint::After(d)) => d,
             None => self.backoff.delay(attempt, previous, rng),
         };
+        // Give up when the wait leaves no useful time for the attempt.
         if let Some(deadline) = self.deadline
-            && elapsed.saturating_add(delay) >= deadline
+            && elapsed.saturating_add(delay).saturating_add(MIN_ATTEMPT) >= deadline
         {
             return Next::Stop(Stop::Deadline);
         }
@@ -339,6 +407,60 @@ mod tests {
     }
 
     #[test]
+    fn grpc_without_a_key_retries_only_unprocessed_calls() {
+        let grpc = Request::post("/a.B/C")
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        assert_eq!(Safety::of(&grpc), Safety::Unprocessed);
+        let p = RetryPolicy::default();
+        let now = SystemTime::now();
+        let res = |status: u16, grpc: Option<&str>| {
+            let mut b = Response::builder().status(status);
+            if let Some(code) = grpc {
+                b = b.header("grpc-status", code);
+            }
+            b.body(()).unwrap()
+        };
+        assert!(
+            p.retryable_response(&res(200, Some("14")), Safety::Unprocessed, now)
+                .is_some()
+        );
+        assert!(
+            p.retryable_response(&res(200, Some("13")), Safety::Unprocessed, now)
+                .is_none()
+        );
+        // A proxy's 503 may come after the call was processed.
+        assert!(
+            p.retryable_response(&res(503, None), Safety::Unprocessed, now)
+                .is_none()
+        );
+        assert!(
+            p.retryable_response(&res(503, None), Safety::Any, now)
+                .is_some()
+        );
+        let refused: BoxError =
+            Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let reset: BoxError = Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(is_connect_error(&refused));
+        assert!(!is_connect_error(&reset));
+    }
+
+    #[test]
+    fn hints_without_a_deadline_are_capped() {
+        let p = RetryPolicy::default().no_deadline();
+        let mut rng = fastrand::Rng::with_seed(1);
+        let z = Duration::ZERO;
+        let year = Some(Hint::After(Duration::from_secs(365 * 24 * 3600)));
+        assert_eq!(p.next(1, year, z, z, &mut rng), Next::Stop(Stop::Deadline));
+        let short = Some(Hint::After(Duration::from_secs(2)));
+        assert_eq!(
+            p.next(1, short, z, z, &mut rng),
+            Next::Retry(Duration::from_secs(2))
+        );
+    }
+
+    #[test]
     fn bad_policies_are_rejected() {
         assert!(RetryPolicy::default().max_attempts(0).validate().is_err());
         let zero = Backoff::Exponential {
@@ -353,5 +475,15 @@ mod tests {
                 .is_err()
         );
         assert!(serde_json::from_str::<RetryPolicy>(r#"{"max_attempt": 3}"#).is_err());
+        let short = Budget {
+            window: Duration::from_millis(500),
+            ..Budget::default()
+        };
+        assert!(
+            RetryPolicy::default()
+                .budget(Some(short))
+                .validate()
+                .is_err()
+        );
     }
 }

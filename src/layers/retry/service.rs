@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -13,7 +13,7 @@ use tower::ServiceExt;
 use tower::retry::budget::{Budget as _, TpsBudget};
 use tower_service::Service;
 
-use super::policy::{Next, RetryPolicy, Stop, describe};
+use super::policy::{Next, RetryPolicy, Safety, Stop, describe, is_connect_error};
 use crate::BoxError;
 use crate::body::{LayerBody, Read, read_limited};
 use crate::clock::SharedClock;
@@ -104,6 +104,11 @@ where
     }
 }
 
+/// Whether `body` says it holds at most `limit` bytes.
+fn body_fits<B: Body>(body: &B, limit: usize) -> bool {
+    body.is_end_stream() || body.size_hint().upper().is_some_and(|n| n <= limit as u64)
+}
+
 /// A request as it can be sent again.
 enum Replay<B> {
     /// Kept whole: every attempt gets a copy.
@@ -123,7 +128,12 @@ impl<B> Replay<B> {
         B: Body<Data = Bytes> + Unpin,
         B::Error: fmt::Display,
     {
-        if !RetryPolicy::is_safe(&req) || policy.max_attempts < 2 {
+        let safety = Safety::of(&req);
+        // A body of unknown size is streaming: sent at once, never held
+        // back — except gRPC, whose unary calls end after one message.
+        let bounded =
+            body_fits(req.body(), policy.max_replay_body) || safety == Safety::Unprocessed;
+        if safety == Safety::Once || policy.max_attempts < 2 || !bounded {
             return Ok(Self::Once(Some(req.map(LayerBody::inner))));
         }
         let (parts, body) = req.into_parts();
@@ -196,6 +206,7 @@ where
         budget.deposit();
     }
     let started = shared.clock.now();
+    let safety = Safety::of(&req);
     let mut replay = Replay::prepare(req, policy).await?;
     // Drawn only when a retry needs a back-off.
     let mut rng = None;
@@ -212,10 +223,17 @@ where
         let elapsed = shared.clock.now().saturating_sub(started);
         let result = send(&mut inner, req, policy, elapsed).await;
         let hint = match &result {
-            Ok(res) => match policy.retryable_response(res) {
-                Some(hint) => hint,
-                None => return finish(result, attempt),
-            },
+            Ok(res) => {
+                let now = SystemTime::UNIX_EPOCH + shared.clock.now();
+                match policy.retryable_response(res, safety, now) {
+                    Some(hint) => hint,
+                    None => return finish(result, attempt),
+                }
+            }
+            // gRPC without a key: only when the call never left.
+            Err(e) if safety == Safety::Unprocessed && !is_connect_error(e) => {
+                return finish(result, attempt);
+            }
             Err(e) => RetryPolicy::error_hint(e),
         };
         if !replay.replayable() {
@@ -263,6 +281,9 @@ where
     S::Error: Into<BoxError>,
 {
     let left = policy.deadline.map(|d| d.saturating_sub(elapsed));
+    if left.is_some_and(|l| l.is_zero()) {
+        return Err(AttemptTimedOut(Duration::ZERO).into());
+    }
     let limit = match (policy.per_try_timeout, left) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),

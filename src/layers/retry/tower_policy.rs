@@ -4,12 +4,12 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::{Request, Response};
 use tower::retry::budget::{Budget as _, TpsBudget};
 
-use super::policy::{Next, RetryPolicy};
+use super::policy::{Next, RetryPolicy, Safety};
 
 /// A [`RetryPolicy`] for `tower::retry::RetryLayer`: the same attempts,
 /// back-off, hints, statuses, safety rule and budget (no per-try timeout
@@ -51,11 +51,13 @@ impl<B: Clone, R, E> tower::retry::Policy<Request<B>, Response<R>, E> for TowerP
 
     fn retry(
         &mut self,
-        _req: &mut Request<B>,
+        req: &mut Request<B>,
         result: &mut Result<Response<R>, E>,
     ) -> Option<Self::Future> {
         let hint = match result {
-            Ok(res) => self.policy.retryable_response(res)?,
+            Ok(res) => self
+                .policy
+                .retryable_response(res, Safety::of(req), SystemTime::now())?,
             Err(_) => None,
         };
         let mut rng = fastrand::Rng::new();
