@@ -16,6 +16,9 @@ use opentelemetry_sdk::metrics::data::{AggregatedMetrics, HistogramDataPoint, Me
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use tower::ServiceExt;
 
+/// One histogram series: its attributes, count and bucket bounds.
+type Series = (Vec<KeyValue>, u64, Vec<f64>);
+
 struct Meters {
     exporter: InMemoryMetricExporter,
     provider: SdkMeterProvider,
@@ -35,7 +38,7 @@ impl Meters {
     }
 
     /// Flushes and finds `name`'s aggregation.
-    fn histogram(&self, name: &str) -> (String, Vec<(Vec<KeyValue>, u64, Vec<f64>)>) {
+    fn histogram(&self, name: &str) -> (String, Vec<Series>) {
         self.provider.force_flush().unwrap();
         let all = self.exporter.get_finished_metrics().unwrap();
         let metric = all
@@ -81,7 +84,7 @@ impl Meters {
 fn app(m: &Meters) -> Router {
     Router::new()
         .route("/items/{id}", get(|| async { "item" }))
-        .route("/hang", get(|| std::future::pending::<&'static str>()))
+        .route("/hang", get(std::future::pending::<&'static str>))
         .layer(m.layer())
 }
 

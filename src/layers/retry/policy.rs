@@ -256,7 +256,8 @@ impl RetryPolicy {
     }
 
     /// Whether `req` may be sent more than once (SPEC RT-2): an idempotent
-    /// method, an `Idempotency-Key`, or gRPC (see [`Safety`]).
+    /// method, an `Idempotency-Key`, or gRPC (retried only on its
+    /// configured codes and on connection failures).
     pub fn is_safe<B>(req: &Request<B>) -> bool {
         Safety::of(req) != Safety::Once
     }
