@@ -101,7 +101,9 @@ async fn serve<St: RateLimitStore>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let layers = tower::ServiceBuilder::new()
-        .layer(RequestIdLayer::new())
+        .layer(RequestIdLayer::new().span(false))
+        .layer(battlement::trace::TraceLayer::server())
+        .layer(battlement::metrics::MetricsLayer::server())
         .layer(limit);
     Server::builder()
         .layer(layers)
@@ -116,7 +118,17 @@ async fn main() -> Result<(), BoxError> {
         .with_default_directive(LevelFilter::INFO.into())
         .from_env()
         .map_err(|e| format!("RUST_LOG: {e}"))?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // OpenTelemetry from the OTEL_* variables, flushed when main returns.
+    let telemetry = battlement::telemetry::init("battlement-example-tonic")?;
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_subscriber::fmt::layer())
+            .with(telemetry.tracing_layer())
+            .init();
+    }
 
     let bind: SocketAddr = env_var("BIND")?
         .unwrap_or_else(|| "127.0.0.1:50051".to_owned())
@@ -337,5 +349,77 @@ mod tests {
             .into_inner()
             .status;
         assert_eq!(status, ServingStatus::NotServing as i32);
+    }
+
+    /// Issue acceptance: a call makes a server span named after the RPC
+    /// with `rpc.*` attributes, and the `rpc.server.call.duration` metric.
+    #[tokio::test]
+    async fn a_call_makes_an_rpc_span_and_duration_metric() {
+        use opentelemetry::metrics::MeterProvider as _;
+        use opentelemetry::trace::TracerProvider as _;
+        use opentelemetry_sdk::metrics::{
+            InMemoryMetricExporter, PeriodicReader, SdkMeterProvider,
+        };
+        use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let spans = InMemorySpanExporter::default();
+        let tracers = SdkTracerProvider::builder()
+            .with_simple_exporter(spans.clone())
+            .build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(tracers.tracer("test")));
+        // Global: the other tests run on other threads, and a thread-local
+        // subscriber can lose the callsite-interest race against them.
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        let metrics = InMemoryMetricExporter::default();
+        let meters = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(metrics.clone()).build())
+            .build();
+        opentelemetry::global::set_meter_provider(meters.clone());
+        let _ = meters.meter("warm-up");
+
+        let mut client = GreeterClient::new(start(HealthRegistry::new()).await);
+        client.say_hello(hello("Ferris")).await.unwrap();
+
+        let span = {
+            let started = std::time::Instant::now();
+            loop {
+                let found = spans
+                    .get_finished_spans()
+                    .unwrap()
+                    .into_iter()
+                    .find(|s| s.name == "helloworld.Greeter/SayHello");
+                if let Some(span) = found {
+                    break span;
+                }
+                assert!(started.elapsed() < Duration::from_secs(5), "no rpc span");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let attr = |key: &str| {
+            span.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == key)
+                .map(|kv| kv.value.to_string())
+        };
+        assert_eq!(attr("rpc.system").as_deref(), Some("grpc"));
+        assert_eq!(attr("rpc.service").as_deref(), Some("helloworld.Greeter"));
+        assert_eq!(attr("rpc.method").as_deref(), Some("SayHello"));
+        assert_eq!(attr("rpc.grpc.status_code").as_deref(), Some("0"));
+
+        meters.force_flush().unwrap();
+        let names: Vec<String> = metrics
+            .get_finished_metrics()
+            .unwrap()
+            .iter()
+            .flat_map(|rm| rm.scope_metrics())
+            .flat_map(|sm| sm.metrics())
+            .map(|m| m.name().to_owned())
+            .collect();
+        assert!(
+            names.iter().any(|n| n == "rpc.server.call.duration"),
+            "{names:?}"
+        );
     }
 }
