@@ -11,5 +11,5 @@ mod redis;
 
 pub use etcd::EtcdServer;
 pub use harness::*;
-pub use process::{free_port, require_binary};
+pub use process::{Process, free_port, require_binary};
 pub use redis::{RedisCluster, RedisServer};

@@ -56,7 +56,12 @@ impl Process {
         assert!(self.child.is_none(), "{} is already running", self.name);
         let child = (self.command)()
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(match std::env::var_os("TEST_CHILD_STDERR") {
+                Some(path) => std::fs::File::create(path)
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+                None => Stdio::null(),
+            })
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.name));
