@@ -4,7 +4,8 @@
 # (unit, integration, examples, doc tests) with all features.
 #
 # Tests start real redis-server (standalone and a 3-master cluster) and etcd
-# processes on free loopback ports; under CI a missing server FAILS them.
+# processes on free loopback ports, and check /metrics with promtool; under
+# CI a missing tool FAILS them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,7 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v protoc >/dev/null || missing+=(protobuf-compiler)
+command -v promtool >/dev/null || missing+=(prometheus)
 if ((${#missing[@]})); then
     echo "installing: ${missing[*]}"
     sudo=""
@@ -21,7 +23,7 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 # Debian starts the packaged services on install; the tests use their own.
-for svc in redis-server etcd; do
+for svc in redis-server etcd prometheus; do
     if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
         systemctl stop "$svc" || true
     fi

@@ -748,9 +748,41 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("http_route=\"/items/{id}\""), "{text}");
+        promtool_check(&text);
         let denied = text
             .lines()
             .find(|l| l.starts_with("battlement_events_total{") && l.contains("event=\"denied\""));
         assert!(denied.is_some(), "{text}");
+    }
+
+    /// `promtool check metrics` accepts `text` (Debian package
+    /// `prometheus`; `scripts/test.sh` installs it). Without promtool the
+    /// check fails under CI and is skipped elsewhere.
+    fn promtool_check(text: &str) {
+        use std::io::Write;
+        let spawned = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) if std::env::var_os("CI").is_some() => panic!("promtool: {e}"),
+            Err(e) => return eprintln!("skipping promtool check: {e}"),
+        };
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

@@ -58,7 +58,7 @@ impl<B: Body> Body for TracedBody<B> {
                 if let (Some(trailers), Some(span)) = (f.trailers_ref(), this.span.as_ref())
                     && let Some(code) = grpc_status(trailers)
                 {
-                    span.set_attribute("rpc.grpc.status_code", i64::from(code));
+                    span.record("rpc.grpc.status_code", code);
                     if code != 0 && (!*this.server || grpc_server_error(code)) {
                         span.set_status(Status::error(format!("grpc-status {code}")));
                     }
@@ -66,7 +66,7 @@ impl<B: Body> Body for TracedBody<B> {
             }
             Some(Err(_)) => {
                 if let Some(span) = this.span.take() {
-                    span.set_attribute("error.type", "body");
+                    span.record("error.type", "body");
                     span.set_status(Status::error("response body failed"));
                 }
             }

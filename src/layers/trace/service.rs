@@ -62,8 +62,10 @@ where
 }
 
 /// The server span: named `{method} {route}` (or `{method}`, or the gRPC
-/// `service/method`), child of the caller's trace context.
+/// `service/method`), child of the caller's trace context. Attributes known
+/// up front are span fields (one pass through the subscriber).
 fn server_span<B>(req: &Request<B>) -> Span {
+    use tracing::field::Empty;
     let m = method(req.method());
     let grpc = grpc_parts(req);
     let route = route(req);
@@ -72,47 +74,58 @@ fn server_span<B>(req: &Request<B>) -> Span {
         (None, Some(route)) => format!("{m} {route}"),
         (None, None) => m.to_owned(),
     };
-    let span = tracing::info_span!(target: "battlement::trace", "request", otel.name = %name, otel.kind = "server");
-    let _ = span.set_parent(extract(req.headers()));
-    span.set_attribute("http.request.method", m);
-    if m == "_OTHER" {
-        span.set_attribute(
-            "http.request.method_original",
-            req.method().as_str().to_owned(),
-        );
-    }
-    if let Some(route) = route {
-        span.set_attribute("http.route", route);
-    }
-    span.set_attribute("url.path", req.uri().path().to_owned());
-    span.set_attribute(
-        "url.scheme",
-        req.uri().scheme_str().unwrap_or("http").to_owned(),
+    let span = tracing::info_span!(
+        target: "battlement::trace",
+        "request",
+        otel.name = %name,
+        otel.kind = "server",
+        http.request.method = m,
+        http.request.method_original = Empty,
+        http.route = Empty,
+        url.path = req.uri().path(),
+        url.scheme = req.uri().scheme_str().unwrap_or("http"),
+        network.protocol.version = protocol_version(req.version()),
+        server.address = Empty,
+        user_agent.original = Empty,
+        rpc.system = Empty,
+        rpc.service = Empty,
+        rpc.method = Empty,
+        http.request.id = Empty,
+        request.id = Empty,
+        http.response.status_code = Empty,
+        rpc.grpc.status_code = Empty,
+        error.type = Empty,
     );
-    span.set_attribute("network.protocol.version", protocol_version(req.version()));
+    let _ = span.set_parent(extract(req.headers()));
+    if m == "_OTHER" {
+        span.record("http.request.method_original", req.method().as_str());
+    }
+    if let Some(route) = &route {
+        span.record("http.route", route.as_str());
+    }
     if let Some(host) = req
         .uri()
         .host()
         .map(str::to_owned)
         .or_else(|| host_header(req))
     {
-        span.set_attribute("server.address", host);
+        span.record("server.address", host.as_str());
     }
     if let Some(agent) = req
         .headers()
         .get(http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
     {
-        span.set_attribute("user_agent.original", agent.to_owned());
+        span.record("user_agent.original", agent);
     }
-    if let Some((service, rpc)) = grpc {
-        span.set_attribute("rpc.system", "grpc");
-        span.set_attribute("rpc.service", service);
-        span.set_attribute("rpc.method", rpc);
+    if let Some((service, rpc)) = &grpc {
+        span.record("rpc.system", "grpc");
+        span.record("rpc.service", service.as_str());
+        span.record("rpc.method", rpc.as_str());
     }
     if let Some(id) = req.extensions().get::<RequestId>() {
-        span.set_attribute("http.request.id", id.as_str().to_owned());
-        span.set_attribute("request.id", id.as_str().to_owned());
+        span.record("http.request.id", id.as_str());
+        span.record("request.id", id.as_str());
     }
     span
 }
@@ -124,26 +137,30 @@ fn host_header<B>(req: &Request<B>) -> Option<String> {
 
 /// The client span of one attempt: named `{method}`, kind client.
 fn client_span<B>(req: &Request<B>) -> Span {
+    use tracing::field::Empty;
     let m = method(req.method());
-    let span = tracing::info_span!(target: "battlement::trace", "request", otel.name = m, otel.kind = "client");
-    span.set_attribute("http.request.method", m);
-    span.set_attribute("url.full", req.uri().to_string());
-    if let Some(host) = req.uri().host() {
-        span.set_attribute("server.address", host.to_owned());
-    }
-    if let Some(port) = req.uri().port_u16() {
-        span.set_attribute("server.port", i64::from(port));
-    }
-    if let Some(ResendCount(n)) = req.extensions().get::<ResendCount>() {
-        span.set_attribute("http.request.resend_count", i64::from(*n));
-    }
+    let span = tracing::info_span!(
+        target: "battlement::trace",
+        "request",
+        otel.name = m,
+        otel.kind = "client",
+        http.request.method = m,
+        url.full = %req.uri(),
+        server.address = req.uri().host(),
+        server.port = req.uri().port_u16(),
+        http.request.resend_count = req.extensions().get::<ResendCount>().map(|r| r.0),
+        http.request.id = Empty,
+        http.response.status_code = Empty,
+        rpc.grpc.status_code = Empty,
+        error.type = Empty,
+    );
     if let Some(id) = req
         .extensions()
         .get::<RequestId>()
         .cloned()
         .or_else(RequestId::current)
     {
-        span.set_attribute("http.request.id", id.as_str().to_owned());
+        span.record("http.request.id", id.as_str());
     }
     span
 }
@@ -180,7 +197,7 @@ where
                 Ok(res.map(|body| TracedBody::new(body, span, !*this.client)))
             }
             Err(e) => {
-                span.set_attribute("error.type", "_OTHER");
+                span.record("error.type", "_OTHER");
                 span.set_status(Status::error(e.to_string()));
                 Err(e)
             }
@@ -192,9 +209,9 @@ where
 /// not; client 4xx and 5xx are errors; gRPC per the RPC conventions.
 fn record_response<B>(span: &Span, res: &Response<B>, client: bool) {
     let status = res.status();
-    span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
+    span.record("http.response.status_code", status.as_u16());
     if let Some(code) = grpc_status(res.headers()) {
-        span.set_attribute("rpc.grpc.status_code", i64::from(code));
+        span.record("rpc.grpc.status_code", code);
         if code != 0 && (client || grpc_server_error(code)) {
             span.set_status(Status::error(format!("grpc-status {code}")));
         }
@@ -202,7 +219,7 @@ fn record_response<B>(span: &Span, res: &Response<B>, client: bool) {
     }
     let error = status.is_server_error() || (client && status.is_client_error());
     if error {
-        span.set_attribute("error.type", status.as_u16().to_string());
+        span.record("error.type", status.as_str());
         span.set_status(Status::error(""));
     }
 }
