@@ -9,6 +9,7 @@ pub mod backends;
 pub mod body;
 pub mod client;
 pub mod clock;
+pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod error;

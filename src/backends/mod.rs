@@ -42,7 +42,7 @@ pub use self::redis::{RedisConfig, RedisStore};
 #[cfg(feature = "etcd")]
 mod etcd;
 #[cfg(feature = "etcd")]
-pub use self::etcd::{EtcdConfig, EtcdStore};
+pub use self::etcd::{EtcdConfig, EtcdConfigSource, EtcdStore};
 
 /// What every backend offers besides its store traits.
 pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {

@@ -3,6 +3,7 @@
 
 mod circuit_breaker;
 mod config;
+mod config_source;
 mod idempotency;
 mod lease;
 mod rate_limit;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use etcd_client::{Client, ConnectOptions};
 
 pub use config::EtcdConfig;
+pub use config_source::EtcdConfigSource;
 
 use super::{Backend, KeySpace};
 use crate::clock::{SharedClock, SystemClock};
@@ -112,6 +114,11 @@ impl EtcdStore {
         &self.inner.clock
     }
 
+    /// The per-call timeout.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
     /// Runs `f` on a client handle with the per-call timeout.
     pub(crate) async fn call<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
@@ -125,7 +132,7 @@ impl EtcdStore {
         }
     }
 
-    fn client(&self) -> Result<Client, StoreError> {
+    pub(crate) fn client(&self) -> Result<Client, StoreError> {
         let guard = self.inner.client.read().map_err(|_| StoreError::Closed)?;
         guard.clone().ok_or(StoreError::Closed)
     }

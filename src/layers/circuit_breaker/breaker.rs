@@ -227,6 +227,10 @@ impl Breaker {
                 if outcome == Outcome::Ignored {
                     return None;
                 }
+                if !inner.outcomes.is_for(config.window) {
+                    // The window was changed at runtime: count afresh.
+                    inner.outcomes = Outcomes::new(config.window);
+                }
                 inner.outcomes.record(now.as_secs(), failure, slow);
                 inner.consecutive = if failure { inner.consecutive + 1 } else { 0 };
                 let trip = match config.consecutive_failures {

@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 
 /// What the breaker looks back on to compute its rates (SPEC CB-1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Window {
     /// The last N calls.
@@ -41,7 +41,7 @@ pub enum Window {
 /// assert_eq!(parsed, config);
 /// assert!(serde_json::from_str::<BreakerConfig>(r#"{"failure_rat": 1}"#).is_err());
 /// ```
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerConfig {
     pub(crate) window: Window,

@@ -302,6 +302,25 @@ impl CircuitBreakerHandle {
         self.registry.force(key, State::Closed);
     }
 
+    /// The breaker's name (its key under `circuit_breaker/` in a
+    /// [`ConfigSource`](crate::config::ConfigSource)).
+    pub fn name(&self) -> &str {
+        &self.registry.name
+    }
+
+    /// The thresholds in force.
+    pub fn config(&self) -> BreakerConfig {
+        self.registry.config()
+    }
+
+    /// Puts `config` in force for every key from the next call on, after
+    /// the same validation as the constructor; states, open times and
+    /// windows are kept (a window of another size starts empty). Calls
+    /// read the config without a lock.
+    pub fn set_config(&self, config: BreakerConfig) -> Result<(), ConfigError> {
+        self.registry.set_config(config)
+    }
+
     /// Runs one round of the background work now: reads the other
     /// instances' states, writes unwritten transitions, evicts idle
     /// breakers.

@@ -11,12 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, stream};
 
 use super::breaker::{Breaker, Ticket, Transition};
-use super::config::BreakerConfig;
+use super::config::{BreakerConfig, Window};
 use super::error::CircuitOpen;
 use super::state::{Outcome, State};
 use super::store::{CircuitBreakerStore, Published, SharedState, Versioned};
@@ -81,7 +82,9 @@ pub(crate) struct Parts {
 /// Every breaker of one layer.
 pub(crate) struct Registry {
     pub(crate) name: Arc<str>,
-    pub(crate) config: BreakerConfig,
+    /// Read without a lock by every call; swapped by
+    /// [`set_config`](Self::set_config).
+    config: ArcSwap<BreakerConfig>,
     pub(crate) clock: SharedClock,
     pub(crate) events: Events,
     pub(crate) sync_every: Duration,
@@ -99,7 +102,7 @@ impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registry")
             .field("name", &self.name)
-            .field("config", &self.config)
+            .field("config", &self.config.load())
             .field("keys", &self.breakers.len())
             .finish_non_exhaustive()
     }
@@ -119,7 +122,7 @@ impl Registry {
         } = parts;
         Self {
             name,
-            config,
+            config: ArcSwap::from_pointee(config),
             clock,
             events,
             sync_every,
@@ -131,6 +134,19 @@ impl Registry {
             task: AtomicBool::new(false),
             warn: WarnLimiter::new(Duration::from_secs(10)),
         }
+    }
+
+    /// The thresholds in force.
+    pub(crate) fn config(&self) -> BreakerConfig {
+        BreakerConfig::clone(&self.config.load())
+    }
+
+    /// Puts `config` in force from the next call on, keeping every
+    /// breaker's state (a changed window starts empty).
+    pub(crate) fn set_config(&self, config: BreakerConfig) -> Result<(), crate::ConfigError> {
+        config.validate()?;
+        self.config.store(Arc::new(config));
+        Ok(())
     }
 
     fn id(&self, key: &Key) -> String {
@@ -153,7 +169,7 @@ impl Registry {
             .entry(key.clone())
             .or_insert_with(|| {
                 created = true;
-                Arc::new(Breaker::new(&self.config, self.clock.now()))
+                Arc::new(Breaker::new(&self.config.load(), self.clock.now()))
             })
             .clone();
         if created {
@@ -168,7 +184,7 @@ impl Registry {
     pub(crate) fn acquire(self: &Arc<Self>, key: Key) -> Result<Permit, CircuitOpen> {
         self.ensure_task();
         let breaker = self.breaker(&key);
-        let (result, transition) = breaker.acquire(&self.config, self.clock.now());
+        let (result, transition) = breaker.acquire(&self.config.load(), self.clock.now());
         if let Some(t) = transition {
             self.transitioned(&key, &breaker, t, true);
         }
@@ -216,7 +232,7 @@ impl Registry {
     pub(crate) fn force(self: &Arc<Self>, key: &str, to: State) {
         let key = Key::new(key);
         let breaker = self.breaker(&key);
-        if let Some(t) = breaker.force(&self.config, to, self.clock.now()) {
+        if let Some(t) = breaker.force(&self.config.load(), to, self.clock.now()) {
             self.transitioned(&key, &breaker, t, true);
         }
     }
@@ -231,7 +247,7 @@ impl Registry {
     ) {
         let now = self.clock.now();
         let elapsed = elapsed.unwrap_or_else(|| now.saturating_sub(ticket.started()));
-        let transition = breaker.record(&self.config, ticket, outcome, elapsed, now);
+        let transition = breaker.record(&self.config.load(), ticket, outcome, elapsed, now);
         self.emit(outcome.as_str(), None);
         if let Some(t) = transition {
             self.transitioned(key, breaker, t, true);
@@ -297,7 +313,7 @@ impl Registry {
     }
 
     fn adopt(self: &Arc<Self>, key: &Key, breaker: &Arc<Breaker>, record: &Versioned) {
-        if let Some(t) = breaker.adopt(&self.config, record, self.clock.now()) {
+        if let Some(t) = breaker.adopt(&self.config.load(), record, self.clock.now()) {
             self.transitioned(key, breaker, t, false);
         }
     }
@@ -334,7 +350,13 @@ impl Registry {
     /// open ones with open time left), sync the others.
     pub(crate) async fn sync_all(self: &Arc<Self>) {
         let now = self.clock.now();
-        let idle = self.idle.as_secs();
+        // A time window set at runtime may be longer than the idle time:
+        // no counted outcome is thrown away.
+        let idle = match self.config.load().window {
+            Window::Time(window) => self.idle.max(window),
+            Window::Count(_) => self.idle,
+        }
+        .as_secs();
         self.breakers
             .retain(|_, b| now.as_secs().saturating_sub(b.last_used()) < idle || !b.evictable(now));
         let live: Vec<_> = self

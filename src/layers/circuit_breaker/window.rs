@@ -61,6 +61,17 @@ impl Outcomes {
         }
     }
 
+    /// Whether this was built for `window` (a config change may swap it).
+    pub(crate) fn is_for(&self, window: Window) -> bool {
+        match (self, window) {
+            (Self::Count { size, .. }, Window::Count(n)) => *size == n as usize,
+            (Self::Time { buckets, .. }, Window::Time(d)) => {
+                buckets.len() as u64 == d.as_secs().max(1)
+            }
+            _ => false,
+        }
+    }
+
     /// Records one call at `now_s` (seconds on the breaker's clock).
     pub(crate) fn record(&mut self, now_s: u64, failure: bool, slow: bool) {
         self.advance(now_s);

@@ -1,7 +1,9 @@
 //! The decision of one request over every policy, shared by the server and
 //! client services.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use http::StatusCode;
 
@@ -18,7 +20,7 @@ use crate::reject::Problem;
 /// Everything a request's decision needs, shared by all its services.
 pub(crate) struct Limiter<St> {
     pub(crate) store: St,
-    pub(crate) policies: Arc<RwLock<Arc<[Policy]>>>,
+    pub(crate) policies: Arc<ArcSwap<Vec<Policy>>>,
     pub(crate) shadow: bool,
     pub(crate) failure: FailurePolicy,
     pub(crate) legacy_headers: bool,
@@ -67,17 +69,15 @@ impl Rejection {
 
 /// The keys and costs of one request, taken before the request moves on.
 pub(crate) struct Job {
-    policies: Arc<[Policy]>,
+    policies: Arc<Vec<Policy>>,
     keys: Vec<(Key, u64)>,
 }
 
 impl<St: RateLimitStore> Limiter<St> {
     /// Extracts every policy's key and cost from the request head.
     pub(crate) fn job(&self, head: &RequestHead<'_>) -> Result<Job, Rejection> {
-        let policies = match self.policies.read() {
-            Ok(p) => p.clone(),
-            Err(_) => Arc::from(Vec::new()),
-        };
+        // Lock-free: a quota change swaps the whole list (SPEC RL-9).
+        let policies = self.policies.load_full();
         let mut keys = Vec::with_capacity(policies.len());
         for policy in policies.iter() {
             let key = policy.key.extract(head).map_err(Rejection::BadKey)?;

@@ -1,8 +1,9 @@
 //! `RateLimitLayer`: configuration and the runtime quota handle.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tower_layer::Layer;
 
 use super::decide::Limiter;
@@ -39,7 +40,7 @@ use crate::events::{Events, WarnLimiter};
 /// ```
 pub struct RateLimitLayer<St> {
     store: St,
-    policies: Arc<RwLock<Arc<[Policy]>>>,
+    policies: Arc<ArcSwap<Vec<Policy>>>,
     shadow: bool,
     failure: FailurePolicy,
     legacy_headers: bool,
@@ -56,7 +57,7 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
     pub fn new(store: St) -> Self {
         Self {
             store,
-            policies: Arc::new(RwLock::new(Arc::from(Vec::new()))),
+            policies: Arc::new(ArcSwap::from_pointee(Vec::new())),
             shadow: false,
             failure: FailurePolicy::FailOpen,
             legacy_headers: false,
@@ -68,12 +69,12 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
 
     /// Adds a policy; a request must pass all of them.
     pub fn policy(self, policy: Policy) -> Self {
-        if let Ok(mut policies) = self.policies.write() {
-            let mut list = policies.to_vec();
+        self.policies.rcu(|list| {
+            let mut list: Vec<Policy> = list.to_vec();
             list.retain(|p| p.name != policy.name);
-            list.push(policy);
-            *policies = Arc::from(list);
-        }
+            list.push(policy.clone());
+            list
+        });
         self
     }
 
@@ -153,10 +154,7 @@ impl<St: std::fmt::Debug> std::fmt::Debug for RateLimitLayer<St> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimitLayer")
             .field("store", &self.store)
-            .field(
-                "policies",
-                &self.policies.read().map(|p| p.len()).unwrap_or(0),
-            )
+            .field("policies", &self.policies.load().len())
             .field("shadow", &self.shadow)
             .field("failure", &self.failure)
             .finish_non_exhaustive()
@@ -178,31 +176,54 @@ impl<S, St: RateLimitStore> Layer<S> for RateLimitLayer<St> {
 /// alone, with the same period, is not visible in the stored state: a key
 /// that is only denied afterwards keeps the lifetime set under the old
 /// count.
-#[derive(Debug, Clone)]
+///
+/// Requests read the policies without a lock: a change swaps the whole
+/// list at once ([`arc_swap`]), so a request sees either the old or the
+/// new quotas, never a mix. A [`ConfigReloader`](crate::config::ConfigReloader)
+/// drives this handle from a [`ConfigSource`](crate::config::ConfigSource).
+#[derive(Clone)]
 pub struct RateLimitHandle {
-    policies: Arc<RwLock<Arc<[Policy]>>>,
+    policies: Arc<ArcSwap<Vec<Policy>>>,
 }
 
 impl RateLimitHandle {
     /// Sets the quota of the policy named `name`.
     pub fn set_quota(&self, name: &str, quota: Quota) -> Result<(), ConfigError> {
-        let mut policies = self
-            .policies
-            .write()
-            .map_err(|_| ConfigError::new("rate limit policies are poisoned"))?;
-        let mut list = policies.to_vec();
-        let policy = list
-            .iter_mut()
-            .find(|p| &*p.name == name)
-            .ok_or_else(|| ConfigError::new(format!("no rate limit policy named {name:?}")))?;
-        policy.set_quota(quota);
-        *policies = Arc::from(list);
+        if !self.policies.load().iter().any(|p| &*p.name == name) {
+            return Err(ConfigError::new(format!(
+                "no rate limit policy named {name:?}"
+            )));
+        }
+        self.policies.rcu(|list| {
+            let mut list: Vec<Policy> = list.to_vec();
+            for policy in list.iter_mut().filter(|p| &*p.name == name) {
+                policy.set_quota(quota);
+            }
+            list
+        });
         Ok(())
     }
 
     /// The current quota of the policy named `name`.
     pub fn quota(&self, name: &str) -> Option<Quota> {
-        let policies = self.policies.read().ok()?;
+        let policies = self.policies.load();
         policies.iter().find(|p| &*p.name == name).map(|p| p.quota)
+    }
+
+    /// The names and current quotas of every policy, in decision order.
+    pub fn quotas(&self) -> Vec<(String, Quota)> {
+        let policies = self.policies.load();
+        policies
+            .iter()
+            .map(|p| (p.name.to_string(), p.quota))
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for RateLimitHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimitHandle")
+            .field("quotas", &self.quotas())
+            .finish()
     }
 }

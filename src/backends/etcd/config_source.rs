@@ -1,0 +1,275 @@
+//! `EtcdConfigSource`: configuration documents under an etcd prefix,
+//! followed with a watch that resumes from its last revision.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use etcd_client::{GetOptions, WatchOptions};
+use futures_util::StreamExt;
+use futures_util::stream::{self, BoxStream};
+use tokio::sync::mpsc;
+
+use super::EtcdStore;
+use crate::config::{ConfigSource, ConfigUpdate, Documents};
+use crate::error::{ConfigError, StoreError};
+use crate::events::{Event, Events};
+
+/// The layer name of the source's events.
+const LAYER: &str = "config";
+
+/// The documents under an etcd prefix (default `/battlement/config/`), for
+/// a [`ConfigReloader`](crate::config::ConfigReloader) (SPEC CF-1).
+///
+/// The stream loads the prefix, then watches it from the loaded revision.
+/// When the connection fails it retries every [`retry_every`](Self::retry_every)
+/// and resumes the watch from the last revision it saw, so no change made
+/// meanwhile is missed; when etcd compacted that revision away it loads the
+/// prefix afresh (a snapshot). A deleted key is a
+/// [`ConfigUpdate::Delete`]: back to the built-in value. Events of layer
+/// `config`: `loaded` (full load), `resumed`, `compacted`, `watch_error`.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use battlement::backends::{EtcdStore, MemoryStore};
+/// use battlement::config::{ConfigReloader, EtcdConfigSource};
+/// use battlement::rate_limit::{Policy, Quota, RateLimitLayer};
+///
+/// let etcd = EtcdStore::connect(["http://127.0.0.1:2379"]).await?;
+/// let limit = RateLimitLayer::new(MemoryStore::new())
+///     .policy(Policy::new("per-ip", Quota::per_second(100)?)?);
+/// // etcdctl put /battlement/config/rate_limit/per-ip '{"count": 50, "period": "1m"}'
+/// let reloading = ConfigReloader::new(EtcdConfigSource::new(&etcd))
+///     .rate_limit(limit.handle())
+///     .start()?;
+/// tokio::time::timeout(std::time::Duration::from_secs(2), reloading.loaded()).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct EtcdConfigSource {
+    store: EtcdStore,
+    prefix: Arc<str>,
+    retry: Duration,
+    events: Events,
+}
+
+impl fmt::Debug for EtcdConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdConfigSource")
+            .field("prefix", &self.prefix)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a watch stopped.
+enum Ended {
+    /// Nobody reads the updates any more.
+    Closed,
+    /// The revision to resume from was compacted: load afresh.
+    Compacted,
+    /// The connection failed after `last` was seen: resume after it.
+    Failed { last: i64, error: String },
+}
+
+impl EtcdConfigSource {
+    /// The default prefix.
+    pub const DEFAULT_PREFIX: &'static str = "/battlement/config/";
+
+    /// Documents under [`DEFAULT_PREFIX`](Self::DEFAULT_PREFIX), read
+    /// through `store`'s connection.
+    pub fn new(store: &EtcdStore) -> Self {
+        Self {
+            store: store.clone(),
+            prefix: Self::DEFAULT_PREFIX.into(),
+            retry: Duration::from_secs(1),
+            events: Events::new(),
+        }
+    }
+
+    /// Reads the documents under `prefix` instead (the raw etcd key
+    /// prefix; a document's key is what follows it).
+    pub fn prefix(mut self, prefix: &str) -> Result<Self, ConfigError> {
+        if prefix.is_empty() {
+            return Err(ConfigError::new("the config prefix must not be empty"));
+        }
+        self.prefix = prefix.into();
+        Ok(self)
+    }
+
+    /// How long to wait before reconnecting after a failure (default 1 s).
+    pub fn retry_every(mut self, every: Duration) -> Self {
+        self.retry = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Reports loads, resumes, compactions and failures to `events`.
+    pub fn events(mut self, events: Events) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// Follows the prefix, sending updates to `tx` until nobody reads them.
+    async fn follow(self, tx: mpsc::Sender<ConfigUpdate>) {
+        // The last revision whose changes were sent; none: load afresh.
+        let mut resume: Option<i64> = None;
+        loop {
+            let revision = match resume {
+                Some(revision) => revision,
+                None => match self.load().await {
+                    Ok((documents, revision)) => {
+                        if tx.send(ConfigUpdate::Snapshot(documents)).await.is_err() {
+                            return;
+                        }
+                        self.events.emit(Event::new(LAYER, "loaded"));
+                        revision
+                    }
+                    Err(error) => {
+                        self.failed(error.to_string());
+                        tokio::time::sleep(self.retry).await;
+                        continue;
+                    }
+                },
+            };
+            match self.watch(revision, resume.is_some(), &tx).await {
+                Ended::Closed => return,
+                Ended::Compacted => {
+                    tracing::info!(
+                        revision,
+                        "etcd compacted the config watch's revision; reloading"
+                    );
+                    self.events.emit(Event::new(LAYER, "compacted"));
+                    resume = None;
+                }
+                Ended::Failed { last, error } => {
+                    self.failed(error);
+                    resume = Some(last);
+                    tokio::time::sleep(self.retry).await;
+                }
+            }
+        }
+    }
+
+    fn failed(&self, error: String) {
+        tracing::warn!(%error, prefix = %self.prefix, "etcd config source failed; retrying");
+        self.events
+            .emit(Event::new(LAYER, "watch_error").with_detail(error));
+    }
+
+    /// Every document under the prefix, and the revision they are at.
+    async fn load(&self) -> Result<(Documents, i64), StoreError> {
+        let prefix = self.prefix.to_string();
+        let response = self
+            .store
+            .call(|mut client| async move {
+                client
+                    .get(prefix, Some(GetOptions::new().with_prefix()))
+                    .await
+            })
+            .await?;
+        let revision = response.header().map_or(0, |h| h.revision());
+        let documents = response
+            .kvs()
+            .iter()
+            .filter_map(|kv| Some((self.relative(kv.key())?, Bytes::copy_from_slice(kv.value()))))
+            .collect();
+        Ok((documents, revision))
+    }
+
+    /// The document key of an etcd key, if it is valid UTF-8 under the
+    /// prefix.
+    fn relative(&self, key: &[u8]) -> Option<String> {
+        let key = std::str::from_utf8(key).ok()?;
+        match key.strip_prefix(&*self.prefix) {
+            Some(relative) if !relative.is_empty() => Some(relative.to_owned()),
+            _ => {
+                tracing::warn!(key, "config key is not UTF-8 under the prefix; ignored");
+                None
+            }
+        }
+    }
+
+    /// Watches the prefix from just after `revision`.
+    async fn watch(&self, revision: i64, resuming: bool, tx: &mpsc::Sender<ConfigUpdate>) -> Ended {
+        let failed = |last, error: String| Ended::Failed { last, error };
+        let mut client = match self.store.client() {
+            Ok(client) => client,
+            Err(e) => return failed(revision, e.to_string()),
+        };
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1)
+            .with_progress_notify();
+        let prefix = self.prefix.to_string();
+        // Creating a watch is one round trip, but give a busy server room.
+        let timeout = self.store.timeout().max(Duration::from_secs(2));
+        let mut stream =
+            match tokio::time::timeout(timeout, client.watch(prefix, Some(options))).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return failed(revision, e.to_string()),
+                Err(_) => return failed(revision, format!("watch not created within {timeout:?}")),
+            };
+        let mut last = revision;
+        loop {
+            let response = match stream.message().await {
+                Ok(Some(response)) => response,
+                Ok(None) => return failed(last, "the watch stream ended".into()),
+                Err(e) => return failed(last, e.to_string()),
+            };
+            if response.compact_revision() > 0 {
+                return Ended::Compacted;
+            }
+            if response.canceled() {
+                return failed(
+                    last,
+                    format!("watch canceled: {}", response.cancel_reason()),
+                );
+            }
+            if response.created() {
+                if resuming {
+                    tracing::info!(revision = last, "etcd config watch resumed");
+                    self.events.emit(Event::new(LAYER, "resumed"));
+                }
+                continue;
+            }
+            if response.events().is_empty() {
+                // A progress notification: every change up to its header
+                // revision was sent.
+                if let Some(header) = response.header() {
+                    last = last.max(header.revision());
+                }
+                continue;
+            }
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                last = last.max(kv.mod_revision());
+                let Some(key) = self.relative(kv.key()) else {
+                    continue;
+                };
+                // A deleted key's version is reset to zero.
+                let update = if kv.version() == 0 {
+                    ConfigUpdate::Delete(key)
+                } else {
+                    ConfigUpdate::Put(key, Bytes::copy_from_slice(kv.value()))
+                };
+                if tx.send(update).await.is_err() {
+                    return Ended::Closed;
+                }
+            }
+        }
+    }
+}
+
+impl ConfigSource for EtcdConfigSource {
+    fn updates(&self) -> BoxStream<'static, ConfigUpdate> {
+        let (tx, rx) = mpsc::channel(64);
+        // The follower runs inside the stream: dropping the stream stops it.
+        let follower = stream::once(self.clone().follow(tx)).filter_map(|()| async { None });
+        let updates = stream::unfold(rx, |mut rx| async move {
+            let update = rx.recv().await?;
+            Some((update, rx))
+        });
+        stream::select(updates, follower).boxed()
+    }
+}
