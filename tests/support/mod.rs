@@ -7,9 +7,11 @@
 mod etcd;
 mod harness;
 mod process;
+mod proxy;
 mod redis;
 
 pub use etcd::EtcdServer;
 pub use harness::*;
 pub use process::{Process, free_port, require_binary};
+pub use proxy::TcpProxy;
 pub use redis::{RedisCluster, RedisServer};
