@@ -36,6 +36,7 @@ use battlement::backends::MemoryStore;
 use battlement::body::LayerBody;
 use battlement::circuit_breaker::{BreakerConfig, CircuitBreakerStore, CircuitOpen, Window};
 use battlement::client::{ClientBody, ClientStack};
+use battlement::config::{ConfigReloader, ConfigWatch};
 use battlement::health::{HealthRegistry, HealthRoutes};
 use battlement::idempotency::{IdempotencyLayer, IdempotencyStore};
 use battlement::key::ClientIp;
@@ -177,14 +178,16 @@ impl Orders {
 }
 
 /// The routes, with or without the server stack; rate-limit, breaker and
-/// idempotency state in `store`.
+/// idempotency state in `store`; the quota and `/proxy` breaker thresholds
+/// hot-reloaded by `config` when given (the returned watch keeps it going).
 fn app<St: RateLimitStore + CircuitBreakerStore + IdempotencyStore>(
     settings: &Settings,
     health: HealthRegistry,
     store: St,
     orders: Orders,
     metrics: Router,
-) -> Result<Router, Error> {
+    config: Option<ConfigReloader>,
+) -> Result<(Router, Option<ConfigWatch>), Error> {
     let client: Client<HttpConnector, LayerBody<Empty<Bytes>>> =
         Client::builder(TokioExecutor::new()).build_http();
     let breaker = BreakerConfig::default()
@@ -202,6 +205,7 @@ fn app<St: RateLimitStore + CircuitBreakerStore + IdempotencyStore>(
         .retry(retry)
         .breaker(breaker)
         .build()?;
+    let config = config.map(|c| c.circuit_breaker(stack.breakers()));
     let downstream = ServiceBuilder::new().layer(stack).service(client);
     let state = AppState {
         downstream_url: settings.downstream.clone(),
@@ -222,21 +226,27 @@ fn app<St: RateLimitStore + CircuitBreakerStore + IdempotencyStore>(
     // Health probes and the Prometheus scrape are not rate limited.
     let health = HealthRoutes::new(health).router().merge(metrics);
     if !settings.layers {
-        return Ok(api.merge(health));
+        return Ok((api.merge(health), None));
     }
     let per_ip = Policy::new("per-ip", settings.rate_limit)?
         .key(ClientIp::new(settings.trusted_proxies.iter().copied()));
-    let api = api.layer(RateLimitLayer::new(store).policy(per_ip));
+    let limit = RateLimitLayer::new(store).policy(per_ip);
+    // Keys: rate_limit/per-ip and circuit_breaker/downstream.
+    let config = config
+        .map(|c| c.rate_limit(limit.handle()).start())
+        .transpose()?;
+    let api = api.layer(limit);
     // The server-wide layers in one ServiceBuilder, applied once (cheaper
     // than many `Router::layer` calls): the request id first (the span
     // records it; its own span is off so the trace's span is the root),
     // then the OpenTelemetry span and the request metrics.
-    Ok(api.merge(health).layer(
+    let router = api.merge(health).layer(
         ServiceBuilder::new()
             .layer(RequestIdLayer::new().span(false))
             .layer(TraceLayer::server())
             .layer(MetricsLayer::server()),
-    ))
+    );
+    Ok((router, config))
 }
 
 async fn item(Path(id): Path<String>) -> axum::Json<serde_json::Value> {
@@ -292,35 +302,42 @@ async fn proxy(State(state): State<AppState>) -> Response {
 }
 
 /// Connects the stores the environment names, registers their readiness
-/// checks, and builds the app on them.
+/// checks, and builds the app on them (with its config watch when
+/// `ETCD_ENDPOINTS` is set).
 async fn build(
     settings: &Settings,
     registry: &HealthRegistry,
     metrics: Router,
-) -> Result<Router, Error> {
-    if let Some(endpoints) = &settings.etcd_endpoints {
+) -> Result<(Router, Option<ConfigWatch>), Error> {
+    let config = match &settings.etcd_endpoints {
+        None => None,
         #[cfg(feature = "etcd")]
-        {
+        Some(endpoints) => {
             let etcd = battlement::backends::EtcdStore::connect(endpoints.clone()).await?;
-            registry.register(battlement::health::store_check(etcd));
+            registry.register(battlement::health::store_check(etcd.clone()));
+            // Quotas and breaker thresholds under /battlement/config/.
+            let source = battlement::config::EtcdConfigSource::new(&etcd);
+            Some(ConfigReloader::new(source))
         }
         #[cfg(not(feature = "etcd"))]
-        return Err(format!(
-            "ETCD_ENDPOINTS={endpoints:?} needs: cargo run --example axum --features etcd"
-        )
-        .into());
-    }
+        Some(endpoints) => {
+            return Err(format!(
+                "ETCD_ENDPOINTS={endpoints:?} needs: cargo run --example axum --features etcd"
+            )
+            .into());
+        }
+    };
     if let Some(url) = &settings.redis_url {
         #[cfg(feature = "redis")]
         {
             // A roomier per-call timeout than the 50 ms default: the demo
             // often shares a small machine with its load generator.
-            let config = battlement::backends::RedisConfig::standalone(url.as_str())
+            let redis_config = battlement::backends::RedisConfig::standalone(url.as_str())
                 .with_timeout(Duration::from_millis(250));
-            let redis = battlement::backends::RedisStore::from_config(config).await?;
+            let redis = battlement::backends::RedisStore::from_config(redis_config).await?;
             registry.register(battlement::health::store_check(redis.clone()));
             let orders = Orders::connect(settings).await?;
-            return app(settings, registry.clone(), redis, orders, metrics);
+            return app(settings, registry.clone(), redis, orders, metrics, config);
         }
         #[cfg(not(feature = "redis"))]
         return Err(
@@ -334,6 +351,7 @@ async fn build(
         MemoryStore::new(),
         orders,
         metrics,
+        config,
     )
 }
 
@@ -351,7 +369,17 @@ async fn main() -> Result<(), Error> {
         .init();
     let settings = Settings::from_env()?;
     let registry = HealthRegistry::new();
-    let app = build(&settings, &registry, telemetry.metrics_router()).await?;
+    let (app, config) = build(&settings, &registry, telemetry.metrics_router()).await?;
+    if let Some(config) = &config {
+        // Serve on the built-in values if etcd does not answer at once; the
+        // watch keeps trying and applies the documents when it does.
+        if tokio::time::timeout(Duration::from_secs(2), config.loaded())
+            .await
+            .is_err()
+        {
+            tracing::warn!("config not loaded from etcd yet; serving the built-in values");
+        }
+    }
     let listener = tokio::net::TcpListener::bind(settings.bind).await?;
     tracing::info!(addr = %settings.bind, layers = settings.layers, "listening");
     axum::serve(
@@ -364,7 +392,7 @@ async fn main() -> Result<(), Error> {
 }
 
 /// The test fixtures that start real servers.
-#[cfg(all(test, feature = "redis"))]
+#[cfg(all(test, any(feature = "redis", feature = "etcd")))]
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
@@ -404,8 +432,10 @@ mod tests {
             MemoryStore::new(),
             orders,
             metrics,
+            None,
         )
         .unwrap()
+        .0
     }
 
     /// Sends `req` as if from 192.0.2.1 (what `axum::serve` records).
@@ -543,7 +573,7 @@ mod tests {
             ..settings()
         };
         let registry = HealthRegistry::new();
-        let app = build(&s, &registry, Router::new()).await.unwrap();
+        let app = build(&s, &registry, Router::new()).await.unwrap().0;
         let (status, _, body) = call(&app, get_req("/readyz")).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert!(body.contains("\"redis:responseTime\""), "{body}");
@@ -608,10 +638,12 @@ mod tests {
         };
         let a = build(&s, &HealthRegistry::new(), Router::new())
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         let b = build(&s, &HealthRegistry::new(), Router::new())
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         let (mut ok, mut limited) = (0, 0);
         for i in 0..100 {
             let app = if i % 2 == 0 { &a } else { &b };
@@ -632,6 +664,89 @@ mod tests {
             }
         }
         assert_eq!((ok, limited), (50, 50));
+    }
+
+    /// `ETCD_ENDPOINTS`: the per-IP quota and the `/proxy` breaker's
+    /// thresholds follow the documents under `/battlement/config/`.
+    #[cfg(feature = "etcd")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quota_and_breaker_thresholds_reload_from_etcd() {
+        let etcd = crate::support::EtcdServer::start();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let s = Settings {
+            etcd_endpoints: Some(vec![etcd.endpoint()]),
+            downstream: format!("http://{dead}/").parse().unwrap(),
+            ..settings()
+        };
+        let (app, watch) = build(&s, &HealthRegistry::new(), Router::new())
+            .await
+            .unwrap();
+        let watch = watch.expect("a config watch");
+        tokio::time::timeout(Duration::from_secs(5), watch.loaded())
+            .await
+            .unwrap();
+        let mut kv = etcd_client::Client::connect([etcd.endpoint()], None)
+            .await
+            .unwrap();
+        let key = "/battlement/config/rate_limit/per-ip";
+        kv.put(key, r#"{"count": 2, "period": "1h"}"#, None)
+            .await
+            .unwrap();
+        let policy = |headers: &http::HeaderMap| headers["ratelimit-policy"].clone();
+        let started = std::time::Instant::now();
+        loop {
+            let (_, headers, _) = call(&app, get_req("/hello")).await;
+            if policy(&headers) == "\"per-ip\";q=2;w=3600" {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(1), "not within 1 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let statuses = [
+            call(&app, get_req("/hello")).await.0,
+            call(&app, get_req("/hello")).await.0,
+        ];
+        assert!(
+            statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+            "{statuses:?}"
+        );
+        kv.delete(key, None).await.unwrap();
+        let started = std::time::Instant::now();
+        loop {
+            let (status, headers, _) = call(&app, get_req("/hello")).await;
+            if status == StatusCode::OK && policy(&headers) == "\"per-ip\";q=100;w=1" {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "default not back"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        // The /proxy breaker stays open 9 s instead of the built-in 5 s.
+        kv.put(
+            "/battlement/config/circuit_breaker/downstream",
+            r#"{"open_for": "9s"}"#,
+            None,
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            call(&app, get_req("/proxy")).await.0,
+            StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            call(&app, get_req("/proxy")).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let (status, headers, _) = call(&app, get_req("/proxy")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers["retry-after"], "9");
     }
 
     fn order_req(key: Option<&str>, body: &str) -> Request<Body> {
@@ -675,10 +790,12 @@ mod tests {
         };
         let a = build(&s, &HealthRegistry::new(), Router::new())
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         let b = build(&s, &HealthRegistry::new(), Router::new())
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         let before: i64 = redis
             .cli(&["GET", "example:orders"])
             .trim()
