@@ -7,7 +7,8 @@
 //!   `MemoryStore` vs governor's keyed limiter (`check_key`).
 //! - `layer/*`: one request through the layer to a no-op service, keyed by
 //!   peer IP: bare, tower_governor's `GovernorLayer`, battlement's
-//!   `RateLimitLayer` on `MemoryStore`.
+//!   `RateLimitLayer` on `MemoryStore`, and the same with its quota
+//!   hot-reloaded from a config source.
 //! - `redis/*`: time per decision with 32 concurrent tasks on one shared
 //!   connection to a local `redis-server`: battlement's GCRA script vs
 //!   `EVALSHA` of `return 1` through the same redis client.
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use battlement::backends::{MemoryStore, RedisStore};
+use battlement::config::{ConfigReloader, MemoryConfigSource};
 use battlement::key::{PeerAddr, PeerIp};
 use battlement::rate_limit::{Policy, Quota, RateLimitLayer, RateLimitStore};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -120,10 +122,27 @@ fn layer(c: &mut Criterion) {
         .key(PeerIp);
     let limited = rt.block_on(async {
         ServiceBuilder::new()
-            .layer(RateLimitLayer::new(MemoryStore::new()).policy(policy))
+            .layer(RateLimitLayer::new(MemoryStore::new()).policy(policy.clone()))
             .service(noop())
     });
     bench_layer(c, &rt, "battlement-memory", limited);
+    // The same with its quota hot-reloaded from a config source (SPEC
+    // RL-9): the hot path reads it without a lock, so this costs the same.
+    let source = MemoryConfigSource::new();
+    source.put(
+        "rate_limit/per-ip",
+        r#"{"count": 1000000000, "period": "1s"}"#,
+    );
+    let (reloaded, _watch) = rt.block_on(async {
+        let layer = RateLimitLayer::new(MemoryStore::new()).policy(policy);
+        let watch = ConfigReloader::new(source.clone())
+            .rate_limit(layer.handle())
+            .start()
+            .unwrap_or_else(|e| panic!("{e}"));
+        watch.loaded().await;
+        (ServiceBuilder::new().layer(layer).service(noop()), watch)
+    });
+    bench_layer(c, &rt, "battlement-memory-config-source", reloaded);
 }
 
 /// Runs `iters` calls of `op` spread over [`TASKS`] tasks; the elapsed time.
