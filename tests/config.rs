@@ -176,8 +176,14 @@ async fn breaker_thresholds_reload_without_touching_breaker_states() {
     record(&breaker, "closed", 1, Outcome::Failure);
 
     let source = MemoryConfigSource::new();
-    let _watch =
-        started(ConfigReloader::new(source.clone()).circuit_breaker(breaker.clone())).await;
+    let events = Events::new();
+    let mut rx = events.subscribe();
+    let watch = started(
+        ConfigReloader::new(source.clone())
+            .circuit_breaker(breaker.clone())
+            .events(events),
+    )
+    .await;
     source.put(
         "circuit_breaker/db",
         r#"{"consecutive_failures": 2, "open_for": "5s"}"#,
@@ -202,11 +208,15 @@ async fn breaker_thresholds_reload_without_touching_breaker_states() {
     record(&breaker, "fresh", 2, Outcome::Failure);
     assert_eq!(breaker.state("fresh"), State::Open);
     assert!(breaker.open_remaining("fresh").unwrap() <= Duration::from_secs(5));
+    assert_eq!(rx.try_recv().unwrap().event(), "applied");
 
-    source.put("circuit_breaker/db", r#"{"failure_rate": 0}"#);
-    source.put("circuit_breaker/db", r#"{"consecutive_failure": 9}"#);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(breaker.config(), two, "rejected");
+    for bad in [r#"{"failure_rate": 0}"#, r#"{"consecutive_failure": 9}"#] {
+        let before = watch.updates();
+        source.put("circuit_breaker/db", bad);
+        within_a_second("the update is read", || watch.updates() > before).await;
+        assert_eq!(rx.try_recv().unwrap().event(), "rejected", "{bad}");
+        assert_eq!(breaker.config(), two, "{bad}");
+    }
 
     source.delete("circuit_breaker/db");
     within_a_second("built-in again", || breaker.config() == built_in).await;

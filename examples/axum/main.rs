@@ -226,7 +226,8 @@ fn app<St: RateLimitStore + CircuitBreakerStore + IdempotencyStore>(
     // Health probes and the Prometheus scrape are not rate limited.
     let health = HealthRoutes::new(health).router().merge(metrics);
     if !settings.layers {
-        return Ok((api.merge(health), None));
+        let config = config.map(ConfigReloader::start).transpose()?;
+        return Ok((api.merge(health), config));
     }
     let per_ip = Policy::new("per-ip", settings.rate_limit)?
         .key(ClientIp::new(settings.trusted_proxies.iter().copied()));

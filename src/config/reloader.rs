@@ -163,6 +163,7 @@ impl ConfigReloader {
 
     /// Starts following the source on the current Tokio runtime; stops
     /// when the returned [`ConfigWatch`] is dropped.
+    #[must_use = "reloading stops when the ConfigWatch is dropped"]
     pub fn start(self) -> Result<ConfigWatch, ConfigError> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| ConfigError::new("ConfigReloader::start needs a Tokio runtime"))?;
@@ -188,6 +189,7 @@ struct Progress {
 /// A running [`ConfigReloader`]; dropping it stops the reloading (the
 /// values in force stay).
 #[derive(Debug)]
+#[must_use = "reloading stops when the ConfigWatch is dropped"]
 pub struct ConfigWatch {
     task: JoinHandle<()>,
     progress: watch::Receiver<Progress>,
@@ -282,7 +284,15 @@ impl Applier {
     /// for every target of `key`, or for none if it is invalid for one.
     fn apply(&self, key: &str, document: Option<&Bytes>) {
         let Some(targets) = self.targets.get(key) else {
-            tracing::debug!(key, "config key not used by this process");
+            if document.is_some()
+                && (key.starts_with(RATE_LIMIT) || key.starts_with(CIRCUIT_BREAKER))
+            {
+                // Perhaps another service's policy, perhaps a typo.
+                tracing::warn!(
+                    key,
+                    "no policy or breaker of this process has this config key"
+                );
+            }
             return;
         };
         let settings: Result<Vec<Setting>, String> = targets

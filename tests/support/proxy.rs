@@ -26,6 +26,9 @@ impl TcpProxy {
             let (open, connections) = (open.clone(), connections.clone());
             async move {
                 while let Ok((mut client, _)) = listener.accept().await {
+                    // Checked under the lock `cut` takes: no connection
+                    // slips past a cut.
+                    let mut live = connections.lock().unwrap();
                     if !open.load(Ordering::SeqCst) {
                         continue; // dropped: the client sees the connection close
                     }
@@ -34,7 +37,7 @@ impl TcpProxy {
                             let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
                         }
                     });
-                    connections.lock().unwrap().push(task);
+                    live.push(task);
                 }
             }
         });
@@ -52,8 +55,9 @@ impl TcpProxy {
 
     /// Closes every connection and refuses new ones until `restore`.
     pub fn cut(&self) {
+        let mut live = self.connections.lock().unwrap();
         self.open.store(false, Ordering::SeqCst);
-        for task in self.connections.lock().unwrap().drain(..) {
+        for task in live.drain(..) {
             task.abort();
         }
     }

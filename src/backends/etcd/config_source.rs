@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::EtcdStore;
 use crate::config::{ConfigSource, ConfigUpdate, Documents};
 use crate::error::{ConfigError, StoreError};
-use crate::events::{Event, Events};
+use crate::events::{Event, Events, WarnLimiter};
 
 /// The layer name of the source's events.
 const LAYER: &str = "config";
@@ -27,8 +27,10 @@ const LAYER: &str = "config";
 /// and resumes the watch from the last revision it saw, so no change made
 /// meanwhile is missed; when etcd compacted that revision away it loads the
 /// prefix afresh (a snapshot). A deleted key is a
-/// [`ConfigUpdate::Delete`]: back to the built-in value. Events of layer
-/// `config`: `loaded` (full load), `resumed`, `compacted`, `watch_error`.
+/// [`ConfigUpdate::Delete`]: back to the built-in value. The stream ends
+/// when the store is [closed](crate::backends::Backend::close). Events of
+/// layer `config`: `loaded` (full load), `resumed`, `compacted`,
+/// `watch_error` (logged at most once per 10 s).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -52,6 +54,7 @@ pub struct EtcdConfigSource {
     prefix: Arc<str>,
     retry: Duration,
     events: Events,
+    warn: Arc<WarnLimiter>,
 }
 
 impl fmt::Debug for EtcdConfigSource {
@@ -65,9 +68,10 @@ impl fmt::Debug for EtcdConfigSource {
 
 /// Why a watch stopped.
 enum Ended {
-    /// Nobody reads the updates any more.
+    /// Nobody reads the updates any more, or the store was closed.
     Closed,
-    /// The revision to resume from was compacted: load afresh.
+    /// The revision to resume from is gone (compacted, or the server is
+    /// behind it): load afresh.
     Compacted,
     /// The connection failed after `last` was seen: resume after it.
     Failed { last: i64, error: String },
@@ -85,16 +89,20 @@ impl EtcdConfigSource {
             prefix: Self::DEFAULT_PREFIX.into(),
             retry: Duration::from_secs(1),
             events: Events::new(),
+            warn: Arc::new(WarnLimiter::new(Duration::from_secs(10))),
         }
     }
 
-    /// Reads the documents under `prefix` instead (the raw etcd key
-    /// prefix; a document's key is what follows it).
+    /// Reads the documents under `prefix` instead (a `/` is added if it
+    /// does not end with one; a document's key is what follows it).
     pub fn prefix(mut self, prefix: &str) -> Result<Self, ConfigError> {
         if prefix.is_empty() {
             return Err(ConfigError::new("the config prefix must not be empty"));
         }
-        self.prefix = prefix.into();
+        self.prefix = match prefix.ends_with('/') {
+            true => prefix.into(),
+            false => format!("{prefix}/").into(),
+        };
         Ok(self)
     }
 
@@ -125,6 +133,7 @@ impl EtcdConfigSource {
                         self.events.emit(Event::new(LAYER, "loaded"));
                         revision
                     }
+                    Err(StoreError::Closed) => return,
                     Err(error) => {
                         self.failed(error.to_string());
                         tokio::time::sleep(self.retry).await;
@@ -152,7 +161,9 @@ impl EtcdConfigSource {
     }
 
     fn failed(&self, error: String) {
-        tracing::warn!(%error, prefix = %self.prefix, "etcd config source failed; retrying");
+        self.warn.warn(|suppressed| {
+            tracing::warn!(%error, prefix = %self.prefix, suppressed, "etcd config source failed; retrying");
+        });
         self.events
             .emit(Event::new(LAYER, "watch_error").with_detail(error));
     }
@@ -168,7 +179,10 @@ impl EtcdConfigSource {
                     .await
             })
             .await?;
-        let revision = response.header().map_or(0, |h| h.revision());
+        let revision = response
+            .header()
+            .map(|h| h.revision())
+            .ok_or_else(|| StoreError::Backend("etcd: a range response without a header".into()))?;
         let documents = response
             .kvs()
             .iter()
@@ -195,6 +209,7 @@ impl EtcdConfigSource {
         let failed = |last, error: String| Ended::Failed { last, error };
         let mut client = match self.store.client() {
             Ok(client) => client,
+            Err(StoreError::Closed) => return Ended::Closed,
             Err(e) => return failed(revision, e.to_string()),
         };
         let options = WatchOptions::new()
@@ -227,6 +242,12 @@ impl EtcdConfigSource {
                 );
             }
             if response.created() {
+                // A server behind the revision we saw (restored from an
+                // older backup, or another cluster) would never send the
+                // changes in between: load afresh.
+                if response.header().is_some_and(|h| h.revision() < last) {
+                    return Ended::Compacted;
+                }
                 if resuming {
                     tracing::info!(revision = last, "etcd config watch resumed");
                     self.events.emit(Event::new(LAYER, "resumed"));

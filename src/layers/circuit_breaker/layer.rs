@@ -69,7 +69,7 @@ impl fmt::Debug for CircuitBreakerLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreakerLayer")
             .field("name", &self.parts.name)
-            .field("config", &self.parts.config)
+            .field("config", &self.shared.registry.config())
             .finish_non_exhaustive()
     }
 }

@@ -189,19 +189,22 @@ pub struct RateLimitHandle {
 impl RateLimitHandle {
     /// Sets the quota of the policy named `name`.
     pub fn set_quota(&self, name: &str, quota: Quota) -> Result<(), ConfigError> {
-        if !self.policies.load().iter().any(|p| &*p.name == name) {
-            return Err(ConfigError::new(format!(
-                "no rate limit policy named {name:?}"
-            )));
-        }
+        let mut found = false;
         self.policies.rcu(|list| {
             let mut list: Vec<Policy> = list.to_vec();
+            found = false;
             for policy in list.iter_mut().filter(|p| &*p.name == name) {
                 policy.set_quota(quota);
+                found = true;
             }
             list
         });
-        Ok(())
+        match found {
+            true => Ok(()),
+            false => Err(ConfigError::new(format!(
+                "no rate limit policy named {name:?}"
+            ))),
+        }
     }
 
     /// The current quota of the policy named `name`.
