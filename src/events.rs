@@ -12,7 +12,7 @@
 //! assert_eq!((e.layer(), e.event(), e.policy()), ("rate_limit", "denied", Some("per-ip")));
 //! ```
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -73,22 +73,28 @@ impl Event {
     }
 }
 
-/// A broadcast stream of [`Event`]s. Clones share the stream; emitting with
-/// no subscriber costs one atomic load.
+/// A broadcast stream of [`Event`]s. Clones share the stream; emitting on
+/// a stream nobody ever subscribed to costs one atomic load.
 #[derive(Debug, Clone)]
 pub struct Events {
     tx: broadcast::Sender<Event>,
+    /// Set by the first `subscribe`: until then no event is built.
+    subscribed: Arc<AtomicBool>,
 }
 
 impl Events {
     /// A stream that buffers up to 1024 events per slow subscriber.
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(1024);
-        Self { tx }
+        Self {
+            tx,
+            subscribed: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// Receives every event emitted from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.subscribed.store(true, Ordering::Release);
         self.tx.subscribe()
     }
 
@@ -96,7 +102,7 @@ impl Events {
     /// the subscribers, if any.
     pub fn emit(&self, event: Event) {
         count(event.layer, event.event, event.policy.as_ref());
-        if self.tx.receiver_count() > 0 {
+        if self.is_observed() {
             let _ = self.tx.send(event);
         }
     }
@@ -119,9 +125,22 @@ impl Events {
         }
     }
 
+    /// Sends `event` to the subscribers without counting it in the
+    /// metric: for outcomes that are not decisions (a breaker's successful
+    /// call), which the request metrics count already.
+    pub(crate) fn notify(&self, layer: &'static str, event: &'static str, policy: &Arc<str>) {
+        if self.is_observed() {
+            let _ = self
+                .tx
+                .send(Event::new(layer, event).with_policy(policy.clone()));
+        }
+    }
+
     /// Whether anyone listens (to skip building events).
     pub fn is_observed(&self) -> bool {
-        self.tx.receiver_count() > 0
+        // `receiver_count` takes the channel's lock: skipped on a stream
+        // nobody ever subscribed to.
+        self.subscribed.load(Ordering::Acquire) && self.tx.receiver_count() > 0
     }
 }
 

@@ -20,7 +20,9 @@ pin_project! {
     pub struct ClassifiedBody<B> {
         #[pin]
         inner: B,
-        pending: Option<(Permit, Arc<dyn ClassifyResponse>, Duration)>,
+        // Boxed: only streamed (gRPC) calls have one, and every response
+        // moves this body a few times on its way out.
+        pending: Option<Box<(Permit, Arc<dyn ClassifyResponse>, Duration)>>,
     }
 }
 
@@ -39,7 +41,7 @@ impl<B> ClassifiedBody<B> {
         let elapsed = permit.elapsed();
         Self {
             inner,
-            pending: Some((permit, classifier, elapsed)),
+            pending: Some(Box::new((permit, classifier, elapsed))),
         }
     }
 }
@@ -62,12 +64,13 @@ impl<B: Body> Body for ClassifiedBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
-        if let Some((permit, classifier, elapsed)) = this.pending.take() {
+        if let Some(pending) = this.pending.take() {
+            let (permit, classifier, elapsed) = *pending;
             let outcome = match &frame {
                 Some(Ok(f)) => match f.trailers_ref() {
                     Some(trailers) => classifier.classify_trailers(Some(trailers)),
                     None => {
-                        *this.pending = Some((permit, classifier, elapsed));
+                        *this.pending = Some(Box::new((permit, classifier, elapsed)));
                         return Poll::Ready(frame);
                     }
                 },

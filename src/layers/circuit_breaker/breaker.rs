@@ -15,6 +15,7 @@ use super::config::BreakerConfig;
 use super::state::{Outcome, State};
 use super::store::{SharedState, Versioned};
 use super::window::{Outcomes, Totals};
+use crate::key::Key;
 
 /// When a rejected caller may try again while half-open probes run.
 pub(crate) const HALF_OPEN_RETRY: Duration = Duration::from_secs(1);
@@ -58,6 +59,8 @@ pub(crate) struct Refusal {
 /// One breaker.
 #[derive(Debug)]
 pub(crate) struct Breaker {
+    /// The key this breaker guards.
+    pub(crate) key: Key,
     /// `generation << 3 | state`, for the lock-free closed path.
     word: AtomicU64,
     /// Seconds on the breaker's clock of the last admission (eviction).
@@ -88,8 +91,9 @@ fn word(generation: u64, state: State) -> u64 {
 }
 
 impl Breaker {
-    pub(crate) fn new(config: &BreakerConfig, now: Duration) -> Self {
+    pub(crate) fn new(key: Key, config: &BreakerConfig, now: Duration) -> Self {
         Self {
+            key,
             word: AtomicU64::new(word(0, State::Closed)),
             last_used: AtomicU64::new(now.as_secs()),
             inner: Mutex::new(Inner {

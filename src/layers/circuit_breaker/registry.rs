@@ -169,7 +169,11 @@ impl Registry {
             .entry(key.clone())
             .or_insert_with(|| {
                 created = true;
-                Arc::new(Breaker::new(&self.config.load(), self.clock.now()))
+                Arc::new(Breaker::new(
+                    key.clone(),
+                    &self.config.load(),
+                    self.clock.now(),
+                ))
             })
             .clone();
         if created {
@@ -191,7 +195,6 @@ impl Registry {
         match result {
             Ok(ticket) => Ok(Permit {
                 registry: self.clone(),
-                key,
                 breaker,
                 ticket: Some(ticket),
             }),
@@ -239,7 +242,6 @@ impl Registry {
 
     fn settle(
         self: &Arc<Self>,
-        key: &Key,
         breaker: &Arc<Breaker>,
         ticket: Ticket,
         outcome: Outcome,
@@ -248,9 +250,10 @@ impl Registry {
         let now = self.clock.now();
         let elapsed = elapsed.unwrap_or_else(|| now.saturating_sub(ticket.started()));
         let transition = breaker.record(&self.config.load(), ticket, outcome, elapsed, now);
-        self.emit(outcome.as_str(), None);
+        // An outcome is not a decision: to the stream, not the metric.
+        self.events.notify(LAYER, outcome.as_str(), &self.name);
         if let Some(t) = transition {
-            self.transitioned(key, breaker, t, true);
+            self.transitioned(&breaker.key, breaker, t, true);
         }
     }
 
@@ -429,7 +432,6 @@ fn spawn(task: impl Future<Output = ()> + Send + 'static) {
 /// probe's slot back (SPEC CB-2).
 pub struct Permit {
     registry: Arc<Registry>,
-    key: Key,
     breaker: Arc<Breaker>,
     ticket: Option<Ticket>,
 }
@@ -450,7 +452,7 @@ impl Permit {
     fn settle(mut self, outcome: Outcome, elapsed: Option<Duration>) {
         if let Some(ticket) = self.ticket.take() {
             self.registry
-                .settle(&self.key, &self.breaker, ticket, outcome, elapsed);
+                .settle(&self.breaker, ticket, outcome, elapsed);
         }
     }
 
@@ -465,7 +467,7 @@ impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
             .field("breaker", &self.registry.name)
-            .field("key", &self.key)
+            .field("key", &self.breaker.key)
             .finish_non_exhaustive()
     }
 }
@@ -474,7 +476,7 @@ impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket.take() {
             self.registry
-                .settle(&self.key, &self.breaker, ticket, Outcome::Ignored, None);
+                .settle(&self.breaker, ticket, Outcome::Ignored, None);
         }
     }
 }
