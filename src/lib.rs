@@ -17,6 +17,7 @@ pub mod events;
 pub mod key;
 pub mod layers;
 pub mod reject;
+pub mod stack;
 #[cfg(any(feature = "prometheus", feature = "otlp"))]
 pub mod telemetry;
 

@@ -31,7 +31,9 @@ use std::sync::Arc;
 
 use crate::error::StoreError;
 
+mod any;
 mod memory;
+pub use any::{AnyStore, BackendConfig};
 pub use memory::{MemoryConfig, MemoryStore};
 
 #[cfg(feature = "redis")]

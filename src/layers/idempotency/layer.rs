@@ -77,6 +77,8 @@ pub struct IdempotencyLayer<St> {
 #[derive(Clone)]
 pub(crate) struct Settings {
     pub methods: Vec<Method>,
+    /// The route templates covered; `None`: every route.
+    pub routes: Option<Arc<[String]>>,
     pub required: bool,
     pub scope: Arc<dyn KeyExtractor>,
     pub fingerprint: Arc<dyn MakeFingerprint>,
@@ -91,10 +93,25 @@ pub(crate) struct Settings {
     pub warn: Arc<WarnLimiter>,
 }
 
+impl Settings {
+    /// Whether `req`'s route is one this layer covers.
+    pub(crate) fn covers_route<B>(&self, req: &http::Request<B>) -> bool {
+        let Some(routes) = &self.routes else {
+            return true;
+        };
+        #[cfg(feature = "axum")]
+        if let Some(path) = req.extensions().get::<axum::extract::MatchedPath>() {
+            return routes.iter().any(|r| r == path.as_str());
+        }
+        routes.iter().any(|r| r == req.uri().path())
+    }
+}
+
 impl<St> std::fmt::Debug for IdempotencyLayer<St> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdempotencyLayer")
             .field("methods", &self.settings.methods)
+            .field("routes", &self.settings.routes)
             .field("required", &self.settings.required)
             .field("lock", &self.settings.lock)
             .field("retention", &self.settings.retention)
@@ -111,6 +128,7 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
             store,
             settings: Settings {
                 methods: vec![Method::POST, Method::PATCH],
+                routes: None,
                 required: false,
                 scope: Arc::new(AuthorizationScope),
                 fingerprint: Arc::new(DefaultFingerprint),
@@ -124,6 +142,18 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
                 warn: Arc::new(WarnLimiter::new(Duration::from_secs(10))),
             },
         }
+    }
+
+    /// Covers only these routes (axum's matched route template such as
+    /// `/orders/{id}`, else the request path); others pass untouched, so
+    /// one layer over a whole router can require keys on some routes.
+    pub fn routes<I, R>(mut self, routes: I) -> Self
+    where
+        I: IntoIterator<Item = R>,
+        R: Into<String>,
+    {
+        self.settings.routes = Some(routes.into_iter().map(Into::into).collect());
+        self
     }
 
     /// The methods this layer covers; others pass untouched.

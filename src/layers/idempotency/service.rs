@@ -75,7 +75,7 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let settings = &self.settings;
-        if !settings.methods.contains(req.method()) {
+        if !settings.methods.contains(req.method()) || !settings.covers_route(&req) {
             return ResponseFuture::passthrough(self.inner.call(req.map(LayerBody::inner)));
         }
         let protocol = Protocol::of(&req);

@@ -1,0 +1,159 @@
+//! `AnyStore`: the backend a configuration names, chosen at runtime.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{Backend, KeySpace, MemoryConfig, MemoryStore};
+use crate::circuit_breaker::{CircuitBreakerStore, Published, SharedState, Versioned};
+use crate::error::StoreError;
+use crate::idempotency::{Claim, ClaimToken, Fingerprint, IdempotencyStore, StoredResponse};
+use crate::rate_limit::{Decision, Quota, RateLimitStore};
+
+/// Which backend to use and how to reach it, tagged by `kind`.
+///
+/// ```
+/// use battlement::backends::BackendConfig;
+///
+/// let memory: BackendConfig = serde_json::from_str(r#"{"kind": "memory"}"#).unwrap();
+/// assert!(matches!(memory, BackendConfig::Memory(_)));
+/// # #[cfg(feature = "redis")]
+/// let redis: BackendConfig =
+///     serde_json::from_str(r#"{"kind": "redis", "urls": ["redis://127.0.0.1:6379"]}"#).unwrap();
+/// // A backend without its address is an error when the config is read.
+/// # #[cfg(feature = "redis")]
+/// assert!(serde_json::from_str::<BackendConfig>(r#"{"kind": "redis"}"#).is_err());
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BackendConfig {
+    /// In process (the default).
+    Memory(MemoryConfig),
+    /// Redis, standalone or Cluster (feature `redis`).
+    #[cfg(feature = "redis")]
+    Redis(super::RedisConfig),
+    /// etcd (feature `etcd`).
+    #[cfg(feature = "etcd")]
+    Etcd(super::EtcdConfig),
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self::Memory(MemoryConfig::default())
+    }
+}
+
+/// One of the backends, picked by a [`BackendConfig`]; implements every
+/// store trait by handing each call to the backend it holds.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    /// A [`MemoryStore`].
+    Memory(MemoryStore),
+    /// A [`RedisStore`](super::RedisStore).
+    #[cfg(feature = "redis")]
+    Redis(super::RedisStore),
+    /// An [`EtcdStore`](super::EtcdStore).
+    #[cfg(feature = "etcd")]
+    Etcd(super::EtcdStore),
+}
+
+impl AnyStore {
+    /// Connects to the backend `config` names and checks it answers: a
+    /// wrong address fails here, at startup, not at the first request.
+    pub async fn connect(config: &BackendConfig) -> Result<Self, StoreError> {
+        let store = match config {
+            BackendConfig::Memory(c) => Self::Memory(MemoryStore::from_config(c.clone())?),
+            #[cfg(feature = "redis")]
+            BackendConfig::Redis(c) => Self::Redis(super::RedisStore::from_config(c.clone()).await?),
+            #[cfg(feature = "etcd")]
+            BackendConfig::Etcd(c) => Self::Etcd(super::EtcdStore::from_config(c.clone()).await?),
+        };
+        store.ping().await?;
+        Ok(store)
+    }
+}
+
+/// Runs `$call` on whichever backend `$store` holds.
+macro_rules! each {
+    ($store:expr, $s:ident => $call:expr) => {
+        match $store {
+            AnyStore::Memory($s) => $call,
+            #[cfg(feature = "redis")]
+            AnyStore::Redis($s) => $call,
+            #[cfg(feature = "etcd")]
+            AnyStore::Etcd($s) => $call,
+        }
+    };
+}
+
+impl Backend for AnyStore {
+    fn kind(&self) -> &'static str {
+        each!(self, s => s.kind())
+    }
+
+    fn keyspace(&self) -> &KeySpace {
+        each!(self, s => s.keyspace())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        each!(self, s => s.ping().await)
+    }
+
+    fn close(&self) {
+        each!(self, s => s.close())
+    }
+}
+
+impl RateLimitStore for AnyStore {
+    async fn decide(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        cost: u64,
+    ) -> Result<Decision, StoreError> {
+        each!(self, s => s.decide(policy, key, quota, cost).await)
+    }
+}
+
+impl CircuitBreakerStore for AnyStore {
+    async fn load(&self, id: &str) -> Result<Option<Versioned>, StoreError> {
+        each!(self, s => s.load(id).await)
+    }
+
+    async fn publish(
+        &self,
+        id: &str,
+        expected: u64,
+        writer: u64,
+        next: SharedState,
+    ) -> Result<Published, StoreError> {
+        each!(self, s => s.publish(id, expected, writer, next).await)
+    }
+}
+
+impl IdempotencyStore for AnyStore {
+    async fn claim(
+        &self,
+        id: &str,
+        fingerprint: &Fingerprint,
+        lock: Duration,
+    ) -> Result<Claim, StoreError> {
+        each!(self, s => s.claim(id, fingerprint, lock).await)
+    }
+
+    async fn complete(
+        &self,
+        id: &str,
+        token: ClaimToken,
+        fingerprint: &Fingerprint,
+        response: &StoredResponse,
+        retention: Duration,
+    ) -> Result<bool, StoreError> {
+        each!(self, s => s.complete(id, token, fingerprint, response, retention).await)
+    }
+
+    async fn release(&self, id: &str, token: ClaimToken) -> Result<(), StoreError> {
+        each!(self, s => s.release(id, token).await)
+    }
+}

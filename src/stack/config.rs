@@ -1,0 +1,319 @@
+//! `StackConfig`: the whole stack in one serde document.
+
+use std::path::Path;
+use std::time::Duration;
+
+use http::HeaderName;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::backends::BackendConfig;
+use crate::circuit_breaker::BreakerConfig;
+use crate::error::{ConfigError, FailurePolicy};
+use crate::key::{ClientIp, GlobalKey, HeaderKey, KeyExtractor, PeerIp};
+use crate::rate_limit::{Policy, Quota};
+use crate::retry::RetryPolicy;
+
+/// Every layer of the server and client presets, and the backend they
+/// share. Unknown fields are errors naming their path; a missing section
+/// takes its defaults (the request id, trace and metrics layers on, the
+/// others off, in-memory state).
+///
+/// ```
+/// use battlement::stack::StackConfig;
+///
+/// let config = StackConfig::from_toml(r#"
+///     [backend]
+///     kind = "memory"
+///
+///     [[rate_limit.policies]]
+///     name = "per-ip"
+///     quota = { count = 100, period = "1s" }
+///     key = { by = "client_ip", trusted_proxies = ["10.0.0.0/8"] }
+///
+///     [idempotency]
+///     routes = ["/orders"]
+///     required = true
+///
+///     [client.breaker]
+///     failure_rate = 50.0
+///     open_for = "5s"
+/// "#).unwrap();
+/// assert_eq!(config.rate_limit.as_ref().unwrap().policies.len(), 1);
+///
+/// let typo = StackConfig::from_toml("[rate_limit]\nshadw = true").unwrap_err();
+/// assert!(typo.to_string().contains("rate_limit"), "{typo}");
+/// assert!(typo.to_string().contains("shadw"), "{typo}");
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StackConfig {
+    /// Where rate limits, breakers and idempotency records live.
+    pub backend: BackendConfig,
+    /// The request id layer (on by default).
+    pub request_id: Switch,
+    /// The OpenTelemetry trace layer (on by default).
+    pub trace: Switch,
+    /// The OpenTelemetry metrics layer (on by default).
+    pub metrics: Switch,
+    /// Rate limiting (off unless present).
+    pub rate_limit: Option<RateLimitSettings>,
+    /// A server-side breaker that sheds load while the service fails
+    /// (off unless present).
+    pub circuit_breaker: Option<ServerBreakerSettings>,
+    /// Idempotency keys (off unless present).
+    pub idempotency: Option<IdempotencySettings>,
+    /// The health routes.
+    pub health: HealthSettings,
+    /// OpenTelemetry export.
+    pub telemetry: TelemetrySettings,
+    /// Hot reload of quotas and breaker thresholds (off unless present).
+    pub config_source: Option<ConfigSourceSettings>,
+    /// The client preset.
+    pub client: ClientSettings,
+}
+
+/// A layer that is on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Switch {
+    /// Whether the layer is in the stack (default true).
+    pub enabled: bool,
+}
+
+impl Default for Switch {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+/// The rate limiter's policies and behaviour.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Decided in order; a request must pass every one.
+    pub policies: Vec<PolicySettings>,
+    /// Count would-be denials, deny nothing.
+    pub shadow: bool,
+    /// What to do when the store fails (default fail open).
+    pub failure: FailurePolicy,
+    /// Also send `X-RateLimit-*`.
+    pub legacy_headers: bool,
+}
+
+/// One named quota and what it counts per.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    /// Sent in the `RateLimit` headers; the config source key.
+    pub name: String,
+    /// N per period with a burst.
+    pub quota: Quota,
+    /// What the quota is counted per (default: one global key).
+    #[serde(default)]
+    pub key: KeySettings,
+}
+
+impl PolicySettings {
+    /// The policy these settings describe.
+    pub fn policy(&self) -> Result<Policy, ConfigError> {
+        Ok(Policy::new(&self.name, self.quota)?.key(self.key.extractor()?))
+    }
+}
+
+/// What a quota is counted per.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(tag = "by", rename_all = "snake_case", deny_unknown_fields)]
+pub enum KeySettings {
+    /// One key for every request.
+    #[default]
+    Global,
+    /// The TCP peer's address.
+    PeerIp,
+    /// The client's address behind these trusted proxies.
+    ClientIp {
+        /// Proxies whose `X-Forwarded-For` / `Forwarded` is believed.
+        #[serde(default)]
+        trusted_proxies: Vec<IpNet>,
+    },
+    /// A request header's value (e.g. an API key).
+    Header {
+        /// The header name.
+        name: String,
+    },
+}
+
+impl KeySettings {
+    /// The key extractor.
+    pub fn extractor(&self) -> Result<std::sync::Arc<dyn KeyExtractor>, ConfigError> {
+        Ok(match self {
+            Self::Global => std::sync::Arc::new(GlobalKey),
+            Self::PeerIp => std::sync::Arc::new(PeerIp),
+            Self::ClientIp { trusted_proxies } => {
+                std::sync::Arc::new(ClientIp::new(trusted_proxies.iter().copied()))
+            }
+            Self::Header { name } => {
+                let name = HeaderName::try_from(name.as_str())
+                    .map_err(|e| ConfigError::new(format!("key header {name:?}: {e}")))?;
+                std::sync::Arc::new(HeaderKey::new(name))
+            }
+        })
+    }
+}
+
+/// The server-side breaker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerBreakerSettings {
+    /// Its name (default `server`): metric label, store prefix, config
+    /// source key.
+    #[serde(default = "server_breaker_name")]
+    pub name: String,
+    /// Its thresholds.
+    #[serde(default)]
+    pub thresholds: BreakerConfig,
+}
+
+fn server_breaker_name() -> String {
+    "server".into()
+}
+
+/// Idempotency keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdempotencySettings {
+    /// The route templates covered (`/orders`, `/orders/{id}`); empty:
+    /// every route.
+    pub routes: Vec<String>,
+    /// Methods covered (default POST and PATCH).
+    pub methods: Vec<String>,
+    /// A covered request without a key gets 400.
+    pub required: bool,
+    /// How long a claim is held while its request runs.
+    #[serde(with = "humantime_serde")]
+    pub lock: Duration,
+    /// How long a completed response is replayed.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// What to do when the store fails (default fail closed).
+    pub failure: FailurePolicy,
+}
+
+impl Default for IdempotencySettings {
+    fn default() -> Self {
+        Self {
+            routes: Vec::new(),
+            methods: vec!["POST".into(), "PATCH".into()],
+            required: false,
+            lock: Duration::from_secs(60),
+            retention: Duration::from_secs(24 * 3600),
+            failure: FailurePolicy::FailClosed,
+        }
+    }
+}
+
+/// The health routes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthSettings {
+    /// Liveness path.
+    pub livez: String,
+    /// Readiness path (includes the backend's check).
+    pub readyz: String,
+    /// Startup path.
+    pub startupz: String,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            livez: "/livez".into(),
+            readyz: "/readyz".into(),
+            startupz: "/startupz".into(),
+        }
+    }
+}
+
+/// OpenTelemetry export (the `OTEL_*` variables still apply).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// `service.name`.
+    pub service_name: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            service_name: "battlement".into(),
+        }
+    }
+}
+
+/// Where quotas and breaker thresholds are reloaded from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSourceSettings {
+    /// The etcd cluster (feature `etcd`).
+    #[cfg(feature = "etcd")]
+    pub etcd: crate::backends::EtcdConfig,
+    /// The key prefix (default `/battlement/config/`).
+    #[serde(default = "config_prefix")]
+    pub prefix: String,
+}
+
+fn config_prefix() -> String {
+    "/battlement/config/".into()
+}
+
+/// The client preset: retry, per-host breaker, optional rate limit.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientSettings {
+    /// Retries (default [`RetryPolicy::default`]).
+    pub retry: Option<RetryPolicy>,
+    /// The per-host breaker's thresholds (default
+    /// [`BreakerConfig::default`]).
+    pub breaker: Option<BreakerConfig>,
+    /// A client-side quota.
+    pub rate_limit: Option<PolicySettings>,
+}
+
+impl StackConfig {
+    /// Reads a JSON document.
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| ConfigError::new(format!("stack config is not JSON: {e}")))?;
+        Self::from_value(value)
+    }
+
+    /// Reads a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let table: toml::Table = toml::from_str(text)
+            .map_err(|e| ConfigError::new(format!("stack config is not TOML: {e}")))?;
+        let value = serde_json::to_value(table)
+            .map_err(|e| ConfigError::new(format!("stack config: {e}")))?;
+        Self::from_value(value)
+    }
+
+    /// Reads a file: TOML for `.toml`, JSON otherwise.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(format!("{}: {e}", path.display())))?;
+        let config = match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => Self::from_toml(&text),
+            _ => Self::from_json(&text),
+        };
+        config.map_err(|e| ConfigError::new(format!("{}: {}", path.display(), e.message())))
+    }
+
+    /// Reads any serde document turned into a JSON value (YAML through
+    /// `serde_yaml`, for instance); errors name the path of the field.
+    pub fn from_value(value: serde_json::Value) -> Result<Self, ConfigError> {
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::new(format!("stack config at `{path}`: {}", e.into_inner()))
+        })
+    }
+}

@@ -1,0 +1,72 @@
+//! The assembled stack: server and client presets built from one
+//! [`StackConfig`], and [`ServiceBuilderExt`] for hand-made stacks.
+//!
+//! ```
+//! use battlement::stack::{self, StackConfig};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let config = StackConfig::from_toml(r#"
+//!     [backend]
+//!     kind = "memory"          # or "redis" with urls = [...], or "etcd"
+//!
+//!     [[rate_limit.policies]]
+//!     name = "per-ip"
+//!     quota = { count = 100, period = "1s" }
+//!     key = { by = "peer_ip" }
+//!
+//!     [idempotency]
+//!     routes = ["/orders"]
+//! "#).unwrap();
+//! let server = stack::server(&config).await.unwrap();
+//! # #[cfg(feature = "axum")]
+//! let app: axum::Router = server.router(axum::Router::new());
+//! let client = stack::client("upstream", &config.client, server.store().clone()).unwrap();
+//! # drop(client);
+//! # });
+//! ```
+//!
+//! # Server order, outermost first
+//!
+//! 1. **Request id**: first, so every log line, span, metric exemplar and
+//!    rejection below it carries the id, and the response echoes it even
+//!    when a later layer rejects the request.
+//! 2. **Trace**: the server span covers everything after it, so a 429 or
+//!    503 from a later layer shows in the trace (with status unset for 4xx,
+//!    error for 5xx), and it records the request id.
+//! 3. **Metrics**: counts every response, rejections included, under the
+//!    route template.
+//! 4. **Rate limit**: the cheapest refusal, before any work; before
+//!    idempotency so that a client retrying one key in a loop is limited
+//!    too, and a denied request never claims a key.
+//! 5. **Circuit breaker** (server side, optional): sheds load while the
+//!    service itself fails; after the rate limiter so that denials do not
+//!    count as outcomes.
+//! 6. **Idempotency**: innermost, around the handler: only admitted
+//!    requests claim keys, and a replay is what the handler answered.
+//!
+//! Health routes (and extra routes such as `/metrics`) sit under the first
+//! three only: probes are never rate limited or shed.
+//!
+//! # Client order, outermost first
+//!
+//! Request id forwarding, then **retry** (it wraps everything per attempt),
+//! then per attempt the client **trace** span and **metrics**, the
+//! **breaker** per upstream host (an open breaker fails an attempt at once,
+//! and retry honours its `retry_after`), and the client **rate limit**
+//! innermost (a denied attempt never reaches the network).
+
+mod client;
+mod config;
+mod ext;
+#[cfg(feature = "axum")]
+mod router;
+mod server;
+
+pub use client::client;
+pub use config::{
+    ClientSettings, ConfigSourceSettings, HealthSettings, IdempotencySettings, KeySettings,
+    PolicySettings, RateLimitSettings, ServerBreakerSettings, StackConfig, Switch,
+    TelemetrySettings,
+};
+pub use ext::ServiceBuilderExt;
+pub use server::{ServerStack, StackError, server};

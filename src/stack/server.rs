@@ -1,0 +1,222 @@
+//! `ServerStack`: every server layer built from one [`StackConfig`].
+
+use std::fmt;
+
+use http::Method;
+
+use super::config::StackConfig;
+use crate::backends::AnyStore;
+use crate::circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer};
+use crate::config::{ConfigReloader, ConfigWatch};
+use crate::error::{ConfigError, StoreError};
+use crate::events::Events;
+use crate::health::{HealthRegistry, store_check};
+use crate::idempotency::IdempotencyLayer;
+use crate::metrics::MetricsLayer;
+use crate::rate_limit::{RateLimitHandle, RateLimitLayer};
+use crate::request_id::RequestIdLayer;
+use crate::trace::TraceLayer;
+
+/// Why a stack could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StackError {
+    /// A value in the config is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The backend (or the config source) could not be reached.
+    #[error("backend: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The server layers of a [`StackConfig`], built and connected; see the
+/// [module docs](super) for their order.
+///
+/// ```
+/// use battlement::stack::{self, StackConfig};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let config = StackConfig::from_toml(r#"
+///     [[rate_limit.policies]]
+///     name = "per-ip"
+///     quota = { count = 100, period = "1s" }
+///     key = { by = "peer_ip" }
+/// "#).unwrap();
+/// let stack = stack::server(&config).await.unwrap();
+/// # #[cfg(feature = "axum")]
+/// let app: axum::Router = stack.router(
+///     axum::Router::new().route("/hello", axum::routing::get(|| async { "hello" })),
+/// );
+/// # });
+/// ```
+pub struct ServerStack {
+    pub(crate) store: AnyStore,
+    pub(crate) health: HealthRegistry,
+    pub(crate) settings: super::config::HealthSettings,
+    pub(crate) request_id: Option<RequestIdLayer>,
+    pub(crate) trace: Option<TraceLayer>,
+    pub(crate) metrics: Option<MetricsLayer>,
+    pub(crate) rate_limit: Option<RateLimitLayer<AnyStore>>,
+    pub(crate) breaker: Option<CircuitBreakerLayer>,
+    pub(crate) idempotency: Option<IdempotencyLayer<AnyStore>>,
+    pub(crate) events: Events,
+    pub(crate) config: Option<ConfigWatch>,
+}
+
+impl fmt::Debug for ServerStack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerStack")
+            .field("store", &self.store)
+            .field("request_id", &self.request_id.is_some())
+            .field("trace", &self.trace.is_some())
+            .field("metrics", &self.metrics.is_some())
+            .field("rate_limit", &self.rate_limit.is_some())
+            .field("circuit_breaker", &self.breaker.is_some())
+            .field("idempotency", &self.idempotency.is_some())
+            .field("config_source", &self.config.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the server layers `config` describes: connects the backend (a
+/// wrong or unreachable address fails here, not at the first request),
+/// registers its readiness check, validates every policy and threshold,
+/// and starts the config source when one is set.
+pub async fn server(config: &StackConfig) -> Result<ServerStack, StackError> {
+    let store = AnyStore::connect(&config.backend).await?;
+    let health = HealthRegistry::new();
+    health.register(store_check(store.clone()));
+    let events = Events::new();
+    let rate_limit = match &config.rate_limit {
+        Some(settings) => {
+            let mut layer = RateLimitLayer::new(store.clone())
+                .shadow(settings.shadow)
+                .failure_policy(settings.failure)
+                .legacy_headers(settings.legacy_headers)
+                .events(events.clone());
+            for policy in &settings.policies {
+                layer = layer.policy(policy.policy()?);
+            }
+            Some(layer)
+        }
+        None => None,
+    };
+    let breaker = match &config.circuit_breaker {
+        Some(settings) => Some(
+            CircuitBreakerLayer::new(&settings.name, store.clone(), settings.thresholds.clone())?
+                .events(events.clone()),
+        ),
+        None => None,
+    };
+    let idempotency = match &config.idempotency {
+        Some(settings) => {
+            let methods = settings
+                .methods
+                .iter()
+                .map(|m| {
+                    Method::from_bytes(m.as_bytes())
+                        .map_err(|e| ConfigError::new(format!("idempotency method {m:?}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut layer = IdempotencyLayer::new(store.clone())
+                .methods(methods)
+                .required(settings.required)
+                .lock(settings.lock)
+                .retention(settings.retention)
+                .failure_policy(settings.failure)
+                .events(events.clone());
+            if !settings.routes.is_empty() {
+                layer = layer.routes(settings.routes.iter().cloned());
+            }
+            Some(layer)
+        }
+        None => None,
+    };
+    let mut stack = ServerStack {
+        store,
+        health,
+        settings: config.health.clone(),
+        request_id: config.request_id.enabled.then(RequestIdLayer::new),
+        trace: config.trace.enabled.then(TraceLayer::server),
+        metrics: config.metrics.enabled.then(MetricsLayer::server),
+        rate_limit,
+        breaker,
+        idempotency,
+        events,
+        config: None,
+    };
+    if let Some(source) = &config.config_source {
+        stack.config = Some(stack.reload_from(source).await?);
+    }
+    Ok(stack)
+}
+
+impl ServerStack {
+    /// The connected backend (hand clones to other layers).
+    pub fn store(&self) -> &AnyStore {
+        &self.store
+    }
+
+    /// The health registry (the backend's check is registered).
+    pub fn health(&self) -> &HealthRegistry {
+        &self.health
+    }
+
+    /// The health route paths of the config.
+    pub fn health_paths(&self) -> &super::config::HealthSettings {
+        &self.settings
+    }
+
+    /// The event stream every layer reports to.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    /// The rate limiter's quota handle, when it is on.
+    pub fn rate_limit(&self) -> Option<RateLimitHandle> {
+        self.rate_limit.as_ref().map(RateLimitLayer::handle)
+    }
+
+    /// The server breaker's handle, when it is on.
+    pub fn circuit_breaker(&self) -> Option<CircuitBreakerHandle> {
+        self.breaker.as_ref().map(CircuitBreakerLayer::handle)
+    }
+
+    /// Binds the rate limiter and breaker to a config source.
+    #[cfg(feature = "etcd")]
+    async fn reload_from(
+        &self,
+        settings: &super::config::ConfigSourceSettings,
+    ) -> Result<ConfigWatch, StackError> {
+        let etcd = crate::backends::EtcdStore::from_config(settings.etcd.clone()).await?;
+        let source = crate::config::EtcdConfigSource::new(&etcd)
+            .prefix(&settings.prefix)?
+            .events(self.events.clone());
+        Ok(self.reloader(ConfigReloader::new(source)).start()?)
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    async fn reload_from(
+        &self,
+        _: &super::config::ConfigSourceSettings,
+    ) -> Result<ConfigWatch, StackError> {
+        Err(ConfigError::new("config_source needs the `etcd` feature").into())
+    }
+
+    /// Binds this stack's rate limiter and breaker to `reloader`.
+    pub fn reloader(&self, mut reloader: ConfigReloader) -> ConfigReloader {
+        if let Some(handle) = self.rate_limit() {
+            reloader = reloader.rate_limit(handle);
+        }
+        if let Some(handle) = self.circuit_breaker() {
+            reloader = reloader.circuit_breaker(handle);
+        }
+        reloader.events(self.events.clone())
+    }
+
+    /// The config watch, when a config source is set: wait for its first
+    /// load with [`ConfigWatch::loaded`].
+    pub fn config_watch(&self) -> Option<&ConfigWatch> {
+        self.config.as_ref()
+    }
+}
