@@ -64,7 +64,9 @@ impl AnyStore {
         let store = match config {
             BackendConfig::Memory(c) => Self::Memory(MemoryStore::from_config(c.clone())?),
             #[cfg(feature = "redis")]
-            BackendConfig::Redis(c) => Self::Redis(super::RedisStore::from_config(c.clone()).await?),
+            BackendConfig::Redis(c) => {
+                Self::Redis(super::RedisStore::from_config(c.clone()).await?)
+            }
             #[cfg(feature = "etcd")]
             BackendConfig::Etcd(c) => Self::Etcd(super::EtcdStore::from_config(c.clone()).await?),
         };

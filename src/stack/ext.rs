@@ -41,8 +41,10 @@ pub trait ServiceBuilderExt<L>: Sized {
     /// [`MetricsLayer::server`].
     fn with_server_metrics(self) -> ServiceBuilder<Stack<MetricsLayer, L>>;
     /// A rate limiter.
-    fn with_rate_limit<St>(self, layer: RateLimitLayer<St>)
-    -> ServiceBuilder<Stack<RateLimitLayer<St>, L>>;
+    fn with_rate_limit<St>(
+        self,
+        layer: RateLimitLayer<St>,
+    ) -> ServiceBuilder<Stack<RateLimitLayer<St>, L>>;
     /// A circuit breaker.
     fn with_circuit_breaker(
         self,

@@ -1,0 +1,184 @@
+//! The server and client presets built from one config (issue: the
+//! assembled stack): config errors name the field, the backend is checked
+//! at startup, and the layers run in the documented order.
+#![cfg(feature = "axum")]
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::{get, post};
+use battlement::stack::{self, StackConfig};
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+async fn call(app: &Router, mut req: Request<Body>) -> (StatusCode, http::HeaderMap, String) {
+    let peer: SocketAddr = "192.0.2.1:40000".parse().unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(peer));
+    let res = app.clone().oneshot(req).await.unwrap();
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+fn get_req(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+const CONFIG: &str = r#"
+[[rate_limit.policies]]
+name = "per-ip"
+quota = { count = 3, period = "1m" }
+key = { by = "peer_ip" }
+
+[circuit_breaker]
+thresholds = { consecutive_failures = 2, open_for = "30s" }
+
+[idempotency]
+routes = ["/orders"]
+required = true
+"#;
+
+async fn app() -> Router {
+    let config = StackConfig::from_toml(CONFIG).unwrap();
+    let server = stack::server(&config).await.unwrap();
+    let orders = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let api = Router::new()
+        .route("/hello", get(|| async { "hello" }))
+        .route("/fail", get(|| async { StatusCode::INTERNAL_SERVER_ERROR }))
+        .route(
+            "/orders",
+            post(move || {
+                let n = orders.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                async move { (StatusCode::CREATED, format!("order {n}")) }
+            }),
+        )
+        .route("/other", post(|| async { "no key needed" }));
+    server.router(api)
+}
+
+#[test]
+fn a_typo_names_the_field_and_its_path() {
+    let err = StackConfig::from_toml(
+        r#"
+        [[rate_limit.policies]]
+        name = "per-ip"
+        quota = { count = 3, perod = "1m" }
+        "#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("rate_limit.policies[0].quota"), "{err}");
+    assert!(err.contains("perod"), "{err}");
+    let err = StackConfig::from_json(r#"{"trace": {"enabld": false}}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("trace") && err.contains("enabld"), "{err}");
+    let err = StackConfig::from_toml("[circuit_breaker.thresholds]\nfailure_rate = 0.0")
+        .map(drop)
+        .err();
+    // A value out of range is caught when the stack is built (below).
+    assert!(err.is_none());
+}
+
+#[tokio::test]
+async fn invalid_values_fail_when_the_stack_is_built() {
+    let config =
+        StackConfig::from_toml("[circuit_breaker.thresholds]\nfailure_rate = 0.0").unwrap();
+    let err = stack::server(&config).await.unwrap_err().to_string();
+    assert!(err.contains("failure_rate"), "{err}");
+    let config = StackConfig::from_toml(
+        "[[rate_limit.policies]]\nname = \"bad name\"\nquota = { count = 1, period = \"1s\" }",
+    )
+    .unwrap();
+    let err = stack::server(&config).await.unwrap_err().to_string();
+    assert!(err.contains("bad name"), "{err}");
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn a_missing_or_dead_backend_fails_at_startup() {
+    let err = StackConfig::from_toml("[backend]\nkind = \"redis\"")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("backend") && err.contains("urls"), "{err}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = StackConfig::from_toml(&format!(
+        "[backend]\nkind = \"redis\"\nurls = [\"redis://127.0.0.1:{port}\"]"
+    ))
+    .unwrap();
+    let err = stack::server(&config).await.unwrap_err().to_string();
+    assert!(err.starts_with("backend:"), "{err}");
+}
+
+#[tokio::test]
+async fn every_layer_runs_in_the_documented_order() {
+    let app = app().await;
+    let (status, headers, body) = call(&app, get_req("/hello")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello"));
+    assert!(headers.contains_key("x-request-id"));
+    assert_eq!(headers["ratelimit-policy"], "\"per-ip\";q=3;w=60");
+
+    // Idempotency on /orders only, inside the rate limit.
+    let order = |key: Option<&str>| {
+        let mut b = Request::post("/orders");
+        if let Some(key) = key {
+            b = b.header("idempotency-key", format!("\"{key}\""));
+        }
+        b.body(Body::empty()).unwrap()
+    };
+    assert_eq!(call(&app, order(None)).await.0, StatusCode::BAD_REQUEST);
+    let (status, headers, body) = call(&app, order(Some("k1"))).await;
+    assert_eq!((status, body.as_str()), (StatusCode::CREATED, "order 1"));
+    assert!(!headers.contains_key("idempotent-replayed"));
+    // The fourth request of the minute: denied before idempotency, with
+    // the request id (outside the rate limit) on the rejection.
+    let (status, headers, _) = call(&app, order(Some("k1"))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(headers.contains_key("x-request-id"));
+    assert!(headers.contains_key("retry-after"));
+    // Health is not rate limited.
+    for path in ["/livez", "/readyz", "/startupz"] {
+        assert_eq!(call(&app, get_req(path)).await.0, StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn replays_and_the_server_breaker() {
+    let app = app().await;
+    let order = Request::post("/orders")
+        .header("idempotency-key", "\"same\"")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&app, order).await.0, StatusCode::CREATED);
+    let again = Request::post("/orders")
+        .header("idempotency-key", "\"same\"")
+        .body(Body::empty())
+        .unwrap();
+    let (status, headers, body) = call(&app, again).await;
+    assert_eq!((status, body.as_str()), (StatusCode::CREATED, "order 1"));
+    assert_eq!(headers["idempotent-replayed"], "true");
+    // Two 500s in a row open the server breaker: the next is a 503.
+    let app = self::app().await;
+    assert_eq!(
+        call(&app, get_req("/fail")).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(
+        call(&app, get_req("/fail")).await.0,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    let (status, headers, _) = call(&app, get_req("/hello")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "30");
+}
