@@ -3,14 +3,18 @@
 //! Run with: `cargo run --example axum` (then `curl -i 127.0.0.1:3000/hello`).
 //!
 //! Serves HTTP/1.1 and h2c on `BIND` (default `127.0.0.1:3000`) with every
-//! route behind the server stack (request id; rate limit per client IP on
-//! everything but the health routes). Environment (see shared/EXAMPLES.md):
+//! route behind the server preset (`battlement::stack::server`: request id,
+//! trace, metrics; rate limit per client IP and idempotency on `/orders`,
+//! but not on the health routes and `/metrics`), built from one
+//! `StackConfig` the environment describes (see shared/EXAMPLES.md):
 //! `RATE_LIMIT` (`N/s`, `N/m`, `N/h`, default `100/s`) and `RATE_BURST`
 //! (default N); `TRUSTED_PROXIES` (comma list of CIDRs whose
 //! `X-Forwarded-For` is believed, default none); `REDIS_URL` (needs
 //! `--features redis`) keeps rate-limit state in Redis, shared by every
 //! instance, and adds a readiness check; `ETCD_ENDPOINTS` (needs
-//! `--features etcd`) adds its readiness check; `DOWNSTREAM_URL` is what
+//! `--features etcd`) adds its readiness check and hot-reloads the quota
+//! and the `/proxy` breaker's thresholds from `/battlement/config/`;
+//! `DOWNSTREAM_URL` is what
 //! `/proxy` calls (default `http://127.0.0.1:3001`) through a circuit breaker
 //! per downstream host that opens when half the calls of the last 10 s
 //! failed (at least 5) and stays open `BREAKER_OPEN` seconds (default 5),
@@ -32,19 +36,17 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use battlement::backends::MemoryStore;
+use battlement::backends::AnyStore;
 use battlement::body::LayerBody;
-use battlement::circuit_breaker::{BreakerConfig, CircuitBreakerStore, CircuitOpen, Window};
-use battlement::client::{ClientBody, ClientStack};
-use battlement::config::{ConfigReloader, ConfigWatch};
+use battlement::circuit_breaker::{BreakerConfig, CircuitOpen, Window};
+use battlement::client::{ClientBody, ClientStackLayer};
+use battlement::config::ConfigWatch;
 use battlement::health::{HealthRegistry, HealthRoutes};
-use battlement::idempotency::{IdempotencyLayer, IdempotencyStore};
-use battlement::key::ClientIp;
-use battlement::metrics::MetricsLayer;
-use battlement::rate_limit::{Policy, Quota, RateLimitLayer, RateLimitStore};
-use battlement::request_id::RequestIdLayer;
+use battlement::rate_limit::Quota;
 use battlement::retry::{AttemptTimedOut, RetryPolicy};
-use battlement::trace::TraceLayer;
+use battlement::stack::{
+    self, IdempotencySettings, KeySettings, PolicySettings, RateLimitSettings, StackConfig,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
@@ -177,77 +179,85 @@ impl Orders {
     }
 }
 
-/// The routes, with or without the server stack; rate-limit, breaker and
-/// idempotency state in `store`; the quota and `/proxy` breaker thresholds
-/// hot-reloaded by `config` when given (the returned watch keeps it going).
-fn app<St: RateLimitStore + CircuitBreakerStore + IdempotencyStore>(
-    settings: &Settings,
+/// The app and what has to live as long as it.
+struct App {
+    router: Router,
+    /// Its readiness checks (drained on shutdown).
     health: HealthRegistry,
-    store: St,
-    orders: Orders,
-    metrics: Router,
-    config: Option<ConfigReloader>,
-) -> Result<(Router, Option<ConfigWatch>), Error> {
-    let client: Client<HttpConnector, LayerBody<Empty<Bytes>>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let breaker = BreakerConfig::default()
-        .window(Window::Time(Duration::from_secs(10)))
-        .minimum_calls(5)
-        .failure_rate(50.0)
-        .half_open_probes(1)
-        .open_for(settings.breaker_open);
+    /// The etcd config watch (it stops when dropped).
+    config: Option<ConfigWatch>,
+}
+
+/// The stack the environment describes, in one config value: the backend
+/// (`REDIS_URL`), the per-IP quota (`RATE_LIMIT`, `RATE_BURST`,
+/// `TRUSTED_PROXIES`), idempotency on `POST /orders`, and the `/proxy`
+/// client's retry and breaker (`BREAKER_OPEN`).
+fn stack_config(settings: &Settings) -> Result<StackConfig, Error> {
+    let mut config = StackConfig::default();
+    #[cfg(not(feature = "redis"))]
+    if let Some(url) = &settings.redis_url {
+        return Err(
+            format!("REDIS_URL={url} needs: cargo run --example axum --features redis").into(),
+        );
+    }
+    #[cfg(feature = "redis")]
+    if let Some(url) = &settings.redis_url {
+        // A roomier per-call timeout than the 50 ms default: the demo
+        // often shares a small machine with its load generator.
+        config.backend = battlement::backends::BackendConfig::Redis(
+            battlement::backends::RedisConfig::standalone(url.as_str())
+                .with_timeout(Duration::from_millis(250)),
+        );
+    }
+    config.rate_limit = Some(RateLimitSettings {
+        policies: vec![PolicySettings {
+            name: "per-ip".into(),
+            quota: settings.rate_limit,
+            key: KeySettings::ClientIp {
+                trusted_proxies: settings.trusted_proxies.clone(),
+            },
+        }],
+        ..RateLimitSettings::default()
+    });
+    // Each Idempotency-Key executes once, even across instances.
+    config.idempotency = Some(IdempotencySettings {
+        routes: vec!["/orders".into()],
+        required: true,
+        ..IdempotencySettings::default()
+    });
+    config.client.breaker = Some(
+        BreakerConfig::default()
+            .window(Window::Time(Duration::from_secs(10)))
+            .minimum_calls(5)
+            .failure_rate(50.0)
+            .half_open_probes(1)
+            .open_for(settings.breaker_open),
+    );
     // A deadline shorter than the breaker's open time: a caller waits at
     // most 3 s, never for an open breaker (/proxy answers 503 at once).
-    let retry = RetryPolicy::default()
-        .per_try_timeout(Duration::from_secs(2))
-        .deadline(Duration::from_secs(3).min(settings.breaker_open));
-    let stack = ClientStack::new("downstream", store.clone())
-        .retry(retry)
-        .breaker(breaker)
-        .build()?;
-    let config = config.map(|c| c.circuit_breaker(stack.breakers()));
-    let downstream = ServiceBuilder::new().layer(stack).service(client);
+    config.client.retry = Some(
+        RetryPolicy::default()
+            .per_try_timeout(Duration::from_secs(2))
+            .deadline(Duration::from_secs(3).min(settings.breaker_open)),
+    );
+    Ok(config)
+}
+
+/// The routes; `/proxy` calls the downstream through `client`.
+fn routes(settings: &Settings, client: ClientStackLayer<AnyStore>, orders: Orders) -> Router {
+    let http: Client<HttpConnector, LayerBody<Empty<Bytes>>> =
+        Client::builder(TokioExecutor::new()).build_http();
     let state = AppState {
         downstream_url: settings.downstream.clone(),
-        downstream: Downstream::new(downstream),
+        downstream: Downstream::new(ServiceBuilder::new().layer(client).service(http)),
         orders,
     };
-    // Each Idempotency-Key executes once, even across instances.
-    let orders = match settings.layers {
-        true => post(order).layer(IdempotencyLayer::new(store.clone()).required(true)),
-        false => post(order),
-    };
-    let api = Router::new()
+    Router::new()
         .route("/hello", get(|| async { "hello" }))
         .route("/items/{id}", get(item))
-        .route("/orders", orders)
+        .route("/orders", post(order))
         .route("/proxy", get(proxy))
-        .with_state(state);
-    // Health probes and the Prometheus scrape are not rate limited.
-    let health = HealthRoutes::new(health).router().merge(metrics);
-    if !settings.layers {
-        let config = config.map(ConfigReloader::start).transpose()?;
-        return Ok((api.merge(health), config));
-    }
-    let per_ip = Policy::new("per-ip", settings.rate_limit)?
-        .key(ClientIp::new(settings.trusted_proxies.iter().copied()));
-    let limit = RateLimitLayer::new(store).policy(per_ip);
-    // Keys: rate_limit/per-ip and circuit_breaker/downstream.
-    let config = config
-        .map(|c| c.rate_limit(limit.handle()).start())
-        .transpose()?;
-    let api = api.layer(limit);
-    // The server-wide layers in one ServiceBuilder, applied once (cheaper
-    // than many `Router::layer` calls): the request id first (the span
-    // records it; its own span is off so the trace's span is the root),
-    // then the OpenTelemetry span and the request metrics.
-    let router = api.merge(health).layer(
-        ServiceBuilder::new()
-            .layer(RequestIdLayer::new().span(false))
-            .layer(TraceLayer::server())
-            .layer(MetricsLayer::server()),
-    );
-    Ok((router, config))
+        .with_state(state)
 }
 
 async fn item(Path(id): Path<String>) -> axum::Json<serde_json::Value> {
@@ -302,23 +312,29 @@ async fn proxy(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Connects the stores the environment names, registers their readiness
-/// checks, and builds the app on them (with its config watch when
-/// `ETCD_ENDPOINTS` is set).
-async fn build(
-    settings: &Settings,
-    registry: &HealthRegistry,
-    metrics: Router,
-) -> Result<(Router, Option<ConfigWatch>), Error> {
-    let config = match &settings.etcd_endpoints {
+/// Builds the app: the server preset from [`stack_config`] (connecting
+/// the backend and registering its readiness check), the `/proxy` client
+/// preset on the same store, and the etcd config watch when
+/// `ETCD_ENDPOINTS` is set; with `LAYERS=none`, the bare routes.
+async fn build(settings: &Settings, metrics: Router) -> Result<App, Error> {
+    let config = stack_config(settings)?;
+    let server = stack::server(&config).await?;
+    let client = stack::client("downstream", &config.client, server.store().clone())?;
+    let watch = match &settings.etcd_endpoints {
         None => None,
         #[cfg(feature = "etcd")]
         Some(endpoints) => {
             let etcd = battlement::backends::EtcdStore::connect(endpoints.clone()).await?;
-            registry.register(battlement::health::store_check(etcd.clone()));
-            // Quotas and breaker thresholds under /battlement/config/.
+            server
+                .health()
+                .register(battlement::health::store_check(etcd.clone()));
+            // Quotas and breaker thresholds under /battlement/config/:
+            // rate_limit/per-ip and circuit_breaker/downstream.
             let source = battlement::config::EtcdConfigSource::new(&etcd);
-            Some(ConfigReloader::new(source))
+            let reloader = server
+                .reloader(battlement::config::ConfigReloader::new(source))
+                .circuit_breaker(client.breakers());
+            Some(reloader.start()?)
         }
         #[cfg(not(feature = "etcd"))]
         Some(endpoints) => {
@@ -328,32 +344,19 @@ async fn build(
             .into());
         }
     };
-    if let Some(url) = &settings.redis_url {
-        #[cfg(feature = "redis")]
-        {
-            // A roomier per-call timeout than the 50 ms default: the demo
-            // often shares a small machine with its load generator.
-            let redis_config = battlement::backends::RedisConfig::standalone(url.as_str())
-                .with_timeout(Duration::from_millis(250));
-            let redis = battlement::backends::RedisStore::from_config(redis_config).await?;
-            registry.register(battlement::health::store_check(redis.clone()));
-            let orders = Orders::connect(settings).await?;
-            return app(settings, registry.clone(), redis, orders, metrics, config);
-        }
-        #[cfg(not(feature = "redis"))]
-        return Err(
-            format!("REDIS_URL={url} needs: cargo run --example axum --features redis").into(),
-        );
-    }
     let orders = Orders::connect(settings).await?;
-    app(
-        settings,
-        registry.clone(),
-        MemoryStore::new(),
-        orders,
-        metrics,
-        config,
-    )
+    let api = routes(settings, client, orders);
+    let router = match settings.layers {
+        true => server.router_with(api, metrics),
+        false => api
+            .merge(HealthRoutes::new(server.health().clone()).router())
+            .merge(metrics),
+    };
+    Ok(App {
+        router,
+        health: server.health().clone(),
+        config: watch,
+    })
 }
 
 #[tokio::main]
@@ -369,9 +372,8 @@ async fn main() -> Result<(), Error> {
         .with(telemetry.tracing_layer())
         .init();
     let settings = Settings::from_env()?;
-    let registry = HealthRegistry::new();
-    let (app, config) = build(&settings, &registry, telemetry.metrics_router()).await?;
-    if let Some(config) = &config {
+    let app = build(&settings, telemetry.metrics_router()).await?;
+    if let Some(config) = &app.config {
         // Serve on the built-in values if etcd does not answer at once; the
         // watch keeps trying and applies the documents when it does.
         if tokio::time::timeout(Duration::from_secs(2), config.loaded())
@@ -385,9 +387,11 @@ async fn main() -> Result<(), Error> {
     tracing::info!(addr = %settings.bind, layers = settings.layers, "listening");
     axum::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        app.router
+            .clone()
+            .into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(registry.shutdown_on_signal(settings.drain))
+    .with_graceful_shutdown(app.health.shutdown_on_signal(settings.drain))
     .await?;
     Ok(())
 }
@@ -424,19 +428,11 @@ mod tests {
     }
 
     /// The example app on in-memory stores.
-    fn memory_app(settings: &Settings) -> Router {
-        let orders = Orders::Local(Arc::new(AtomicU64::new(0)));
-        let metrics = telemetry().metrics_router();
-        app(
-            settings,
-            HealthRegistry::new(),
-            MemoryStore::new(),
-            orders,
-            metrics,
-            None,
-        )
-        .unwrap()
-        .0
+    async fn memory_app(settings: &Settings) -> Router {
+        build(settings, telemetry().metrics_router())
+            .await
+            .unwrap()
+            .router
     }
 
     /// Sends `req` as if from 192.0.2.1 (what `axum::serve` records).
@@ -460,7 +456,7 @@ mod tests {
 
     #[tokio::test]
     async fn hello_has_a_uuid_v7_request_id() {
-        let app = memory_app(&settings());
+        let app = memory_app(&settings()).await;
         let (status, headers, body) = call(&app, get_req("/hello")).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "hello"));
         let id = headers["x-request-id"].to_str().unwrap();
@@ -469,7 +465,7 @@ mod tests {
 
     #[tokio::test]
     async fn valid_ids_are_echoed_and_bad_ones_replaced() {
-        let app = memory_app(&settings());
+        let app = memory_app(&settings()).await;
         let req = Request::get("/hello")
             .header("x-request-id", "edge-42")
             .body(Body::empty())
@@ -485,7 +481,7 @@ mod tests {
 
     #[tokio::test]
     async fn items_and_health_routes() {
-        let app = memory_app(&settings());
+        let app = memory_app(&settings()).await;
         let (status, _, body) = call(&app, get_req("/items/42")).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"id":"42"}"#));
         for path in ["/livez", "/readyz", "/startupz"] {
@@ -501,7 +497,7 @@ mod tests {
             layers: false,
             ..settings()
         };
-        let app = memory_app(&bare);
+        let app = memory_app(&bare).await;
         let (status, headers, body) = call(&app, get_req("/hello")).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "hello"));
         assert!(!headers.contains_key("x-request-id"));
@@ -526,7 +522,7 @@ mod tests {
             downstream: format!("http://{addr}/").parse().unwrap(),
             ..settings()
         };
-        let app = memory_app(&s);
+        let app = memory_app(&s).await;
         let req = Request::get("/proxy")
             .header("x-request-id", "hop-1")
             .body(Body::empty())
@@ -548,7 +544,7 @@ mod tests {
             downstream: format!("http://127.0.0.1:{port}/").parse().unwrap(),
             ..settings()
         };
-        let app = memory_app(&s);
+        let app = memory_app(&s).await;
         // Three attempts (connection refused), then 502.
         let (status, _, _) = call(&app, get_req("/proxy")).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY);
@@ -573,8 +569,7 @@ mod tests {
             redis_url: Some(redis.url()),
             ..settings()
         };
-        let registry = HealthRegistry::new();
-        let app = build(&s, &registry, Router::new()).await.unwrap().0;
+        let app = build(&s, Router::new()).await.unwrap().router;
         let (status, _, body) = call(&app, get_req("/readyz")).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert!(body.contains("\"redis:responseTime\""), "{body}");
@@ -608,7 +603,7 @@ mod tests {
             rate_limit: "2/m".parse().unwrap(),
             ..settings()
         };
-        let app = memory_app(&s);
+        let app = memory_app(&s).await;
         for _ in 0..2 {
             assert_eq!(call(&app, get_req("/hello")).await.0, StatusCode::OK);
         }
@@ -637,14 +632,8 @@ mod tests {
             redis_url: Some(redis.url()),
             ..settings()
         };
-        let a = build(&s, &HealthRegistry::new(), Router::new())
-            .await
-            .unwrap()
-            .0;
-        let b = build(&s, &HealthRegistry::new(), Router::new())
-            .await
-            .unwrap()
-            .0;
+        let a = build(&s, Router::new()).await.unwrap().router;
+        let b = build(&s, Router::new()).await.unwrap().router;
         let (mut ok, mut limited) = (0, 0);
         for i in 0..100 {
             let app = if i % 2 == 0 { &a } else { &b };
@@ -682,10 +671,8 @@ mod tests {
             downstream: format!("http://{dead}/").parse().unwrap(),
             ..settings()
         };
-        let (app, watch) = build(&s, &HealthRegistry::new(), Router::new())
-            .await
-            .unwrap();
-        let watch = watch.expect("a config watch");
+        let built = build(&s, Router::new()).await.unwrap();
+        let (app, watch) = (built.router, built.config.expect("a config watch"));
         tokio::time::timeout(Duration::from_secs(5), watch.loaded())
             .await
             .unwrap();
@@ -760,7 +747,7 @@ mod tests {
 
     #[tokio::test]
     async fn orders_execute_once_per_idempotency_key() {
-        let app = memory_app(&settings());
+        let app = memory_app(&settings()).await;
         let (status, _, body) = call(&app, order_req(None, "{}")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         let (status, headers, first) = call(&app, order_req(Some("\"a\""), r#"{"tea":1}"#)).await;
@@ -789,14 +776,8 @@ mod tests {
             redis_url: Some(redis.url()),
             ..settings()
         };
-        let a = build(&s, &HealthRegistry::new(), Router::new())
-            .await
-            .unwrap()
-            .0;
-        let b = build(&s, &HealthRegistry::new(), Router::new())
-            .await
-            .unwrap()
-            .0;
+        let a = build(&s, Router::new()).await.unwrap().router;
+        let b = build(&s, Router::new()).await.unwrap().router;
         let before: i64 = redis
             .cli(&["GET", "example:orders"])
             .trim()
@@ -847,7 +828,7 @@ mod tests {
             rate_limit: "1/m".parse().unwrap(),
             ..settings()
         };
-        let app = memory_app(&s);
+        let app = memory_app(&s).await;
         assert_eq!(call(&app, get_req("/items/1")).await.0, StatusCode::OK);
         assert_eq!(
             call(&app, get_req("/items/2")).await.0,

@@ -41,7 +41,7 @@ impl ServerStack {
             (Some(request_id), Some(trace), Some(metrics)) => app.layer(
                 ServiceBuilder::new()
                     .layer(request_id.clone().span(false))
-                    .layer(trace.clone())
+                    .layer(*trace)
                     .layer(metrics.clone()),
             ),
             (request_id, trace, metrics) => {
@@ -50,7 +50,7 @@ impl ServerStack {
                     app = app.layer(metrics.clone());
                 }
                 if let Some(trace) = trace {
-                    app = app.layer(trace.clone());
+                    app = app.layer(*trace);
                 }
                 if let Some(request_id) = request_id {
                     app = app.layer(request_id.clone().span(trace.is_none()));
