@@ -1,7 +1,8 @@
 //! Run with: cargo run --example tonic
 //!
 //! Serves gRPC on `BIND` (default `127.0.0.1:50051`), every call behind
-//! [`battlement::RequestIdLayer`] (a valid incoming `x-request-id` is kept,
+//! the server preset (`battlement::stack::server`, as a tonic layer): the
+//! request id (a valid incoming `x-request-id` is kept,
 //! otherwise a UUIDv7 is made; either way it is echoed in the response
 //! metadata and carried by every log line of the call):
 //!
@@ -36,11 +37,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use battlement::RequestIdLayer;
-use battlement::backends::MemoryStore;
 use battlement::health::{Group, GrpcHealth, HealthRegistry};
-use battlement::key::PeerIp;
-use battlement::rate_limit::{Policy, Quota, RateLimitLayer, RateLimitStore};
+use battlement::rate_limit::Quota;
+use battlement::stack::{
+    self, GrpcStackLayer, KeySettings, PolicySettings, RateLimitSettings, ServerStack, StackConfig,
+};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic::transport::Server;
@@ -87,24 +88,45 @@ fn app(registry: HealthRegistry) -> Routes {
     Routes::new(GreeterServer::new(Hello)).add_service(health)
 }
 
-/// The per-peer-IP rate limit over `store`.
-fn rate_limit<St: RateLimitStore>(store: St, quota: Quota) -> Result<RateLimitLayer<St>, BoxError> {
-    Ok(RateLimitLayer::new(store).policy(Policy::new("per-ip", quota)?.key(PeerIp)))
+/// The server preset (request id, trace, metrics, a per-peer-IP `quota`),
+/// its state in Redis at `redis_url` when given (which readiness then
+/// checks).
+async fn preset(quota: Quota, redis_url: Option<String>) -> Result<ServerStack, BoxError> {
+    let mut config = StackConfig::default();
+    config.rate_limit = Some(RateLimitSettings {
+        policies: vec![PolicySettings {
+            name: "per-ip".into(),
+            quota,
+            key: KeySettings::PeerIp,
+        }],
+        ..RateLimitSettings::default()
+    });
+    if let Some(url) = redis_url {
+        #[cfg(feature = "redis")]
+        {
+            config.backend = battlement::backends::BackendConfig::Redis(
+                battlement::backends::RedisConfig::standalone(url.as_str()),
+            );
+        }
+        #[cfg(not(feature = "redis"))]
+        {
+            let _ = url;
+            return Err(rebuild_with("REDIS_URL", "redis"));
+        }
+    }
+    Ok(stack::server(&config)
+        .await
+        .map_err(|e| format!("REDIS_URL: {e}"))?)
 }
 
-/// Serves [`app`] behind the request-id and rate-limit layers on
-/// `listener` until `shutdown` completes, then finishes the calls in flight.
-async fn serve<St: RateLimitStore>(
+/// Serves [`app`] behind the preset's layers on `listener` until
+/// `shutdown` completes, then finishes the calls in flight.
+async fn serve(
     listener: TcpListener,
     registry: HealthRegistry,
-    limit: RateLimitLayer<St>,
+    layers: GrpcStackLayer,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let layers = tower::ServiceBuilder::new()
-        .layer(RequestIdLayer::new().span(false))
-        .layer(battlement::trace::TraceLayer::server())
-        .layer(battlement::metrics::MetricsLayer::server())
-        .layer(limit);
     Server::builder()
         .layer(layers)
         .add_routes(app(registry))
@@ -153,7 +175,8 @@ async fn main() -> Result<(), BoxError> {
             .map_err(|e| format!("RATE_BURST: {e}"))?;
     }
 
-    let registry = HealthRegistry::new();
+    let server = preset(quota, env_var("REDIS_URL")?).await?;
+    let registry = server.health().clone();
     register_backends(&registry).await?;
 
     let listener = TcpListener::bind(bind)
@@ -162,39 +185,13 @@ async fn main() -> Result<(), BoxError> {
     tracing::info!(addr = %listener.local_addr()?, "serving helloworld.Greeter and grpc.health.v1.Health");
 
     let shutdown = registry.clone().shutdown_on_signal(drain);
-    #[cfg(feature = "redis")]
-    if let Some(url) = env_var("REDIS_URL")? {
-        let redis = battlement::backends::RedisStore::connect(&url)
-            .await
-            .map_err(|e| format!("REDIS_URL: {e}"))?;
-        serve(listener, registry, rate_limit(redis, quota)?, shutdown).await?;
-        return Ok(());
-    }
-    serve(
-        listener,
-        registry,
-        rate_limit(MemoryStore::new(), quota)?,
-        shutdown,
-    )
-    .await?;
+    serve(listener, registry, server.grpc_layer(), shutdown).await?;
     Ok(())
 }
 
-/// Adds the stores named by the environment to readiness.
+/// Adds etcd, when named by the environment, to readiness (the preset
+/// checks its own backend).
 async fn register_backends(registry: &HealthRegistry) -> Result<(), BoxError> {
-    #[cfg(feature = "redis")]
-    if let Some(url) = env_var("REDIS_URL")? {
-        let store = battlement::backends::RedisStore::connect(&url)
-            .await
-            .map_err(|e| format!("REDIS_URL: {e}"))?;
-        registry.register(battlement::health::store_check(store));
-        tracing::info!("readiness checks Redis");
-    }
-    #[cfg(not(feature = "redis"))]
-    if env_var("REDIS_URL")?.is_some() {
-        return Err(rebuild_with("REDIS_URL", "redis"));
-    }
-
     #[cfg(feature = "etcd")]
     if let Some(list) = env_var("ETCD_ENDPOINTS")? {
         let endpoints: Vec<String> = list
@@ -256,8 +253,8 @@ mod tests {
     async fn start_with(registry: HealthRegistry, quota: Quota) -> Channel {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let limit = rate_limit(MemoryStore::new(), quota).unwrap();
-        tokio::spawn(serve(listener, registry, limit, std::future::pending()));
+        let layers = preset(quota, None).await.unwrap().grpc_layer();
+        tokio::spawn(serve(listener, registry, layers, std::future::pending()));
         Channel::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()

@@ -58,6 +58,8 @@
 mod client;
 mod config;
 mod ext;
+#[cfg(feature = "tonic")]
+mod grpc;
 #[cfg(feature = "axum")]
 mod router;
 mod server;
@@ -69,4 +71,6 @@ pub use config::{
     TelemetrySettings,
 };
 pub use ext::ServiceBuilderExt;
+#[cfg(feature = "tonic")]
+pub use grpc::{GrpcService, GrpcStackLayer};
 pub use server::{ServerStack, StackError, server};

@@ -1,0 +1,111 @@
+//! The tonic form of the server preset.
+
+use bytes::Bytes;
+use http::{Request, Response};
+use tonic::body::Body;
+use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::server::ServerStack;
+use crate::BoxError;
+use crate::backends::AnyStore;
+use crate::body::LayerBody;
+use crate::circuit_breaker::CircuitBreakerLayer;
+use crate::idempotency::IdempotencyLayer;
+use crate::metrics::MetricsLayer;
+use crate::rate_limit::RateLimitLayer;
+use crate::request_id::RequestIdLayer;
+use crate::trace::TraceLayer;
+
+/// A gRPC service behind the preset, its types erased (the preset's
+/// layers are each optional).
+pub type GrpcService = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
+
+/// The server preset for a tonic `Server` (`Server::builder().layer(..)`):
+/// the same layers in the same order as [`ServerStack::router`].
+#[derive(Clone, Debug)]
+pub struct GrpcStackLayer {
+    request_id: Option<RequestIdLayer>,
+    trace: Option<TraceLayer>,
+    metrics: Option<MetricsLayer>,
+    rate_limit: Option<RateLimitLayer<AnyStore>>,
+    breaker: Option<CircuitBreakerLayer>,
+    idempotency: Option<IdempotencyLayer<AnyStore>>,
+}
+
+impl ServerStack {
+    /// The preset as one layer for tonic's `Server::builder().layer(..)`.
+    pub fn grpc_layer(&self) -> GrpcStackLayer {
+        GrpcStackLayer {
+            // The request id's own span only without the trace layer.
+            request_id: self
+                .request_id
+                .clone()
+                .map(|l| l.span(self.trace.is_none())),
+            trace: self.trace,
+            metrics: self.metrics.clone(),
+            rate_limit: self.rate_limit.clone(),
+            breaker: self.breaker.clone(),
+            idempotency: self.idempotency.clone(),
+        }
+    }
+}
+
+/// Erases `svc`'s types.
+fn boxed<S, B>(svc: S) -> GrpcService
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    BoxCloneSyncService::new(
+        svc.map_response(|res| res.map(Body::new))
+            .map_err(Into::into),
+    )
+}
+
+/// Wraps `svc` in `layer` when there is one.
+fn wrap<L, B>(svc: GrpcService, layer: &Option<L>) -> GrpcService
+where
+    L: Layer<GrpcService>,
+    L::Service: Service<Request<Body>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    <L::Service as Service<Request<Body>>>::Future: Send + 'static,
+    <L::Service as Service<Request<Body>>>::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    match layer {
+        Some(layer) => boxed(layer.layer(svc)),
+        None => svc,
+    }
+}
+
+impl<S, B> Layer<S> for GrpcStackLayer
+where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Service = GrpcService;
+
+    fn layer(&self, inner: S) -> GrpcService {
+        let mut svc = boxed(inner);
+        if let Some(idempotency) = &self.idempotency {
+            // It hands the body on as a LayerBody (what it read, then the
+            // rest).
+            let inner = svc.map_request(|req: Request<LayerBody<Body>>| req.map(Body::new));
+            svc = boxed(idempotency.layer(inner));
+        }
+        let svc = wrap(svc, &self.breaker);
+        let svc = wrap(svc, &self.rate_limit);
+        let svc = wrap(svc, &self.metrics);
+        let svc = wrap(svc, &self.trace);
+        wrap(svc, &self.request_id)
+    }
+}
