@@ -37,6 +37,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use battlement::backends::BackendConfig;
 use battlement::health::{Group, GrpcHealth, HealthRegistry};
 use battlement::rate_limit::Quota;
 use battlement::stack::{
@@ -92,28 +93,27 @@ fn app(registry: HealthRegistry) -> Routes {
 /// its state in Redis at `redis_url` when given (which readiness then
 /// checks).
 async fn preset(quota: Quota, redis_url: Option<String>) -> Result<ServerStack, BoxError> {
-    let mut config = StackConfig::default();
-    config.rate_limit = Some(RateLimitSettings {
-        policies: vec![PolicySettings {
-            name: "per-ip".into(),
-            quota,
-            key: KeySettings::PeerIp,
-        }],
-        ..RateLimitSettings::default()
-    });
-    if let Some(url) = redis_url {
+    let backend = match redis_url {
+        None => BackendConfig::default(),
         #[cfg(feature = "redis")]
-        {
-            config.backend = battlement::backends::BackendConfig::Redis(
-                battlement::backends::RedisConfig::standalone(url.as_str()),
-            );
+        Some(url) => {
+            BackendConfig::Redis(battlement::backends::RedisConfig::standalone(url.as_str()))
         }
         #[cfg(not(feature = "redis"))]
-        {
-            let _ = url;
-            return Err(rebuild_with("REDIS_URL", "redis"));
-        }
-    }
+        Some(_) => return Err(rebuild_with("REDIS_URL", "redis")),
+    };
+    let config = StackConfig {
+        backend,
+        rate_limit: Some(RateLimitSettings {
+            policies: vec![PolicySettings {
+                name: "per-ip".into(),
+                quota,
+                key: KeySettings::PeerIp,
+            }],
+            ..RateLimitSettings::default()
+        }),
+        ..StackConfig::default()
+    };
     Ok(stack::server(&config)
         .await
         .map_err(|e| format!("REDIS_URL: {e}"))?)
