@@ -1,0 +1,238 @@
+//! The full server preset under load next to bare axum, in one run.
+//!
+//! Run with: `cargo bench --bench stack` (add `--features redis` for the
+//! Redis-backed run; it starts its own `redis-server`).
+//!
+//! Both apps serve the axum example's `/hello` route on loopback, in this
+//! process: *bare* is the route alone; *full* is the same route behind
+//! `battlement::stack::server` (request id, trace with every span sampled
+//! and metrics recorded by the OpenTelemetry SDK, a per-IP rate limit that
+//! admits everything but decides every request, idempotency on `/orders`,
+//! health routes). A client drives each with the same load — `CONNECTIONS`
+//! HTTP/1.1 keep-alive connections sending requests back to back for
+//! `SECONDS` — alternating bare and full three times; the table shows
+//! requests per second, p50 and p99 latency, and full/bare (median of the
+//! three rounds). `STACK_WITHOUT=trace,metrics,request_id,rate_limit,idempotency`
+//! (any subset) leaves layers out, `STACK_SECONDS` changes the run length.
+//! Allocations per request: `cargo bench --bench stack_allocations` (a
+//! counting allocator would slow this run down).
+#![allow(missing_docs)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::get;
+use battlement::stack::IdempotencySettings;
+use battlement::stack::{self, KeySettings, PolicySettings, RateLimitSettings, StackConfig};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+const CONNECTIONS: usize = 16;
+const SECONDS: u64 = 5;
+
+fn seconds() -> u64 {
+    std::env::var("STACK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(SECONDS)
+}
+const ROUNDS: usize = 3;
+
+fn routes() -> Router {
+    Router::new().route("/hello", get(|| async { "hello" }))
+}
+
+/// The example's stack, with a quota no load here reaches.
+/// `STACK_WITHOUT=trace,metrics,...` leaves layers out (to see what each
+/// costs).
+fn config(backend: battlement::backends::BackendConfig) -> StackConfig {
+    let without = std::env::var("STACK_WITHOUT").unwrap_or_default();
+    let off = |name: &str| without.split(',').any(|w| w.trim() == name);
+    let config = StackConfig {
+        backend,
+        rate_limit: Some(RateLimitSettings {
+            policies: vec![PolicySettings {
+                name: "per-ip".into(),
+                quota: battlement::rate_limit::Quota::per_second(10_000_000)
+                    .unwrap_or_else(|e| panic!("{e}")),
+                key: KeySettings::ClientIp {
+                    trusted_proxies: Vec::new(),
+                },
+            }],
+            ..RateLimitSettings::default()
+        }),
+        idempotency: Some(IdempotencySettings {
+            routes: vec!["/orders".into()],
+            required: true,
+            ..IdempotencySettings::default()
+        }),
+        ..StackConfig::default()
+    };
+    StackConfig {
+        request_id: battlement::stack::Switch {
+            enabled: !off("request_id"),
+        },
+        trace: battlement::stack::Switch {
+            enabled: !off("trace"),
+        },
+        metrics: battlement::stack::Switch {
+            enabled: !off("metrics"),
+        },
+        rate_limit: config.rate_limit.filter(|_| !off("rate_limit")),
+        idempotency: config.idempotency.filter(|_| !off("idempotency")),
+        ..config
+    }
+}
+
+async fn full(backend: battlement::backends::BackendConfig) -> Router {
+    let server = stack::server(&config(backend))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    server.router(routes())
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await;
+    });
+    addr
+}
+
+/// One round: requests per second and every latency in µs.
+async fn load(addr: SocketAddr) -> (f64, Vec<u64>) {
+    let until = Instant::now() + Duration::from_secs(seconds());
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            tokio::spawn(async move {
+                let stream = TcpStream::connect(addr)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let _ = stream.set_nodelay(true);
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
+                tokio::spawn(conn);
+                let mut latencies = Vec::new();
+                while Instant::now() < until {
+                    let req = http::Request::get("/hello")
+                        .header("host", "127.0.0.1")
+                        .body(Empty::<bytes::Bytes>::new())
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    let sent = Instant::now();
+                    let res = sender
+                        .send_request(req)
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(res.status(), 200);
+                    let _ = res.into_body().collect().await;
+                    latencies.push(sent.elapsed().as_micros() as u64);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap_or_else(|e| panic!("{e}")));
+    }
+    let rate = all.len() as f64 / started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    (rate, all)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    let i = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(i).copied().unwrap_or(0)
+}
+
+async fn compare(name: &str, full: Router) {
+    let bare_addr = serve(routes()).await;
+    let full_addr = serve(full.clone()).await;
+    let mut ratios = Vec::new();
+    println!(
+        "\n{name}: {CONNECTIONS} connections, {} s per run, bare and full alternating",
+        seconds()
+    );
+    println!("| round | bare req/s | bare p50 / p99 | full req/s | full p50 / p99 | full/bare |");
+    println!("|---|---|---|---|---|---|");
+    for round in 1..=ROUNDS {
+        let (bare_rate, bare) = load(bare_addr).await;
+        let (full_rate, full_lat) = load(full_addr).await;
+        let ratio = full_rate / bare_rate;
+        ratios.push(ratio);
+        println!(
+            "| {round} | {bare_rate:.0} | {} / {} µs | {full_rate:.0} | {} / {} µs | {ratio:.2} |",
+            percentile(&bare, 0.5),
+            percentile(&bare, 0.99),
+            percentile(&full_lat, 0.5),
+            percentile(&full_lat, 0.99),
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!("median full/bare: {:.2}", ratios[ROUNDS / 2]);
+}
+
+fn main() {
+    // `cargo test --all-targets` runs benches once as tests: skip the load.
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    runtime.block_on(async {
+        // Every span sampled (the SDK default), metrics aggregated by the
+        // SDK for the Prometheus reader; nothing is exported.
+        let telemetry = battlement::telemetry::init("bench").unwrap_or_else(|e| panic!("{e}"));
+        {
+            use tracing_subscriber::layer::SubscriberExt;
+            use tracing_subscriber::util::SubscriberInitExt;
+            tracing_subscriber::registry()
+                .with(telemetry.tracing_layer())
+                .init();
+        }
+        compare(
+            "in-memory stores",
+            full(battlement::backends::BackendConfig::default()).await,
+        )
+        .await;
+        redis_run().await;
+        drop(telemetry);
+    });
+}
+
+#[cfg(feature = "redis")]
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+#[cfg(feature = "redis")]
+async fn redis_run() {
+    let server = support::RedisServer::start();
+    let backend = battlement::backends::BackendConfig::Redis(
+        battlement::backends::RedisConfig::standalone(server.url().as_str()),
+    );
+    compare(
+        "Redis-backed stores (local redis-server)",
+        full(backend).await,
+    )
+    .await;
+}
+
+#[cfg(not(feature = "redis"))]
+async fn redis_run() {
+    println!("\n(Redis-backed run: cargo bench --features redis --bench stack)");
+}
