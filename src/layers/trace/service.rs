@@ -74,65 +74,43 @@ fn server_span<B>(req: &Request<B>) -> Span {
         (None, Some(route)) => format!("{m} {route}"),
         (None, None) => m.to_owned(),
     };
+    let host = req.uri().host().or_else(|| host_header(req));
+    let agent = req
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    let id = req.extensions().get::<RequestId>().map(RequestId::as_str);
+    // Every attribute known now in one pass through the subscriber (an
+    // `Option` field that is `None` is left out).
     let span = tracing::info_span!(
         target: "battlement::trace",
         "request",
         otel.name = %name,
         otel.kind = "server",
         http.request.method = m,
-        http.request.method_original = Empty,
-        http.route = Empty,
+        http.request.method_original = (m == "_OTHER").then(|| req.method().as_str()),
+        http.route = route.as_deref(),
         url.path = req.uri().path(),
         url.scheme = req.uri().scheme_str().unwrap_or("http"),
         network.protocol.version = protocol_version(req.version()),
-        server.address = Empty,
-        user_agent.original = Empty,
-        rpc.system = Empty,
-        rpc.service = Empty,
-        rpc.method = Empty,
-        http.request.id = Empty,
-        request.id = Empty,
+        server.address = host,
+        user_agent.original = agent,
+        rpc.system = grpc.as_ref().map(|_| "grpc"),
+        rpc.service = grpc.as_ref().map(|(service, _)| service.as_str()),
+        rpc.method = grpc.as_ref().map(|(_, rpc)| rpc.as_str()),
+        http.request.id = id,
+        request.id = id,
         http.response.status_code = Empty,
         rpc.grpc.status_code = Empty,
         error.type = Empty,
     );
     let _ = span.set_parent(extract(req.headers()));
-    if m == "_OTHER" {
-        span.record("http.request.method_original", req.method().as_str());
-    }
-    if let Some(route) = &route {
-        span.record("http.route", route.as_str());
-    }
-    if let Some(host) = req
-        .uri()
-        .host()
-        .map(str::to_owned)
-        .or_else(|| host_header(req))
-    {
-        span.record("server.address", host.as_str());
-    }
-    if let Some(agent) = req
-        .headers()
-        .get(http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-    {
-        span.record("user_agent.original", agent);
-    }
-    if let Some((service, rpc)) = &grpc {
-        span.record("rpc.system", "grpc");
-        span.record("rpc.service", service.as_str());
-        span.record("rpc.method", rpc.as_str());
-    }
-    if let Some(id) = req.extensions().get::<RequestId>() {
-        span.record("http.request.id", id.as_str());
-        span.record("request.id", id.as_str());
-    }
     span
 }
 
-fn host_header<B>(req: &Request<B>) -> Option<String> {
+fn host_header<B>(req: &Request<B>) -> Option<&str> {
     let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
-    Some(host.rsplit_once(':').map_or(host, |(h, _)| h).to_owned())
+    Some(host.rsplit_once(':').map_or(host, |(h, _)| h))
 }
 
 /// The client span of one attempt: named `{method}`, kind client.
