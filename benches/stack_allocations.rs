@@ -100,6 +100,23 @@ fn main() {
             }),
             ..StackConfig::default()
         };
+        // STACK_WITHOUT=trace,metrics,... as in benches/stack.rs.
+        let without = std::env::var("STACK_WITHOUT").unwrap_or_default();
+        let off = |name: &str| without.split(',').any(|w| w.trim() == name);
+        let config = StackConfig {
+            request_id: battlement::stack::Switch {
+                enabled: !off("request_id"),
+            },
+            trace: battlement::stack::Switch {
+                enabled: !off("trace"),
+            },
+            metrics: battlement::stack::Switch {
+                enabled: !off("metrics"),
+            },
+            rate_limit: config.rate_limit.filter(|_| !off("rate_limit")),
+            idempotency: config.idempotency.filter(|_| !off("idempotency")),
+            ..config
+        };
         let full = stack::server(&config)
             .await
             .unwrap_or_else(|e| panic!("{e}"))

@@ -119,11 +119,26 @@ impl fmt::Debug for TelemetryGuard {
 impl TelemetryGuard {
     /// The `tracing` layer that turns spans (battlement's and the
     /// application's) into OpenTelemetry spans.
+    ///
+    /// It leaves out what costs on every span and poll but says little
+    /// about a request: code location, thread, `target` and busy/idle time
+    /// attributes (build your own from [`tracer`](Self::tracer) to have
+    /// them).
     pub fn tracing_layer<S>(&self) -> tracing_opentelemetry::OpenTelemetryLayer<S, Tracer>
     where
         S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
     {
-        tracing_opentelemetry::layer().with_tracer(self.tracer.clone())
+        tracing_opentelemetry::layer()
+            .with_tracer(self.tracer.clone())
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+    }
+
+    /// The tracer spans are exported with.
+    pub fn tracer(&self) -> Tracer {
+        self.tracer.clone()
     }
 
     /// The meter provider (also the global one).
