@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use opentelemetry::KeyValue;
+use opentelemetry::{KeyValue, Value};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
@@ -37,7 +37,11 @@ impl<S> Metrics<S> {
         let m = KeyValue::new("http.request.method", method(req.method()));
         let scheme = KeyValue::new(
             "url.scheme",
-            req.uri().scheme_str().unwrap_or("http").to_owned(),
+            match req.uri().scheme_str() {
+                None | Some("http") => Value::from("http"),
+                Some("https") => Value::from("https"),
+                Some(other) => Value::from(other.to_owned()),
+            },
         );
         let mut attributes = Vec::with_capacity(8);
         let (kind, active) = if self.client {
@@ -51,8 +55,8 @@ impl<S> Metrics<S> {
             (Kind::Client, None)
         } else if let Some((service, rpc)) = grpc_parts(req) {
             attributes.push(KeyValue::new("rpc.system", "grpc"));
-            attributes.push(KeyValue::new("rpc.service", service));
-            attributes.push(KeyValue::new("rpc.method", rpc));
+            attributes.push(KeyValue::new("rpc.service", service.to_owned()));
+            attributes.push(KeyValue::new("rpc.method", rpc.to_owned()));
             let active = [m, scheme];
             self.instruments.active_requests.add(1, &active);
             (Kind::Rpc, Some(active))
@@ -64,7 +68,7 @@ impl<S> Metrics<S> {
                 protocol_version(req.version()),
             ));
             if let Some(route) = route(req) {
-                attributes.push(KeyValue::new("http.route", route));
+                attributes.push(KeyValue::new("http.route", route.to_owned()));
             }
             let active = [m, scheme];
             self.instruments.active_requests.add(1, &active);

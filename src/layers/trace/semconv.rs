@@ -22,23 +22,22 @@ pub(crate) fn method(method: &Method) -> &'static str {
 }
 
 /// The matched route template (axum's `MatchedPath`), never the raw path.
-pub(crate) fn route<B>(req: &Request<B>) -> Option<String> {
+pub(crate) fn route<B>(req: &Request<B>) -> Option<&str> {
     #[cfg(feature = "axum")]
     if let Some(path) = req.extensions().get::<axum::extract::MatchedPath>() {
-        return Some(path.as_str().to_owned());
+        return Some(path.as_str());
     }
     let _ = req;
     None
 }
 
 /// `(service, method)` of a gRPC request (`/pkg.Service/Method`).
-pub(crate) fn grpc_parts<B>(req: &Request<B>) -> Option<(String, String)> {
+pub(crate) fn grpc_parts<B>(req: &Request<B>) -> Option<(&str, &str)> {
     if !is_grpc(req.headers()) {
         return None;
     }
     let path = req.uri().path().strip_prefix('/')?;
-    let (service, method) = path.split_once('/')?;
-    Some((service.to_owned(), method.to_owned()))
+    path.split_once('/')
 }
 
 pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
@@ -95,7 +94,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             grpc_parts(&req),
-            Some(("helloworld.Greeter".into(), "SayHello".into()))
+            Some(("helloworld.Greeter", "SayHello"))
         );
         assert_eq!(grpc_parts(&Request::post("/a/b").body(()).unwrap()), None);
     }
