@@ -18,13 +18,13 @@
 //! counting allocator would slow this run down).
 #![allow(missing_docs)]
 
+#[path = "common/apps.rs"]
+mod apps;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::routing::get;
-use battlement::stack::IdempotencySettings;
-use battlement::stack::{self, KeySettings, PolicySettings, RateLimitSettings, StackConfig};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
@@ -39,59 +39,6 @@ fn seconds() -> u64 {
         .unwrap_or(SECONDS)
 }
 const ROUNDS: usize = 3;
-
-fn routes() -> Router {
-    Router::new().route("/hello", get(|| async { "hello" }))
-}
-
-/// The example's stack, with a quota no load here reaches.
-/// `STACK_WITHOUT=trace,metrics,...` leaves layers out (to see what each
-/// costs).
-fn config(backend: battlement::backends::BackendConfig) -> StackConfig {
-    let without = std::env::var("STACK_WITHOUT").unwrap_or_default();
-    let off = |name: &str| without.split(',').any(|w| w.trim() == name);
-    let config = StackConfig {
-        backend,
-        rate_limit: Some(RateLimitSettings {
-            policies: vec![PolicySettings {
-                name: "per-ip".into(),
-                quota: battlement::rate_limit::Quota::per_second(10_000_000)
-                    .unwrap_or_else(|e| panic!("{e}")),
-                key: KeySettings::ClientIp {
-                    trusted_proxies: Vec::new(),
-                },
-            }],
-            ..RateLimitSettings::default()
-        }),
-        idempotency: Some(IdempotencySettings {
-            routes: vec!["/orders".into()],
-            required: true,
-            ..IdempotencySettings::default()
-        }),
-        ..StackConfig::default()
-    };
-    StackConfig {
-        request_id: battlement::stack::Switch {
-            enabled: !off("request_id"),
-        },
-        trace: battlement::stack::Switch {
-            enabled: !off("trace"),
-        },
-        metrics: battlement::stack::Switch {
-            enabled: !off("metrics"),
-        },
-        rate_limit: config.rate_limit.filter(|_| !off("rate_limit")),
-        idempotency: config.idempotency.filter(|_| !off("idempotency")),
-        ..config
-    }
-}
-
-async fn full(backend: battlement::backends::BackendConfig) -> Router {
-    let server = stack::server(&config(backend))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    server.router(routes())
-}
 
 async fn serve(app: Router) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0")
@@ -158,7 +105,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 async fn compare(name: &str, full: Router) {
-    let bare_addr = serve(routes()).await;
+    let bare_addr = serve(apps::routes()).await;
     let full_addr = serve(full.clone()).await;
     let mut ratios = Vec::new();
     println!(
@@ -207,7 +154,7 @@ fn main() {
         }
         compare(
             "in-memory stores",
-            full(battlement::backends::BackendConfig::default()).await,
+            apps::full(battlement::backends::BackendConfig::default()).await,
         )
         .await;
         redis_run().await;
@@ -227,7 +174,7 @@ async fn redis_run() {
     );
     compare(
         "Redis-backed stores (local redis-server)",
-        full(backend).await,
+        apps::full(backend).await,
     )
     .await;
 }

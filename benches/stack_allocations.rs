@@ -9,15 +9,14 @@
 //! body is read to its end.
 #![allow(missing_docs)]
 
+#[path = "common/apps.rs"]
+mod apps;
+
 use std::alloc::System;
 use std::net::SocketAddr;
 
 use axum::Router;
 use axum::body::Body;
-use axum::routing::get;
-use battlement::stack::{
-    self, IdempotencySettings, KeySettings, PolicySettings, RateLimitSettings, StackConfig,
-};
 use http_body_util::BodyExt;
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 use tower::ServiceExt;
@@ -30,10 +29,6 @@ const REQUESTS: u64 = 10_000;
 fn allocated() -> u64 {
     let stats = GLOBAL.stats();
     (stats.allocations + stats.reallocations) as u64
-}
-
-fn routes() -> Router {
-    Router::new().route("/hello", get(|| async { "hello" }))
 }
 
 async fn per_request(app: &Router) -> f64 {
@@ -81,47 +76,8 @@ fn main() {
                 .with(telemetry.tracing_layer())
                 .init();
         }
-        let config = StackConfig {
-            rate_limit: Some(RateLimitSettings {
-                policies: vec![PolicySettings {
-                    name: "per-ip".into(),
-                    quota: battlement::rate_limit::Quota::per_second(10_000_000)
-                        .unwrap_or_else(|e| panic!("{e}")),
-                    key: KeySettings::ClientIp {
-                        trusted_proxies: Vec::new(),
-                    },
-                }],
-                ..RateLimitSettings::default()
-            }),
-            idempotency: Some(IdempotencySettings {
-                routes: vec!["/orders".into()],
-                required: true,
-                ..IdempotencySettings::default()
-            }),
-            ..StackConfig::default()
-        };
-        // STACK_WITHOUT=trace,metrics,... as in benches/stack.rs.
-        let without = std::env::var("STACK_WITHOUT").unwrap_or_default();
-        let off = |name: &str| without.split(',').any(|w| w.trim() == name);
-        let config = StackConfig {
-            request_id: battlement::stack::Switch {
-                enabled: !off("request_id"),
-            },
-            trace: battlement::stack::Switch {
-                enabled: !off("trace"),
-            },
-            metrics: battlement::stack::Switch {
-                enabled: !off("metrics"),
-            },
-            rate_limit: config.rate_limit.filter(|_| !off("rate_limit")),
-            idempotency: config.idempotency.filter(|_| !off("idempotency")),
-            ..config
-        };
-        let full = stack::server(&config)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .router(routes());
-        let bare = per_request(&routes()).await;
+        let full = apps::full(battlement::backends::BackendConfig::default()).await;
+        let bare = per_request(&apps::routes()).await;
         let full = per_request(&full).await;
         println!("allocations per request: bare {bare:.1}, full stack {full:.1}");
         drop(telemetry);

@@ -118,7 +118,7 @@ async fn a_missing_or_dead_backend_fails_at_startup() {
     ))
     .unwrap();
     let err = stack::server(&config).await.unwrap_err().to_string();
-    assert!(err.starts_with("backend:"), "{err}");
+    assert!(err.starts_with("store:"), "{err}");
 }
 
 #[tokio::test]
@@ -154,6 +154,38 @@ async fn every_layer_runs_in_the_documented_order() {
 }
 
 #[tokio::test]
+async fn idempotency_covers_only_its_routes_even_nested() {
+    let config =
+        StackConfig::from_toml("[idempotency]\nroutes = [\"/v1/orders/{id}\"]\nrequired = true")
+            .unwrap();
+    let server = stack::server(&config).await.unwrap();
+    let v1 = Router::new()
+        .route("/orders/{id}", post(|| async { "paid" }))
+        .route("/other", post(|| async { "no key needed" }));
+    let app = server.router(Router::new().nest("/v1", v1));
+    let post_to = |uri: &str| Request::post(uri).body(Body::empty()).unwrap();
+    assert_eq!(
+        call(&app, post_to("/v1/orders/7")).await.0,
+        StatusCode::BAD_REQUEST,
+        "a key is required on the nested route"
+    );
+    let (status, _, body) = call(&app, post_to("/v1/other")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "no key needed"));
+}
+
+#[test]
+fn unknown_fields_in_key_settings_and_switches_as_booleans() {
+    let err = StackConfig::from_toml(
+        "[[rate_limit.policies]]\nname = \"a\"\nquota = { count = 1, period = \"1s\" }\nkey = { by = \"peer_ip\", trusted_proxies = [] }",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("trusted_proxies"), "{err}");
+    let config = StackConfig::from_toml("trace = false\n[metrics]\nenabled = false").unwrap();
+    assert!(!config.trace.enabled && !config.metrics.enabled && config.request_id.enabled);
+}
+
+#[tokio::test]
 async fn replays_and_the_server_breaker() {
     let app = app().await;
     let order = Request::post("/orders")
@@ -181,4 +213,6 @@ async fn replays_and_the_server_breaker() {
     let (status, headers, _) = call(&app, get_req("/hello")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(headers["retry-after"], "30");
+    // Probes are not shed by the open breaker.
+    assert_eq!(call(&app, get_req("/readyz")).await.0, StatusCode::OK);
 }

@@ -108,7 +108,7 @@ async fn preset(quota: Quota, redis_url: Option<String>) -> Result<ServerStack, 
             policies: vec![PolicySettings {
                 name: "per-ip".into(),
                 quota,
-                key: KeySettings::PeerIp,
+                key: KeySettings::PeerIp {},
             }],
             ..RateLimitSettings::default()
         }),
@@ -116,7 +116,7 @@ async fn preset(quota: Quota, redis_url: Option<String>) -> Result<ServerStack, 
     };
     Ok(stack::server(&config)
         .await
-        .map_err(|e| format!("REDIS_URL: {e}"))?)
+        .map_err(|e| format!("server stack: {e}"))?)
 }
 
 /// Serves [`app`] behind the preset's layers on `listener` until
@@ -308,7 +308,8 @@ mod tests {
     #[tokio::test]
     async fn calls_over_the_quota_are_resource_exhausted() {
         let quota = Quota::per_minute(2).unwrap();
-        let mut client = GreeterClient::new(start_with(HealthRegistry::new(), quota).await);
+        let channel = start_with(HealthRegistry::new(), quota).await;
+        let mut client = GreeterClient::new(channel.clone());
         for _ in 0..2 {
             client.say_hello(hello("Ferris")).await.unwrap();
         }
@@ -320,6 +321,15 @@ mod tests {
         );
         assert_eq!(status.metadata().get("retry-after").unwrap(), "30");
         assert!(status.metadata().get("x-request-id").is_some());
+        // Health probes are not rate limited.
+        let mut health = HealthClient::new(channel);
+        for _ in 0..3 {
+            let probe = HealthCheckRequest {
+                service: String::new(),
+            };
+            let reply = health.check(probe).await.unwrap().into_inner();
+            assert_eq!(reply.status(), ServingStatus::Serving);
+        }
     }
 
     #[tokio::test]

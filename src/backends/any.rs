@@ -32,9 +32,29 @@ pub enum BackendConfig {
     /// Redis, standalone or Cluster (feature `redis`).
     #[cfg(feature = "redis")]
     Redis(super::RedisConfig),
+    /// Without the `redis` feature: an error saying so.
+    #[cfg(not(feature = "redis"))]
+    Redis(FeatureOff),
     /// etcd (feature `etcd`).
     #[cfg(feature = "etcd")]
     Etcd(super::EtcdConfig),
+    /// Without the `etcd` feature: an error saying so.
+    #[cfg(not(feature = "etcd"))]
+    Etcd(FeatureOff),
+}
+
+/// Stands for a setting of a feature this build leaves out: reading one
+/// fails with a message naming the feature, and no value exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeatureOff {}
+
+impl<'de> Deserialize<'de> for FeatureOff {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Err(serde::de::Error::custom(
+            "this backend needs a battlement feature this build leaves out \
+             (`redis` or `etcd`: cargo build --features redis,etcd)",
+        ))
+    }
 }
 
 impl Default for BackendConfig {
@@ -69,6 +89,10 @@ impl AnyStore {
             }
             #[cfg(feature = "etcd")]
             BackendConfig::Etcd(c) => Self::Etcd(super::EtcdStore::from_config(c.clone()).await?),
+            #[cfg(not(feature = "redis"))]
+            BackendConfig::Redis(off) => match *off {},
+            #[cfg(not(feature = "etcd"))]
+            BackendConfig::Etcd(off) => match *off {},
         };
         store.ping().await?;
         Ok(store)

@@ -33,7 +33,7 @@ use crate::error::StoreError;
 
 mod any;
 mod memory;
-pub use any::{AnyStore, BackendConfig};
+pub use any::{AnyStore, BackendConfig, FeatureOff};
 pub use memory::{MemoryConfig, MemoryStore};
 
 #[cfg(feature = "redis")]

@@ -73,12 +73,50 @@ pub struct StackConfig {
     pub client: ClientSettings,
 }
 
-/// A layer that is on or off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// A layer that is on or off: `trace = false`, or `[trace]` with
+/// `enabled = false`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Switch {
     /// Whether the layer is in the stack (default true).
     pub enabled: bool,
+}
+
+/// The table form of a [`Switch`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchTable {
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl<'de> Deserialize<'de> for Switch {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Switch;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false or a table with `enabled`")
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, enabled: bool) -> Result<Switch, E> {
+                Ok(Switch { enabled })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Switch, A::Error> {
+                let table =
+                    SwitchTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Switch {
+                    enabled: table.enabled,
+                })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 impl Default for Switch {
@@ -122,14 +160,14 @@ impl PolicySettings {
 }
 
 /// What a quota is counted per.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// (Every variant has braces so that unknown fields are errors there too.)
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "by", rename_all = "snake_case", deny_unknown_fields)]
 pub enum KeySettings {
     /// One key for every request.
-    #[default]
-    Global,
+    Global {},
     /// The TCP peer's address.
-    PeerIp,
+    PeerIp {},
     /// The client's address behind these trusted proxies.
     ClientIp {
         /// Proxies whose `X-Forwarded-For` / `Forwarded` is believed.
@@ -143,12 +181,18 @@ pub enum KeySettings {
     },
 }
 
+impl Default for KeySettings {
+    fn default() -> Self {
+        Self::Global {}
+    }
+}
+
 impl KeySettings {
     /// The key extractor.
     pub fn extractor(&self) -> Result<std::sync::Arc<dyn KeyExtractor>, ConfigError> {
         Ok(match self {
-            Self::Global => std::sync::Arc::new(GlobalKey),
-            Self::PeerIp => std::sync::Arc::new(PeerIp),
+            Self::Global {} => std::sync::Arc::new(GlobalKey),
+            Self::PeerIp {} => std::sync::Arc::new(PeerIp),
             Self::ClientIp { trusted_proxies } => {
                 std::sync::Arc::new(ClientIp::new(trusted_proxies.iter().copied()))
             }
@@ -224,6 +268,24 @@ pub struct HealthSettings {
     pub startupz: String,
 }
 
+impl HealthSettings {
+    /// Each path starts with `/` and differs from the others.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let paths = [&self.livez, &self.readyz, &self.startupz];
+        for path in paths {
+            if !path.starts_with('/') || path.len() < 2 {
+                return Err(ConfigError::new(format!(
+                    "health path {path:?} must start with / and name a route"
+                )));
+            }
+        }
+        if paths[0] == paths[1] || paths[0] == paths[2] || paths[1] == paths[2] {
+            return Err(ConfigError::new("the three health paths must differ"));
+        }
+        Ok(())
+    }
+}
+
 impl Default for HealthSettings {
     fn default() -> Self {
         Self {
@@ -257,6 +319,9 @@ pub struct ConfigSourceSettings {
     /// The etcd cluster (feature `etcd`).
     #[cfg(feature = "etcd")]
     pub etcd: crate::backends::EtcdConfig,
+    /// Without the `etcd` feature, any value here is an error saying so.
+    #[cfg(not(feature = "etcd"))]
+    pub etcd: crate::backends::FeatureOff,
     /// The key prefix (default `/battlement/config/`).
     #[serde(default = "config_prefix")]
     pub prefix: String,

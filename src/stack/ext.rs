@@ -34,7 +34,10 @@ use crate::trace::TraceLayer;
 /// # drop(svc);
 /// ```
 pub trait ServiceBuilderExt<L>: Sized {
-    /// [`RequestIdLayer`] with its defaults.
+    /// [`RequestIdLayer`] without its own span: put
+    /// [`with_server_trace`](Self::with_server_trace) after it, whose span
+    /// records the id (`.layer(RequestIdLayer::new())` for a stack with no
+    /// trace layer).
     fn with_request_id(self) -> ServiceBuilder<Stack<RequestIdLayer, L>>;
     /// [`TraceLayer::server`].
     fn with_server_trace(self) -> ServiceBuilder<Stack<TraceLayer, L>>;
@@ -61,7 +64,7 @@ pub trait ServiceBuilderExt<L>: Sized {
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     fn with_request_id(self) -> ServiceBuilder<Stack<RequestIdLayer, L>> {
-        self.layer(RequestIdLayer::new())
+        self.layer(RequestIdLayer::new().span(false))
     }
 
     fn with_server_trace(self) -> ServiceBuilder<Stack<TraceLayer, L>> {

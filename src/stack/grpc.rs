@@ -24,7 +24,8 @@ use crate::trace::TraceLayer;
 pub type GrpcService = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
 
 /// The server preset for a tonic `Server` (`Server::builder().layer(..)`):
-/// the same layers in the same order as [`ServerStack::router`].
+/// the same layers in the same order as [`ServerStack::router`], with
+/// `grpc.health.v1.Health` under the request id, trace and metrics only.
 #[derive(Clone, Debug)]
 pub struct GrpcStackLayer {
     request_id: Option<RequestIdLayer>,
@@ -84,6 +85,54 @@ where
     }
 }
 
+/// The gRPC health service's path prefix: its calls are probes.
+const HEALTH: &str = "/grpc.health.v1.Health/";
+
+/// The service of [`GrpcStackLayer`]: `grpc.health.v1.Health` calls pass
+/// the request id, trace and metrics layers only (probes are never rate
+/// limited or shed); every other call passes the whole preset.
+#[derive(Clone)]
+pub struct GrpcStackService {
+    probes: GrpcService,
+    calls: GrpcService,
+}
+
+impl std::fmt::Debug for GrpcStackService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcStackService").finish_non_exhaustive()
+    }
+}
+
+impl Service<Request<Body>> for GrpcStackService {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = <GrpcService as Service<Request<Body>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::ready!(self.calls.poll_ready(cx))?;
+        self.probes.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        match req.uri().path().starts_with(HEALTH) {
+            true => self.probes.call(req),
+            false => self.calls.call(req),
+        }
+    }
+}
+
+impl GrpcStackLayer {
+    /// The request id, trace and metrics layers over `svc`.
+    fn outer(&self, svc: GrpcService) -> GrpcService {
+        let svc = wrap(svc, &self.metrics);
+        let svc = wrap(svc, &self.trace);
+        wrap(svc, &self.request_id)
+    }
+}
+
 impl<S, B> Layer<S> for GrpcStackLayer
 where
     S: Service<Request<Body>, Response = Response<B>> + Clone + Send + Sync + 'static,
@@ -92,10 +141,12 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    type Service = GrpcService;
+    type Service = GrpcStackService;
 
-    fn layer(&self, inner: S) -> GrpcService {
-        let mut svc = boxed(inner);
+    fn layer(&self, inner: S) -> GrpcStackService {
+        let inner = boxed(inner);
+        let probes = self.outer(inner.clone());
+        let mut svc = inner;
         if let Some(idempotency) = &self.idempotency {
             // It hands the body on as a LayerBody (what it read, then the
             // rest).
@@ -104,8 +155,9 @@ where
         }
         let svc = wrap(svc, &self.breaker);
         let svc = wrap(svc, &self.rate_limit);
-        let svc = wrap(svc, &self.metrics);
-        let svc = wrap(svc, &self.trace);
-        wrap(svc, &self.request_id)
+        GrpcStackService {
+            probes,
+            calls: self.outer(svc),
+        }
     }
 }

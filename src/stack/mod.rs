@@ -72,5 +72,5 @@ pub use config::{
 };
 pub use ext::ServiceBuilderExt;
 #[cfg(feature = "tonic")]
-pub use grpc::{GrpcService, GrpcStackLayer};
+pub use grpc::{GrpcService, GrpcStackLayer, GrpcStackService};
 pub use server::{ServerStack, StackError, server};

@@ -24,13 +24,14 @@ pub enum StackError {
     /// A value in the config is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The backend (or the config source) could not be reached.
-    #[error("backend: {0}")]
+    /// The backend (or the config source's etcd) could not be reached.
+    #[error("store: {0}")]
     Store(#[from] StoreError),
 }
 
 /// The server layers of a [`StackConfig`], built and connected; see the
-/// [module docs](super) for their order.
+/// [module docs](super) for their order. Keep it as long as the server
+/// runs: it owns the config source's watch, which stops when it drops.
 ///
 /// ```
 /// use battlement::stack::{self, StackConfig};
@@ -49,6 +50,7 @@ pub enum StackError {
 /// );
 /// # });
 /// ```
+#[must_use = "the config watch stops when the ServerStack is dropped"]
 pub struct ServerStack {
     pub(crate) store: AnyStore,
     pub(crate) health: HealthRegistry,
@@ -83,6 +85,7 @@ impl fmt::Debug for ServerStack {
 /// registers its readiness check, validates every policy and threshold,
 /// and starts the config source when one is set.
 pub async fn server(config: &StackConfig) -> Result<ServerStack, StackError> {
+    config.health.validate()?;
     let store = AnyStore::connect(&config.backend).await?;
     let health = HealthRegistry::new();
     health.register(store_check(store.clone()));
@@ -110,11 +113,16 @@ pub async fn server(config: &StackConfig) -> Result<ServerStack, StackError> {
     };
     let idempotency = match &config.idempotency {
         Some(settings) => {
+            if settings.methods.is_empty() {
+                return Err(ConfigError::new("idempotency methods must not be empty").into());
+            }
             let methods = settings
                 .methods
                 .iter()
                 .map(|m| {
-                    Method::from_bytes(m.as_bytes())
+                    // Method names are case-sensitive: `post` would be an
+                    // extension method no request uses.
+                    Method::from_bytes(m.to_ascii_uppercase().as_bytes())
                         .map_err(|e| ConfigError::new(format!("idempotency method {m:?}: {e}")))
                 })
                 .collect::<Result<Vec<_>, _>>()?;

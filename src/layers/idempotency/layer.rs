@@ -103,8 +103,30 @@ impl Settings {
         if let Some(path) = req.extensions().get::<axum::extract::MatchedPath>() {
             return routes.iter().any(|r| r == path.as_str());
         }
-        routes.iter().any(|r| r == req.uri().path())
+        // No template to compare (a layer outside a nested router, or no
+        // axum): match the path against each template.
+        let path = req.uri().path();
+        routes.iter().any(|r| template_matches(r, path))
     }
+}
+
+/// Whether `path` fits the route `template`: `{name}` stands for one
+/// non-empty segment, a final `{*name}` for the rest.
+fn template_matches(template: &str, path: &str) -> bool {
+    let mut segments = path.split('/');
+    for part in template.split('/') {
+        if part.starts_with("{*") && part.ends_with('}') {
+            return segments.next().is_some_and(|s| !s.is_empty());
+        }
+        let Some(segment) = segments.next() else {
+            return false;
+        };
+        let param = part.starts_with('{') && part.ends_with('}');
+        if (param && segment.is_empty()) || (!param && part != segment) {
+            return false;
+        }
+    }
+    segments.next().is_none()
 }
 
 impl<St> std::fmt::Debug for IdempotencyLayer<St> {
@@ -144,9 +166,11 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
         }
     }
 
-    /// Covers only these routes (axum's matched route template such as
-    /// `/orders/{id}`, else the request path); others pass untouched, so
-    /// one layer over a whole router can require keys on some routes.
+    /// Covers only these routes: templates such as `/orders/{id}` compared
+    /// with axum's matched route, or matched against the request path
+    /// where there is none (a layer outside a nested router); others pass
+    /// untouched, so one layer over a whole router can require keys on
+    /// some routes.
     pub fn routes<I, R>(mut self, routes: I) -> Self
     where
         I: IntoIterator<Item = R>,
@@ -229,5 +253,22 @@ impl<S, St: Clone> Layer<S> for IdempotencyLayer<St> {
 
     fn layer(&self, inner: S) -> Self::Service {
         Idempotency::new(inner, self.store.clone(), Arc::new(self.settings.clone()))
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::template_matches;
+
+    #[test]
+    fn templates_match_paths_segment_by_segment() {
+        assert!(template_matches("/orders", "/orders"));
+        assert!(template_matches("/v1/orders/{id}", "/v1/orders/42"));
+        assert!(template_matches("/files/{*rest}", "/files/a/b"));
+        assert!(!template_matches("/orders", "/orders/1"));
+        assert!(!template_matches("/orders/{id}", "/orders/"));
+        assert!(!template_matches("/orders/{id}", "/orders"));
+        assert!(!template_matches("/files/{*rest}", "/files/"));
+        assert!(!template_matches("/v1/orders", "/v2/orders"));
     }
 }

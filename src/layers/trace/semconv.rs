@@ -92,10 +92,7 @@ mod tests {
             .header("content-type", "application/grpc")
             .body(())
             .unwrap();
-        assert_eq!(
-            grpc_parts(&req),
-            Some(("helloworld.Greeter", "SayHello"))
-        );
+        assert_eq!(grpc_parts(&req), Some(("helloworld.Greeter", "SayHello")));
         assert_eq!(grpc_parts(&Request::post("/a/b").body(()).unwrap()), None);
     }
 }

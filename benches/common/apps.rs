@@ -1,0 +1,60 @@
+//! The apps both stack benches compare: `/hello` bare, and behind the
+//! server preset configured like the axum example.
+
+use axum::Router;
+use axum::routing::get;
+use battlement::backends::BackendConfig;
+use battlement::stack::{
+    self, IdempotencySettings, KeySettings, PolicySettings, RateLimitSettings, StackConfig, Switch,
+};
+
+/// The bare app.
+pub fn routes() -> Router {
+    Router::new().route("/hello", get(|| async { "hello" }))
+}
+
+/// The example's stack on `backend`, with a quota no load here reaches;
+/// `STACK_WITHOUT=trace,metrics,request_id,rate_limit,idempotency` (any
+/// subset) leaves layers out, to see what each costs.
+pub fn config(backend: BackendConfig) -> StackConfig {
+    let without = std::env::var("STACK_WITHOUT").unwrap_or_default();
+    let on = |name: &str| !without.split(',').any(|w| w.trim() == name);
+    let quota =
+        battlement::rate_limit::Quota::per_second(10_000_000).unwrap_or_else(|e| panic!("{e}"));
+    StackConfig {
+        backend,
+        request_id: Switch {
+            enabled: on("request_id"),
+        },
+        trace: Switch {
+            enabled: on("trace"),
+        },
+        metrics: Switch {
+            enabled: on("metrics"),
+        },
+        rate_limit: on("rate_limit").then(|| RateLimitSettings {
+            policies: vec![PolicySettings {
+                name: "per-ip".into(),
+                quota,
+                key: KeySettings::ClientIp {
+                    trusted_proxies: Vec::new(),
+                },
+            }],
+            ..RateLimitSettings::default()
+        }),
+        idempotency: on("idempotency").then(|| IdempotencySettings {
+            routes: vec!["/orders".into()],
+            required: true,
+            ..IdempotencySettings::default()
+        }),
+        ..StackConfig::default()
+    }
+}
+
+/// The bare app behind the preset.
+pub async fn full(backend: BackendConfig) -> Router {
+    let server = stack::server(&config(backend))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    server.router(routes())
+}
