@@ -8,13 +8,13 @@ use std::time::Instant;
 
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use opentelemetry::{KeyValue, Value};
+use opentelemetry::KeyValue;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::instruments::Instruments;
 use super::recording::{Kind, Recording};
-use crate::trace::semconv::{grpc_parts, grpc_status, method, protocol_version, route};
+use crate::trace::semconv::{grpc_parts, grpc_status, method, protocol_version, route, scheme};
 
 /// The service made by [`MetricsLayer`](super::MetricsLayer).
 #[derive(Debug, Clone)]
@@ -35,14 +35,7 @@ impl<S> Metrics<S> {
 
     fn start<B>(&self, req: &Request<B>) -> Recording {
         let m = KeyValue::new("http.request.method", method(req.method()));
-        let scheme = KeyValue::new(
-            "url.scheme",
-            match req.uri().scheme_str() {
-                None | Some("http") => Value::from("http"),
-                Some("https") => Value::from("https"),
-                Some(other) => Value::from(other.to_owned()),
-            },
-        );
+        let scheme = KeyValue::new("url.scheme", scheme(req));
         let mut attributes = Vec::with_capacity(8);
         let (kind, active) = if self.client {
             attributes.push(m);

@@ -21,6 +21,15 @@ pub(crate) fn method(method: &Method) -> &'static str {
     }
 }
 
+/// `url.scheme`, without a copy for `http` and `https`.
+pub(crate) fn scheme<B>(req: &Request<B>) -> opentelemetry::Value {
+    match req.uri().scheme_str() {
+        None | Some("http") => opentelemetry::Value::from("http"),
+        Some("https") => opentelemetry::Value::from("https"),
+        Some(other) => opentelemetry::Value::from(other.to_owned()),
+    }
+}
+
 /// The matched route template (axum's `MatchedPath`), never the raw path.
 pub(crate) fn route<B>(req: &Request<B>) -> Option<&str> {
     #[cfg(feature = "axum")]

@@ -14,7 +14,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::body::TracedBody;
 use super::propagation::{extract, inject};
-use super::semconv::{grpc_parts, grpc_server_error, grpc_status, method, protocol_version, route};
+use super::semconv::{
+    grpc_parts, grpc_server_error, grpc_status, method, protocol_version, route, scheme,
+};
 use crate::RequestId;
 use crate::retry::ResendCount;
 
@@ -63,7 +65,8 @@ where
 
 /// The server span: named `{method} {route}` (or `{method}`, or the gRPC
 /// `service/method`), child of the caller's trace context. Attributes known
-/// up front are span fields (one pass through the subscriber).
+/// up front go straight to the OpenTelemetry span (static values are not
+/// copied): as `tracing` fields, each would become a new string.
 fn server_span<B>(req: &Request<B>) -> Span {
     use tracing::field::Empty;
     let m = method(req.method());
@@ -80,30 +83,45 @@ fn server_span<B>(req: &Request<B>) -> Span {
         .get(http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok());
     let id = req.extensions().get::<RequestId>().map(RequestId::as_str);
-    // Every attribute known now in one pass through the subscriber (an
-    // `Option` field that is `None` is left out).
+    // Fields only for what the response sets.
     let span = tracing::info_span!(
         target: "battlement::trace",
         "request",
         otel.name = %name,
         otel.kind = "server",
-        http.request.method = m,
-        http.request.method_original = (m == "_OTHER").then(|| req.method().as_str()),
-        http.route = route,
-        url.path = req.uri().path(),
-        url.scheme = req.uri().scheme_str().unwrap_or("http"),
-        network.protocol.version = protocol_version(req.version()),
-        server.address = host,
-        user_agent.original = agent,
-        rpc.system = grpc.map(|_| "grpc"),
-        rpc.service = grpc.map(|(service, _)| service),
-        rpc.method = grpc.map(|(_, rpc)| rpc),
-        http.request.id = id,
-        request.id = id,
         http.response.status_code = Empty,
         rpc.grpc.status_code = Empty,
         error.type = Empty,
     );
+    span.set_attribute("http.request.method", m);
+    if m == "_OTHER" {
+        span.set_attribute(
+            "http.request.method_original",
+            req.method().as_str().to_owned(),
+        );
+    }
+    if let Some(route) = route {
+        span.set_attribute("http.route", route.to_owned());
+    }
+    span.set_attribute("url.path", req.uri().path().to_owned());
+    span.set_attribute("url.scheme", scheme(req));
+    span.set_attribute("network.protocol.version", protocol_version(req.version()));
+    if let Some(host) = host {
+        span.set_attribute("server.address", host.to_owned());
+    }
+    if let Some(agent) = agent {
+        span.set_attribute("user_agent.original", agent.to_owned());
+    }
+    if let Some((service, rpc)) = grpc {
+        span.set_attribute("rpc.system", "grpc");
+        span.set_attribute("rpc.service", service.to_owned());
+        span.set_attribute("rpc.method", rpc.to_owned());
+    }
+    if let Some(id) = id {
+        let id = opentelemetry::StringValue::from(std::sync::Arc::<str>::from(id));
+        span.set_attribute("http.request.id", id.clone());
+        span.set_attribute("request.id", id);
+    }
     let _ = span.set_parent(extract(req.headers()));
     span
 }
