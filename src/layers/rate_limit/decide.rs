@@ -117,7 +117,13 @@ impl<St: RateLimitStore> Limiter<St> {
                 tracing::info!(policy = %policy.name, "rate limit would deny (shadow mode)");
                 continue;
             }
-            self.emit(policy, if allowed { "allowed" } else { "denied" });
+            if allowed {
+                // Every admitted request: to the stream, not the metric
+                // (the request metrics count them already).
+                self.events.notify("rate_limit", "allowed", &policy.name);
+            } else {
+                self.emit(policy, "denied");
+            }
             if !allowed {
                 // The key is not logged: it may be an API key.
                 tracing::debug!(

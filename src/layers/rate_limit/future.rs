@@ -66,6 +66,14 @@ where
         }
     }
 
+    /// The decision is made: the inner service was called.
+    pub(crate) fn calling(future: S::Future, headers: Option<Rendered>, protocol: Protocol) -> Self {
+        Self {
+            state: State::Calling { future, headers },
+            protocol,
+        }
+    }
+
     pub(crate) fn rejected(rejection: Rejection, protocol: Protocol) -> Self {
         Self {
             state: State::Rejected {

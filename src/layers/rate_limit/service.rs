@@ -1,12 +1,13 @@
 //! `RateLimit`: the server-side service (rejections become responses).
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
 
 use http::{Request, Response};
 use tower_service::Service;
 
-use super::decide::Limiter;
+use super::decide::{Limiter, Verdict};
 use super::future::ResponseFuture;
 use super::store::RateLimitStore;
 use crate::body::LayerBody;
@@ -62,10 +63,23 @@ where
             Err(rejection) => return ResponseFuture::rejected(rejection, protocol),
         };
         let limiter = self.limiter.clone();
-        let decision = Box::pin(async move { limiter.decide(job).await });
-        // The readied service goes into the future; a fresh clone stays.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::deciding(decision, inner, req, protocol)
+        let mut decision = Box::pin(async move { limiter.decide(job).await });
+        // An in-process store decides at once: call the readied service
+        // now. (A pending store future is polled again, with the caller's
+        // waker, by the response future.)
+        let mut cx = Context::from_waker(Waker::noop());
+        match decision.as_mut().poll(&mut cx) {
+            Poll::Ready(Verdict::Allow(headers)) => {
+                ResponseFuture::calling(self.inner.call(req), headers, protocol)
+            }
+            Poll::Ready(Verdict::Reject(rejection)) => ResponseFuture::rejected(rejection, protocol),
+            Poll::Pending => {
+                // The readied service goes into the future; a fresh clone
+                // stays.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::deciding(decision, inner, req, protocol)
+            }
+        }
     }
 }
