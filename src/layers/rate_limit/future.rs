@@ -67,7 +67,11 @@ where
     }
 
     /// The decision is made: the inner service was called.
-    pub(crate) fn calling(future: S::Future, headers: Option<Rendered>, protocol: Protocol) -> Self {
+    pub(crate) fn calling(
+        future: S::Future,
+        headers: Option<Rendered>,
+        protocol: Protocol,
+    ) -> Self {
         Self {
             state: State::Calling { future, headers },
             protocol,

@@ -1,7 +1,7 @@
 //! `RateLimit`: the server-side service (rejections become responses).
 
-use std::sync::Arc;
 use std::future::Future;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use http::{Request, Response};
@@ -72,7 +72,9 @@ where
             Poll::Ready(Verdict::Allow(headers)) => {
                 ResponseFuture::calling(self.inner.call(req), headers, protocol)
             }
-            Poll::Ready(Verdict::Reject(rejection)) => ResponseFuture::rejected(rejection, protocol),
+            Poll::Ready(Verdict::Reject(rejection)) => {
+                ResponseFuture::rejected(rejection, protocol)
+            }
             Poll::Pending => {
                 // The readied service goes into the future; a fresh clone
                 // stays.
