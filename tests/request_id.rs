@@ -187,7 +187,11 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<
 async fn every_log_line_of_the_request_carries_the_id() {
     let capture = Capture::default();
     let subscriber = tracing_subscriber::registry().with(capture.clone());
-    let _guard = tracing::subscriber::set_default(subscriber);
+    // Global, not per thread: tests running at the same time on other
+    // threads without a subscriber would otherwise race to cache `never`
+    // for the layer's callsites. (The only global subscriber of this test
+    // binary; the other tests log nothing this one looks for.)
+    tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
 
     let svc = ServiceBuilder::new()
         .layer(RequestIdLayer::new())
