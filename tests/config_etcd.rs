@@ -304,3 +304,54 @@ async fn after_compaction_the_source_reloads_everything() {
     })
     .await;
 }
+
+// The preset's `config_source`: the stack follows etcd and its readiness
+// checks that etcd.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn the_stack_preset_follows_its_config_source() {
+    let etcd = EtcdServer::start();
+    let config = battlement::stack::StackConfig::from_toml(&format!(
+        r#"
+        [[rate_limit.policies]]
+        name = "per-ip"
+        quota = {{ count = 2, period = "1h" }}
+
+        [config_source.etcd]
+        endpoints = ["{}"]
+        "#,
+        etcd.endpoint()
+    ))
+    .unwrap();
+    let server = battlement::stack::server(&config).await.unwrap();
+    let watch = server.config_watch().expect("a config watch");
+    tokio::time::timeout(Duration::from_secs(5), watch.loaded())
+        .await
+        .unwrap();
+    client(&etcd)
+        .await
+        .put(QUOTA_KEY, r#"{"count": 5, "period": "1h"}"#, None)
+        .await
+        .unwrap();
+    let quotas = server.rate_limit().unwrap();
+    within(Duration::from_secs(1), "5/h from etcd", || {
+        quotas.quota("per-ip") == Some(hourly(5))
+    })
+    .await;
+    let app = server.router(axum::Router::new());
+    let res = app
+        .oneshot(
+            Request::get("/readyz")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("\"etcd:responseTime\""), "{body}");
+}

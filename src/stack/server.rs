@@ -197,6 +197,8 @@ impl ServerStack {
         settings: &super::config::ConfigSourceSettings,
     ) -> Result<ConfigWatch, StackError> {
         let etcd = crate::backends::EtcdStore::from_config(settings.etcd.clone()).await?;
+        // Readiness covers the config source's etcd too.
+        self.health.register(store_check(etcd.clone()));
         let source = crate::config::EtcdConfigSource::new(&etcd)
             .prefix(&settings.prefix)?
             .events(self.events.clone());
