@@ -8,7 +8,7 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::classify::{ClassifyResponse, DefaultClassifier};
-use super::config::{BreakerConfig, Window};
+use super::config::BreakerConfig;
 use super::error::CircuitOpen;
 use super::registry::{Parts, Permit, Registry};
 use super::service::{CircuitBreaker, ClientCircuitBreaker, Shared};
@@ -88,10 +88,6 @@ impl CircuitBreakerLayer {
                 "breaker name must be non-empty and without '/', got {name:?}"
             )));
         }
-        let idle = match config.window {
-            Window::Time(d) => DEFAULT_IDLE.max(d),
-            Window::Count(_) => DEFAULT_IDLE,
-        };
         let parts = Parts {
             name: name.into(),
             config,
@@ -99,7 +95,7 @@ impl CircuitBreakerLayer {
             clock: SystemClock::shared(),
             events: Events::new(),
             sync_every: DEFAULT_SYNC_EVERY,
-            idle,
+            idle: DEFAULT_IDLE,
             max_keys: DEFAULT_MAX_KEYS,
         };
         let shared = Shared {
@@ -147,11 +143,8 @@ impl CircuitBreakerLayer {
     /// while open time is left; at least one second, and at least the
     /// time window, so no counted outcome is thrown away).
     pub fn idle_timeout(self, idle: Duration) -> Self {
-        let floor = match self.parts.config.window {
-            Window::Time(d) => d.max(Duration::from_secs(1)),
-            Window::Count(_) => Duration::from_secs(1),
-        };
-        self.rebuild(|p| p.idle = idle.max(floor))
+        // The registry applies the floors, with the window in force.
+        self.rebuild(|p| p.idle = idle)
     }
 
     /// At most this many breakers (default 10,000); calls on further keys

@@ -178,8 +178,8 @@ impl Registry {
             .clone();
         if created {
             let this = self.clone();
-            let (key, b) = (key.clone(), breaker.clone());
-            spawn(async move { this.sync_one(&key, &b).await });
+            let b = breaker.clone();
+            spawn(async move { this.sync_one(&b).await });
         }
         breaker
     }
@@ -190,7 +190,7 @@ impl Registry {
         let breaker = self.breaker(&key);
         let (result, transition) = breaker.acquire(&self.config.load(), self.clock.now());
         if let Some(t) = transition {
-            self.transitioned(&key, &breaker, t, true);
+            self.transitioned(&breaker, t, true);
         }
         match result {
             Ok(ticket) => Ok(Permit {
@@ -236,7 +236,7 @@ impl Registry {
         let key = Key::new(key);
         let breaker = self.breaker(&key);
         if let Some(t) = breaker.force(&self.config.load(), to, self.clock.now()) {
-            self.transitioned(&key, &breaker, t, true);
+            self.transitioned(&breaker, t, true);
         }
     }
 
@@ -253,7 +253,7 @@ impl Registry {
         // An outcome is not a decision: to the stream, not the metric.
         self.events.notify(LAYER, outcome.as_str(), &self.name);
         if let Some(t) = transition {
-            self.transitioned(&breaker.key, breaker, t, true);
+            self.transitioned(breaker, t, true);
         }
     }
 
@@ -263,13 +263,8 @@ impl Registry {
 
     /// Reports a transition; `publish`: this instance made it, so the
     /// others must learn it.
-    fn transitioned(
-        self: &Arc<Self>,
-        key: &Key,
-        breaker: &Arc<Breaker>,
-        t: Transition,
-        publish: bool,
-    ) {
+    fn transitioned(self: &Arc<Self>, breaker: &Arc<Breaker>, t: Transition, publish: bool) {
+        let key = &breaker.key;
         tracing::info!(
             breaker = %self.name,
             key = key.as_str(),
@@ -282,55 +277,54 @@ impl Registry {
             Some(format!("{} -> {} (key {})", t.from, t.to, key.as_str())),
         );
         if publish && t.to != State::HalfOpen {
-            let this = self.clone();
-            let (key, b) = (key.clone(), breaker.clone());
-            spawn(async move { this.publish(&key, &b).await });
+            let (this, b) = (self.clone(), breaker.clone());
+            spawn(async move { this.publish(&b).await });
         }
     }
 
     /// Writes `breaker`'s state if it changed since the last write; on a
     /// lost race takes the winner's state.
-    async fn publish(self: &Arc<Self>, key: &Key, breaker: &Arc<Breaker>) {
+    async fn publish(self: &Arc<Self>, breaker: &Arc<Breaker>) {
         let _one_at_a_time = breaker.publishing.lock().await;
-        self.publish_locked(key, breaker).await;
+        self.publish_locked(breaker).await;
     }
 
-    async fn publish_locked(self: &Arc<Self>, key: &Key, breaker: &Arc<Breaker>) {
+    async fn publish_locked(self: &Arc<Self>, breaker: &Arc<Breaker>) {
         // Twice at most: once more after finding our own earlier write.
         for _ in 0..2 {
             let Some((generation, expected, next)) = breaker.unpublished(self.clock.now()) else {
                 return;
             };
-            let id = self.id(key);
+            let id = self.id(&breaker.key);
             match self.store.publish(&id, expected, self.writer, next).await {
                 Ok(Published::Applied(version)) => return breaker.published(generation, version),
                 // A write of ours that timed out but applied: build on it.
                 Ok(Published::Conflict(Some(record))) if record.writer == self.writer => {
                     breaker.seen(record.version);
                 }
-                Ok(Published::Conflict(Some(record))) => return self.adopt(key, breaker, &record),
+                Ok(Published::Conflict(Some(record))) => return self.adopt(breaker, &record),
                 Ok(Published::Conflict(None)) => return,
                 Err(e) => return self.store_failed(&e),
             }
         }
     }
 
-    fn adopt(self: &Arc<Self>, key: &Key, breaker: &Arc<Breaker>, record: &Versioned) {
+    fn adopt(self: &Arc<Self>, breaker: &Arc<Breaker>, record: &Versioned) {
         if let Some(t) = breaker.adopt(&self.config.load(), record, self.clock.now()) {
-            self.transitioned(key, breaker, t, false);
+            self.transitioned(breaker, t, false);
         }
     }
 
     /// Writes an unwritten transition, or takes a newer stored state; one
     /// at a time with this breaker's publications, so a poll never mistakes
     /// this instance's own write for another's.
-    async fn sync_one(self: &Arc<Self>, key: &Key, breaker: &Arc<Breaker>) {
+    async fn sync_one(self: &Arc<Self>, breaker: &Arc<Breaker>) {
         let _one_at_a_time = breaker.publishing.lock().await;
         if breaker.unpublished(self.clock.now()).is_some() {
-            return self.publish_locked(key, breaker).await;
+            return self.publish_locked(breaker).await;
         }
-        match self.store.load(&self.id(key)).await {
-            Ok(Some(record)) if record.writer != self.writer => self.adopt(key, breaker, &record),
+        match self.store.load(&self.id(&breaker.key)).await {
+            Ok(Some(record)) if record.writer != self.writer => self.adopt(breaker, &record),
             Ok(Some(record)) => breaker.seen(record.version),
             Ok(None) => {}
             Err(e) => self.store_failed(&e),
@@ -353,23 +347,20 @@ impl Registry {
     /// open ones with open time left), sync the others.
     pub(crate) async fn sync_all(self: &Arc<Self>) {
         let now = self.clock.now();
-        // A time window set at runtime may be longer than the idle time:
-        // no counted outcome is thrown away.
+        // At least one second, and at least the time window in force (it
+        // may have been set at runtime): no counted outcome is thrown away.
         let idle = match self.config.load().window {
             Window::Time(window) => self.idle.max(window),
             Window::Count(_) => self.idle,
         }
+        .max(Duration::from_secs(1))
         .as_secs();
         self.breakers
             .retain(|_, b| now.as_secs().saturating_sub(b.last_used()) < idle || !b.evictable(now));
-        let live: Vec<_> = self
-            .breakers
-            .iter()
-            .map(|e| (e.key().clone(), e.value().clone()))
-            .collect();
+        let live: Vec<_> = self.breakers.iter().map(|e| e.value().clone()).collect();
         stream::iter(live)
-            .for_each_concurrent(SYNC_CONCURRENCY, |(key, b)| async move {
-                self.sync_one(&key, &b).await;
+            .for_each_concurrent(SYNC_CONCURRENCY, |b| async move {
+                self.sync_one(&b).await;
             })
             .await;
     }
