@@ -132,10 +132,7 @@ async fn compare(name: &str, full: Router) {
 }
 
 fn main() {
-    // `cargo test --all-targets` runs benches once as tests: skip the load.
-    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
-    // binary without it: nothing to measure then.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !apps::measuring() {
         return;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -144,16 +141,7 @@ fn main() {
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     runtime.block_on(async {
-        // Every span sampled (the SDK default), metrics aggregated by the
-        // SDK for the Prometheus reader; nothing is exported.
-        let telemetry = battlement::telemetry::init("bench").unwrap_or_else(|e| panic!("{e}"));
-        {
-            use tracing_subscriber::layer::SubscriberExt;
-            use tracing_subscriber::util::SubscriberInitExt;
-            tracing_subscriber::registry()
-                .with(telemetry.tracing_layer())
-                .init();
-        }
+        let telemetry = apps::telemetry();
         compare(
             "in-memory stores",
             apps::full(battlement::backends::BackendConfig::default()).await,

@@ -60,9 +60,7 @@ async fn per_request(app: &Router) -> f64 {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this
-    // binary without it: nothing to measure then.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !apps::measuring() {
         return;
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -70,14 +68,7 @@ fn main() {
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
     runtime.block_on(async {
-        let telemetry = battlement::telemetry::init("bench").unwrap_or_else(|e| panic!("{e}"));
-        {
-            use tracing_subscriber::layer::SubscriberExt;
-            use tracing_subscriber::util::SubscriberInitExt;
-            tracing_subscriber::registry()
-                .with(telemetry.tracing_layer())
-                .init();
-        }
+        let telemetry = apps::telemetry();
         let full = apps::full(battlement::backends::BackendConfig::default()).await;
         let bare = per_request(&apps::routes()).await;
         let full = per_request(&full).await;

@@ -8,6 +8,25 @@ use battlement::stack::{
     self, IdempotencySettings, KeySettings, PolicySettings, RateLimitSettings, StackConfig, Switch,
 };
 
+/// Whether to measure: `cargo bench` passes `--bench`, while `cargo test
+/// --all-targets` runs bench binaries without it.
+pub fn measuring() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+/// OpenTelemetry as in the example: every span sampled (the SDK default),
+/// metrics aggregated by the SDK for the Prometheus reader, nothing
+/// exported. Keep the guard for the whole run.
+pub fn telemetry() -> battlement::telemetry::TelemetryGuard {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let telemetry = battlement::telemetry::init("bench").unwrap_or_else(|e| panic!("{e}"));
+    tracing_subscriber::registry()
+        .with(telemetry.tracing_layer())
+        .init();
+    telemetry
+}
+
 /// The bare app.
 pub fn routes() -> Router {
     Router::new().route("/hello", get(|| async { "hello" }))

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::backends::BackendConfig;
 use crate::circuit_breaker::BreakerConfig;
 use crate::error::{ConfigError, FailurePolicy};
-use crate::key::{ClientIp, GlobalKey, HeaderKey, KeyExtractor, PeerIp};
+use crate::key::{ClientIp, GlobalKey, HeaderKey, PeerIp};
 use crate::rate_limit::{Policy, Quota};
 use crate::retry::RetryPolicy;
 
@@ -155,7 +155,7 @@ pub struct PolicySettings {
 impl PolicySettings {
     /// The policy these settings describe.
     pub fn policy(&self) -> Result<Policy, ConfigError> {
-        Ok(Policy::new(&self.name, self.quota)?.key(self.key.extractor()?))
+        self.key.keyed(Policy::new(&self.name, self.quota)?)
     }
 }
 
@@ -188,18 +188,18 @@ impl Default for KeySettings {
 }
 
 impl KeySettings {
-    /// The key extractor.
-    pub fn extractor(&self) -> Result<std::sync::Arc<dyn KeyExtractor>, ConfigError> {
+    /// `policy` counted per this key.
+    pub fn keyed(&self, policy: Policy) -> Result<Policy, ConfigError> {
         Ok(match self {
-            Self::Global {} => std::sync::Arc::new(GlobalKey),
-            Self::PeerIp {} => std::sync::Arc::new(PeerIp),
+            Self::Global {} => policy.key(GlobalKey),
+            Self::PeerIp {} => policy.key(PeerIp),
             Self::ClientIp { trusted_proxies } => {
-                std::sync::Arc::new(ClientIp::new(trusted_proxies.iter().copied()))
+                policy.key(ClientIp::new(trusted_proxies.iter().copied()))
             }
             Self::Header { name } => {
                 let name = HeaderName::try_from(name.as_str())
                     .map_err(|e| ConfigError::new(format!("key header {name:?}: {e}")))?;
-                std::sync::Arc::new(HeaderKey::new(name))
+                policy.key(HeaderKey::new(name))
             }
         })
     }
