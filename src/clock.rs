@@ -47,10 +47,12 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
 pub type SharedClock = Arc<dyn Clock>;
 
 /// The process clock: wall time at start plus monotonic time since.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SystemClock {
     wall: Duration,
-    start: quanta::Instant,
+    wall_micros: u64,
+    ticks: quanta::Clock,
+    start: u64,
 }
 
 impl SystemClock {
@@ -59,10 +61,21 @@ impl SystemClock {
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
+        let wall_micros = u64::try_from(wall.as_micros()).unwrap_or(u64::MAX);
+        let ticks = quanta::Clock::new();
         Self {
-            wall,
-            start: quanta::Instant::now(),
+            // Whole microseconds, so `now().as_micros() == now_micros()`.
+            wall: Duration::from_micros(wall_micros),
+            wall_micros,
+            start: ticks.raw(),
+            ticks,
         }
+    }
+
+    /// Nanoseconds since this clock was made: raw ticks scaled once, with
+    /// no `Duration` arithmetic on the hot path.
+    fn elapsed_nanos(&self) -> u64 {
+        self.ticks.delta_as_nanos(self.start, self.ticks.raw())
     }
 
     /// The system clock as a [`SharedClock`].
@@ -79,7 +92,12 @@ impl Default for SystemClock {
 
 impl Clock for SystemClock {
     fn now(&self) -> Duration {
-        self.wall + quanta::Instant::now().duration_since(self.start)
+        self.wall + Duration::from_nanos(self.elapsed_nanos())
+    }
+
+    fn now_micros(&self) -> u64 {
+        self.wall_micros
+            .saturating_add(self.elapsed_nanos() / 1_000)
     }
 }
 

@@ -200,3 +200,46 @@ async fn concurrent_instances_admit_exactly_the_quota() {
     }
     assert_eq!(allowed, 100);
 }
+
+// Concurrent decisions on a standalone server share script calls, and each
+// caller still gets the answer for its own key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_decisions_share_script_calls() {
+    let redis = RedisServer::start();
+    let s = store(&redis).await;
+    let q = Quota::per_hour(10).unwrap();
+    let (keys, per_key) = (16, 16);
+    let tasks: Vec<_> = (0..keys * per_key)
+        .map(|i| {
+            let s = s.clone();
+            let key = format!("k{}", i % keys);
+            tokio::spawn(async move { (i % keys, s.decide("p", &key, &q, 1).await.unwrap()) })
+        })
+        .collect();
+    let mut allowed = vec![0; keys];
+    let mut denied = vec![0; keys];
+    for t in tasks {
+        let (key, decision) = t.await.unwrap();
+        if decision.is_allowed() {
+            allowed[key] += 1;
+        } else {
+            assert!(decision.retry_after().is_some(), "{decision:?}");
+            denied[key] += 1;
+        }
+    }
+    assert_eq!(allowed, vec![10; keys], "the quota of each key, exactly");
+    assert_eq!(denied, vec![per_key - 10; keys]);
+    let stats = redis.cli(&["info", "commandstats"]);
+    let calls: usize = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stats}"));
+    // The first call loads the script (NOSCRIPT, then EVALSHA again).
+    assert!(
+        calls < keys * per_key,
+        "{calls} script calls for {} decisions",
+        keys * per_key
+    );
+}

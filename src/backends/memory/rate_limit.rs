@@ -6,7 +6,8 @@
 //! identically (SPEC RL-7). The cell follows governor's design instead: the
 //! state is one 128-bit word updated with compare-and-swap.
 
-use std::cell::RefCell;
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -32,7 +33,7 @@ const FULL_AT_SLACK_US: u64 = 100_000;
 /// The rate-limit cells of one memory store.
 #[derive(Debug, Default)]
 pub(crate) struct Cells {
-    map: DashMap<Box<str>, Cell, foldhash::fast::RandomState>,
+    map: DashMap<StateId, Cell, foldhash::fast::RandomState>,
     sweeper: AtomicBool,
 }
 
@@ -82,9 +83,92 @@ impl Cell {
     }
 }
 
-thread_local! {
-    static ID: RefCell<String> = const { RefCell::new(String::new()) };
+/// A cell's name, `policy/key` in one allocation. Lookups go through
+/// [`IdParts`], so a request finds its cell by the two parts without
+/// building the name.
+#[derive(Debug)]
+struct StateId {
+    text: Box<str>,
+    policy_len: usize,
 }
+
+impl StateId {
+    fn new(policy: &str, key: &str) -> Self {
+        let mut text = String::with_capacity(policy.len() + 1 + key.len());
+        write_state_id(&mut text, policy, key);
+        Self {
+            text: text.into(),
+            policy_len: policy.len(),
+        }
+    }
+}
+
+/// A policy name and a key, owned ([`StateId`]) or borrowed (`(&str, &str)`),
+/// as bytes: hashing and comparing them needs no UTF-8 boundary checks.
+trait IdParts {
+    fn policy(&self) -> &[u8];
+    fn key(&self) -> &[u8];
+}
+
+impl IdParts for StateId {
+    fn policy(&self) -> &[u8] {
+        self.text
+            .as_bytes()
+            .get(..self.policy_len)
+            .unwrap_or_default()
+    }
+    fn key(&self) -> &[u8] {
+        self.text
+            .as_bytes()
+            .get(self.policy_len + 1..)
+            .unwrap_or_default()
+    }
+}
+
+impl IdParts for (&str, &str) {
+    fn policy(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+    fn key(&self) -> &[u8] {
+        self.1.as_bytes()
+    }
+}
+
+impl Hash for dyn IdParts + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.policy().hash(state);
+        self.key().hash(state);
+    }
+}
+
+impl PartialEq for dyn IdParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.policy() == other.policy() && self.key() == other.key()
+    }
+}
+
+impl Eq for dyn IdParts + '_ {}
+
+impl<'a> Borrow<dyn IdParts + 'a> for StateId {
+    fn borrow(&self) -> &(dyn IdParts + 'a) {
+        self
+    }
+}
+
+// Hashed and compared as its parts, as `Borrow` requires.
+impl Hash for StateId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Borrow::<dyn IdParts>::borrow(self).hash(state);
+    }
+}
+
+impl PartialEq for StateId {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text && self.policy_len == other.policy_len
+    }
+}
+
+impl Eq for StateId {}
 
 impl Cells {
     /// Number of keys held.
@@ -99,20 +183,17 @@ impl Cells {
     }
 
     fn decide(&self, policy: &str, key: &str, quota: &Quota, cost: u64, now_us: u64) -> Decision {
-        ID.with_borrow_mut(|id| {
-            id.clear();
-            write_state_id(id, policy, key);
-            if let Some(cell) = self.map.get(id.as_str()) {
-                return cell.decide(quota, cost, now_us);
-            }
-            // A new key: write only when the request is allowed.
-            let fresh = gcra::decide(None, quota, cost, now_us);
-            if fresh.write.is_none() {
-                return fresh.decision;
-            }
-            let cell = self.map.entry(id.as_str().into()).or_default();
-            cell.decide(quota, cost, now_us)
-        })
+        let id: &dyn IdParts = &(policy, key);
+        if let Some(cell) = self.map.get(id) {
+            return cell.decide(quota, cost, now_us);
+        }
+        // A new key: write only when the request is allowed.
+        let fresh = gcra::decide(None, quota, cost, now_us);
+        if fresh.write.is_none() {
+            return fresh.decision;
+        }
+        let cell = self.map.entry(StateId::new(policy, key)).or_default();
+        cell.decide(quota, cost, now_us)
     }
 }
 
@@ -135,7 +216,7 @@ impl MemoryStore {
             .map(|e| {
                 let ttl = e.full_at_us.load(Ordering::Relaxed).saturating_sub(now);
                 (
-                    self.inner.keys.key(CONCERN, e.key()),
+                    self.inner.keys.key(CONCERN, &e.key().text),
                     Duration::from_micros(ttl),
                 )
             })

@@ -3,12 +3,15 @@
 
 mod circuit_breaker;
 mod config;
+mod decision_queue;
 mod idempotency;
 mod rate_limit;
 
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
+
+use decision_queue::DecisionQueue;
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
@@ -53,6 +56,7 @@ struct Inner {
     timeout: Duration,
     config: RedisConfig,
     clock: Option<SharedClock>,
+    decisions: DecisionQueue,
 }
 
 #[derive(Clone)]
@@ -111,6 +115,7 @@ impl RedisStore {
                 timeout: config.timeout(),
                 config,
                 clock: None,
+                decisions: DecisionQueue::default(),
             }),
         };
         store.ping().await?;
@@ -133,6 +138,7 @@ impl RedisStore {
                 timeout: self.inner.timeout,
                 config: self.inner.config.clone(),
                 clock: Some(clock),
+                decisions: DecisionQueue::default(),
             }),
         }
     }
@@ -143,6 +149,17 @@ impl RedisStore {
         self.caller_clock()
             .map(|c| c.now_micros().to_string())
             .unwrap_or_default()
+    }
+
+    /// Where rate-limit decisions queue to share a script call: standalone
+    /// servers only (a script's keys must share a cluster slot).
+    fn decision_queue(
+        &self,
+    ) -> Option<&tokio::sync::mpsc::UnboundedSender<decision_queue::Queued>> {
+        if self.inner.config.is_cluster() {
+            return None;
+        }
+        self.inner.decisions.sender(Arc::downgrade(&self.inner))
     }
 
     /// The caller clock, if one was set.

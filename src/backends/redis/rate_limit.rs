@@ -1,19 +1,108 @@
-//! `RateLimitStore` for `RedisStore`: one `EVALSHA` of `scripts/gcra.lua`
-//! per decision on one key, with Redis `TIME` as the clock unless a caller
+//! `RateLimitStore` for `RedisStore`: `scripts/gcra.lua` decides, one
+//! `EVALSHA` per decision or per batch of queued ones (see
+//! [`decision_queue`](super::decision_queue)), with Redis `TIME` as the clock unless a caller
 //! clock was set.
 
 use std::sync::LazyLock;
-use std::time::Duration;
 
 use redis::Script;
+use tokio::sync::{mpsc, oneshot};
 
 use super::RedisStore;
+use super::decision_queue::Queued;
 use crate::backends::Backend;
 use crate::error::StoreError;
+use crate::layers::rate_limit::gcra;
 use crate::layers::rate_limit::store::state_key;
 use crate::layers::rate_limit::{Decision, Quota, RateLimitStore};
 
 static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/gcra.lua")));
+
+/// How much longer than "until full" a key may live on Redis's clock, so
+/// that most decisions keep its expiry instead of moving it (as the memory
+/// store does).
+const TTL_SLACK_US: u64 = 100_000;
+
+impl RedisStore {
+    /// Decides every `(key, packed arguments)` in one script call; the
+    /// debts in the same order.
+    pub(super) async fn decide_keys<'a>(
+        &self,
+        keys: impl Iterator<Item = (&'a str, &'a [u8; 40])>,
+        count: usize,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut invocation = GCRA.prepare_invoke();
+        for (key, args) in keys {
+            invocation.key(key).arg(&args[..]);
+        }
+        invocation.arg(TTL_SLACK_US);
+        let debts: Vec<i64> = self.invoke(&invocation).await?;
+        if debts.len() != count {
+            return Err(StoreError::Protocol(format!(
+                "redis: {} rate-limit decisions for {count} keys",
+                debts.len()
+            )));
+        }
+        Ok(debts)
+    }
+
+    /// The debt after one decision: through the queue on a standalone
+    /// server, in a call of its own on a cluster (or outside a runtime).
+    async fn decide_packed(&self, key: String, args: [u8; 40]) -> Result<i64, StoreError> {
+        let (key, args) = match self.decision_queue() {
+            Some(queue) => {
+                let (reply, answer) = oneshot::channel();
+                match queue.send(Queued { key, args, reply }) {
+                    Ok(()) => return self.answer(answer).await,
+                    // The queue's runtime has shut down: decide alone.
+                    Err(mpsc::error::SendError(queued)) => (queued.key, queued.args),
+                }
+            }
+            None => (key, args),
+        };
+        let debts = self
+            .decide_keys(std::iter::once((key.as_str(), &args)), 1)
+            .await?;
+        debts
+            .first()
+            .copied()
+            .ok_or_else(|| StoreError::Protocol("redis: no rate-limit decision".into()))
+    }
+
+    /// Waits for a queued decision, within the store's timeout.
+    async fn answer(
+        &self,
+        answer: oneshot::Receiver<Result<i64, StoreError>>,
+    ) -> Result<i64, StoreError> {
+        let timeout = self.inner.timeout;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(StoreError::Unavailable(
+                "redis: the decision queue stopped".into(),
+            )),
+            Err(_) => Err(StoreError::Timeout(timeout)),
+        }
+    }
+}
+
+/// The arguments of one decision, packed as the script reads them: five
+/// little-endian doubles. Every number is below 2^53 (see `Quota`), so
+/// doubles hold them exactly.
+fn pack(quota: &Quota, cost: u64, now_us: Option<u64>) -> [u8; 40] {
+    let numbers = [
+        quota.count() as f64,
+        quota.period_us() as f64,
+        quota.burst() as f64,
+        cost as f64,
+        // Redis TIME unless a caller clock was set.
+        now_us.map_or(-1.0, |us| us as f64),
+    ];
+    let mut packed = [0u8; 40];
+    for (slot, number) in packed.chunks_exact_mut(8).zip(numbers) {
+        slot.copy_from_slice(&number.to_le_bytes());
+    }
+    packed
+}
 
 impl RateLimitStore for RedisStore {
     async fn decide(
@@ -24,27 +113,11 @@ impl RateLimitStore for RedisStore {
         cost: u64,
     ) -> Result<Decision, StoreError> {
         let key = state_key(self.keyspace(), policy, key);
-        let now = self.caller_now();
-        let mut invocation = GCRA.key(key);
-        invocation
-            .arg(quota.count())
-            .arg(quota.period_us())
-            .arg(quota.burst())
-            .arg(cost)
-            .arg(now);
-        let reply: (u8, u64, i64, u64) = self.invoke(&invocation).await?;
-        let (allowed, remaining, retry_after_us, reset_us) = reply;
-        let reset = Duration::from_micros(reset_us);
-        Ok(if allowed == 1 {
-            Decision::Allowed { remaining, reset }
-        } else {
-            Decision::Denied {
-                retry_after: u64::try_from(retry_after_us)
-                    .ok()
-                    .map(Duration::from_micros),
-                remaining,
-                reset,
-            }
+        let now = self.caller_clock().map(|clock| clock.now_micros());
+        let debt = self.decide_packed(key, pack(quota, cost, now)).await?;
+        Ok(match u64::try_from(debt) {
+            Ok(after) => gcra::allowed(quota, after),
+            Err(_) => gcra::denied(quota, cost, debt.unsigned_abs() - 1),
         })
     }
 }

@@ -65,50 +65,59 @@ pub struct Step {
 /// drains nothing, and the state keeps its later `at`: otherwise instances
 /// with skewed clocks would each drain the skew again on every swap.
 pub fn decide(state: Option<GcraState>, quota: &Quota, cost: u64, now_us: u64) -> Step {
-    let n = quota.count();
     let p = quota.period_us();
-    let capacity = quota.burst() * p;
     let (debt, at) = match state {
         Some(s) => (current_debt(s, quota, now_us), now_us.max(s.at)),
         None => (0, now_us),
     };
-    if cost <= quota.burst() {
-        let after = debt + cost * p;
-        if after <= capacity {
-            let reset = div_ceil(after, n);
-            return Step {
-                decision: Decision::Allowed {
-                    remaining: (capacity - after) / p,
-                    reset: Duration::from_micros(reset),
-                },
-                write: (cost > 0).then_some(GcraState {
-                    debt: after,
-                    at,
-                    period_us: p,
-                }),
-                ttl_us: reset,
-            };
-        }
+    let after = debt + cost * p;
+    if cost <= quota.burst() && after <= quota.burst() * p {
+        return Step {
+            decision: allowed(quota, after),
+            write: (cost > 0).then_some(GcraState {
+                debt: after,
+                at,
+                period_us: p,
+            }),
+            ttl_us: after.div_ceil(quota.count()),
+        };
     }
     // Denied: nothing is written, unless the state was written under
     // another period: then it is rewritten in this quota's units, with
     // this quota's lifetime, so the key cannot expire early and refill.
-    let retry_after = (cost <= quota.burst())
-        .then(|| Duration::from_micros(div_ceil(debt + cost * p - capacity, n)));
-    let reset = div_ceil(debt, n);
     let rescaled = state.is_some_and(|s| s.period_us != p && s.period_us != 0);
     Step {
-        decision: Decision::Denied {
-            retry_after,
-            remaining: (capacity - debt.min(capacity)) / p,
-            reset: Duration::from_micros(reset),
-        },
+        decision: denied(quota, cost, debt),
         write: (rescaled && debt > 0).then_some(GcraState {
             debt,
             at,
             period_us: p,
         }),
-        ttl_us: reset,
+        ttl_us: debt.div_ceil(quota.count()),
+    }
+}
+
+/// The decision for an allowed request that leaves `after` of debt (in
+/// `quota`'s units).
+pub fn allowed(quota: &Quota, after: u64) -> Decision {
+    let capacity = quota.burst() * quota.period_us();
+    Decision::Allowed {
+        remaining: capacity.saturating_sub(after) / quota.period_us(),
+        reset: Duration::from_micros(after.div_ceil(quota.count())),
+    }
+}
+
+/// The decision for a request of `cost` denied while `debt` was
+/// outstanding (in `quota`'s units).
+pub fn denied(quota: &Quota, cost: u64, debt: u64) -> Decision {
+    let (n, p) = (quota.count(), quota.period_us());
+    let capacity = quota.burst() * p;
+    let retry_after = (cost <= quota.burst())
+        .then(|| Duration::from_micros((debt + cost * p).saturating_sub(capacity).div_ceil(n)));
+    Decision::Denied {
+        retry_after,
+        remaining: capacity.saturating_sub(debt) / p,
+        reset: Duration::from_micros(debt.div_ceil(n)),
     }
 }
 
@@ -123,14 +132,10 @@ fn current_debt(s: GcraState, quota: &Quota, now_us: u64) -> u64 {
     let debt = if s.period_us == p || s.period_us == 0 {
         s.debt
     } else {
-        div_ceil(s.debt, s.period_us).min(quota.burst()) * p
+        s.debt.div_ceil(s.period_us).min(quota.burst()) * p
     };
     let drained = now_us.saturating_sub(s.at).saturating_mul(quota.count());
     debt.saturating_sub(drained)
-}
-
-fn div_ceil(a: u64, b: u64) -> u64 {
-    a.div_ceil(b)
 }
 
 #[cfg(test)]

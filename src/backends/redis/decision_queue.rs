@@ -1,0 +1,100 @@
+//! Coalesces concurrent rate-limit decisions on a standalone server into
+//! one script call.
+//!
+//! Every `EVALSHA` costs Redis about a microsecond before the script does
+//! anything, plus a `TIME` call and the network round trip; under load
+//! those dominate a decision. Decisions that arrive while earlier ones are
+//! on the wire are queued and sent together, at most [`MAX_BATCH`] per
+//! call and [`MAX_IN_FLIGHT`] calls at once. A lone decision goes out at
+//! once, so nothing waits for a batch to fill. The script decides the keys
+//! in arrival order, each atomically, exactly as separate calls would.
+//!
+//! Cluster connections do not queue: a script's keys must share a slot.
+
+use std::sync::{OnceLock, Weak};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Inner, RedisStore};
+use crate::error::StoreError;
+
+/// Most decisions in one script call (a call holds Redis for ~3 µs each).
+const MAX_BATCH: usize = 128;
+
+/// Most script calls on the wire at once.
+const MAX_IN_FLIGHT: usize = 4;
+
+/// One queued decision: the state key, the packed arguments and where the
+/// debt (or the failure) goes.
+pub(super) struct Queued {
+    pub(super) key: String,
+    pub(super) args: [u8; 40],
+    pub(super) reply: oneshot::Sender<Result<i64, StoreError>>,
+}
+
+/// The queue of one store, started on the first decision.
+#[derive(Debug, Default)]
+pub(super) struct DecisionQueue {
+    tx: OnceLock<mpsc::UnboundedSender<Queued>>,
+}
+
+impl DecisionQueue {
+    /// The queue's sender, starting its task on the caller's runtime the
+    /// first time; `None` outside a runtime.
+    pub(super) fn sender(&self, store: Weak<Inner>) -> Option<&mpsc::UnboundedSender<Queued>> {
+        if let Some(tx) = self.tx.get() {
+            return Some(tx);
+        }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Another caller may have won the race; then `rx` is dropped here.
+        if self.tx.set(tx).is_ok() {
+            runtime.spawn(run(rx, store));
+        }
+        self.tx.get()
+    }
+}
+
+/// Sends what is queued, in batches, until the store is dropped.
+async fn run(mut rx: mpsc::UnboundedReceiver<Queued>, store: Weak<Inner>) {
+    let mut in_flight = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            biased;
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            first = rx.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
+                let Some(first) = first else { break };
+                let Some(inner) = store.upgrade() else { break };
+                let mut batch = Vec::with_capacity(rx.len().min(MAX_BATCH - 1) + 1);
+                batch.push(first);
+                while batch.len() < MAX_BATCH {
+                    let Ok(next) = rx.try_recv() else { break };
+                    batch.push(next);
+                }
+                in_flight.push(send(RedisStore { inner }, batch));
+            }
+        }
+    }
+    while in_flight.next().await.is_some() {}
+}
+
+/// One script call for `batch`; every caller gets its own debt, or the
+/// call's failure.
+async fn send(store: RedisStore, batch: Vec<Queued>) {
+    let keys = batch.iter().map(|q| (q.key.as_str(), &q.args));
+    let result = store.decide_keys(keys, batch.len()).await;
+    match result {
+        Ok(debts) => {
+            for (queued, debt) in batch.into_iter().zip(debts) {
+                let _ = queued.reply.send(Ok(debt));
+            }
+        }
+        Err(err) => {
+            for queued in batch {
+                let _ = queued.reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
