@@ -13,7 +13,8 @@
 //! `SECONDS` — alternating bare and full three times; the table shows
 //! requests per second, p50 and p99 latency, and full/bare (median of the
 //! three rounds). `STACK_WITHOUT=trace,metrics,request_id,rate_limit,idempotency`
-//! (any subset) leaves layers out, `STACK_SECONDS` changes the run length.
+//! (any subset) leaves layers out, `STACK_SECONDS` changes the run length,
+//! `STACK_PROFILE=bare` or `=full` loads only that app (for a profiler).
 //! Allocations per request: `cargo bench --bench stack_allocations` (a
 //! counting allocator would slow this run down).
 #![allow(missing_docs)]
@@ -99,6 +100,11 @@ async fn load(addr: SocketAddr) -> (f64, Vec<u64>) {
     (rate, all)
 }
 
+/// `STACK_PROFILE=bare` or `=full` loads only that app (to profile it).
+fn profiling() -> Option<String> {
+    std::env::var("STACK_PROFILE").ok()
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     let i = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
     sorted.get(i).copied().unwrap_or(0)
@@ -115,6 +121,11 @@ async fn compare(name: &str, full: Router) {
     println!("| round | bare req/s | bare p50 / p99 | full req/s | full p50 / p99 | full/bare |");
     println!("|---|---|---|---|---|---|");
     for round in 1..=ROUNDS {
+        if let Some(only) = profiling() {
+            let (rate, _) = load(if only == "bare" { bare_addr } else { full_addr }).await;
+            println!("| {round} | {only} only: {rate:.0} req/s |");
+            continue;
+        }
         let (bare_rate, bare) = load(bare_addr).await;
         let (full_rate, full_lat) = load(full_addr).await;
         let ratio = full_rate / bare_rate;
@@ -128,7 +139,9 @@ async fn compare(name: &str, full: Router) {
         );
     }
     ratios.sort_by(f64::total_cmp);
-    println!("median full/bare: {:.2}", ratios[ROUNDS / 2]);
+    if let Some(median) = ratios.get(ROUNDS / 2) {
+        println!("median full/bare: {median:.2}");
+    }
 }
 
 fn main() {

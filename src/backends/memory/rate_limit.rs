@@ -136,8 +136,10 @@ impl IdParts for (&str, &str) {
 
 impl Hash for dyn IdParts + '_ {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.policy().hash(state);
-        self.key().hash(state);
+        // 0xff never occurs in UTF-8, so it separates the two parts.
+        state.write(self.policy());
+        state.write_u8(0xff);
+        state.write(self.key());
     }
 }
 
