@@ -182,16 +182,26 @@ impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<
     }
 }
 
+/// The test binary's one subscriber: global, not per thread, because tests
+/// running at the same time on other threads without a subscriber would
+/// otherwise race to cache `never` for the layers' callsites. The tests
+/// that use it tell their events apart by message.
+fn capture() -> Capture {
+    static CAPTURE: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+    CAPTURE
+        .get_or_init(|| {
+            let capture = Capture::default();
+            let subscriber = tracing_subscriber::registry().with(capture.clone());
+            tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+            capture
+        })
+        .clone()
+}
+
 // SPEC RID-3
 #[tokio::test]
 async fn every_log_line_of_the_request_carries_the_id() {
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::registry().with(capture.clone());
-    // Global, not per thread: tests running at the same time on other
-    // threads without a subscriber would otherwise race to cache `never`
-    // for the layer's callsites. (The only global subscriber of this test
-    // binary; the other tests log nothing this one looks for.)
-    tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+    let capture = capture();
 
     let svc = ServiceBuilder::new()
         .layer(RequestIdLayer::new())
@@ -227,6 +237,37 @@ async fn every_log_line_of_the_request_carries_the_id() {
     assert_eq!(
         http_span.get("request.id").map(String::as_str),
         Some("trace-me-1")
+    );
+}
+
+// SPEC RID-3 as the server preset stacks it: the trace layer's span is
+// the request's root and carries the id (the request id layer then opens
+// no span of its own).
+#[tokio::test]
+async fn log_lines_under_the_trace_span_carry_the_id() {
+    let capture = capture();
+    let svc = ServiceBuilder::new()
+        .layer(RequestIdLayer::new().span(false))
+        .layer(battlement::trace::TraceLayer::server())
+        .service(service_fn(|_: Request<()>| async {
+            tracing::info!("handling under trace");
+            Ok::<_, Infallible>(Response::new(()))
+        }));
+    let req = Request::get("/")
+        .header("x-request-id", "trace-me-2")
+        .body(())
+        .unwrap();
+    let res = svc.oneshot(req).await.unwrap();
+    drop(res);
+
+    let events = capture.events.lock().unwrap();
+    let handling = events
+        .iter()
+        .find(|e| e.get("message").is_some_and(|m| m == "handling under trace"))
+        .expect("handler event captured");
+    assert_eq!(
+        handling.get("request.id").map(String::as_str),
+        Some("trace-me-2")
     );
 }
 

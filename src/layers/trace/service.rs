@@ -83,12 +83,14 @@ fn server_span<B>(req: &Request<B>) -> Span {
         .get(http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok());
     let id = req.extensions().get::<RequestId>().map(RequestId::as_str);
-    // Fields only for what the response sets.
+    // Fields only for what the response sets, and the request id, which
+    // every log line of the request carries (SPEC RID-3).
     let span = tracing::info_span!(
         target: "battlement::trace",
         "request",
         otel.name = %name,
         otel.kind = "server",
+        request.id = id,
         http.response.status_code = Empty,
         rpc.grpc.status_code = Empty,
         error.type = Empty,
@@ -118,9 +120,7 @@ fn server_span<B>(req: &Request<B>) -> Span {
         span.set_attribute("rpc.method", rpc.to_owned());
     }
     if let Some(id) = id {
-        let id = opentelemetry::StringValue::from(std::sync::Arc::<str>::from(id));
-        span.set_attribute("http.request.id", id.clone());
-        span.set_attribute("request.id", id);
+        span.set_attribute("http.request.id", id.to_owned());
     }
     let _ = span.set_parent(extract(req.headers()));
     span
