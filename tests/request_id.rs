@@ -263,7 +263,10 @@ async fn log_lines_under_the_trace_span_carry_the_id() {
     let events = capture.events.lock().unwrap();
     let handling = events
         .iter()
-        .find(|e| e.get("message").is_some_and(|m| m == "handling under trace"))
+        .find(|e| {
+            e.get("message")
+                .is_some_and(|m| m == "handling under trace")
+        })
         .expect("handler event captured");
     assert_eq!(
         handling.get("request.id").map(String::as_str),
