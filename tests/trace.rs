@@ -245,3 +245,91 @@ async fn the_client_layer_injects_traceparent() {
     assert_eq!(attr(span, "server.port").as_deref(), Some("8080"));
     assert!(matches!(span.status, Status::Error { .. }));
 }
+
+// SPEC TR-4: each retry attempt is its own client span, child of the same
+// parent, with `http.request.resend_count` on the resends, and each
+// attempt carries its own span's context.
+#[tokio::test]
+async fn each_retry_attempt_is_its_own_client_span() {
+    use battlement::clock::ManualClock;
+    use battlement::retry::{Backoff, RetryLayer, RetryPolicy};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let (exporter, _guard) = collect();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let upstream = {
+        let (calls, seen) = (calls.clone(), seen.clone());
+        service_fn(move |req: http::Request<_>| {
+            let (calls, seen) = (calls.clone(), seen.clone());
+            async move {
+                if let Some(tp) = req.headers().get("traceparent") {
+                    seen.lock().unwrap().push(tp.to_str().unwrap().to_owned());
+                }
+                let mut res = http::Response::new(Body::empty());
+                if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                }
+                Ok::<_, Infallible>(res)
+            }
+        })
+    };
+    let policy = RetryPolicy::default()
+        .max_attempts(3)
+        .backoff(Backoff::Exponential {
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+        });
+    let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
+    let client = ServiceBuilder::new()
+        .layer(RetryLayer::new(policy).unwrap().clock(clock.shared()))
+        .layer(TraceLayer::client())
+        .service(upstream);
+    let parent = tracing::info_span!("caller");
+    let req = http::Request::get("http://upstream.test/x")
+        .body(Body::empty())
+        .unwrap();
+    let res = tracing::Instrument::instrument(client.oneshot(req), parent.clone())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.into_body().collect().await.unwrap();
+    drop(parent);
+
+    let spans = exporter.get_finished_spans().unwrap();
+    let caller = spans
+        .iter()
+        .find(|s| s.name == "caller")
+        .expect("caller span");
+    let mut attempts: Vec<_> = spans
+        .iter()
+        .filter(|s| s.span_kind == SpanKind::Client)
+        .collect();
+    attempts.sort_by_key(|s| s.start_time);
+    assert_eq!(attempts.len(), 3, "one client span per attempt");
+    let counts: Vec<_> = attempts
+        .iter()
+        .map(|s| attr(s, "http.request.resend_count"))
+        .collect();
+    assert_eq!(counts, vec![None, Some("1".into()), Some("2".into())]);
+    for span in &attempts {
+        assert_eq!(span.parent_span_id, caller.span_context.span_id());
+        assert_eq!(span.span_context.trace_id(), caller.span_context.trace_id());
+    }
+    let expected: Vec<_> = attempts
+        .iter()
+        .map(|s| {
+            format!(
+                "00-{}-{}-01",
+                s.span_context.trace_id(),
+                s.span_context.span_id()
+            )
+        })
+        .collect();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        expected,
+        "each attempt's own context"
+    );
+}
