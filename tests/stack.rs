@@ -108,11 +108,15 @@ async fn a_missing_or_dead_backend_fails_at_startup() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("backend") && err.contains("urls"), "{err}");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A dead server: it holds its port (so no other test can take it) and
+    // closes every connection at once.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = dead.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = dead.accept().await {
+            drop(conn);
+        }
+    });
     let config = StackConfig::from_toml(&format!(
         "[backend]\nkind = \"redis\"\nurls = [\"redis://127.0.0.1:{port}\"]"
     ))
