@@ -19,7 +19,8 @@
 //!
 //! Environment: `OTEL_EXPORTER_OTLP_ENDPOINT` turns OTLP export on (spans
 //! and metrics; needs the `otlp` feature); `OTEL_EXPORTER_OTLP_PROTOCOL`
-//! must be `grpc` (the default); `OTEL_SERVICE_NAME` overrides the service
+//! is `grpc` (the default, port 4317) or `http/protobuf` (port 4318, paths
+//! `/v1/traces` and `/v1/metrics`); `OTEL_SERVICE_NAME` overrides the service
 //! name; `OTEL_TRACES_SAMPLER`, `OTEL_METRIC_EXPORT_INTERVAL` and the other
 //! SDK variables apply as the SDK defines them.
 
@@ -58,30 +59,21 @@ pub fn init(service_name: &str) -> Result<TelemetryGuard, ConfigError> {
     let otlp = var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
         || var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
     if otlp {
-        let protocol = var("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_else(|| "grpc".into());
-        if protocol != "grpc" {
-            return Err(ConfigError::new(format!(
-                "OTEL_EXPORTER_OTLP_PROTOCOL={protocol:?}: only grpc is supported"
-            )));
-        }
+        let protocol = OtlpProtocol::from_env(var("OTEL_EXPORTER_OTLP_PROTOCOL"))?;
         #[cfg(feature = "otlp")]
         {
-            let spans = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .build()
-                .map_err(|e| ConfigError::new(format!("OTLP span exporter: {e}")))?;
+            let (spans, metrics) = otlp_exporters(protocol)?;
             tracers = tracers.with_batch_exporter(spans);
-            let metrics = opentelemetry_otlp::MetricExporter::builder()
-                .with_tonic()
-                .build()
-                .map_err(|e| ConfigError::new(format!("OTLP metric exporter: {e}")))?;
             meters = meters
                 .with_reader(opentelemetry_sdk::metrics::PeriodicReader::builder(metrics).build());
         }
         #[cfg(not(feature = "otlp"))]
-        return Err(ConfigError::new(
-            "OTEL_EXPORTER_OTLP_ENDPOINT is set but battlement was built without the `otlp` feature",
-        ));
+        {
+            let _ = protocol;
+            return Err(ConfigError::new(
+                "OTEL_EXPORTER_OTLP_ENDPOINT is set but battlement was built without the `otlp` feature",
+            ));
+        }
     }
 
     let tracers = tracers.build();
@@ -99,6 +91,60 @@ pub fn init(service_name: &str) -> Result<TelemetryGuard, ConfigError> {
         #[cfg(feature = "prometheus")]
         registry,
     })
+}
+
+/// The OTLP transports `OTEL_EXPORTER_OTLP_PROTOCOL` may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    /// `grpc` when unset; `http/json` is not supported.
+    fn from_env(value: Option<String>) -> Result<Self, ConfigError> {
+        match value.as_deref().map(str::trim) {
+            None | Some("grpc") => Ok(Self::Grpc),
+            Some("http/protobuf") => Ok(Self::HttpProtobuf),
+            Some(other) => Err(ConfigError::new(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL={other:?}: supported are grpc and http/protobuf"
+            ))),
+        }
+    }
+}
+
+/// The span and metric exporters for `protocol`, configured (endpoint,
+/// headers, timeout) from the `OTEL_EXPORTER_OTLP_*` variables.
+#[cfg(feature = "otlp")]
+fn otlp_exporters(
+    protocol: OtlpProtocol,
+) -> Result<
+    (
+        opentelemetry_otlp::SpanExporter,
+        opentelemetry_otlp::MetricExporter,
+    ),
+    ConfigError,
+> {
+    use opentelemetry_otlp::{MetricExporter, Protocol, SpanExporter, WithExportConfig};
+    let (spans, metrics) = match protocol {
+        OtlpProtocol::Grpc => (
+            SpanExporter::builder().with_tonic().build(),
+            MetricExporter::builder().with_tonic().build(),
+        ),
+        OtlpProtocol::HttpProtobuf => (
+            SpanExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .build(),
+            MetricExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .build(),
+        ),
+    };
+    let spans = spans.map_err(|e| ConfigError::new(format!("OTLP span exporter: {e}")))?;
+    let metrics = metrics.map_err(|e| ConfigError::new(format!("OTLP metric exporter: {e}")))?;
+    Ok((spans, metrics))
 }
 
 /// The providers [`init`] set up; dropping it flushes and shuts them down.

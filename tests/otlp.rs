@@ -1,7 +1,7 @@
 //! OTLP export end to end (SPEC MT-3, TR-1): the axum example, started
-//! with `OTEL_EXPORTER_OTLP_ENDPOINT` pointing at a gRPC receiver run by
-//! this test, sends the spans and metrics of a request, with the request's
-//! trace id.
+//! with `OTEL_EXPORTER_OTLP_ENDPOINT` pointing at a receiver run by this
+//! test (gRPC, or HTTP with `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`),
+//! sends the spans and metrics of a request, with the request's trace id.
 #![cfg(all(feature = "otlp", feature = "axum", feature = "prometheus"))]
 
 mod support;
@@ -33,14 +33,10 @@ struct Received {
     metrics: Arc<Mutex<Vec<String>>>,
 }
 
-#[tonic::async_trait]
-impl TraceService for Received {
-    async fn export(
-        &self,
-        req: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+impl Received {
+    fn add_spans(&self, req: ExportTraceServiceRequest) {
         let mut spans = self.spans.lock().unwrap();
-        for rs in req.into_inner().resource_spans {
+        for rs in req.resource_spans {
             for ss in rs.scope_spans {
                 for span in ss.spans {
                     let id: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
@@ -48,6 +44,25 @@ impl TraceService for Received {
                 }
             }
         }
+    }
+
+    fn add_metrics(&self, req: ExportMetricsServiceRequest) {
+        let mut metrics = self.metrics.lock().unwrap();
+        for rm in req.resource_metrics {
+            for sm in rm.scope_metrics {
+                metrics.extend(sm.metrics.into_iter().map(|m| m.name));
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Received {
+    async fn export(
+        &self,
+        req: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        self.add_spans(req.into_inner());
         Ok(Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -58,14 +73,49 @@ impl MetricsService for Received {
         &self,
         req: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        let mut metrics = self.metrics.lock().unwrap();
-        for rm in req.into_inner().resource_metrics {
-            for sm in rm.scope_metrics {
-                metrics.extend(sm.metrics.into_iter().map(|m| m.name));
-            }
-        }
+        self.add_metrics(req.into_inner());
         Ok(Response::new(ExportMetricsServiceResponse::default()))
     }
+}
+
+/// An OTLP/HTTP receiver (binary protobuf on `/v1/traces` and
+/// `/v1/metrics`) on a free loopback port.
+async fn http_receiver(received: Received) -> std::net::SocketAddr {
+    use axum::body::Bytes;
+    use axum::http::{StatusCode, header};
+    use axum::routing::post;
+    use prost::Message;
+
+    fn reply(message: impl Message) -> impl axum::response::IntoResponse {
+        (
+            [(header::CONTENT_TYPE, "application/x-protobuf")],
+            message.encode_to_vec(),
+        )
+    }
+    let traces = received.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/traces",
+            post(move |body: Bytes| async move {
+                let req =
+                    ExportTraceServiceRequest::decode(body).map_err(|_| StatusCode::BAD_REQUEST)?;
+                traces.add_spans(req);
+                Ok::<_, StatusCode>(reply(ExportTraceServiceResponse::default()))
+            }),
+        )
+        .route(
+            "/v1/metrics",
+            post(move |body: Bytes| async move {
+                let req = ExportMetricsServiceRequest::decode(body)
+                    .map_err(|_| StatusCode::BAD_REQUEST)?;
+                received.add_metrics(req);
+                Ok::<_, StatusCode>(reply(ExportMetricsServiceResponse::default()))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
 }
 
 /// The axum example, built with the same features as this test (cargo
@@ -83,7 +133,7 @@ fn example_binary() -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_axum_example_exports_spans_and_metrics_over_otlp() {
+async fn the_axum_example_exports_spans_and_metrics_over_otlp_grpc() {
     let received = Received::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let receiver = listener.local_addr().unwrap();
@@ -93,13 +143,28 @@ async fn the_axum_example_exports_spans_and_metrics_over_otlp() {
             .add_service(MetricsServiceServer::new(received.clone()))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
+    the_example_exports_to(&format!("http://{receiver}"), "grpc", &received).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_axum_example_exports_spans_and_metrics_over_otlp_http() {
+    let received = Received::default();
+    let receiver = http_receiver(received.clone()).await;
+    the_example_exports_to(&format!("http://{receiver}"), "http/protobuf", &received).await;
+}
+
+/// Starts the axum example exporting to `endpoint` over `protocol`, sends
+/// one request with a known trace id, and waits (15 s at most) until
+/// `received` holds its server span and the duration metric.
+async fn the_example_exports_to(endpoint: &str, protocol: &str, received: &Received) {
     let port = free_port();
     let binary = example_binary();
+    let (endpoint, protocol) = (endpoint.to_owned(), protocol.to_owned());
     let _app = Process::spawn("axum example", move || {
         let mut cmd = Command::new(&binary);
         cmd.env("BIND", format!("127.0.0.1:{port}"))
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{receiver}"))
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", &protocol)
             .env("OTEL_BSP_SCHEDULE_DELAY", "100")
             .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
             .env_remove("REDIS_URL")
