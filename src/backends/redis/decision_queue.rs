@@ -84,8 +84,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Queued>, store: Weak<Inner>) {
 /// call's failure.
 async fn send(store: RedisStore, batch: Vec<Queued>) {
     let keys = batch.iter().map(|q| (q.key.as_str(), &q.args));
-    let result = store.decide_keys(keys, batch.len()).await;
-    match result {
+    match store.decide_keys(keys).await {
         Ok(debts) => {
             for (queued, debt) in batch.into_iter().zip(debts) {
                 let _ = queued.reply.send(Ok(debt));

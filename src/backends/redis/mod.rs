@@ -10,8 +10,6 @@ mod rate_limit;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, RwLock};
-
-use decision_queue::DecisionQueue;
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
@@ -23,6 +21,7 @@ use redis::{
 };
 
 pub use config::RedisConfig;
+use decision_queue::DecisionQueue;
 
 use super::{Backend, KeySpace};
 use crate::clock::SharedClock;

@@ -1,7 +1,7 @@
 //! `RateLimitStore` for `RedisStore`: `scripts/gcra.lua` decides, one
 //! `EVALSHA` per decision or per batch of queued ones (see
-//! [`decision_queue`](super::decision_queue)), with Redis `TIME` as the clock unless a caller
-//! clock was set.
+//! [`decision_queue`](super::decision_queue)), with Redis `TIME` as the
+//! clock unless a caller clock was set.
 
 use std::sync::LazyLock;
 
@@ -28,9 +28,9 @@ impl RedisStore {
     /// debts in the same order.
     pub(super) async fn decide_keys<'a>(
         &self,
-        keys: impl Iterator<Item = (&'a str, &'a [u8; 40])>,
-        count: usize,
+        keys: impl ExactSizeIterator<Item = (&'a str, &'a [u8; 40])>,
     ) -> Result<Vec<i64>, StoreError> {
+        let count = keys.len();
         let mut invocation = GCRA.prepare_invoke();
         for (key, args) in keys {
             invocation.key(key).arg(&args[..]);
@@ -61,7 +61,7 @@ impl RedisStore {
             None => (key, args),
         };
         let debts = self
-            .decide_keys(std::iter::once((key.as_str(), &args)), 1)
+            .decide_keys(std::iter::once((key.as_str(), &args)))
             .await?;
         debts
             .first()

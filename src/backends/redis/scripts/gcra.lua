@@ -6,6 +6,7 @@
 -- Numbers travel packed as little-endian doubles (struct), because
 -- tonumber, string.match and string.format cost more than the decision.
 -- Decisions run in order, so a key named twice sees its first write.
+-- Needs Redis 6.0 or later (SET ... KEEPTTL).
 --
 -- KEYS[i]    state key, value pack('<d<d<d<d', debt, at, period_us, expires_at)
 -- ARGV[i]    pack('<d<d<d<d<d', count, period_us, burst, cost, now_us) for
