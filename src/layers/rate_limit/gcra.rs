@@ -6,8 +6,10 @@
 //! microseconds since the UNIX epoch. A request of cost `c` is allowed when
 //! `debt_now + c·period_us ≤ burst·period_us`. All arithmetic is on
 //! integers below 2^53 (see [`Quota`]), so the Redis Lua script, the etcd
-//! and the memory backends compute exactly the same decisions; the Lua copy
-//! lives in `backends/redis/scripts/gcra.lua`.
+//! and the memory backends compute exactly the same decisions. The Lua copy
+//! in `backends/redis/scripts/gcra.lua` computes only the debt;
+//! [`allowed`] and [`denied`] turn a debt into the decision's numbers for
+//! every backend.
 //!
 //! A quota change keeps the outstanding cost: the debt is rescaled from the
 //! old period to the new one, in whole units of cost rounded up.
@@ -30,7 +32,8 @@ pub struct GcraState {
 
 #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 impl GcraState {
-    /// `debt:at:period_us`, the stored form on Redis and etcd.
+    /// `debt:at:period_us`, the stored form on etcd (Redis stores packed
+    /// doubles, see the script).
     pub fn encode(&self) -> String {
         format!("{}:{}:{}", self.debt, self.at, self.period_us)
     }
