@@ -108,8 +108,7 @@ pub(crate) fn render(policy: &Policy, decision: &Decision, legacy: bool) -> Rend
 }
 
 fn push_u64(out: &mut String, n: u64) {
-    use std::fmt::Write as _;
-    let _ = write!(out, "{n}");
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 #[cfg(test)]
