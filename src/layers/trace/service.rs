@@ -73,8 +73,8 @@ fn server_span<B>(req: &Request<B>) -> Span {
     let grpc = grpc_parts(req);
     let route = route(req);
     let name = match (&grpc, &route) {
-        (Some((service, rpc)), _) => format!("{service}/{rpc}"),
-        (None, Some(route)) => format!("{m} {route}"),
+        (Some((service, rpc)), _) => [service, "/", rpc].concat(),
+        (None, Some(route)) => [m, " ", route].concat(),
         (None, None) => m.to_owned(),
     };
     let host = req.uri().host().or_else(|| host_header(req));
@@ -88,7 +88,7 @@ fn server_span<B>(req: &Request<B>) -> Span {
     let span = tracing::info_span!(
         target: "battlement::trace",
         "request",
-        otel.name = %name,
+        otel.name = name.as_str(),
         otel.kind = "server",
         request.id = id,
         http.response.status_code = Empty,
