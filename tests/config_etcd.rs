@@ -305,6 +305,52 @@ async fn after_compaction_the_source_reloads_everything() {
     .await;
 }
 
+// SPEC CF-1: behind the same address now stands another cluster, whose
+// revisions are past the ones seen: resuming from them would silently skip
+// its history, so the source loads everything afresh.
+#[tokio::test]
+async fn another_cluster_behind_the_address_is_loaded_afresh() {
+    let first = EtcdServer::start();
+    let proxy = TcpProxy::start(first.addr()).await;
+    client(&first)
+        .await
+        .put(BREAKER_KEY, r#"{"minimum_calls": 5}"#, None)
+        .await
+        .unwrap();
+    let mut app = App::start(proxy.url()).await;
+    app.event("loaded", Duration::from_secs(1)).await;
+    assert_eq!(
+        app.breaker.config(),
+        BreakerConfig::default().minimum_calls(5)
+    );
+
+    // The other cluster: its quota document is written first, then enough
+    // other writes that its revision passes the first cluster's.
+    let other = EtcdServer::start();
+    let mut kv = client(&other).await;
+    kv.put(QUOTA_KEY, r#"{"count": 9, "period": "1h"}"#, None)
+        .await
+        .unwrap();
+    for i in 0..10 {
+        kv.put(format!("/elsewhere/{i}"), "x", None).await.unwrap();
+    }
+    proxy.cut();
+    app.event("watch_error", Duration::from_secs(5)).await;
+    proxy.retarget(other.addr());
+    proxy.restore();
+    let seen = app.event("loaded", Duration::from_secs(5)).await;
+    assert!(seen.contains(&"cluster_changed"), "{seen:?}");
+    within(
+        Duration::from_secs(1),
+        "the other cluster's documents",
+        || {
+            app.quotas.quota("per-ip") == Some(hourly(9))
+                && app.breaker.config() == BreakerConfig::default()
+        },
+    )
+    .await;
+}
+
 // The preset's `config_source`: the stack follows etcd and its readiness
 // checks that etcd.
 #[cfg(feature = "axum")]

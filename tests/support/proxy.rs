@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 
 pub struct TcpProxy {
     addr: SocketAddr,
+    target: Arc<Mutex<SocketAddr>>,
     open: Arc<AtomicBool>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
@@ -22,8 +23,9 @@ impl TcpProxy {
         let addr = listener.local_addr().expect("addr");
         let open = Arc::new(AtomicBool::new(true));
         let connections = Arc::new(Mutex::new(Vec::new()));
+        let target = Arc::new(Mutex::new(target));
         let accept = tokio::spawn({
-            let (open, connections) = (open.clone(), connections.clone());
+            let (open, connections, target) = (open.clone(), connections.clone(), target.clone());
             async move {
                 while let Ok((mut client, _)) = listener.accept().await {
                     // Checked under the lock `cut` takes: no connection
@@ -32,6 +34,7 @@ impl TcpProxy {
                     if !open.load(Ordering::SeqCst) {
                         continue; // dropped: the client sees the connection close
                     }
+                    let target = *target.lock().unwrap();
                     let task = tokio::spawn(async move {
                         if let Ok(mut server) = TcpStream::connect(target).await {
                             let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
@@ -43,6 +46,7 @@ impl TcpProxy {
         });
         Self {
             addr,
+            target,
             open,
             connections,
             accept,
@@ -60,6 +64,12 @@ impl TcpProxy {
         for task in live.drain(..) {
             task.abort();
         }
+    }
+
+    /// Sends new connections to `target` from now on.
+    #[allow(dead_code)] // not every test binary retargets
+    pub fn retarget(&self, target: SocketAddr) {
+        *self.target.lock().unwrap() = target;
     }
 
     pub fn restore(&self) {

@@ -25,12 +25,13 @@ const LAYER: &str = "config";
 /// The stream loads the prefix, then watches it from the loaded revision.
 /// When the connection fails it retries every [`retry_every`](Self::retry_every)
 /// and resumes the watch from the last revision it saw, so no change made
-/// meanwhile is missed; when etcd compacted that revision away it loads the
-/// prefix afresh (a snapshot). A deleted key is a
+/// meanwhile is missed; when etcd compacted that revision away, or the
+/// server answering is of another cluster (its revisions say nothing of
+/// the ones seen), it loads the prefix afresh (a snapshot). A deleted key is a
 /// [`ConfigUpdate::Delete`]: back to the built-in value. The stream ends
 /// when the store is [closed](crate::backends::Backend::close). Events of
 /// layer `config`: `loaded` (full load), `resumed`, `compacted`,
-/// `watch_error` (logged at most once per 10 s).
+/// `cluster_changed`, `watch_error` (logged at most once per 10 s).
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -66,6 +67,13 @@ impl fmt::Debug for EtcdConfigSource {
     }
 }
 
+/// Where documents were read: a revision of a cluster.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    revision: i64,
+    cluster: u64,
+}
+
 /// Why a watch stopped.
 enum Ended {
     /// Nobody reads the updates any more, or the store was closed.
@@ -73,6 +81,9 @@ enum Ended {
     /// The revision to resume from is gone (compacted, or the server is
     /// behind it): load afresh.
     Compacted,
+    /// The server is a member of another cluster than the one loaded
+    /// from: load afresh.
+    OtherCluster,
     /// The connection failed after `last` was seen: resume after it.
     Failed { last: i64, error: String },
 }
@@ -122,16 +133,19 @@ impl EtcdConfigSource {
     async fn follow(self, tx: mpsc::Sender<ConfigUpdate>) {
         // The last revision whose changes were sent; none: load afresh.
         let mut resume: Option<i64> = None;
+        // The cluster the documents were loaded from.
+        let mut cluster = 0;
         loop {
             let revision = match resume {
                 Some(revision) => revision,
                 None => match self.load().await {
-                    Ok((documents, revision)) => {
+                    Ok((documents, at)) => {
                         if tx.send(ConfigUpdate::Snapshot(documents)).await.is_err() {
                             return;
                         }
                         self.events.emit(Event::new(LAYER, "loaded"));
-                        revision
+                        cluster = at.cluster;
+                        at.revision
                     }
                     Err(StoreError::Closed) => return,
                     Err(error) => {
@@ -141,8 +155,17 @@ impl EtcdConfigSource {
                     }
                 },
             };
-            match self.watch(revision, resume.is_some(), &tx).await {
+            let from = Position { revision, cluster };
+            match self.watch(from, resume.is_some(), &tx).await {
                 Ended::Closed => return,
+                Ended::OtherCluster => {
+                    tracing::warn!(
+                        prefix = %self.prefix,
+                        "etcd config source reached another cluster; reloading"
+                    );
+                    self.events.emit(Event::new(LAYER, "cluster_changed"));
+                    resume = None;
+                }
                 Ended::Compacted => {
                     tracing::info!(
                         revision,
@@ -168,8 +191,8 @@ impl EtcdConfigSource {
             .emit(Event::new(LAYER, "watch_error").with_detail(error));
     }
 
-    /// Every document under the prefix, and the revision they are at.
-    async fn load(&self) -> Result<(Documents, i64), StoreError> {
+    /// Every document under the prefix, and where they were read.
+    async fn load(&self) -> Result<(Documents, Position), StoreError> {
         let prefix = self.prefix.to_string();
         let response = self
             .store
@@ -179,16 +202,19 @@ impl EtcdConfigSource {
                     .await
             })
             .await?;
-        let revision = response
+        let at = response
             .header()
-            .map(|h| h.revision())
+            .map(|h| Position {
+                revision: h.revision(),
+                cluster: h.cluster_id(),
+            })
             .ok_or_else(|| StoreError::Backend("etcd: a range response without a header".into()))?;
         let documents = response
             .kvs()
             .iter()
             .filter_map(|kv| Some((self.relative(kv.key())?, Bytes::copy_from_slice(kv.value()))))
             .collect();
-        Ok((documents, revision))
+        Ok((documents, at))
     }
 
     /// The document key of an etcd key, if it is valid UTF-8 under the
@@ -204,8 +230,14 @@ impl EtcdConfigSource {
         }
     }
 
-    /// Watches the prefix from just after `revision`.
-    async fn watch(&self, revision: i64, resuming: bool, tx: &mpsc::Sender<ConfigUpdate>) -> Ended {
+    /// Watches the prefix from just after `from`, on `from`'s cluster.
+    async fn watch(
+        &self,
+        from: Position,
+        resuming: bool,
+        tx: &mpsc::Sender<ConfigUpdate>,
+    ) -> Ended {
+        let revision = from.revision;
         let failed = |last, error: String| Ended::Failed { last, error };
         let mut client = match self.store.client() {
             Ok(client) => client,
@@ -242,9 +274,16 @@ impl EtcdConfigSource {
                 );
             }
             if response.created() {
+                // Revisions of another cluster say nothing of ours.
+                if response
+                    .header()
+                    .is_some_and(|h| h.cluster_id() != from.cluster)
+                {
+                    return Ended::OtherCluster;
+                }
                 // A server behind the revision we saw (restored from an
-                // older backup, or another cluster) would never send the
-                // changes in between: load afresh.
+                // older backup) would never send the changes in between:
+                // load afresh.
                 if response.header().is_some_and(|h| h.revision() < last) {
                     return Ended::Compacted;
                 }
