@@ -102,14 +102,22 @@ impl Process {
     }
 
     /// Waits up to `limit` for `ready` to hold; fails the test otherwise.
-    pub fn wait_until(&mut self, limit: Duration, mut ready: impl FnMut() -> bool) {
+    pub fn wait_until(&mut self, limit: Duration, ready: impl FnMut() -> bool) {
+        if !self.ready_or_exited(limit, ready) {
+            panic!("{} exited before it was ready", self.name);
+        }
+    }
+
+    /// Waits up to `limit` for `ready` to hold (true) or the process to
+    /// exit (false); fails the test if neither happens in time.
+    pub fn ready_or_exited(&mut self, limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
         let started = Instant::now();
         while started.elapsed() < limit {
             if ready() {
-                return;
+                return true;
             }
             if !self.is_running() {
-                panic!("{} exited before it was ready", self.name);
+                return false;
             }
             std::thread::sleep(Duration::from_millis(20));
         }

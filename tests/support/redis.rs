@@ -21,29 +21,48 @@ impl RedisServer {
         Self::start_with(&[])
     }
 
+    /// Starts on a free port. Another test may take the port between
+    /// `free_port` and the server's bind, and a cluster node also needs
+    /// port + 10000 (at most 65535) for its bus: a server that exits at
+    /// once is started again on another port, a few times.
     fn start_with(extra: &[&str]) -> Self {
         let binary = require_binary("redis-server");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let dir_path = dir.path().to_owned();
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let process = Process::spawn("redis-server", move || {
-            let mut cmd = Command::new(&binary);
-            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-                .args(["--loglevel", "warning"])
-                .arg("--dir")
-                .arg(&dir_path)
-                .args(&extra);
-            cmd
-        });
-        let mut server = Self {
-            port,
-            process,
-            _dir: dir,
-        };
-        server.wait_ready();
-        server
+        let cluster = extra.contains(&"--cluster-enabled");
+        for _ in 0..5 {
+            let port = loop {
+                let port = free_port();
+                if !cluster || port <= 55535 {
+                    break port;
+                }
+            };
+            let dir = tempfile::tempdir().expect("temp dir");
+            let dir_path = dir.path().to_owned();
+            let (binary, extra) = (
+                binary.clone(),
+                extra.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            );
+            let process = Process::spawn("redis-server", move || {
+                let mut cmd = Command::new(&binary);
+                cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                    .args(["--loglevel", "warning"])
+                    .arg("--dir")
+                    .arg(&dir_path)
+                    .args(&extra);
+                cmd
+            });
+            let mut server = Self {
+                port,
+                process,
+                _dir: dir,
+            };
+            if server.process.ready_or_exited(Duration::from_secs(10), || {
+                ping(port).is_some_and(|r| r.starts_with("+PONG"))
+            }) {
+                return server;
+            }
+        }
+        panic!("redis-server exited at once on 5 ports in a row");
     }
 
     pub fn port(&self) -> u16 {
