@@ -49,7 +49,8 @@ pub type SharedClock = Arc<dyn Clock>;
 /// The process clock: wall time at start plus monotonic time since.
 #[derive(Debug, Clone)]
 pub struct SystemClock {
-    wall: Duration,
+    /// The wall clock at start, in whole microseconds (so that
+    /// `now().as_micros() == now_micros()`).
     wall_micros: u64,
     ticks: quanta::Clock,
     start: u64,
@@ -64,8 +65,6 @@ impl SystemClock {
         let wall_micros = u64::try_from(wall.as_micros()).unwrap_or(u64::MAX);
         let ticks = quanta::Clock::new();
         Self {
-            // Whole microseconds, so `now().as_micros() == now_micros()`.
-            wall: Duration::from_micros(wall_micros),
             wall_micros,
             start: ticks.raw(),
             ticks,
@@ -92,7 +91,7 @@ impl Default for SystemClock {
 
 impl Clock for SystemClock {
     fn now(&self) -> Duration {
-        self.wall + Duration::from_nanos(self.elapsed_nanos())
+        Duration::from_micros(self.wall_micros) + Duration::from_nanos(self.elapsed_nanos())
     }
 
     fn now_micros(&self) -> u64 {

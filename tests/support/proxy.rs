@@ -67,7 +67,6 @@ impl TcpProxy {
     }
 
     /// Sends new connections to `target` from now on.
-    #[allow(dead_code)] // not every test binary retargets
     pub fn retarget(&self, target: SocketAddr) {
         *self.target.lock().unwrap() = target;
     }
