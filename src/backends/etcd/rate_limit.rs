@@ -54,7 +54,7 @@ impl RateLimitStore for EtcdStore {
                 let Some(write) = step.write else {
                     return Ok(step.decision);
                 };
-                let ttl = Duration::from_micros(step.ttl_us);
+                let ttl = Duration::from_micros(step.ttl_us());
                 match self
                     .put_at(&key, revision, write.encode().as_bytes(), ttl)
                     .await?

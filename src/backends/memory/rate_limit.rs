@@ -70,7 +70,7 @@ impl Cell {
                     if self.period_us.load(Ordering::Relaxed) != write.period_us {
                         self.period_us.store(write.period_us, Ordering::Relaxed);
                     }
-                    let full_at = now_us.saturating_add(step.ttl_us);
+                    let full_at = now_us.saturating_add(step.ttl_us());
                     if full_at > self.full_at_us.load(Ordering::Relaxed) + FULL_AT_SLACK_US {
                         self.full_at_us
                             .fetch_max(full_at + FULL_AT_SLACK_US, Ordering::Relaxed);

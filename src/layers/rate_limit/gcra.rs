@@ -50,16 +50,22 @@ impl GcraState {
     }
 }
 
-/// The outcome of one decision: the decision, the state to write (none on
-/// denial), and how long the key must live (time until the bucket is full).
+/// The outcome of one decision: the decision and the state to write (none
+/// on denial).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Step {
     /// The decision.
     pub decision: Decision,
     /// The new state, `None` when nothing is written (denials).
     pub write: Option<GcraState>,
-    /// Time to live of the written state, in microseconds.
-    pub ttl_us: u64,
+}
+
+impl Step {
+    /// How long the written state must live: until the bucket is full
+    /// again, which is the decision's `reset`, in microseconds.
+    pub fn ttl_us(&self) -> u64 {
+        u64::try_from(self.decision.reset().as_micros()).unwrap_or(u64::MAX)
+    }
 }
 
 /// Decides a request of `cost` at `now_us` on a key in `state`.
@@ -82,7 +88,6 @@ pub fn decide(state: Option<GcraState>, quota: &Quota, cost: u64, now_us: u64) -
                 at,
                 period_us: p,
             }),
-            ttl_us: after.div_ceil(quota.count()),
         };
     }
     // Denied: nothing is written, unless the state was written under
@@ -96,7 +101,6 @@ pub fn decide(state: Option<GcraState>, quota: &Quota, cost: u64, now_us: u64) -
             at,
             period_us: p,
         }),
-        ttl_us: debt.div_ceil(quota.count()),
     }
 }
 
@@ -234,7 +238,8 @@ mod tests {
             (10 * slow.period_us(), slow.period_us())
         );
         assert_eq!(
-            step.ttl_us, 60_000_000,
+            step.ttl_us(),
+            60_000_000,
             "full again after a minute, not a second"
         );
         // Once rewritten, further denials write nothing.
