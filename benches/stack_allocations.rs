@@ -5,7 +5,8 @@
 //!
 //! The same apps as `benches/stack.rs` (the `/hello` route bare, and behind
 //! `battlement::stack::server` with trace, metrics, rate limit and
-//! idempotency), called with `tower::ServiceExt::oneshot`; the response
+//! idempotency), each turned into services once (`with_state`, as
+//! `axum::serve` does) and called with `tower::ServiceExt::oneshot`; the response
 //! body is read to its end.
 #![allow(missing_docs)]
 
@@ -69,8 +70,13 @@ fn main() {
         .unwrap_or_else(|e| panic!("{e}"));
     runtime.block_on(async {
         let telemetry = apps::telemetry();
-        let full = apps::full(battlement::backends::BackendConfig::default()).await;
-        let bare = per_request(&apps::routes()).await;
+        // `with_state` turns every route into a service once, as
+        // `axum::serve` does; without it each call would build the route's
+        // layers again.
+        let full = apps::full(battlement::backends::BackendConfig::default())
+            .await
+            .with_state(());
+        let bare = per_request(&apps::routes().with_state(())).await;
         let full = per_request(&full).await;
         println!("allocations per request: bare {bare:.1}, full stack {full:.1}");
         drop(telemetry);
