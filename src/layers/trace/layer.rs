@@ -2,6 +2,7 @@
 
 use tower_layer::Layer;
 
+use super::head::{self, HeadSampler};
 use super::service::Trace;
 
 /// One OpenTelemetry span per request (SPEC TR-1..TR-5), through
@@ -26,6 +27,15 @@ use super::service::Trace;
 /// outside, the id is recorded as `http.request.id`; turn that layer's own
 /// span off so this span is the request's root.
 ///
+/// Sampling: with a [`HeadSampler`] (the one
+/// [`telemetry::init`](crate::telemetry::init) installed, or
+/// [`head_sampler`](Self::head_sampler)), a server request the sampler
+/// leaves out gets no OpenTelemetry span at all, only a plain `tracing`
+/// span that carries the request id for log lines and makes the request's
+/// unsampled context current, so spans and outbound calls under it are
+/// not sampled either. Without one, every request builds its span and the
+/// SDK's sampler decides (the span's cost is paid either way).
+///
 /// ```
 /// use battlement::trace::TraceLayer;
 /// use tower::ServiceBuilder;
@@ -37,17 +47,37 @@ use super::service::Trace;
 #[derive(Debug, Clone, Copy)]
 pub struct TraceLayer {
     client: bool,
+    head: Option<HeadSampler>,
 }
 
 impl TraceLayer {
-    /// Server spans.
+    /// Server spans, sampled by the [`HeadSampler`] that
+    /// [`telemetry::init`](crate::telemetry::init) installed, if it ran.
     pub fn server() -> Self {
-        Self { client: false }
+        Self {
+            client: false,
+            head: head::installed(),
+        }
     }
 
     /// Client spans, with the context injected into outbound requests.
     pub fn client() -> Self {
-        Self { client: true }
+        Self {
+            client: true,
+            head: None,
+        }
+    }
+
+    /// Decides with `sampler` before a server span is built (`None`: build
+    /// every span and let the SDK decide). The tracer provider must sample
+    /// with [`HeadSampler::sdk_sampler`] and take its ids from
+    /// [`TraceIds`](crate::telemetry::TraceIds); otherwise new traces are
+    /// sampled twice. Client spans follow their parent and ignore this.
+    pub fn head_sampler(self, sampler: Option<HeadSampler>) -> Self {
+        Self {
+            head: sampler.filter(|_| !self.client),
+            ..self
+        }
     }
 }
 
@@ -55,6 +85,6 @@ impl<S> Layer<S> for TraceLayer {
     type Service = Trace<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Trace::new(inner, self.client)
+        Trace::new(inner, self.client, self.head)
     }
 }

@@ -19,12 +19,14 @@
 //! See [`TraceLayer`] for what each span carries.
 
 mod body;
+pub(crate) mod head;
 mod layer;
 pub(crate) mod propagation;
 pub(crate) mod semconv;
 mod service;
 
 pub use body::TracedBody;
+pub use head::HeadSampler;
 pub use layer::TraceLayer;
 pub use semconv::DURATION_BUCKETS;
 pub use service::{ResponseFuture, Trace};

@@ -13,6 +13,7 @@ use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::body::TracedBody;
+use super::head::{self, Head, HeadSampler, UNSAMPLED_TARGET};
 use super::propagation::{extract, inject};
 use super::semconv::{
     grpc_parts, grpc_server_error, grpc_status, method, protocol_version, route, scheme,
@@ -25,11 +26,16 @@ use crate::retry::ResendCount;
 pub struct Trace<S> {
     inner: S,
     client: bool,
+    head: Option<HeadSampler>,
 }
 
 impl<S> Trace<S> {
-    pub(crate) fn new(inner: S, client: bool) -> Self {
-        Self { inner, client }
+    pub(crate) fn new(inner: S, client: bool, head: Option<HeadSampler>) -> Self {
+        Self {
+            inner,
+            client,
+            head,
+        }
     }
 }
 
@@ -52,7 +58,17 @@ where
             inject(&span.context(), req.headers_mut());
             span
         } else {
-            server_span(&req)
+            let parent = extract(req.headers());
+            match self.head.map(|head| head.decide(&parent)) {
+                None | Some(Head::Sampled { root: None }) => server_span(&req, parent),
+                // Started here, so the SDK takes the decided trace id.
+                Some(Head::Sampled { root: Some(id) }) => head::with_root_trace_id(id, || {
+                    let span = server_span(&req, parent);
+                    let _ = span.context();
+                    span
+                }),
+                Some(Head::Unsampled(cx)) => unsampled_span(&req, cx),
+            }
         };
         let future = span.in_scope(|| self.inner.call(req));
         ResponseFuture {
@@ -64,10 +80,11 @@ where
 }
 
 /// The server span: named `{method} {route}` (or `{method}`, or the gRPC
-/// `service/method`), child of the caller's trace context. Attributes known
-/// up front go straight to the OpenTelemetry span (static values are not
-/// copied): as `tracing` fields, each would become a new string.
-fn server_span<B>(req: &Request<B>) -> Span {
+/// `service/method`), child of the caller's trace context `parent`.
+/// Attributes known up front go straight to the OpenTelemetry span (static
+/// values are not copied): as `tracing` fields, each would become a new
+/// string.
+fn server_span<B>(req: &Request<B>, parent: opentelemetry::Context) -> Span {
     use tracing::field::Empty;
     let m = method(req.method());
     let grpc = grpc_parts(req);
@@ -122,7 +139,22 @@ fn server_span<B>(req: &Request<B>) -> Span {
     if let Some(id) = id {
         span.set_attribute("http.request.id", id.to_owned());
     }
-    let _ = span.set_parent(extract(req.headers()));
+    let _ = span.set_parent(parent);
+    span
+}
+
+/// The span of a request the head sampler left out: the request id for log
+/// lines, and `cx` made current whenever it is entered (by the layer
+/// [`telemetry`](crate::telemetry) builds, which keeps it out of
+/// OpenTelemetry). An OpenTelemetry layer that does see it gets `cx` as its
+/// parent, so drops it too.
+fn unsampled_span<B>(req: &Request<B>, cx: opentelemetry::Context) -> Span {
+    let id = req.extensions().get::<RequestId>().map(RequestId::as_str);
+    let span = head::with_unsampled_context(
+        cx.clone(),
+        || tracing::info_span!(target: UNSAMPLED_TARGET, "request", request.id = id),
+    );
+    let _ = span.set_parent(cx);
     span
 }
 

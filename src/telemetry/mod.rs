@@ -21,8 +21,11 @@
 //! and metrics; needs the `otlp` feature); `OTEL_EXPORTER_OTLP_PROTOCOL`
 //! is `grpc` (the default, port 4317) or `http/protobuf` (port 4318, paths
 //! `/v1/traces` and `/v1/metrics`); `OTEL_SERVICE_NAME` overrides the service
-//! name; `OTEL_TRACES_SAMPLER`, `OTEL_METRIC_EXPORT_INTERVAL` and the other
-//! SDK variables apply as the SDK defines them.
+//! name; `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` choose the
+//! [`HeadSampler`] that both the server trace layer and the SDK apply (a
+//! name it does not know, or a ratio outside `0..=1`, is an error);
+//! `OTEL_METRIC_EXPORT_INTERVAL` and the other SDK variables apply as the
+//! SDK defines them.
 
 use std::fmt;
 
@@ -34,6 +37,13 @@ use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
 
 use crate::error::ConfigError;
+use crate::trace::HeadSampler;
+
+mod ids;
+mod unsampled;
+
+pub use ids::TraceIds;
+pub use unsampled::tracing_layer;
 
 /// Sets up OpenTelemetry for `service_name` and registers it globally;
 /// keep the guard for the life of the process.
@@ -41,8 +51,13 @@ pub fn init(service_name: &str) -> Result<TelemetryGuard, ConfigError> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     let service = var("OTEL_SERVICE_NAME").unwrap_or_else(|| service_name.to_owned());
     let resource = Resource::builder().with_service_name(service).build();
+    // One sampler for the trace layer and the SDK, on the same ids.
+    let head = HeadSampler::from_env()?;
     #[cfg_attr(not(feature = "otlp"), allow(unused_mut))]
-    let mut tracers = SdkTracerProvider::builder().with_resource(resource.clone());
+    let mut tracers = SdkTracerProvider::builder()
+        .with_resource(resource.clone())
+        .with_sampler(head.sdk_sampler())
+        .with_id_generator(TraceIds);
     let mut meters = SdkMeterProvider::builder().with_resource(resource);
 
     #[cfg(feature = "prometheus")]
@@ -79,6 +94,7 @@ pub fn init(service_name: &str) -> Result<TelemetryGuard, ConfigError> {
     let tracers = tracers.build();
     let meters = meters.build();
     opentelemetry::global::set_tracer_provider(tracers.clone());
+    crate::trace::head::install(Some(head));
     opentelemetry::global::set_meter_provider(meters.clone());
     opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
         Box::new(TraceContextPropagator::new()),
@@ -164,22 +180,13 @@ impl fmt::Debug for TelemetryGuard {
 
 impl TelemetryGuard {
     /// The `tracing` layer that turns spans (battlement's and the
-    /// application's) into OpenTelemetry spans.
-    ///
-    /// It leaves out what costs on every span and poll but says little
-    /// about a request: code location, thread, `target` and busy/idle time
-    /// attributes (build your own from [`tracer`](Self::tracer) to have
-    /// them).
-    pub fn tracing_layer<S>(&self) -> tracing_opentelemetry::OpenTelemetryLayer<S, Tracer>
+    /// application's) into OpenTelemetry spans: [`tracing_layer`] with this
+    /// guard's tracer.
+    pub fn tracing_layer<S>(&self) -> impl tracing_subscriber::Layer<S> + use<S>
     where
         S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
     {
-        tracing_opentelemetry::layer()
-            .with_tracer(self.tracer.clone())
-            .with_location(false)
-            .with_threads(false)
-            .with_target(false)
-            .with_tracked_inactivity(false)
+        tracing_layer(self.tracer.clone())
     }
 
     /// The tracer spans are exported with.

@@ -1,0 +1,86 @@
+//! The `tracing` side of head sampling: OpenTelemetry spans for every span
+//! but an unsampled request's, whose context is made current instead.
+
+use std::cell::RefCell;
+
+use opentelemetry::{Context, ContextGuard};
+use opentelemetry_sdk::trace::Tracer;
+use tracing::span;
+use tracing::{Level, Subscriber};
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::Context as LayerContext;
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::trace::head::{UNSAMPLED_TARGET, take_unsampled_context};
+
+/// The `tracing` layer for `tracer`: every span becomes an OpenTelemetry
+/// span (without code location, thread, target or busy/idle attributes,
+/// which cost on every span and poll), except the span of a request the
+/// [`HeadSampler`](crate::trace::HeadSampler) left out. That one only makes
+/// the request's unsampled OpenTelemetry context current while it is
+/// entered, so spans created under it (also in tasks it instruments) and
+/// outbound calls belong to the request's trace and are not sampled.
+pub fn tracing_layer<S>(tracer: Tracer) -> impl Layer<S>
+where
+    S: Subscriber + for<'span> LookupSpan<'span>,
+{
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_filter(
+            Targets::new()
+                .with_default(Level::TRACE)
+                .with_target(UNSAMPLED_TARGET, LevelFilter::OFF),
+        );
+    let unsampled =
+        UnsampledContexts.with_filter(Targets::new().with_target(UNSAMPLED_TARGET, Level::TRACE));
+    spans.and_then(unsampled)
+}
+
+/// Keeps an unsampled request's context in its span and attaches it on
+/// every enter.
+struct UnsampledContexts;
+
+/// The context an unsampled request's span carries.
+struct Carried(Context);
+
+thread_local! {
+    /// The contexts attached by entered spans on this thread.
+    static ATTACHED: RefCell<Vec<(span::Id, ContextGuard)>> = const { RefCell::new(Vec::new()) };
+}
+
+impl<S> Layer<S> for UnsampledContexts
+where
+    S: Subscriber + for<'span> LookupSpan<'span>,
+{
+    fn on_new_span(&self, _: &span::Attributes<'_>, id: &span::Id, ctx: LayerContext<'_, S>) {
+        if let (Some(cx), Some(span)) = (take_unsampled_context(), ctx.span(id)) {
+            span.extensions_mut().insert(Carried(cx));
+        }
+    }
+
+    fn on_enter(&self, id: &span::Id, ctx: LayerContext<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let Some(Carried(cx)) = span
+            .extensions()
+            .get::<Carried>()
+            .map(|c| Carried(c.0.clone()))
+        else {
+            return;
+        };
+        let guard = cx.attach();
+        ATTACHED.with_borrow_mut(|attached| attached.push((id.clone(), guard)));
+    }
+
+    fn on_exit(&self, id: &span::Id, _: LayerContext<'_, S>) {
+        let guard = ATTACHED.with_borrow_mut(|attached| {
+            let at = attached.iter().rposition(|(entered, _)| entered == id)?;
+            Some(attached.remove(at))
+        });
+        drop(guard);
+    }
+}
