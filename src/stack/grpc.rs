@@ -3,11 +3,12 @@
 use bytes::Bytes;
 use http::{Request, Response};
 use tonic::body::Body;
-use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::optional::Optional;
 use super::server::ServerStack;
 use crate::BoxError;
 use crate::backends::AnyStore;
@@ -69,22 +70,6 @@ where
     )
 }
 
-/// Wraps `svc` in `layer` when there is one.
-fn wrap<L, B>(svc: GrpcService, layer: &Option<L>) -> GrpcService
-where
-    L: Layer<GrpcService>,
-    L::Service: Service<Request<Body>, Response = Response<B>> + Clone + Send + Sync + 'static,
-    <L::Service as Service<Request<Body>>>::Future: Send + 'static,
-    <L::Service as Service<Request<Body>>>::Error: Into<BoxError>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    match layer {
-        Some(layer) => boxed(layer.layer(svc)),
-        None => svc,
-    }
-}
-
 /// The gRPC health service's path prefix: its calls are probes.
 const HEALTH: &str = "/grpc.health.v1.Health/";
 
@@ -124,15 +109,6 @@ impl Service<Request<Body>> for GrpcStackService {
     }
 }
 
-impl GrpcStackLayer {
-    /// The request id, trace and metrics layers over `svc`.
-    fn outer(&self, svc: GrpcService) -> GrpcService {
-        let svc = wrap(svc, &self.metrics);
-        let svc = wrap(svc, &self.trace);
-        wrap(svc, &self.request_id)
-    }
-}
-
 impl<S, B> Layer<S> for GrpcStackLayer
 where
     S: Service<Request<Body>, Response = Response<B>> + Clone + Send + Sync + 'static,
@@ -144,20 +120,27 @@ where
     type Service = GrpcStackService;
 
     fn layer(&self, inner: S) -> GrpcStackService {
+        // Two typed stacks, each boxed once.
         let inner = boxed(inner);
-        let probes = self.outer(inner.clone());
-        let mut svc = inner;
-        if let Some(idempotency) = &self.idempotency {
-            // It hands the body on as a LayerBody (what it read, then the
-            // rest).
-            let inner = svc.map_request(|req: Request<LayerBody<Body>>| req.map(Body::new));
-            svc = boxed(idempotency.layer(inner));
-        }
-        let svc = wrap(svc, &self.breaker);
-        let svc = wrap(svc, &self.rate_limit);
+        let outer = ServiceBuilder::new()
+            .layer(Optional(self.request_id.clone()))
+            .layer(Optional(self.trace))
+            .layer(Optional(self.metrics.clone()));
+        let probes = boxed(outer.clone().service(inner.clone()));
+        let calls = outer
+            .layer(Optional(self.rate_limit.clone()))
+            .layer(Optional(self.breaker.clone()))
+            .layer(Optional(self.idempotency.clone().map(|idempotency| {
+                // It hands the body on as a LayerBody (what it read, then
+                // the rest).
+                ServiceBuilder::new()
+                    .layer(idempotency)
+                    .map_request(|req: Request<LayerBody<Body>>| req.map(Body::new))
+            })))
+            .service(inner);
         GrpcStackService {
             probes,
-            calls: self.outer(svc),
+            calls: boxed(calls),
         }
     }
 }

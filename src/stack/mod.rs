@@ -60,6 +60,8 @@ mod config;
 mod ext;
 #[cfg(feature = "tonic")]
 mod grpc;
+#[cfg(any(feature = "axum", feature = "tonic"))]
+mod optional;
 #[cfg(feature = "axum")]
 mod router;
 mod server;
