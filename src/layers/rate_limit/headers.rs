@@ -79,13 +79,18 @@ pub(crate) fn render(policy: &Policy, decision: &Decision, legacy: bool) -> Rend
             retry_after, reset, ..
         } => ceil_secs(retry_after.unwrap_or(*reset)),
     };
-    let mut limit = String::with_capacity(policy.name.len() + 32);
-    limit.push('"');
-    limit.push_str(&policy.name);
-    limit.push_str("\";r=");
-    push_u64(&mut limit, decision.remaining());
-    limit.push_str(";t=");
-    push_u64(&mut limit, reset);
+    // Exactly as long as its text: a `Bytes` made from it then needs no
+    // second allocation.
+    let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let limit = [
+        "\"",
+        &policy.name,
+        "\";r=",
+        r.format(decision.remaining()),
+        ";t=",
+        t.format(reset),
+    ]
+    .concat();
     let retry_after = match decision {
         Decision::Denied {
             retry_after: Some(wait),
@@ -105,10 +110,6 @@ pub(crate) fn render(policy: &Policy, decision: &Decision, legacy: bool) -> Rend
             ]
         }),
     }
-}
-
-fn push_u64(out: &mut String, n: u64) {
-    out.push_str(itoa::Buffer::new().format(n));
 }
 
 #[cfg(test)]

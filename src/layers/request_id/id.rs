@@ -34,9 +34,12 @@ impl RequestId {
 
     /// A new UUIDv7 id (RFC 9562), monotonic within this process.
     pub fn new_v7() -> Self {
-        let mut buf = Uuid::encode_buffer();
-        let text = Uuid::now_v7().hyphenated().encode_lower(&mut buf);
-        Self(HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-")))
+        let mut text = UuidText([0; 36]);
+        Uuid::now_v7().hyphenated().encode_lower(&mut text.0);
+        // Shared from the start: the copies on the request and the
+        // response count references instead of allocating.
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text));
+        Self(value.unwrap_or_else(|_| HeaderValue::from_static("-")))
     }
 
     /// The id of the request being handled by the current task, if any.
@@ -83,6 +86,15 @@ impl fmt::Display for RequestId {
 impl fmt::Debug for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("RequestId").field(&self.as_str()).finish()
+    }
+}
+
+/// A hyphenated UUID's text.
+struct UuidText([u8; 36]);
+
+impl AsRef<[u8]> for UuidText {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 

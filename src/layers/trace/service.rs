@@ -219,14 +219,22 @@ where
         let Some(span) = this.span.take() else {
             unreachable!("trace future polled after completion")
         };
+        // An unsampled request's span has nothing to record on.
+        let sampled = span
+            .metadata()
+            .is_some_and(|m| m.target() != UNSAMPLED_TARGET);
         Poll::Ready(match result {
             Ok(res) => {
-                record_response(&span, &res, *this.client);
+                if sampled {
+                    record_response(&span, &res, *this.client);
+                }
                 Ok(res.map(|body| TracedBody::new(body, span, !*this.client)))
             }
             Err(e) => {
-                span.record("error.type", "_OTHER");
-                span.set_status(Status::error(e.to_string()));
+                if sampled {
+                    span.record("error.type", "_OTHER");
+                    span.set_status(Status::error(e.to_string()));
+                }
                 Err(e)
             }
         })
