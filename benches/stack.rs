@@ -5,8 +5,10 @@
 //!
 //! Both apps serve the axum example's `/hello` route on loopback, in this
 //! process: *bare* is the route alone; *full* is the same route behind
-//! `battlement::stack::server` (request id, trace with every span sampled
-//! and metrics recorded by the OpenTelemetry SDK, a per-IP rate limit that
+//! `battlement::stack::server` (request id, trace sampled as
+//! `OTEL_TRACES_SAMPLER` says — every request by default;
+//! `OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1`
+//! for 10 % — and metrics recorded by the OpenTelemetry SDK, a per-IP rate limit that
 //! admits everything but decides every request, idempotency on `/orders`,
 //! health routes). A client drives each with the same load — `CONNECTIONS`
 //! HTTP/1.1 keep-alive connections sending requests back to back for
@@ -100,6 +102,16 @@ async fn load(addr: SocketAddr) -> (f64, Vec<u64>) {
     (rate, all)
 }
 
+/// The head sampler the environment chose (see `telemetry::init`).
+fn sampler() -> String {
+    let var = |name: &str| std::env::var(name).unwrap_or_default();
+    match (var("OTEL_TRACES_SAMPLER"), var("OTEL_TRACES_SAMPLER_ARG")) {
+        (name, _) if name.is_empty() => "parentbased_always_on (the default)".into(),
+        (name, arg) if arg.is_empty() => name,
+        (name, arg) => format!("{name} {arg}"),
+    }
+}
+
 /// `STACK_PROFILE=bare` or `=full` loads only that app (to profile it).
 fn profiling() -> Option<String> {
     std::env::var("STACK_PROFILE").ok()
@@ -115,8 +127,9 @@ async fn compare(name: &str, full: Router) {
     let full_addr = serve(full.clone()).await;
     let mut ratios = Vec::new();
     println!(
-        "\n{name}: {CONNECTIONS} connections, {} s per run, bare and full alternating",
-        seconds()
+        "\n{name}: {CONNECTIONS} connections, {} s per run, bare and full alternating, traces sampled by {}",
+        seconds(),
+        sampler()
     );
     println!("| round | bare req/s | bare p50 / p99 | full req/s | full p50 / p99 | full/bare |");
     println!("|---|---|---|---|---|---|");

@@ -14,7 +14,8 @@ pub fn measuring() -> bool {
     std::env::args().any(|a| a == "--bench")
 }
 
-/// OpenTelemetry as in the example: every span sampled (the SDK default),
+/// OpenTelemetry as in the example: traces sampled as `OTEL_TRACES_SAMPLER`
+/// says (every request by default),
 /// metrics aggregated by the SDK for the Prometheus reader, nothing
 /// exported. Keep the guard for the whole run.
 pub fn telemetry() -> battlement::telemetry::TelemetryGuard {
