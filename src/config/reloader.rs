@@ -84,36 +84,63 @@ enum Target {
     },
 }
 
-/// A document's value for one target, read and validated.
-enum Setting {
-    Quota(Quota),
-    Breaker(BreakerConfig),
+/// A document's value for one target, read and validated, with the
+/// target to put it in force on.
+enum Setting<'a> {
+    Quota {
+        handle: &'a RateLimitHandle,
+        policy: &'a str,
+        quota: Quota,
+    },
+    Breaker {
+        handle: &'a CircuitBreakerHandle,
+        config: BreakerConfig,
+    },
+}
+
+impl Setting<'_> {
+    fn put_in_force(self) -> Result<(), ConfigError> {
+        match self {
+            Self::Quota {
+                handle,
+                policy,
+                quota,
+            } => handle.set_quota(policy, quota),
+            Self::Breaker { handle, config } => handle.set_config(config),
+        }
+    }
 }
 
 impl Target {
-    fn read(&self, document: &[u8]) -> Result<Setting, String> {
+    fn read(&self, document: &[u8]) -> Result<Setting<'_>, String> {
         match self {
-            Self::Quota { .. } => document::quota(document).map(Setting::Quota),
-            Self::Breaker { built_in, .. } => {
-                document::breaker(document, built_in).map(Setting::Breaker)
+            Self::Quota { handle, policy, .. } => {
+                document::quota(document).map(|quota| Setting::Quota {
+                    handle,
+                    policy,
+                    quota,
+                })
             }
+            Self::Breaker { handle, built_in } => document::breaker(document, built_in)
+                .map(|config| Setting::Breaker { handle, config }),
         }
     }
 
-    fn built_in(&self) -> Setting {
+    fn built_in(&self) -> Setting<'_> {
         match self {
-            Self::Quota { built_in, .. } => Setting::Quota(*built_in),
-            Self::Breaker { built_in, .. } => Setting::Breaker(built_in.clone()),
-        }
-    }
-
-    fn set(&self, setting: Setting) -> Result<(), ConfigError> {
-        match (self, setting) {
-            (Self::Quota { handle, policy, .. }, Setting::Quota(quota)) => {
-                handle.set_quota(policy, quota)
-            }
-            (Self::Breaker { handle, .. }, Setting::Breaker(config)) => handle.set_config(config),
-            _ => Err(ConfigError::new("a setting of the wrong kind")),
+            Self::Quota {
+                handle,
+                policy,
+                built_in,
+            } => Setting::Quota {
+                handle,
+                policy,
+                quota: *built_in,
+            },
+            Self::Breaker { handle, built_in } => Setting::Breaker {
+                handle,
+                config: built_in.clone(),
+            },
         }
     }
 }
@@ -303,10 +330,9 @@ impl Applier {
             })
             .collect();
         let result = settings.and_then(|settings| {
-            targets
-                .iter()
-                .zip(settings)
-                .try_for_each(|(target, setting)| target.set(setting))
+            settings
+                .into_iter()
+                .try_for_each(Setting::put_in_force)
                 .map_err(|e| e.to_string())
         });
         let event = match (&result, document) {
