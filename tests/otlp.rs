@@ -1,7 +1,8 @@
 //! OTLP export end to end (SPEC MT-3, TR-1): the axum example, started
 //! with `OTEL_EXPORTER_OTLP_ENDPOINT` pointing at a receiver run by this
 //! test (gRPC, or HTTP with `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`),
-//! sends the spans and metrics of a request, with the request's trace id.
+//! sends the spans and metrics of a request, with the request's trace id;
+//! `OTEL_TRACES_SAMPLER` decides which requests are traced.
 #![cfg(all(feature = "otlp", feature = "axum", feature = "prometheus"))]
 
 mod support;
@@ -135,14 +136,7 @@ fn example_binary() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_axum_example_exports_spans_and_metrics_over_otlp_grpc() {
     let received = Received::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let receiver = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(received.clone()))
-            .add_service(MetricsServiceServer::new(received.clone()))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+    let receiver = grpc_receiver(received.clone()).await;
     the_example_exports_to(&format!("http://{receiver}"), "grpc", &received).await;
 }
 
@@ -153,14 +147,17 @@ async fn the_axum_example_exports_spans_and_metrics_over_otlp_http() {
     the_example_exports_to(&format!("http://{receiver}"), "http/protobuf", &received).await;
 }
 
-/// Starts the axum example exporting to `endpoint` over `protocol`, sends
-/// one request with a known trace id, and waits (15 s at most) until
-/// `received` holds its server span and the duration metric.
-async fn the_example_exports_to(endpoint: &str, protocol: &str, received: &Received) {
+/// The axum example, exporting to `endpoint` over `protocol` with `env`
+/// set too, once it answers: its process and base URL.
+async fn start_example(endpoint: &str, protocol: &str, env: &[(&str, &str)]) -> (Process, String) {
     let port = free_port();
     let binary = example_binary();
     let (endpoint, protocol) = (endpoint.to_owned(), protocol.to_owned());
-    let _app = Process::spawn("axum example", move || {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let app = Process::spawn("axum example", move || {
         let mut cmd = Command::new(&binary);
         cmd.env("BIND", format!("127.0.0.1:{port}"))
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
@@ -168,7 +165,8 @@ async fn the_example_exports_to(endpoint: &str, protocol: &str, received: &Recei
             .env("OTEL_BSP_SCHEDULE_DELAY", "100")
             .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
             .env_remove("REDIS_URL")
-            .env_remove("ETCD_ENDPOINTS");
+            .env_remove("ETCD_ENDPOINTS")
+            .envs(env.iter().map(|(k, v)| (k, v)));
         cmd
     });
     let client = reqwest::Client::new();
@@ -181,7 +179,28 @@ async fn the_example_exports_to(endpoint: &str, protocol: &str, received: &Recei
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    (app, base)
+}
 
+/// A receiver of OTLP over gRPC: its address.
+async fn grpc_receiver(received: Received) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let receiver = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(received.clone()))
+            .add_service(MetricsServiceServer::new(received))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    receiver
+}
+
+/// Starts the axum example exporting to `endpoint` over `protocol`, sends
+/// one request with a known trace id, and waits (15 s at most) until
+/// `received` holds its server span and the duration metric.
+async fn the_example_exports_to(endpoint: &str, protocol: &str, received: &Received) {
+    let (_app, base) = start_example(endpoint, protocol, &[]).await;
+    let client = reqwest::Client::new();
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let res = client
         .get(format!("{base}/items/42"))
@@ -216,4 +235,90 @@ async fn the_example_exports_to(endpoint: &str, protocol: &str, received: &Recei
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+// The sampler `OTEL_TRACES_SAMPLER` names reaches the preset's trace layer:
+// at a ratio of 0 new traces export nothing and a caller's "not sampled"
+// is followed, while a caller's "sampled" is followed too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_environments_sampler_decides_which_requests_are_traced() {
+    let received = Received::default();
+    let receiver = grpc_receiver(received.clone()).await;
+    let env = [
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0"),
+    ];
+    let (_app, base) = start_example(&format!("http://{receiver}"), "grpc", &env).await;
+    let client = reqwest::Client::new();
+    let get = |traceparent: Option<String>| {
+        let mut req = client.get(format!("{base}/items/42"));
+        if let Some(tp) = traceparent {
+            req = req.header("traceparent", tp);
+        }
+        req.send()
+    };
+    for _ in 0..5 {
+        assert_eq!(get(None).await.unwrap().status(), 200);
+    }
+    let unsampled = "0af7651916cd43dd8448eb211c80319c";
+    let res = get(Some(format!("00-{unsampled}-b7ad6b7169203331-00")));
+    assert_eq!(res.await.unwrap().status(), 200);
+    let sampled = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let res = get(Some(format!("00-{sampled}-00f067aa0ba902b7-01")));
+    assert_eq!(res.await.unwrap().status(), 200);
+
+    // The sampled request came last; once its span is in, so is every
+    // span exported before it (one batch every 100 ms).
+    let waited = Instant::now();
+    while !received
+        .spans
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(id, _)| id == sampled)
+    {
+        assert!(
+            waited.elapsed() < Duration::from_secs(15),
+            "no span of the sampled request"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let spans = received.spans.lock().unwrap().clone();
+    assert!(
+        spans.iter().all(|(id, _)| id == sampled),
+        "only the sampled request is traced: {spans:?}"
+    );
+}
+
+// A sampler name the SDK does not know is an error at startup, naming the
+// variable, not a silent fall back to tracing every request.
+#[test]
+fn an_unknown_sampler_stops_the_example_at_startup() {
+    let mut child = Command::new(example_binary())
+        .env("BIND", format!("127.0.0.1:{}", free_port()))
+        .env("OTEL_TRACES_SAMPLER", "traceidratoi")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("REDIS_URL")
+        .env_remove("ETCD_ENDPOINTS")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("the example started with an unknown sampler");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("OTEL_TRACES_SAMPLER"), "{stderr}");
+    assert!(stderr.contains("traceidratoi"), "{stderr}");
 }
