@@ -32,7 +32,11 @@
 //!    when a later layer rejects the request.
 //! 2. **Trace**: the server span covers everything after it, so a 429 or
 //!    503 from a later layer shows in the trace (with status unset for 4xx,
-//!    error for 5xx), and it records the request id.
+//!    error for 5xx), and it records the request id. Whether a request is
+//!    traced is decided before its span is built, by the sampler
+//!    [`telemetry::init`](crate::telemetry::init) read from
+//!    `OTEL_TRACES_SAMPLER`: an unsampled request costs a plain `tracing`
+//!    span, not an OpenTelemetry one.
 //! 3. **Metrics**: counts every response, rejections included, under the
 //!    route template.
 //! 4. **Rate limit**: the cheapest refusal, before any work; before
