@@ -34,7 +34,12 @@ use super::service::Trace;
 /// span that carries the request id for log lines and makes the request's
 /// unsampled context current, so spans and outbound calls under it are
 /// not sampled either. Without one, every request builds its span and the
-/// SDK's sampler decides (the span's cost is paid either way).
+/// SDK's sampler decides (the span's cost is paid either way). In an
+/// unsampled request, `tracing_opentelemetry`'s `Span::current().context()`
+/// is empty (its layer never sees that span); to propagate by hand, inject
+/// `opentelemetry::Context::current()`, which is the request's context
+/// while its span is entered, sampled or not. battlement's client layers
+/// do that already.
 ///
 /// ```
 /// use battlement::trace::TraceLayer;
