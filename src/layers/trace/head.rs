@@ -157,10 +157,10 @@ impl HeadSampler {
             Root::AlwaysOff => false,
             Root::Ratio(r) if r >= 1.0 => true,
             Root::Ratio(r) => {
-                // The SDK's rule: the trace id's low 63 bits under the ratio.
+                // The SDK's rule: the trace id's low 64 bits, shifted to 63,
+                // under the ratio.
                 let bound = (r * (1u64 << 63) as f64) as u64;
-                let low =
-                    u64::from_be_bytes(trace_id.to_bytes()[8..].try_into().unwrap_or([u8::MAX; 8]));
+                let low = u128::from_be_bytes(trace_id.to_bytes()) as u64;
                 (low >> 1) < bound
             }
         }
