@@ -91,8 +91,10 @@ impl EtcdServer {
     /// Starts again with the same ports and data.
     pub fn restart(&mut self) {
         self.process.stop();
-        self.process.start();
-        self.wait_ready();
+        let port = self.client_port;
+        self.process.start_again(Duration::from_secs(20), || {
+            http_get(port, "/health").is_some_and(|r| r.contains("\"health\":\"true\""))
+        });
     }
 }
 

@@ -73,9 +73,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn wait_ready(&mut self) {
+    /// Starts the stopped server again on its port and waits until it
+    /// answers.
+    fn start_again(&mut self) {
         let port = self.port;
-        self.process.wait_until(Duration::from_secs(10), || {
+        self.process.start_again(Duration::from_secs(10), || {
             ping(port).is_some_and(|r| r.starts_with("+PONG"))
         });
     }
@@ -95,8 +97,7 @@ impl RedisServer {
     /// Starts again on the same port and data dir.
     pub fn restart(&mut self) {
         self.process.stop();
-        self.process.start();
-        self.wait_ready();
+        self.start_again();
     }
 
     /// Runs `redis-cli -p PORT args...` and returns its stdout.
@@ -203,10 +204,9 @@ impl RedisCluster {
     pub fn restart(&mut self) {
         for node in &mut self.nodes {
             node.process.stop();
-            node.process.start();
         }
         for node in &mut self.nodes {
-            node.wait_ready();
+            node.start_again();
         }
         self.wait_ok();
     }
