@@ -140,6 +140,14 @@ impl RateLimitStore for AnyStore {
     ) -> Result<Decision, StoreError> {
         each!(self, s => s.decide(policy, key, quota, cost).await)
     }
+
+    fn in_process(&self) -> Option<&MemoryStore> {
+        match self {
+            Self::Memory(store) => Some(store),
+            #[cfg(any(feature = "redis", feature = "etcd"))]
+            _ => None,
+        }
+    }
 }
 
 impl CircuitBreakerStore for AnyStore {

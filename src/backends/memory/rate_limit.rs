@@ -263,8 +263,9 @@ impl Drop for SweeperFlag {
     }
 }
 
-impl RateLimitStore for MemoryStore {
-    async fn decide(
+impl MemoryStore {
+    /// [`RateLimitStore::decide`], taken at once.
+    pub(crate) fn decide_at_once(
         &self,
         policy: &str,
         key: &str,
@@ -275,5 +276,21 @@ impl RateLimitStore for MemoryStore {
         self.ensure_sweeper();
         let now_us = self.inner.clock.now_micros();
         Ok(self.inner.cells.decide(policy, key, quota, cost, now_us))
+    }
+}
+
+impl RateLimitStore for MemoryStore {
+    async fn decide(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        cost: u64,
+    ) -> Result<Decision, StoreError> {
+        self.decide_at_once(policy, key, quota, cost)
+    }
+
+    fn in_process(&self) -> Option<&MemoryStore> {
+        Some(self)
     }
 }

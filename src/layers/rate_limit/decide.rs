@@ -1,6 +1,7 @@
 //! The decision of one request over every policy, shared by the server and
 //! client services.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -88,64 +89,105 @@ impl<St: RateLimitStore> Limiter<St> {
 
     /// Decides every policy in order; stops at the first denial.
     pub(crate) async fn decide(&self, job: Job) -> Verdict {
-        let mut strictest: Option<(&Policy, Decision)> = None;
+        let mut strictest = None;
         for (policy, (key, cost)) in job.policies.iter().zip(&job.keys) {
-            let decision = match self
+            let result = self
                 .store
                 .decide(&policy.name, key.as_str(), &policy.quota, *cost)
-                .await
+                .await;
+            if let ControlFlow::Break(verdict) =
+                self.take(&mut strictest, policy, key, *cost, result)
             {
-                Ok(decision) => decision,
-                Err(err) => match self.on_store_error(policy, &err) {
-                    FailurePolicy::FailOpen => continue,
-                    FailurePolicy::FailClosed => return Verdict::Reject(Rejection::StoreDown(err)),
-                    FailurePolicy::LocalFallback => {
-                        match self
-                            .fallback
-                            .decide(&policy.name, key.as_str(), &policy.quota, *cost)
-                            .await
-                        {
-                            Ok(decision) => decision,
-                            Err(_) => continue,
-                        }
-                    }
-                },
-            };
-            let allowed = decision.is_allowed();
-            if !allowed && self.shadow {
-                self.emit(policy, "shadow_denied");
-                tracing::info!(policy = %policy.name, "rate limit would deny (shadow mode)");
-                continue;
-            }
-            if allowed {
-                // Every admitted request: to the stream, not the metric
-                // (the request metrics count them already).
-                self.events.notify("rate_limit", "allowed", &policy.name);
-            } else {
-                self.emit(policy, "denied");
-            }
-            if !allowed {
-                // The key is not logged: it may be an API key.
-                tracing::debug!(
-                    policy = %policy.name,
-                    retry_after_ms = decision.retry_after().map(|d| d.as_millis() as u64),
-                    "rate limited"
-                );
-                let headers = headers::render(policy, &decision, self.legacy_headers);
-                let limited = RateLimited::new(
-                    policy.name.clone(),
-                    decision.retry_after(),
-                    headers.into_map(),
-                );
-                return Verdict::Reject(Rejection::Limited(Box::new(limited)));
-            }
-            if strictest
-                .as_ref()
-                .is_none_or(|(_, d)| decision.remaining() < d.remaining())
-            {
-                strictest = Some((policy, decision));
+                return verdict;
             }
         }
+        self.conclude(strictest)
+    }
+
+    /// [`decide`](Self::decide) at once, when the store is in process;
+    /// `None` when it must be awaited.
+    pub(crate) fn decide_now(&self, job: &Job) -> Option<Verdict> {
+        let store = self.store.in_process()?;
+        let mut strictest = None;
+        for (policy, (key, cost)) in job.policies.iter().zip(&job.keys) {
+            let result = store.decide_at_once(&policy.name, key.as_str(), &policy.quota, *cost);
+            if let ControlFlow::Break(verdict) =
+                self.take(&mut strictest, policy, key, *cost, result)
+            {
+                return Some(verdict);
+            }
+        }
+        Some(self.conclude(strictest))
+    }
+
+    /// Takes one policy's store result into account, keeping the admitted
+    /// decision with the fewest requests left in `strictest`; breaks with
+    /// the verdict when it ends the decision (a denial, a closed failure).
+    fn take<'p>(
+        &self,
+        strictest: &mut Option<(&'p Policy, Decision)>,
+        policy: &'p Policy,
+        key: &Key,
+        cost: u64,
+        result: Result<Decision, StoreError>,
+    ) -> ControlFlow<Verdict> {
+        let decision = match result {
+            Ok(decision) => decision,
+            Err(err) => match self.on_store_error(policy, &err) {
+                FailurePolicy::FailOpen => return ControlFlow::Continue(()),
+                FailurePolicy::FailClosed => {
+                    return ControlFlow::Break(Verdict::Reject(Rejection::StoreDown(err)));
+                }
+                FailurePolicy::LocalFallback => {
+                    match self.fallback.decide_at_once(
+                        &policy.name,
+                        key.as_str(),
+                        &policy.quota,
+                        cost,
+                    ) {
+                        Ok(decision) => decision,
+                        Err(_) => return ControlFlow::Continue(()),
+                    }
+                }
+            },
+        };
+        let allowed = decision.is_allowed();
+        if !allowed && self.shadow {
+            self.emit(policy, "shadow_denied");
+            tracing::info!(policy = %policy.name, "rate limit would deny (shadow mode)");
+            return ControlFlow::Continue(());
+        }
+        if !allowed {
+            self.emit(policy, "denied");
+            // The key is not logged: it may be an API key.
+            tracing::debug!(
+                policy = %policy.name,
+                retry_after_ms = decision.retry_after().map(|d| d.as_millis() as u64),
+                "rate limited"
+            );
+            let headers = headers::render(policy, &decision, self.legacy_headers);
+            let limited = RateLimited::new(
+                policy.name.clone(),
+                decision.retry_after(),
+                headers.into_map(),
+            );
+            return ControlFlow::Break(Verdict::Reject(Rejection::Limited(Box::new(limited))));
+        }
+        // Every admitted request: to the stream, not the metric (the
+        // request metrics count them already).
+        self.events.notify("rate_limit", "allowed", &policy.name);
+        if strictest
+            .as_ref()
+            .is_none_or(|(_, d)| decision.remaining() < d.remaining())
+        {
+            *strictest = Some((policy, decision));
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// The verdict once every policy admitted the request: the headers of
+    /// the strictest (none in shadow mode).
+    fn conclude(&self, strictest: Option<(&Policy, Decision)>) -> Verdict {
         if self.shadow {
             return Verdict::Allow(None);
         }

@@ -62,11 +62,20 @@ where
             Ok(job) => job,
             Err(rejection) => return ResponseFuture::rejected(rejection, protocol),
         };
+        // An in-process store decides at once, with no future to box.
+        if let Some(verdict) = self.limiter.decide_now(&job) {
+            return match verdict {
+                Verdict::Allow(headers) => {
+                    ResponseFuture::calling(self.inner.call(req), headers, protocol)
+                }
+                Verdict::Reject(rejection) => ResponseFuture::rejected(rejection, protocol),
+            };
+        }
         let limiter = self.limiter.clone();
         let mut decision = Box::pin(async move { limiter.decide(job).await });
-        // An in-process store decides at once: call the readied service
-        // now. (A pending store future is polled again, with the caller's
-        // waker, by the response future.)
+        // A store that answers at once all the same: call the readied
+        // service now. (A pending store future is polled again, with the
+        // caller's waker, by the response future.)
         let mut cx = Context::from_waker(Waker::noop());
         match decision.as_mut().poll(&mut cx) {
             Poll::Ready(Verdict::Allow(headers)) => {

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::quota::Quota;
-use crate::backends::{Backend, KeySpace};
+use crate::backends::{Backend, KeySpace, MemoryStore};
 use crate::error::StoreError;
 
 /// What a store decided for one request under one policy.
@@ -75,6 +75,12 @@ pub trait RateLimitStore: Backend {
         quota: &Quota,
         cost: u64,
     ) -> impl Future<Output = Result<Decision, StoreError>> + Send;
+
+    /// The in-process store this one is, if it is one: its decisions are
+    /// taken at once, so the layer needs no future for them.
+    fn in_process(&self) -> Option<&MemoryStore> {
+        None
+    }
 }
 
 /// The concern name of rate-limit keys in a
