@@ -1,31 +1,16 @@
 //! Child-process plumbing shared by the server fixtures.
 
-use std::collections::BTreeSet;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A port that was free a moment ago on 127.0.0.1, and that no other test
-/// of this binary got: a server stopped and started again on its port
-/// (outage tests) must not find it taken by another test's server.
+/// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
-    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    for _ in 0..1_000 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("bind an ephemeral loopback port");
-        if GIVEN
-            .lock()
-            .map(|mut given| given.insert(port))
-            .unwrap_or(true)
-        {
-            return port;
-        }
-    }
-    panic!("no loopback port left that this test binary has not used")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral loopback port")
 }
 
 /// The path of `name` on PATH, or a test failure that says how to get it.
@@ -120,26 +105,6 @@ impl Process {
     pub fn wait_until(&mut self, limit: Duration, ready: impl FnMut() -> bool) {
         if !self.ready_or_exited(limit, ready) {
             panic!("{} exited before it was ready", self.name);
-        }
-    }
-
-    /// Starts the stopped process again on the same ports until `ready`:
-    /// one that exits at once (a port still held for a moment, e.g. by a
-    /// connection closing) is started again, for at most `limit`.
-    pub fn start_again(&mut self, limit: Duration, mut ready: impl FnMut() -> bool) {
-        let started = Instant::now();
-        loop {
-            self.start();
-            if self.ready_or_exited(limit.saturating_sub(started.elapsed()), &mut ready) {
-                return;
-            }
-            self.stop();
-            assert!(
-                started.elapsed() < limit,
-                "{} kept exiting when started again",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(200));
         }
     }
 

@@ -73,11 +73,9 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Starts the stopped server again on its port and waits until it
-    /// answers.
-    fn start_again(&mut self) {
+    fn wait_ready(&mut self) {
         let port = self.port;
-        self.process.start_again(Duration::from_secs(10), || {
+        self.process.wait_until(Duration::from_secs(10), || {
             ping(port).is_some_and(|r| r.starts_with("+PONG"))
         });
     }
@@ -97,7 +95,8 @@ impl RedisServer {
     /// Starts again on the same port and data dir.
     pub fn restart(&mut self) {
         self.process.stop();
-        self.start_again();
+        self.process.start();
+        self.wait_ready();
     }
 
     /// Runs `redis-cli -p PORT args...` and returns its stdout.
@@ -204,9 +203,10 @@ impl RedisCluster {
     pub fn restart(&mut self) {
         for node in &mut self.nodes {
             node.process.stop();
+            node.process.start();
         }
         for node in &mut self.nodes {
-            node.start_again();
+            node.wait_ready();
         }
         self.wait_ok();
     }
