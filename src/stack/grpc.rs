@@ -41,11 +41,7 @@ impl ServerStack {
     /// The preset as one layer for tonic's `Server::builder().layer(..)`.
     pub fn grpc_layer(&self) -> GrpcStackLayer {
         GrpcStackLayer {
-            // The request id's own span only without the trace layer.
-            request_id: self
-                .request_id
-                .clone()
-                .map(|l| l.span(self.trace.is_none())),
+            request_id: self.request_id.clone(),
             trace: self.trace,
             metrics: self.metrics.clone(),
             rate_limit: self.rate_limit.clone(),

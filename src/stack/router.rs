@@ -21,13 +21,7 @@ impl ServerStack {
         // One `Router::layer` call per group of routes: each call boxes the
         // routes once more, and each box costs allocations per request.
         let outer = ServiceBuilder::new()
-            // The request id's own span only without the trace span (which
-            // is then the root and records the id).
-            .layer(Optional(
-                self.request_id
-                    .clone()
-                    .map(|l| l.span(self.trace.is_none())),
-            ))
+            .layer(Optional(self.request_id.clone()))
             .layer(Optional(self.trace))
             .layer(Optional(self.metrics.clone()));
         let api = api.layer(

@@ -144,7 +144,12 @@ pub async fn server(config: &StackConfig) -> Result<ServerStack, StackError> {
         store,
         health,
         settings: config.health.clone(),
-        request_id: config.request_id.enabled.then(RequestIdLayer::new),
+        // The request id's own span only without the trace span (which is
+        // then the root and records the id).
+        request_id: config
+            .request_id
+            .enabled
+            .then(|| RequestIdLayer::new().span(!config.trace.enabled)),
         trace: config.trace.enabled.then(TraceLayer::server),
         metrics: config.metrics.enabled.then(MetricsLayer::server),
         rate_limit,

@@ -16,8 +16,9 @@
 //! # let _ = layer;
 //! ```
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::sync::RwLock;
+use std::thread::LocalKey;
 
 use opentelemetry::Context;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId};
@@ -222,16 +223,26 @@ thread_local! {
     /// The trace id of the sampled root span being built on this thread.
     static ROOT_TRACE_ID: Cell<Option<TraceId>> = const { Cell::new(None) };
     /// The context of the unsampled span being built on this thread.
-    static UNSAMPLED_CONTEXT: RefCell<Option<Context>> = const { RefCell::new(None) };
+    static UNSAMPLED_CONTEXT: Cell<Option<Context>> = const { Cell::new(None) };
+}
+
+/// Runs `build` with `value` in `slot`, for what `build` creates on this
+/// thread to take; the slot is empty again afterwards.
+fn handing_over<T: 'static, R>(
+    slot: &'static LocalKey<Cell<Option<T>>>,
+    value: T,
+    build: impl FnOnce() -> R,
+) -> R {
+    slot.set(Some(value));
+    let built = build();
+    slot.set(None);
+    built
 }
 
 /// Runs `build` (which starts a root span) with `id` as the trace id the
 /// SDK's [`TraceIds`](crate::telemetry::TraceIds) hands out next.
 pub(crate) fn with_root_trace_id<R>(id: TraceId, build: impl FnOnce() -> R) -> R {
-    ROOT_TRACE_ID.set(Some(id));
-    let built = build();
-    ROOT_TRACE_ID.set(None);
-    built
+    handing_over(&ROOT_TRACE_ID, id, build)
 }
 
 /// The trace id [`with_root_trace_id`] set, once.
@@ -243,10 +254,7 @@ pub(crate) fn take_root_trace_id() -> Option<TraceId> {
 /// Runs `build` (which creates an unsampled request's span) with `cx` for
 /// the span to take.
 pub(crate) fn with_unsampled_context<R>(cx: Context, build: impl FnOnce() -> R) -> R {
-    UNSAMPLED_CONTEXT.set(Some(cx));
-    let built = build();
-    UNSAMPLED_CONTEXT.set(None);
-    built
+    handing_over(&UNSAMPLED_CONTEXT, cx, build)
 }
 
 /// The context [`with_unsampled_context`] set, once.
