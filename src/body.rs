@@ -41,7 +41,9 @@ pin_project! {
     #[project = KindProj]
     enum Kind<B> {
         Inner { prefix: Option<Bytes>, #[pin] body: B },
-        Full { data: Option<Bytes>, trailers: Option<HeaderMap> },
+        // Trailers are rare (stored gRPC responses): boxed, they keep
+        // every response that passes through a layer small to move.
+        Full { data: Option<Bytes>, trailers: Option<Box<HeaderMap>> },
     }
 }
 
@@ -76,7 +78,7 @@ impl<B> LayerBody<B> {
         Self {
             kind: Kind::Full {
                 data,
-                trailers: Some(trailers),
+                trailers: Some(Box::new(trailers)),
             },
         }
     }
@@ -128,7 +130,7 @@ where
             KindProj::Full { data, trailers } => Poll::Ready(
                 data.take()
                     .map(Frame::data)
-                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .or_else(|| trailers.take().map(|t| Frame::trailers(*t)))
                     .map(Ok),
             ),
         }

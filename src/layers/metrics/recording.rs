@@ -13,10 +13,15 @@ pub(crate) struct Recording {
     pub instruments: std::sync::Arc<Instruments>,
     pub kind: Kind,
     pub started: Instant,
-    /// Attributes of the duration metric.
+    /// Attributes of the duration metric from `duration_from` on; on a
+    /// server, the first two (method and scheme) are those of
+    /// `http.server.active_requests` too.
     pub attributes: Vec<KeyValue>,
-    /// Attributes of `http.server.active_requests` (server only).
-    pub active: Option<[KeyValue; 2]>,
+    /// Where the duration metric's attributes start (gRPC calls leave out
+    /// the HTTP method and scheme).
+    pub duration_from: usize,
+    /// Counted in `http.server.active_requests` (server only).
+    pub active: bool,
     /// Set once the outcome is known; a recording dropped without one was
     /// cancelled and counts no duration.
     pub finished: bool,
@@ -39,7 +44,8 @@ impl Recording {
 
 impl Drop for Recording {
     fn drop(&mut self) {
-        if let Some(active) = &self.active {
+        if self.active {
+            let active = self.attributes.get(..2).unwrap_or_default();
             self.instruments.active_requests.add(-1, active);
         }
         if !self.finished {
@@ -51,6 +57,10 @@ impl Drop for Recording {
             Kind::Rpc => &self.instruments.rpc_server_duration,
             Kind::Client => &self.instruments.client_duration,
         };
-        histogram.record(seconds, &self.attributes);
+        let attributes = self
+            .attributes
+            .get(self.duration_from..)
+            .unwrap_or_default();
+        histogram.record(seconds, attributes);
     }
 }

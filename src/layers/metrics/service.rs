@@ -34,45 +34,44 @@ impl<S> Metrics<S> {
     }
 
     fn start<B>(&self, req: &Request<B>) -> Recording {
-        let m = KeyValue::new("http.request.method", method(req.method()));
-        let scheme = KeyValue::new("url.scheme", scheme(req));
         let mut attributes = Vec::with_capacity(8);
-        let (kind, active) = if self.client {
-            attributes.push(m);
+        attributes.push(KeyValue::new("http.request.method", method(req.method())));
+        let (kind, duration_from) = if self.client {
             if let Some(host) = req.uri().host() {
                 attributes.push(KeyValue::new("server.address", host.to_owned()));
             }
             if let Some(port) = req.uri().port_u16() {
                 attributes.push(KeyValue::new("server.port", i64::from(port)));
             }
-            (Kind::Client, None)
-        } else if let Some((service, rpc)) = grpc_parts(req) {
-            attributes.push(KeyValue::new("rpc.system", "grpc"));
-            attributes.push(KeyValue::new("rpc.service", service.to_owned()));
-            attributes.push(KeyValue::new("rpc.method", rpc.to_owned()));
-            let active = [m, scheme];
-            self.instruments.active_requests.add(1, &active);
-            (Kind::Rpc, Some(active))
+            (Kind::Client, 0)
         } else {
-            attributes.push(m.clone());
-            attributes.push(scheme.clone());
-            attributes.push(KeyValue::new(
-                "network.protocol.version",
-                protocol_version(req.version()),
-            ));
-            if let Some(route) = route(req) {
-                attributes.push(KeyValue::new("http.route", route.to_owned()));
+            attributes.push(KeyValue::new("url.scheme", scheme(req)));
+            self.instruments.active_requests.add(1, &attributes);
+            if let Some((service, rpc)) = grpc_parts(req) {
+                attributes.push(KeyValue::new("rpc.system", "grpc"));
+                attributes.push(KeyValue::new("rpc.service", service.to_owned()));
+                attributes.push(KeyValue::new("rpc.method", rpc.to_owned()));
+                // The RPC duration carries neither the HTTP method nor the
+                // scheme.
+                (Kind::Rpc, 2)
+            } else {
+                attributes.push(KeyValue::new(
+                    "network.protocol.version",
+                    protocol_version(req.version()),
+                ));
+                if let Some(route) = route(req) {
+                    attributes.push(KeyValue::new("http.route", route.to_owned()));
+                }
+                (Kind::Server, 0)
             }
-            let active = [m, scheme];
-            self.instruments.active_requests.add(1, &active);
-            (Kind::Server, Some(active))
         };
         Recording {
             instruments: self.instruments.clone(),
             kind,
             started: Instant::now(),
             attributes,
-            active,
+            duration_from,
+            active: !self.client,
             finished: false,
         }
     }

@@ -45,7 +45,9 @@ pub(crate) struct Rendered {
     policy: HeaderValue,
     limit: HeaderValue,
     retry_after: Option<HeaderValue>,
-    legacy: Option<[HeaderValue; 3]>,
+    /// Opt-in, so boxed: the headers ride in every allowed request's
+    /// future, and a smaller future is cheaper to move.
+    legacy: Option<Box<[HeaderValue; 3]>>,
 }
 
 impl Rendered {
@@ -56,7 +58,8 @@ impl Rendered {
         if let Some(v) = self.retry_after {
             headers.insert(RETRY_AFTER, v);
         }
-        if let Some([limit, remaining, reset]) = self.legacy {
+        if let Some(legacy) = self.legacy {
+            let [limit, remaining, reset] = *legacy;
             headers.insert(X_LIMIT, limit);
             headers.insert(X_REMAINING, remaining);
             headers.insert(X_RESET, reset);
@@ -103,11 +106,11 @@ pub(crate) fn render(policy: &Policy, decision: &Decision, legacy: bool) -> Rend
         limit: HeaderValue::try_from(limit).unwrap_or_else(|_| HeaderValue::from_static("")),
         retry_after,
         legacy: legacy.then(|| {
-            [
+            Box::new([
                 HeaderValue::from(policy.quota.count()),
                 HeaderValue::from(decision.remaining()),
                 HeaderValue::from(reset),
-            ]
+            ])
         }),
     }
 }

@@ -12,12 +12,12 @@ use tracing::instrument::Instrumented;
 use super::id::RequestId;
 
 pin_project! {
-    /// Runs the inner service with the id in scope, then echoes it.
+    /// Runs the inner service with the id in scope, then echoes it (the
+    /// scope hands the id back when the call is done).
     pub struct ResponseFuture<F> {
         #[pin]
         inner: Instrumented<TaskLocalFuture<RequestId, F>>,
         header: HeaderName,
-        id: Option<RequestId>,
     }
 }
 
@@ -25,13 +25,8 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn new(
         inner: Instrumented<TaskLocalFuture<RequestId, F>>,
         header: HeaderName,
-        id: RequestId,
     ) -> Self {
-        Self {
-            inner,
-            header,
-            id: Some(id),
-        }
+        Self { inner, header }
     }
 }
 
@@ -42,9 +37,9 @@ where
     type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut res = ready!(this.inner.poll(cx))?;
-        if let Some(id) = this.id.take() {
+        let mut this = self.project();
+        let mut res = ready!(this.inner.as_mut().poll(cx))?;
+        if let Some(id) = this.inner.inner_pin_mut().take_value() {
             res.headers_mut()
                 .insert(this.header.clone(), id.into_header_value());
         }
@@ -55,7 +50,7 @@ where
 impl<F> std::fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("id", &self.id)
+            .field("header", &self.header)
             .finish_non_exhaustive()
     }
 }

@@ -67,7 +67,7 @@ where
         };
         // `call` itself runs inside the span and with the id in scope too.
         let call = span.in_scope(|| id.clone().sync_scope(|| self.inner.call(req)));
-        let inner = id.clone().scope(call).instrument(span);
-        ResponseFuture::new(inner, self.layer.header.clone(), id)
+        let inner = id.scope(call).instrument(span);
+        ResponseFuture::new(inner, self.layer.header.clone())
     }
 }
