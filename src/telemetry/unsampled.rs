@@ -36,13 +36,13 @@ where
                 .with_default(Level::TRACE)
                 .with_target(UNSAMPLED_TARGET, LevelFilter::OFF),
         );
-    let unsampled =
-        UnsampledContexts.with_filter(Targets::new().with_target(UNSAMPLED_TARGET, Level::TRACE));
-    spans.and_then(unsampled)
+    spans.and_then(UnsampledContexts)
 }
 
 /// Keeps an unsampled request's context in its span and attaches it on
-/// every enter.
+/// every enter. Not a filtered layer: a per-layer filter looks the span up
+/// on every callback of every span, while this layer looks only at the
+/// spans it is given a context for.
 struct UnsampledContexts;
 
 /// The context an unsampled request's span carries.
@@ -57,7 +57,10 @@ impl<S> Layer<S> for UnsampledContexts
 where
     S: Subscriber + for<'span> LookupSpan<'span>,
 {
-    fn on_new_span(&self, _: &span::Attributes<'_>, id: &span::Id, ctx: LayerContext<'_, S>) {
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: LayerContext<'_, S>) {
+        if attrs.metadata().target() != UNSAMPLED_TARGET {
+            return;
+        }
         if let (Some(cx), Some(span)) = (take_unsampled_context(), ctx.span(id)) {
             span.extensions_mut().insert(Carried(cx));
         }
@@ -65,6 +68,9 @@ where
 
     fn on_enter(&self, id: &span::Id, ctx: LayerContext<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
+        if span.metadata().target() != UNSAMPLED_TARGET {
+            return;
+        }
         let Some(Carried(cx)) = span
             .extensions()
             .get::<Carried>()
@@ -78,6 +84,9 @@ where
 
     fn on_exit(&self, id: &span::Id, _: LayerContext<'_, S>) {
         let guard = ATTACHED.with_borrow_mut(|attached| {
+            if attached.is_empty() {
+                return None;
+            }
             let at = attached.iter().rposition(|(entered, _)| entered == id)?;
             Some(attached.remove(at))
         });
