@@ -19,6 +19,12 @@
 //! `STACK_PROFILE=bare` or `=full` loads only that app (for a profiler).
 //! Allocations per request: `cargo bench --bench stack_allocations` (a
 //! counting allocator would slow this run down).
+//!
+//! `STACK_SERVE=bare` or `=full` with `STACK_PORT` only serves that app on
+//! `127.0.0.1:STACK_PORT` for `STACK_SECONDS` (one worker thread), for an
+//! outside load generator: `scripts/bench_pinned.sh` runs both apps pinned
+//! to CPU 0 and `wrk` on CPU 1 (the method of DESIGN.md), which measures
+//! the servers alone.
 #![allow(missing_docs)]
 
 #[path = "common/apps.rs"]
@@ -44,7 +50,11 @@ fn seconds() -> u64 {
 const ROUNDS: usize = 3;
 
 async fn serve(app: Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0")
+    serve_on(app, 0).await
+}
+
+async fn serve_on(app: Router, port: u16) -> SocketAddr {
+    let listener = TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
@@ -157,8 +167,38 @@ async fn compare(name: &str, full: Router) {
     }
 }
 
+/// `STACK_SERVE=bare|full`: serves that app alone on `STACK_PORT` for
+/// `STACK_SECONDS`, on one worker thread.
+fn serve_only(app: &str) {
+    let port = std::env::var("STACK_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("STACK_SERVE needs STACK_PORT"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    runtime.block_on(async {
+        let telemetry = apps::telemetry();
+        let router = match app {
+            "bare" => apps::routes(),
+            "full" => apps::full(battlement::backends::BackendConfig::default()).await,
+            other => panic!("STACK_SERVE={other}: bare or full"),
+        };
+        let addr = serve_on(router, port).await;
+        println!("serving {app} on {addr} for {} s", seconds());
+        tokio::time::sleep(Duration::from_secs(seconds())).await;
+        drop(telemetry);
+    });
+}
+
 fn main() {
     if !apps::measuring() {
+        return;
+    }
+    if let Ok(app) = std::env::var("STACK_SERVE") {
+        serve_only(&app);
         return;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
