@@ -39,6 +39,7 @@ use http::header::{CONTENT_TYPE, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 
 use crate::body::LayerBody;
+use crate::trace::semconv::GRPC_STATUS;
 
 /// The wire protocol of a request, which decides how a rejection looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,7 +265,7 @@ impl Problem {
         let mut res = Response::new(LayerBody::empty());
         let headers = res.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-        headers.insert("grpc-status", HeaderValue::from(self.grpc_code.as_i32()));
+        headers.insert(GRPC_STATUS, HeaderValue::from(self.grpc_code.as_i32()));
         let message = self.detail.as_deref().unwrap_or(&self.title);
         if let Ok(value) = HeaderValue::from_str(&grpc_percent_encode(message)) {
             headers.insert("grpc-message", value);

@@ -6,6 +6,7 @@ use std::fmt;
 use http::{HeaderMap, StatusCode};
 
 use super::state::Outcome;
+use crate::trace::semconv::grpc_status;
 
 /// Decides how a call counts.
 ///
@@ -75,16 +76,6 @@ impl ClassifyResponse for DefaultClassifier {
         }
         Some(Outcome::Success)
     }
-}
-
-fn grpc_status(headers: &HeaderMap) -> Option<i32> {
-    headers
-        .get("grpc-status")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// gRPC codes 2, 4, 13 and 14 are failures.

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, Method, Request, Response};
+use http::{Method, Request, Response};
 use serde::Deserialize;
 
 use super::backoff::Backoff;
@@ -13,6 +13,7 @@ use crate::circuit_breaker::CircuitOpen;
 use crate::error::ConfigError;
 use crate::idempotency::IDEMPOTENCY_KEY;
 use crate::rate_limit::RateLimited;
+use crate::trace::semconv::{grpc_status, is_grpc};
 
 /// The retry budget (SPEC RT-4): retries may add at most `percent` of the
 /// requests of the last `window`, plus `min_per_sec` retries per second
@@ -321,22 +322,6 @@ impl RetryPolicy {
         }
         Next::Retry(delay)
     }
-}
-
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-fn grpc_status(headers: &HeaderMap) -> Option<i32> {
-    headers
-        .get("grpc-status")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// The status (or gRPC status, or error) of an outcome, for events.

@@ -2,7 +2,10 @@
 //! (SPEC TR-2, TR-3, MT-1, MT-2): span names, method names, routes, and
 //! the gRPC service and method of a request.
 
-use http::{HeaderMap, Method, Request, Version};
+use http::{HeaderMap, HeaderName, Method, Request, Version};
+
+/// `grpc-status`, parsed once.
+pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// The method as semconv records it: one of the standard ones, else
 /// `_OTHER` (so a client cannot create series at will).
@@ -49,6 +52,7 @@ pub(crate) fn grpc_parts<B>(req: &Request<B>) -> Option<(&str, &str)> {
     path.split_once('/')
 }
 
+/// Whether `headers` say gRPC (`content-type: application/grpc...`).
 pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
@@ -68,13 +72,7 @@ pub(crate) fn protocol_version(version: Version) -> &'static str {
 
 /// The gRPC status in `headers` (trailers, or a trailers-only response).
 pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<i32> {
-    headers
-        .get("grpc-status")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    headers.get(GRPC_STATUS)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// Server-side gRPC statuses that are errors (RPC semconv): UNKNOWN,
