@@ -84,9 +84,6 @@ where
 
     fn on_exit(&self, id: &span::Id, _: LayerContext<'_, S>) {
         let guard = ATTACHED.with_borrow_mut(|attached| {
-            if attached.is_empty() {
-                return None;
-            }
             let at = attached.iter().rposition(|(entered, _)| entered == id)?;
             Some(attached.remove(at))
         });

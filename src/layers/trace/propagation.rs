@@ -46,7 +46,7 @@ impl Injector for HeadersMut<'_> {
             Some(name) => Ok(name),
             None => HeaderName::from_bytes(key.as_bytes()),
         };
-        if let (Ok(name), Ok(value)) = (name, HeaderValue::try_from(value)) {
+        if let (Ok(name), Ok(value)) = (name, HeaderValue::from_str(&value)) {
             self.0.insert(name, value);
         }
     }
