@@ -71,7 +71,21 @@ impl Rejection {
 /// The keys and costs of one request, taken before the request moves on.
 pub(crate) struct Job {
     policies: Arc<Vec<Policy>>,
-    keys: Vec<(Key, u64)>,
+    /// The first policy's key and cost, inline (most layers have one
+    /// policy, which then allocates nothing), then the others'.
+    first: Option<(Key, u64)>,
+    rest: Vec<(Key, u64)>,
+}
+
+impl Job {
+    /// Every policy with its key and cost, in order.
+    fn each(&self) -> impl Iterator<Item = (&Policy, &Key, u64)> {
+        let keys = self.first.iter().chain(&self.rest);
+        self.policies
+            .iter()
+            .zip(keys)
+            .map(|(policy, (key, cost))| (policy, key, *cost))
+    }
 }
 
 impl<St: RateLimitStore> Limiter<St> {
@@ -79,24 +93,34 @@ impl<St: RateLimitStore> Limiter<St> {
     pub(crate) fn job(&self, head: &RequestHead<'_>) -> Result<Job, Rejection> {
         // Lock-free: a quota change swaps the whole list (SPEC RL-9).
         let policies = self.policies.load_full();
-        let mut keys = Vec::with_capacity(policies.len());
+        let mut first = None;
+        let mut rest = Vec::new();
         for policy in policies.iter() {
             let key = policy.key.extract(head).map_err(Rejection::BadKey)?;
-            keys.push((key, policy.cost_of(head)));
+            let entry = (key, policy.cost_of(head));
+            if first.is_none() {
+                first = Some(entry);
+            } else {
+                rest.push(entry);
+            }
         }
-        Ok(Job { policies, keys })
+        Ok(Job {
+            policies,
+            first,
+            rest,
+        })
     }
 
     /// Decides every policy in order; stops at the first denial.
     pub(crate) async fn decide(&self, job: Job) -> Verdict {
         let mut strictest = None;
-        for (policy, (key, cost)) in job.policies.iter().zip(&job.keys) {
+        for (policy, key, cost) in job.each() {
             let result = self
                 .store
-                .decide(&policy.name, key.as_str(), &policy.quota, *cost)
+                .decide(&policy.name, key.as_str(), &policy.quota, cost)
                 .await;
             if let ControlFlow::Break(verdict) =
-                self.take(&mut strictest, policy, key, *cost, result)
+                self.take(&mut strictest, policy, key, cost, result)
             {
                 return verdict;
             }
@@ -109,10 +133,10 @@ impl<St: RateLimitStore> Limiter<St> {
     pub(crate) fn decide_now(&self, job: &Job) -> Option<Verdict> {
         let store = self.store.in_process()?;
         let mut strictest = None;
-        for (policy, (key, cost)) in job.policies.iter().zip(&job.keys) {
-            let result = store.decide_at_once(&policy.name, key.as_str(), &policy.quota, *cost);
+        for (policy, key, cost) in job.each() {
+            let result = store.decide_at_once(&policy.name, key.as_str(), &policy.quota, cost);
             if let ControlFlow::Break(verdict) =
-                self.take(&mut strictest, policy, key, *cost, result)
+                self.take(&mut strictest, policy, key, cost, result)
             {
                 return Some(verdict);
             }
