@@ -49,10 +49,7 @@ fn seconds() -> u64 {
 }
 const ROUNDS: usize = 3;
 
-async fn serve(app: Router) -> SocketAddr {
-    serve_on(app, 0).await
-}
-
+/// Serves `app` on `127.0.0.1:port` (0: any free port).
 async fn serve_on(app: Router, port: u16) -> SocketAddr {
     let listener = TcpListener::bind(("127.0.0.1", port))
         .await
@@ -133,8 +130,8 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 async fn compare(name: &str, full: Router) {
-    let bare_addr = serve(apps::routes()).await;
-    let full_addr = serve(full.clone()).await;
+    let bare_addr = serve_on(apps::routes(), 0).await;
+    let full_addr = serve_on(full.clone(), 0).await;
     let mut ratios = Vec::new();
     println!(
         "\n{name}: {CONNECTIONS} connections, {} s per run, bare and full alternating, traces sampled by {}",
@@ -167,6 +164,15 @@ async fn compare(name: &str, full: Router) {
     }
 }
 
+/// A runtime with `workers` worker threads.
+fn runtime(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// `STACK_SERVE=bare|full`: serves that app alone on `STACK_PORT` for
 /// `STACK_SECONDS`, on one worker thread.
 fn serve_only(app: &str) {
@@ -174,12 +180,7 @@ fn serve_only(app: &str) {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("STACK_SERVE needs STACK_PORT"));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    runtime.block_on(async {
+    runtime(1).block_on(async {
         let telemetry = apps::telemetry();
         let router = match app {
             "bare" => apps::routes(),
@@ -201,12 +202,7 @@ fn main() {
         serve_only(&app);
         return;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    runtime.block_on(async {
+    runtime(2).block_on(async {
         let telemetry = apps::telemetry();
         compare(
             "in-memory stores",

@@ -13,15 +13,10 @@ pub(crate) struct Recording {
     pub instruments: std::sync::Arc<Instruments>,
     pub kind: Kind,
     pub started: Instant,
-    /// Attributes of the duration metric from `duration_from` on; on a
-    /// server, the first two (method and scheme) are those of
-    /// `http.server.active_requests` too.
+    /// On a server (HTTP or gRPC), the first two are method and scheme,
+    /// the attributes of `http.server.active_requests`; the duration
+    /// metric's follow from [`Kind::duration_from`].
     pub attributes: Vec<KeyValue>,
-    /// Where the duration metric's attributes start (gRPC calls leave out
-    /// the HTTP method and scheme).
-    pub duration_from: usize,
-    /// Counted in `http.server.active_requests` (server only).
-    pub active: bool,
     /// Set once the outcome is known; a recording dropped without one was
     /// cancelled and counts no duration.
     pub finished: bool,
@@ -35,6 +30,22 @@ pub(crate) enum Kind {
     Client,
 }
 
+impl Kind {
+    /// Whether the request counts in `http.server.active_requests`.
+    pub(crate) fn counts_active(self) -> bool {
+        self != Self::Client
+    }
+
+    /// Where the duration metric's attributes start: a gRPC call's leave
+    /// out the HTTP method and scheme.
+    fn duration_from(self) -> usize {
+        match self {
+            Self::Rpc => 2,
+            Self::Server | Self::Client => 0,
+        }
+    }
+}
+
 impl Recording {
     /// Adds attributes known from the response.
     pub(crate) fn add(&mut self, kv: KeyValue) {
@@ -44,7 +55,7 @@ impl Recording {
 
 impl Drop for Recording {
     fn drop(&mut self) {
-        if self.active {
+        if self.kind.counts_active() {
             let active = self.attributes.get(..2).unwrap_or_default();
             self.instruments.active_requests.add(-1, active);
         }
@@ -59,7 +70,7 @@ impl Drop for Recording {
         };
         let attributes = self
             .attributes
-            .get(self.duration_from..)
+            .get(self.kind.duration_from()..)
             .unwrap_or_default();
         histogram.record(seconds, attributes);
     }

@@ -36,14 +36,14 @@ impl<S> Metrics<S> {
     fn start<B>(&self, req: &Request<B>) -> Recording {
         let mut attributes = Vec::with_capacity(8);
         attributes.push(KeyValue::new("http.request.method", method(req.method())));
-        let (kind, duration_from) = if self.client {
+        let kind = if self.client {
             if let Some(host) = req.uri().host() {
                 attributes.push(KeyValue::new("server.address", host.to_owned()));
             }
             if let Some(port) = req.uri().port_u16() {
                 attributes.push(KeyValue::new("server.port", i64::from(port)));
             }
-            (Kind::Client, 0)
+            Kind::Client
         } else {
             attributes.push(KeyValue::new("url.scheme", scheme(req)));
             self.instruments.active_requests.add(1, &attributes);
@@ -51,9 +51,7 @@ impl<S> Metrics<S> {
                 attributes.push(KeyValue::new("rpc.system", "grpc"));
                 attributes.push(KeyValue::new("rpc.service", service.to_owned()));
                 attributes.push(KeyValue::new("rpc.method", rpc.to_owned()));
-                // The RPC duration carries neither the HTTP method nor the
-                // scheme.
-                (Kind::Rpc, 2)
+                Kind::Rpc
             } else {
                 attributes.push(KeyValue::new(
                     "network.protocol.version",
@@ -62,7 +60,7 @@ impl<S> Metrics<S> {
                 if let Some(route) = route(req) {
                     attributes.push(KeyValue::new("http.route", route.to_owned()));
                 }
-                (Kind::Server, 0)
+                Kind::Server
             }
         };
         Recording {
@@ -70,8 +68,6 @@ impl<S> Metrics<S> {
             kind,
             started: Instant::now(),
             attributes,
-            duration_from,
-            active: !self.client,
             finished: false,
         }
     }
