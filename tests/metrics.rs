@@ -165,3 +165,36 @@ async fn active_requests_return_to_zero_after_cancellation() {
     }
     assert_eq!(m.active(), 0);
 }
+
+// SPEC MT-1: a gRPC call is timed in `rpc.server.call.duration` with the
+// RPC attributes and its status, without the HTTP method and scheme; it
+// still counts in (and leaves) the server's active requests.
+#[tokio::test]
+async fn grpc_calls_have_their_own_duration_series() {
+    let m = Meters::new();
+    let app = Router::new()
+        .route(
+            "/pkg.Greeter/Hello",
+            axum::routing::post(|| async { ([("grpc-status", "5")], "") }),
+        )
+        .layer(m.layer());
+    let req = http::Request::post("/pkg.Greeter/Hello")
+        .header("content-type", "application/grpc")
+        .body(Body::empty())
+        .unwrap();
+    let res = app.oneshot(req).await.unwrap();
+    res.into_body().collect().await.unwrap();
+    let (unit, points) = m.histogram("rpc.server.call.duration");
+    assert_eq!(unit, "s");
+    assert_eq!(points.len(), 1);
+    let (attrs, count, _) = &points[0];
+    assert_eq!(*count, 1);
+    let expected = vec![
+        KeyValue::new("rpc.grpc.status_code", 5i64),
+        KeyValue::new("rpc.method", "Hello"),
+        KeyValue::new("rpc.service", "pkg.Greeter"),
+        KeyValue::new("rpc.system", "grpc"),
+    ];
+    assert_eq!(attrs, &expected);
+    assert_eq!(m.active(), 0, "the call left the active requests");
+}
