@@ -14,13 +14,16 @@
 //! HTTP/1.1 keep-alive connections sending requests back to back for
 //! `SECONDS` — alternating bare and full three times; the table shows
 //! requests per second, p50 and p99 latency, and full/bare (median of the
-//! three rounds). `STACK_WITHOUT=trace,metrics,request_id,rate_limit,idempotency`
+//! three rounds). The in-memory run alternates a third app, *peers*: the
+//! route behind what the other crates offer (tower-http's request id,
+//! opentelemetry-instrumentation-tower, tower_governor; see
+//! `common/apps.rs`), as a yardstick. `STACK_WITHOUT=trace,metrics,request_id,rate_limit,idempotency`
 //! (any subset) leaves layers out, `STACK_SECONDS` changes the run length,
-//! `STACK_PROFILE=bare` or `=full` loads only that app (for a profiler).
+//! `STACK_PROFILE=bare`, `=full` or `=peers` loads only that app (for a profiler).
 //! Allocations per request: `cargo bench --bench stack_allocations` (a
 //! counting allocator would slow this run down).
 //!
-//! `STACK_SERVE=bare` or `=full` with `STACK_PORT` only serves that app on
+//! `STACK_SERVE=bare`, `=full` or `=peers` with `STACK_PORT` only serves that app on
 //! `127.0.0.1:STACK_PORT` for `STACK_SECONDS` (one worker thread), for an
 //! outside load generator: `scripts/bench_pinned.sh` runs both apps pinned
 //! to CPU 0 and `wrk` on CPU 1 (the method of DESIGN.md), which measures
@@ -119,7 +122,7 @@ fn sampler() -> String {
     }
 }
 
-/// `STACK_PROFILE=bare` or `=full` loads only that app (to profile it).
+/// `STACK_PROFILE=bare`, `=full` or `=peers` loads only that app (to profile it).
 fn profiling() -> Option<String> {
     std::env::var("STACK_PROFILE").ok()
 }
@@ -129,38 +132,52 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted.get(i).copied().unwrap_or(0)
 }
 
-async fn compare(name: &str, full: Router) {
-    let bare_addr = serve_on(apps::routes(), 0).await;
-    let full_addr = serve_on(full.clone(), 0).await;
-    let mut ratios = Vec::new();
+/// Loads bare, full and (when given) the peers' stack in turn, `ROUNDS`
+/// times, and prints a row per round and app.
+async fn compare(name: &str, full: Router, peers: Option<Router>) {
+    let mut apps = vec![("bare", serve_on(apps::routes(), 0).await)];
+    apps.push(("full", serve_on(full, 0).await));
+    if let Some(peers) = peers {
+        apps.push(("peers", serve_on(peers, 0).await));
+    }
     println!(
-        "\n{name}: {CONNECTIONS} connections, {} s per run, bare and full alternating, traces sampled by {}",
+        "\n{name}: {CONNECTIONS} connections, {} s per run, apps alternating, traces sampled by {}",
         seconds(),
         sampler()
     );
-    println!("| round | bare req/s | bare p50 / p99 | full req/s | full p50 / p99 | full/bare |");
-    println!("|---|---|---|---|---|---|");
-    for round in 1..=ROUNDS {
-        if let Some(only) = profiling() {
-            let (rate, _) = load(if only == "bare" { bare_addr } else { full_addr }).await;
+    if let Some(only) = profiling() {
+        let addr = apps.iter().find(|(app, _)| *app == only).map(|(_, a)| *a);
+        let addr = addr.unwrap_or_else(|| panic!("STACK_PROFILE={only}: bare, full or peers"));
+        for round in 1..=ROUNDS {
+            let (rate, _) = load(addr).await;
             println!("| {round} | {only} only: {rate:.0} req/s |");
-            continue;
         }
-        let (bare_rate, bare) = load(bare_addr).await;
-        let (full_rate, full_lat) = load(full_addr).await;
-        let ratio = full_rate / bare_rate;
-        ratios.push(ratio);
-        println!(
-            "| {round} | {bare_rate:.0} | {} / {} µs | {full_rate:.0} | {} / {} µs | {ratio:.2} |",
-            percentile(&bare, 0.5),
-            percentile(&bare, 0.99),
-            percentile(&full_lat, 0.5),
-            percentile(&full_lat, 0.99),
-        );
+        return;
     }
-    ratios.sort_by(f64::total_cmp);
-    if let Some(median) = ratios.get(ROUNDS / 2) {
-        println!("median full/bare: {median:.2}");
+    println!("| round | app | req/s | p50 / p99 | /bare |");
+    println!("|---|---|---|---|---|");
+    let mut ratios: Vec<Vec<f64>> = apps.iter().map(|_| Vec::new()).collect();
+    for round in 1..=ROUNDS {
+        let mut bare_rate = 0.0;
+        for ((app, addr), ratios) in apps.iter().zip(&mut ratios) {
+            let (rate, latencies) = load(*addr).await;
+            if *app == "bare" {
+                bare_rate = rate;
+            }
+            ratios.push(rate / bare_rate);
+            println!(
+                "| {round} | {app} | {rate:.0} | {} / {} µs | {:.2} |",
+                percentile(&latencies, 0.5),
+                percentile(&latencies, 0.99),
+                rate / bare_rate,
+            );
+        }
+    }
+    for ((app, _), mut ratios) in apps.iter().zip(ratios).skip(1) {
+        ratios.sort_by(f64::total_cmp);
+        if let Some(median) = ratios.get(ROUNDS / 2) {
+            println!("median {app}/bare: {median:.2}");
+        }
     }
 }
 
@@ -173,7 +190,7 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// `STACK_SERVE=bare|full`: serves that app alone on `STACK_PORT` for
+/// `STACK_SERVE=bare|full|peers`: serves that app alone on `STACK_PORT` for
 /// `STACK_SECONDS`, on one worker thread.
 fn serve_only(app: &str) {
     let port = std::env::var("STACK_PORT")
@@ -185,7 +202,8 @@ fn serve_only(app: &str) {
         let router = match app {
             "bare" => apps::routes(),
             "full" => apps::full(battlement::backends::BackendConfig::default()).await,
-            other => panic!("STACK_SERVE={other}: bare or full"),
+            "peers" => apps::peers(),
+            other => panic!("STACK_SERVE={other}: bare, full or peers"),
         };
         let addr = serve_on(router, port).await;
         println!("serving {app} on {addr} for {} s", seconds());
@@ -207,6 +225,7 @@ fn main() {
         compare(
             "in-memory stores",
             apps::full(battlement::backends::BackendConfig::default()).await,
+            Some(apps::peers()),
         )
         .await;
         redis_run().await;
@@ -227,6 +246,7 @@ async fn redis_run() {
     compare(
         "Redis-backed stores (local redis-server)",
         apps::full(backend).await,
+        None,
     )
     .await;
 }

@@ -5,7 +5,7 @@
 //!
 //! The same apps as `benches/stack.rs` (the `/hello` route bare, and behind
 //! `battlement::stack::server` with trace, metrics, rate limit and
-//! idempotency), each turned into services once (`with_state`, as
+//! idempotency), and behind the peers' stack (see `common/apps.rs`), each turned into services once (`with_state`, as
 //! `axum::serve` does) and called with `tower::ServiceExt::oneshot`; the response
 //! body is read to its end.
 #![allow(missing_docs)]
@@ -78,7 +78,10 @@ fn main() {
             .with_state(());
         let bare = per_request(&apps::routes().with_state(())).await;
         let full = per_request(&full).await;
-        println!("allocations per request: bare {bare:.1}, full stack {full:.1}");
+        let peers = per_request(&apps::peers().with_state(())).await;
+        println!(
+            "allocations per request: bare {bare:.1}, full stack {full:.1}, peers' stack {peers:.1}"
+        );
         drop(telemetry);
     });
 }

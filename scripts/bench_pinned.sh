@@ -7,6 +7,7 @@
 #
 #   scripts/bench_pinned.sh            # full vs bare, 3 rounds of 5 s
 #   SECOND=bare scripts/bench_pinned.sh  # bare vs bare (should read ~1.00)
+#   SECOND=peers scripts/bench_pinned.sh # the peers' stack vs bare
 #
 # The sampler comes from OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG, as
 # for `cargo bench --bench stack`. Installs wrk when missing (apt-get).

@@ -78,3 +78,24 @@ pub async fn full(backend: BackendConfig) -> Router {
         .unwrap_or_else(|e| panic!("{e}"));
     server.router(routes())
 }
+
+/// The bare app behind what users assemble from other crates today:
+/// tower-http's request id (set and propagated),
+/// opentelemetry-instrumentation-tower's server layer (spans and metrics
+/// on the raw OpenTelemetry API, through the same global providers) and
+/// tower_governor keyed by peer IP (same quota). No crate offers the rest.
+pub fn peers() -> Router {
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    let governor = tower_governor::governor::GovernorConfigBuilder::default()
+        .per_nanosecond(100)
+        .burst_size(10_000_000)
+        .use_headers()
+        .finish()
+        .unwrap_or_else(|| panic!("governor config"));
+    let stack = tower::ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(opentelemetry_instrumentation_tower::http::server::Layer::new())
+        .layer(tower_governor::GovernorLayer::new(governor));
+    routes().layer(stack)
+}
