@@ -11,7 +11,9 @@
 //!   hot-reloaded from a config source.
 //! - `redis/*`: time per decision with 32 concurrent tasks on one shared
 //!   connection to a local `redis-server`: battlement's GCRA script vs
-//!   `EVALSHA` of `return 1` through the same redis client.
+//!   `EVALSHA` of `return 1` through the same redis client, and of a script
+//!   that only reads its key and writes it back (the floor of any
+//!   read-compute-write limiter, one decision per call).
 #![allow(missing_docs)] // criterion_group! makes undocumented items
 
 #[path = "../tests/support/mod.rs"]
@@ -185,6 +187,10 @@ fn redis(c: &mut Criterion) {
             .unwrap_or_else(|e| panic!("{e}"))
     });
     let trivial = Arc::new(redis::Script::new("return 1"));
+    // The least any limiter's script does: read its key and write it back.
+    let get_set = Arc::new(redis::Script::new(
+        "redis.call('GET', KEYS[1]) redis.call('SET', KEYS[1], ARGV[1], 'PX', 60000) return 1",
+    ));
     let quota = Quota::per_second(1_000_000_000).unwrap_or_else(|e| panic!("{e}"));
     let mut group = c.benchmark_group("rate_limit/redis");
     group.measurement_time(Duration::from_secs(5));
@@ -196,6 +202,21 @@ fn redis(c: &mut Criterion) {
                 async move {
                     let _: Result<i64, _> =
                         trivial.key(i % KEYS as u64).invoke_async(&mut raw).await;
+                }
+            })
+        })
+    });
+    group.bench_function("raw-evalsha-get-set", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let (raw, get_set) = (raw.clone(), get_set.clone());
+            spread(iters, move |i| {
+                let (mut raw, get_set) = (raw.clone(), get_set.clone());
+                async move {
+                    let _: Result<i64, _> = get_set
+                        .key(format!("floor:{}", i % KEYS as u64))
+                        .arg(i)
+                        .invoke_async(&mut raw)
+                        .await;
                 }
             })
         })
