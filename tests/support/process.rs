@@ -5,8 +5,29 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, taken below the
+/// kernel's ephemeral range when there is room: an outgoing connection can
+/// then never take it while a test has its server down for a restart.
+/// Each call in a process gets the next port from a per-process start, so
+/// test binaries running side by side rarely even probe the same one.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(0);
+    if let Some(span) = ephemeral_low.checked_sub(LOW).filter(|span| *span >= 1_000) {
+        let start = std::process::id().wrapping_mul(7_919);
+        for _ in 0..span {
+            let offset = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+            let port = u16::try_from(LOW + offset).expect("below the ephemeral range");
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
