@@ -177,6 +177,38 @@ async fn idempotency_covers_only_its_routes_even_nested() {
     assert_eq!((status, body.as_str()), (StatusCode::OK, "no key needed"));
 }
 
+#[tokio::test]
+async fn layers_switched_off_leave_the_routes_and_health_served() {
+    let hello = || Router::new().route("/hello", get(|| async { "hello" }));
+    let off = "request_id = false\ntrace = false\nmetrics = false";
+    let server = stack::server(&StackConfig::from_toml(off).unwrap())
+        .await
+        .unwrap();
+    let app = server.router(hello());
+    let (status, headers, body) = call(&app, get_req("/hello")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello"));
+    assert!(!headers.contains_key("x-request-id"));
+    assert_eq!(call(&app, get_req("/readyz")).await.0, StatusCode::OK);
+
+    // Only the rate limit on: the API is limited, health is not wrapped.
+    let limited = format!(
+        "{off}\n[[rate_limit.policies]]\nname = \"per-ip\"\nquota = {{ count = 1, period = \"1m\" }}\nkey = {{ by = \"peer_ip\" }}"
+    );
+    let server = stack::server(&StackConfig::from_toml(&limited).unwrap())
+        .await
+        .unwrap();
+    let app = server.router(hello());
+    assert_eq!(call(&app, get_req("/hello")).await.0, StatusCode::OK);
+    let (status, headers, _) = call(&app, get_req("/hello")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(!headers.contains_key("x-request-id"));
+    for _ in 0..3 {
+        let (status, headers, _) = call(&app, get_req("/livez")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(!headers.contains_key("ratelimit"));
+    }
+}
+
 #[test]
 fn unknown_fields_in_key_settings_and_switches_as_booleans() {
     let err = StackConfig::from_toml(

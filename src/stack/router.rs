@@ -24,18 +24,33 @@ impl ServerStack {
             .layer(Optional(self.request_id.clone()))
             .layer(Optional(self.trace))
             .layer(Optional(self.metrics.clone()));
-        let api = api.layer(
-            outer
-                .clone()
-                .layer(Optional(self.rate_limit.clone()))
-                .layer(Optional(self.breaker.clone()))
-                .layer(Optional(self.idempotency.clone())),
-        );
+        // A group with every layer off is left unboxed.
+        let outer_on = self.request_id.is_some() || self.trace.is_some() || self.metrics.is_some();
+        let api_on = outer_on
+            || self.rate_limit.is_some()
+            || self.breaker.is_some()
+            || self.idempotency.is_some();
+        let api = if api_on {
+            api.layer(
+                outer
+                    .clone()
+                    .layer(Optional(self.rate_limit.clone()))
+                    .layer(Optional(self.breaker.clone()))
+                    .layer(Optional(self.idempotency.clone())),
+            )
+        } else {
+            api
+        };
         let health = HealthRoutes::new(self.health.clone())
             .liveness_path(self.settings.livez.clone())
             .readiness_path(self.settings.readyz.clone())
             .startup_path(self.settings.startupz.clone())
-            .router();
-        api.merge(health.merge(unlimited).layer(outer))
+            .router()
+            .merge(unlimited);
+        api.merge(if outer_on {
+            health.layer(outer)
+        } else {
+            health
+        })
     }
 }

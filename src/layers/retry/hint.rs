@@ -4,7 +4,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
+
+/// gRPC's retry pushback, in milliseconds (gRFC A6).
+const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
 
 /// What the server said about retrying.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,7 +20,7 @@ pub(crate) enum Hint {
 
 /// The hint in `headers`, if any; `now` is the wall-clock time for dates.
 pub(crate) fn hint(headers: &HeaderMap, now: SystemTime) -> Option<Hint> {
-    if let Some(value) = headers.get("grpc-retry-pushback-ms") {
+    if let Some(value) = headers.get(&GRPC_RETRY_PUSHBACK_MS) {
         let ms = value
             .to_str()
             .ok()
