@@ -1,6 +1,6 @@
 //! OTLP export end to end (SPEC MT-3, TR-1): the axum example, started
 //! with `OTEL_EXPORTER_OTLP_ENDPOINT` pointing at a receiver run by this
-//! test (gRPC, or HTTP with `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`),
+//! test (HTTP/protobuf by default, gRPC with `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`),
 //! sends the spans and metrics of a request, with the request's trace id;
 //! `OTEL_TRACES_SAMPLER` decides which requests are traced.
 #![cfg(all(feature = "otlp", feature = "axum", feature = "prometheus"))]
@@ -141,14 +141,16 @@ async fn the_axum_example_exports_spans_and_metrics_over_otlp_grpc() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_axum_example_exports_spans_and_metrics_over_otlp_http() {
+async fn the_axum_example_exports_spans_and_metrics_over_otlp_http_by_default() {
     let received = Received::default();
     let receiver = http_receiver(received.clone()).await;
-    the_example_exports_to(&format!("http://{receiver}"), "http/protobuf", &received).await;
+    // No OTEL_EXPORTER_OTLP_PROTOCOL: HTTP/protobuf is the default.
+    the_example_exports_to(&format!("http://{receiver}"), "", &received).await;
 }
 
-/// The axum example, exporting to `endpoint` over `protocol` with `env`
-/// set too, once it answers: its process and base URL.
+/// The axum example, exporting to `endpoint` over `protocol` (empty: the
+/// variable unset) with `env` set too, once it answers: its process and
+/// base URL.
 async fn start_example(endpoint: &str, protocol: &str, env: &[(&str, &str)]) -> (Process, String) {
     let port = free_port();
     let binary = example_binary();
@@ -161,12 +163,15 @@ async fn start_example(endpoint: &str, protocol: &str, env: &[(&str, &str)]) -> 
         let mut cmd = Command::new(&binary);
         cmd.env("BIND", format!("127.0.0.1:{port}"))
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", &protocol)
+            .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
             .env("OTEL_BSP_SCHEDULE_DELAY", "100")
             .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
             .env_remove("REDIS_URL")
             .env_remove("ETCD_ENDPOINTS")
             .envs(env.iter().map(|(k, v)| (k, v)));
+        if !protocol.is_empty() {
+            cmd.env("OTEL_EXPORTER_OTLP_PROTOCOL", &protocol);
+        }
         cmd
     });
     let client = reqwest::Client::new();

@@ -19,8 +19,9 @@
 //!
 //! Environment: `OTEL_EXPORTER_OTLP_ENDPOINT` turns OTLP export on (spans
 //! and metrics; needs the `otlp` feature); `OTEL_EXPORTER_OTLP_PROTOCOL`
-//! is `grpc` (the default, port 4317) or `http/protobuf` (port 4318, paths
-//! `/v1/traces` and `/v1/metrics`); `OTEL_SERVICE_NAME` overrides the service
+//! is `http/protobuf` (the default, as the OpenTelemetry specification
+//! recommends: port 4318, paths `/v1/traces` and `/v1/metrics`) or `grpc`
+//! (port 4317); `OTEL_SERVICE_NAME` overrides the service
 //! name; `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` choose the
 //! [`HeadSampler`] that both the server trace layer and the SDK apply (a
 //! name it does not know, or a ratio outside `0..=1`, is an error);
@@ -117,11 +118,12 @@ enum OtlpProtocol {
 }
 
 impl OtlpProtocol {
-    /// `grpc` when unset; `http/json` is not supported.
+    /// `http/protobuf` when unset (the specification's default);
+    /// `http/json` is not supported.
     fn from_env(value: Option<String>) -> Result<Self, ConfigError> {
         match value.as_deref().map(str::trim) {
-            None | Some("grpc") => Ok(Self::Grpc),
-            Some("http/protobuf") => Ok(Self::HttpProtobuf),
+            None | Some("http/protobuf") => Ok(Self::HttpProtobuf),
+            Some("grpc") => Ok(Self::Grpc),
             Some(other) => Err(ConfigError::new(format!(
                 "OTEL_EXPORTER_OTLP_PROTOCOL={other:?}: supported are grpc and http/protobuf"
             ))),
@@ -252,5 +254,23 @@ impl Drop for TelemetryGuard {
         if let Err(e) = self.meters.shutdown() {
             tracing::warn!(error = %e, "meter provider shutdown");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OtlpProtocol;
+
+    #[test]
+    fn the_otlp_protocol_defaults_to_http_protobuf() {
+        let parse = |value: Option<&str>| OtlpProtocol::from_env(value.map(String::from));
+        assert_eq!(parse(None).ok(), Some(OtlpProtocol::HttpProtobuf));
+        assert_eq!(parse(Some(" grpc ")).ok(), Some(OtlpProtocol::Grpc));
+        assert_eq!(
+            parse(Some("http/protobuf")).ok(),
+            Some(OtlpProtocol::HttpProtobuf)
+        );
+        let err = parse(Some("http/json")).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("http/json")));
     }
 }
