@@ -186,41 +186,33 @@ fn redis(c: &mut Criterion) {
             .await
             .unwrap_or_else(|e| panic!("{e}"))
     });
-    let trivial = Arc::new(redis::Script::new("return 1"));
-    // The least any limiter's script does: read its key and write it back.
-    let get_set = Arc::new(redis::Script::new(
-        "redis.call('GET', KEYS[1]) redis.call('SET', KEYS[1], ARGV[1], 'PX', 60000) return 1",
-    ));
+    // `return 1`, and the least any limiter's script does: read its key and
+    // write it back.
+    let scripts = [
+        ("raw-evalsha-return-1", "return 1"),
+        (
+            "raw-evalsha-get-set",
+            "redis.call('GET', KEYS[1]) redis.call('SET', KEYS[1], 'x', 'PX', 60000) return 1",
+        ),
+    ];
     let quota = Quota::per_second(1_000_000_000).unwrap_or_else(|e| panic!("{e}"));
     let mut group = c.benchmark_group("rate_limit/redis");
     group.measurement_time(Duration::from_secs(5));
-    group.bench_function("raw-evalsha-return-1", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let (raw, trivial) = (raw.clone(), trivial.clone());
-            spread(iters, move |i| {
-                let (mut raw, trivial) = (raw.clone(), trivial.clone());
-                async move {
-                    let _: Result<i64, _> =
-                        trivial.key(i % KEYS as u64).invoke_async(&mut raw).await;
-                }
+    for (name, script) in scripts {
+        let script = Arc::new(redis::Script::new(script));
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter_custom(|iters| {
+                let (raw, script) = (raw.clone(), script.clone());
+                spread(iters, move |i| {
+                    let (mut raw, script) = (raw.clone(), script.clone());
+                    async move {
+                        let _: Result<i64, _> =
+                            script.key(i % KEYS as u64).invoke_async(&mut raw).await;
+                    }
+                })
             })
-        })
-    });
-    group.bench_function("raw-evalsha-get-set", |b| {
-        b.to_async(&rt).iter_custom(|iters| {
-            let (raw, get_set) = (raw.clone(), get_set.clone());
-            spread(iters, move |i| {
-                let (mut raw, get_set) = (raw.clone(), get_set.clone());
-                async move {
-                    let _: Result<i64, _> = get_set
-                        .key(format!("floor:{}", i % KEYS as u64))
-                        .arg(i)
-                        .invoke_async(&mut raw)
-                        .await;
-                }
-            })
-        })
-    });
+        });
+    }
     group.bench_function("battlement-gcra", |b| {
         b.to_async(&rt).iter_custom(|iters| {
             let store = store.clone();
