@@ -199,6 +199,47 @@ async fn shadow_mode_counts_but_lets_through() {
     );
 }
 
+// SPEC RL-8: shadow mode turns nothing away, not a failed store under
+// fail-closed, not a request without the policy's key.
+#[tokio::test]
+async fn shadow_mode_lets_through_store_failures_and_missing_keys() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let broken = MemoryStore::new();
+    broken.close();
+    let closed = RateLimitLayer::new(broken)
+        .policy(Policy::new("g", quota(2, 60)).unwrap())
+        .failure_policy(FailurePolicy::FailClosed)
+        .shadow(true);
+    let mut events = closed.event_stream().subscribe();
+    let svc = ServiceBuilder::new().layer(closed).service(counted(&calls));
+    let res = svc.oneshot(from("192.0.2.1")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut names = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        names.push(e.event());
+    }
+    assert_eq!(names, ["store_failure", "fail_closed"]);
+
+    let tenant = Policy::new("per-tenant", quota(1, 60))
+        .unwrap()
+        .key(HeaderKey::new(http::HeaderName::from_static("x-tenant")));
+    let keyed = RateLimitLayer::new(MemoryStore::new())
+        .policy(tenant)
+        .shadow(true);
+    let mut events = keyed.event_stream().subscribe();
+    let svc = ServiceBuilder::new().layer(keyed).service(counted(&calls));
+    for _ in 0..2 {
+        let res = svc.clone().oneshot(from("192.0.2.1")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let mut names = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        names.push(e.event());
+    }
+    assert_eq!(names, ["shadow_bad_key", "shadow_bad_key"]);
+}
+
 // SPEC C-5: fail open (default), fail closed, local fallback.
 #[tokio::test]
 async fn store_failures_follow_the_failure_policy() {

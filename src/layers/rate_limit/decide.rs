@@ -96,7 +96,18 @@ impl<St: RateLimitStore> Limiter<St> {
         let mut first = None;
         let mut rest = Vec::new();
         for policy in policies.iter() {
-            let key = policy.key.extract(head).map_err(Rejection::BadKey)?;
+            let key = match policy.key.extract(head) {
+                Ok(key) => key,
+                // Shadow mode turns nothing away: a request without this
+                // policy's key is counted, and this policy and the ones
+                // after it are not decided for it.
+                Err(err) if self.shadow => {
+                    self.emit(policy, "shadow_bad_key");
+                    tracing::info!(policy = %policy.name, error = %err, "rate limit key missing (shadow mode)");
+                    break;
+                }
+                Err(err) => return Err(Rejection::BadKey(err)),
+            };
             let entry = (key, policy.cost_of(head));
             if first.is_none() {
                 first = Some(entry);
@@ -158,6 +169,9 @@ impl<St: RateLimitStore> Limiter<St> {
         let decision = match result {
             Ok(decision) => decision,
             Err(err) => match self.on_store_error(policy, &err) {
+                // Shadow mode turns nothing away, not even when the store
+                // is down.
+                FailurePolicy::FailClosed if self.shadow => return ControlFlow::Continue(()),
                 FailurePolicy::FailOpen => return ControlFlow::Continue(()),
                 FailurePolicy::FailClosed => {
                     return ControlFlow::Break(Verdict::Reject(Rejection::StoreDown(err)));

@@ -48,7 +48,7 @@ impl fmt::Display for RateLimited {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "rate limited by policy {}", self.policy)?;
         match self.retry_after {
-            Some(d) => write!(f, "; retry in {} ms", d.as_millis().max(1)),
+            Some(d) => write!(f, "; retry in {} ms", whole_millis(d)),
             None => f.write_str("; the request costs more than the burst"),
         }
     }
@@ -56,17 +56,48 @@ impl fmt::Display for RateLimited {
 
 impl std::error::Error for RateLimited {}
 
+/// `d` in milliseconds, rounded up (at least 1): a client that waits this
+/// long is not early.
+fn whole_millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros().div_ceil(1000))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
 impl From<RateLimited> for Problem {
     fn from(err: RateLimited) -> Self {
         let mut problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests")
             .detail(err.to_string())
             .extension("policy", err.policy.as_ref());
         if let Some(d) = err.retry_after {
-            problem = problem.extension("retry_after_ms", d.as_millis().max(1) as u64);
+            problem = problem.extension("retry_after_ms", whole_millis(d));
         }
         for (name, value) in &err.headers {
             problem = problem.header(name.clone(), value.clone());
         }
         problem
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn retry_after_ms_rounds_up() {
+        // 3/s with burst 1: the next request is 333,334 µs away.
+        let limited = RateLimited::new(
+            "p".into(),
+            Some(Duration::from_micros(333_334)),
+            HeaderMap::new(),
+        );
+        assert_eq!(
+            limited.to_string(),
+            "rate limited by policy p; retry in 334 ms"
+        );
+        let problem = Problem::from(limited);
+        assert_eq!(problem.to_json()["retry_after_ms"], 334);
     }
 }

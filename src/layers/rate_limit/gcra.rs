@@ -79,8 +79,10 @@ pub fn decide(state: Option<GcraState>, quota: &Quota, cost: u64, now_us: u64) -
         Some(s) => (current_debt(s, quota, now_us), now_us.max(s.at)),
         None => (0, now_us),
     };
-    let after = debt + cost * p;
-    if cost <= quota.burst() && after <= quota.burst() * p {
+    // A cost over the burst is denied before it is multiplied: it may come
+    // from the request and overflow.
+    let after = (cost <= quota.burst()).then(|| debt + cost * p);
+    if let Some(after) = after.filter(|after| *after <= quota.burst() * p) {
         return Step {
             decision: allowed(quota, after),
             write: (cost > 0).then_some(GcraState {
@@ -190,6 +192,11 @@ mod tests {
         let q = Quota::per_second(10).unwrap();
         let step = decide(None, &q, 11, 0);
         assert_eq!(step.decision.retry_after(), None);
+        assert!(!step.decision.is_allowed());
+        assert_eq!(step.write, None);
+        // A cost that would overflow once multiplied (it may come from the
+        // request) is denied the same way, with no panic.
+        let step = decide(None, &q, u64::MAX / 3, 0);
         assert!(!step.decision.is_allowed());
         assert_eq!(step.write, None);
     }

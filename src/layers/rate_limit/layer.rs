@@ -79,7 +79,11 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
     }
 
     /// Shadow mode (SPEC RL-8): would-be denials are counted and logged but
-    /// the request goes through, without rate-limit headers.
+    /// the request goes through, without rate-limit headers. Nothing else
+    /// turns a request away either: a store failure under
+    /// [`FailurePolicy::FailClosed`] lets it through (counted as
+    /// `fail_closed`), and a request without a policy's key is counted as
+    /// `shadow_bad_key` and not decided by that policy and the ones after it.
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.shadow = shadow;
         self
