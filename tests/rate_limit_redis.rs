@@ -243,3 +243,51 @@ async fn concurrent_decisions_share_script_calls() {
         keys * per_key
     );
 }
+
+// While Redis does not answer, the decision queue stays bounded (a decision
+// beyond it fails at once, as Unavailable) and decisions whose callers gave
+// up are never sent: they would spend quota nobody asked for, and delay
+// the decisions after Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_neither_grows_the_queue_nor_gets_stale_decisions() {
+    let redis = RedisServer::start();
+    let s = store(&redis).await;
+    let q = Quota::per_hour(10).unwrap();
+    s.decide("p", "warm", &q, 1).await.unwrap();
+    redis.pause();
+    let tasks: Vec<_> = (0..6000)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.decide("p", &format!("k{i}"), &q, 1).await })
+        })
+        .collect();
+    let (mut full, mut timed_out) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Err(battlement::StoreError::Unavailable(msg)) if msg.contains("already wait") => {
+                full += 1;
+            }
+            Err(battlement::StoreError::Timeout(_)) => timed_out += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(full > 1000, "{full} refused at once, {timed_out} timed out");
+    redis.resume();
+    let resumed = Instant::now();
+    loop {
+        if s.decide("p", "after", &q, 1).await.is_ok() {
+            break;
+        }
+        assert!(
+            resumed.elapsed() < Duration::from_secs(1),
+            "no decision 1 s after resume"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Only calls on the wire while their callers still waited reached
+    // Redis (4 batches of at most 128, and once those timed out, 4 more
+    // for callers whose own timeout had not fired yet); the thousands
+    // queued behind them were dropped (sent, they would write ~4,600).
+    let keys: usize = redis.cli(&["dbsize"]).trim().parse().unwrap();
+    assert!(keys <= 2 * 4 * 128 + 2, "{keys} keys written");
+}

@@ -9,6 +9,12 @@
 //! once, so nothing waits for a batch to fill. The script decides the keys
 //! in arrival order, each atomically, exactly as separate calls would.
 //!
+//! While Redis is slow or down the queue must not grow without end, nor
+//! spend quota on decisions nobody waits for: it holds at most
+//! [`MAX_QUEUED`] decisions (a decision beyond that fails at once, and the
+//! caller's failure policy applies), and a decision whose caller has
+//! stopped waiting (its timeout passed) is dropped instead of sent.
+//!
 //! Cluster connections do not queue: a script's keys must share a slot.
 
 use std::sync::{OnceLock, Weak};
@@ -26,6 +32,10 @@ const MAX_BATCH: usize = 128;
 /// Most script calls on the wire at once.
 const MAX_IN_FLIGHT: usize = 4;
 
+/// Most decisions waiting to be sent: Redis decides this many in about
+/// 10 ms, a fraction of the default 50 ms timeout.
+pub(super) const MAX_QUEUED: usize = 4096;
+
 /// One queued decision: the state key, the packed arguments and where the
 /// debt (or the failure) goes.
 pub(super) struct Queued {
@@ -37,18 +47,18 @@ pub(super) struct Queued {
 /// The queue of one store, started on the first decision.
 #[derive(Debug, Default)]
 pub(super) struct DecisionQueue {
-    tx: OnceLock<mpsc::UnboundedSender<Queued>>,
+    tx: OnceLock<mpsc::Sender<Queued>>,
 }
 
 impl DecisionQueue {
     /// The queue's sender, starting its task on the caller's runtime the
     /// first time; `None` outside a runtime.
-    pub(super) fn sender(&self, store: Weak<Inner>) -> Option<&mpsc::UnboundedSender<Queued>> {
+    pub(super) fn sender(&self, store: Weak<Inner>) -> Option<&mpsc::Sender<Queued>> {
         if let Some(tx) = self.tx.get() {
             return Some(tx);
         }
         let runtime = tokio::runtime::Handle::try_current().ok()?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(MAX_QUEUED);
         // Another caller may have won the race; then `rx` is dropped here.
         if self.tx.set(tx).is_ok() {
             runtime.spawn(run(rx, store));
@@ -58,7 +68,7 @@ impl DecisionQueue {
 }
 
 /// Sends what is queued, in batches, until the store is dropped.
-async fn run(mut rx: mpsc::UnboundedReceiver<Queued>, store: Weak<Inner>) {
+async fn run(mut rx: mpsc::Receiver<Queued>, store: Weak<Inner>) {
     let mut in_flight = FuturesUnordered::new();
     loop {
         tokio::select! {
@@ -68,12 +78,20 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Queued>, store: Weak<Inner>) {
                 let Some(first) = first else { break };
                 let Some(inner) = store.upgrade() else { break };
                 let mut batch = Vec::with_capacity(rx.len().min(MAX_BATCH - 1) + 1);
-                batch.push(first);
-                while batch.len() < MAX_BATCH {
-                    let Ok(next) = rx.try_recv() else { break };
-                    batch.push(next);
+                let mut next = Some(first);
+                while let Some(queued) = next {
+                    // Its caller stopped waiting: no quota is spent on it.
+                    if !queued.reply.is_closed() {
+                        batch.push(queued);
+                    }
+                    if batch.len() == MAX_BATCH {
+                        break;
+                    }
+                    next = rx.try_recv().ok();
                 }
-                in_flight.push(send(RedisStore { inner }, batch));
+                if !batch.is_empty() {
+                    in_flight.push(send(RedisStore { inner }, batch));
+                }
             }
         }
     }

@@ -152,9 +152,7 @@ impl RedisStore {
 
     /// Where rate-limit decisions queue to share a script call: standalone
     /// servers only (a script's keys must share a cluster slot).
-    fn decision_queue(
-        &self,
-    ) -> Option<&tokio::sync::mpsc::UnboundedSender<decision_queue::Queued>> {
+    fn decision_queue(&self) -> Option<&tokio::sync::mpsc::Sender<decision_queue::Queued>> {
         if self.inner.config.is_cluster() {
             return None;
         }

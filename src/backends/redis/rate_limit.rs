@@ -9,7 +9,7 @@ use redis::Script;
 use tokio::sync::{mpsc, oneshot};
 
 use super::RedisStore;
-use super::decision_queue::Queued;
+use super::decision_queue::{MAX_QUEUED, Queued};
 use crate::backends::Backend;
 use crate::error::StoreError;
 use crate::layers::rate_limit::gcra;
@@ -52,10 +52,15 @@ impl RedisStore {
         let (key, args) = match self.decision_queue() {
             Some(queue) => {
                 let (reply, answer) = oneshot::channel();
-                match queue.send(Queued { key, args, reply }) {
+                match queue.try_send(Queued { key, args, reply }) {
                     Ok(()) => return self.answer(answer).await,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        return Err(StoreError::Unavailable(format!(
+                            "redis: {MAX_QUEUED} rate-limit decisions already wait for Redis"
+                        )));
+                    }
                     // The queue's runtime has shut down: decide alone.
-                    Err(mpsc::error::SendError(queued)) => (queued.key, queued.args),
+                    Err(mpsc::error::TrySendError::Closed(queued)) => (queued.key, queued.args),
                 }
             }
             None => (key, args),
