@@ -502,3 +502,77 @@ fn layer_on(store: MemoryStore) -> IdempotencyLayer<MemoryStore> {
         .required(true)
         .lock(Duration::from_secs(30))
 }
+
+// The handler runs in a task of its own (so a cancelled request still
+// stores its response), yet sees the request's id and span as it would
+// without the layer.
+#[tokio::test]
+async fn the_handler_keeps_the_request_id_and_span() {
+    use battlement::request_id::{RequestId, RequestIdLayer};
+    use tracing::Instrument;
+    let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry());
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let handler = {
+        let seen = seen.clone();
+        service_fn(
+            move |_req: Request<battlement::body::LayerBody<Full<Bytes>>>| {
+                *seen.lock().unwrap() = Some((RequestId::current(), tracing::Span::current().id()));
+                async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
+            },
+        )
+    };
+    let svc = ServiceBuilder::new()
+        .layer(RequestIdLayer::new().span(false))
+        .layer(layer())
+        .service(handler);
+    let span = tracing::info_span!("request");
+    let res = svc
+        .oneshot(post(Some("\"k\""), "{}"))
+        .instrument(span.clone())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let (id, span_id) = seen.lock().unwrap().take().expect("the handler ran");
+    assert_eq!(
+        id.as_ref().map(|id| id.as_str().to_owned()),
+        Some(res.headers()["x-request-id"].to_str().unwrap().to_owned()),
+        "the request id inside the handler"
+    );
+    assert!(
+        span_id.is_some() && span_id == span.id(),
+        "the request's span"
+    );
+}
+
+// A handler that panics gets a 500 that does not repeat the panic's
+// message, and frees the key: a retry runs again instead of waiting out
+// the lock behind a 409.
+#[tokio::test]
+async fn a_panicking_handler_frees_its_key_and_keeps_its_message() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let calls = calls.clone();
+        service_fn(
+            move |_req: Request<battlement::body::LayerBody<Full<Bytes>>>| {
+                let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+                async move {
+                    assert!(!first, "secret: db password rejected");
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"created"))))
+                }
+            },
+        )
+    };
+    let svc = ServiceBuilder::new().layer(layer()).service(handler);
+    let (status, _, body) = read(
+        svc.clone()
+            .oneshot(post(Some("\"k\""), "{}"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(!body.contains("secret"), "{body}");
+    let (status, _, body) = read(svc.oneshot(post(Some("\"k\""), "{}")).await.unwrap()).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "created"));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

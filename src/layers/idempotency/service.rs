@@ -1,15 +1,19 @@
 //! `Idempotency`: claim, execute once, store, replay.
 
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use opentelemetry::context::FutureExt as _;
 use tower_service::Service;
+use tracing::Instrument as _;
 
 use super::error::Rejection;
 use super::future::ResponseFuture;
@@ -24,6 +28,7 @@ use crate::error::{FailurePolicy, StoreError};
 use crate::events::Event;
 use crate::key::RequestHead;
 use crate::reject::{Problem, Protocol};
+use crate::request_id::RequestId;
 
 /// Marks a replayed response.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -176,15 +181,27 @@ impl<St: IdempotencyStore> Run<St> {
         // From here the request runs to the end and its outcome is stored
         // even if the client goes away: a retry must find the result, not
         // run the request again.
+        // The task carries the request's span, OpenTelemetry context and
+        // request id, as the handler would have had them without it.
         let req = Request::from_parts(parts, LayerBody::full(bytes));
         let protocol = self.protocol;
-        let owned = tokio::spawn(self.run_claimed(inner, req, held, token, fingerprint));
+        let owned = self
+            .run_claimed(inner, req, held, token, fingerprint)
+            .with_context(opentelemetry::Context::current())
+            .in_current_span();
+        let owned = match RequestId::current() {
+            Some(id) => tokio::spawn(id.scope(owned)),
+            None => tokio::spawn(owned),
+        };
         match owned.await {
             Ok(result) => result,
             Err(e) => {
+                // The panic's message stays in the log: it may say more
+                // than a client should read.
+                tracing::error!(error = %e, "idempotent request handler did not finish");
                 let problem =
                     Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
-                        .detail(format!("the request handler did not finish: {e}"));
+                        .detail("the request handler did not finish");
                 Ok(problem.into_response(protocol))
             }
         }
@@ -205,12 +222,17 @@ impl<St: IdempotencyStore> Run<St> {
         ResBody: Body<Data = Bytes> + Unpin,
         ResBody::Error: fmt::Display,
     {
-        let res = match inner.call(req).await {
-            Ok(res) => res,
-            Err(e) => {
+        let res = match AssertUnwindSafe(inner.call(req)).catch_unwind().await {
+            Ok(Ok(res)) => res,
+            Ok(Err(e)) => {
                 // Nothing answered: the request may run again.
                 self.release(held, token).await;
                 return Err(e);
+            }
+            Err(panic) => {
+                // Nor did a handler that panicked.
+                self.release(held, token).await;
+                std::panic::resume_unwind(panic);
             }
         };
         let (parts, body) = res.into_parts();
