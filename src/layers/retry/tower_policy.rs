@@ -10,18 +10,25 @@ use http::{Request, Response};
 use tower::retry::budget::{Budget as _, TpsBudget};
 
 use super::policy::{Next, RetryPolicy, Safety};
+use crate::error::ConfigError;
 
 /// A [`RetryPolicy`] for `tower::retry::RetryLayer`: the same attempts,
 /// back-off, hints, statuses, safety rule and budget (no per-try timeout
 /// or deadline: tower's retry does not bound attempts in time). One value
 /// per request: clones share the budget but count attempts apart.
 ///
+/// tower's retry hands over errors of any type, which cannot show that a
+/// request never left, so a gRPC call without an `Idempotency-Key` is not
+/// retried on an error (only on the configured gRPC codes); the
+/// [`RetryLayer`](super::RetryLayer) retries it on connection failures.
+///
 /// ```
 /// use battlement::retry::{RetryPolicy, TowerPolicy};
 /// use tower::retry::RetryLayer;
 ///
-/// let layer = RetryLayer::new(TowerPolicy::new(RetryPolicy::default()));
+/// let layer = RetryLayer::new(TowerPolicy::new(RetryPolicy::default())?);
 /// # let _ = layer;
+/// # Ok::<(), battlement::ConfigError>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct TowerPolicy {
@@ -32,17 +39,18 @@ pub struct TowerPolicy {
 }
 
 impl TowerPolicy {
-    /// Wraps `policy`.
-    pub fn new(policy: RetryPolicy) -> Self {
+    /// Wraps `policy`, once it is valid (see [`RetryPolicy::validate`]).
+    pub fn new(policy: RetryPolicy) -> Result<Self, ConfigError> {
+        policy.validate()?;
         let budget = policy
             .budget
             .map(|b| Arc::new(TpsBudget::new(b.window, b.min_per_sec, b.percent / 100.0)));
-        Self {
+        Ok(Self {
             policy: Arc::new(policy),
             budget,
             attempt: 1,
             previous: Duration::ZERO,
-        }
+        })
     }
 }
 
@@ -54,10 +62,12 @@ impl<B: Clone, R, E> tower::retry::Policy<Request<B>, Response<R>, E> for TowerP
         req: &mut Request<B>,
         result: &mut Result<Response<R>, E>,
     ) -> Option<Self::Future> {
+        let safety = Safety::of(req);
         let hint = match result {
             Ok(res) => self
                 .policy
-                .retryable_response(res, Safety::of(req), SystemTime::now())?,
+                .retryable_response(res, safety, SystemTime::now())?,
+            Err(_) if safety == Safety::Unprocessed => return None,
             Err(_) => None,
         };
         let mut rng = fastrand::Rng::new();
@@ -104,12 +114,13 @@ mod tests {
         let calls = Arc::new(AtomicU32::new(0));
         let seen = calls.clone();
         let svc = ServiceBuilder::new()
-            .layer(tower::retry::RetryLayer::new(TowerPolicy::new(
-                RetryPolicy::default().backoff(Backoff::Exponential {
+            .layer(tower::retry::RetryLayer::new(
+                TowerPolicy::new(RetryPolicy::default().backoff(Backoff::Exponential {
                     base: Duration::from_millis(10),
                     max: Duration::from_millis(10),
-                }),
-            )))
+                }))
+                .unwrap(),
+            ))
             .service(service_fn(move |_: Request<String>| {
                 let n = seen.fetch_add(1, Ordering::SeqCst);
                 async move {
@@ -137,5 +148,38 @@ mod tests {
             (res.status(), calls.load(Ordering::SeqCst)),
             (StatusCode::BAD_GATEWAY, 1)
         );
+    }
+
+    #[test]
+    fn an_invalid_policy_is_an_error_not_a_panic() {
+        let policy = RetryPolicy::default().budget(Some(crate::retry::Budget {
+            window: Duration::from_millis(500),
+            ..crate::retry::Budget::default()
+        }));
+        let err = TowerPolicy::new(policy).unwrap_err().to_string();
+        assert!(err.contains("window"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grpc_call_without_a_key_is_not_retried_on_an_error() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let seen = calls.clone();
+        let svc = ServiceBuilder::new()
+            .layer(tower::retry::RetryLayer::new(
+                TowerPolicy::new(RetryPolicy::default()).unwrap(),
+            ))
+            .service(service_fn(move |_: Request<String>| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                async { Err::<Response<()>, _>("connection reset") }
+            }));
+        let call = Request::post("/pkg.Svc/Create")
+            .header("content-type", "application/grpc")
+            .body(String::new())
+            .unwrap();
+        assert!(svc.clone().oneshot(call).await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // The same error on a GET is retried.
+        assert!(svc.oneshot(Request::new(String::new())).await.is_err());
+        assert!(calls.load(Ordering::SeqCst) > 2);
     }
 }
