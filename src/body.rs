@@ -169,29 +169,65 @@ pub(crate) enum Read<B> {
         data: Bytes,
         trailers: Option<HeaderMap>,
     },
-    /// Over the limit: what was read, and the rest (send it as
+    /// Not kept whole: over the limit, or (from [`read_ready`]) not all
+    /// there yet. What was read, and the rest (send it as
     /// [`LayerBody::resumed`], so nothing is lost).
-    TooLarge { prefix: Bytes, rest: B },
+    Partial { prefix: Bytes, rest: B },
     /// The body failed.
     Failed(String),
 }
 
 /// Reads `body` whole if it fits in `limit` bytes.
-pub(crate) async fn read_limited<B>(mut body: B, limit: usize) -> Read<B>
+pub(crate) async fn read_limited<B>(body: B, limit: usize) -> Read<B>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    read(body, limit, false).await
+}
+
+/// Reads `body` whole if it fits in `limit` bytes and every frame is there
+/// already: a stream whose next frame is not ready (a gRPC call that waits
+/// for the server before it sends more) is handed back at once, as
+/// [`Read::Partial`].
+pub(crate) async fn read_ready<B>(body: B, limit: usize) -> Read<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    read(body, limit, true).await
+}
+
+async fn read<B>(mut body: B, limit: usize, ready_only: bool) -> Read<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    use futures_util::FutureExt;
     use http_body_util::BodyExt;
+    let mut data = bytes::BytesMut::new();
     if body.size_hint().lower() > limit as u64 {
-        return Read::TooLarge {
-            prefix: Bytes::new(),
+        return Read::Partial {
+            prefix: data.freeze(),
             rest: body,
         };
     }
-    let mut data = bytes::BytesMut::new();
     let mut trailers = None;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let next = if ready_only {
+            match body.frame().now_or_never() {
+                Some(next) => next,
+                None => {
+                    return Read::Partial {
+                        prefix: data.freeze(),
+                        rest: body,
+                    };
+                }
+            }
+        } else {
+            body.frame().await
+        };
+        let Some(frame) = next else { break };
         let frame = match frame {
             Ok(frame) => frame,
             Err(e) => return Read::Failed(e.to_string()),
@@ -200,7 +236,7 @@ where
             Ok(chunk) => {
                 data.extend_from_slice(&chunk);
                 if data.len() > limit {
-                    return Read::TooLarge {
+                    return Read::Partial {
                         prefix: data.freeze(),
                         rest: body,
                     };

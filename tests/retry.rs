@@ -399,3 +399,52 @@ async fn a_reset_connection_is_retried() {
         (StatusCode::OK, 2, 2)
     );
 }
+
+// SPEC RT-5, RT-6: a gRPC stream that sends a message and then waits for
+// the server (bidi, or client streaming that pauses) is sent at once,
+// never held back waiting for its end; what was read is sent first.
+#[tokio::test]
+async fn a_grpc_stream_waiting_for_the_server_is_not_held_back() {
+    type Frames =
+        tokio_stream::wrappers::ReceiverStream<Result<http_body::Frame<Bytes>, Infallible>>;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let (got_tx, mut got) = tokio::sync::mpsc::channel::<LayerBody<StreamBody<Frames>>>(1);
+    // The server answers as soon as the call starts, then reads the stream.
+    let inner = tower::service_fn(move |req: http::Request<LayerBody<StreamBody<Frames>>>| {
+        let got_tx = got_tx.clone();
+        async move {
+            let _ = got_tx.send(req.into_body()).await;
+            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"hello"))))
+        }
+    });
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(RetryPolicy::default()).unwrap())
+        .service(inner);
+    tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"first "))))
+        .await
+        .unwrap();
+    let call = http::Request::post("/chat.Chat/Talk")
+        .header("content-type", "application/grpc")
+        .body(StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(2), svc.oneshot(call))
+        .await
+        .expect("the call started before its stream ended")
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"second"))))
+        .await
+        .unwrap();
+    drop(tx);
+    let body = got
+        .recv()
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"first second");
+}

@@ -251,7 +251,7 @@ impl<St: IdempotencyStore> Run<St> {
                 };
                 Ok(Response::from_parts(parts, body))
             }
-            Read::TooLarge { prefix, rest } => {
+            Read::Partial { prefix, rest } => {
                 self.emit("not_kept");
                 tracing::warn!(
                     limit = self.settings.max_response_body,

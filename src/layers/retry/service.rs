@@ -15,7 +15,7 @@ use tower_service::Service;
 
 use super::policy::{Next, RetryPolicy, Safety, Stop, describe, is_connect_error};
 use crate::BoxError;
-use crate::body::{LayerBody, Read, read_limited};
+use crate::body::{LayerBody, Read, read_limited, read_ready};
 use crate::clock::SharedClock;
 use crate::events::Events;
 
@@ -130,10 +130,12 @@ impl<B> Replay<B> {
     {
         let safety = Safety::of(&req);
         // A body of unknown size is streaming: sent at once, never held
-        // back — except gRPC, whose unary calls end after one message.
-        let bounded =
-            body_fits(req.body(), policy.max_replay_body) || safety == Safety::Unprocessed;
-        if safety == Safety::Once || policy.max_attempts < 2 || !bounded {
+        // back. gRPC's is kept when it is all there at once (a unary call's
+        // one message): a stream whose next message is not ready yet is
+        // sent at once, not replayable (it may wait for the server).
+        let fits = body_fits(req.body(), policy.max_replay_body);
+        let ready_only = !fits && safety == Safety::Unprocessed;
+        if safety == Safety::Once || policy.max_attempts < 2 || !(fits || ready_only) {
             return Ok(Self::Once(Some(req.map(LayerBody::inner))));
         }
         let (parts, body) = req.into_parts();
@@ -146,21 +148,26 @@ impl<B> Replay<B> {
         }
         // Boxed: a body to read is the rarer case, and its state would
         // otherwise grow every request's future.
-        Ok(
-            match Box::pin(read_limited(body, policy.max_replay_body)).await {
-                Read::Whole { data, trailers } => Self::Kept {
-                    parts,
-                    data,
-                    trailers,
-                },
-                // Too large to keep: sent once, whole (SPEC RT-5).
-                Read::TooLarge { prefix, rest } => Self::Once(Some(Request::from_parts(
-                    parts,
-                    LayerBody::resumed(prefix, rest),
-                ))),
-                Read::Failed(e) => return Err(format!("request body: {e}").into()),
+        let limit = policy.max_replay_body;
+        let read = if ready_only {
+            Box::pin(read_ready(body, limit)).await
+        } else {
+            Box::pin(read_limited(body, limit)).await
+        };
+        Ok(match read {
+            Read::Whole { data, trailers } => Self::Kept {
+                parts,
+                data,
+                trailers,
             },
-        )
+            // Too large to keep, or a stream not all there: sent once,
+            // whole (SPEC RT-5).
+            Read::Partial { prefix, rest } => Self::Once(Some(Request::from_parts(
+                parts,
+                LayerBody::resumed(prefix, rest),
+            ))),
+            Read::Failed(e) => return Err(format!("request body: {e}").into()),
+        })
     }
 
     /// The request of attempt `attempt` (1-based).
