@@ -11,10 +11,32 @@ use std::time::{Duration, Instant};
 use super::EtcdStore;
 use crate::error::StoreError;
 
-/// The last lease granted and when it expires here.
-#[derive(Debug, Default)]
+/// The last lease granted for each class of TTL, and when it expires here.
+#[derive(Debug)]
 pub(crate) struct LeaseCache {
-    last: Mutex<Option<(i64, Instant)>>,
+    last: Mutex<[Option<(i64, Instant)>; CLASSES]>,
+}
+
+impl Default for LeaseCache {
+    fn default() -> Self {
+        Self {
+            last: Mutex::new([None; CLASSES]),
+        }
+    }
+}
+
+/// TTL classes: up to 1 s, 2 s, 4 s, ... 2^63 s. Keys whose TTLs differ a
+/// lot (a lock of a minute and a retention of a day; rate-limit keys of a
+/// per-second and a per-hour policy) would otherwise take turns replacing
+/// one cached lease, and grant a lease on almost every write.
+const CLASSES: usize = 64;
+
+/// The class of `ttl`: the power of two of seconds it rounds up to.
+fn class(ttl: Duration) -> usize {
+    ttl.as_secs()
+        .max(1)
+        .checked_next_power_of_two()
+        .map_or(CLASSES - 1, |p| p.trailing_zeros() as usize)
 }
 
 /// A cached lease is reused when it outlives the key by at most this much
@@ -28,13 +50,15 @@ const MARGIN: Duration = Duration::from_secs(1);
 
 impl EtcdStore {
     /// A lease that expires no earlier than `ttl` (+ [`MARGIN`]) from now
-    /// and at most `ttl` + [`SLACK`] later. New leases are granted for
-    /// twice the TTL so that keys written soon after can share them.
+    /// and at most `ttl` + [`SLACK`] later, cached per class of TTL. New
+    /// leases are granted for twice the TTL so that keys written soon after
+    /// can share them.
     pub(crate) async fn lease_for(&self, ttl: Duration) -> Result<i64, StoreError> {
         let now = Instant::now();
         let needed = now + ttl + MARGIN;
+        let class = class(ttl);
         if let Ok(last) = self.inner.leases.last.lock()
-            && let Some((id, expires)) = *last
+            && let Some((id, expires)) = last[class]
             && expires >= needed
             && expires <= needed + SLACK + ttl
         {
@@ -46,15 +70,15 @@ impl EtcdStore {
             .await?;
         let lifetime = Duration::from_secs(u64::try_from(granted.ttl()).unwrap_or(0));
         if let Ok(mut last) = self.inner.leases.last.lock() {
-            *last = Some((granted.id(), now + lifetime));
+            last[class] = Some((granted.id(), now + lifetime));
         }
         Ok(granted.id())
     }
 
-    /// Forgets the cached lease (etcd no longer knows it).
+    /// Forgets the cached leases (etcd no longer knows one of them).
     pub(crate) fn forget_lease(&self) {
         if let Ok(mut last) = self.inner.leases.last.lock() {
-            *last = None;
+            *last = [None; CLASSES];
         }
     }
 }
