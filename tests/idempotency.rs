@@ -576,3 +576,47 @@ async fn a_panicking_handler_frees_its_key_and_keeps_its_message() {
     assert_eq!((status, body.as_str()), (StatusCode::OK, "created"));
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+// An event stream (a POST answered with server-sent events) goes through
+// at once, event by event, and is not kept: duplicates get 410.
+#[tokio::test]
+async fn an_event_stream_goes_through_at_once_and_is_not_kept() {
+    type Events =
+        tokio_stream::wrappers::ReceiverStream<Result<http_body::Frame<Bytes>, Infallible>>;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let rx = Arc::new(std::sync::Mutex::new(Some(rx)));
+    let handler = service_fn(
+        move |_req: Request<battlement::body::LayerBody<Full<Bytes>>>| {
+            let events = rx.lock().unwrap().take().expect("called once");
+            async move {
+                let res = Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(http_body_util::StreamBody::new(
+                        tokio_stream::wrappers::ReceiverStream::new(events),
+                    ) as http_body_util::StreamBody<Events>)
+                    .unwrap();
+                Ok::<_, Infallible>(res)
+            }
+        },
+    );
+    let svc = ServiceBuilder::new().layer(layer()).service(handler);
+    tx.send(Ok(http_body::Frame::data(Bytes::from_static(
+        b"data: 1\n\n",
+    ))))
+    .await
+    .unwrap();
+    let res = tokio::time::timeout(
+        Duration::from_secs(2),
+        svc.clone().oneshot(post(Some("\"k\""), "{}")),
+    )
+    .await
+    .expect("the stream's head came before its end")
+    .unwrap();
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"data: 1\n\n");
+    drop(tx);
+    assert!(body.frame().await.is_none());
+    let (status, _, _) = read(svc.oneshot(post(Some("\"k\""), "{}")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::GONE);
+}

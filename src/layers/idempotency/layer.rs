@@ -48,10 +48,11 @@ const MAX_BODY: usize = 64 << 20;
 ///
 /// Once a claim is won, the request runs to the end and its response is
 /// stored even if the client disconnects, so its retry finds the result. A
-/// response body over [`max_response_body`](Self::max_response_body), or
-/// one that fails, is not kept: duplicates get 410 Gone and the request
-/// does not run again. An inner error (no response at all) releases the
-/// key, so a retry runs. A process killed while executing keeps the lock
+/// response body over [`max_response_body`](Self::max_response_body), one
+/// that fails, or a server-sent event stream (`text/event-stream`, passed
+/// through event by event) is not kept: duplicates get 410 Gone and the
+/// request does not run again. An inner error (no response at all) or a
+/// handler that panics releases the key, so a retry runs. A process killed while executing keeps the lock
 /// until it expires ([`lock`](Self::lock)); then the key can run once
 /// more. If the store fails the default is fail-closed (503), since
 /// exactly-once cannot be promised. Apply it to unary routes: bodies are

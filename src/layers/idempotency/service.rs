@@ -236,7 +236,17 @@ impl<St: IdempotencyStore> Run<St> {
             }
         };
         let (parts, body) = res.into_parts();
-        match read_limited(body, self.settings.max_response_body).await {
+        // An event stream may never end, and its client waits for each
+        // event: it goes through at once and is not kept.
+        let read = if is_event_stream(&parts.headers) {
+            Read::Partial {
+                prefix: Bytes::new(),
+                rest: body,
+            }
+        } else {
+            read_limited(body, self.settings.max_response_body).await
+        };
+        match read {
             Read::Whole { data, trailers } => {
                 let stored = StoredResponse {
                     status: parts.status,
@@ -255,7 +265,8 @@ impl<St: IdempotencyStore> Run<St> {
                 self.emit("not_kept");
                 tracing::warn!(
                     limit = self.settings.max_response_body,
-                    "idempotent response too large to keep; duplicates get 410"
+                    "idempotent response not kept (over the limit, or an event stream); \
+                     duplicates get 410"
                 );
                 let marker = self.not_kept();
                 self.complete(held, token, &fingerprint, &marker).await;
@@ -434,4 +445,13 @@ fn replay<B>(stored: StoredResponse) -> Response<LayerBody<B>> {
     res.headers_mut()
         .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     res
+}
+
+/// Whether the response is a server-sent event stream.
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("text/event-stream"))
 }
