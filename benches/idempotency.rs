@@ -19,7 +19,7 @@ use std::time::Duration;
 use battlement::backends::{MemoryStore, RedisStore};
 use battlement::body::LayerBody;
 use battlement::idempotency::{
-    Claim, Fingerprint, IdempotencyLayer, IdempotencyStore, StoredResponse,
+    Claim, ClaimToken, Fingerprint, IdempotencyLayer, IdempotencyStore, StoredResponse,
 };
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -111,7 +111,12 @@ fn bench_claim<St: IdempotencyStore>(
             let (store, stored) = (store.clone(), stored.clone());
             async move {
                 if let Ok(Claim::Won(token)) = store
-                    .claim(&id, &fingerprint, Duration::from_secs(60))
+                    .claim(
+                        &id,
+                        &fingerprint,
+                        Duration::from_secs(60),
+                        ClaimToken::random(),
+                    )
                     .await
                 {
                     let _ = store

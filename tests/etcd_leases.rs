@@ -59,13 +59,17 @@ async fn writes_of_different_lifetimes_share_leases() {
     for i in 0..10 {
         let id = format!("order-{i}");
         let Claim::Won(token) = store
-            .claim(&id, &fingerprint, Duration::from_secs(60))
+            .claim(
+                &id,
+                &fingerprint,
+                Duration::from_secs(60),
+                ClaimToken::random(),
+            )
             .await
             .unwrap()
         else {
             panic!("a new key is won");
         };
-        let _: ClaimToken = token;
         let done = store
             .complete(
                 &id,

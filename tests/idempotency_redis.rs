@@ -111,3 +111,47 @@ async fn redis_down_is_503_and_nothing_executes() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+// A claim whose answer never came (Redis froze past the timeout) may still
+// be taken once Redis runs again: the layer frees it, so the retry runs
+// instead of getting 409 until the lock expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_timed_out_does_not_lock_out_the_retry() {
+    let redis = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let svc = ServiceBuilder::new()
+        .layer(IdempotencyLayer::new(store(&redis).await))
+        .service(service_fn(move |_: Request<LayerBody<String>>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(String::from("created"))) }
+        }));
+    // Loads the scripts, so the frozen call is the claim itself.
+    let warm = Request::post("/orders")
+        .header("idempotency-key", "\"warm\"")
+        .body(String::from("{}"))
+        .unwrap();
+    assert_eq!(
+        svc.clone().oneshot(warm).await.unwrap().status(),
+        StatusCode::OK
+    );
+    redis.pause();
+    let res = svc.clone().oneshot(post()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    redis.resume();
+    let back = Instant::now();
+    // Within 3 s, not the 60 s lock: the freeing runs in the background.
+    let status = loop {
+        let status = svc.clone().oneshot(post()).await.unwrap().status();
+        if status == StatusCode::OK || back.elapsed() > Duration::from_secs(3) {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the retry ran (the claim was freed)"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

@@ -172,8 +172,9 @@ impl IdempotencyStore for AnyStore {
         id: &str,
         fingerprint: &Fingerprint,
         lock: Duration,
+        token: ClaimToken,
     ) -> Result<Claim, StoreError> {
-        each!(self, s => s.claim(id, fingerprint, lock).await)
+        each!(self, s => s.claim(id, fingerprint, lock, token).await)
     }
 
     async fn complete(

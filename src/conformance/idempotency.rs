@@ -47,9 +47,14 @@ where
     (h.store_with_clock(clock.shared()).await, clock)
 }
 
+/// Claims `id`, which must be won with the caller's token.
 async fn won<S: IdempotencyStore>(s: &S, id: &str, f: &Fingerprint) -> ClaimToken {
-    match s.claim(id, f, LOCK).await.expect("store answers") {
-        Claim::Won(token) => token,
+    let token = ClaimToken::random();
+    match s.claim(id, f, LOCK, token).await.expect("store answers") {
+        Claim::Won(won) => {
+            assert_eq!(won, token, "the claim is the caller's token");
+            won
+        }
         other => panic!("expected to win {id}, got {other:?}"),
     }
 }
@@ -63,7 +68,7 @@ where
     let tasks: Vec<_> = (0..100)
         .map(|_| {
             let s = s.clone();
-            tokio::spawn(async move { s.claim("k", &fp("{}"), LOCK).await })
+            tokio::spawn(async move { s.claim("k", &fp("{}"), LOCK, ClaimToken::random()).await })
         })
         .collect();
     let mut winners = 0;
@@ -85,7 +90,10 @@ where
     let (s, _clock) = setup(&h).await;
     won(&s, "k", &fp("a")).await;
     for body in ["a", "b"] {
-        let claim = s.claim("k", &fp(body), LOCK).await.expect("store answers");
+        let claim = s
+            .claim("k", &fp(body), LOCK, ClaimToken::random())
+            .await
+            .expect("store answers");
         assert_eq!(
             claim,
             Claim::InFlight {
@@ -109,7 +117,11 @@ where
             .expect("store answers")
     );
     for body in ["a", "b"] {
-        match s.claim("k", &fp(body), LOCK).await.expect("store answers") {
+        match s
+            .claim("k", &fp(body), LOCK, ClaimToken::random())
+            .await
+            .expect("store answers")
+        {
             Claim::Completed {
                 fingerprint,
                 response: replayed,
@@ -133,7 +145,11 @@ where
             .await
             .expect("store answers")
     );
-    match s.claim("k2", &fp("a"), LOCK).await.expect("store answers") {
+    match s
+        .claim("k2", &fp("a"), LOCK, ClaimToken::random())
+        .await
+        .expect("store answers")
+    {
         Claim::Completed { response, .. } => assert_eq!(response, bare),
         other => panic!("{other:?}"),
     }
@@ -149,7 +165,7 @@ where
     let old = won(&s, "k", &fp("a")).await;
     clock.advance(LOCK - Duration::from_millis(1));
     assert!(matches!(
-        s.claim("k", &fp("a"), LOCK).await,
+        s.claim("k", &fp("a"), LOCK, ClaimToken::random()).await,
         Ok(Claim::InFlight { .. })
     ));
     clock.advance(Duration::from_millis(1));
@@ -161,7 +177,7 @@ where
     );
     s.release("k", old).await.expect("store answers");
     assert!(matches!(
-        s.claim("k", &fp("a"), LOCK).await,
+        s.claim("k", &fp("a"), LOCK, ClaimToken::random()).await,
         Ok(Claim::InFlight { .. })
     ));
     assert!(
@@ -186,7 +202,7 @@ where
     );
     clock.advance(retention - Duration::from_millis(1));
     assert!(matches!(
-        s.claim("k", &fp("a"), LOCK).await,
+        s.claim("k", &fp("a"), LOCK, ClaimToken::random()).await,
         Ok(Claim::Completed { .. })
     ));
     clock.advance(Duration::from_millis(1));
@@ -204,7 +220,7 @@ where
         .await
         .expect("store answers");
     assert!(matches!(
-        s.claim("k", &fp("a"), LOCK).await,
+        s.claim("k", &fp("a"), LOCK, ClaimToken::random()).await,
         Ok(Claim::InFlight { .. })
     ));
     s.release("k", token).await.expect("store answers");
@@ -238,7 +254,11 @@ where
     use crate::idempotency::scope_id_for_tests as scoped;
     let s = h.store().await;
     let id = scoped("anonymous", "my-secret-order-key");
-    let token = match s.claim(&id, &fp("a"), LOCK).await.expect("store answers") {
+    let token = match s
+        .claim(&id, &fp("a"), LOCK, ClaimToken::random())
+        .await
+        .expect("store answers")
+    {
         Claim::Won(token) => token,
         other => panic!("{other:?}"),
     };

@@ -46,6 +46,7 @@ impl IdempotencyStore for EtcdStore {
         id: &str,
         fingerprint: &Fingerprint,
         lock: Duration,
+        token: ClaimToken,
     ) -> Result<Claim, StoreError> {
         let key = state_key(self.keyspace(), id);
         let (mut current, mut revision) = self.record(&key).await?;
@@ -66,7 +67,6 @@ impl IdempotencyStore for EtcdStore {
                 }
                 None => {}
             }
-            let token = ClaimToken::random();
             let record = Record::InFlight {
                 expires_us: self.clock().now_micros().saturating_add(micros(lock)),
                 token,

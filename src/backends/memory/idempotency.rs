@@ -51,6 +51,7 @@ impl IdempotencyStore for MemoryStore {
         id: &str,
         fingerprint: &Fingerprint,
         lock: Duration,
+        token: ClaimToken,
     ) -> Result<Claim, StoreError> {
         self.check_open()?;
         let now = self.inner.clock.now_micros();
@@ -75,7 +76,6 @@ impl IdempotencyStore for MemoryStore {
                     response: response.clone(),
                 },
                 _ => {
-                    let token = ClaimToken::random();
                     let record = Record::InFlight {
                         expires_us: now.saturating_add(micros(lock)),
                         token,

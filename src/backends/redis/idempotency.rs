@@ -30,8 +30,8 @@ impl IdempotencyStore for RedisStore {
         id: &str,
         fingerprint: &Fingerprint,
         lock: Duration,
+        token: ClaimToken,
     ) -> Result<Claim, StoreError> {
-        let token = ClaimToken::random();
         let mut invocation = CLAIM.key(state_key(self.keyspace(), id));
         invocation
             .arg(token.to_hex())

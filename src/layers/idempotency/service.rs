@@ -129,6 +129,9 @@ enum Held {
 /// claim token makes a repeated write safe).
 const COMPLETE_ATTEMPTS: u32 = 3;
 
+/// Attempts at freeing a claim whose answer never came.
+const RELEASE_ATTEMPTS: u32 = 5;
+
 impl<St: IdempotencyStore> Run<St> {
     async fn execute<S, ReqBody, ResBody>(
         self,
@@ -315,17 +318,19 @@ impl<St: IdempotencyStore> Run<St> {
     /// fallback; `None` when neither can answer.
     async fn claim(&self, fingerprint: &Fingerprint) -> Option<(Claim, Held)> {
         let (lock, id) = (self.settings.lock, self.id.as_str());
-        match self.store.claim(id, fingerprint, lock).await {
+        let token = ClaimToken::random();
+        match self.store.claim(id, fingerprint, lock, token).await {
             Ok(claim) => Some((claim, Held::Shared)),
             Err(e) => {
                 self.store_failed(&e);
+                self.release_unanswered(token);
                 if self.settings.failure != FailurePolicy::LocalFallback {
                     return None;
                 }
                 let claim = self
                     .settings
                     .fallback
-                    .claim(id, fingerprint, lock)
+                    .claim(id, fingerprint, lock, token)
                     .await
                     .ok()?;
                 Some((claim, Held::Fallback))
@@ -380,6 +385,24 @@ impl<St: IdempotencyStore> Run<St> {
         if let Err(e) = released {
             self.store_failed(&e);
         }
+    }
+
+    /// Frees, in the background, a claim whose answer never came: a claim
+    /// that timed out may still have been taken on the server, and would
+    /// then turn every retry away with 409 until its lock expired. The
+    /// store may still be failing: a few tries, 0.1 s to 0.8 s apart.
+    fn release_unanswered(&self, token: ClaimToken) {
+        let (store, id) = (self.store.clone(), self.id.clone());
+        tokio::spawn(async move {
+            let mut wait = std::time::Duration::from_millis(100);
+            for _ in 0..RELEASE_ATTEMPTS {
+                match store.release(&id, token).await {
+                    Err(e) if e.is_transient() => tokio::time::sleep(wait).await,
+                    _ => return,
+                }
+                wait *= 2;
+            }
+        });
     }
 
     fn store_failed(&self, e: &StoreError) {

@@ -42,13 +42,17 @@ pub enum Claim {
 /// `TIME` unless a caller clock is set); the server TTL or lease then
 /// removes it. `Err` means the store failed, never a conflict.
 pub trait IdempotencyStore: Backend {
-    /// Claims `id` for a request with `fingerprint`, locked for `lock`;
-    /// an expired claim or record counts as absent.
+    /// Claims `id` for a request with `fingerprint` as `token`
+    /// ([`Claim::Won`] hands it back), locked for `lock`; an expired claim
+    /// or record counts as absent. The caller picks the token
+    /// ([`ClaimToken::random`]) so that it can release a claim whose
+    /// answer it never got (a timeout).
     fn claim(
         &self,
         id: &str,
         fingerprint: &Fingerprint,
         lock: Duration,
+        token: ClaimToken,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 
     /// Stores the response of the claim `token` for `retention`. `false`
