@@ -448,3 +448,55 @@ async fn a_grpc_stream_waiting_for_the_server_is_not_held_back() {
         .to_bytes();
     assert_eq!(&body[..], b"first second");
 }
+
+/// Answers 503 once, then is never ready again (a full buffer or
+/// concurrency limit that does not drain).
+#[derive(Clone)]
+struct StuckAfterOne(Arc<AtomicUsize>);
+
+impl tower::Service<http::Request<LayerBody<String>>> for StuckAfterOne {
+    type Response = http::Response<String>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        if self.0.load(Ordering::SeqCst) == 0 {
+            std::task::Poll::Ready(Ok(()))
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    fn call(&mut self, _: http::Request<LayerBody<String>>) -> Self::Future {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        let mut res = http::Response::new(String::new());
+        *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        std::future::ready(Ok(res))
+    }
+}
+
+// SPEC RT-4: waiting for the inner service to be ready before a retry
+// counts against the deadline; it does not hang past it.
+#[tokio::test]
+async fn waiting_for_a_stuck_service_ends_at_the_deadline() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let policy = RetryPolicy::default()
+        .backoff(Backoff::Exponential {
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(10),
+        })
+        .deadline(Duration::from_millis(300));
+    let svc = ServiceBuilder::new()
+        .layer(RetryLayer::new(policy).unwrap())
+        .service(StuckAfterOne(calls.clone()));
+    let call = svc.oneshot(http::Request::get("/").body(String::new()).unwrap());
+    let err = tokio::time::timeout(Duration::from_secs(3), call)
+        .await
+        .expect("the retry gave up at its deadline")
+        .unwrap_err();
+    assert!(err.is::<AttemptTimedOut>(), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

@@ -225,7 +225,18 @@ where
             return Err("retry: no request left to send".into());
         };
         if attempt > 1 {
-            ServiceExt::ready(&mut inner).await.map_err(Into::into)?;
+            // Waiting for the service (a full buffer, a concurrency limit)
+            // counts against the deadline too.
+            let elapsed = shared.clock.now().saturating_sub(started);
+            let left = policy.deadline.map(|d| d.saturating_sub(elapsed));
+            let ready = ServiceExt::ready(&mut inner);
+            match left {
+                Some(left) => match tokio::time::timeout(left, ready).await {
+                    Ok(ready) => ready.map(drop).map_err(Into::into)?,
+                    Err(_) => return Err(AttemptTimedOut(left).into()),
+                },
+                None => ready.await.map(drop).map_err(Into::into)?,
+            }
         }
         let elapsed = shared.clock.now().saturating_sub(started);
         let result = send(&mut inner, req, policy, elapsed).await;
