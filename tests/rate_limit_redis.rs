@@ -291,3 +291,34 @@ async fn a_frozen_redis_neither_grows_the_queue_nor_gets_stale_decisions() {
     let keys: usize = redis.cli(&["dbsize"]).trim().parse().unwrap();
     assert!(keys <= 2 * 4 * 128 + 2, "{keys} keys written");
 }
+
+// Behind a slot-enforcing proxy batching must be off: then every decision
+// is a script call of its own, with the same answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_batching_off_each_decision_is_its_own_call() {
+    let redis = RedisServer::start();
+    let config = RedisConfig::standalone(redis.url()).batch_decisions(false);
+    let s = RedisStore::from_config(config).await.unwrap();
+    let q = Quota::per_hour(10).unwrap();
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.decide("p", &format!("k{}", i % 4), &q, 1).await.unwrap() })
+        })
+        .collect();
+    let mut allowed = 0;
+    for t in tasks {
+        allowed += usize::from(t.await.unwrap().is_allowed());
+    }
+    assert_eq!(allowed, 40, "10 per key");
+    let stats = redis.cli(&["info", "commandstats"]);
+    let calls: usize = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stats}"));
+    // Every decision once, plus the calls that found the script not yet
+    // loaded (NOSCRIPT) and were sent again.
+    assert!(calls >= 64, "{calls} script calls for 64 decisions");
+}

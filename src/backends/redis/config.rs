@@ -34,6 +34,12 @@ pub struct RedisConfig {
     timeout: Duration,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     connect_timeout: Duration,
+    #[serde(default = "default_batch_decisions")]
+    batch_decisions: bool,
+}
+
+fn default_batch_decisions() -> bool {
+    true
 }
 
 fn default_prefix() -> String {
@@ -57,6 +63,7 @@ impl RedisConfig {
             prefix: default_prefix(),
             timeout: default_timeout(),
             connect_timeout: default_connect_timeout(),
+            batch_decisions: default_batch_decisions(),
         }
     }
 
@@ -89,6 +96,24 @@ impl RedisConfig {
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
+    }
+
+    /// Whether concurrent rate-limit decisions on a standalone server go
+    /// out together, in one script call (default `true`; a Cluster always
+    /// sends one call per decision). Turn it off behind a proxy that
+    /// presents a Cluster as one server but enforces its slots (Envoy's
+    /// Redis proxy, Redis Enterprise, ElastiCache Serverless): the keys of
+    /// one batch may hash to different slots, and the call would fail.
+    /// Serde: `batch_decisions`.
+    pub fn batch_decisions(mut self, on: bool) -> Self {
+        self.batch_decisions = on;
+        self
+    }
+
+    /// Whether rate-limit decisions are batched (see
+    /// [`batch_decisions`](Self::batch_decisions)).
+    pub fn batches_decisions(&self) -> bool {
+        self.batch_decisions && !self.cluster
     }
 
     /// The per-call timeout.
@@ -143,6 +168,7 @@ impl fmt::Debug for RedisConfig {
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("batch_decisions", &self.batch_decisions)
             .finish()
     }
 }
@@ -176,5 +202,14 @@ mod tests {
         let s = format!("{c:?}");
         assert!(!s.contains("pw1") && !s.contains("pw2"), "{s}");
         assert!(s.contains("u:***@a:1"));
+    }
+
+    #[test]
+    fn batching_is_on_for_standalone_servers_unless_turned_off() {
+        assert!(RedisConfig::standalone("redis://a").batches_decisions());
+        assert!(!RedisConfig::cluster(["redis://a"]).batches_decisions());
+        let off: RedisConfig =
+            serde_json::from_str(r#"{"urls":["redis://a"],"batch_decisions":false}"#).unwrap();
+        assert!(!off.batches_decisions());
     }
 }

@@ -151,9 +151,10 @@ impl RedisStore {
     }
 
     /// Where rate-limit decisions queue to share a script call: standalone
-    /// servers only (a script's keys must share a cluster slot).
+    /// servers with batching on only (a script's keys must share a
+    /// cluster slot).
     fn decision_queue(&self) -> Option<&tokio::sync::mpsc::Sender<decision_queue::Queued>> {
-        if self.inner.config.is_cluster() {
+        if !self.inner.config.batches_decisions() {
             return None;
         }
         self.inner.decisions.sender(Arc::downgrade(&self.inner))
