@@ -319,11 +319,22 @@ impl<St: IdempotencyStore> Run<St> {
     async fn claim(&self, fingerprint: &Fingerprint) -> Option<(Claim, Held)> {
         let (lock, id) = (self.settings.lock, self.id.as_str());
         let token = ClaimToken::random();
-        match self.store.claim(id, fingerprint, lock, token).await {
+        // Until the store answers: a claim that fails (a timeout) or whose
+        // request is dropped (the client went away) may still be taken on
+        // the server, and would turn every retry away with 409 until its
+        // lock expired. The guard then frees it.
+        let mut unanswered = Unanswered {
+            run: self,
+            token,
+            armed: true,
+        };
+        let claimed = self.store.claim(id, fingerprint, lock, token).await;
+        unanswered.armed = claimed.is_err();
+        drop(unanswered);
+        match claimed {
             Ok(claim) => Some((claim, Held::Shared)),
             Err(e) => {
                 self.store_failed(&e);
-                self.release_unanswered(token);
                 if self.settings.failure != FailurePolicy::LocalFallback {
                     return None;
                 }
@@ -387,13 +398,35 @@ impl<St: IdempotencyStore> Run<St> {
         }
     }
 
-    /// Frees, in the background, a claim whose answer never came: a claim
-    /// that timed out may still have been taken on the server, and would
-    /// then turn every retry away with 409 until its lock expired. The
-    /// store may still be failing: a few tries, 0.1 s to 0.8 s apart.
-    fn release_unanswered(&self, token: ClaimToken) {
-        let (store, id) = (self.store.clone(), self.id.clone());
-        tokio::spawn(async move {
+    fn store_failed(&self, e: &StoreError) {
+        self.settings
+            .events
+            .emit(Event::new(super::LAYER, "store_error").with_detail(e.to_string()));
+        self.settings.warn.warn(|suppressed| {
+            tracing::warn!(error = %e, suppressed, "idempotency store failed");
+        });
+    }
+}
+
+/// Frees, when dropped armed, the claim of `token` in the background. The
+/// store may still be failing: a few tries, 0.1 s to 0.8 s apart (release
+/// is guarded by the token, so it never frees another request's claim).
+struct Unanswered<'a, St: IdempotencyStore> {
+    run: &'a Run<St>,
+    token: ClaimToken,
+    armed: bool,
+}
+
+impl<St: IdempotencyStore> Drop for Unanswered<'_, St> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, id, token) = (self.run.store.clone(), self.run.id.clone(), self.token);
+        runtime.spawn(async move {
             let mut wait = std::time::Duration::from_millis(100);
             for _ in 0..RELEASE_ATTEMPTS {
                 match store.release(&id, token).await {
@@ -402,15 +435,6 @@ impl<St: IdempotencyStore> Run<St> {
                 }
                 wait *= 2;
             }
-        });
-    }
-
-    fn store_failed(&self, e: &StoreError) {
-        self.settings
-            .events
-            .emit(Event::new(super::LAYER, "store_error").with_detail(e.to_string()));
-        self.settings.warn.warn(|suppressed| {
-            tracing::warn!(error = %e, suppressed, "idempotency store failed");
         });
     }
 }
