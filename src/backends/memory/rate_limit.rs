@@ -46,38 +46,61 @@ struct Cell {
     full_at_us: AtomicU64,
 }
 
+/// `period_us` while a decision rewrites the cell in another period's
+/// units (a quota change): the debt and its period are two words, so the
+/// rewrite holds the period until both are written, and concurrent
+/// decisions wait instead of reading the new debt with the old period.
+const RESCALING: u64 = u64::MAX;
+
 impl Cell {
     fn decide(&self, quota: &Quota, cost: u64, now_us: u64) -> Decision {
-        let mut current = self.state.load(Ordering::Acquire);
         loop {
+            // A consistent pair: the period, the word, and the period again
+            // unchanged (a rescale sets RESCALING before it swaps the word).
+            let period_us = self.period_us.load(Ordering::Acquire);
+            if period_us == RESCALING {
+                std::thread::yield_now();
+                continue;
+            }
+            let current = self.state.load(Ordering::Acquire);
+            if self.period_us.load(Ordering::Acquire) != period_us {
+                continue;
+            }
             let state = GcraState {
                 debt: (current >> 64) as u64,
                 at: current as u64,
-                period_us: self.period_us.load(Ordering::Relaxed),
+                period_us,
             };
             let step = gcra::decide(Some(state), quota, cost, now_us);
             let Some(write) = step.write else {
                 return step.decision;
             };
+            let rescale = write.period_us != period_us;
+            if rescale
+                && self
+                    .period_us
+                    .compare_exchange(period_us, RESCALING, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                continue;
+            }
             let next = (u128::from(write.debt) << 64) | u128::from(write.at);
-            match self.state.compare_exchange_weak(
-                current,
-                next,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    if self.period_us.load(Ordering::Relaxed) != write.period_us {
-                        self.period_us.store(write.period_us, Ordering::Relaxed);
-                    }
-                    let full_at = now_us.saturating_add(step.ttl_us());
-                    if full_at > self.full_at_us.load(Ordering::Relaxed) + FULL_AT_SLACK_US {
-                        self.full_at_us
-                            .fetch_max(full_at + FULL_AT_SLACK_US, Ordering::Relaxed);
-                    }
-                    return step.decision;
+            let swapped = self
+                .state
+                .compare_exchange(current, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            if rescale {
+                // The new period with the new debt, or the old one back.
+                let period = if swapped { write.period_us } else { period_us };
+                self.period_us.store(period, Ordering::Release);
+            }
+            if swapped {
+                let full_at = now_us.saturating_add(step.ttl_us());
+                if full_at > self.full_at_us.load(Ordering::Relaxed) + FULL_AT_SLACK_US {
+                    self.full_at_us
+                        .fetch_max(full_at + FULL_AT_SLACK_US, Ordering::Relaxed);
                 }
-                Err(actual) => current = actual,
+                return step.decision;
             }
         }
     }
@@ -292,5 +315,41 @@ impl RateLimitStore for MemoryStore {
 
     fn in_process(&self) -> Option<&MemoryStore> {
         Some(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Two quotas of one rate and burst in different periods (10/s and
+    // 600/min, burst 10), decided at once on one key at one instant: the
+    // debt changes units on almost every decision. A decision that read it
+    // with the other quota's period would cut a per-second debt to one
+    // per-minute unit and admit more than the burst.
+    #[test]
+    fn a_quota_change_under_contention_never_admits_more_than_the_burst() {
+        let per_second = Quota::per_second(10).unwrap();
+        let per_minute = Quota::per_minute(600).unwrap().with_burst(10).unwrap();
+        for round in 0..300u64 {
+            let cell = Cell::default();
+            let allowed = AtomicU64::new(0);
+            std::thread::scope(|s| {
+                for t in 0..4u64 {
+                    let (cell, allowed) = (&cell, &allowed);
+                    let (a, b) = (&per_second, &per_minute);
+                    s.spawn(move || {
+                        for i in 0..40u64 {
+                            let quota = if (i + t) % 2 == 0 { a } else { b };
+                            if cell.decide(quota, 1, 1_000_000_000).is_allowed() {
+                                allowed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+            });
+            let allowed = allowed.load(Ordering::Relaxed);
+            assert!(allowed <= 10, "round {round}: {allowed} admitted");
+        }
     }
 }
