@@ -620,3 +620,38 @@ async fn an_event_stream_goes_through_at_once_and_is_not_kept() {
     let (status, _, _) = read(svc.oneshot(post(Some("\"k\""), "{}")).await.unwrap()).await;
     assert_eq!(status, StatusCode::GONE);
 }
+
+// A handler slower than the lock keeps its claim (renewed while it runs):
+// a duplicate after the first lock is still 409, and the request runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_slower_than_the_lock_keeps_its_claim() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let calls = calls.clone();
+        service_fn(
+            move |_req: Request<battlement::body::LayerBody<Full<Bytes>>>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async {
+                    tokio::time::sleep(Duration::from_millis(2500)).await;
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"created"))))
+                }
+            },
+        )
+    };
+    let svc = ServiceBuilder::new()
+        .layer(layer().lock(Duration::from_secs(1)))
+        .service(handler);
+    let first = tokio::spawn(svc.clone().oneshot(post(Some("\"slow\""), "{}")));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, _, _) = read(
+        svc.clone()
+            .oneshot(post(Some("\"slow\""), "{}"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "the first is still running");
+    let (status, _, body) = read(first.await.unwrap().unwrap()).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "created"));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

@@ -33,8 +33,13 @@ fn post() -> Request<String> {
 async fn a_request_killed_mid_execution_runs_once_after_the_lock_expires() {
     let redis = RedisServer::start();
     let lock = Duration::from_secs(1);
-    // Instance A claims the key, starts executing, and dies (its handler
-    // never answers, like a killed process).
+    // Instance A claims the key, starts executing, and dies: its runtime
+    // stops with the handler (which never answers) and the lock renewal.
+    let process_a = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
     let started_tx = Arc::new(std::sync::Mutex::new(Some(started_tx)));
     let a = ServiceBuilder::new()
@@ -45,9 +50,9 @@ async fn a_request_killed_mid_execution_runs_once_after_the_lock_expires() {
             }
             std::future::pending::<Result<Response<String>, Infallible>>()
         }));
-    let killed = tokio::spawn(a.oneshot(post()));
+    process_a.spawn(a.oneshot(post()));
     started.await.unwrap();
-    killed.abort();
+    process_a.shutdown_background();
     let claimed_at = Instant::now();
 
     let calls = Arc::new(AtomicUsize::new(0));

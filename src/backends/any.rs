@@ -188,6 +188,10 @@ impl IdempotencyStore for AnyStore {
         each!(self, s => s.complete(id, token, fingerprint, response, retention).await)
     }
 
+    async fn renew(&self, id: &str, token: ClaimToken, lock: Duration) -> Result<bool, StoreError> {
+        each!(self, s => s.renew(id, token, lock).await)
+    }
+
     async fn release(&self, id: &str, token: ClaimToken) -> Result<(), StoreError> {
         each!(self, s => s.release(id, token).await)
     }

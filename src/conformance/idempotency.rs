@@ -187,6 +187,34 @@ where
     );
 }
 
+/// A renewed claim holds past its first lock, for its owner only; it
+/// expires a lock after the renewal, and a completed key renews nothing.
+pub async fn renew_extends_a_live_claim_for_its_owner_only<H: Harness>(h: H)
+where
+    H::Store: IdempotencyStore,
+{
+    let (s, clock) = setup(&h).await;
+    let token = won(&s, "k", &fp("a")).await;
+    clock.advance(LOCK - Duration::from_millis(1));
+    let renew = |token| s.renew("k", token, LOCK);
+    assert!(!renew(ClaimToken::random()).await.expect("store answers"));
+    assert!(renew(token).await.expect("store answers"));
+    clock.advance(Duration::from_millis(2));
+    assert!(matches!(
+        s.claim("k", &fp("a"), LOCK, ClaimToken::random()).await,
+        Ok(Claim::InFlight { .. })
+    ));
+    clock.advance(LOCK);
+    assert!(!renew(token).await.expect("store answers"), "expired");
+    let next = won(&s, "k", &fp("a")).await;
+    assert!(
+        s.complete("k", next, &fp("a"), &response(), RETENTION)
+            .await
+            .expect("store answers")
+    );
+    assert!(!s.renew("k", next, LOCK).await.expect("store answers"));
+}
+
 /// After the retention, the key executes again.
 pub async fn retention_expires_on_the_store_clock<H: Harness>(h: H)
 where

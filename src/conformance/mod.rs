@@ -185,6 +185,7 @@ macro_rules! idempotency_suite {
             a_claimed_key_is_in_flight,
             completed_keys_replay_byte_for_byte,
             the_lock_expires_on_the_store_clock,
+            renew_extends_a_live_claim_for_its_owner_only,
             retention_expires_on_the_store_clock,
             release_frees_the_key_for_its_owner_only,
             principals_are_isolated,

@@ -106,6 +106,29 @@ impl IdempotencyStore for EtcdStore {
         Ok(matches!(written, Guarded::Applied))
     }
 
+    async fn renew(&self, id: &str, token: ClaimToken, lock: Duration) -> Result<bool, StoreError> {
+        let key = state_key(self.keyspace(), id);
+        let (current, revision) = self.record(&key).await?;
+        let Some(Record::InFlight {
+            token: t,
+            fingerprint,
+            ..
+        }) = current
+        else {
+            return Ok(false);
+        };
+        if t != token {
+            return Ok(false);
+        }
+        let record = Record::InFlight {
+            expires_us: self.clock().now_micros().saturating_add(micros(lock)),
+            token,
+            fingerprint,
+        };
+        let written = self.put_at(&key, revision, &record.encode(), lock).await?;
+        Ok(matches!(written, Guarded::Applied))
+    }
+
     async fn release(&self, id: &str, token: ClaimToken) -> Result<(), StoreError> {
         let key = state_key(self.keyspace(), id);
         let (current, revision) = self.record(&key).await?;

@@ -113,6 +113,25 @@ impl IdempotencyStore for MemoryStore {
             }))
     }
 
+    async fn renew(&self, id: &str, token: ClaimToken, lock: Duration) -> Result<bool, StoreError> {
+        self.check_open()?;
+        let now = self.inner.clock.now_micros();
+        Ok(self
+            .inner
+            .idempotency
+            .with(|records| match records.get_mut(id) {
+                Some(Record::InFlight {
+                    expires_us,
+                    token: t,
+                    ..
+                }) if *t == token && *expires_us > now => {
+                    *expires_us = now.saturating_add(micros(lock));
+                    true
+                }
+                _ => false,
+            }))
+    }
+
     async fn release(&self, id: &str, token: ClaimToken) -> Result<(), StoreError> {
         self.check_open()?;
         self.inner.idempotency.with(|records| {

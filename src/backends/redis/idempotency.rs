@@ -21,6 +21,8 @@ static CLAIM: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/idempotency_claim.lua")));
 static COMPLETE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/idempotency_complete.lua")));
+static RENEW: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/idempotency_renew.lua")));
 static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/idempotency_release.lua")));
 
@@ -73,6 +75,16 @@ impl IdempotencyStore for RedisStore {
             .arg(self.caller_now());
         let stored: u8 = self.invoke(&invocation).await?;
         Ok(stored == 1)
+    }
+
+    async fn renew(&self, id: &str, token: ClaimToken, lock: Duration) -> Result<bool, StoreError> {
+        let mut invocation = RENEW.key(state_key(self.keyspace(), id));
+        invocation
+            .arg(token.to_hex())
+            .arg(micros(lock).max(1000))
+            .arg(self.caller_now());
+        let renewed: u8 = self.invoke(&invocation).await?;
+        Ok(renewed == 1)
     }
 
     async fn release(&self, id: &str, token: ClaimToken) -> Result<(), StoreError> {

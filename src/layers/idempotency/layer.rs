@@ -52,9 +52,11 @@ const MAX_BODY: usize = 64 << 20;
 /// that fails, or a server-sent event stream (`text/event-stream`, passed
 /// through event by event) is not kept: duplicates get 410 Gone and the
 /// request does not run again. An inner error (no response at all) or a
-/// handler that panics releases the key, so a retry runs. A process killed while executing keeps the lock
-/// until it expires ([`lock`](Self::lock)); then the key can run once
-/// more. If the store fails the default is fail-closed (503), since
+/// handler that panics releases the key, so a retry runs. A handler slower
+/// than the [`lock`](Self::lock) keeps its claim: it is renewed every third
+/// of the lock while the request runs. A process killed while executing
+/// keeps the lock until it expires; then the key can run once more. If
+/// the store fails the default is fail-closed (503), since
 /// exactly-once cannot be promised. Apply it to unary routes: bodies are
 /// read whole.
 ///

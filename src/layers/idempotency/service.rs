@@ -225,6 +225,12 @@ impl<St: IdempotencyStore> Run<St> {
         ResBody: Body<Data = Bytes> + Unpin,
         ResBody::Error: fmt::Display,
     {
+        // A handler slower than the lock keeps its claim until the outcome
+        // is stored: a duplicate must not run beside it.
+        let _renewal = match held {
+            Held::Shared => renew_while_running(self.store.clone(), &self, token),
+            Held::Fallback => renew_while_running(self.settings.fallback.clone(), &self, token),
+        };
         let res = match AssertUnwindSafe(inner.call(req)).catch_unwind().await {
             Ok(Ok(res)) => res,
             Ok(Err(e)) => {
@@ -405,6 +411,37 @@ impl<St: IdempotencyStore> Run<St> {
         self.settings.warn.warn(|suppressed| {
             tracing::warn!(error = %e, suppressed, "idempotency store failed");
         });
+    }
+}
+
+/// Renews the claim `token` every third of the lock, in the background,
+/// until the returned guard is dropped or the claim is lost.
+fn renew_while_running<S: IdempotencyStore, St>(
+    store: S,
+    run: &Run<St>,
+    token: ClaimToken,
+) -> AbortOnDrop {
+    let (id, lock) = (run.id.clone(), run.settings.lock);
+    AbortOnDrop(tokio::spawn(async move {
+        let mut every = tokio::time::interval(lock / 3);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            // A failed renewal is tried again at the next tick.
+            if let Ok(false) = store.renew(&id, token, lock).await {
+                return;
+            }
+        }
+    }))
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

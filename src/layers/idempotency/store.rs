@@ -67,6 +67,16 @@ pub trait IdempotencyStore: Backend {
         retention: Duration,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Extends the live claim `token` to `lock` from now, for a request
+    /// that runs longer than its lock. `false` when the claim is no longer
+    /// this token's or has expired.
+    fn renew(
+        &self,
+        id: &str,
+        token: ClaimToken,
+        lock: Duration,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Gives up the claim `token` (the request failed before a response
     /// worth keeping); does nothing if the claim is no longer its.
     fn release(
