@@ -183,9 +183,9 @@ impl<St: IdempotencyStore> Run<St> {
         self.emit("executed");
         // From here the request runs to the end and its outcome is stored
         // even if the client goes away: a retry must find the result, not
-        // run the request again.
-        // The task carries the request's span, OpenTelemetry context and
-        // request id, as the handler would have had them without it.
+        // run the request again. The task carries the request's span,
+        // OpenTelemetry context and request id, as the handler would have
+        // had them without it.
         let req = Request::from_parts(parts, LayerBody::full(bytes));
         let protocol = self.protocol;
         let owned = self
@@ -227,9 +227,10 @@ impl<St: IdempotencyStore> Run<St> {
     {
         // A handler slower than the lock keeps its claim until the outcome
         // is stored: a duplicate must not run beside it.
+        let (id, lock) = (self.id.clone(), self.settings.lock);
         let _renewal = match held {
-            Held::Shared => renew_while_running(self.store.clone(), &self, token),
-            Held::Fallback => renew_while_running(self.settings.fallback.clone(), &self, token),
+            Held::Shared => renew_while_running(self.store.clone(), id, lock, token),
+            Held::Fallback => renew_while_running(self.settings.fallback.clone(), id, lock, token),
         };
         let res = match AssertUnwindSafe(inner.call(req)).catch_unwind().await {
             Ok(Ok(res)) => res,
@@ -416,12 +417,12 @@ impl<St: IdempotencyStore> Run<St> {
 
 /// Renews the claim `token` every third of the lock, in the background,
 /// until the returned guard is dropped or the claim is lost.
-fn renew_while_running<S: IdempotencyStore, St>(
+fn renew_while_running<S: IdempotencyStore>(
     store: S,
-    run: &Run<St>,
+    id: String,
+    lock: std::time::Duration,
     token: ClaimToken,
 ) -> AbortOnDrop {
-    let (id, lock) = (run.id.clone(), run.settings.lock);
     AbortOnDrop(tokio::spawn(async move {
         let mut every = tokio::time::interval(lock / 3);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
