@@ -17,6 +17,17 @@ use http::{Request, Response, StatusCode};
 use support::RedisServer;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 
+/// How many `EVALSHA` calls the server has run.
+fn evalsha_calls(redis: &RedisServer) -> usize {
+    let stats = redis.cli(&["info", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stats}"))
+}
+
 async fn store(redis: &RedisServer) -> RedisStore {
     let config = RedisConfig::standalone(redis.url()).with_timeout(Duration::from_millis(200));
     RedisStore::from_config(config).await.unwrap()
@@ -229,13 +240,7 @@ async fn concurrent_decisions_share_script_calls() {
     }
     assert_eq!(allowed, vec![10; keys], "the quota of each key, exactly");
     assert_eq!(denied, vec![per_key - 10; keys]);
-    let stats = redis.cli(&["info", "commandstats"]);
-    let calls: usize = stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{stats}"));
+    let calls = evalsha_calls(&redis);
     // The first call loads the script (NOSCRIPT, then EVALSHA again).
     assert!(
         calls < keys * per_key,
@@ -311,13 +316,7 @@ async fn with_batching_off_each_decision_is_its_own_call() {
         allowed += usize::from(t.await.unwrap().is_allowed());
     }
     assert_eq!(allowed, 40, "10 per key");
-    let stats = redis.cli(&["info", "commandstats"]);
-    let calls: usize = stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("{stats}"));
+    let calls = evalsha_calls(&redis);
     // Every decision once, plus the calls that found the script not yet
     // loaded (NOSCRIPT) and were sent again.
     assert!(calls >= 64, "{calls} script calls for 64 decisions");
