@@ -290,11 +290,12 @@ async fn a_frozen_redis_neither_grows_the_queue_nor_gets_stale_decisions() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Only calls on the wire while their callers still waited reached
-    // Redis (4 batches of at most 128, and once those timed out, 4 more
-    // for callers whose own timeout had not fired yet); the thousands
-    // queued behind them were dropped (sent, they would write ~4,600).
+    // Redis (4 batches of at most 128, and once those timed out, a few
+    // more for callers whose own timeout had not fired yet: about 550
+    // keys); the thousands queued behind them were dropped (sent, they
+    // would write about 4,200).
     let keys: usize = redis.cli(&["dbsize"]).trim().parse().unwrap();
-    assert!(keys <= 2 * 4 * 128 + 2, "{keys} keys written");
+    assert!(keys < 2_000, "{keys} keys written");
 }
 
 // Behind a slot-enforcing proxy batching must be off: then every decision
