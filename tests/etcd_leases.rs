@@ -44,8 +44,11 @@ async fn writes_of_different_lifetimes_share_leases() {
         );
     }
     let after_rate_limit = live_leases(&etcd).await;
+    // One lease per TTL class (two here), and a few more if the writes
+    // outlast a lease's reuse window on a slow machine; one per write
+    // without the classes.
     assert!(
-        after_rate_limit <= 4,
+        after_rate_limit <= 8,
         "{after_rate_limit} leases for 40 writes"
     );
 
@@ -84,7 +87,7 @@ async fn writes_of_different_lifetimes_share_leases() {
     }
     let leases = live_leases(&etcd).await - after_rate_limit;
     assert!(
-        leases <= 3,
+        leases <= 5,
         "{leases} more leases for 10 claims and 10 completions"
     );
 }
