@@ -35,6 +35,8 @@ const FULL_AT_SLACK_US: u64 = 100_000;
 pub(crate) struct Cells {
     map: DashMap<StateId, Cell, foldhash::fast::RandomState>,
     sweeper: AtomicBool,
+    /// When the decisions last swept, outside a tokio runtime.
+    swept_at_us: AtomicU64,
 }
 
 /// `(debt, at)` in one word, plus the period the debt is expressed in and
@@ -249,7 +251,8 @@ impl MemoryStore {
     }
 
     /// Starts the background sweeper once, on the caller's runtime. It ends
-    /// when the store is dropped.
+    /// when the store is dropped. Outside a tokio runtime the caller sweeps
+    /// instead, once a second at most.
     fn ensure_sweeper(&self) {
         let cells = &self.inner.cells;
         if cells.sweeper.load(Ordering::Relaxed) || cells.sweeper.swap(true, Ordering::AcqRel) {
@@ -257,6 +260,18 @@ impl MemoryStore {
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             cells.sweeper.store(false, Ordering::Release);
+            // No runtime to sweep in: the decisions sweep, at most once
+            // per `SWEEP_EVERY`, so idle keys still go.
+            let now_us = self.inner.clock.now_micros();
+            let last = cells.swept_at_us.load(Ordering::Relaxed);
+            if now_us.saturating_sub(last) >= SWEEP_EVERY.as_micros() as u64
+                && cells
+                    .swept_at_us
+                    .compare_exchange(last, now_us, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                cells.sweep(now_us);
+            }
             return;
         };
         let weak: Weak<super::Inner> = Arc::downgrade(&self.inner);
@@ -351,5 +366,25 @@ mod tests {
             let allowed = allowed.load(Ordering::Relaxed);
             assert!(allowed <= 10, "round {round}: {allowed} admitted");
         }
+    }
+
+    #[test]
+    fn outside_a_runtime_the_decisions_sweep_idle_keys() {
+        let clock = crate::clock::ManualClock::new(Duration::from_secs(1_000));
+        let store = MemoryStore::new().with_clock(clock.shared());
+        let quota = Quota::per_second(10).unwrap();
+        for i in 0..1_000 {
+            let key = i.to_string();
+            assert!(
+                store
+                    .decide_at_once("p", &key, &quota, 1)
+                    .unwrap()
+                    .is_allowed()
+            );
+        }
+        assert_eq!(store.rate_limit_keys(), 1_000);
+        clock.advance(Duration::from_secs(2));
+        store.decide_at_once("p", "late", &quota, 1).unwrap();
+        assert_eq!(store.rate_limit_keys(), 1, "only the key just written");
     }
 }
