@@ -356,6 +356,10 @@ impl<St: IdempotencyStore> Run<St> {
         }
     }
 
+    /// Stores `stored` as the claim's outcome. A store that refuses it for
+    /// good (etcd's request size limit) gets the small "not kept" marker
+    /// instead: duplicates then get 410 rather than run the request again
+    /// once the lock expires.
     async fn complete(
         &self,
         held: Held,
@@ -363,6 +367,27 @@ impl<St: IdempotencyStore> Run<St> {
         fingerprint: &Fingerprint,
         stored: &StoredResponse,
     ) {
+        if let Err(e) = self.store_outcome(held, token, fingerprint, stored).await {
+            self.store_failed(&e);
+            if !e.is_transient() {
+                self.emit("not_kept");
+                let marker = self.not_kept();
+                if let Err(e) = self.store_outcome(held, token, fingerprint, &marker).await {
+                    self.store_failed(&e);
+                }
+            }
+        }
+    }
+
+    /// One outcome, tried again on transient failures; `Ok` also when the
+    /// lock was lost (logged).
+    async fn store_outcome(
+        &self,
+        held: Held,
+        token: ClaimToken,
+        fingerprint: &Fingerprint,
+        stored: &StoredResponse,
+    ) -> Result<(), StoreError> {
         let (id, retention) = (self.id.as_str(), self.settings.retention);
         for attempt in 1..=COMPLETE_ATTEMPTS {
             let done = match held {
@@ -379,19 +404,20 @@ impl<St: IdempotencyStore> Run<St> {
                 }
             };
             match done {
-                Ok(true) => return,
+                Ok(true) => return Ok(()),
                 Ok(false) => {
                     self.emit("lock_lost");
                     tracing::warn!(
                         lock = ?self.settings.lock,
                         "idempotency lock expired before the response was stored; raise the lock"
                     );
-                    return;
+                    return Ok(());
                 }
                 Err(e) if e.is_transient() && attempt < COMPLETE_ATTEMPTS => self.store_failed(&e),
-                Err(e) => return self.store_failed(&e),
+                Err(e) => return Err(e),
             }
         }
+        Ok(())
     }
 
     async fn release(&self, held: Held, token: ClaimToken) {
