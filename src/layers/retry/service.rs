@@ -227,16 +227,10 @@ where
         if attempt > 1 {
             // Waiting for the service (a full buffer, a concurrency limit)
             // counts against the deadline too.
-            let elapsed = shared.clock.now().saturating_sub(started);
-            let left = policy.deadline.map(|d| d.saturating_sub(elapsed));
-            let ready = ServiceExt::ready(&mut inner);
-            match left {
-                Some(left) => match tokio::time::timeout(left, ready).await {
-                    Ok(ready) => ready.map(drop).map_err(Into::into)?,
-                    Err(_) => return Err(AttemptTimedOut(left).into()),
-                },
-                None => ready.await.map(drop).map_err(Into::into)?,
-            }
+            let left = time_left(policy, shared.clock.now().saturating_sub(started));
+            within(left, ServiceExt::ready(&mut inner))
+                .await?
+                .map_err(Into::into)?;
         }
         let elapsed = shared.clock.now().saturating_sub(started);
         let result = send(&mut inner, req, policy, elapsed).await;
@@ -298,7 +292,7 @@ where
     S: Service<Request<B>, Response = Response<R>>,
     S::Error: Into<BoxError>,
 {
-    let left = policy.deadline.map(|d| d.saturating_sub(elapsed));
+    let left = time_left(policy, elapsed);
     if left.is_some_and(|l| l.is_zero()) {
         return Err(AttemptTimedOut(Duration::ZERO).into());
     }
@@ -306,13 +300,21 @@ where
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let call = inner.call(req);
+    within(limit, inner.call(req)).await?.map_err(Into::into)
+}
+
+/// What is left of the deadline after `elapsed`, if there is a deadline.
+fn time_left(policy: &RetryPolicy, elapsed: Duration) -> Option<Duration> {
+    policy.deadline.map(|d| d.saturating_sub(elapsed))
+}
+
+/// `fut`, bounded by `limit` when there is one.
+async fn within<F: Future>(limit: Option<Duration>, fut: F) -> Result<F::Output, AttemptTimedOut> {
     match limit {
-        Some(limit) => match tokio::time::timeout(limit, call).await {
-            Ok(result) => result.map_err(Into::into),
-            Err(_) => Err(AttemptTimedOut(limit).into()),
-        },
-        None => call.await.map_err(Into::into),
+        Some(limit) => tokio::time::timeout(limit, fut)
+            .await
+            .map_err(|_| AttemptTimedOut(limit)),
+        None => Ok(fut.await),
     }
 }
 
