@@ -54,6 +54,15 @@ struct Cell {
 /// decisions wait instead of reading the new debt with the old period.
 const RESCALING: u64 = u64::MAX;
 
+/// The debt takes the low 53 bits of its half of the word (every debt is
+/// below 2^53, see `Quota`); the 11 above count rescales. A rescale back
+/// can write the very debt a rescale away replaced (a full bucket, denied
+/// in turn under two periods), and without the count a decision that read
+/// the word before both would still swap it, with the wrong period.
+const DEBT_BITS: u32 = 53;
+const DEBT_MASK: u64 = (1 << DEBT_BITS) - 1;
+const EPOCH_MASK: u64 = u64::MAX >> DEBT_BITS;
+
 impl Cell {
     fn decide(&self, quota: &Quota, cost: u64, now_us: u64) -> Decision {
         loop {
@@ -68,8 +77,9 @@ impl Cell {
             if self.period_us.load(Ordering::Acquire) != period_us {
                 continue;
             }
+            let high = (current >> 64) as u64;
             let state = GcraState {
-                debt: (current >> 64) as u64,
+                debt: high & DEBT_MASK,
                 at: current as u64,
                 period_us,
             };
@@ -86,7 +96,12 @@ impl Cell {
             {
                 continue;
             }
-            let next = (u128::from(write.debt) << 64) | u128::from(write.at);
+            let mut epoch = high >> DEBT_BITS;
+            if rescale {
+                epoch = epoch.wrapping_add(1) & EPOCH_MASK;
+            }
+            let high = (epoch << DEBT_BITS) | (write.debt & DEBT_MASK);
+            let next = (u128::from(high) << 64) | u128::from(write.at);
             let swapped = self
                 .state
                 .compare_exchange(current, next, Ordering::AcqRel, Ordering::Acquire)
@@ -203,6 +218,20 @@ impl Cells {
         self.map.len()
     }
 
+    /// [`sweep`](Self::sweep)s when the last sweep by this method is
+    /// [`SWEEP_EVERY`] old (one caller of many wins).
+    fn sweep_if_due(&self, now_us: u64) {
+        let last = self.swept_at_us.load(Ordering::Relaxed);
+        if now_us.saturating_sub(last) >= SWEEP_EVERY.as_micros() as u64
+            && self
+                .swept_at_us
+                .compare_exchange(last, now_us, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.sweep(now_us);
+        }
+    }
+
     /// Removes every key whose bucket is full again at `now_us`.
     pub(crate) fn sweep(&self, now_us: u64) {
         self.map
@@ -253,25 +282,15 @@ impl MemoryStore {
     /// Starts the background sweeper once, on the caller's runtime. It ends
     /// when the store is dropped. Outside a tokio runtime the caller sweeps
     /// instead, once a second at most.
-    fn ensure_sweeper(&self) {
+    fn ensure_sweeper(&self, now_us: u64) {
         let cells = &self.inner.cells;
         if cells.sweeper.load(Ordering::Relaxed) || cells.sweeper.swap(true, Ordering::AcqRel) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             cells.sweeper.store(false, Ordering::Release);
-            // No runtime to sweep in: the decisions sweep, at most once
-            // per `SWEEP_EVERY`, so idle keys still go.
-            let now_us = self.inner.clock.now_micros();
-            let last = cells.swept_at_us.load(Ordering::Relaxed);
-            if now_us.saturating_sub(last) >= SWEEP_EVERY.as_micros() as u64
-                && cells
-                    .swept_at_us
-                    .compare_exchange(last, now_us, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
-                cells.sweep(now_us);
-            }
+            // No runtime to sweep in: the decisions sweep instead.
+            cells.sweep_if_due(now_us);
             return;
         };
         let weak: Weak<super::Inner> = Arc::downgrade(&self.inner);
@@ -311,8 +330,8 @@ impl MemoryStore {
         cost: u64,
     ) -> Result<Decision, StoreError> {
         self.check_open()?;
-        self.ensure_sweeper();
         let now_us = self.inner.clock.now_micros();
+        self.ensure_sweeper(now_us);
         Ok(self.inner.cells.decide(policy, key, quota, cost, now_us))
     }
 }
@@ -346,7 +365,7 @@ mod tests {
     fn a_quota_change_under_contention_never_admits_more_than_the_burst() {
         let per_second = Quota::per_second(10).unwrap();
         let per_minute = Quota::per_minute(600).unwrap().with_burst(10).unwrap();
-        for round in 0..300u64 {
+        for round in 0..2_000u64 {
             let cell = Cell::default();
             let allowed = AtomicU64::new(0);
             std::thread::scope(|s| {
