@@ -110,13 +110,9 @@ fn bench_claim<St: IdempotencyStore>(
             let id = format!("bench-{n}");
             let (store, stored) = (store.clone(), stored.clone());
             async move {
-                if let Ok(Claim::Won(token)) = store
-                    .claim(
-                        &id,
-                        &fingerprint,
-                        Duration::from_secs(60),
-                        ClaimToken::random(),
-                    )
+                let token = ClaimToken::random();
+                if let Ok(Claim::Won) = store
+                    .claim(&id, &fingerprint, Duration::from_secs(60), token)
                     .await
                 {
                     let _ = store

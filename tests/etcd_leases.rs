@@ -61,18 +61,12 @@ async fn writes_of_different_lifetimes_share_leases() {
     };
     for i in 0..10 {
         let id = format!("order-{i}");
-        let Claim::Won(token) = store
-            .claim(
-                &id,
-                &fingerprint,
-                Duration::from_secs(60),
-                ClaimToken::random(),
-            )
+        let token = ClaimToken::random();
+        let claim = store
+            .claim(&id, &fingerprint, Duration::from_secs(60), token)
             .await
-            .unwrap()
-        else {
-            panic!("a new key is won");
-        };
+            .unwrap();
+        assert_eq!(claim, Claim::Won, "a new key is won");
         let done = store
             .complete(
                 &id,

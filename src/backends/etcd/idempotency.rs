@@ -73,7 +73,7 @@ impl IdempotencyStore for EtcdStore {
                 fingerprint: *fingerprint,
             };
             match self.put_at(&key, revision, &record.encode(), lock).await? {
-                Guarded::Applied => return Ok(Claim::Won(token)),
+                Guarded::Applied => return Ok(Claim::Won),
                 Guarded::Moved(get) => (current, revision) = read(&get, self.clock().now_micros())?,
             }
         }

@@ -82,7 +82,7 @@ impl IdempotencyStore for MemoryStore {
                         fingerprint: *fingerprint,
                     };
                     records.insert(id.into(), record);
-                    Claim::Won(token)
+                    Claim::Won
                 }
             }))
     }

@@ -42,7 +42,7 @@ impl IdempotencyStore for RedisStore {
             .arg(self.caller_now());
         let current: Vec<u8> = self.invoke(&invocation).await?;
         if current.is_empty() {
-            return Ok(Claim::Won(token));
+            return Ok(Claim::Won);
         }
         match Record::decode(&current) {
             Some(Record::InFlight { fingerprint, .. }) => Ok(Claim::InFlight { fingerprint }),

@@ -153,7 +153,8 @@ impl<St: IdempotencyStore> Run<St> {
             Err(rejection) => return Ok(self.reject(rejection)),
         };
         let fingerprint = self.settings.fingerprint.fingerprint(&parts, &bytes);
-        let (claim, held) = match self.claim(&fingerprint).await {
+        let token = ClaimToken::random();
+        let (claim, held) = match self.claim(&fingerprint, token).await {
             Some(claimed) => claimed,
             None if self.settings.failure == FailurePolicy::FailOpen => {
                 let res = inner
@@ -163,8 +164,8 @@ impl<St: IdempotencyStore> Run<St> {
             }
             None => return Ok(self.reject(Rejection::StoreDown)),
         };
-        let token = match claim {
-            Claim::Won(token) => token,
+        match claim {
+            Claim::Won => {}
             Claim::InFlight { fingerprint: f } | Claim::Completed { fingerprint: f, .. }
                 if f != fingerprint =>
             {
@@ -179,7 +180,7 @@ impl<St: IdempotencyStore> Run<St> {
                 self.emit("replayed");
                 return Ok(replay(response));
             }
-        };
+        }
         self.emit("executed");
         // From here the request runs to the end and its outcome is stored
         // even if the client goes away: a retry must find the result, not
@@ -323,9 +324,8 @@ impl<St: IdempotencyStore> Run<St> {
 
     /// Claims in the store, or per the failure policy in the local
     /// fallback; `None` when neither can answer.
-    async fn claim(&self, fingerprint: &Fingerprint) -> Option<(Claim, Held)> {
+    async fn claim(&self, fingerprint: &Fingerprint, token: ClaimToken) -> Option<(Claim, Held)> {
         let (lock, id) = (self.settings.lock, self.id.as_str());
-        let token = ClaimToken::random();
         // Until the store answers: a claim that fails (a timeout) or whose
         // request is dropped (the client went away) may still be taken on
         // the server, and would turn every retry away with 409 until its

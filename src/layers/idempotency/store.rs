@@ -17,8 +17,9 @@ pub const CONCERN: &str = "idem";
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// This caller owns the key now: execute, then complete or release.
-    Won(ClaimToken),
+    /// This caller owns the key now, under the token it claimed with:
+    /// execute, then complete or release.
+    Won,
     /// Another request holds the key and is executing.
     InFlight {
         /// That request's fingerprint.
@@ -42,11 +43,10 @@ pub enum Claim {
 /// `TIME` unless a caller clock is set); the server TTL or lease then
 /// removes it. `Err` means the store failed, never a conflict.
 pub trait IdempotencyStore: Backend {
-    /// Claims `id` for a request with `fingerprint` as `token`
-    /// ([`Claim::Won`] hands it back), locked for `lock`; an expired claim
-    /// or record counts as absent. The caller picks the token
-    /// ([`ClaimToken::random`]) so that it can release a claim whose
-    /// answer it never got (a timeout).
+    /// Claims `id` for a request with `fingerprint` as `token`, locked for
+    /// `lock`; an expired claim or record counts as absent. The caller
+    /// picks the token ([`ClaimToken::random`]) so that it can release a
+    /// claim whose answer it never got (a timeout).
     fn claim(
         &self,
         id: &str,
