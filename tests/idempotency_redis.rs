@@ -22,6 +22,24 @@ async fn store(redis: &RedisServer) -> RedisStore {
     RedisStore::from_config(config).await.unwrap()
 }
 
+/// A handler answering "created" and counting its calls.
+fn created(
+    calls: &Arc<AtomicUsize>,
+) -> impl tower::Service<
+    Request<LayerBody<String>>,
+    Response = Response<String>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    let calls = calls.clone();
+    service_fn(move |_: Request<LayerBody<String>>| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, Infallible>(Response::new(String::from("created"))) }
+    })
+}
+
 fn post() -> Request<String> {
     Request::post("/orders")
         .header("idempotency-key", "\"crash-1\"")
@@ -56,13 +74,9 @@ async fn a_request_killed_mid_execution_runs_once_after_the_lock_expires() {
     let claimed_at = Instant::now();
 
     let calls = Arc::new(AtomicUsize::new(0));
-    let counter = calls.clone();
     let b = ServiceBuilder::new()
         .layer(IdempotencyLayer::new(store(&redis).await).lock(lock))
-        .service(service_fn(move |_: Request<LayerBody<String>>| {
-            counter.fetch_add(1, Ordering::SeqCst);
-            async { Ok::<_, Infallible>(Response::new(String::from("created"))) }
-        }));
+        .service(created(&calls));
     let res = b.clone().oneshot(post()).await.unwrap();
     assert_eq!(res.status(), StatusCode::CONFLICT, "A's lock still holds");
     let executed = loop {
@@ -92,13 +106,9 @@ async fn a_request_killed_mid_execution_runs_once_after_the_lock_expires() {
 async fn redis_down_is_503_and_nothing_executes() {
     let mut redis = RedisServer::start();
     let calls = Arc::new(AtomicUsize::new(0));
-    let counter = calls.clone();
     let svc = ServiceBuilder::new()
         .layer(IdempotencyLayer::new(store(&redis).await))
-        .service(service_fn(move |_: Request<LayerBody<String>>| {
-            counter.fetch_add(1, Ordering::SeqCst);
-            async { Ok::<_, Infallible>(Response::new(String::from("created"))) }
-        }));
+        .service(created(&calls));
     redis.stop();
     let started = Instant::now();
     let res = svc.clone().oneshot(post()).await.unwrap();
@@ -132,13 +142,9 @@ enum Unanswered {
 async fn an_unanswered_claim_does_not_lock_out_the_retry(how: Unanswered) {
     let redis = RedisServer::start();
     let calls = Arc::new(AtomicUsize::new(0));
-    let counter = calls.clone();
     let svc = ServiceBuilder::new()
         .layer(IdempotencyLayer::new(store(&redis).await))
-        .service(service_fn(move |_: Request<LayerBody<String>>| {
-            counter.fetch_add(1, Ordering::SeqCst);
-            async { Ok::<_, Infallible>(Response::new(String::from("created"))) }
-        }));
+        .service(created(&calls));
     // Loads the scripts, so the frozen call is the claim itself.
     let warm = Request::post("/orders")
         .header("idempotency-key", "\"warm\"")
