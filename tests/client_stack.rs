@@ -150,6 +150,82 @@ async fn an_open_breaker_ends_retries_that_cannot_wait() {
     );
 }
 
+/// Answers each request id's first attempt with 503 and `Retry-After: 1`,
+/// and its second with 200.
+async fn pacing_server(seen: Seen) -> std::net::SocketAddr {
+    let app = Router::new()
+        .route(
+            "/",
+            get(
+                move |State(seen): State<Seen>, headers: HeaderMap| async move {
+                    let id = headers
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let mut ids = seen.0.lock().unwrap();
+                    let first = !ids.contains(&id);
+                    ids.push(id);
+                    if first {
+                        (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")]).into_response()
+                    } else {
+                        "ok".into_response()
+                    }
+                },
+            ),
+        )
+        .with_state(seen);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+// Many sequential requests, each paced once by the server: every one
+// takes two attempts and waits only the second the server asked for. The
+// stack's default breaker does not count the paced 503s, so it never
+// opens and holds a request back for its whole open time.
+#[tokio::test]
+async fn sequential_requests_paced_by_retry_after_wait_only_what_the_server_asks() {
+    let seen = Seen::default();
+    let addr = pacing_server(seen.clone()).await;
+    let clock = clock();
+    let stack = ClientStack::new("up", MemoryStore::new())
+        .retry(RetryPolicy::default().per_try_timeout(Duration::from_secs(5)))
+        .clock(clock.shared())
+        .build()
+        .unwrap();
+    let breakers = stack.breakers();
+    let http: Client<HttpConnector, LayerBody<Full<Bytes>>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let client = ServiceBuilder::new().layer(stack).service(http);
+    let started = clock.now();
+    let requests = 12;
+    for n in 1..=requests {
+        let id = RequestId::new_v7();
+        let req = http::Request::get(format!("http://{addr}/"))
+            .body(Full::default())
+            .unwrap();
+        let res = id.scope(client.clone().oneshot(req)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "request {n}");
+        assert_eq!(
+            res.extensions().get::<Attempts>(),
+            Some(&Attempts(2)),
+            "request {n}"
+        );
+    }
+    assert_eq!(seen.0.lock().unwrap().len(), 2 * requests);
+    let host = format!("127.0.0.1:{}", addr.port());
+    assert_eq!(breakers.state(&host), BreakerState::Closed);
+    // One second of waiting per request, as the server asked; each time
+    // the breaker opened, it added its 5 s.
+    let waited = clock.now() - started;
+    assert!(
+        waited <= Duration::from_secs(requests as u64),
+        "waited {waited:?} on the clock for {requests} requests"
+    );
+}
+
 // SPEC RT-6: the same flaky server through reqwest.
 #[tokio::test]
 async fn reqwest_through_the_retry_layer() {

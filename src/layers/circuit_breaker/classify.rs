@@ -6,6 +6,7 @@ use std::fmt;
 use http::{HeaderMap, StatusCode};
 
 use super::state::Outcome;
+use crate::retry::hint::asks_to_come_back;
 use crate::trace::semconv::grpc_status;
 
 /// Decides how a call counts.
@@ -38,8 +39,8 @@ pub trait ClassifyResponse: Send + Sync + 'static {
     /// Classifies a deferred response at the end of its body, by its
     /// trailers (`None`: the body ended without any).
     fn classify_trailers(&self, trailers: Option<&HeaderMap>) -> Outcome {
-        match trailers.and_then(grpc_status) {
-            Some(code) => grpc_outcome(code),
+        match trailers.and_then(|t| grpc_status(t).map(|code| (code, t))) {
+            Some((code, trailers)) => grpc_outcome(code, trailers),
             // A gRPC response without a status is broken.
             None => Outcome::Failure,
         }
@@ -56,16 +57,24 @@ pub trait ClassifyResponse: Send + Sync + 'static {
 /// The default classification: inner errors, 5xx, and gRPC `UNKNOWN`,
 /// `DEADLINE_EXCEEDED`, `INTERNAL` and `UNAVAILABLE` are failures; 4xx and
 /// every other gRPC status are successes; a cancelled call is ignored.
+///
+/// A failure that says when to come back (`Retry-After`, or gRPC's
+/// `grpc-retry-pushback-ms`) is ignored too: the upstream is up and pacing
+/// its clients, and the retry already waits as long as it asks. Counting
+/// it would open the breaker for longer than the upstream asked to wait:
+/// a server that answers each request's first attempt with `503` and
+/// `Retry-After: 1` would see every third request held back for the
+/// whole open time.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultClassifier;
 
 impl ClassifyResponse for DefaultClassifier {
     fn classify_response(&self, status: StatusCode, headers: &HeaderMap) -> Option<Outcome> {
         if status.is_server_error() {
-            return Some(Outcome::Failure);
+            return Some(unless_paced(Outcome::Failure, headers));
         }
         if let Some(code) = grpc_status(headers) {
-            return Some(grpc_outcome(code));
+            return Some(grpc_outcome(code, headers));
         }
         let grpc = headers
             .get(http::header::CONTENT_TYPE)
@@ -78,11 +87,20 @@ impl ClassifyResponse for DefaultClassifier {
     }
 }
 
-/// gRPC codes 2, 4, 13 and 14 are failures.
-fn grpc_outcome(code: i32) -> Outcome {
+/// gRPC codes 2, 4, 13 and 14 are failures, unless paced.
+fn grpc_outcome(code: i32, metadata: &HeaderMap) -> Outcome {
     match code {
-        2 | 4 | 13 | 14 => Outcome::Failure,
+        2 | 4 | 13 | 14 => unless_paced(Outcome::Failure, metadata),
         _ => Outcome::Success,
+    }
+}
+
+/// `outcome`, or ignored when the upstream said when to come back.
+fn unless_paced(outcome: Outcome, headers: &HeaderMap) -> Outcome {
+    if asks_to_come_back(headers) {
+        Outcome::Ignored
+    } else {
+        outcome
     }
 }
 
@@ -130,6 +148,20 @@ mod tests {
             assert_eq!(c.classify_response(StatusCode::OK, &head), Some(outcome));
         }
         assert_eq!(c.classify_trailers(None), Outcome::Failure);
+        // An upstream that says when to come back is pacing, not failing.
+        let mut paced = HeaderMap::new();
+        paced.insert("retry-after", HeaderValue::from_static("1"));
+        assert_eq!(
+            c.classify_response(StatusCode::SERVICE_UNAVAILABLE, &paced),
+            Some(Outcome::Ignored)
+        );
+        let mut pushback = HeaderMap::new();
+        pushback.insert("grpc-status", HeaderValue::from_static("14"));
+        pushback.insert("grpc-retry-pushback-ms", HeaderValue::from_static("250"));
+        assert_eq!(c.classify_trailers(Some(&pushback)), Outcome::Ignored);
+        // A negative pushback means "do not retry": still a failure.
+        pushback.insert("grpc-retry-pushback-ms", HeaderValue::from_static("-1"));
+        assert_eq!(c.classify_trailers(Some(&pushback)), Outcome::Failure);
         assert_eq!(c.classify_error(&"boom"), Outcome::Failure);
     }
 }

@@ -46,6 +46,12 @@ pub(crate) fn hint(headers: &HeaderMap, now: SystemTime) -> Option<Hint> {
     ))
 }
 
+/// Whether `headers` ask the client to come back later (a `Retry-After`
+/// or a non-negative gRPC pushback): the server is pacing its clients.
+pub(crate) fn asks_to_come_back(headers: &HeaderMap) -> bool {
+    matches!(hint(headers, SystemTime::UNIX_EPOCH), Some(Hint::After(_)))
+}
+
 #[cfg(test)]
 mod tests {
     use http::HeaderValue;

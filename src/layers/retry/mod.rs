@@ -40,7 +40,7 @@
 //! requests.
 
 mod backoff;
-mod hint;
+pub(crate) mod hint;
 mod layer;
 mod policy;
 mod service;
