@@ -24,8 +24,9 @@ pub trait MakeFingerprint: Send + Sync + 'static {
     fn fingerprint(&self, head: &Parts, body: &[u8]) -> Fingerprint;
 }
 
-/// Method, path and body (the SHA-256 of them); the query, headers and
-/// the key itself are left out.
+/// Method, path with its query, and body (the SHA-256 of them); headers
+/// and the key itself are left out. `POST /transfer?amount=10` and
+/// `POST /transfer?amount=1000` under one key are different requests.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultFingerprint;
 
@@ -33,7 +34,12 @@ impl MakeFingerprint for DefaultFingerprint {
     fn fingerprint(&self, head: &Parts, body: &[u8]) -> Fingerprint {
         Fingerprint::of(&[
             head.method.as_str().as_bytes(),
-            head.uri.path().as_bytes(),
+            // Without a query, the path alone: the fingerprints of
+            // records stored before the query counted stay the same.
+            head.uri
+                .path_and_query()
+                .map_or(head.uri.path(), |pq| pq.as_str())
+                .as_bytes(),
             body,
         ])
     }
@@ -56,9 +62,11 @@ mod tests {
     }
 
     #[test]
-    fn method_path_and_body_count() {
+    fn method_path_query_and_body_count() {
         let base = fp("POST", "/orders", b"{}");
-        assert_eq!(base, fp("POST", "/orders?x=1", b"{}"));
+        assert_eq!(base, fp("POST", "http://example.com/orders", b"{}"));
+        assert_ne!(base, fp("POST", "/orders?x=1", b"{}"));
+        assert_ne!(fp("POST", "/orders?x=1", b"{}"), fp("POST", "/orders?x=2", b"{}"));
         assert_ne!(base, fp("PATCH", "/orders", b"{}"));
         assert_ne!(base, fp("POST", "/orders/2", b"{}"));
         assert_ne!(base, fp("POST", "/orders", b"{ }"));

@@ -7,15 +7,18 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{Request, Response};
+use tokio::time::Instant;
 use tower::retry::budget::{Budget as _, TpsBudget};
 
 use super::policy::{Next, RetryPolicy, Safety};
 use crate::error::ConfigError;
 
 /// A [`RetryPolicy`] for `tower::retry::RetryLayer`: the same attempts,
-/// back-off, hints, statuses, safety rule and budget (no per-try timeout
-/// or deadline: tower's retry does not bound attempts in time). One value
-/// per request: clones share the budget but count attempts apart.
+/// back-off, hints, statuses, safety rule, budget and deadline (no retry
+/// starts that the deadline leaves no time for). tower's retry does not
+/// bound an attempt in time, so the per-try timeout does not apply: put a
+/// `tower::timeout::TimeoutLayer` under the retry for that. One value per
+/// request: clones share the budget but count attempts and time apart.
 ///
 /// tower's retry hands over errors of any type, which cannot show that a
 /// request never left, so a gRPC call without an `Idempotency-Key` is not
@@ -36,6 +39,8 @@ pub struct TowerPolicy {
     budget: Option<Arc<TpsBudget>>,
     attempt: u32,
     previous: Duration,
+    /// When the request's first attempt was prepared.
+    started: Option<Instant>,
 }
 
 impl TowerPolicy {
@@ -50,6 +55,7 @@ impl TowerPolicy {
             budget,
             attempt: 1,
             previous: Duration::ZERO,
+            started: None,
         })
     }
 }
@@ -71,9 +77,10 @@ impl<B: Clone, R, E> tower::retry::Policy<Request<B>, Response<R>, E> for TowerP
             Err(_) => None,
         };
         let mut rng = fastrand::Rng::new();
-        let Next::Retry(delay) =
-            self.policy
-                .next(self.attempt, hint, self.previous, Duration::ZERO, &mut rng)
+        let elapsed = self.started.map_or(Duration::ZERO, |t| t.elapsed());
+        let Next::Retry(delay) = self
+            .policy
+            .next(self.attempt, hint, self.previous, elapsed, &mut rng)
         else {
             return None;
         };
@@ -88,10 +95,11 @@ impl<B: Clone, R, E> tower::retry::Policy<Request<B>, Response<R>, E> for TowerP
     }
 
     fn clone_request(&mut self, req: &Request<B>) -> Option<Request<B>> {
-        if self.attempt == 1
-            && let Some(budget) = &self.budget
-        {
-            budget.deposit();
+        if self.attempt == 1 && self.started.is_none() {
+            self.started = Some(Instant::now());
+            if let Some(budget) = &self.budget {
+                budget.deposit();
+            }
         }
         RetryPolicy::is_safe(req).then(|| req.clone())
     }
@@ -181,5 +189,35 @@ mod tests {
         // The same error on a GET is retried.
         assert!(svc.oneshot(Request::new(String::new())).await.is_err());
         assert!(calls.load(Ordering::SeqCst) > 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_stops_retries() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let seen = calls.clone();
+        let policy = RetryPolicy::default()
+            .max_attempts(10)
+            .deadline(Duration::from_secs(1));
+        let svc = ServiceBuilder::new()
+            .layer(tower::retry::RetryLayer::new(
+                TowerPolicy::new(policy).unwrap(),
+            ))
+            .service(service_fn(move |_: Request<String>| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                async {
+                    // Each attempt takes 300 ms and asks for no wait.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let mut res = Response::new(());
+                    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    res.headers_mut()
+                        .insert("retry-after", http::HeaderValue::from_static("0"));
+                    Ok::<_, Infallible>(res)
+                }
+            }));
+        let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        // Attempts start at 0, 0.3, 0.6 and 0.9 s; none after the 1 s
+        // deadline.
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
     }
 }
