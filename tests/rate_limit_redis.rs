@@ -322,3 +322,36 @@ async fn with_batching_off_each_decision_is_its_own_call() {
     // loaded (NOSCRIPT) and were sent again.
     assert!(calls >= 64, "{calls} script calls for 64 decisions");
 }
+
+// A stored debt far beyond a full bucket (a corrupt or foreign value)
+// reads as a full bucket: the key frees one unit an emission interval
+// later instead of staying locked until the value expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_debt_out_of_range_reads_as_a_full_bucket() {
+    use redis::AsyncCommands;
+
+    let redis = RedisServer::start();
+    let clock = battlement::clock::ManualClock::new(Duration::from_secs(1_767_225_600));
+    let s = store(&redis).await.with_clock(clock.shared());
+    let q = Quota::per_second(10).unwrap();
+    assert!(s.decide("p", "k", &q, 1).await.unwrap().is_allowed());
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = conn.keys("*").await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let mut raw: Vec<u8> = conn.get(&keys[0]).await.unwrap();
+    assert_eq!(raw.len(), 32);
+    // The packed state starts with the debt, a little-endian double.
+    raw[..8].copy_from_slice(&1e300_f64.to_le_bytes());
+    let _: () = redis::cmd("SET")
+        .arg(&keys[0])
+        .arg(raw)
+        .arg("KEEPTTL")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let denied = s.decide("p", "k", &q, 1).await.unwrap();
+    assert_eq!(denied.retry_after(), Some(Duration::from_millis(100)));
+    clock.advance(Duration::from_millis(100));
+    assert!(s.decide("p", "k", &q, 1).await.unwrap().is_allowed());
+}

@@ -295,7 +295,8 @@ impl Breaker {
         };
         inner.reopens = shared.reopens;
         if to == State::Open {
-            inner.open_until = now + shared.open_for;
+            // A record out of range opens no longer than this breaker may.
+            inner.open_until = now + shared.open_for.min(config.max_open_for);
         }
         // What came from the store needs no publishing.
         inner.published = inner.generation;
@@ -387,4 +388,30 @@ fn breached(config: &BreakerConfig, totals: Totals) -> bool {
     totals.calls > 0
         && (totals.failures as f64 * 100.0 >= config.failure_rate * calls
             || totals.slow as f64 * 100.0 >= config.slow_call_rate * calls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A record out of range (an open time of years) opens no longer than
+    // the breaker's own longest open time.
+    #[test]
+    fn an_adopted_open_time_is_at_most_max_open_for() {
+        let config = BreakerConfig::default().open_backoff(2.0, Duration::from_secs(60));
+        let now = Duration::from_secs(1_767_225_600);
+        let breaker = Breaker::new(Key::from("upstream"), &config, now);
+        let record = Versioned {
+            version: 1,
+            writer: 7,
+            shared: SharedState {
+                state: State::Open,
+                open_for: Duration::from_secs(10 * 365 * 86_400),
+                reopens: 0,
+            },
+        };
+        breaker.adopt(&config, &record, now);
+        assert_eq!(breaker.state(), State::Open);
+        assert_eq!(breaker.open_remaining(now), Some(Duration::from_secs(60)));
+    }
 }

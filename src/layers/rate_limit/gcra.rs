@@ -135,11 +135,14 @@ pub fn denied(quota: &Quota, cost: u64, debt: u64) -> Decision {
 /// After a period change the outstanding cost is kept in whole units,
 /// rounded up, and at most a full bucket: `min(ceil(debt / old_period),
 /// burst) × period`, so every value stays below 2^52 and the Lua copy
-/// computes the same.
+/// computes the same. A stored debt is never more than a full bucket
+/// either: a value the store hands back out of range (or written under a
+/// larger burst) reads as a full bucket, so it cannot overflow or lock
+/// the key out for longer than one refill.
 fn current_debt(s: GcraState, quota: &Quota, now_us: u64) -> u64 {
     let p = quota.period_us();
     let debt = if s.period_us == p || s.period_us == 0 {
-        s.debt
+        s.debt.min(quota.burst() * p)
     } else {
         s.debt.div_ceil(s.period_us).min(quota.burst()) * p
     };
@@ -157,6 +160,18 @@ mod tests {
             *state = Some(w);
         }
         step.decision
+    }
+
+    // A stored debt out of range reads as a full bucket: no overflow, and
+    // the next unit is free one emission interval later.
+    #[test]
+    fn a_stored_debt_beyond_a_full_bucket_reads_as_one() {
+        let q = Quota::per_second(10).unwrap();
+        let t0 = 1_700_000_000_000_000;
+        let stored = GcraState::decode(&format!("{}:{t0}:{}", u64::MAX, q.period_us()));
+        let d = decide(stored, &q, 1, t0).decision;
+        assert_eq!(d.retry_after(), Some(Duration::from_millis(100)));
+        assert!(decide(stored, &q, 1, t0 + 100_000).decision.is_allowed());
     }
 
     // SPEC RL-1: 10/s burst 10 -> 10 pass, the 11th waits exactly 100 ms.

@@ -56,6 +56,10 @@ local function decide(key, args)
   local raw = redis.call('GET', key)
   if raw and #raw == 32 then
     local d, sat, sp, sexp = struct.unpack('<d<d<d<d', raw)
+    -- a debt out of range (or NaN) reads as nothing or a full bucket; a
+    -- time that is not a number as now
+    if not (d >= 0) then d = 0 end
+    if not (sat >= 0) then sat = now end
     if sp > 0 and sp ~= p then
       rescaled = true
       -- keep the outstanding cost in whole units (rounded up), at most a
@@ -66,6 +70,7 @@ local function decide(key, args)
       if units > b then units = b end
       d = units * p
     else
+      if d > cap then d = cap end
       expires = sexp
     end
     local elapsed = now - sat
