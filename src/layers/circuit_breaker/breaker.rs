@@ -78,7 +78,8 @@ struct Inner {
     consecutive: u32,
     open_until: Duration,
     reopens: u32,
-    probes_out: u32,
+    /// When each probe still out was admitted.
+    probes_out: Vec<Duration>,
     probes: Totals,
     /// The store version this state derives from.
     version: u64,
@@ -103,7 +104,7 @@ impl Breaker {
                 consecutive: 0,
                 open_until: Duration::ZERO,
                 reopens: 0,
-                probes_out: 0,
+                probes_out: Vec::new(),
                 probes: Totals::default(),
                 version: 0,
                 published: 0,
@@ -151,6 +152,15 @@ impl Breaker {
         let mut transition = None;
         if inner.state == State::Open && now >= inner.open_until {
             transition = self.transition(&mut inner, config, State::HalfOpen, now);
+        } else if inner.state == State::HalfOpen
+            && inner
+                .probes_out
+                .iter()
+                .any(|&started| now.saturating_sub(started) >= config.probe_timeout)
+        {
+            // A probe that never answers (a long stream, a hung call)
+            // counts as failed, so it cannot hold half-open forever.
+            transition = self.transition(&mut inner, config, State::Open, now);
         }
         let result = match inner.state {
             State::Closed => Ok(ticket(inner.generation, Kind::Call)),
@@ -164,9 +174,9 @@ impl Breaker {
                 retry_after: None,
             }),
             State::HalfOpen => {
-                let started = inner.probes_out as u64 + inner.probes.calls;
+                let started = inner.probes_out.len() as u64 + inner.probes.calls;
                 if started < u64::from(config.half_open_probes) {
-                    inner.probes_out += 1;
+                    inner.probes_out.push(now);
                     Ok(ticket(inner.generation, Kind::Probe))
                 } else {
                     Err(Refusal {
@@ -201,7 +211,9 @@ impl Breaker {
         let slow = outcome == Outcome::Success && elapsed > config.slow_call;
         match (ticket.kind, inner.state) {
             (Kind::Probe, State::HalfOpen) => {
-                inner.probes_out = inner.probes_out.saturating_sub(1);
+                if let Some(i) = inner.probes_out.iter().position(|&t| t == ticket.started) {
+                    inner.probes_out.swap_remove(i);
+                }
                 if outcome == Outcome::Ignored {
                     return None;
                 }
@@ -374,7 +386,7 @@ impl Breaker {
         inner.generation += 1;
         inner.outcomes = Outcomes::new(config.window);
         inner.consecutive = 0;
-        inner.probes_out = 0;
+        inner.probes_out.clear();
         inner.probes = Totals::default();
         self.word
             .store(word(inner.generation, to), Ordering::Release);
@@ -413,5 +425,34 @@ mod tests {
         breaker.adopt(&config, &record, now);
         assert_eq!(breaker.state(), State::Open);
         assert_eq!(breaker.open_remaining(now), Some(Duration::from_secs(60)));
+    }
+
+    // A half-open breaker whose probes never answer opens again once the
+    // oldest has been out for the probe timeout; its late answer counts for
+    // nothing.
+    #[test]
+    fn a_probe_out_past_the_probe_timeout_reopens_the_breaker() {
+        let config = BreakerConfig::default()
+            .consecutive_failures(1)
+            .half_open_probes(1)
+            .open_for(Duration::from_secs(5))
+            .probe_timeout(Duration::from_secs(30));
+        let t0 = Duration::from_secs(1_767_225_600);
+        let breaker = Breaker::new(Key::from("upstream"), &config, t0);
+        let (ticket, _) = breaker.acquire(&config, t0);
+        breaker.record(&config, ticket.unwrap(), Outcome::Failure, Duration::ZERO, t0);
+        assert_eq!(breaker.state(), State::Open);
+        let half_open = t0 + Duration::from_secs(5);
+        let (probe, _) = breaker.acquire(&config, half_open);
+        let probe = probe.expect("the probe");
+        assert_eq!(breaker.state(), State::HalfOpen);
+        let (refused, _) = breaker.acquire(&config, half_open + Duration::from_secs(29));
+        assert!(refused.is_err(), "one probe at a time");
+        let late = half_open + Duration::from_secs(30);
+        let (refused, transition) = breaker.acquire(&config, late);
+        assert_eq!(transition.map(|t| t.to), Some(State::Open));
+        assert!(refused.is_err());
+        breaker.record(&config, probe, Outcome::Success, Duration::from_secs(31), late);
+        assert_eq!(breaker.state(), State::Open, "the late answer is stale");
     }
 }

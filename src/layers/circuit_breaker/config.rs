@@ -21,7 +21,7 @@ pub enum Window {
 /// A breaker's settings. The defaults are resilience4j's, except the
 /// smaller window: the last 100 calls, at least 20 of them, open at 50 %
 /// failures or 100 % calls slower than 60 s, stay open 60 s, then let 10
-/// probes decide.
+/// probes decide, each within 60 s.
 ///
 /// ```
 /// use std::time::Duration;
@@ -57,6 +57,8 @@ pub struct BreakerConfig {
     pub(crate) open_backoff: f64,
     #[serde(with = "humantime_serde")]
     pub(crate) max_open_for: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) probe_timeout: Duration,
 }
 
 impl Default for BreakerConfig {
@@ -72,6 +74,7 @@ impl Default for BreakerConfig {
             open_for: Duration::from_secs(60),
             open_backoff: 1.0,
             max_open_for: Duration::from_secs(600),
+            probe_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -129,6 +132,16 @@ impl BreakerConfig {
         self
     }
 
+    /// How long a half-open probe may run (default 60 s, the slow-call
+    /// time). A probe still out after it counts as failed and the breaker
+    /// opens again, so a long stream or a hung call cannot hold the
+    /// breaker half-open; raise it for upstreams whose calls are long
+    /// streams by design.
+    pub fn probe_timeout(mut self, timeout: Duration) -> Self {
+        self.probe_timeout = timeout;
+        self
+    }
+
     /// How long the breaker stays open before it half-opens.
     pub fn open_for(mut self, duration: Duration) -> Self {
         self.open_for = duration;
@@ -176,6 +189,9 @@ impl BreakerConfig {
         }
         if self.open_for.is_zero() {
             return Err(ConfigError::new("open_for must be longer than zero"));
+        }
+        if self.probe_timeout.is_zero() {
+            return Err(ConfigError::new("probe_timeout must be longer than zero"));
         }
         if !(self.open_backoff >= 1.0 && self.open_backoff.is_finite()) {
             return Err(ConfigError::new(format!(
@@ -243,6 +259,10 @@ mod tests {
             (
                 BreakerConfig::default().open_for(Duration::ZERO),
                 "open_for",
+            ),
+            (
+                BreakerConfig::default().probe_timeout(Duration::ZERO),
+                "probe_timeout",
             ),
             (
                 BreakerConfig::default().open_backoff(0.5, Duration::from_secs(600)),
