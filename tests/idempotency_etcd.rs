@@ -20,6 +20,8 @@ use tower::{ServiceBuilder, ServiceExt, service_fn};
 fn post() -> Request<String> {
     Request::post("/exports")
         .header("idempotency-key", "\"big-1\"")
+        // Keys are kept per client: here, its address.
+        .extension(battlement::key::PeerAddr(([192, 0, 2, 1], 40000).into()))
         .body(String::from("{}"))
         .unwrap()
 }
@@ -51,4 +53,57 @@ async fn a_response_too_large_for_etcd_is_not_kept_and_never_runs_twice() {
     let res = svc.oneshot(post()).await.unwrap();
     assert_eq!(res.status(), StatusCode::GONE);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+// A renewal that lands between the completion's read and its write moves
+// the key's revision; the completion must still store the response (the
+// claim is still its own), or a later duplicate would run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_racing_its_renewal_still_stores_the_response() {
+    use battlement::idempotency::{
+        Claim, ClaimToken, Fingerprint, IdempotencyStore, StoredResponse,
+    };
+
+    let etcd = EtcdServer::start();
+    let store = EtcdStore::connect([etcd.endpoint()]).await.unwrap();
+    let renewer = EtcdStore::connect([etcd.endpoint()]).await.unwrap();
+    let fingerprint = Fingerprint::of(&[b"POST", b"/orders"]);
+    let response = StoredResponse {
+        status: StatusCode::CREATED,
+        headers: http::HeaderMap::new(),
+        body: bytes::Bytes::from_static(b"order 1"),
+        trailers: None,
+    };
+    let lock = Duration::from_secs(30);
+    for round in 0..40 {
+        let id = format!("race-{round}");
+        let token = ClaimToken::random();
+        let claim = store.claim(&id, &fingerprint, lock, token).await.unwrap();
+        assert!(matches!(claim, Claim::Won), "round {round}");
+        let renewals = {
+            let (renewer, id) = (renewer.clone(), id.clone());
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    if !renewer.renew(&id, token, lock).await.unwrap() {
+                        break;
+                    }
+                }
+            })
+        };
+        tokio::task::yield_now().await;
+        let stored = store
+            .complete(&id, token, &fingerprint, &response, lock)
+            .await
+            .unwrap();
+        renewals.await.unwrap();
+        assert!(
+            stored,
+            "round {round}: the completion lost to its own renewal"
+        );
+        let again = store
+            .claim(&id, &fingerprint, lock, ClaimToken::random())
+            .await
+            .unwrap();
+        assert!(matches!(again, Claim::Completed { .. }), "round {round}");
+    }
 }

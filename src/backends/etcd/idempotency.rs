@@ -3,6 +3,7 @@
 //! carry a lease that outlives their logical expiry, which runs on the
 //! store's clock (keep instances NTP-synchronised).
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use etcd_client::GetResponse;
@@ -28,10 +29,6 @@ fn read(resp: &GetResponse, now_us: u64) -> Result<(Option<Record>, i64), StoreE
         .ok_or_else(|| StoreError::Protocol("unreadable idempotency record".into()))?;
     let live = (record.expires_us() > now_us).then_some(record);
     Ok((live, kv.mod_revision()))
-}
-
-fn owned(record: &Option<Record>, token: ClaimToken) -> bool {
-    matches!(record, Some(Record::InFlight { token: t, .. }) if *t == token)
 }
 
 impl EtcdStore {
@@ -77,9 +74,7 @@ impl IdempotencyStore for EtcdStore {
                 Guarded::Moved(get) => (current, revision) = read(&get, self.clock().now_micros())?,
             }
         }
-        Err(StoreError::Backend(format!(
-            "etcd: {MAX_ATTEMPTS} conflicting writes on one idempotency key"
-        )))
+        Err(conflicts())
     }
 
     async fn complete(
@@ -90,51 +85,84 @@ impl IdempotencyStore for EtcdStore {
         response: &StoredResponse,
         retention: Duration,
     ) -> Result<bool, StoreError> {
-        let key = state_key(self.keyspace(), id);
-        let (current, revision) = self.record(&key).await?;
-        if !owned(&current, token) {
-            return Ok(false);
-        }
         let record = Record::Completed {
             expires_us: self.clock().now_micros().saturating_add(micros(retention)),
             fingerprint: *fingerprint,
             response: response.clone(),
         };
-        let written = self
-            .put_at(&key, revision, &record.encode(), retention)
-            .await?;
-        Ok(matches!(written, Guarded::Applied))
+        let value = record.encode();
+        let key = state_key(self.keyspace(), id);
+        self.change_own(&key, token, |_| {
+            Change::Put(Cow::Borrowed(&value), retention)
+        })
+        .await
     }
 
     async fn renew(&self, id: &str, token: ClaimToken, lock: Duration) -> Result<bool, StoreError> {
+        let expires_us = self.clock().now_micros().saturating_add(micros(lock));
         let key = state_key(self.keyspace(), id);
-        let (current, revision) = self.record(&key).await?;
-        let Some(Record::InFlight {
-            token: t,
-            fingerprint,
-            ..
-        }) = current
-        else {
-            return Ok(false);
-        };
-        if t != token {
-            return Ok(false);
-        }
-        let record = Record::InFlight {
-            expires_us: self.clock().now_micros().saturating_add(micros(lock)),
-            token,
-            fingerprint,
-        };
-        let written = self.put_at(&key, revision, &record.encode(), lock).await?;
-        Ok(matches!(written, Guarded::Applied))
+        self.change_own(&key, token, |fingerprint| {
+            let record = Record::InFlight {
+                expires_us,
+                token,
+                fingerprint,
+            };
+            Change::Put(Cow::Owned(record.encode()), lock)
+        })
+        .await
     }
 
     async fn release(&self, id: &str, token: ClaimToken) -> Result<(), StoreError> {
         let key = state_key(self.keyspace(), id);
-        let (current, revision) = self.record(&key).await?;
-        if owned(&current, token) {
-            self.delete_at(&key, revision).await?;
-        }
+        self.change_own(&key, token, |_| Change::Delete).await?;
         Ok(())
     }
+}
+
+/// A write over a claim.
+enum Change<'a> {
+    /// The encoded record, kept for at least this long.
+    Put(Cow<'a, [u8]>, Duration),
+    Delete,
+}
+
+impl EtcdStore {
+    /// Applies `change(fingerprint)` to the caller's in-flight claim of
+    /// `key`. A concurrent write of that same claim (its renewal racing
+    /// the completion) moves the revision: then the claim is read again
+    /// and, while it is still the caller's, written again. `Ok(false)`:
+    /// the claim is not (or no longer) the caller's.
+    async fn change_own<'a>(
+        &self,
+        key: &str,
+        token: ClaimToken,
+        change: impl Fn(Fingerprint) -> Change<'a>,
+    ) -> Result<bool, StoreError> {
+        let (mut current, mut revision) = self.record(key).await?;
+        for _ in 0..MAX_ATTEMPTS {
+            let fingerprint = match current {
+                Some(Record::InFlight {
+                    token: t,
+                    fingerprint,
+                    ..
+                }) if t == token => fingerprint,
+                _ => return Ok(false),
+            };
+            let written = match change(fingerprint) {
+                Change::Put(value, ttl) => self.put_at(key, revision, &value, ttl).await?,
+                Change::Delete => self.delete_at(key, revision).await?,
+            };
+            match written {
+                Guarded::Applied => return Ok(true),
+                Guarded::Moved(get) => (current, revision) = read(&get, self.clock().now_micros())?,
+            }
+        }
+        Err(conflicts())
+    }
+}
+
+fn conflicts() -> StoreError {
+    StoreError::Backend(format!(
+        "etcd: {MAX_ATTEMPTS} conflicting writes on one idempotency key"
+    ))
 }
