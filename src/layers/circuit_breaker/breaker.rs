@@ -440,7 +440,13 @@ mod tests {
         let t0 = Duration::from_secs(1_767_225_600);
         let breaker = Breaker::new(Key::from("upstream"), &config, t0);
         let (ticket, _) = breaker.acquire(&config, t0);
-        breaker.record(&config, ticket.unwrap(), Outcome::Failure, Duration::ZERO, t0);
+        breaker.record(
+            &config,
+            ticket.unwrap(),
+            Outcome::Failure,
+            Duration::ZERO,
+            t0,
+        );
         assert_eq!(breaker.state(), State::Open);
         let half_open = t0 + Duration::from_secs(5);
         let (probe, _) = breaker.acquire(&config, half_open);
@@ -452,7 +458,13 @@ mod tests {
         let (refused, transition) = breaker.acquire(&config, late);
         assert_eq!(transition.map(|t| t.to), Some(State::Open));
         assert!(refused.is_err());
-        breaker.record(&config, probe, Outcome::Success, Duration::from_secs(31), late);
+        breaker.record(
+            &config,
+            probe,
+            Outcome::Success,
+            Duration::from_secs(31),
+            late,
+        );
         assert_eq!(breaker.state(), State::Open, "the late answer is stale");
     }
 }

@@ -78,9 +78,9 @@ impl<B: Clone, R, E> tower::retry::Policy<Request<B>, Response<R>, E> for TowerP
         };
         let mut rng = fastrand::Rng::new();
         let elapsed = self.started.map_or(Duration::ZERO, |t| t.elapsed());
-        let Next::Retry(delay) = self
-            .policy
-            .next(self.attempt, hint, self.previous, elapsed, &mut rng)
+        let Next::Retry(delay) =
+            self.policy
+                .next(self.attempt, hint, self.previous, elapsed, &mut rng)
         else {
             return None;
         };
