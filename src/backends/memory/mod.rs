@@ -12,26 +12,71 @@ use serde::Deserialize;
 use super::{Backend, DEFAULT_PREFIX, KeySpace};
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::StoreError;
+use crate::events::Events;
 use circuit_breaker::Records;
-use idempotency::Records as IdempotencyRecords;
+use idempotency::{Limits as IdempotencyLimits, Records as IdempotencyRecords};
 use rate_limit::Cells;
 
 /// Settings of a [`MemoryStore`].
+///
+/// ```
+/// use battlement::backends::{MemoryConfig, MemoryStore};
+///
+/// let config: MemoryConfig = serde_json::from_str(
+///     r#"{"idempotency_max_records": 50000, "idempotency_max_scope_bytes": 8388608}"#,
+/// )
+/// .unwrap();
+/// let store = MemoryStore::from_config(config).unwrap();
+/// let zero = MemoryConfig::default().idempotency_max_bytes(0);
+/// assert!(MemoryStore::from_config(zero).is_err());
+/// ```
+///
+/// The idempotency caps (`idempotency_max_records`, `idempotency_max_bytes`,
+/// `idempotency_max_scope_records`, `idempotency_max_scope_bytes`) are
+/// described on [`MemoryStore`]; a 0 is a configuration error.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryConfig {
     #[serde(default = "default_prefix")]
     prefix: String,
+    #[serde(default = "default_max_records")]
+    idempotency_max_records: usize,
+    #[serde(default = "default_max_bytes")]
+    idempotency_max_bytes: usize,
+    #[serde(default = "default_max_scope_records")]
+    idempotency_max_scope_records: usize,
+    #[serde(default = "default_max_scope_bytes")]
+    idempotency_max_scope_bytes: usize,
 }
 
 fn default_prefix() -> String {
     DEFAULT_PREFIX.to_owned()
 }
 
+fn default_max_records() -> usize {
+    IdempotencyLimits::DEFAULT.records
+}
+
+fn default_max_bytes() -> usize {
+    IdempotencyLimits::DEFAULT.bytes
+}
+
+fn default_max_scope_records() -> usize {
+    IdempotencyLimits::DEFAULT.scope_records
+}
+
+fn default_max_scope_bytes() -> usize {
+    IdempotencyLimits::DEFAULT.scope_bytes
+}
+
 impl Default for MemoryConfig {
     fn default() -> Self {
         Self {
             prefix: default_prefix(),
+            idempotency_max_records: default_max_records(),
+            idempotency_max_bytes: default_max_bytes(),
+            idempotency_max_scope_records: default_max_scope_records(),
+            idempotency_max_scope_bytes: default_max_scope_bytes(),
         }
     }
 }
@@ -42,6 +87,51 @@ impl MemoryConfig {
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
+    }
+
+    /// See [`MemoryStore::idempotency_max_records`].
+    pub fn idempotency_max_records(mut self, records: usize) -> Self {
+        self.idempotency_max_records = records;
+        self
+    }
+
+    /// See [`MemoryStore::idempotency_max_bytes`].
+    pub fn idempotency_max_bytes(mut self, bytes: usize) -> Self {
+        self.idempotency_max_bytes = bytes;
+        self
+    }
+
+    /// See [`MemoryStore::idempotency_max_scope_records`].
+    pub fn idempotency_max_scope_records(mut self, records: usize) -> Self {
+        self.idempotency_max_scope_records = records;
+        self
+    }
+
+    /// See [`MemoryStore::idempotency_max_scope_bytes`].
+    pub fn idempotency_max_scope_bytes(mut self, bytes: usize) -> Self {
+        self.idempotency_max_scope_bytes = bytes;
+        self
+    }
+
+    fn idempotency_limits(&self) -> Result<IdempotencyLimits, StoreError> {
+        let limits = IdempotencyLimits {
+            records: self.idempotency_max_records,
+            bytes: self.idempotency_max_bytes,
+            scope_records: self.idempotency_max_scope_records,
+            scope_bytes: self.idempotency_max_scope_bytes,
+        };
+        let zero = [
+            ("idempotency_max_records", limits.records),
+            ("idempotency_max_bytes", limits.bytes),
+            ("idempotency_max_scope_records", limits.scope_records),
+            ("idempotency_max_scope_bytes", limits.scope_bytes),
+        ]
+        .into_iter()
+        .find(|(_, value)| *value == 0);
+        match zero {
+            Some((name, _)) => Err(StoreError::Config(format!("{name} must be at least 1"))),
+            None => Ok(limits),
+        }
     }
 }
 
@@ -56,6 +146,66 @@ impl MemoryConfig {
 /// assert!(clone.ping().await.is_err());
 /// # });
 /// ```
+///
+/// # Idempotency caps
+///
+/// Idempotency records are kept for their whole retention (24 h by
+/// default), so a client sending random keys would grow memory without
+/// bound. The store caps them instead:
+///
+/// | cap | default | builder / serde field |
+/// |---|---|---|
+/// | records per store | 100,000 | `idempotency_max_records` |
+/// | bytes per store | 256 MiB | `idempotency_max_bytes` |
+/// | records per scope | 1,000 | `idempotency_max_scope_records` |
+/// | bytes per scope | 16 MiB | `idempotency_max_scope_bytes` |
+///
+/// Why these: 100,000 records is more than a day of one keyed request per
+/// second; at about 2 KiB a record (a small JSON response, its headers and
+/// the record's own ~400 bytes) that is ~200 MiB, just under the byte cap,
+/// and 256 MiB bounds the worst case (large responses) to what a small
+/// service can spare. A scope gets 1 % of the records and 1/16 of the
+/// bytes, so one client flooding keys pushes out only its own records,
+/// while 1,000 keys and 16 MiB (sixteen responses at the layer's default
+/// 1 MiB limit) is far more than a well-behaved client retries at once.
+/// Larger deployments keep records in Redis or etcd.
+///
+/// Bytes are an estimate: each record's id, response body, header and
+/// trailer names and values, plus a fixed overhead per record and per
+/// header. A record's scope is the part of its id before the first `/`
+/// (`{scope}/{key}`); an id without one (such as the idempotency layer's
+/// hashed ids today) is under the store caps only.
+///
+/// To make room the store evicts the *completed* records that completed
+/// longest ago, first within the scope, then in the store, each in
+/// `O(log n)`; expired records go first and are not counted as evictions.
+/// In-flight claims are never evicted (that would let a duplicate run
+/// beside the request): when claims alone fill a cap, a new claim, or a
+/// response too large for the room left, is refused with a
+/// non-transient [`StoreError::Backend`] ("store full"), which the
+/// idempotency layer handles by its failure policy (a claim) or by
+/// answering duplicates 410 (a response). Every eviction is an
+/// `idempotency`/`evicted` event and every refusal a `store_full` event, on
+/// the store's [`events`](Self::events) and in `battlement.events`.
+///
+/// ```
+/// use battlement::backends::MemoryStore;
+/// use battlement::events::Events;
+///
+/// let events = Events::new();
+/// let store = MemoryStore::new()
+///     .idempotency_max_records(10_000)
+///     .idempotency_max_bytes(64 << 20)
+///     .idempotency_max_scope_records(100)
+///     .idempotency_max_scope_bytes(4 << 20)
+///     .events(events.clone());
+/// let mut rx = events.subscribe();
+/// // ... hand `events` to the layers too; `rx` then sees the evictions.
+/// ```
+///
+/// The builder methods ([`with_clock`](Self::with_clock),
+/// [`events`](Self::events), the caps) return a new, empty store: set them
+/// before the store is used or cloned.
 #[derive(Clone, Debug)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
@@ -65,29 +215,78 @@ pub struct MemoryStore {
 struct Inner {
     keys: KeySpace,
     clock: SharedClock,
+    events: Events,
     closed: AtomicBool,
     cells: Cells,
     breakers: Records,
     idempotency: IdempotencyRecords,
 }
 
+/// What a store is built from.
+struct Parts {
+    keys: KeySpace,
+    clock: SharedClock,
+    events: Events,
+    limits: IdempotencyLimits,
+}
+
 impl MemoryStore {
     /// An empty store on the system clock.
     pub fn new() -> Self {
-        Self::build(KeySpace::default(), SystemClock::shared())
+        Self::build(Parts {
+            keys: KeySpace::default(),
+            clock: SystemClock::shared(),
+            events: Events::new(),
+            limits: IdempotencyLimits::DEFAULT,
+        })
     }
 
     /// A store from `config`.
     pub fn from_config(config: MemoryConfig) -> Result<Self, StoreError> {
-        Ok(Self::build(
-            KeySpace::new(&config.prefix)?,
-            SystemClock::shared(),
-        ))
+        Ok(Self::build(Parts {
+            keys: KeySpace::new(&config.prefix)?,
+            clock: SystemClock::shared(),
+            events: Events::new(),
+            limits: config.idempotency_limits()?,
+        }))
     }
 
     /// This store on `clock` instead of the system clock (for tests).
     pub fn with_clock(self, clock: SharedClock) -> Self {
-        Self::build(self.inner.keys.clone(), clock)
+        self.rebuild(|parts| parts.clock = clock)
+    }
+
+    /// Reports the store's own incidents (idempotency evictions and
+    /// refusals) on `events`, usually the stream the layers report to.
+    /// Without it they are still counted in `battlement.events`.
+    pub fn events(self, events: Events) -> Self {
+        self.rebuild(|parts| parts.events = events)
+    }
+
+    /// Caps the idempotency records of the whole store (default 100,000;
+    /// 0 counts as 1). See [Idempotency caps](Self#idempotency-caps).
+    pub fn idempotency_max_records(self, records: usize) -> Self {
+        self.rebuild(|parts| parts.limits.records = records.max(1))
+    }
+
+    /// Caps the approximate bytes of the whole store's idempotency records
+    /// (default 256 MiB; 0 counts as 1). See
+    /// [Idempotency caps](Self#idempotency-caps).
+    pub fn idempotency_max_bytes(self, bytes: usize) -> Self {
+        self.rebuild(|parts| parts.limits.bytes = bytes.max(1))
+    }
+
+    /// Caps the idempotency records of one scope (default 1,000; 0 counts
+    /// as 1). See [Idempotency caps](Self#idempotency-caps).
+    pub fn idempotency_max_scope_records(self, records: usize) -> Self {
+        self.rebuild(|parts| parts.limits.scope_records = records.max(1))
+    }
+
+    /// Caps the approximate bytes of one scope's idempotency records
+    /// (default 16 MiB; 0 counts as 1). A response larger than this is
+    /// never kept. See [Idempotency caps](Self#idempotency-caps).
+    pub fn idempotency_max_scope_bytes(self, bytes: usize) -> Self {
+        self.rebuild(|parts| parts.limits.scope_bytes = bytes.max(1))
     }
 
     /// The clock the store decides with.
@@ -95,15 +294,27 @@ impl MemoryStore {
         &self.inner.clock
     }
 
-    fn build(keys: KeySpace, clock: SharedClock) -> Self {
+    fn rebuild(self, change: impl FnOnce(&mut Parts)) -> Self {
+        let mut parts = Parts {
+            keys: self.inner.keys.clone(),
+            clock: self.inner.clock.clone(),
+            events: self.inner.events.clone(),
+            limits: self.inner.idempotency.limits(),
+        };
+        change(&mut parts);
+        Self::build(parts)
+    }
+
+    fn build(parts: Parts) -> Self {
         Self {
             inner: Arc::new(Inner {
-                keys,
-                clock,
+                keys: parts.keys,
+                clock: parts.clock,
+                events: parts.events,
                 closed: AtomicBool::new(false),
                 cells: Cells::default(),
                 breakers: Records::default(),
-                idempotency: IdempotencyRecords::default(),
+                idempotency: IdempotencyRecords::new(parts.limits),
             }),
         }
     }
