@@ -32,6 +32,8 @@ const KIB: &[u8] = &[b'x'; 1024];
 fn post() -> Request<Full<Bytes>> {
     Request::post("/orders")
         .header("idempotency-key", "\"bench-order\"")
+        // Keys are kept per client: here, its address.
+        .extension(battlement::key::PeerAddr(([192, 0, 2, 1], 40000).into()))
         .body(Full::new(Bytes::from_static(b"{\"item\":\"tea\"}")))
         .unwrap_or_else(|e| panic!("{e}"))
 }

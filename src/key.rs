@@ -22,7 +22,7 @@
 //! a server (SPEC C-9).
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use http::header::{FORWARDED, HeaderName};
@@ -172,6 +172,41 @@ impl From<IpAddr> for Key {
     }
 }
 
+/// The prefix length [`PeerIp`](struct@PeerIp) and [`ClientIp`] group
+/// IPv6 addresses by: a /64 is the smallest network a host is usually
+/// given, so one host holds 2^64 addresses of it.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
+/// Clamps an IPv6 prefix length to 1..=128.
+fn prefix_len(bits: u8) -> u8 {
+    bits.clamp(1, 128)
+}
+
+/// The key of `ip`: an IPv4 address (IPv4-mapped IPv6 included) as
+/// itself; an IPv6 address as its network of `v6_prefix` bits
+/// (`2001:db8:1:2::/64`), or as itself at 128.
+fn ip_key(ip: IpAddr, v6_prefix: u8) -> Key {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) if v6_prefix < 128 => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(v6_prefix))
+                .unwrap_or(0);
+            let net = Ipv6Addr::from(u128::from(v6) & mask);
+            use std::io::Write as _;
+            let mut bytes = [0u8; INLINE];
+            let mut cursor = std::io::Cursor::new(&mut bytes[..]);
+            // At most 39 + 4 characters: it always fits.
+            let _ = write!(cursor, "{net}/{v6_prefix}");
+            let len = cursor.position() as usize;
+            Key(Repr::Inline {
+                len: len as u8,
+                bytes,
+            })
+        }
+        other => Key::from(other),
+    }
+}
+
 /// Why no key could be taken from a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -230,8 +265,13 @@ impl KeyExtractor for GlobalKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
 
-/// The address of the connection's peer, from axum's `ConnectInfo`,
-/// tonic's `TcpConnectInfo` or a [`PeerAddr`] extension.
+/// The address of the connection's peer, from a [`PeerAddr`] extension,
+/// axum's `ConnectInfo<SocketAddr>`, or tonic's `TcpConnectInfo` or
+/// `TlsConnectInfo<TcpConnectInfo>` (the only one there when TLS streams
+/// accepted by the application, e.g. with tokio-rustls, are served with
+/// `serve_with_incoming`). `None` when the server recorded none (axum
+/// served without connect info, a Unix socket, a bare hyper server that
+/// does not insert [`PeerAddr`]).
 pub fn peer_ip(extensions: &Extensions) -> Option<IpAddr> {
     if let Some(PeerAddr(addr)) = extensions.get::<PeerAddr>() {
         return Some(addr.ip().to_canonical());
@@ -241,23 +281,87 @@ pub fn peer_ip(extensions: &Extensions) -> Option<IpAddr> {
         return Some(info.0.ip().to_canonical());
     }
     #[cfg(feature = "tonic")]
-    if let Some(addr) = extensions
-        .get::<tonic::transport::server::TcpConnectInfo>()
-        .and_then(|info| info.remote_addr())
-    {
+    if let Some(addr) = tonic_remote_addr(extensions) {
         return Some(addr.ip().to_canonical());
     }
     None
 }
 
-/// The IP address of the connection's peer (see [`peer_ip`]).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PeerIp;
+/// The remote address tonic recorded. `TlsConnectInfo` can only be named
+/// with one of tonic's TLS features, which this crate does not turn on
+/// (they bring a crypto provider); a server that serves TLS through tonic
+/// has them on, and then tonic's own `Request::remote_addr` reads it: ask
+/// tonic. That needs the extensions by value, so `TcpConnectInfo`, the
+/// common case (tonic's own `tls_config` inserts it too), is read directly
+/// and only the rest pays for a copy of the extensions.
+#[cfg(feature = "tonic")]
+fn tonic_remote_addr(extensions: &Extensions) -> Option<SocketAddr> {
+    if let Some(info) = extensions.get::<tonic::transport::server::TcpConnectInfo>() {
+        return info.remote_addr();
+    }
+    if extensions.is_empty() {
+        return None;
+    }
+    tonic::Request::from_parts(tonic::metadata::MetadataMap::new(), extensions.clone(), ())
+        .remote_addr()
+}
+
+/// The IP address of the connection's peer (see [`peer_ip`]); IPv6
+/// addresses are grouped by their /64 (see
+/// [`ipv6_prefix`](PeerIp::ipv6_prefix)).
+///
+/// `PeerIp` is also a constant with the defaults, so `.key(PeerIp)` reads
+/// as it would for a unit struct.
+///
+/// ```
+/// use battlement::key::{KeyExtractor, PeerAddr, PeerIp, RequestHead};
+///
+/// let key = |extractor: &PeerIp, peer: &str| {
+///     let mut req = http::Request::get("/").body(()).unwrap();
+///     req.extensions_mut().insert(PeerAddr(peer.parse().unwrap()));
+///     extractor.extract(&RequestHead::of(&req)).unwrap().to_string()
+/// };
+/// assert_eq!(key(&PeerIp, "192.0.2.7:80"), "192.0.2.7");
+/// assert_eq!(key(&PeerIp, "[2001:db8:1:2:aaaa::7]:80"), "2001:db8:1:2::/64");
+/// assert_eq!(key(&PeerIp.ipv6_prefix(48), "[2001:db8:1:2::7]:80"), "2001:db8:1::/48");
+/// assert_eq!(key(&PeerIp.ipv6_prefix(128), "[2001:db8::7]:80"), "2001:db8::7");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerIp {
+    ipv6_prefix: u8,
+}
+
+/// [`PeerIp`](struct@PeerIp) with the defaults.
+#[allow(non_upper_case_globals)]
+pub const PeerIp: PeerIp = PeerIp::new();
+
+impl PeerIp {
+    /// Keys by the peer's IP, IPv6 grouped by [`DEFAULT_IPV6_PREFIX`].
+    pub const fn new() -> Self {
+        Self {
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
+        }
+    }
+
+    /// Groups IPv6 addresses by their first `bits` bits (1 to 128; 128
+    /// keys each address on its own). IPv4 addresses, and IPv4-mapped
+    /// IPv6 ones, are always keyed each on its own.
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.ipv6_prefix = prefix_len(bits);
+        self
+    }
+}
+
+impl Default for PeerIp {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl KeyExtractor for PeerIp {
     fn extract(&self, head: &RequestHead<'_>) -> Result<Key, KeyError> {
         peer_ip(head.extensions)
-            .map(Key::from)
+            .map(|ip| ip_key(ip, self.ipv6_prefix))
             .ok_or(KeyError::MissingPeer)
     }
 }
@@ -282,11 +386,13 @@ pub enum ForwardedHeader {
 /// key. When the peer itself is untrusted the header is ignored. When every
 /// hop is trusted the left-most one is the client. A hop that cannot be
 /// parsed (`unknown`, an obfuscated name, garbage) stops the walk at the
-/// last trusted address, which is then the key.
+/// last trusted address, which is then the key. An IPv6 client is keyed
+/// by its /64, as with [`PeerIp`](struct@PeerIp).
 #[derive(Debug, Clone)]
 pub struct ClientIp {
     trusted: Arc<[IpNet]>,
     header: ForwardedHeader,
+    ipv6_prefix: u8,
 }
 
 impl ClientIp {
@@ -295,7 +401,15 @@ impl ClientIp {
         Self {
             trusted: trusted.into_iter().collect(),
             header: ForwardedHeader::XForwardedFor,
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
         }
+    }
+
+    /// Groups IPv6 clients by their first `bits` bits (1 to 128, default
+    /// [`DEFAULT_IPV6_PREFIX`]; see [`PeerIp::ipv6_prefix`]).
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.ipv6_prefix = prefix_len(bits);
+        self
     }
 
     /// Reads the chain from `header` instead.
@@ -336,7 +450,7 @@ impl ClientIp {
 impl KeyExtractor for ClientIp {
     fn extract(&self, head: &RequestHead<'_>) -> Result<Key, KeyError> {
         let peer = peer_ip(head.extensions).ok_or(KeyError::MissingPeer)?;
-        Ok(Key::from(self.client_ip(peer, head.headers)))
+        Ok(ip_key(self.client_ip(peer, head.headers), self.ipv6_prefix))
     }
 }
 
@@ -538,6 +652,27 @@ mod tests {
         }
     }
 
+    #[test]
+    fn ipv6_keys_are_the_network_of_their_prefix() {
+        let key = |ip: &str, bits: u8| ip_key(ip.parse().unwrap(), bits).to_string();
+        assert_eq!(key("2001:db8:1:2:3:4:5:6", 64), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:ffff::", 64), "2001:db8:1:2::/64");
+        assert_eq!(key("2001:db8:1:2:3:4:5:6", 56), "2001:db8:1::/56");
+        assert_eq!(key("2001:db8:1:2ff:3:4:5:6", 56), "2001:db8:1:200::/56");
+        assert_eq!(key("2001:db8:1:2:3:4:5:6", 128), "2001:db8:1:2:3:4:5:6");
+        assert_eq!(
+            key("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 127),
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe/127"
+        );
+        assert_eq!(key("8000::1", 1), "8000::/1");
+        // IPv4, mapped or not, is never grouped.
+        assert_eq!(key("192.0.2.77", 1), "192.0.2.77");
+        assert_eq!(key("::ffff:192.0.2.77", 64), "192.0.2.77");
+        assert_eq!(PeerIp.ipv6_prefix(0), PeerIp.ipv6_prefix(1));
+        assert_eq!(PeerIp.ipv6_prefix(200), PeerIp.ipv6_prefix(128));
+        assert_eq!(PeerIp, PeerIp::default());
+    }
+
     fn request(peer: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut b = Request::get("/");
         for (k, v) in headers {
@@ -572,8 +707,9 @@ mod tests {
         assert_eq!(key(req("/x")), "unknown");
     }
 
+    /// Whole addresses, so the tests of the walk see which hop it chose.
     fn lb() -> ClientIp {
-        ClientIp::new(["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()])
+        ClientIp::new(["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()]).ipv6_prefix(128)
     }
 
     #[test]

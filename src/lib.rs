@@ -21,6 +21,9 @@ pub mod stack;
 #[cfg(any(feature = "prometheus", feature = "otlp"))]
 pub mod telemetry;
 
+#[cfg(all(test, feature = "prometheus"))]
+mod parsers_fuzz;
+
 pub use error::{BoxError, ConfigError, FailurePolicy, StoreError};
 pub use layers::circuit_breaker::{self, CircuitBreakerLayer};
 pub use layers::health::{self, HealthRegistry};

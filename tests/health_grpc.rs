@@ -3,10 +3,13 @@
 #![cfg(feature = "tonic")]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use battlement::health::{Check, Group, GrpcHealth, HealthRegistry, Outcome, Status};
+use battlement::StoreError;
+use battlement::backends::{Backend, KeySpace};
+use battlement::clock::ManualClock;
+use battlement::health::{Check, Group, GrpcHealth, HealthRegistry, Outcome, Status, store_check};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -21,9 +24,9 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 const WAIT: Duration = Duration::from_secs(5);
 
 /// A registry whose readiness follows `ready`, plus a liveness check that
-/// always passes.
+/// always passes. No caching, so that each change shows at once.
 fn registry(ready: &Arc<AtomicBool>) -> HealthRegistry {
-    let registry = HealthRegistry::new();
+    let registry = HealthRegistry::new().cache_for(Duration::ZERO);
     let flag = ready.clone();
     registry.register(Check::new("dep", move || {
         let ok = flag.clone();
@@ -54,10 +57,26 @@ async fn start_until(
     HealthClient<Channel>,
     JoinHandle<Result<(), tonic::transport::Error>>,
 ) {
-    let health = GrpcHealth::new(registry)
+    serve(health(registry), shutdown).await
+}
+
+/// The service under test: `""` and `helloworld.Greeter` from readiness,
+/// `Watch` polling every 50 ms.
+fn health(registry: HealthRegistry) -> GrpcHealth {
+    GrpcHealth::new(registry)
         .service("helloworld.Greeter", Group::Readiness)
         .poll_every(Duration::from_millis(50))
-        .into_server();
+}
+
+/// Serves `health` on an ephemeral loopback port until `shutdown`.
+async fn serve(
+    health: GrpcHealth,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> (
+    HealthClient<Channel>,
+    JoinHandle<Result<(), tonic::transport::Error>>,
+) {
+    let health = health.into_server();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(
@@ -104,6 +123,16 @@ async fn next(stream: &mut tonic::Streaming<HealthCheckResponse>) -> ServingStat
 
 fn status_of(response: &HealthCheckResponse) -> ServingStatus {
     ServingStatus::try_from(response.status).expect("a known ServingStatus")
+}
+
+async fn watch(
+    client: &mut HealthClient<Channel>,
+    service: &str,
+) -> Result<tonic::Streaming<HealthCheckResponse>, tonic::Status> {
+    let response = timeout(WAIT, client.watch(request(service)))
+        .await
+        .expect("Watch timed out")?;
+    Ok(response.into_inner())
 }
 
 // SPEC HL-3
@@ -258,4 +287,139 @@ async fn drain_ends_watch_streams_so_graceful_shutdown_finishes() {
         .expect("graceful shutdown blocked by a Watch stream")
         .unwrap()
         .unwrap();
+}
+
+// Watch streams and Check calls go through the registry's cache, so
+// many of them run the check once per cache period.
+#[tokio::test]
+async fn watch_streams_and_checks_share_one_run_per_cache_period() {
+    let clock = ManualClock::new(Duration::from_secs(1_000));
+    let registry = HealthRegistry::with_clock(clock.shared());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let ready = Arc::new(AtomicBool::new(true));
+    let (counter, flag) = (runs.clone(), ready.clone());
+    registry.register(Check::new("dep", move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let ok = flag.load(Ordering::SeqCst);
+        async move {
+            if ok {
+                Outcome::pass()
+            } else {
+                Outcome::fail("down")
+            }
+        }
+    }));
+    let mut client = start(registry).await;
+
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        streams.push(watch(&mut client, "").await.unwrap());
+    }
+    for stream in &mut streams {
+        assert_eq!(next(stream).await, ServingStatus::Serving);
+    }
+    for _ in 0..10 {
+        assert_eq!(
+            check(&mut client, "").await.unwrap(),
+            ServingStatus::Serving
+        );
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "20 streams, 10 checks");
+
+    // The change shows once the period is over, after one more run.
+    ready.store(false, Ordering::SeqCst);
+    clock.advance(HealthRegistry::DEFAULT_CACHE_FOR);
+    for stream in &mut streams {
+        assert_eq!(next(stream).await, ServingStatus::NotServing);
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "one run in the new period");
+}
+
+// Watch streams are capped: one more gets RESOURCE_EXHAUSTED, Check
+// still answers, and a closed stream frees its slot.
+#[tokio::test]
+async fn watch_streams_beyond_the_cap_are_resource_exhausted() {
+    let ready = Arc::new(AtomicBool::new(true));
+    let health = health(registry(&ready)).max_watch_streams(2);
+    let (mut client, _server) = serve(health, std::future::pending()).await;
+
+    let mut first = watch(&mut client, "").await.unwrap();
+    let mut second = watch(&mut client, "helloworld.Greeter").await.unwrap();
+    assert_eq!(next(&mut first).await, ServingStatus::Serving);
+    assert_eq!(next(&mut second).await, ServingStatus::Serving);
+
+    let err = watch(&mut client, "").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert_eq!(
+        check(&mut client, "").await.unwrap(),
+        ServingStatus::Serving,
+        "Check is not capped"
+    );
+
+    // The server sees the cancelled stream a moment later; retry until then.
+    drop(first);
+    let mut third = timeout(WAIT, async {
+        loop {
+            match client.watch(request("")).await {
+                Ok(stream) => break stream.into_inner(),
+                Err(err) if err.code() == tonic::Code::ResourceExhausted => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(err) => panic!("{err:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the slot of a closed stream was not freed");
+    assert_eq!(next(&mut third).await, ServingStatus::Serving);
+}
+
+/// A store whose ping fails with an error naming its host.
+#[derive(Clone, Debug)]
+struct UnreachableStore(KeySpace);
+
+impl Backend for UnreachableStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn keyspace(&self) -> &KeySpace {
+        &self.0
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable(
+            "secret-host:6379 connection refused".into(),
+        ))
+    }
+
+    fn close(&self) {}
+}
+
+// A failing store is NOT_SERVING, and its error text is in neither the
+// Check answer nor the Watch updates.
+#[tokio::test]
+async fn store_error_text_stays_out_of_grpc_answers() {
+    let registry = HealthRegistry::new();
+    registry.register(store_check(UnreachableStore(
+        KeySpace::new("test").unwrap(),
+    )));
+    let mut client = start(registry).await;
+
+    let answer = timeout(WAIT, client.check(request("")))
+        .await
+        .expect("Check timed out")
+        .unwrap();
+    let shown = format!("{:?} {:?}", answer.metadata(), answer.get_ref());
+    assert!(!shown.contains("secret-host"), "{shown}");
+    assert_eq!(status_of(answer.get_ref()), ServingStatus::NotServing);
+
+    let mut stream = watch(&mut client, "").await.unwrap();
+    let update = timeout(WAIT, stream.message())
+        .await
+        .expect("no Watch update in time")
+        .unwrap()
+        .expect("Watch stream ended");
+    assert!(!format!("{update:?}").contains("secret-host"));
+    assert_eq!(status_of(&update), ServingStatus::NotServing);
 }

@@ -2,14 +2,19 @@
 //! HL-5), driven through an axum router with `oneshot`.
 #![cfg(feature = "axum")]
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use battlement::StoreError;
+use battlement::backends::{Backend, KeySpace};
 use battlement::clock::ManualClock;
-use battlement::health::{Check, Group, HealthRegistry, HealthRoutes, Outcome, Status};
+use battlement::health::{
+    Check, Group, HealthRegistry, HealthRoutes, Outcome, Status, store_check,
+};
+use futures_util::future::join_all;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -48,7 +53,8 @@ fn toggle(name: &'static str, up: &Arc<AtomicBool>) -> Check {
 // SPEC HL-2
 #[tokio::test]
 async fn probes_answer_health_json_with_status_codes() {
-    let registry = HealthRegistry::new();
+    // No caching: the toggle below shows at once.
+    let registry = HealthRegistry::new().cache_for(Duration::ZERO);
     let db_up = Arc::new(AtomicBool::new(true));
     registry.register(toggle("db", &db_up));
     registry
@@ -254,7 +260,12 @@ async fn a_panicking_check_fails_the_probe() {
     registry.register(Check::new("buggy", || async { panic!("boom") }));
     let report = registry.run(&Group::Readiness).await;
     assert_eq!(report.status(), Status::Fail);
-    assert!(report.checks()[0].output().unwrap().contains("panicked"));
+    let buggy = report.check("buggy").expect("reported under its name");
+    assert_eq!(
+        buggy.output(),
+        Some("check panicked"),
+        "message only logged"
+    );
 }
 
 // SPEC HL-5: on drain readiness fails first while liveness passes.
@@ -274,4 +285,168 @@ async fn drain_fails_readiness_but_not_liveness() {
         "draining for shutdown"
     );
     assert_eq!(get(&app, "/livez").await.0, StatusCode::OK);
+}
+
+/// A readiness check that counts its runs and takes 100 ms (paused time,
+/// so that concurrent probes overlap it).
+fn counted(runs: &Arc<AtomicUsize>) -> Check {
+    let runs = runs.clone();
+    Check::new("db", move || {
+        runs.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Outcome::pass()
+        }
+    })
+}
+
+// Concurrent probes share one run, and a result is reused for the
+// registry's cache period (1 s by default, on the registry's clock).
+#[tokio::test(start_paused = true)]
+async fn concurrent_readyz_calls_share_one_run_per_cache_period() {
+    let clock = ManualClock::new(Duration::from_secs(1_000));
+    let registry = HealthRegistry::with_clock(clock.shared());
+    let runs = Arc::new(AtomicUsize::new(0));
+    registry.register(counted(&runs));
+    let app: Router = HealthRoutes::new(registry).router();
+
+    for (status, _, body) in join_all((0..50).map(|_| get(&app, "/readyz"))).await {
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "50 concurrent probes");
+
+    for _ in 0..10 {
+        assert_eq!(get(&app, "/readyz").await.0, StatusCode::OK);
+    }
+    clock.advance(Duration::from_millis(999));
+    assert_eq!(get(&app, "/readyz").await.0, StatusCode::OK);
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "within the cache period");
+
+    clock.advance(Duration::from_millis(1));
+    join_all((0..50).map(|_| get(&app, "/readyz"))).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "one more run per period");
+}
+
+// The cache period is set on the registry; zero turns the cache off, but
+// concurrent probes still share one run.
+#[tokio::test(start_paused = true)]
+async fn the_cache_period_is_set_on_the_registry() {
+    let clock = ManualClock::new(Duration::from_secs(1_000));
+    let registry = HealthRegistry::with_clock(clock.shared()).cache_for(Duration::from_secs(3));
+    assert_eq!(registry.cache_period(), Duration::from_secs(3));
+    let runs = Arc::new(AtomicUsize::new(0));
+    registry.register(counted(&runs));
+    registry.run(&Group::Readiness).await;
+    clock.advance(Duration::from_millis(2_999));
+    registry.run(&Group::Readiness).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    clock.advance(Duration::from_millis(1));
+    registry.run(&Group::Readiness).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+
+    let registry = HealthRegistry::with_clock(clock.shared()).cache_for(Duration::ZERO);
+    let runs = Arc::new(AtomicUsize::new(0));
+    registry.register(counted(&runs));
+    registry.run(&Group::Readiness).await;
+    registry.run(&Group::Readiness).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "no cache: a run per probe");
+    join_all((0..10).map(|_| registry.run(&Group::Readiness))).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 3, "concurrent probes share");
+}
+
+/// A store whose ping fails with an error naming its host.
+#[derive(Clone, Debug)]
+struct UnreachableStore(KeySpace);
+
+impl UnreachableStore {
+    fn new() -> Self {
+        Self(KeySpace::new("test").unwrap())
+    }
+}
+
+impl Backend for UnreachableStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn keyspace(&self) -> &KeySpace {
+        &self.0
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable(
+            "secret-host:6379 connection refused".into(),
+        ))
+    }
+
+    fn close(&self) {}
+}
+
+/// Log lines written while the guard returned by [`capture_logs`] lives
+/// (on this thread, which runs every task of a current-thread runtime).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+fn capture_logs() -> (Logs, tracing::subscriber::DefaultGuard) {
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .finish();
+    (logs, tracing::subscriber::set_default(subscriber))
+}
+
+// A store's error text (hosts, ports) goes to the log, not to the public
+// probe answer, which names the check and its status only.
+#[tokio::test]
+async fn store_error_text_stays_out_of_readyz() {
+    let (logs, _guard) = capture_logs();
+    let registry = HealthRegistry::new();
+    registry.register(store_check(UnreachableStore::new()));
+    let app: Router = HealthRoutes::new(registry).router();
+
+    let (status, _, body) = get(&app, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!body.contains("secret-host"), "{body}");
+    assert!(!body.contains("6379"), "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let entry = &doc["checks"]["redis:responseTime"][0];
+    assert_eq!(entry["status"], "fail", "{body}");
+    assert_eq!(entry["output"], "unavailable", "{body}");
+
+    let (status, _, text) = get(&app, "/readyz?verbose").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!text.contains("secret-host"), "{text}");
+    assert!(text.contains("[-]redis failed: unavailable\n"), "{text}");
+
+    let logged = logs.text();
+    assert!(
+        logged.contains("secret-host:6379 connection refused"),
+        "the raw error is logged: {logged:?}"
+    );
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 use battlement::FailurePolicy;
 use battlement::backends::{Backend, MemoryStore};
 use battlement::clock::ManualClock;
-use battlement::idempotency::IdempotencyLayer;
+use battlement::idempotency::{AuthorizationScope, IdempotencyLayer};
+use battlement::key::PeerAddr;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -51,7 +52,17 @@ fn counted(
     )
 }
 
+/// A POST from 192.0.2.1, as a server with connect info sees it.
 fn post(key: Option<&str>, body: &'static str) -> Request<Full<Bytes>> {
+    let mut req = bare_post(key, body);
+    req.extensions_mut()
+        .insert(PeerAddr("192.0.2.1:40000".parse().unwrap()));
+    req
+}
+
+/// A POST with no peer address: a server without connect info, a Unix
+/// socket.
+fn bare_post(key: Option<&str>, body: &'static str) -> Request<Full<Bytes>> {
     let mut b = Request::post("/orders");
     if let Some(key) = key {
         b = b.header("idempotency-key", key);
@@ -654,4 +665,224 @@ async fn a_handler_slower_than_the_lock_keeps_its_claim() {
     let (status, _, body) = read(first.await.unwrap().unwrap()).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "created"));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+// Without `Authorization` and without a peer address nothing tells two
+// clients apart: rather than share one scope (where one would be replayed
+// the other's response, `Set-Cookie` included), each is turned away, and
+// nothing runs.
+#[tokio::test]
+async fn clients_with_no_credential_and_no_address_never_share_a_response() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(IdempotencyLayer::new(MemoryStore::new()))
+        .service(counted(StatusCode::CREATED, &calls));
+    for _client in ["alice", "mallory"] {
+        let (status, headers, body) = read(
+            svc.clone()
+                .oneshot(bare_post(Some("\"order-1\""), "{}"))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(headers["content-type"], "application/problem+json");
+        assert!(headers.get("set-cookie").is_none());
+        assert!(headers.get("idempotent-replayed").is_none());
+        assert!(body.contains("idempotency scope unknown"), "{body}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    // Without a key the request is not the layer's business.
+    let res = svc.clone().oneshot(bare_post(None, "{}")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    // With a credential it has a scope of its own.
+    for token in ["Bearer alice", "Bearer mallory"] {
+        let mut req = bare_post(Some("\"order-1\""), "{}");
+        req.headers_mut()
+            .insert("authorization", token.parse().unwrap());
+        let res = svc.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED, "{token}");
+        assert!(res.headers().get("idempotent-replayed").is_none());
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+// gRPC gets the same refusal as a status.
+#[tokio::test]
+async fn a_grpc_call_with_no_scope_is_invalid_argument() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(IdempotencyLayer::new(MemoryStore::new()))
+        .service(counted(StatusCode::OK, &calls));
+    let mut req = bare_post(Some("\"call-1\""), "");
+    req.headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    let (status, headers, _) = read(svc.oneshot(req).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["grpc-status"], "3");
+    assert!(
+        headers["grpc-message"]
+            .to_str()
+            .unwrap()
+            .contains("idempotency scope unknown"),
+        "{headers:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+}
+
+/// A request from `peer` forwarded for `client`.
+fn forwarded(peer: &str, client: &str) -> Request<Full<Bytes>> {
+    let mut req = bare_post(Some("\"order-1\""), "{}");
+    req.headers_mut()
+        .insert("x-forwarded-for", client.parse().unwrap());
+    req.extensions_mut().insert(PeerAddr(peer.parse().unwrap()));
+    req
+}
+
+// Behind a load balancer every peer is the balancer: unauthenticated
+// clients are told apart by the address it forwards for.
+#[tokio::test]
+async fn behind_trusted_proxies_unauthenticated_clients_are_scoped_apart() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(
+            IdempotencyLayer::new(MemoryStore::new())
+                .scope(AuthorizationScope::new().trusted_proxies(["10.0.0.0/8".parse().unwrap()])),
+        )
+        .service(counted(StatusCode::CREATED, &calls));
+    let a = svc
+        .clone()
+        .oneshot(forwarded("10.0.0.1:1", "203.0.113.7"))
+        .await
+        .unwrap();
+    assert!(a.headers().get("idempotent-replayed").is_none());
+    let b = svc
+        .clone()
+        .oneshot(forwarded("10.0.0.2:1", "203.0.113.8"))
+        .await
+        .unwrap();
+    assert!(b.headers().get("idempotent-replayed").is_none());
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // The same client through another balancer gets its replay.
+    let again = svc
+        .oneshot(forwarded("10.0.0.2:1", "203.0.113.7"))
+        .await
+        .unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+// The scope is part of the stack config: a header, the client address
+// behind proxies, or (the default) `Authorization` then the address.
+#[tokio::test]
+async fn the_scope_is_chosen_in_the_stack_config() {
+    use battlement::stack::{self, ScopeSettings, StackConfig};
+    let default = StackConfig::from_toml("[idempotency]").unwrap();
+    assert_eq!(
+        default.idempotency.unwrap().scope,
+        ScopeSettings::Authorization {
+            trusted_proxies: vec![]
+        }
+    );
+
+    /// The stack of `toml` around a counted `POST /orders`.
+    async fn app(toml: &str, calls: &Arc<AtomicUsize>) -> (stack::ServerStack, axum::Router) {
+        let stack = stack::server(&StackConfig::from_toml(toml).unwrap())
+            .await
+            .unwrap();
+        let calls = calls.clone();
+        let api = axum::Router::new().route(
+            "/orders",
+            axum::routing::post(move || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async { StatusCode::CREATED }
+            }),
+        );
+        let app = stack.router(api);
+        (stack, app)
+    }
+    fn order(headers: &[(&str, &str)], peer: Option<&str>) -> Request<axum::body::Body> {
+        let mut b = Request::post("/orders").header("idempotency-key", "\"k\"");
+        for (name, value) in headers {
+            b = b.header(*name, *value);
+        }
+        let mut req = b.body(axum::body::Body::empty()).unwrap();
+        if let Some(peer) = peer {
+            let peer: std::net::SocketAddr = peer.parse().unwrap();
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+        }
+        req
+    }
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (_stack, svc) = app(
+        "[idempotency]\nscope = { by = \"header\", name = \"x-client-id\" }",
+        &calls,
+    )
+    .await;
+    for client in ["c-1", "c-2", "c-1"] {
+        let req = order(&[("x-client-id", client)], None);
+        svc.clone().oneshot(req).await.unwrap();
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let res = svc.oneshot(order(&[], Some("192.0.2.1:1"))).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST, "no x-client-id");
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (_stack, svc) = app(
+        "[idempotency]\nscope = { by = \"authorization\", trusted_proxies = [\"10.0.0.0/8\"] }",
+        &calls,
+    )
+    .await;
+    for client in ["203.0.113.7", "203.0.113.8", "203.0.113.7"] {
+        let req = order(&[("x-forwarded-for", client)], Some("10.0.0.1:1"));
+        svc.clone().oneshot(req).await.unwrap();
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let res = svc.oneshot(order(&[], None)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST, "no address");
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (_stack, svc) = app("[idempotency]\nscope = { by = \"client_ip\" }", &calls).await;
+    for token in ["Bearer a", "Bearer b"] {
+        let req = order(&[("authorization", token)], Some("192.0.2.1:1"));
+        svc.clone().oneshot(req).await.unwrap();
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one address, one scope");
+
+    let typo = StackConfig::from_toml("[idempotency]\nscope = { by = \"cookie\" }").unwrap_err();
+    assert!(typo.to_string().contains("idempotency.scope"), "{typo}");
+    let bad = StackConfig::from_toml("[idempotency]\nscope = { by = \"header\", name = \"a b\" }")
+        .unwrap();
+    assert!(stack::server(&bad).await.is_err());
+}
+
+// One client posting many keys fills only its own scope: its oldest
+// records go first, and another client's records stay.
+#[tokio::test]
+async fn one_client_cannot_evict_another_clients_records() {
+    let store = MemoryStore::new().idempotency_max_scope_records(3);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(IdempotencyLayer::new(store.clone()).required(true))
+        .service(counted(StatusCode::CREATED, &calls));
+    let from = |key: &str, auth: &'static str| {
+        let mut req = post(Some(key), "{}");
+        req.headers_mut()
+            .insert("authorization", http::HeaderValue::from_static(auth));
+        req
+    };
+    let res = svc.clone().oneshot(from("\"b-1\"", "Bearer b")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    for n in 0..10 {
+        let key = format!("\"a-{n}\"");
+        let res = svc.clone().oneshot(from(&key, "Bearer a")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+    assert_eq!(store.idempotency_records(), 3 + 1, "three of a's, one of b's");
+    let (status, headers, _) = read(svc.oneshot(from("\"b-1\"", "Bearer b")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(headers.contains_key("idempotent-replayed"), "b's response was kept");
+    assert_eq!(calls.load(Ordering::SeqCst), 11);
 }

@@ -43,6 +43,8 @@ fn created(
 fn post() -> Request<String> {
     Request::post("/orders")
         .header("idempotency-key", "\"crash-1\"")
+        // Keys are kept per client: here, its address.
+        .extension(battlement::key::PeerAddr(([192, 0, 2, 1], 40000).into()))
         .body(String::from("{}"))
         .unwrap()
 }
@@ -148,6 +150,7 @@ async fn an_unanswered_claim_does_not_lock_out_the_retry(how: Unanswered) {
     // Loads the scripts, so the frozen call is the claim itself.
     let warm = Request::post("/orders")
         .header("idempotency-key", "\"warm\"")
+        .extension(battlement::key::PeerAddr(([192, 0, 2, 1], 40000).into()))
         .body(String::from("{}"))
         .unwrap();
     assert_eq!(

@@ -198,3 +198,219 @@ async fn grpc_calls_have_their_own_duration_series() {
     assert_eq!(attrs, &expected);
     assert_eq!(m.active(), 0, "the call left the active requests");
 }
+
+impl Meters {
+    /// Every series of the last export, across all instruments.
+    fn series(&self) -> usize {
+        self.provider.force_flush().unwrap();
+        let all = self.exporter.get_finished_metrics().unwrap();
+        let Some(last) = all.last() else { return 0 };
+        last.scope_metrics()
+            .flat_map(|sm| sm.metrics())
+            .map(|metric| match metric.data() {
+                AggregatedMetrics::F64(MetricData::Histogram(h)) => h.data_points().count(),
+                AggregatedMetrics::I64(MetricData::Sum(s)) => s.data_points().count(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// The attributes of each `rpc.server.call.duration` series, as
+    /// `service/method status`.
+    fn rpc_series(&self) -> Vec<String> {
+        let value = |attrs: &[KeyValue], key: &str| {
+            attrs
+                .iter()
+                .find(|kv| kv.key.as_str() == key)
+                .map_or("-".to_owned(), |kv| kv.value.to_string())
+        };
+        let mut names: Vec<String> = self
+            .histogram("rpc.server.call.duration")
+            .1
+            .iter()
+            .map(|(attrs, _, _)| {
+                format!(
+                    "{}/{} {}",
+                    value(attrs, "rpc.service"),
+                    value(attrs, "rpc.method"),
+                    value(attrs, "rpc.grpc.status_code")
+                )
+            })
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// A gRPC request to `path`.
+fn grpc_call(path: &str) -> http::Request<Body> {
+    http::Request::post(path)
+        .header("content-type", "application/grpc")
+        .body(Body::empty())
+        .unwrap()
+}
+
+/// A stand-in for a tonic server, whose routing happens inside it: `path`
+/// streams its answer (status in the trailers); every other path is
+/// UNIMPLEMENTED and a call with `x-reject` is rejected (RESOURCE_EXHAUSTED),
+/// both trailers-only.
+fn grpc_server(
+    path: &'static str,
+) -> impl tower::Service<
+    http::Request<Body>,
+    Response = http::Response<Body>,
+    Error = std::convert::Infallible,
+> + Clone {
+    tower::service_fn(move |req: http::Request<Body>| async move {
+        let trailers_only = |code: &'static str| {
+            http::Response::builder()
+                .header("content-type", "application/grpc")
+                .header("grpc-status", code)
+                .body(Body::empty())
+                .unwrap()
+        };
+        let res = if req.headers().contains_key("x-reject") {
+            trailers_only("8")
+        } else if req.uri().path() == path {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            let frames = [
+                Ok::<_, std::convert::Infallible>(http_body::Frame::data(bytes::Bytes::new())),
+                Ok(http_body::Frame::trailers(trailers)),
+            ];
+            http::Response::builder()
+                .header("content-type", "application/grpc")
+                .body(Body::new(http_body_util::StreamBody::new(
+                    futures_util::stream::iter(frames),
+                )))
+                .unwrap()
+        } else {
+            trailers_only("12")
+        };
+        Ok(res)
+    })
+}
+
+/// Sends `req` to `svc` and reads the whole answer.
+async fn call<S, B>(svc: &S, req: http::Request<Body>)
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let res = svc.clone().oneshot(req).await.unwrap();
+    res.into_body().collect().await.unwrap();
+}
+
+// Issue 19: gRPC names, HTTP methods and schemes come from the client, so
+// only recognized ones become labels: 1,000 gRPC calls to random services
+// and methods and 1,000 requests with random methods and schemes add at most
+// three series (their `_OTHER` ones).
+#[tokio::test]
+async fn random_grpc_paths_methods_and_schemes_add_at_most_three_series() {
+    let m = Meters::new();
+    let app = Router::new()
+        .route("/items/{id}", get(|| async { "item" }))
+        .route(
+            "/pkg.Greeter/Hello",
+            axum::routing::post(|| async {
+                (
+                    [("content-type", "application/grpc"), ("grpc-status", "0")],
+                    "",
+                )
+            }),
+        )
+        .layer(m.layer());
+    send(&app, "/items/1").await;
+    let res = app.clone().oneshot(grpc_call("/pkg.Greeter/Hello")).await;
+    res.unwrap().into_body().collect().await.unwrap();
+    let before = m.series();
+    for i in 0..1_000 {
+        let n = fastrand::u32(..);
+        let path = match i % 2 {
+            0 => format!("/evil{n}.Svc/Method{n}"),
+            _ => format!("/pkg.Greeter/Method{n}"),
+        };
+        let res = app.clone().oneshot(grpc_call(&path)).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+    for _ in 0..1_000 {
+        let n = fastrand::u32(..);
+        let req = http::Request::builder()
+            .method(format!("M{n}").as_str())
+            .uri(format!("s{n}://host/items/1"))
+            .body(Body::empty())
+            .unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+    let added = m.series() - before;
+    assert!(added <= 3, "{added} series added");
+    assert_eq!(
+        m.rpc_series(),
+        ["_OTHER/_OTHER -", "pkg.Greeter/Hello 0"],
+        "random gRPC paths share one series"
+    );
+}
+
+// Issue 19: behind a server that routes inside (tonic), a gRPC method is
+// named from the first call a handler answers (a streamed answer); an
+// UNIMPLEMENTED answer or a rejection proves nothing, until the method has
+// been answered once.
+#[tokio::test]
+async fn grpc_methods_are_named_once_a_handler_answers_them() {
+    let m = Meters::new();
+    let svc = tower::ServiceBuilder::new()
+        .layer(m.layer())
+        .service(grpc_server("/answered.Greeter/Hello"));
+    let rejected = || {
+        let mut req = grpc_call("/answered.Greeter/Hello");
+        req.headers_mut()
+            .insert("x-reject", http::HeaderValue::from_static("1"));
+        req
+    };
+    call(&svc, rejected()).await;
+    for _ in 0..100 {
+        let n = fastrand::u32(..);
+        call(&svc, grpc_call(&format!("/evil{n}.Svc/M{n}"))).await;
+        call(&svc, grpc_call(&format!("/answered.Greeter/M{n}"))).await;
+        let mut req = grpc_call(&format!("/evil{n}.Svc/M{n}"));
+        req.headers_mut()
+            .insert("x-reject", http::HeaderValue::from_static("1"));
+        call(&svc, req).await;
+    }
+    call(&svc, grpc_call("/answered.Greeter/Hello")).await;
+    call(&svc, rejected()).await;
+    assert_eq!(
+        m.rpc_series(),
+        [
+            "_OTHER/_OTHER 12",
+            "_OTHER/_OTHER 8",
+            "answered.Greeter/Hello 0",
+            "answered.Greeter/Hello 8",
+        ]
+    );
+}
+
+// Issue 19: listed gRPC methods are named from their first call, rejected
+// or not; a listed service names its service only.
+#[tokio::test]
+async fn listed_grpc_methods_and_services_are_named_from_the_first_call() {
+    battlement::metrics::recognize_grpc(["listed.Greeter/Hello", "/listed.Health"]);
+    let m = Meters::new();
+    let svc = tower::ServiceBuilder::new()
+        .layer(m.layer())
+        .service(grpc_server("/listed.Greeter/Elsewhere"));
+    call(&svc, grpc_call("/listed.Greeter/Hello")).await;
+    call(&svc, grpc_call("/listed.Health/Check")).await;
+    call(&svc, grpc_call("/listed.Greeter/Other")).await;
+    assert_eq!(
+        m.rpc_series(),
+        [
+            "_OTHER/_OTHER 12",
+            "listed.Greeter/Hello 12",
+            "listed.Health/_OTHER 12",
+        ]
+    );
+}

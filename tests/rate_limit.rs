@@ -385,3 +385,120 @@ async fn idle_keys_are_evicted_automatically() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(store.rate_limit_keys(), 0);
 }
+
+/// How many of `requests`, each from its own address, `key` admits under
+/// a quota of 10 a minute.
+async fn admitted(key: impl battlement::key::KeyExtractor, addrs: &[std::net::IpAddr]) -> usize {
+    admitted_by(
+        Policy::new("per-ip", quota(10, 60)).unwrap().key(key),
+        addrs,
+    )
+    .await
+}
+
+async fn admitted_by(policy: Policy, addrs: &[std::net::IpAddr]) -> usize {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (store, _clock) = clock_store();
+    let layer = RateLimitLayer::new(store).policy(policy);
+    let svc = ServiceBuilder::new().layer(layer).service(counted(&calls));
+    for ip in addrs {
+        svc.clone().oneshot(from(&ip.to_string())).await.unwrap();
+    }
+    calls.load(Ordering::SeqCst)
+}
+
+/// 1,000 random addresses in 2001:db8:7:7::/64.
+fn one_64() -> Vec<std::net::IpAddr> {
+    let net = u128::from("2001:db8:7:7::".parse::<std::net::Ipv6Addr>().unwrap());
+    (0..1000)
+        .map(|_| std::net::Ipv6Addr::from(net | u128::from(fastrand::u64(..))).into())
+        .collect()
+}
+
+// One host holds a whole /64: its addresses share one key, so it cannot
+// spread its requests over 2^64 budgets.
+#[tokio::test]
+async fn ipv6_addresses_in_one_64_share_one_key() {
+    let addrs = one_64();
+    assert_eq!(admitted(PeerIp, &addrs).await, 10);
+    let lb = battlement::key::ClientIp::new(["10.0.0.0/8".parse().unwrap()]);
+    assert_eq!(admitted(lb, &addrs).await, 10);
+    // A wider prefix on request; 128 keys each address on its own.
+    assert_eq!(admitted(PeerIp.ipv6_prefix(128), &addrs).await, 1000);
+    let other_64s: Vec<std::net::IpAddr> = (0..20u16)
+        .map(|i| std::net::Ipv6Addr::new(0x2001, 0xdb8, 7, i, 0, 0, 0, 1).into())
+        .collect();
+    assert_eq!(admitted(PeerIp, &other_64s).await, 20);
+    assert_eq!(admitted(PeerIp.ipv6_prefix(48), &other_64s).await, 10);
+}
+
+// IPv4 stays per address, IPv4-mapped IPv6 included.
+#[tokio::test]
+async fn ipv4_and_mapped_addresses_are_keyed_each_on_its_own() {
+    let v4: Vec<std::net::IpAddr> = (1..=20u8)
+        .map(|i| std::net::Ipv4Addr::new(192, 0, 2, i).into())
+        .collect();
+    assert_eq!(admitted(PeerIp, &v4).await, 20);
+    let mapped: Vec<std::net::IpAddr> = (1..=20u8)
+        .map(|i| {
+            std::net::Ipv4Addr::new(192, 0, 2, i)
+                .to_ipv6_mapped()
+                .into()
+        })
+        .collect();
+    assert_eq!(admitted(PeerIp, &mapped).await, 20);
+    // A mapped address and its IPv4 form are one client.
+    let same: Vec<std::net::IpAddr> = (0..20)
+        .map(|i| {
+            let v4 = std::net::Ipv4Addr::new(192, 0, 2, 1);
+            if i % 2 == 0 {
+                v4.into()
+            } else {
+                v4.to_ipv6_mapped().into()
+            }
+        })
+        .collect();
+    assert_eq!(admitted(PeerIp, &same).await, 10);
+}
+
+// The prefix is a key setting of the stack config.
+#[tokio::test]
+async fn the_ipv6_prefix_is_configurable_per_policy_key() {
+    use battlement::stack::{KeySettings, StackConfig};
+    let config = StackConfig::from_toml(
+        r#"
+        [[rate_limit.policies]]
+        name = "per-64"
+        quota = { count = 10, period = "1m" }
+        key = { by = "peer_ip" }
+        [[rate_limit.policies]]
+        name = "per-address"
+        quota = { count = 10, period = "1m" }
+        key = { by = "client_ip", trusted_proxies = ["10.0.0.0/8"], ipv6_prefix = 128 }
+        "#,
+    )
+    .unwrap();
+    let policies = &config.rate_limit.unwrap().policies;
+    assert_eq!(policies[0].key, KeySettings::peer_ip());
+    assert_eq!(
+        policies[1].key,
+        KeySettings::ClientIp {
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            ipv6_prefix: 128
+        }
+    );
+    let addrs = one_64();
+    assert_eq!(admitted_by(policies[0].policy().unwrap(), &addrs).await, 10);
+    assert_eq!(
+        admitted_by(policies[1].policy().unwrap(), &addrs).await,
+        1000
+    );
+    for bad in [0, 129] {
+        let toml = format!(
+            "[[rate_limit.policies]]\nname = \"p\"\nquota = {{ count = 1, period = \"1s\" }}\nkey = {{ by = \"peer_ip\", ipv6_prefix = {bad} }}"
+        );
+        let config = StackConfig::from_toml(&toml).unwrap();
+        let err = config.rate_limit.unwrap().policies[0].policy().unwrap_err();
+        assert!(err.to_string().contains("ipv6_prefix"), "{err}");
+    }
+}

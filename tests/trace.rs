@@ -333,3 +333,72 @@ async fn each_retry_attempt_is_its_own_client_span() {
         "each attempt's own context"
     );
 }
+
+// Issue 19: gRPC span names are bounded like metric labels: a call to a
+// random path is `_OTHER/_OTHER` (its path stays in `url.path`), and behind
+// a server that routes inside (tonic) a method is named on the first call a
+// handler answers (a streamed answer).
+#[tokio::test]
+async fn grpc_spans_are_named_only_for_recognized_methods() {
+    let (exporter, _guard) = collect();
+    let svc = ServiceBuilder::new()
+        .layer(TraceLayer::server())
+        .service(service_fn(|req: http::Request<Body>| async move {
+            let res = if req.uri().path() == "/traced.Greeter/Hello" {
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                let frames = [
+                    Ok::<_, Infallible>(http_body::Frame::data(Bytes::new())),
+                    Ok(http_body::Frame::trailers(trailers)),
+                ];
+                http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(Body::new(http_body_util::StreamBody::new(
+                        futures_util::stream::iter(frames),
+                    )))
+                    .unwrap()
+            } else {
+                http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .header("grpc-status", "12")
+                    .body(Body::empty())
+                    .unwrap()
+            };
+            Ok::<_, Infallible>(res)
+        }));
+    let grpc = |path: &str| {
+        http::Request::post(path)
+            .header("content-type", "application/grpc")
+            .body(Body::empty())
+            .unwrap()
+    };
+    for path in [
+        "/evil1.Svc/M1",
+        "/traced.Greeter/Nope",
+        "/traced.Greeter/Hello",
+    ] {
+        let res = svc.clone().oneshot(grpc(path)).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+    let spans = exporter.get_finished_spans().unwrap();
+    let named: Vec<_> = spans
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} {} {}",
+                s.name,
+                attr(s, "rpc.service").unwrap_or_default(),
+                attr(s, "rpc.method").unwrap_or_default(),
+                attr(s, "url.path").unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        named,
+        [
+            "_OTHER/_OTHER _OTHER _OTHER /evil1.Svc/M1",
+            "_OTHER/_OTHER _OTHER _OTHER /traced.Greeter/Nope",
+            "traced.Greeter/Hello traced.Greeter Hello /traced.Greeter/Hello",
+        ]
+    );
+}

@@ -56,9 +56,7 @@ pub fn config(backend: BackendConfig) -> StackConfig {
             policies: vec![PolicySettings {
                 name: "per-ip".into(),
                 quota,
-                key: KeySettings::ClientIp {
-                    trusted_proxies: Vec::new(),
-                },
+                key: KeySettings::client_ip([]),
             }],
             ..RateLimitSettings::default()
         }),

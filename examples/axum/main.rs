@@ -45,7 +45,8 @@ use battlement::health::{HealthRegistry, HealthRoutes};
 use battlement::rate_limit::Quota;
 use battlement::retry::{AttemptTimedOut, RetryPolicy};
 use battlement::stack::{
-    self, IdempotencySettings, KeySettings, PolicySettings, RateLimitSettings, StackConfig,
+    self, IdempotencySettings, KeySettings, PolicySettings, RateLimitSettings, ScopeSettings,
+    StackConfig,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
@@ -53,7 +54,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::Layer;
 use tracing_subscriber::util::SubscriberInitExt;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -213,16 +214,19 @@ fn stack_config(settings: &Settings) -> Result<StackConfig, Error> {
         policies: vec![PolicySettings {
             name: "per-ip".into(),
             quota: settings.rate_limit,
-            key: KeySettings::ClientIp {
-                trusted_proxies: settings.trusted_proxies.clone(),
-            },
+            key: KeySettings::client_ip(settings.trusted_proxies.iter().copied()),
         }],
         ..RateLimitSettings::default()
     });
-    // Each Idempotency-Key executes once, even across instances.
+    // Each Idempotency-Key executes once, even across instances, and
+    // belongs to its client: `Authorization`, else the client's address
+    // (behind `TRUSTED_PROXIES`, the one they forward for).
     config.idempotency = Some(IdempotencySettings {
         routes: vec!["/orders".into()],
         required: true,
+        scope: ScopeSettings::Authorization {
+            trusted_proxies: settings.trusted_proxies.clone(),
+        },
         ..IdempotencySettings::default()
     });
     config.client.breaker = Some(
@@ -364,12 +368,12 @@ async fn main() -> Result<(), Error> {
     // OpenTelemetry from the OTEL_* variables; flushed when `telemetry`
     // drops at the end of main.
     let telemetry = battlement::telemetry::init("battlement-example-axum")?;
+    // RUST_LOG filters the log lines only: spans are exported and the
+    // caller's trace is passed downstream at any log level.
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_subscriber::fmt::layer())
-        .with(telemetry.tracing_layer())
+    telemetry
+        .subscriber(tracing_subscriber::fmt::layer().with_filter(filter))
         .init();
     let settings = Settings::from_env()?;
     let app = build(&settings, telemetry.metrics_router()).await?;
@@ -575,10 +579,19 @@ mod tests {
         assert!(body.contains("\"redis:responseTime\""), "{body}");
 
         redis.stop();
+        // Check results are reused for up to 1 s, so poll until it shows.
         let started = std::time::Instant::now();
-        let (status, _, body) = call(&app, get_req("/readyz")).await;
-        assert!(started.elapsed() < Duration::from_secs(2));
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let body = loop {
+            let (status, _, body) = call(&app, get_req("/readyz")).await;
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                break body;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "readiness not failing within 2 s: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(doc["checks"]["redis:responseTime"][0]["status"], "fail");
         assert_eq!(call(&app, get_req("/livez")).await.0, StatusCode::OK);

@@ -25,7 +25,8 @@
 //! - `DRAIN_SECS` (default 0): on ctrl-c, readiness turns `NOT_SERVING`
 //!   at once, then the server waits this long before shutting down
 //!   gracefully, so load balancers stop sending traffic first;
-//! - `RUST_LOG` (default `info`).
+//! - `RUST_LOG` (default `info`): the log lines written; spans are
+//!   exported whatever it says.
 //!
 //! ```text
 //! grpcurl -plaintext -import-path examples/tonic -proto helloworld.proto \
@@ -108,7 +109,7 @@ async fn preset(quota: Quota, redis_url: Option<String>) -> Result<ServerStack, 
             policies: vec![PolicySettings {
                 name: "per-ip".into(),
                 quota,
-                key: KeySettings::PeerIp {},
+                key: KeySettings::peer_ip(),
             }],
             ..RateLimitSettings::default()
         }),
@@ -143,12 +144,12 @@ async fn main() -> Result<(), BoxError> {
     // OpenTelemetry from the OTEL_* variables, flushed when main returns.
     let telemetry = battlement::telemetry::init("battlement-example-tonic")?;
     {
-        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::Layer;
         use tracing_subscriber::util::SubscriberInitExt;
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(tracing_subscriber::fmt::layer())
-            .with(telemetry.tracing_layer())
+        // The filter on the log layer only: spans are exported at any
+        // log level.
+        telemetry
+            .subscriber(tracing_subscriber::fmt::layer().with_filter(filter))
             .init();
     }
 

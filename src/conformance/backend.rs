@@ -155,7 +155,8 @@ pub async fn outage_fails_fast_and_recovers<H: FaultHarness>(mut h: H) {
 /// again after it is back (readiness 503 -> 200 in the HTTP routes).
 pub async fn health_check_fails_then_recovers<H: FaultHarness>(mut h: H) {
     let store = h.store().await;
-    let registry = HealthRegistry::new();
+    // No result cache: every probe below pings the store.
+    let registry = HealthRegistry::new().cache_for(Duration::ZERO);
     registry.register(store_check(store.clone()));
     assert_eq!(registry.run(&Group::Readiness).await.status(), Status::Pass);
     h.stop();

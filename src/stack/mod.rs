@@ -73,7 +73,7 @@ mod server;
 pub use client::client;
 pub use config::{
     ClientSettings, ConfigSourceSettings, HealthSettings, IdempotencySettings, KeySettings,
-    PolicySettings, RateLimitSettings, ServerBreakerSettings, StackConfig, Switch,
+    PolicySettings, RateLimitSettings, ScopeSettings, ServerBreakerSettings, StackConfig, Switch,
     TelemetrySettings,
 };
 pub use ext::ServiceBuilderExt;

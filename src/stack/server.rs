@@ -133,6 +133,7 @@ pub async fn server(config: &StackConfig) -> Result<ServerStack, StackError> {
                 .retention(settings.retention)
                 .failure_policy(settings.failure)
                 .events(events.clone());
+            layer = settings.scope.scoped(layer)?;
             if !settings.routes.is_empty() {
                 layer = layer.routes(settings.routes.iter().cloned());
             }

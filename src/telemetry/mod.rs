@@ -7,11 +7,13 @@
 //! ```
 //! # #[cfg(feature = "prometheus")]
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! use tracing_subscriber::layer::SubscriberExt;
+//! use tracing_subscriber::util::SubscriberInitExt;
+//! use tracing_subscriber::{EnvFilter, Layer, fmt};
 //!
 //! let telemetry = battlement::telemetry::init("my-service").unwrap();
-//! let subscriber = tracing_subscriber::registry().with(telemetry.tracing_layer());
-//! # let _ = subscriber;
+//! // RUST_LOG filters the log lines, not the spans exported.
+//! let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+//! telemetry.subscriber(fmt::layer().with_filter(filter)).init();
 //! // ... serve; `telemetry.prometheus_text()` renders the metrics.
 //! assert!(telemetry.prometheus_text().is_ok());
 //! # });
@@ -36,6 +38,8 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
+use tracing_subscriber::layer::{Layer, SubscriberExt};
+use tracing_subscriber::registry::{LookupSpan, Registry};
 
 use crate::error::ConfigError;
 use crate::trace::HeadSampler;
@@ -108,6 +112,26 @@ pub fn init(service_name: &str) -> Result<TelemetryGuard, ConfigError> {
         #[cfg(feature = "prometheus")]
         registry,
     })
+}
+
+/// The subscriber to install: `logs`, the log layer with the log filter
+/// on it (`fmt::layer().with_filter(EnvFilter::from_default_env())`),
+/// beside [`tracing_layer`] for `tracer`, which exports spans at `INFO` and
+/// above whatever the log level is.
+///
+/// A filter composed as a layer of its own
+/// (`registry().with(EnvFilter::..)`) applies to every layer: with it,
+/// `RUST_LOG=warn` would turn the exported spans off too.
+pub fn subscriber<L>(
+    tracer: Tracer,
+    logs: L,
+) -> impl tracing::Subscriber + for<'span> LookupSpan<'span> + Send + Sync + use<L>
+where
+    L: Layer<Registry> + Send + Sync + 'static,
+{
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(tracing_layer(tracer))
 }
 
 /// The OTLP transports `OTEL_EXPORTER_OTLP_PROTOCOL` may name.
@@ -189,6 +213,18 @@ impl TelemetryGuard {
         S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
     {
         tracing_layer(self.tracer.clone())
+    }
+
+    /// [`subscriber`] with this guard's tracer: the subscriber to install,
+    /// `logs` being the log layer with the log filter on it.
+    pub fn subscriber<L>(
+        &self,
+        logs: L,
+    ) -> impl tracing::Subscriber + for<'span> LookupSpan<'span> + Send + Sync + use<L>
+    where
+        L: Layer<Registry> + Send + Sync + 'static,
+    {
+        subscriber(self.tracer.clone(), logs)
     }
 
     /// The tracer spans are exported with.

@@ -14,13 +14,19 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::trace::head::{UNSAMPLED_TARGET, take_unsampled_context};
 
-/// The `tracing` layer for `tracer`: every span becomes an OpenTelemetry
-/// span (without code location, thread, target or busy/idle attributes,
-/// which cost on every span and poll), except the span of a request the
-/// [`HeadSampler`](crate::trace::HeadSampler) left out. That one only makes
-/// the request's unsampled OpenTelemetry context current while it is
-/// entered, so spans created under it (also in tasks it instruments) and
-/// outbound calls belong to the request's trace and are not sampled.
+/// The `tracing` layer for `tracer`: every span at `INFO` or above becomes
+/// an OpenTelemetry span (without code location, thread, target or
+/// busy/idle attributes, which cost on every span and poll), except the
+/// span of a request the [`HeadSampler`](crate::trace::HeadSampler) left
+/// out. That one only makes the request's unsampled OpenTelemetry context
+/// current while it is entered, so spans created under it (also in tasks
+/// it instruments) and outbound calls belong to the request's trace and
+/// are not sampled.
+///
+/// The level is this layer's own, not the log level: put the log filter on
+/// the log layer (see [`subscriber`](super::subscriber)), so that
+/// `RUST_LOG=warn` drops log lines but no spans, and `RUST_LOG=debug` does
+/// not export every library's debug spans.
 pub fn tracing_layer<S>(tracer: Tracer) -> impl Layer<S>
 where
     S: Subscriber + for<'span> LookupSpan<'span>,
@@ -33,7 +39,7 @@ where
         .with_tracked_inactivity(false)
         .with_filter(
             Targets::new()
-                .with_default(Level::TRACE)
+                .with_default(Level::INFO)
                 .with_target(UNSAMPLED_TARGET, LevelFilter::OFF),
         );
     spans.and_then(UnsampledContexts)

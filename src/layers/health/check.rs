@@ -77,7 +77,8 @@ impl Outcome {
         Self::with(Status::Warn, Some(output.into()))
     }
 
-    /// Unhealthy, explained in `output`.
+    /// Unhealthy, explained in `output`. The output is public (it is in
+    /// the probe's answer): log the details of an error, not here.
     pub fn fail(output: impl Into<String>) -> Self {
         Self::with(Status::Fail, Some(output.into()))
     }
@@ -139,7 +140,8 @@ impl Check {
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 
     /// A readiness check named `name` (the health+json component), run by
-    /// calling `run`; 1 s timeout, no caching.
+    /// calling `run`; 1 s timeout, results reused for the registry's cache
+    /// period ([`HealthRegistry::cache_for`](super::HealthRegistry::cache_for)).
     pub fn new<F, Fut>(name: impl Into<Cow<'static, str>>, run: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
@@ -174,7 +176,9 @@ impl Check {
         self
     }
 
-    /// Reuses a result for `ttl` instead of running the check again.
+    /// Reuses a result for `ttl` instead of running the check again, in
+    /// place of the registry's cache period; `Duration::ZERO` runs it on
+    /// every probe (concurrent probes still share one run).
     pub fn cache_for(mut self, ttl: Duration) -> Self {
         self.cache_for = Some(ttl);
         self

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_check_response::ServingStatus as PbStatus;
@@ -21,7 +22,14 @@ use super::registry::HealthRegistry;
 /// service name maps to a group. `Check` answers `NOT_FOUND` for unknown
 /// names; `Watch` sends the current status at once and again whenever it
 /// changes (polled every second by default), and `SERVICE_UNKNOWN` for
-/// unknown names.
+/// unknown names. Polls go through the registry's result cache, so any
+/// number of streams run each check at most once per cache period.
+///
+/// At most [`max_watch_streams`](Self::max_watch_streams) `Watch` streams
+/// (default 1,000) are open at once; one more is refused with
+/// `RESOURCE_EXHAUSTED`, so that watchers cannot pile up tasks and timers
+/// without bound. A slot is freed when its stream ends or the client
+/// cancels it. `Check` calls are not limited.
 ///
 /// Once the registry is [draining](HealthRegistry::drain), `Watch` sends
 /// the status one last time if it changed (`NOT_SERVING` for readiness)
@@ -43,9 +51,15 @@ pub struct GrpcHealth {
     registry: HealthRegistry,
     services: Arc<HashMap<String, Group>>,
     poll_every: Duration,
+    max_watch_streams: usize,
+    /// One permit per open `Watch` stream; clones share them.
+    watch_slots: Arc<Semaphore>,
 }
 
 impl GrpcHealth {
+    /// How many `Watch` streams may be open at once by default.
+    pub const DEFAULT_MAX_WATCH_STREAMS: usize = 1_000;
+
     /// Serves the overall status (`""`) from readiness.
     pub fn new(registry: HealthRegistry) -> Self {
         let services = HashMap::from([(String::new(), Group::Readiness)]);
@@ -53,6 +67,8 @@ impl GrpcHealth {
             registry,
             services: Arc::new(services),
             poll_every: Duration::from_secs(1),
+            max_watch_streams: Self::DEFAULT_MAX_WATCH_STREAMS,
+            watch_slots: Arc::new(Semaphore::new(Self::DEFAULT_MAX_WATCH_STREAMS)),
         }
     }
 
@@ -66,6 +82,15 @@ impl GrpcHealth {
     /// How often `Watch` re-runs the checks (default 1 s).
     pub fn poll_every(mut self, every: Duration) -> Self {
         self.poll_every = every;
+        self
+    }
+
+    /// Refuses a `Watch` with `RESOURCE_EXHAUSTED` while `max` streams are
+    /// open (default [`DEFAULT_MAX_WATCH_STREAMS`](Self::DEFAULT_MAX_WATCH_STREAMS)).
+    pub fn max_watch_streams(mut self, max: usize) -> Self {
+        let max = max.min(Semaphore::MAX_PERMITS);
+        self.max_watch_streams = max;
+        self.watch_slots = Arc::new(Semaphore::new(max));
         self
     }
 
@@ -122,17 +147,28 @@ impl Health for GrpcHealth {
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let Ok(slot) = self.watch_slots.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "too many health Watch streams (at most {})",
+                self.max_watch_streams
+            )));
+        };
         let service = request.into_inner().service;
         let this = self.clone();
-        // State: the status last sent, and whether the stream is done.
-        let stream = futures_util::stream::unfold((None, false), move |(last, done)| {
+        let state = WatchState {
+            last: None,
+            done: false,
+            _slot: slot,
+        };
+        // The state, with the slot, lives as long as the stream.
+        let stream = futures_util::stream::unfold(state, move |state| {
             let this = this.clone();
             let service = service.clone();
             async move {
-                if done {
+                if state.done {
                     return None;
                 }
-                let mut first = last.is_none();
+                let mut first = state.last.is_none();
                 loop {
                     if !first {
                         tokio::time::sleep(this.poll_every).await;
@@ -142,8 +178,13 @@ impl Health for GrpcHealth {
                     // computed while draining already reflects the drain.
                     let draining = this.registry.is_draining();
                     let status = this.wire_status(&service).await;
-                    if Some(status) != last {
-                        return Some((Ok(response(status)), (Some(status), draining)));
+                    if Some(status) != state.last {
+                        let next = WatchState {
+                            last: Some(status),
+                            done: draining,
+                            ..state
+                        };
+                        return Some((Ok(response(status)), next));
                     }
                     if draining {
                         return None;
@@ -153,4 +194,14 @@ impl Health for GrpcHealth {
         });
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// What a `Watch` stream carries from one update to the next.
+struct WatchState {
+    /// The status last sent.
+    last: Option<PbStatus>,
+    /// Whether the stream ends after the update just sent.
+    done: bool,
+    /// Its place under the cap, given back when the stream is dropped.
+    _slot: OwnedSemaphorePermit,
 }

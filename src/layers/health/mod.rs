@@ -28,7 +28,31 @@
 //! backends (SPEC HL-4), and [`HealthRegistry::drain`] with
 //! [`HealthRegistry::shutdown_on_signal`] implement graceful shutdown
 //! (SPEC HL-5).
-
+//!
+//! # Load on the dependencies
+//!
+//! Probes are public and cheap to send, so a check does not run once per
+//! probe. Its result is reused for the registry's cache period
+//! ([`HealthRegistry::cache_for`], 1 s by default; [`Check::cache_for`]
+//! sets one check's own), and probes that arrive while it runs wait for
+//! that run instead of starting another (single flight: the check's last
+//! result sits behind a `tokio::sync::Mutex` held during the run). So N
+//! concurrent `/readyz` requests and M gRPC `Watch` streams cost at most
+//! one run of each check per period; a status change shows up at most one
+//! period late. Draining is not cached: readiness fails at once.
+//!
+//! [`GrpcHealth`] also caps the open `Watch` streams
+//! ([`GrpcHealth::max_watch_streams`], 1,000 by default); one more is
+//! refused with `RESOURCE_EXHAUSTED`.
+//!
+//! # What the answers say
+//!
+//! The health+json body and the `?verbose` text carry each check's name,
+//! status and [`Outcome`] output. [`store_check`] puts only the kind of a
+//! failure there (`unavailable`, `timed out`, ...) and logs the store's
+//! error text at `warn` (rate-limited), since that text can name hosts,
+//! ports or users; a panicking check reports `check panicked` and logs the
+//! message. The gRPC answers carry the serving status only.
 mod check;
 #[cfg(feature = "tonic")]
 mod grpc;

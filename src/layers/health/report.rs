@@ -42,10 +42,6 @@ impl CheckReport {
         }
     }
 
-    pub(crate) fn panicked(message: String) -> Self {
-        Self::synthetic("check", Outcome::fail(format!("check panicked: {message}")))
-    }
-
     pub(crate) fn draining() -> Self {
         Self::synthetic("shutdown", Outcome::fail("draining for shutdown"))
     }

@@ -1,12 +1,21 @@
 //! Built-in checks for the backends (SPEC HL-4).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::check::{Check, Outcome};
 use crate::backends::Backend;
+use crate::error::StoreError;
+use crate::events::WarnLimiter;
 
 /// A readiness check named after the backend (`redis`, `etcd`, `memory`)
 /// that pings it and reports the round trip in `responseTime` (ms).
+///
+/// A failed ping reports only what kind of failure it was (`unavailable`,
+/// `timed out`, `closed` or `error`): the store's own error text can name
+/// hosts, ports or users, so it goes to the log (`warn`, at most once per
+/// 10 s per check, with the number held back) and not to the probe's
+/// public answer.
 ///
 /// ```
 /// use battlement::backends::MemoryStore;
@@ -17,15 +26,27 @@ use crate::backends::Backend;
 /// ```
 pub fn store_check<B: Backend>(store: B) -> Check {
     let name = store.kind();
+    let warn = Arc::new(WarnLimiter::new(Duration::from_secs(10)));
     Check::new(name, move || {
         let store = store.clone();
+        let warn = warn.clone();
         async move {
             let started = Instant::now();
             let result = store.ping().await;
             let ms = started.elapsed().as_secs_f64() * 1e3;
             match result {
                 Ok(()) => Outcome::pass(),
-                Err(err) => Outcome::fail(err.to_string()),
+                Err(err) => {
+                    warn.warn(|suppressed| {
+                        tracing::warn!(
+                            check = name,
+                            error = %err,
+                            suppressed,
+                            "health check: store ping failed"
+                        );
+                    });
+                    Outcome::fail(public_reason(&err))
+                }
             }
             .observed((ms * 1e3).round() / 1e3, "ms")
         }
@@ -33,4 +54,14 @@ pub fn store_check<B: Backend>(store: B) -> Check {
     .measurement("responseTime")
     .component_type("datastore")
     .timeout(Duration::from_secs(1))
+}
+
+/// What a probe may say about a store failure: its kind, never its text.
+fn public_reason(err: &StoreError) -> &'static str {
+    match err {
+        StoreError::Timeout(_) => "timed out",
+        StoreError::Unavailable(_) => "unavailable",
+        StoreError::Closed => "closed",
+        _ => "error",
+    }
 }

@@ -2,6 +2,7 @@
 
 use http::{HeaderValue, StatusCode, header::RETRY_AFTER};
 
+use crate::key::KeyError;
 use crate::reject::{GrpcCode, Problem};
 
 /// Why a request was not executed.
@@ -11,6 +12,8 @@ pub(crate) enum Rejection {
     MissingKey,
     /// 400: the key is malformed.
     BadKey(&'static str),
+    /// 400: whose key it is cannot be told (why, from the scope).
+    ScopeUnknown(KeyError),
     /// 400: the request body could not be read.
     BadBody(String),
     /// 413: the request body is over the limit.
@@ -40,6 +43,11 @@ impl From<Rejection> for Problem {
                 bad("this endpoint requires an Idempotency-Key header".into()).type_uri(TYPE)
             }
             Rejection::BadKey(why) => bad(why.into()).type_uri(TYPE),
+            Rejection::ScopeUnknown(why) => bad(format!(
+                "idempotency scope unknown: an Idempotency-Key is kept per client, and this \
+                 request does not say which client it is ({why})"
+            ))
+            .type_uri(TYPE),
             Rejection::BadBody(why) => bad(format!("the request body could not be read: {why}")),
             Rejection::TooLarge(limit) => {
                 Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "Content Too Large")

@@ -66,7 +66,10 @@ mod tests {
         let base = fp("POST", "/orders", b"{}");
         assert_eq!(base, fp("POST", "http://example.com/orders", b"{}"));
         assert_ne!(base, fp("POST", "/orders?x=1", b"{}"));
-        assert_ne!(fp("POST", "/orders?x=1", b"{}"), fp("POST", "/orders?x=2", b"{}"));
+        assert_ne!(
+            fp("POST", "/orders?x=1", b"{}"),
+            fp("POST", "/orders?x=2", b"{}")
+        );
         assert_ne!(base, fp("PATCH", "/orders", b"{}"));
         assert_ne!(base, fp("POST", "/orders/2", b"{}"));
         assert_ne!(base, fp("POST", "/orders", b"{ }"));

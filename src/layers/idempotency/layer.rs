@@ -44,7 +44,11 @@ const MAX_BODY: usize = 64 << 20;
 ///   trailers byte for byte plus `Idempotent-Replayed: true`;
 /// - the same key with another fingerprint gets 422;
 /// - a missing key gets 400 when [`required`](Self::required), else the
-///   request passes untouched; a malformed key always gets 400.
+///   request passes untouched; a malformed key always gets 400;
+/// - a key whose principal cannot be told gets 400 "idempotency scope
+///   unknown" and does not run: by default, a request with neither
+///   `Authorization` nor a known peer address (see [`AuthorizationScope`]).
+///   No two clients ever share a scope by default.
 ///
 /// Once a claim is won, the request runs to the end and its response is
 /// stored even if the client disconnects, so its retry finds the result. A
@@ -94,6 +98,9 @@ pub(crate) struct Settings {
     // One per layer, shared by every service it makes.
     pub fallback: MemoryStore,
     pub warn: Arc<WarnLimiter>,
+    /// For requests without a scope, apart: they must not hide store
+    /// failures.
+    pub scope_warn: Arc<WarnLimiter>,
 }
 
 impl Settings {
@@ -146,8 +153,9 @@ impl<St> std::fmt::Debug for IdempotencyLayer<St> {
 
 impl<St: IdempotencyStore> IdempotencyLayer<St> {
     /// A layer over `store` with the defaults: POST and PATCH, key
-    /// optional, scoped by `Authorization`, 60 s lock, 24 h retention,
-    /// 1 MiB body limits, fail-closed.
+    /// optional, scoped by `Authorization` else the peer's address
+    /// ([`AuthorizationScope`]), 60 s lock, 24 h retention, 1 MiB body
+    /// limits, fail-closed.
     pub fn new(store: St) -> Self {
         Self {
             store,
@@ -155,7 +163,7 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
                 methods: vec![Method::POST, Method::PATCH],
                 routes: None,
                 required: false,
-                scope: Arc::new(AuthorizationScope),
+                scope: Arc::new(AuthorizationScope::new()),
                 fingerprint: Arc::new(DefaultFingerprint),
                 lock: DEFAULT_LOCK,
                 retention: DEFAULT_RETENTION,
@@ -165,6 +173,7 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
                 events: Events::new(),
                 fallback: MemoryStore::new(),
                 warn: Arc::new(WarnLimiter::new(Duration::from_secs(10))),
+                scope_warn: Arc::new(WarnLimiter::new(Duration::from_secs(60))),
             },
         }
     }
@@ -195,7 +204,36 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
         self
     }
 
-    /// Whose keys they are (default: [`AuthorizationScope`]).
+    /// Whose keys they are (default: [`AuthorizationScope`]: the hashed
+    /// `Authorization`, else the peer's address). Two requests share a
+    /// stored response only when their scope and key are equal, so a
+    /// scope must tell clients apart; a request it returns an error for
+    /// gets 400 "idempotency scope unknown" and does not run.
+    ///
+    /// ```
+    /// use battlement::backends::MemoryStore;
+    /// use battlement::idempotency::{AuthorizationScope, IdempotencyLayer};
+    /// use battlement::key::{ClientIp, HeaderKey, Key, KeyError, RequestHead, key_fn};
+    /// use http::HeaderName;
+    ///
+    /// // `Authorization`, else the client behind the load balancer.
+    /// let lb = ["10.0.0.0/8".parse().unwrap()];
+    /// IdempotencyLayer::new(MemoryStore::new())
+    ///     .scope(AuthorizationScope::new().trusted_proxies(lb));
+    /// // The client address alone (a credential that changes between a
+    /// // request and its retry would otherwise run it twice).
+    /// IdempotencyLayer::new(MemoryStore::new()).scope(ClientIp::new(lb).ipv6_prefix(128));
+    /// // A tenant header set by the gateway.
+    /// IdempotencyLayer::new(MemoryStore::new())
+    ///     .scope(HeaderKey::new(HeaderName::from_static("x-tenant-id")));
+    /// // A function, e.g. of what authentication put in the extensions.
+    /// #[derive(Clone)]
+    /// struct User(String);
+    /// IdempotencyLayer::new(MemoryStore::new()).scope(key_fn(|head: &RequestHead<'_>| {
+    ///     head.extensions.get::<User>().map(|u| Key::from(u.0.as_str()))
+    ///         .ok_or_else(|| KeyError::Rejected("not signed in".into()))
+    /// }));
+    /// ```
     pub fn scope(mut self, scope: impl KeyExtractor) -> Self {
         self.settings.scope = Arc::new(scope);
         self

@@ -26,6 +26,8 @@
 //!
 //! let post = || {
 //!     Request::post("/orders")
+//!         // Keys are kept per client: by `Authorization`, else by address.
+//!         .header("authorization", "Bearer alice")
 //!         .header("idempotency-key", "\"order-7\"")
 //!         .body(String::from(r#"{"item": "tea"}"#))
 //!         .unwrap()
@@ -42,7 +44,9 @@
 //!
 //! The [`IdempotencyLayer`] reads the `Idempotency-Key` header (an RFC 9651
 //! string; gRPC metadata `idempotency-key` is the same header), scopes it
-//! to the caller ([`AuthorizationScope`] or any key extractor),
+//! to the caller ([`AuthorizationScope`] or any key extractor; a request
+//! whose caller cannot be told is rejected, never filed under a scope
+//! shared with others),
 //! fingerprints the request ([`DefaultFingerprint`] or a
 //! [`MakeFingerprint`]), and claims it in an [`IdempotencyStore`]:
 //! `MemoryStore`, `RedisStore` (one script per step) or `EtcdStore`
@@ -51,7 +55,7 @@
 mod error;
 mod fingerprint;
 mod future;
-mod key;
+pub(crate) mod key;
 mod layer;
 pub(crate) mod record;
 mod scope;

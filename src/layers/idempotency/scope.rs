@@ -1,29 +1,128 @@
-//! Whose key it is (SPEC ID-5): idempotency keys are scoped per principal,
-//! so one client can never replay another's response by guessing its key.
+//! Whose key it is: idempotency keys are scoped per principal, so one
+//! client can never replay another's response (its body, its
+//! `Set-Cookie`) by sending the same key.
+//!
+//! There is no shared fallback scope: a request whose principal cannot be
+//! told is rejected (400, gRPC `INVALID_ARGUMENT`, "idempotency scope
+//! unknown") rather than filed with every other such request.
+
+use std::fmt;
+use std::sync::Arc;
 
 use http::header::AUTHORIZATION;
+use ipnet::IpNet;
 
 use super::record::Fingerprint;
-use crate::key::{Key, KeyError, KeyExtractor, RequestHead, peer_ip};
+use crate::key::{ClientIp, Key, KeyError, KeyExtractor, RequestHead, peer_ip};
 
 /// The default scope: a hash of the `Authorization` header (never the
-/// credential itself); without one, the peer's IP address, so
-/// unauthenticated clients do not share keys; `anonymous` when neither is
-/// known. Any [`KeyExtractor`] can replace it (an API-key header, a tenant
-/// id put in the extensions by the authentication layer, ...). Behind a
-/// proxy, prefer a scope from authentication: the peer is the proxy.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AuthorizationScope;
+/// credential itself); without one, the client's IP address, so
+/// unauthenticated clients do not share keys.
+///
+/// The client's address is the connection's peer (see
+/// [`peer_ip`](crate::key::peer_ip)), or, with
+/// [`trusted_proxies`](Self::trusted_proxies), the client behind those
+/// proxies: behind a load balancer every peer is the balancer, so without
+/// it all unauthenticated clients would share one scope. Each address is
+/// a scope of its own (IPv6 is not grouped by prefix here, unlike the rate
+/// limit's keys). [`unauthenticated`](Self::unauthenticated) puts any
+/// [`KeyExtractor`] in the address's place.
+///
+/// A request with neither (no `Authorization`, and a server that recorded
+/// no peer address: axum served without connect info, a Unix socket, a
+/// hyper server that inserts no [`PeerAddr`](crate::key::PeerAddr)) has
+/// no scope and is rejected with 400 "idempotency scope unknown"; nothing
+/// runs. To accept such requests, choose a scope they have (a header, a
+/// tenant id from the extensions, [`GlobalKey`](crate::key::GlobalKey) if
+/// every caller may replay every other's responses).
+///
+/// ```
+/// use battlement::idempotency::{AuthorizationScope, IdempotencyLayer};
+/// use battlement::backends::MemoryStore;
+/// use battlement::key::HeaderKey;
+/// use http::HeaderName;
+///
+/// // Behind a load balancer in 10.0.0.0/8.
+/// let behind_lb = IdempotencyLayer::new(MemoryStore::new())
+///     .scope(AuthorizationScope::new().trusted_proxies(["10.0.0.0/8".parse().unwrap()]));
+/// // Unauthenticated callers named by a header the gateway sets.
+/// let by_gateway = IdempotencyLayer::new(MemoryStore::new()).scope(
+///     AuthorizationScope::new()
+///         .unauthenticated(HeaderKey::new(HeaderName::from_static("x-client-id"))),
+/// );
+/// ```
+#[derive(Clone, Default)]
+pub struct AuthorizationScope {
+    unauthenticated: Unauthenticated,
+}
+
+/// Who a request without `Authorization` is.
+#[derive(Clone)]
+enum Unauthenticated {
+    /// Its address: the peer, or the client behind trusted proxies.
+    Address(ClientIp),
+    /// What this extractor says.
+    Custom(Arc<dyn KeyExtractor>),
+}
+
+impl Default for Unauthenticated {
+    fn default() -> Self {
+        Self::Address(ClientIp::new([]).ipv6_prefix(128))
+    }
+}
+
+impl fmt::Debug for AuthorizationScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("AuthorizationScope");
+        match &self.unauthenticated {
+            Unauthenticated::Address(client_ip) => s.field("unauthenticated", client_ip),
+            Unauthenticated::Custom(_) => s.field("unauthenticated", &"custom"),
+        };
+        s.finish()
+    }
+}
+
+impl AuthorizationScope {
+    /// `Authorization`, else the peer's IP address, else rejected.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Without `Authorization`, the client's address behind proxies in
+    /// these networks (the right-most untrusted `X-Forwarded-For` hop, see
+    /// [`ClientIp`]) rather than the peer's.
+    pub fn trusted_proxies(mut self, trusted: impl IntoIterator<Item = IpNet>) -> Self {
+        self.unauthenticated = Unauthenticated::Address(ClientIp::new(trusted).ipv6_prefix(128));
+        self
+    }
+
+    /// Without `Authorization`, the scope `scope` extracts (its error
+    /// rejects the request with 400).
+    pub fn unauthenticated(mut self, scope: impl KeyExtractor) -> Self {
+        self.unauthenticated = Unauthenticated::Custom(Arc::new(scope));
+        self
+    }
+}
 
 impl KeyExtractor for AuthorizationScope {
     fn extract(&self, head: &RequestHead<'_>) -> Result<Key, KeyError> {
         if let Some(value) = head.headers.get(AUTHORIZATION) {
             return Ok(Key::from(principal(value.as_bytes()).as_str()));
         }
-        Ok(match peer_ip(head.extensions) {
-            Some(ip) => Key::from(format!("ip:{ip}")),
-            None => Key::from("anonymous"),
-        })
+        // The prefixes keep the kinds apart: a credential's hash has none.
+        match &self.unauthenticated {
+            Unauthenticated::Address(client_ip) => {
+                let peer = peer_ip(head.extensions).ok_or(KeyError::MissingPeer)?;
+                Ok(Key::from(format!(
+                    "ip:{}",
+                    client_ip.client_ip(peer, head.headers)
+                )))
+            }
+            Unauthenticated::Custom(scope) => {
+                let key = scope.extract(head)?;
+                Ok(Key::from(format!("key:{key}")))
+            }
+        }
     }
 }
 
@@ -39,10 +138,15 @@ fn principal(credential: &[u8]) -> String {
     short_hash(&[credential])
 }
 
-/// The store id of `key` under `scope`: 128 bits of a SHA-256 of both, so
-/// no raw client input reaches the store (SPEC C-9).
+/// The store id of `key` under `scope`: `scope/key`, 64 bits of a SHA-256
+/// of the scope, then 128 bits of one of both, so no raw client input
+/// reaches the store and a store can count and cap each scope's records.
 pub(crate) fn scoped_id(scope: &str, key: &str) -> String {
-    short_hash(&[scope.as_bytes(), key.as_bytes()])
+    let mut id = short_hash(&[scope.as_bytes()]);
+    id.truncate(16);
+    id.push('/');
+    id.push_str(&short_hash(&[scope.as_bytes(), key.as_bytes()]));
+    id
 }
 
 #[cfg(test)]
@@ -50,6 +154,13 @@ mod tests {
     use http::Request;
 
     use super::*;
+    use crate::key::{HeaderKey, PeerAddr};
+
+    fn scope_of(scope: &AuthorizationScope, req: &Request<()>) -> Result<String, KeyError> {
+        scope
+            .extract(&RequestHead::of(req))
+            .map(|key| key.to_string())
+    }
 
     #[test]
     fn scopes_hash_the_credential_and_ids_differ_per_scope() {
@@ -57,19 +168,57 @@ mod tests {
             .header("authorization", "Bearer secret")
             .body(())
             .unwrap();
-        let scope = AuthorizationScope.extract(&RequestHead::of(&req)).unwrap();
-        assert_eq!(scope.as_str().len(), 32);
-        assert!(!scope.as_str().contains("secret"));
+        let scope = scope_of(&AuthorizationScope::new(), &req).unwrap();
+        assert_eq!(scope.len(), 32);
+        assert!(!scope.contains("secret"));
+        assert_ne!(scoped_id(&scope, "k"), scoped_id("ip:192.0.2.1", "k"));
+        assert_eq!(scoped_id("a", "k"), scoped_id("a", "k"));
+        assert_eq!(scoped_id("a", "k").len(), 16 + 1 + 32);
+        // One scope prefix for all its keys, so a store can cap a scope.
+        assert_eq!(scoped_id("a", "k")[..17], scoped_id("a", "other")[..17]);
+    }
+
+    #[test]
+    fn without_a_credential_or_an_address_there_is_no_scope() {
         let anon = Request::get("/").body(()).unwrap();
         assert_eq!(
-            AuthorizationScope
-                .extract(&RequestHead::of(&anon))
-                .unwrap()
-                .as_str(),
-            "anonymous"
+            scope_of(&AuthorizationScope::new(), &anon),
+            Err(KeyError::MissingPeer)
         );
-        assert_ne!(scoped_id(scope.as_str(), "k"), scoped_id("anonymous", "k"));
-        assert_eq!(scoped_id("a", "k"), scoped_id("a", "k"));
-        assert_eq!(scoped_id("a", "k").len(), 32);
+    }
+
+    #[test]
+    fn unauthenticated_callers_are_scoped_by_their_own_address() {
+        let from = |peer: &str, xff: &str| {
+            Request::get("/")
+                .header("x-forwarded-for", xff)
+                .extension(PeerAddr(peer.parse().unwrap()))
+                .body(())
+                .unwrap()
+        };
+        let direct = AuthorizationScope::new();
+        assert_eq!(
+            scope_of(&direct, &from("[2001:db8::7]:1", "6.6.6.6")).unwrap(),
+            "ip:2001:db8::7"
+        );
+        // Behind a balancer, the peer is the balancer: the header says who
+        // the client is.
+        let behind = AuthorizationScope::new().trusted_proxies(["10.0.0.0/8".parse().unwrap()]);
+        assert_eq!(
+            scope_of(&behind, &from("10.0.0.1:1", "203.0.113.7")).unwrap(),
+            "ip:203.0.113.7"
+        );
+        assert_eq!(
+            scope_of(&behind, &from("10.0.0.1:1", "203.0.113.8")).unwrap(),
+            "ip:203.0.113.8"
+        );
+        let by_header = AuthorizationScope::new()
+            .unauthenticated(HeaderKey::new(http::HeaderName::from_static("x-client")));
+        let req = Request::get("/")
+            .header("x-client", "c-1")
+            .body(())
+            .unwrap();
+        assert_eq!(scope_of(&by_header, &req).unwrap(), "key:c-1");
+        assert!(scope_of(&by_header, &Request::get("/").body(()).unwrap()).is_err());
     }
 }

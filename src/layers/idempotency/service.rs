@@ -26,7 +26,7 @@ use crate::BoxError;
 use crate::body::{LayerBody, Read, read_limited};
 use crate::error::{FailurePolicy, StoreError};
 use crate::events::Event;
-use crate::key::RequestHead;
+use crate::key::{KeyError, RequestHead};
 use crate::reject::{Problem, Protocol};
 use crate::request_id::RequestId;
 
@@ -92,9 +92,26 @@ where
             Ok(None) => return ResponseFuture::rejected(Rejection::MissingKey.into(), protocol),
             Err(rejection) => return ResponseFuture::rejected(rejection.into(), protocol),
         };
+        // No shared fallback scope: a request whose client cannot be told
+        // would replay, or be replayed to, every other such request.
         let scope = match settings.scope.extract(&RequestHead::of(&req)) {
             Ok(scope) => scope,
-            Err(e) => return ResponseFuture::rejected(Problem::from(e), protocol),
+            Err(e) => {
+                settings
+                    .events
+                    .emit(Event::new(super::LAYER, "scope_unknown").with_detail(e.to_string()));
+                if e == KeyError::MissingPeer {
+                    settings.scope_warn.warn(|suppressed| {
+                        tracing::warn!(
+                            suppressed,
+                            "idempotency scope unknown: no peer address in the request \
+                             (serve with connect info, or insert PeerAddr); requests with \
+                             an Idempotency-Key and no credential get 400"
+                        );
+                    });
+                }
+                return ResponseFuture::rejected(Rejection::ScopeUnknown(e).into(), protocol);
+            }
         };
         let run = Run {
             id: scoped_id(scope.as_str(), &key),

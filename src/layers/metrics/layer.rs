@@ -13,10 +13,13 @@ use super::service::Metrics;
 /// on servers, `rpc.server.call.duration` for gRPC calls, and
 /// `http.client.request.duration` on clients — unit `s`, semconv bucket
 /// boundaries ([`DURATION_BUCKETS`](crate::trace::DURATION_BUCKETS)).
-/// `http.route` is axum's route template and unknown methods are
-/// `_OTHER`, so clients cannot create series at will. A duration covers
-/// the response body until it ends; a request cancelled mid-flight still
-/// leaves the active count.
+/// `http.route` is axum's route template; unknown methods, schemes other
+/// than `http` and `https`, and gRPC services and methods not recognized
+/// (by an axum route, a handler's answer or
+/// [`recognize_grpc`](super::recognize_grpc)) are `_OTHER`, so clients
+/// cannot create series at will. A duration covers the response body
+/// until it ends; a request cancelled mid-flight still leaves the active
+/// count.
 ///
 /// ```
 /// use battlement::metrics::MetricsLayer;

@@ -7,6 +7,7 @@ use std::time::Instant;
 use opentelemetry::KeyValue;
 
 use super::instruments::Instruments;
+use crate::trace::semconv::grpc_names;
 
 /// What is known of a request so far.
 pub(crate) struct Recording {
@@ -17,6 +18,10 @@ pub(crate) struct Recording {
     /// the attributes of `http.server.active_requests`; the duration
     /// metric's follow from [`Kind::duration_from`].
     pub attributes: Vec<KeyValue>,
+    /// The method a gRPC call calls (`pkg.Service/Method`): its names are
+    /// decided when it is recorded, after its answer may have recognized
+    /// it.
+    pub rpc: Option<Box<str>>,
     /// Set once the outcome is known; a recording dropped without one was
     /// cancelled and counts no duration.
     pub finished: bool,
@@ -61,6 +66,11 @@ impl Drop for Recording {
         }
         if !self.finished {
             return;
+        }
+        if let Some(call) = self.rpc.take() {
+            let (service, method) = grpc_names(&call);
+            self.add(KeyValue::new("rpc.service", service.to_owned()));
+            self.add(KeyValue::new("rpc.method", method.to_owned()));
         }
         let seconds = self.started.elapsed().as_secs_f64();
         let histogram = match self.kind {

@@ -14,7 +14,9 @@ use tower_service::Service;
 
 use super::instruments::Instruments;
 use super::recording::{Kind, Recording};
-use crate::trace::semconv::{grpc_parts, grpc_status, method, protocol_version, route, scheme};
+use crate::trace::semconv::{
+    grpc_answered, grpc_call, grpc_status, method, protocol_version, route, scheme,
+};
 
 /// The service made by [`MetricsLayer`](super::MetricsLayer).
 #[derive(Debug, Clone)]
@@ -35,6 +37,7 @@ impl<S> Metrics<S> {
 
     fn start<B>(&self, req: &Request<B>) -> Recording {
         let mut attributes = Vec::with_capacity(8);
+        let mut rpc = None;
         attributes.push(KeyValue::new("http.request.method", method(req.method())));
         let kind = if self.client {
             if let Some(host) = req.uri().host() {
@@ -47,10 +50,9 @@ impl<S> Metrics<S> {
         } else {
             attributes.push(KeyValue::new("url.scheme", scheme(req)));
             self.instruments.active_requests.add(1, &attributes);
-            if let Some((service, rpc)) = grpc_parts(req) {
+            if let Some(call) = grpc_call(req) {
                 attributes.push(KeyValue::new("rpc.system", "grpc"));
-                attributes.push(KeyValue::new("rpc.service", service.to_owned()));
-                attributes.push(KeyValue::new("rpc.method", rpc.to_owned()));
+                rpc = Some(call.into());
                 Kind::Rpc
             } else {
                 attributes.push(KeyValue::new(
@@ -68,6 +70,7 @@ impl<S> Metrics<S> {
             kind,
             started: Instant::now(),
             attributes,
+            rpc,
             finished: false,
         }
     }
@@ -121,6 +124,9 @@ where
                 let status = res.status();
                 match recording.kind {
                     Kind::Rpc => {
+                        if let Some(call) = &recording.rpc {
+                            grpc_answered(call, res.headers());
+                        }
                         if let Some(code) = grpc_status(res.headers()) {
                             recording.add(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
                         }

@@ -18,6 +18,10 @@ const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
+/// The largest structured-field integer (RFC 9651: at most 15 digits);
+/// a larger one would make the whole header unreadable to clients.
+const MAX_SF_INTEGER: u64 = 999_999_999_999_999;
+
 /// Whole seconds, rounded up, so a client never retries early.
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_micros().div_ceil(1_000_000) as u64
@@ -89,9 +93,9 @@ pub(crate) fn render(policy: &Policy, decision: &Decision, legacy: bool) -> Rend
         "\"",
         &policy.name,
         "\";r=",
-        r.format(decision.remaining()),
+        r.format(decision.remaining().min(MAX_SF_INTEGER)),
         ";t=",
-        t.format(reset),
+        t.format(reset.min(MAX_SF_INTEGER)),
     ]
     .concat();
     let retry_after = match decision {

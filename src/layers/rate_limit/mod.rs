@@ -40,7 +40,7 @@ mod decide;
 mod error;
 mod future;
 pub(crate) mod gcra;
-mod headers;
+pub(crate) mod headers;
 mod layer;
 mod policy;
 mod quota;

@@ -23,7 +23,13 @@ use super::service::Trace;
 /// outbound headers; 4xx and 5xx set Error.
 ///
 /// The spans reach OpenTelemetry when the subscriber has a
-/// `tracing_opentelemetry` layer. With a [`RequestIdLayer`](crate::RequestIdLayer)
+/// `tracing_opentelemetry` layer that sees them: keep log filters on the
+/// log layer ([`telemetry::subscriber`](crate::telemetry::subscriber)).
+/// Propagation does not depend on the spans: when a filter turns a
+/// server span off, the request runs with the caller's context current,
+/// and a client span that no OpenTelemetry layer records injects the
+/// current context, so outbound calls still continue the caller's trace.
+/// With a [`RequestIdLayer`](crate::RequestIdLayer)
 /// outside, the id is recorded as `http.request.id`; turn that layer's own
 /// span off so this span is the request's root.
 ///

@@ -6,7 +6,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
-use opentelemetry::trace::Status;
+use opentelemetry::Context as OtelContext;
+use opentelemetry::trace::{Status, TraceContextExt};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 use tracing::Span;
@@ -16,7 +17,8 @@ use super::body::TracedBody;
 use super::head::{self, Head, HeadSampler, UNSAMPLED_TARGET};
 use super::propagation::{extract, inject};
 use super::semconv::{
-    grpc_parts, grpc_server_error, grpc_status, method, protocol_version, route, scheme,
+    OTHER, grpc_answered, grpc_names, grpc_parts, grpc_server_error, grpc_status, grpc_unnamed,
+    method, protocol_version, route, scheme,
 };
 use crate::RequestId;
 use crate::retry::ResendCount;
@@ -53,29 +55,59 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let span = if self.client {
+        let (span, detached) = if self.client {
             let span = client_span(&req);
-            inject(&span.context(), req.headers_mut());
-            span
+            inject(&outbound_context(&span), req.headers_mut());
+            (span, None)
         } else {
-            let parent = extract(req.headers());
-            match self.head.map(|head| head.decide(&parent)) {
-                None | Some(Head::Sampled { root: None }) => server_span(&req, parent),
-                // Started here, so the SDK takes the decided trace id.
-                Some(Head::Sampled { root: Some(id) }) => head::with_root_trace_id(id, || {
-                    let span = server_span(&req, parent);
-                    let _ = span.context();
-                    span
-                }),
-                Some(Head::Unsampled(cx)) => unsampled_span(&req, cx),
-            }
+            let (span, cx) = request_span(self.head, &req);
+            // An entered span makes the request's context current; a span
+            // no subscriber records (a global filter turned it off) cannot,
+            // so the future attaches the context itself while it runs.
+            let detached = span.is_disabled().then_some(cx);
+            (span, detached)
         };
-        let future = span.in_scope(|| self.inner.call(req));
+        // A gRPC call named `_OTHER` for now: its answer may name it.
+        let rpc = grpc_unnamed(&req).filter(|_| !self.client);
+        let future = {
+            let _attached = detached.clone().map(OtelContext::attach);
+            span.in_scope(|| self.inner.call(req))
+        };
         ResponseFuture {
             future,
             span: Some(span),
+            detached,
             client: self.client,
+            rpc,
         }
+    }
+}
+
+/// A server request's span, as `sampler` decides, and its context: the
+/// caller's, or the unsampled one the sampler made.
+fn request_span<B>(sampler: Option<HeadSampler>, req: &Request<B>) -> (Span, OtelContext) {
+    let parent = extract(req.headers());
+    match sampler.map(|sampler| sampler.decide(&parent)) {
+        None | Some(Head::Sampled { root: None }) => (server_span(req, &parent), parent),
+        // Started here, so the SDK takes the decided trace id.
+        Some(Head::Sampled { root: Some(id) }) => head::with_root_trace_id(id, || {
+            let span = server_span(req, &parent);
+            let _ = span.context();
+            (span, parent)
+        }),
+        Some(Head::Unsampled(cx)) => (unsampled_span(req, &cx), cx),
+    }
+}
+
+/// The context to inject for a client span: the span's own, or, when no
+/// OpenTelemetry layer records it (filtered out, or none installed), the
+/// current one, so the caller's trace still goes on downstream.
+fn outbound_context(span: &Span) -> OtelContext {
+    let cx = span.context();
+    if cx.has_active_span() {
+        cx
+    } else {
+        OtelContext::current()
     }
 }
 
@@ -84,7 +116,7 @@ where
 /// Attributes known up front go straight to the OpenTelemetry span (static
 /// values are not copied): as `tracing` fields, each would become a new
 /// string.
-fn server_span<B>(req: &Request<B>, parent: opentelemetry::Context) -> Span {
+fn server_span<B>(req: &Request<B>, parent: &OtelContext) -> Span {
     use tracing::field::Empty;
     let m = method(req.method());
     let grpc = grpc_parts(req);
@@ -133,13 +165,16 @@ fn server_span<B>(req: &Request<B>, parent: opentelemetry::Context) -> Span {
     }
     if let Some((service, rpc)) = grpc {
         span.set_attribute("rpc.system", "grpc");
-        span.set_attribute("rpc.service", service.to_owned());
-        span.set_attribute("rpc.method", rpc.to_owned());
+        // A method not recognized yet is named when its answer arrives.
+        if rpc != OTHER {
+            span.set_attribute("rpc.service", service.to_owned());
+            span.set_attribute("rpc.method", rpc.to_owned());
+        }
     }
     if let Some(id) = id {
         span.set_attribute("http.request.id", id.to_owned());
     }
-    let _ = span.set_parent(parent);
+    let _ = span.set_parent(parent.clone());
     span
 }
 
@@ -148,13 +183,13 @@ fn server_span<B>(req: &Request<B>, parent: opentelemetry::Context) -> Span {
 /// [`telemetry`](crate::telemetry) builds, which keeps it out of
 /// OpenTelemetry). An OpenTelemetry layer that does see it gets `cx` as its
 /// parent, so drops it too.
-fn unsampled_span<B>(req: &Request<B>, cx: opentelemetry::Context) -> Span {
+fn unsampled_span<B>(req: &Request<B>, cx: &OtelContext) -> Span {
     let id = req.extensions().get::<RequestId>().map(RequestId::as_str);
     let span = head::with_unsampled_context(
         cx.clone(),
         || tracing::info_span!(target: UNSAMPLED_TARGET, "request", request.id = id),
     );
-    let _ = span.set_parent(cx);
+    let _ = span.set_parent(cx.clone());
     span
 }
 
@@ -199,7 +234,10 @@ pin_project! {
         #[pin]
         future: F,
         span: Option<Span>,
+        // The request's context, when its span cannot make it current.
+        detached: Option<OtelContext>,
         client: bool,
+        rpc: Option<Box<str>>,
     }
 }
 
@@ -214,6 +252,7 @@ where
         let this = self.project();
         let result = {
             let _entered = this.span.as_ref().map(Span::enter);
+            let _attached = this.detached.clone().map(OtelContext::attach);
             ready!(this.future.poll(cx))
         };
         let Some(span) = this.span.take() else {
@@ -223,6 +262,14 @@ where
         let sampled = span
             .metadata()
             .is_some_and(|m| m.target() != UNSAMPLED_TARGET);
+        if let Some(call) = this.rpc.take() {
+            if let Ok(res) = &result {
+                grpc_answered(&call, res.headers());
+            }
+            if sampled {
+                name_rpc(&span, &call);
+            }
+        }
         Poll::Ready(match result {
             Ok(res) => {
                 if sampled {
@@ -239,6 +286,18 @@ where
             }
         })
     }
+}
+
+/// Names the span of a gRPC call that was not recognized when it arrived,
+/// as far as its answer recognized it.
+fn name_rpc(span: &Span, call: &str) {
+    let (service, method) = grpc_names(call);
+    if method != OTHER {
+        let name = [service, "/", method].concat();
+        span.context().span().update_name(name);
+    }
+    span.set_attribute("rpc.service", service.to_owned());
+    span.set_attribute("rpc.method", method.to_owned());
 }
 
 /// Status code and status (SPEC TR-4): server 5xx is an error, 4xx is

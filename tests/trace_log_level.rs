@@ -1,0 +1,166 @@
+//! The log level filters log lines only: spans are exported and the
+//! caller's trace is passed downstream whatever `RUST_LOG` says, even when
+//! a global filter turns the trace layer's own spans off.
+#![cfg(all(feature = "axum", feature = "prometheus"))]
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use battlement::backends::MemoryStore;
+use battlement::body::LayerBody;
+use battlement::client::ClientStack;
+use battlement::telemetry::tracing_layer;
+use battlement::trace::{HeadSampler, TraceLayer};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use opentelemetry::trace::{SpanKind, TraceId, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::{Layer, SubscriberExt};
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// Log lines written by the fmt layer.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut lines) = self.0.lock() {
+            lines.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Lines {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// A server whose `/proxy` calls a downstream through the client stack
+/// and answers with the `traceparent` the downstream received.
+fn proxy(head: Option<HeadSampler>) -> Router {
+    let downstream = service_fn(|req: http::Request<LayerBody<Empty<Bytes>>>| async move {
+        let seen = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        Ok::<_, Infallible>(http::Response::new(Body::from(seen)))
+    });
+    let stack = ClientStack::new("downstream", MemoryStore::new())
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new().layer(stack).service(downstream);
+    let handler = move || {
+        let client = client.clone();
+        async move {
+            tracing::info_span!("work").in_scope(|| tracing::info!("working"));
+            tracing::debug_span!("detail").in_scope(|| tracing::warn!("slow"));
+            let req = http::Request::get("http://downstream.test/")
+                .body(Empty::new())
+                .unwrap();
+            let res = client.oneshot(req).await.unwrap();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8(body.to_vec()).unwrap()
+        }
+    };
+    Router::new()
+        .route("/proxy", get(handler))
+        .layer(TraceLayer::server().head_sampler(head))
+}
+
+/// The `traceparent` the downstream received for a `/proxy` call with
+/// `traceparent`.
+async fn forwarded(app: Router, traceparent: &str) -> String {
+    let req = http::Request::get("/proxy")
+        .header("traceparent", traceparent)
+        .body(Body::empty())
+        .unwrap();
+    let res = app.oneshot(req).await.unwrap();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+fn provider(exporter: &InMemorySpanExporter) -> SdkTracerProvider {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build()
+}
+
+// A global `warn` filter, the way many subscribers are composed: no span
+// of the request is recorded, yet the downstream call continues the
+// caller's trace, sampled or not.
+#[tokio::test]
+async fn a_global_warn_filter_keeps_the_callers_trace() {
+    let exporter = InMemorySpanExporter::default();
+    let subscriber = tracing_subscriber::registry()
+        .with(EnvFilter::new("warn"))
+        .with(tracing_subscriber::fmt::layer().with_writer(Lines::default))
+        .with(tracing_layer(provider(&exporter).tracer("test")));
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let cases = [
+        (None, "01"),
+        (Some(HeadSampler::always_on().parent_based()), "01"),
+        (Some(HeadSampler::always_on().parent_based()), "00"),
+    ];
+    for (head, flags) in cases {
+        let inbound = format!("00-{TRACE}-00f067aa0ba902b7-{flags}");
+        let seen = forwarded(proxy(head), &inbound).await;
+        assert!(
+            seen.starts_with(&format!("00-{TRACE}-")) && seen.ends_with(flags),
+            "{head:?}, {inbound}: downstream saw {seen:?}"
+        );
+    }
+    assert!(exporter.get_finished_spans().unwrap().is_empty());
+}
+
+// `warn` on the fmt layer alone: log lines below it are dropped, and the
+// request's spans (info and above) are exported in the caller's trace.
+#[tokio::test]
+async fn a_warn_filter_on_the_log_layer_leaves_spans_exported() {
+    let exporter = InMemorySpanExporter::default();
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let logs = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .with_filter(EnvFilter::new("warn"));
+    let subscriber = battlement::telemetry::subscriber(provider(&exporter).tracer("test"), logs);
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let inbound = format!("00-{TRACE}-00f067aa0ba902b7-01");
+    let seen = forwarded(proxy(None), &inbound).await;
+
+    let spans = exporter.get_finished_spans().unwrap();
+    let mut names: Vec<_> = spans.iter().map(|s| s.name.as_ref()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["GET", "GET /proxy", "work"], "no debug span");
+    let trace = TraceId::from_hex(TRACE).unwrap();
+    assert!(spans.iter().all(|s| s.span_context.trace_id() == trace));
+    let client = spans
+        .iter()
+        .find(|s| s.span_kind == SpanKind::Client)
+        .expect("a client span");
+    assert_eq!(
+        seen,
+        format!("00-{TRACE}-{}-01", client.span_context.span_id())
+    );
+    let text = lines.text();
+    assert!(text.contains("slow") && !text.contains("working"), "{text}");
+}
