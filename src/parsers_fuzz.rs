@@ -124,10 +124,10 @@ proptest! {
                 map.insert(name, v);
             }
         }
-        let _ = crate::layers::trace::propagation::extract(&map);
+        let _ = crate::layers::trace::propagation::extract(&map, true);
         let valid = format!("00-{trace_id}-{span_id}-01");
         map.insert("traceparent", HeaderValue::from_str(&valid).unwrap_or(HeaderValue::from_static("")));
-        let cx = crate::layers::trace::propagation::extract(&map);
+        let cx = crate::layers::trace::propagation::extract(&map, true);
         use opentelemetry::trace::TraceContextExt;
         let span = cx.span().span_context().clone();
         let zero = trace_id.bytes().all(|b| b == b'0') || span_id.bytes().all(|b| b == b'0');

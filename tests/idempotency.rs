@@ -873,16 +873,27 @@ async fn one_client_cannot_evict_another_clients_records() {
             .insert("authorization", http::HeaderValue::from_static(auth));
         req
     };
-    let res = svc.clone().oneshot(from("\"b-1\"", "Bearer b")).await.unwrap();
+    let res = svc
+        .clone()
+        .oneshot(from("\"b-1\"", "Bearer b"))
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::CREATED);
     for n in 0..10 {
         let key = format!("\"a-{n}\"");
         let res = svc.clone().oneshot(from(&key, "Bearer a")).await.unwrap();
         assert_eq!(res.status(), StatusCode::CREATED);
     }
-    assert_eq!(store.idempotency_records(), 3 + 1, "three of a's, one of b's");
+    assert_eq!(
+        store.idempotency_records(),
+        3 + 1,
+        "three of a's, one of b's"
+    );
     let (status, headers, _) = read(svc.oneshot(from("\"b-1\"", "Bearer b")).await.unwrap()).await;
     assert_eq!(status, StatusCode::CREATED);
-    assert!(headers.contains_key("idempotent-replayed"), "b's response was kept");
+    assert!(
+        headers.contains_key("idempotent-replayed"),
+        "b's response was kept"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 11);
 }

@@ -24,13 +24,16 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use support::{Process, free_port};
 use tonic::{Request, Response, Status};
 
-/// What the receiver got: `(trace id hex, span name)` and metric names.
+/// What the receiver got: `(trace id hex, span name)`, each span's
+/// attributes as decoded, and metric names.
 #[derive(Clone, Default)]
 struct Received {
     spans: Arc<Mutex<Vec<(String, String)>>>,
+    attributes: Arc<Mutex<Vec<(String, Vec<KeyValue>)>>>,
     metrics: Arc<Mutex<Vec<String>>>,
 }
 
@@ -41,6 +44,10 @@ impl Received {
             for ss in rs.scope_spans {
                 for span in ss.spans {
                     let id: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                    self.attributes
+                        .lock()
+                        .unwrap()
+                        .push((span.name.clone(), span.attributes));
                     spans.push((id, span.name));
                 }
             }
@@ -239,6 +246,44 @@ async fn the_example_exports_to(endpoint: &str, protocol: &str, received: &Recei
             received.metrics.lock().unwrap()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // As the semantic conventions type them: numbers are ints, and the
+    // request id is recorded once.
+    let attributes = received.attributes.lock().unwrap().clone();
+    let (_, server) = attributes
+        .iter()
+        .find(|(name, _)| name == "GET /items/{id}")
+        .expect("the server span's attributes");
+    let get = |key: &str| {
+        server
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.clone())
+    };
+    assert_eq!(
+        get("http.response.status_code").and_then(|v| v.value),
+        Some(any_value::Value::IntValue(200))
+    );
+    assert_eq!(
+        server
+            .iter()
+            .filter(|kv| kv.key.ends_with("request.id"))
+            .count(),
+        1,
+        "{server:?}"
+    );
+    for (name, attrs) in &attributes {
+        for kv in attrs {
+            if let Some(any_value::Value::StringValue(text)) =
+                kv.value.as_ref().and_then(|v| v.value.as_ref())
+            {
+                assert!(
+                    text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()),
+                    "{name}: {} is the string {text:?}, not an int",
+                    kv.key
+                );
+            }
+        }
     }
 }
 

@@ -13,15 +13,19 @@ use battlement::request_id::RequestIdLayer;
 use battlement::trace::TraceLayer;
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::{SpanKind, Status, TraceId, TracerProvider as _};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tracing_subscriber::layer::SubscriberExt;
 
 /// Spans end up in the returned exporter while the guard lives.
 fn collect() -> (InMemorySpanExporter, tracing::subscriber::DefaultGuard) {
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ]));
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
@@ -167,8 +171,8 @@ async fn the_request_id_is_recorded() {
         .insert("x-request-id", "req-7".parse().unwrap());
     send(app, req).await;
     let span = server_span(&exporter);
-    assert_eq!(attr(&span, "http.request.id").as_deref(), Some("req-7"));
     assert_eq!(attr(&span, "request.id").as_deref(), Some("req-7"));
+    assert_eq!(attr(&span, "http.request.id"), None, "recorded once");
 }
 
 // SPEC TR-5: the span lasts until a slow streamed body ends.
@@ -401,4 +405,108 @@ async fn grpc_spans_are_named_only_for_recognized_methods() {
             "traced.Greeter/Hello traced.Greeter Hello /traced.Greeter/Hello",
         ]
     );
+}
+
+fn value(span: &SpanData, key: &str) -> Option<opentelemetry::Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.clone())
+}
+
+// Numbers are recorded as the semantic conventions type them (ints, not
+// strings); `url.full` has no user info and no query values; no empty
+// `tracestate` goes downstream.
+#[tokio::test]
+async fn client_spans_redact_the_url_type_numbers_and_send_no_empty_tracestate() {
+    let (exporter, _guard) = collect();
+    let upstream = service_fn(|req: http::Request<Body>| async move {
+        let mut res = http::Response::new(Body::empty());
+        for name in ["traceparent", "tracestate", "baggage"] {
+            if let Some(v) = req.headers().get(name) {
+                res.headers_mut().insert(
+                    format!("seen-{name}").parse::<http::HeaderName>().unwrap(),
+                    v.clone(),
+                );
+            }
+        }
+        Ok::<_, Infallible>(res)
+    });
+    let client = ServiceBuilder::new()
+        .layer(TraceLayer::client())
+        .service(upstream);
+    let req = http::Request::get("http://user:secret@upstream.test:8080/x?token=abc&flag")
+        .body(Body::empty())
+        .unwrap();
+    let res = client.oneshot(req).await.unwrap();
+    assert!(res.headers().contains_key("seen-traceparent"));
+    assert!(
+        !res.headers().contains_key("seen-tracestate"),
+        "empty tracestate sent"
+    );
+    res.into_body().collect().await.unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    let span = spans
+        .iter()
+        .find(|s| s.span_kind == SpanKind::Client)
+        .expect("client span");
+    assert_eq!(
+        attr(span, "url.full").as_deref(),
+        Some("http://upstream.test:8080/x?token=REDACTED&flag")
+    );
+    assert_eq!(
+        value(span, "server.port"),
+        Some(opentelemetry::Value::I64(8080))
+    );
+    assert_eq!(
+        value(span, "http.response.status_code"),
+        Some(opentelemetry::Value::I64(200))
+    );
+
+    let (exporter, _guard) = collect();
+    send(app(), get_req("/items/1")).await;
+    assert_eq!(
+        value(&server_span(&exporter), "http.response.status_code"),
+        Some(opentelemetry::Value::I64(200))
+    );
+}
+
+// A caller's baggage stays out of the request's context unless the server
+// trusts it, so client stacks do not pass it on to other hosts.
+#[tokio::test]
+async fn inbound_baggage_is_passed_on_only_when_trusted() {
+    let (_exporter, _guard) = collect();
+    for trust in [false, true] {
+        let handler = || async {
+            let outbound = ServiceBuilder::new()
+                .layer(TraceLayer::client())
+                .service(service_fn(|req: http::Request<Body>| async move {
+                    let baggage = req.headers().get("baggage").cloned();
+                    Ok::<_, Infallible>(http::Response::new(Body::from(
+                        baggage
+                            .map(|b| b.to_str().unwrap().to_owned())
+                            .unwrap_or_default(),
+                    )))
+                }));
+            let res = outbound
+                .oneshot(
+                    http::Request::get("http://other.test/")
+                        .body(Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            res.into_body().collect().await.unwrap().to_bytes()
+        };
+        let app = Router::new()
+            .route("/", get(handler))
+            .layer(TraceLayer::server().trust_baggage(trust));
+        let mut req = get_req("/");
+        req.headers_mut()
+            .insert("baggage", "user=alice".parse().unwrap());
+        let res = send(app, req).await;
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let expected: &[u8] = if trust { b"user=alice" } else { b"" };
+        assert_eq!(&body[..], expected, "trust_baggage({trust})");
+    }
 }

@@ -30,7 +30,7 @@ use super::service::Trace;
 /// and a client span that no OpenTelemetry layer records injects the
 /// current context, so outbound calls still continue the caller's trace.
 /// With a [`RequestIdLayer`](crate::RequestIdLayer)
-/// outside, the id is recorded as `http.request.id`; turn that layer's own
+/// outside, the id is recorded as `request.id`; turn that layer's own
 /// span off so this span is the request's root.
 ///
 /// Sampling: with a [`HeadSampler`] (the one
@@ -59,6 +59,16 @@ use super::service::Trace;
 pub struct TraceLayer {
     client: bool,
     head: Option<HeadSampler>,
+    options: Options,
+}
+
+/// What a [`TraceLayer`] takes from requests besides the trace context.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Options {
+    /// Server: the caller's `baggage` is believed (and so passed on).
+    pub(crate) baggage: bool,
+    /// Client: `url.full` keeps the query's values.
+    pub(crate) query: bool,
 }
 
 impl TraceLayer {
@@ -68,6 +78,7 @@ impl TraceLayer {
         Self {
             client: false,
             head: head::installed(),
+            options: Options::default(),
         }
     }
 
@@ -76,7 +87,26 @@ impl TraceLayer {
         Self {
             client: true,
             head: None,
+            options: Options::default(),
         }
+    }
+
+    /// Server: takes the caller's `baggage` into the request's context,
+    /// from where client stacks pass it on to other hosts. Off by default:
+    /// baggage from an untrusted caller would otherwise reach every
+    /// service behind this one. Turn it on for callers inside your trust
+    /// boundary.
+    pub fn trust_baggage(mut self, trust: bool) -> Self {
+        self.options.baggage = trust;
+        self
+    }
+
+    /// Client: records the query's values in `url.full`. Off by default:
+    /// queries carry tokens and signatures, so each value is recorded as
+    /// `REDACTED` (the names stay); user info is never recorded.
+    pub fn record_query(mut self, record: bool) -> Self {
+        self.options.query = record;
+        self
     }
 
     /// Decides with `sampler` before a server span is built (`None`: build
@@ -96,6 +126,6 @@ impl<S> Layer<S> for TraceLayer {
     type Service = Trace<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Trace::new(inner, self.client, self.head)
+        Trace::new(inner, self.client, self.head, self.options)
     }
 }

@@ -22,19 +22,28 @@ fn known(key: &str) -> Option<HeaderName> {
     }
 }
 
-struct Headers<'a>(&'a HeaderMap);
+/// Inbound headers; `baggage` is read only from a trusted caller.
+struct Headers<'a> {
+    map: &'a HeaderMap,
+    baggage: bool,
+}
 
 impl Extractor for Headers<'_> {
     fn get(&self, key: &str) -> Option<&str> {
         let value = match known(key) {
-            Some(name) => self.0.get(name),
-            None => self.0.get(key),
+            Some(name) if name == BAGGAGE && !self.baggage => None,
+            Some(name) => self.map.get(name),
+            None => self.map.get(key),
         };
         value.and_then(|v| v.to_str().ok())
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(HeaderName::as_str).collect()
+        self.map
+            .keys()
+            .filter(|k| self.baggage || **k != BAGGAGE)
+            .map(HeaderName::as_str)
+            .collect()
     }
 }
 
@@ -42,6 +51,10 @@ struct HeadersMut<'a>(&'a mut HeaderMap);
 
 impl Injector for HeadersMut<'_> {
     fn set(&mut self, key: &str, value: String) {
+        // An empty `tracestate` or `baggage` says nothing: leave it out.
+        if value.is_empty() {
+            return;
+        }
         let name = match known(key) {
             Some(name) => Ok(name),
             None => HeaderName::from_bytes(key.as_bytes()),
@@ -52,10 +65,15 @@ impl Injector for HeadersMut<'_> {
     }
 }
 
-/// The context the caller sent (`traceparent`, `tracestate`, `baggage`);
-/// an invalid or missing one gives an empty context (a new trace).
-pub(crate) fn extract(headers: &HeaderMap) -> Context {
-    opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)))
+/// The context the caller sent (`traceparent`, `tracestate`, and
+/// `baggage` when `baggage` says the caller is trusted); an invalid or
+/// missing one gives an empty context (a new trace).
+pub(crate) fn extract(headers: &HeaderMap, baggage: bool) -> Context {
+    let headers = Headers {
+        map: headers,
+        baggage,
+    };
+    opentelemetry::global::get_text_map_propagator(|p| p.extract(&headers))
 }
 
 /// Writes `cx` into outbound `headers`.

@@ -15,6 +15,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::body::TracedBody;
 use super::head::{self, Head, HeadSampler, UNSAMPLED_TARGET};
+use super::layer::Options;
 use super::propagation::{extract, inject};
 use super::semconv::{
     OTHER, grpc_answered, grpc_names, grpc_parts, grpc_server_error, grpc_status, grpc_unnamed,
@@ -29,14 +30,16 @@ pub struct Trace<S> {
     inner: S,
     client: bool,
     head: Option<HeadSampler>,
+    options: Options,
 }
 
 impl<S> Trace<S> {
-    pub(crate) fn new(inner: S, client: bool, head: Option<HeadSampler>) -> Self {
+    pub(crate) fn new(inner: S, client: bool, head: Option<HeadSampler>, options: Options) -> Self {
         Self {
             inner,
             client,
             head,
+            options,
         }
     }
 }
@@ -56,11 +59,11 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let (span, detached) = if self.client {
-            let span = client_span(&req);
+            let span = client_span(&req, self.options.query);
             inject(&outbound_context(&span), req.headers_mut());
             (span, None)
         } else {
-            let (span, cx) = request_span(self.head, &req);
+            let (span, cx) = request_span(self.head, &req, self.options.baggage);
             // An entered span makes the request's context current; a span
             // no subscriber records (a global filter turned it off) cannot,
             // so the future attaches the context itself while it runs.
@@ -85,8 +88,12 @@ where
 
 /// A server request's span, as `sampler` decides, and its context: the
 /// caller's, or the unsampled one the sampler made.
-fn request_span<B>(sampler: Option<HeadSampler>, req: &Request<B>) -> (Span, OtelContext) {
-    let parent = extract(req.headers());
+fn request_span<B>(
+    sampler: Option<HeadSampler>,
+    req: &Request<B>,
+    baggage: bool,
+) -> (Span, OtelContext) {
+    let parent = extract(req.headers(), baggage);
     match sampler.map(|sampler| sampler.decide(&parent)) {
         None | Some(Head::Sampled { root: None }) => (server_span(req, &parent), parent),
         // Started here, so the SDK takes the decided trace id.
@@ -171,9 +178,6 @@ fn server_span<B>(req: &Request<B>, parent: &OtelContext) -> Span {
             span.set_attribute("rpc.method", rpc.to_owned());
         }
     }
-    if let Some(id) = id {
-        span.set_attribute("http.request.id", id.to_owned());
-    }
     let _ = span.set_parent(parent.clone());
     span
 }
@@ -199,7 +203,7 @@ fn host_header<B>(req: &Request<B>) -> Option<&str> {
 }
 
 /// The client span of one attempt: named `{method}`, kind client.
-fn client_span<B>(req: &Request<B>) -> Span {
+fn client_span<B>(req: &Request<B>, query: bool) -> Span {
     use tracing::field::Empty;
     let m = method(req.method());
     let span = tracing::info_span!(
@@ -208,24 +212,62 @@ fn client_span<B>(req: &Request<B>) -> Span {
         otel.name = m,
         otel.kind = "client",
         http.request.method = m,
-        url.full = %req.uri(),
+        url.full = Empty,
         server.address = req.uri().host(),
-        server.port = req.uri().port_u16(),
-        http.request.resend_count = req.extensions().get::<ResendCount>().map(|r| r.0),
-        http.request.id = Empty,
+        // Integers as i64: `tracing_opentelemetry` turns unsigned ones
+        // into strings.
+        server.port = req.uri().port_u16().map(i64::from),
+        http.request.resend_count = req.extensions().get::<ResendCount>().map(|r| i64::from(r.0)),
+        request.id = Empty,
         http.response.status_code = Empty,
         rpc.grpc.status_code = Empty,
         error.type = Empty,
     );
+    span.record("url.full", full_url(req.uri(), query).as_str());
     if let Some(id) = req
         .extensions()
         .get::<RequestId>()
         .cloned()
         .or_else(RequestId::current)
     {
-        span.record("http.request.id", id.as_str());
+        span.record("request.id", id.as_str());
     }
     span
+}
+
+/// `url.full` as the semantic conventions ask: never the user info, and
+/// the query's values as `REDACTED` unless `query`.
+fn full_url(uri: &http::Uri, query: bool) -> String {
+    let mut url = String::with_capacity(uri.path().len() + 64);
+    if let Some(scheme) = uri.scheme_str() {
+        url.push_str(scheme);
+        url.push_str("://");
+    }
+    if let Some(authority) = uri.authority() {
+        let host = authority.as_str();
+        url.push_str(host.rsplit_once('@').map_or(host, |(_, host)| host));
+    }
+    url.push_str(uri.path());
+    if let Some(q) = uri.query() {
+        url.push('?');
+        if query {
+            url.push_str(q);
+        } else {
+            for (i, pair) in q.split('&').enumerate() {
+                if i > 0 {
+                    url.push('&');
+                }
+                match pair.split_once('=') {
+                    Some((name, _)) => {
+                        url.push_str(name);
+                        url.push_str("=REDACTED");
+                    }
+                    None => url.push_str(pair),
+                }
+            }
+        }
+    }
+    url
 }
 
 pin_project! {
@@ -304,7 +346,7 @@ fn name_rpc(span: &Span, call: &str) {
 /// not; client 4xx and 5xx are errors; gRPC per the RPC conventions.
 fn record_response<B>(span: &Span, res: &Response<B>, client: bool) {
     let status = res.status();
-    span.record("http.response.status_code", status.as_u16());
+    span.record("http.response.status_code", i64::from(status.as_u16()));
     if let Some(code) = grpc_status(res.headers()) {
         span.record("rpc.grpc.status_code", code);
         if code != 0 && (client || grpc_server_error(code)) {
