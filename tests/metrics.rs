@@ -414,3 +414,35 @@ async fn listed_grpc_methods_and_services_are_named_from_the_first_call() {
         ]
     );
 }
+
+// Health probes and scrapes are not requests the metrics are for: left
+// out by default, counted with `count_probes(true)`.
+#[tokio::test]
+async fn probes_are_not_counted_unless_asked() {
+    for count in [false, true] {
+        let meters = Meters::new();
+        let app = Router::new()
+            .route("/readyz", get(|| async { "ok" }))
+            .route("/metrics", get(|| async { "# nothing" }))
+            .route("/orders", get(|| async { "[]" }))
+            .layer(meters.layer().count_probes(count));
+        for path in ["/readyz", "/metrics", "/orders"] {
+            let req = http::Request::get(path).body(Body::empty()).unwrap();
+            let res = app.clone().oneshot(req).await.unwrap();
+            res.into_body().collect().await.unwrap();
+        }
+        let (_, series) = meters.histogram("http.server.request.duration");
+        let routes: Vec<String> = series
+            .iter()
+            .filter_map(|(attrs, _, _)| {
+                attrs
+                    .iter()
+                    .find(|kv| kv.key.as_str() == "http.route")
+                    .map(|kv| kv.value.to_string())
+            })
+            .collect();
+        let expected = if count { 3 } else { 1 };
+        assert_eq!(routes.len(), expected, "count_probes({count}): {routes:?}");
+        assert!(routes.contains(&"/orders".to_owned()));
+    }
+}

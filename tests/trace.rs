@@ -510,3 +510,30 @@ async fn inbound_baggage_is_passed_on_only_when_trusted() {
         assert_eq!(&body[..], expected, "trust_baggage({trust})");
     }
 }
+
+// Health probes get no span by default; `trace_probes(true)` traces them.
+#[tokio::test]
+async fn probes_are_not_traced_unless_asked() {
+    for trace in [false, true] {
+        let (exporter, _guard) = collect();
+        let app = Router::new()
+            .route("/readyz", get(|| async { "ok" }))
+            .route("/items/{id}", get(|| async { "item" }))
+            .layer(TraceLayer::server().trace_probes(trace));
+        send(app.clone(), get_req("/readyz")).await;
+        send(app, get_req("/items/1")).await;
+        let names: Vec<String> = exporter
+            .get_finished_spans()
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.span_kind == SpanKind::Server)
+            .map(|s| s.name.into_owned())
+            .collect();
+        let expected: &[&str] = if trace {
+            &["GET /readyz", "GET /items/{id}"]
+        } else {
+            &["GET /items/{id}"]
+        };
+        assert_eq!(names, expected, "trace_probes({trace})");
+    }
+}

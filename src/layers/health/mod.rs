@@ -57,6 +57,7 @@ mod check;
 #[cfg(feature = "tonic")]
 mod grpc;
 mod http;
+mod probe;
 mod registry;
 mod report;
 mod shutdown;
@@ -66,6 +67,7 @@ pub use check::{Check, Group, Outcome, Status};
 #[cfg(feature = "tonic")]
 pub use grpc::GrpcHealth;
 pub use http::{HEALTH_JSON, HealthEndpoint, HealthRoutes};
+pub use probe::is_probe;
 pub use registry::HealthRegistry;
 pub use report::{CheckReport, Report};
 pub use store::store_check;

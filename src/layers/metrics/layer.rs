@@ -34,6 +34,7 @@ use super::service::Metrics;
 pub struct MetricsLayer {
     instruments: Arc<Instruments>,
     client: bool,
+    probes: bool,
 }
 
 impl MetricsLayer {
@@ -52,7 +53,16 @@ impl MetricsLayer {
         Self {
             instruments: Arc::new(Instruments::new(meter)),
             client,
+            probes: false,
         }
+    }
+
+    /// Server: counts probes as requests too (health checks and metric
+    /// scrapes, as [`is_probe`](crate::health::is_probe) tells them). Off
+    /// by default: probes would dwarf the traffic the metrics are for.
+    pub fn count_probes(mut self, count: bool) -> Self {
+        self.probes = count;
+        self
     }
 }
 
@@ -60,6 +70,6 @@ impl<S> Layer<S> for MetricsLayer {
     type Service = Metrics<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Metrics::new(inner, self.instruments.clone(), self.client)
+        Metrics::new(inner, self.instruments.clone(), self.client, self.probes)
     }
 }

@@ -14,6 +14,7 @@ use tower_service::Service;
 
 use super::instruments::Instruments;
 use super::recording::{Kind, Recording};
+use crate::health::is_probe;
 use crate::trace::semconv::{
     grpc_answered, grpc_call, grpc_status, method, protocol_version, route, scheme,
 };
@@ -24,14 +25,16 @@ pub struct Metrics<S> {
     inner: S,
     instruments: Arc<Instruments>,
     client: bool,
+    probes: bool,
 }
 
 impl<S> Metrics<S> {
-    pub(crate) fn new(inner: S, instruments: Arc<Instruments>, client: bool) -> Self {
+    pub(crate) fn new(inner: S, instruments: Arc<Instruments>, client: bool, probes: bool) -> Self {
         Self {
             inner,
             instruments,
             client,
+            probes,
         }
     }
 
@@ -89,10 +92,11 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let recording = self.start(&req);
+        let probe = !self.client && !self.probes && is_probe(req.uri().path());
+        let recording = (!probe).then(|| self.start(&req));
         ResponseFuture {
             future: self.inner.call(req),
-            recording: Some(recording),
+            recording,
         }
     }
 }
@@ -115,8 +119,14 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.future.poll(cx));
+        // A probe is not recorded.
         let Some(mut recording) = this.recording.take() else {
-            unreachable!("metrics future polled after completion")
+            return Poll::Ready(result.map(|res| {
+                res.map(|inner| MeteredBody {
+                    inner,
+                    recording: None,
+                })
+            }));
         };
         recording.finished = true;
         Poll::Ready(match result {

@@ -69,6 +69,8 @@ pub(crate) struct Options {
     pub(crate) baggage: bool,
     /// Client: `url.full` keeps the query's values.
     pub(crate) query: bool,
+    /// Server: probes (health checks, metric scrapes) get spans too.
+    pub(crate) probes: bool,
 }
 
 impl TraceLayer {
@@ -98,6 +100,14 @@ impl TraceLayer {
     /// boundary.
     pub fn trust_baggage(mut self, trust: bool) -> Self {
         self.options.baggage = trust;
+        self
+    }
+
+    /// Server: traces probes too (health checks and metric scrapes, as
+    /// [`is_probe`](crate::health::is_probe) tells them). Off by default:
+    /// a load balancer's probe every second would be most of the traces.
+    pub fn trace_probes(mut self, trace: bool) -> Self {
+        self.options.probes = trace;
         self
     }
 

@@ -22,6 +22,7 @@ use super::semconv::{
     method, protocol_version, route, scheme,
 };
 use crate::RequestId;
+use crate::health::is_probe;
 use crate::retry::ResendCount;
 
 /// The service made by [`TraceLayer`](super::TraceLayer).
@@ -62,6 +63,8 @@ where
             let span = client_span(&req, self.options.query);
             inject(&outbound_context(&span), req.headers_mut());
             (span, None)
+        } else if !self.options.probes && is_probe(req.uri().path()) {
+            (Span::none(), None)
         } else {
             let (span, cx) = request_span(self.head, &req, self.options.baggage);
             // An entered span makes the request's context current; a span
