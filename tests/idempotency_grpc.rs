@@ -84,7 +84,7 @@ async fn unary_calls_with_a_key_execute_once_and_replay() {
         .unwrap_err();
     assert_eq!(other.code(), Code::FailedPrecondition, "{other:?}");
     let bad = client
-        .say_hello(hello("Ferris", Some("unquoted")))
+        .say_hello(hello("Ferris", Some("not a token")))
         .await
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");

@@ -296,6 +296,8 @@ pub struct IdempotencySettings {
     pub methods: Vec<String>,
     /// A covered request without a key gets 400.
     pub required: bool,
+    /// Only the draft's quoted keys are accepted, not bare tokens.
+    pub strict_keys: bool,
     /// How long a claim is held while its request runs.
     #[serde(with = "humantime_serde")]
     pub lock: Duration,
@@ -315,6 +317,7 @@ impl Default for IdempotencySettings {
             routes: Vec::new(),
             methods: vec!["POST".into(), "PATCH".into()],
             required: false,
+            strict_keys: false,
             lock: Duration::from_secs(60),
             retention: Duration::from_secs(24 * 3600),
             failure: FailurePolicy::FailClosed,

@@ -129,6 +129,7 @@ pub async fn server(config: &StackConfig) -> Result<ServerStack, StackError> {
             let mut layer = IdempotencyLayer::new(store.clone())
                 .methods(methods)
                 .required(settings.required)
+                .strict_keys(settings.strict_keys)
                 .lock(settings.lock)
                 .retention(settings.retention)
                 .failure_policy(settings.failure)

@@ -87,6 +87,7 @@ pub(crate) struct Settings {
     /// The route templates covered; `None`: every route.
     pub routes: Option<Arc<[String]>>,
     pub required: bool,
+    pub strict_keys: bool,
     pub scope: Arc<dyn KeyExtractor>,
     pub fingerprint: Arc<dyn MakeFingerprint>,
     pub lock: Duration,
@@ -163,6 +164,7 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
                 methods: vec![Method::POST, Method::PATCH],
                 routes: None,
                 required: false,
+                strict_keys: false,
                 scope: Arc::new(AuthorizationScope::new()),
                 fingerprint: Arc::new(DefaultFingerprint),
                 lock: DEFAULT_LOCK,
@@ -201,6 +203,14 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
     /// Whether a covered request without a key is rejected with 400.
     pub fn required(mut self, required: bool) -> Self {
         self.settings.required = required;
+        self
+    }
+
+    /// Whether only the draft's quoted keys (`Idempotency-Key: "k-1"`) are
+    /// accepted. Off by default: bare tokens (`Idempotency-Key: k-1`), as
+    /// Stripe's clients send them, are keys too.
+    pub fn strict_keys(mut self, strict: bool) -> Self {
+        self.settings.strict_keys = strict;
         self
     }
 

@@ -84,7 +84,7 @@ where
             return ResponseFuture::passthrough(self.inner.call(req.map(LayerBody::inner)));
         }
         let protocol = Protocol::of(&req);
-        let key = match key::parse(req.headers()) {
+        let key = match key::parse(req.headers(), settings.strict_keys) {
             Ok(Some(key)) => key,
             Ok(None) if !settings.required => {
                 return ResponseFuture::passthrough(self.inner.call(req.map(LayerBody::inner)));
