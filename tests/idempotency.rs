@@ -99,7 +99,7 @@ async fn bad_or_missing_keys_are_400_and_never_reach_the_inner_service() {
         None,
         Some("\"\""),
         Some(long.as_str()),
-        Some("bare-token"),
+        Some("bare token"),
         Some("\"a\", \"b\""),
     ] {
         let res = svc.clone().oneshot(post(key, "{}")).await.unwrap();
