@@ -26,7 +26,7 @@
 //! `STACK_SERVE=bare`, `=full` or `=peers` with `STACK_PORT` only serves that app on
 //! `127.0.0.1:STACK_PORT` for `STACK_SECONDS` (one worker thread), for an
 //! outside load generator: `scripts/bench_pinned.sh` runs both apps pinned
-//! to CPU 0 and `wrk` on CPU 1 (the method of DESIGN.md), which measures
+//! to CPU 0 and `wrk` on CPU 1 (side by side on one core), which measures
 //! the servers alone.
 #![allow(missing_docs)]
 

@@ -10,7 +10,7 @@
 //! assert_eq!(clock.now() - before, Duration::from_millis(250));
 //! ```
 //!
-//! Every "now" in battlement comes from a [`Clock`] (SPEC C-4). Time is a
+//! Every "now" in battlement comes from a [`Clock`]. Time is a
 //! [`Duration`] since the UNIX epoch, so decisions made by several processes
 //! against one shared store compare like with like. [`SystemClock`] follows
 //! a monotonic clock anchored to the wall clock, and keeps the anchor on the

@@ -53,7 +53,7 @@ impl StoreError {
     }
 }
 
-/// What a layer does when its store fails (SPEC C-5).
+/// What a layer does when its store fails.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailurePolicy {

@@ -1,6 +1,6 @@
-//! The in-process event stream every layer reports its decisions to
-//! (SPEC C-7), counted in the `battlement.events` metric (MT-4), and a
-//! rate-limited warning log for store failures (C-5).
+//! The in-process event stream every layer reports its decisions to,
+//! counted in the `battlement.events` metric, and a
+//! rate-limited warning log for store failures.
 //!
 //! ```
 //! use battlement::events::{Event, Events};
@@ -144,7 +144,7 @@ impl Events {
     }
 }
 
-/// Every resilience decision, in one instrument (SPEC MT-4, C-7):
+/// Every resilience decision, in one instrument:
 /// `battlement.events{layer, event, policy}`, on the global meter provider
 /// as it is at the first event.
 fn count(layer: &'static str, event: &'static str, policy: Option<&Arc<str>>) {

@@ -19,7 +19,7 @@
 //! An extractor reads a [`RequestHead`] (method, URI, headers, extensions)
 //! and returns a [`Key`] or a [`KeyError`]. Keys are opaque strings that
 //! may hold client-controlled bytes; backends encode them before they reach
-//! a server (SPEC C-9).
+//! a server.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};

@@ -28,7 +28,7 @@
 //! Layers in response mode (the default on servers) turn a rejection into a
 //! response here, so their `Service::Error` stays the inner service's error
 //! and `Router::layer` / `Server::builder().layer` need no error handling
-//! (SPEC C-2). The response body type is [`LayerBody<B>`](crate::body::LayerBody): the inner
+//!. The response body type is [`LayerBody<B>`](crate::body::LayerBody): the inner
 //! service's body, or the rejection's bytes.
 
 use std::borrow::Cow;

@@ -53,7 +53,7 @@ fn rate_config(minimum: u32) -> BreakerConfig {
         .open_for(Duration::from_secs(10))
 }
 
-// SPEC CB-1: minimum number of calls.
+// Minimum number of calls.
 #[tokio::test]
 async fn nine_failures_under_a_minimum_of_ten_stay_closed_the_tenth_opens() {
     let clock = clock();
@@ -67,7 +67,7 @@ async fn nine_failures_under_a_minimum_of_ten_stay_closed_the_tenth_opens() {
     assert_eq!(open.retry_after(), Some(Duration::from_secs(10)));
 }
 
-// SPEC CB-1: the threshold itself opens.
+// The threshold itself opens.
 #[tokio::test]
 async fn a_failure_rate_equal_to_the_threshold_opens() {
     let clock = clock();
@@ -79,7 +79,7 @@ async fn a_failure_rate_equal_to_the_threshold_opens() {
     assert_eq!(b.state(K), State::Open, "5 of 10 = 50 %");
 }
 
-// SPEC CB-3: ignored outcomes do not count.
+// Ignored outcomes do not count.
 #[tokio::test]
 async fn ignored_and_cancelled_calls_are_not_counted() {
     let clock = clock();
@@ -92,7 +92,7 @@ async fn ignored_and_cancelled_calls_are_not_counted() {
     assert_eq!(b.state(K), State::Open, "1 of 2 counted calls failed");
 }
 
-// SPEC CB-1: count window evicts the oldest call.
+// Count window evicts the oldest call.
 #[tokio::test]
 async fn count_window_forgets_the_oldest_calls() {
     let clock = clock();
@@ -107,7 +107,7 @@ async fn count_window_forgets_the_oldest_calls() {
     assert_eq!(b.state(K), State::Open, "S S F F = 50 %");
 }
 
-// SPEC CB-1: time window drops seconds that fell out.
+// Time window drops seconds that fell out.
 #[tokio::test]
 async fn time_window_forgets_old_seconds() {
     let clock = clock();
@@ -126,7 +126,7 @@ async fn time_window_forgets_old_seconds() {
     assert_eq!(b.state(K), State::Open, "3 of 6 within 10 s");
 }
 
-// SPEC CB-1: slow = strictly longer than the slow-call duration.
+// Slow = strictly longer than the slow-call duration.
 #[tokio::test]
 async fn slow_calls_open_at_the_slow_call_rate() {
     let clock = clock();
@@ -151,7 +151,7 @@ async fn slow_calls_open_at_the_slow_call_rate() {
     assert_eq!(b.state(K), State::Open, "3 slow of 6 = 50 %");
 }
 
-// SPEC CB-1: consecutive-failures mode.
+// Consecutive-failures mode.
 #[tokio::test]
 async fn consecutive_failures_mode_opens_on_a_run_of_failures() {
     let clock = clock();
@@ -171,7 +171,7 @@ fn opened(config: BreakerConfig, clock: &ManualClock) -> CircuitBreakerHandle {
     b
 }
 
-// SPEC CB-2: exactly K probes, even under 50 concurrent callers.
+// Exactly K probes, even under 50 concurrent callers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn half_open_admits_exactly_k_probes_under_50_concurrent_callers() {
     let clock = clock();
@@ -204,7 +204,7 @@ async fn half_open_admits_exactly_k_probes_under_50_concurrent_callers() {
     assert_eq!(b.state(K), State::HalfOpen);
 }
 
-// SPEC CB-2: a cancelled probe gives its permit back.
+// A cancelled probe gives its permit back.
 #[tokio::test]
 async fn a_cancelled_probe_returns_its_permit() {
     let clock = clock();
@@ -218,7 +218,7 @@ async fn a_cancelled_probe_returns_its_permit() {
     assert_eq!(b.state(K), State::Closed);
 }
 
-// SPEC CB-2: probes decide; re-opens back off.
+// Probes decide; re-opens back off.
 #[tokio::test]
 async fn probe_failure_reopens_with_backoff_and_success_closes() {
     let clock = clock();
@@ -242,7 +242,7 @@ async fn probe_failure_reopens_with_backoff_and_success_closes() {
     assert_eq!(b.open_remaining(K), Some(Duration::from_secs(5)));
 }
 
-// SPEC CB-2: with rates, the K probes' rate decides.
+// With rates, the K probes' rate decides.
 #[tokio::test]
 async fn probes_decide_by_the_failure_rate() {
     let clock = clock();
@@ -260,7 +260,7 @@ async fn probes_decide_by_the_failure_rate() {
     assert_eq!(b.state(K), State::Closed, "1 failure of 4 probes = 25 %");
 }
 
-// SPEC CB-4: outcomes admitted before a transition are dropped, even when
+// Outcomes admitted before a transition are dropped, even when
 // they land in a new closed period.
 #[tokio::test]
 async fn a_stale_outcome_after_a_transition_is_ignored() {
@@ -287,7 +287,7 @@ async fn a_stale_outcome_after_a_transition_is_ignored() {
     assert_eq!(b.state(K), State::Open);
 }
 
-// SPEC CB-4: exactly one transition under a concurrent burst of failures.
+// Exactly one transition under a concurrent burst of failures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_concurrent_burst_of_failures_makes_exactly_one_transition() {
     let clock = clock();
@@ -324,7 +324,7 @@ async fn a_concurrent_burst_of_failures_makes_exactly_one_transition() {
     assert_eq!(failures, 64, "every outcome is reported, stale or not");
 }
 
-// SPEC CB-1: forced open and disabled.
+// Forced open and disabled.
 #[tokio::test]
 async fn forced_open_rejects_and_disabled_admits_until_reset() {
     let clock = clock();
@@ -343,7 +343,7 @@ async fn forced_open_rejects_and_disabled_admits_until_reset() {
     assert_eq!(b.state(K), State::Open);
 }
 
-// SPEC CB-5: one breaker per key; idle closed ones are evicted.
+// One breaker per key; idle closed ones are evicted.
 #[tokio::test]
 async fn breakers_are_per_key_and_idle_ones_are_evicted() {
     let clock = clock();
@@ -386,7 +386,7 @@ fn get(uri: &str) -> Request<Full<Bytes>> {
     Request::get(uri).body(Full::default()).unwrap()
 }
 
-// SPEC CB-2, C-2: open -> 503 problem+json with Retry-After, inner not called.
+// Open -> 503 problem+json with Retry-After, inner not called.
 #[tokio::test]
 async fn open_answers_503_problem_json_with_retry_after_and_skips_the_inner_service() {
     let clock = clock();
@@ -413,7 +413,7 @@ async fn open_answers_503_problem_json_with_retry_after_and_skips_the_inner_serv
     assert_eq!(hits.load(Ordering::SeqCst), 4);
 }
 
-// SPEC CB-3: 4xx are successes.
+// 4xx are successes.
 #[tokio::test]
 async fn client_errors_do_not_open_the_breaker() {
     let clock = clock();
@@ -459,7 +459,7 @@ fn grpc_request() -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-// SPEC CB-3, CB-2: gRPC statuses in trailers count; open is UNAVAILABLE.
+// GRPC statuses in trailers count; open is UNAVAILABLE.
 #[tokio::test]
 async fn grpc_trailer_status_counts_and_open_is_unavailable_trailers_only() {
     let clock = clock();
@@ -482,7 +482,7 @@ async fn grpc_trailer_status_counts_and_open_is_unavailable_trailers_only() {
     assert!(res.headers().contains_key("grpc-message"));
 }
 
-// SPEC CB-3: a gRPC OK in trailers is a success; a body dropped early is
+// A gRPC OK in trailers is a success; a body dropped early is
 // not counted.
 #[tokio::test]
 async fn grpc_ok_counts_as_success_and_dropped_bodies_as_nothing() {
@@ -506,7 +506,7 @@ async fn grpc_ok_counts_as_success_and_dropped_bodies_as_nothing() {
     assert_eq!(handle.state("global"), State::Closed);
 }
 
-// SPEC C-2: client mode returns a typed CircuitOpen error; keyed per host.
+// Client mode returns a typed CircuitOpen error; keyed per host.
 #[tokio::test]
 async fn client_mode_is_keyed_per_host_and_fails_with_circuit_open() {
     let clock = clock();
@@ -541,7 +541,7 @@ async fn client_mode_is_keyed_per_host_and_fails_with_circuit_open() {
     assert_eq!(hits.load(Ordering::SeqCst), 3);
 }
 
-// SPEC CB-3: an inner error is a failure and stays the service error.
+// An inner error is a failure and stays the service error.
 #[tokio::test]
 async fn inner_errors_count_as_failures() {
     let clock = clock();
@@ -558,7 +558,6 @@ async fn inner_errors_count_as_failures() {
     assert_eq!(handle.state("global"), State::Open);
 }
 
-// SPEC C-6
 #[test]
 fn bad_config_fails_at_build_time() {
     let err = CircuitBreakerLayer::new(
@@ -571,7 +570,7 @@ fn bad_config_fails_at_build_time() {
     assert!(CircuitBreakerLayer::new("a/b", MemoryStore::new(), BreakerConfig::default()).is_err());
 }
 
-// SPEC C-1: on an axum Router, no HandleErrorLayer needed.
+// On an axum Router, no HandleErrorLayer needed.
 #[cfg(feature = "axum")]
 #[tokio::test]
 async fn works_as_an_axum_router_layer() {
@@ -599,7 +598,7 @@ async fn works_as_an_axum_router_layer() {
     assert_eq!(res.headers()["retry-after"], "60");
 }
 
-// SPEC CB-5: keys beyond the cap share one overflow breaker.
+// Keys beyond the cap share one overflow breaker.
 #[tokio::test]
 async fn keys_beyond_the_cap_share_an_overflow_breaker() {
     let clock = clock();

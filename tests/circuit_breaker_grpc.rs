@@ -1,5 +1,5 @@
 //! The circuit breaker on real tonic servers and clients over loopback
-//! (SPEC CB-2, CB-3, C-1): gRPC statuses are classified, and an open
+//!: gRPC statuses are classified, and an open
 //! breaker answers `UNAVAILABLE` on a server and on a `Channel`.
 #![cfg(feature = "tonic")]
 

@@ -1,5 +1,5 @@
 //! The client stack end to end on loopback: hyper-util, reqwest and a
-//! tonic `Channel` (SPEC RT-2, RT-3, RT-6, CB-2, RID-2).
+//! tonic `Channel`.
 #![cfg(all(feature = "tonic", feature = "reqwest"))]
 
 use std::sync::{Arc, Mutex};
@@ -82,7 +82,7 @@ fn policy() -> RetryPolicy {
         })
 }
 
-// SPEC RT-6, RID-2: hyper-util through the whole stack: retried, and
+// Hyper-util through the whole stack: retried, and
 // every attempt carries the id of the request being handled.
 #[tokio::test]
 async fn hyper_util_through_the_stack_retries_with_one_request_id() {
@@ -108,7 +108,7 @@ async fn hyper_util_through_the_stack_retries_with_one_request_id() {
     assert_eq!(ids, vec![id.as_str().to_owned(); 3]);
 }
 
-// SPEC CB-2, RT-3: once the host's breaker opens, the retry waits out
+// Once the host's breaker opens, the retry waits out
 // the open time when the deadline allows, else fails with CircuitOpen.
 #[tokio::test]
 async fn an_open_breaker_ends_retries_that_cannot_wait() {
@@ -226,7 +226,7 @@ async fn sequential_requests_paced_by_retry_after_wait_only_what_the_server_asks
     );
 }
 
-// SPEC RT-6: the same flaky server through reqwest.
+// The same flaky server through reqwest.
 #[tokio::test]
 async fn reqwest_through_the_retry_layer() {
     let seen = Seen::default();
@@ -269,7 +269,7 @@ impl Greeter for PushesBack {
     }
 }
 
-// SPEC RT-3, RT-6: a unary call on a Channel retries UNAVAILABLE after the
+// A unary call on a Channel retries UNAVAILABLE after the
 // server's pushback.
 #[tokio::test]
 async fn a_tonic_channel_retries_unavailable_after_the_pushback() {

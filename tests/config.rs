@@ -1,5 +1,4 @@
-//! Dynamic configuration through the in-process source (SPEC CF-1, CF-2,
-//! RL-9): quotas and breaker thresholds change on running layers.
+//! Dynamic configuration through the in-process source: quotas and breaker thresholds change on running layers.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -83,7 +82,6 @@ async fn started(reloader: ConfigReloader) -> ConfigWatch {
     watch
 }
 
-// SPEC RL-9, CF-2
 #[tokio::test]
 async fn a_quota_change_is_in_force_on_the_next_request_and_keeps_every_key() {
     let (svc, handle) = limited();
@@ -100,7 +98,7 @@ async fn a_quota_change_is_in_force_on_the_next_request_and_keeps_every_key() {
     assert_eq!(admitted(&svc, "192.0.2.3", 5).await, 4, "a new key gets 4");
 }
 
-// SPEC CF-1: delete -> built-in default
+// Delete -> built-in default
 #[tokio::test]
 async fn deleting_the_document_restores_the_built_in_quota() {
     let (svc, handle) = limited();
@@ -113,7 +111,7 @@ async fn deleting_the_document_restores_the_built_in_quota() {
     assert_eq!(admitted(&svc, "192.0.2.1", 3).await, 2);
 }
 
-// SPEC CF-2: a bad value is rejected with a log and a metric
+// A bad value is rejected with a log and a metric
 #[tokio::test]
 async fn bad_documents_are_rejected_and_the_last_good_value_stays() {
     let (svc, handle) = limited();
@@ -165,7 +163,7 @@ fn record(
     }
 }
 
-// SPEC CF-2: breaker thresholds
+// Breaker thresholds
 #[tokio::test]
 async fn breaker_thresholds_reload_without_touching_breaker_states() {
     let built_in = BreakerConfig::default().consecutive_failures(3);

@@ -1,4 +1,4 @@
-//! Dynamic configuration from a real etcd (SPEC CF-1, CF-2, RL-9): changes
+//! Dynamic configuration from a real etcd: changes
 //! written with the etcd client reach every instance, deletes restore the
 //! defaults, bad documents are rejected, and the watch survives restarts,
 //! cut connections (revision resume) and compaction (full reload).
@@ -136,7 +136,7 @@ async fn within(limit: Duration, what: &str, done: impl Fn() -> bool) -> Duratio
     start.elapsed()
 }
 
-// SPEC CF-1, CF-2, RL-9: two instances, one etcd.
+// Two instances, one etcd.
 #[tokio::test]
 async fn changes_reach_two_instances_within_a_second_and_deletes_restore_defaults() {
     let etcd = EtcdServer::start();
@@ -190,7 +190,7 @@ async fn changes_reach_two_instances_within_a_second_and_deletes_restore_default
     .await;
 }
 
-// SPEC CF-2: a bad value is rejected; the last good one stays.
+// A bad value is rejected; the last good one stays.
 #[tokio::test]
 async fn invalid_json_and_a_zero_quota_are_rejected() {
     let etcd = EtcdServer::start();
@@ -213,7 +213,7 @@ async fn invalid_json_and_a_zero_quota_are_rejected() {
     assert_eq!(app.admitted("192.0.2.1", 4).await, 3);
 }
 
-// SPEC CF-1: etcd stopped and restarted; no app restart. The app's
+// Etcd stopped and restarted; no app restart. The app's
 // connection stays cut until the change is written, so it can only arrive
 // by resuming from the last revision seen before the outage.
 #[tokio::test]
@@ -238,7 +238,7 @@ async fn the_watch_resumes_after_etcd_restarts() {
     assert_eq!(app.quotas.quota("per-ip"), Some(hourly(6)));
 }
 
-// SPEC CF-1: a change made while the app's connection is down arrives by
+// A change made while the app's connection is down arrives by
 // resuming from the last revision.
 #[tokio::test]
 async fn a_change_made_while_the_connection_was_cut_is_not_missed() {
@@ -272,7 +272,7 @@ async fn a_change_made_while_the_connection_was_cut_is_not_missed() {
     assert_eq!(app.breaker.config(), BreakerConfig::default());
 }
 
-// SPEC CF-1: the revision to resume from was compacted -> full reload.
+// The revision to resume from was compacted -> full reload.
 #[tokio::test]
 async fn after_compaction_the_source_reloads_everything() {
     let etcd = EtcdServer::start();
@@ -305,7 +305,7 @@ async fn after_compaction_the_source_reloads_everything() {
     .await;
 }
 
-// SPEC CF-1: behind the same address now stands another cluster, whose
+// Behind the same address now stands another cluster, whose
 // revisions are past the ones seen: resuming from them would silently skip
 // its history, so the source loads everything afresh.
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! `grpc.health.v1.Health` served by `GrpcHealth`, called with a real tonic
-//! client over loopback (SPEC HL-3, HL-5).
+//! client over loopback.
 #![cfg(feature = "tonic")]
 
 use std::sync::Arc;
@@ -135,7 +135,6 @@ async fn watch(
     Ok(response.into_inner())
 }
 
-// SPEC HL-3
 #[tokio::test]
 async fn check_overall_follows_readiness() {
     let ready = Arc::new(AtomicBool::new(true));
@@ -157,7 +156,6 @@ async fn check_overall_follows_readiness() {
     );
 }
 
-// SPEC HL-3
 #[tokio::test]
 async fn check_named_service_follows_its_group() {
     let ready = Arc::new(AtomicBool::new(true));
@@ -174,7 +172,6 @@ async fn check_named_service_follows_its_group() {
     );
 }
 
-// SPEC HL-3
 #[tokio::test]
 async fn check_unknown_service_is_not_found() {
     let ready = Arc::new(AtomicBool::new(true));
@@ -184,7 +181,6 @@ async fn check_unknown_service_is_not_found() {
     assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
 }
 
-// SPEC HL-3
 #[tokio::test]
 async fn watch_sends_the_status_then_each_change() {
     let ready = Arc::new(AtomicBool::new(true));
@@ -202,7 +198,6 @@ async fn watch_sends_the_status_then_each_change() {
     assert_eq!(next(&mut stream).await, ServingStatus::Serving);
 }
 
-// SPEC HL-3
 #[tokio::test]
 async fn watch_unknown_service_is_service_unknown() {
     let ready = Arc::new(AtomicBool::new(true));
@@ -216,7 +211,6 @@ async fn watch_unknown_service_is_service_unknown() {
     assert_eq!(next(&mut stream).await, ServingStatus::ServiceUnknown);
 }
 
-// SPEC HL-5
 #[tokio::test]
 async fn drain_fails_readiness_but_not_liveness() {
     let ready = Arc::new(AtomicBool::new(true));
@@ -242,7 +236,6 @@ async fn drain_fails_readiness_but_not_liveness() {
     assert!(liveness.is_healthy());
 }
 
-// SPEC HL-5
 #[tokio::test]
 async fn drain_ends_watch_streams_so_graceful_shutdown_finishes() {
     let ready = Arc::new(AtomicBool::new(true));

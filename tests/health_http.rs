@@ -1,5 +1,4 @@
-//! Health registry semantics and the HTTP probe routes (SPEC HL-1, HL-2,
-//! HL-5), driven through an axum router with `oneshot`.
+//! Health registry semantics and the HTTP probe routes, driven through an axum router with `oneshot`.
 #![cfg(feature = "axum")]
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -50,7 +49,6 @@ fn toggle(name: &'static str, up: &Arc<AtomicBool>) -> Check {
     .component_type("datastore")
 }
 
-// SPEC HL-2
 #[tokio::test]
 async fn probes_answer_health_json_with_status_codes() {
     // No caching: the toggle below shows at once.
@@ -97,7 +95,6 @@ async fn probes_answer_health_json_with_status_codes() {
     assert_eq!(status, StatusCode::OK, "no startup checks: pass");
 }
 
-// SPEC HL-2
 #[tokio::test]
 async fn warn_is_200_and_verbose_gives_text_lines() {
     let registry = HealthRegistry::new();
@@ -129,7 +126,6 @@ async fn warn_is_200_and_verbose_gives_text_lines() {
     assert!(body.ends_with("readyz check failed\n"));
 }
 
-// SPEC HL-2
 #[tokio::test]
 async fn paths_are_configurable_and_methods_checked() {
     let app: Router = HealthRoutes::new(HealthRegistry::new())
@@ -162,7 +158,7 @@ async fn paths_are_configurable_and_methods_checked() {
     );
 }
 
-// SPEC HL-1: checks run concurrently; a hanging check fails at its
+// Checks run concurrently; a hanging check fails at its
 // timeout without delaying the others (virtual time, no real sleeping).
 #[tokio::test(start_paused = true)]
 async fn checks_run_concurrently_and_hangs_time_out() {
@@ -196,7 +192,7 @@ async fn checks_run_concurrently_and_hangs_time_out() {
     }
 }
 
-// SPEC HL-1: cached results are reused until they expire on the clock.
+// Cached results are reused until they expire on the clock.
 #[tokio::test]
 async fn cached_checks_run_once_per_ttl() {
     let clock = ManualClock::new(Duration::from_secs(1_000));
@@ -222,7 +218,7 @@ async fn cached_checks_run_once_per_ttl() {
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
 
-// SPEC HL-1: groups, custom groups, replacement and removal.
+// Groups, custom groups, replacement and removal.
 #[tokio::test]
 async fn groups_select_checks() {
     let registry = HealthRegistry::new();
@@ -253,7 +249,7 @@ async fn groups_select_checks() {
     assert!(!registry.deregister("gpu"));
 }
 
-// SPEC HL-1: a panicking check fails its probe instead of the server.
+// A panicking check fails its probe instead of the server.
 #[tokio::test]
 async fn a_panicking_check_fails_the_probe() {
     let registry = HealthRegistry::new();
@@ -268,7 +264,7 @@ async fn a_panicking_check_fails_the_probe() {
     );
 }
 
-// SPEC HL-5: on drain readiness fails first while liveness passes.
+// On drain readiness fails first while liveness passes.
 #[tokio::test]
 async fn drain_fails_readiness_but_not_liveness() {
     let registry = HealthRegistry::new();

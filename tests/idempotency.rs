@@ -1,5 +1,4 @@
-//! The idempotency layer over the memory store (SPEC ID-1..ID-6, C-2, C-5,
-//! C-8): every rejection, replays, limits and store failures.
+//! The idempotency layer over the memory store: every rejection, replays, limits and store failures.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -87,7 +86,7 @@ fn layer() -> IdempotencyLayer<MemoryStore> {
     IdempotencyLayer::new(MemoryStore::new()).required(true)
 }
 
-// SPEC ID-1: missing, empty, too long, not a structured-field string.
+// Missing, empty, too long, not a structured-field string.
 #[tokio::test]
 async fn bad_or_missing_keys_are_400_and_never_reach_the_inner_service() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -116,7 +115,7 @@ async fn bad_or_missing_keys_are_400_and_never_reach_the_inner_service() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
-// SPEC ID-4: replay byte for byte, marked; hop-by-hop headers not stored.
+// Replay byte for byte, marked; hop-by-hop headers not stored.
 #[tokio::test]
 async fn a_completed_key_replays_status_headers_and_body() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -153,7 +152,7 @@ async fn a_completed_key_replays_status_headers_and_body() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
-// SPEC ID-4: 5xx responses are replayed too.
+// 5xx responses are replayed too.
 #[tokio::test]
 async fn server_errors_are_replayed_too() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -171,7 +170,7 @@ async fn server_errors_are_replayed_too() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
-// SPEC ID-2: same key, other request -> 422.
+// Same key, other request -> 422.
 #[tokio::test]
 async fn the_same_key_with_another_body_is_422() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -193,7 +192,7 @@ async fn the_same_key_with_another_body_is_422() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
-// SPEC ID-3: a duplicate while the first runs -> 409, inner not called.
+// A duplicate while the first runs -> 409, inner not called.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_in_flight_is_409_with_retry_after() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -233,7 +232,7 @@ async fn a_duplicate_in_flight_is_409_with_retry_after() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
-// SPEC ID-1: other methods and keyless requests (when optional) pass.
+// Other methods and keyless requests (when optional) pass.
 #[tokio::test]
 async fn get_and_optional_keyless_requests_pass_untouched() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -253,7 +252,7 @@ async fn get_and_optional_keyless_requests_pass_untouched() {
     assert_eq!(calls.load(Ordering::SeqCst), 4);
 }
 
-// SPEC ID-6, C-8: request body over the limit -> 413; a response over the
+// Request body over the limit -> 413; a response over the
 // limit is sent whole but not kept: duplicates get 410, nothing runs twice.
 #[tokio::test]
 async fn body_limits() {
@@ -323,7 +322,7 @@ fn streaming(
     )
 }
 
-// SPEC ID-6: a streamed response crossing the limit mid-way is sent whole
+// A streamed response crossing the limit mid-way is sent whole
 // and not kept; a failing body is a 502 and not kept either.
 #[tokio::test]
 async fn streamed_responses_over_the_limit_or_failing_are_not_kept() {
@@ -364,7 +363,7 @@ async fn streamed_responses_over_the_limit_or_failing_are_not_kept() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
-// SPEC ID-3: a client that goes away mid-request does not lose the
+// A client that goes away mid-request does not lose the
 // result: its retry gets the replay, and nothing runs twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_request_still_stores_its_response() {
@@ -412,7 +411,7 @@ async fn a_cancelled_request_still_stores_its_response() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
-// SPEC C-5, ID-7: store down -> 503 by default, inner not called; fail-open
+// Store down -> 503 by default, inner not called; fail-open
 // executes; local fallback stays idempotent in this process.
 #[tokio::test]
 async fn store_failures_follow_the_failure_policy() {
@@ -455,7 +454,7 @@ async fn store_failures_follow_the_failure_policy() {
     assert_eq!(calls.load(Ordering::SeqCst), 3, "the fallback replays");
 }
 
-// SPEC ID-5: two principals, one key: two executions.
+// Two principals, one key: two executions.
 #[tokio::test]
 async fn keys_are_scoped_per_authorization() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -471,7 +470,7 @@ async fn keys_are_scoped_per_authorization() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
-// SPEC ID-6: a crashed request's lock expires, then the key runs once.
+// A crashed request's lock expires, then the key runs once.
 #[tokio::test]
 async fn an_abandoned_claim_expires_after_the_lock() {
     let calls = Arc::new(AtomicUsize::new(0));

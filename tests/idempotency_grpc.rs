@@ -1,5 +1,5 @@
 //! Unary gRPC through the idempotency layer on a real tonic server: the
-//! `idempotency-key` metadata works as the HTTP header (SPEC ID-1..ID-4).
+//! `idempotency-key` metadata works as the HTTP header.
 #![cfg(feature = "tonic")]
 
 use std::sync::Arc;

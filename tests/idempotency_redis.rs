@@ -1,6 +1,6 @@
 //! The idempotency layer on a real Redis: a request whose process dies
 //! mid-execution holds its key until the lock expires, then the key runs
-//! once; Redis down -> 503 without executing (SPEC ID-6, C-5).
+//! once; Redis down -> 503 without executing.
 #![cfg(feature = "redis")]
 
 mod support;

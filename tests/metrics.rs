@@ -1,5 +1,5 @@
 //! Request metrics with the OpenTelemetry SDK's in-memory exporter
-//! (SPEC MT-1, MT-2).
+//!.
 #![cfg(feature = "axum")]
 
 use std::time::Duration;
@@ -97,7 +97,7 @@ async fn send(app: &Router, uri: &str) {
     res.into_body().collect().await.unwrap();
 }
 
-// SPEC MT-1: name, unit, buckets, attributes with the route template.
+// Name, unit, buckets, attributes with the route template.
 #[tokio::test]
 async fn server_duration_histogram_follows_semconv() {
     let m = Meters::new();
@@ -120,7 +120,7 @@ async fn server_duration_histogram_follows_semconv() {
     assert_eq!(attrs, &expected);
 }
 
-// SPEC MT-1: random unmatched paths and methods add no series.
+// Random unmatched paths and methods add no series.
 #[tokio::test]
 async fn unmatched_paths_and_odd_methods_create_no_series() {
     let m = Meters::new();
@@ -144,7 +144,7 @@ async fn unmatched_paths_and_odd_methods_create_no_series() {
     assert_eq!(total, 10_004);
 }
 
-// SPEC MT-1: cancelled requests leave the active count.
+// Cancelled requests leave the active count.
 #[tokio::test]
 async fn active_requests_return_to_zero_after_cancellation() {
     let m = Meters::new();
@@ -166,7 +166,7 @@ async fn active_requests_return_to_zero_after_cancellation() {
     assert_eq!(m.active(), 0);
 }
 
-// SPEC MT-1: a gRPC call is timed in `rpc.server.call.duration` with the
+// A gRPC call is timed in `rpc.server.call.duration` with the
 // RPC attributes and its status, without the HTTP method and scheme; it
 // still counts in (and leaves) the server's active requests.
 #[tokio::test]

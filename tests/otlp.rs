@@ -1,4 +1,4 @@
-//! OTLP export end to end (SPEC MT-3, TR-1): the axum example, started
+//! OTLP export end to end: the axum example, started
 //! with `OTEL_EXPORTER_OTLP_ENDPOINT` pointing at a receiver run by this
 //! test (HTTP/protobuf by default, gRPC with `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`),
 //! sends the spans and metrics of a request, with the request's trace id;

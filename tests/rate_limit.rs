@@ -1,4 +1,4 @@
-//! The rate-limit layer over the memory store (SPEC RL-1..RL-9, C-2, C-5).
+//! The rate-limit layer over the memory store.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -48,7 +48,6 @@ fn clock_store() -> (MemoryStore, ManualClock) {
     (MemoryStore::new().with_clock(clock.shared()), clock)
 }
 
-// SPEC RL-1, RL-3
 #[tokio::test]
 async fn denial_is_429_problem_json_with_headers_and_skips_the_inner_service() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -87,7 +86,6 @@ async fn denial_is_429_problem_json_with_headers_and_skips_the_inner_service() {
     );
 }
 
-// SPEC C-2, RL-3
 #[tokio::test]
 async fn grpc_denial_is_resource_exhausted_trailers_only() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -125,7 +123,7 @@ async fn grpc_denial_is_resource_exhausted_trailers_only() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
-// SPEC RL-2: several policies; any denial denies; headers of the strictest.
+// Several policies; any denial denies; headers of the strictest.
 #[tokio::test]
 async fn several_policies_report_the_most_restrictive() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -165,7 +163,6 @@ async fn several_policies_report_the_most_restrictive() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
-// SPEC RL-8
 #[tokio::test]
 async fn shadow_mode_counts_but_lets_through() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -199,7 +196,7 @@ async fn shadow_mode_counts_but_lets_through() {
     );
 }
 
-// SPEC RL-8: shadow mode turns nothing away, not a failed store under
+// Shadow mode turns nothing away, not a failed store under
 // fail-closed, not a request without the policy's key.
 #[tokio::test]
 async fn shadow_mode_lets_through_store_failures_and_missing_keys() {
@@ -240,7 +237,7 @@ async fn shadow_mode_lets_through_store_failures_and_missing_keys() {
     assert_eq!(names, ["shadow_bad_key", "shadow_bad_key"]);
 }
 
-// SPEC C-5: fail open (default), fail closed, local fallback.
+// Fail open (default), fail closed, local fallback.
 #[tokio::test]
 async fn store_failures_follow_the_failure_policy() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -299,7 +296,6 @@ async fn store_failures_follow_the_failure_policy() {
     assert_eq!(calls.load(Ordering::SeqCst), 6);
 }
 
-// SPEC RL-9
 #[tokio::test]
 async fn quotas_change_at_runtime_without_resetting_keys() {
     let calls = Arc::new(AtomicUsize::new(0));
@@ -330,7 +326,7 @@ async fn quotas_change_at_runtime_without_resetting_keys() {
     assert!(handle.set_quota("nope", quota(1, 1)).is_err());
 }
 
-// SPEC RL-3: legacy headers are opt-in.
+// Legacy headers are opt-in.
 #[tokio::test]
 async fn legacy_headers_are_opt_in() {
     let layer = RateLimitLayer::new(MemoryStore::new())
@@ -347,7 +343,7 @@ async fn legacy_headers_are_opt_in() {
     assert_eq!(res.headers()["x-ratelimit-remaining"], "9");
 }
 
-// SPEC C-2: client mode returns a typed error with the retry hint.
+// Client mode returns a typed error with the retry hint.
 #[tokio::test]
 async fn client_mode_returns_rate_limited() {
     let (store, _clock) = clock_store();
@@ -369,7 +365,7 @@ async fn client_mode_returns_rate_limited() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
-// SPEC RL-4: a million keys touched once are evicted once idle, with no
+// A million keys touched once are evicted once idle, with no
 // call by the user (virtual time drives the background sweeper).
 #[tokio::test(start_paused = true)]
 async fn idle_keys_are_evicted_automatically() {

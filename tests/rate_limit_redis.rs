@@ -1,5 +1,5 @@
 //! The rate-limit layer on a real Redis: one clock for every instance, and
-//! behaviour while Redis is down (SPEC C-4, C-5, RL-5, RL-7).
+//! behaviour while Redis is down.
 #![cfg(feature = "redis")]
 
 mod support;
@@ -43,7 +43,7 @@ impl Clock for Skewed {
     }
 }
 
-// SPEC C-4: with Redis TIME (the default) two instances whose own clocks
+// With Redis TIME (the default) two instances whose own clocks
 // are 5 s apart decide as one; even with caller clocks, the skew is never
 // drained more than once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +112,7 @@ fn service(
     (svc, events)
 }
 
-// SPEC C-5: Redis stopped mid-test. Fail-open passes and counts; fail-closed
+// Redis stopped mid-test. Fail-open passes and counts; fail-closed
 // answers 503; after the restart decisions resume within 1 s, same app.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_follows_the_failure_policy_and_recovers() {
@@ -165,7 +165,7 @@ async fn redis_outage_follows_the_failure_policy_and_recovers() {
     }
 }
 
-// SPEC RL-5: a flushed script cache (NOSCRIPT) is reloaded transparently.
+// A flushed script cache (NOSCRIPT) is reloaded transparently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushed_scripts_are_reloaded() {
     let redis = RedisServer::start();
@@ -188,7 +188,7 @@ async fn flushed_scripts_are_reloaded() {
     assert!(stats.contains("cmdstat_evalsha:calls=5,"), "{stats}");
 }
 
-// SPEC RL-7: two processes' worth of stores on one Redis admit exactly the
+// Two processes' worth of stores on one Redis admit exactly the
 // quota between them under concurrency.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_instances_admit_exactly_the_quota() {

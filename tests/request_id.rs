@@ -1,4 +1,4 @@
-//! Request IDs end to end (SPEC RID-1..3).
+//! Request IDs end to end.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -46,7 +46,6 @@ fn is_uuid_v7(s: &str) -> bool {
     uuid::Uuid::parse_str(s).is_ok_and(|u| u.get_version_num() == 7)
 }
 
-// SPEC RID-1
 #[tokio::test]
 async fn valid_incoming_ids_are_kept_and_echoed() {
     for id in ["abc", "req-1.2_3:4", &"x".repeat(128)] {
@@ -56,7 +55,6 @@ async fn valid_incoming_ids_are_kept_and_echoed() {
     }
 }
 
-// SPEC RID-1
 #[tokio::test]
 async fn invalid_incoming_ids_are_replaced() {
     let long = "y".repeat(200);
@@ -75,7 +73,6 @@ async fn invalid_incoming_ids_are_replaced() {
     }
 }
 
-// SPEC RID-1
 #[tokio::test]
 async fn duplicate_headers_are_replaced() {
     let req = Request::get("/")
@@ -88,7 +85,6 @@ async fn duplicate_headers_are_replaced() {
     assert_eq!(res.headers().get_all("x-request-id").iter().count(), 1);
 }
 
-// SPEC RID-1
 #[tokio::test]
 async fn trust_can_be_switched_off_and_header_renamed() {
     let svc = ServiceBuilder::new()
@@ -110,7 +106,6 @@ async fn trust_can_be_switched_off_and_header_renamed() {
     assert!(!res.headers().contains_key("x-request-id"));
 }
 
-// SPEC RID-2
 #[tokio::test]
 async fn generated_ids_are_uuid_v7_and_increase() {
     let mut last = String::new();
@@ -122,7 +117,6 @@ async fn generated_ids_are_uuid_v7_and_increase() {
     }
 }
 
-// SPEC RID-2
 #[tokio::test]
 async fn a_custom_generator_can_be_plugged_in() {
     let svc = ServiceBuilder::new()
@@ -198,7 +192,6 @@ fn capture() -> Capture {
         .clone()
 }
 
-// SPEC RID-3
 #[tokio::test]
 async fn every_log_line_of_the_request_carries_the_id() {
     let capture = capture();
@@ -240,7 +233,7 @@ async fn every_log_line_of_the_request_carries_the_id() {
     );
 }
 
-// SPEC RID-3 as the server preset stacks it: the trace layer's span is
+// As the server preset stacks it: the trace layer's span is
 // the request's root and carries the id (the request id layer then opens
 // no span of its own).
 #[tokio::test]
@@ -274,7 +267,6 @@ async fn log_lines_under_the_trace_span_carry_the_id() {
     );
 }
 
-// SPEC RID-3
 #[tokio::test]
 async fn outbound_calls_in_the_handler_forward_the_id() {
     // The downstream reports the id it received.
@@ -305,7 +297,6 @@ async fn outbound_calls_in_the_handler_forward_the_id() {
     assert_eq!(res.into_body().as_deref(), Some("from-edge"));
 }
 
-// SPEC RID-3
 #[tokio::test]
 async fn forwarding_keeps_an_explicit_id_and_can_generate() {
     let downstream = service_fn(|req: Request<()>| async move {

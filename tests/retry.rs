@@ -1,5 +1,5 @@
 //! Retries end to end against a real HTTP server on loopback, through
-//! hyper-util's client (SPEC RT-1..RT-5). Back-offs run on a manual clock:
+//! hyper-util's client. Back-offs run on a manual clock:
 //! the observed delays are exact and nothing sleeps.
 
 use std::convert::Infallible;
@@ -183,7 +183,7 @@ fn clock() -> ManualClock {
     )
 }
 
-// SPEC RT-1: two 503s, then 200: three attempts, jittered back-offs
+// Two 503s, then 200: three attempts, jittered back-offs
 // within their ceilings.
 #[tokio::test]
 async fn failing_attempts_are_retried_with_backoff() {
@@ -204,7 +204,7 @@ async fn failing_attempts_are_retried_with_backoff() {
     );
 }
 
-// SPEC RT-3: Retry-After in seconds replaces the back-off.
+// Retry-After in seconds replaces the back-off.
 #[tokio::test]
 async fn retry_after_seconds_is_honoured() {
     let hits = Hits::default();
@@ -219,7 +219,7 @@ async fn retry_after_seconds_is_honoured() {
     assert_eq!(clock.now() - start, Duration::from_secs(1));
 }
 
-// SPEC RT-3: Retry-After as an HTTP-date.
+// Retry-After as an HTTP-date.
 #[tokio::test]
 async fn retry_after_dates_are_honoured() {
     let hits = Hits::default();
@@ -238,7 +238,7 @@ async fn retry_after_dates_are_honoured() {
     );
 }
 
-// SPEC RT-3: a hint past the deadline returns the response at once.
+// A hint past the deadline returns the response at once.
 #[tokio::test]
 async fn a_hint_past_the_deadline_gives_up_at_once() {
     let hits = Hits::default();
@@ -257,7 +257,7 @@ async fn a_hint_past_the_deadline_gives_up_at_once() {
     assert_eq!(clock.now(), start, "no wait");
 }
 
-// SPEC RT-1: attempts are bounded; the last response is returned.
+// Attempts are bounded; the last response is returned.
 #[tokio::test]
 async fn attempts_are_bounded() {
     let hits = Hits::default();
@@ -272,7 +272,7 @@ async fn attempts_are_bounded() {
     );
 }
 
-// SPEC RT-4: an empty budget returns the first outcome at once.
+// An empty budget returns the first outcome at once.
 #[tokio::test]
 async fn an_exhausted_budget_stops_retries_at_once() {
     let hits = Hits::default();
@@ -295,7 +295,7 @@ async fn an_exhausted_budget_stops_retries_at_once() {
     assert_eq!(clock.now(), start);
 }
 
-// SPEC RT-1: a per-try timeout cuts a slow attempt; the next one runs.
+// A per-try timeout cuts a slow attempt; the next one runs.
 #[tokio::test]
 async fn a_slow_attempt_times_out_and_is_retried() {
     let hits = Hits::default();
@@ -316,7 +316,7 @@ async fn a_slow_attempt_times_out_and_is_retried() {
     assert!(err.is::<AttemptTimedOut>(), "{err}");
 }
 
-// SPEC RT-2: POST is retried only with an Idempotency-Key.
+// POST is retried only with an Idempotency-Key.
 #[tokio::test]
 async fn post_is_retried_only_with_an_idempotency_key() {
     let hits = Hits::default();
@@ -340,7 +340,7 @@ async fn post_is_retried_only_with_an_idempotency_key() {
     assert_eq!((attempts(&res), hits.get()), (4, 5));
 }
 
-// SPEC RT-5: a 2 MiB streaming body is sent once, whole, and not retried.
+// A 2 MiB streaming body is sent once, whole, and not retried.
 #[tokio::test]
 async fn a_large_streaming_body_is_sent_once_and_whole() {
     let hits = Hits::default();
@@ -365,7 +365,7 @@ async fn a_large_streaming_body_is_sent_once_and_whole() {
     assert_eq!(received, (2 * 1024 * 1024).to_string());
 }
 
-// SPEC RT-2: a connection reset is retried.
+// A connection reset is retried.
 #[tokio::test]
 async fn a_reset_connection_is_retried() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -400,7 +400,7 @@ async fn a_reset_connection_is_retried() {
     );
 }
 
-// SPEC RT-5, RT-6: a gRPC stream that sends a message and then waits for
+// A gRPC stream that sends a message and then waits for
 // the server (bidi, or client streaming that pauses) is sent at once,
 // never held back waiting for its end; what was read is sent first.
 #[tokio::test]
@@ -478,7 +478,7 @@ impl tower::Service<http::Request<LayerBody<String>>> for StuckAfterOne {
     }
 }
 
-// SPEC RT-4: waiting for the inner service to be ready before a retry
+// Waiting for the inner service to be ready before a retry
 // counts against the deadline; it does not hang past it.
 #[tokio::test]
 async fn waiting_for_a_stuck_service_ends_at_the_deadline() {

@@ -1,5 +1,4 @@
-//! Tracing with the OpenTelemetry SDK's in-memory exporter (SPEC TR-1..TR-5,
-//! RID-3).
+//! Tracing with the OpenTelemetry SDK's in-memory exporter.
 #![cfg(feature = "axum")]
 
 use std::convert::Infallible;
@@ -75,7 +74,6 @@ fn server_span(exporter: &InMemorySpanExporter) -> SpanData {
         .expect("a server span")
 }
 
-// SPEC TR-2, TR-3
 #[tokio::test]
 async fn span_is_named_by_route_template_with_semconv_attributes() {
     let (exporter, _guard) = collect();
@@ -100,7 +98,7 @@ async fn span_is_named_by_route_template_with_semconv_attributes() {
     assert_eq!(span.status, Status::Unset);
 }
 
-// SPEC TR-2: no matched route, no raw path in the name.
+// No matched route, no raw path in the name.
 #[tokio::test]
 async fn unmatched_requests_are_named_by_method_only() {
     let (exporter, _guard) = collect();
@@ -110,7 +108,7 @@ async fn unmatched_requests_are_named_by_method_only() {
     assert_eq!(attr(&span, "http.route"), None);
 }
 
-// SPEC TR-4: 4xx (our own 429 included) leave the status unset; 5xx error.
+// 4xx (our own 429 included) leave the status unset; 5xx error.
 #[tokio::test]
 async fn client_errors_are_unset_and_server_errors_are_errors() {
     let (exporter, _guard) = collect();
@@ -127,7 +125,7 @@ async fn client_errors_are_unset_and_server_errors_are_errors() {
     assert_eq!(attr(&span, "error.type").as_deref(), Some("500"));
 }
 
-// SPEC TR-1: a valid traceparent is the parent; an invalid one starts anew.
+// A valid traceparent is the parent; an invalid one starts anew.
 #[tokio::test]
 async fn incoming_traceparent_is_the_parent() {
     let (exporter, _guard) = collect();
@@ -158,7 +156,7 @@ async fn incoming_traceparent_is_the_parent() {
     assert_ne!(span.span_context.trace_id(), TraceId::INVALID);
 }
 
-// SPEC RID-3: the request id is on the span.
+// The request id is on the span.
 #[tokio::test]
 async fn the_request_id_is_recorded() {
     let (exporter, _guard) = collect();
@@ -175,7 +173,7 @@ async fn the_request_id_is_recorded() {
     assert_eq!(attr(&span, "http.request.id"), None, "recorded once");
 }
 
-// SPEC TR-5: the span lasts until a slow streamed body ends.
+// The span lasts until a slow streamed body ends.
 #[tokio::test]
 async fn the_span_covers_a_slow_streamed_body() {
     let (exporter, _guard) = collect();
@@ -204,7 +202,7 @@ fn async_stream_body() -> impl futures_util::Stream<Item = Result<Bytes, Infalli
     })
 }
 
-// SPEC TR-1, TR-4: the client layer injects its span's context; a 503
+// The client layer injects its span's context; a 503
 // answer is an error on the client span.
 #[tokio::test]
 async fn the_client_layer_injects_traceparent() {
@@ -250,7 +248,7 @@ async fn the_client_layer_injects_traceparent() {
     assert!(matches!(span.status, Status::Error { .. }));
 }
 
-// SPEC TR-4: each retry attempt is its own client span, child of the same
+// Each retry attempt is its own client span, child of the same
 // parent, with `http.request.resend_count` on the resends, and each
 // attempt carries its own span's context.
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! Head sampling (SPEC TR-1, RID-3): the server trace layer decides before
+//! Head sampling: the server trace layer decides before
 //! it builds a span, agrees with the SDK on the trace id, and keeps an
 //! unsampled request's children, tasks and outbound calls in its
 //! (unsampled) trace.
@@ -226,7 +226,7 @@ async fn a_callers_sampled_flag_is_followed() {
     assert_eq!(server.parent_span_id.to_string(), "00f067aa0ba902b7");
 }
 
-// SPEC RID-3: an unsampled request's log lines carry its id too.
+// An unsampled request's log lines carry its id too.
 #[tokio::test]
 async fn log_lines_of_an_unsampled_request_carry_the_id() {
     let sampler = HeadSampler::always_off();

@@ -6,7 +6,7 @@
 //! route behind the server preset (`battlement::stack::server`: request id,
 //! trace, metrics; rate limit per client IP and idempotency on `/orders`,
 //! but not on the health routes and `/metrics`), built from one
-//! `StackConfig` the environment describes (see shared/EXAMPLES.md):
+//! `StackConfig` the environment describes:
 //! `RATE_LIMIT` (`N/s`, `N/m`, `N/h`, default `100/s`) and `RATE_BURST`
 //! (default N); `TRUSTED_PROXIES` (comma list of CIDRs whose
 //! `X-Forwarded-For` is believed, default none); `REDIS_URL` (needs

@@ -65,7 +65,7 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "battlement";
 
-/// A key namespace: `{prefix}:{concern}:{id}` (SPEC C-9).
+/// A key namespace: `{prefix}:{concern}:{id}`.
 ///
 /// The id part is percent-encoded (only `A-Z a-z 0-9 . _ -` stay as they
 /// are), so client input can never add separators or braces, and it is

@@ -1,4 +1,4 @@
-//! The client-side stack (SPEC RT-6, C-1): request-id forwarding, retry,
+//! The client-side stack: request-id forwarding, retry,
 //! a span and a duration metric per attempt, a circuit breaker per
 //! upstream host and an optional client rate limit, in that order, for
 //! hyper-util's client, tonic `Channel` and reqwest.

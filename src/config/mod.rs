@@ -1,4 +1,4 @@
-//! Dynamic configuration (SPEC CF-1, CF-2, RL-9): rate-limit quotas and
+//! Dynamic configuration: rate-limit quotas and
 //! breaker thresholds change in a running fleet, without a restart and
 //! without resetting any key's state.
 //!

@@ -21,7 +21,7 @@ use crate::rate_limit::{Quota, RateLimitHandle};
 const LAYER: &str = "config";
 
 /// Hot-reloads rate-limit quotas and breaker thresholds from a
-/// [`ConfigSource`] (SPEC CF-2, RL-9).
+/// [`ConfigSource`].
 ///
 /// Each bound policy reads `rate_limit/<policy name>` and each bound breaker
 /// `circuit_breaker/<breaker name>` (see [`super::document`] for the

@@ -1,4 +1,4 @@
-//! Cases every `IdempotencyStore` must pass (SPEC ID-3, ID-5..ID-7).
+//! Cases every `IdempotencyStore` must pass.
 //!
 //! Lock and retention expiry run on a [`ManualClock`] handed to the store
 //! (caller-clock mode on Redis); the server-side TTL or lease is checked

@@ -1,4 +1,4 @@
-//! Cases every `RateLimitStore` must pass (SPEC RL-1, RL-4..RL-7).
+//! Cases every `RateLimitStore` must pass.
 //!
 //! Time comes from a [`ManualClock`] handed to the store (caller-clock mode
 //! on Redis), so every case is exact and nothing sleeps.

@@ -20,7 +20,7 @@ use crate::events::{Event, Events, WarnLimiter};
 const LAYER: &str = "config";
 
 /// The documents under an etcd prefix (default `/battlement/config/`), for
-/// a [`ConfigReloader`](crate::config::ConfigReloader) (SPEC CF-1).
+/// a [`ConfigReloader`](crate::config::ConfigReloader).
 ///
 /// The stream loads the prefix, then watches it from the loaded revision.
 /// When the connection fails it retries every [`retry_every`](Self::retry_every)

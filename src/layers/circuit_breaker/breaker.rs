@@ -1,4 +1,4 @@
-//! One breaker's state machine (SPEC CB-1, CB-2, CB-4), driven by explicit
+//! One breaker's state machine, driven by explicit
 //! times so tests run on a manual clock.
 //!
 //! A closed (or disabled) breaker admits with one atomic load; every other
@@ -204,7 +204,7 @@ impl Breaker {
         }
         let mut inner = self.lock();
         if ticket.generation != inner.generation {
-            // Admitted before the last transition (SPEC CB-4).
+            // Admitted before the last transition.
             return None;
         }
         let failure = outcome == Outcome::Failure;

@@ -1,4 +1,4 @@
-//! Outcome classification (SPEC CB-3): which responses and errors count as
+//! Outcome classification: which responses and errors count as
 //! failures. Pluggable through [`ClassifyResponse`].
 
 use std::fmt;
@@ -110,7 +110,6 @@ mod tests {
 
     use super::*;
 
-    // SPEC CB-3
     #[test]
     fn default_classification() {
         let c = DefaultClassifier;

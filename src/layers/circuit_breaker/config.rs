@@ -1,5 +1,5 @@
 //! `BreakerConfig`: the thresholds of a breaker, serde-deserializable and
-//! validated when a layer is built (SPEC CB-1, CB-2, C-6).
+//! validated when a layer is built.
 
 use std::time::Duration;
 
@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 
-/// What the breaker looks back on to compute its rates (SPEC CB-1).
+/// What the breaker looks back on to compute its rates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Window {

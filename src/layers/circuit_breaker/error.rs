@@ -10,7 +10,7 @@ use super::state::State;
 use crate::reject::{GrpcCode, Problem};
 
 /// A call was rejected because its breaker is open, forced open, or
-/// half-open with every probe taken (SPEC CB-2).
+/// half-open with every probe taken.
 ///
 /// In client mode it is the service error (downcast it from `BoxError`);
 /// in server mode it becomes a 503 / `UNAVAILABLE` response with

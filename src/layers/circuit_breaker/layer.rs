@@ -28,7 +28,7 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(600);
 /// The default cap on the number of breakers of one layer.
 pub const DEFAULT_MAX_KEYS: usize = 10_000;
 
-/// Stops calls to a failing dependency (SPEC CB-1..CB-6).
+/// Stops calls to a failing dependency.
 ///
 /// One breaker per key (by default one for everything; [`HostKey`] gives
 /// one per upstream host). A closed breaker counts outcomes in its window
@@ -112,13 +112,13 @@ impl CircuitBreakerLayer {
         self
     }
 
-    /// Keeps one breaker per key (SPEC CB-5); default: one for all calls.
+    /// Keeps one breaker per key; default: one for all calls.
     pub fn key(mut self, key: impl KeyExtractor) -> Self {
         self.shared.key = Arc::new(key);
         self
     }
 
-    /// Classifies outcomes with `classifier` (SPEC CB-3).
+    /// Classifies outcomes with `classifier`.
     pub fn classifier(mut self, classifier: impl ClassifyResponse) -> Self {
         self.shared.classifier = Arc::new(classifier);
         self

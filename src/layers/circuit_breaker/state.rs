@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-/// Where a breaker stands (SPEC CB-1).
+/// Where a breaker stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {
     /// Calls go through and their outcomes are counted.
@@ -63,7 +63,7 @@ impl fmt::Display for State {
     }
 }
 
-/// How a call counts (SPEC CB-3).
+/// How a call counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// Counts as a success (slow if it took longer than the slow-call

@@ -1,5 +1,5 @@
 //! Sliding windows of call outcomes: the last N calls, or the calls of the
-//! last N seconds in per-second buckets (SPEC CB-1). Both keep running
+//! last N seconds in per-second buckets. Both keep running
 //! totals, so recording and reading a rate is O(1) (amortized for time).
 
 use std::collections::VecDeque;

@@ -1,4 +1,4 @@
-//! `grpc.health.v1.Health` over the same registry (SPEC HL-3).
+//! `grpc.health.v1.Health` over the same registry.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -34,7 +34,7 @@ use super::registry::HealthRegistry;
 /// Once the registry is [draining](HealthRegistry::drain), `Watch` sends
 /// the status one last time if it changed (`NOT_SERVING` for readiness)
 /// and then ends the stream, so that open watchers do not hold up a
-/// graceful shutdown (SPEC HL-5); a `Watch` started while draining sends
+/// graceful shutdown; a `Watch` started while draining sends
 /// the status once and ends.
 ///
 /// ```

@@ -17,7 +17,7 @@ use super::registry::HealthRegistry;
 /// The `application/health+json` media type.
 pub const HEALTH_JSON: &str = "application/health+json";
 
-/// One probe endpoint (SPEC HL-2): runs a group and answers
+/// One probe endpoint: runs a group and answers
 /// `application/health+json` (200 for pass/warn, 503 for fail), or plain
 /// text lines with `?verbose`.
 ///

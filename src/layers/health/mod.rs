@@ -22,12 +22,12 @@
 //! A [`HealthRegistry`] holds [`Check`]s, each with a timeout, optional
 //! result caching and its groups (liveness, readiness, startup, custom).
 //! A probe runs its group's checks concurrently; a check that hangs fails
-//! at its timeout without delaying the others (SPEC HL-1). The HTTP
-//! endpoints answer `application/health+json` (SPEC HL-2), the gRPC service
-//! answers from the same registry (SPEC HL-3), [`store_check`] covers the
-//! backends (SPEC HL-4), and [`HealthRegistry::drain`] with
+//! at its timeout without delaying the others. The HTTP
+//! endpoints answer `application/health+json`, the gRPC service
+//! answers from the same registry, [`store_check`] covers the
+//! backends, and [`HealthRegistry::drain`] with
 //! [`HealthRegistry::shutdown_on_signal`] implement graceful shutdown
-//! (SPEC HL-5).
+//!.
 //!
 //! # Load on the dependencies
 //!

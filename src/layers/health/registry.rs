@@ -11,7 +11,7 @@ use super::check::{Check, Group, Outcome};
 use super::report::{CheckReport, Report};
 use crate::clock::{SharedClock, SystemClock};
 
-/// The named checks of a service (SPEC HL-1), shared by the HTTP routes and
+/// The named checks of a service, shared by the HTTP routes and
 /// the gRPC health service. Clones share the checks and the settings.
 ///
 /// Each check's result is reused for a short period
@@ -119,7 +119,7 @@ impl HealthRegistry {
         checks.len() != before
     }
 
-    /// Starts draining for shutdown (SPEC HL-5): readiness fails from now
+    /// Starts draining for shutdown: readiness fails from now
     /// on, so load balancers stop sending traffic, while liveness keeps
     /// passing so the process is not killed before it finishes.
     pub fn drain(&self) {

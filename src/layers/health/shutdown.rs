@@ -1,4 +1,4 @@
-//! Graceful shutdown driven by signals (SPEC HL-5).
+//! Graceful shutdown driven by signals.
 
 use std::time::Duration;
 

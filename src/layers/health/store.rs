@@ -1,4 +1,4 @@
-//! Built-in checks for the backends (SPEC HL-4).
+//! Built-in checks for the backends.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

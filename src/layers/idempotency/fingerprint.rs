@@ -1,4 +1,4 @@
-//! What makes two requests with one key "the same" (SPEC ID-2).
+//! What makes two requests with one key "the same".
 
 use http::request::Parts;
 

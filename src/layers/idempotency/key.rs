@@ -98,7 +98,6 @@ mod tests {
         assert!(matches!(key(uuid), Err(Rejection::BadKey(_))), "strict");
     }
 
-    // SPEC ID-1
     #[test]
     fn keys_are_structured_field_strings_of_1_to_255_chars() {
         assert_eq!(

@@ -15,9 +15,9 @@ use crate::error::FailurePolicy;
 use crate::events::{Events, WarnLimiter};
 use crate::key::KeyExtractor;
 
-/// Default lock of an executing request (SPEC ID-6).
+/// Default lock of an executing request.
 pub const DEFAULT_LOCK: Duration = Duration::from_secs(60);
-/// Default retention of a completed response (SPEC ID-6).
+/// Default retention of a completed response.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Default limit of a request body read for the fingerprint.
 pub const DEFAULT_MAX_REQUEST_BODY: usize = 1 << 20;

@@ -1,5 +1,5 @@
 //! Idempotency keys: each key executes once, across processes, and its
-//! response is replayed (SPEC ID-1..ID-7).
+//! response is replayed.
 //!
 //! ```
 //! use battlement::backends::MemoryStore;

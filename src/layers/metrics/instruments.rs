@@ -1,4 +1,4 @@
-//! The instruments (SPEC MT-1, MT-2): OpenTelemetry semconv names, unit
+//! The instruments: OpenTelemetry semconv names, unit
 //! `s`, semconv bucket boundaries.
 
 use opentelemetry::metrics::{Histogram, Meter, UpDownCounter};

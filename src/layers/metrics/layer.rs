@@ -8,8 +8,7 @@ use tower_layer::Layer;
 use super::instruments::Instruments;
 use super::service::Metrics;
 
-/// Request metrics per the OpenTelemetry semantic conventions (SPEC MT-1,
-/// MT-2): `http.server.request.duration` and `http.server.active_requests`
+/// Request metrics per the OpenTelemetry semantic conventions: `http.server.request.duration` and `http.server.active_requests`
 /// on servers, `rpc.server.call.duration` for gRPC calls, and
 /// `http.client.request.duration` on clients — unit `s`, semconv bucket
 /// boundaries ([`DURATION_BUCKETS`](crate::trace::DURATION_BUCKETS)).

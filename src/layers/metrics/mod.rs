@@ -1,4 +1,4 @@
-//! OpenTelemetry request metrics (SPEC MT-1, MT-2); resilience events are
+//! OpenTelemetry request metrics; resilience events are
 //! counted in `battlement.events` (MT-4, see [`events`](crate::events)).
 //!
 //! ```

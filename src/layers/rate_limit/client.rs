@@ -15,7 +15,7 @@ use crate::BoxError;
 use crate::key::RequestHead;
 
 /// A [`RateLimitLayer`] whose denials are [`RateLimited`](super::RateLimited)
-/// errors (SPEC C-2 client mode): for outbound calls, where the caller
+/// errors (client mode): for outbound calls, where the caller
 /// should wait `retry_after` rather than receive a made-up response.
 ///
 /// ```

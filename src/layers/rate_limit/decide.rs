@@ -91,7 +91,7 @@ impl Job {
 impl<St: RateLimitStore> Limiter<St> {
     /// Extracts every policy's key and cost from the request head.
     pub(crate) fn job(&self, head: &RequestHead<'_>) -> Result<Job, Rejection> {
-        // Lock-free: a quota change swaps the whole list (SPEC RL-9).
+        // Lock-free: a quota change swaps the whole list.
         let policies = self.policies.load_full();
         let mut first = None;
         let mut rest = Vec::new();

@@ -1,4 +1,4 @@
-//! The integer GCRA every backend runs (SPEC RL-1, RL-7).
+//! The integer GCRA every backend runs.
 //!
 //! State per key is `(debt, at)`: `debt` is the outstanding cost scaled to
 //! microseconds × `count` (each unit of cost adds `period_us`, and debt
@@ -174,7 +174,7 @@ mod tests {
         assert!(decide(stored, &q, 1, t0 + 100_000).decision.is_allowed());
     }
 
-    // SPEC RL-1: 10/s burst 10 -> 10 pass, the 11th waits exactly 100 ms.
+    // 10/s burst 10 -> 10 pass, the 11th waits exactly 100 ms.
     #[test]
     fn burst_then_exact_retry_after() {
         let q = Quota::per_second(10).unwrap();

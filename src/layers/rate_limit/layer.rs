@@ -15,7 +15,7 @@ use crate::backends::MemoryStore;
 use crate::error::{ConfigError, FailurePolicy};
 use crate::events::{Events, WarnLimiter};
 
-/// Rate limits requests before they reach the inner service (SPEC RL-1..9).
+/// Rate limits requests before they reach the inner service.
 ///
 /// Every policy is decided in order against the store; the request is
 /// denied if any policy denies it, and the inner service is then never
@@ -78,7 +78,7 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
         self
     }
 
-    /// Shadow mode (SPEC RL-8): would-be denials are counted and logged but
+    /// Shadow mode: would-be denials are counted and logged but
     /// the request goes through, without rate-limit headers. Nothing else
     /// turns a request away either: a store failure under
     /// [`FailurePolicy::FailClosed`] lets it through (counted as
@@ -112,7 +112,7 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
         &self.events
     }
 
-    /// Changes quotas at runtime (SPEC RL-9).
+    /// Changes quotas at runtime.
     pub fn handle(&self) -> RateLimitHandle {
         RateLimitHandle {
             policies: self.policies.clone(),

@@ -1,4 +1,4 @@
-//! Rate limiting: keyed integer GCRA with shared state (SPEC RL-1..RL-9).
+//! Rate limiting: keyed integer GCRA with shared state.
 //!
 //! ```
 //! use battlement::backends::MemoryStore;

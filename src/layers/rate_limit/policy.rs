@@ -11,7 +11,7 @@ use crate::key::{GlobalKey, KeyExtractor, RequestHead};
 
 type CostFn = dyn Fn(&RequestHead<'_>) -> u64 + Send + Sync;
 
-/// A named quota, counted per key (SPEC RL-2).
+/// A named quota, counted per key.
 ///
 /// ```
 /// use battlement::key::PeerIp;

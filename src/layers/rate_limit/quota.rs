@@ -13,7 +13,7 @@ use crate::error::ConfigError;
 /// computes in doubles) is exact.
 pub(crate) const MAX_EXACT: u64 = 1 << 53;
 
-/// `count` requests per `period`, with up to `burst` at once (SPEC RL-1).
+/// `count` requests per `period`, with up to `burst` at once.
 ///
 /// ```
 /// use std::time::Duration;

@@ -58,7 +58,7 @@ impl Decision {
     }
 }
 
-/// GCRA state behind a rate limiter (SPEC RL-4..RL-7).
+/// GCRA state behind a rate limiter.
 ///
 /// `decide` is one atomic step: read the key's state, decide, and (only when
 /// allowed) write the new state with a TTL equal to the time until the

@@ -10,7 +10,7 @@ use super::id::RequestId;
 use super::layer::X_REQUEST_ID;
 
 /// Forwards the request id on outbound requests made by a client stack
-/// (hyper-util, tonic `Channel`, any tower HTTP client) (SPEC RID-3).
+/// (hyper-util, tonic `Channel`, any tower HTTP client).
 ///
 /// The id is, in order: the outbound request's own header if it already has
 /// one; its [`RequestId`] extension; [`RequestId::current`] (the inbound

@@ -12,7 +12,7 @@ tokio::task_local! {
     static CURRENT: RequestId;
 }
 
-/// The id of one request (SPEC RID-1..3).
+/// The id of one request.
 ///
 /// Set on the request as a header and an extension by
 /// [`RequestIdLayer`](super::RequestIdLayer), echoed on the response, and
@@ -23,7 +23,7 @@ tokio::task_local! {
 pub struct RequestId(HeaderValue);
 
 impl RequestId {
-    /// Longest accepted id (RID-1).
+    /// Longest accepted id.
     pub const MAX_LEN: usize = 128;
 
     /// The value if it is a valid id: 1..=128 characters of

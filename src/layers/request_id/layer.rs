@@ -42,7 +42,7 @@ fn yes() -> bool {
     true
 }
 
-/// Gives every request an id (SPEC RID-1..3).
+/// Gives every request an id.
 ///
 /// A valid incoming id is kept (unless trust is switched off); otherwise a
 /// UUIDv7 is generated. The id is set as a header and a [`RequestId`]

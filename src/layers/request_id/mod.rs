@@ -29,7 +29,7 @@
 //! # });
 //! ```
 //!
-//! Server side, [`RequestIdLayer`] implements SPEC RID-1..3; client side,
+//! Server side, [`RequestIdLayer`] implements; client side,
 //! [`ForwardRequestIdLayer`] puts the id of the request being handled on
 //! outbound HTTP requests and gRPC calls.
 

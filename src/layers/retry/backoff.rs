@@ -1,4 +1,4 @@
-//! Back-off between attempts (SPEC RT-1): exponential with full jitter, or
+//! Back-off between attempts: exponential with full jitter, or
 //! decorrelated jitter (both from the AWS architecture blog's "Exponential
 //! Backoff and Jitter"), capped.
 
@@ -83,7 +83,7 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    // SPEC RT-1: full jitter stays within the doubling ceiling and the cap.
+    // Full jitter stays within the doubling ceiling and the cap.
     #[test]
     fn exponential_full_jitter_bounds_and_cap() {
         let b = Backoff::Exponential {
@@ -109,7 +109,7 @@ mod tests {
         assert!(b.delay(u32::MAX, Duration::ZERO, &mut rng) <= 1000 * MS);
     }
 
-    // SPEC RT-1: decorrelated jitter grows from the previous wait, capped.
+    // Decorrelated jitter grows from the previous wait, capped.
     #[test]
     fn decorrelated_jitter_bounds_and_cap() {
         let b = Backoff::Decorrelated {

@@ -1,4 +1,4 @@
-//! Server hints on when to retry (SPEC RT-3): `Retry-After` (delay-seconds
+//! Server hints on when to retry: `Retry-After` (delay-seconds
 //! or an HTTP-date, RFC 9110 §10.2.3) and gRPC's `grpc-retry-pushback-ms`
 //! (a negative or malformed pushback means "do not retry").
 
@@ -64,7 +64,6 @@ mod tests {
         h
     }
 
-    // SPEC RT-3
     #[test]
     fn retry_after_seconds_dates_and_grpc_pushback() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600);

@@ -11,7 +11,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::error::ConfigError;
 use crate::events::Events;
 
-/// Retries failed requests per a [`RetryPolicy`] (SPEC RT-1..RT-6).
+/// Retries failed requests per a [`RetryPolicy`].
 ///
 /// Only safe requests are retried (idempotent methods, an
 /// `Idempotency-Key`, or gRPC); their bodies are read up to the replay

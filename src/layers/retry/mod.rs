@@ -1,4 +1,4 @@
-//! Retries with back-off, budgets and server hints (SPEC RT-1..RT-6).
+//! Retries with back-off, budgets and server hints.
 //!
 //! ```
 //! use std::sync::Arc;

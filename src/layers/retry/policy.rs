@@ -1,5 +1,5 @@
 //! `RetryPolicy`: how many attempts, how long between them, and which
-//! outcomes are worth another try (SPEC RT-1..RT-4).
+//! outcomes are worth another try.
 
 use std::time::{Duration, SystemTime};
 
@@ -15,7 +15,7 @@ use crate::idempotency::IDEMPOTENCY_KEY;
 use crate::rate_limit::RateLimited;
 use crate::trace::semconv::{grpc_status, is_grpc};
 
-/// The retry budget (SPEC RT-4): retries may add at most `percent` of the
+/// The retry budget: retries may add at most `percent` of the
 /// requests of the last `window`, plus `min_per_sec` retries per second
 /// (tower's `TpsBudget`), so a struggling upstream is not hit harder.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -256,7 +256,7 @@ impl RetryPolicy {
         Ok(())
     }
 
-    /// Whether `req` may be sent more than once (SPEC RT-2): an idempotent
+    /// Whether `req` may be sent more than once: an idempotent
     /// method, an `Idempotency-Key`, or gRPC (retried only on its
     /// configured codes and on connection failures).
     pub fn is_safe<B>(req: &Request<B>) -> bool {

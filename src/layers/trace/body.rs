@@ -1,5 +1,5 @@
 //! `TracedBody`: keeps the request's span open until the response body
-//! ends (SPEC TR-5), and records a gRPC status that comes in trailers.
+//! ends, and records a gRPC status that comes in trailers.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};

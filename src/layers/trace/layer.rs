@@ -5,7 +5,7 @@ use tower_layer::Layer;
 use super::head::{self, HeadSampler};
 use super::service::Trace;
 
-/// One OpenTelemetry span per request (SPEC TR-1..TR-5), through
+/// One OpenTelemetry span per request, through
 /// `tracing` and `tracing-opentelemetry`, so application spans nest under
 /// it.
 ///

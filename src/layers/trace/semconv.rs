@@ -1,5 +1,5 @@
-//! What OpenTelemetry's HTTP and RPC semantic conventions call things
-//! (SPEC TR-2, TR-3, MT-1, MT-2): span names, method names, routes, and
+//! What OpenTelemetry's HTTP and RPC semantic conventions call things:
+//! span names, method names, routes, and
 //! the gRPC service and method of a request.
 //!
 //! What a client chooses freely is recorded only when it is known, and as

@@ -143,7 +143,7 @@ fn server_span<B>(req: &Request<B>, parent: &OtelContext) -> Span {
         .and_then(|v| v.to_str().ok());
     let id = req.extensions().get::<RequestId>().map(RequestId::as_str);
     // Fields only for what the response sets, and the request id, which
-    // every log line of the request carries (SPEC RID-3).
+    // every log line of the request carries.
     let span = tracing::info_span!(
         target: "battlement::trace",
         "request",
@@ -345,7 +345,7 @@ fn name_rpc(span: &Span, call: &str) {
     span.set_attribute("rpc.method", method.to_owned());
 }
 
-/// Status code and status (SPEC TR-4): server 5xx is an error, 4xx is
+/// Status code and status: server 5xx is an error, 4xx is
 /// not; client 4xx and 5xx are errors; gRPC per the RPC conventions.
 fn record_response<B>(span: &Span, res: &Response<B>, client: bool) {
     let status = res.status();

@@ -1,4 +1,4 @@
--- Reads a breaker state with the server time (SPEC CB-6).
+-- Reads a breaker state with the server time.
 --
 -- KEYS[1]  state key, value "state:version:open_until_us:reopens"
 -- ARGV     now_us ("" = Redis TIME)

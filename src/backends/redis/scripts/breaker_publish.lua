@@ -1,5 +1,5 @@
 -- Writes a breaker state if the stored version is the expected one
--- (absent counts as any), in one round trip (SPEC CB-6).
+-- (absent counts as any), in one round trip.
 --
 -- KEYS[1]  state key, value "state:version:open_until_us:reopens:writer"
 -- ARGV     expected version, state, open_for_us, reopens, ttl_ms, writer,

@@ -1,4 +1,4 @@
--- Integer GCRA, one round trip for one or many decisions (SPEC RL-1, RL-5).
+-- Integer GCRA, one round trip for one or many decisions.
 -- The same model as src/layers/rate_limit/gcra.rs, which turns the debt
 -- this returns into the decision's numbers. Every number stays below 2^53,
 -- so Lua's doubles hold them exactly; a quotient a / b of such numbers is

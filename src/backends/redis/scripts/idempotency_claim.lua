@@ -1,4 +1,4 @@
--- Claims an idempotency key, or returns the live record (SPEC ID-3, ID-7).
+-- Claims an idempotency key, or returns the live record.
 --
 -- KEYS[1]  record key (see src/layers/idempotency/record.rs)
 -- ARGV     token, fingerprint, lock_us, now_us ("" = Redis TIME)
