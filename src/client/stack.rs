@@ -15,6 +15,7 @@ use crate::circuit_breaker::{
     ClientCircuitBreaker, ClientCircuitBreakerLayer, Window,
 };
 use crate::clock::SharedClock;
+use crate::deadline::{ForwardDeadline, ForwardDeadlineLayer};
 use crate::error::ConfigError;
 use crate::events::Events;
 use crate::key::HostKey;
@@ -120,7 +121,9 @@ impl<St: CircuitBreakerStore + RateLimitStore> ClientStack<St> {
 }
 
 /// The client layers, outermost first: [`ForwardRequestIdLayer`],
-/// [`RetryLayer`], then per attempt a client span ([`TraceLayer`], its
+/// [`RetryLayer`] (bounded by the inbound request's deadline, if any),
+/// then per attempt [`ForwardDeadlineLayer`] (the inbound deadline's time
+/// left as `grpc-timeout` on gRPC calls without one), a client span ([`TraceLayer`], its
 /// context injected into the request) and `http.client.request.duration`
 /// ([`MetricsLayer`]), [`CircuitBreakerLayer`] (client mode, per host),
 /// and a client-mode rate limit when configured.
@@ -171,7 +174,11 @@ pub type ClientBody<B> = crate::trace::TracedBody<
 
 /// The service a [`ClientStackLayer`] makes over `S`.
 pub type ClientStackService<S, St> = ForwardRequestId<
-    Retry<Trace<Metrics<ClientCircuitBreaker<Either<ClientRateLimit<S, St>, BoxErrors<S>>>>>>,
+    Retry<
+        ForwardDeadline<
+            Trace<Metrics<ClientCircuitBreaker<Either<ClientRateLimit<S, St>, BoxErrors<S>>>>>,
+        >,
+    >,
 >;
 
 /// `S` with its errors boxed (the transport under the stack when no rate
@@ -205,9 +212,10 @@ impl<S, St: RateLimitStore> Layer<S> for ClientStackLayer<St> {
             Some(layer) => Either::Left(layer.layer(inner)),
             None => Either::Right(BoxErrors(inner)),
         };
-        let attempt = self
-            .trace
-            .layer(self.metrics.layer(self.breaker.layer(limited)));
+        let attempt = ForwardDeadlineLayer.layer(
+            self.trace
+                .layer(self.metrics.layer(self.breaker.layer(limited))),
+        );
         self.forward.layer(self.retry.layer(attempt))
     }
 }

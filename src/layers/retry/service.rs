@@ -213,6 +213,9 @@ where
         budget.deposit();
     }
     let started = shared.clock.now();
+    // The deadline of the inbound request this call serves, if any: no
+    // attempt outlives it, and no retry starts that would end after it.
+    let inbound = crate::layers::deadline::inbound_deadline();
     let safety = Safety::of(&req);
     let mut replay = Replay::prepare(req, policy).await?;
     // Drawn only when a retry needs a back-off.
@@ -227,13 +230,13 @@ where
         if attempt > 1 {
             // Waiting for the service (a full buffer, a concurrency limit)
             // counts against the deadline too.
-            let left = time_left(policy, shared.clock.now().saturating_sub(started));
+            let left = time_left(policy, shared.clock.now().saturating_sub(started), inbound);
             within(left, ServiceExt::ready(&mut inner))
                 .await?
                 .map_err(Into::into)?;
         }
         let elapsed = shared.clock.now().saturating_sub(started);
-        let result = send(&mut inner, req, policy, elapsed).await;
+        let result = send(&mut inner, req, policy, elapsed, inbound).await;
         let hint = match &result {
             Ok(res) => {
                 let now = SystemTime::UNIX_EPOCH + shared.clock.now();
@@ -257,6 +260,16 @@ where
             None => fastrand::Rng::new(),
         });
         let delay = match policy.next(attempt, hint, previous, elapsed, rng) {
+            Next::Retry(delay)
+                if inbound.is_some_and(|d| {
+                    tokio::time::Instant::now()
+                        .checked_add(delay)
+                        .is_none_or(|at| at >= d)
+                }) =>
+            {
+                emit(&shared.events, "gave_up", || describe(&result));
+                return finish(result, attempt);
+            }
             Next::Retry(delay) => delay,
             Next::Stop(stop) => {
                 let event = match stop {
@@ -287,12 +300,13 @@ async fn send<S, B, R>(
     req: Request<B>,
     policy: &RetryPolicy,
     elapsed: Duration,
+    inbound: Option<tokio::time::Instant>,
 ) -> Result<Response<R>, BoxError>
 where
     S: Service<Request<B>, Response = Response<R>>,
     S::Error: Into<BoxError>,
 {
-    let left = time_left(policy, elapsed);
+    let left = time_left(policy, elapsed, inbound);
     if left.is_some_and(|l| l.is_zero()) {
         return Err(AttemptTimedOut(Duration::ZERO).into());
     }
@@ -303,9 +317,19 @@ where
     within(limit, inner.call(req)).await?.map_err(Into::into)
 }
 
-/// What is left of the deadline after `elapsed`, if there is a deadline.
-fn time_left(policy: &RetryPolicy, elapsed: Duration) -> Option<Duration> {
-    policy.deadline.map(|d| d.saturating_sub(elapsed))
+/// What is left of the deadline after `elapsed`, and of the inbound
+/// request's deadline, if there is a deadline.
+fn time_left(
+    policy: &RetryPolicy,
+    elapsed: Duration,
+    inbound: Option<tokio::time::Instant>,
+) -> Option<Duration> {
+    let own = policy.deadline.map(|d| d.saturating_sub(elapsed));
+    let inbound = inbound.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+    match (own, inbound) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// `fut`, bounded by `limit` when there is one.
