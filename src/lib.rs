@@ -26,6 +26,7 @@ mod parsers_fuzz;
 
 pub use error::{BoxError, ConfigError, FailurePolicy, StoreError};
 pub use layers::circuit_breaker::{self, CircuitBreakerLayer};
+pub use layers::concurrency_limit::{self, ConcurrencyLimitLayer};
 pub use layers::deadline::{self, DeadlineLayer};
 pub use layers::health::{self, HealthRegistry};
 pub use layers::idempotency::{self, IdempotencyLayer};

@@ -1,6 +1,7 @@
 //! One folder per concern; each is a `tower::Layer`.
 
 pub mod circuit_breaker;
+pub mod concurrency_limit;
 pub mod deadline;
 pub mod health;
 pub mod idempotency;
