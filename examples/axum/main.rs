@@ -14,6 +14,10 @@
 //! instance, and adds a readiness check; `ETCD_ENDPOINTS` (needs
 //! `--features etcd`) adds its readiness check and hot-reloads the quota
 //! and the `/proxy` breaker's thresholds from `/battlement/config/`;
+//! `CONCURRENCY_LIMIT` (`adaptive`, a number, or `none`, the default)
+//! sheds requests beyond it at once with 503 (never the health routes);
+//! `REQUEST_TIMEOUT` (default `30s`) answers 504 to a request still
+//! running after it; `GET /slow?ms=N` answers after N ms;
 //! `DOWNSTREAM_URL` is what
 //! `/proxy` calls (default `http://127.0.0.1:3001`) through a circuit breaker
 //! per downstream host that opens when half the calls of the last 10 s
@@ -40,7 +44,9 @@ use battlement::backends::AnyStore;
 use battlement::body::LayerBody;
 use battlement::circuit_breaker::{BreakerConfig, CircuitOpen, Window};
 use battlement::client::{ClientBody, ClientStackLayer};
+use battlement::concurrency_limit::ConcurrencyLimitConfig;
 use battlement::config::ConfigWatch;
+use battlement::deadline::DeadlineConfig;
 use battlement::health::{HealthRegistry, HealthRoutes};
 use battlement::rate_limit::Quota;
 use battlement::retry::{AttemptTimedOut, RetryPolicy};
@@ -71,6 +77,8 @@ struct Settings {
     trusted_proxies: Vec<ipnet::IpNet>,
     redis_url: Option<String>,
     etcd_endpoints: Option<Vec<String>>,
+    concurrency_limit: Option<ConcurrencyLimitConfig>,
+    request_timeout: Duration,
 }
 
 impl Settings {
@@ -92,6 +100,16 @@ impl Settings {
                 .with_burst(n)
                 .map_err(|e| format!("RATE_BURST={burst:?}: {e}"))?;
         }
+        let concurrency_limit = match var("CONCURRENCY_LIMIT").as_deref() {
+            None | Some("none") => None,
+            Some("adaptive") => Some(ConcurrencyLimitConfig::default()),
+            Some(n) => Some(ConcurrencyLimitConfig::fixed(n.parse().map_err(|e| {
+                format!("CONCURRENCY_LIMIT={n:?}: adaptive, a number or none: {e}")
+            })?)),
+        };
+        let timeout = var("REQUEST_TIMEOUT").unwrap_or_else(|| "30s".into());
+        let request_timeout = humantime::parse_duration(&timeout)
+            .map_err(|e| format!("REQUEST_TIMEOUT={timeout:?}: {e}"))?;
         let trusted_proxies = var("TRUSTED_PROXIES")
             .map(|list| {
                 list.split(',')
@@ -125,6 +143,8 @@ impl Settings {
             redis_url: var("REDIS_URL"),
             etcd_endpoints: var("ETCD_ENDPOINTS")
                 .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect()),
+            concurrency_limit,
+            request_timeout,
         })
     }
 }
@@ -229,6 +249,10 @@ fn stack_config(settings: &Settings) -> Result<StackConfig, Error> {
         },
         ..IdempotencySettings::default()
     });
+    // Load is shed before it queues (health routes never are), and no
+    // request runs past REQUEST_TIMEOUT.
+    config.concurrency_limit = settings.concurrency_limit.clone();
+    config.deadline = Some(DeadlineConfig::new(settings.request_timeout));
     config.client.breaker = Some(
         BreakerConfig::default()
             .window(Window::Time(Duration::from_secs(10)))
@@ -261,7 +285,21 @@ fn routes(settings: &Settings, client: ClientStackLayer<AnyStore>, orders: Order
         .route("/items/{id}", get(item))
         .route("/orders", post(order))
         .route("/proxy", get(proxy))
+        .route("/slow", get(slow))
         .with_state(state)
+}
+
+/// Answers after `ms` milliseconds (at most a minute).
+async fn slow(axum::extract::Query(q): axum::extract::Query<SlowQuery>) -> String {
+    let ms = q.ms.min(60_000);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    format!("slept {ms} ms")
+}
+
+#[derive(serde::Deserialize)]
+struct SlowQuery {
+    #[serde(default)]
+    ms: u64,
 }
 
 async fn item(Path(id): Path<String>) -> axum::Json<serde_json::Value> {
@@ -421,6 +459,8 @@ mod tests {
             trusted_proxies: Vec::new(),
             redis_url: None,
             etcd_endpoints: None,
+            concurrency_limit: None,
+            request_timeout: Duration::from_secs(30),
         }
     }
 
@@ -493,6 +533,46 @@ mod tests {
             assert_eq!(status, StatusCode::OK);
             assert_eq!(headers["content-type"], "application/health+json");
         }
+    }
+
+    // CONCURRENCY_LIMIT=2: a third slow request at once is shed with 503
+    // and Retry-After, while the health routes still answer.
+    #[tokio::test]
+    async fn requests_beyond_the_concurrency_limit_are_shed_but_not_probes() {
+        let limited = Settings {
+            concurrency_limit: Some(ConcurrencyLimitConfig::fixed(2)),
+            ..settings()
+        };
+        let app = memory_app(&limited).await;
+        let slow: Vec<_> = (0..2)
+            .map(|_| {
+                let app = app.clone();
+                tokio::spawn(async move { call(&app, get_req("/slow?ms=500")).await.0 })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (status, headers, _) = call(&app, get_req("/slow?ms=1")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(headers.contains_key("retry-after"));
+        assert_eq!(call(&app, get_req("/readyz")).await.0, StatusCode::OK);
+        for task in slow {
+            assert_eq!(task.await.unwrap(), StatusCode::OK);
+        }
+    }
+
+    // REQUEST_TIMEOUT: a request still running after it gets 504.
+    #[tokio::test]
+    async fn a_request_past_the_timeout_gets_504() {
+        let short = Settings {
+            request_timeout: Duration::from_millis(100),
+            ..settings()
+        };
+        let app = memory_app(&short).await;
+        let (status, headers, _) = call(&app, get_req("/slow?ms=2000")).await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(headers["content-type"], "application/problem+json");
+        let (status, _, body) = call(&app, get_req("/slow?ms=1")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "slept 1 ms"));
     }
 
     #[tokio::test]

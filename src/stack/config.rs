@@ -64,6 +64,12 @@ pub struct StackConfig {
     pub circuit_breaker: Option<ServerBreakerSettings>,
     /// Idempotency keys (off unless present).
     pub idempotency: Option<IdempotencySettings>,
+    /// A concurrency limit that sheds load at once, fixed or adaptive
+    /// (off unless present; probes are never shed).
+    pub concurrency_limit: Option<crate::concurrency_limit::ConcurrencyLimitConfig>,
+    /// The server timeout, per route and from an inbound `grpc-timeout`
+    /// (off unless present).
+    pub deadline: Option<crate::deadline::DeadlineConfig>,
     /// The health routes.
     pub health: HealthSettings,
     /// OpenTelemetry export.

@@ -14,6 +14,8 @@ use crate::BoxError;
 use crate::backends::AnyStore;
 use crate::body::LayerBody;
 use crate::circuit_breaker::CircuitBreakerLayer;
+use crate::concurrency_limit::ConcurrencyLimitLayer;
+use crate::deadline::DeadlineLayer;
 use crate::idempotency::IdempotencyLayer;
 use crate::metrics::MetricsLayer;
 use crate::rate_limit::RateLimitLayer;
@@ -32,6 +34,8 @@ pub struct GrpcStackLayer {
     request_id: Option<RequestIdLayer>,
     trace: Option<TraceLayer>,
     metrics: Option<MetricsLayer>,
+    concurrency_limit: Option<ConcurrencyLimitLayer>,
+    deadline: Option<DeadlineLayer>,
     rate_limit: Option<RateLimitLayer<AnyStore>>,
     breaker: Option<CircuitBreakerLayer>,
     idempotency: Option<IdempotencyLayer<AnyStore>>,
@@ -44,6 +48,8 @@ impl ServerStack {
             request_id: self.request_id.clone(),
             trace: self.trace,
             metrics: self.metrics.clone(),
+            concurrency_limit: self.concurrency_limit.clone(),
+            deadline: self.deadline.clone(),
             rate_limit: self.rate_limit.clone(),
             breaker: self.breaker.clone(),
             idempotency: self.idempotency.clone(),
@@ -124,6 +130,8 @@ where
             .layer(Optional(self.metrics.clone()));
         let probes = boxed(outer.clone().service(inner.clone()));
         let calls = outer
+            .layer(Optional(self.concurrency_limit.clone()))
+            .layer(Optional(self.deadline.clone()))
             .layer(Optional(self.rate_limit.clone()))
             .layer(Optional(self.breaker.clone()))
             .layer(Optional(self.idempotency.clone().map(|idempotency| {

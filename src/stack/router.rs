@@ -15,8 +15,8 @@ impl ServerStack {
 
     /// `api` behind the whole stack; the health routes and `unlimited`
     /// (e.g. the Prometheus `/metrics` router) only behind the request id,
-    /// trace and metrics layers: probes and scrapes are never rate limited
-    /// nor shed by the breaker.
+    /// trace and metrics layers: probes and scrapes are never shed, timed
+    /// out or rate limited.
     pub fn router_with(&self, api: Router, unlimited: Router) -> Router {
         // One `Router::layer` call per group of routes: each call boxes the
         // routes once more, and each box costs allocations per request.
@@ -27,6 +27,8 @@ impl ServerStack {
         // A group with every layer off is left unboxed.
         let outer_on = self.request_id.is_some() || self.trace.is_some() || self.metrics.is_some();
         let api_on = outer_on
+            || self.concurrency_limit.is_some()
+            || self.deadline.is_some()
             || self.rate_limit.is_some()
             || self.breaker.is_some()
             || self.idempotency.is_some();
@@ -34,6 +36,8 @@ impl ServerStack {
             api.layer(
                 outer
                     .clone()
+                    .layer(Optional(self.concurrency_limit.clone()))
+                    .layer(Optional(self.deadline.clone()))
                     .layer(Optional(self.rate_limit.clone()))
                     .layer(Optional(self.breaker.clone()))
                     .layer(Optional(self.idempotency.clone())),

@@ -7,7 +7,9 @@ use http::Method;
 use super::config::StackConfig;
 use crate::backends::AnyStore;
 use crate::circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer};
+use crate::concurrency_limit::{ConcurrencyLimitHandle, ConcurrencyLimitLayer};
 use crate::config::{ConfigReloader, ConfigWatch};
+use crate::deadline::DeadlineLayer;
 use crate::error::{ConfigError, StoreError};
 use crate::events::Events;
 use crate::health::{HealthRegistry, store_check};
@@ -61,6 +63,8 @@ pub struct ServerStack {
     pub(crate) rate_limit: Option<RateLimitLayer<AnyStore>>,
     pub(crate) breaker: Option<CircuitBreakerLayer>,
     pub(crate) idempotency: Option<IdempotencyLayer<AnyStore>>,
+    pub(crate) concurrency_limit: Option<ConcurrencyLimitLayer>,
+    pub(crate) deadline: Option<DeadlineLayer>,
     pub(crate) events: Events,
     pub(crate) config: Option<ConfigWatch>,
 }
@@ -75,6 +79,8 @@ impl fmt::Debug for ServerStack {
             .field("rate_limit", &self.rate_limit.is_some())
             .field("circuit_breaker", &self.breaker.is_some())
             .field("idempotency", &self.idempotency.is_some())
+            .field("concurrency_limit", &self.concurrency_limit.is_some())
+            .field("deadline", &self.deadline.is_some())
             .field("config_source", &self.config.is_some())
             .finish_non_exhaustive()
     }
@@ -142,6 +148,16 @@ pub async fn server(config: &StackConfig) -> Result<ServerStack, StackError> {
         }
         None => None,
     };
+    let concurrency_limit = match &config.concurrency_limit {
+        Some(settings) => {
+            Some(ConcurrencyLimitLayer::from_config(settings)?.events(events.clone()))
+        }
+        None => None,
+    };
+    let deadline = match &config.deadline {
+        Some(settings) => Some(DeadlineLayer::from_config(settings)?.events(events.clone())),
+        None => None,
+    };
     let mut stack = ServerStack {
         store,
         health,
@@ -157,6 +173,8 @@ pub async fn server(config: &StackConfig) -> Result<ServerStack, StackError> {
         rate_limit,
         breaker,
         idempotency,
+        concurrency_limit,
+        deadline,
         events,
         config: None,
     };
@@ -195,6 +213,14 @@ impl ServerStack {
     /// The server breaker's handle, when it is on.
     pub fn circuit_breaker(&self) -> Option<CircuitBreakerHandle> {
         self.breaker.as_ref().map(CircuitBreakerLayer::handle)
+    }
+
+    /// The concurrency limit's handle (current limit, requests in
+    /// flight), when it is on.
+    pub fn concurrency_limit(&self) -> Option<ConcurrencyLimitHandle> {
+        self.concurrency_limit
+            .as_ref()
+            .map(ConcurrencyLimitLayer::handle)
     }
 
     /// Binds the rate limiter and breaker to a config source.

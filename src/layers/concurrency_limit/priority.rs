@@ -38,9 +38,9 @@ impl fmt::Display for Priority {
 /// A function from a request head to its [`Priority`].
 pub(crate) type Classifier = Arc<dyn Fn(&Parts) -> Priority + Send + Sync>;
 
-/// The default classifier: health probes (`/health*`, `/healthz`,
-/// `/livez`, `/readyz`, `/ready`, `/live`, and the gRPC health service)
-/// are [`Priority::Critical`], everything else [`Priority::Normal`].
+/// The default classifier: probes (health checks and metric scrapes, as
+/// [`is_probe`](crate::health::is_probe) tells them) are
+/// [`Priority::Critical`], everything else [`Priority::Normal`].
 ///
 /// ```
 /// use battlement::concurrency_limit::{Priority, default_priority};
@@ -51,11 +51,7 @@ pub(crate) type Classifier = Arc<dyn Fn(&Parts) -> Priority + Send + Sync>;
 /// assert_eq!(default_priority(&parts), Priority::Normal);
 /// ```
 pub fn default_priority(parts: &Parts) -> Priority {
-    let path = parts.uri.path();
-    let health = path.starts_with("/health")
-        || path.starts_with("/grpc.health.v1.Health/")
-        || matches!(path, "/healthz" | "/livez" | "/readyz" | "/ready" | "/live");
-    if health {
+    if crate::health::is_probe(parts.uri.path()) {
         Priority::Critical
     } else {
         Priority::Normal
