@@ -1,4 +1,4 @@
-//! `Retry`: the attempt loop (SPEC RT-1..RT-5).
+//! `Retry`: the attempt loop.
 
 use std::fmt;
 use std::sync::Arc;
@@ -161,7 +161,7 @@ impl<B> Replay<B> {
                 trailers,
             },
             // Too large to keep, or a stream not all there: sent once,
-            // whole (SPEC RT-5).
+            // whole.
             Read::Partial { prefix, rest } => Self::Once(Some(Request::from_parts(
                 parts,
                 LayerBody::resumed(prefix, rest),
