@@ -51,9 +51,9 @@ fn w3c_propagators() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         use opentelemetry::propagation::TextMapCompositePropagator;
-        use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+        use opentelemetry_sdk::propagation::BaggagePropagator;
         opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
-            Box::new(TraceContextPropagator::new()),
+            Box::new(crate::trace::W3cTraceContext::new()),
             Box::new(BaggagePropagator::new()),
         ]));
     });
@@ -96,7 +96,7 @@ proptest! {
         pushback in header_text(),
     ) {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600);
-        let mut map = headers("retry-after", &[retry_after.clone()]);
+        let mut map = headers("retry-after", std::slice::from_ref(&retry_after));
         let _ = crate::layers::retry::hint::hint(&map, now);
         if !retry_after.is_empty() && retry_after.bytes().all(|b| b.is_ascii_digit()) {
             let secs = retry_after.parse().unwrap_or(u64::MAX);

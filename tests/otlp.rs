@@ -28,12 +28,15 @@ use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use support::{Process, free_port};
 use tonic::{Request, Response, Status};
 
+/// A span's name and its attributes.
+type NamedAttributes = (String, Vec<KeyValue>);
+
 /// What the receiver got: `(trace id hex, span name)`, each span's
 /// attributes as decoded, and metric names.
 #[derive(Clone, Default)]
 struct Received {
     spans: Arc<Mutex<Vec<(String, String)>>>,
-    attributes: Arc<Mutex<Vec<(String, Vec<KeyValue>)>>>,
+    attributes: Arc<Mutex<Vec<NamedAttributes>>>,
     metrics: Arc<Mutex<Vec<String>>>,
 }
 

@@ -15,7 +15,7 @@ use crate::error::StoreError;
 use crate::events::Events;
 use circuit_breaker::Records;
 use idempotency::{Limits as IdempotencyLimits, Records as IdempotencyRecords};
-use rate_limit::Cells;
+use rate_limit::{Cells, DEFAULT_MAX_KEYS};
 
 /// Settings of a [`MemoryStore`].
 ///
@@ -29,11 +29,16 @@ use rate_limit::Cells;
 /// let store = MemoryStore::from_config(config).unwrap();
 /// let zero = MemoryConfig::default().idempotency_max_bytes(0);
 /// assert!(MemoryStore::from_config(zero).is_err());
+/// let keys: MemoryConfig = serde_json::from_str(r#"{"rate_limit_max_keys": 200000}"#).unwrap();
+/// let store = MemoryStore::from_config(keys).unwrap();
+/// let zero = MemoryConfig::default().rate_limit_max_keys(0);
+/// assert!(MemoryStore::from_config(zero).is_err());
 /// ```
 ///
 /// The idempotency caps (`idempotency_max_records`, `idempotency_max_bytes`,
-/// `idempotency_max_scope_records`, `idempotency_max_scope_bytes`) are
-/// described on [`MemoryStore`]; a 0 is a configuration error.
+/// `idempotency_max_scope_records`, `idempotency_max_scope_bytes`) and the
+/// rate-limit key cap (`rate_limit_max_keys`) are described on
+/// [`MemoryStore`]; a 0 is a configuration error.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryConfig {
@@ -47,6 +52,8 @@ pub struct MemoryConfig {
     idempotency_max_scope_records: usize,
     #[serde(default = "default_max_scope_bytes")]
     idempotency_max_scope_bytes: usize,
+    #[serde(default = "default_max_keys")]
+    rate_limit_max_keys: usize,
 }
 
 fn default_prefix() -> String {
@@ -69,6 +76,10 @@ fn default_max_scope_bytes() -> usize {
     IdempotencyLimits::DEFAULT.scope_bytes
 }
 
+fn default_max_keys() -> usize {
+    DEFAULT_MAX_KEYS
+}
+
 impl Default for MemoryConfig {
     fn default() -> Self {
         Self {
@@ -77,6 +88,7 @@ impl Default for MemoryConfig {
             idempotency_max_bytes: default_max_bytes(),
             idempotency_max_scope_records: default_max_scope_records(),
             idempotency_max_scope_bytes: default_max_scope_bytes(),
+            rate_limit_max_keys: default_max_keys(),
         }
     }
 }
@@ -111,6 +123,21 @@ impl MemoryConfig {
     pub fn idempotency_max_scope_bytes(mut self, bytes: usize) -> Self {
         self.idempotency_max_scope_bytes = bytes;
         self
+    }
+
+    /// See [`MemoryStore::rate_limit_max_keys`].
+    pub fn rate_limit_max_keys(mut self, keys: usize) -> Self {
+        self.rate_limit_max_keys = keys;
+        self
+    }
+
+    fn checked_max_keys(&self) -> Result<usize, StoreError> {
+        match self.rate_limit_max_keys {
+            0 => Err(StoreError::Config(
+                "rate_limit_max_keys must be at least 1".to_owned(),
+            )),
+            keys => Ok(keys),
+        }
     }
 
     fn idempotency_limits(&self) -> Result<IdempotencyLimits, StoreError> {
@@ -203,6 +230,51 @@ impl MemoryConfig {
 /// // ... hand `events` to the layers too; `rx` then sees the evictions.
 /// ```
 ///
+/// # Rate-limit key cap
+///
+/// A rate-limit key stays until its bucket is full again, so a flood of
+/// distinct keys (random API keys, spoofed addresses) within one period
+/// would grow memory until the sweeper, once a second, finds them idle.
+/// The store holds at most [`rate_limit_max_keys`](Self::rate_limit_max_keys)
+/// keys instead (default 1,000,000; serde field `rate_limit_max_keys`).
+/// A new key that finds the store full first sweeps the idle keys (at
+/// most every 250 ms, one caller at a time, the others do not wait); if
+/// that frees no room it is decided on its policy's *overflow key*, one
+/// per policy, which every key without room shares: those keys are still
+/// limited, together, by the policy's quota, never unlimited and never
+/// refused with an error. Keys already held are unaffected, and a decision
+/// on one costs the same as without a cap: only a new key checks it.
+/// Every decision on an overflow key is a `rate_limit`/`overflow` event,
+/// with the policy, on the store's [`events`](Self::events) and in
+/// `battlement.events`.
+///
+/// Why 1,000,000: a key takes about 180 to 200 bytes (measured: its
+/// 64-byte slot in a map between 7/16 and 7/8 full, plus the `policy/key`
+/// text in its own allocation, 48 bytes for an IPv6 /64 key), so a full
+/// store holds some 190 MiB, the order of the idempotency caps' 256 MiB.
+/// Without the cap, 100,000 new keys a second under a per-minute quota
+/// would hold 6 million keys (over 1 GiB) before the first could go. A
+/// million distinct clients within one period is more than one instance
+/// limiting in process usually sees; larger deployments limit in Redis or
+/// etcd, whose memory the server bounds.
+///
+/// ```
+/// use battlement::backends::MemoryStore;
+/// use battlement::rate_limit::{Quota, RateLimitStore};
+///
+/// let store = MemoryStore::new().rate_limit_max_keys(2);
+/// let quota = Quota::per_minute(1).unwrap();
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// for key in ["a", "b", "c", "d"] {
+///     store.decide("per-key", key, &quota, 1).await.unwrap();
+/// }
+/// // "a" and "b" have their own keys; "c" and "d" share one overflow key,
+/// // whose one request a minute "c" took.
+/// assert_eq!(store.rate_limit_keys(), 3);
+/// assert!(!store.decide("per-key", "e", &quota, 1).await.unwrap().is_allowed());
+/// # });
+/// ```
+///
 /// The builder methods ([`with_clock`](Self::with_clock),
 /// [`events`](Self::events), the caps) return a new, empty store: set them
 /// before the store is used or cloned.
@@ -228,6 +300,7 @@ struct Parts {
     clock: SharedClock,
     events: Events,
     limits: IdempotencyLimits,
+    max_keys: usize,
 }
 
 impl MemoryStore {
@@ -238,6 +311,7 @@ impl MemoryStore {
             clock: SystemClock::shared(),
             events: Events::new(),
             limits: IdempotencyLimits::DEFAULT,
+            max_keys: DEFAULT_MAX_KEYS,
         })
     }
 
@@ -248,6 +322,7 @@ impl MemoryStore {
             clock: SystemClock::shared(),
             events: Events::new(),
             limits: config.idempotency_limits()?,
+            max_keys: config.checked_max_keys()?,
         }))
     }
 
@@ -257,8 +332,9 @@ impl MemoryStore {
     }
 
     /// Reports the store's own incidents (idempotency evictions and
-    /// refusals) on `events`, usually the stream the layers report to.
-    /// Without it they are still counted in `battlement.events`.
+    /// refusals, rate-limit decisions on an overflow key) on `events`,
+    /// usually the stream the layers report to. Without it they are still
+    /// counted in `battlement.events`.
     pub fn events(self, events: Events) -> Self {
         self.rebuild(|parts| parts.events = events)
     }
@@ -289,6 +365,13 @@ impl MemoryStore {
         self.rebuild(|parts| parts.limits.scope_bytes = bytes.max(1))
     }
 
+    /// Caps the rate-limit keys of the whole store, besides one overflow
+    /// key per policy (default 1,000,000; 0 counts as 1). See
+    /// [Rate-limit key cap](Self#rate-limit-key-cap).
+    pub fn rate_limit_max_keys(self, keys: usize) -> Self {
+        self.rebuild(|parts| parts.max_keys = keys.max(1))
+    }
+
     /// The clock the store decides with.
     pub fn clock(&self) -> &SharedClock {
         &self.inner.clock
@@ -300,6 +383,7 @@ impl MemoryStore {
             clock: self.inner.clock.clone(),
             events: self.inner.events.clone(),
             limits: self.inner.idempotency.limits(),
+            max_keys: self.inner.cells.max_keys(),
         };
         change(&mut parts);
         Self::build(parts)
@@ -312,7 +396,7 @@ impl MemoryStore {
                 clock: parts.clock,
                 events: parts.events,
                 closed: AtomicBool::new(false),
-                cells: Cells::default(),
+                cells: Cells::new(parts.max_keys),
                 breakers: Records::default(),
                 idempotency: IdempotencyRecords::new(parts.limits),
             }),

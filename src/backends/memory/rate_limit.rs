@@ -3,26 +3,51 @@
 //! governor's limiter cannot be used here: its GCRA rounds the emission
 //! interval to nanoseconds and has no cost-above-burst or quota-rescaling
 //! semantics, and battlement's memory, Redis and etcd backends must decide
-//! identically (SPEC RL-7). The cell follows governor's design instead: the
+//! identically. The cell follows governor's design instead: the
 //! state is one 128-bit word updated with compare-and-swap.
+//!
+//! The store holds at most `max_keys` cells (see `MemoryStore`'s "Rate-limit
+//! key cap"). Only a new key checks the cap, against a counter kept beside
+//! the map (the map's own `len` locks every shard): a decision on a key
+//! already held costs what it did without one. A new key that finds the map
+//! full first sweeps idle keys, at most every [`FULL_SWEEP_EVERY`] and by one
+//! caller at a time, and otherwise is decided on its policy's overflow
+//! cell, which every key the map had no room for shares: limited together,
+//! never unlimited. Each such decision is a `rate_limit`/`overflow` event.
 
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use portable_atomic::AtomicU128;
 
 use super::MemoryStore;
 use crate::error::StoreError;
+use crate::events::Events;
 use crate::layers::rate_limit::gcra::{self, GcraState};
 use crate::layers::rate_limit::store::{CONCERN, write_state_id};
 use crate::layers::rate_limit::{Decision, Quota, RateLimitStore};
 
 /// How often idle keys are evicted.
 pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// How often, at most, a new key that finds the map full sweeps idle keys
+/// before it falls to the overflow cell. A flood of new keys, where nothing
+/// is idle, then costs at most four extra sweeps a second: a sweep of a
+/// million keys none of which is idle takes ~15 ms on a 2-core machine
+/// (release build), so ~6 % of one core at the default cap.
+const FULL_SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// The default of [`Cells::max_keys`]: see `MemoryStore`'s "Rate-limit key
+/// cap".
+pub(crate) const DEFAULT_MAX_KEYS: usize = 1_000_000;
+
+/// The layer name of the store's events.
+const LAYER: &str = "rate_limit";
 
 /// `full_at_us` is only rewritten when it moves by more than this (and then
 /// set this much later), to keep the hot path to one atomic write; it may
@@ -31,12 +56,28 @@ pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(1);
 const FULL_AT_SLACK_US: u64 = 100_000;
 
 /// The rate-limit cells of one memory store.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Cells {
     map: DashMap<StateId, Cell, foldhash::fast::RandomState>,
+    /// Keys in `map`: raised before an insert and lowered after a sweep
+    /// removed keys, so never below the map's length.
+    live: AtomicUsize,
+    /// The most keys `map` holds.
+    max_keys: usize,
+    /// One cell per policy, shared by the keys `map` had no room for (not
+    /// counted in `live`).
+    overflow: DashMap<Box<str>, Overflow, foldhash::fast::RandomState>,
     sweeper: AtomicBool,
-    /// When the decisions last swept, outside a tokio runtime.
+    /// When a sweep last started (by the sweeper, a decision outside a
+    /// runtime or a new key that found the map full).
     swept_at_us: AtomicU64,
+}
+
+/// The overflow cell of one policy, with the policy's name for its events.
+#[derive(Debug)]
+struct Overflow {
+    policy: Arc<str>,
+    cell: Cell,
 }
 
 /// `(debt, at)` in one word, plus the period the debt is expressed in and
@@ -64,6 +105,11 @@ const DEBT_MASK: u64 = (1 << DEBT_BITS) - 1;
 const EPOCH_MASK: u64 = u64::MAX >> DEBT_BITS;
 
 impl Cell {
+    /// Whether the bucket is full again at `now_us` (then the cell can go).
+    fn is_idle(&self, now_us: u64) -> bool {
+        self.full_at_us.load(Ordering::Relaxed) + FULL_AT_SLACK_US <= now_us
+    }
+
     fn decide(&self, quota: &Quota, cost: u64, now_us: u64) -> Decision {
         loop {
             // A consistent pair: the period, the word, and the period again
@@ -213,32 +259,70 @@ impl PartialEq for StateId {
 impl Eq for StateId {}
 
 impl Cells {
-    /// Number of keys held.
-    pub(crate) fn len(&self) -> usize {
-        self.map.len()
+    /// No cells yet; at most `max_keys` keys (at least 1) besides the
+    /// overflow cells.
+    pub(crate) fn new(max_keys: usize) -> Self {
+        Self {
+            map: DashMap::default(),
+            live: AtomicUsize::new(0),
+            max_keys: max_keys.max(1),
+            overflow: DashMap::default(),
+            sweeper: AtomicBool::new(false),
+            swept_at_us: AtomicU64::new(0),
+        }
     }
 
-    /// [`sweep`](Self::sweep)s when the last sweep by this method is
-    /// [`SWEEP_EVERY`] old (one caller of many wins).
-    fn sweep_if_due(&self, now_us: u64) {
+    /// The most keys held besides the overflow cells.
+    pub(crate) fn max_keys(&self) -> usize {
+        self.max_keys
+    }
+
+    /// Number of keys held, the overflow cells included.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len() + self.overflow.len()
+    }
+
+    /// [`sweep`](Self::sweep)s when the last sweep started at least
+    /// `every` ago (one caller of many wins); whether it swept.
+    fn sweep_if_due(&self, now_us: u64, every: Duration) -> bool {
         let last = self.swept_at_us.load(Ordering::Relaxed);
-        if now_us.saturating_sub(last) >= SWEEP_EVERY.as_micros() as u64
+        let due = now_us.saturating_sub(last) >= every.as_micros() as u64
             && self
                 .swept_at_us
                 .compare_exchange(last, now_us, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.sweep(now_us);
+                .is_ok();
+        if due {
+            self.remove_idle(now_us);
         }
+        due
     }
 
     /// Removes every key whose bucket is full again at `now_us`.
     pub(crate) fn sweep(&self, now_us: u64) {
-        self.map
-            .retain(|_, cell| cell.full_at_us.load(Ordering::Relaxed) + FULL_AT_SLACK_US > now_us);
+        self.swept_at_us.store(now_us, Ordering::Relaxed);
+        self.remove_idle(now_us);
     }
 
-    fn decide(&self, policy: &str, key: &str, quota: &Quota, cost: u64, now_us: u64) -> Decision {
+    fn remove_idle(&self, now_us: u64) {
+        let mut removed = 0;
+        self.map.retain(|_, cell| {
+            let idle = cell.is_idle(now_us);
+            removed += usize::from(idle);
+            !idle
+        });
+        self.live.fetch_sub(removed, Ordering::Relaxed);
+        self.overflow.retain(|_, o| !o.cell.is_idle(now_us));
+    }
+
+    fn decide(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        cost: u64,
+        now_us: u64,
+        events: &Events,
+    ) -> Decision {
         let id: &dyn IdParts = &(policy, key);
         if let Some(cell) = self.map.get(id) {
             return cell.decide(quota, cost, now_us);
@@ -248,34 +332,94 @@ impl Cells {
         if fresh.write.is_none() {
             return fresh.decision;
         }
-        let cell = self.map.entry(StateId::new(policy, key)).or_default();
-        cell.decide(quota, cost, now_us)
+        if self.live.load(Ordering::Relaxed) >= self.max_keys && !self.make_room(now_us) {
+            return self.overflow(policy, quota, cost, now_us, events);
+        }
+        match self.map.entry(StateId::new(policy, key)) {
+            Entry::Occupied(cell) => cell.get().decide(quota, cost, now_us),
+            Entry::Vacant(slot) => {
+                // Taken before the insert, so concurrent new keys never
+                // pass the cap together.
+                if self.live.fetch_add(1, Ordering::Relaxed) >= self.max_keys {
+                    self.live.fetch_sub(1, Ordering::Relaxed);
+                    drop(slot);
+                    return self.overflow(policy, quota, cost, now_us, events);
+                }
+                slot.insert(Cell::default()).decide(quota, cost, now_us)
+            }
+        }
+    }
+
+    /// Sweeps a full map if no sweep started in the last
+    /// [`FULL_SWEEP_EVERY`]; whether a key fits now.
+    fn make_room(&self, now_us: u64) -> bool {
+        self.sweep_if_due(now_us, FULL_SWEEP_EVERY)
+            && self.live.load(Ordering::Relaxed) < self.max_keys
+    }
+
+    /// Decides on `policy`'s overflow cell and reports it.
+    fn overflow(
+        &self,
+        policy: &str,
+        quota: &Quota,
+        cost: u64,
+        now_us: u64,
+        events: &Events,
+    ) -> Decision {
+        let decide = |o: &Overflow| {
+            let decision = o.cell.decide(quota, cost, now_us);
+            events.note(LAYER, "overflow", Some(&o.policy), || {
+                Some(format!(
+                    "the store holds its maximum of {} keys: decided on the \
+                     policy's shared overflow key",
+                    self.max_keys
+                ))
+            });
+            decision
+        };
+        if let Some(o) = self.overflow.get(policy) {
+            return decide(&o);
+        }
+        let o = self
+            .overflow
+            .entry(policy.into())
+            .or_insert_with(|| Overflow {
+                policy: policy.into(),
+                cell: Cell::default(),
+            });
+        decide(&o)
     }
 }
 
 impl MemoryStore {
-    /// Number of rate-limit keys held; keys idle until their bucket is full
-    /// again are evicted every second by a background task, without any
-    /// call by the user (SPEC RL-4).
+    /// Number of rate-limit keys held, the overflow keys included (at most
+    /// [`rate_limit_max_keys`](Self::rate_limit_max_keys) plus one per
+    /// policy); keys idle until their bucket is full again are evicted
+    /// every second by a background task, without any call by the user
+    ///.
     pub fn rate_limit_keys(&self) -> usize {
         self.inner.cells.len()
     }
 
     /// Every rate-limit key (namespaced as on the servers) with the time
-    /// until its bucket is full again.
+    /// until its bucket is full again. A policy's overflow key is listed
+    /// as the key of `{policy}#overflow`.
     pub fn rate_limit_entries(&self) -> Vec<(String, Duration)> {
         let now = self.inner.clock.now_micros();
-        self.inner
-            .cells
+        let cells = &self.inner.cells;
+        let entry = |id: &str, cell: &Cell| {
+            let ttl = cell.full_at_us.load(Ordering::Relaxed).saturating_sub(now);
+            (self.inner.keys.key(CONCERN, id), Duration::from_micros(ttl))
+        };
+        let overflow = cells
+            .overflow
+            .iter()
+            .map(|e| entry(&format!("{}#overflow", e.key()), &e.cell));
+        cells
             .map
             .iter()
-            .map(|e| {
-                let ttl = e.full_at_us.load(Ordering::Relaxed).saturating_sub(now);
-                (
-                    self.inner.keys.key(CONCERN, &e.key().text),
-                    Duration::from_micros(ttl),
-                )
-            })
+            .map(|e| entry(&e.key().text, e.value()))
+            .chain(overflow)
             .collect()
     }
 
@@ -290,7 +434,7 @@ impl MemoryStore {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             cells.sweeper.store(false, Ordering::Release);
             // No runtime to sweep in: the decisions sweep instead.
-            cells.sweep_if_due(now_us);
+            cells.sweep_if_due(now_us, SWEEP_EVERY);
             return;
         };
         let weak: Weak<super::Inner> = Arc::downgrade(&self.inner);
@@ -332,7 +476,11 @@ impl MemoryStore {
         self.check_open()?;
         let now_us = self.inner.clock.now_micros();
         self.ensure_sweeper(now_us);
-        Ok(self.inner.cells.decide(policy, key, quota, cost, now_us))
+        let events = &self.inner.events;
+        Ok(self
+            .inner
+            .cells
+            .decide(policy, key, quota, cost, now_us, events))
     }
 }
 
@@ -385,6 +533,131 @@ mod tests {
             let allowed = allowed.load(Ordering::Relaxed);
             assert!(allowed <= 10, "round {round}: {allowed} admitted");
         }
+    }
+
+    /// Decisions of `store` on `keys` distinct new keys of policy `p`,
+    /// with the `rate_limit`/`overflow` events they reported: `(allowed,
+    /// overflow events)`.
+    fn flood(
+        store: &MemoryStore,
+        rx: &mut tokio::sync::broadcast::Receiver<crate::events::Event>,
+        keys: std::ops::Range<u32>,
+        quota: &Quota,
+    ) -> (usize, usize) {
+        use std::fmt::Write;
+        let (mut allowed, mut overflowed) = (0, 0);
+        let mut key = String::new();
+        for i in keys {
+            key.clear();
+            let _ = write!(key, "{i}");
+            allowed += usize::from(
+                store
+                    .decide_at_once("p", &key, quota, 1)
+                    .unwrap()
+                    .is_allowed(),
+            );
+            if i % 512 == 0 {
+                overflowed += overflow_events(rx);
+            }
+        }
+        (allowed, overflowed + overflow_events(rx))
+    }
+
+    fn overflow_events(rx: &mut tokio::sync::broadcast::Receiver<crate::events::Event>) -> usize {
+        let mut n = 0;
+        while let Ok(e) = rx.try_recv() {
+            assert_eq!((e.layer(), e.policy()), ("rate_limit", Some("p")));
+            n += usize::from(e.event() == "overflow");
+        }
+        n
+    }
+
+    // A million distinct keys within one period on a store capped at 10,000:
+    // the first 10,000 get their own keys, the rest share the policy's one
+    // overflow key, which admits its burst and then denies them, each
+    // decision reported.
+    #[test]
+    fn a_key_flood_is_capped_and_shares_one_limited_overflow_key() {
+        let clock = crate::clock::ManualClock::new(Duration::from_secs(1_000));
+        let events = Events::new();
+        let mut rx = events.subscribe();
+        let store = MemoryStore::new()
+            .rate_limit_max_keys(10_000)
+            .with_clock(clock.shared())
+            .events(events);
+        let quota = Quota::per_minute(5).unwrap();
+        let (allowed, overflowed) = flood(&store, &mut rx, 0..1_000_000, &quota);
+        assert_eq!(
+            store.rate_limit_keys(),
+            10_001,
+            "10,000 keys + the overflow key"
+        );
+        assert_eq!(overflowed, 990_000, "every overflowed decision is an event");
+        assert_eq!(allowed, 10_000 + 5, "own keys + the overflow key's burst");
+        // Still limited: a new key is denied, a held one keeps its own count.
+        let late = store.decide_at_once("p", "late", &quota, 1).unwrap();
+        assert!(!late.is_allowed());
+        assert!(late.retry_after().is_some());
+        let held = store.decide_at_once("p", "0", &quota, 1).unwrap();
+        assert_eq!((held.is_allowed(), held.remaining()), (true, 3));
+        // One overflow key per policy.
+        let other = store.decide_at_once("q", "x", &quota, 1).unwrap();
+        assert!(other.is_allowed());
+        assert_eq!(store.rate_limit_keys(), 10_002);
+        // The overflow keys are listed, and swept once idle.
+        let names: Vec<String> = store
+            .rate_limit_entries()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(names.iter().filter(|k| k.contains("overflow")).count(), 2);
+        clock.advance(Duration::from_secs(120));
+        store.inner.cells.sweep(store.clock().now_micros());
+        assert_eq!(store.rate_limit_keys(), 0);
+    }
+
+    // Once the held keys are idle, a new key on a full store sweeps them
+    // and gets its own key instead of the overflow key.
+    #[test]
+    fn a_full_store_sweeps_idle_keys_before_it_overflows() {
+        // A runtime that never runs its sweeper task: only a full store
+        // sweeps.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let _in_runtime = rt.enter();
+        let clock = crate::clock::ManualClock::new(Duration::from_secs(1_000));
+        let events = Events::new();
+        let mut rx = events.subscribe();
+        let store = MemoryStore::new()
+            .rate_limit_max_keys(100)
+            .with_clock(clock.shared())
+            .events(events);
+        let quota = Quota::per_second(1).unwrap();
+        assert_eq!(flood(&store, &mut rx, 0..100, &quota), (100, 0));
+        assert_eq!(flood(&store, &mut rx, 100..101, &quota), (1, 1));
+        // The keys are idle only after a second: the full store sweeps
+        // again (100 ms after the last sweep) but finds no room yet.
+        clock.advance(Duration::from_millis(500));
+        assert_eq!(flood(&store, &mut rx, 101..102, &quota), (0, 1));
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(flood(&store, &mut rx, 200..300, &quota), (100, 0));
+        assert_eq!(store.rate_limit_keys(), 100, "the idle keys made room");
+    }
+
+    #[test]
+    fn the_key_cap_is_configurable() {
+        let config: crate::backends::MemoryConfig =
+            serde_json::from_str(r#"{"rate_limit_max_keys": 7}"#).unwrap();
+        let store = MemoryStore::from_config(config).unwrap();
+        assert_eq!(store.inner.cells.max_keys(), 7);
+        assert_eq!(MemoryStore::new().inner.cells.max_keys(), DEFAULT_MAX_KEYS);
+        let zero = crate::backends::MemoryConfig::default().rate_limit_max_keys(0);
+        assert!(MemoryStore::from_config(zero).is_err());
+        let kept = MemoryStore::new()
+            .rate_limit_max_keys(3)
+            .events(Events::new());
+        assert_eq!(kept.inner.cells.max_keys(), 3, "kept by the other builders");
     }
 
     #[test]
