@@ -165,6 +165,23 @@ proptest! {
     }
 
     #[test]
+    fn grpc_timeouts_never_panic_and_round_trip(
+        value in header_text(),
+        nanos in 1u64..u64::MAX / 2,
+    ) {
+        use crate::layers::deadline::grpc_timeout::{encode, parse_value};
+        let _ = parse_value(value.as_bytes());
+        // What is sent is read back no shorter than the time left, and
+        // longer by at most one unit of its encoding (8 digits of the
+        // finest unit that fits: under 1/100,000 of it).
+        let left = Duration::from_nanos(nanos);
+        let read = parse_value(encode(left).as_bytes())
+            .map_err(|_| TestCaseError::fail(format!("{left:?} did not parse back")))?;
+        prop_assert!(read >= left, "{:?} read back as {:?}", left, read);
+        prop_assert!(read - left <= left / 100_000 + Duration::from_nanos(1), "{:?} read back as {:?}", left, read);
+    }
+
+    #[test]
     fn quotas_and_durations_never_panic(text in "[ -~]{0,40}", doc in "[ -~]{0,120}") {
         let _ = text.parse::<Quota>();
         let _ = humantime::parse_duration(&text);

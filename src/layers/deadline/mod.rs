@@ -69,7 +69,7 @@ mod context;
 mod error;
 mod forward;
 mod future;
-mod grpc_timeout;
+pub(crate) mod grpc_timeout;
 mod layer;
 mod service;
 
