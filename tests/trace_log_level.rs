@@ -3,9 +3,9 @@
 //! a global filter turns the trace layer's own spans off.
 #![cfg(all(feature = "axum", feature = "prometheus"))]
 
+mod support;
+
 use std::convert::Infallible;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Body;
@@ -20,34 +20,12 @@ use http_body_util::{BodyExt, Empty};
 use opentelemetry::trace::{SpanKind, TraceId, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use support::Lines;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-
-/// Log lines written by the fmt layer.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Lines {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut lines) = self.0.lock() {
-            lines.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Lines {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 /// A server whose `/proxy` calls a downstream through the client stack
 /// and answers with the `traceparent` the downstream received.

@@ -4,10 +4,10 @@
 //! (unsampled) trace.
 #![cfg(all(feature = "axum", feature = "prometheus"))]
 
+mod support;
+
 use std::collections::HashSet;
 use std::convert::Infallible;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Body;
@@ -21,32 +21,10 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
     InMemorySpanExporter, SamplingDecision, SdkTracerProvider, ShouldSample, SpanData,
 };
+use support::Lines;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tracing::Instrument;
 use tracing_subscriber::layer::SubscriberExt;
-
-/// Log lines written by the fmt layer.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Lines {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut lines) = self.0.lock() {
-            lines.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Lines {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 /// Spans sampled by `sampler` end up in the exporter, log lines in
 /// `Lines`, while the guard lives.

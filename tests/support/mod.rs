@@ -6,12 +6,14 @@
 
 mod etcd;
 mod harness;
+mod lines;
 mod process;
 mod proxy;
 mod redis;
 
 pub use etcd::EtcdServer;
 pub use harness::*;
+pub use lines::Lines;
 pub use process::{Process, free_port, require_binary};
 pub use proxy::TcpProxy;
 pub use redis::{RedisCluster, RedisServer};
