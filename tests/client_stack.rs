@@ -41,8 +41,12 @@ use helloworld::{HelloReply, HelloRequest};
 #[derive(Clone, Default)]
 struct Seen(Arc<Mutex<Vec<String>>>);
 
-/// Fails the first two attempts with 503, then answers 200.
-async fn http_server(seen: Seen, fail_first: usize) -> std::net::SocketAddr {
+/// A server that records each attempt's request id and answers what
+/// `answer` makes of the ids seen so far (the current one last).
+async fn recording_server(
+    seen: Seen,
+    answer: impl Fn(&[String]) -> axum::response::Response + Clone + Send + Sync + 'static,
+) -> std::net::SocketAddr {
     let app = Router::new()
         .route(
             "/",
@@ -50,15 +54,12 @@ async fn http_server(seen: Seen, fail_first: usize) -> std::net::SocketAddr {
                 move |State(seen): State<Seen>, headers: HeaderMap| async move {
                     let id = headers
                         .get("x-request-id")
-                        .map(|v| v.to_str().unwrap_or_default().to_owned())
-                        .unwrap_or_default();
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
                     let mut ids = seen.0.lock().unwrap();
                     ids.push(id);
-                    if ids.len() <= fail_first {
-                        StatusCode::SERVICE_UNAVAILABLE.into_response()
-                    } else {
-                        "ok".into_response()
-                    }
+                    answer(&ids)
                 },
             ),
         )
@@ -67,6 +68,18 @@ async fn http_server(seen: Seen, fail_first: usize) -> std::net::SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
+}
+
+/// Fails the first `fail_first` attempts with 503, then answers 200.
+async fn http_server(seen: Seen, fail_first: usize) -> std::net::SocketAddr {
+    recording_server(seen, move |ids| {
+        if ids.len() <= fail_first {
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        } else {
+            "ok".into_response()
+        }
+    })
+    .await
 }
 
 fn clock() -> ManualClock {
@@ -153,32 +166,15 @@ async fn an_open_breaker_ends_retries_that_cannot_wait() {
 /// Answers each request id's first attempt with 503 and `Retry-After: 1`,
 /// and its second with 200.
 async fn pacing_server(seen: Seen) -> std::net::SocketAddr {
-    let app = Router::new()
-        .route(
-            "/",
-            get(
-                move |State(seen): State<Seen>, headers: HeaderMap| async move {
-                    let id = headers
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned();
-                    let mut ids = seen.0.lock().unwrap();
-                    let first = !ids.contains(&id);
-                    ids.push(id);
-                    if first {
-                        (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")]).into_response()
-                    } else {
-                        "ok".into_response()
-                    }
-                },
-            ),
-        )
-        .with_state(seen);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
+    recording_server(seen, |ids| {
+        let id = ids.last();
+        if ids.iter().filter(|seen| Some(*seen) == id).count() == 1 {
+            (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")]).into_response()
+        } else {
+            "ok".into_response()
+        }
+    })
+    .await
 }
 
 // Many sequential requests, each paced once by the server: every one
