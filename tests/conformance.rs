@@ -1,4 +1,4 @@
-//! The backend conformance suite on every backend (SPEC C-3).
+//! The backend conformance suite on every backend.
 #![cfg(feature = "conformance")]
 
 mod support;

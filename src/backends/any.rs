@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{Backend, KeySpace, MemoryConfig, MemoryStore};
-use crate::circuit_breaker::{CircuitBreakerStore, Published, SharedState, Versioned};
+use crate::circuit_breaker::{CircuitBreakerStore, Loaded, Published, SharedState, Versioned};
 use crate::error::StoreError;
 use crate::idempotency::{Claim, ClaimToken, Fingerprint, IdempotencyStore, StoredResponse};
 use crate::rate_limit::{Decision, Quota, RateLimitStore};
@@ -153,6 +153,10 @@ impl RateLimitStore for AnyStore {
 impl CircuitBreakerStore for AnyStore {
     async fn load(&self, id: &str) -> Result<Option<Versioned>, StoreError> {
         each!(self, s => s.load(id).await)
+    }
+
+    async fn load_many(&self, ids: &[&str]) -> Result<Vec<Loaded>, StoreError> {
+        each!(self, s => s.load_many(ids).await)
     }
 
     async fn publish(

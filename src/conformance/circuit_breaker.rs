@@ -1,4 +1,4 @@
-//! Cases every `CircuitBreakerStore` must pass (SPEC CB-6): the version
+//! Cases every `CircuitBreakerStore` must pass: the version
 //! compare-and-set, the shared open time, TTLs, and two breaker layers on
 //! one store acting as two instances.
 
@@ -271,4 +271,70 @@ where
     b.sync().await;
     assert_eq!(b.state(K), State::Closed);
     assert!(b.acquire(K).is_ok());
+}
+
+/// A batched load answers, id by id and in order, what `load` answers:
+/// for written (open, closed, forced), absent and expired records, for a
+/// repeated id, and for more ids than one store call reads.
+pub async fn load_many_answers_as_load<H: Harness>(h: H)
+where
+    H::Store: CircuitBreakerStore,
+{
+    let clock = ManualClock::new(T0);
+    let s = h.store_with_clock(clock.shared()).await;
+    assert_eq!(s.load_many(&[]).await.unwrap(), Vec::new());
+    // Written first, so it is the first to expire (servers expire records
+    // in real time, so there it is still present: the answers must agree
+    // either way).
+    s.publish("b/old", 0, 1, CLOSED).await.unwrap();
+    clock.advance(RETENTION - Duration::from_secs(5));
+    let forced = SharedState {
+        state: State::ForcedOpen,
+        open_for: Duration::ZERO,
+        reopens: 0,
+    };
+    s.publish("b/open", 0, 2, open_for(30)).await.unwrap();
+    s.publish("b/closed", 0, 3, CLOSED).await.unwrap();
+    s.publish("b/forced", 0, 4, forced).await.unwrap();
+    s.publish("b/odd key:{x}", 0, 5, open_for(60))
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = (0..600).map(|i| format!("b/k{i}")).collect();
+    for i in (0..600).step_by(50) {
+        s.publish(&ids[i], 0, 6, open_for(100 + i as u64))
+            .await
+            .unwrap();
+    }
+    clock.advance(Duration::from_secs(10));
+    // Spread over the batch, so that they fall into different store calls.
+    let named = [
+        "b/open",
+        "b/absent",
+        "b/closed",
+        "b/old",
+        "b/forced",
+        "b/odd key:{x}",
+        "b/open",
+    ];
+    for (n, id) in named.iter().enumerate() {
+        ids.insert(n * 97, (*id).to_owned());
+    }
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+
+    let many = s.load_many(&ids).await.unwrap();
+    assert_eq!(many.len(), ids.len());
+    for (id, answer) in ids.iter().zip(&many) {
+        assert_eq!(*answer, s.load(id).await, "{id}");
+    }
+    let answer = |id: &str| {
+        let at = ids.iter().position(|i| *i == id).unwrap();
+        many[at].clone().unwrap().map(|v| (v.writer, v.shared))
+    };
+    assert_eq!(answer("b/open"), Some((2, open_for(20))));
+    assert_eq!(answer("b/closed"), Some((3, CLOSED)));
+    assert_eq!(answer("b/forced"), Some((4, forced)));
+    assert_eq!(answer("b/odd key:{x}"), Some((5, open_for(50))));
+    assert_eq!(answer("b/absent"), None);
+    assert_eq!(answer("b/k550"), Some((6, open_for(640))));
+    assert_eq!(answer("b/k551"), None);
 }

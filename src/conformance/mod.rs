@@ -171,6 +171,7 @@ macro_rules! circuit_breaker_suite {
             a_trip_on_one_instance_opens_the_other_within_a_second,
             a_half_open_decision_is_seen_by_the_other_instance,
             forced_states_are_shared,
+            load_many_answers_as_load,
         );
     };
 }

@@ -8,7 +8,7 @@ use super::MemoryStore;
 use crate::error::StoreError;
 use crate::layers::circuit_breaker::store::next_version;
 use crate::layers::circuit_breaker::{
-    CircuitBreakerStore, Published, SharedState, State, Versioned,
+    CircuitBreakerStore, Loaded, Published, SharedState, State, Versioned,
 };
 
 /// The written states, by id.
@@ -41,6 +41,18 @@ impl Record {
     }
 }
 
+/// The live record of `id`; an expired one is removed.
+fn read(records: &mut HashMap<Box<str>, Record>, id: &str, now_us: u64) -> Option<Versioned> {
+    match records.get(id) {
+        Some(r) if r.expires_us > now_us => Some(r.versioned(now_us)),
+        Some(_) => {
+            records.remove(id);
+            None
+        }
+        None => None,
+    }
+}
+
 impl CircuitBreakerStore for MemoryStore {
     async fn load(&self, id: &str) -> Result<Option<Versioned>, StoreError> {
         self.check_open()?;
@@ -51,14 +63,23 @@ impl CircuitBreakerStore for MemoryStore {
             .0
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        match records.get(id) {
-            Some(r) if r.expires_us > now_us => Ok(Some(r.versioned(now_us))),
-            Some(_) => {
-                records.remove(id);
-                Ok(None)
-            }
-            None => Ok(None),
-        }
+        Ok(read(&mut records, id, now_us))
+    }
+
+    /// A plain loop under one lock.
+    async fn load_many(&self, ids: &[&str]) -> Result<Vec<Loaded>, StoreError> {
+        self.check_open()?;
+        let now_us = self.inner.clock.now_micros();
+        let mut records = self
+            .inner
+            .breakers
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(ids
+            .iter()
+            .map(|id| Ok(read(&mut records, id, now_us)))
+            .collect())
     }
 
     async fn publish(

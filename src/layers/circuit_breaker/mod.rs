@@ -1,4 +1,4 @@
-//! Circuit breaking: keyed breakers with shared state (SPEC CB-1..CB-6).
+//! Circuit breaking: keyed breakers with shared state.
 //!
 //! ```
 //! use std::time::Duration;
@@ -66,5 +66,6 @@ pub use registry::Permit;
 pub use service::{CircuitBreaker, ClientCircuitBreaker};
 pub use state::{Outcome, State};
 pub use store::{
-    CircuitBreakerStore, FORCED_RETENTION, Published, RETENTION, SharedState, Versioned,
+    CircuitBreakerStore, FORCED_RETENTION, LOAD_BATCH, Loaded, Published, RETENTION, SharedState,
+    Versioned,
 };

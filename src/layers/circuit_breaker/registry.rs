@@ -1,10 +1,15 @@
-//! The keyed breakers of one layer (SPEC CB-5) and their synchronization
-//! with the store (CB-6).
+//! The keyed breakers of one layer and their synchronization with the
+//! store.
 //!
 //! One background task per layer (started by the first call, ended when
 //! the layer is dropped) polls the store for every live key, writes
 //! transitions a failed store call left unwritten, and evicts breakers
 //! that are closed and idle.
+//!
+//! A poll reads the live keys in batches of [`LOAD_BATCH`], one
+//! `load_many` each: 10,000 live keys cost 20 batched reads per poll (on
+//! Redis one script call each, or one per Cluster node), not 10,000 store
+//! calls. A new key is read once on its own when it is created.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +25,7 @@ use super::breaker::{Breaker, Ticket, Transition};
 use super::config::{BreakerConfig, Window};
 use super::error::CircuitOpen;
 use super::state::{Outcome, State};
-use super::store::{CircuitBreakerStore, Published, SharedState, Versioned};
+use super::store::{CircuitBreakerStore, LOAD_BATCH, Loaded, Published, SharedState, Versioned};
 use crate::clock::SharedClock;
 use crate::error::StoreError;
 use crate::events::{Events, WarnLimiter};
@@ -32,13 +37,21 @@ pub(crate) const LAYER: &str = "circuit_breaker";
 /// The key calls share once a layer has `max_keys` breakers.
 const OVERFLOW: &str = "~overflow";
 
-/// Store calls the sync task runs at once.
+/// Single-key store calls (writes of unwritten transitions) the sync task
+/// runs at once.
 const SYNC_CONCURRENCY: usize = 16;
 
+/// Batched loads the sync task runs at once.
+const LOAD_CONCURRENCY: usize = 4;
+
 /// A [`CircuitBreakerStore`] behind a pointer (store calls are rare: one
-/// per transition and one per key per poll).
+/// per transition and one per batch of keys per poll).
 pub(crate) trait DynStore: Send + Sync + 'static {
     fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, StoreError>>;
+    fn load_many<'a>(
+        &'a self,
+        ids: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<Loaded>, StoreError>>;
     fn publish<'a>(
         &'a self,
         id: &'a str,
@@ -51,6 +64,13 @@ pub(crate) trait DynStore: Send + Sync + 'static {
 impl<St: CircuitBreakerStore> DynStore for St {
     fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, StoreError>> {
         Box::pin(CircuitBreakerStore::load(self, id))
+    }
+
+    fn load_many<'a>(
+        &'a self,
+        ids: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Vec<Loaded>, StoreError>> {
+        Box::pin(CircuitBreakerStore::load_many(self, ids))
     }
 
     fn publish<'a>(
@@ -323,11 +343,48 @@ impl Registry {
         if breaker.unpublished(self.clock.now()).is_some() {
             return self.publish_locked(breaker).await;
         }
-        match self.store.load(&self.id(&breaker.key)).await {
+        let loaded = self.store.load(&self.id(&breaker.key)).await;
+        self.learn(breaker, loaded);
+    }
+
+    /// Takes what the store holds for `breaker`: another instance's newer
+    /// state, or the version of this instance's own write.
+    fn learn(self: &Arc<Self>, breaker: &Arc<Breaker>, loaded: Loaded) {
+        match loaded {
             Ok(Some(record)) if record.writer != self.writer => self.adopt(breaker, &record),
             Ok(Some(record)) => breaker.seen(record.version),
             Ok(None) => {}
             Err(e) => self.store_failed(&e),
+        }
+    }
+
+    /// Reads a batch of breakers with one `load_many` and takes what the
+    /// store holds for each. A breaker whose publication is in flight, or
+    /// which changed since the read, is left to that publication: it
+    /// learns the stored state from its compare-and-set, so a poll never
+    /// mistakes this instance's own write for another's.
+    async fn sync_batch(self: &Arc<Self>, batch: &[Arc<Breaker>]) {
+        let ids: Vec<String> = batch.iter().map(|b| self.id(&b.key)).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let loaded = match self.store.load_many(&ids).await {
+            Ok(loaded) if loaded.len() == batch.len() => loaded,
+            Ok(loaded) => {
+                let e = StoreError::Protocol(format!(
+                    "{} breaker states for {} ids",
+                    loaded.len(),
+                    batch.len()
+                ));
+                return self.store_failed(&e);
+            }
+            Err(e) => return self.store_failed(&e),
+        };
+        for (breaker, loaded) in batch.iter().zip(loaded) {
+            let Ok(_one_at_a_time) = breaker.publishing.try_lock() else {
+                continue;
+            };
+            if breaker.unpublished(self.clock.now()).is_none() {
+                self.learn(breaker, loaded);
+            }
         }
     }
 
@@ -344,7 +401,9 @@ impl Registry {
     }
 
     /// One round of the background task: evict idle breakers (but not
-    /// open ones with open time left), sync the others.
+    /// open ones with open time left), write transitions a failed store
+    /// call left unwritten (one call each; rare), read the others in
+    /// batches.
     pub(crate) async fn sync_all(self: &Arc<Self>) {
         let now = self.clock.now();
         // At least one second, and at least the time window in force (it
@@ -357,11 +416,18 @@ impl Registry {
         .as_secs();
         self.breakers
             .retain(|_, b| now.as_secs().saturating_sub(b.last_used()) < idle || !b.evictable(now));
-        let live: Vec<_> = self.breakers.iter().map(|e| e.value().clone()).collect();
-        stream::iter(live)
+        let (unwritten, written): (Vec<_>, Vec<_>) = self
+            .breakers
+            .iter()
+            .map(|e| e.value().clone())
+            .partition(|b| b.unpublished(now).is_some());
+        stream::iter(unwritten)
             .for_each_concurrent(SYNC_CONCURRENCY, |b| async move {
                 self.sync_one(&b).await;
             })
+            .await;
+        stream::iter(written.chunks(LOAD_BATCH))
+            .for_each_concurrent(LOAD_CONCURRENCY, |batch| self.sync_batch(batch))
             .await;
     }
 
@@ -420,7 +486,7 @@ fn spawn(task: impl Future<Output = ()> + Send + 'static) {
 /// The right to make one call through a breaker. Record how the call went
 /// with [`record`](Self::record); dropping the permit unrecorded counts the
 /// call as cancelled ([`Outcome::Ignored`]), which gives a half-open
-/// probe's slot back (SPEC CB-2).
+/// probe's slot back.
 pub struct Permit {
     registry: Arc<Registry>,
     breaker: Arc<Breaker>,

@@ -1,5 +1,4 @@
-//! `CircuitBreakerStore`: where instances share their breakers' state
-//! (SPEC CB-6).
+//! `CircuitBreakerStore`: where instances share their breakers' state.
 //!
 //! Each instance counts its own calls; what is shared is the decision. An
 //! instance whose breaker trips writes `open` (with the open time) under a
@@ -11,6 +10,11 @@
 //! half-open round). A closed breaker makes no store call per request; if
 //! the store fails, every instance keeps deciding locally and writes its
 //! last transition once the store is back.
+//!
+//! A poll reads every live key of a layer with
+//! [`load_many`](CircuitBreakerStore::load_many), [`LOAD_BATCH`] ids per
+//! call: Redis answers a batch with one script call (one per Cluster node
+//! holding its keys), etcd with one read-only transaction per 128 keys.
 
 use std::future::Future;
 use std::time::Duration;
@@ -66,13 +70,47 @@ pub enum Published {
     Conflict(Option<Versioned>),
 }
 
-/// Shared breaker state (SPEC CB-6). Ids are `breaker/key`; stores keep
+/// What [`CircuitBreakerStore::load_many`] answers for one id: what
+/// [`CircuitBreakerStore::load`] would.
+pub type Loaded = Result<Option<Versioned>, StoreError>;
+
+/// The most ids a layer passes to one [`CircuitBreakerStore::load_many`]
+/// call.
+pub const LOAD_BATCH: usize = 500;
+
+/// Shared breaker state. Ids are `breaker/key`; stores keep
 /// them under the `cb` concern of their key space with a TTL of
 /// [`ttl`](SharedState::ttl).
 pub trait CircuitBreakerStore: Backend {
     /// The state of `id`, if written and not expired; `open_for` is the
     /// open time left now.
     fn load(&self, id: &str) -> impl Future<Output = Result<Option<Versioned>, StoreError>> + Send;
+
+    /// The states of `ids`, in their order: for each, what
+    /// [`load`](Self::load) answers. The outer `Err` means the store could
+    /// not be asked (nothing is known); an inner `Err` is one record the
+    /// store could not read, which leaves the others readable.
+    ///
+    /// A layer polls all its live keys with this, at most [`LOAD_BATCH`]
+    /// ids per call, so a store should answer a batch in a few round trips
+    /// whatever its size. The default calls `load` once per id and stops
+    /// at the first error that is not about one record (a timeout, an
+    /// unreachable or closed store).
+    fn load_many(
+        &self,
+        ids: &[&str],
+    ) -> impl Future<Output = Result<Vec<Loaded>, StoreError>> + Send {
+        async move {
+            let mut loaded = Vec::with_capacity(ids.len());
+            for id in ids {
+                match self.load(id).await {
+                    Err(e) if !is_per_record(&e) => return Err(e),
+                    answer => loaded.push(answer),
+                }
+            }
+            Ok(loaded)
+        }
+    }
 
     /// Writes `next` by `writer` if the stored version is `expected`
     /// (absent or expired counts as any version), as version
@@ -95,6 +133,13 @@ impl SharedState {
             _ => self.open_for + RETENTION,
         }
     }
+}
+
+/// Whether `e` is about one record (unreadable, or refused by the server
+/// for that key) rather than about the store: a batched load answers it
+/// for that id and goes on.
+pub(crate) fn is_per_record(e: &StoreError) -> bool {
+    matches!(e, StoreError::Protocol(_) | StoreError::Backend(_))
 }
 
 /// The version a write replacing `expected` gets at store time `now_us`.
