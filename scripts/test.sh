@@ -6,8 +6,14 @@
 # Tests start real redis-server (standalone and a 3-master cluster) and etcd
 # processes on free loopback ports, and check /metrics with promtool; under
 # CI a missing tool FAILS them.
+#
+# Then the W3C Trace Context test suite (../shared/conformance/
+# w3c-trace-context, python3 with venv; it installs aiohttp from PyPI) runs
+# against `examples/w3c`: every case must pass. The suite lives beside the
+# checkout, not in it; where it is missing the step says so and is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+w3c_suite=../shared/conformance/w3c-trace-context/run.sh
 
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
@@ -17,6 +23,11 @@ command -v protoc >/dev/null || missing+=(protobuf-compiler)
 # etcd-client's build imports protobuf's well-known types (descriptor.proto).
 [ -f /usr/include/google/protobuf/descriptor.proto ] || missing+=(libprotobuf-dev)
 command -v promtool >/dev/null || missing+=(prometheus)
+if [ -e "$w3c_suite" ]; then
+    command -v python3 >/dev/null || missing+=(python3)
+    # Debian's python3 makes a venv only with ensurepip, from python3-venv.
+    python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+fi
 if ((${#missing[@]})); then
     echo "installing: ${missing[*]}"
     sudo=""
@@ -41,4 +52,27 @@ cargo clippy --lib -- -D warnings
 cargo clippy --lib --no-default-features -- -D warnings
 echo "== doc";    RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 echo "== test";   cargo test --all-features --all-targets
+echo "== w3c trace context"
+if [ -e "$w3c_suite" ]; then
+    cargo build --all-features --example w3c
+    w3c_log=$(mktemp)
+    BIND=127.0.0.1:0 "${CARGO_TARGET_DIR:-target}/debug/examples/w3c" >"$w3c_log" 2>&1 &
+    w3c_pid=$!
+    trap 'kill "$w3c_pid" 2>/dev/null || true; rm -f "$w3c_log"' EXIT
+    w3c_url=""
+    for _ in $(seq 100); do
+        w3c_url=$(sed -n 's/^listening on //p' "$w3c_log")
+        [ -n "$w3c_url" ] && break
+        kill -0 "$w3c_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ -z "$w3c_url" ]; then
+        echo "the w3c example did not start:"; cat "$w3c_log"; exit 1
+    fi
+    "$w3c_suite" "$w3c_url"
+    kill "$w3c_pid"; wait "$w3c_pid" 2>/dev/null || true
+    trap - EXIT; rm -f "$w3c_log"
+else
+    echo "SKIPPED: the W3C Trace Context suite is missing ($w3c_suite)"
+fi
 echo "== doctest"; cargo test --all-features --doc

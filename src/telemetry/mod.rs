@@ -36,13 +36,13 @@ use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
-use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::propagation::BaggagePropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::registry::{LookupSpan, Registry};
 
 use crate::error::ConfigError;
-use crate::trace::HeadSampler;
+use crate::trace::{HeadSampler, W3cTraceContext};
 
 mod ids;
 mod unsampled;
@@ -102,7 +102,7 @@ pub fn init(service_name: &str) -> Result<TelemetryGuard, ConfigError> {
     crate::trace::head::install(Some(head));
     opentelemetry::global::set_meter_provider(meters.clone());
     opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
-        Box::new(TraceContextPropagator::new()),
+        Box::new(W3cTraceContext::new()),
         Box::new(BaggagePropagator::new()),
     ]));
     Ok(TelemetryGuard {

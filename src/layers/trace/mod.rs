@@ -24,9 +24,11 @@ mod layer;
 pub(crate) mod propagation;
 pub(crate) mod semconv;
 mod service;
+mod w3c;
 
 pub use body::TracedBody;
 pub use head::HeadSampler;
 pub use layer::TraceLayer;
 pub use semconv::DURATION_BUCKETS;
 pub use service::{ResponseFuture, Trace};
+pub use w3c::W3cTraceContext;

@@ -38,6 +38,22 @@ impl Extractor for Headers<'_> {
         value.and_then(|v| v.to_str().ok())
     }
 
+    /// Every value of a repeated header, so a propagator can tell two
+    /// `traceparent` headers from one and join `tracestate` lists; a value
+    /// that is not visible ASCII reads as U+FFFD, which no W3C field takes.
+    fn get_all(&self, key: &str) -> Option<Vec<&str>> {
+        let values = match known(key) {
+            Some(name) if name == BAGGAGE && !self.baggage => return None,
+            Some(name) => self.map.get_all(name),
+            None => self.map.get_all(key),
+        };
+        let all: Vec<&str> = values
+            .iter()
+            .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+            .collect();
+        (!all.is_empty()).then_some(all)
+    }
+
     fn keys(&self) -> Vec<&str> {
         self.map
             .keys()
