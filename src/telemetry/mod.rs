@@ -1,4 +1,4 @@
-//! One-call OpenTelemetry setup (SPEC MT-3): a tracer provider and a meter
+//! One-call OpenTelemetry setup: a tracer provider and a meter
 //! provider, a Prometheus scrape endpoint and OTLP export both fed by that
 //! one meter provider, W3C trace-context and baggage propagation, all from
 //! the standard `OTEL_*` environment variables. The guard flushes and

@@ -1,4 +1,4 @@
-//! OpenTelemetry tracing for servers and clients (SPEC TR-1..TR-5).
+//! OpenTelemetry tracing for servers and clients.
 //!
 //! ```
 //! use battlement::trace::TraceLayer;

@@ -1,4 +1,4 @@
-//! W3C trace context in and out of HTTP headers (SPEC TR-1), through the
+//! W3C trace context in and out of HTTP headers, through the
 //! globally registered OpenTelemetry propagator.
 
 use http::HeaderMap;
