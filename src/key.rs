@@ -549,21 +549,64 @@ impl KeyExtractor for HostKey {
 
 /// The value of a header, e.g. an API key. Values must be 1..=`max_len`
 /// visible ASCII characters.
-#[derive(Debug, Clone)]
+///
+/// The key is a hash of the value, never the value: an API key must not
+/// reach Redis or etcd key names, events or logs in clear. It is an
+/// HMAC-SHA-256 keyed with the deployment's [`secret`](Self::secret)
+/// (every instance sharing a store must use the same one), or, without
+/// one, a SHA-256 salted with a constant, which keeps the value out of
+/// sight but not out of reach of a dictionary. 128 bits of it are kept,
+/// as `h:` and 32 hex digits.
+///
+/// ```
+/// use battlement::key::{HeaderKey, KeyExtractor, RequestHead};
+/// use http::HeaderName;
+///
+/// let key = HeaderKey::new(HeaderName::from_static("x-api-key")).secret(b"from the vault");
+/// let req = http::Request::get("/").header("x-api-key", "sk_live_123").body(()).unwrap();
+/// let key = key.extract(&RequestHead::of(&req)).unwrap();
+/// assert!(key.as_str().starts_with("h:") && !key.as_str().contains("sk_live"));
+/// ```
+#[derive(Clone)]
 pub struct HeaderKey {
     name: HeaderName,
     max_len: usize,
+    secret: Arc<[u8]>,
 }
+
+impl fmt::Debug for HeaderKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeaderKey")
+            .field("name", &self.name)
+            .field("max_len", &self.max_len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The salt of header keys hashed without a deployment secret.
+const HEADER_KEY_SALT: &[u8] = b"battlement header key";
 
 impl HeaderKey {
     /// Keys by the value of `name` (at most 256 characters).
     pub fn new(name: HeaderName) -> Self {
-        Self { name, max_len: 256 }
+        Self {
+            name,
+            max_len: 256,
+            secret: Arc::from(HEADER_KEY_SALT),
+        }
     }
 
     /// Accepts values up to `max_len` characters.
     pub fn max_len(mut self, max_len: usize) -> Self {
         self.max_len = max_len;
+        self
+    }
+
+    /// Keys the hash with the deployment's `secret` (the same on every
+    /// instance that shares a store): without it, nobody who reads the
+    /// store can test a guessed value.
+    pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.secret = Arc::from(secret.as_ref());
         self
     }
 }
@@ -584,11 +627,37 @@ impl KeyExtractor for HeaderKey {
                 "not visible ASCII",
             ));
         }
-        let s = value
-            .to_str()
-            .map_err(|_| KeyError::InvalidHeader(self.name.clone(), "not visible ASCII"))?;
-        Ok(Key::from(s))
+        let mac = hmac_sha256(&self.secret, bytes);
+        let mut key = String::with_capacity(2 + 32);
+        key.push_str("h:");
+        for b in &mac[..16] {
+            key.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+            key.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+        }
+        Ok(Key::from(key))
     }
+}
+
+/// HMAC-SHA-256 (RFC 2104) of `message` under `key`.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    const BLOCK: usize = 64;
+    let mut block = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.map(|b| b ^ byte);
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
 }
 
 /// A key computed by a closure; see [`key_fn`].
@@ -806,10 +875,27 @@ mod tests {
     }
 
     #[test]
+    fn hmac_matches_rfc_4231() {
+        // RFC 4231, test case 2.
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        let hex: String = mac.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
     fn header_key_validates_the_value() {
         let ex = HeaderKey::new(HeaderName::from_static("x-api-key")).max_len(8);
         let ok = request("192.0.2.1:9", &[("x-api-key", "abc")]);
-        assert_eq!(ex.extract(&RequestHead::of(&ok)).unwrap().as_str(), "abc");
+        let key = ex.extract(&RequestHead::of(&ok)).unwrap();
+        assert_eq!(key.as_str().len(), 2 + 32);
+        assert!(!key.as_str().contains("abc"), "{key}");
+        // One value, one key; another secret, another key.
+        assert_eq!(ex.extract(&RequestHead::of(&ok)).unwrap(), key);
+        let keyed = ex.clone().secret(b"deployment");
+        assert_ne!(keyed.extract(&RequestHead::of(&ok)).unwrap(), key);
         let missing = request("192.0.2.1:9", &[]);
         let err = ex.extract(&RequestHead::of(&missing)).unwrap_err();
         assert_eq!(err.to_string(), "missing header x-api-key");

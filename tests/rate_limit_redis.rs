@@ -355,3 +355,51 @@ async fn a_stored_debt_out_of_range_reads_as_a_full_bucket() {
     clock.advance(Duration::from_millis(100));
     assert!(s.decide("p", "k", &q, 1).await.unwrap().is_allowed());
 }
+
+// An API key a policy counts by reaches neither a Redis key name nor a
+// log line in clear: the key is its hash.
+#[tokio::test]
+async fn an_api_key_is_in_no_redis_key_and_no_log_line() {
+    use battlement::key::HeaderKey;
+
+    let lines = support::Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let redis = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let svc = ServiceBuilder::new()
+        .layer(
+            RateLimitLayer::new(store(&redis).await).policy(
+                Policy::new("per-key", Quota::per_minute(2).unwrap())
+                    .unwrap()
+                    .key(HeaderKey::new(http::HeaderName::from_static("x-api-key"))),
+            ),
+        )
+        .service(service_fn(move |_: Request<String>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(String::from("ok"))) }
+        }));
+    let secret = "sk_live_TOPSECRET4242";
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let req = Request::get("/")
+            .header("x-api-key", secret)
+            .body(String::new())
+            .unwrap();
+        statuses.push(svc.clone().oneshot(req).await.unwrap().status());
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 429, 429].map(|s| StatusCode::from_u16(s).unwrap())
+    );
+    let keys = redis.cli(&["keys", "*"]);
+    assert!(!keys.trim().is_empty(), "the policy wrote its key");
+    assert!(!keys.contains("TOPSECRET"), "{keys}");
+    assert!(!lines.text().contains("TOPSECRET"), "{}", lines.text());
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

@@ -207,10 +207,14 @@ pub enum KeySettings {
         #[serde(default = "default_ipv6_prefix")]
         ipv6_prefix: u8,
     },
-    /// A request header's value (e.g. an API key).
+    /// A request header's value (e.g. an API key), hashed.
     Header {
         /// The header name.
         name: String,
+        /// The deployment secret the hash is keyed with (see
+        /// [`HeaderKey::secret`]); default none.
+        #[serde(default)]
+        secret: Option<String>,
     },
 }
 
@@ -255,7 +259,13 @@ impl KeySettings {
                 ClientIp::new(trusted_proxies.iter().copied())
                     .ipv6_prefix(checked_prefix(*ipv6_prefix)?),
             ),
-            Self::Header { name } => policy.key(HeaderKey::new(header_name("key", name)?)),
+            Self::Header { name, secret } => {
+                let key = HeaderKey::new(header_name("key", name)?);
+                policy.key(match secret {
+                    Some(secret) => key.secret(secret),
+                    None => key,
+                })
+            }
         })
     }
 }
