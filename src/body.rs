@@ -87,6 +87,34 @@ impl<B> LayerBody<B> {
     pub fn empty() -> Self {
         Self::full(Bytes::new())
     }
+
+    /// `prefix`, already read from this body, put back in front of what is
+    /// left of it.
+    pub(crate) fn prepend(self, prefix: Bytes) -> Self {
+        if prefix.is_empty() {
+            return self;
+        }
+        let join = |rest: Option<Bytes>| match rest {
+            Some(rest) => {
+                let mut joined = bytes::BytesMut::with_capacity(prefix.len() + rest.len());
+                joined.extend_from_slice(&prefix);
+                joined.extend_from_slice(&rest);
+                joined.freeze()
+            }
+            None => prefix.clone(),
+        };
+        let kind = match self.kind {
+            Kind::Inner { prefix: rest, body } => Kind::Inner {
+                prefix: Some(join(rest)),
+                body,
+            },
+            Kind::Full { data, trailers } => Kind::Full {
+                data: Some(join(data)),
+                trailers,
+            },
+        };
+        Self { kind }
+    }
 }
 
 impl<B> std::fmt::Debug for LayerBody<B> {

@@ -29,6 +29,7 @@ pub use layers::circuit_breaker::{self, CircuitBreakerLayer};
 pub use layers::concurrency_limit::{self, ConcurrencyLimitLayer};
 pub use layers::deadline::{self, DeadlineLayer};
 pub use layers::health::{self, HealthRegistry};
+pub use layers::hedge::{self, HedgeLayer};
 pub use layers::idempotency::{self, IdempotencyLayer};
 pub use layers::metrics::{self, MetricsLayer};
 pub use layers::rate_limit::{self, RateLimitLayer};

@@ -18,6 +18,7 @@ use crate::clock::SharedClock;
 use crate::deadline::{ForwardDeadline, ForwardDeadlineLayer};
 use crate::error::ConfigError;
 use crate::events::Events;
+use crate::hedge::{Hedge, HedgeConfig, HedgeLayer};
 use crate::key::HostKey;
 use crate::metrics::{Metrics, MetricsLayer};
 use crate::rate_limit::{
@@ -28,7 +29,8 @@ use crate::retry::{Retry, RetryLayer, RetryPolicy};
 use crate::trace::{Trace, TraceLayer};
 
 /// Builds a [`ClientStackLayer`]: request-id forwarding, retry, a
-/// circuit breaker per upstream host, and optionally a client rate limit.
+/// circuit breaker per upstream host, and optionally hedging and a client
+/// rate limit.
 ///
 /// The breaker's default: open when half the calls of the last 10 s
 /// failed (at least 5 calls), for 5 s, then one probe.
@@ -38,6 +40,7 @@ pub struct ClientStack<St> {
     retry: RetryPolicy,
     breaker: BreakerConfig,
     rate_limit: Option<Policy>,
+    hedge: Option<HedgeConfig>,
     events: Events,
     clock: Option<SharedClock>,
 }
@@ -57,6 +60,7 @@ impl<St: CircuitBreakerStore + RateLimitStore> ClientStack<St> {
                 .half_open_probes(1)
                 .open_for(Duration::from_secs(5)),
             rate_limit: None,
+            hedge: None,
             events: Events::new(),
             clock: None,
         }
@@ -78,6 +82,15 @@ impl<St: CircuitBreakerStore + RateLimitStore> ClientStack<St> {
     /// a `RateLimited` error, which the retry waits out when it can).
     pub fn rate_limit(mut self, policy: Policy) -> Self {
         self.rate_limit = Some(policy);
+        self
+    }
+
+    /// Hedges slow attempts per `config` (off by default): each attempt
+    /// of the retry may get a second copy, with its own span, metrics and
+    /// breaker call. Hedges draw on the retry's budget, when the policy
+    /// has one.
+    pub fn hedge(mut self, config: HedgeConfig) -> Self {
+        self.hedge = Some(config);
         self
     }
 
@@ -103,6 +116,15 @@ impl<St: CircuitBreakerStore + RateLimitStore> ClientStack<St> {
             retry = retry.clock(clock.clone());
             breaker = breaker.clock(clock);
         }
+        // After the retry's last rebuild, so both use the same budget.
+        let hedge = match self.hedge {
+            Some(config) => Some(
+                HedgeLayer::new(config)?
+                    .events(self.events.clone())
+                    .budget(retry.shared_budget()),
+            ),
+            None => None,
+        };
         let rate_limit = self.rate_limit.map(|policy| {
             RateLimitLayer::new(self.store)
                 .policy(policy)
@@ -112,6 +134,7 @@ impl<St: CircuitBreakerStore + RateLimitStore> ClientStack<St> {
         Ok(ClientStackLayer {
             forward: ForwardRequestIdLayer::new(),
             retry,
+            hedge,
             trace: TraceLayer::client(),
             metrics: MetricsLayer::client(),
             breaker: breaker.client_mode(),
@@ -122,7 +145,8 @@ impl<St: CircuitBreakerStore + RateLimitStore> ClientStack<St> {
 
 /// The client layers, outermost first: [`ForwardRequestIdLayer`],
 /// [`RetryLayer`] (bounded by the inbound request's deadline, if any),
-/// then per attempt [`ForwardDeadlineLayer`] (the inbound deadline's time
+/// [`HedgeLayer`] when configured (a second copy of a slow attempt),
+/// then per attempt (and per copy) [`ForwardDeadlineLayer`] (the inbound deadline's time
 /// left as `grpc-timeout` on gRPC calls without one), a client span ([`TraceLayer`], its
 /// context injected into the request) and `http.client.request.duration`
 /// ([`MetricsLayer`]), [`CircuitBreakerLayer`] (client mode, per host),
@@ -130,6 +154,7 @@ impl<St: CircuitBreakerStore + RateLimitStore> ClientStack<St> {
 pub struct ClientStackLayer<St> {
     forward: ForwardRequestIdLayer,
     retry: RetryLayer,
+    hedge: Option<HedgeLayer>,
     trace: TraceLayer,
     metrics: MetricsLayer,
     breaker: ClientCircuitBreakerLayer,
@@ -141,6 +166,7 @@ impl<St: Clone> Clone for ClientStackLayer<St> {
         Self {
             forward: self.forward.clone(),
             retry: self.retry.clone(),
+            hedge: self.hedge.clone(),
             trace: self.trace,
             metrics: self.metrics.clone(),
             breaker: self.breaker.clone(),
@@ -153,6 +179,7 @@ impl<St> std::fmt::Debug for ClientStackLayer<St> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientStackLayer")
             .field("retry", &self.retry)
+            .field("hedge", &self.hedge)
             .field("breaker", &self.breaker)
             .field("rate_limit", &self.rate_limit.is_some())
             .finish()
@@ -175,8 +202,17 @@ pub type ClientBody<B> = crate::trace::TracedBody<
 /// The service a [`ClientStackLayer`] makes over `S`.
 pub type ClientStackService<S, St> = ForwardRequestId<
     Retry<
-        ForwardDeadline<
-            Trace<Metrics<ClientCircuitBreaker<Either<ClientRateLimit<S, St>, BoxErrors<S>>>>>,
+        Either<
+            Hedge<
+                ForwardDeadline<
+                    Trace<
+                        Metrics<ClientCircuitBreaker<Either<ClientRateLimit<S, St>, BoxErrors<S>>>>,
+                    >,
+                >,
+            >,
+            ForwardDeadline<
+                Trace<Metrics<ClientCircuitBreaker<Either<ClientRateLimit<S, St>, BoxErrors<S>>>>>,
+            >,
         >,
     >,
 >;
@@ -216,6 +252,10 @@ impl<S, St: RateLimitStore> Layer<S> for ClientStackLayer<St> {
             self.trace
                 .layer(self.metrics.layer(self.breaker.layer(limited))),
         );
+        let attempt = match &self.hedge {
+            Some(hedge) => Either::Left(hedge.layer(attempt)),
+            None => Either::Right(attempt),
+        };
         self.forward.layer(self.retry.layer(attempt))
     }
 }

@@ -4,6 +4,7 @@ pub mod circuit_breaker;
 pub mod concurrency_limit;
 pub mod deadline;
 pub mod health;
+pub mod hedge;
 pub mod idempotency;
 pub mod metrics;
 pub mod rate_limit;

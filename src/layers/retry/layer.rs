@@ -72,7 +72,7 @@ impl RetryLayer {
     ) -> Arc<Shared> {
         let budget = policy
             .budget
-            .map(|b| TpsBudget::new(b.window, b.min_per_sec, b.percent / 100.0));
+            .map(|b| Arc::new(TpsBudget::new(b.window, b.min_per_sec, b.percent / 100.0)));
         Arc::new(Shared {
             policy: policy.clone(),
             budget,
@@ -100,6 +100,15 @@ impl RetryLayer {
     pub fn events(mut self, events: Events) -> Self {
         self.events = events;
         self.rebuild()
+    }
+
+    /// The retry budget every clone of this layer's services draws from
+    /// (`None` when the policy has none): hand it to a
+    /// [`HedgeLayer`](crate::hedge::HedgeLayer) below this one so hedges
+    /// count against the same budget. Configuring the layer again
+    /// (`clock`, `events`, `seed`) starts a new budget.
+    pub fn shared_budget(&self) -> Option<Arc<TpsBudget>> {
+        self.shared.budget.clone()
     }
 
     /// Draws the jitter of every request from a generator seeded with

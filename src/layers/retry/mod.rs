@@ -54,3 +54,6 @@ pub use layer::RetryLayer;
 pub use policy::{Budget, RetryPolicy};
 pub use service::{AttemptTimedOut, Attempts, ResendCount, Retry};
 pub use tower_policy::TowerPolicy;
+
+pub(crate) use policy::Safety;
+pub(crate) use service::body_fits;

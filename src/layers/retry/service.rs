@@ -43,7 +43,7 @@ impl std::error::Error for AttemptTimedOut {}
 /// What every clone of the service shares.
 pub(crate) struct Shared {
     pub policy: RetryPolicy,
-    pub budget: Option<TpsBudget>,
+    pub budget: Option<Arc<TpsBudget>>,
     pub clock: SharedClock,
     pub events: Events,
     pub seed: Option<u64>,
@@ -105,7 +105,7 @@ where
 }
 
 /// Whether `body` says it holds at most `limit` bytes.
-fn body_fits<B: Body>(body: &B, limit: usize) -> bool {
+pub(crate) fn body_fits<B: Body>(body: &B, limit: usize) -> bool {
     body.is_end_stream() || body.size_hint().upper().is_some_and(|n| n <= limit as u64)
 }
 
