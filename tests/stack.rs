@@ -252,3 +252,38 @@ async fn replays_and_the_server_breaker() {
     // Probes are not shed by the open breaker.
     assert_eq!(call(&app, get_req("/readyz")).await.0, StatusCode::OK);
 }
+
+// Overload protection from the same document: a fixed concurrency limit
+// and a server timeout on the API routes (never on the health routes),
+// and hedging in the client preset.
+#[tokio::test]
+async fn overload_settings_come_from_the_config() {
+    let config = StackConfig::from_toml(
+        r#"
+        concurrency_limit = { limit = { fixed = 1 } }
+        deadline = { timeout = "50ms" }
+
+        [client.hedge]
+        delay = { fixed = "20ms" }
+        max_hedged_fraction = 0.05
+        "#,
+    )
+    .unwrap();
+    let server = stack::server(&config).await.unwrap();
+    assert_eq!(server.concurrency_limit().map(|h| h.limit()), Some(1));
+    let app = server.router(Router::new().route(
+        "/slow",
+        get(|| async {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            "late"
+        }),
+    ));
+    let (status, headers, _) = call(&app, get_req("/slow")).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(call(&app, get_req("/readyz")).await.0, StatusCode::OK);
+    stack::client("upstream", &config.client, server.store().clone()).unwrap();
+
+    let bad = StackConfig::from_toml("[client.hedge]\nmax_hedged_fraction = 2.0\n").unwrap();
+    assert!(stack::client("upstream", &bad.client, server.store().clone()).is_err());
+}

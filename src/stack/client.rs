@@ -40,5 +40,8 @@ where
     if let Some(policy) = &settings.rate_limit {
         stack = stack.rate_limit(policy.policy()?);
     }
+    if let Some(hedge) = &settings.hedge {
+        stack = stack.hedge(hedge.clone());
+    }
     stack.build()
 }

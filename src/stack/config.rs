@@ -498,6 +498,8 @@ pub struct ClientSettings {
     pub breaker: Option<BreakerConfig>,
     /// A client-side quota.
     pub rate_limit: Option<PolicySettings>,
+    /// Hedged requests (off unless present).
+    pub hedge: Option<crate::hedge::HedgeConfig>,
 }
 
 impl StackConfig {
