@@ -359,10 +359,10 @@ impl Registry {
     }
 
     /// Reads a batch of breakers with one `load_many` and takes what the
-    /// store holds for each. A breaker whose publication is in flight, or
-    /// which changed since the read, is left to that publication: it
-    /// learns the stored state from its compare-and-set, so a poll never
-    /// mistakes this instance's own write for another's.
+    /// store holds for each, one at a time with each breaker's
+    /// publications. A breaker that changed since the read is left to its
+    /// publication, which learns the stored state from its compare-and-set,
+    /// so a poll never mistakes this instance's own write for another's.
     async fn sync_batch(self: &Arc<Self>, batch: &[Arc<Breaker>]) {
         let ids: Vec<String> = batch.iter().map(|b| self.id(&b.key)).collect();
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -379,9 +379,11 @@ impl Registry {
             Err(e) => return self.store_failed(&e),
         };
         for (breaker, loaded) in batch.iter().zip(loaded) {
-            let Ok(_one_at_a_time) = breaker.publishing.try_lock() else {
-                continue;
-            };
+            // After a publication in flight: what it wrote is newer than
+            // this read, and a stored version older than the breaker's is
+            // never adopted. Skipping instead would drop a read made after
+            // another instance's write (an explicit sync racing the poll).
+            let _one_at_a_time = breaker.publishing.lock().await;
             if breaker.unpublished(self.clock.now()).is_none() {
                 self.learn(breaker, loaded);
             }
