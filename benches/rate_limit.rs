@@ -128,8 +128,8 @@ fn layer(c: &mut Criterion) {
             .service(noop())
     });
     bench_layer(c, &rt, "battlement-memory", limited);
-    // The same with its quota hot-reloaded from a config source (SPEC
-    // RL-9): the hot path reads it without a lock, so this costs the same.
+    // The same with its quota hot-reloaded from a config source: the
+    // hot path reads it without a lock, so this costs the same.
     let source = MemoryConfigSource::new();
     source.put(
         "rate_limit/per-ip",

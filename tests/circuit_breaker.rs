@@ -1,5 +1,5 @@
 //! The circuit breaker on the memory store, on a manual clock: every
-//! SPEC CB item, deterministically (no sleeping), plus the HTTP and gRPC
+//! behaviour of the breaker, deterministically (no sleeping), plus the HTTP and gRPC
 //! layers in server and client mode.
 
 use std::convert::Infallible;

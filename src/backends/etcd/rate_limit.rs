@@ -5,8 +5,7 @@
 //!
 //! etcd has no server clock, so decisions use the store's clock (the
 //! system clock by default): keep instances NTP-synchronised. Each decision
-//! costs at least two round trips, so this is the low-rate option (SPEC
-//! RL-6); prefer Redis for hot paths.
+//! costs at least two round trips, so this is the low-rate option; prefer Redis for hot paths.
 
 use std::time::Duration;
 
