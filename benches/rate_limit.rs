@@ -26,9 +26,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use battlement::backends::{MemoryStore, RedisStore};
-use battlement::config::{ConfigReloader, MemoryConfigSource};
 use battlement::key::{PeerAddr, PeerIp};
 use battlement::rate_limit::{Policy, Quota, RateLimitLayer, RateLimitStore};
+use battlement::reload::{ConfigReloader, MemoryConfigSource};
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
 use http::{Request, Response};

@@ -45,10 +45,10 @@ use battlement::body::LayerBody;
 use battlement::circuit_breaker::{BreakerConfig, CircuitOpen, Window};
 use battlement::client::{ClientBody, ClientStackLayer};
 use battlement::concurrency_limit::ConcurrencyLimitConfig;
-use battlement::config::ConfigWatch;
 use battlement::deadline::DeadlineConfig;
 use battlement::health::{HealthRegistry, HealthRoutes};
 use battlement::rate_limit::Quota;
+use battlement::reload::ConfigWatch;
 use battlement::retry::{AttemptTimedOut, RetryPolicy};
 use battlement::stack::{
     self, IdempotencySettings, KeySettings, PolicySettings, RateLimitSettings, ScopeSettings,
@@ -372,9 +372,9 @@ async fn build(settings: &Settings, metrics: Router) -> Result<App, Error> {
                 .register(battlement::health::store_check(etcd.clone()));
             // Quotas and breaker thresholds under /battlement/config/:
             // rate_limit/per-ip and circuit_breaker/downstream.
-            let source = battlement::config::EtcdConfigSource::new(&etcd);
+            let source = battlement::reload::EtcdConfigSource::new(&etcd);
             let reloader = server
-                .reloader(battlement::config::ConfigReloader::new(source))
+                .reloader(battlement::reload::ConfigReloader::new(source))
                 .circuit_breaker(client.breakers());
             Some(reloader.start()?)
         }

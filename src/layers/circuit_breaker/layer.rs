@@ -296,7 +296,7 @@ impl CircuitBreakerHandle {
     }
 
     /// The breaker's name (its key under `circuit_breaker/` in a
-    /// [`ConfigSource`](crate::config::ConfigSource)).
+    /// [`ConfigSource`](crate::reload::ConfigSource)).
     pub fn name(&self) -> &str {
         &self.registry.name
     }

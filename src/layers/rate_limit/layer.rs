@@ -183,8 +183,8 @@ impl<S, St: RateLimitStore> Layer<S> for RateLimitLayer<St> {
 ///
 /// Requests read the policies without a lock: a change swaps the whole
 /// list at once ([`arc_swap`]), so a request sees either the old or the
-/// new quotas, never a mix. A [`ConfigReloader`](crate::config::ConfigReloader)
-/// drives this handle from a [`ConfigSource`](crate::config::ConfigSource).
+/// new quotas, never a mix. A [`ConfigReloader`](crate::reload::ConfigReloader)
+/// drives this handle from a [`ConfigSource`](crate::reload::ConfigSource).
 #[derive(Clone)]
 pub struct RateLimitHandle {
     policies: Arc<ArcSwap<Vec<Policy>>>,
