@@ -240,9 +240,10 @@ async fn an_outage_leaves_breakers_local_and_sharing_resumes_after() {
     let config = BreakerConfig::default()
         .consecutive_failures(1)
         .open_for(Duration::from_secs(30));
-    let a = CircuitBreakerLayer::new("up", store(&redis).await, config.clone())
-        .unwrap()
+    let a = CircuitBreakerLayer::builder("up", store(&redis).await, config.clone())
         .events(events)
+        .build()
+        .unwrap()
         .handle();
     let b = CircuitBreakerLayer::new("up", store(&redis).await, config)
         .unwrap()

@@ -112,8 +112,13 @@ pub async fn server(config: &StackConfig) -> Result<ServerStack, StackError> {
     };
     let breaker = match &config.circuit_breaker {
         Some(settings) => Some(
-            CircuitBreakerLayer::new(&settings.name, store.clone(), settings.thresholds.clone())?
-                .events(events.clone()),
+            CircuitBreakerLayer::builder(
+                &settings.name,
+                store.clone(),
+                settings.thresholds.clone(),
+            )
+            .events(events.clone())
+            .build()?,
         ),
         None => None,
     };
