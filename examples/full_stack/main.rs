@@ -6,9 +6,12 @@
 //! `curl 127.0.0.1:3000/readyz` and `curl 127.0.0.1:3000/metrics`.
 //! Listens on `BIND` (default `127.0.0.1:3000`).
 
-use std::net::SocketAddr;
-use axum::{Router, routing::{get, post}};
+use axum::{
+    Router,
+    routing::{get, post},
+};
 use battlement::stack::{self, StackConfig};
+use std::net::SocketAddr;
 use tracing_subscriber::{EnvFilter, Layer, fmt, util::SubscriberInitExt};
 
 #[tokio::main]
@@ -19,8 +22,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let telemetry = battlement::telemetry::init("shop")?;
     // RUST_LOG filters the log lines only, never the spans exported.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    telemetry.subscriber(fmt::layer().with_filter(filter)).init();
-    let config = StackConfig::from_toml(r#"
+    telemetry
+        .subscriber(fmt::layer().with_filter(filter))
+        .init();
+    let config = StackConfig::from_toml(
+        r#"
         [backend]                 # kind = "redis" with urls = [...]: shared by every instance
         kind = "memory"
 
@@ -36,7 +42,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         [client.breaker]          # the client preset: one breaker per upstream host
         failure_rate = 50.0
         open_for = "5s"
-    "#)?;
+    "#,
+    )?;
     let server = stack::server(&config).await?;
     let api = Router::new()
         .route("/hello", get(|| async { "hello" }))
@@ -47,11 +54,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let listener = tokio::net::TcpListener::bind(bind).await?;
     let health = server.health().clone();
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            health.drain(); // readiness fails first, liveness keeps passing
-        })
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        health.drain(); // readiness fails first, liveness keeps passing
+    })
+    .await?;
     Ok(())
 }

@@ -23,9 +23,15 @@ use serde_json::{Value, json};
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Places an order: the next number and the request's body.
-async fn order(State(orders): State<Arc<AtomicU64>>, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
+async fn order(
+    State(orders): State<Arc<AtomicU64>>,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
     let n = orders.fetch_add(1, Ordering::SeqCst) + 1;
-    (StatusCode::CREATED, Json(json!({ "order": n, "body": body })))
+    (
+        StatusCode::CREATED,
+        Json(json!({ "order": n, "body": body })),
+    )
 }
 
 #[tokio::main]

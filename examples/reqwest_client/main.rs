@@ -48,7 +48,10 @@ async fn main() -> Result<(), Error> {
             // `CircuitOpen`, `RateLimited`, a timeout or a connection error.
             Err(e) => format!("error ({e})"),
         };
-        println!("{n} status={status} breaker={} request_id={id}", breakers.state(&host));
+        println!(
+            "{n} status={status} breaker={} request_id={id}",
+            breakers.state(&host)
+        );
     }
     Ok(())
 }
