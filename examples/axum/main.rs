@@ -1,33 +1,13 @@
-//! The battlement demo server.
+//! The battlement demo server: every route behind the server preset
+//! (`battlement::stack::server`), configured from the environment.
 //!
 //! Run with: `cargo run --example axum` (then `curl -i 127.0.0.1:3000/hello`).
 //!
-//! Serves HTTP/1.1 and h2c on `BIND` (default `127.0.0.1:3000`) with every
-//! route behind the server preset (`battlement::stack::server`: request id,
-//! trace, metrics; rate limit per client IP and idempotency on `/orders`,
-//! but not on the health routes and `/metrics`), built from one
-//! `StackConfig` the environment describes:
-//! `RATE_LIMIT` (`N/s`, `N/m`, `N/h`, default `100/s`) and `RATE_BURST`
-//! (default N); `TRUSTED_PROXIES` (comma list of CIDRs whose
-//! `X-Forwarded-For` is believed, default none); `REDIS_URL` (needs
-//! `--features redis`) keeps rate-limit state in Redis, shared by every
-//! instance, and adds a readiness check; `ETCD_ENDPOINTS` (needs
-//! `--features etcd`) adds its readiness check and hot-reloads the quota
-//! and the `/proxy` breaker's thresholds from `/battlement/config/`;
-//! `CONCURRENCY_LIMIT` (`adaptive`, a number, or `none`, the default)
-//! sheds requests beyond it at once with 503 (never the health routes);
-//! `REQUEST_TIMEOUT` (default `30s`) answers 504 to a request still
-//! running after it; `GET /slow?ms=N` answers after N ms;
-//! `DOWNSTREAM_URL` is what
-//! `/proxy` calls (default `http://127.0.0.1:3001`) through a circuit breaker
-//! per downstream host that opens when half the calls of the last 10 s
-//! failed (at least 5) and stays open `BREAKER_OPEN` seconds (default 5),
-//! its state shared through Redis when `REDIS_URL` is set; `POST /orders`
-//! requires an `Idempotency-Key` and executes each key once (its order
-//! counter is the Redis key `example:orders` with `REDIS_URL`, in-process
-//! otherwise); `LAYERS=none` serves the
-//! same routes with no middleware; `DRAIN_SECS` is how long readiness fails
-//! before the server stops on ctrl-c (default 0).
+//! Its routes (`/hello`, `/items/{id}`, `/slow`, `/orders`, `/proxy`, health,
+//! `/metrics`) and environment variables (`RATE_LIMIT`, `REDIS_URL`,
+//! `ETCD_ENDPOINTS`, `CONCURRENCY_LIMIT`, `REQUEST_TIMEOUT`, `LAYERS=none`,
+//! ...) are described in `examples/README.md`; `tests/example_axum.rs`
+//! checks them against the built example.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

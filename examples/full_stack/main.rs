@@ -6,13 +6,30 @@
 //! `curl 127.0.0.1:3000/readyz` and `curl 127.0.0.1:3000/metrics`.
 //! Listens on `BIND` (default `127.0.0.1:3000`).
 
-use axum::{
-    Router,
-    routing::{get, post},
-};
-use battlement::stack::{self, StackConfig};
 use std::net::SocketAddr;
+
+use axum::Router;
+use axum::routing::{get, post};
+use battlement::stack::{self, StackConfig};
 use tracing_subscriber::{EnvFilter, Layer, fmt, util::SubscriberInitExt};
+
+const CONFIG: &str = r#"
+    [backend]                 # kind = "redis", urls = [...]: shared by every instance
+    kind = "memory"
+
+    [[rate_limit.policies]]   # 100/s per client behind the load balancer
+    name = "per-ip"
+    quota = { count = 100, period = "1s" }
+    key = { by = "client_ip", trusted_proxies = ["10.0.0.0/8"] }
+
+    [idempotency]             # Idempotency-Key required on POST /orders
+    routes = ["/orders"]
+    required = true
+
+    [client.breaker]          # the client preset: one breaker per upstream host
+    failure_rate = 50.0
+    open_for = "5s"
+"#;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -22,28 +39,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let telemetry = battlement::telemetry::init("shop")?;
     // RUST_LOG filters the log lines only, never the spans exported.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    telemetry
-        .subscriber(fmt::layer().with_filter(filter))
-        .init();
-    let config = StackConfig::from_toml(
-        r#"
-        [backend]                 # kind = "redis" with urls = [...]: shared by every instance
-        kind = "memory"
-
-        [[rate_limit.policies]]   # 100/s per client behind the load balancer
-        name = "per-ip"
-        quota = { count = 100, period = "1s" }
-        key = { by = "client_ip", trusted_proxies = ["10.0.0.0/8"] }
-
-        [idempotency]             # Idempotency-Key required on POST /orders
-        routes = ["/orders"]
-        required = true
-
-        [client.breaker]          # the client preset: one breaker per upstream host
-        failure_rate = 50.0
-        open_for = "5s"
-    "#,
-    )?;
+    let logs = fmt::layer().with_filter(filter);
+    telemetry.subscriber(logs).init();
+    let config = StackConfig::from_toml(CONFIG)?;
     let server = stack::server(&config).await?;
     let api = Router::new()
         .route("/hello", get(|| async { "hello" }))
@@ -54,14 +52,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let listener = tokio::net::TcpListener::bind(bind).await?;
     let health = server.health().clone();
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        health.drain(); // readiness fails first, liveness keeps passing
-    })
-    .await?;
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            health.drain(); // readiness fails first, liveness keeps passing
+        })
+        .await?;
     Ok(())
 }
