@@ -132,13 +132,26 @@ async fn two_redis_rate_limit_instances_share_one_quota() {
 #[test]
 fn the_redis_rate_limit_example_stops_when_redis_is_down() {
     let dead = format!("redis://127.0.0.1:{}", support::free_port());
-    let out = std::process::Command::new(support::example_binary("redis_rate_limit"))
+    let mut child = std::process::Command::new(support::example_binary("redis_rate_limit"))
         .env_clear()
         .env("REDIS_URL", dead)
         .env("BIND", format!("127.0.0.1:{}", support::free_port()))
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("the example kept running without Redis");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(!status.success());
 }
 
 /// Through the client stack on reqwest, a 503 is retried, and every

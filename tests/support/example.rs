@@ -2,7 +2,7 @@
 //! with every feature, started on a free loopback port, and talked to over
 //! HTTP.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
@@ -19,25 +19,46 @@ use super::process::{Process, free_port};
 
 /// The example `name`, built with every feature (cargo only needs to link
 /// it: the library is already built), once per test binary.
+///
+/// The path is this build's own binary, `examples/<name>-<hash>`, not the
+/// shared `examples/<name>` that a build in another checkout on the same
+/// target directory overwrites: cargo hard-links the one to the other, so
+/// it is the file with the same inode.
 pub fn example_binary(name: &str) -> PathBuf {
-    static BUILT: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    use std::os::unix::fs::MetadataExt;
+    static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    let built = built.get_or_insert_with(HashSet::new);
-    if !built.contains(name) {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "--all-features", "--example", name])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the {name} example failed");
-        built.insert(name.to_owned());
+    let built = built.get_or_insert_with(HashMap::new);
+    if let Some(path) = built.get(name) {
+        return path.clone();
     }
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--all-features", "--example", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building the {name} example failed");
     let exe = std::env::current_exe().expect("the test binary's path");
     let profile = exe
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target/<profile>");
-    profile.join("examples").join(name)
+    let examples = profile.join("examples");
+    let shared = examples.join(name);
+    let inode = std::fs::metadata(&shared).expect("the built example").ino();
+    let prefix = format!("{name}-");
+    let own = std::fs::read_dir(&examples)
+        .expect("target/<profile>/examples")
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .find(|path| {
+            let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("");
+            file.strip_prefix(&prefix)
+                .is_some_and(|hash| !hash.contains('.'))
+                && std::fs::metadata(path).is_ok_and(|m| m.ino() == inode)
+        })
+        .unwrap_or(shared);
+    built.insert(name.to_owned(), own.clone());
+    own
 }
 
 /// A running example: killed on drop.
@@ -53,26 +74,32 @@ impl Example {
     /// the test if it exits first or does not listen within 20 s.
     pub fn start(name: &str, env: &[(&str, &str)]) -> Self {
         let binary = example_binary(name);
-        let port = free_port();
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        let mut process = Process::spawn("example", move || {
-            let mut cmd = Command::new(&binary);
-            cmd.env_clear()
-                .envs(std::env::var_os("PATH").map(|p| ("PATH", p)))
-                .env("BIND", format!("127.0.0.1:{port}"))
-                .envs(env.iter().map(|(k, v)| (k, v)));
-            cmd
-        });
-        process.wait_until(Duration::from_secs(20), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Self {
-            process,
-            base: format!("http://127.0.0.1:{port}"),
+        // A port taken between `free_port` and the example's bind makes it
+        // exit at once: then again on another port, a few times.
+        for _ in 0..5 {
+            let port = free_port();
+            let (binary, env) = (binary.clone(), env.clone());
+            let mut process = Process::spawn("example", move || {
+                let mut cmd = Command::new(&binary);
+                cmd.env_clear()
+                    .envs(std::env::var_os("PATH").map(|p| ("PATH", p)))
+                    .env("BIND", format!("127.0.0.1:{port}"))
+                    .envs(env.iter().map(|(k, v)| (k, v)));
+                cmd
+            });
+            let listening = || TcpStream::connect(("127.0.0.1", port)).is_ok();
+            if process.ready_or_exited(Duration::from_secs(20), listening) && process.is_running() {
+                return Self {
+                    process,
+                    base: format!("http://127.0.0.1:{port}"),
+                };
+            }
         }
+        panic!("the {name} example exited before it listened, 5 times");
     }
 
     /// `base` + `path`.
