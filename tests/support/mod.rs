@@ -1,10 +1,12 @@
 //! Real servers for tests: `redis-server` (standalone and a 3-master
 //! cluster) and `etcd`, each a child process on free loopback ports with a
 //! temporary data dir, killed on drop. A missing binary or a server that
-//! does not come up fails the test (never a silent skip).
+//! does not come up fails the test (never a silent skip). The crate's
+//! examples run the same way, as child processes on free ports.
 #![allow(dead_code, unused_imports)]
 
 mod etcd;
+mod example;
 mod harness;
 mod lines;
 mod process;
@@ -12,6 +14,7 @@ mod proxy;
 mod redis;
 
 pub use etcd::EtcdServer;
+pub use example::{Example, Reply, example_binary, get, send};
 pub use harness::*;
 pub use lines::Lines;
 pub use process::{Process, free_port, require_binary};
