@@ -195,3 +195,39 @@ async fn a_claim_that_timed_out_does_not_lock_out_the_retry() {
 async fn a_claim_dropped_with_its_request_does_not_lock_out_the_retry() {
     an_unanswered_claim_does_not_lock_out_the_retry(Unanswered::Dropped).await;
 }
+
+// A frozen Redis costs one timeout: once a claim timed out with no call
+// answered since, the next claims fail at once (Unavailable, so the
+// failure policy applies without waiting) until Redis answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_on_a_frozen_redis_fail_at_once_after_one_timeout() {
+    use battlement::StoreError;
+    use battlement::idempotency::{ClaimToken, Fingerprint, IdempotencyStore};
+    let redis = RedisServer::start();
+    let s = store(&redis).await;
+    let fp = Fingerprint::of(&[b"{}"]);
+    let lock = Duration::from_secs(10);
+    s.claim("warm", &fp, lock, ClaimToken::random())
+        .await
+        .unwrap();
+    redis.pause();
+    let first = s.claim("first", &fp, lock, ClaimToken::random()).await;
+    assert!(matches!(first, Err(StoreError::Timeout(_))), "{first:?}");
+    for i in 0..20 {
+        let id = format!("down-{i}");
+        let claim = s.claim(&id, &fp, lock, ClaimToken::random());
+        let err = claim.await.expect_err("Redis is frozen");
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    }
+    redis.resume();
+    let mut tries = 0;
+    while s
+        .claim("after", &fp, lock, ClaimToken::random())
+        .await
+        .is_err()
+    {
+        tries += 1;
+        assert!(tries < 100, "no claim after the resume");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
