@@ -11,7 +11,12 @@
 //! (default N); `TRUSTED_PROXIES` (comma list of CIDRs whose
 //! `X-Forwarded-For` is believed, default none); `REDIS_URL` (needs
 //! `--features redis`) keeps rate-limit state in Redis, shared by every
-//! instance, and adds a readiness check; `ETCD_ENDPOINTS` (needs
+//! instance, and adds a readiness check, each Redis call bounded by
+//! `REDIS_TIMEOUT` (default `250ms`); `RATE_LIMIT_FAILURE` is what the
+//! rate limiter does when its store fails: `fail_open` (default: the
+//! request goes through, without `RateLimit` headers), `fail_closed`
+//! (503 problem) or `local_fallback` (an in-process limiter decides);
+//! `ETCD_ENDPOINTS` (needs
 //! `--features etcd`) adds its readiness check and hot-reloads the quota
 //! and the `/proxy` breaker's thresholds from `/battlement/config/`;
 //! `CONCURRENCY_LIMIT` (`adaptive`, a number, or `none`, the default)
@@ -25,7 +30,9 @@
 //! its state shared through Redis when `REDIS_URL` is set; `POST /orders`
 //! requires an `Idempotency-Key` and executes each key once (its order
 //! counter is the Redis key `example:orders` with `REDIS_URL`, in-process
-//! otherwise); `LAYERS=none` serves the
+//! otherwise; each execution logs `order executed` with its key; 503 when
+//! the idempotency store or the counter cannot answer); `LAYERS=none`
+//! serves the
 //! same routes with no middleware; `DRAIN_SECS` is how long readiness fails
 //! before the server stops on ctrl-c (default 0).
 
@@ -46,6 +53,7 @@ use battlement::circuit_breaker::{BreakerConfig, CircuitOpen, Window};
 use battlement::client::{ClientBody, ClientStackLayer};
 use battlement::concurrency_limit::ConcurrencyLimitConfig;
 use battlement::config::ConfigWatch;
+use battlement::FailurePolicy;
 use battlement::deadline::DeadlineConfig;
 use battlement::health::{HealthRegistry, HealthRoutes};
 use battlement::rate_limit::Quota;
@@ -76,6 +84,8 @@ struct Settings {
     rate_limit: Quota,
     trusted_proxies: Vec<ipnet::IpNet>,
     redis_url: Option<String>,
+    redis_timeout: Duration,
+    rate_limit_failure: FailurePolicy,
     etcd_endpoints: Option<Vec<String>>,
     concurrency_limit: Option<ConcurrencyLimitConfig>,
     request_timeout: Duration,
@@ -110,6 +120,14 @@ impl Settings {
         let timeout = var("REQUEST_TIMEOUT").unwrap_or_else(|| "30s".into());
         let request_timeout = humantime::parse_duration(&timeout)
             .map_err(|e| format!("REQUEST_TIMEOUT={timeout:?}: {e}"))?;
+        let redis_timeout = var("REDIS_TIMEOUT").unwrap_or_else(|| "250ms".into());
+        let redis_timeout = humantime::parse_duration(&redis_timeout)
+            .map_err(|e| format!("REDIS_TIMEOUT={redis_timeout:?}: {e}"))?;
+        let failure = var("RATE_LIMIT_FAILURE").unwrap_or_else(|| "fail_open".into());
+        let rate_limit_failure = serde_json::from_value(serde_json::Value::String(failure.clone()))
+            .map_err(|_| {
+                format!("RATE_LIMIT_FAILURE={failure:?}: fail_open, fail_closed or local_fallback")
+            })?;
         let trusted_proxies = var("TRUSTED_PROXIES")
             .map(|list| {
                 list.split(',')
@@ -141,6 +159,8 @@ impl Settings {
             rate_limit,
             trusted_proxies,
             redis_url: var("REDIS_URL"),
+            redis_timeout,
+            rate_limit_failure,
             etcd_endpoints: var("ETCD_ENDPOINTS")
                 .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect()),
             concurrency_limit,
@@ -179,7 +199,12 @@ impl Orders {
         #[cfg(feature = "redis")]
         if let Some(url) = &settings.redis_url {
             let client = redis::Client::open(url.as_str())?;
-            return Ok(Self::Redis(client.get_connection_manager().await?));
+            let bounded = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(settings.redis_timeout))
+                .set_response_timeout(Some(settings.redis_timeout));
+            return Ok(Self::Redis(
+                client.get_connection_manager_with_config(bounded).await?,
+            ));
         }
         let _ = settings;
         Ok(Self::Local(Arc::new(AtomicU64::new(0))))
@@ -223,11 +248,11 @@ fn stack_config(settings: &Settings) -> Result<StackConfig, Error> {
     }
     #[cfg(feature = "redis")]
     if let Some(url) = &settings.redis_url {
-        // A roomier per-call timeout than the 50 ms default: the demo
-        // often shares a small machine with its load generator.
+        // A roomier per-call timeout than the 50 ms default by default:
+        // the demo often shares a small machine with its load generator.
         config.backend = battlement::backends::BackendConfig::Redis(
             battlement::backends::RedisConfig::standalone(url.as_str())
-                .with_timeout(Duration::from_millis(250)),
+                .with_timeout(settings.redis_timeout),
         );
     }
     config.rate_limit = Some(RateLimitSettings {
@@ -236,6 +261,7 @@ fn stack_config(settings: &Settings) -> Result<StackConfig, Error> {
             quota: settings.rate_limit,
             key: KeySettings::client_ip(settings.trusted_proxies.iter().copied()),
         }],
+        failure: settings.rate_limit_failure,
         ..RateLimitSettings::default()
     });
     // Each Idempotency-Key executes once, even across instances, and
@@ -309,8 +335,14 @@ async fn item(Path(id): Path<String>) -> axum::Json<serde_json::Value> {
 /// Places an order: the next number of the counter and the request body.
 async fn order(
     State(state): State<AppState>,
+    headers: http::HeaderMap,
     axum::Json(body): axum::Json<serde_json::Value>,
 ) -> Response {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    tracing::info!(key, "order executed");
     match state.orders.next().await {
         Ok(n) => (
             StatusCode::CREATED,
@@ -458,6 +490,8 @@ mod tests {
             rate_limit: Quota::per_second(100).unwrap(),
             trusted_proxies: Vec::new(),
             redis_url: None,
+            redis_timeout: Duration::from_millis(250),
+            rate_limit_failure: FailurePolicy::FailOpen,
             etcd_endpoints: None,
             concurrency_limit: None,
             request_timeout: Duration::from_secs(30),
