@@ -274,7 +274,7 @@ async fn a_frozen_redis_neither_grows_the_queue_nor_gets_stale_decisions() {
             }
             Err(battlement::StoreError::Timeout(_)) => timed_out += 1,
             // Sent after a decision timed out: Redis is known down.
-            Err(battlement::StoreError::Unavailable(msg)) if msg.contains("down") => {
+            Err(battlement::StoreError::Down) => {
                 known_down += 1;
             }
             other => panic!("{other:?}"),
@@ -425,7 +425,7 @@ async fn decide_n(s: &RedisStore, prefix: &str, n: usize) -> Vec<battlement::Sto
 
 // A frozen Redis costs one timeout, not one per decision: once a decision
 // timed out with none answered since, the next ones fail at once
-// (Unavailable, so the failure policy applies without waiting) and never
+// (Down, so the failure policy applies without waiting) and never
 // reach Redis, until a probe finds it awake again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_redis_is_known_down_after_one_timeout() {
@@ -443,7 +443,7 @@ async fn a_frozen_redis_is_known_down_after_one_timeout() {
     assert_eq!(errors.len(), 20);
     for e in &errors {
         assert!(
-            matches!(e, battlement::StoreError::Unavailable(_)),
+            matches!(e, battlement::StoreError::Down),
             "failed at once, not after a timeout: {e:?}"
         );
     }
@@ -458,8 +458,9 @@ async fn a_frozen_redis_is_known_down_after_one_timeout() {
     assert_eq!(sent.trim(), "", "decisions made while down reached Redis");
 }
 
-// A killed Redis: every decision fails at once with Unavailable (never
-// a timeout behind a reconnect), and after the restart the same store
+// A killed Redis: every decision fails at once, the first as Unavailable
+// (the connection is lost), the next as Down (never a timeout behind a
+// reconnect), and after the restart the same store
 // decides again on one new connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_redis_fails_at_once_and_one_probe_reconnects() {
@@ -472,7 +473,7 @@ async fn a_killed_redis_fails_at_once_and_one_probe_reconnects() {
     assert_eq!(errors.len(), 50);
     let timeouts = errors
         .iter()
-        .filter(|e| !matches!(e, battlement::StoreError::Unavailable(_)))
+        .filter(|e| !e.is_transient() || matches!(e, battlement::StoreError::Timeout(_)))
         .count();
     assert_eq!(timeouts, 0, "{errors:?}");
     redis.restart();

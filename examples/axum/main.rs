@@ -190,7 +190,7 @@ struct AppState {
 enum Orders {
     Local(Arc<AtomicU64>),
     #[cfg(feature = "redis")]
-    Redis(redis::aio::ConnectionManager),
+    Redis(redis::aio::ConnectionManager, Duration),
 }
 
 impl Orders {
@@ -204,6 +204,7 @@ impl Orders {
                 .set_response_timeout(Some(settings.redis_timeout));
             return Ok(Self::Redis(
                 client.get_connection_manager_with_config(bounded).await?,
+                settings.redis_timeout,
             ));
         }
         let _ = settings;
@@ -214,12 +215,14 @@ impl Orders {
         match self {
             Self::Local(n) => Ok(n.fetch_add(1, Ordering::SeqCst) + 1),
             #[cfg(feature = "redis")]
-            Self::Redis(conn) => {
+            Self::Redis(conn, timeout) => {
+                // Bounded, reconnect included.
                 let mut conn = conn.clone();
-                Ok(redis::cmd("INCR")
-                    .arg("example:orders")
-                    .query_async(&mut conn)
-                    .await?)
+                let incr = redis::cmd("INCR");
+                let call = incr.arg("example:orders").query_async(&mut conn);
+                Ok(tokio::time::timeout(*timeout, call)
+                    .await
+                    .map_err(|_| "timed out")??)
             }
         }
     }

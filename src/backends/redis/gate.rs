@@ -2,7 +2,7 @@
 //!
 //! A call that times out or loses its connection, while no other call
 //! succeeded since it started, marks the server down. Until it is reached
-//! again every call fails at once with [`StoreError::Unavailable`], so the
+//! again every call fails at once with [`StoreError::Down`], so the
 //! caller's failure policy applies without waiting: no request sits
 //! behind a frozen server or a reconnect, and nothing queues on a
 //! connection that cannot answer. One background probe per store tries
@@ -16,7 +16,7 @@
 //! use battlement::backends::{Backend, RedisStore};
 //! let redis = RedisStore::connect("redis://127.0.0.1:6379").await?;
 //! // Redis is killed: the call that sees it fails, and the next ones fail
-//! // at once (`Unavailable`) until the background probe reconnects.
+//! // at once (`StoreError::Down`) until the background probe reconnects.
 //! assert!(redis.ping().await.is_err());
 //! assert!(redis.ping().await.is_err());
 //! # Ok(()) }
@@ -51,11 +51,7 @@ impl Gate {
     /// A ticket for a call, or the error it fails with at once.
     pub(super) fn enter(&self) -> Result<Ticket, StoreError> {
         if self.down.load(Ordering::Acquire) {
-            return Err(StoreError::Unavailable(
-                "redis: down (a call failed and none succeeded since); \
-                 reconnecting in the background"
-                    .into(),
-            ));
+            return Err(StoreError::Down);
         }
         Ok(Ticket(self.successes.load(Ordering::Relaxed)))
     }

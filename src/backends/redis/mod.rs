@@ -36,7 +36,7 @@ use crate::error::StoreError;
 /// concurrent callers pipeline over it. Every call is bounded by the
 /// configured timeout (default 50 ms). On a standalone server, a call that
 /// times out or loses the connection marks the server down: later calls
-/// fail at once (`StoreError::Unavailable`, so the layer's failure policy
+/// fail at once (`StoreError::Down`, so the layer's failure policy
 /// applies without waiting) while one background probe, every 100 ms,
 /// pings the server and reconnects, each attempt bounded by the timeout.
 ///
