@@ -218,8 +218,9 @@ impl Orders {
             Self::Redis(conn, timeout) => {
                 // Bounded, reconnect included.
                 let mut conn = conn.clone();
-                let incr = redis::cmd("INCR");
-                let call = incr.arg("example:orders").query_async(&mut conn);
+                let mut incr = redis::cmd("INCR");
+                incr.arg("example:orders");
+                let call = incr.query_async(&mut conn);
                 Ok(tokio::time::timeout(*timeout, call)
                     .await
                     .map_err(|_| "timed out")??)
