@@ -264,7 +264,11 @@ async fn claims_not_sent_while_redis_is_down_are_never_released() {
     assert_eq!(warm.status(), StatusCode::OK);
     redis.pause();
     for i in 0..21 {
-        let res = svc.clone().oneshot(post(&format!("down-{i}"))).await.unwrap();
+        let res = svc
+            .clone()
+            .oneshot(post(&format!("down-{i}")))
+            .await
+            .unwrap();
         assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
     redis.resume();

@@ -355,9 +355,7 @@ impl<St: IdempotencyStore> Run<St> {
         let claimed = self.store.claim(id, fingerprint, lock, token).await;
         // A claim the store did not send (it knew the server was down)
         // took nothing: no release waits for it.
-        unanswered.armed = claimed
-            .as_ref()
-            .is_err_and(StoreError::may_have_been_sent);
+        unanswered.armed = claimed.as_ref().is_err_and(StoreError::may_have_been_sent);
         drop(unanswered);
         match claimed {
             Ok(claim) => Some((claim, Held::Shared)),
