@@ -20,6 +20,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use battlement::FailurePolicy;
 use battlement::backends::AnyStore;
 use battlement::body::LayerBody;
 use battlement::circuit_breaker::{BreakerConfig, CircuitOpen, Window};
@@ -56,6 +57,8 @@ struct Settings {
     rate_limit: Quota,
     trusted_proxies: Vec<ipnet::IpNet>,
     redis_url: Option<String>,
+    redis_timeout: Duration,
+    rate_limit_failure: FailurePolicy,
     etcd_endpoints: Option<Vec<String>>,
     concurrency_limit: Option<ConcurrencyLimitConfig>,
     request_timeout: Duration,
@@ -90,6 +93,14 @@ impl Settings {
         let timeout = var("REQUEST_TIMEOUT").unwrap_or_else(|| "30s".into());
         let request_timeout = humantime::parse_duration(&timeout)
             .map_err(|e| format!("REQUEST_TIMEOUT={timeout:?}: {e}"))?;
+        let redis_timeout = var("REDIS_TIMEOUT").unwrap_or_else(|| "250ms".into());
+        let redis_timeout = humantime::parse_duration(&redis_timeout)
+            .map_err(|e| format!("REDIS_TIMEOUT={redis_timeout:?}: {e}"))?;
+        let failure = var("RATE_LIMIT_FAILURE").unwrap_or_else(|| "fail_open".into());
+        let rate_limit_failure = serde_json::from_value(serde_json::Value::String(failure.clone()))
+            .map_err(|_| {
+                format!("RATE_LIMIT_FAILURE={failure:?}: fail_open, fail_closed or local_fallback")
+            })?;
         let trusted_proxies = var("TRUSTED_PROXIES")
             .map(|list| {
                 list.split(',')
@@ -121,6 +132,8 @@ impl Settings {
             rate_limit,
             trusted_proxies,
             redis_url: var("REDIS_URL"),
+            redis_timeout,
+            rate_limit_failure,
             etcd_endpoints: var("ETCD_ENDPOINTS")
                 .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect()),
             concurrency_limit,
@@ -150,7 +163,7 @@ struct AppState {
 enum Orders {
     Local(Arc<AtomicU64>),
     #[cfg(feature = "redis")]
-    Redis(redis::aio::ConnectionManager),
+    Redis(redis::aio::ConnectionManager, Duration),
 }
 
 impl Orders {
@@ -159,7 +172,13 @@ impl Orders {
         #[cfg(feature = "redis")]
         if let Some(url) = &settings.redis_url {
             let client = redis::Client::open(url.as_str())?;
-            return Ok(Self::Redis(client.get_connection_manager().await?));
+            let bounded = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(settings.redis_timeout))
+                .set_response_timeout(Some(settings.redis_timeout));
+            return Ok(Self::Redis(
+                client.get_connection_manager_with_config(bounded).await?,
+                settings.redis_timeout,
+            ));
         }
         let _ = settings;
         Ok(Self::Local(Arc::new(AtomicU64::new(0))))
@@ -169,12 +188,15 @@ impl Orders {
         match self {
             Self::Local(n) => Ok(n.fetch_add(1, Ordering::SeqCst) + 1),
             #[cfg(feature = "redis")]
-            Self::Redis(conn) => {
+            Self::Redis(conn, timeout) => {
+                // Bounded, reconnect included.
                 let mut conn = conn.clone();
-                Ok(redis::cmd("INCR")
-                    .arg("example:orders")
-                    .query_async(&mut conn)
-                    .await?)
+                let mut incr = redis::cmd("INCR");
+                incr.arg("example:orders");
+                let call = incr.query_async(&mut conn);
+                Ok(tokio::time::timeout(*timeout, call)
+                    .await
+                    .map_err(|_| "timed out")??)
             }
         }
     }
@@ -203,11 +225,11 @@ fn stack_config(settings: &Settings) -> Result<StackConfig, Error> {
     }
     #[cfg(feature = "redis")]
     if let Some(url) = &settings.redis_url {
-        // A roomier per-call timeout than the 50 ms default: the demo
-        // often shares a small machine with its load generator.
+        // A roomier per-call timeout than the 50 ms default by default:
+        // the demo often shares a small machine with its load generator.
         config.backend = battlement::backends::BackendConfig::Redis(
             battlement::backends::RedisConfig::standalone(url.as_str())
-                .with_timeout(Duration::from_millis(250)),
+                .with_timeout(settings.redis_timeout),
         );
     }
     config.rate_limit = Some(RateLimitSettings {
@@ -216,6 +238,7 @@ fn stack_config(settings: &Settings) -> Result<StackConfig, Error> {
             quota: settings.rate_limit,
             key: KeySettings::client_ip(settings.trusted_proxies.iter().copied()),
         }],
+        failure: settings.rate_limit_failure,
         ..RateLimitSettings::default()
     });
     // Each Idempotency-Key executes once, even across instances, and
@@ -289,8 +312,14 @@ async fn item(Path(id): Path<String>) -> axum::Json<serde_json::Value> {
 /// Places an order: the next number of the counter and the request body.
 async fn order(
     State(state): State<AppState>,
+    headers: http::HeaderMap,
     axum::Json(body): axum::Json<serde_json::Value>,
 ) -> Response {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    tracing::info!(key, "order executed");
     match state.orders.next().await {
         Ok(n) => (
             StatusCode::CREATED,

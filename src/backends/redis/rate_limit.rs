@@ -49,6 +49,8 @@ impl RedisStore {
     /// The debt after one decision: through the queue on a standalone
     /// server, in a call of its own on a cluster (or outside a runtime).
     async fn decide_packed(&self, key: String, args: [u8; 40]) -> Result<i64, StoreError> {
+        // Known down: nothing is queued behind a server that cannot answer.
+        self.check_gate()?;
         let (key, args) = match self.decision_queue() {
             Some(queue) => {
                 let (reply, answer) = oneshot::channel();
