@@ -211,9 +211,11 @@ struct StateId {
 }
 
 impl StateId {
-    fn new(policy: &str, key: &str) -> Self {
+    fn new(policy: &str, key: &[u8]) -> Self {
+        // Always the bytes of a `&str`: nothing is lost.
+        let key = String::from_utf8_lossy(key);
         let mut text = String::with_capacity(policy.len() + 1 + key.len());
-        write_state_id(&mut text, policy, key);
+        write_state_id(&mut text, policy, &key);
         Self {
             text: text.into(),
             policy_len: policy.len(),
@@ -249,6 +251,15 @@ impl IdParts for (&str, &str) {
     }
     fn key(&self) -> &[u8] {
         self.1.as_bytes()
+    }
+}
+
+impl IdParts for (&str, &[u8]) {
+    fn policy(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+    fn key(&self) -> &[u8] {
+        self.1
     }
 }
 
@@ -349,7 +360,7 @@ impl Cells {
     fn decide(
         &self,
         policy: &str,
-        key: &str,
+        key: &[u8],
         quota: &Quota,
         cost: u64,
         now_us: u64,
@@ -418,7 +429,8 @@ impl Cells {
                 }
                 // The denial as a decision of its own, which rewrites a
                 // state left under another period.
-                *d = self.decide(c.policy, c.key, c.quota, c.cost, now_us, events);
+                let key = c.key.as_bytes();
+                *d = self.decide(c.policy, key, c.quota, c.cost, now_us, events);
                 if d.is_allowed() {
                     // Room was given back meanwhile: this request spends
                     // nothing all the same.
@@ -429,7 +441,8 @@ impl Cells {
             return decisions;
         }
         for (i, c) in charges.iter().enumerate() {
-            let decision = self.decide(c.policy, c.key, c.quota, c.cost, now_us, events);
+            let key = c.key.as_bytes();
+            let decision = self.decide(c.policy, key, c.quota, c.cost, now_us, events);
             if !decision.is_allowed() {
                 for spent in &charges[..i] {
                     self.give_back(spent, now_us);
@@ -573,6 +586,19 @@ impl MemoryStore {
         &self,
         policy: &str,
         key: &str,
+        quota: &Quota,
+        cost: u64,
+    ) -> Result<Decision, StoreError> {
+        self.decide_bytes_at_once(policy, key.as_bytes(), quota, cost)
+    }
+
+    /// [`decide_at_once`](Self::decide_at_once) for a key given as the
+    /// bytes of its text (a [`Key`](crate::key::Key)'s, read without a
+    /// UTF-8 check).
+    pub(crate) fn decide_bytes_at_once(
+        &self,
+        policy: &str,
+        key: &[u8],
         quota: &Quota,
         cost: u64,
     ) -> Result<Decision, StoreError> {

@@ -169,7 +169,8 @@ impl<St: RateLimitStore> Limiter<St> {
         }
         let mut strictest = None;
         if let Some((policy, key, cost)) = job.each().next() {
-            let result = store.decide_at_once(&policy.name, key.as_str(), &policy.quota, cost);
+            let result =
+                store.decide_bytes_at_once(&policy.name, key.as_bytes(), &policy.quota, cost);
             if let ControlFlow::Break(verdict) =
                 self.take(&mut strictest, policy, key, cost, result)
             {
