@@ -487,3 +487,59 @@ async fn a_killed_redis_fails_at_once_and_one_probe_reconnects() {
     let clients = redis.cli(&["CLIENT", "LIST"]);
     assert_eq!(clients.lines().count(), 2, "{clients}");
 }
+
+// Two policies on Redis: one script call per request, and a request the
+// per-tenant policy denies spends nothing of the global one before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_policies_are_one_script_call_all_or_nothing() {
+    use battlement::key::HeaderKey;
+
+    let redis = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let svc = ServiceBuilder::new()
+        .layer(
+            RateLimitLayer::new(store(&redis).await)
+                .policy(Policy::new("global", Quota::per_hour(4).unwrap()).unwrap())
+                .policy(
+                    Policy::new("per-tenant", Quota::per_hour(2).unwrap())
+                        .unwrap()
+                        .key(HeaderKey::new(http::HeaderName::from_static("x-tenant"))),
+                ),
+        )
+        .service(service_fn(move |_: Request<String>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(String::from("ok"))) }
+        }));
+    let send = |tenant: &'static str| {
+        let svc = svc.clone();
+        async move {
+            let req = Request::get("/")
+                .header("x-tenant", tenant)
+                .body(String::new())
+                .unwrap();
+            let res = svc.oneshot(req).await.unwrap();
+            let limit = res.headers()["ratelimit"].to_str().unwrap().to_owned();
+            (res.status().as_u16(), limit)
+        }
+    };
+    // The first call loads the script.
+    assert_eq!(send("acme").await.0, 200);
+    let before = evalsha_calls(&redis);
+    assert_eq!(send("acme").await.0, 200);
+    for _ in 0..3 {
+        let (status, limit) = send("acme").await;
+        assert_eq!(status, 429);
+        assert!(limit.starts_with("\"per-tenant\";r=0;"), "{limit}");
+    }
+    assert_eq!(evalsha_calls(&redis) - before, 4, "one call per request");
+    // Two of four global units spent, not five.
+    let (status, limit) = send("globex").await;
+    assert_eq!(status, 200);
+    assert!(limit.starts_with("\"global\";r=1;"), "{limit}");
+    assert_eq!(send("initech").await.0, 200);
+    let (status, limit) = send("umbrella").await;
+    assert_eq!(status, 429);
+    assert!(limit.starts_with("\"global\";r=0;"), "{limit}");
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+}

@@ -154,6 +154,8 @@ macro_rules! rate_limit_suite {
             quota_changes_keep_state,
             random_sequences_match_the_reference,
             skewed_clocks_do_not_over_admit,
+            a_denial_by_one_policy_spends_no_other,
+            concurrent_requests_spend_every_policy_or_none,
         );
     };
 }

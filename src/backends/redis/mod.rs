@@ -40,6 +40,24 @@ use crate::error::StoreError;
 /// applies without waiting) while one background probe, every 100 ms,
 /// pings the server and reconnects, each attempt bounded by the timeout.
 ///
+/// # Several policies
+///
+/// The rate-limit policies of one request are decided all or nothing
+/// ([`RateLimitStore::decide_all`](crate::rate_limit::RateLimitStore::decide_all)).
+/// On a standalone server that is one script call (shared with concurrent
+/// decisions) that reads every key and writes them only if all admit.
+/// A Cluster script may only name keys of one slot, and each policy's key
+/// has its own hash tag: the keys are grouped by slot, one script call
+/// per slot is sent at once, and each is all or nothing. When one slot
+/// denies (or fails), the charges the other slots spent are given back in
+/// a second call per slot. The stored state then ends as if the request
+/// had never been decided (debt drains linearly and stops at zero, so a
+/// later give-back is exact), with two limits: during the round trip in
+/// between, the spent charges are held, so a concurrent request on those
+/// keys may be denied that would have been admitted (under-admission,
+/// never over-admission); and if the give-back itself fails, those
+/// charges stay spent, as separate decisions would have left them.
+///
 /// ```no_run
 /// # async fn run() -> Result<(), battlement::StoreError> {
 /// use battlement::backends::{Backend, RedisConfig, RedisStore};

@@ -106,6 +106,31 @@ pub fn decide(state: Option<GcraState>, quota: &Quota, cost: u64, now_us: u64) -
     }
 }
 
+/// Returns `cost` to a key in `state` at `now_us`: the step that takes a
+/// spent charge back (a request another policy denied). Its decision
+/// reports the state as it stands afterwards.
+///
+/// Debt drains linearly and stops at zero, so giving back at any later
+/// time leaves the state the charge would have left had it never been
+/// spent (requests decided in between aside).
+#[cfg_attr(not(any(feature = "redis", feature = "etcd")), allow(dead_code))]
+pub fn give_back(state: Option<GcraState>, quota: &Quota, cost: u64, now_us: u64) -> Step {
+    let p = quota.period_us();
+    let (debt, at) = match state {
+        Some(s) => (current_debt(s, quota, now_us), now_us.max(s.at)),
+        None => (0, now_us),
+    };
+    let left = debt.saturating_sub(cost.saturating_mul(p));
+    Step {
+        decision: allowed(quota, left),
+        write: state.is_some().then_some(GcraState {
+            debt: left,
+            at,
+            period_us: p,
+        }),
+    }
+}
+
 /// The decision for an allowed request that leaves `after` of debt (in
 /// `quota`'s units).
 pub fn allowed(quota: &Quota, after: u64) -> Decision {

@@ -17,10 +17,12 @@ use crate::events::{Events, WarnLimiter};
 
 /// Rate limits requests before they reach the inner service.
 ///
-/// Every policy is decided in order against the store; the request is
-/// denied if any policy denies it, and the inner service is then never
-/// called. Policies decided before the denying one keep the request's
-/// cost (as in Envoy): put the most selective policy first. Denials are 429 `application/problem+json` (HTTP) or a
+/// Every policy is decided against the store, all or nothing: the request
+/// is denied if any policy denies it, and then it spends none of the
+/// others (one store call for all of them, see
+/// [`RateLimitStore::decide_all`]) and the inner service is never called.
+/// A denial reports the first denying policy in the order they were
+/// added. Denials are 429 `application/problem+json` (HTTP) or a
 /// trailers-only `RESOURCE_EXHAUSTED` (gRPC) with `Retry-After`; allowed
 /// responses carry the `RateLimit` / `RateLimit-Policy` headers of the most
 /// restrictive policy. [`client_mode`](Self::client_mode) returns a typed
