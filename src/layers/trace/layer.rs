@@ -2,6 +2,7 @@
 
 use tower_layer::Layer;
 
+use super::access_log::AccessLog;
 use super::head::{self, HeadSampler};
 use super::service::Trace;
 
@@ -71,6 +72,8 @@ pub(crate) struct Options {
     pub(crate) query: bool,
     /// Server: probes (health checks, metric scrapes) get spans too.
     pub(crate) probes: bool,
+    /// Server: the access log, when one is written.
+    pub(crate) access_log: Option<AccessLog>,
 }
 
 impl TraceLayer {
@@ -108,6 +111,14 @@ impl TraceLayer {
     /// a load balancer's probe every second would be most of the traces.
     pub fn trace_probes(mut self, trace: bool) -> Self {
         self.options.probes = trace;
+        self
+    }
+
+    /// Server: writes an access log, one `tracing` event per request when
+    /// its response ends, at a level that follows the status (see
+    /// [`AccessLog`]); `None` (the default) writes none.
+    pub fn access_log(mut self, log: Option<AccessLog>) -> Self {
+        self.options.access_log = log;
         self
     }
 

@@ -16,8 +16,10 @@
 //! # });
 //! ```
 //!
-//! See [`TraceLayer`] for what each span carries.
+//! See [`TraceLayer`] for what each span carries, and [`AccessLog`] for
+//! the access log it can write.
 
+mod access_log;
 mod body;
 pub(crate) mod head;
 mod layer;
@@ -26,6 +28,7 @@ pub(crate) mod semconv;
 mod service;
 mod w3c;
 
+pub use access_log::{ACCESS_LOG_TARGET, AccessLog};
 pub use body::TracedBody;
 pub use head::HeadSampler;
 pub use layer::TraceLayer;

@@ -13,13 +13,14 @@ use tower_service::Service;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::access_log::Entry;
 use super::body::TracedBody;
 use super::head::{self, Head, HeadSampler, UNSAMPLED_TARGET};
 use super::layer::Options;
 use super::propagation::{extract, inject};
 use super::semconv::{
-    OTHER, grpc_answered, grpc_names, grpc_parts, grpc_server_error, grpc_status, grpc_unnamed,
-    method, protocol_version, route, scheme,
+    OTHER, grpc_answered, grpc_call, grpc_names, grpc_parts, grpc_server_error, grpc_status,
+    grpc_unnamed, method, protocol_version, route, scheme,
 };
 use crate::RequestId;
 use crate::health::is_probe;
@@ -75,6 +76,10 @@ where
         };
         // A gRPC call named `_OTHER` for now: its answer may name it.
         let rpc = grpc_unnamed(&req).filter(|_| !self.client);
+        let log = match self.options.access_log {
+            Some(log) if !self.client && !span.is_none() => Some(log.start(&req, grpc_call(&req))),
+            _ => None,
+        };
         let future = {
             let _attached = detached.clone().map(OtelContext::attach);
             span.in_scope(|| self.inner.call(req))
@@ -85,6 +90,7 @@ where
             detached,
             client: self.client,
             rpc,
+            log,
         }
     }
 }
@@ -283,6 +289,8 @@ pin_project! {
         detached: Option<OtelContext>,
         client: bool,
         rpc: Option<Box<str>>,
+        // The access-log entry, when the layer writes one.
+        log: Option<Box<Entry>>,
     }
 }
 
@@ -298,8 +306,17 @@ where
         let result = {
             let _entered = this.span.as_ref().map(Span::enter);
             let _attached = this.detached.clone().map(OtelContext::attach);
-            ready!(this.future.poll(cx))
+            let result = ready!(this.future.poll(cx));
+            // Taken while the request's context is current: its trace id.
+            if let Some(log) = this.log.as_mut() {
+                match &result {
+                    Ok(res) => log.answered(res.status().as_u16(), grpc_status(res.headers())),
+                    Err(_) => log.failed("_OTHER"),
+                }
+            }
+            result
         };
+        let mut log = this.log.take();
         let Some(span) = this.span.take() else {
             unreachable!("trace future polled after completion")
         };
@@ -320,12 +337,15 @@ where
                 if sampled {
                     record_response(&span, &res, *this.client);
                 }
-                Ok(res.map(|body| TracedBody::new(body, span, !*this.client)))
+                Ok(res.map(|body| TracedBody::new(body, span, !*this.client, log)))
             }
             Err(e) => {
                 if sampled {
                     span.record("error.type", "_OTHER");
                     span.set_status(Status::error(e.to_string()));
+                }
+                if let Some(log) = log.take() {
+                    span.in_scope(|| log.write());
                 }
                 Err(e)
             }
