@@ -1,8 +1,11 @@
 //! `TraceLayer`: server and client tracing.
 
+use std::sync::Arc;
+
 use tower_layer::Layer;
 
 use super::access_log::AccessLog;
+use super::custom::{Custom, ExtraAttributes};
 use super::head::{self, HeadSampler};
 use super::service::Trace;
 
@@ -56,11 +59,17 @@ use super::service::Trace;
 /// let client = ServiceBuilder::new().layer(TraceLayer::client());
 /// # let _ = (server, client);
 /// ```
-#[derive(Debug, Clone, Copy)]
+///
+/// Customisation: [`attributes`](Self::attributes) adds attributes from
+/// the request and the response, [`span_name`](Self::span_name) names
+/// spans, [`filter`](Self::filter) leaves requests untraced (see
+/// [`ExtraAttributes`] for an example).
+#[derive(Debug, Clone)]
 pub struct TraceLayer {
     client: bool,
     head: Option<HeadSampler>,
     options: Options,
+    custom: Custom,
 }
 
 /// What a [`TraceLayer`] takes from requests besides the trace context.
@@ -84,6 +93,7 @@ impl TraceLayer {
             client: false,
             head: head::installed(),
             options: Options::default(),
+            custom: Custom::default(),
         }
     }
 
@@ -93,6 +103,7 @@ impl TraceLayer {
             client: true,
             head: None,
             options: Options::default(),
+            custom: Custom::default(),
         }
     }
 
@@ -122,6 +133,37 @@ impl TraceLayer {
         self
     }
 
+    /// Adds the attributes `extra` computes from each request's head and
+    /// its response's head to the request's span (server and client
+    /// spans; not to the spans a sampler leaves out).
+    pub fn attributes(mut self, extra: impl ExtraAttributes) -> Self {
+        self.custom.attributes = Some(Arc::new(extra));
+        self
+    }
+
+    /// Server: names each span `name(request)` when it returns a name (else
+    /// `{method} {route}` as usual). Span names are grouped on by trace
+    /// backends: derive them from a bounded set, never from the raw path.
+    pub fn span_name<F>(mut self, name: F) -> Self
+    where
+        F: Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.custom.span_name = Some(Arc::new(name));
+        self
+    }
+
+    /// Server: traces only the requests `traced` returns true for (on top
+    /// of leaving probes out). A request left out gets no span and no
+    /// access-log line, but runs in the caller's trace context, so its
+    /// outbound calls still continue the caller's trace.
+    pub fn filter<F>(mut self, traced: F) -> Self
+    where
+        F: Fn(&http::request::Parts) -> bool + Send + Sync + 'static,
+    {
+        self.custom.filter = Some(Arc::new(traced));
+        self
+    }
+
     /// Client: records the query's values in `url.full`. Off by default:
     /// queries carry tokens and signatures, so each value is recorded as
     /// `REDACTED` (the names stay); user info is never recorded.
@@ -147,6 +189,12 @@ impl<S> Layer<S> for TraceLayer {
     type Service = Trace<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Trace::new(inner, self.client, self.head, self.options)
+        Trace::new(
+            inner,
+            self.client,
+            self.head,
+            self.options,
+            self.custom.clone(),
+        )
     }
 }
