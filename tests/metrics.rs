@@ -474,3 +474,67 @@ async fn probes_are_not_counted_unless_asked() {
         assert!(routes.contains(&"/orders".to_owned()));
     }
 }
+
+/// The tenant header and the answer's cache header, as attributes.
+struct Tenant;
+
+impl battlement::trace::ExtraAttributes for Tenant {
+    fn request(&self, req: &http::request::Parts, attributes: &mut Vec<KeyValue>) {
+        if let Some(tenant) = req.headers.get("x-tenant").and_then(|v| v.to_str().ok()) {
+            attributes.push(KeyValue::new("app.tenant", tenant.to_owned()));
+        }
+    }
+
+    fn response(&self, res: &http::response::Parts, attributes: &mut Vec<KeyValue>) {
+        let hit = res.headers.contains_key("x-cache");
+        attributes.push(KeyValue::new("app.cache_hit", hit));
+    }
+}
+
+// Attributes from the request and the response are on the duration
+// metric; past the cap, new values of a key are `_OTHER`: 50 tenants at a
+// cap of 3 make 4 series.
+#[tokio::test]
+async fn extra_attributes_are_recorded_and_capped() {
+    let m = Meters::new();
+    let app = Router::new()
+        .route(
+            "/items/{id}",
+            get(|| async { ([("x-cache", "HIT")], "item") }),
+        )
+        .layer(m.layer().attributes(Tenant).max_attribute_values(3));
+    for i in 0..50 {
+        let req = http::Request::get("/items/1")
+            .header("x-tenant", format!("tenant-{i}"))
+            .body(Body::empty())
+            .unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+    let (_, points) = m.histogram("http.server.request.duration");
+    let tenant = |attrs: &Vec<KeyValue>| {
+        attrs
+            .iter()
+            .find(|kv| kv.key.as_str() == "app.tenant")
+            .map(|kv| kv.value.to_string())
+    };
+    let mut tenants: Vec<_> = points
+        .iter()
+        .map(|(attrs, count, _)| (tenant(attrs), *count))
+        .collect();
+    tenants.sort();
+    assert_eq!(
+        tenants,
+        [
+            (Some("_OTHER".to_owned()), 47),
+            (Some("tenant-0".to_owned()), 1),
+            (Some("tenant-1".to_owned()), 1),
+            (Some("tenant-2".to_owned()), 1),
+        ]
+    );
+    assert!(
+        points
+            .iter()
+            .all(|(attrs, _, _)| attrs.contains(&KeyValue::new("app.cache_hit", true)))
+    );
+}

@@ -1,7 +1,8 @@
 //! OTLP export end to end: the axum example, started
 //! with `OTEL_EXPORTER_OTLP_ENDPOINT` pointing at a receiver run by this
 //! test (HTTP/protobuf by default, gRPC with `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`),
-//! sends the spans and metrics of a request, with the request's trace id;
+//! sends the spans, metrics and access-log record of a request, with the
+//! request's trace id;
 //! `OTEL_TRACES_SAMPLER` decides which requests are traced.
 #![cfg(all(feature = "otlp", feature = "axum", feature = "prometheus"))]
 
@@ -11,6 +12,12 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
@@ -30,13 +37,23 @@ use tonic::{Request, Response, Status};
 /// A span's name and its attributes.
 type NamedAttributes = (String, Vec<KeyValue>);
 
+/// A log record: trace id and span id (hex), and its attributes.
+type LogRecord = (String, String, Vec<KeyValue>);
+
 /// What the receiver got: `(trace id hex, span name)`, each span's
-/// attributes as decoded, and metric names.
+/// attributes as decoded, each span's `(name, span id hex)`, metric
+/// names, and log records.
 #[derive(Clone, Default)]
 struct Received {
     spans: Arc<Mutex<Vec<(String, String)>>>,
     attributes: Arc<Mutex<Vec<NamedAttributes>>>,
+    span_ids: Arc<Mutex<Vec<(String, String)>>>,
     metrics: Arc<Mutex<Vec<String>>>,
+    logs: Arc<Mutex<Vec<LogRecord>>>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Received {
@@ -45,12 +62,28 @@ impl Received {
         for rs in req.resource_spans {
             for ss in rs.scope_spans {
                 for span in ss.spans {
-                    let id: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                    let id = hex(&span.trace_id);
+                    self.span_ids
+                        .lock()
+                        .unwrap()
+                        .push((span.name.clone(), hex(&span.span_id)));
                     self.attributes
                         .lock()
                         .unwrap()
                         .push((span.name.clone(), span.attributes));
                     spans.push((id, span.name));
+                }
+            }
+        }
+    }
+
+    fn add_logs(&self, req: ExportLogsServiceRequest) {
+        let mut logs = self.logs.lock().unwrap();
+        for rl in req.resource_logs {
+            for sl in rl.scope_logs {
+                for record in sl.log_records {
+                    let ids = (hex(&record.trace_id), hex(&record.span_id));
+                    logs.push((ids.0, ids.1, record.attributes));
                 }
             }
         }
@@ -78,6 +111,17 @@ impl TraceService for Received {
 }
 
 #[tonic::async_trait]
+impl LogsService for Received {
+    async fn export(
+        &self,
+        req: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        self.add_logs(req.into_inner());
+        Ok(Response::new(ExportLogsServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
 impl MetricsService for Received {
     async fn export(
         &self,
@@ -88,8 +132,8 @@ impl MetricsService for Received {
     }
 }
 
-/// An OTLP/HTTP receiver (binary protobuf on `/v1/traces` and
-/// `/v1/metrics`) on a free loopback port.
+/// An OTLP/HTTP receiver (binary protobuf on `/v1/traces`, `/v1/metrics`
+/// and `/v1/logs`) on a free loopback port.
 async fn http_receiver(received: Received) -> std::net::SocketAddr {
     use axum::body::Bytes;
     use axum::http::{StatusCode, header};
@@ -103,7 +147,17 @@ async fn http_receiver(received: Received) -> std::net::SocketAddr {
         )
     }
     let traces = received.clone();
+    let logs = received.clone();
     let app = axum::Router::new()
+        .route(
+            "/v1/logs",
+            post(move |body: Bytes| async move {
+                let req =
+                    ExportLogsServiceRequest::decode(body).map_err(|_| StatusCode::BAD_REQUEST)?;
+                logs.add_logs(req);
+                Ok::<_, StatusCode>(reply(ExportLogsServiceResponse::default()))
+            }),
+        )
         .route(
             "/v1/traces",
             post(move |body: Bytes| async move {
@@ -151,6 +205,8 @@ fn start_example(endpoint: &str, protocol: &str, env: &[(&str, &str)]) -> (Examp
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+        ("OTEL_BLRP_SCHEDULE_DELAY", "100"),
+        ("RUST_LOG", "info"),
     ];
     if !protocol.is_empty() {
         vars.push(("OTEL_EXPORTER_OTLP_PROTOCOL", protocol));
@@ -168,7 +224,8 @@ async fn grpc_receiver(received: Received) -> std::net::SocketAddr {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(received.clone()))
-            .add_service(MetricsServiceServer::new(received))
+            .add_service(MetricsServiceServer::new(received.clone()))
+            .add_service(LogsServiceServer::new(received))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
     receiver
@@ -176,7 +233,8 @@ async fn grpc_receiver(received: Received) -> std::net::SocketAddr {
 
 /// Starts the axum example exporting to `endpoint` over `protocol`, sends
 /// one request with a known trace id, and waits (15 s at most) until
-/// `received` holds its server span and the duration metric.
+/// `received` holds its server span, the duration metric and its access
+/// log record, which carries the server span's trace and span ids.
 async fn the_example_exports_to(endpoint: &str, protocol: &str, received: &Received) {
     let (_app, base) = start_example(endpoint, protocol, &[]);
     let client = reqwest::Client::new();
@@ -203,17 +261,47 @@ async fn the_example_exports_to(endpoint: &str, protocol: &str, received: &Recei
             .unwrap()
             .iter()
             .any(|m| m == "http.server.request.duration");
-        if span && metric {
+        let access = received.logs.lock().unwrap().iter().any(|(_, _, attrs)| {
+            attrs.iter().any(|kv| {
+                kv.key == "http.route"
+                    && kv.value.as_ref().and_then(|v| v.value.as_ref())
+                        == Some(&any_value::Value::StringValue("/items/{id}".into()))
+            })
+        });
+        if span && metric && access {
             break;
         }
         assert!(
             waited.elapsed() < Duration::from_secs(15),
-            "spans {:?}, metrics {:?}",
+            "spans {:?}, metrics {:?}, logs {:?}",
             received.spans.lock().unwrap(),
-            received.metrics.lock().unwrap()
+            received.metrics.lock().unwrap(),
+            received.logs.lock().unwrap()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The access-log record belongs to the server span.
+    let server_span = received
+        .span_ids
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(name, _)| name == "GET /items/{id}")
+        .map(|(_, id)| id.clone())
+        .expect("the server span's id");
+    let logs = received.logs.lock().unwrap().clone();
+    let (trace_id, span_id, record) = logs
+        .iter()
+        .find(|(_, _, attrs)| attrs.iter().any(|kv| kv.key == "http.route"))
+        .expect("the access-log record");
+    assert_eq!((trace_id.as_str(), span_id), (trace, &server_span));
+    let status = record
+        .iter()
+        .find(|kv| kv.key == "http.response.status_code")
+        .and_then(|kv| kv.value.clone())
+        .and_then(|v| v.value);
+    assert_eq!(status, Some(any_value::Value::IntValue(200)), "{record:?}");
+
     // As the semantic conventions type them: numbers are ints, and the
     // request id is recorded once.
     let attributes = received.attributes.lock().unwrap().clone();

@@ -535,3 +535,103 @@ async fn probes_are_not_traced_unless_asked() {
         assert_eq!(names, expected, "trace_probes({trace})");
     }
 }
+
+/// The tenant header and the answer's cache header, as attributes.
+struct Tenant;
+
+impl battlement::trace::ExtraAttributes for Tenant {
+    fn request(&self, req: &http::request::Parts, attributes: &mut Vec<opentelemetry::KeyValue>) {
+        if let Some(tenant) = req.headers.get("x-tenant").and_then(|v| v.to_str().ok()) {
+            attributes.push(opentelemetry::KeyValue::new(
+                "app.tenant",
+                tenant.to_owned(),
+            ));
+        }
+    }
+
+    fn response(&self, res: &http::response::Parts, attributes: &mut Vec<opentelemetry::KeyValue>) {
+        let hit = res.headers.contains_key("x-cache");
+        attributes.push(opentelemetry::KeyValue::new("app.cache_hit", hit));
+    }
+}
+
+// Attributes from the request and the response reach the exported span.
+#[tokio::test]
+async fn extra_attributes_come_from_the_request_and_the_response() {
+    let (exporter, _guard) = collect();
+    let app = Router::new()
+        .route(
+            "/items/{id}",
+            get(|| async { ([("x-cache", "HIT")], "item") }),
+        )
+        .layer(TraceLayer::server().attributes(Tenant));
+    let req = http::Request::get("/items/1")
+        .header("x-tenant", "acme")
+        .body(Body::empty())
+        .unwrap();
+    send(app, req).await;
+    let span = server_span(&exporter);
+    assert_eq!(attr(&span, "app.tenant").as_deref(), Some("acme"));
+    assert_eq!(
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == "app.cache_hit")
+            .map(|kv| kv.value.clone()),
+        Some(opentelemetry::Value::Bool(true))
+    );
+    assert_eq!(attr(&span, "http.route").as_deref(), Some("/items/{id}"));
+}
+
+// The span name override wins where it returns a name; elsewhere the
+// default `{method} {route}` stays.
+#[tokio::test]
+async fn the_span_name_can_be_overridden() {
+    let (exporter, _guard) = collect();
+    let layer = TraceLayer::server().span_name(|req| {
+        req.uri
+            .path()
+            .starts_with("/items/")
+            .then(|| format!("item {}", req.method))
+    });
+    let app = Router::new()
+        .route("/items/{id}", get(|| async { "item" }))
+        .route("/other", get(|| async { "other" }))
+        .layer(layer);
+    send(app.clone(), get_req("/items/1")).await;
+    send(app, get_req("/other")).await;
+    let mut names: Vec<_> = exporter
+        .get_finished_spans()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name.into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["GET /other", "item GET"]);
+}
+
+// The filter leaves requests untraced; an untraced request still runs in
+// the caller's trace context, so what it calls continues that trace.
+#[tokio::test]
+async fn a_filter_decides_which_requests_are_traced() {
+    let (exporter, _guard) = collect();
+    let layer = TraceLayer::server().filter(|req| req.headers.get("x-synthetic").is_none());
+    let seen = || async {
+        use opentelemetry::trace::TraceContextExt;
+        let cx = opentelemetry::Context::current();
+        cx.span().span_context().trace_id().to_string()
+    };
+    let app = Router::new().route("/items/{id}", get(seen)).layer(layer);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let req = http::Request::get("/items/1")
+        .header("x-synthetic", "1")
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .body(Body::empty())
+        .unwrap();
+    let res = send(app.clone(), req).await;
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, trace, "the caller's context is current");
+    assert!(exporter.get_finished_spans().unwrap().is_empty());
+
+    send(app, get_req("/items/2")).await;
+    assert_eq!(server_span(&exporter).name, "GET /items/{id}");
+}

@@ -5,7 +5,8 @@ use axum::Router;
 use axum::routing::get;
 use battlement::backends::BackendConfig;
 use battlement::stack::{
-    self, IdempotencySettings, KeySettings, PolicySettings, RateLimitSettings, StackConfig, Switch,
+    self, AccessLogSettings, IdempotencySettings, KeySettings, PolicySettings, RateLimitSettings,
+    StackConfig, Switch,
 };
 
 /// Whether to measure: `cargo bench` passes `--bench`, while `cargo test
@@ -34,7 +35,7 @@ pub fn routes() -> Router {
 }
 
 /// The example's stack on `backend`, with a quota no load here reaches;
-/// `STACK_WITHOUT=trace,metrics,request_id,rate_limit,idempotency` (any
+/// `STACK_WITHOUT=trace,access_log,metrics,request_id,rate_limit,idempotency` (any
 /// subset) leaves layers out, to see what each costs.
 pub fn config(backend: BackendConfig) -> StackConfig {
     let without = std::env::var("STACK_WITHOUT").unwrap_or_default();
@@ -51,6 +52,10 @@ pub fn config(backend: BackendConfig) -> StackConfig {
         },
         metrics: Switch {
             enabled: on("metrics"),
+        },
+        access_log: AccessLogSettings {
+            enabled: on("access_log"),
+            ..AccessLogSettings::default()
         },
         rate_limit: on("rate_limit").then(|| RateLimitSettings {
             policies: vec![PolicySettings {

@@ -415,12 +415,20 @@ async fn main() -> Result<(), Error> {
     // OpenTelemetry from the OTEL_* variables; flushed when `telemetry`
     // drops at the end of main.
     let telemetry = battlement::telemetry::init("battlement-example-axum")?;
-    // RUST_LOG filters the log lines only: spans are exported and the
-    // caller's trace is passed downstream at any log level.
+    // RUST_LOG filters the log lines only (printed, and exported as OTLP
+    // logs with their trace ids when OTEL_EXPORTER_OTLP_ENDPOINT is set):
+    // spans are exported and the caller's trace is passed downstream at
+    // any log level. At `info`, the preset's access log writes one line
+    // per request (`RUST_LOG=info,battlement::access=warn` keeps only
+    // its errors).
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     telemetry
-        .subscriber(tracing_subscriber::fmt::layer().with_filter(filter))
+        .subscriber(
+            telemetry
+                .logs(tracing_subscriber::fmt::layer())
+                .with_filter(filter),
+        )
         .init();
     let settings = Settings::from_env()?;
     let app = build(&settings, telemetry.metrics_router()).await?;

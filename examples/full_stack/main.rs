@@ -39,7 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let telemetry = battlement::telemetry::init("shop")?;
     // RUST_LOG filters the log lines only, never the spans exported.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = fmt::layer().with_filter(filter);
+    let logs = telemetry.logs(fmt::layer()).with_filter(filter);
     telemetry.subscriber(logs).init();
     let config = StackConfig::from_toml(CONFIG)?;
     let server = stack::server(&config).await?;

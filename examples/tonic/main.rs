@@ -149,7 +149,11 @@ async fn main() -> Result<(), BoxError> {
         // The filter on the log layer only: spans are exported at any
         // log level.
         telemetry
-            .subscriber(tracing_subscriber::fmt::layer().with_filter(filter))
+            .subscriber(
+                telemetry
+                    .logs(tracing_subscriber::fmt::layer())
+                    .with_filter(filter),
+            )
             .init();
     }
 

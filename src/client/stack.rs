@@ -168,7 +168,7 @@ impl<St: Clone> Clone for ClientStackLayer<St> {
             forward: self.forward.clone(),
             retry: self.retry.clone(),
             hedge: self.hedge.clone(),
-            trace: self.trace,
+            trace: self.trace.clone(),
             metrics: self.metrics.clone(),
             breaker: self.breaker.clone(),
             rate_limit: self.rate_limit.clone(),

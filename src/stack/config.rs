@@ -57,6 +57,9 @@ pub struct StackConfig {
     pub trace: Switch,
     /// The OpenTelemetry metrics layer (on by default).
     pub metrics: Switch,
+    /// The access log the trace layer writes (on by default; none when
+    /// the trace layer is off).
+    pub access_log: AccessLogSettings,
     /// Rate limiting (off unless present).
     pub rate_limit: Option<RateLimitSettings>,
     /// A server-side breaker that sheds load while the service fails
@@ -450,6 +453,78 @@ impl Default for HealthSettings {
             startupz: "/startupz".into(),
         }
     }
+}
+
+/// The access log: one `tracing` event per request when its response
+/// ends (target `battlement::access`), written by the trace layer, so
+/// there is none with `trace = false`. See
+/// [`AccessLog`](crate::trace::AccessLog) for its fields and levels.
+///
+/// ```
+/// use battlement::stack::StackConfig;
+///
+/// let config = StackConfig::from_toml(r#"
+///     [access_log]
+///     sample_successes = 0.1   # every error, one success in ten
+///     client_errors = "warn"   # 4xx at warn (default info)
+/// "#).unwrap();
+/// assert!(config.access_log.enabled);
+/// assert!(StackConfig::from_toml("access_log.sample_successes = 2.0")
+///     .unwrap()
+///     .access_log
+///     .access_log()
+///     .is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessLogSettings {
+    /// Whether the access log is written (default true).
+    pub enabled: bool,
+    /// The share of successful requests logged, `0` to `1` (default 1);
+    /// errors are always logged.
+    pub sample_successes: f64,
+    /// The level of 4xx answers and gRPC client errors: `"error"`,
+    /// `"warn"`, `"info"` (the default), `"debug"` or `"trace"`.
+    #[serde(deserialize_with = "level")]
+    pub client_errors: tracing::Level,
+}
+
+impl Default for AccessLogSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sample_successes: 1.0,
+            client_errors: tracing::Level::INFO,
+        }
+    }
+}
+
+impl AccessLogSettings {
+    /// The access log these settings describe (`None` when off); a share
+    /// outside `0..=1` is an error.
+    pub fn access_log(&self) -> Result<Option<crate::trace::AccessLog>, ConfigError> {
+        if !(0.0..=1.0).contains(&self.sample_successes) {
+            return Err(ConfigError::new(format!(
+                "access_log.sample_successes = {}: a share from 0 to 1",
+                self.sample_successes
+            )));
+        }
+        Ok(self.enabled.then(|| {
+            crate::trace::AccessLog::new()
+                .sample_successes(self.sample_successes)
+                .client_errors(self.client_errors)
+        }))
+    }
+}
+
+/// A `tracing` level from its name.
+fn level<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<tracing::Level, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    name.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{name:?}: a level is error, warn, info, debug or trace"
+        ))
+    })
 }
 
 /// OpenTelemetry export (the `OTEL_*` variables still apply).

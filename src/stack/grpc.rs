@@ -46,7 +46,7 @@ impl ServerStack {
     pub fn grpc_layer(&self) -> GrpcStackLayer {
         GrpcStackLayer {
             request_id: self.request_id.clone(),
-            trace: self.trace,
+            trace: self.trace.clone(),
             metrics: self.metrics.clone(),
             concurrency_limit: self.concurrency_limit.clone(),
             deadline: self.deadline.clone(),
@@ -126,7 +126,7 @@ where
         let inner = boxed(inner);
         let outer = ServiceBuilder::new()
             .layer(Optional(self.request_id.clone()))
-            .layer(Optional(self.trace))
+            .layer(Optional(self.trace.clone()))
             .layer(Optional(self.metrics.clone()));
         let probes = boxed(outer.clone().service(inner.clone()));
         let calls = outer

@@ -72,9 +72,9 @@ mod server;
 
 pub use client::client;
 pub use config::{
-    ClientSettings, ConfigSourceSettings, HealthSettings, IdempotencySettings, KeySettings,
-    PolicySettings, RateLimitSettings, ScopeSettings, ServerBreakerSettings, StackConfig, Switch,
-    TelemetrySettings,
+    AccessLogSettings, ClientSettings, ConfigSourceSettings, HealthSettings, IdempotencySettings,
+    KeySettings, PolicySettings, RateLimitSettings, ScopeSettings, ServerBreakerSettings,
+    StackConfig, Switch, TelemetrySettings,
 };
 pub use ext::ServiceBuilderExt;
 #[cfg(feature = "tonic")]

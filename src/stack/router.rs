@@ -22,7 +22,7 @@ impl ServerStack {
         // routes once more, and each box costs allocations per request.
         let outer = ServiceBuilder::new()
             .layer(Optional(self.request_id.clone()))
-            .layer(Optional(self.trace))
+            .layer(Optional(self.trace.clone()))
             .layer(Optional(self.metrics.clone()));
         // A group with every layer off is left unboxed.
         let outer_on = self.request_id.is_some() || self.trace.is_some() || self.metrics.is_some();

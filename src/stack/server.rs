@@ -163,6 +163,7 @@ pub async fn server(config: &StackConfig) -> Result<ServerStack, StackError> {
         Some(settings) => Some(DeadlineLayer::from_config(settings)?.events(events.clone())),
         None => None,
     };
+    let access_log = config.access_log.access_log()?;
     let mut stack = ServerStack {
         store,
         health,
@@ -173,7 +174,10 @@ pub async fn server(config: &StackConfig) -> Result<ServerStack, StackError> {
             .request_id
             .enabled
             .then(|| RequestIdLayer::new().span(!config.trace.enabled)),
-        trace: config.trace.enabled.then(TraceLayer::server),
+        trace: config
+            .trace
+            .enabled
+            .then(|| TraceLayer::server().access_log(access_log)),
         metrics: config.metrics.enabled.then(MetricsLayer::server),
         rate_limit,
         breaker,

@@ -11,18 +11,24 @@
 //! use tracing_subscriber::{EnvFilter, Layer, fmt};
 //!
 //! let telemetry = battlement::telemetry::init("my-service").unwrap();
-//! // RUST_LOG filters the log lines, not the spans exported.
+//! // RUST_LOG filters the log lines (printed, and exported as OTLP logs),
+//! // not the spans exported.
 //! let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-//! telemetry.subscriber(fmt::layer().with_filter(filter)).init();
+//! telemetry
+//!     .subscriber(telemetry.logs(fmt::layer()).with_filter(filter))
+//!     .init();
 //! // ... serve; `telemetry.prometheus_text()` renders the metrics.
 //! assert!(telemetry.prometheus_text().is_ok());
 //! # });
 //! ```
 //!
-//! Environment: `OTEL_EXPORTER_OTLP_ENDPOINT` turns OTLP export on (spans
-//! and metrics; needs the `otlp` feature); `OTEL_EXPORTER_OTLP_PROTOCOL`
+//! Environment: `OTEL_EXPORTER_OTLP_ENDPOINT` turns OTLP export on (spans,
+//! metrics, and the `tracing` events that [`TelemetryGuard::logs`] passes
+//! as logs carrying the trace and span ids of the span they were written
+//! in; needs the `otlp` feature); `OTEL_EXPORTER_OTLP_PROTOCOL`
 //! is `http/protobuf` (the default, as the OpenTelemetry specification
-//! recommends: port 4318, paths `/v1/traces` and `/v1/metrics`) or `grpc`
+//! recommends: port 4318, paths `/v1/traces`, `/v1/metrics` and
+//! `/v1/logs`) or `grpc`
 //! (port 4317); `OTEL_SERVICE_NAME` overrides the service
 //! name; `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` choose the
 //! [`HeadSampler`] that both the server trace layer and the SDK apply (a
@@ -63,7 +69,7 @@ pub fn init(service_name: &str) -> Result<TelemetryGuard, ConfigError> {
         .with_resource(resource.clone())
         .with_sampler(head.sdk_sampler())
         .with_id_generator(TraceIds);
-    let mut meters = SdkMeterProvider::builder().with_resource(resource);
+    let mut meters = SdkMeterProvider::builder().with_resource(resource.clone());
 
     #[cfg(feature = "prometheus")]
     let registry = {
@@ -78,14 +84,22 @@ pub fn init(service_name: &str) -> Result<TelemetryGuard, ConfigError> {
 
     let otlp = var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
         || var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
+    #[cfg(feature = "otlp")]
+    let mut loggers = None;
     if otlp {
         let protocol = OtlpProtocol::from_env(var("OTEL_EXPORTER_OTLP_PROTOCOL"))?;
         #[cfg(feature = "otlp")]
         {
-            let (spans, metrics) = otlp_exporters(protocol)?;
+            let (spans, metrics, logs) = otlp_exporters(protocol)?;
             tracers = tracers.with_batch_exporter(spans);
             meters = meters
                 .with_reader(opentelemetry_sdk::metrics::PeriodicReader::builder(metrics).build());
+            loggers = Some(
+                opentelemetry_sdk::logs::SdkLoggerProvider::builder()
+                    .with_resource(resource.clone())
+                    .with_batch_exporter(logs)
+                    .build(),
+            );
         }
         #[cfg(not(feature = "otlp"))]
         {
@@ -109,6 +123,8 @@ pub fn init(service_name: &str) -> Result<TelemetryGuard, ConfigError> {
         tracer: tracers.tracer("battlement"),
         tracers,
         meters,
+        #[cfg(feature = "otlp")]
+        loggers,
         #[cfg(feature = "prometheus")]
         registry,
     })
@@ -155,8 +171,8 @@ impl OtlpProtocol {
     }
 }
 
-/// The span and metric exporters for `protocol`, configured (endpoint,
-/// headers, timeout) from the `OTEL_EXPORTER_OTLP_*` variables.
+/// The span, metric and log exporters for `protocol`, configured
+/// (endpoint, headers, timeout) from the `OTEL_EXPORTER_OTLP_*` variables.
 #[cfg(feature = "otlp")]
 fn otlp_exporters(
     protocol: OtlpProtocol,
@@ -164,14 +180,18 @@ fn otlp_exporters(
     (
         opentelemetry_otlp::SpanExporter,
         opentelemetry_otlp::MetricExporter,
+        opentelemetry_otlp::LogExporter,
     ),
     ConfigError,
 > {
-    use opentelemetry_otlp::{MetricExporter, Protocol, SpanExporter, WithExportConfig};
-    let (spans, metrics) = match protocol {
+    use opentelemetry_otlp::{
+        LogExporter, MetricExporter, Protocol, SpanExporter, WithExportConfig,
+    };
+    let (spans, metrics, logs) = match protocol {
         OtlpProtocol::Grpc => (
             SpanExporter::builder().with_tonic().build(),
             MetricExporter::builder().with_tonic().build(),
+            LogExporter::builder().with_tonic().build(),
         ),
         OtlpProtocol::HttpProtobuf => (
             SpanExporter::builder()
@@ -182,11 +202,16 @@ fn otlp_exporters(
                 .with_http()
                 .with_protocol(Protocol::HttpBinary)
                 .build(),
+            LogExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .build(),
         ),
     };
     let spans = spans.map_err(|e| ConfigError::new(format!("OTLP span exporter: {e}")))?;
     let metrics = metrics.map_err(|e| ConfigError::new(format!("OTLP metric exporter: {e}")))?;
-    Ok((spans, metrics))
+    let logs = logs.map_err(|e| ConfigError::new(format!("OTLP log exporter: {e}")))?;
+    Ok((spans, metrics, logs))
 }
 
 /// The providers [`init`] set up; dropping it flushes and shuts them down.
@@ -194,6 +219,9 @@ pub struct TelemetryGuard {
     tracer: Tracer,
     tracers: SdkTracerProvider,
     meters: SdkMeterProvider,
+    /// OTLP log export, when an endpoint is set.
+    #[cfg(feature = "otlp")]
+    loggers: Option<opentelemetry_sdk::logs::SdkLoggerProvider>,
     #[cfg(feature = "prometheus")]
     registry: prometheus::Registry,
 }
@@ -216,7 +244,8 @@ impl TelemetryGuard {
     }
 
     /// [`subscriber`] with this guard's tracer: the subscriber to install,
-    /// `logs` being the log layer with the log filter on it.
+    /// `logs` being the log layer with the log filter on it (made with
+    /// [`logs`](Self::logs) to export the log lines over OTLP too).
     pub fn subscriber<L>(
         &self,
         logs: L,
@@ -225,6 +254,28 @@ impl TelemetryGuard {
         L: Layer<Registry> + Send + Sync + 'static,
     {
         subscriber(self.tracer.clone(), logs)
+    }
+
+    /// The log layer to install: `output` (the fmt layer, say) and, when
+    /// OTLP export is on, the OpenTelemetry log bridge, which exports each
+    /// `tracing` event as an OTLP log record carrying the trace and span
+    /// ids of the span it was written in. Put the log filter on what this
+    /// returns, so that it filters the exported logs as it filters the
+    /// printed ones, and hand it to [`subscriber`](Self::subscriber):
+    /// `telemetry.subscriber(telemetry.logs(fmt::layer()).with_filter(filter))`.
+    pub fn logs<S, L>(&self, output: L) -> impl Layer<S> + use<S, L>
+    where
+        S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+        L: Layer<S>,
+    {
+        #[cfg(feature = "otlp")]
+        let bridge = self
+            .loggers
+            .as_ref()
+            .map(opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new);
+        #[cfg(not(feature = "otlp"))]
+        let bridge: Option<tracing_subscriber::layer::Identity> = None;
+        output.and_then(bridge)
     }
 
     /// The tracer spans are exported with.
@@ -289,6 +340,10 @@ impl Drop for TelemetryGuard {
         }
         if let Err(e) = self.meters.shutdown() {
             tracing::warn!(error = %e, "meter provider shutdown");
+        }
+        #[cfg(feature = "otlp")]
+        if let Some(Err(e)) = self.loggers.as_ref().map(|l| l.shutdown()) {
+            tracing::warn!(error = %e, "logger provider shutdown");
         }
     }
 }

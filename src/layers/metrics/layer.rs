@@ -6,7 +6,9 @@ use opentelemetry::metrics::Meter;
 use tower_layer::Layer;
 
 use super::instruments::Instruments;
-use super::service::Metrics;
+use super::service::{Extra, Metrics};
+use crate::trace::ExtraAttributes;
+use crate::trace::custom::ValueCap;
 
 /// Request metrics per the OpenTelemetry semantic conventions: `http.server.request.duration` and `http.server.active_requests`
 /// on servers, `rpc.server.call.duration` for gRPC calls, and
@@ -16,7 +18,10 @@ use super::service::Metrics;
 /// than `http` and `https`, and gRPC services and methods not recognized
 /// (by an axum route, a handler's answer or
 /// [`recognize_grpc`](super::recognize_grpc)) are `_OTHER`, so clients
-/// cannot create series at will. A duration covers the response body
+/// cannot create series at will.
+/// [`attributes`](Self::attributes) adds attributes of your own to the
+/// duration metric, capped per key by
+/// [`max_attribute_values`](Self::max_attribute_values). A duration covers the response body
 /// until it ends; a request cancelled mid-flight still leaves the active
 /// count.
 ///
@@ -34,7 +39,11 @@ pub struct MetricsLayer {
     instruments: Arc<Instruments>,
     client: bool,
     probes: bool,
+    extra: Extra,
 }
+
+/// At most how many values an attribute of the user's takes by default.
+const MAX_ATTRIBUTE_VALUES: usize = 100;
 
 impl MetricsLayer {
     /// Server metrics on the global meter provider.
@@ -53,7 +62,34 @@ impl MetricsLayer {
             instruments: Arc::new(Instruments::new(meter)),
             client,
             probes: false,
+            extra: Extra {
+                attributes: None,
+                cap: Arc::new(ValueCap::new(MAX_ATTRIBUTE_VALUES)),
+            },
         }
+    }
+
+    /// Adds the attributes `extra` computes from each request's head and
+    /// its response's head to the duration metric
+    /// (`http.server.request.duration`, `rpc.server.call.duration` or
+    /// `http.client.request.duration`; not to the active-requests count).
+    /// Each distinct value is a series: the values must come from a small,
+    /// bounded set, which is yours to keep; past
+    /// [`max_attribute_values`](Self::max_attribute_values) (100 by
+    /// default) values of a key, new values are recorded as `_OTHER`.
+    pub fn attributes(mut self, extra: impl ExtraAttributes) -> Self {
+        self.extra.attributes = Some(Arc::new(extra));
+        self
+    }
+
+    /// At most `max` distinct values per key of the
+    /// [`attributes`](Self::attributes) added (default 100), counted over
+    /// every service this layer makes: past it, a new value is recorded
+    /// as `_OTHER`, so a value that turns out unbounded costs one series,
+    /// not one per value.
+    pub fn max_attribute_values(mut self, max: usize) -> Self {
+        self.extra.cap = Arc::new(ValueCap::new(max));
+        self
     }
 
     /// Server: counts probes as requests too (health checks and metric
@@ -69,6 +105,12 @@ impl<S> Layer<S> for MetricsLayer {
     type Service = Metrics<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Metrics::new(inner, self.instruments.clone(), self.client, self.probes)
+        Metrics::new(
+            inner,
+            self.instruments.clone(),
+            self.client,
+            self.probes,
+            self.extra.clone(),
+        )
     }
 }

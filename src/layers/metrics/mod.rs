@@ -22,6 +22,7 @@ mod layer;
 mod recording;
 mod service;
 
+pub use crate::trace::ExtraAttributes;
 pub use crate::trace::semconv::recognize_grpc;
 pub use layer::MetricsLayer;
 pub use service::{MeteredBody, Metrics, ResponseFuture};

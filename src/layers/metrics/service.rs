@@ -16,6 +16,8 @@ use super::instruments::Instruments;
 use super::recording::{Kind, Recording};
 use crate::health::is_probe;
 use crate::reject::GrpcCode;
+use crate::trace::ExtraAttributes;
+use crate::trace::custom::{ValueCap, with_request_parts, with_response_parts};
 use crate::trace::semconv::{grpc_answered, grpc_call, method, protocol_version, route, scheme};
 
 /// The service made by [`MetricsLayer`](super::MetricsLayer).
@@ -25,15 +27,48 @@ pub struct Metrics<S> {
     instruments: Arc<Instruments>,
     client: bool,
     probes: bool,
+    extra: Extra,
+}
+
+/// The user's attributes and the cap on their values.
+#[derive(Clone)]
+pub(crate) struct Extra {
+    pub(crate) attributes: Option<Arc<dyn ExtraAttributes>>,
+    pub(crate) cap: Arc<ValueCap>,
+}
+
+impl std::fmt::Debug for Extra {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extra")
+            .field("attributes", &self.attributes.is_some())
+            .field("cap", &self.cap)
+            .finish()
+    }
+}
+
+impl Extra {
+    /// `attributes` capped, added to `recording`.
+    fn add(cap: &ValueCap, attributes: Vec<KeyValue>, recording: &mut Recording) {
+        for kv in attributes {
+            recording.add(cap.bound(kv));
+        }
+    }
 }
 
 impl<S> Metrics<S> {
-    pub(crate) fn new(inner: S, instruments: Arc<Instruments>, client: bool, probes: bool) -> Self {
+    pub(crate) fn new(
+        inner: S,
+        instruments: Arc<Instruments>,
+        client: bool,
+        probes: bool,
+        extra: Extra,
+    ) -> Self {
         Self {
             inner,
             instruments,
             client,
             probes,
+            extra,
         }
     }
 
@@ -90,12 +125,26 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let probe = !self.client && !self.probes && is_probe(req.uri().path());
-        let recording = (!probe).then(|| self.start(&req));
+        let mut recording = (!probe).then(|| self.start(&req));
+        let extra = match (&self.extra.attributes, recording.as_mut()) {
+            (Some(extra), Some(recording)) => {
+                let (r, attributes) = with_request_parts(req, |parts| {
+                    let mut attributes = Vec::new();
+                    extra.request(parts, &mut attributes);
+                    attributes
+                });
+                req = r;
+                Extra::add(&self.extra.cap, attributes, recording);
+                Some(self.extra.clone())
+            }
+            _ => None,
+        };
         ResponseFuture {
             future: self.inner.call(req),
             recording,
+            extra,
         }
     }
 }
@@ -106,6 +155,8 @@ pin_project! {
         #[pin]
         future: F,
         recording: Option<Recording>,
+        // The user's attributes, for the response.
+        extra: Option<Extra>,
     }
 }
 
@@ -130,6 +181,21 @@ where
         recording.finished = true;
         Poll::Ready(match result {
             Ok(res) => {
+                let res = match this.extra.take() {
+                    Some(Extra {
+                        attributes: Some(extra),
+                        cap,
+                    }) => {
+                        let (res, attributes) = with_response_parts(res, |parts| {
+                            let mut attributes = Vec::new();
+                            extra.response(parts, &mut attributes);
+                            attributes
+                        });
+                        Extra::add(&cap, attributes, &mut recording);
+                        res
+                    }
+                    _ => res,
+                };
                 let status = res.status();
                 match recording.kind {
                     Kind::Rpc => {

@@ -1,5 +1,6 @@
 //! `TracedBody`: keeps the request's span open until the response body
-//! ends, and records a gRPC status that comes in trailers.
+//! ends, records a gRPC status that comes in trailers, and writes the
+//! request's access-log entry when the body ends.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -10,6 +11,7 @@ use pin_project_lite::pin_project;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::access_log::Entry;
 use crate::reject::GrpcCode;
 
 pin_project! {
@@ -17,16 +19,32 @@ pin_project! {
     pub struct TracedBody<B> {
         #[pin]
         inner: B,
-        span: Option<Span>,
+        open: Option<Open>,
         server: bool,
     }
 }
 
+/// The request's span while the body is read, and its access-log entry,
+/// written in the span when the body ends, fails or is dropped.
+struct Open {
+    span: Span,
+    log: Option<Box<Entry>>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(log) = self.log.take() {
+            let _entered = self.span.enter();
+            log.write();
+        }
+    }
+}
+
 impl<B> TracedBody<B> {
-    pub(crate) fn new(inner: B, span: Span, server: bool) -> Self {
+    pub(crate) fn new(inner: B, span: Span, server: bool, log: Option<Box<Entry>>) -> Self {
         Self {
             inner,
-            span: Some(span),
+            open: Some(Open { span, log }),
             server,
         }
     }
@@ -50,33 +68,40 @@ impl<B: Body> Body for TracedBody<B> {
         // Entered while the body is read: tracing-opentelemetry ends a
         // span at its last exit, so the span covers the whole body.
         let frame = {
-            let _entered = this.span.as_ref().map(Span::enter);
+            let _entered = this.open.as_ref().map(|open| open.span.enter());
             ready!(this.inner.as_mut().poll_frame(cx))
         };
         match &frame {
             Some(Ok(f)) => {
-                if let (Some(trailers), Some(span)) = (f.trailers_ref(), this.span.as_ref())
+                if let (Some(trailers), Some(open)) = (f.trailers_ref(), this.open.as_mut())
                     && let Some(code) = GrpcCode::from_headers(trailers)
                 {
-                    span.record("rpc.grpc.status_code", code.as_i32());
+                    open.span.record("rpc.grpc.status_code", code.as_i32());
                     if code != GrpcCode::Ok && (!*this.server || code.is_server_error()) {
                         let code = code.as_i32();
-                        span.set_status(Status::error(format!("grpc-status {code}")));
+                        open.span
+                            .set_status(Status::error(format!("grpc-status {code}")));
+                    }
+                    if let Some(log) = open.log.as_mut() {
+                        log.grpc_status(code);
                     }
                 }
             }
             Some(Err(_)) => {
-                if let Some(span) = this.span.take() {
-                    span.record("error.type", "body");
-                    span.set_status(Status::error("response body failed"));
+                if let Some(mut open) = this.open.take() {
+                    open.span.record("error.type", "body");
+                    open.span.set_status(Status::error("response body failed"));
+                    if let Some(log) = open.log.as_mut() {
+                        log.failed("body");
+                    }
                 }
             }
             None => {
-                this.span.take();
+                this.open.take();
             }
         }
         if this.inner.is_end_stream() {
-            this.span.take();
+            this.open.take();
         }
         Poll::Ready(frame)
     }

@@ -1,7 +1,11 @@
 //! `TraceLayer`: server and client tracing.
 
+use std::sync::Arc;
+
 use tower_layer::Layer;
 
+use super::access_log::AccessLog;
+use super::custom::{Custom, ExtraAttributes};
 use super::head::{self, HeadSampler};
 use super::service::Trace;
 
@@ -55,11 +59,17 @@ use super::service::Trace;
 /// let client = ServiceBuilder::new().layer(TraceLayer::client());
 /// # let _ = (server, client);
 /// ```
-#[derive(Debug, Clone, Copy)]
+///
+/// Customisation: [`attributes`](Self::attributes) adds attributes from
+/// the request and the response, [`span_name`](Self::span_name) names
+/// spans, [`filter`](Self::filter) leaves requests untraced (see
+/// [`ExtraAttributes`] for an example).
+#[derive(Debug, Clone)]
 pub struct TraceLayer {
     client: bool,
     head: Option<HeadSampler>,
     options: Options,
+    custom: Custom,
 }
 
 /// What a [`TraceLayer`] takes from requests besides the trace context.
@@ -71,6 +81,8 @@ pub(crate) struct Options {
     pub(crate) query: bool,
     /// Server: probes (health checks, metric scrapes) get spans too.
     pub(crate) probes: bool,
+    /// Server: the access log, when one is written.
+    pub(crate) access_log: Option<AccessLog>,
 }
 
 impl TraceLayer {
@@ -81,6 +93,7 @@ impl TraceLayer {
             client: false,
             head: head::installed(),
             options: Options::default(),
+            custom: Custom::default(),
         }
     }
 
@@ -90,6 +103,7 @@ impl TraceLayer {
             client: true,
             head: None,
             options: Options::default(),
+            custom: Custom::default(),
         }
     }
 
@@ -108,6 +122,45 @@ impl TraceLayer {
     /// a load balancer's probe every second would be most of the traces.
     pub fn trace_probes(mut self, trace: bool) -> Self {
         self.options.probes = trace;
+        self
+    }
+
+    /// Server: writes an access log, one `tracing` event per request when
+    /// its response ends, at a level that follows the status (see
+    /// [`AccessLog`]); `None` (the default) writes none.
+    pub fn access_log(mut self, log: Option<AccessLog>) -> Self {
+        self.options.access_log = log;
+        self
+    }
+
+    /// Adds the attributes `extra` computes from each request's head and
+    /// its response's head to the request's span (server and client
+    /// spans; not to the spans a sampler leaves out).
+    pub fn attributes(mut self, extra: impl ExtraAttributes) -> Self {
+        self.custom.attributes = Some(Arc::new(extra));
+        self
+    }
+
+    /// Server: names each span `name(request)` when it returns a name (else
+    /// `{method} {route}` as usual). Span names are grouped on by trace
+    /// backends: derive them from a bounded set, never from the raw path.
+    pub fn span_name<F>(mut self, name: F) -> Self
+    where
+        F: Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.custom.span_name = Some(Arc::new(name));
+        self
+    }
+
+    /// Server: traces only the requests `traced` returns true for (on top
+    /// of leaving probes out). A request left out gets no span and no
+    /// access-log line, but runs in the caller's trace context, so its
+    /// outbound calls still continue the caller's trace.
+    pub fn filter<F>(mut self, traced: F) -> Self
+    where
+        F: Fn(&http::request::Parts) -> bool + Send + Sync + 'static,
+    {
+        self.custom.filter = Some(Arc::new(traced));
         self
     }
 
@@ -136,6 +189,12 @@ impl<S> Layer<S> for TraceLayer {
     type Service = Trace<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Trace::new(inner, self.client, self.head, self.options)
+        Trace::new(
+            inner,
+            self.client,
+            self.head,
+            self.options,
+            self.custom.clone(),
+        )
     }
 }

@@ -16,9 +16,13 @@
 //! # });
 //! ```
 //!
-//! See [`TraceLayer`] for what each span carries.
+//! See [`TraceLayer`] for what each span carries, [`AccessLog`] for the
+//! access log it can write, and [`ExtraAttributes`] for attributes of your
+//! own, with the span-name override and the filter of requests traced.
 
+mod access_log;
 mod body;
+pub(crate) mod custom;
 pub(crate) mod head;
 mod layer;
 pub(crate) mod propagation;
@@ -26,7 +30,9 @@ pub(crate) mod semconv;
 mod service;
 mod w3c;
 
+pub use access_log::{ACCESS_LOG_TARGET, AccessLog};
 pub use body::TracedBody;
+pub use custom::ExtraAttributes;
 pub use head::HeadSampler;
 pub use layer::TraceLayer;
 pub use semconv::DURATION_BUCKETS;

@@ -3,23 +3,26 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
-use opentelemetry::Context as OtelContext;
 use opentelemetry::trace::{Status, TraceContextExt};
+use opentelemetry::{Context as OtelContext, KeyValue};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::access_log::Entry;
 use super::body::TracedBody;
+use super::custom::{Custom, ExtraAttributes, with_request_parts, with_response_parts};
 use super::head::{self, Head, HeadSampler, UNSAMPLED_TARGET};
 use super::layer::Options;
 use super::propagation::{extract, inject};
 use super::semconv::{
-    OTHER, grpc_answered, grpc_names, grpc_parts, grpc_unnamed, method, protocol_version, route,
-    scheme,
+    OTHER, grpc_answered, grpc_call, grpc_names, grpc_parts, grpc_unnamed, method,
+    protocol_version, route, scheme,
 };
 use crate::RequestId;
 use crate::health::is_probe;
@@ -33,16 +36,57 @@ pub struct Trace<S> {
     client: bool,
     head: Option<HeadSampler>,
     options: Options,
+    custom: Custom,
 }
 
 impl<S> Trace<S> {
-    pub(crate) fn new(inner: S, client: bool, head: Option<HeadSampler>, options: Options) -> Self {
+    pub(crate) fn new(
+        inner: S,
+        client: bool,
+        head: Option<HeadSampler>,
+        options: Options,
+        custom: Custom,
+    ) -> Self {
         Self {
             inner,
             client,
             head,
             options,
+            custom,
         }
+    }
+}
+
+/// What the user's hooks made of a request.
+#[derive(Default)]
+struct Hooked {
+    /// Whether the request is traced ([`Custom::filter`]).
+    skipped: bool,
+    name: Option<String>,
+    attributes: Vec<KeyValue>,
+}
+
+impl Hooked {
+    /// Runs `custom`'s request hooks on `req`'s head (a client only adds
+    /// attributes).
+    fn run<B>(custom: &Custom, client: bool, req: Request<B>) -> (Request<B>, Self) {
+        if custom.is_empty() {
+            return (req, Self::default());
+        }
+        with_request_parts(req, |parts| {
+            let mut hooked = Self::default();
+            if !client {
+                hooked.skipped = custom.filter.as_ref().is_some_and(|traced| !traced(parts));
+                if hooked.skipped {
+                    return hooked;
+                }
+                hooked.name = custom.span_name.as_ref().and_then(|name| name(parts));
+            }
+            if let Some(extra) = &custom.attributes {
+                extra.request(parts, &mut hooked.attributes);
+            }
+            hooked
+        })
     }
 }
 
@@ -59,15 +103,31 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let probe = !self.client && !self.options.probes && is_probe(req.uri().path());
+        let (mut req, hooked) = if probe {
+            (req, Hooked::default())
+        } else {
+            Hooked::run(&self.custom, self.client, req)
+        };
+        // A span the user named keeps its name when a gRPC answer comes.
+        let named = hooked.name.is_some();
         let (span, detached) = if self.client {
             let span = client_span(&req, self.options.query);
+            set_attributes(&span, hooked.attributes);
             inject(&outbound_context(&span), req.headers_mut());
             (span, None)
-        } else if !self.options.probes && is_probe(req.uri().path()) {
+        } else if probe {
             (Span::none(), None)
+        } else if hooked.skipped {
+            // Not traced, but in the caller's trace: outbound calls go on
+            // with it.
+            (
+                Span::none(),
+                Some(extract(req.headers(), self.options.baggage)),
+            )
         } else {
-            let (span, cx) = request_span(self.head, &req, self.options.baggage);
+            let (span, cx) = request_span(self.head, &req, self.options.baggage, hooked);
             // An entered span makes the request's context current; a span
             // no subscriber records (a global filter turned it off) cannot,
             // so the future attaches the context itself while it runs.
@@ -76,16 +136,24 @@ where
         };
         // A gRPC call named `_OTHER` for now: its answer may name it.
         let rpc = grpc_unnamed(&req).filter(|_| !self.client);
+        let log = match self.options.access_log {
+            Some(log) if !self.client && !span.is_none() => Some(log.start(&req, grpc_call(&req))),
+            _ => None,
+        };
         let future = {
             let _attached = detached.clone().map(OtelContext::attach);
             span.in_scope(|| self.inner.call(req))
         };
+        let attributes = self.custom.attributes.clone().filter(|_| !span.is_none());
         ResponseFuture {
             future,
             span: Some(span),
             detached,
             client: self.client,
             rpc,
+            log,
+            attributes,
+            named,
         }
     }
 }
@@ -96,13 +164,14 @@ fn request_span<B>(
     sampler: Option<HeadSampler>,
     req: &Request<B>,
     baggage: bool,
+    hooked: Hooked,
 ) -> (Span, OtelContext) {
     let parent = extract(req.headers(), baggage);
     match sampler.map(|sampler| sampler.decide(&parent)) {
-        None | Some(Head::Sampled { root: None }) => (server_span(req, &parent), parent),
+        None | Some(Head::Sampled { root: None }) => (server_span(req, &parent, hooked), parent),
         // Started here, so the SDK takes the decided trace id.
         Some(Head::Sampled { root: Some(id) }) => head::with_root_trace_id(id, || {
-            let span = server_span(req, &parent);
+            let span = server_span(req, &parent, hooked);
             let _ = span.context();
             (span, parent)
         }),
@@ -127,15 +196,16 @@ fn outbound_context(span: &Span) -> OtelContext {
 /// Attributes known up front go straight to the OpenTelemetry span (static
 /// values are not copied): as `tracing` fields, each would become a new
 /// string.
-fn server_span<B>(req: &Request<B>, parent: &OtelContext) -> Span {
+fn server_span<B>(req: &Request<B>, parent: &OtelContext, hooked: Hooked) -> Span {
     use tracing::field::Empty;
     let m = method(req.method());
     let grpc = grpc_parts(req);
     let route = route(req);
-    let name = match (&grpc, &route) {
-        (Some((service, rpc)), _) => [service, "/", rpc].concat(),
-        (None, Some(route)) => [m, " ", route].concat(),
-        (None, None) => m.to_owned(),
+    let name = match (hooked.name, &grpc, &route) {
+        (Some(name), _, _) => name,
+        (None, Some((service, rpc)), _) => [service, "/", rpc].concat(),
+        (None, None, Some(route)) => [m, " ", route].concat(),
+        (None, None, None) => m.to_owned(),
     };
     let host = req.uri().host().or_else(|| host_header(req));
     let agent = req
@@ -182,8 +252,16 @@ fn server_span<B>(req: &Request<B>, parent: &OtelContext) -> Span {
             span.set_attribute("rpc.method", rpc.to_owned());
         }
     }
+    set_attributes(&span, hooked.attributes);
     let _ = span.set_parent(parent.clone());
     span
+}
+
+/// Sets `attributes` on `span`'s OpenTelemetry span.
+fn set_attributes(span: &Span, attributes: Vec<KeyValue>) {
+    for kv in attributes {
+        span.set_attribute(kv.key, kv.value);
+    }
 }
 
 /// The span of a request the head sampler left out: the request id for log
@@ -284,6 +362,12 @@ pin_project! {
         detached: Option<OtelContext>,
         client: bool,
         rpc: Option<Box<str>>,
+        // The access-log entry, when the layer writes one.
+        log: Option<Box<Entry>>,
+        // The user's attributes, for the response.
+        attributes: Option<Arc<dyn ExtraAttributes>>,
+        // The user named the span.
+        named: bool,
     }
 }
 
@@ -299,8 +383,17 @@ where
         let result = {
             let _entered = this.span.as_ref().map(Span::enter);
             let _attached = this.detached.clone().map(OtelContext::attach);
-            ready!(this.future.poll(cx))
+            let result = ready!(this.future.poll(cx));
+            // Taken while the request's context is current: its trace id.
+            if let Some(log) = this.log.as_mut() {
+                match &result {
+                    Ok(res) => log.answered(res.status().as_u16(), GrpcCode::from_headers(res.headers())),
+                    Err(_) => log.failed("_OTHER"),
+                }
+            }
+            result
         };
+        let mut log = this.log.take();
         let Some(span) = this.span.take() else {
             unreachable!("trace future polled after completion")
         };
@@ -313,20 +406,34 @@ where
                 grpc_answered(&call, res.headers());
             }
             if sampled {
-                name_rpc(&span, &call);
+                name_rpc(&span, &call, !*this.named);
             }
         }
         Poll::Ready(match result {
             Ok(res) => {
+                let res = match this.attributes.take().filter(|_| sampled) {
+                    Some(extra) => {
+                        with_response_parts(res, |parts| {
+                            let mut attributes = Vec::new();
+                            extra.response(parts, &mut attributes);
+                            set_attributes(&span, attributes);
+                        })
+                        .0
+                    }
+                    None => res,
+                };
                 if sampled {
                     record_response(&span, &res, *this.client);
                 }
-                Ok(res.map(|body| TracedBody::new(body, span, !*this.client)))
+                Ok(res.map(|body| TracedBody::new(body, span, !*this.client, log)))
             }
             Err(e) => {
                 if sampled {
                     span.record("error.type", "_OTHER");
                     span.set_status(Status::error(e.to_string()));
+                }
+                if let Some(log) = log.take() {
+                    span.in_scope(|| log.write());
                 }
                 Err(e)
             }
@@ -336,9 +443,9 @@ where
 
 /// Names the span of a gRPC call that was not recognized when it arrived,
 /// as far as its answer recognized it.
-fn name_rpc(span: &Span, call: &str) {
+fn name_rpc(span: &Span, call: &str, rename: bool) {
     let (service, method) = grpc_names(call);
-    if method != OTHER {
+    if rename && method != OTHER {
         let name = [service, "/", method].concat();
         span.context().span().update_name(name);
     }
