@@ -37,7 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // OTEL_TRACES_SAMPLER (e.g. parentbased_traceidratio with
     // OTEL_TRACES_SAMPLER_ARG=0.1) decides before a request's span is built.
     let telemetry = battlement::telemetry::init("shop")?;
-    // RUST_LOG filters the log lines only, never the spans exported.
+    // RUST_LOG filters log lines (printed, and OTLP logs), never spans.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let logs = telemetry.logs(fmt::layer()).with_filter(filter);
     telemetry.subscriber(logs).init();
