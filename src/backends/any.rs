@@ -141,6 +141,16 @@ impl RateLimitStore for AnyStore {
         each!(self, s => s.decide(policy, key, quota, cost).await)
     }
 
+    async fn give_back(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        units: u64,
+    ) -> Result<(), StoreError> {
+        each!(self, s => s.give_back(policy, key, quota, units).await)
+    }
+
     fn in_process(&self) -> Option<&MemoryStore> {
         match self {
             Self::Memory(store) => Some(store),

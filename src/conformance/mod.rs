@@ -154,6 +154,7 @@ macro_rules! rate_limit_suite {
             quota_changes_keep_state,
             random_sequences_match_the_reference,
             skewed_clocks_do_not_over_admit,
+            give_back_returns_unused_units,
         );
     };
 }

@@ -169,6 +169,44 @@ impl Cell {
     }
 }
 
+impl Cell {
+    /// Gives `units` back (see [`gcra::give_back`]); a cell being rescaled
+    /// is waited for, a cell under another period is left alone.
+    fn give_back(&self, quota: &Quota, units: u64, now_us: u64) {
+        loop {
+            let period_us = self.period_us.load(Ordering::Acquire);
+            if period_us == RESCALING {
+                std::thread::yield_now();
+                continue;
+            }
+            let current = self.state.load(Ordering::Acquire);
+            if self.period_us.load(Ordering::Acquire) != period_us {
+                continue;
+            }
+            let high = (current >> 64) as u64;
+            let state = GcraState {
+                debt: high & DEBT_MASK,
+                at: current as u64,
+                period_us,
+            };
+            let Some(write) = gcra::give_back(Some(state), quota, units, now_us) else {
+                return;
+            };
+            let high = (high & !DEBT_MASK) | (write.debt & DEBT_MASK);
+            let next = (u128::from(high) << 64) | u128::from(write.at);
+            if self
+                .state
+                .compare_exchange(current, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                // `full_at_us` only ever lags behind: the cell is kept a
+                // little longer than needed, never dropped early.
+                return;
+            }
+        }
+    }
+}
+
 /// A cell's name, `policy/key` in one allocation. Lookups go through
 /// [`IdParts`], so a request finds its cell by the two parts without
 /// building the name.
@@ -493,6 +531,22 @@ impl RateLimitStore for MemoryStore {
         cost: u64,
     ) -> Result<Decision, StoreError> {
         self.decide_at_once(policy, key, quota, cost)
+    }
+
+    async fn give_back(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        units: u64,
+    ) -> Result<(), StoreError> {
+        self.check_open()?;
+        let now_us = self.inner.clock.now_micros();
+        let id: &dyn IdParts = &(policy, key);
+        if let Some(cell) = self.inner.cells.map.get(id) {
+            cell.give_back(quota, units, now_us);
+        }
+        Ok(())
     }
 
     fn in_process(&self) -> Option<&MemoryStore> {

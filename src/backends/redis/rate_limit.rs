@@ -18,6 +18,9 @@ use crate::layers::rate_limit::{Decision, Quota, RateLimitStore};
 
 static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/gcra.lua")));
 
+static GIVE_BACK: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/gcra_give_back.lua")));
+
 /// How much longer than "until full" a key may live on Redis's clock, so
 /// that most decisions keep its expiry instead of moving it (as the memory
 /// store does).
@@ -124,5 +127,22 @@ impl RateLimitStore for RedisStore {
             Ok(after) => gcra::allowed(quota, after),
             Err(_) => gcra::denied(quota, cost, debt.unsigned_abs() - 1),
         })
+    }
+
+    /// One `EVALSHA` of `scripts/gcra_give_back.lua` (one key, so it runs
+    /// on a Cluster as on a standalone server).
+    async fn give_back(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        units: u64,
+    ) -> Result<(), StoreError> {
+        let key = state_key(self.keyspace(), policy, key);
+        let now = self.caller_clock().map(|clock| clock.now_micros());
+        let mut invocation = GIVE_BACK.prepare_invoke();
+        invocation.key(key).arg(&pack(quota, units, now)[..]);
+        let _left: i64 = self.invoke(&invocation).await?;
+        Ok(())
     }
 }

@@ -106,6 +106,42 @@ pub fn decide(state: Option<GcraState>, quota: &Quota, cost: u64, now_us: u64) -
     }
 }
 
+/// Gives `units` of cost back to a key in `state` at `now_us`: the state
+/// to write, or `None` when nothing changes (no state, nothing owed, or a
+/// state written under another period, whose units are not this quota's:
+/// then nothing is given back, which can only admit less).
+///
+/// The debt drains to `now_us` first, then drops by `units × period_us`,
+/// never below zero: capacity given back can never make the bucket fuller
+/// than full, so a give-back never admits more than the quota.
+pub fn give_back(
+    state: Option<GcraState>,
+    quota: &Quota,
+    units: u64,
+    now_us: u64,
+) -> Option<GcraState> {
+    let s = state?;
+    let p = quota.period_us();
+    if s.period_us != p || units == 0 {
+        return None;
+    }
+    let debt = current_debt(s, quota, now_us);
+    if debt == 0 {
+        return None;
+    }
+    Some(GcraState {
+        debt: debt.saturating_sub(units.min(quota.burst()) * p),
+        at: now_us.max(s.at),
+        period_us: p,
+    })
+}
+
+/// How long a state of `debt` (in `quota`'s units) must live: until the
+/// bucket is full again, in microseconds.
+pub fn ttl_us(quota: &Quota, debt: u64) -> u64 {
+    debt.div_ceil(quota.count())
+}
+
 /// The decision for an allowed request that leaves `after` of debt (in
 /// `quota`'s units).
 pub fn allowed(quota: &Quota, after: u64) -> Decision {
@@ -266,6 +302,35 @@ mod tests {
         );
         // Once rewritten, further denials write nothing.
         assert_eq!(decide(Some(w), &slow, 1, 1).write, None);
+    }
+
+    #[test]
+    fn give_back_undoes_an_allowed_cost_and_never_goes_below_empty() {
+        let q = Quota::per_second(10).unwrap();
+        let t0 = 1_700_000_000_000_000;
+        let mut s = None;
+        assert!(run(&q, &mut s, 6, t0).is_allowed());
+        let back = give_back(s, &q, 4, t0).expect("debt drops");
+        assert_eq!(back.debt, 2 * q.period_us());
+        s = Some(back);
+        assert_eq!(run(&q, &mut s, 0, t0).remaining(), 8);
+        // More than owed: an empty bucket, not a fuller one.
+        let back = give_back(s, &q, 100, t0).expect("debt drops");
+        assert_eq!(back.debt, 0);
+        // Drained first: 100 ms later 1 unit of the 2 was already paid.
+        let two = GcraState {
+            debt: 2 * q.period_us(),
+            at: t0,
+            period_us: q.period_us(),
+        };
+        let back = give_back(Some(two), &q, 1, t0 + 100_000).unwrap();
+        assert_eq!((back.debt, back.at), (0, t0 + 100_000));
+        assert_eq!(give_back(None, &q, 1, t0), None);
+        let other = GcraState {
+            period_us: 1,
+            ..two
+        };
+        assert_eq!(give_back(Some(other), &q, 1, t0), None, "another period");
     }
 
     #[test]

@@ -76,6 +76,19 @@ pub trait RateLimitStore: Backend {
         cost: u64,
     ) -> impl Future<Output = Result<Decision, StoreError>> + Send;
 
+    /// Gives back `units` of cost that an allowed decision on `key` took
+    /// and that were not spent (the unused part of a lease): the key's debt
+    /// drops by `units` of `quota`, never below an empty bucket, so the
+    /// shared state can never admit more than the quota. A key absent, or
+    /// written under another period since, is left alone. One store call.
+    fn give_back(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        units: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// The in-process store this one is, if it is one: its decisions are
     /// taken at once, so the layer needs no future for them.
     fn in_process(&self) -> Option<&MemoryStore> {
