@@ -141,6 +141,16 @@ impl RateLimitStore for AnyStore {
         each!(self, s => s.decide(policy, key, quota, cost).await)
     }
 
+    async fn decide_batched(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        cost: u64,
+    ) -> Result<Decision, StoreError> {
+        each!(self, s => s.decide_batched(policy, key, quota, cost).await)
+    }
+
     async fn give_back(
         &self,
         policy: &str,

@@ -15,9 +15,15 @@
 //! caller's failure policy applies), and a decision whose caller has
 //! stopped waiting (its timeout passed) is dropped instead of sent.
 //!
+//! A decision may also *linger* (the leased mode's cold keys): it waits
+//! up to [`LINGER`] for other decisions to share its call, so that many
+//! keys seen once each cost one script call per flush instead of one each.
+//! A decision that does not linger sends whatever is queued at once.
+//!
 //! Cluster connections do not queue: a script's keys must share a slot.
 
 use std::sync::{OnceLock, Weak};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -36,11 +42,15 @@ const MAX_IN_FLIGHT: usize = 4;
 /// 10 ms, a fraction of the default 50 ms timeout.
 pub(super) const MAX_QUEUED: usize = 4096;
 
-/// One queued decision: the state key, the packed arguments and where the
-/// debt (or the failure) goes.
+/// The longest a lingering decision waits for others to share its call.
+pub(crate) const LINGER: Duration = Duration::from_millis(1);
+
+/// One queued decision: the state key, the packed arguments, whether it
+/// may wait for others, and where the debt (or the failure) goes.
 pub(super) struct Queued {
     pub(super) key: String,
     pub(super) args: [u8; 40],
+    pub(super) linger: bool,
     pub(super) reply: oneshot::Sender<Result<i64, StoreError>>,
 }
 
@@ -70,32 +80,56 @@ impl DecisionQueue {
 /// Sends what is queued, in batches, until the store is dropped.
 async fn run(mut rx: mpsc::Receiver<Queued>, store: Weak<Inner>) {
     let mut in_flight = FuturesUnordered::new();
+    // Lingering decisions, and when the first of them must go.
+    let mut pending: Vec<Queued> = Vec::new();
+    let flush_at = tokio::time::sleep(LINGER);
+    tokio::pin!(flush_at);
     loop {
+        let room = in_flight.len() < MAX_IN_FLIGHT;
         tokio::select! {
             biased;
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-            first = rx.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
+            () = &mut flush_at, if room && !pending.is_empty() => {
+                let Some(inner) = store.upgrade() else { break };
+                let batch = take_batch(&mut pending);
+                in_flight.push(send(RedisStore { inner }, batch));
+            }
+            first = rx.recv(), if room => {
                 let Some(first) = first else { break };
                 let Some(inner) = store.upgrade() else { break };
-                let mut batch = Vec::with_capacity(rx.len().min(MAX_BATCH - 1) + 1);
+                let lingered = !pending.is_empty();
+                let mut urgent = false;
                 let mut next = Some(first);
                 while let Some(queued) = next {
                     // Its caller stopped waiting: no quota is spent on it.
                     if !queued.reply.is_closed() {
-                        batch.push(queued);
+                        urgent |= !queued.linger;
+                        pending.push(queued);
                     }
-                    if batch.len() == MAX_BATCH {
+                    if pending.len() >= MAX_BATCH {
                         break;
                     }
                     next = rx.try_recv().ok();
                 }
-                if !batch.is_empty() {
+                if urgent || pending.len() >= MAX_BATCH {
+                    let batch = take_batch(&mut pending);
                     in_flight.push(send(RedisStore { inner }, batch));
+                } else if !lingered && !pending.is_empty() {
+                    flush_at.as_mut().reset(tokio::time::Instant::now() + LINGER);
                 }
             }
         }
     }
     while in_flight.next().await.is_some() {}
+}
+
+/// The first [`MAX_BATCH`] of `pending`, oldest first.
+fn take_batch(pending: &mut Vec<Queued>) -> Vec<Queued> {
+    if pending.len() <= MAX_BATCH {
+        return std::mem::take(pending);
+    }
+    let rest = pending.split_off(MAX_BATCH);
+    std::mem::replace(pending, rest)
 }
 
 /// One script call for `batch`; every caller gets its own debt, or the

@@ -51,11 +51,22 @@ impl RedisStore {
 
     /// The debt after one decision: through the queue on a standalone
     /// server, in a call of its own on a cluster (or outside a runtime).
-    async fn decide_packed(&self, key: String, args: [u8; 40]) -> Result<i64, StoreError> {
+    async fn decide_packed(
+        &self,
+        key: String,
+        args: [u8; 40],
+        linger: bool,
+    ) -> Result<i64, StoreError> {
         let (key, args) = match self.decision_queue() {
             Some(queue) => {
                 let (reply, answer) = oneshot::channel();
-                match queue.try_send(Queued { key, args, reply }) {
+                let queued = Queued {
+                    key,
+                    args,
+                    linger,
+                    reply,
+                };
+                match queue.try_send(queued) {
                     Ok(()) => return self.answer(answer).await,
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         return Err(StoreError::Unavailable(format!(
@@ -112,6 +123,29 @@ fn pack(quota: &Quota, cost: u64, now_us: Option<u64>) -> [u8; 40] {
     packed
 }
 
+impl RedisStore {
+    /// One decision, lingering in the queue (see
+    /// [`decision_queue`](super::decision_queue)) or not.
+    async fn decide_one(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        cost: u64,
+        linger: bool,
+    ) -> Result<Decision, StoreError> {
+        let key = state_key(self.keyspace(), policy, key);
+        let now = self.caller_clock().map(|clock| clock.now_micros());
+        let debt = self
+            .decide_packed(key, pack(quota, cost, now), linger)
+            .await?;
+        Ok(match u64::try_from(debt) {
+            Ok(after) => gcra::allowed(quota, after),
+            Err(_) => gcra::denied(quota, cost, debt.unsigned_abs() - 1),
+        })
+    }
+}
+
 impl RateLimitStore for RedisStore {
     async fn decide(
         &self,
@@ -120,13 +154,19 @@ impl RateLimitStore for RedisStore {
         quota: &Quota,
         cost: u64,
     ) -> Result<Decision, StoreError> {
-        let key = state_key(self.keyspace(), policy, key);
-        let now = self.caller_clock().map(|clock| clock.now_micros());
-        let debt = self.decide_packed(key, pack(quota, cost, now)).await?;
-        Ok(match u64::try_from(debt) {
-            Ok(after) => gcra::allowed(quota, after),
-            Err(_) => gcra::denied(quota, cost, debt.unsigned_abs() - 1),
-        })
+        self.decide_one(policy, key, quota, cost, false).await
+    }
+
+    /// Waits up to 1 ms in the decision queue for other decisions to share
+    /// the script call (standalone servers; a Cluster decides at once).
+    async fn decide_batched(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        cost: u64,
+    ) -> Result<Decision, StoreError> {
+        self.decide_one(policy, key, quota, cost, true).await
     }
 
     /// One `EVALSHA` of `scripts/gcra_give_back.lua` (one key, so it runs

@@ -10,6 +10,7 @@ use http::StatusCode;
 
 use super::error::RateLimited;
 use super::headers::{self, Rendered};
+use super::lease::{Leased, SyncMode};
 use super::policy::Policy;
 use super::store::{Decision, RateLimitStore};
 use crate::backends::MemoryStore;
@@ -28,6 +29,7 @@ pub(crate) struct Limiter<St> {
     pub(crate) fallback: MemoryStore,
     pub(crate) events: Events,
     pub(crate) warn: Arc<WarnLimiter>,
+    pub(crate) leases: Leased<St>,
 }
 
 /// What the layer does with a request.
@@ -126,10 +128,14 @@ impl<St: RateLimitStore> Limiter<St> {
     pub(crate) async fn decide(&self, job: Job) -> Verdict {
         let mut strictest = None;
         for (policy, key, cost) in job.each() {
-            let result = self
-                .store
-                .decide(&policy.name, key.as_str(), &policy.quota, cost)
-                .await;
+            let (name, key_str, quota) = (&policy.name, key.as_str(), &policy.quota);
+            // An in-process store has nothing to save by leasing.
+            let result = match policy.mode {
+                SyncMode::Leased if self.store.in_process().is_none() => {
+                    self.leases.decide(name, key_str, quota, cost).await
+                }
+                _ => self.store.decide(name, key_str, quota, cost).await,
+            };
             if let ControlFlow::Break(verdict) =
                 self.take(&mut strictest, policy, key, cost, result)
             {
@@ -142,7 +148,9 @@ impl<St: RateLimitStore> Limiter<St> {
     /// [`decide`](Self::decide) at once, when the store is in process;
     /// `None` when it must be awaited.
     pub(crate) fn decide_now(&self, job: &Job) -> Option<Verdict> {
-        let store = self.store.in_process()?;
+        let Some(store) = self.store.in_process() else {
+            return self.decide_leased_now(job);
+        };
         let mut strictest = None;
         for (policy, key, cost) in job.each() {
             let result = store.decide_at_once(&policy.name, key.as_str(), &policy.quota, cost);
@@ -151,6 +159,26 @@ impl<St: RateLimitStore> Limiter<St> {
             {
                 return Some(verdict);
             }
+        }
+        Some(self.conclude(strictest))
+    }
+
+    /// A job of one leased policy, decided from its lease or cached denial
+    /// with no store call; `None` when the store must be asked.
+    fn decide_leased_now(&self, job: &Job) -> Option<Verdict> {
+        let mut each = job.each();
+        let (policy, key, cost) = each.next()?;
+        if policy.mode != SyncMode::Leased || each.next().is_some() {
+            return None;
+        }
+        let decision = self
+            .leases
+            .decide_local(&policy.name, key.as_str(), &policy.quota, cost)?;
+        let mut strictest = None;
+        if let ControlFlow::Break(verdict) =
+            self.take(&mut strictest, policy, key, cost, Ok(decision))
+        {
+            return Some(verdict);
         }
         Some(self.conclude(strictest))
     }

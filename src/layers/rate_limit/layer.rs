@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 use tower_layer::Layer;
 
 use super::decide::Limiter;
+use super::lease::{LeaseSettings, Leased};
 use super::policy::Policy;
 use super::quota::Quota;
 use super::service::RateLimit;
@@ -49,6 +50,9 @@ pub struct RateLimitLayer<St> {
     // route): the fallback quota and the log rate are per layer.
     fallback: MemoryStore,
     warn: Arc<WarnLimiter>,
+    // One per layer too: this instance's leases, cached denials and key
+    // rates for its leased policies.
+    leases: Leased<St>,
 }
 
 impl<St: RateLimitStore> RateLimitLayer<St> {
@@ -56,6 +60,7 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
     /// layers by cloning it).
     pub fn new(store: St) -> Self {
         Self {
+            leases: Leased::new(store.clone(), LeaseSettings::default()),
             store,
             policies: Arc::new(ArcSwap::from_pointee(Vec::new())),
             shadow: false,
@@ -119,6 +124,13 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
         }
     }
 
+    /// How leased policies (see [`Policy::mode`]) size and return their
+    /// leases (default [`LeaseSettings::default`]).
+    pub fn lease_settings(mut self, settings: LeaseSettings) -> Self {
+        self.leases = Leased::new(self.store.clone(), settings);
+        self
+    }
+
     /// Returns typed [`RateLimited`](super::RateLimited) errors instead of
     /// responses, for client stacks.
     pub fn client_mode(self) -> super::client::ClientRateLimitLayer<St> {
@@ -135,6 +147,7 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
             fallback: self.fallback.clone(),
             events: self.events.clone(),
             warn: self.warn.clone(),
+            leases: self.leases.clone(),
         })
     }
 }
@@ -150,6 +163,7 @@ impl<St: Clone> Clone for RateLimitLayer<St> {
             events: self.events.clone(),
             fallback: self.fallback.clone(),
             warn: self.warn.clone(),
+            leases: self.leases.clone(),
         }
     }
 }
