@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -129,20 +128,6 @@ async fn http_receiver(received: Received) -> std::net::SocketAddr {
     addr
 }
 
-/// The axum example, built with the same features as this test (cargo
-/// only needs to link it: the library is already built).
-fn example_binary() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--all-features", "--example", "axum"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the axum example failed");
-    let exe = std::env::current_exe().unwrap();
-    let profile = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    profile.join("examples").join("axum")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_axum_example_exports_spans_and_metrics_over_otlp_grpc() {
     let received = Received::default();
@@ -163,7 +148,7 @@ async fn the_axum_example_exports_spans_and_metrics_over_otlp_http_by_default() 
 /// base URL.
 async fn start_example(endpoint: &str, protocol: &str, env: &[(&str, &str)]) -> (Process, String) {
     let port = free_port();
-    let binary = example_binary();
+    let binary = support::axum_example_binary();
     let (endpoint, protocol) = (endpoint.to_owned(), protocol.to_owned());
     let env: Vec<(String, String)> = env
         .iter()
@@ -348,7 +333,7 @@ async fn the_environments_sampler_decides_which_requests_are_traced() {
 // variable, not a silent fall back to tracing every request.
 #[test]
 fn an_unknown_sampler_stops_the_example_at_startup() {
-    let mut child = Command::new(example_binary())
+    let mut child = Command::new(support::axum_example_binary())
         .env("BIND", format!("127.0.0.1:{}", free_port()))
         .env("OTEL_TRACES_SAMPLER", "traceidratoi")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")

@@ -57,6 +57,7 @@ pub fn config(backend: BackendConfig) -> StackConfig {
                 name: "per-ip".into(),
                 quota,
                 key: KeySettings::client_ip([]),
+                mode: Default::default(),
             }],
             ..RateLimitSettings::default()
         }),

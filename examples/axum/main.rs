@@ -9,9 +9,13 @@
 //! `StackConfig` the environment describes:
 //! `RATE_LIMIT` (`N/s`, `N/m`, `N/h`, default `100/s`) and `RATE_BURST`
 //! (default N); `TRUSTED_PROXIES` (comma list of CIDRs whose
-//! `X-Forwarded-For` is believed, default none); `REDIS_URL` (needs
+//! `X-Forwarded-For` is believed, default none); `RATE_LIMIT_MODE`
+//! (`exact`, the default: one store decision per request, or `leased`:
+//! local-first decisions from leased capacity) for the per-IP policy;
+//! `REDIS_URL` (needs
 //! `--features redis`) keeps rate-limit state in Redis, shared by every
-//! instance, and adds a readiness check; `ETCD_ENDPOINTS` (needs
+//! instance, and adds a readiness check; `REDIS_CLUSTER_URLS` (a comma
+//! list of seed nodes) does the same on a Redis Cluster; `ETCD_ENDPOINTS` (needs
 //! `--features etcd`) adds its readiness check and hot-reloads the quota
 //! and the `/proxy` breaker's thresholds from `/battlement/config/`;
 //! `CONCURRENCY_LIMIT` (`adaptive`, a number, or `none`, the default)
@@ -48,7 +52,7 @@ use battlement::concurrency_limit::ConcurrencyLimitConfig;
 use battlement::config::ConfigWatch;
 use battlement::deadline::DeadlineConfig;
 use battlement::health::{HealthRegistry, HealthRoutes};
-use battlement::rate_limit::Quota;
+use battlement::rate_limit::{Quota, SyncMode};
 use battlement::retry::{AttemptTimedOut, RetryPolicy};
 use battlement::stack::{
     self, IdempotencySettings, KeySettings, PolicySettings, RateLimitSettings, ScopeSettings,
@@ -74,8 +78,10 @@ struct Settings {
     drain: Duration,
     breaker_open: Duration,
     rate_limit: Quota,
+    rate_limit_mode: SyncMode,
     trusted_proxies: Vec<ipnet::IpNet>,
     redis_url: Option<String>,
+    redis_cluster_urls: Option<Vec<String>>,
     etcd_endpoints: Option<Vec<String>>,
     concurrency_limit: Option<ConcurrencyLimitConfig>,
     request_timeout: Duration,
@@ -100,6 +106,10 @@ impl Settings {
                 .with_burst(n)
                 .map_err(|e| format!("RATE_BURST={burst:?}: {e}"))?;
         }
+        let mode = var("RATE_LIMIT_MODE").unwrap_or_else(|| "exact".into());
+        let rate_limit_mode = mode
+            .parse()
+            .map_err(|e| format!("RATE_LIMIT_MODE={mode:?}: {e}"))?;
         let concurrency_limit = match var("CONCURRENCY_LIMIT").as_deref() {
             None | Some("none") => None,
             Some("adaptive") => Some(ConcurrencyLimitConfig::default()),
@@ -139,8 +149,11 @@ impl Settings {
                     .map_err(|e| format!("BREAKER_OPEN={breaker_open:?}: {e}"))?,
             ),
             rate_limit,
+            rate_limit_mode,
             trusted_proxies,
             redis_url: var("REDIS_URL"),
+            redis_cluster_urls: var("REDIS_CLUSTER_URLS")
+                .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect()),
             etcd_endpoints: var("ETCD_ENDPOINTS")
                 .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect()),
             concurrency_limit,
@@ -171,11 +184,19 @@ enum Orders {
     Local(Arc<AtomicU64>),
     #[cfg(feature = "redis")]
     Redis(redis::aio::ConnectionManager),
+    #[cfg(feature = "redis")]
+    Cluster(redis::cluster_async::ClusterConnection),
 }
 
 impl Orders {
-    /// The Redis key `example:orders` when `REDIS_URL` is set.
+    /// The Redis key `example:orders` when `REDIS_URL` (or
+    /// `REDIS_CLUSTER_URLS`) is set.
     async fn connect(settings: &Settings) -> Result<Self, Error> {
+        #[cfg(feature = "redis")]
+        if let Some(urls) = &settings.redis_cluster_urls {
+            let client = redis::cluster::ClusterClient::new(urls.clone())?;
+            return Ok(Self::Cluster(client.get_async_connection().await?));
+        }
         #[cfg(feature = "redis")]
         if let Some(url) = &settings.redis_url {
             let client = redis::Client::open(url.as_str())?;
@@ -190,6 +211,14 @@ impl Orders {
             Self::Local(n) => Ok(n.fetch_add(1, Ordering::SeqCst) + 1),
             #[cfg(feature = "redis")]
             Self::Redis(conn) => {
+                let mut conn = conn.clone();
+                Ok(redis::cmd("INCR")
+                    .arg("example:orders")
+                    .query_async(&mut conn)
+                    .await?)
+            }
+            #[cfg(feature = "redis")]
+            Self::Cluster(conn) => {
                 let mut conn = conn.clone();
                 Ok(redis::cmd("INCR")
                     .arg("example:orders")
@@ -221,6 +250,10 @@ fn stack_config(settings: &Settings) -> Result<StackConfig, Error> {
             format!("REDIS_URL={url} needs: cargo run --example axum --features redis").into(),
         );
     }
+    #[cfg(not(feature = "redis"))]
+    if settings.redis_cluster_urls.is_some() {
+        return Err("REDIS_CLUSTER_URLS needs: cargo run --example axum --features redis".into());
+    }
     #[cfg(feature = "redis")]
     if let Some(url) = &settings.redis_url {
         // A roomier per-call timeout than the 50 ms default: the demo
@@ -230,11 +263,19 @@ fn stack_config(settings: &Settings) -> Result<StackConfig, Error> {
                 .with_timeout(Duration::from_millis(250)),
         );
     }
+    #[cfg(feature = "redis")]
+    if let Some(urls) = &settings.redis_cluster_urls {
+        config.backend = battlement::backends::BackendConfig::Redis(
+            battlement::backends::RedisConfig::cluster(urls.iter().map(String::as_str))
+                .with_timeout(Duration::from_millis(250)),
+        );
+    }
     config.rate_limit = Some(RateLimitSettings {
         policies: vec![PolicySettings {
             name: "per-ip".into(),
             quota: settings.rate_limit,
             key: KeySettings::client_ip(settings.trusted_proxies.iter().copied()),
+            mode: settings.rate_limit_mode,
         }],
         ..RateLimitSettings::default()
     });
@@ -456,8 +497,10 @@ mod tests {
             drain: Duration::ZERO,
             breaker_open: Duration::from_secs(5),
             rate_limit: Quota::per_second(100).unwrap(),
+            rate_limit_mode: SyncMode::Exact,
             trusted_proxies: Vec::new(),
             redis_url: None,
+            redis_cluster_urls: None,
             etcd_endpoints: None,
             concurrency_limit: None,
             request_timeout: Duration::from_secs(30),

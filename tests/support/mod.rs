@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod etcd;
+mod example;
 mod harness;
 mod lines;
 mod process;
@@ -12,6 +13,7 @@ mod proxy;
 mod redis;
 
 pub use etcd::EtcdServer;
+pub use example::{axum_example_binary, get_status, start_axum_example};
 pub use harness::*;
 pub use lines::Lines;
 pub use process::{Process, free_port, require_binary};
