@@ -138,6 +138,7 @@ pub fn give_back(
 
 /// How long a state of `debt` (in `quota`'s units) must live: until the
 /// bucket is full again, in microseconds.
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 pub fn ttl_us(quota: &Quota, debt: u64) -> u64 {
     debt.div_ceil(quota.count())
 }
