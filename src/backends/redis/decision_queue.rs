@@ -16,14 +16,14 @@
 //! stopped waiting (its timeout passed) is dropped instead of sent.
 //!
 //! A decision may also *linger* (the leased mode's cold keys): it waits
-//! up to [`LINGER`] for other decisions to share its call, so that many
-//! keys seen once each cost one script call per flush instead of one each.
-//! A decision that does not linger sends whatever is queued at once.
+//! for the queue's task to pass once through the scheduler with nothing
+//! new arriving (or for [`MAX_BATCH`] decisions), so that many keys seen
+//! once each share a script call even when no call is in flight. A
+//! decision that does not linger sends whatever is queued at once.
 //!
 //! Cluster connections do not queue: a script's keys must share a slot.
 
 use std::sync::{OnceLock, Weak};
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
@@ -41,9 +41,6 @@ const MAX_IN_FLIGHT: usize = 4;
 /// Most decisions waiting to be sent: Redis decides this many in about
 /// 10 ms, a fraction of the default 50 ms timeout.
 pub(super) const MAX_QUEUED: usize = 4096;
-
-/// The longest a lingering decision waits for others to share its call.
-pub(crate) const LINGER: Duration = Duration::from_millis(1);
 
 /// One queued decision: the state key, the packed arguments, whether it
 /// may wait for others, and where the debt (or the failure) goes.
@@ -80,24 +77,16 @@ impl DecisionQueue {
 /// Sends what is queued, in batches, until the store is dropped.
 async fn run(mut rx: mpsc::Receiver<Queued>, store: Weak<Inner>) {
     let mut in_flight = FuturesUnordered::new();
-    // Lingering decisions, and when the first of them must go.
+    // Lingering decisions, sent once a pass brings nothing new.
     let mut pending: Vec<Queued> = Vec::new();
-    let flush_at = tokio::time::sleep(LINGER);
-    tokio::pin!(flush_at);
     loop {
         let room = in_flight.len() < MAX_IN_FLIGHT;
         tokio::select! {
             biased;
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-            () = &mut flush_at, if room && !pending.is_empty() => {
-                let Some(inner) = store.upgrade() else { break };
-                let batch = take_batch(&mut pending);
-                in_flight.push(send(RedisStore { inner }, batch));
-            }
             first = rx.recv(), if room => {
                 let Some(first) = first else { break };
                 let Some(inner) = store.upgrade() else { break };
-                let lingered = !pending.is_empty();
                 let mut urgent = false;
                 let mut next = Some(first);
                 while let Some(queued) = next {
@@ -114,9 +103,12 @@ async fn run(mut rx: mpsc::Receiver<Queued>, store: Weak<Inner>) {
                 if urgent || pending.len() >= MAX_BATCH {
                     let batch = take_batch(&mut pending);
                     in_flight.push(send(RedisStore { inner }, batch));
-                } else if !lingered && !pending.is_empty() {
-                    flush_at.as_mut().reset(tokio::time::Instant::now() + LINGER);
                 }
+            }
+            () = tokio::task::yield_now(), if room && !pending.is_empty() => {
+                let Some(inner) = store.upgrade() else { break };
+                let batch = take_batch(&mut pending);
+                in_flight.push(send(RedisStore { inner }, batch));
             }
         }
     }

@@ -157,8 +157,8 @@ impl RateLimitStore for RedisStore {
         self.decide_one(policy, key, quota, cost, false).await
     }
 
-    /// Waits up to 1 ms in the decision queue for other decisions to share
-    /// the script call (standalone servers; a Cluster decides at once).
+    /// Lingers in the decision queue for other decisions to share the
+    /// script call (standalone servers; a Cluster decides at once).
     async fn decide_batched(
         &self,
         policy: &str,

@@ -7,7 +7,7 @@ use arc_swap::ArcSwap;
 use tower_layer::Layer;
 
 use super::decide::Limiter;
-use super::lease::{LeaseSettings, Leased};
+use super::lease::{LeaseSettings, Leased, SyncMode};
 use super::policy::Policy;
 use super::quota::Quota;
 use super::service::RateLimit;
@@ -223,6 +223,34 @@ impl RateLimitHandle {
                 "no rate limit policy named {name:?}"
             ))),
         }
+    }
+
+    /// Switches the policy named `name` to `mode` from the next request
+    /// (what it leased or cached under the old mode is given back or
+    /// expires as usual).
+    pub fn set_mode(&self, name: &str, mode: SyncMode) -> Result<(), ConfigError> {
+        let mut found = false;
+        self.policies.rcu(|list| {
+            let mut list: Vec<Policy> = list.to_vec();
+            found = false;
+            for policy in list.iter_mut().filter(|p| &*p.name == name) {
+                policy.mode = mode;
+                found = true;
+            }
+            list
+        });
+        match found {
+            true => Ok(()),
+            false => Err(ConfigError::new(format!(
+                "no rate limit policy named {name:?}"
+            ))),
+        }
+    }
+
+    /// The current sync mode of the policy named `name`.
+    pub fn mode(&self, name: &str) -> Option<SyncMode> {
+        let policies = self.policies.load();
+        policies.iter().find(|p| &*p.name == name).map(|p| p.mode)
     }
 
     /// The current quota of the policy named `name`.

@@ -78,7 +78,9 @@ pub trait RateLimitStore: Backend {
 
     /// [`decide`](Self::decide), possibly after a short wait to share one
     /// store call with other keys' decisions (the leased mode's cold keys):
-    /// at most 1 ms on a standalone Redis; the same as `decide` elsewhere.
+    /// on a standalone Redis, until the decision queue passes once through
+    /// the scheduler with nothing new (or holds 128); the same as `decide`
+    /// elsewhere.
     fn decide_batched(
         &self,
         policy: &str,

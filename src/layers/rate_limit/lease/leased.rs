@@ -199,12 +199,13 @@ impl<S: RateLimitStore> Leased<S> {
         if taken.is_allowed() {
             let units = carry + need - cost;
             self.with_entry(id, |e| {
+                // Nothing left after it: the next free unit is predicted
+                // (see `record`), and the key stays starved.
                 e.record(&taken, now);
-                e.denied_until = None;
                 e.units += units;
                 e.lease_ends = now + life;
                 e.refilling = false;
-                e.starved = false;
+                e.starved = taken.remaining() == 0;
                 e.restart_window(now);
             });
             return Ok(Decision::Allowed {

@@ -39,8 +39,9 @@
 //!   a client hammering past its limit costs no store call until then.
 //! - **Cold keys** (one request per key per instance, as per-IP keys
 //!   behind a load balancer): decided exactly, through
-//!   [`RateLimitStore::decide_batched`], which on a standalone Redis waits
-//!   at most 1 ms for other keys' decisions to share one script call.
+//!   [`RateLimitStore::decide_batched`], which on a standalone Redis lets
+//!   the decisions of many keys that arrive together share one script
+//!   call (the added wait is one pass of the queue's task).
 //! - **Small quotas**: a quota whose largest lease is one unit is decided
 //!   exactly, one store decision per admission, with only the denial
 //!   cache in front; cost 0 (a peek) and a cost above the burst always go
@@ -69,7 +70,9 @@
 //!   units for that key, never more.
 //! - **Cached denials** end at the store's retry-after, computed on the
 //!   store's clock and kept on the instance's monotonic clock; they can
-//!   only deny, never admit.
+//!   only deny, never admit. While one request asks the store about a key
+//!   that had no room left, the others on that key are denied in process
+//!   (retry after one emission interval) instead of all asking too.
 //!
 //! The keys tracked in process are bounded by
 //! [`max_keys`](LeaseSettings::with_max_keys) (default 100,000); keys

@@ -107,21 +107,30 @@ impl Entry {
                 reset: self.reset.saturating_sub(now - self.decided_at),
             });
         }
-        if let Some(until) = self.denied_until {
-            if now < until {
-                self.seen(cost, now);
-                return Step::Decided(Decision::Denied {
-                    retry_after: Some(until - now),
-                    remaining: 0,
-                    reset: self.reset.saturating_sub(now - self.decided_at),
-                });
-            }
+        if let Some(until) = self.denied_until.filter(|until| now < *until) {
+            self.seen(cost, now);
+            return Step::Decided(Decision::Denied {
+                retry_after: Some(until - now),
+                remaining: 0,
+                reset: self.reset.saturating_sub(now - self.decided_at),
+            });
         }
         if !commit {
             return Step::Exact;
         }
         if self.refilling {
             self.seen(cost, now);
+            // A key with no room left (its last lease was refused): the
+            // call in flight takes what has freed up, so this request is
+            // denied here, for one emission interval, rather than sent to
+            // the store with every other request waiting on it.
+            if self.starved {
+                return Step::Decided(Decision::Denied {
+                    retry_after: Some(self.quota.emission_interval()),
+                    remaining: 0,
+                    reset: self.reset.saturating_sub(now - self.decided_at),
+                });
+            }
             return Step::Exact;
         }
         let demand = self.demand(cost, now, max_lease);
