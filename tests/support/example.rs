@@ -1,6 +1,6 @@
 //! The axum example as a child process.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -26,9 +26,9 @@ pub fn axum_example_binary() -> PathBuf {
 /// The axum example at `binary` with `env` (and no Redis, etcd or OTLP
 /// from the caller's environment), once `/livez` answers: its process and
 /// base URL.
-pub async fn start_axum_example(binary: &PathBuf, env: &[(&str, &str)]) -> (Process, String) {
+pub async fn start_axum_example(binary: &Path, env: &[(&str, &str)]) -> (Process, String) {
     let port = free_port();
-    let binary = binary.clone();
+    let binary = binary.to_path_buf();
     let env: Vec<(String, String)> = env
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

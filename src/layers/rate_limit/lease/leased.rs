@@ -164,24 +164,37 @@ impl<S: RateLimitStore> Leased<S> {
     ) -> Result<Decision, StoreError> {
         let store = &self.shared.store;
         let life = self.shared.settings.life();
+        // A refill whose request is dropped mid-call must not leave the key
+        // marked as refilling (its units are then lost to this instance:
+        // they drain on the store, never admit).
+        let _refilling = RefillGuard { leased: self, id };
         // An expired lease with more than the demand: keep what is needed,
         // give back the rest.
         if carry >= want {
             let back = carry - want;
             let now = Instant::now();
+            let mut answer = Decision::Allowed {
+                remaining: want - cost,
+                reset: quota.period(),
+            };
             self.with_entry(id, |e| {
                 e.units = want - cost;
                 e.lease_ends = now + life;
                 e.refilling = false;
                 e.restart_window(now);
+                answer = Decision::Allowed {
+                    remaining: e.remaining.saturating_add(e.units),
+                    reset: e.reset.saturating_sub(now - e.decided_at),
+                };
             });
-            if back > 0 {
-                store.give_back(policy, key, quota, back).await?;
+            // Admitted from what was held: a failed give-back only leaves
+            // those units to drain on the store.
+            if back > 0
+                && let Err(err) = store.give_back(policy, key, quota, back).await
+            {
+                tracing::debug!(error = %err, "rate limit lease give-back failed");
             }
-            return Ok(Decision::Allowed {
-                remaining: want - cost,
-                reset: quota.period(),
-            });
+            return Ok(answer);
         }
         let need = want - carry;
         let taken = store.decide(policy, key, quota, need).await;
@@ -272,6 +285,21 @@ impl<S: RateLimitStore> Leased<S> {
                 give_back_all(&store, expired).await;
             }
         });
+    }
+}
+
+/// Clears an entry's `refilling` mark when its refill ends, however it
+/// ends.
+struct RefillGuard<'a, S> {
+    leased: &'a Leased<S>,
+    id: &'a str,
+}
+
+impl<S> Drop for RefillGuard<'_, S> {
+    fn drop(&mut self) {
+        if let Some(mut entry) = self.leased.shared.entries.get_mut(self.id) {
+            entry.refilling = false;
+        }
     }
 }
 
