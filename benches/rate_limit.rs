@@ -7,7 +7,8 @@
 //!   `MemoryStore` vs governor's keyed limiter (`check_key`).
 //! - `layer/*`: one request through the layer to a no-op service, keyed by
 //!   peer IP: bare, tower_governor's `GovernorLayer`, battlement's
-//!   `RateLimitLayer` on `MemoryStore`, and the same with its quota
+//!   `RateLimitLayer` on `MemoryStore`, the same in shadow mode (the same
+//!   decisions, no headers rendered), and the same with its quota
 //!   hot-reloaded from a config source.
 //! - `redis/*`: time per decision with 32 concurrent tasks on one shared
 //!   connection to a local `redis-server`: battlement's GCRA script vs
@@ -26,9 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use battlement::backends::{MemoryStore, RedisStore};
-use battlement::config::{ConfigReloader, MemoryConfigSource};
 use battlement::key::{PeerAddr, PeerIp};
 use battlement::rate_limit::{Policy, Quota, RateLimitLayer, RateLimitStore};
+use battlement::reload::{ConfigReloader, MemoryConfigSource};
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
 use http::{Request, Response};
@@ -128,8 +129,21 @@ fn layer(c: &mut Criterion) {
             .service(noop())
     });
     bench_layer(c, &rt, "battlement-memory", limited);
-    // The same with its quota hot-reloaded from a config source (SPEC
-    // RL-9): the hot path reads it without a lock, so this costs the same.
+    // The same decisions in shadow mode, which renders no headers: the
+    // layer's floor without the `RateLimit` headers tower_governor does not
+    // send.
+    let shadow = rt.block_on(async {
+        ServiceBuilder::new()
+            .layer(
+                RateLimitLayer::new(MemoryStore::new())
+                    .policy(policy.clone())
+                    .shadow(true),
+            )
+            .service(noop())
+    });
+    bench_layer(c, &rt, "battlement-memory-shadow", shadow);
+    // The same with its quota hot-reloaded from a config source: the
+    // hot path reads it without a lock, so this costs the same.
     let source = MemoryConfigSource::new();
     source.put(
         "rate_limit/per-ip",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full server preset next to bare axum, measured as DESIGN.md says: the
+# The full server preset next to bare axum, measured side by side: the
 # two apps in two processes pinned to CPU 0 (one worker thread each), two
 # `wrk` load generators pinned to CPU 1 hitting them at the same time, so
 # the two servers share one core and their rates compare their costs alone

@@ -32,6 +32,10 @@ pub enum StoreError {
     /// The server could not be reached or the connection dropped.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The server is known to be down (a call failed and none succeeded
+    /// since): the call was not sent, and a background probe reconnects.
+    #[error("store down: not sent until the server answers again")]
+    Down,
     /// The store was closed with `close()`.
     #[error("store closed")]
     Closed,
@@ -49,7 +53,13 @@ pub enum StoreError {
 impl StoreError {
     /// Whether trying again later may succeed (timeouts, lost connections).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Timeout(_) | Self::Unavailable(_))
+        matches!(self, Self::Timeout(_) | Self::Unavailable(_) | Self::Down)
+    }
+
+    /// Whether the call may have reached the server: not when the store
+    /// knew it was down, or was closed, and did not send it.
+    pub fn may_have_been_sent(&self) -> bool {
+        !matches!(self, Self::Down | Self::Closed)
     }
 }
 
@@ -90,6 +100,8 @@ mod tests {
     #[test]
     fn only_timeouts_and_lost_connections_are_transient() {
         assert!(StoreError::Unavailable("refused".into()).is_transient());
+        assert!(StoreError::Down.is_transient());
+        assert!(!StoreError::Down.may_have_been_sent());
         assert!(!StoreError::Closed.is_transient());
         assert!(!StoreError::Backend("WRONGTYPE".into()).is_transient());
         assert!(!StoreError::Config("bad".into()).is_transient());

@@ -86,6 +86,15 @@ impl Key {
         }
     }
 
+    /// The key's bytes (its text, without the UTF-8 check of
+    /// [`as_str`](Self::as_str)).
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or_default(),
+            Repr::Shared(s) => s.as_bytes(),
+        }
+    }
+
     /// The key as a string.
     pub fn as_str(&self) -> &str {
         match &self.0 {
@@ -143,17 +152,25 @@ impl From<IpAddr> for Key {
             // The common case, on every request keyed by IP: digits written
             // directly, without the formatting machinery.
             IpAddr::V4(v4) => {
+                // At most 15 characters: every write below is in bounds.
                 let mut len = 0;
-                for (i, octet) in v4.octets().into_iter().enumerate() {
-                    let mut digits = itoa::Buffer::new();
-                    let part = digits.format(octet).as_bytes();
-                    let dot: &[u8] = if i == 0 { b"" } else { b"." };
-                    for &b in dot.iter().chain(part) {
-                        if let Some(slot) = bytes.get_mut(len) {
-                            *slot = b;
-                            len += 1;
-                        }
+                let mut put = |b: u8| {
+                    if let Some(slot) = bytes.get_mut(len) {
+                        *slot = b;
+                        len += 1;
                     }
+                };
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        put(b'.');
+                    }
+                    if octet >= 100 {
+                        put(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        put(b'0' + octet / 10 % 10);
+                    }
+                    put(b'0' + octet % 10);
                 }
                 len
             }

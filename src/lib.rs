@@ -9,7 +9,6 @@ pub mod backends;
 pub mod body;
 pub mod client;
 pub mod clock;
-pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod error;
@@ -17,6 +16,7 @@ pub mod events;
 pub mod key;
 pub mod layers;
 pub mod reject;
+pub mod reload;
 pub mod stack;
 #[cfg(any(feature = "prometheus", feature = "otlp"))]
 pub mod telemetry;

@@ -185,8 +185,8 @@ proptest! {
     fn quotas_and_durations_never_panic(text in "[ -~]{0,40}", doc in "[ -~]{0,120}") {
         let _ = text.parse::<Quota>();
         let _ = humantime::parse_duration(&text);
-        let _ = crate::config::document::quota(doc.as_bytes());
-        let _ = crate::config::document::breaker(
+        let _ = crate::reload::document::quota(doc.as_bytes());
+        let _ = crate::reload::document::breaker(
             doc.as_bytes(),
             &crate::circuit_breaker::BreakerConfig::default(),
         );

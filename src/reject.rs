@@ -117,6 +117,82 @@ impl GrpcCode {
         self as i32
     }
 
+    /// The code a `grpc-status` number stands for; a number outside the
+    /// defined codes is `Unknown`, as gRPC tells clients to read it.
+    pub fn from_i32(code: i32) -> Self {
+        const CODES: [GrpcCode; 17] = [
+            GrpcCode::Ok,
+            GrpcCode::Cancelled,
+            GrpcCode::Unknown,
+            GrpcCode::InvalidArgument,
+            GrpcCode::DeadlineExceeded,
+            GrpcCode::NotFound,
+            GrpcCode::AlreadyExists,
+            GrpcCode::PermissionDenied,
+            GrpcCode::ResourceExhausted,
+            GrpcCode::FailedPrecondition,
+            GrpcCode::Aborted,
+            GrpcCode::OutOfRange,
+            GrpcCode::Unimplemented,
+            GrpcCode::Internal,
+            GrpcCode::Unavailable,
+            GrpcCode::DataLoss,
+            GrpcCode::Unauthenticated,
+        ];
+        usize::try_from(code)
+            .ok()
+            .and_then(|i| CODES.get(i).copied())
+            .unwrap_or(Self::Unknown)
+    }
+
+    /// The `grpc-status` in `headers` (trailers, or a trailers-only
+    /// response); `None` when there is none or it is not a number.
+    ///
+    /// ```
+    /// use battlement::reject::GrpcCode;
+    /// use http::{HeaderMap, HeaderValue};
+    ///
+    /// let mut trailers = HeaderMap::new();
+    /// trailers.insert("grpc-status", HeaderValue::from_static("14"));
+    /// assert_eq!(GrpcCode::from_headers(&trailers), Some(GrpcCode::Unavailable));
+    /// trailers.insert("grpc-status", HeaderValue::from_static("99"));
+    /// assert_eq!(GrpcCode::from_headers(&trailers), Some(GrpcCode::Unknown));
+    /// ```
+    pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
+        let value = headers.get(GRPC_STATUS)?.to_str().ok()?.trim();
+        value.parse().ok().map(Self::from_i32)
+    }
+
+    /// Whether a server answering this code failed, as the OpenTelemetry
+    /// RPC conventions set a server span's error status: `Unknown`,
+    /// `DeadlineExceeded`, `Unimplemented`, `Internal`, `Unavailable` and
+    /// `DataLoss`. The other codes describe the request, not the server.
+    /// (A client span is an error for every code but `Ok`.)
+    pub fn is_server_error(self) -> bool {
+        matches!(
+            self,
+            Self::Unknown
+                | Self::DeadlineExceeded
+                | Self::Unimplemented
+                | Self::Internal
+                | Self::Unavailable
+                | Self::DataLoss
+        )
+    }
+
+    /// Whether this code says the upstream is unhealthy, which a circuit
+    /// breaker counts as a failure: `Unknown`, `DeadlineExceeded`,
+    /// `Internal` and `Unavailable`. The server errors left out say
+    /// nothing about its health: `Unimplemented` answers every call the
+    /// same way until a deploy changes it, and `DataLoss` reports one
+    /// record, so opening the breaker would help neither.
+    pub fn is_upstream_failure(self) -> bool {
+        matches!(
+            self,
+            Self::Unknown | Self::DeadlineExceeded | Self::Internal | Self::Unavailable
+        )
+    }
+
     /// The code that means the same as an HTTP rejection status.
     pub fn for_status(status: StatusCode) -> Self {
         match status.as_u16() {
@@ -357,6 +433,35 @@ mod tests {
         assert_eq!(res.headers()["retry-after"], "1");
         assert!(res.body().is_end_stream());
         assert!(body_bytes(res).await.is_empty());
+    }
+
+    #[test]
+    fn grpc_failure_sets_per_layer() {
+        // Server spans (OpenTelemetry RPC conventions) and breakers (the
+        // upstream's health) read different sets of codes as failures.
+        let server_errors: Vec<i32> = (0..17)
+            .filter(|&c| GrpcCode::from_i32(c).is_server_error())
+            .collect();
+        assert_eq!(server_errors, [2, 4, 12, 13, 14, 15]);
+        let upstream_failures: Vec<i32> = (0..17)
+            .filter(|&c| GrpcCode::from_i32(c).is_upstream_failure())
+            .collect();
+        assert_eq!(upstream_failures, [2, 4, 13, 14]);
+        for code in 0..17 {
+            assert_eq!(GrpcCode::from_i32(code).as_i32(), code);
+        }
+        for unknown in [-1, 17, 99, i32::MAX] {
+            assert_eq!(GrpcCode::from_i32(unknown), GrpcCode::Unknown);
+        }
+        let mut headers = HeaderMap::new();
+        assert_eq!(GrpcCode::from_headers(&headers), None);
+        headers.insert(GRPC_STATUS, HeaderValue::from_static("x"));
+        assert_eq!(GrpcCode::from_headers(&headers), None);
+        headers.insert(GRPC_STATUS, HeaderValue::from_static(" 8 "));
+        assert_eq!(
+            GrpcCode::from_headers(&headers),
+            Some(GrpcCode::ResourceExhausted)
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The circuit breaker on the memory store, on a manual clock: every
-//! SPEC CB item, deterministically (no sleeping), plus the HTTP and gRPC
+//! behaviour of the breaker, deterministically (no sleeping), plus the HTTP and gRPC
 //! layers in server and client mode.
 
 use std::convert::Infallible;
@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use battlement::backends::MemoryStore;
 use battlement::circuit_breaker::{
-    BreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitOpen, Outcome, State, Window,
+    BreakerConfig, CircuitBreakerBuilder, CircuitBreakerHandle, CircuitBreakerLayer, CircuitOpen,
+    Outcome, State, Window,
 };
 use battlement::clock::ManualClock;
 use battlement::events::Events;
@@ -26,13 +27,12 @@ fn clock() -> ManualClock {
 }
 
 fn layer(config: BreakerConfig, clock: &ManualClock) -> CircuitBreakerLayer {
-    CircuitBreakerLayer::new(
-        "test",
-        MemoryStore::new().with_clock(clock.shared()),
-        config,
-    )
-    .unwrap()
-    .clock(clock.shared())
+    builder(config, clock).build().unwrap()
+}
+
+fn builder(config: BreakerConfig, clock: &ManualClock) -> CircuitBreakerBuilder {
+    let store = MemoryStore::new().with_clock(clock.shared());
+    CircuitBreakerLayer::builder("test", store, config).clock(clock.shared())
 }
 
 fn breaker(config: BreakerConfig, clock: &ManualClock) -> CircuitBreakerHandle {
@@ -293,7 +293,11 @@ async fn a_concurrent_burst_of_failures_makes_exactly_one_transition() {
     let clock = clock();
     let events = Events::new();
     let mut rx = events.subscribe();
-    let b = layer(rate_config(10), &clock).events(events).handle();
+    let b = builder(rate_config(10), &clock)
+        .events(events)
+        .build()
+        .unwrap()
+        .handle();
     let barrier = Arc::new(tokio::sync::Barrier::new(64));
     let tasks: Vec<_> = (0..64)
         .map(|_| {
@@ -350,8 +354,10 @@ async fn breakers_are_per_key_and_idle_ones_are_evicted() {
     let config = BreakerConfig::default()
         .consecutive_failures(1)
         .open_for(Duration::from_secs(600));
-    let b = layer(config, &clock)
+    let b = builder(config, &clock)
         .idle_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
         .handle();
     b.acquire("a").unwrap().record(Outcome::Failure);
     b.acquire("b").unwrap().record(Outcome::Success);
@@ -602,8 +608,10 @@ async fn works_as_an_axum_router_layer() {
 #[tokio::test]
 async fn keys_beyond_the_cap_share_an_overflow_breaker() {
     let clock = clock();
-    let b = layer(BreakerConfig::default().consecutive_failures(1), &clock)
+    let b = builder(BreakerConfig::default().consecutive_failures(1), &clock)
         .max_keys(2)
+        .build()
+        .unwrap()
         .handle();
     b.acquire("a").unwrap().record(Outcome::Success);
     b.acquire("b").unwrap().record(Outcome::Success);

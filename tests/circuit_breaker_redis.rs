@@ -240,9 +240,10 @@ async fn an_outage_leaves_breakers_local_and_sharing_resumes_after() {
     let config = BreakerConfig::default()
         .consecutive_failures(1)
         .open_for(Duration::from_secs(30));
-    let a = CircuitBreakerLayer::new("up", store(&redis).await, config.clone())
-        .unwrap()
+    let a = CircuitBreakerLayer::builder("up", store(&redis).await, config.clone())
         .events(events)
+        .build()
+        .unwrap()
         .handle();
     let b = CircuitBreakerLayer::new("up", store(&redis).await, config)
         .unwrap()
@@ -265,5 +266,34 @@ async fn an_outage_leaves_breakers_local_and_sharing_resumes_after() {
     while b.state("k") != State::Open {
         assert!(started.elapsed() < Duration::from_secs(3), "B never opened");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// Breaker sync on a frozen Redis costs one timeout: once a poll timed out
+// with no call answered since, the next polls and publications fail at
+// once (Down: each breaker decides locally without waiting) until
+// Redis answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_sync_on_a_frozen_redis_fails_at_once_after_one_timeout() {
+    use battlement::StoreError;
+    let redis = RedisServer::start();
+    let s = store(&redis).await;
+    let ids = ["a", "b", "c"];
+    s.load_many(&ids).await.unwrap();
+    redis.pause();
+    let first = s.load_many(&ids).await;
+    assert!(matches!(first, Err(StoreError::Timeout(_))), "{first:?}");
+    for _ in 0..10 {
+        let err = s.load_many(&ids).await.expect_err("Redis is frozen");
+        assert!(matches!(err, StoreError::Down), "{err:?}");
+        let err = s.load("a").await.expect_err("Redis is frozen");
+        assert!(matches!(err, StoreError::Down), "{err:?}");
+    }
+    redis.resume();
+    let mut tries = 0;
+    while s.load_many(&ids).await.is_err() {
+        tries += 1;
+        assert!(tries < 100, "no poll after the resume");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use battlement::backends::{EtcdConfig, EtcdStore, MemoryStore};
 use battlement::circuit_breaker::{BreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer};
-use battlement::config::{ConfigReloader, ConfigWatch, EtcdConfigSource};
 use battlement::events::{Event, Events};
 use battlement::key::{PeerAddr, PeerIp};
 use battlement::rate_limit::{Policy, Quota, RateLimitHandle, RateLimitLayer};
+use battlement::reload::{ConfigReloader, ConfigWatch, EtcdConfigSource};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;

@@ -195,3 +195,88 @@ async fn a_claim_that_timed_out_does_not_lock_out_the_retry() {
 async fn a_claim_dropped_with_its_request_does_not_lock_out_the_retry() {
     an_unanswered_claim_does_not_lock_out_the_retry(Unanswered::Dropped).await;
 }
+
+// A frozen Redis costs one timeout: once a claim timed out with no call
+// answered since, the next claims fail at once (Down, so the
+// failure policy applies without waiting) until Redis answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_on_a_frozen_redis_fail_at_once_after_one_timeout() {
+    use battlement::StoreError;
+    use battlement::idempotency::{ClaimToken, Fingerprint, IdempotencyStore};
+    let redis = RedisServer::start();
+    let s = store(&redis).await;
+    let fp = Fingerprint::of(&[b"{}"]);
+    let lock = Duration::from_secs(10);
+    s.claim("warm", &fp, lock, ClaimToken::random())
+        .await
+        .unwrap();
+    redis.pause();
+    let first = s.claim("first", &fp, lock, ClaimToken::random()).await;
+    assert!(matches!(first, Err(StoreError::Timeout(_))), "{first:?}");
+    for i in 0..20 {
+        let id = format!("down-{i}");
+        let claim = s.claim(&id, &fp, lock, ClaimToken::random());
+        let err = claim.await.expect_err("Redis is frozen");
+        assert!(matches!(err, StoreError::Down), "{err:?}");
+    }
+    redis.resume();
+    let mut tries = 0;
+    while s
+        .claim("after", &fp, lock, ClaimToken::random())
+        .await
+        .is_err()
+    {
+        tries += 1;
+        assert!(tries < 100, "no claim after the resume");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `EVALSHA` calls the server has run so far.
+fn evalsha_calls(redis: &RedisServer) -> u64 {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+// While Redis is known down, a request's claim is not sent, so nothing
+// frees it later: only the claim that timed out (it may have been taken)
+// is released once Redis is back, not one per request turned away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_not_sent_while_redis_is_down_are_never_released() {
+    let redis = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(IdempotencyLayer::new(store(&redis).await))
+        .service(created(&calls));
+    let post = |key: &str| {
+        Request::post("/orders")
+            .header("idempotency-key", format!("\"{key}\""))
+            .extension(battlement::key::PeerAddr(([192, 0, 2, 1], 40000).into()))
+            .body(String::from("{}"))
+            .unwrap()
+    };
+    let warm = svc.clone().oneshot(post("warm")).await.unwrap();
+    assert_eq!(warm.status(), StatusCode::OK);
+    redis.pause();
+    for i in 0..21 {
+        let res = svc
+            .clone()
+            .oneshot(post(&format!("down-{i}")))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    redis.resume();
+    let before = evalsha_calls(&redis);
+    // Releases are tried 0.1 s to 1.6 s apart, five times: give them all
+    // their tries.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let sent = evalsha_calls(&redis) - before;
+    assert!(sent <= 2, "{sent} claims or releases reached Redis");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

@@ -199,6 +199,34 @@ async fn grpc_calls_have_their_own_duration_series() {
     assert_eq!(m.active(), 0, "the call left the active requests");
 }
 
+// `grpc-status` is what the other side sent: a number gRPC does not
+// define reads as UNKNOWN (2), so no answer can add a series.
+#[tokio::test]
+async fn undefined_grpc_statuses_read_as_unknown() {
+    let m = Meters::new();
+    let app = Router::new()
+        .route(
+            "/pkg.Greeter/Hello",
+            axum::routing::post(|headers: http::HeaderMap| async move {
+                ([("grpc-status", headers["x-answer"].clone())], "")
+            }),
+        )
+        .layer(m.layer());
+    for code in (100..200).map(|c: i32| c.to_string()).chain(["14".into()]) {
+        let req = http::Request::post("/pkg.Greeter/Hello")
+            .header("content-type", "application/grpc")
+            .header("x-answer", code)
+            .body(Body::empty())
+            .unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        res.into_body().collect().await.unwrap();
+    }
+    assert_eq!(
+        m.rpc_series(),
+        ["pkg.Greeter/Hello 14", "pkg.Greeter/Hello 2"]
+    );
+}
+
 impl Meters {
     /// Every series of the last export, across all instruments.
     fn series(&self) -> usize {

@@ -24,7 +24,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
-use support::{Process, free_port};
+use support::{Example, example_binary, free_port};
 use tonic::{Request, Response, Status};
 
 /// A span's name and its attributes.
@@ -144,41 +144,20 @@ async fn the_axum_example_exports_spans_and_metrics_over_otlp_http_by_default() 
 }
 
 /// The axum example, exporting to `endpoint` over `protocol` (empty: the
-/// variable unset) with `env` set too, once it answers: its process and
+/// variable unset) with `env` set too, once it listens: its process and
 /// base URL.
-async fn start_example(endpoint: &str, protocol: &str, env: &[(&str, &str)]) -> (Process, String) {
-    let port = free_port();
-    let binary = support::axum_example_binary();
-    let (endpoint, protocol) = (endpoint.to_owned(), protocol.to_owned());
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    let app = Process::spawn("axum example", move || {
-        let mut cmd = Command::new(&binary);
-        cmd.env("BIND", format!("127.0.0.1:{port}"))
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-            .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
-            .env_remove("REDIS_URL")
-            .env_remove("ETCD_ENDPOINTS")
-            .envs(env.iter().map(|(k, v)| (k, v)));
-        if !protocol.is_empty() {
-            cmd.env("OTEL_EXPORTER_OTLP_PROTOCOL", &protocol);
-        }
-        cmd
-    });
-    let client = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while client.get(format!("{base}/livez")).send().await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the example never listened"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+fn start_example(endpoint: &str, protocol: &str, env: &[(&str, &str)]) -> (Example, String) {
+    let mut vars = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+    ];
+    if !protocol.is_empty() {
+        vars.push(("OTEL_EXPORTER_OTLP_PROTOCOL", protocol));
     }
+    vars.extend_from_slice(env);
+    let app = Example::start("axum", &vars);
+    let base = app.base.clone();
     (app, base)
 }
 
@@ -199,7 +178,7 @@ async fn grpc_receiver(received: Received) -> std::net::SocketAddr {
 /// one request with a known trace id, and waits (15 s at most) until
 /// `received` holds its server span and the duration metric.
 async fn the_example_exports_to(endpoint: &str, protocol: &str, received: &Received) {
-    let (_app, base) = start_example(endpoint, protocol, &[]).await;
+    let (_app, base) = start_example(endpoint, protocol, &[]);
     let client = reqwest::Client::new();
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let res = client
@@ -286,7 +265,7 @@ async fn the_environments_sampler_decides_which_requests_are_traced() {
         ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
         ("OTEL_TRACES_SAMPLER_ARG", "0"),
     ];
-    let (_app, base) = start_example(&format!("http://{receiver}"), "grpc", &env).await;
+    let (_app, base) = start_example(&format!("http://{receiver}"), "grpc", &env);
     let client = reqwest::Client::new();
     let get = |traceparent: Option<String>| {
         let mut req = client.get(format!("{base}/items/42"));
@@ -333,12 +312,10 @@ async fn the_environments_sampler_decides_which_requests_are_traced() {
 // variable, not a silent fall back to tracing every request.
 #[test]
 fn an_unknown_sampler_stops_the_example_at_startup() {
-    let mut child = Command::new(support::axum_example_binary())
+    let mut child = Command::new(example_binary("axum"))
+        .env_clear()
         .env("BIND", format!("127.0.0.1:{}", free_port()))
         .env("OTEL_TRACES_SAMPLER", "traceidratoi")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("REDIS_URL")
-        .env_remove("ETCD_ENDPOINTS")
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()

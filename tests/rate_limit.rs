@@ -163,6 +163,47 @@ async fn several_policies_report_the_most_restrictive() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
+// A request the per-IP policy denies spends nothing of the global one
+// decided before it: another client then still finds the global quota
+// the admitted requests left.
+#[tokio::test]
+async fn a_request_denied_by_one_policy_spends_none_of_the_others() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (store, _clock) = clock_store();
+    let layer = RateLimitLayer::new(store)
+        .policy(Policy::new("global", quota(4, 60)).unwrap())
+        .policy(Policy::new("per-ip", quota(2, 60)).unwrap().key(PeerIp));
+    let svc = ServiceBuilder::new().layer(layer).service(counted(&calls));
+    let send = |ip: &'static str| {
+        let svc = svc.clone();
+        async move {
+            let res = svc.oneshot(from(ip)).await.unwrap();
+            let limit = res.headers()["ratelimit"].to_str().unwrap().to_owned();
+            (res.status(), limit)
+        }
+    };
+    assert_eq!(send("192.0.2.1").await.0, StatusCode::OK);
+    assert_eq!(send("192.0.2.1").await.0, StatusCode::OK);
+    for _ in 0..3 {
+        let (status, limit) = send("192.0.2.1").await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limit, "\"per-ip\";r=0;t=30");
+    }
+    // Two of four global units spent, not five.
+    assert_eq!(
+        send("192.0.2.2").await,
+        (StatusCode::OK, "\"global\";r=1;t=45".to_owned())
+    );
+    assert_eq!(
+        send("192.0.2.3").await,
+        (StatusCode::OK, "\"global\";r=0;t=60".to_owned())
+    );
+    let (status, limit) = send("192.0.2.4").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limit, "\"global\";r=0;t=15");
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+}
+
 #[tokio::test]
 async fn shadow_mode_counts_but_lets_through() {
     let calls = Arc::new(AtomicUsize::new(0));

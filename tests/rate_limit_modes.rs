@@ -7,27 +7,25 @@
 
 mod support;
 
-use support::{RedisServer, axum_example_binary, get_status, start_axum_example};
+use support::{Example, RedisServer, get};
 
 /// The statuses of 100 `GET /hello` alternating between two instances of
 /// the example in `mode` on one Redis; and the scripts Redis ran.
 async fn hundred_requests_over_two_instances(mode: &str) -> (usize, usize, u64) {
     let redis = RedisServer::start();
-    let binary = axum_example_binary();
     let env = [
         ("REDIS_URL", redis.url()),
         ("RATE_LIMIT", "50/m".to_owned()),
         ("RATE_LIMIT_MODE", mode.to_owned()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (_a, a) = start_axum_example(&binary, &env).await;
-    let (_b, b) = start_axum_example(&binary, &env).await;
+    let a = Example::start("axum", &env);
+    let b = Example::start("axum", &env);
     let before = redis.command_calls(&["evalsha", "eval"]);
     let (mut ok, mut limited) = (0, 0);
     for i in 0..100 {
-        let base = if i % 2 == 0 { &a } else { &b };
-        let status = get_status(base, "/hello").await;
-        match status.expect("the example answers") {
+        let instance = if i % 2 == 0 { &a } else { &b };
+        match get(&instance.url("/hello")).await.status.as_u16() {
             200 => ok += 1,
             429 => limited += 1,
             other => panic!("unexpected status {other}"),

@@ -266,17 +266,24 @@ async fn a_frozen_redis_neither_grows_the_queue_nor_gets_stale_decisions() {
             tokio::spawn(async move { s.decide("p", &format!("k{i}"), &q, 1).await })
         })
         .collect();
-    let (mut full, mut timed_out) = (0, 0);
+    let (mut full, mut timed_out, mut known_down) = (0, 0, 0);
     for t in tasks {
         match t.await.unwrap() {
             Err(battlement::StoreError::Unavailable(msg)) if msg.contains("already wait") => {
                 full += 1;
             }
             Err(battlement::StoreError::Timeout(_)) => timed_out += 1,
+            // Sent after a decision timed out: Redis is known down.
+            Err(battlement::StoreError::Down) => {
+                known_down += 1;
+            }
             other => panic!("{other:?}"),
         }
     }
-    assert!(full > 1000, "{full} refused at once, {timed_out} timed out");
+    assert!(
+        full > 1000,
+        "{full} refused at once, {timed_out} timed out, {known_down} known down"
+    );
     redis.resume();
     let resumed = Instant::now();
     loop {
@@ -402,4 +409,137 @@ async fn an_api_key_is_in_no_redis_key_and_no_log_line() {
     assert!(!keys.contains("TOPSECRET"), "{keys}");
     assert!(!lines.text().contains("TOPSECRET"), "{}", lines.text());
     assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// The errors of `n` decisions, one after another, on new keys.
+async fn decide_n(s: &RedisStore, prefix: &str, n: usize) -> Vec<battlement::StoreError> {
+    let q = Quota::per_hour(10).unwrap();
+    let mut errors = Vec::new();
+    for i in 0..n {
+        if let Err(e) = s.decide("p", &format!("{prefix}{i}"), &q, 1).await {
+            errors.push(e);
+        }
+    }
+    errors
+}
+
+// A frozen Redis costs one timeout, not one per decision: once a decision
+// timed out with none answered since, the next ones fail at once
+// (Down, so the failure policy applies without waiting) and never
+// reach Redis, until a probe finds it awake again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_is_known_down_after_one_timeout() {
+    let redis = RedisServer::start();
+    let s = store(&redis).await;
+    let q = Quota::per_hour(10).unwrap();
+    s.decide("p", "warm", &q, 1).await.unwrap();
+    redis.pause();
+    let first = decide_n(&s, "first", 1).await;
+    assert!(
+        matches!(first[..], [battlement::StoreError::Timeout(_)]),
+        "{first:?}"
+    );
+    let errors = decide_n(&s, "down", 20).await;
+    assert_eq!(errors.len(), 20);
+    for e in &errors {
+        assert!(
+            matches!(e, battlement::StoreError::Down),
+            "failed at once, not after a timeout: {e:?}"
+        );
+    }
+    redis.resume();
+    let mut tries = 0;
+    while s.decide("p", "after", &q, 1).await.is_err() {
+        tries += 1;
+        assert!(tries < 100, "no decision after the resume");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sent = redis.cli(&["--scan", "--pattern", "*down*"]);
+    assert_eq!(sent.trim(), "", "decisions made while down reached Redis");
+}
+
+// A killed Redis: every decision fails at once, the first as Unavailable
+// (the connection is lost), the next as Down (never a timeout behind a
+// reconnect), and after the restart the same store
+// decides again on one new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_redis_fails_at_once_and_one_probe_reconnects() {
+    let mut redis = RedisServer::start();
+    let s = store(&redis).await;
+    let q = Quota::per_hour(10).unwrap();
+    s.decide("p", "warm", &q, 1).await.unwrap();
+    redis.stop();
+    let errors = decide_n(&s, "down", 50).await;
+    assert_eq!(errors.len(), 50);
+    let timeouts = errors
+        .iter()
+        .filter(|e| !e.is_transient() || matches!(e, battlement::StoreError::Timeout(_)))
+        .count();
+    assert_eq!(timeouts, 0, "{errors:?}");
+    redis.restart();
+    let mut tries = 0;
+    while s.decide("p", "after", &q, 1).await.is_err() {
+        tries += 1;
+        assert!(tries < 100, "no decision after the restart");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The store's connection, and redis-cli's own.
+    let clients = redis.cli(&["CLIENT", "LIST"]);
+    assert_eq!(clients.lines().count(), 2, "{clients}");
+}
+
+// Two policies on Redis: one script call per request, and a request the
+// per-tenant policy denies spends nothing of the global one before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_policies_are_one_script_call_all_or_nothing() {
+    use battlement::key::HeaderKey;
+
+    let redis = RedisServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let svc = ServiceBuilder::new()
+        .layer(
+            RateLimitLayer::new(store(&redis).await)
+                .policy(Policy::new("global", Quota::per_hour(4).unwrap()).unwrap())
+                .policy(
+                    Policy::new("per-tenant", Quota::per_hour(2).unwrap())
+                        .unwrap()
+                        .key(HeaderKey::new(http::HeaderName::from_static("x-tenant"))),
+                ),
+        )
+        .service(service_fn(move |_: Request<String>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(String::from("ok"))) }
+        }));
+    let send = |tenant: &'static str| {
+        let svc = svc.clone();
+        async move {
+            let req = Request::get("/")
+                .header("x-tenant", tenant)
+                .body(String::new())
+                .unwrap();
+            let res = svc.oneshot(req).await.unwrap();
+            let limit = res.headers()["ratelimit"].to_str().unwrap().to_owned();
+            (res.status().as_u16(), limit)
+        }
+    };
+    // The first call loads the script.
+    assert_eq!(send("acme").await.0, 200);
+    let before = evalsha_calls(&redis);
+    assert_eq!(send("acme").await.0, 200);
+    for _ in 0..3 {
+        let (status, limit) = send("acme").await;
+        assert_eq!(status, 429);
+        assert!(limit.starts_with("\"per-tenant\";r=0;"), "{limit}");
+    }
+    assert_eq!(evalsha_calls(&redis) - before, 4, "one call per request");
+    // Two of four global units spent, not five.
+    let (status, limit) = send("globex").await;
+    assert_eq!(status, 200);
+    assert!(limit.starts_with("\"global\";r=1;"), "{limit}");
+    assert_eq!(send("initech").await.0, 200);
+    let (status, limit) = send("umbrella").await;
+    assert_eq!(status, 429);
+    assert!(limit.starts_with("\"global\";r=0;"), "{limit}");
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
 }

@@ -1,37 +1,13 @@
-//! The battlement demo server.
+//! The battlement demo server: every route behind the server preset
+//! (`battlement::stack::server`), configured from the environment.
 //!
 //! Run with: `cargo run --example axum` (then `curl -i 127.0.0.1:3000/hello`).
 //!
-//! Serves HTTP/1.1 and h2c on `BIND` (default `127.0.0.1:3000`) with every
-//! route behind the server preset (`battlement::stack::server`: request id,
-//! trace, metrics; rate limit per client IP and idempotency on `/orders`,
-//! but not on the health routes and `/metrics`), built from one
-//! `StackConfig` the environment describes:
-//! `RATE_LIMIT` (`N/s`, `N/m`, `N/h`, default `100/s`) and `RATE_BURST`
-//! (default N); `TRUSTED_PROXIES` (comma list of CIDRs whose
-//! `X-Forwarded-For` is believed, default none); `RATE_LIMIT_MODE`
-//! (`exact`, the default: one store decision per request, or `leased`:
-//! local-first decisions from leased capacity) for the per-IP policy;
-//! `REDIS_URL` (needs
-//! `--features redis`) keeps rate-limit state in Redis, shared by every
-//! instance, and adds a readiness check; `REDIS_CLUSTER_URLS` (a comma
-//! list of seed nodes) does the same on a Redis Cluster; `ETCD_ENDPOINTS` (needs
-//! `--features etcd`) adds its readiness check and hot-reloads the quota
-//! and the `/proxy` breaker's thresholds from `/battlement/config/`;
-//! `CONCURRENCY_LIMIT` (`adaptive`, a number, or `none`, the default)
-//! sheds requests beyond it at once with 503 (never the health routes);
-//! `REQUEST_TIMEOUT` (default `30s`) answers 504 to a request still
-//! running after it; `GET /slow?ms=N` answers after N ms;
-//! `DOWNSTREAM_URL` is what
-//! `/proxy` calls (default `http://127.0.0.1:3001`) through a circuit breaker
-//! per downstream host that opens when half the calls of the last 10 s
-//! failed (at least 5) and stays open `BREAKER_OPEN` seconds (default 5),
-//! its state shared through Redis when `REDIS_URL` is set; `POST /orders`
-//! requires an `Idempotency-Key` and executes each key once (its order
-//! counter is the Redis key `example:orders` with `REDIS_URL`, in-process
-//! otherwise); `LAYERS=none` serves the
-//! same routes with no middleware; `DRAIN_SECS` is how long readiness fails
-//! before the server stops on ctrl-c (default 0).
+//! Its routes (`/hello`, `/items/{id}`, `/slow`, `/orders`, `/proxy`, health,
+//! `/metrics`) and environment variables (`RATE_LIMIT`, `RATE_LIMIT_MODE`,
+//! `REDIS_URL`, `REDIS_CLUSTER_URLS`, `ETCD_ENDPOINTS`, `CONCURRENCY_LIMIT`,
+//! `REQUEST_TIMEOUT`, `LAYERS=none`, ...) are described in `examples/README.md`; `tests/example_axum.rs`
+//! checks them against the built example.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,15 +20,16 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use battlement::FailurePolicy;
 use battlement::backends::AnyStore;
 use battlement::body::LayerBody;
 use battlement::circuit_breaker::{BreakerConfig, CircuitOpen, Window};
 use battlement::client::{ClientBody, ClientStackLayer};
 use battlement::concurrency_limit::ConcurrencyLimitConfig;
-use battlement::config::ConfigWatch;
 use battlement::deadline::DeadlineConfig;
 use battlement::health::{HealthRegistry, HealthRoutes};
 use battlement::rate_limit::{Quota, SyncMode};
+use battlement::reload::ConfigWatch;
 use battlement::retry::{AttemptTimedOut, RetryPolicy};
 use battlement::stack::{
     self, IdempotencySettings, KeySettings, PolicySettings, RateLimitSettings, ScopeSettings,
@@ -82,6 +59,8 @@ struct Settings {
     trusted_proxies: Vec<ipnet::IpNet>,
     redis_url: Option<String>,
     redis_cluster_urls: Option<Vec<String>>,
+    redis_timeout: Duration,
+    rate_limit_failure: FailurePolicy,
     etcd_endpoints: Option<Vec<String>>,
     concurrency_limit: Option<ConcurrencyLimitConfig>,
     request_timeout: Duration,
@@ -120,6 +99,14 @@ impl Settings {
         let timeout = var("REQUEST_TIMEOUT").unwrap_or_else(|| "30s".into());
         let request_timeout = humantime::parse_duration(&timeout)
             .map_err(|e| format!("REQUEST_TIMEOUT={timeout:?}: {e}"))?;
+        let redis_timeout = var("REDIS_TIMEOUT").unwrap_or_else(|| "250ms".into());
+        let redis_timeout = humantime::parse_duration(&redis_timeout)
+            .map_err(|e| format!("REDIS_TIMEOUT={redis_timeout:?}: {e}"))?;
+        let failure = var("RATE_LIMIT_FAILURE").unwrap_or_else(|| "fail_open".into());
+        let rate_limit_failure = serde_json::from_value(serde_json::Value::String(failure.clone()))
+            .map_err(|_| {
+                format!("RATE_LIMIT_FAILURE={failure:?}: fail_open, fail_closed or local_fallback")
+            })?;
         let trusted_proxies = var("TRUSTED_PROXIES")
             .map(|list| {
                 list.split(',')
@@ -154,6 +141,8 @@ impl Settings {
             redis_url: var("REDIS_URL"),
             redis_cluster_urls: var("REDIS_CLUSTER_URLS")
                 .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect()),
+            redis_timeout,
+            rate_limit_failure,
             etcd_endpoints: var("ETCD_ENDPOINTS")
                 .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect()),
             concurrency_limit,
@@ -183,9 +172,9 @@ struct AppState {
 enum Orders {
     Local(Arc<AtomicU64>),
     #[cfg(feature = "redis")]
-    Redis(redis::aio::ConnectionManager),
+    Redis(redis::aio::ConnectionManager, Duration),
     #[cfg(feature = "redis")]
-    Cluster(redis::cluster_async::ClusterConnection),
+    Cluster(redis::cluster_async::ClusterConnection, Duration),
 }
 
 impl Orders {
@@ -194,13 +183,25 @@ impl Orders {
     async fn connect(settings: &Settings) -> Result<Self, Error> {
         #[cfg(feature = "redis")]
         if let Some(urls) = &settings.redis_cluster_urls {
-            let client = redis::cluster::ClusterClient::new(urls.clone())?;
-            return Ok(Self::Cluster(client.get_async_connection().await?));
+            let client = redis::cluster::ClusterClient::builder(urls.clone())
+                .connection_timeout(settings.redis_timeout)
+                .response_timeout(settings.redis_timeout)
+                .build()?;
+            return Ok(Self::Cluster(
+                client.get_async_connection().await?,
+                settings.redis_timeout,
+            ));
         }
         #[cfg(feature = "redis")]
         if let Some(url) = &settings.redis_url {
             let client = redis::Client::open(url.as_str())?;
-            return Ok(Self::Redis(client.get_connection_manager().await?));
+            let bounded = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(settings.redis_timeout))
+                .set_response_timeout(Some(settings.redis_timeout));
+            return Ok(Self::Redis(
+                client.get_connection_manager_with_config(bounded).await?,
+                settings.redis_timeout,
+            ));
         }
         let _ = settings;
         Ok(Self::Local(Arc::new(AtomicU64::new(0))))
@@ -210,20 +211,25 @@ impl Orders {
         match self {
             Self::Local(n) => Ok(n.fetch_add(1, Ordering::SeqCst) + 1),
             #[cfg(feature = "redis")]
-            Self::Redis(conn) => {
+            Self::Redis(conn, timeout) => {
+                // Bounded, reconnect included.
                 let mut conn = conn.clone();
-                Ok(redis::cmd("INCR")
-                    .arg("example:orders")
-                    .query_async(&mut conn)
-                    .await?)
+                let mut incr = redis::cmd("INCR");
+                incr.arg("example:orders");
+                let call = incr.query_async(&mut conn);
+                Ok(tokio::time::timeout(*timeout, call)
+                    .await
+                    .map_err(|_| "timed out")??)
             }
             #[cfg(feature = "redis")]
-            Self::Cluster(conn) => {
+            Self::Cluster(conn, timeout) => {
                 let mut conn = conn.clone();
-                Ok(redis::cmd("INCR")
-                    .arg("example:orders")
-                    .query_async(&mut conn)
-                    .await?)
+                let mut incr = redis::cmd("INCR");
+                incr.arg("example:orders");
+                let call = incr.query_async(&mut conn);
+                Ok(tokio::time::timeout(*timeout, call)
+                    .await
+                    .map_err(|_| "timed out")??)
             }
         }
     }
@@ -256,18 +262,18 @@ fn stack_config(settings: &Settings) -> Result<StackConfig, Error> {
     }
     #[cfg(feature = "redis")]
     if let Some(url) = &settings.redis_url {
-        // A roomier per-call timeout than the 50 ms default: the demo
-        // often shares a small machine with its load generator.
+        // A roomier per-call timeout than the 50 ms default by default:
+        // the demo often shares a small machine with its load generator.
         config.backend = battlement::backends::BackendConfig::Redis(
             battlement::backends::RedisConfig::standalone(url.as_str())
-                .with_timeout(Duration::from_millis(250)),
+                .with_timeout(settings.redis_timeout),
         );
     }
     #[cfg(feature = "redis")]
     if let Some(urls) = &settings.redis_cluster_urls {
         config.backend = battlement::backends::BackendConfig::Redis(
             battlement::backends::RedisConfig::cluster(urls.iter().map(String::as_str))
-                .with_timeout(Duration::from_millis(250)),
+                .with_timeout(settings.redis_timeout),
         );
     }
     config.rate_limit = Some(RateLimitSettings {
@@ -277,6 +283,7 @@ fn stack_config(settings: &Settings) -> Result<StackConfig, Error> {
             key: KeySettings::client_ip(settings.trusted_proxies.iter().copied()),
             mode: settings.rate_limit_mode,
         }],
+        failure: settings.rate_limit_failure,
         ..RateLimitSettings::default()
     });
     // Each Idempotency-Key executes once, even across instances, and
@@ -350,8 +357,14 @@ async fn item(Path(id): Path<String>) -> axum::Json<serde_json::Value> {
 /// Places an order: the next number of the counter and the request body.
 async fn order(
     State(state): State<AppState>,
+    headers: http::HeaderMap,
     axum::Json(body): axum::Json<serde_json::Value>,
 ) -> Response {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    tracing::info!(key, "order executed");
     match state.orders.next().await {
         Ok(n) => (
             StatusCode::CREATED,
@@ -413,9 +426,9 @@ async fn build(settings: &Settings, metrics: Router) -> Result<App, Error> {
                 .register(battlement::health::store_check(etcd.clone()));
             // Quotas and breaker thresholds under /battlement/config/:
             // rate_limit/per-ip and circuit_breaker/downstream.
-            let source = battlement::config::EtcdConfigSource::new(&etcd);
+            let source = battlement::reload::EtcdConfigSource::new(&etcd);
             let reloader = server
-                .reloader(battlement::config::ConfigReloader::new(source))
+                .reloader(battlement::reload::ConfigReloader::new(source))
                 .circuit_breaker(client.breakers());
             Some(reloader.start()?)
         }
@@ -447,12 +460,20 @@ async fn main() -> Result<(), Error> {
     // OpenTelemetry from the OTEL_* variables; flushed when `telemetry`
     // drops at the end of main.
     let telemetry = battlement::telemetry::init("battlement-example-axum")?;
-    // RUST_LOG filters the log lines only: spans are exported and the
-    // caller's trace is passed downstream at any log level.
+    // RUST_LOG filters the log lines only (printed, and exported as OTLP
+    // logs with their trace ids when OTEL_EXPORTER_OTLP_ENDPOINT is set):
+    // spans are exported and the caller's trace is passed downstream at
+    // any log level. At `info`, the preset's access log writes one line
+    // per request (`RUST_LOG=info,battlement::access=warn` keeps only
+    // its errors).
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     telemetry
-        .subscriber(tracing_subscriber::fmt::layer().with_filter(filter))
+        .subscriber(
+            telemetry
+                .logs(tracing_subscriber::fmt::layer())
+                .with_filter(filter),
+        )
         .init();
     let settings = Settings::from_env()?;
     let app = build(&settings, telemetry.metrics_router()).await?;
@@ -477,547 +498,4 @@ async fn main() -> Result<(), Error> {
     .with_graceful_shutdown(app.health.shutdown_on_signal(settings.drain))
     .await?;
     Ok(())
-}
-
-/// The test fixtures that start real servers.
-#[cfg(all(test, any(feature = "redis", feature = "etcd")))]
-#[path = "../../tests/support/mod.rs"]
-mod support;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use http::Request;
-
-    fn settings() -> Settings {
-        Settings {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            downstream: "http://127.0.0.1:9".parse().unwrap(),
-            layers: true,
-            drain: Duration::ZERO,
-            breaker_open: Duration::from_secs(5),
-            rate_limit: Quota::per_second(100).unwrap(),
-            rate_limit_mode: SyncMode::Exact,
-            trusted_proxies: Vec::new(),
-            redis_url: None,
-            redis_cluster_urls: None,
-            etcd_endpoints: None,
-            concurrency_limit: None,
-            request_timeout: Duration::from_secs(30),
-        }
-    }
-
-    /// The process's telemetry (one global meter provider per process).
-    fn telemetry() -> &'static battlement::telemetry::TelemetryGuard {
-        static TELEMETRY: std::sync::OnceLock<battlement::telemetry::TelemetryGuard> =
-            std::sync::OnceLock::new();
-        TELEMETRY.get_or_init(|| battlement::telemetry::init("test").unwrap())
-    }
-
-    /// The example app on in-memory stores.
-    async fn memory_app(settings: &Settings) -> Router {
-        build(settings, telemetry().metrics_router())
-            .await
-            .unwrap()
-            .router
-    }
-
-    /// Sends `req` as if from 192.0.2.1 (what `axum::serve` records).
-    async fn call(app: &Router, mut req: Request<Body>) -> (StatusCode, http::HeaderMap, String) {
-        let peer: SocketAddr = "192.0.2.1:40000".parse().unwrap();
-        req.extensions_mut()
-            .insert(axum::extract::ConnectInfo(peer));
-        let res = app.clone().oneshot(req).await.unwrap();
-        let (parts, body) = res.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        (
-            parts.status,
-            parts.headers,
-            String::from_utf8_lossy(&body).into_owned(),
-        )
-    }
-
-    fn get_req(uri: &str) -> Request<Body> {
-        Request::get(uri).body(Body::empty()).unwrap()
-    }
-
-    #[tokio::test]
-    async fn hello_has_a_uuid_v7_request_id() {
-        let app = memory_app(&settings()).await;
-        let (status, headers, body) = call(&app, get_req("/hello")).await;
-        assert_eq!((status, body.as_str()), (StatusCode::OK, "hello"));
-        let id = headers["x-request-id"].to_str().unwrap();
-        assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7);
-    }
-
-    #[tokio::test]
-    async fn valid_ids_are_echoed_and_bad_ones_replaced() {
-        let app = memory_app(&settings()).await;
-        let req = Request::get("/hello")
-            .header("x-request-id", "edge-42")
-            .body(Body::empty())
-            .unwrap();
-        assert_eq!(call(&app, req).await.1["x-request-id"], "edge-42");
-        let long = "a".repeat(200);
-        let req = Request::get("/hello")
-            .header("x-request-id", &long)
-            .body(Body::empty())
-            .unwrap();
-        assert_ne!(call(&app, req).await.1["x-request-id"], long.as_str());
-    }
-
-    #[tokio::test]
-    async fn items_and_health_routes() {
-        let app = memory_app(&settings()).await;
-        let (status, _, body) = call(&app, get_req("/items/42")).await;
-        assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"id":"42"}"#));
-        for path in ["/livez", "/readyz", "/startupz"] {
-            let (status, headers, _) = call(&app, get_req(path)).await;
-            assert_eq!(status, StatusCode::OK);
-            assert_eq!(headers["content-type"], "application/health+json");
-        }
-    }
-
-    // CONCURRENCY_LIMIT=2: a third slow request at once is shed with 503
-    // and Retry-After, while the health routes still answer.
-    #[tokio::test]
-    async fn requests_beyond_the_concurrency_limit_are_shed_but_not_probes() {
-        let limited = Settings {
-            concurrency_limit: Some(ConcurrencyLimitConfig::fixed(2)),
-            ..settings()
-        };
-        let app = memory_app(&limited).await;
-        let slow: Vec<_> = (0..2)
-            .map(|_| {
-                let app = app.clone();
-                tokio::spawn(async move { call(&app, get_req("/slow?ms=500")).await.0 })
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let (status, headers, _) = call(&app, get_req("/slow?ms=1")).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(headers.contains_key("retry-after"));
-        assert_eq!(call(&app, get_req("/readyz")).await.0, StatusCode::OK);
-        for task in slow {
-            assert_eq!(task.await.unwrap(), StatusCode::OK);
-        }
-    }
-
-    // REQUEST_TIMEOUT: a request still running after it gets 504.
-    #[tokio::test]
-    async fn a_request_past_the_timeout_gets_504() {
-        let short = Settings {
-            request_timeout: Duration::from_millis(100),
-            ..settings()
-        };
-        let app = memory_app(&short).await;
-        let (status, headers, _) = call(&app, get_req("/slow?ms=2000")).await;
-        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
-        assert_eq!(headers["content-type"], "application/problem+json");
-        let (status, _, body) = call(&app, get_req("/slow?ms=1")).await;
-        assert_eq!((status, body.as_str()), (StatusCode::OK, "slept 1 ms"));
-    }
-
-    #[tokio::test]
-    async fn layers_none_serves_bare_routes() {
-        let bare = Settings {
-            layers: false,
-            ..settings()
-        };
-        let app = memory_app(&bare).await;
-        let (status, headers, body) = call(&app, get_req("/hello")).await;
-        assert_eq!((status, body.as_str()), (StatusCode::OK, "hello"));
-        assert!(!headers.contains_key("x-request-id"));
-    }
-
-    #[tokio::test]
-    async fn proxy_forwards_the_request_id_downstream() {
-        // A downstream that answers with the id it received.
-        let downstream = Router::new().route(
-            "/",
-            get(|headers: http::HeaderMap| async move {
-                headers
-                    .get("x-request-id")
-                    .map(|v| v.to_str().unwrap_or("").to_owned())
-                    .unwrap_or_default()
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move { axum::serve(listener, downstream).await });
-        let s = Settings {
-            downstream: format!("http://{addr}/").parse().unwrap(),
-            ..settings()
-        };
-        let app = memory_app(&s).await;
-        let req = Request::get("/proxy")
-            .header("x-request-id", "hop-1")
-            .body(Body::empty())
-            .unwrap();
-        let (status, headers, body) = call(&app, req).await;
-        assert_eq!((status, body.as_str()), (StatusCode::OK, "hop-1"));
-        assert_eq!(headers["x-request-id"], "hop-1");
-        server.abort();
-    }
-
-    #[tokio::test]
-    async fn proxy_to_a_dead_downstream_is_502_then_its_breaker_opens() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let s = Settings {
-            downstream: format!("http://127.0.0.1:{port}/").parse().unwrap(),
-            ..settings()
-        };
-        let app = memory_app(&s).await;
-        // Three attempts (connection refused), then 502.
-        let (status, _, _) = call(&app, get_req("/proxy")).await;
-        assert_eq!(status, StatusCode::BAD_GATEWAY);
-        // Two more failed attempts make five: the breaker opens, and its
-        // open time (5 s) passes the retry deadline (3 s): 503 at once.
-        let (status, _, _) = call(&app, get_req("/proxy")).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        let (status, headers, body) = call(&app, get_req("/proxy")).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-        assert_eq!(headers["retry-after"], "5");
-        assert_eq!(headers["content-type"], "application/problem+json");
-        assert!(body.contains("\"breaker\":\"downstream\""), "{body}");
-    }
-
-    /// Issue acceptance: Redis stopped -> /readyz 503 naming the redis
-    /// check within 2 s while /livez stays 200; Redis back -> 200 within 2 s.
-    #[cfg(feature = "redis")]
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn readiness_follows_redis() {
-        let mut redis = crate::support::RedisServer::start();
-        let s = Settings {
-            redis_url: Some(redis.url()),
-            ..settings()
-        };
-        let app = build(&s, Router::new()).await.unwrap().router;
-        let (status, _, body) = call(&app, get_req("/readyz")).await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        assert!(body.contains("\"redis:responseTime\""), "{body}");
-
-        redis.stop();
-        // Check results are reused for up to 1 s, so poll until it shows.
-        let started = std::time::Instant::now();
-        let body = loop {
-            let (status, _, body) = call(&app, get_req("/readyz")).await;
-            if status == StatusCode::SERVICE_UNAVAILABLE {
-                break body;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(2),
-                "readiness not failing within 2 s: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(doc["checks"]["redis:responseTime"][0]["status"], "fail");
-        assert_eq!(call(&app, get_req("/livez")).await.0, StatusCode::OK);
-
-        redis.restart();
-        let back = std::time::Instant::now();
-        loop {
-            if call(&app, get_req("/readyz")).await.0 == StatusCode::OK {
-                break;
-            }
-            assert!(
-                back.elapsed() < Duration::from_secs(2),
-                "readiness not back within 2 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    #[tokio::test]
-    async fn requests_over_the_quota_get_429_but_health_does_not() {
-        let s = Settings {
-            rate_limit: "2/m".parse().unwrap(),
-            ..settings()
-        };
-        let app = memory_app(&s).await;
-        for _ in 0..2 {
-            assert_eq!(call(&app, get_req("/hello")).await.0, StatusCode::OK);
-        }
-        let (status, headers, _) = call(&app, get_req("/items/1")).await;
-        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(headers["retry-after"], "30");
-        assert_eq!(headers["content-type"], "application/problem+json");
-        assert!(
-            headers.contains_key("x-request-id"),
-            "rejections carry the request id"
-        );
-        for path in ["/livez", "/readyz", "/startupz"] {
-            assert_eq!(call(&app, get_req(path)).await.0, StatusCode::OK, "{path}");
-        }
-    }
-
-    /// Issue acceptance: two instances sharing one Redis with
-    /// `RATE_LIMIT=50/m`, 100 requests alternating between them: exactly
-    /// 50 × 200 and 50 × 429, every 429 with valid headers.
-    #[cfg(feature = "redis")]
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn two_instances_share_one_quota_through_redis() {
-        let redis = crate::support::RedisServer::start();
-        let s = Settings {
-            rate_limit: "50/m".parse().unwrap(),
-            redis_url: Some(redis.url()),
-            ..settings()
-        };
-        let a = build(&s, Router::new()).await.unwrap().router;
-        let b = build(&s, Router::new()).await.unwrap().router;
-        let (mut ok, mut limited) = (0, 0);
-        for i in 0..100 {
-            let app = if i % 2 == 0 { &a } else { &b };
-            let (status, headers, _) = call(app, get_req("/hello")).await;
-            let policy = headers["ratelimit-policy"].to_str().unwrap();
-            assert_eq!(policy, "\"per-ip\";q=50;w=60");
-            let ratelimit = headers["ratelimit"].to_str().unwrap();
-            assert!(ratelimit.starts_with("\"per-ip\";r="), "{ratelimit}");
-            match status {
-                StatusCode::OK => ok += 1,
-                StatusCode::TOO_MANY_REQUESTS => {
-                    limited += 1;
-                    let wait: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
-                    assert!((1..=2).contains(&wait), "one request per 1.2 s: {wait}");
-                    assert!(ratelimit.starts_with("\"per-ip\";r=0;t="), "{ratelimit}");
-                }
-                other => panic!("unexpected {other}"),
-            }
-        }
-        assert_eq!((ok, limited), (50, 50));
-    }
-
-    /// `ETCD_ENDPOINTS`: the per-IP quota and the `/proxy` breaker's
-    /// thresholds follow the documents under `/battlement/config/`.
-    #[cfg(feature = "etcd")]
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn quota_and_breaker_thresholds_reload_from_etcd() {
-        let etcd = crate::support::EtcdServer::start();
-        let dead = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let s = Settings {
-            etcd_endpoints: Some(vec![etcd.endpoint()]),
-            downstream: format!("http://{dead}/").parse().unwrap(),
-            ..settings()
-        };
-        let built = build(&s, Router::new()).await.unwrap();
-        let (app, watch) = (built.router, built.config.expect("a config watch"));
-        tokio::time::timeout(Duration::from_secs(5), watch.loaded())
-            .await
-            .unwrap();
-        let mut kv = etcd_client::Client::connect([etcd.endpoint()], None)
-            .await
-            .unwrap();
-        let key = "/battlement/config/rate_limit/per-ip";
-        kv.put(key, r#"{"count": 2, "period": "1h"}"#, None)
-            .await
-            .unwrap();
-        let policy = |headers: &http::HeaderMap| headers["ratelimit-policy"].clone();
-        let started = std::time::Instant::now();
-        loop {
-            let (_, headers, _) = call(&app, get_req("/hello")).await;
-            if policy(&headers) == "\"per-ip\";q=2;w=3600" {
-                break;
-            }
-            assert!(started.elapsed() < Duration::from_secs(1), "not within 1 s");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let statuses = [
-            call(&app, get_req("/hello")).await.0,
-            call(&app, get_req("/hello")).await.0,
-        ];
-        assert!(
-            statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
-            "{statuses:?}"
-        );
-        kv.delete(key, None).await.unwrap();
-        let started = std::time::Instant::now();
-        loop {
-            let (status, headers, _) = call(&app, get_req("/hello")).await;
-            if status == StatusCode::OK && policy(&headers) == "\"per-ip\";q=100;w=1" {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(1),
-                "default not back"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-
-        // The /proxy breaker stays open 9 s instead of the built-in 5 s.
-        kv.put(
-            "/battlement/config/circuit_breaker/downstream",
-            r#"{"open_for": "9s"}"#,
-            None,
-        )
-        .await
-        .unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(
-            call(&app, get_req("/proxy")).await.0,
-            StatusCode::BAD_GATEWAY
-        );
-        assert_eq!(
-            call(&app, get_req("/proxy")).await.0,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        let (status, headers, _) = call(&app, get_req("/proxy")).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(headers["retry-after"], "9");
-    }
-
-    fn order_req(key: Option<&str>, body: &str) -> Request<Body> {
-        let mut b = Request::post("/orders").header("content-type", "application/json");
-        if let Some(key) = key {
-            b = b.header("idempotency-key", key);
-        }
-        b.body(Body::from(body.to_owned())).unwrap()
-    }
-
-    #[tokio::test]
-    async fn orders_execute_once_per_idempotency_key() {
-        let app = memory_app(&settings()).await;
-        let (status, _, body) = call(&app, order_req(None, "{}")).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-        let (status, headers, first) = call(&app, order_req(Some("\"a\""), r#"{"tea":1}"#)).await;
-        assert_eq!(
-            (status, first.as_str()),
-            (StatusCode::CREATED, r#"{"body":{"tea":1},"order":1}"#)
-        );
-        assert!(!headers.contains_key("idempotent-replayed"));
-        let (status, headers, again) = call(&app, order_req(Some("\"a\""), r#"{"tea":1}"#)).await;
-        assert_eq!((status, again), (StatusCode::CREATED, first));
-        assert_eq!(headers["idempotent-replayed"], "true");
-        let (status, _, _) = call(&app, order_req(Some("\"a\""), r#"{"tea":2}"#)).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-        let (_, _, next) = call(&app, order_req(Some("\"b\""), r#"{"tea":2}"#)).await;
-        assert_eq!(next, r#"{"body":{"tea":2},"order":2}"#);
-    }
-
-    /// Issue acceptance: two instances on one Redis, 100 concurrent orders
-    /// with one key and one body -> the counter moves by exactly one.
-    #[cfg(feature = "redis")]
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn two_instances_execute_a_key_once_through_redis() {
-        let redis = crate::support::RedisServer::start();
-        let s = Settings {
-            rate_limit: "10000/s".parse().unwrap(),
-            redis_url: Some(redis.url()),
-            ..settings()
-        };
-        let a = build(&s, Router::new()).await.unwrap().router;
-        let b = build(&s, Router::new()).await.unwrap().router;
-        let before: i64 = redis
-            .cli(&["GET", "example:orders"])
-            .trim()
-            .parse()
-            .unwrap_or(0);
-        let tasks: Vec<_> = (0..100)
-            .map(|i| {
-                let app = if i % 2 == 0 { a.clone() } else { b.clone() };
-                tokio::spawn(async move {
-                    call(&app, order_req(Some("\"order-42\""), r#"{"item":"tea"}"#)).await
-                })
-            })
-            .collect();
-        let mut created = Vec::new();
-        let mut conflicts = 0;
-        for t in tasks {
-            let (status, headers, body) = t.await.unwrap();
-            match status {
-                StatusCode::CREATED => {
-                    created.push((headers.contains_key("idempotent-replayed"), body))
-                }
-                StatusCode::CONFLICT => conflicts += 1,
-                other => panic!("unexpected {other}: {body}"),
-            }
-        }
-        let after: i64 = redis
-            .cli(&["GET", "example:orders"])
-            .trim()
-            .parse()
-            .unwrap();
-        assert_eq!(after - before, 1, "exactly one execution");
-        let executed = created.iter().filter(|(replayed, _)| !replayed).count();
-        assert_eq!(executed, 1);
-        assert!(
-            created.iter().all(|(_, body)| *body == created[0].1),
-            "byte-identical"
-        );
-        assert_eq!(created.len() + conflicts, 100);
-        let (status, _, _) = call(&b, order_req(Some("\"order-42\""), r#"{"item":"cake"}"#)).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    }
-
-    /// Issue acceptance: /metrics has the request duration histogram and
-    /// the resilience event counter after traffic.
-    #[tokio::test]
-    async fn metrics_route_exposes_request_durations_and_resilience_events() {
-        let s = Settings {
-            rate_limit: "1/m".parse().unwrap(),
-            ..settings()
-        };
-        let app = memory_app(&s).await;
-        assert_eq!(call(&app, get_req("/items/1")).await.0, StatusCode::OK);
-        assert_eq!(
-            call(&app, get_req("/items/2")).await.0,
-            StatusCode::TOO_MANY_REQUESTS
-        );
-        let (status, headers, text) = call(&app, get_req("/metrics")).await;
-        assert_eq!(status, StatusCode::OK);
-        assert!(
-            headers["content-type"]
-                .to_str()
-                .unwrap()
-                .starts_with("text/plain")
-        );
-        assert!(
-            text.contains("# TYPE http_server_request_duration_seconds histogram"),
-            "{text}"
-        );
-        assert!(text.contains("http_route=\"/items/{id}\""), "{text}");
-        promtool_check(&text);
-        let denied = text
-            .lines()
-            .find(|l| l.starts_with("battlement_events_total{") && l.contains("event=\"denied\""));
-        assert!(denied.is_some(), "{text}");
-    }
-
-    /// `promtool check metrics` accepts `text` (Debian package
-    /// `prometheus`; `scripts/test.sh` installs it). Without promtool the
-    /// check fails under CI and is skipped elsewhere.
-    fn promtool_check(text: &str) {
-        use std::io::Write;
-        let spawned = std::process::Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn();
-        let mut child = match spawned {
-            Ok(child) => child,
-            Err(e) if std::env::var_os("CI").is_some() => panic!("promtool: {e}"),
-            Err(e) => return eprintln!("skipping promtool check: {e}"),
-        };
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "promtool: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
 }

@@ -8,7 +8,7 @@ use super::{Backend, KeySpace, MemoryConfig, MemoryStore};
 use crate::circuit_breaker::{CircuitBreakerStore, Loaded, Published, SharedState, Versioned};
 use crate::error::StoreError;
 use crate::idempotency::{Claim, ClaimToken, Fingerprint, IdempotencyStore, StoredResponse};
-use crate::rate_limit::{Decision, Quota, RateLimitStore};
+use crate::rate_limit::{Charge, Decision, Quota, RateLimitStore};
 
 /// Which backend to use and how to reach it, tagged by `kind`.
 ///
@@ -159,6 +159,10 @@ impl RateLimitStore for AnyStore {
         units: u64,
     ) -> Result<(), StoreError> {
         each!(self, s => s.give_back(policy, key, quota, units).await)
+    }
+
+    async fn decide_all(&self, charges: &[Charge<'_>]) -> Result<Vec<Decision>, StoreError> {
+        each!(self, s => s.decide_all(charges).await)
     }
 
     fn in_process(&self) -> Option<&MemoryStore> {

@@ -109,13 +109,14 @@ impl<St: CircuitBreakerStore + RateLimitStore> ClientStack<St> {
     /// Validates everything and builds the layer.
     pub fn build(self) -> Result<ClientStackLayer<St>, ConfigError> {
         let mut retry = RetryLayer::new(self.retry)?.events(self.events.clone());
-        let mut breaker = CircuitBreakerLayer::new(&self.name, self.store.clone(), self.breaker)?
-            .key(HostKey)
-            .events(self.events.clone());
+        let mut breaker =
+            CircuitBreakerLayer::builder(&self.name, self.store.clone(), self.breaker)
+                .events(self.events.clone());
         if let Some(clock) = self.clock {
             retry = retry.clock(clock.clone());
             breaker = breaker.clock(clock);
         }
+        let breaker = breaker.build()?.key(HostKey);
         // After the retry's last rebuild, so both use the same budget.
         let hedge = match self.hedge {
             Some(config) => Some(

@@ -151,6 +151,18 @@ fn layer<S: CircuitBreakerStore + Clone>(s: &S, config: BreakerConfig) -> Circui
     CircuitBreakerLayer::new("shared", s.clone(), config).expect("valid config")
 }
 
+/// A layer on `clock`.
+fn layer_on<S: CircuitBreakerStore + Clone>(
+    s: &S,
+    config: BreakerConfig,
+    clock: &ManualClock,
+) -> CircuitBreakerLayer {
+    CircuitBreakerLayer::builder("shared", s.clone(), config)
+        .clock(clock.shared())
+        .build()
+        .expect("valid config")
+}
+
 fn fail(b: &CircuitBreakerHandle) {
     b.acquire(K).expect("admitted").record(Outcome::Failure);
 }
@@ -202,8 +214,8 @@ where
         .half_open_probes(1)
         .open_for(Duration::from_secs(10))
         .open_backoff(2.0, Duration::from_secs(600));
-    let a = layer(&s, config.clone()).clock(clock.shared()).handle();
-    let b = layer(&s, config).clock(clock.shared()).handle();
+    let a = layer_on(&s, config.clone(), &clock).handle();
+    let b = layer_on(&s, config, &clock).handle();
     drop(b.acquire(K).expect("B starts closed"));
 
     fail(&a);
@@ -251,12 +263,8 @@ where
 {
     let clock = ManualClock::new(T0);
     let s = h.store_with_clock(clock.shared()).await;
-    let a = layer(&s, BreakerConfig::default())
-        .clock(clock.shared())
-        .handle();
-    let b = layer(&s, BreakerConfig::default())
-        .clock(clock.shared())
-        .handle();
+    let a = layer_on(&s, BreakerConfig::default(), &clock).handle();
+    let b = layer_on(&s, BreakerConfig::default(), &clock).handle();
     drop(b.acquire(K).expect("B starts closed"));
     a.force_open(K);
     a.sync().await;

@@ -175,6 +175,8 @@ macro_rules! rate_limit_suite {
             random_sequences_match_the_reference,
             skewed_clocks_do_not_over_admit,
             give_back_returns_unused_units,
+            a_denial_by_one_policy_spends_no_other,
+            concurrent_requests_spend_every_policy_or_none,
         );
     };
 }

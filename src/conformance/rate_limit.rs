@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::{Harness, StoredKey};
 use crate::backends::Backend;
 use crate::clock::{Clock, ManualClock};
-use crate::rate_limit::{Decision, Quota, RateLimitStore};
+use crate::rate_limit::{Charge, Decision, Quota, RateLimitStore};
 
 /// 2026-01-01T00:00:00Z in µs: a realistic "now" (large numbers matter for
 /// the Lua script's exactness).
@@ -325,6 +325,135 @@ where
         "a give-back wrote a key"
     );
     assert_eq!(decide(&s, "absent", &q, 0).await.remaining(), 10);
+}
+
+/// One charge of cost `cost` on key `k` of `policy`.
+fn charge<'a>(policy: &'a str, q: &'a Quota, cost: u64) -> Charge<'a> {
+    Charge {
+        policy,
+        key: "k",
+        quota: q,
+        cost,
+    }
+}
+
+async fn decide_all<S: RateLimitStore>(s: &S, charges: &[Charge<'_>]) -> Vec<Decision> {
+    let decisions = s.decide_all(charges).await.expect("store answers");
+    assert_eq!(decisions.len(), charges.len(), "{decisions:?}");
+    decisions
+}
+
+/// A request denied by one policy spends none of the others: the next
+/// decisions and remaining counts are those of a state never touched,
+/// whichever policy denies and wherever it stands in the list.
+pub async fn a_denial_by_one_policy_spends_no_other<H: Harness>(h: H)
+where
+    H::Store: RateLimitStore,
+{
+    let (s, _clock) = setup(&h).await;
+    let (a, b, c) = (
+        quota(10, 1_000, 10),
+        quota(2, 1_000, 2),
+        quota(50, 1_000, 50),
+    );
+    let request = |cost_b| {
+        [
+            charge("a", &a, 1),
+            charge("b", &b, cost_b),
+            charge("c", &c, 1),
+        ]
+    };
+    // Admitted: every policy spends.
+    for (left_a, left_b, left_c) in [(9, 1, 49), (8, 0, 48)] {
+        let d = decide_all(&s, &request(1)).await;
+        assert!(d.iter().all(Decision::is_allowed), "{d:?}");
+        let left: Vec<u64> = d.iter().map(Decision::remaining).collect();
+        assert_eq!(left, [left_a, left_b, left_c]);
+    }
+    // Denied by b, between a and c: a and c report their state as it
+    // stands, and keep it.
+    for _ in 0..5 {
+        let d = decide_all(&s, &request(1)).await;
+        assert_eq!(
+            d[1].retry_after(),
+            Some(Duration::from_millis(500)),
+            "{d:?}"
+        );
+        assert!(d[0].is_allowed() && d[2].is_allowed(), "{d:?}");
+        assert_eq!((d[0].remaining(), d[2].remaining()), (8, 48), "{d:?}");
+    }
+    // A cost b can never admit spends nothing either.
+    let d = decide_all(&s, &request(3)).await;
+    assert_eq!((d[1].is_allowed(), d[1].retry_after()), (false, None));
+    // Denied by the first policy.
+    let d = decide_all(&s, &[charge("b", &b, 1), charge("a", &a, 1)]).await;
+    assert!(!d[0].is_allowed() && d[1].is_allowed(), "{d:?}");
+    // Each untouched state, read on its own: a peek, then a spend.
+    assert_eq!(
+        s.decide("a", "k", &a, 0)
+            .await
+            .expect("answers")
+            .remaining(),
+        8
+    );
+    assert_eq!(
+        s.decide("c", "k", &c, 0)
+            .await
+            .expect("answers")
+            .remaining(),
+        48
+    );
+    assert_eq!(
+        s.decide("a", "k", &a, 1)
+            .await
+            .expect("answers")
+            .remaining(),
+        7
+    );
+    assert_eq!(
+        s.decide("c", "k", &c, 1)
+            .await
+            .expect("answers")
+            .remaining(),
+        47
+    );
+}
+
+/// 64 concurrent requests over two policies, the second with room for
+/// 10: exactly 10 are admitted, and each policy spent exactly those.
+pub async fn concurrent_requests_spend_every_policy_or_none<H: Harness>(h: H)
+where
+    H::Store: RateLimitStore,
+{
+    let (s, _clock) = setup(&h).await;
+    let (a, b) = (quota(100, 60_000, 100), quota(10, 60_000, 10));
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let charges = [charge("a", &a, 1), charge("b", &b, 1)];
+                s.decide_all(&charges).await
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        let d = t.await.expect("task").expect("store answers");
+        admitted += usize::from(d.iter().all(Decision::is_allowed));
+    }
+    assert_eq!(admitted, 10);
+    let b_left = s
+        .decide("b", "k", &b, 0)
+        .await
+        .expect("answers")
+        .remaining();
+    assert_eq!(b_left, 0);
+    let a_left = s
+        .decide("a", "k", &a, 0)
+        .await
+        .expect("answers")
+        .remaining();
+    assert_eq!(a_left, 90, "a spent only for the admitted requests");
 }
 
 /// An exact model in a different formulation: a theoretical arrival time in

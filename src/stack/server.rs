@@ -8,7 +8,6 @@ use super::config::StackConfig;
 use crate::backends::AnyStore;
 use crate::circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer};
 use crate::concurrency_limit::{ConcurrencyLimitHandle, ConcurrencyLimitLayer};
-use crate::config::{ConfigReloader, ConfigWatch};
 use crate::deadline::DeadlineLayer;
 use crate::error::{ConfigError, StoreError};
 use crate::events::Events;
@@ -16,6 +15,7 @@ use crate::health::{HealthRegistry, store_check};
 use crate::idempotency::IdempotencyLayer;
 use crate::metrics::MetricsLayer;
 use crate::rate_limit::{RateLimitHandle, RateLimitLayer};
+use crate::reload::{ConfigReloader, ConfigWatch};
 use crate::request_id::RequestIdLayer;
 use crate::trace::TraceLayer;
 
@@ -112,8 +112,13 @@ pub async fn server(config: &StackConfig) -> Result<ServerStack, StackError> {
     };
     let breaker = match &config.circuit_breaker {
         Some(settings) => Some(
-            CircuitBreakerLayer::new(&settings.name, store.clone(), settings.thresholds.clone())?
-                .events(events.clone()),
+            CircuitBreakerLayer::builder(
+                &settings.name,
+                store.clone(),
+                settings.thresholds.clone(),
+            )
+            .events(events.clone())
+            .build()?,
         ),
         None => None,
     };
@@ -232,7 +237,7 @@ impl ServerStack {
         let etcd = crate::backends::EtcdStore::from_config(settings.etcd.clone()).await?;
         // Readiness covers the config source's etcd too.
         self.health.register(store_check(etcd.clone()));
-        let source = crate::config::EtcdConfigSource::new(&etcd)
+        let source = crate::reload::EtcdConfigSource::new(&etcd)
             .prefix(&settings.prefix)?
             .events(self.events.clone());
         Ok(self.reloader(ConfigReloader::new(source)).start()?)

@@ -1,71 +1,158 @@
-//! The axum example as a child process.
+//! The crate's examples as child processes: built once per test binary
+//! with every feature, started on a free loopback port, and talked to over
+//! HTTP.
 
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 
 use super::process::{Process, free_port};
 
-/// The axum example, built with every feature (cargo only needs to link
-/// it when the library is already built).
-pub fn axum_example_binary() -> PathBuf {
+/// The example `name`, built with every feature (cargo only needs to link
+/// it: the library is already built), once per test binary.
+///
+/// The path is this build's own binary, `examples/<name>-<hash>`, not the
+/// shared `examples/<name>` that a build in another checkout on the same
+/// target directory overwrites: cargo hard-links the one to the other, so
+/// it is the file with the same inode.
+pub fn example_binary(name: &str) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let built = built.get_or_insert_with(HashMap::new);
+    if let Some(path) = built.get(name) {
+        return path.clone();
+    }
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--all-features", "--example", "axum"])
+        .args(["build", "--quiet", "--all-features", "--example", name])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
         .expect("run cargo build");
-    assert!(status.success(), "building the axum example failed");
-    let exe = std::env::current_exe().expect("test binary path");
+    assert!(status.success(), "building the {name} example failed");
+    let exe = std::env::current_exe().expect("the test binary's path");
     let profile = exe
         .parent()
         .and_then(|deps| deps.parent())
-        .expect("target profile dir");
-    profile.join("examples").join("axum")
+        .expect("target/<profile>");
+    let examples = profile.join("examples");
+    let shared = examples.join(name);
+    let inode = std::fs::metadata(&shared).expect("the built example").ino();
+    let prefix = format!("{name}-");
+    let own = std::fs::read_dir(&examples)
+        .expect("target/<profile>/examples")
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .find(|path| {
+            let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("");
+            file.strip_prefix(&prefix)
+                .is_some_and(|hash| !hash.contains('.'))
+                && std::fs::metadata(path).is_ok_and(|m| m.ino() == inode)
+        })
+        .unwrap_or(shared);
+    built.insert(name.to_owned(), own.clone());
+    own
 }
 
-/// The axum example at `binary` with `env` (and no Redis, etcd or OTLP
-/// from the caller's environment), once `/livez` answers: its process and
-/// base URL.
-pub async fn start_axum_example(binary: &Path, env: &[(&str, &str)]) -> (Process, String) {
-    let port = free_port();
-    let binary = binary.to_path_buf();
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    let app = Process::spawn("axum example", move || {
-        let mut cmd = Command::new(&binary);
-        cmd.env("BIND", format!("127.0.0.1:{port}"))
-            .env_remove("REDIS_URL")
-            .env_remove("REDIS_CLUSTER_URLS")
-            .env_remove("ETCD_ENDPOINTS")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env_remove("RATE_LIMIT_MODE")
-            .envs(env.iter().map(|(k, v)| (k, v)));
-        cmd
-    });
-    let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while get_status(&base, "/livez").await != Some(200) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the example never listened"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// A running example: killed on drop.
+pub struct Example {
+    process: Process,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+}
+
+impl Example {
+    /// Starts the example `name` with `BIND` on a free port and only `env`
+    /// in its environment (and `PATH`), once it accepts connections; fails
+    /// the test if it exits first or does not listen within 20 s.
+    pub fn start(name: &str, env: &[(&str, &str)]) -> Self {
+        let binary = example_binary(name);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        // A port taken between `free_port` and the example's bind makes it
+        // exit at once: then again on another port, a few times.
+        for _ in 0..5 {
+            let port = free_port();
+            let (binary, env) = (binary.clone(), env.clone());
+            let mut process = Process::spawn("example", move || {
+                let mut cmd = Command::new(&binary);
+                cmd.env_clear()
+                    .envs(std::env::var_os("PATH").map(|p| ("PATH", p)))
+                    .env("BIND", format!("127.0.0.1:{port}"))
+                    .envs(env.iter().map(|(k, v)| (k, v)));
+                cmd
+            });
+            let listening = || TcpStream::connect(("127.0.0.1", port)).is_ok();
+            if process.ready_or_exited(Duration::from_secs(20), listening) && process.is_running() {
+                return Self {
+                    process,
+                    base: format!("http://127.0.0.1:{port}"),
+                };
+            }
+        }
+        panic!("the {name} example exited before it listened, 5 times");
     }
-    (app, base)
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.process.is_running()
+    }
 }
 
-/// The status of `GET path` on `base` (`http://host:port`), over a
-/// connection of its own; `None` if nothing answers.
-pub async fn get_status(base: &str, path: &str) -> Option<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = base.strip_prefix("http://")?;
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    // "HTTP/1.x NNN"
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).await.ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+/// A response as a test reads it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    /// The header `name` as text ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// Sends `req` over a new HTTP/1.1 connection; the whole body is read.
+pub async fn send(req: Request<String>) -> Reply {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let res = client
+        .request(req.map(|b| Full::new(Bytes::from(b))))
+        .await
+        .expect("send the request");
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.expect("read the body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// `GET url`.
+pub async fn get(url: &str) -> Reply {
+    send(
+        Request::get(url)
+            .body(String::new())
+            .expect("a GET request"),
+    )
+    .await
 }

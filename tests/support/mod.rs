@@ -1,7 +1,8 @@
 //! Real servers for tests: `redis-server` (standalone and a 3-master
 //! cluster) and `etcd`, each a child process on free loopback ports with a
 //! temporary data dir, killed on drop. A missing binary or a server that
-//! does not come up fails the test (never a silent skip).
+//! does not come up fails the test (never a silent skip). The crate's
+//! examples run the same way, as child processes on free ports.
 #![allow(dead_code, unused_imports)]
 
 mod etcd;
@@ -13,7 +14,7 @@ mod proxy;
 mod redis;
 
 pub use etcd::EtcdServer;
-pub use example::{axum_example_binary, get_status, start_axum_example};
+pub use example::{Example, Reply, example_binary, get, send};
 pub use harness::*;
 pub use lines::Lines;
 pub use process::{Process, free_port, require_binary};

@@ -12,15 +12,15 @@ use futures_util::stream::{self, BoxStream};
 use tokio::sync::mpsc;
 
 use super::EtcdStore;
-use crate::config::{ConfigSource, ConfigUpdate, Documents};
 use crate::error::{ConfigError, StoreError};
 use crate::events::{Event, Events, WarnLimiter};
+use crate::reload::{ConfigSource, ConfigUpdate, Documents};
 
 /// The layer name of the source's events.
 const LAYER: &str = "config";
 
 /// The documents under an etcd prefix (default `/battlement/config/`), for
-/// a [`ConfigReloader`](crate::config::ConfigReloader).
+/// a [`ConfigReloader`](crate::reload::ConfigReloader).
 ///
 /// The stream loads the prefix, then watches it from the loaded revision.
 /// When the connection fails it retries every [`retry_every`](Self::retry_every)
@@ -36,7 +36,7 @@ const LAYER: &str = "config";
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// use battlement::backends::{EtcdStore, MemoryStore};
-/// use battlement::config::{ConfigReloader, EtcdConfigSource};
+/// use battlement::reload::{ConfigReloader, EtcdConfigSource};
 /// use battlement::rate_limit::{Policy, Quota, RateLimitLayer};
 ///
 /// let etcd = EtcdStore::connect(["http://127.0.0.1:2379"]).await?;

@@ -29,7 +29,7 @@ use super::MemoryStore;
 use crate::error::StoreError;
 use crate::events::Events;
 use crate::layers::rate_limit::gcra::{self, GcraState};
-use crate::layers::rate_limit::store::{CONCERN, write_state_id};
+use crate::layers::rate_limit::store::{CONCERN, Charge, write_state_id};
 use crate::layers::rate_limit::{Decision, Quota, RateLimitStore};
 
 /// How often idle keys are evicted.
@@ -111,9 +111,31 @@ impl Cell {
     }
 
     fn decide(&self, quota: &Quota, cost: u64, now_us: u64) -> Decision {
+        self.update(now_us, |state| {
+            gcra::decide(Some(state), quota, cost, now_us)
+        })
+    }
+
+    /// Gives back `units` spent at or before `now_us` (a spent charge, a
+    /// lease's unused units; see [`gcra::give_back`]): a cell under
+    /// another period is left alone.
+    fn give_back(&self, quota: &Quota, units: u64, now_us: u64) -> Decision {
+        self.update(now_us, |state| {
+            gcra::give_back(Some(state), quota, units, now_us)
+        })
+    }
+
+    /// What [`decide`](Self::decide) would answer, writing nothing.
+    fn peek(&self, quota: &Quota, cost: u64, now_us: u64) -> Decision {
+        let (_, state) = self.load();
+        gcra::decide(Some(state), quota, cost, now_us).decision
+    }
+
+    /// A consistent pair: the period, the word, and the period again
+    /// unchanged (a rescale sets RESCALING before it swaps the word).
+    #[inline]
+    fn load(&self) -> (u128, GcraState) {
         loop {
-            // A consistent pair: the period, the word, and the period again
-            // unchanged (a rescale sets RESCALING before it swaps the word).
             let period_us = self.period_us.load(Ordering::Acquire);
             if period_us == RESCALING {
                 std::thread::yield_now();
@@ -129,7 +151,19 @@ impl Cell {
                 at: current as u64,
                 period_us,
             };
-            let step = gcra::decide(Some(state), quota, cost, now_us);
+            return (current, state);
+        }
+    }
+
+    /// Applies `step` to the state until its write swaps in (or it writes
+    /// nothing); its decision.
+    #[inline]
+    fn update(&self, now_us: u64, step: impl Fn(GcraState) -> gcra::Step) -> Decision {
+        loop {
+            let (current, state) = self.load();
+            let period_us = state.period_us;
+            let high = (current >> 64) as u64;
+            let step = step(state);
             let Some(write) = step.write else {
                 return step.decision;
             };
@@ -169,44 +203,6 @@ impl Cell {
     }
 }
 
-impl Cell {
-    /// Gives `units` back (see [`gcra::give_back`]); a cell being rescaled
-    /// is waited for, a cell under another period is left alone.
-    fn give_back(&self, quota: &Quota, units: u64, now_us: u64) {
-        loop {
-            let period_us = self.period_us.load(Ordering::Acquire);
-            if period_us == RESCALING {
-                std::thread::yield_now();
-                continue;
-            }
-            let current = self.state.load(Ordering::Acquire);
-            if self.period_us.load(Ordering::Acquire) != period_us {
-                continue;
-            }
-            let high = (current >> 64) as u64;
-            let state = GcraState {
-                debt: high & DEBT_MASK,
-                at: current as u64,
-                period_us,
-            };
-            let Some(write) = gcra::give_back(Some(state), quota, units, now_us) else {
-                return;
-            };
-            let high = (high & !DEBT_MASK) | (write.debt & DEBT_MASK);
-            let next = (u128::from(high) << 64) | u128::from(write.at);
-            if self
-                .state
-                .compare_exchange(current, next, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                // `full_at_us` only ever lags behind: the cell is kept a
-                // little longer than needed, never dropped early.
-                return;
-            }
-        }
-    }
-}
-
 /// A cell's name, `policy/key` in one allocation. Lookups go through
 /// [`IdParts`], so a request finds its cell by the two parts without
 /// building the name.
@@ -217,9 +213,11 @@ struct StateId {
 }
 
 impl StateId {
-    fn new(policy: &str, key: &str) -> Self {
+    fn new(policy: &str, key: &[u8]) -> Self {
+        // Always the bytes of a `&str`: nothing is lost.
+        let key = String::from_utf8_lossy(key);
         let mut text = String::with_capacity(policy.len() + 1 + key.len());
-        write_state_id(&mut text, policy, key);
+        write_state_id(&mut text, policy, &key);
         Self {
             text: text.into(),
             policy_len: policy.len(),
@@ -255,6 +253,15 @@ impl IdParts for (&str, &str) {
     }
     fn key(&self) -> &[u8] {
         self.1.as_bytes()
+    }
+}
+
+impl IdParts for (&str, &[u8]) {
+    fn policy(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+    fn key(&self) -> &[u8] {
+        self.1
     }
 }
 
@@ -355,7 +362,7 @@ impl Cells {
     fn decide(
         &self,
         policy: &str,
-        key: &str,
+        key: &[u8],
         quota: &Quota,
         cost: u64,
         now_us: u64,
@@ -386,6 +393,79 @@ impl Cells {
                 slot.insert(Cell::default()).decide(quota, cost, now_us)
             }
         }
+    }
+
+    /// What [`decide`](Self::decide) would answer, writing nothing.
+    fn peek(&self, c: &Charge<'_>, now_us: u64) -> Decision {
+        let id: &dyn IdParts = &(c.policy, c.key);
+        match self.map.get(id) {
+            Some(cell) => cell.peek(c.quota, c.cost, now_us),
+            None => gcra::decide(None, c.quota, c.cost, now_us).decision,
+        }
+    }
+
+    /// Returns a charge spent at or before `now_us` to the cell that took
+    /// it (the key's, or the policy's overflow cell).
+    fn give_back(&self, c: &Charge<'_>, now_us: u64) {
+        let id: &dyn IdParts = &(c.policy, c.key);
+        if let Some(cell) = self.map.get(id) {
+            cell.give_back(c.quota, c.cost, now_us);
+        } else if let Some(o) = self.overflow.get(c.policy) {
+            o.cell.give_back(c.quota, c.cost, now_us);
+        }
+    }
+
+    /// Decides every charge of one request at `now_us`, all or nothing.
+    ///
+    /// Every charge is first read without a write, so a request that one
+    /// of them denies touches no other. Then each is spent in order; one
+    /// that a concurrent request emptied meanwhile is denied, and the
+    /// charges spent before it are given back.
+    fn decide_all(&self, charges: &[Charge<'_>], now_us: u64, events: &Events) -> Vec<Decision> {
+        let mut decisions: Vec<Decision> = charges.iter().map(|c| self.peek(c, now_us)).collect();
+        if decisions.iter().any(|d| !d.is_allowed()) {
+            for (c, d) in charges.iter().zip(&mut decisions) {
+                if d.is_allowed() {
+                    *d = self.standing(c, now_us);
+                    continue;
+                }
+                // The denial as a decision of its own, which rewrites a
+                // state left under another period.
+                let key = c.key.as_bytes();
+                *d = self.decide(c.policy, key, c.quota, c.cost, now_us, events);
+                if d.is_allowed() {
+                    // Room was given back meanwhile: this request spends
+                    // nothing all the same.
+                    self.give_back(c, now_us);
+                    *d = self.standing(c, now_us);
+                }
+            }
+            return decisions;
+        }
+        for (i, c) in charges.iter().enumerate() {
+            let key = c.key.as_bytes();
+            let decision = self.decide(c.policy, key, c.quota, c.cost, now_us, events);
+            if !decision.is_allowed() {
+                for spent in &charges[..i] {
+                    self.give_back(spent, now_us);
+                }
+                for (j, (c, d)) in charges.iter().zip(&mut decisions).enumerate() {
+                    *d = match self.peek(c, now_us) {
+                        _ if j == i => decision,
+                        denied if !denied.is_allowed() => denied,
+                        _ => self.standing(c, now_us),
+                    };
+                }
+                return decisions;
+            }
+            decisions[i] = decision;
+        }
+        decisions
+    }
+
+    /// The numbers of a charge's state as it stands, nothing taken.
+    fn standing(&self, c: &Charge<'_>, now_us: u64) -> Decision {
+        self.peek(&Charge { cost: 0, ..*c }, now_us)
     }
 
     /// Sweeps a full map if no sweep started in the last
@@ -511,6 +591,19 @@ impl MemoryStore {
         quota: &Quota,
         cost: u64,
     ) -> Result<Decision, StoreError> {
+        self.decide_bytes_at_once(policy, key.as_bytes(), quota, cost)
+    }
+
+    /// [`decide_at_once`](Self::decide_at_once) for a key given as the
+    /// bytes of its text (a [`Key`](crate::key::Key)'s, read without a
+    /// UTF-8 check).
+    pub(crate) fn decide_bytes_at_once(
+        &self,
+        policy: &str,
+        key: &[u8],
+        quota: &Quota,
+        cost: u64,
+    ) -> Result<Decision, StoreError> {
         self.check_open()?;
         let now_us = self.inner.clock.now_micros();
         self.ensure_sweeper(now_us);
@@ -519,6 +612,22 @@ impl MemoryStore {
             .inner
             .cells
             .decide(policy, key, quota, cost, now_us, events))
+    }
+}
+
+impl MemoryStore {
+    /// [`RateLimitStore::decide_all`], taken at once.
+    pub(crate) fn decide_all_at_once(
+        &self,
+        charges: &[Charge<'_>],
+    ) -> Result<Vec<Decision>, StoreError> {
+        self.check_open()?;
+        let now_us = self.inner.clock.now_micros();
+        self.ensure_sweeper(now_us);
+        Ok(self
+            .inner
+            .cells
+            .decide_all(charges, now_us, &self.inner.events))
     }
 }
 
@@ -542,11 +651,18 @@ impl RateLimitStore for MemoryStore {
     ) -> Result<(), StoreError> {
         self.check_open()?;
         let now_us = self.inner.clock.now_micros();
-        let id: &dyn IdParts = &(policy, key);
-        if let Some(cell) = self.inner.cells.map.get(id) {
-            cell.give_back(quota, units, now_us);
-        }
+        let charge = Charge {
+            policy,
+            key,
+            quota,
+            cost: units,
+        };
+        self.inner.cells.give_back(&charge, now_us);
         Ok(())
+    }
+
+    async fn decide_all(&self, charges: &[Charge<'_>]) -> Result<Vec<Decision>, StoreError> {
+        self.decide_all_at_once(charges)
     }
 
     fn in_process(&self) -> Option<&MemoryStore> {

@@ -7,7 +7,8 @@
 //! on the wire are queued and sent together, at most [`MAX_BATCH`] per
 //! call and [`MAX_IN_FLIGHT`] calls at once. A lone decision goes out at
 //! once, so nothing waits for a batch to fill. The script decides the keys
-//! in arrival order, each atomically, exactly as separate calls would.
+//! in arrival order, each atomically, exactly as separate calls would; the
+//! policies of one request travel as one group, decided all or nothing.
 //!
 //! While Redis is slow or down the queue must not grow without end, nor
 //! spend quota on decisions nobody waits for: it holds at most
@@ -43,12 +44,83 @@ const MAX_IN_FLIGHT: usize = 4;
 pub(super) const MAX_QUEUED: usize = 4096;
 
 /// One queued decision: the state key, the packed arguments, whether it
-/// may wait for others, and where the debt (or the failure) goes.
-pub(super) struct Queued {
-    pub(super) key: String,
-    pub(super) args: [u8; 40],
-    pub(super) linger: bool,
-    pub(super) reply: oneshot::Sender<Result<i64, StoreError>>,
+/// may wait for others and where the debt (or the failure) goes; or one
+/// request's policies, decided all or nothing in the same call (never
+/// lingering).
+pub(super) enum Queued {
+    One {
+        key: String,
+        args: [u8; 40],
+        linger: bool,
+        reply: oneshot::Sender<Result<i64, StoreError>>,
+    },
+    Group {
+        keys: Vec<(String, [u8; 40])>,
+        reply: oneshot::Sender<Result<Vec<i64>, StoreError>>,
+    },
+}
+
+impl Queued {
+    /// Whether its caller stopped waiting.
+    fn is_closed(&self) -> bool {
+        match self {
+            Self::One { reply, .. } => reply.is_closed(),
+            Self::Group { reply, .. } => reply.is_closed(),
+        }
+    }
+
+    /// Its keys with their arguments and, on the first key of a group,
+    /// the group's size.
+    fn keys(&self) -> impl Iterator<Item = (&str, &[u8; 40], Option<usize>)> {
+        let (one, group) = match self {
+            Self::One { key, args, .. } => (Some((key.as_str(), args, None)), &[][..]),
+            Self::Group { keys, .. } => (None, &keys[..]),
+        };
+        let size = group.len();
+        let group = group
+            .iter()
+            .enumerate()
+            .map(move |(i, (key, args))| (key.as_str(), args, (i == 0).then_some(size)));
+        one.into_iter().chain(group)
+    }
+
+    /// Whether it may wait for others (see the module's docs).
+    fn lingers(&self) -> bool {
+        matches!(self, Self::One { linger: true, .. })
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::One { .. } => 1,
+            Self::Group { keys, .. } => keys.len(),
+        }
+    }
+
+    /// Sends its debts (taken from the front of `debts`) or the failure.
+    fn answer(self, debts: &mut impl Iterator<Item = i64>) {
+        match self {
+            Self::One { reply, .. } => {
+                let debt = debts
+                    .next()
+                    .ok_or_else(|| StoreError::Protocol("redis: no rate-limit decision".into()));
+                let _ = reply.send(debt);
+            }
+            Self::Group { keys, reply } => {
+                let _ = reply.send(Ok(debts.take(keys.len()).collect()));
+            }
+        }
+    }
+
+    fn fail(self, err: StoreError) {
+        match self {
+            Self::One { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            Self::Group { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
 }
 
 /// The queue of one store, started on the first decision.
@@ -91,8 +163,8 @@ async fn run(mut rx: mpsc::Receiver<Queued>, store: Weak<Inner>) {
                 let mut next = Some(first);
                 while let Some(queued) = next {
                     // Its caller stopped waiting: no quota is spent on it.
-                    if !queued.reply.is_closed() {
-                        urgent |= !queued.linger;
+                    if !queued.is_closed() {
+                        urgent |= !queued.lingers();
                         pending.push(queued);
                     }
                     if pending.len() >= MAX_BATCH {
@@ -127,16 +199,18 @@ fn take_batch(pending: &mut Vec<Queued>) -> Vec<Queued> {
 /// One script call for `batch`; every caller gets its own debt, or the
 /// call's failure.
 async fn send(store: RedisStore, batch: Vec<Queued>) {
-    let keys = batch.iter().map(|q| (q.key.as_str(), &q.args));
-    match store.decide_keys(keys).await {
+    let count = batch.iter().map(Queued::len).sum();
+    let keys = batch.iter().flat_map(Queued::keys);
+    match store.decide_keys(keys, count).await {
         Ok(debts) => {
-            for (queued, debt) in batch.into_iter().zip(debts) {
-                let _ = queued.reply.send(Ok(debt));
+            let mut debts = debts.into_iter();
+            for queued in batch {
+                queued.answer(&mut debts);
             }
         }
         Err(err) => {
             for queued in batch {
-                let _ = queued.reply.send(Err(err.clone()));
+                queued.fail(err.clone());
             }
         }
     }

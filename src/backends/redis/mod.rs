@@ -4,6 +4,7 @@
 mod circuit_breaker;
 mod config;
 mod decision_queue;
+mod gate;
 mod idempotency;
 mod rate_limit;
 
@@ -12,8 +13,8 @@ use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use redis::aio::ConnectionLike;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncConnectionConfig;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{
@@ -22,6 +23,7 @@ use redis::{
 
 pub use config::RedisConfig;
 use decision_queue::DecisionQueue;
+use gate::Gate;
 
 use super::{Backend, KeySpace};
 use crate::clock::SharedClock;
@@ -29,10 +31,32 @@ use crate::error::StoreError;
 
 /// State in Redis, shared by every process that points at the same server.
 ///
-/// One multiplexed connection (standalone: redis's `ConnectionManager`,
-/// which reconnects by itself; Cluster: the cluster client, which follows
-/// slot moves) is shared by every clone, so concurrent callers pipeline
-/// over it. Every call is bounded by the configured timeout (default 50 ms).
+/// One multiplexed connection (standalone: one connection; Cluster: the
+/// cluster client, which follows slot moves) is shared by every clone, so
+/// concurrent callers pipeline over it. Every call is bounded by the
+/// configured timeout (default 50 ms). On a standalone server, a call that
+/// times out or loses the connection marks the server down: later calls
+/// fail at once (`StoreError::Down`, so the layer's failure policy
+/// applies without waiting) while one background probe, every 100 ms,
+/// pings the server and reconnects, each attempt bounded by the timeout.
+///
+/// # Several policies
+///
+/// The rate-limit policies of one request are decided all or nothing
+/// ([`RateLimitStore::decide_all`](crate::rate_limit::RateLimitStore::decide_all)).
+/// On a standalone server that is one script call (shared with concurrent
+/// decisions) that reads every key and writes them only if all admit.
+/// A Cluster script may only name keys of one slot, and each policy's key
+/// has its own hash tag: the keys are grouped by slot, one script call
+/// per slot is sent at once, and each is all or nothing. When one slot
+/// denies (or fails), the charges the other slots spent are given back in
+/// a second call per slot. The stored state then ends as if the request
+/// had never been decided (debt drains linearly and stops at zero, so a
+/// later give-back is exact), with two limits: during the round trip in
+/// between, the spent charges are held, so a concurrent request on those
+/// keys may be denied that would have been admitted (under-admission,
+/// never over-admission); and if the give-back itself fails, those
+/// charges stay spent, as separate decisions would have left them.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), battlement::StoreError> {
@@ -56,11 +80,12 @@ struct Inner {
     config: RedisConfig,
     clock: Option<SharedClock>,
     decisions: DecisionQueue,
+    gate: Gate,
 }
 
 #[derive(Clone)]
 enum Connection {
-    Standalone(ConnectionManager),
+    Standalone(MultiplexedConnection),
     Cluster(ClusterConnection),
 }
 
@@ -115,6 +140,7 @@ impl RedisStore {
                 config,
                 clock: None,
                 decisions: DecisionQueue::default(),
+                gate: Gate::default(),
             }),
         };
         store.ping().await?;
@@ -138,6 +164,7 @@ impl RedisStore {
                 config: self.inner.config.clone(),
                 clock: Some(clock),
                 decisions: DecisionQueue::default(),
+                gate: Gate::default(),
             }),
         }
     }
@@ -182,16 +209,30 @@ impl RedisStore {
     }
 
     /// Runs `call` on the shared connection, bounded by the per-call
-    /// timeout; errors are mapped to [`StoreError`].
+    /// timeout; errors are mapped to [`StoreError`]. Fails at once while
+    /// the server is known down (see [`gate`]).
     async fn bounded<T, F>(&self, call: impl FnOnce(Connection) -> F) -> Result<T, StoreError>
     where
         F: Future<Output = RedisResult<T>>,
     {
         let timeout = self.inner.timeout;
-        match tokio::time::timeout(timeout, call(self.connection()?)).await {
-            Ok(result) => result.map_err(|e| map_error(e, timeout)),
-            Err(_) => Err(StoreError::Timeout(timeout)),
-        }
+        let conn = self.connection()?;
+        let ticket = self.inner.gate.enter()?;
+        let err = match tokio::time::timeout(timeout, call(conn)).await {
+            Ok(Ok(answer)) => {
+                self.inner.gate.succeeded();
+                return Ok(answer);
+            }
+            Ok(Err(e)) => map_error(e, timeout),
+            Err(_) => StoreError::Timeout(timeout),
+        };
+        gate::on_error(&self.inner, ticket, &err);
+        Err(err)
+    }
+
+    /// `Err` at once while the server is known down.
+    fn check_gate(&self) -> Result<(), StoreError> {
+        self.inner.gate.enter().map(drop)
     }
 
     fn connection(&self) -> Result<Connection, StoreError> {
@@ -214,21 +255,30 @@ async fn open(config: &RedisConfig) -> Result<Connection, StoreError> {
             .map_err(|e| map_error(e, config.connect_timeout()))?;
         Ok(Connection::Cluster(conn))
     } else {
-        let url = config
-            .urls()
-            .first()
-            .map(String::as_str)
-            .unwrap_or_default();
-        let client = redis::Client::open(url).map_err(config_error)?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout()))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let manager = ConnectionManager::new_lazy_with_config(client, manager_config)
-            .map_err(config_error)?;
-        Ok(Connection::Standalone(manager))
+        open_standalone(config, config.connect_timeout()).await
     }
+}
+
+/// One connection to a standalone server, its connect bounded by
+/// `connect_timeout`.
+async fn open_standalone(
+    config: &RedisConfig,
+    connect_timeout: Duration,
+) -> Result<Connection, StoreError> {
+    let url = config
+        .urls()
+        .first()
+        .map(String::as_str)
+        .unwrap_or_default();
+    let client = redis::Client::open(url).map_err(config_error)?;
+    let settings = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        .set_response_timeout(Some(config.timeout()));
+    let conn = client
+        .get_multiplexed_async_connection_with_config(&settings)
+        .await
+        .map_err(|e| map_error(e, connect_timeout))?;
+    Ok(Connection::Standalone(conn))
 }
 
 fn config_error(err: RedisError) -> StoreError {

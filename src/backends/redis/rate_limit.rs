@@ -6,6 +6,7 @@
 use std::sync::LazyLock;
 
 use redis::Script;
+use redis::cluster_routing::Slot;
 use tokio::sync::{mpsc, oneshot};
 
 use super::RedisStore;
@@ -13,7 +14,7 @@ use super::decision_queue::{MAX_QUEUED, Queued};
 use crate::backends::Backend;
 use crate::error::StoreError;
 use crate::layers::rate_limit::gcra;
-use crate::layers::rate_limit::store::state_key;
+use crate::layers::rate_limit::store::{Charge, state_key};
 use crate::layers::rate_limit::{Decision, Quota, RateLimitStore};
 
 static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/gcra.lua")));
@@ -27,16 +28,27 @@ static GIVE_BACK: LazyLock<Script> =
 const TTL_SLACK_US: u64 = 100_000;
 
 impl RedisStore {
-    /// Decides every `(key, packed arguments)` in one script call; the
-    /// debts in the same order.
+    /// Decides every `(key, packed arguments, group size on a group's
+    /// first key)` in one script call; the `count` debts in the same order.
     pub(super) async fn decide_keys<'a>(
         &self,
-        keys: impl ExactSizeIterator<Item = (&'a str, &'a [u8; 40])>,
+        keys: impl Iterator<Item = (&'a str, &'a [u8; 40], Option<usize>)>,
+        count: usize,
     ) -> Result<Vec<i64>, StoreError> {
-        let count = keys.len();
         let mut invocation = GCRA.prepare_invoke();
-        for (key, args) in keys {
-            invocation.key(key).arg(&args[..]);
+        for (key, args, group) in keys {
+            invocation.key(key);
+            match group {
+                Some(size) => {
+                    let mut grouped = [0u8; 48];
+                    grouped[..40].copy_from_slice(args);
+                    grouped[40..].copy_from_slice(&(size as f64).to_le_bytes());
+                    invocation.arg(&grouped[..]);
+                }
+                None => {
+                    invocation.arg(&args[..]);
+                }
+            }
         }
         invocation.arg(TTL_SLACK_US);
         let debts: Vec<i64> = self.invoke(&invocation).await?;
@@ -49,6 +61,41 @@ impl RedisStore {
         Ok(debts)
     }
 
+    /// The debts of `keys` decided as one group, all or nothing, in one
+    /// script call: through the queue on a standalone server, in a call of
+    /// its own on a cluster slot (or outside a runtime).
+    async fn decide_group(&self, keys: Vec<(String, [u8; 40])>) -> Result<Vec<i64>, StoreError> {
+        let size = keys.len();
+        let keys = match self.decision_queue() {
+            Some(queue) => {
+                let (reply, answer) = oneshot::channel();
+                match queue.try_send(Queued::Group { keys, reply }) {
+                    Ok(()) => {
+                        let debts = self.answer(answer).await?;
+                        if debts.len() != size {
+                            return Err(StoreError::Protocol(format!(
+                                "redis: {} rate-limit decisions for {size} keys",
+                                debts.len()
+                            )));
+                        }
+                        return Ok(debts);
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => return Err(queue_full()),
+                    Err(mpsc::error::TrySendError::Closed(Queued::Group { keys, .. })) => keys,
+                    Err(mpsc::error::TrySendError::Closed(Queued::One { .. })) => {
+                        return Err(StoreError::Protocol("redis: queue mixed up".into()));
+                    }
+                }
+            }
+            None => keys,
+        };
+        let grouped = keys
+            .iter()
+            .enumerate()
+            .map(|(i, (key, args))| (key.as_str(), args, (i == 0).then_some(size)));
+        self.decide_keys(grouped, size).await
+    }
+
     /// The debt after one decision: through the queue on a standalone
     /// server, in a call of its own on a cluster (or outside a runtime).
     async fn decide_packed(
@@ -57,10 +104,12 @@ impl RedisStore {
         args: [u8; 40],
         linger: bool,
     ) -> Result<i64, StoreError> {
+        // Known down: nothing is queued behind a server that cannot answer.
+        self.check_gate()?;
         let (key, args) = match self.decision_queue() {
             Some(queue) => {
                 let (reply, answer) = oneshot::channel();
-                let queued = Queued {
+                let queued = Queued::One {
                     key,
                     args,
                     linger,
@@ -68,19 +117,20 @@ impl RedisStore {
                 };
                 match queue.try_send(queued) {
                     Ok(()) => return self.answer(answer).await,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        return Err(StoreError::Unavailable(format!(
-                            "redis: {MAX_QUEUED} rate-limit decisions already wait for Redis"
-                        )));
-                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => return Err(queue_full()),
                     // The queue's runtime has shut down: decide alone.
-                    Err(mpsc::error::TrySendError::Closed(queued)) => (queued.key, queued.args),
+                    Err(mpsc::error::TrySendError::Closed(Queued::One { key, args, .. })) => {
+                        (key, args)
+                    }
+                    Err(mpsc::error::TrySendError::Closed(Queued::Group { .. })) => {
+                        return Err(StoreError::Protocol("redis: queue mixed up".into()));
+                    }
                 }
             }
             None => (key, args),
         };
         let debts = self
-            .decide_keys(std::iter::once((key.as_str(), &args)))
+            .decide_keys(std::iter::once((key.as_str(), &args, None)), 1)
             .await?;
         debts
             .first()
@@ -88,11 +138,90 @@ impl RedisStore {
             .ok_or_else(|| StoreError::Protocol("redis: no rate-limit decision".into()))
     }
 
-    /// Waits for a queued decision, within the store's timeout.
-    async fn answer(
+    /// One request's charges on a Cluster, whose scripts cannot name keys
+    /// of different slots: one group per slot, all sent at once. When a
+    /// slot's group denies (or fails), the groups other slots admitted give
+    /// their charges back in a second call per slot.
+    async fn decide_across_slots(
         &self,
-        answer: oneshot::Receiver<Result<i64, StoreError>>,
-    ) -> Result<i64, StoreError> {
+        charges: &[Charge<'_>],
+        keys: Vec<(String, [u8; 40])>,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut slots: Vec<(Slot, Vec<usize>)> = Vec::new();
+        for (i, (key, _)) in keys.iter().enumerate() {
+            let slot = Slot::for_key(key);
+            match slots.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, members)) => members.push(i),
+                None => slots.push((slot, vec![i])),
+            }
+        }
+        if slots.len() == 1 {
+            return self.decide_group(keys).await;
+        }
+        let calls = slots.iter().map(|(_, members)| {
+            let group = members.iter().map(|&i| keys[i].clone()).collect();
+            self.decide_group(group)
+        });
+        let answers = futures_util::future::join_all(calls).await;
+        let mut debts = vec![0i64; keys.len()];
+        let mut failure = None;
+        let mut denied = false;
+        // The slots whose group was admitted (spent).
+        let mut spent = Vec::new();
+        for ((_, members), answer) in slots.iter().zip(answers) {
+            match answer {
+                Ok(group) if group.len() == members.len() => {
+                    if group.iter().any(|debt| *debt < 0) {
+                        denied = true;
+                    } else {
+                        spent.push(members);
+                    }
+                    for (&i, debt) in members.iter().zip(group) {
+                        debts[i] = debt;
+                    }
+                }
+                Ok(group) => {
+                    failure = Some(StoreError::Protocol(format!(
+                        "redis: {} rate-limit decisions for {} keys",
+                        group.len(),
+                        members.len()
+                    )));
+                }
+                Err(err) => failure = Some(err),
+            }
+        }
+        if !denied && failure.is_none() {
+            return Ok(debts);
+        }
+        let now = self.caller_clock().map(|clock| clock.now_micros());
+        let returns = spent.iter().map(|members| {
+            let group = members
+                .iter()
+                .map(|&i| {
+                    let c = &charges[i];
+                    (keys[i].0.clone(), pack_give_back(c.quota, c.cost, now))
+                })
+                .collect();
+            self.decide_group(group)
+        });
+        let returned = futures_util::future::join_all(returns).await;
+        for (members, answer) in spent.iter().zip(returned) {
+            // A give-back that failed leaves the charge spent, reported as
+            // the debt it left.
+            for (&i, debt) in members.iter().zip(answer.unwrap_or_default()) {
+                debts[i] = debt;
+            }
+        }
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(debts),
+        }
+    }
+    /// Waits for a queued decision, within the store's timeout.
+    async fn answer<T>(
+        &self,
+        answer: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let timeout = self.inner.timeout;
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(result)) => result,
@@ -104,15 +233,30 @@ impl RedisStore {
     }
 }
 
+fn queue_full() -> StoreError {
+    StoreError::Unavailable(format!(
+        "redis: {MAX_QUEUED} rate-limit decisions already wait for Redis"
+    ))
+}
+
 /// The arguments of one decision, packed as the script reads them: five
 /// little-endian doubles. Every number is below 2^53 (see `Quota`), so
 /// doubles hold them exactly.
 fn pack(quota: &Quota, cost: u64, now_us: Option<u64>) -> [u8; 40] {
+    pack_cost(quota, cost as f64, now_us)
+}
+
+/// The arguments that give `cost` back to a key (a negative cost).
+fn pack_give_back(quota: &Quota, cost: u64, now_us: Option<u64>) -> [u8; 40] {
+    pack_cost(quota, -(cost as f64), now_us)
+}
+
+fn pack_cost(quota: &Quota, cost: f64, now_us: Option<u64>) -> [u8; 40] {
     let numbers = [
         quota.count() as f64,
         quota.period_us() as f64,
         quota.burst() as f64,
-        cost as f64,
+        cost,
         // Redis TIME unless a caller clock was set.
         now_us.map_or(-1.0, |us| us as f64),
     ];
@@ -139,10 +283,7 @@ impl RedisStore {
         let debt = self
             .decide_packed(key, pack(quota, cost, now), linger)
             .await?;
-        Ok(match u64::try_from(debt) {
-            Ok(after) => gcra::allowed(quota, after),
-            Err(_) => gcra::denied(quota, cost, debt.unsigned_abs() - 1),
-        })
+        Ok(decision(quota, cost, debt))
     }
 }
 
@@ -184,5 +325,43 @@ impl RateLimitStore for RedisStore {
         invocation.key(key).arg(&pack(quota, units, now)[..]);
         let _left: i64 = self.invoke(&invocation).await?;
         Ok(())
+    }
+
+    /// One script call for the charges on a standalone server (shared
+    /// with concurrent decisions), all or nothing. On a Cluster, one
+    /// script call per slot the keys fall in, all or nothing within each;
+    /// when one slot denies, the charges the others spent are given back
+    /// (see [`RedisStore`]'s "Several policies").
+    async fn decide_all(&self, charges: &[Charge<'_>]) -> Result<Vec<Decision>, StoreError> {
+        if let [c] = charges {
+            return Ok(vec![self.decide(c.policy, c.key, c.quota, c.cost).await?]);
+        }
+        let now = self.caller_clock().map(|clock| clock.now_micros());
+        let keys: Vec<(String, [u8; 40])> = charges
+            .iter()
+            .map(|c| {
+                let key = state_key(self.keyspace(), c.policy, c.key);
+                (key, pack(c.quota, c.cost, now))
+            })
+            .collect();
+        let debts = if self.inner.config.is_cluster() {
+            self.decide_across_slots(charges, keys).await?
+        } else {
+            self.decide_group(keys).await?
+        };
+        Ok(charges
+            .iter()
+            .zip(debts)
+            .map(|(c, debt)| decision(c.quota, c.cost, debt))
+            .collect())
+    }
+}
+
+/// The decision the script's `debt` stands for: allowed (or spending
+/// nothing) when `debt >= 0`, denied with `-1 - debt` outstanding otherwise.
+fn decision(quota: &Quota, cost: u64, debt: i64) -> Decision {
+    match u64::try_from(debt) {
+        Ok(after) => gcra::allowed(quota, after),
+        Err(_) => gcra::denied(quota, cost, debt.unsigned_abs() - 1),
     }
 }

@@ -6,8 +6,8 @@ use std::fmt;
 use http::{HeaderMap, StatusCode};
 
 use super::state::Outcome;
+use crate::reject::GrpcCode;
 use crate::retry::hint::asks_to_come_back;
-use crate::trace::semconv::grpc_status;
 
 /// Decides how a call counts.
 ///
@@ -39,7 +39,7 @@ pub trait ClassifyResponse: Send + Sync + 'static {
     /// Classifies a deferred response at the end of its body, by its
     /// trailers (`None`: the body ended without any).
     fn classify_trailers(&self, trailers: Option<&HeaderMap>) -> Outcome {
-        match trailers.and_then(|t| grpc_status(t).map(|code| (code, t))) {
+        match trailers.and_then(|t| GrpcCode::from_headers(t).map(|code| (code, t))) {
             Some((code, trailers)) => grpc_outcome(code, trailers),
             // A gRPC response without a status is broken.
             None => Outcome::Failure,
@@ -55,8 +55,10 @@ pub trait ClassifyResponse: Send + Sync + 'static {
 }
 
 /// The default classification: inner errors, 5xx, and gRPC `UNKNOWN`,
-/// `DEADLINE_EXCEEDED`, `INTERNAL` and `UNAVAILABLE` are failures; 4xx and
-/// every other gRPC status are successes; a cancelled call is ignored.
+/// `DEADLINE_EXCEEDED`, `INTERNAL` and `UNAVAILABLE` are failures
+/// ([`GrpcCode::is_upstream_failure`]; a number gRPC does not define reads
+/// as `UNKNOWN`); 4xx and every other gRPC status are successes; a
+/// cancelled call is ignored.
 ///
 /// A failure that says when to come back (`Retry-After`, or gRPC's
 /// `grpc-retry-pushback-ms`) is ignored too: the upstream is up and pacing
@@ -73,7 +75,7 @@ impl ClassifyResponse for DefaultClassifier {
         if status.is_server_error() {
             return Some(unless_paced(Outcome::Failure, headers));
         }
-        if let Some(code) = grpc_status(headers) {
+        if let Some(code) = GrpcCode::from_headers(headers) {
             return Some(grpc_outcome(code, headers));
         }
         let grpc = headers
@@ -87,11 +89,13 @@ impl ClassifyResponse for DefaultClassifier {
     }
 }
 
-/// gRPC codes 2, 4, 13 and 14 are failures, unless paced.
-fn grpc_outcome(code: i32, metadata: &HeaderMap) -> Outcome {
-    match code {
-        2 | 4 | 13 | 14 => unless_paced(Outcome::Failure, metadata),
-        _ => Outcome::Success,
+/// A code that says the upstream is unhealthy
+/// ([`GrpcCode::is_upstream_failure`]) is a failure, unless paced.
+fn grpc_outcome(code: GrpcCode, metadata: &HeaderMap) -> Outcome {
+    if code.is_upstream_failure() {
+        unless_paced(Outcome::Failure, metadata)
+    } else {
+        Outcome::Success
     }
 }
 
@@ -137,6 +141,11 @@ mod tests {
             ("4", Outcome::Failure),
             ("13", Outcome::Failure),
             ("14", Outcome::Failure),
+            // Server errors that say nothing of the upstream's health.
+            ("12", Outcome::Success),
+            ("15", Outcome::Success),
+            // A number gRPC does not define reads as UNKNOWN.
+            ("99", Outcome::Failure),
         ] {
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", HeaderValue::from_static(code));

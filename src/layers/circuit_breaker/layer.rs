@@ -38,7 +38,8 @@ pub const DEFAULT_MAX_KEYS: usize = 10_000;
 /// the open time left); after the open time, half-open admits a fixed
 /// number of probes that decide whether it closes or re-opens. Instances
 /// sharing a store share their breakers' states: a trip on one opens the
-/// breaker everywhere within [`sync_every`](Self::sync_every), and a closed
+/// breaker everywhere within
+/// [`sync_every`](CircuitBreakerBuilder::sync_every), and a closed
 /// breaker makes no store call per request.
 ///
 /// [`HostKey`]: crate::key::HostKey
@@ -61,14 +62,13 @@ pub const DEFAULT_MAX_KEYS: usize = 10_000;
 /// ```
 #[derive(Clone)]
 pub struct CircuitBreakerLayer {
-    parts: Parts,
     shared: Shared,
 }
 
 impl fmt::Debug for CircuitBreakerLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreakerLayer")
-            .field("name", &self.parts.name)
+            .field("name", &self.shared.registry.name)
             .field("config", &self.shared.registry.config())
             .finish_non_exhaustive()
     }
@@ -76,40 +76,50 @@ impl fmt::Debug for CircuitBreakerLayer {
 
 impl CircuitBreakerLayer {
     /// A breaker named `name` (its metric and event label, and its key
-    /// prefix in the store) with `config`, sharing state through `store`.
+    /// prefix in the store) with `config`, sharing state through `store`;
+    /// [`builder`](Self::builder) with the defaults.
     pub fn new<St: CircuitBreakerStore>(
         name: &str,
         store: St,
         config: BreakerConfig,
     ) -> Result<Self, ConfigError> {
-        config.validate()?;
-        if name.is_empty() || name.contains('/') {
-            return Err(ConfigError::new(format!(
-                "breaker name must be non-empty and without '/', got {name:?}"
-            )));
-        }
-        let parts = Parts {
-            name: name.into(),
-            config,
-            store: Arc::new(store),
-            clock: SystemClock::shared(),
-            events: Events::new(),
-            sync_every: DEFAULT_SYNC_EVERY,
-            idle: DEFAULT_IDLE,
-            max_keys: DEFAULT_MAX_KEYS,
-        };
-        let shared = Shared {
-            registry: Arc::new(Registry::new(parts.clone())),
-            key: Arc::new(GlobalKey),
-            classifier: Arc::new(DefaultClassifier),
-        };
-        Ok(Self { parts, shared })
+        Self::builder(name, store, config).build()
     }
 
-    fn rebuild(mut self, change: impl FnOnce(&mut Parts)) -> Self {
-        change(&mut self.parts);
-        self.shared.registry = Arc::new(Registry::new(self.parts.clone()));
-        self
+    /// The same, with the settings that shape the breakers themselves
+    /// (clock, events, sync interval, eviction, key cap) still to set.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use battlement::backends::MemoryStore;
+    /// use battlement::circuit_breaker::{BreakerConfig, CircuitBreakerLayer};
+    /// use battlement::events::Events;
+    ///
+    /// let events = Events::new();
+    /// let layer = CircuitBreakerLayer::builder("upstream", MemoryStore::new(), BreakerConfig::default())
+    ///     .events(events.clone())
+    ///     .sync_every(Duration::from_millis(100))
+    ///     .max_keys(1_000)
+    ///     .build()
+    ///     .unwrap();
+    /// ```
+    pub fn builder<St: CircuitBreakerStore>(
+        name: &str,
+        store: St,
+        config: BreakerConfig,
+    ) -> CircuitBreakerBuilder {
+        CircuitBreakerBuilder {
+            parts: Parts {
+                name: name.into(),
+                config,
+                store: Arc::new(store),
+                clock: SystemClock::shared(),
+                events: Events::new(),
+                sync_every: DEFAULT_SYNC_EVERY,
+                idle: DEFAULT_IDLE,
+                max_keys: DEFAULT_MAX_KEYS,
+            },
+        }
     }
 
     /// Keeps one breaker per key; default: one for all calls.
@@ -124,36 +134,6 @@ impl CircuitBreakerLayer {
         self
     }
 
-    /// Takes time from `clock` (tests use a `ManualClock`).
-    pub fn clock(self, clock: SharedClock) -> Self {
-        self.rebuild(|p| p.clock = clock)
-    }
-
-    /// Reports outcomes, rejections and transitions to `events`.
-    pub fn events(self, events: Events) -> Self {
-        self.rebuild(|p| p.events = events)
-    }
-
-    /// How often other instances' states are read from the store.
-    pub fn sync_every(self, every: Duration) -> Self {
-        self.rebuild(|p| p.sync_every = every.max(Duration::from_millis(10)))
-    }
-
-    /// How long a breaker may go unused before it is evicted (never
-    /// while open time is left; at least one second, and at least the
-    /// time window, so no counted outcome is thrown away).
-    pub fn idle_timeout(self, idle: Duration) -> Self {
-        // The registry applies the floors, with the window in force.
-        self.rebuild(|p| p.idle = idle)
-    }
-
-    /// At most this many breakers (default 10,000); calls on further keys
-    /// share one overflow breaker until idle ones are evicted, so a server
-    /// keyed by a client-chosen value cannot grow without bound.
-    pub fn max_keys(self, max: usize) -> Self {
-        self.rebuild(|p| p.max_keys = max.max(1))
-    }
-
     /// Client mode: rejections are [`CircuitOpen`] errors.
     pub fn client_mode(self) -> ClientCircuitBreakerLayer {
         ClientCircuitBreakerLayer {
@@ -161,14 +141,84 @@ impl CircuitBreakerLayer {
         }
     }
 
-    /// A handle to read and steer this layer's breakers. Take it after
-    /// the builder calls: [`clock`](Self::clock), [`events`](Self::events),
-    /// [`sync_every`](Self::sync_every) and
-    /// [`idle_timeout`](Self::idle_timeout) start fresh breakers.
+    /// A handle to read and steer this layer's breakers, the same ones
+    /// every service of the layer (and of its clones) uses.
     pub fn handle(&self) -> CircuitBreakerHandle {
         CircuitBreakerHandle {
             registry: self.shared.registry.clone(),
         }
+    }
+}
+
+/// Builds a [`CircuitBreakerLayer`] (see
+/// [`CircuitBreakerLayer::builder`]). The breakers are made once, by
+/// [`build`](Self::build), so every handle and service of the layer share
+/// them.
+pub struct CircuitBreakerBuilder {
+    parts: Parts,
+}
+
+impl fmt::Debug for CircuitBreakerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreakerBuilder")
+            .field("name", &self.parts.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CircuitBreakerBuilder {
+    /// Takes time from `clock` (tests use a `ManualClock`).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.parts.clock = clock;
+        self
+    }
+
+    /// Reports outcomes, rejections and transitions to `events`.
+    pub fn events(mut self, events: Events) -> Self {
+        self.parts.events = events;
+        self
+    }
+
+    /// How often other instances' states are read from the store (default
+    /// 250 ms, at least 10 ms).
+    pub fn sync_every(mut self, every: Duration) -> Self {
+        self.parts.sync_every = every.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How long a breaker may go unused before it is evicted (never
+    /// while open time is left; at least one second, and at least the
+    /// time window, so no counted outcome is thrown away).
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        // The registry applies the floors, with the window in force.
+        self.parts.idle = idle;
+        self
+    }
+
+    /// At most this many breakers (default 10,000); calls on further keys
+    /// share one overflow breaker until idle ones are evicted, so a server
+    /// keyed by a client-chosen value cannot grow without bound.
+    pub fn max_keys(mut self, max: usize) -> Self {
+        self.parts.max_keys = max.max(1);
+        self
+    }
+
+    /// Validates the name and the config and makes the breakers.
+    pub fn build(self) -> Result<CircuitBreakerLayer, ConfigError> {
+        self.parts.config.validate()?;
+        let name = &self.parts.name;
+        if name.is_empty() || name.contains('/') {
+            return Err(ConfigError::new(format!(
+                "breaker name must be non-empty and without '/', got {name:?}"
+            )));
+        }
+        Ok(CircuitBreakerLayer {
+            shared: Shared {
+                registry: Arc::new(Registry::new(self.parts)),
+                key: Arc::new(GlobalKey),
+                classifier: Arc::new(DefaultClassifier),
+            },
+        })
     }
 }
 
@@ -296,7 +346,7 @@ impl CircuitBreakerHandle {
     }
 
     /// The breaker's name (its key under `circuit_breaker/` in a
-    /// [`ConfigSource`](crate::config::ConfigSource)).
+    /// [`ConfigSource`](crate::reload::ConfigSource)).
     pub fn name(&self) -> &str {
         &self.registry.name
     }

@@ -59,8 +59,8 @@ pub use config::{BreakerConfig, Window};
 pub use error::CircuitOpen;
 pub use future::{ClientResponseFuture, ResponseFuture};
 pub use layer::{
-    CircuitBreakerHandle, CircuitBreakerLayer, ClientCircuitBreakerLayer, DEFAULT_IDLE,
-    DEFAULT_MAX_KEYS, DEFAULT_SYNC_EVERY,
+    CircuitBreakerBuilder, CircuitBreakerHandle, CircuitBreakerLayer, ClientCircuitBreakerLayer,
+    DEFAULT_IDLE, DEFAULT_MAX_KEYS, DEFAULT_SYNC_EVERY,
 };
 pub use registry::Permit;
 pub use service::{CircuitBreaker, ClientCircuitBreaker};

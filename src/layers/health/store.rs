@@ -60,7 +60,7 @@ pub fn store_check<B: Backend>(store: B) -> Check {
 fn public_reason(err: &StoreError) -> &'static str {
     match err {
         StoreError::Timeout(_) => "timed out",
-        StoreError::Unavailable(_) => "unavailable",
+        StoreError::Unavailable(_) | StoreError::Down => "unavailable",
         StoreError::Closed => "closed",
         _ => "error",
     }

@@ -28,9 +28,8 @@ const MAX_LOCK: Duration = Duration::from_secs(24 * 3600);
 const MAX_RETENTION: Duration = Duration::from_secs(366 * 24 * 3600);
 const MAX_BODY: usize = 64 << 20;
 
-/// Executes each `Idempotency-Key` once and replays its response (SPEC
-/// ID-1..ID-7; draft-ietf-httpapi-idempotency-key-header with Stripe's
-/// semantics).
+/// Executes each `Idempotency-Key` once and replays its response
+/// (draft-ietf-httpapi-idempotency-key-header, with Stripe's semantics).
 ///
 /// For the methods it covers (POST and PATCH by default), a request with a
 /// key is read whole (up to [`max_request_body`](Self::max_request_body),

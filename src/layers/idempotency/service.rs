@@ -353,7 +353,9 @@ impl<St: IdempotencyStore> Run<St> {
             armed: true,
         };
         let claimed = self.store.claim(id, fingerprint, lock, token).await;
-        unanswered.armed = claimed.is_err();
+        // A claim the store did not send (it knew the server was down)
+        // took nothing: no release waits for it.
+        unanswered.armed = claimed.as_ref().is_err_and(StoreError::may_have_been_sent);
         drop(unanswered);
         match claimed {
             Ok(claim) => Some((claim, Held::Shared)),

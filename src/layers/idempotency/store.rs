@@ -1,5 +1,4 @@
-//! `IdempotencyStore`: where claims and completed responses live (SPEC
-//! ID-3, ID-6, ID-7).
+//! `IdempotencyStore`: where claims and completed responses live.
 
 use std::future::Future;
 use std::time::Duration;

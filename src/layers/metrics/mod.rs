@@ -1,5 +1,5 @@
 //! OpenTelemetry request metrics; resilience events are
-//! counted in `battlement.events` (MT-4, see [`events`](crate::events)).
+//! counted in `battlement.events` (see [`events`](crate::events)).
 //!
 //! ```
 //! use battlement::metrics::MetricsLayer;

@@ -15,9 +15,8 @@ use tower_service::Service;
 use super::instruments::Instruments;
 use super::recording::{Kind, Recording};
 use crate::health::is_probe;
-use crate::trace::semconv::{
-    grpc_answered, grpc_call, grpc_status, method, protocol_version, route, scheme,
-};
+use crate::reject::GrpcCode;
+use crate::trace::semconv::{grpc_answered, grpc_call, method, protocol_version, route, scheme};
 
 /// The service made by [`MetricsLayer`](super::MetricsLayer).
 #[derive(Debug, Clone)]
@@ -137,8 +136,9 @@ where
                         if let Some(call) = &recording.rpc {
                             grpc_answered(call, res.headers());
                         }
-                        if let Some(code) = grpc_status(res.headers()) {
-                            recording.add(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
+                        if let Some(code) = GrpcCode::from_headers(res.headers()) {
+                            let code = i64::from(code.as_i32());
+                            recording.add(KeyValue::new("rpc.grpc.status_code", code));
                         }
                     }
                     Kind::Server | Kind::Client => {
@@ -196,9 +196,10 @@ impl<B: Body> Body for MeteredBody<B> {
                 if let (Some(trailers), Some(recording)) =
                     (f.trailers_ref(), this.recording.as_mut())
                     && recording.kind == Kind::Rpc
-                    && let Some(code) = grpc_status(trailers)
+                    && let Some(code) = GrpcCode::from_headers(trailers)
                 {
-                    recording.add(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
+                    let code = i64::from(code.as_i32());
+                    recording.add(KeyValue::new("rpc.grpc.status_code", code));
                 }
             }
             Some(Err(_)) => {

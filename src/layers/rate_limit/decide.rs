@@ -12,7 +12,7 @@ use super::error::RateLimited;
 use super::headers::{self, Rendered};
 use super::lease::{Leased, SyncMode};
 use super::policy::Policy;
-use super::store::{Decision, RateLimitStore};
+use super::store::{Charge, Decision, RateLimitStore};
 use crate::backends::MemoryStore;
 use crate::error::{FailurePolicy, StoreError};
 use crate::events::{Events, WarnLimiter};
@@ -80,6 +80,18 @@ pub(crate) struct Job {
 }
 
 impl Job {
+    /// Every policy's charge, in order.
+    fn charges(&self) -> Vec<Charge<'_>> {
+        self.each()
+            .map(|(policy, key, cost)| Charge {
+                policy: &policy.name,
+                key: key.as_str(),
+                quota: &policy.quota,
+                cost,
+            })
+            .collect()
+    }
+
     /// Every policy with its key and cost, in order.
     fn each(&self) -> impl Iterator<Item = (&Policy, &Key, u64)> {
         let keys = self.first.iter().chain(&self.rest);
@@ -124,25 +136,34 @@ impl<St: RateLimitStore> Limiter<St> {
         })
     }
 
-    /// Decides every policy in order; stops at the first denial.
+    /// Decides every policy: one store call (or its lease, in the leased
+    /// mode) for one policy, one all-or-nothing
+    /// [`decide_all`](RateLimitStore::decide_all) for several, whatever
+    /// their mode (units spent from a lease cannot be part of an
+    /// all-or-nothing decision on the store).
     pub(crate) async fn decide(&self, job: Job) -> Verdict {
-        let mut strictest = None;
-        for (policy, key, cost) in job.each() {
-            let (name, key_str, quota) = (&policy.name, key.as_str(), &policy.quota);
-            // An in-process store has nothing to save by leasing.
-            let result = match policy.mode {
-                SyncMode::Leased if self.store.in_process().is_none() => {
-                    self.leases.decide(name, key_str, quota, cost).await
+        if job.rest.is_empty() {
+            let mut strictest = None;
+            if let Some((policy, key, cost)) = job.each().next() {
+                let (name, key_str, quota) = (&policy.name, key.as_str(), &policy.quota);
+                // An in-process store has nothing to save by leasing.
+                let result = match policy.mode {
+                    SyncMode::Leased if self.store.in_process().is_none() => {
+                        self.leases.decide(name, key_str, quota, cost).await
+                    }
+                    _ => self.store.decide(name, key_str, quota, cost).await,
+                };
+                if let ControlFlow::Break(verdict) =
+                    self.take(&mut strictest, policy, key, cost, result)
+                {
+                    return verdict;
                 }
-                _ => self.store.decide(name, key_str, quota, cost).await,
-            };
-            if let ControlFlow::Break(verdict) =
-                self.take(&mut strictest, policy, key, cost, result)
-            {
-                return verdict;
             }
+            return self.conclude(strictest);
         }
-        self.conclude(strictest)
+        let charges = job.charges();
+        let result = self.store.decide_all(&charges).await;
+        self.take_all(&job, &charges, result)
     }
 
     /// [`decide`](Self::decide) at once, when the store is in process;
@@ -151,9 +172,15 @@ impl<St: RateLimitStore> Limiter<St> {
         let Some(store) = self.store.in_process() else {
             return self.decide_leased_now(job);
         };
+        if !job.rest.is_empty() {
+            let charges = job.charges();
+            let result = store.decide_all_at_once(&charges);
+            return Some(self.take_all(job, &charges, result));
+        }
         let mut strictest = None;
-        for (policy, key, cost) in job.each() {
-            let result = store.decide_at_once(&policy.name, key.as_str(), &policy.quota, cost);
+        if let Some((policy, key, cost)) = job.each().next() {
+            let result =
+                store.decide_bytes_at_once(&policy.name, key.as_bytes(), &policy.quota, cost);
             if let ControlFlow::Break(verdict) =
                 self.take(&mut strictest, policy, key, cost, result)
             {
@@ -181,6 +208,54 @@ impl<St: RateLimitStore> Limiter<St> {
             return Some(verdict);
         }
         Some(self.conclude(strictest))
+    }
+
+    /// The verdict of an all-or-nothing decision over several policies: a
+    /// store failure applies the failure policy to the whole request (the
+    /// local fallback decides it all or nothing too); a denial reports the
+    /// first denying policy and no admission of the others, which spent
+    /// nothing.
+    fn take_all(
+        &self,
+        job: &Job,
+        charges: &[Charge<'_>],
+        result: Result<Vec<Decision>, StoreError>,
+    ) -> Verdict {
+        let decisions = match result {
+            Ok(decisions) => decisions,
+            Err(err) => {
+                let Some((first, _, _)) = job.each().next() else {
+                    return self.conclude(None);
+                };
+                match self.on_store_error(first, &err) {
+                    FailurePolicy::FailClosed if self.shadow => return self.conclude(None),
+                    FailurePolicy::FailOpen => return self.conclude(None),
+                    FailurePolicy::FailClosed => {
+                        return Verdict::Reject(Rejection::StoreDown(err));
+                    }
+                    FailurePolicy::LocalFallback => {
+                        match self.fallback.decide_all_at_once(charges) {
+                            Ok(decisions) => decisions,
+                            Err(_) => return self.conclude(None),
+                        }
+                    }
+                }
+            }
+        };
+        let denied = decisions.iter().any(|d| !d.is_allowed());
+        let mut strictest = None;
+        for ((policy, key, cost), decision) in job.each().zip(decisions) {
+            // Not spent: the request was denied by another policy.
+            if denied && decision.is_allowed() {
+                continue;
+            }
+            if let ControlFlow::Break(verdict) =
+                self.take(&mut strictest, policy, key, cost, Ok(decision))
+            {
+                return verdict;
+            }
+        }
+        self.conclude(strictest)
     }
 
     /// Takes one policy's store result into account, keeping the admitted

@@ -87,17 +87,22 @@ pub(crate) fn render(policy: &Policy, decision: &Decision, legacy: bool) -> Rend
         } => ceil_secs(retry_after.unwrap_or(*reset)),
     };
     // Exactly as long as its text: a `Bytes` made from it then needs no
-    // second allocation.
+    // second allocation. Written piece by piece (`concat` costs twice as
+    // much on pieces this short).
     let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
-    let limit = [
-        "\"",
-        &policy.name,
-        "\";r=",
-        r.format(decision.remaining().min(MAX_SF_INTEGER)),
-        ";t=",
-        t.format(reset.min(MAX_SF_INTEGER)),
-    ]
-    .concat();
+    let (r, t) = (
+        r.format(decision.remaining().min(MAX_SF_INTEGER))
+            .as_bytes(),
+        t.format(reset.min(MAX_SF_INTEGER)).as_bytes(),
+    );
+    let name = policy.name.as_bytes();
+    let mut limit = Vec::with_capacity(name.len() + r.len() + t.len() + 8);
+    limit.push(b'"');
+    limit.extend_from_slice(name);
+    limit.extend_from_slice(b"\";r=");
+    limit.extend_from_slice(r);
+    limit.extend_from_slice(b";t=");
+    limit.extend_from_slice(t);
     let retry_after = match decision {
         Decision::Denied {
             retry_after: Some(wait),

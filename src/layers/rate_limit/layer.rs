@@ -18,10 +18,12 @@ use crate::events::{Events, WarnLimiter};
 
 /// Rate limits requests before they reach the inner service.
 ///
-/// Every policy is decided in order against the store; the request is
-/// denied if any policy denies it, and the inner service is then never
-/// called. Policies decided before the denying one keep the request's
-/// cost (as in Envoy): put the most selective policy first. Denials are 429 `application/problem+json` (HTTP) or a
+/// Every policy is decided against the store, all or nothing: the request
+/// is denied if any policy denies it, and then it spends none of the
+/// others (one store call for all of them, see
+/// [`RateLimitStore::decide_all`]) and the inner service is never called.
+/// A denial reports the first denying policy in the order they were
+/// added. Denials are 429 `application/problem+json` (HTTP) or a
 /// trailers-only `RESOURCE_EXHAUSTED` (gRPC) with `Retry-After`; allowed
 /// responses carry the `RateLimit` / `RateLimit-Policy` headers of the most
 /// restrictive policy. [`client_mode`](Self::client_mode) returns a typed
@@ -197,8 +199,8 @@ impl<S, St: RateLimitStore> Layer<S> for RateLimitLayer<St> {
 ///
 /// Requests read the policies without a lock: a change swaps the whole
 /// list at once ([`arc_swap`]), so a request sees either the old or the
-/// new quotas, never a mix. A [`ConfigReloader`](crate::config::ConfigReloader)
-/// drives this handle from a [`ConfigSource`](crate::config::ConfigSource).
+/// new quotas, never a mix. A [`ConfigReloader`](crate::reload::ConfigReloader)
+/// drives this handle from a [`ConfigSource`](crate::reload::ConfigSource).
 #[derive(Clone)]
 pub struct RateLimitHandle {
     policies: Arc<ArcSwap<Vec<Policy>>>,

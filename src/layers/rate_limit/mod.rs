@@ -30,7 +30,18 @@
 //! A [`Quota`] is N per period with a burst; a [`Policy`] applies it per
 //! key (peer IP, client IP behind proxies, header, route, closure) with a
 //! cost per request; the [`RateLimitLayer`] decides every policy against a
-//! [`RateLimitStore`] before calling the inner service. `MemoryStore`,
+//! [`RateLimitStore`] before calling the inner service.
+//!
+//! Several policies are all or nothing: a request one policy denies spends
+//! nothing of the others. A request under one policy costs one store
+//! decision as before; under several, one
+//! [`decide_all`](RateLimitStore::decide_all): on `MemoryStore` every key
+//! is read first and spent only if all admit (a key a concurrent request
+//! emptied in between gives back what was spent), on a standalone Redis
+//! one script call, on etcd one read and one write transaction guarded on
+//! every key, and on a Redis Cluster one script call per slot, with the
+//! other slots' charges given back when one denies (see `RedisStore`'s
+//! "Several policies" for the exact bound). `MemoryStore`,
 //! `RedisStore` and `EtcdStore` all run the same integer GCRA and pass the
 //! same conformance suite, so a sequence of (time, key, cost) gets the
 //! same decisions on each.
@@ -57,4 +68,4 @@ pub use lease::{LeaseSettings, Leased, SyncMode};
 pub use policy::Policy;
 pub use quota::Quota;
 pub use service::RateLimit;
-pub use store::{Decision, RateLimitStore};
+pub use store::{Charge, Decision, RateLimitStore};

@@ -58,6 +58,20 @@ impl Decision {
     }
 }
 
+/// One policy's share of a request: what [`RateLimitStore::decide_all`]
+/// decides for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charge<'a> {
+    /// The policy's name.
+    pub policy: &'a str,
+    /// The request's key under that policy.
+    pub key: &'a str,
+    /// The policy's quota.
+    pub quota: &'a Quota,
+    /// What the request costs under that policy.
+    pub cost: u64,
+}
+
 /// GCRA state behind a rate limiter.
 ///
 /// `decide` is one atomic step: read the key's state, decide, and (only when
@@ -66,6 +80,9 @@ impl Decision {
 /// the same sequence of (time, key, cost); the shared conformance suite
 /// checks it. `Err` means the store failed, never that the request was
 /// denied.
+///
+/// `decide_all` decides every policy of one request, all or nothing: either
+/// every charge is allowed and spent, or none is spent.
 pub trait RateLimitStore: Backend {
     /// Decides a request of `cost` for `key` under `policy`'s `quota`.
     fn decide(
@@ -103,6 +120,36 @@ pub trait RateLimitStore: Backend {
         quota: &Quota,
         units: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Decides every charge of one request, all or nothing; one decision
+    /// per charge, in order.
+    ///
+    /// When every charge is allowed, all are spent and every decision is
+    /// [`Decision::Allowed`]. Otherwise none is spent: the charges denied
+    /// on their own are [`Decision::Denied`], and the others are
+    /// [`Decision::Allowed`] with the numbers of their state as it stands
+    /// (nothing was taken from them).
+    ///
+    /// Every store of this crate overrides this. The default decides the
+    /// charges one by one and stops at the first denial, whose own
+    /// decision ends the list: the charges before it keep their cost, so a
+    /// store written outside this crate should override it.
+    fn decide_all(
+        &self,
+        charges: &[Charge<'_>],
+    ) -> impl Future<Output = Result<Vec<Decision>, StoreError>> + Send {
+        async move {
+            let mut decisions = Vec::with_capacity(charges.len());
+            for c in charges {
+                let decision = self.decide(c.policy, c.key, c.quota, c.cost).await?;
+                decisions.push(decision);
+                if !decision.is_allowed() {
+                    break;
+                }
+            }
+            Ok(decisions)
+        }
+    }
 
     /// The in-process store this one is, if it is one: its decisions are
     /// taken at once, so the layer needs no future for them.

@@ -13,7 +13,8 @@ use crate::circuit_breaker::CircuitOpen;
 use crate::error::ConfigError;
 use crate::idempotency::IDEMPOTENCY_KEY;
 use crate::rate_limit::RateLimited;
-use crate::trace::semconv::{grpc_status, is_grpc};
+use crate::reject::GrpcCode;
+use crate::trace::semconv::is_grpc;
 
 /// The retry budget: retries may add at most `percent` of the
 /// requests of the last `window`, plus `min_per_sec` retries per second
@@ -272,8 +273,8 @@ impl RetryPolicy {
         now: SystemTime,
     ) -> Option<Option<Hint>> {
         let headers = res.headers();
-        let retry = match (grpc_status(headers), safety) {
-            (Some(code), _) => self.grpc_codes.contains(&code),
+        let retry = match (GrpcCode::from_headers(headers), safety) {
+            (Some(code), _) => self.grpc_codes.contains(&code.as_i32()),
             (None, Safety::Any) => self.statuses.contains(&res.status().as_u16()),
             (None, _) => false,
         };
@@ -327,8 +328,8 @@ impl RetryPolicy {
 /// The status (or gRPC status, or error) of an outcome, for events.
 pub(crate) fn describe<B>(result: &Result<Response<B>, BoxError>) -> String {
     match result {
-        Ok(res) => match grpc_status(res.headers()) {
-            Some(code) => format!("grpc-status {code}"),
+        Ok(res) => match GrpcCode::from_headers(res.headers()) {
+            Some(code) => format!("grpc-status {}", code.as_i32()),
             None => res.status().as_u16().to_string(),
         },
         Err(e) => e.to_string(),

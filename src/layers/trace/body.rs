@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::semconv::{grpc_server_error, grpc_status};
+use crate::reject::GrpcCode;
 
 pin_project! {
     /// The response body; the span ends when it ends (or is dropped).
@@ -56,10 +56,11 @@ impl<B: Body> Body for TracedBody<B> {
         match &frame {
             Some(Ok(f)) => {
                 if let (Some(trailers), Some(span)) = (f.trailers_ref(), this.span.as_ref())
-                    && let Some(code) = grpc_status(trailers)
+                    && let Some(code) = GrpcCode::from_headers(trailers)
                 {
-                    span.record("rpc.grpc.status_code", code);
-                    if code != 0 && (!*this.server || grpc_server_error(code)) {
+                    span.record("rpc.grpc.status_code", code.as_i32());
+                    if code != GrpcCode::Ok && (!*this.server || code.is_server_error()) {
+                        let code = code.as_i32();
                         span.set_status(Status::error(format!("grpc-status {code}")));
                     }
                 }

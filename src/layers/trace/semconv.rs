@@ -194,17 +194,6 @@ pub(crate) fn protocol_version(version: Version) -> &'static str {
     }
 }
 
-/// The gRPC status in `headers` (trailers, or a trailers-only response).
-pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<i32> {
-    headers.get(GRPC_STATUS)?.to_str().ok()?.trim().parse().ok()
-}
-
-/// Server-side gRPC statuses that are errors (RPC semconv): UNKNOWN,
-/// DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS.
-pub(crate) fn grpc_server_error(code: i32) -> bool {
-    matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
-}
-
 /// Bucket boundaries of `http.server.request.duration` and friends, in
 /// seconds (semconv's advice).
 pub const DURATION_BUCKETS: [f64; 14] = [

@@ -18,11 +18,12 @@ use super::head::{self, Head, HeadSampler, UNSAMPLED_TARGET};
 use super::layer::Options;
 use super::propagation::{extract, inject};
 use super::semconv::{
-    OTHER, grpc_answered, grpc_names, grpc_parts, grpc_server_error, grpc_status, grpc_unnamed,
-    method, protocol_version, route, scheme,
+    OTHER, grpc_answered, grpc_names, grpc_parts, grpc_unnamed, method, protocol_version, route,
+    scheme,
 };
 use crate::RequestId;
 use crate::health::is_probe;
+use crate::reject::GrpcCode;
 use crate::retry::ResendCount;
 
 /// The service made by [`TraceLayer`](super::TraceLayer).
@@ -350,9 +351,10 @@ fn name_rpc(span: &Span, call: &str) {
 fn record_response<B>(span: &Span, res: &Response<B>, client: bool) {
     let status = res.status();
     span.record("http.response.status_code", i64::from(status.as_u16()));
-    if let Some(code) = grpc_status(res.headers()) {
-        span.record("rpc.grpc.status_code", code);
-        if code != 0 && (client || grpc_server_error(code)) {
+    if let Some(code) = GrpcCode::from_headers(res.headers()) {
+        span.record("rpc.grpc.status_code", code.as_i32());
+        if code != GrpcCode::Ok && (client || code.is_server_error()) {
+            let code = code.as_i32();
             span.set_status(Status::error(format!("grpc-status {code}")));
         }
         return;

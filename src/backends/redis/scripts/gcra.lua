@@ -10,10 +10,15 @@
 --
 -- KEYS[i]    state key, value pack('<d<d<d<d', debt, at, period_us, expires_at)
 -- ARGV[i]    pack('<d<d<d<d<d', count, period_us, burst, cost, now_us) for
---            KEYS[i]; now_us < 0: use Redis TIME
+--            KEYS[i]; now_us < 0: use Redis TIME; cost < 0: give -cost
+--            back (a charge spent by a request another slot denied);
+--            followed by pack('<d', g) when KEYS[i] opens a group of g keys
+--            (one request's policies), decided all or nothing
 -- ARGV[#KEYS + 1]  TTL slack in microseconds
 -- returns    for each key, the debt after its decision in its quota's
---            units: debt >= 0 when allowed, -1 - debt when denied
+--            units: debt >= 0 when allowed, -1 - debt when denied; in a
+--            group that some key denied, the others spend nothing and
+--            return their debt as it stands
 
 local floor = math.floor
 local slack = tonumber(ARGV[#KEYS + 1])
@@ -37,7 +42,10 @@ local function write(key, left, n, p, at, now, expires, server_clock)
   redis.call('SET', key, struct.pack('<d<d<d<d', left, at, p, now + ttl * 1000), 'PX', ttl)
 end
 
-local function decide(key, args)
+-- Reads and decides one key without writing. Returns whether it is
+-- allowed, the debt after it (allowed) or as it stands (denied), the debt
+-- as it stands, and what a write needs.
+local function evaluate(key, args)
   local n, p, b, cost, now = struct.unpack('<d<d<d<d<d', args)
   local server_clock = now < 0
   if server_clock then
@@ -53,9 +61,12 @@ local function decide(key, args)
   local at = now
   local expires = 0
   local rescaled = false
+  local same_period = false
   local raw = redis.call('GET', key)
-  if raw and #raw == 32 then
+  local held = raw and #raw == 32
+  if held then
     local d, sat, sp, sexp = struct.unpack('<d<d<d<d', raw)
+    same_period = sp == p
     -- a debt out of range (or NaN) reads as nothing or a full bucket; a
     -- time that is not a number as now
     if not (d >= 0) then d = 0 end
@@ -84,20 +95,74 @@ local function decide(key, args)
     end
   end
 
+  if cost < 0 then
+    -- giving back (gcra::give_back): only to a state still held under
+    -- this period and still owing, at most a full bucket, never below
+    -- nothing; otherwise nothing is written and the debt stands
+    if not same_period or not (debt > 0) then
+      return true, debt, debt, n, p, at, now, expires, server_clock, false, 0
+    end
+    if cost < -b then cost = -b end
+    local left = debt + cost * p
+    if left < 0 then left = 0 end
+    return true, left, debt, n, p, at, now, expires, server_clock, false, cost
+  end
   local after = debt + cost * p
   if cost <= b and after <= cap then
-    if cost > 0 then write(key, after, n, p, at, now, expires, server_clock) end
-    return after
+    return true, after, debt, n, p, at, now, expires, server_clock, rescaled, cost
   end
-  -- Denied: nothing is written, unless the state was written under another
-  -- period: then it is stored in this quota's units and lifetime, so the
-  -- key cannot expire early and refill.
-  if rescaled and debt > 0 then write(key, debt, n, p, at, now, expires, server_clock) end
-  return -1 - debt
+  return false, debt, debt, n, p, at, now, expires, server_clock, rescaled, cost
+end
+
+-- Writes what `evaluate` decided: an allowed charge, or a denial whose
+-- state was written under another period (then it is stored in this
+-- quota's units and lifetime, so the key cannot expire early and refill).
+-- Denials otherwise write nothing.
+local function commit(key, ok, v, n, p, at, now, expires, server_clock, rescaled, cost)
+  if ok then
+    if cost ~= 0 then write(key, v, n, p, at, now, expires, server_clock) end
+    return v
+  end
+  if rescaled and v > 0 then write(key, v, n, p, at, now, expires, server_clock) end
+  return -1 - v
 end
 
 local debts = {}
-for i = 1, #KEYS do
-  debts[i] = decide(KEYS[i], ARGV[i])
+
+-- One request's policies: every key is read first; all are spent only if
+-- all are allowed.
+local function decide_group(first, last)
+  local evaluated = {}
+  local all = true
+  for i = first, last do
+    local r = {evaluate(KEYS[i], ARGV[i])}
+    evaluated[i] = r
+    if not r[1] then all = false end
+  end
+  for i = first, last do
+    local r = evaluated[i]
+    if all or not r[1] then
+      debts[i] = commit(KEYS[i], r[1], r[2], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11])
+    else
+      debts[i] = r[3]
+    end
+  end
+end
+
+local i = 1
+while i <= #KEYS do
+  local args = ARGV[i]
+  if #args == 48 then
+    local g = struct.unpack('<d', args, 41)
+    local last = i + g - 1
+    if last > #KEYS then last = #KEYS end
+    if last < i then last = i end
+    decide_group(i, last)
+    i = last + 1
+  else
+    local ok, v, _, n, p, at, now, expires, server_clock, rescaled, cost = evaluate(KEYS[i], args)
+    debts[i] = commit(KEYS[i], ok, v, n, p, at, now, expires, server_clock, rescaled, cost)
+    i = i + 1
+  end
 end
 return debts

@@ -26,7 +26,9 @@ pub enum SyncMode {
     /// Local-first: capacity is leased from the shared state ahead of use
     /// and spent in process, denials are cached until their retry-after,
     /// and decisions on cold keys share store calls. Never admits more
-    /// than the quota; see [`Leased`](super::Leased) for the bound.
+    /// than the quota; see [`Leased`](super::Leased) for the bound. A
+    /// request under several policies is still decided all or nothing on
+    /// the store, exactly: leasing applies to a request under one policy.
     Leased,
 }
 

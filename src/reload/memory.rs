@@ -14,7 +14,7 @@ use super::source::{ConfigSource, ConfigUpdate, Documents};
 /// share the documents.
 ///
 /// ```
-/// use battlement::config::MemoryConfigSource;
+/// use battlement::reload::MemoryConfigSource;
 ///
 /// let source = MemoryConfigSource::new();
 /// source.put("rate_limit/per-ip", r#"{"count": 50, "period": "1m"}"#);

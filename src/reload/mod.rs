@@ -1,4 +1,4 @@
-//! Dynamic configuration: rate-limit quotas and
+//! Runtime reload: rate-limit quotas and
 //! breaker thresholds change in a running fleet, without a restart and
 //! without resetting any key's state.
 //!
@@ -6,7 +6,7 @@
 //! use std::time::Duration;
 //! use battlement::backends::MemoryStore;
 //! use battlement::circuit_breaker::{BreakerConfig, CircuitBreakerLayer};
-//! use battlement::config::{ConfigReloader, MemoryConfigSource};
+//! use battlement::reload::{ConfigReloader, MemoryConfigSource};
 //! use battlement::rate_limit::{Policy, Quota, RateLimitLayer};
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {

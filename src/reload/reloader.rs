@@ -33,7 +33,7 @@ const LAYER: &str = "config";
 ///
 /// ```
 /// use battlement::backends::MemoryStore;
-/// use battlement::config::{ConfigReloader, MemoryConfigSource};
+/// use battlement::reload::{ConfigReloader, MemoryConfigSource};
 /// use battlement::rate_limit::{Policy, Quota, RateLimitLayer};
 ///
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {

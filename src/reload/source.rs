@@ -22,8 +22,8 @@ pub enum ConfigUpdate {
     Delete(String),
 }
 
-/// A source of configuration documents that can change at runtime (SPEC
-/// CF-1): [`MemoryConfigSource`](super::MemoryConfigSource) in process,
+/// A source of configuration documents that can change at runtime:
+/// [`MemoryConfigSource`](super::MemoryConfigSource) in process,
 /// `EtcdConfigSource` (feature `etcd`) from an etcd prefix.
 ///
 /// A [`ConfigReloader`](super::ConfigReloader) reads the stream and puts the
