@@ -70,11 +70,19 @@ async fn serve_on(app: Router, port: u16) -> SocketAddr {
 
 /// One round: requests per second and every latency in µs.
 async fn load(addr: SocketAddr) -> (f64, Vec<u64>) {
+    load_as(addr, 0).await
+}
+
+/// One round, each request from one of `clients` addresses in
+/// `X-Forwarded-For` (0: none, the peer address alone); 429s count as
+/// answered requests.
+async fn load_as(addr: SocketAddr, clients: u32) -> (f64, Vec<u64>) {
     let until = Instant::now() + Duration::from_secs(seconds());
     let started = Instant::now();
     let tasks: Vec<_> = (0..CONNECTIONS)
-        .map(|_| {
+        .map(|connection| {
             tokio::spawn(async move {
+                let mut client = connection as u32 * 7_919;
                 let stream = TcpStream::connect(addr)
                     .await
                     .unwrap_or_else(|e| panic!("{e}"));
@@ -86,8 +94,13 @@ async fn load(addr: SocketAddr) -> (f64, Vec<u64>) {
                 tokio::spawn(conn);
                 let mut latencies = Vec::new();
                 while Instant::now() < until {
-                    let req = http::Request::get("/hello")
-                        .header("host", "127.0.0.1")
+                    let mut req = http::Request::get("/hello").header("host", "127.0.0.1");
+                    if clients > 0 {
+                        client = (client + 1) % clients;
+                        let ip = std::net::Ipv4Addr::from(0x0a00_0000 + client);
+                        req = req.header("x-forwarded-for", ip.to_string());
+                    }
+                    let req = req
                         .body(Empty::<bytes::Bytes>::new())
                         .unwrap_or_else(|e| panic!("{e}"));
                     let sent = Instant::now();
@@ -95,7 +108,11 @@ async fn load(addr: SocketAddr) -> (f64, Vec<u64>) {
                         .send_request(req)
                         .await
                         .unwrap_or_else(|e| panic!("{e}"));
-                    assert_eq!(res.status(), 200);
+                    assert!(
+                        matches!(res.status().as_u16(), 200 | 429),
+                        "{}",
+                        res.status()
+                    );
                     let _ = res.into_body().collect().await;
                     latencies.push(sent.elapsed().as_micros() as u64);
                 }
@@ -245,10 +262,91 @@ async fn redis_run() {
     );
     compare(
         "Redis-backed stores (local redis-server)",
-        apps::full(backend).await,
+        apps::full(backend.clone()).await,
         None,
     )
     .await;
+    leased_run(&server, backend).await;
+}
+
+/// Commands Redis served so far: all of them (`INFO` left out; the `GET`,
+/// `SET` and `TIME` scripts run included), and the scripts (`EVALSHA`).
+#[cfg(feature = "redis")]
+fn redis_commands(server: &support::RedisServer) -> (u64, u64) {
+    let stats = server.cli(&["info", "commandstats"]);
+    let calls = |line: &str| -> Option<(String, u64)> {
+        let (name, stats) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+        let calls = stats.split(',').find_map(|f| f.strip_prefix("calls="))?;
+        Some((name.to_owned(), calls.parse().ok()?))
+    };
+    let all = stats.lines().filter_map(calls).filter(|(n, _)| n != "info");
+    let (mut total, mut scripts) = (0, 0);
+    for (name, n) in all {
+        total += n;
+        if name == "evalsha" || name == "eval" {
+            scripts += n;
+        }
+    }
+    (total, scripts)
+}
+
+/// The leased mode: the full stack on Redis next to the same stack in
+/// memory, per load shape, alternating; Redis commands per request.
+#[cfg(feature = "redis")]
+async fn leased_run(server: &support::RedisServer, backend: battlement::backends::BackendConfig) {
+    use battlement::rate_limit::Quota;
+    let quota = |n: u64| Quota::per_second(n).unwrap_or_else(|e| panic!("{e}"));
+    // (name, quota, clients)
+    let shapes = [
+        (
+            "one hot key, quota far above the load",
+            quota(10_000_000),
+            0,
+        ),
+        ("an abusive client at ~100× its quota", quota(200), 0),
+        ("10,000 distinct keys", quota(10_000_000), 10_000),
+    ];
+    println!(
+        "\nleased mode, Redis-backed vs memory-backed full stack: {CONNECTIONS} connections, {} s per run, alternating",
+        seconds()
+    );
+    println!(
+        "| load | round | memory req/s | Redis req/s | Redis/memory | Redis commands / request |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (name, quota, clients) in shapes {
+        let memory = serve_on(
+            apps::full_leased(battlement::backends::BackendConfig::default(), quota).await,
+            0,
+        )
+        .await;
+        let redis = serve_on(apps::full_leased(backend.clone(), quota).await, 0).await;
+        let mut ratios = Vec::new();
+        let mut per_request = Vec::new();
+        for round in 1..=ROUNDS {
+            let (memory_rate, _) = load_as(memory, clients).await;
+            let (commands_before, scripts_before) = redis_commands(server);
+            let started = Instant::now();
+            let (redis_rate, _) = load_as(redis, clients).await;
+            let requests = redis_rate * started.elapsed().as_secs_f64();
+            let (commands_after, scripts_after) = redis_commands(server);
+            let commands = (commands_after - commands_before) as f64 / requests;
+            let scripts = (scripts_after - scripts_before) as f64 / requests;
+            ratios.push(redis_rate / memory_rate);
+            per_request.push((commands, scripts));
+            println!(
+                "| {name} | {round} | {memory_rate:.0} | {redis_rate:.0} | {:.2} | {commands:.4} ({scripts:.4}) |",
+                redis_rate / memory_rate
+            );
+        }
+        ratios.sort_by(f64::total_cmp);
+        per_request.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (commands, scripts) = per_request[ROUNDS / 2];
+        println!(
+            "median {name}: Redis/memory {:.2}, {commands:.4} Redis commands ({scripts:.4} scripts) per request",
+            ratios[ROUNDS / 2],
+        );
+    }
 }
 
 #[cfg(not(feature = "redis"))]

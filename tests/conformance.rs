@@ -8,6 +8,9 @@ mod memory {
     mod rate_limit {
         battlement::rate_limit_suite!(battlement::conformance::MemoryHarness);
     }
+    mod rate_limit_leased {
+        battlement::rate_limit_leased_suite!(battlement::conformance::MemoryHarness);
+    }
     mod circuit_breaker {
         battlement::circuit_breaker_suite!(battlement::conformance::MemoryHarness);
     }
@@ -24,6 +27,10 @@ mod redis {
     mod rate_limit {
         use super::RedisHarness;
         battlement::rate_limit_suite!(RedisHarness::start());
+    }
+    mod rate_limit_leased {
+        use super::RedisHarness;
+        battlement::rate_limit_leased_suite!(RedisHarness::start());
     }
     mod circuit_breaker {
         use super::RedisHarness;
@@ -44,6 +51,10 @@ mod redis_cluster {
         use super::RedisClusterHarness;
         battlement::rate_limit_suite!(RedisClusterHarness::start());
     }
+    mod rate_limit_leased {
+        use super::RedisClusterHarness;
+        battlement::rate_limit_leased_suite!(RedisClusterHarness::start());
+    }
     mod circuit_breaker {
         use super::RedisClusterHarness;
         battlement::circuit_breaker_suite!(RedisClusterHarness::start());
@@ -62,6 +73,10 @@ mod etcd {
     mod rate_limit {
         use super::EtcdHarness;
         battlement::rate_limit_suite!(EtcdHarness::start());
+    }
+    mod rate_limit_leased {
+        use super::EtcdHarness;
+        battlement::rate_limit_leased_suite!(EtcdHarness::start());
     }
     mod circuit_breaker {
         use super::EtcdHarness;

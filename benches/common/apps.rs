@@ -62,6 +62,7 @@ pub fn config(backend: BackendConfig) -> StackConfig {
                 name: "per-ip".into(),
                 quota,
                 key: KeySettings::client_ip([]),
+                mode: Default::default(),
             }],
             ..RateLimitSettings::default()
         }),
@@ -77,6 +78,26 @@ pub fn config(backend: BackendConfig) -> StackConfig {
 /// The bare app behind the preset.
 pub async fn full(backend: BackendConfig) -> Router {
     let server = stack::server(&config(backend))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    server.router(routes())
+}
+
+/// The bare app behind the preset, its per-IP policy in the leased mode
+/// with `quota`, keyed by the `X-Forwarded-For` of loopback peers (so a
+/// load generator can stand for many clients).
+#[allow(dead_code)]
+pub async fn full_leased(backend: BackendConfig, quota: battlement::rate_limit::Quota) -> Router {
+    let mut config = config(backend);
+    if let Some(rate_limit) = config.rate_limit.as_mut() {
+        for policy in &mut rate_limit.policies {
+            policy.quota = quota;
+            policy.mode = battlement::rate_limit::SyncMode::Leased;
+            policy.key =
+                KeySettings::client_ip(["127.0.0.1/32".parse().unwrap_or_else(|e| panic!("{e}"))]);
+        }
+    }
+    let server = stack::server(&config)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     server.router(routes())

@@ -4,9 +4,9 @@
 //! Run with: `cargo run --example axum` (then `curl -i 127.0.0.1:3000/hello`).
 //!
 //! Its routes (`/hello`, `/items/{id}`, `/slow`, `/orders`, `/proxy`, health,
-//! `/metrics`) and environment variables (`RATE_LIMIT`, `REDIS_URL`,
-//! `ETCD_ENDPOINTS`, `CONCURRENCY_LIMIT`, `REQUEST_TIMEOUT`, `LAYERS=none`,
-//! ...) are described in `examples/README.md`; `tests/example_axum.rs`
+//! `/metrics`) and environment variables (`RATE_LIMIT`, `RATE_LIMIT_MODE`,
+//! `REDIS_URL`, `REDIS_CLUSTER_URLS`, `ETCD_ENDPOINTS`, `CONCURRENCY_LIMIT`,
+//! `REQUEST_TIMEOUT`, `LAYERS=none`, ...) are described in `examples/README.md`; `tests/example_axum.rs`
 //! checks them against the built example.
 
 use std::net::SocketAddr;
@@ -28,7 +28,7 @@ use battlement::client::{ClientBody, ClientStackLayer};
 use battlement::concurrency_limit::ConcurrencyLimitConfig;
 use battlement::deadline::DeadlineConfig;
 use battlement::health::{HealthRegistry, HealthRoutes};
-use battlement::rate_limit::Quota;
+use battlement::rate_limit::{Quota, SyncMode};
 use battlement::reload::ConfigWatch;
 use battlement::retry::{AttemptTimedOut, RetryPolicy};
 use battlement::stack::{
@@ -55,8 +55,10 @@ struct Settings {
     drain: Duration,
     breaker_open: Duration,
     rate_limit: Quota,
+    rate_limit_mode: SyncMode,
     trusted_proxies: Vec<ipnet::IpNet>,
     redis_url: Option<String>,
+    redis_cluster_urls: Option<Vec<String>>,
     redis_timeout: Duration,
     rate_limit_failure: FailurePolicy,
     etcd_endpoints: Option<Vec<String>>,
@@ -83,6 +85,10 @@ impl Settings {
                 .with_burst(n)
                 .map_err(|e| format!("RATE_BURST={burst:?}: {e}"))?;
         }
+        let mode = var("RATE_LIMIT_MODE").unwrap_or_else(|| "exact".into());
+        let rate_limit_mode = mode
+            .parse()
+            .map_err(|e| format!("RATE_LIMIT_MODE={mode:?}: {e}"))?;
         let concurrency_limit = match var("CONCURRENCY_LIMIT").as_deref() {
             None | Some("none") => None,
             Some("adaptive") => Some(ConcurrencyLimitConfig::default()),
@@ -130,8 +136,11 @@ impl Settings {
                     .map_err(|e| format!("BREAKER_OPEN={breaker_open:?}: {e}"))?,
             ),
             rate_limit,
+            rate_limit_mode,
             trusted_proxies,
             redis_url: var("REDIS_URL"),
+            redis_cluster_urls: var("REDIS_CLUSTER_URLS")
+                .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect()),
             redis_timeout,
             rate_limit_failure,
             etcd_endpoints: var("ETCD_ENDPOINTS")
@@ -164,11 +173,25 @@ enum Orders {
     Local(Arc<AtomicU64>),
     #[cfg(feature = "redis")]
     Redis(redis::aio::ConnectionManager, Duration),
+    #[cfg(feature = "redis")]
+    Cluster(redis::cluster_async::ClusterConnection, Duration),
 }
 
 impl Orders {
-    /// The Redis key `example:orders` when `REDIS_URL` is set.
+    /// The Redis key `example:orders` when `REDIS_URL` (or
+    /// `REDIS_CLUSTER_URLS`) is set.
     async fn connect(settings: &Settings) -> Result<Self, Error> {
+        #[cfg(feature = "redis")]
+        if let Some(urls) = &settings.redis_cluster_urls {
+            let client = redis::cluster::ClusterClient::builder(urls.clone())
+                .connection_timeout(settings.redis_timeout)
+                .response_timeout(settings.redis_timeout)
+                .build()?;
+            return Ok(Self::Cluster(
+                client.get_async_connection().await?,
+                settings.redis_timeout,
+            ));
+        }
         #[cfg(feature = "redis")]
         if let Some(url) = &settings.redis_url {
             let client = redis::Client::open(url.as_str())?;
@@ -190,6 +213,16 @@ impl Orders {
             #[cfg(feature = "redis")]
             Self::Redis(conn, timeout) => {
                 // Bounded, reconnect included.
+                let mut conn = conn.clone();
+                let mut incr = redis::cmd("INCR");
+                incr.arg("example:orders");
+                let call = incr.query_async(&mut conn);
+                Ok(tokio::time::timeout(*timeout, call)
+                    .await
+                    .map_err(|_| "timed out")??)
+            }
+            #[cfg(feature = "redis")]
+            Self::Cluster(conn, timeout) => {
                 let mut conn = conn.clone();
                 let mut incr = redis::cmd("INCR");
                 incr.arg("example:orders");
@@ -223,6 +256,10 @@ fn stack_config(settings: &Settings) -> Result<StackConfig, Error> {
             format!("REDIS_URL={url} needs: cargo run --example axum --features redis").into(),
         );
     }
+    #[cfg(not(feature = "redis"))]
+    if settings.redis_cluster_urls.is_some() {
+        return Err("REDIS_CLUSTER_URLS needs: cargo run --example axum --features redis".into());
+    }
     #[cfg(feature = "redis")]
     if let Some(url) = &settings.redis_url {
         // A roomier per-call timeout than the 50 ms default by default:
@@ -232,11 +269,19 @@ fn stack_config(settings: &Settings) -> Result<StackConfig, Error> {
                 .with_timeout(settings.redis_timeout),
         );
     }
+    #[cfg(feature = "redis")]
+    if let Some(urls) = &settings.redis_cluster_urls {
+        config.backend = battlement::backends::BackendConfig::Redis(
+            battlement::backends::RedisConfig::cluster(urls.iter().map(String::as_str))
+                .with_timeout(settings.redis_timeout),
+        );
+    }
     config.rate_limit = Some(RateLimitSettings {
         policies: vec![PolicySettings {
             name: "per-ip".into(),
             quota: settings.rate_limit,
             key: KeySettings::client_ip(settings.trusted_proxies.iter().copied()),
+            mode: settings.rate_limit_mode,
         }],
         failure: settings.rate_limit_failure,
         ..RateLimitSettings::default()

@@ -110,6 +110,7 @@ async fn preset(quota: Quota, redis_url: Option<String>) -> Result<ServerStack, 
                 name: "per-ip".into(),
                 quota,
                 key: KeySettings::peer_ip(),
+                mode: Default::default(),
             }],
             ..RateLimitSettings::default()
         }),

@@ -141,6 +141,26 @@ impl RateLimitStore for AnyStore {
         each!(self, s => s.decide(policy, key, quota, cost).await)
     }
 
+    async fn decide_batched(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        cost: u64,
+    ) -> Result<Decision, StoreError> {
+        each!(self, s => s.decide_batched(policy, key, quota, cost).await)
+    }
+
+    async fn give_back(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        units: u64,
+    ) -> Result<(), StoreError> {
+        each!(self, s => s.give_back(policy, key, quota, units).await)
+    }
+
     async fn decide_all(&self, charges: &[Charge<'_>]) -> Result<Vec<Decision>, StoreError> {
         each!(self, s => s.decide_all(charges).await)
     }

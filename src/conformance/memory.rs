@@ -16,6 +16,11 @@ impl Harness for MemoryHarness {
         MemoryStore::from_config(MemoryConfig::default().prefix(prefix))
     }
 
+    /// A memory store's state is its own: another instance is a clone.
+    async fn another_handle(&self, store: &MemoryStore) -> MemoryStore {
+        store.clone()
+    }
+
     async fn store_with_clock(&self, clock: SharedClock) -> MemoryStore {
         let store = self.store_with_prefix(&unique_prefix()).await;
         store.expect("valid prefix").with_clock(clock)

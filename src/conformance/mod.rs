@@ -32,6 +32,7 @@ pub mod circuit_breaker;
 pub mod idempotency;
 mod memory;
 pub mod rate_limit;
+pub mod rate_limit_leased;
 
 use std::future::Future;
 use std::time::Duration;
@@ -67,6 +68,25 @@ pub trait Harness: Send + Sync + 'static {
     /// A store on a fresh prefix that takes time from `clock` (Redis:
     /// caller-clock mode).
     fn store_with_clock(&self, clock: SharedClock) -> impl Future<Output = Self::Store> + Send;
+
+    /// Another handle on the state `store` uses, with a connection of its
+    /// own (another instance); default: a store on `store`'s prefix.
+    fn another_handle(&self, store: &Self::Store) -> impl Future<Output = Self::Store> + Send {
+        let prefix = store.keyspace().prefix().to_owned();
+        async move {
+            match self.store_with_prefix(&prefix).await {
+                Ok(store) => store,
+                Err(err) => panic!("harness could not build a store: {err}"),
+            }
+        }
+    }
+
+    /// Calls the server under test has served so far for the stores
+    /// (Redis: scripts run; etcd: KV requests), counted on the server;
+    /// `None` where there is no server to ask.
+    fn store_calls(&self) -> impl Future<Output = Option<u64>> + Send {
+        async { None }
+    }
 
     /// Every key `store` has written under its prefix, with its TTL, read
     /// from the server itself.
@@ -154,8 +174,22 @@ macro_rules! rate_limit_suite {
             quota_changes_keep_state,
             random_sequences_match_the_reference,
             skewed_clocks_do_not_over_admit,
+            give_back_returns_unused_units,
             a_denial_by_one_policy_spends_no_other,
             concurrent_requests_spend_every_policy_or_none,
+        );
+    };
+}
+
+/// The leased-mode rate-limit suite for a [`Harness`] whose store
+/// implements `RateLimitStore` (real time: about 3.5 s in all).
+#[macro_export]
+macro_rules! rate_limit_leased_suite {
+    ($harness:expr) => {
+        $crate::__conformance_cases!($harness; rate_limit_leased;
+            eight_instances_hammering_one_key_admit_the_quota,
+            a_stopped_instance_gives_its_lease_back_within_one_interval,
+            a_denied_key_costs_no_store_call_until_its_retry_after,
         );
     };
 }

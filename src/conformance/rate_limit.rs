@@ -290,6 +290,43 @@ where
     assert!(allowed >= 100 + 190, "admitted {allowed}");
 }
 
+/// Units given back are admitted again, at once; giving back more than is
+/// owed empties the bucket and no more; a key never written stays absent.
+pub async fn give_back_returns_unused_units<H: Harness>(h: H)
+where
+    H::Store: RateLimitStore,
+{
+    let (s, clock) = setup(&h).await;
+    let q = quota(10, 1_000, 10);
+    assert_eq!(decide(&s, "k", &q, 6).await.remaining(), 4);
+    s.give_back("p", "k", &q, 4).await.expect("store answers");
+    assert_eq!(decide(&s, "k", &q, 0).await.remaining(), 8);
+    // 100 ms later one unit has drained as well.
+    clock.advance(Duration::from_millis(100));
+    s.give_back("p", "k", &q, 1).await.expect("store answers");
+    assert_eq!(decide(&s, "k", &q, 0).await.remaining(), 10);
+    for _ in 0..10 {
+        assert!(decide(&s, "k", &q, 1).await.is_allowed());
+    }
+    assert!(
+        !decide(&s, "k", &q, 1).await.is_allowed(),
+        "full, not fuller"
+    );
+    s.give_back("p", "k", &q, 100).await.expect("store answers");
+    assert_eq!(decide(&s, "k", &q, 0).await.remaining(), 10);
+    s.give_back("p", "absent", &q, 3)
+        .await
+        .expect("store answers");
+    assert!(
+        !h.stored_keys(&s)
+            .await
+            .iter()
+            .any(|k| k.key.ends_with("%2Fabsent}") || k.key.ends_with("/absent")),
+        "a give-back wrote a key"
+    );
+    assert_eq!(decide(&s, "absent", &q, 0).await.remaining(), 10);
+}
+
 /// One charge of cost `cost` on key `k` of `policy`.
 fn charge<'a>(policy: &'a str, q: &'a Quota, cost: u64) -> Charge<'a> {
     Charge {

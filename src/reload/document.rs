@@ -4,9 +4,10 @@
 use serde_json::{Map, Value};
 
 use crate::circuit_breaker::BreakerConfig;
-use crate::rate_limit::Quota;
+use crate::rate_limit::{Quota, SyncMode};
 
-/// Documents under `rate_limit/<policy name>` are [`Quota`]s.
+/// Documents under `rate_limit/<policy name>` are [`Quota`]s, with an
+/// optional `"mode"` ([`SyncMode`]: `"exact"` or `"leased"`).
 pub const RATE_LIMIT: &str = "rate_limit/";
 
 /// Documents under `circuit_breaker/<breaker name>` are [`BreakerConfig`]
@@ -15,9 +16,18 @@ pub const CIRCUIT_BREAKER: &str = "circuit_breaker/";
 
 /// Reads a quota document: `{"count": 50, "period": "1m", "burst": 10}`
 /// (burst defaults to count), validated as [`Quota::new`] and
-/// [`Quota::with_burst`] do.
-pub(crate) fn quota(document: &[u8]) -> Result<Quota, String> {
-    serde_json::from_slice(document).map_err(|e| e.to_string())
+/// [`Quota::with_burst`] do, and its sync mode (`"mode": "leased"`; none:
+/// the policy's built-in mode).
+pub(crate) fn quota(document: &[u8]) -> Result<(Quota, Option<SyncMode>), String> {
+    let mut fields: Map<String, Value> =
+        serde_json::from_slice(document).map_err(|e| e.to_string())?;
+    let mode = fields
+        .remove("mode")
+        .map(serde_json::from_value::<SyncMode>)
+        .transpose()
+        .map_err(|e| format!("mode: {e}"))?;
+    let quota = serde_json::from_value(Value::Object(fields)).map_err(|e| e.to_string())?;
+    Ok((quota, mode))
 }
 
 /// Reads a breaker document: a JSON object of [`BreakerConfig`] fields,
@@ -46,11 +56,15 @@ mod tests {
 
     #[test]
     fn quota_documents_are_validated() {
-        let q = quota(br#"{"count": 50, "period": "1m", "burst": 10}"#).unwrap();
+        let (q, mode) = quota(br#"{"count": 50, "period": "1m", "burst": 10}"#).unwrap();
         assert_eq!(
             (q.count(), q.period(), q.burst()),
             (50, Duration::from_secs(60), 10)
         );
+        assert_eq!(mode, None);
+        let (_, mode) = quota(br#"{"count": 5, "period": "1s", "mode": "leased"}"#).unwrap();
+        assert_eq!(mode, Some(SyncMode::Leased));
+        assert!(quota(br#"{"count": 5, "period": "1s", "mode": "fast"}"#).is_err());
         for bad in [
             &br#"{"count": 0, "period": "1s"}"#[..],
             br#"{"count": 5}"#,

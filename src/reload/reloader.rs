@@ -15,7 +15,7 @@ use super::source::{ConfigSource, ConfigUpdate, Documents};
 use crate::circuit_breaker::{BreakerConfig, CircuitBreakerHandle};
 use crate::error::ConfigError;
 use crate::events::{Event, Events};
-use crate::rate_limit::{Quota, RateLimitHandle};
+use crate::rate_limit::{Quota, RateLimitHandle, SyncMode};
 
 /// The layer name of config events.
 const LAYER: &str = "config";
@@ -77,6 +77,7 @@ enum Target {
         handle: RateLimitHandle,
         policy: String,
         built_in: Quota,
+        built_in_mode: SyncMode,
     },
     Breaker {
         handle: CircuitBreakerHandle,
@@ -91,6 +92,7 @@ enum Setting<'a> {
         handle: &'a RateLimitHandle,
         policy: &'a str,
         quota: Quota,
+        mode: SyncMode,
     },
     Breaker {
         handle: &'a CircuitBreakerHandle,
@@ -105,7 +107,10 @@ impl Setting<'_> {
                 handle,
                 policy,
                 quota,
-            } => handle.set_quota(policy, quota),
+                mode,
+            } => handle
+                .set_quota(policy, quota)
+                .and_then(|()| handle.set_mode(policy, mode)),
             Self::Breaker { handle, config } => handle.set_config(config),
         }
     }
@@ -114,13 +119,17 @@ impl Setting<'_> {
 impl Target {
     fn read(&self, document: &[u8]) -> Result<Setting<'_>, String> {
         match self {
-            Self::Quota { handle, policy, .. } => {
-                document::quota(document).map(|quota| Setting::Quota {
-                    handle,
-                    policy,
-                    quota,
-                })
-            }
+            Self::Quota {
+                handle,
+                policy,
+                built_in_mode,
+                ..
+            } => document::quota(document).map(|(quota, mode)| Setting::Quota {
+                handle,
+                policy,
+                quota,
+                mode: mode.unwrap_or(*built_in_mode),
+            }),
             Self::Breaker { handle, built_in } => document::breaker(document, built_in)
                 .map(|config| Setting::Breaker { handle, config }),
         }
@@ -132,10 +141,12 @@ impl Target {
                 handle,
                 policy,
                 built_in,
+                built_in_mode,
             } => Setting::Quota {
                 handle,
                 policy,
                 quota: *built_in,
+                mode: *built_in_mode,
             },
             Self::Breaker { handle, built_in } => Setting::Breaker {
                 handle,
@@ -159,6 +170,7 @@ impl ConfigReloader {
     /// built-in default).
     pub fn rate_limit(mut self, handle: RateLimitHandle) -> Self {
         for (policy, built_in) in handle.quotas() {
+            let built_in_mode = handle.mode(&policy).unwrap_or_default();
             self.targets
                 .entry(format!("{RATE_LIMIT}{policy}"))
                 .or_default()
@@ -166,6 +178,7 @@ impl ConfigReloader {
                     handle: handle.clone(),
                     policy,
                     built_in,
+                    built_in_mode,
                 });
         }
         self

@@ -12,7 +12,7 @@ use crate::circuit_breaker::BreakerConfig;
 use crate::error::{ConfigError, FailurePolicy};
 use crate::idempotency::{AuthorizationScope, IdempotencyLayer, IdempotencyStore};
 use crate::key::{ClientIp, DEFAULT_IPV6_PREFIX, GlobalKey, HeaderKey, PeerIp};
-use crate::rate_limit::{Policy, Quota};
+use crate::rate_limit::{Policy, Quota, SyncMode};
 use crate::retry::RetryPolicy;
 
 /// Every layer of the server and client presets, and the backend they
@@ -31,6 +31,7 @@ use crate::retry::RetryPolicy;
 ///     name = "per-ip"
 ///     quota = { count = 100, period = "1s" }
 ///     key = { by = "client_ip", trusted_proxies = ["10.0.0.0/8"] }
+///     mode = "leased"
 ///
 ///     [idempotency]
 ///     routes = ["/orders"]
@@ -41,6 +42,8 @@ use crate::retry::RetryPolicy;
 ///     open_for = "5s"
 /// "#).unwrap();
 /// assert_eq!(config.rate_limit.as_ref().unwrap().policies.len(), 1);
+/// let policy = config.rate_limit.as_ref().unwrap().policies[0].policy().unwrap();
+/// assert_eq!(policy.sync_mode(), battlement::rate_limit::SyncMode::Leased);
 ///
 /// let typo = StackConfig::from_toml("[rate_limit]\nshadw = true").unwrap_err();
 /// assert!(typo.to_string().contains("rate_limit"), "{typo}");
@@ -160,12 +163,17 @@ pub struct PolicySettings {
     /// What the quota is counted per (default: one global key).
     #[serde(default)]
     pub key: KeySettings,
+    /// `"exact"` (default) or `"leased"`: see
+    /// [`SyncMode`](crate::rate_limit::SyncMode).
+    #[serde(default)]
+    pub mode: SyncMode,
 }
 
 impl PolicySettings {
     /// The policy these settings describe.
     pub fn policy(&self) -> Result<Policy, ConfigError> {
-        self.key.keyed(Policy::new(&self.name, self.quota)?)
+        self.key
+            .keyed(Policy::new(&self.name, self.quota)?.mode(self.mode))
     }
 }
 

@@ -76,6 +76,21 @@ impl EtcdServer {
         });
     }
 
+    /// KV requests (`Range`, `Txn`, `Put`, `DeleteRange`) served so far,
+    /// from the member's `/metrics`.
+    pub fn kv_requests(&self) -> u64 {
+        let metrics = http_get(self.client_port, "/metrics").unwrap_or_default();
+        metrics
+            .lines()
+            .filter(|line| {
+                line.starts_with("grpc_server_started_total{")
+                    && line.contains("grpc_service=\"etcdserverpb.KV\"")
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|n| n as u64)
+            .sum()
+    }
+
     pub fn pause(&self) {
         self.process.pause();
     }

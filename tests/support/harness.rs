@@ -62,6 +62,15 @@ mod redis_harness {
         keys
     }
 
+    /// Scripts run on these nodes (`EVALSHA`, `EVAL`, `SCRIPT`), from
+    /// `INFO commandstats`: every rate-limit store call is one.
+    pub fn script_calls(nodes: &[&RedisServer]) -> u64 {
+        nodes
+            .iter()
+            .map(|node| node.command_calls(&["evalsha", "eval", "script"]))
+            .sum()
+    }
+
     pub struct RedisHarness {
         pub server: RedisServer,
     }
@@ -91,6 +100,10 @@ mod redis_harness {
 
         async fn stored_keys(&self, store: &RedisStore) -> Vec<StoredKey> {
             scan(&[&self.server], store)
+        }
+
+        async fn store_calls(&self) -> Option<u64> {
+            Some(script_calls(&[&self.server]))
         }
     }
 
@@ -126,6 +139,11 @@ mod redis_harness {
         async fn stored_keys(&self, store: &RedisStore) -> Vec<StoredKey> {
             let nodes: Vec<&RedisServer> = self.cluster.nodes().iter().collect();
             scan(&nodes, store)
+        }
+
+        async fn store_calls(&self) -> Option<u64> {
+            let nodes: Vec<&RedisServer> = self.cluster.nodes().iter().collect();
+            Some(script_calls(&nodes))
         }
     }
 
@@ -169,6 +187,10 @@ mod etcd_harness {
         async fn store_with_clock(&self, clock: SharedClock) -> EtcdStore {
             let store = self.store_with_prefix(&unique_prefix()).await;
             store.expect("etcd store").with_clock(clock)
+        }
+
+        async fn store_calls(&self) -> Option<u64> {
+            Some(self.server.kv_requests())
         }
 
         /// Keys under the store's prefix with their lease's remaining TTL.

@@ -99,6 +99,19 @@ impl RedisServer {
         self.wait_ready();
     }
 
+    /// Calls of `commands` served so far, from `INFO commandstats`.
+    pub fn command_calls(&self, commands: &[&str]) -> u64 {
+        self.cli(&["info", "commandstats"])
+            .lines()
+            .filter_map(|line| {
+                let (name, stats) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;
+                commands.contains(&name).then_some(())?;
+                let calls = stats.split(',').find_map(|f| f.strip_prefix("calls="))?;
+                calls.parse::<u64>().ok()
+            })
+            .sum()
+    }
+
     /// Runs `redis-cli -p PORT args...` and returns its stdout.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new(require_binary("redis-cli"))

@@ -76,6 +76,47 @@ impl RateLimitStore for EtcdStore {
             .map_err(|_| StoreError::Timeout(deadline))?
     }
 
+    /// A read, then a revision-guarded write (or delete, when nothing is
+    /// owed any more), retried on conflict like a decision.
+    async fn give_back(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        units: u64,
+    ) -> Result<(), StoreError> {
+        let deadline = self.config().timeout() * 4;
+        let give_back = async {
+            let key = state_key(self.keyspace(), policy, key);
+            let (mut state, mut revision) = read(&self.get(&key).await?);
+            for _ in 0..MAX_ATTEMPTS {
+                let now = self.clock().now_micros();
+                let step = gcra::give_back(state, quota, units, now);
+                let Some(write) = step.write else {
+                    return Ok(());
+                };
+                let guarded = if write.debt == 0 {
+                    self.delete_at(&key, revision).await?
+                } else {
+                    let ttl = Duration::from_micros(step.ttl_us());
+                    self.put_at(&key, revision, write.encode().as_bytes(), ttl)
+                        .await?
+                };
+                match guarded {
+                    Guarded::Applied => return Ok(()),
+                    Guarded::Moved(get) => (state, revision) = read(&get),
+                }
+                tokio::time::sleep(Duration::from_micros(fastrand::u64(0..=1_000))).await;
+            }
+            Err(StoreError::Backend(format!(
+                "etcd: {MAX_ATTEMPTS} conflicting writes on one rate-limit key"
+            )))
+        };
+        tokio::time::timeout(deadline, give_back)
+            .await
+            .map_err(|_| StoreError::Timeout(deadline))?
+    }
+
     /// One read transaction for every key, then one write transaction
     /// guarded on all of them: every charge is written when all are
     /// allowed, none otherwise (a denied one only to restate a key left

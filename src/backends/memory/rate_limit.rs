@@ -116,10 +116,12 @@ impl Cell {
         })
     }
 
-    /// Returns `cost` spent at or before `now_us`.
-    fn give_back(&self, quota: &Quota, cost: u64, now_us: u64) -> Decision {
+    /// Gives back `units` spent at or before `now_us` (a spent charge, a
+    /// lease's unused units; see [`gcra::give_back`]): a cell under
+    /// another period is left alone.
+    fn give_back(&self, quota: &Quota, units: u64, now_us: u64) -> Decision {
         self.update(now_us, |state| {
-            gcra::give_back(Some(state), quota, cost, now_us)
+            gcra::give_back(Some(state), quota, units, now_us)
         })
     }
 
@@ -638,6 +640,25 @@ impl RateLimitStore for MemoryStore {
         cost: u64,
     ) -> Result<Decision, StoreError> {
         self.decide_at_once(policy, key, quota, cost)
+    }
+
+    async fn give_back(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        units: u64,
+    ) -> Result<(), StoreError> {
+        self.check_open()?;
+        let now_us = self.inner.clock.now_micros();
+        let charge = Charge {
+            policy,
+            key,
+            quota,
+            cost: units,
+        };
+        self.inner.cells.give_back(&charge, now_us);
+        Ok(())
     }
 
     async fn decide_all(&self, charges: &[Charge<'_>]) -> Result<Vec<Decision>, StoreError> {

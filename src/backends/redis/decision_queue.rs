@@ -16,6 +16,12 @@
 //! caller's failure policy applies), and a decision whose caller has
 //! stopped waiting (its timeout passed) is dropped instead of sent.
 //!
+//! A decision may also *linger* (the leased mode's cold keys): it waits
+//! for the queue's task to pass once through the scheduler with nothing
+//! new arriving (or for [`MAX_BATCH`] decisions), so that many keys seen
+//! once each share a script call even when no call is in flight. A
+//! decision that does not linger sends whatever is queued at once.
+//!
 //! Cluster connections do not queue: a script's keys must share a slot.
 
 use std::sync::{OnceLock, Weak};
@@ -37,13 +43,15 @@ const MAX_IN_FLIGHT: usize = 4;
 /// 10 ms, a fraction of the default 50 ms timeout.
 pub(super) const MAX_QUEUED: usize = 4096;
 
-/// One queued decision: the state key, the packed arguments and where the
-/// debt (or the failure) goes; or one request's policies, decided all or
-/// nothing in the same call.
+/// One queued decision: the state key, the packed arguments, whether it
+/// may wait for others and where the debt (or the failure) goes; or one
+/// request's policies, decided all or nothing in the same call (never
+/// lingering).
 pub(super) enum Queued {
     One {
         key: String,
         args: [u8; 40],
+        linger: bool,
         reply: oneshot::Sender<Result<i64, StoreError>>,
     },
     Group {
@@ -74,6 +82,11 @@ impl Queued {
             .enumerate()
             .map(move |(i, (key, args))| (key.as_str(), args, (i == 0).then_some(size)));
         one.into_iter().chain(group)
+    }
+
+    /// Whether it may wait for others (see the module's docs).
+    fn lingers(&self) -> bool {
+        matches!(self, Self::One { linger: true, .. })
     }
 
     fn len(&self) -> usize {
@@ -136,32 +149,51 @@ impl DecisionQueue {
 /// Sends what is queued, in batches, until the store is dropped.
 async fn run(mut rx: mpsc::Receiver<Queued>, store: Weak<Inner>) {
     let mut in_flight = FuturesUnordered::new();
+    // Lingering decisions, sent once a pass brings nothing new.
+    let mut pending: Vec<Queued> = Vec::new();
     loop {
+        let room = in_flight.len() < MAX_IN_FLIGHT;
         tokio::select! {
             biased;
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-            first = rx.recv(), if in_flight.len() < MAX_IN_FLIGHT => {
+            first = rx.recv(), if room => {
                 let Some(first) = first else { break };
                 let Some(inner) = store.upgrade() else { break };
-                let mut batch = Vec::with_capacity(rx.len().min(MAX_BATCH - 1) + 1);
+                let mut urgent = false;
                 let mut next = Some(first);
                 while let Some(queued) = next {
                     // Its caller stopped waiting: no quota is spent on it.
                     if !queued.is_closed() {
-                        batch.push(queued);
+                        urgent |= !queued.lingers();
+                        pending.push(queued);
                     }
-                    if batch.len() == MAX_BATCH {
+                    if pending.len() >= MAX_BATCH {
                         break;
                     }
                     next = rx.try_recv().ok();
                 }
-                if !batch.is_empty() {
+                if urgent || pending.len() >= MAX_BATCH {
+                    let batch = take_batch(&mut pending);
                     in_flight.push(send(RedisStore { inner }, batch));
                 }
+            }
+            () = tokio::task::yield_now(), if room && !pending.is_empty() => {
+                let Some(inner) = store.upgrade() else { break };
+                let batch = take_batch(&mut pending);
+                in_flight.push(send(RedisStore { inner }, batch));
             }
         }
     }
     while in_flight.next().await.is_some() {}
+}
+
+/// The first [`MAX_BATCH`] of `pending`, oldest first.
+fn take_batch(pending: &mut Vec<Queued>) -> Vec<Queued> {
+    if pending.len() <= MAX_BATCH {
+        return std::mem::take(pending);
+    }
+    let rest = pending.split_off(MAX_BATCH);
+    std::mem::replace(pending, rest)
 }
 
 /// One script call for `batch`; every caller gets its own debt, or the

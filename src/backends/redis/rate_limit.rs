@@ -19,6 +19,9 @@ use crate::layers::rate_limit::{Decision, Quota, RateLimitStore};
 
 static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/gcra.lua")));
 
+static GIVE_BACK: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/gcra_give_back.lua")));
+
 /// How much longer than "until full" a key may live on Redis's clock, so
 /// that most decisions keep its expiry instead of moving it (as the memory
 /// store does).
@@ -95,13 +98,24 @@ impl RedisStore {
 
     /// The debt after one decision: through the queue on a standalone
     /// server, in a call of its own on a cluster (or outside a runtime).
-    async fn decide_packed(&self, key: String, args: [u8; 40]) -> Result<i64, StoreError> {
+    async fn decide_packed(
+        &self,
+        key: String,
+        args: [u8; 40],
+        linger: bool,
+    ) -> Result<i64, StoreError> {
         // Known down: nothing is queued behind a server that cannot answer.
         self.check_gate()?;
         let (key, args) = match self.decision_queue() {
             Some(queue) => {
                 let (reply, answer) = oneshot::channel();
-                match queue.try_send(Queued::One { key, args, reply }) {
+                let queued = Queued::One {
+                    key,
+                    args,
+                    linger,
+                    reply,
+                };
+                match queue.try_send(queued) {
                     Ok(()) => return self.answer(answer).await,
                     Err(mpsc::error::TrySendError::Full(_)) => return Err(queue_full()),
                     // The queue's runtime has shut down: decide alone.
@@ -253,6 +267,26 @@ fn pack_cost(quota: &Quota, cost: f64, now_us: Option<u64>) -> [u8; 40] {
     packed
 }
 
+impl RedisStore {
+    /// One decision, lingering in the queue (see
+    /// [`decision_queue`](super::decision_queue)) or not.
+    async fn decide_one(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        cost: u64,
+        linger: bool,
+    ) -> Result<Decision, StoreError> {
+        let key = state_key(self.keyspace(), policy, key);
+        let now = self.caller_clock().map(|clock| clock.now_micros());
+        let debt = self
+            .decide_packed(key, pack(quota, cost, now), linger)
+            .await?;
+        Ok(decision(quota, cost, debt))
+    }
+}
+
 impl RateLimitStore for RedisStore {
     async fn decide(
         &self,
@@ -261,10 +295,36 @@ impl RateLimitStore for RedisStore {
         quota: &Quota,
         cost: u64,
     ) -> Result<Decision, StoreError> {
+        self.decide_one(policy, key, quota, cost, false).await
+    }
+
+    /// Lingers in the decision queue for other decisions to share the
+    /// script call (standalone servers; a Cluster decides at once).
+    async fn decide_batched(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        cost: u64,
+    ) -> Result<Decision, StoreError> {
+        self.decide_one(policy, key, quota, cost, true).await
+    }
+
+    /// One `EVALSHA` of `scripts/gcra_give_back.lua` (one key, so it runs
+    /// on a Cluster as on a standalone server).
+    async fn give_back(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        units: u64,
+    ) -> Result<(), StoreError> {
         let key = state_key(self.keyspace(), policy, key);
         let now = self.caller_clock().map(|clock| clock.now_micros());
-        let debt = self.decide_packed(key, pack(quota, cost, now)).await?;
-        Ok(decision(quota, cost, debt))
+        let mut invocation = GIVE_BACK.prepare_invoke();
+        invocation.key(key).arg(&pack(quota, units, now)[..]);
+        let _left: i64 = self.invoke(&invocation).await?;
+        Ok(())
     }
 
     /// One script call for the charges on a standalone server (shared

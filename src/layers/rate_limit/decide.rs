@@ -10,6 +10,7 @@ use http::StatusCode;
 
 use super::error::RateLimited;
 use super::headers::{self, Rendered};
+use super::lease::{Leased, SyncMode};
 use super::policy::Policy;
 use super::store::{Charge, Decision, RateLimitStore};
 use crate::backends::MemoryStore;
@@ -28,6 +29,7 @@ pub(crate) struct Limiter<St> {
     pub(crate) fallback: MemoryStore,
     pub(crate) events: Events,
     pub(crate) warn: Arc<WarnLimiter>,
+    pub(crate) leases: Leased<St>,
 }
 
 /// What the layer does with a request.
@@ -134,17 +136,23 @@ impl<St: RateLimitStore> Limiter<St> {
         })
     }
 
-    /// Decides every policy: one store call for one policy, one
-    /// all-or-nothing [`decide_all`](RateLimitStore::decide_all) for
-    /// several.
+    /// Decides every policy: one store call (or its lease, in the leased
+    /// mode) for one policy, one all-or-nothing
+    /// [`decide_all`](RateLimitStore::decide_all) for several, whatever
+    /// their mode (units spent from a lease cannot be part of an
+    /// all-or-nothing decision on the store).
     pub(crate) async fn decide(&self, job: Job) -> Verdict {
         if job.rest.is_empty() {
             let mut strictest = None;
             if let Some((policy, key, cost)) = job.each().next() {
-                let result = self
-                    .store
-                    .decide(&policy.name, key.as_str(), &policy.quota, cost)
-                    .await;
+                let (name, key_str, quota) = (&policy.name, key.as_str(), &policy.quota);
+                // An in-process store has nothing to save by leasing.
+                let result = match policy.mode {
+                    SyncMode::Leased if self.store.in_process().is_none() => {
+                        self.leases.decide(name, key_str, quota, cost).await
+                    }
+                    _ => self.store.decide(name, key_str, quota, cost).await,
+                };
                 if let ControlFlow::Break(verdict) =
                     self.take(&mut strictest, policy, key, cost, result)
                 {
@@ -161,7 +169,9 @@ impl<St: RateLimitStore> Limiter<St> {
     /// [`decide`](Self::decide) at once, when the store is in process;
     /// `None` when it must be awaited.
     pub(crate) fn decide_now(&self, job: &Job) -> Option<Verdict> {
-        let store = self.store.in_process()?;
+        let Some(store) = self.store.in_process() else {
+            return self.decide_leased_now(job);
+        };
         if !job.rest.is_empty() {
             let charges = job.charges();
             let result = store.decide_all_at_once(&charges);
@@ -176,6 +186,26 @@ impl<St: RateLimitStore> Limiter<St> {
             {
                 return Some(verdict);
             }
+        }
+        Some(self.conclude(strictest))
+    }
+
+    /// A job of one leased policy, decided from its lease or cached denial
+    /// with no store call; `None` when the store must be asked.
+    fn decide_leased_now(&self, job: &Job) -> Option<Verdict> {
+        let mut each = job.each();
+        let (policy, key, cost) = each.next()?;
+        if policy.mode != SyncMode::Leased || each.next().is_some() {
+            return None;
+        }
+        let decision = self
+            .leases
+            .decide_local(&policy.name, key.as_str(), &policy.quota, cost)?;
+        let mut strictest = None;
+        if let ControlFlow::Break(verdict) =
+            self.take(&mut strictest, policy, key, cost, Ok(decision))
+        {
+            return Some(verdict);
         }
         Some(self.conclude(strictest))
     }

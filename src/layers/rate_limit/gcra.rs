@@ -106,26 +106,38 @@ pub fn decide(state: Option<GcraState>, quota: &Quota, cost: u64, now_us: u64) -
     }
 }
 
-/// Returns `cost` to a key in `state` at `now_us`: the step that takes a
-/// spent charge back (a request another policy denied). Its decision
-/// reports the state as it stands afterwards.
+/// Gives `units` of cost back to a key in `state` at `now_us`: a lease's
+/// unused units, or a charge spent by a request another policy denied.
+/// Its decision reports the state as it stands afterwards; its write is
+/// `None` when nothing changes (no state, nothing owed, or a state written
+/// under another period, whose units are not this quota's: then nothing
+/// is given back, which can only admit less).
 ///
-/// Debt drains linearly and stops at zero, so giving back at any later
-/// time leaves the state the charge would have left had it never been
-/// spent (requests decided in between aside).
-#[cfg_attr(not(any(feature = "redis", feature = "etcd")), allow(dead_code))]
-pub fn give_back(state: Option<GcraState>, quota: &Quota, cost: u64, now_us: u64) -> Step {
+/// The debt drains to `now_us` first, then drops by `units × period_us`
+/// (`units` at most a full bucket), never below zero: capacity given back
+/// can never make the bucket fuller than full, so a give-back never admits
+/// more than the quota. Debt drains linearly and stops at zero, so giving
+/// a charge back at any later time leaves the state the charge would have
+/// left had it never been spent (requests decided in between aside).
+pub fn give_back(state: Option<GcraState>, quota: &Quota, units: u64, now_us: u64) -> Step {
     let p = quota.period_us();
-    let (debt, at) = match state {
-        Some(s) => (current_debt(s, quota, now_us), now_us.max(s.at)),
-        None => (0, now_us),
+    let unchanged = |debt| Step {
+        decision: allowed(quota, debt),
+        write: None,
     };
-    let left = debt.saturating_sub(cost.saturating_mul(p));
+    let Some(s) = state else {
+        return unchanged(0);
+    };
+    let debt = current_debt(s, quota, now_us);
+    if s.period_us != p || units == 0 || debt == 0 {
+        return unchanged(debt);
+    }
+    let left = debt.saturating_sub(units.min(quota.burst()) * p);
     Step {
         decision: allowed(quota, left),
-        write: state.is_some().then_some(GcraState {
+        write: Some(GcraState {
             debt: left,
-            at,
+            at: now_us.max(s.at),
             period_us: p,
         }),
     }
@@ -291,6 +303,67 @@ mod tests {
         );
         // Once rewritten, further denials write nothing.
         assert_eq!(decide(Some(w), &slow, 1, 1).write, None);
+    }
+
+    #[test]
+    fn give_back_undoes_an_allowed_cost_and_never_goes_below_empty() {
+        let q = Quota::per_second(10).unwrap();
+        let t0 = 1_700_000_000_000_000;
+        let mut s = None;
+        assert!(run(&q, &mut s, 6, t0).is_allowed());
+        let step = give_back(s, &q, 4, t0);
+        let back = step.write.expect("debt drops");
+        assert_eq!(back.debt, 2 * q.period_us());
+        assert_eq!(step.decision.remaining(), 8, "reports the state after");
+        s = Some(back);
+        assert_eq!(run(&q, &mut s, 0, t0).remaining(), 8);
+        // More than owed: an empty bucket, not a fuller one.
+        let back = give_back(s, &q, 100, t0).write.expect("debt drops");
+        assert_eq!(back.debt, 0);
+        // Units that would overflow once multiplied are a full bucket.
+        let step = give_back(s, &q, u64::MAX, t0);
+        assert_eq!(step.write.map(|w| w.debt), Some(0));
+        assert_eq!(step.decision.remaining(), 10);
+        // Drained first: 100 ms later 1 unit of the 2 was already paid.
+        let two = GcraState {
+            debt: 2 * q.period_us(),
+            at: t0,
+            period_us: q.period_us(),
+        };
+        let back = give_back(Some(two), &q, 1, t0 + 100_000).write.unwrap();
+        assert_eq!((back.debt, back.at), (0, t0 + 100_000));
+        // Nothing changes: no state, nothing owed, another period.
+        let none = give_back(None, &q, 1, t0);
+        assert_eq!((none.write, none.decision.remaining()), (None, 10));
+        let paid = give_back(Some(two), &q, 1, t0 + 200_000);
+        assert_eq!((paid.write, paid.decision.remaining()), (None, 10));
+        let other = GcraState {
+            period_us: 1,
+            ..two
+        };
+        assert_eq!(give_back(Some(other), &q, 1, t0).write, None, "another period");
+    }
+
+    // A charge spent and given back at any later time leaves the state
+    // the charge would have left had it never been spent.
+    #[test]
+    fn a_charge_given_back_later_is_as_if_never_spent() {
+        let q = Quota::per_second(10).unwrap();
+        let t0 = 1_700_000_000_000_000;
+        let mut spent = None;
+        let mut never = None;
+        run(&q, &mut spent, 3, t0);
+        run(&q, &mut never, 3, t0);
+        run(&q, &mut spent, 5, t0 + 50_000);
+        if let Some(w) = give_back(spent, &q, 5, t0 + 120_000).write {
+            spent = Some(w);
+        }
+        for t in [t0 + 120_000, t0 + 250_000] {
+            assert_eq!(
+                decide(spent, &q, 0, t).decision,
+                decide(never, &q, 0, t).decision
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use arc_swap::ArcSwap;
 use tower_layer::Layer;
 
 use super::decide::Limiter;
+use super::lease::{LeaseSettings, Leased, SyncMode};
 use super::policy::Policy;
 use super::quota::Quota;
 use super::service::RateLimit;
@@ -51,6 +52,9 @@ pub struct RateLimitLayer<St> {
     // route): the fallback quota and the log rate are per layer.
     fallback: MemoryStore,
     warn: Arc<WarnLimiter>,
+    // One per layer too: this instance's leases, cached denials and key
+    // rates for its leased policies.
+    leases: Leased<St>,
 }
 
 impl<St: RateLimitStore> RateLimitLayer<St> {
@@ -58,6 +62,7 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
     /// layers by cloning it).
     pub fn new(store: St) -> Self {
         Self {
+            leases: Leased::new(store.clone(), LeaseSettings::default()),
             store,
             policies: Arc::new(ArcSwap::from_pointee(Vec::new())),
             shadow: false,
@@ -121,6 +126,13 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
         }
     }
 
+    /// How leased policies (see [`Policy::mode`]) size and return their
+    /// leases (default [`LeaseSettings::default`]).
+    pub fn lease_settings(mut self, settings: LeaseSettings) -> Self {
+        self.leases = Leased::new(self.store.clone(), settings);
+        self
+    }
+
     /// Returns typed [`RateLimited`](super::RateLimited) errors instead of
     /// responses, for client stacks.
     pub fn client_mode(self) -> super::client::ClientRateLimitLayer<St> {
@@ -137,6 +149,7 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
             fallback: self.fallback.clone(),
             events: self.events.clone(),
             warn: self.warn.clone(),
+            leases: self.leases.clone(),
         })
     }
 }
@@ -152,6 +165,7 @@ impl<St: Clone> Clone for RateLimitLayer<St> {
             events: self.events.clone(),
             fallback: self.fallback.clone(),
             warn: self.warn.clone(),
+            leases: self.leases.clone(),
         }
     }
 }
@@ -211,6 +225,34 @@ impl RateLimitHandle {
                 "no rate limit policy named {name:?}"
             ))),
         }
+    }
+
+    /// Switches the policy named `name` to `mode` from the next request
+    /// (what it leased or cached under the old mode is given back or
+    /// expires as usual).
+    pub fn set_mode(&self, name: &str, mode: SyncMode) -> Result<(), ConfigError> {
+        let mut found = false;
+        self.policies.rcu(|list| {
+            let mut list: Vec<Policy> = list.to_vec();
+            found = false;
+            for policy in list.iter_mut().filter(|p| &*p.name == name) {
+                policy.mode = mode;
+                found = true;
+            }
+            list
+        });
+        match found {
+            true => Ok(()),
+            false => Err(ConfigError::new(format!(
+                "no rate limit policy named {name:?}"
+            ))),
+        }
+    }
+
+    /// The current sync mode of the policy named `name`.
+    pub fn mode(&self, name: &str) -> Option<SyncMode> {
+        let policies = self.policies.load();
+        policies.iter().find(|p| &*p.name == name).map(|p| p.mode)
     }
 
     /// The current quota of the policy named `name`.

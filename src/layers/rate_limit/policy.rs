@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
+use super::lease::SyncMode;
 use super::quota::Quota;
 use crate::error::ConfigError;
 use crate::key::{GlobalKey, KeyExtractor, RequestHead};
@@ -15,13 +16,15 @@ type CostFn = dyn Fn(&RequestHead<'_>) -> u64 + Send + Sync;
 ///
 /// ```
 /// use battlement::key::PeerIp;
-/// use battlement::rate_limit::{Policy, Quota};
+/// use battlement::rate_limit::{Policy, Quota, SyncMode};
 ///
 /// let per_ip = Policy::new("per-ip", Quota::per_second(100).unwrap())
 ///     .unwrap()
 ///     .key(PeerIp)
-///     .cost(|head| if head.method == http::Method::POST { 5 } else { 1 });
+///     .cost(|head| if head.method == http::Method::POST { 5 } else { 1 })
+///     .mode(SyncMode::Leased);
 /// assert_eq!(per_ip.name(), "per-ip");
+/// assert_eq!(per_ip.sync_mode(), SyncMode::Leased);
 /// ```
 #[derive(Clone)]
 pub struct Policy {
@@ -30,6 +33,7 @@ pub struct Policy {
     pub(crate) policy_header: HeaderValue,
     pub(crate) key: Arc<dyn KeyExtractor>,
     pub(crate) cost: Option<Arc<CostFn>>,
+    pub(crate) mode: SyncMode,
 }
 
 impl Policy {
@@ -51,6 +55,7 @@ impl Policy {
             policy_header: super::headers::policy_value(name, &quota),
             key: Arc::new(GlobalKey),
             cost: None,
+            mode: SyncMode::Exact,
         })
     }
 
@@ -64,6 +69,18 @@ impl Policy {
     pub fn cost(mut self, cost: impl Fn(&RequestHead<'_>) -> u64 + Send + Sync + 'static) -> Self {
         self.cost = Some(Arc::new(cost));
         self
+    }
+
+    /// How decisions reach a shared store (default [`SyncMode::Exact`]);
+    /// see the [leased mode](super::lease) and its error bound.
+    pub fn mode(mut self, mode: SyncMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The sync mode.
+    pub fn sync_mode(&self) -> SyncMode {
+        self.mode
     }
 
     /// The name.
@@ -91,6 +108,7 @@ impl fmt::Debug for Policy {
         f.debug_struct("Policy")
             .field("name", &self.name)
             .field("quota", &self.quota)
+            .field("mode", &self.mode)
             .finish_non_exhaustive()
     }
 }

@@ -93,6 +93,34 @@ pub trait RateLimitStore: Backend {
         cost: u64,
     ) -> impl Future<Output = Result<Decision, StoreError>> + Send;
 
+    /// [`decide`](Self::decide), possibly after a short wait to share one
+    /// store call with other keys' decisions (the leased mode's cold keys):
+    /// on a standalone Redis, until the decision queue passes once through
+    /// the scheduler with nothing new (or holds 128); the same as `decide`
+    /// elsewhere.
+    fn decide_batched(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        cost: u64,
+    ) -> impl Future<Output = Result<Decision, StoreError>> + Send {
+        self.decide(policy, key, quota, cost)
+    }
+
+    /// Gives back `units` of cost that an allowed decision on `key` took
+    /// and that were not spent (the unused part of a lease): the key's debt
+    /// drops by `units` of `quota`, never below an empty bucket, so the
+    /// shared state can never admit more than the quota. A key absent, or
+    /// written under another period since, is left alone. One store call.
+    fn give_back(
+        &self,
+        policy: &str,
+        key: &str,
+        quota: &Quota,
+        units: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Decides every charge of one request, all or nothing; one decision
     /// per charge, in order.
     ///

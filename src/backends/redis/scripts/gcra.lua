@@ -61,10 +61,12 @@ local function evaluate(key, args)
   local at = now
   local expires = 0
   local rescaled = false
+  local same_period = false
   local raw = redis.call('GET', key)
   local held = raw and #raw == 32
   if held then
     local d, sat, sp, sexp = struct.unpack('<d<d<d<d', raw)
+    same_period = sp == p
     -- a debt out of range (or NaN) reads as nothing or a full bucket; a
     -- time that is not a number as now
     if not (d >= 0) then d = 0 end
@@ -93,13 +95,19 @@ local function evaluate(key, args)
     end
   end
 
-  local after = debt + cost * p
   if cost < 0 then
-    -- giving back: only to a state still held, never below nothing
-    if after < 0 then after = 0 end
-    if not held then cost = 0 end
-    return true, after, debt, n, p, at, now, expires, server_clock, rescaled, cost
+    -- giving back (gcra::give_back): only to a state still held under
+    -- this period and still owing, at most a full bucket, never below
+    -- nothing; otherwise nothing is written and the debt stands
+    if not same_period or not (debt > 0) then
+      return true, debt, debt, n, p, at, now, expires, server_clock, false, 0
+    end
+    if cost < -b then cost = -b end
+    local left = debt + cost * p
+    if left < 0 then left = 0 end
+    return true, left, debt, n, p, at, now, expires, server_clock, false, cost
   end
+  local after = debt + cost * p
   if cost <= b and after <= cap then
     return true, after, debt, n, p, at, now, expires, server_clock, rescaled, cost
   end
