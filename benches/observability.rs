@@ -64,8 +64,9 @@ fn request(c: &mut Criterion) {
         .build();
     opentelemetry::global::set_tracer_provider(tracers.clone());
     opentelemetry::global::set_meter_provider(meters.clone());
-    let subscriber = tracing_subscriber::registry()
-        .with(battlement::telemetry::tracing_layer(tracers.tracer("bench")));
+    let subscriber = tracing_subscriber::registry().with(battlement::telemetry::tracing_layer(
+        tracers.tracer("bench"),
+    ));
     tracing::subscriber::set_global_default(subscriber).unwrap_or_else(|e| panic!("{e}"));
 
     bench(c, &rt, "bare", routes());

@@ -125,9 +125,8 @@ async fn server_duration_histogram_follows_semconv() {
 #[tokio::test]
 async fn statuses_methods_and_schemes_of_one_route_are_separate_series() {
     let m = Meters::new();
-    let status = |code: u16| {
-        move || async move { http::StatusCode::from_u16(code).unwrap_or_default() }
-    };
+    let status =
+        |code: u16| move || async move { http::StatusCode::from_u16(code).unwrap_or_default() };
     let app = Router::new()
         .route("/ok", get(status(200)).post(status(200)))
         .route("/fail", get(status(503)))
@@ -142,7 +141,15 @@ async fn statuses_methods_and_schemes_of_one_route_are_separate_series() {
             .body(Body::empty())
             .unwrap();
         let app = app.clone();
-        async move { app.oneshot(req).await.unwrap().into_body().collect().await.unwrap() }
+        async move {
+            app.oneshot(req)
+                .await
+                .unwrap()
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+        }
     };
     for _ in 0..3 {
         call(&app, "GET", "/ok").await;
@@ -163,7 +170,11 @@ async fn statuses_methods_and_schemes_of_one_route_are_separate_series() {
                     && attrs.contains(&KeyValue::new("http.response.status_code", status))
             })
             .collect();
-        assert_eq!(found.len(), 1, "{method} {scheme} {route} {status}: {points:?}");
+        assert_eq!(
+            found.len(),
+            1,
+            "{method} {scheme} {route} {status}: {points:?}"
+        );
         found[0].clone()
     };
     assert_eq!(count("GET", "http", "/ok", 200).1, 4);
@@ -171,7 +182,10 @@ async fn statuses_methods_and_schemes_of_one_route_are_separate_series() {
     assert_eq!(count("GET", "https", "/ok", 200).1, 1);
     let (attrs, n, _) = count("GET", "http", "/fail", 503);
     assert_eq!(n, 2);
-    assert!(attrs.contains(&KeyValue::new("error.type", "503")), "{attrs:?}");
+    assert!(
+        attrs.contains(&KeyValue::new("error.type", "503")),
+        "{attrs:?}"
+    );
     assert_eq!(points.len(), 4, "{points:?}");
     assert_eq!(m.active(), 0);
 }

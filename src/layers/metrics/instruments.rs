@@ -52,9 +52,13 @@ pub(crate) struct Instruments {
 #[cfg(any(feature = "prometheus", feature = "otlp"))]
 #[derive(Debug, Default)]
 struct BoundDurations {
-    routes: RwLock<HashMap<Box<str>, Vec<(ServerKey, BoundHistogram<f64>)>, RandomState>>,
+    routes: RwLock<HashMap<Box<str>, KeyedHistograms, RandomState>>,
     count: AtomicUsize,
 }
+
+/// One route's bound histograms, by [`ServerKey`].
+#[cfg(any(feature = "prometheus", feature = "otlp"))]
+type KeyedHistograms = Vec<(ServerKey, BoundHistogram<f64>)>;
 
 /// Up to how many attribute sets of `http.server.request.duration` are
 /// bound; others are recorded with their attributes.
@@ -69,7 +73,12 @@ pub(crate) struct ServerKey(u32);
 
 impl ServerKey {
     /// The key of a request, before its status is known.
-    pub(crate) fn new(method: &Method, scheme: Option<&str>, version: Version, route: bool) -> Self {
+    pub(crate) fn new(
+        method: &Method,
+        scheme: Option<&str>,
+        version: Version,
+        route: bool,
+    ) -> Self {
         let method = match *method {
             Method::GET => 0,
             Method::POST => 1,
