@@ -1,14 +1,18 @@
 //! Per-request cost of the trace and metrics layers next to
 //! opentelemetry-instrumentation-tower, in one run.
 //!
-//! Run with: `cargo bench --features axum --bench observability`
+//! Run with: `cargo bench --all-features --bench observability`
 //!
 //! One `GET /items/42` through an axum router (route `/items/{id}`), with
 //! the same SDK tracer provider (always sampled, spans dropped after they
 //! end) and meter provider: bare; opentelemetry-instrumentation-tower's
 //! server layer (spans and metrics on the raw OTel API); battlement's
 //! `TraceLayer` + `MetricsLayer` (spans through `tracing` and
-//! `tracing-opentelemetry`, so application spans nest under them).
+//! `tracing-opentelemetry`, so application spans nest under them), with the
+//! `tracing` layer battlement ships (`telemetry::tracing_layer`, as
+//! `telemetry::init` users have it). Two floors: a bare `tracing` span
+//! with no attributes through that layer, and a raw SDK span with none, each
+//! around the bare router.
 #![allow(missing_docs)] // criterion_group! makes undocumented items
 
 use std::time::Duration;
@@ -20,7 +24,7 @@ use battlement::metrics::MetricsLayer;
 use battlement::trace::TraceLayer;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::BodyExt;
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tower::{ServiceBuilder, ServiceExt};
@@ -60,8 +64,9 @@ fn request(c: &mut Criterion) {
         .build();
     opentelemetry::global::set_tracer_provider(tracers.clone());
     opentelemetry::global::set_meter_provider(meters.clone());
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(tracers.tracer("bench")));
+    let subscriber = tracing_subscriber::registry().with(battlement::telemetry::tracing_layer(
+        tracers.tracer("bench"),
+    ));
     tracing::subscriber::set_global_default(subscriber).unwrap_or_else(|e| panic!("{e}"));
 
     bench(c, &rt, "bare", routes());
@@ -76,6 +81,20 @@ fn request(c: &mut Criterion) {
         .layer(TraceLayer::server())
         .layer(MetricsLayer::server());
     bench(c, &rt, "battlement-trace+metrics", routes().layer(ours));
+
+    // The floors: one span, no attributes, no metrics, no propagation.
+    let tracer = tracers.tracer("floor");
+    let raw = tower::util::MapRequestLayer::new(move |req: http::Request<Body>| {
+        let mut span = tracer.start("request");
+        span.end();
+        req
+    });
+    bench(c, &rt, "floor/raw-sdk-span", routes().layer(raw));
+    let traced = tower::util::MapRequestLayer::new(|req: http::Request<Body>| {
+        let span = tracing::info_span!("request");
+        span.in_scope(|| req)
+    });
+    bench(c, &rt, "floor/tracing-span", routes().layer(traced));
 }
 
 criterion_group!(benches, request);

@@ -120,6 +120,76 @@ async fn server_duration_histogram_follows_semconv() {
     assert_eq!(attrs, &expected);
 }
 
+// Each route, method, scheme, version and status keeps its own series, on
+// two layers sharing one meter too.
+#[tokio::test]
+async fn statuses_methods_and_schemes_of_one_route_are_separate_series() {
+    let m = Meters::new();
+    let status =
+        |code: u16| move || async move { http::StatusCode::from_u16(code).unwrap_or_default() };
+    let app = Router::new()
+        .route("/ok", get(status(200)).post(status(200)))
+        .route("/fail", get(status(503)))
+        .layer(m.layer());
+    let other = Router::new()
+        .route("/ok", get(status(200)))
+        .layer(m.layer());
+    let call = |app: &Router, method: &str, uri: &str| {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        let app = app.clone();
+        async move {
+            app.oneshot(req)
+                .await
+                .unwrap()
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+        }
+    };
+    for _ in 0..3 {
+        call(&app, "GET", "/ok").await;
+    }
+    call(&other, "GET", "/ok").await;
+    call(&app, "POST", "/ok").await;
+    call(&app, "GET", "https://example.com/ok").await;
+    call(&app, "GET", "/fail").await;
+    call(&app, "GET", "/fail").await;
+    let (_, points) = m.histogram("http.server.request.duration");
+    let count = |method: &str, scheme: &str, route: &str, status: i64| {
+        let found: Vec<&Series> = points
+            .iter()
+            .filter(|(attrs, _, _)| {
+                attrs.contains(&KeyValue::new("http.request.method", method.to_owned()))
+                    && attrs.contains(&KeyValue::new("url.scheme", scheme.to_owned()))
+                    && attrs.contains(&KeyValue::new("http.route", route.to_owned()))
+                    && attrs.contains(&KeyValue::new("http.response.status_code", status))
+            })
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "{method} {scheme} {route} {status}: {points:?}"
+        );
+        found[0].clone()
+    };
+    assert_eq!(count("GET", "http", "/ok", 200).1, 4);
+    assert_eq!(count("POST", "http", "/ok", 200).1, 1);
+    assert_eq!(count("GET", "https", "/ok", 200).1, 1);
+    let (attrs, n, _) = count("GET", "http", "/fail", 503);
+    assert_eq!(n, 2);
+    assert!(
+        attrs.contains(&KeyValue::new("error.type", "503")),
+        "{attrs:?}"
+    );
+    assert_eq!(points.len(), 4, "{points:?}");
+    assert_eq!(m.active(), 0);
+}
+
 // Random unmatched paths and methods add no series.
 #[tokio::test]
 async fn unmatched_paths_and_odd_methods_create_no_series() {

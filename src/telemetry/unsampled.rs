@@ -2,6 +2,7 @@
 //! but an unsampled request's, whose context is made current instead.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use opentelemetry::{Context, ContextGuard};
 use opentelemetry_sdk::trace::Tracer;
@@ -47,12 +48,36 @@ where
 
 /// Keeps an unsampled request's context in its span and attaches it on
 /// every enter. Not a filtered layer: a per-layer filter looks the span up
-/// on every callback of every span, while this layer looks only at the
-/// spans it is given a context for.
+/// on every callback of every span, while this layer looks spans up only
+/// while some span carries a context (none when every request is sampled).
 struct UnsampledContexts;
 
 /// The context an unsampled request's span carries.
 struct Carried(Context);
+
+/// How many spans carry a context now, in every subscriber: with none, no
+/// enter or exit needs a look at its span.
+static CARRIED: AtomicUsize = AtomicUsize::new(0);
+
+impl Carried {
+    fn new(cx: Context) -> Self {
+        CARRIED.fetch_add(1, Ordering::Relaxed);
+        Self(cx)
+    }
+}
+
+/// Dropped with its span's extensions when the span closes.
+impl Drop for Carried {
+    fn drop(&mut self) {
+        CARRIED.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether some span carries a context. A span being entered or exited
+/// that carries one is alive, so this is true for it.
+fn any_carried() -> bool {
+    CARRIED.load(Ordering::Relaxed) > 0
+}
 
 thread_local! {
     /// The contexts attached by entered spans on this thread.
@@ -68,20 +93,19 @@ where
             return;
         }
         if let (Some(cx), Some(span)) = (take_unsampled_context(), ctx.span(id)) {
-            span.extensions_mut().insert(Carried(cx));
+            span.extensions_mut().insert(Carried::new(cx));
         }
     }
 
     fn on_enter(&self, id: &span::Id, ctx: LayerContext<'_, S>) {
+        if !any_carried() {
+            return;
+        }
         let Some(span) = ctx.span(id) else { return };
         if span.metadata().target() != UNSAMPLED_TARGET {
             return;
         }
-        let Some(Carried(cx)) = span
-            .extensions()
-            .get::<Carried>()
-            .map(|c| Carried(c.0.clone()))
-        else {
+        let Some(cx) = span.extensions().get::<Carried>().map(|c| c.0.clone()) else {
             return;
         };
         let guard = cx.attach();
@@ -89,6 +113,9 @@ where
     }
 
     fn on_exit(&self, id: &span::Id, _: LayerContext<'_, S>) {
+        if !any_carried() {
+            return;
+        }
         let guard = ATTACHED.with_borrow_mut(|attached| {
             let at = attached.iter().rposition(|(entered, _)| entered == id)?;
             Some(attached.remove(at))

@@ -4,9 +4,9 @@
 
 use std::time::Instant;
 
-use opentelemetry::KeyValue;
+use opentelemetry::{KeyValue, Value};
 
-use super::instruments::Instruments;
+use super::instruments::{Instruments, ServerKey};
 use crate::trace::semconv::grpc_names;
 
 /// What is known of a request so far.
@@ -25,6 +25,10 @@ pub(crate) struct Recording {
     /// Set once the outcome is known; a recording dropped without one was
     /// cancelled and counts no duration.
     pub finished: bool,
+    /// An HTTP server request's duration attributes packed (see
+    /// [`ServerKey`]), once its status is known, and how many attributes
+    /// that key says: attributes added later (a body error) turn it off.
+    pub server_key: Option<(ServerKey, usize)>,
 }
 
 /// Which duration histogram.
@@ -62,7 +66,7 @@ impl Drop for Recording {
     fn drop(&mut self) {
         if self.kind.counts_active() {
             let active = self.attributes.get(..2).unwrap_or_default();
-            self.instruments.active_requests.add(-1, active);
+            self.instruments.add_active(-1, active);
         }
         if !self.finished {
             return;
@@ -73,6 +77,22 @@ impl Drop for Recording {
             self.add(KeyValue::new("rpc.method", method.to_owned()));
         }
         let seconds = self.started.elapsed().as_secs_f64();
+        if let Some((key, covered)) = self.server_key
+            && covered == self.attributes.len()
+        {
+            let route = self
+                .attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == "http.route")
+                .map_or("", |kv| match &kv.value {
+                    Value::String(route) => route.as_str(),
+                    _ => "",
+                });
+            let attributes = &self.attributes;
+            self.instruments
+                .record_server(seconds, route, key, attributes);
+            return;
+        }
         let histogram = match self.kind {
             Kind::Server => &self.instruments.server_duration,
             Kind::Rpc => &self.instruments.rpc_server_duration,

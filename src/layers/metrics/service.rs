@@ -12,7 +12,7 @@ use opentelemetry::KeyValue;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::instruments::Instruments;
+use super::instruments::{Instruments, ServerKey};
 use super::recording::{Kind, Recording};
 use crate::health::is_probe;
 use crate::reject::GrpcCode;
@@ -75,6 +75,7 @@ impl<S> Metrics<S> {
     fn start<B>(&self, req: &Request<B>) -> Recording {
         let mut attributes = Vec::with_capacity(8);
         let mut rpc = None;
+        let mut server_key = None;
         attributes.push(KeyValue::new("http.request.method", method(req.method())));
         let kind = if self.client {
             if let Some(host) = req.uri().host() {
@@ -86,7 +87,7 @@ impl<S> Metrics<S> {
             Kind::Client
         } else {
             attributes.push(KeyValue::new("url.scheme", scheme(req)));
-            self.instruments.active_requests.add(1, &attributes);
+            self.instruments.add_active(1, &attributes);
             if let Some(call) = grpc_call(req) {
                 attributes.push(KeyValue::new("rpc.system", "grpc"));
                 rpc = Some(call.into());
@@ -96,8 +97,16 @@ impl<S> Metrics<S> {
                     "network.protocol.version",
                     protocol_version(req.version()),
                 ));
-                if let Some(route) = route(req) {
+                let route = route(req);
+                if let Some(route) = route {
                     attributes.push(KeyValue::new("http.route", route.to_owned()));
+                }
+                // The user's attributes are not in the packed key: with
+                // them, every duration goes through the attribute set.
+                if self.extra.attributes.is_none() {
+                    let scheme = req.uri().scheme_str();
+                    let key = ServerKey::new(req.method(), scheme, req.version(), route.is_some());
+                    server_key = Some((key, 0));
                 }
                 Kind::Server
             }
@@ -109,6 +118,7 @@ impl<S> Metrics<S> {
             attributes,
             rpc,
             finished: false,
+            server_key,
         }
     }
 }
@@ -217,6 +227,10 @@ where
                         if error {
                             recording.add(KeyValue::new("error.type", status.as_u16().to_string()));
                         }
+                        let covered = recording.attributes.len();
+                        recording.server_key = recording
+                            .server_key
+                            .map(|(key, _)| (key.with_status(status.as_u16()), covered));
                     }
                 }
                 Ok(res.map(|inner| MeteredBody {

@@ -170,11 +170,9 @@ fn request_span<B>(
     match sampler.map(|sampler| sampler.decide(&parent)) {
         None | Some(Head::Sampled { root: None }) => (server_span(req, &parent, hooked), parent),
         // Started here, so the SDK takes the decided trace id.
-        Some(Head::Sampled { root: Some(id) }) => head::with_root_trace_id(id, || {
-            let span = server_span(req, &parent, hooked);
-            let _ = span.context();
-            (span, parent)
-        }),
+        Some(Head::Sampled { root: Some(id) }) => {
+            head::with_root_trace_id(id, || (server_span(req, &parent, hooked), parent))
+        }
         Some(Head::Unsampled(cx)) => (unsampled_span(req, &cx), cx),
     }
 }
@@ -196,6 +194,12 @@ fn outbound_context(span: &Span) -> OtelContext {
 /// Attributes known up front go straight to the OpenTelemetry span (static
 /// values are not copied): as `tracing` fields, each would become a new
 /// string.
+///
+/// The OpenTelemetry span is started here rather than at the first enter,
+/// so that every attribute goes to it under one lock: each
+/// `OpenTelemetrySpanExt::set_attribute` would look the span up in the
+/// registry again. The SDK's sampler sees the name and kind (a root span
+/// of a new trace has been head-sampled already).
 fn server_span<B>(req: &Request<B>, parent: &OtelContext, hooked: Hooked) -> Span {
     use tracing::field::Empty;
     let m = method(req.method());
@@ -207,11 +211,6 @@ fn server_span<B>(req: &Request<B>, parent: &OtelContext, hooked: Hooked) -> Spa
         (None, None, Some(route)) => [m, " ", route].concat(),
         (None, None, None) => m.to_owned(),
     };
-    let host = req.uri().host().or_else(|| host_header(req));
-    let agent = req
-        .headers()
-        .get(http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok());
     let id = req.extensions().get::<RequestId>().map(RequestId::as_str);
     // Fields only for what the response sets, and the request id, which
     // every log line of the request carries.
@@ -225,36 +224,57 @@ fn server_span<B>(req: &Request<B>, parent: &OtelContext, hooked: Hooked) -> Spa
         rpc.grpc.status_code = Empty,
         error.type = Empty,
     );
-    span.set_attribute("http.request.method", m);
-    if m == "_OTHER" {
-        span.set_attribute(
-            "http.request.method_original",
-            req.method().as_str().to_owned(),
-        );
+    let _ = span.set_parent(parent.clone());
+    let cx = span.context();
+    if cx.has_active_span() {
+        let mut attributes = request_attributes(req, m, route, grpc);
+        attributes.extend(hooked.attributes);
+        cx.span().set_attributes(attributes);
+    }
+    span
+}
+
+/// The server span's attributes that the request alone decides.
+fn request_attributes<B>(
+    req: &Request<B>,
+    m: &'static str,
+    route: Option<&str>,
+    grpc: Option<(&str, &str)>,
+) -> Vec<KeyValue> {
+    let mut attributes = Vec::with_capacity(10);
+    attributes.push(KeyValue::new("http.request.method", m));
+    if m == OTHER {
+        let original = req.method().as_str().to_owned();
+        attributes.push(KeyValue::new("http.request.method_original", original));
     }
     if let Some(route) = route {
-        span.set_attribute("http.route", route.to_owned());
+        attributes.push(KeyValue::new("http.route", route.to_owned()));
     }
-    span.set_attribute("url.path", req.uri().path().to_owned());
-    span.set_attribute("url.scheme", scheme(req));
-    span.set_attribute("network.protocol.version", protocol_version(req.version()));
-    if let Some(host) = host {
-        span.set_attribute("server.address", host.to_owned());
+    attributes.push(KeyValue::new("url.path", req.uri().path().to_owned()));
+    attributes.push(KeyValue::new("url.scheme", scheme(req)));
+    attributes.push(KeyValue::new(
+        "network.protocol.version",
+        protocol_version(req.version()),
+    ));
+    if let Some(host) = req.uri().host().or_else(|| host_header(req)) {
+        attributes.push(KeyValue::new("server.address", host.to_owned()));
     }
-    if let Some(agent) = agent {
-        span.set_attribute("user_agent.original", agent.to_owned());
+    if let Some(agent) = req
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+    {
+        attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
     }
     if let Some((service, rpc)) = grpc {
-        span.set_attribute("rpc.system", "grpc");
+        attributes.push(KeyValue::new("rpc.system", "grpc"));
         // A method not recognized yet is named when its answer arrives.
         if rpc != OTHER {
-            span.set_attribute("rpc.service", service.to_owned());
-            span.set_attribute("rpc.method", rpc.to_owned());
+            attributes.push(KeyValue::new("rpc.service", service.to_owned()));
+            attributes.push(KeyValue::new("rpc.method", rpc.to_owned()));
         }
     }
-    set_attributes(&span, hooked.attributes);
-    let _ = span.set_parent(parent.clone());
-    span
+    attributes
 }
 
 /// Sets `attributes` on `span`'s OpenTelemetry span.
