@@ -33,9 +33,7 @@ const CONFIG: &str = r#"
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // OpenTelemetry from the OTEL_* variables, /metrics for Prometheus;
-    // OTEL_TRACES_SAMPLER (e.g. parentbased_traceidratio with
-    // OTEL_TRACES_SAMPLER_ARG=0.1) decides before a request's span is built.
+    // OpenTelemetry (and its head sampler) from the OTEL_* variables.
     let telemetry = battlement::telemetry::init("shop")?;
     // RUST_LOG filters log lines (printed, and OTLP logs), never spans.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
