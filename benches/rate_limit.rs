@@ -6,7 +6,8 @@
 //! - `decision/*`: one allowed decision on one of 1024 keys: battlement's
 //!   `MemoryStore` vs governor's keyed limiter (`check_key`).
 //! - `layer/*`: one request through the layer to a no-op service, keyed by
-//!   peer IP: bare, tower_governor's `GovernorLayer`, battlement's
+//!   peer IP: bare, tower_governor's `GovernorLayer` (without and with its
+//!   `x-ratelimit-*` headers), battlement's
 //!   `RateLimitLayer` on `MemoryStore`, the same in shadow mode (the same
 //!   decisions, no headers rendered), and the same with its quota
 //!   hot-reloaded from a config source.
@@ -119,6 +120,18 @@ fn layer(c: &mut Criterion) {
         .layer(tower_governor::GovernorLayer::new(config))
         .service(noop());
     bench_layer(c, &rt, "tower_governor", governed);
+    // tower_governor with its `x-ratelimit-*` headers on every response,
+    // as battlement sends `RateLimit` and `RateLimit-Policy` by default.
+    let config = tower_governor::governor::GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(1_000_000)
+        .use_headers()
+        .finish()
+        .unwrap_or_else(|| panic!("governor config"));
+    let governed = ServiceBuilder::new()
+        .layer(tower_governor::GovernorLayer::new(config))
+        .service(noop());
+    bench_layer(c, &rt, "tower_governor-headers", governed);
     let quota = Quota::per_second(1_000_000_000).unwrap_or_else(|e| panic!("{e}"));
     let policy = Policy::new("per-ip", quota)
         .unwrap_or_else(|e| panic!("{e}"))
