@@ -24,14 +24,13 @@ use crate::layers::circuit_breaker::{
     CircuitBreakerStore, LOAD_BATCH, Loaded, Published, SharedState, Versioned,
 };
 
-static LOAD: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/breaker_load.lua")));
+static LOAD: LazyLock<Script> = LazyLock::new(|| Script::new(timed_script!("breaker_load.lua")));
 static LOAD_MANY: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/breaker_load_many.lua")));
-const LOAD_LOCAL_CODE: &str = include_str!("scripts/breaker_load_local.lua");
+    LazyLock::new(|| Script::new(timed_script!("breaker_load_many.lua")));
+const LOAD_LOCAL_CODE: &str = timed_script!("breaker_load_local.lua");
 static LOAD_LOCAL: LazyLock<Script> = LazyLock::new(|| Script::new(LOAD_LOCAL_CODE));
 static PUBLISH: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/breaker_publish.lua")));
+    LazyLock::new(|| Script::new(timed_script!("breaker_publish.lua")));
 
 /// A stored value the store cannot read is a protocol error, not a state.
 fn parse(value: &str, now_us: u64) -> Result<Option<Versioned>, StoreError> {

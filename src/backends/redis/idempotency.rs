@@ -18,11 +18,11 @@ use crate::layers::idempotency::{
 };
 
 static CLAIM: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/idempotency_claim.lua")));
+    LazyLock::new(|| Script::new(timed_script!("idempotency_claim.lua")));
 static COMPLETE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/idempotency_complete.lua")));
+    LazyLock::new(|| Script::new(timed_script!("idempotency_complete.lua")));
 static RENEW: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/idempotency_renew.lua")));
+    LazyLock::new(|| Script::new(timed_script!("idempotency_renew.lua")));
 static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/idempotency_release.lua")));
 

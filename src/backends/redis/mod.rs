@@ -1,6 +1,17 @@
 //! `RedisStore`: state shared by every instance through Redis (standalone or
 //! Cluster).
 
+/// The Lua script `scripts/<file>`, after the `now_us` function of
+/// `scripts/now.lua` that every script reading the time shares.
+macro_rules! timed_script {
+    ($file:literal) => {
+        concat!(
+            include_str!("scripts/now.lua"),
+            include_str!(concat!("scripts/", $file))
+        )
+    };
+}
+
 mod circuit_breaker;
 mod config;
 mod decision_queue;

@@ -17,10 +17,10 @@ use crate::layers::rate_limit::gcra;
 use crate::layers::rate_limit::store::{Charge, state_key};
 use crate::layers::rate_limit::{Decision, Quota, RateLimitStore};
 
-static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("scripts/gcra.lua")));
+static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(timed_script!("gcra.lua")));
 
 static GIVE_BACK: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/gcra_give_back.lua")));
+    LazyLock::new(|| Script::new(timed_script!("gcra_give_back.lua")));
 
 /// How much longer than "until full" a key may live on Redis's clock, so
 /// that most decisions keep its expiry instead of moving it (as the memory

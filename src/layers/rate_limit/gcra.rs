@@ -341,7 +341,11 @@ mod tests {
             period_us: 1,
             ..two
         };
-        assert_eq!(give_back(Some(other), &q, 1, t0).write, None, "another period");
+        assert_eq!(
+            give_back(Some(other), &q, 1, t0).write,
+            None,
+            "another period"
+        );
     }
 
     // A charge spent and given back at any later time leaves the state

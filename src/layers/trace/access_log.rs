@@ -31,8 +31,8 @@ use opentelemetry::trace::{TraceContextExt, TraceId};
 use tracing::Level;
 
 use super::semconv::{OTHER, grpc_names, method, route};
-use crate::reject::GrpcCode;
 use crate::RequestId;
+use crate::reject::GrpcCode;
 
 /// The target of access-log events: `RUST_LOG=battlement::access=off`
 /// turns the access log off, `battlement::access=warn` keeps its errors.

@@ -407,7 +407,9 @@ where
             // Taken while the request's context is current: its trace id.
             if let Some(log) = this.log.as_mut() {
                 match &result {
-                    Ok(res) => log.answered(res.status().as_u16(), GrpcCode::from_headers(res.headers())),
+                    Ok(res) => {
+                        log.answered(res.status().as_u16(), GrpcCode::from_headers(res.headers()))
+                    }
                     Err(_) => log.failed("_OTHER"),
                 }
             }

@@ -4,11 +4,5 @@
 -- ARGV     now_us ("" = Redis TIME)
 -- returns  {value ("" = none), now_us}
 
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[1])
-end
+local now = now_us(ARGV[1])
 return {redis.call('GET', KEYS[1]) or '', now}

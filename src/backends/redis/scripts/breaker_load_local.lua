@@ -9,13 +9,7 @@
 -- node serves (Redis 6 and 7). A key of another node (or of a slot being
 -- moved) is answered 0, and the caller asks for it elsewhere.
 
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[1])
-end
+local now = now_us(ARGV[1])
 local values = {}
 for i = 2, #ARGV do
   local value = redis.pcall('GET', ARGV[i])

@@ -4,13 +4,7 @@
 -- ARGV     now_us ("" = Redis TIME)
 -- returns  {values ("" = none), now_us}
 
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[1])
-end
+local now = now_us(ARGV[1])
 local values = redis.call('MGET', unpack(KEYS))
 for i = 1, #KEYS do
   values[i] = values[i] or ''

@@ -9,13 +9,7 @@
 -- Versions are store times in µs (below 2^53, exact as doubles) or one
 -- more than the version replaced, so they never go back.
 
-local now
-if ARGV[7] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[7])
-end
+local now = now_us(ARGV[7])
 local expected = ARGV[1]
 local current = redis.call('GET', KEYS[1])
 if current and string.match(current, '^[%a_]+:(%d+):') ~= expected then

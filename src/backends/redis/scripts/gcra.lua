@@ -49,10 +49,7 @@ local function evaluate(key, args)
   local n, p, b, cost, now = struct.unpack('<d<d<d<d<d', args)
   local server_clock = now < 0
   if server_clock then
-    if not server_now then
-      local t = redis.call('TIME')
-      server_now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    end
+    server_now = server_now or now_us(-1)
     now = server_now
   end
 

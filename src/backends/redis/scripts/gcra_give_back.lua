@@ -14,10 +14,7 @@ local raw = redis.call('GET', KEYS[1])
 if not raw or #raw ~= 32 then return -1 end
 local d, sat, sp, sexp = struct.unpack('<d<d<d<d', raw)
 if sp ~= p or not (d > 0) or units <= 0 then return -1 end
-if now < 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
+now = now_us(now)
 local cap = b * p
 if d > cap then d = cap end
 local at = sat

@@ -4,13 +4,7 @@
 -- ARGV     token, fingerprint, lock_us, now_us ("" = Redis TIME)
 -- returns  "" when claimed, else the stored record
 
-local now
-if ARGV[4] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[4])
-end
+local now = now_us(ARGV[4])
 local current = redis.call('GET', KEYS[1])
 if current then
   local expires = tonumber(string.match(current, '^%a:(%d+):'))

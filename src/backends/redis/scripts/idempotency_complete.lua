@@ -8,13 +8,7 @@ local current = redis.call('GET', KEYS[1])
 if not current or string.match(current, '^I:%d+:(%x+):') ~= ARGV[1] then
   return 0
 end
-local now
-if ARGV[5] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[5])
-end
+local now = now_us(ARGV[5])
 local retention = tonumber(ARGV[4])
 local value = string.format('C:%d:%s:', now + retention, ARGV[2]) .. ARGV[3]
 redis.call('SET', KEYS[1], value, 'PX', math.ceil(retention / 1000))

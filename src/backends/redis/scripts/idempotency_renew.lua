@@ -12,13 +12,7 @@ local expires, token, fingerprint = string.match(current, '^I:(%d+):(%x+):(.*)$'
 if token ~= ARGV[1] then
   return 0
 end
-local now
-if ARGV[3] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-else
-  now = tonumber(ARGV[3])
-end
+local now = now_us(ARGV[3])
 if tonumber(expires) <= now then
   return 0
 end
