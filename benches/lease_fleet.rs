@@ -20,7 +20,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use battlement::backends::{RedisConfig, RedisStore};
-use battlement::rate_limit::{LeaseSettings, Leased, Quota, RateLimitStore};
+use battlement::rate_limit::{Charge, LeaseSettings, Leased, Quota, RateLimitStore};
 use support::RedisServer;
 
 const INSTANCES: usize = 16;
@@ -75,7 +75,7 @@ async fn drive<S: RateLimitStore>(instances: Vec<S>, quota: Quota) -> u64 {
                     // the connection tasks (a server yields on its sockets).
                     tokio::task::yield_now().await;
                     for _ in 0..64 {
-                        match store.decide("fleet", "hot", &quota, 1).await {
+                        match store.decide(Charge::new("fleet", "hot", &quota, 1)).await {
                             Ok(d) if d.is_allowed() => {}
                             other => panic!("{other:?}"),
                         }

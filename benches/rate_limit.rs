@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use battlement::backends::{MemoryStore, RedisStore};
 use battlement::key::{PeerAddr, PeerIp};
-use battlement::rate_limit::{Policy, Quota, RateLimitLayer, RateLimitStore};
+use battlement::rate_limit::{Charge, Policy, Quota, RateLimitLayer, RateLimitStore};
 use battlement::reload::{ConfigReloader, MemoryConfigSource};
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
@@ -69,7 +69,9 @@ fn decision(c: &mut Criterion) {
     c.bench_function("rate_limit/decision/battlement-memory", |b| {
         b.iter(|| {
             i = (i + 1) % KEYS;
-            store.decide("p", &names[i], &quota, 1).now_or_never()
+            store
+                .decide(Charge::new("p", &names[i], &quota, 1))
+                .now_or_never()
         })
     });
 }
@@ -247,7 +249,7 @@ fn redis(c: &mut Criterion) {
                 let store = store.clone();
                 async move {
                     let key = (i % KEYS as u64).to_string();
-                    let _ = store.decide("p", &key, &quota, 1).await;
+                    let _ = store.decide(Charge::new("p", &key, &quota, 1)).await;
                 }
             })
         })

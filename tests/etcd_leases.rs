@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use battlement::backends::EtcdStore;
 use battlement::idempotency::{Claim, ClaimToken, Fingerprint, IdempotencyStore, StoredResponse};
-use battlement::rate_limit::{Quota, RateLimitStore};
+use battlement::rate_limit::{Charge, Quota, RateLimitStore};
 use support::EtcdServer;
 
 async fn live_leases(etcd: &EtcdServer) -> usize {
@@ -30,14 +30,14 @@ async fn writes_of_different_lifetimes_share_leases() {
         let key = format!("k{i}");
         assert!(
             store
-                .decide("fast", &key, &fast, 1)
+                .decide(Charge::new("fast", &key, &fast, 1))
                 .await
                 .unwrap()
                 .is_allowed()
         );
         assert!(
             store
-                .decide("slow", &key, &slow, 1)
+                .decide(Charge::new("slow", &key, &slow, 1))
                 .await
                 .unwrap()
                 .is_allowed()

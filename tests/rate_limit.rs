@@ -10,7 +10,7 @@ use battlement::FailurePolicy;
 use battlement::backends::{Backend, MemoryStore};
 use battlement::clock::ManualClock;
 use battlement::key::{HeaderKey, PeerAddr, PeerIp};
-use battlement::rate_limit::{Policy, Quota, RateLimitLayer, RateLimited};
+use battlement::rate_limit::{Charge, Policy, Quota, RateLimitLayer, RateLimited};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -415,7 +415,13 @@ async fn idle_keys_are_evicted_automatically() {
     let q = quota(1, 1);
     for i in 0..1_000_000u32 {
         let key = i.to_string();
-        assert!(store.decide("p", &key, &q, 1).await.unwrap().is_allowed());
+        assert!(
+            store
+                .decide(Charge::new("p", &key, &q, 1))
+                .await
+                .unwrap()
+                .is_allowed()
+        );
     }
     assert_eq!(store.rate_limit_keys(), 1_000_000);
     clock.advance(Duration::from_secs(2));

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use battlement::FailurePolicy;
 use battlement::backends::{RedisConfig, RedisStore};
 use battlement::clock::{Clock, SystemClock};
-use battlement::rate_limit::{Policy, Quota, RateLimitLayer, RateLimitStore};
+use battlement::rate_limit::{Charge, Policy, Quota, RateLimitLayer, RateLimitStore};
 use http::{Request, Response, StatusCode};
 use support::RedisServer;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
@@ -55,7 +55,11 @@ async fn skewed_application_clocks_decide_identically_on_server_time() {
     let mut allowed = 0;
     for i in 0..20 {
         let s = if i % 2 == 0 { &a } else { &b };
-        if s.decide("p", "shared", &q, 1).await.unwrap().is_allowed() {
+        if s.decide(Charge::new("p", "shared", &q, 1))
+            .await
+            .unwrap()
+            .is_allowed()
+        {
             allowed += 1;
         }
     }
@@ -76,7 +80,11 @@ async fn skewed_application_clocks_decide_identically_on_server_time() {
     let mut allowed = 0;
     for i in 0..20 {
         let s = if i % 2 == 0 { &early } else { &late };
-        if s.decide("p", "skewed", &q, 1).await.unwrap().is_allowed() {
+        if s.decide(Charge::new("p", "skewed", &q, 1))
+            .await
+            .unwrap()
+            .is_allowed()
+        {
             allowed += 1;
         }
     }
@@ -171,10 +179,19 @@ async fn flushed_scripts_are_reloaded() {
     let redis = RedisServer::start();
     let s = store(&redis).await;
     let q = Quota::per_minute(3).unwrap();
-    assert_eq!(s.decide("p", "k", &q, 1).await.unwrap().remaining(), 2);
+    assert_eq!(
+        s.decide(Charge::new("p", "k", &q, 1))
+            .await
+            .unwrap()
+            .remaining(),
+        2
+    );
     assert_eq!(redis.cli(&["script", "flush"]).trim(), "OK");
     assert_eq!(
-        s.decide("p", "k", &q, 1).await.unwrap().remaining(),
+        s.decide(Charge::new("p", "k", &q, 1))
+            .await
+            .unwrap()
+            .remaining(),
         1,
         "state kept, script reloaded"
     );
@@ -183,7 +200,7 @@ async fn flushed_scripts_are_reloaded() {
     assert!(stats.contains("cmdstat_evalsha:calls=4,"), "{stats}");
     assert!(stats.contains("failed_calls=2"), "{stats}");
     // Steady state: one EVALSHA per decision, nothing else.
-    s.decide("p", "k", &q, 1).await.unwrap();
+    s.decide(Charge::new("p", "k", &q, 1)).await.unwrap();
     let stats = redis.cli(&["info", "commandstats"]);
     assert!(stats.contains("cmdstat_evalsha:calls=5,"), "{stats}");
 }
@@ -202,7 +219,12 @@ async fn concurrent_instances_admit_exactly_the_quota() {
     let tasks: Vec<_> = (0..300)
         .map(|i| {
             let s = stores[i % 3].clone();
-            tokio::spawn(async move { s.decide("p", "k", &q, 1).await.unwrap().is_allowed() })
+            tokio::spawn(async move {
+                s.decide(Charge::new("p", "k", &q, 1))
+                    .await
+                    .unwrap()
+                    .is_allowed()
+            })
         })
         .collect();
     let mut allowed = 0;
@@ -224,7 +246,12 @@ async fn concurrent_decisions_share_script_calls() {
         .map(|i| {
             let s = s.clone();
             let key = format!("k{}", i % keys);
-            tokio::spawn(async move { (i % keys, s.decide("p", &key, &q, 1).await.unwrap()) })
+            tokio::spawn(async move {
+                (
+                    i % keys,
+                    s.decide(Charge::new("p", &key, &q, 1)).await.unwrap(),
+                )
+            })
         })
         .collect();
     let mut allowed = vec![0; keys];
@@ -258,12 +285,12 @@ async fn a_frozen_redis_neither_grows_the_queue_nor_gets_stale_decisions() {
     let redis = RedisServer::start();
     let s = store(&redis).await;
     let q = Quota::per_hour(10).unwrap();
-    s.decide("p", "warm", &q, 1).await.unwrap();
+    s.decide(Charge::new("p", "warm", &q, 1)).await.unwrap();
     redis.pause();
     let tasks: Vec<_> = (0..6000)
         .map(|i| {
             let s = s.clone();
-            tokio::spawn(async move { s.decide("p", &format!("k{i}"), &q, 1).await })
+            tokio::spawn(async move { s.decide(Charge::new("p", &format!("k{i}"), &q, 1)).await })
         })
         .collect();
     let (mut full, mut timed_out, mut known_down) = (0, 0, 0);
@@ -287,7 +314,7 @@ async fn a_frozen_redis_neither_grows_the_queue_nor_gets_stale_decisions() {
     redis.resume();
     let resumed = Instant::now();
     loop {
-        if s.decide("p", "after", &q, 1).await.is_ok() {
+        if s.decide(Charge::new("p", "after", &q, 1)).await.is_ok() {
             break;
         }
         assert!(
@@ -316,7 +343,11 @@ async fn with_batching_off_each_decision_is_its_own_call() {
     let tasks: Vec<_> = (0..64)
         .map(|i| {
             let s = s.clone();
-            tokio::spawn(async move { s.decide("p", &format!("k{}", i % 4), &q, 1).await.unwrap() })
+            tokio::spawn(async move {
+                s.decide(Charge::new("p", &format!("k{}", i % 4), &q, 1))
+                    .await
+                    .unwrap()
+            })
         })
         .collect();
     let mut allowed = 0;
@@ -341,7 +372,12 @@ async fn a_stored_debt_out_of_range_reads_as_a_full_bucket() {
     let clock = battlement::clock::ManualClock::new(Duration::from_secs(1_767_225_600));
     let s = store(&redis).await.with_clock(clock.shared());
     let q = Quota::per_second(10).unwrap();
-    assert!(s.decide("p", "k", &q, 1).await.unwrap().is_allowed());
+    assert!(
+        s.decide(Charge::new("p", "k", &q, 1))
+            .await
+            .unwrap()
+            .is_allowed()
+    );
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = conn.keys("*").await.unwrap();
@@ -357,10 +393,15 @@ async fn a_stored_debt_out_of_range_reads_as_a_full_bucket() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let denied = s.decide("p", "k", &q, 1).await.unwrap();
+    let denied = s.decide(Charge::new("p", "k", &q, 1)).await.unwrap();
     assert_eq!(denied.retry_after(), Some(Duration::from_millis(100)));
     clock.advance(Duration::from_millis(100));
-    assert!(s.decide("p", "k", &q, 1).await.unwrap().is_allowed());
+    assert!(
+        s.decide(Charge::new("p", "k", &q, 1))
+            .await
+            .unwrap()
+            .is_allowed()
+    );
 }
 
 // An API key a policy counts by reaches neither a Redis key name nor a
@@ -416,7 +457,10 @@ async fn decide_n(s: &RedisStore, prefix: &str, n: usize) -> Vec<battlement::Sto
     let q = Quota::per_hour(10).unwrap();
     let mut errors = Vec::new();
     for i in 0..n {
-        if let Err(e) = s.decide("p", &format!("{prefix}{i}"), &q, 1).await {
+        if let Err(e) = s
+            .decide(Charge::new("p", &format!("{prefix}{i}"), &q, 1))
+            .await
+        {
             errors.push(e);
         }
     }
@@ -432,7 +476,7 @@ async fn a_frozen_redis_is_known_down_after_one_timeout() {
     let redis = RedisServer::start();
     let s = store(&redis).await;
     let q = Quota::per_hour(10).unwrap();
-    s.decide("p", "warm", &q, 1).await.unwrap();
+    s.decide(Charge::new("p", "warm", &q, 1)).await.unwrap();
     redis.pause();
     let first = decide_n(&s, "first", 1).await;
     assert!(
@@ -449,7 +493,7 @@ async fn a_frozen_redis_is_known_down_after_one_timeout() {
     }
     redis.resume();
     let mut tries = 0;
-    while s.decide("p", "after", &q, 1).await.is_err() {
+    while s.decide(Charge::new("p", "after", &q, 1)).await.is_err() {
         tries += 1;
         assert!(tries < 100, "no decision after the resume");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -467,7 +511,7 @@ async fn a_killed_redis_fails_at_once_and_one_probe_reconnects() {
     let mut redis = RedisServer::start();
     let s = store(&redis).await;
     let q = Quota::per_hour(10).unwrap();
-    s.decide("p", "warm", &q, 1).await.unwrap();
+    s.decide(Charge::new("p", "warm", &q, 1)).await.unwrap();
     redis.stop();
     let errors = decide_n(&s, "down", 50).await;
     assert_eq!(errors.len(), 50);
@@ -478,7 +522,7 @@ async fn a_killed_redis_fails_at_once_and_one_probe_reconnects() {
     assert_eq!(timeouts, 0, "{errors:?}");
     redis.restart();
     let mut tries = 0;
-    while s.decide("p", "after", &q, 1).await.is_err() {
+    while s.decide(Charge::new("p", "after", &q, 1)).await.is_err() {
         tries += 1;
         assert!(tries < 100, "no decision after the restart");
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -8,7 +8,7 @@ use super::{Backend, KeySpace, MemoryConfig, MemoryStore};
 use crate::circuit_breaker::{CircuitBreakerStore, Loaded, Published, SharedState, Versioned};
 use crate::error::StoreError;
 use crate::idempotency::{Claim, ClaimToken, Fingerprint, IdempotencyStore, StoredResponse};
-use crate::rate_limit::{Charge, Decision, Quota, RateLimitStore};
+use crate::rate_limit::{Charge, Decision, RateLimitStore};
 
 /// Which backend to use and how to reach it, tagged by `kind`.
 ///
@@ -131,34 +131,16 @@ impl Backend for AnyStore {
 }
 
 impl RateLimitStore for AnyStore {
-    async fn decide(
-        &self,
-        policy: &str,
-        key: &str,
-        quota: &Quota,
-        cost: u64,
-    ) -> Result<Decision, StoreError> {
-        each!(self, s => s.decide(policy, key, quota, cost).await)
+    async fn decide(&self, charge: Charge<'_>) -> Result<Decision, StoreError> {
+        each!(self, s => s.decide(charge).await)
     }
 
-    async fn decide_batched(
-        &self,
-        policy: &str,
-        key: &str,
-        quota: &Quota,
-        cost: u64,
-    ) -> Result<Decision, StoreError> {
-        each!(self, s => s.decide_batched(policy, key, quota, cost).await)
+    async fn decide_batched(&self, charge: Charge<'_>) -> Result<Decision, StoreError> {
+        each!(self, s => s.decide_batched(charge).await)
     }
 
-    async fn give_back(
-        &self,
-        policy: &str,
-        key: &str,
-        quota: &Quota,
-        units: u64,
-    ) -> Result<(), StoreError> {
-        each!(self, s => s.give_back(policy, key, quota, units).await)
+    async fn give_back(&self, charge: Charge<'_>) -> Result<(), StoreError> {
+        each!(self, s => s.give_back(charge).await)
     }
 
     async fn decide_all(&self, charges: &[Charge<'_>]) -> Result<Vec<Decision>, StoreError> {

@@ -30,7 +30,9 @@ where
 }
 
 async fn decide<S: RateLimitStore>(s: &S, key: &str, q: &Quota, cost: u64) -> Decision {
-    s.decide("p", key, q, cost).await.expect("store answers")
+    s.decide(Charge::new("p", key, q, cost))
+        .await
+        .expect("store answers")
 }
 
 /// The burst is admitted at once, then the next request is denied.
@@ -129,7 +131,7 @@ where
     assert!(!decide(&s, "a", &q, 1).await.is_allowed());
     assert!(decide(&s, "b", &q, 1).await.is_allowed());
     assert!(
-        s.decide("other-policy", "a", &q, 1)
+        s.decide(Charge::new("other-policy", "a", &q, 1))
             .await
             .expect("answers")
             .is_allowed()
@@ -154,7 +156,7 @@ where
     let tasks: Vec<_> = (0..64)
         .map(|_| {
             let s = s.clone();
-            tokio::spawn(async move { s.decide("p", "hot", &q, 1).await })
+            tokio::spawn(async move { s.decide(Charge::new("p", "hot", &q, 1)).await })
         })
         .collect();
     let mut allowed = 0;
@@ -299,11 +301,15 @@ where
     let (s, clock) = setup(&h).await;
     let q = quota(10, 1_000, 10);
     assert_eq!(decide(&s, "k", &q, 6).await.remaining(), 4);
-    s.give_back("p", "k", &q, 4).await.expect("store answers");
+    s.give_back(Charge::new("p", "k", &q, 4))
+        .await
+        .expect("store answers");
     assert_eq!(decide(&s, "k", &q, 0).await.remaining(), 8);
     // 100 ms later one unit has drained as well.
     clock.advance(Duration::from_millis(100));
-    s.give_back("p", "k", &q, 1).await.expect("store answers");
+    s.give_back(Charge::new("p", "k", &q, 1))
+        .await
+        .expect("store answers");
     assert_eq!(decide(&s, "k", &q, 0).await.remaining(), 10);
     for _ in 0..10 {
         assert!(decide(&s, "k", &q, 1).await.is_allowed());
@@ -312,9 +318,11 @@ where
         !decide(&s, "k", &q, 1).await.is_allowed(),
         "full, not fuller"
     );
-    s.give_back("p", "k", &q, 100).await.expect("store answers");
+    s.give_back(Charge::new("p", "k", &q, 100))
+        .await
+        .expect("store answers");
     assert_eq!(decide(&s, "k", &q, 0).await.remaining(), 10);
-    s.give_back("p", "absent", &q, 3)
+    s.give_back(Charge::new("p", "absent", &q, 3))
         .await
         .expect("store answers");
     assert!(
@@ -390,28 +398,28 @@ where
     assert!(!d[0].is_allowed() && d[1].is_allowed(), "{d:?}");
     // Each untouched state, read on its own: a peek, then a spend.
     assert_eq!(
-        s.decide("a", "k", &a, 0)
+        s.decide(Charge::new("a", "k", &a, 0))
             .await
             .expect("answers")
             .remaining(),
         8
     );
     assert_eq!(
-        s.decide("c", "k", &c, 0)
+        s.decide(Charge::new("c", "k", &c, 0))
             .await
             .expect("answers")
             .remaining(),
         48
     );
     assert_eq!(
-        s.decide("a", "k", &a, 1)
+        s.decide(Charge::new("a", "k", &a, 1))
             .await
             .expect("answers")
             .remaining(),
         7
     );
     assert_eq!(
-        s.decide("c", "k", &c, 1)
+        s.decide(Charge::new("c", "k", &c, 1))
             .await
             .expect("answers")
             .remaining(),
@@ -443,13 +451,13 @@ where
     }
     assert_eq!(admitted, 10);
     let b_left = s
-        .decide("b", "k", &b, 0)
+        .decide(Charge::new("b", "k", &b, 0))
         .await
         .expect("answers")
         .remaining();
     assert_eq!(b_left, 0);
     let a_left = s
-        .decide("a", "k", &a, 0)
+        .decide(Charge::new("a", "k", &a, 0))
         .await
         .expect("answers")
         .remaining();
@@ -528,7 +536,12 @@ where
         clock.advance(Duration::from_micros(advance));
         let now = clock.now_micros();
         let got = s
-            .decide(&format!("q{phase}"), &key.to_string(), &q, cost)
+            .decide(Charge::new(
+                &format!("q{phase}"),
+                &key.to_string(),
+                &q,
+                cost,
+            ))
             .await
             .expect("store answers");
         let want = reference.decide((phase, key), &q, cost, now);

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::Harness;
-use crate::rate_limit::{LeaseSettings, Leased, Quota, RateLimitStore};
+use crate::rate_limit::{Charge, LeaseSettings, Leased, Quota, RateLimitStore};
 
 fn quota(count: u64, period: Duration, burst: u64) -> Quota {
     Quota::new(count, period)
@@ -44,7 +44,7 @@ where
                 while start.elapsed() < RUN {
                     tick.tick().await;
                     let arrived = Instant::now();
-                    let decision = instance.decide("p", "hot", &q, 1).await;
+                    let decision = instance.decide(Charge::new("p", "hot", &q, 1)).await;
                     if decision.expect("store answers").is_allowed() {
                         admitted.push(arrived);
                     }
@@ -99,7 +99,10 @@ where
     // lease it took may just have been spent: then it takes another).
     let mut spent = 0;
     while spent < 30 || (instance.leased_units() == 0 && spent < 300) {
-        let d = instance.decide("p", "hot", &q, 1).await.expect("answers");
+        let d = instance
+            .decide(Charge::new("p", "hot", &q, 1))
+            .await
+            .expect("answers");
         assert!(d.is_allowed(), "{d:?}");
         spent += 1;
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -109,14 +112,20 @@ where
         held > 0,
         "{spent} requests a millisecond apart took no lease"
     );
-    let left = observer.decide("p", "hot", &q, 0).await.expect("answers");
+    let left = observer
+        .decide(Charge::new("p", "hot", &q, 0))
+        .await
+        .expect("answers");
     assert_eq!(
         left.remaining(),
         1_000 - spent - held,
         "leased units are taken from the shared state before they are spent"
     );
     tokio::time::sleep(settings.interval()).await;
-    let left = observer.decide("p", "hot", &q, 0).await.expect("answers");
+    let left = observer
+        .decide(Charge::new("p", "hot", &q, 0))
+        .await
+        .expect("answers");
     assert_eq!(left.remaining(), 1_000 - spent, "the unspent lease is back");
     assert_eq!(instance.leased_units(), 0);
 }
@@ -132,16 +141,25 @@ where
     let q = quota(5, Duration::from_millis(500), 5);
     let instance = Leased::new(h.store().await, LeaseSettings::default());
     for _ in 0..5 {
-        let d = instance.decide("p", "k", &q, 1).await.expect("answers");
+        let d = instance
+            .decide(Charge::new("p", "k", &q, 1))
+            .await
+            .expect("answers");
         assert!(d.is_allowed(), "{d:?}");
     }
-    let denied = instance.decide("p", "k", &q, 1).await.expect("answers");
+    let denied = instance
+        .decide(Charge::new("p", "k", &q, 1))
+        .await
+        .expect("answers");
     let wait = denied.retry_after().expect("denied with a retry-after");
     let before = h.store_calls().await;
     let started = Instant::now();
     let mut answered = 0;
     while started.elapsed() < wait / 2 {
-        let d = instance.decide("p", "k", &q, 1).await.expect("answers");
+        let d = instance
+            .decide(Charge::new("p", "k", &q, 1))
+            .await
+            .expect("answers");
         assert!(!d.is_allowed(), "{d:?}");
         assert!(d.retry_after().is_some_and(|r| r <= wait), "{d:?}");
         answered += 1;
@@ -150,7 +168,10 @@ where
     let after = h.store_calls().await;
     assert_eq!(before, after, "store calls while the denial was cached");
     tokio::time::sleep(wait).await;
-    let d = instance.decide("p", "k", &q, 1).await.expect("answers");
+    let d = instance
+        .decide(Charge::new("p", "k", &q, 1))
+        .await
+        .expect("answers");
     assert!(d.is_allowed(), "after the retry-after: {d:?}");
     let last = h.store_calls().await;
     assert!(

@@ -19,7 +19,7 @@ use crate::backends::Backend;
 use crate::error::StoreError;
 use crate::layers::rate_limit::gcra::{self, GcraState};
 use crate::layers::rate_limit::store::{Charge, state_key};
-use crate::layers::rate_limit::{Decision, Quota, RateLimitStore};
+use crate::layers::rate_limit::{Decision, RateLimitStore};
 
 /// Attempts before a decision under contention gives up.
 const MAX_ATTEMPTS: u32 = 200;
@@ -39,16 +39,11 @@ impl RateLimitStore for EtcdStore {
     /// Bounded as a whole by four per-call timeouts: a hot key under heavy
     /// contention fails with a timeout (handled by the layer's failure
     /// policy) instead of retrying for long.
-    async fn decide(
-        &self,
-        policy: &str,
-        key: &str,
-        quota: &Quota,
-        cost: u64,
-    ) -> Result<Decision, StoreError> {
+    async fn decide(&self, charge: Charge<'_>) -> Result<Decision, StoreError> {
         let deadline = self.config().timeout() * 4;
+        let (quota, cost) = (charge.quota, charge.cost);
         let decide = async {
-            let key = state_key(self.keyspace(), policy, key);
+            let key = state_key(self.keyspace(), charge.policy, charge.key);
             let (mut state, mut revision) = read(&self.get(&key).await?);
             for attempt in 0..MAX_ATTEMPTS {
                 let step = gcra::decide(state, quota, cost, self.clock().now_micros());
@@ -78,16 +73,11 @@ impl RateLimitStore for EtcdStore {
 
     /// A read, then a revision-guarded write (or delete, when nothing is
     /// owed any more), retried on conflict like a decision.
-    async fn give_back(
-        &self,
-        policy: &str,
-        key: &str,
-        quota: &Quota,
-        units: u64,
-    ) -> Result<(), StoreError> {
+    async fn give_back(&self, charge: Charge<'_>) -> Result<(), StoreError> {
         let deadline = self.config().timeout() * 4;
+        let (quota, units) = (charge.quota, charge.cost);
         let give_back = async {
-            let key = state_key(self.keyspace(), policy, key);
+            let key = state_key(self.keyspace(), charge.policy, charge.key);
             let (mut state, mut revision) = read(&self.get(&key).await?);
             for _ in 0..MAX_ATTEMPTS {
                 let now = self.clock().now_micros();
@@ -124,7 +114,10 @@ impl RateLimitStore for EtcdStore {
     /// same round trip and decides again.
     async fn decide_all(&self, charges: &[Charge<'_>]) -> Result<Vec<Decision>, StoreError> {
         if let [c] = charges {
-            return Ok(vec![self.decide(c.policy, c.key, c.quota, c.cost).await?]);
+            return Ok(vec![
+                self.decide(Charge::new(c.policy, c.key, c.quota, c.cost))
+                    .await?,
+            ]);
         }
         let deadline = self.config().timeout() * 4;
         let decide = async {

@@ -266,12 +266,12 @@ impl MemoryConfig {
 /// let quota = Quota::per_minute(1).unwrap();
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// for key in ["a", "b", "c", "d"] {
-///     store.decide("per-key", key, &quota, 1).await.unwrap();
+///     store.decide(Charge::new("per-key", key, &quota, 1)).await.unwrap();
 /// }
 /// // "a" and "b" have their own keys; "c" and "d" share one overflow key,
 /// // whose one request a minute "c" took.
 /// assert_eq!(store.rate_limit_keys(), 3);
-/// assert!(!store.decide("per-key", "e", &quota, 1).await.unwrap().is_allowed());
+/// assert!(!store.decide(Charge::new("per-key", "e", &quota, 1)).await.unwrap().is_allowed());
 /// # });
 /// ```
 ///

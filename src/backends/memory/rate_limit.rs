@@ -632,31 +632,13 @@ impl MemoryStore {
 }
 
 impl RateLimitStore for MemoryStore {
-    async fn decide(
-        &self,
-        policy: &str,
-        key: &str,
-        quota: &Quota,
-        cost: u64,
-    ) -> Result<Decision, StoreError> {
-        self.decide_at_once(policy, key, quota, cost)
+    async fn decide(&self, charge: Charge<'_>) -> Result<Decision, StoreError> {
+        self.decide_at_once(charge.policy, charge.key, charge.quota, charge.cost)
     }
 
-    async fn give_back(
-        &self,
-        policy: &str,
-        key: &str,
-        quota: &Quota,
-        units: u64,
-    ) -> Result<(), StoreError> {
+    async fn give_back(&self, charge: Charge<'_>) -> Result<(), StoreError> {
         self.check_open()?;
         let now_us = self.inner.clock.now_micros();
-        let charge = Charge {
-            policy,
-            key,
-            quota,
-            cost: units,
-        };
         self.inner.cells.give_back(&charge, now_us);
         Ok(())
     }

@@ -270,59 +270,36 @@ fn pack_cost(quota: &Quota, cost: f64, now_us: Option<u64>) -> [u8; 40] {
 impl RedisStore {
     /// One decision, lingering in the queue (see
     /// [`decision_queue`](super::decision_queue)) or not.
-    async fn decide_one(
-        &self,
-        policy: &str,
-        key: &str,
-        quota: &Quota,
-        cost: u64,
-        linger: bool,
-    ) -> Result<Decision, StoreError> {
-        let key = state_key(self.keyspace(), policy, key);
+    async fn decide_one(&self, c: Charge<'_>, linger: bool) -> Result<Decision, StoreError> {
+        let key = state_key(self.keyspace(), c.policy, c.key);
         let now = self.caller_clock().map(|clock| clock.now_micros());
         let debt = self
-            .decide_packed(key, pack(quota, cost, now), linger)
+            .decide_packed(key, pack(c.quota, c.cost, now), linger)
             .await?;
-        Ok(decision(quota, cost, debt))
+        Ok(decision(c.quota, c.cost, debt))
     }
 }
 
 impl RateLimitStore for RedisStore {
-    async fn decide(
-        &self,
-        policy: &str,
-        key: &str,
-        quota: &Quota,
-        cost: u64,
-    ) -> Result<Decision, StoreError> {
-        self.decide_one(policy, key, quota, cost, false).await
+    async fn decide(&self, charge: Charge<'_>) -> Result<Decision, StoreError> {
+        self.decide_one(charge, false).await
     }
 
     /// Lingers in the decision queue for other decisions to share the
     /// script call (standalone servers; a Cluster decides at once).
-    async fn decide_batched(
-        &self,
-        policy: &str,
-        key: &str,
-        quota: &Quota,
-        cost: u64,
-    ) -> Result<Decision, StoreError> {
-        self.decide_one(policy, key, quota, cost, true).await
+    async fn decide_batched(&self, charge: Charge<'_>) -> Result<Decision, StoreError> {
+        self.decide_one(charge, true).await
     }
 
     /// One `EVALSHA` of `scripts/gcra_give_back.lua` (one key, so it runs
     /// on a Cluster as on a standalone server).
-    async fn give_back(
-        &self,
-        policy: &str,
-        key: &str,
-        quota: &Quota,
-        units: u64,
-    ) -> Result<(), StoreError> {
-        let key = state_key(self.keyspace(), policy, key);
+    async fn give_back(&self, charge: Charge<'_>) -> Result<(), StoreError> {
+        let key = state_key(self.keyspace(), charge.policy, charge.key);
         let now = self.caller_clock().map(|clock| clock.now_micros());
         let mut invocation = GIVE_BACK.prepare_invoke();
-        invocation.key(key).arg(&pack(quota, units, now)[..]);
+        invocation
+            .key(key)
+            .arg(&pack(charge.quota, charge.cost, now)[..]);
         let _left: i64 = self.invoke(&invocation).await?;
         Ok(())
     }
@@ -334,7 +311,10 @@ impl RateLimitStore for RedisStore {
     /// (see [`RedisStore`]'s "Several policies").
     async fn decide_all(&self, charges: &[Charge<'_>]) -> Result<Vec<Decision>, StoreError> {
         if let [c] = charges {
-            return Ok(vec![self.decide(c.policy, c.key, c.quota, c.cost).await?]);
+            return Ok(vec![
+                self.decide(Charge::new(c.policy, c.key, c.quota, c.cost))
+                    .await?,
+            ]);
         }
         let now = self.caller_clock().map(|clock| clock.now_micros());
         let keys: Vec<(String, [u8; 40])> = charges

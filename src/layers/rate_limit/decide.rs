@@ -149,9 +149,15 @@ impl<St: RateLimitStore> Limiter<St> {
                 // An in-process store has nothing to save by leasing.
                 let result = match policy.mode {
                     SyncMode::Leased if self.store.in_process().is_none() => {
-                        self.leases.decide(name, key_str, quota, cost).await
+                        self.leases
+                            .decide(Charge::new(name, key_str, quota, cost))
+                            .await
                     }
-                    _ => self.store.decide(name, key_str, quota, cost).await,
+                    _ => {
+                        self.store
+                            .decide(Charge::new(name, key_str, quota, cost))
+                            .await
+                    }
                 };
                 if let ControlFlow::Break(verdict) =
                     self.take(&mut strictest, policy, key, cost, result)

@@ -72,6 +72,18 @@ pub struct Charge<'a> {
     pub cost: u64,
 }
 
+impl<'a> Charge<'a> {
+    /// `cost` for `key` under `policy`'s `quota`.
+    pub fn new(policy: &'a str, key: &'a str, quota: &'a Quota, cost: u64) -> Self {
+        Self {
+            policy,
+            key,
+            quota,
+            cost,
+        }
+    }
+}
+
 /// GCRA state behind a rate limiter.
 ///
 /// `decide` is one atomic step: read the key's state, decide, and (only when
@@ -84,13 +96,10 @@ pub struct Charge<'a> {
 /// `decide_all` decides every policy of one request, all or nothing: either
 /// every charge is allowed and spent, or none is spent.
 pub trait RateLimitStore: Backend {
-    /// Decides a request of `cost` for `key` under `policy`'s `quota`.
+    /// Decides a request of `charge.cost` for `charge.key` under its policy's quota.
     fn decide(
         &self,
-        policy: &str,
-        key: &str,
-        quota: &Quota,
-        cost: u64,
+        charge: Charge<'_>,
     ) -> impl Future<Output = Result<Decision, StoreError>> + Send;
 
     /// [`decide`](Self::decide), possibly after a short wait to share one
@@ -100,12 +109,9 @@ pub trait RateLimitStore: Backend {
     /// elsewhere.
     fn decide_batched(
         &self,
-        policy: &str,
-        key: &str,
-        quota: &Quota,
-        cost: u64,
+        charge: Charge<'_>,
     ) -> impl Future<Output = Result<Decision, StoreError>> + Send {
-        self.decide(policy, key, quota, cost)
+        self.decide(charge)
     }
 
     /// Gives back `units` of cost that an allowed decision on `key` took
@@ -113,13 +119,7 @@ pub trait RateLimitStore: Backend {
     /// drops by `units` of `quota`, never below an empty bucket, so the
     /// shared state can never admit more than the quota. A key absent, or
     /// written under another period since, is left alone. One store call.
-    fn give_back(
-        &self,
-        policy: &str,
-        key: &str,
-        quota: &Quota,
-        units: u64,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn give_back(&self, charge: Charge<'_>) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Decides every charge of one request, all or nothing; one decision
     /// per charge, in order.
@@ -141,7 +141,7 @@ pub trait RateLimitStore: Backend {
         async move {
             let mut decisions = Vec::with_capacity(charges.len());
             for c in charges {
-                let decision = self.decide(c.policy, c.key, c.quota, c.cost).await?;
+                let decision = self.decide(*c).await?;
                 decisions.push(decision);
                 if !decision.is_allowed() {
                     break;

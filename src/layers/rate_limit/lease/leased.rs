@@ -14,7 +14,7 @@ use super::table::{Entry, Step};
 use crate::backends::{Backend, KeySpace, MemoryStore};
 use crate::error::StoreError;
 use crate::layers::rate_limit::store::write_state_id;
-use crate::layers::rate_limit::{Decision, Quota, RateLimitStore};
+use crate::layers::rate_limit::{Charge, Decision, Quota, RateLimitStore};
 
 /// A [`RateLimitStore`] whose decisions are local-first: see the
 /// [module docs](super) for how, and for the error bound.
@@ -190,14 +190,14 @@ impl<S: RateLimitStore> Leased<S> {
             // Admitted from what was held: a failed give-back only leaves
             // those units to drain on the store.
             if back > 0
-                && let Err(err) = store.give_back(policy, key, quota, back).await
+                && let Err(err) = store.give_back(Charge::new(policy, key, quota, back)).await
             {
                 tracing::debug!(error = %err, "rate limit lease give-back failed");
             }
             return Ok(answer);
         }
         let need = want - carry;
-        let taken = store.decide(policy, key, quota, need).await;
+        let taken = store.decide(Charge::new(policy, key, quota, need)).await;
         let now = Instant::now();
         let taken = match taken {
             Ok(decision) => decision,
@@ -240,7 +240,9 @@ impl<S: RateLimitStore> Leased<S> {
         }
         let shortfall = cost - carry;
         let exact = if need > shortfall {
-            store.decide(policy, key, quota, shortfall).await
+            store
+                .decide(Charge::new(policy, key, quota, shortfall))
+                .await
         } else {
             Ok(taken)
         };
@@ -338,7 +340,7 @@ async fn give_back_all<S: RateLimitStore>(store: &S, expired: Expired) {
         .iter()
         .filter_map(|(id, quota, units)| {
             let (policy, key) = id.split_once('/')?;
-            Some(store.give_back(policy, key, quota, *units))
+            Some(store.give_back(Charge::new(policy, key, quota, *units)))
         })
         .collect();
     while let Some(result) = calls.next().await {
@@ -382,18 +384,13 @@ impl<S: RateLimitStore> Backend for Leased<S> {
 }
 
 impl<S: RateLimitStore> RateLimitStore for Leased<S> {
-    async fn decide(
-        &self,
-        policy: &str,
-        key: &str,
-        quota: &Quota,
-        cost: u64,
-    ) -> Result<Decision, StoreError> {
+    async fn decide(&self, charge: Charge<'_>) -> Result<Decision, StoreError> {
+        let (policy, key, quota, cost) = (charge.policy, charge.key, charge.quota, charge.cost);
         let store = &self.shared.store;
         let max_lease = self.shared.settings.max_lease(quota);
         // A peek, or never possible: exact, and nothing to remember.
         if cost == 0 || cost > quota.burst() {
-            return store.decide(policy, key, quota, cost).await;
+            return store.decide(charge).await;
         }
         let id = state_id(policy, key);
         let now = Instant::now();
@@ -405,9 +402,11 @@ impl<S: RateLimitStore> RateLimitStore for Leased<S> {
             }
             step @ (Step::Cold | Step::Exact) => {
                 let decision = if matches!(step, Step::Cold) {
-                    store.decide_batched(policy, key, quota, cost).await?
+                    store
+                        .decide_batched(Charge::new(policy, key, quota, cost))
+                        .await?
                 } else {
-                    store.decide(policy, key, quota, cost).await?
+                    store.decide(Charge::new(policy, key, quota, cost)).await?
                 };
                 let now = Instant::now();
                 self.with_entry(&id, |e| e.record(&decision, now));
@@ -416,14 +415,8 @@ impl<S: RateLimitStore> RateLimitStore for Leased<S> {
         }
     }
 
-    async fn give_back(
-        &self,
-        policy: &str,
-        key: &str,
-        quota: &Quota,
-        units: u64,
-    ) -> Result<(), StoreError> {
-        self.shared.store.give_back(policy, key, quota, units).await
+    async fn give_back(&self, charge: Charge<'_>) -> Result<(), StoreError> {
+        self.shared.store.give_back(charge).await
     }
 
     fn in_process(&self) -> Option<&MemoryStore> {

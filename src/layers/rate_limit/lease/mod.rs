@@ -12,7 +12,7 @@
 //! let quota = Quota::per_second(1_000).unwrap();
 //! let mut allowed = 0;
 //! for _ in 0..1_200 {
-//!     if instance.decide("api", "client-1", &quota, 1).await.unwrap().is_allowed() {
+//!     if instance.decide(Charge::new("api", "client-1", &quota, 1)).await.unwrap().is_allowed() {
 //!         allowed += 1;
 //!     }
 //! }
