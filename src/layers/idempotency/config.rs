@@ -16,7 +16,7 @@
 //! "#).unwrap();
 //! let svc = ServiceBuilder::new()
 //!     .layer(IdempotencyLayer::from_config(MemoryStore::new(), &config).unwrap())
-//!     .service(service_fn(|_: Request<String>| async {
+//!     .service(service_fn(|_: Request<_>| async {
 //!         Ok::<_, std::convert::Infallible>(Response::new(String::from("placed")))
 //!     }));
 //!
