@@ -600,6 +600,12 @@ impl fmt::Debug for HeaderKey {
     }
 }
 
+/// `name` as a header name, for configs; the error names `what` it is for.
+pub(crate) fn header_name(what: &str, name: &str) -> Result<HeaderName, crate::ConfigError> {
+    HeaderName::try_from(name)
+        .map_err(|e| crate::ConfigError::new(format!("{what} header {name:?}: {e}")))
+}
+
 /// The salt of header keys hashed without a deployment secret.
 const HEADER_KEY_SALT: &[u8] = b"battlement header key";
 

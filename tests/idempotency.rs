@@ -775,11 +775,12 @@ async fn behind_trusted_proxies_unauthenticated_clients_are_scoped_apart() {
 // behind proxies, or (the default) `Authorization` then the address.
 #[tokio::test]
 async fn the_scope_is_chosen_in_the_stack_config() {
-    use battlement::stack::{self, ScopeSettings, StackConfig};
+    use battlement::idempotency::ScopeConfig;
+    use battlement::stack::{self, StackConfig};
     let default = StackConfig::from_toml("[idempotency]").unwrap();
     assert_eq!(
         default.idempotency.unwrap().scope,
-        ScopeSettings::Authorization {
+        ScopeConfig::Authorization {
             trusted_proxies: vec![]
         }
     );

@@ -507,7 +507,8 @@ async fn ipv4_and_mapped_addresses_are_keyed_each_on_its_own() {
 // The prefix is a key setting of the stack config.
 #[tokio::test]
 async fn the_ipv6_prefix_is_configurable_per_policy_key() {
-    use battlement::stack::{KeySettings, StackConfig};
+    use battlement::rate_limit::KeyConfig;
+    use battlement::stack::StackConfig;
     let config = StackConfig::from_toml(
         r#"
         [[rate_limit.policies]]
@@ -522,10 +523,10 @@ async fn the_ipv6_prefix_is_configurable_per_policy_key() {
     )
     .unwrap();
     let policies = &config.rate_limit.unwrap().policies;
-    assert_eq!(policies[0].key, KeySettings::peer_ip());
+    assert_eq!(policies[0].key, KeyConfig::peer_ip());
     assert_eq!(
         policies[1].key,
-        KeySettings::ClientIp {
+        KeyConfig::ClientIp {
             trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
             ipv6_prefix: 128
         }

@@ -287,3 +287,117 @@ async fn overload_settings_come_from_the_config() {
     let bad = StackConfig::from_toml("[client.hedge]\nmax_hedged_fraction = 2.0\n").unwrap();
     assert!(stack::client("upstream", &bad.client, server.store().clone()).is_err());
 }
+
+// The `[rate_limit]` and `[idempotency]` sections of a stack document are
+// the layers' own configs: built by the preset or by `from_config` by
+// hand, the same requests get the same answers.
+#[tokio::test]
+async fn the_stack_sections_build_the_layers_from_config() {
+    use battlement::backends::MemoryStore;
+    use battlement::idempotency::{IdempotencyConfig, IdempotencyLayer};
+    use battlement::rate_limit::{RateLimitConfig, RateLimitLayer};
+
+    const DOCUMENT: &str = r#"
+        [rate_limit]
+        legacy_headers = true
+        failure = "fail_closed"
+
+        [[rate_limit.policies]]
+        name = "per-key"
+        quota = { count = 4, period = "1m" }
+        key = { by = "header", name = "x-api-key" }
+
+        [idempotency]
+        routes = ["/orders"]
+        methods = ["post"]
+        required = true
+        strict_keys = true
+        retention = "1h"
+        scope = { by = "header", name = "x-api-key" }
+    "#;
+    let config = StackConfig::from_toml(DOCUMENT).unwrap();
+    // Each section read on its own is the layer's config.
+    let document: toml::Table = toml::from_str(DOCUMENT).unwrap();
+    let rate_limit: RateLimitConfig = document["rate_limit"].clone().try_into().unwrap();
+    let idempotency: IdempotencyConfig = document["idempotency"].clone().try_into().unwrap();
+    assert_eq!(config.rate_limit.as_ref(), Some(&rate_limit));
+    assert_eq!(config.idempotency.as_ref(), Some(&idempotency));
+
+    let api = || {
+        let orders = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        Router::new().route(
+            "/orders",
+            post(move || {
+                let n = orders.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                async move { (StatusCode::CREATED, format!("order {n}")) }
+            })
+            .patch(|| async { "patched" }),
+        )
+    };
+    let server = stack::server(&config).await.unwrap();
+    let preset = server.router(api());
+    let by_hand = api().layer(
+        tower::ServiceBuilder::new()
+            .layer(RateLimitLayer::from_config(MemoryStore::new(), &rate_limit).unwrap())
+            .layer(IdempotencyLayer::from_config(MemoryStore::new(), &idempotency).unwrap()),
+    );
+
+    let order = |api_key: &str, key: Option<&str>| {
+        let mut req = Request::post("/orders").header("x-api-key", api_key);
+        if let Some(key) = key {
+            req = req.header("idempotency-key", key);
+        }
+        req.body(Body::empty()).unwrap()
+    };
+    let patch = || {
+        Request::patch("/orders")
+            .header("x-api-key", "b")
+            .body(Body::empty())
+            .unwrap()
+    };
+    for app in [&preset, &by_hand] {
+        let mut seen = Vec::new();
+        for req in [
+            order("a", Some("k1")),     // strict keys: a bare token is refused
+            order("a", Some("\"k1\"")), // executes
+            order("a", Some("\"k1\"")), // replayed
+            patch(),                    // PATCH is not covered: no key needed
+            order("a", None),           // required: refused
+            order("a", Some("\"k2\"")), // the fifth of a quota of four
+        ] {
+            let (status, headers, body) = call(app, req).await;
+            let header = |name: &str| {
+                headers
+                    .get(name)
+                    .map_or("-", |v| v.to_str().unwrap())
+                    .to_owned()
+            };
+            seen.push((
+                status.as_u16(),
+                header("x-ratelimit-remaining"),
+                header("idempotent-replayed"),
+                header("retry-after"),
+                if status.is_success() {
+                    body
+                } else {
+                    String::new()
+                },
+            ));
+        }
+        let row = |status: u16, remaining: &str, replayed: &str, retry: &str, body: &str| {
+            let s = |v: &str| v.to_owned();
+            (status, s(remaining), s(replayed), s(retry), s(body))
+        };
+        assert_eq!(
+            seen,
+            [
+                row(400, "3", "-", "-", ""),
+                row(201, "2", "-", "-", "order 1"),
+                row(201, "1", "true", "-", "order 1"),
+                row(200, "3", "-", "-", "patched"),
+                row(400, "0", "-", "-", ""),
+                row(429, "0", "-", "15", ""),
+            ]
+        );
+    }
+}

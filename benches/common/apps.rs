@@ -4,10 +4,9 @@
 use axum::Router;
 use axum::routing::get;
 use battlement::backends::BackendConfig;
-use battlement::stack::{
-    self, AccessLogSettings, IdempotencySettings, KeySettings, PolicySettings, RateLimitSettings,
-    StackConfig, Switch,
-};
+use battlement::idempotency::IdempotencyConfig;
+use battlement::rate_limit::{KeyConfig, PolicyConfig, RateLimitConfig};
+use battlement::stack::{self, AccessLogSettings, StackConfig, Switch};
 
 /// Whether to measure: `cargo bench` passes `--bench`, while `cargo test
 /// --all-targets` runs bench binaries without it.
@@ -57,19 +56,19 @@ pub fn config(backend: BackendConfig) -> StackConfig {
             enabled: on("access_log"),
             ..AccessLogSettings::default()
         },
-        rate_limit: on("rate_limit").then(|| RateLimitSettings {
-            policies: vec![PolicySettings {
+        rate_limit: on("rate_limit").then(|| RateLimitConfig {
+            policies: vec![PolicyConfig {
                 name: "per-ip".into(),
                 quota,
-                key: KeySettings::client_ip([]),
+                key: KeyConfig::client_ip([]),
                 mode: Default::default(),
             }],
-            ..RateLimitSettings::default()
+            ..RateLimitConfig::default()
         }),
-        idempotency: on("idempotency").then(|| IdempotencySettings {
+        idempotency: on("idempotency").then(|| IdempotencyConfig {
             routes: vec!["/orders".into()],
             required: true,
-            ..IdempotencySettings::default()
+            ..IdempotencyConfig::default()
         }),
         ..StackConfig::default()
     }
@@ -94,7 +93,7 @@ pub async fn full_leased(backend: BackendConfig, quota: battlement::rate_limit::
             policy.quota = quota;
             policy.mode = battlement::rate_limit::SyncMode::Leased;
             policy.key =
-                KeySettings::client_ip(["127.0.0.1/32".parse().unwrap_or_else(|e| panic!("{e}"))]);
+                KeyConfig::client_ip(["127.0.0.1/32".parse().unwrap_or_else(|e| panic!("{e}"))]);
         }
     }
     let server = stack::server(&config)

@@ -28,13 +28,11 @@ use battlement::client::{ClientBody, ClientStackLayer};
 use battlement::concurrency_limit::ConcurrencyLimitConfig;
 use battlement::deadline::DeadlineConfig;
 use battlement::health::{HealthRegistry, HealthRoutes};
-use battlement::rate_limit::{Quota, SyncMode};
+use battlement::idempotency::{IdempotencyConfig, ScopeConfig};
+use battlement::rate_limit::{KeyConfig, PolicyConfig, Quota, RateLimitConfig, SyncMode};
 use battlement::reload::ConfigWatch;
 use battlement::retry::{AttemptTimedOut, RetryPolicy};
-use battlement::stack::{
-    self, IdempotencySettings, KeySettings, PolicySettings, RateLimitSettings, ScopeSettings,
-    StackConfig,
-};
+use battlement::stack::{self, StackConfig};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
@@ -276,26 +274,26 @@ fn stack_config(settings: &Settings) -> Result<StackConfig, Error> {
                 .with_timeout(settings.redis_timeout),
         );
     }
-    config.rate_limit = Some(RateLimitSettings {
-        policies: vec![PolicySettings {
+    config.rate_limit = Some(RateLimitConfig {
+        policies: vec![PolicyConfig {
             name: "per-ip".into(),
             quota: settings.rate_limit,
-            key: KeySettings::client_ip(settings.trusted_proxies.iter().copied()),
+            key: KeyConfig::client_ip(settings.trusted_proxies.iter().copied()),
             mode: settings.rate_limit_mode,
         }],
         failure: settings.rate_limit_failure,
-        ..RateLimitSettings::default()
+        ..RateLimitConfig::default()
     });
     // Each Idempotency-Key executes once, even across instances, and
     // belongs to its client: `Authorization`, else the client's address
     // (behind `TRUSTED_PROXIES`, the one they forward for).
-    config.idempotency = Some(IdempotencySettings {
+    config.idempotency = Some(IdempotencyConfig {
         routes: vec!["/orders".into()],
         required: true,
-        scope: ScopeSettings::Authorization {
+        scope: ScopeConfig::Authorization {
             trusted_proxies: settings.trusted_proxies.clone(),
         },
-        ..IdempotencySettings::default()
+        ..IdempotencyConfig::default()
     });
     // Load is shed before it queues (health routes never are), and no
     // request runs past REQUEST_TIMEOUT.

@@ -40,10 +40,8 @@ use std::time::Duration;
 
 use battlement::backends::BackendConfig;
 use battlement::health::{Group, GrpcHealth, HealthRegistry};
-use battlement::rate_limit::Quota;
-use battlement::stack::{
-    self, GrpcStackLayer, KeySettings, PolicySettings, RateLimitSettings, ServerStack, StackConfig,
-};
+use battlement::rate_limit::{KeyConfig, PolicyConfig, Quota, RateLimitConfig};
+use battlement::stack::{self, GrpcStackLayer, ServerStack, StackConfig};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic::transport::Server;
@@ -105,14 +103,14 @@ async fn preset(quota: Quota, redis_url: Option<String>) -> Result<ServerStack, 
     };
     let config = StackConfig {
         backend,
-        rate_limit: Some(RateLimitSettings {
-            policies: vec![PolicySettings {
+        rate_limit: Some(RateLimitConfig {
+            policies: vec![PolicyConfig {
                 name: "per-ip".into(),
                 quota,
-                key: KeySettings::peer_ip(),
+                key: KeyConfig::peer_ip(),
                 mode: Default::default(),
             }],
-            ..RateLimitSettings::default()
+            ..RateLimitConfig::default()
         }),
         ..StackConfig::default()
     };

@@ -1,18 +1,14 @@
 //! `StackConfig`: the whole stack in one serde document.
 
 use std::path::Path;
-use std::time::Duration;
 
-use http::HeaderName;
-use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::backends::BackendConfig;
 use crate::circuit_breaker::BreakerConfig;
-use crate::error::{ConfigError, FailurePolicy};
-use crate::idempotency::{AuthorizationScope, IdempotencyLayer, IdempotencyStore};
-use crate::key::{ClientIp, DEFAULT_IPV6_PREFIX, GlobalKey, HeaderKey, PeerIp};
-use crate::rate_limit::{Policy, Quota, SyncMode};
+use crate::error::ConfigError;
+use crate::idempotency::IdempotencyConfig;
+use crate::rate_limit::{PolicyConfig, RateLimitConfig};
 use crate::retry::RetryPolicy;
 
 /// Every layer of the server and client presets, and the backend they
@@ -63,13 +59,20 @@ pub struct StackConfig {
     /// The access log the trace layer writes (on by default; none when
     /// the trace layer is off).
     pub access_log: AccessLogSettings,
-    /// Rate limiting (off unless present).
-    pub rate_limit: Option<RateLimitSettings>,
+    /// Rate limiting (off unless present): a
+    /// [`RateLimitConfig`], as [`RateLimitLayer::from_config`] reads it.
+    ///
+    /// [`RateLimitLayer::from_config`]: crate::RateLimitLayer::from_config
+    pub rate_limit: Option<RateLimitConfig>,
     /// A server-side breaker that sheds load while the service fails
     /// (off unless present).
     pub circuit_breaker: Option<ServerBreakerSettings>,
-    /// Idempotency keys (off unless present).
-    pub idempotency: Option<IdempotencySettings>,
+    /// Idempotency keys (off unless present): an
+    /// [`IdempotencyConfig`], as [`IdempotencyLayer::from_config`] reads
+    /// it.
+    ///
+    /// [`IdempotencyLayer::from_config`]: crate::IdempotencyLayer::from_config
+    pub idempotency: Option<IdempotencyConfig>,
     /// A concurrency limit that sheds load at once, fixed or adaptive
     /// (off unless present; probes are never shed).
     pub concurrency_limit: Option<crate::concurrency_limit::ConcurrencyLimitConfig>,
@@ -138,163 +141,6 @@ impl Default for Switch {
     }
 }
 
-/// The rate limiter's policies and behaviour.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RateLimitSettings {
-    /// Decided in order; a request must pass every one.
-    pub policies: Vec<PolicySettings>,
-    /// Count would-be denials, deny nothing.
-    pub shadow: bool,
-    /// What to do when the store fails (default fail open).
-    pub failure: FailurePolicy,
-    /// Also send `X-RateLimit-*`.
-    pub legacy_headers: bool,
-}
-
-/// One named quota and what it counts per.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicySettings {
-    /// Sent in the `RateLimit` headers; the config source key.
-    pub name: String,
-    /// N per period with a burst.
-    pub quota: Quota,
-    /// What the quota is counted per (default: one global key).
-    #[serde(default)]
-    pub key: KeySettings,
-    /// `"exact"` (default) or `"leased"`: see
-    /// [`SyncMode`](crate::rate_limit::SyncMode).
-    #[serde(default)]
-    pub mode: SyncMode,
-}
-
-impl PolicySettings {
-    /// The policy these settings describe.
-    pub fn policy(&self) -> Result<Policy, ConfigError> {
-        self.key
-            .keyed(Policy::new(&self.name, self.quota)?.mode(self.mode))
-    }
-}
-
-/// What a quota is counted per.
-/// (Every variant has braces so that unknown fields are errors there too.)
-///
-/// IPv6 clients are counted per network of `ipv6_prefix` bits (default
-/// 64, the smallest a host is usually given; 128 counts each address), so
-/// one host cannot spread its requests over 2^64 keys. IPv4 clients, and
-/// IPv4-mapped IPv6 ones, are counted per address.
-///
-/// ```
-/// use battlement::stack::StackConfig;
-///
-/// let config = StackConfig::from_toml(r#"
-///     [[rate_limit.policies]]
-///     name = "per-site"
-///     quota = { count = 1000, period = "1m" }
-///     key = { by = "client_ip", trusted_proxies = ["10.0.0.0/8"], ipv6_prefix = 48 }
-/// "#).unwrap();
-/// # assert!(config.rate_limit.unwrap().policies[0].policy().is_ok());
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "by", rename_all = "snake_case", deny_unknown_fields)]
-pub enum KeySettings {
-    /// One key for every request.
-    Global {},
-    /// The TCP peer's address.
-    PeerIp {
-        /// IPv6 addresses are grouped by this prefix length (1 to 128,
-        /// default 64).
-        #[serde(default = "default_ipv6_prefix")]
-        ipv6_prefix: u8,
-    },
-    /// The client's address behind these trusted proxies.
-    ClientIp {
-        /// Proxies whose `X-Forwarded-For` / `Forwarded` is believed.
-        #[serde(default)]
-        trusted_proxies: Vec<IpNet>,
-        /// IPv6 addresses are grouped by this prefix length (1 to 128,
-        /// default 64).
-        #[serde(default = "default_ipv6_prefix")]
-        ipv6_prefix: u8,
-    },
-    /// A request header's value (e.g. an API key), hashed.
-    Header {
-        /// The header name.
-        name: String,
-        /// The deployment secret the hash is keyed with (see
-        /// [`HeaderKey::secret`]); default none.
-        #[serde(default)]
-        secret: Option<String>,
-    },
-}
-
-fn default_ipv6_prefix() -> u8 {
-    DEFAULT_IPV6_PREFIX
-}
-
-impl Default for KeySettings {
-    fn default() -> Self {
-        Self::Global {}
-    }
-}
-
-impl KeySettings {
-    /// The peer's address, IPv6 grouped by the default /64.
-    pub fn peer_ip() -> Self {
-        Self::PeerIp {
-            ipv6_prefix: DEFAULT_IPV6_PREFIX,
-        }
-    }
-
-    /// The client's address behind `trusted_proxies`, IPv6 grouped by the
-    /// default /64.
-    pub fn client_ip(trusted_proxies: impl IntoIterator<Item = IpNet>) -> Self {
-        Self::ClientIp {
-            trusted_proxies: trusted_proxies.into_iter().collect(),
-            ipv6_prefix: DEFAULT_IPV6_PREFIX,
-        }
-    }
-
-    /// `policy` counted per this key.
-    pub fn keyed(&self, policy: Policy) -> Result<Policy, ConfigError> {
-        Ok(match self {
-            Self::Global {} => policy.key(GlobalKey),
-            Self::PeerIp { ipv6_prefix } => {
-                policy.key(PeerIp::new().ipv6_prefix(checked_prefix(*ipv6_prefix)?))
-            }
-            Self::ClientIp {
-                trusted_proxies,
-                ipv6_prefix,
-            } => policy.key(
-                ClientIp::new(trusted_proxies.iter().copied())
-                    .ipv6_prefix(checked_prefix(*ipv6_prefix)?),
-            ),
-            Self::Header { name, secret } => {
-                let key = HeaderKey::new(header_name("key", name)?);
-                policy.key(match secret {
-                    Some(secret) => key.secret(secret),
-                    None => key,
-                })
-            }
-        })
-    }
-}
-
-fn checked_prefix(bits: u8) -> Result<u8, ConfigError> {
-    if (1..=128).contains(&bits) {
-        Ok(bits)
-    } else {
-        Err(ConfigError::new(format!(
-            "key ipv6_prefix {bits}: must be 1 to 128"
-        )))
-    }
-}
-
-fn header_name(what: &str, name: &str) -> Result<HeaderName, ConfigError> {
-    HeaderName::try_from(name).map_err(|e| ConfigError::new(format!("{what} header {name:?}: {e}")))
-}
-
 /// The server-side breaker.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -310,117 +156,6 @@ pub struct ServerBreakerSettings {
 
 fn server_breaker_name() -> String {
     "server".into()
-}
-
-/// Idempotency keys.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct IdempotencySettings {
-    /// The route templates covered (`/orders`, `/orders/{id}`); empty:
-    /// every route.
-    pub routes: Vec<String>,
-    /// Methods covered (default POST and PATCH).
-    pub methods: Vec<String>,
-    /// A covered request without a key gets 400.
-    pub required: bool,
-    /// Only the draft's quoted keys are accepted, not bare tokens.
-    pub strict_keys: bool,
-    /// How long a claim is held while its request runs.
-    #[serde(with = "humantime_serde")]
-    pub lock: Duration,
-    /// How long a completed response is replayed.
-    #[serde(with = "humantime_serde")]
-    pub retention: Duration,
-    /// What to do when the store fails (default fail closed).
-    pub failure: FailurePolicy,
-    /// Whose keys they are (default `Authorization`, else the peer's
-    /// address); a request with no scope gets 400.
-    pub scope: ScopeSettings,
-}
-
-impl Default for IdempotencySettings {
-    fn default() -> Self {
-        Self {
-            routes: Vec::new(),
-            methods: vec!["POST".into(), "PATCH".into()],
-            required: false,
-            strict_keys: false,
-            lock: Duration::from_secs(60),
-            retention: Duration::from_secs(24 * 3600),
-            failure: FailurePolicy::FailClosed,
-            scope: ScopeSettings::default(),
-        }
-    }
-}
-
-/// Whose idempotency keys they are: a stored response is replayed only to
-/// requests of the same scope, so a scope must tell clients apart. A
-/// request whose scope cannot be told (no credential and no known
-/// address, a missing header) gets 400 "idempotency scope unknown" and
-/// does not run; no two clients share a scope by default. Addresses are
-/// scopes each on its own (IPv6 is not grouped by prefix here).
-///
-/// ```
-/// use battlement::stack::StackConfig;
-///
-/// // Behind a load balancer: without `Authorization`, the client it
-/// // forwards for, not the balancer.
-/// let config = StackConfig::from_toml(r#"
-///     [idempotency]
-///     scope = { by = "authorization", trusted_proxies = ["10.0.0.0/8"] }
-/// "#).unwrap();
-/// # assert!(config.idempotency.is_some());
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "by", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ScopeSettings {
-    /// The hashed `Authorization` header; without one, the client's
-    /// address: the peer's, or the client behind these trusted proxies.
-    Authorization {
-        /// Proxies whose `X-Forwarded-For` is believed (default none: the
-        /// peer is the client).
-        #[serde(default)]
-        trusted_proxies: Vec<IpNet>,
-    },
-    /// The client's address alone, `Authorization` or not (for
-    /// credentials that change between a request and its retry).
-    ClientIp {
-        /// Proxies whose `X-Forwarded-For` is believed.
-        #[serde(default)]
-        trusted_proxies: Vec<IpNet>,
-    },
-    /// A request header's value (a client or tenant id a gateway sets).
-    Header {
-        /// The header name.
-        name: String,
-    },
-}
-
-impl Default for ScopeSettings {
-    fn default() -> Self {
-        Self::Authorization {
-            trusted_proxies: Vec::new(),
-        }
-    }
-}
-
-impl ScopeSettings {
-    /// `layer` scoped by these settings.
-    pub fn scoped<St: IdempotencyStore>(
-        &self,
-        layer: IdempotencyLayer<St>,
-    ) -> Result<IdempotencyLayer<St>, ConfigError> {
-        Ok(match self {
-            Self::Authorization { trusted_proxies } => layer
-                .scope(AuthorizationScope::new().trusted_proxies(trusted_proxies.iter().copied())),
-            Self::ClientIp { trusted_proxies } => {
-                layer.scope(ClientIp::new(trusted_proxies.iter().copied()).ipv6_prefix(128))
-            }
-            Self::Header { name } => {
-                layer.scope(HeaderKey::new(header_name("idempotency scope", name)?))
-            }
-        })
-    }
 }
 
 /// The health routes.
@@ -580,7 +315,7 @@ pub struct ClientSettings {
     /// [`BreakerConfig::default`]).
     pub breaker: Option<BreakerConfig>,
     /// A client-side quota.
-    pub rate_limit: Option<PolicySettings>,
+    pub rate_limit: Option<PolicyConfig>,
     /// Hedged requests (off unless present).
     pub hedge: Option<crate::hedge::HedgeConfig>,
 }

@@ -72,8 +72,7 @@ mod server;
 
 pub use client::client;
 pub use config::{
-    AccessLogSettings, ClientSettings, ConfigSourceSettings, HealthSettings, IdempotencySettings,
-    KeySettings, PolicySettings, RateLimitSettings, ScopeSettings, ServerBreakerSettings,
+    AccessLogSettings, ClientSettings, ConfigSourceSettings, HealthSettings, ServerBreakerSettings,
     StackConfig, Switch, TelemetrySettings,
 };
 pub use ext::ServiceBuilderExt;

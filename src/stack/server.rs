@@ -2,8 +2,6 @@
 
 use std::fmt;
 
-use http::Method;
-
 use super::config::StackConfig;
 use crate::backends::AnyStore;
 use crate::circuit_breaker::{CircuitBreakerHandle, CircuitBreakerLayer};
@@ -98,15 +96,7 @@ pub async fn server(config: &StackConfig) -> Result<ServerStack, StackError> {
     let events = Events::new();
     let rate_limit = match &config.rate_limit {
         Some(settings) => {
-            let mut layer = RateLimitLayer::new(store.clone())
-                .shadow(settings.shadow)
-                .failure_policy(settings.failure)
-                .legacy_headers(settings.legacy_headers)
-                .events(events.clone());
-            for policy in &settings.policies {
-                layer = layer.policy(policy.policy()?);
-            }
-            Some(layer)
+            Some(RateLimitLayer::from_config(store.clone(), settings)?.events(events.clone()))
         }
         None => None,
     };
@@ -124,32 +114,7 @@ pub async fn server(config: &StackConfig) -> Result<ServerStack, StackError> {
     };
     let idempotency = match &config.idempotency {
         Some(settings) => {
-            if settings.methods.is_empty() {
-                return Err(ConfigError::new("idempotency methods must not be empty").into());
-            }
-            let methods = settings
-                .methods
-                .iter()
-                .map(|m| {
-                    // Method names are case-sensitive: `post` would be an
-                    // extension method no request uses.
-                    Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-                        .map_err(|e| ConfigError::new(format!("idempotency method {m:?}: {e}")))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut layer = IdempotencyLayer::new(store.clone())
-                .methods(methods)
-                .required(settings.required)
-                .strict_keys(settings.strict_keys)
-                .lock(settings.lock)
-                .retention(settings.retention)
-                .failure_policy(settings.failure)
-                .events(events.clone());
-            layer = settings.scope.scoped(layer)?;
-            if !settings.routes.is_empty() {
-                layer = layer.routes(settings.routes.iter().cloned());
-            }
-            Some(layer)
+            Some(IdempotencyLayer::from_config(store.clone(), settings)?.events(events.clone()))
         }
         None => None,
     };

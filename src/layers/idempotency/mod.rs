@@ -51,7 +51,21 @@
 //! [`MakeFingerprint`]), and claims it in an [`IdempotencyStore`]:
 //! `MemoryStore`, `RedisStore` (one script per step) or `EtcdStore`
 //! (revision-guarded transactions), which all pass one conformance suite.
+//!
+//! [`IdempotencyConfig`] is the same settings as a serde document (the
+//! `[idempotency]` section of the stack config):
+//!
+//! ```
+//! use battlement::backends::MemoryStore;
+//! use battlement::idempotency::{IdempotencyConfig, IdempotencyLayer};
+//!
+//! let config: IdempotencyConfig =
+//!     serde_json::from_str(r#"{"routes": ["/orders"], "required": true, "lock": "30s"}"#).unwrap();
+//! let layer = IdempotencyLayer::from_config(MemoryStore::new(), &config).unwrap();
+//! # drop(layer);
+//! ```
 
+mod config;
 mod error;
 mod fingerprint;
 mod future;
@@ -65,6 +79,7 @@ pub(crate) mod store;
 /// The layer name in events.
 pub(crate) const LAYER: &str = "idempotency";
 
+pub use config::{IdempotencyConfig, ScopeConfig};
 pub use fingerprint::{DefaultFingerprint, MakeFingerprint};
 pub use future::ResponseFuture;
 pub use key::{IDEMPOTENCY_KEY, MAX_KEY_LEN};

@@ -27,6 +27,22 @@
 //! # });
 //! ```
 //!
+//! The same from a document users write, with [`RateLimitConfig`] (the
+//! `[rate_limit]` section of the stack config):
+//!
+//! ```
+//! use battlement::backends::MemoryStore;
+//! use battlement::rate_limit::{RateLimitConfig, RateLimitLayer};
+//!
+//! let config: RateLimitConfig = toml::from_str(r#"
+//!     [[policies]]
+//!     name = "global"
+//!     quota = { count = 2, period = "1s" }
+//! "#).unwrap();
+//! let layer = RateLimitLayer::from_config(MemoryStore::new(), &config).unwrap();
+//! assert_eq!(layer.handle().quotas()[0].1.count(), 2);
+//! ```
+//!
 //! A [`Quota`] is N per period with a burst; a [`Policy`] applies it per
 //! key (peer IP, client IP behind proxies, header, route, closure) with a
 //! cost per request; the [`RateLimitLayer`] decides every policy against a
@@ -47,6 +63,7 @@
 //! same decisions on each.
 
 mod client;
+mod config;
 mod decide;
 mod error;
 mod future;
@@ -60,6 +77,7 @@ mod service;
 pub(crate) mod store;
 
 pub use client::{ClientRateLimit, ClientRateLimitLayer};
+pub use config::{KeyConfig, PolicyConfig, RateLimitConfig};
 pub use error::RateLimited;
 pub use future::ResponseFuture;
 pub use headers::{RATELIMIT, RATELIMIT_POLICY};
