@@ -28,7 +28,7 @@
 //! - **Hot keys.** A key's instance reserves `k` units from the shared
 //!   GCRA state in one store call (a decision of cost `k`), spends them
 //!   locally, and gives back what it did not spend when the lease ends
-//!   ([`RateLimitStore::give_back`], one call). `k` is the key's demand
+//!   ([`RateLimitStore::give_back`](crate::rate_limit::RateLimitStore::give_back), one call). `k` is the key's demand
 //!   on this instance over a lease's life (3/4 of the
 //!   [interval](LeaseSettings::with_interval), default 100 ms), at most
 //!   [`max_burst_fraction`](LeaseSettings::with_max_burst_fraction) of the
@@ -39,7 +39,7 @@
 //!   a client hammering past its limit costs no store call until then.
 //! - **Cold keys** (one request per key per instance, as per-IP keys
 //!   behind a load balancer): decided exactly, through
-//!   [`RateLimitStore::decide_batched`], which on a standalone Redis lets
+//!   [`RateLimitStore::decide_batched`](crate::rate_limit::RateLimitStore::decide_batched), which on a standalone Redis lets
 //!   the decisions of many keys that arrive together share one script
 //!   call (the added wait is one pass of the queue's task).
 //! - **Small quotas**: a quota whose largest lease is one unit is decided
