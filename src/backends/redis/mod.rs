@@ -241,11 +241,6 @@ impl RedisStore {
         Err(err)
     }
 
-    /// `Err` at once while the server is known down.
-    fn check_gate(&self) -> Result<(), StoreError> {
-        self.inner.gate.enter().map(drop)
-    }
-
     fn connection(&self) -> Result<Connection, StoreError> {
         let guard = self.inner.conn.read().map_err(|_| StoreError::Closed)?;
         guard.clone().ok_or(StoreError::Closed)

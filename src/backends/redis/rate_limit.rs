@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::RedisStore;
 use super::decision_queue::{MAX_QUEUED, Queued};
+use super::gate::{self, Ticket};
 use crate::backends::Backend;
 use crate::error::StoreError;
 use crate::layers::rate_limit::gcra;
@@ -66,12 +67,13 @@ impl RedisStore {
     /// its own on a cluster slot (or outside a runtime).
     async fn decide_group(&self, keys: Vec<(String, [u8; 40])>) -> Result<Vec<i64>, StoreError> {
         let size = keys.len();
+        let ticket = self.inner.gate.enter()?;
         let keys = match self.decision_queue() {
             Some(queue) => {
                 let (reply, answer) = oneshot::channel();
                 match queue.try_send(Queued::Group { keys, reply }) {
                     Ok(()) => {
-                        let debts = self.answer(answer).await?;
+                        let debts = self.answer(ticket, answer).await?;
                         if debts.len() != size {
                             return Err(StoreError::Protocol(format!(
                                 "redis: {} rate-limit decisions for {size} keys",
@@ -105,7 +107,7 @@ impl RedisStore {
         linger: bool,
     ) -> Result<i64, StoreError> {
         // Known down: nothing is queued behind a server that cannot answer.
-        self.check_gate()?;
+        let ticket = self.inner.gate.enter()?;
         let (key, args) = match self.decision_queue() {
             Some(queue) => {
                 let (reply, answer) = oneshot::channel();
@@ -116,7 +118,7 @@ impl RedisStore {
                     reply,
                 };
                 match queue.try_send(queued) {
-                    Ok(()) => return self.answer(answer).await,
+                    Ok(()) => return self.answer(ticket, answer).await,
                     Err(mpsc::error::TrySendError::Full(_)) => return Err(queue_full()),
                     // The queue's runtime has shut down: decide alone.
                     Err(mpsc::error::TrySendError::Closed(Queued::One { key, args, .. })) => {
@@ -217,9 +219,13 @@ impl RedisStore {
             None => Ok(debts),
         }
     }
-    /// Waits for a queued decision, within the store's timeout.
+    /// Waits for a queued decision, within the store's timeout. A wait
+    /// that times out marks the server down as the queue's own call would
+    /// (which started a little later): the caller's next decision then
+    /// fails at once.
     async fn answer<T>(
         &self,
+        ticket: Ticket,
         answer: oneshot::Receiver<Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let timeout = self.inner.timeout;
@@ -228,7 +234,11 @@ impl RedisStore {
             Ok(Err(_)) => Err(StoreError::Unavailable(
                 "redis: the decision queue stopped".into(),
             )),
-            Err(_) => Err(StoreError::Timeout(timeout)),
+            Err(_) => {
+                let err = StoreError::Timeout(timeout);
+                gate::on_error(&self.inner, ticket, &err);
+                Err(err)
+            }
         }
     }
 }
