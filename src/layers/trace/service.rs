@@ -407,7 +407,9 @@ where
             // Taken while the request's context is current: its trace id.
             if let Some(log) = this.log.as_mut() {
                 match &result {
-                    Ok(res) => log.answered(res.status().as_u16(), GrpcCode::from_headers(res.headers())),
+                    Ok(res) => {
+                        log.answered(res.status().as_u16(), GrpcCode::from_headers(res.headers()))
+                    }
                     Err(_) => log.failed("_OTHER"),
                 }
             }
@@ -445,7 +447,7 @@ where
                 if sampled {
                     record_response(&span, &res, *this.client);
                 }
-                Ok(res.map(|body| TracedBody::new(body, span, !*this.client, log)))
+                Ok(res.map(|body| TracedBody::in_span(body, span, !*this.client, log)))
             }
             Err(e) => {
                 if sampled {
