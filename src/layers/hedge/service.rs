@@ -20,7 +20,7 @@ use super::config::{HedgeConfig, HedgeDelay};
 use super::latency::Latencies;
 use crate::BoxError;
 use crate::body::{LayerBody, Read, read_limited};
-use crate::events::Events;
+use crate::events::{Events, HedgeEvent};
 use crate::key::{HostKey, KeyExtractor, RequestHead};
 use crate::retry::{ResendCount, Safety, body_fits};
 
@@ -89,14 +89,14 @@ impl Shared {
             })
             .is_ok();
         if !took {
-            self.note("max_fraction", host);
+            self.note(HedgeEvent::MaxFraction, host);
             return false;
         }
         if let Some(budget) = &self.budget
             && !budget.withdraw()
         {
             self.credit.fetch_add(UNIT, Ordering::Relaxed);
-            self.note("budget_exhausted", host);
+            self.note(HedgeEvent::BudgetExhausted, host);
             return false;
         }
         true
@@ -125,9 +125,8 @@ impl Shared {
         }
     }
 
-    fn note(&self, event: &'static str, host: &str) {
-        self.events
-            .note(super::LAYER, event, None, || Some(host.to_owned()));
+    fn note(&self, event: HedgeEvent, host: &str) {
+        self.events.report(event, None, || Some(host.to_owned()));
     }
 }
 
@@ -267,7 +266,7 @@ where
         }
         return out;
     }
-    shared.note("hedged", &host);
+    shared.note(HedgeEvent::Hedged, &host);
     let mut req = Request::from_parts(parts, copy(&data, &trailers));
     let resent = req.extensions().get::<ResendCount>().map_or(0, |r| r.0);
     req.extensions_mut().insert(ResendCount(resent + 1));
@@ -288,7 +287,7 @@ where
             Err(e) => match hedge.await {
                 Ok(mut res) => {
                     shared.record(&host, hedge_started.elapsed());
-                    shared.note("hedge_won", &host);
+                    shared.note(HedgeEvent::HedgeWon, &host);
                     res.extensions_mut().insert(Hedged);
                     Ok(res)
                 }
@@ -302,7 +301,7 @@ where
                 // (its full latency is never known).
                 shared.record(&host, started.elapsed());
                 shared.record(&host, hedge_started.elapsed());
-                shared.note("hedge_won", &host);
+                shared.note(HedgeEvent::HedgeWon, &host);
                 res.extensions_mut().insert(Hedged);
                 Ok(res)
             }

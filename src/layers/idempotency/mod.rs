@@ -62,9 +62,6 @@ mod scope;
 mod service;
 pub(crate) mod store;
 
-/// The layer name in events.
-pub(crate) const LAYER: &str = "idempotency";
-
 pub use fingerprint::{DefaultFingerprint, MakeFingerprint};
 pub use future::ResponseFuture;
 pub use key::{IDEMPOTENCY_KEY, MAX_KEY_LEN};
