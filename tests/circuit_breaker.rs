@@ -520,15 +520,14 @@ async fn a_grpc_body_that_ends_without_trailers_counts_as_a_failure() {
     let clock = clock();
     let layer = layer(BreakerConfig::default().consecutive_failures(1), &clock);
     let handle = layer.handle();
-    let svc = ServiceBuilder::new()
-        .layer(layer)
-        .service(service_fn(|_: Request<Full<Bytes>>| async {
-            let res = Response::builder()
-                .header("content-type", "application/grpc")
-                .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
-                .unwrap();
-            Ok::<_, Infallible>(res)
-        }));
+    let no_trailers = service_fn(|_: Request<Full<Bytes>>| async {
+        let res = Response::builder()
+            .header("content-type", "application/grpc")
+            .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap();
+        Ok::<_, Infallible>(res)
+    });
+    let svc = ServiceBuilder::new().layer(layer).service(no_trailers);
     let mut body = svc.oneshot(grpc_request()).await.unwrap().into_body();
     assert!(body.frame().await.unwrap().unwrap().is_data());
     assert!(body.is_end_stream());

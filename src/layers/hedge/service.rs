@@ -131,6 +131,7 @@ impl Shared {
 }
 
 /// The service made by [`HedgeLayer`](super::HedgeLayer).
+#[derive(Clone)]
 pub struct Hedge<S> {
     inner: S,
     shared: Arc<Shared>,
@@ -139,15 +140,6 @@ pub struct Hedge<S> {
 impl<S> Hedge<S> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
         Self { inner, shared }
-    }
-}
-
-impl<S: Clone> Clone for Hedge<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-        }
     }
 }
 

@@ -50,6 +50,7 @@ pub(crate) struct Shared {
 }
 
 /// The service made by [`RetryLayer`](super::RetryLayer).
+#[derive(Clone)]
 pub struct Retry<S> {
     inner: S,
     shared: Arc<Shared>,
@@ -58,15 +59,6 @@ pub struct Retry<S> {
 impl<S> Retry<S> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
         Self { inner, shared }
-    }
-}
-
-impl<S: Clone> Clone for Retry<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-        }
     }
 }
 
