@@ -28,6 +28,10 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+mod observe;
+
+pub use observe::{BodyEnd, BodyObserver, ObservedBody};
+
 pin_project! {
     /// A body from the wrapped service or from the layer; see the
     /// [module docs](self).

@@ -20,6 +20,14 @@ use opentelemetry::metrics::Counter;
 use opentelemetry::{KeyValue, Value};
 use tokio::sync::broadcast;
 
+mod names;
+
+use names::Name;
+pub(crate) use names::{
+    CircuitBreakerEvent, ConcurrencyLimitEvent, ConfigEvent, DeadlineEvent, HedgeEvent,
+    IdempotencyEvent, RateLimitEvent, RetryEvent,
+};
+
 /// One decision or incident of a layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
@@ -38,6 +46,12 @@ impl Event {
             policy: None,
             detail: None,
         }
+    }
+
+    /// An event of this crate's layers.
+    pub(crate) fn named(name: impl Into<Name>) -> Self {
+        let Name { layer, event } = name.into();
+        Self::new(layer, event)
     }
 
     /// Names the policy the event is about.
@@ -101,7 +115,11 @@ impl Events {
     /// Counts `event` in the `battlement.events` metric and sends it to
     /// the subscribers, if any.
     pub fn emit(&self, event: Event) {
-        count(event.layer, event.event, event.policy.as_ref());
+        let name = Name {
+            layer: event.layer,
+            event: event.event,
+        };
+        count(name, event.policy.as_ref());
         if self.is_observed() {
             let _ = self.tx.send(event);
         }
@@ -116,9 +134,20 @@ impl Events {
         policy: Option<&Arc<str>>,
         detail: impl FnOnce() -> Option<String>,
     ) {
-        count(layer, event, policy);
+        self.report(Name { layer, event }, policy, detail);
+    }
+
+    /// [`note`](Self::note) for this crate's layers, by typed name.
+    pub(crate) fn report(
+        &self,
+        name: impl Into<Name>,
+        policy: Option<&Arc<str>>,
+        detail: impl FnOnce() -> Option<String>,
+    ) {
+        let name = name.into();
+        count(name, policy);
         if self.is_observed() {
-            let mut e = Event::new(layer, event);
+            let mut e = Event::named(name);
             e.policy = policy.cloned();
             e.detail = detail();
             let _ = self.tx.send(e);
@@ -128,11 +157,9 @@ impl Events {
     /// Sends `event` to the subscribers without counting it in the
     /// metric: for outcomes that are not decisions (a breaker's successful
     /// call), which the request metrics count already.
-    pub(crate) fn notify(&self, layer: &'static str, event: &'static str, policy: &Arc<str>) {
+    pub(crate) fn notify(&self, name: impl Into<Name>, policy: &Arc<str>) {
         if self.is_observed() {
-            let _ = self
-                .tx
-                .send(Event::new(layer, event).with_policy(policy.clone()));
+            let _ = self.tx.send(Event::named(name).with_policy(policy.clone()));
         }
     }
 
@@ -147,7 +174,7 @@ impl Events {
 /// Every resilience decision, in one instrument:
 /// `battlement.events{layer, event, policy}`, on the global meter provider
 /// as it is at the first event.
-fn count(layer: &'static str, event: &'static str, policy: Option<&Arc<str>>) {
+fn count(Name { layer, event }: Name, policy: Option<&Arc<str>>) {
     static EVENTS: OnceLock<Counter<u64>> = OnceLock::new();
     let counter = EVENTS.get_or_init(|| {
         opentelemetry::global::meter("battlement")

@@ -17,6 +17,7 @@ use battlement::events::Events;
 use battlement::key::HostKey;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body::Body as _;
 use http_body_util::{BodyExt, Full, StreamBody};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt, service_fn};
 
@@ -510,6 +511,29 @@ async fn grpc_ok_counts_as_success_and_dropped_bodies_as_nothing() {
         .service(grpc_upstream("13"));
     drop(failing.oneshot(grpc_request()).await.unwrap());
     assert_eq!(handle.state("global"), State::Closed);
+}
+
+// A gRPC body that ends without a status is a failure, also when the
+// reader stops at the body's word that it has ended, as hyper does.
+#[tokio::test]
+async fn a_grpc_body_that_ends_without_trailers_counts_as_a_failure() {
+    let clock = clock();
+    let layer = layer(BreakerConfig::default().consecutive_failures(1), &clock);
+    let handle = layer.handle();
+    let no_trailers = service_fn(|_: Request<Full<Bytes>>| async {
+        let res = Response::builder()
+            .header("content-type", "application/grpc")
+            .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap();
+        Ok::<_, Infallible>(res)
+    });
+    let svc = ServiceBuilder::new().layer(layer).service(no_trailers);
+    let mut body = svc.oneshot(grpc_request()).await.unwrap().into_body();
+    assert!(body.frame().await.unwrap().unwrap().is_data());
+    assert!(body.is_end_stream());
+    assert_eq!(handle.state("global"), State::Open);
+    drop(body);
+    assert_eq!(handle.state("global"), State::Open);
 }
 
 // Client mode returns a typed CircuitOpen error; keyed per host.

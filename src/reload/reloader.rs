@@ -14,11 +14,8 @@ use super::document::{self, CIRCUIT_BREAKER, RATE_LIMIT};
 use super::source::{ConfigSource, ConfigUpdate, Documents};
 use crate::circuit_breaker::{BreakerConfig, CircuitBreakerHandle};
 use crate::error::ConfigError;
-use crate::events::{Event, Events};
+use crate::events::{ConfigEvent, Event, Events};
 use crate::rate_limit::{Quota, RateLimitHandle, SyncMode};
-
-/// The layer name of config events.
-const LAYER: &str = "config";
 
 /// Hot-reloads rate-limit quotas and breaker thresholds from a
 /// [`ConfigSource`].
@@ -355,15 +352,15 @@ impl Applier {
                     %error,
                     "config document rejected; the last good value stays in force"
                 );
-                Event::new(LAYER, "rejected").with_detail(error.clone())
+                Event::named(ConfigEvent::Rejected).with_detail(error.clone())
             }
             (Ok(()), Some(_)) => {
                 tracing::info!(key, "config document in force");
-                Event::new(LAYER, "applied")
+                Event::named(ConfigEvent::Applied)
             }
             (Ok(()), None) => {
                 tracing::info!(key, "config document deleted; built-in value in force");
-                Event::new(LAYER, "reverted")
+                Event::named(ConfigEvent::Reverted)
             }
         };
         self.events.emit(event.with_policy(key));

@@ -13,11 +13,8 @@ use tokio::sync::mpsc;
 
 use super::EtcdStore;
 use crate::error::{ConfigError, StoreError};
-use crate::events::{Event, Events, WarnLimiter};
+use crate::events::{ConfigEvent, Event, Events, WarnLimiter};
 use crate::reload::{ConfigSource, ConfigUpdate, Documents};
-
-/// The layer name of the source's events.
-const LAYER: &str = "config";
 
 /// The documents under an etcd prefix (default `/battlement/config/`), for
 /// a [`ConfigReloader`](crate::reload::ConfigReloader).
@@ -143,7 +140,7 @@ impl EtcdConfigSource {
                         if tx.send(ConfigUpdate::Snapshot(documents)).await.is_err() {
                             return;
                         }
-                        self.events.emit(Event::new(LAYER, "loaded"));
+                        self.events.emit(Event::named(ConfigEvent::Loaded));
                         cluster = at.cluster;
                         at.revision
                     }
@@ -163,7 +160,7 @@ impl EtcdConfigSource {
                         prefix = %self.prefix,
                         "etcd config source reached another cluster; reloading"
                     );
-                    self.events.emit(Event::new(LAYER, "cluster_changed"));
+                    self.events.emit(Event::named(ConfigEvent::ClusterChanged));
                     resume = None;
                 }
                 Ended::Compacted => {
@@ -171,7 +168,7 @@ impl EtcdConfigSource {
                         revision,
                         "etcd compacted the config watch's revision; reloading"
                     );
-                    self.events.emit(Event::new(LAYER, "compacted"));
+                    self.events.emit(Event::named(ConfigEvent::Compacted));
                     resume = None;
                 }
                 Ended::Failed { last, error } => {
@@ -188,7 +185,7 @@ impl EtcdConfigSource {
             tracing::warn!(%error, prefix = %self.prefix, suppressed, "etcd config source failed; retrying");
         });
         self.events
-            .emit(Event::new(LAYER, "watch_error").with_detail(error));
+            .emit(Event::named(ConfigEvent::WatchError).with_detail(error));
     }
 
     /// Every document under the prefix, and where they were read.
@@ -289,7 +286,7 @@ impl EtcdConfigSource {
                 }
                 if resuming {
                     tracing::info!(revision = last, "etcd config watch resumed");
-                    self.events.emit(Event::new(LAYER, "resumed"));
+                    self.events.emit(Event::named(ConfigEvent::Resumed));
                 }
                 continue;
             }

@@ -41,13 +41,11 @@ use http::HeaderMap;
 
 use super::MemoryStore;
 use crate::error::StoreError;
+use crate::events::IdempotencyEvent;
 use crate::layers::idempotency::store::{micros, state_key};
 use crate::layers::idempotency::{
     Claim, ClaimToken, Fingerprint, IdempotencyStore, Record, StoredResponse,
 };
-
-/// The layer name of the store's events.
-const LAYER: &str = "idempotency";
 
 /// Caps of one store's idempotency records (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -540,13 +538,13 @@ impl MemoryStore {
         let events = &self.inner.events;
         for (count, cap) in [(evicted.scope, "scope"), (evicted.store, "store")] {
             for _ in 0..count {
-                events.note(LAYER, "evicted", None, || {
+                events.report(IdempotencyEvent::Evicted, None, || {
                     Some(format!("oldest completed record evicted for the {cap} cap"))
                 });
             }
         }
         if let Some(e) = refused {
-            events.note(LAYER, "store_full", None, || Some(e.to_string()));
+            events.report(IdempotencyEvent::StoreFull, None, || Some(e.to_string()));
         }
     }
 }

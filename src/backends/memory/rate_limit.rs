@@ -27,7 +27,7 @@ use portable_atomic::AtomicU128;
 
 use super::MemoryStore;
 use crate::error::StoreError;
-use crate::events::Events;
+use crate::events::{Events, RateLimitEvent};
 use crate::layers::rate_limit::gcra::{self, GcraState};
 use crate::layers::rate_limit::store::{CONCERN, Charge, write_state_id};
 use crate::layers::rate_limit::{Decision, Quota, RateLimitStore};
@@ -45,9 +45,6 @@ const FULL_SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// The default of [`Cells::max_keys`]: see `MemoryStore`'s "Rate-limit key
 /// cap".
 pub(crate) const DEFAULT_MAX_KEYS: usize = 1_000_000;
-
-/// The layer name of the store's events.
-const LAYER: &str = "rate_limit";
 
 /// `full_at_us` is only rewritten when it moves by more than this (and then
 /// set this much later), to keep the hot path to one atomic write; it may
@@ -486,7 +483,7 @@ impl Cells {
     ) -> Decision {
         let decide = |o: &Overflow| {
             let decision = o.cell.decide(quota, cost, now_us);
-            events.note(LAYER, "overflow", Some(&o.policy), || {
+            events.report(RateLimitEvent::Overflow, Some(&o.policy), || {
                 Some(format!(
                     "the store holds its maximum of {} keys: decided on the \
                      policy's shared overflow key",

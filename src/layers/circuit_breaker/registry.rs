@@ -28,11 +28,8 @@ use super::state::{Outcome, State};
 use super::store::{CircuitBreakerStore, LOAD_BATCH, Loaded, Published, SharedState, Versioned};
 use crate::clock::SharedClock;
 use crate::error::StoreError;
-use crate::events::{Events, WarnLimiter};
+use crate::events::{CircuitBreakerEvent, Events, WarnLimiter};
 use crate::key::Key;
-
-/// The layer name in events.
-pub(crate) const LAYER: &str = "circuit_breaker";
 
 /// The key calls share once a layer has `max_keys` breakers.
 const OVERFLOW: &str = "~overflow";
@@ -219,7 +216,7 @@ impl Registry {
                 ticket: Some(ticket),
             }),
             Err(refusal) => {
-                self.emit("rejected", None);
+                self.emit(CircuitBreakerEvent::Rejected, None);
                 Err(CircuitOpen::new(
                     self.name.clone(),
                     key.as_str().to_owned(),
@@ -271,14 +268,14 @@ impl Registry {
         let elapsed = elapsed.unwrap_or_else(|| now.saturating_sub(ticket.started()));
         let transition = breaker.record(&self.config.load(), ticket, outcome, elapsed, now);
         // An outcome is not a decision: to the stream, not the metric.
-        self.events.notify(LAYER, outcome.as_str(), &self.name);
+        self.events.notify(outcome_event(outcome), &self.name);
         if let Some(t) = transition {
             self.transitioned(breaker, t, true);
         }
     }
 
-    fn emit(&self, event: &'static str, detail: Option<String>) {
-        self.events.note(LAYER, event, Some(&self.name), || detail);
+    fn emit(&self, event: CircuitBreakerEvent, detail: Option<String>) {
+        self.events.report(event, Some(&self.name), || detail);
     }
 
     /// Reports a transition; `publish`: this instance made it, so the
@@ -293,7 +290,7 @@ impl Registry {
             "circuit breaker state changed"
         );
         self.emit(
-            "transition",
+            CircuitBreakerEvent::Transition,
             Some(format!("{} -> {} (key {})", t.from, t.to, key.as_str())),
         );
         if publish && t.to != State::HalfOpen {
@@ -391,7 +388,7 @@ impl Registry {
     }
 
     fn store_failed(&self, e: &StoreError) {
-        self.emit("store_error", Some(e.to_string()));
+        self.emit(CircuitBreakerEvent::StoreError, Some(e.to_string()));
         self.warn.warn(|suppressed| {
             tracing::warn!(
                 breaker = %self.name,
@@ -528,6 +525,15 @@ impl fmt::Debug for Permit {
             .field("breaker", &self.registry.name)
             .field("key", &self.breaker.key)
             .finish_non_exhaustive()
+    }
+}
+
+/// A call's outcome, as its event names it.
+fn outcome_event(outcome: Outcome) -> CircuitBreakerEvent {
+    match outcome {
+        Outcome::Success => CircuitBreakerEvent::Success,
+        Outcome::Failure => CircuitBreakerEvent::Failure,
+        Outcome::Ignored => CircuitBreakerEvent::Ignored,
     }
 }
 

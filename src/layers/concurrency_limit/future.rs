@@ -74,7 +74,7 @@ where
                         // Latency is time to the response head (as in
                         // Envoy); the slot is held until the body ends.
                         permit.record_latency();
-                        Ok(res.map(|body| LayerBody::inner(LimitedBody::new(body, permit))))
+                        Ok(res.map(|body| LayerBody::inner(LimitedBody::holding(body, permit))))
                     }
                     // Errors are not latency samples; the slot is freed.
                     Err(e) => Err(e),

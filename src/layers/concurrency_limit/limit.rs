@@ -9,9 +9,7 @@ use super::config::{ConcurrencyLimitConfig, GradientConfig, LimitConfig};
 use super::error::Overloaded;
 use super::priority::Priority;
 use crate::clock::SharedClock;
-use crate::events::Events;
-
-pub(crate) const LAYER: &str = "concurrency_limit";
+use crate::events::{ConcurrencyLimitEvent, Events};
 
 /// A limit shared by every service a layer makes.
 pub(crate) struct Limiter {
@@ -85,7 +83,7 @@ impl Limiter {
             let threshold = self.threshold(limit, priority);
             if current >= threshold {
                 self.events
-                    .note(LAYER, shed_event(priority), Some(&self.name), || {
+                    .report(shed_event(priority), Some(&self.name), || {
                         Some(format!("{current} in flight, limit {limit}"))
                     });
                 return Err(Overloaded::new(
@@ -129,18 +127,18 @@ impl Limiter {
         if let Some(change) = state.record(&gradient.config, now, start, latency, in_flight) {
             self.limit.store(change.limit, Ordering::Release);
             let (old, new) = (change.old, change.limit);
-            self.events.note(LAYER, change.event, Some(&self.name), || {
+            self.events.report(change.event, Some(&self.name), || {
                 Some(format!("limit {old} -> {new}"))
             });
         }
     }
 }
 
-fn shed_event(priority: Priority) -> &'static str {
+fn shed_event(priority: Priority) -> ConcurrencyLimitEvent {
     match priority {
-        Priority::Critical => "shed_critical",
-        Priority::Normal => "shed_normal",
-        Priority::Batch => "shed_batch",
+        Priority::Critical => ConcurrencyLimitEvent::ShedCritical,
+        Priority::Normal => ConcurrencyLimitEvent::ShedNormal,
+        Priority::Batch => ConcurrencyLimitEvent::ShedBatch,
     }
 }
 
@@ -236,7 +234,7 @@ struct GradientState {
 struct Change {
     old: usize,
     limit: usize,
-    event: &'static str,
+    event: ConcurrencyLimitEvent,
 }
 
 impl GradientState {
@@ -269,7 +267,7 @@ impl GradientState {
             return Some(Change {
                 old,
                 limit: self.published(config),
-                event: "min_rtt_measured",
+                event: ConcurrencyLimitEvent::MinRttMeasured,
             });
         }
         if now >= self.next_probe {
@@ -281,7 +279,7 @@ impl GradientState {
             return Some(Change {
                 old,
                 limit: config.min_limit as usize,
-                event: "min_rtt_probe",
+                event: ConcurrencyLimitEvent::MinRttProbe,
             });
         }
         self.push(latency, in_flight);
@@ -326,9 +324,9 @@ impl GradientState {
             old,
             limit: new,
             event: if new > old {
-                "limit_increased"
+                ConcurrencyLimitEvent::LimitIncreased
             } else {
-                "limit_decreased"
+                ConcurrencyLimitEvent::LimitDecreased
             },
         })
     }
@@ -408,12 +406,15 @@ mod tests {
             assert!(s.record(&c, ms(10 + i), ms(i), ms(10), 2).is_none());
         }
         let change = s.record(&c, ms(13), ms(3), ms(10), 2).unwrap();
-        assert_eq!((change.event, change.limit), ("min_rtt_measured", 20));
+        assert_eq!(
+            (change.event, change.limit),
+            (ConcurrencyLimitEvent::MinRttMeasured, 20)
+        );
         assert_eq!(s.min_rtt, Some(ms(10)));
         // Latency doubles at full concurrency: the limit falls.
         s.record(&c, ms(50), ms(30), ms(20), 20);
         let change = s.record(&c, ms(120), ms(100), ms(20), 20).unwrap();
-        assert_eq!(change.event, "limit_decreased");
+        assert_eq!(change.event, ConcurrencyLimitEvent::LimitDecreased);
         // 20 × 12.5/20 = 12.5, + sqrt(12.5) = 16.04.
         assert_eq!(change.limit, 16);
     }

@@ -11,11 +11,11 @@ use pin_project_lite::pin_project;
 use tokio::task::futures::TaskLocalFuture;
 use tokio::time::{Sleep, sleep_until};
 
-use super::LAYER;
 use super::context::Deadline;
 use super::error::{DeadlineExceeded, MalformedTimeout};
 use super::layer::Shared;
 use crate::body::LayerBody;
+use crate::events::DeadlineEvent;
 use crate::reject::{Problem, Protocol};
 
 pin_project! {
@@ -109,7 +109,9 @@ where
                 let source: Arc<str> = Arc::from(expiry.source);
                 shared
                     .events
-                    .note(LAYER, "timed_out", Some(&source), || Some(err.to_string()));
+                    .report(DeadlineEvent::TimedOut, Some(&source), || {
+                        Some(err.to_string())
+                    });
                 let protocol = expiry.protocol;
                 // Cancels the inner service's work now, not when the
                 // response future is dropped.

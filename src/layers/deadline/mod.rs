@@ -73,9 +73,6 @@ pub(crate) mod grpc_timeout;
 mod layer;
 mod service;
 
-/// The layer name in events.
-pub(crate) const LAYER: &str = "deadline";
-
 pub use config::{DeadlineConfig, MalformedGrpcTimeout, RouteDeadline};
 pub use context::{Deadline, inbound_deadline};
 pub use error::{DeadlineExceeded, MalformedTimeout};

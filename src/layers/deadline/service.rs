@@ -10,7 +10,6 @@ use http::{Request, Response};
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::LAYER;
 use super::config::MalformedGrpcTimeout;
 use super::context::Deadline;
 use super::error::MalformedTimeout;
@@ -18,6 +17,7 @@ use super::future::ResponseFuture;
 use super::grpc_timeout;
 use super::layer::Shared;
 use crate::body::LayerBody;
+use crate::events::DeadlineEvent;
 use crate::reject::Protocol;
 
 /// Timeouts beyond this are taken as this (no `Instant` overflow).
@@ -87,12 +87,12 @@ where
                     MalformedGrpcTimeout::Ignore => {
                         shared
                             .events
-                            .note(LAYER, "malformed_grpc_timeout", None, || Some(bad.0));
+                            .report(DeadlineEvent::MalformedGrpcTimeout, None, || Some(bad.0));
                     }
                     MalformedGrpcTimeout::Reject => {
                         shared
                             .events
-                            .note(LAYER, "malformed_grpc_timeout", None, || {
+                            .report(DeadlineEvent::MalformedGrpcTimeout, None, || {
                                 Some(bad.0.clone())
                             });
                         return ResponseFuture::rejected(MalformedTimeout::new(bad.0), protocol);

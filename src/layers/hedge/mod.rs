@@ -52,9 +52,6 @@ mod latency;
 mod layer;
 mod service;
 
-/// The layer name in events.
-pub(crate) const LAYER: &str = "hedge";
-
 pub use config::{HedgeConfig, HedgeDelay};
 pub use layer::HedgeLayer;
 pub use service::{Hedge, Hedged};

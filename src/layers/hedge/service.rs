@@ -20,7 +20,7 @@ use super::config::{HedgeConfig, HedgeDelay};
 use super::latency::Latencies;
 use crate::BoxError;
 use crate::body::{LayerBody, Read, read_limited};
-use crate::events::Events;
+use crate::events::{Events, HedgeEvent};
 use crate::key::{HostKey, KeyExtractor, RequestHead};
 use crate::retry::{ResendCount, Safety, body_fits};
 
@@ -89,14 +89,14 @@ impl Shared {
             })
             .is_ok();
         if !took {
-            self.note("max_fraction", host);
+            self.note(HedgeEvent::MaxFraction, host);
             return false;
         }
         if let Some(budget) = &self.budget
             && !budget.withdraw()
         {
             self.credit.fetch_add(UNIT, Ordering::Relaxed);
-            self.note("budget_exhausted", host);
+            self.note(HedgeEvent::BudgetExhausted, host);
             return false;
         }
         true
@@ -125,13 +125,13 @@ impl Shared {
         }
     }
 
-    fn note(&self, event: &'static str, host: &str) {
-        self.events
-            .note(super::LAYER, event, None, || Some(host.to_owned()));
+    fn note(&self, event: HedgeEvent, host: &str) {
+        self.events.report(event, None, || Some(host.to_owned()));
     }
 }
 
 /// The service made by [`HedgeLayer`](super::HedgeLayer).
+#[derive(Clone)]
 pub struct Hedge<S> {
     inner: S,
     shared: Arc<Shared>,
@@ -140,15 +140,6 @@ pub struct Hedge<S> {
 impl<S> Hedge<S> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
         Self { inner, shared }
-    }
-}
-
-impl<S: Clone> Clone for Hedge<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-        }
     }
 }
 
@@ -267,7 +258,7 @@ where
         }
         return out;
     }
-    shared.note("hedged", &host);
+    shared.note(HedgeEvent::Hedged, &host);
     let mut req = Request::from_parts(parts, copy(&data, &trailers));
     let resent = req.extensions().get::<ResendCount>().map_or(0, |r| r.0);
     req.extensions_mut().insert(ResendCount(resent + 1));
@@ -288,7 +279,7 @@ where
             Err(e) => match hedge.await {
                 Ok(mut res) => {
                     shared.record(&host, hedge_started.elapsed());
-                    shared.note("hedge_won", &host);
+                    shared.note(HedgeEvent::HedgeWon, &host);
                     res.extensions_mut().insert(Hedged);
                     Ok(res)
                 }
@@ -302,7 +293,7 @@ where
                 // (its full latency is never known).
                 shared.record(&host, started.elapsed());
                 shared.record(&host, hedge_started.elapsed());
-                shared.note("hedge_won", &host);
+                shared.note(HedgeEvent::HedgeWon, &host);
                 res.extensions_mut().insert(Hedged);
                 Ok(res)
             }

@@ -76,9 +76,6 @@ mod scope;
 mod service;
 pub(crate) mod store;
 
-/// The layer name in events.
-pub(crate) const LAYER: &str = "idempotency";
-
 pub use config::{IdempotencyConfig, ScopeConfig};
 pub use fingerprint::{DefaultFingerprint, MakeFingerprint};
 pub use future::ResponseFuture;

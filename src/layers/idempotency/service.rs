@@ -25,7 +25,7 @@ use super::store::{Claim, IdempotencyStore};
 use crate::BoxError;
 use crate::body::{LayerBody, Read, read_limited};
 use crate::error::{FailurePolicy, StoreError};
-use crate::events::Event;
+use crate::events::{Event, IdempotencyEvent};
 use crate::key::{KeyError, RequestHead};
 use crate::reject::{Problem, Protocol};
 use crate::request_id::RequestId;
@@ -99,7 +99,7 @@ where
             Err(e) => {
                 settings
                     .events
-                    .emit(Event::new(super::LAYER, "scope_unknown").with_detail(e.to_string()));
+                    .emit(Event::named(IdempotencyEvent::ScopeUnknown).with_detail(e.to_string()));
                 if e == KeyError::MissingPeer {
                     settings.scope_warn.warn(|suppressed| {
                         tracing::warn!(
@@ -186,19 +186,19 @@ impl<St: IdempotencyStore> Run<St> {
             Claim::InFlight { fingerprint: f } | Claim::Completed { fingerprint: f, .. }
                 if f != fingerprint =>
             {
-                self.emit("mismatch");
+                self.emit(IdempotencyEvent::Mismatch);
                 return Ok(self.reject(Rejection::Mismatch));
             }
             Claim::InFlight { .. } => {
-                self.emit("conflict");
+                self.emit(IdempotencyEvent::Conflict);
                 return Ok(self.reject(Rejection::InFlight));
             }
             Claim::Completed { response, .. } => {
-                self.emit("replayed");
+                self.emit(IdempotencyEvent::Replayed);
                 return Ok(replay(response));
             }
         }
-        self.emit("executed");
+        self.emit(IdempotencyEvent::Executed);
         // From here the request runs to the end and its outcome is stored
         // even if the client goes away: a retry must find the result, not
         // run the request again. The task carries the request's span,
@@ -290,7 +290,7 @@ impl<St: IdempotencyStore> Run<St> {
                 Ok(Response::from_parts(parts, body))
             }
             Read::Partial { prefix, rest } => {
-                self.emit("not_kept");
+                self.emit(IdempotencyEvent::NotKept);
                 tracing::warn!(
                     limit = self.settings.max_response_body,
                     "idempotent response not kept (over the limit, or an event stream); \
@@ -304,7 +304,7 @@ impl<St: IdempotencyStore> Run<St> {
                 ))
             }
             Read::Failed(error) => {
-                self.emit("not_kept");
+                self.emit(IdempotencyEvent::NotKept);
                 let marker = self.not_kept();
                 self.complete(held, token, &fingerprint, &marker).await;
                 let problem = Problem::new(StatusCode::BAD_GATEWAY, "Bad Gateway")
@@ -335,8 +335,8 @@ impl<St: IdempotencyStore> Run<St> {
         Problem::from(rejection).into_response(self.protocol)
     }
 
-    fn emit(&self, event: &'static str) {
-        self.settings.events.emit(Event::new(super::LAYER, event));
+    fn emit(&self, event: IdempotencyEvent) {
+        self.settings.events.emit(Event::named(event));
     }
 
     /// Claims in the store, or per the failure policy in the local
@@ -389,7 +389,7 @@ impl<St: IdempotencyStore> Run<St> {
         if let Err(e) = self.store_outcome(held, token, fingerprint, stored).await {
             self.store_failed(&e);
             if !e.is_transient() {
-                self.emit("not_kept");
+                self.emit(IdempotencyEvent::NotKept);
                 let marker = self.not_kept();
                 if let Err(e) = self.store_outcome(held, token, fingerprint, &marker).await {
                     self.store_failed(&e);
@@ -425,7 +425,7 @@ impl<St: IdempotencyStore> Run<St> {
             match done {
                 Ok(true) => return Ok(()),
                 Ok(false) => {
-                    self.emit("lock_lost");
+                    self.emit(IdempotencyEvent::LockLost);
                     tracing::warn!(
                         lock = ?self.settings.lock,
                         "idempotency lock expired before the response was stored; raise the lock"
@@ -453,7 +453,7 @@ impl<St: IdempotencyStore> Run<St> {
     fn store_failed(&self, e: &StoreError) {
         self.settings
             .events
-            .emit(Event::new(super::LAYER, "store_error").with_detail(e.to_string()));
+            .emit(Event::named(IdempotencyEvent::StoreError).with_detail(e.to_string()));
         self.settings.warn.warn(|suppressed| {
             tracing::warn!(error = %e, suppressed, "idempotency store failed");
         });

@@ -4,9 +4,12 @@
 
 use std::time::Instant;
 
+use http::HeaderMap;
 use opentelemetry::{KeyValue, Value};
 
 use super::instruments::{Instruments, ServerKey};
+use crate::body::{BodyEnd, BodyObserver};
+use crate::reject::GrpcCode;
 use crate::trace::semconv::grpc_names;
 
 /// What is known of a request so far.
@@ -59,6 +62,32 @@ impl Recording {
     /// Adds attributes known from the response.
     pub(crate) fn add(&mut self, kv: KeyValue) {
         self.attributes.push(kv);
+    }
+
+    /// Adds the gRPC status in `metadata` (headers or trailers), if any.
+    pub(crate) fn add_grpc_status(&mut self, metadata: &HeaderMap) {
+        if let Some(code) = GrpcCode::from_headers(metadata) {
+            let code = i64::from(code.as_i32());
+            self.add(KeyValue::new("rpc.grpc.status_code", code));
+        }
+    }
+}
+
+/// A request's recording while its response body is read: written when
+/// the body ends, fails or is dropped.
+pub struct OpenRecording(pub(crate) Recording);
+
+impl BodyObserver for OpenRecording {
+    fn on_trailers(&mut self, trailers: &HeaderMap) {
+        if self.0.kind == Kind::Rpc {
+            self.0.add_grpc_status(trailers);
+        }
+    }
+
+    fn on_end(mut self, end: BodyEnd) {
+        if end == BodyEnd::Failed {
+            self.0.add(KeyValue::new("error.type", "body"));
+        }
     }
 }
 

@@ -7,15 +7,14 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
 use opentelemetry::KeyValue;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::instruments::{Instruments, ServerKey};
-use super::recording::{Kind, Recording};
+use super::recording::{Kind, OpenRecording, Recording};
+use crate::body::ObservedBody;
 use crate::health::is_probe;
-use crate::reject::GrpcCode;
 use crate::trace::ExtraAttributes;
 use crate::trace::custom::{ValueCap, with_request_parts, with_response_parts};
 use crate::trace::semconv::{grpc_answered, grpc_call, method, protocol_version, route, scheme};
@@ -181,12 +180,7 @@ where
         let result = ready!(this.future.poll(cx));
         // A probe is not recorded.
         let Some(mut recording) = this.recording.take() else {
-            return Poll::Ready(result.map(|res| {
-                res.map(|inner| MeteredBody {
-                    inner,
-                    recording: None,
-                })
-            }));
+            return Poll::Ready(result.map(|res| res.map(|inner| MeteredBody::new(inner, None))));
         };
         recording.finished = true;
         Poll::Ready(match result {
@@ -212,10 +206,7 @@ where
                         if let Some(call) = &recording.rpc {
                             grpc_answered(call, res.headers());
                         }
-                        if let Some(code) = GrpcCode::from_headers(res.headers()) {
-                            let code = i64::from(code.as_i32());
-                            recording.add(KeyValue::new("rpc.grpc.status_code", code));
-                        }
+                        recording.add_grpc_status(res.headers());
                     }
                     Kind::Server | Kind::Client => {
                         recording.add(KeyValue::new(
@@ -233,10 +224,8 @@ where
                             .map(|(key, _)| (key.with_status(status.as_u16()), covered));
                     }
                 }
-                Ok(res.map(|inner| MeteredBody {
-                    inner,
-                    recording: Some(recording),
-                }))
+                let recording = Some(OpenRecording(recording));
+                Ok(res.map(|inner| MeteredBody::new(inner, recording)))
             }
             Err(e) => {
                 recording.add(KeyValue::new("error.type", "_OTHER"));
@@ -246,63 +235,5 @@ where
     }
 }
 
-pin_project! {
-    /// The response body; the request's duration is recorded when it ends.
-    pub struct MeteredBody<B> {
-        #[pin]
-        inner: B,
-        recording: Option<Recording>,
-    }
-}
-
-impl<B> std::fmt::Debug for MeteredBody<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MeteredBody").finish_non_exhaustive()
-    }
-}
-
-impl<B: Body> Body for MeteredBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let mut this = self.project();
-        let frame = ready!(this.inner.as_mut().poll_frame(cx));
-        match &frame {
-            Some(Ok(f)) => {
-                if let (Some(trailers), Some(recording)) =
-                    (f.trailers_ref(), this.recording.as_mut())
-                    && recording.kind == Kind::Rpc
-                    && let Some(code) = GrpcCode::from_headers(trailers)
-                {
-                    let code = i64::from(code.as_i32());
-                    recording.add(KeyValue::new("rpc.grpc.status_code", code));
-                }
-            }
-            Some(Err(_)) => {
-                if let Some(recording) = this.recording.as_mut() {
-                    recording.add(KeyValue::new("error.type", "body"));
-                }
-                this.recording.take();
-            }
-            None => {
-                this.recording.take();
-            }
-        }
-        if this.inner.is_end_stream() {
-            this.recording.take();
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+/// The response body; the request's duration is recorded when it ends.
+pub type MeteredBody<B> = ObservedBody<B, OpenRecording>;

@@ -15,7 +15,7 @@ use super::policy::Policy;
 use super::store::{Charge, Decision, RateLimitStore};
 use crate::backends::MemoryStore;
 use crate::error::{FailurePolicy, StoreError};
-use crate::events::{Events, WarnLimiter};
+use crate::events::{Events, RateLimitEvent, WarnLimiter};
 use crate::key::{Key, KeyError, RequestHead};
 use crate::reject::Problem;
 
@@ -116,7 +116,7 @@ impl<St: RateLimitStore> Limiter<St> {
                 // policy's key is counted, and this policy and the ones
                 // after it are not decided for it.
                 Err(err) if self.shadow => {
-                    self.emit(policy, "shadow_bad_key");
+                    self.emit(policy, RateLimitEvent::ShadowBadKey);
                     tracing::info!(policy = %policy.name, error = %err, "rate limit key missing (shadow mode)");
                     break;
                 }
@@ -300,12 +300,12 @@ impl<St: RateLimitStore> Limiter<St> {
         };
         let allowed = decision.is_allowed();
         if !allowed && self.shadow {
-            self.emit(policy, "shadow_denied");
+            self.emit(policy, RateLimitEvent::ShadowDenied);
             tracing::info!(policy = %policy.name, "rate limit would deny (shadow mode)");
             return ControlFlow::Continue(());
         }
         if !allowed {
-            self.emit(policy, "denied");
+            self.emit(policy, RateLimitEvent::Denied);
             // The key is not logged: it may be an API key.
             tracing::debug!(
                 policy = %policy.name,
@@ -322,7 +322,7 @@ impl<St: RateLimitStore> Limiter<St> {
         }
         // Every admitted request: to the stream, not the metric (the
         // request metrics count them already).
-        self.events.notify("rate_limit", "allowed", &policy.name);
+        self.events.notify(RateLimitEvent::Allowed, &policy.name);
         if strictest
             .as_ref()
             .is_none_or(|(_, d)| decision.remaining() < d.remaining())
@@ -345,29 +345,28 @@ impl<St: RateLimitStore> Limiter<St> {
     /// to apply.
     fn on_store_error(&self, policy: &Policy, err: &StoreError) -> FailurePolicy {
         let outcome = match self.failure {
-            FailurePolicy::FailOpen => "fail_open",
-            FailurePolicy::FailClosed => "fail_closed",
-            FailurePolicy::LocalFallback => "local_fallback",
+            FailurePolicy::FailOpen => RateLimitEvent::FailOpen,
+            FailurePolicy::FailClosed => RateLimitEvent::FailClosed,
+            FailurePolicy::LocalFallback => RateLimitEvent::LocalFallback,
         };
         self.warn.warn(|suppressed| {
             tracing::warn!(
                 policy = %policy.name,
                 error = %err,
-                outcome,
+                outcome = outcome.as_str(),
                 suppressed,
                 "rate limit store failed"
             );
         });
         self.events
-            .note("rate_limit", "store_failure", Some(&policy.name), || {
-                Some(format!("{outcome}: {err}"))
+            .report(RateLimitEvent::StoreFailure, Some(&policy.name), || {
+                Some(format!("{}: {err}", outcome.as_str()))
             });
         self.emit(policy, outcome);
         self.failure
     }
 
-    fn emit(&self, policy: &Policy, event: &'static str) {
-        self.events
-            .note("rate_limit", event, Some(&policy.name), || None);
+    fn emit(&self, policy: &Policy, event: RateLimitEvent) {
+        self.events.report(event, Some(&policy.name), || None);
     }
 }

@@ -46,9 +46,6 @@ mod policy;
 mod service;
 mod tower_policy;
 
-/// The layer name in events.
-pub(crate) const LAYER: &str = "retry";
-
 pub use backoff::Backoff;
 pub use layer::RetryLayer;
 pub use policy::{Budget, RetryPolicy};

@@ -17,7 +17,7 @@ use super::policy::{Next, RetryPolicy, Safety, Stop, describe, is_connect_error}
 use crate::BoxError;
 use crate::body::{LayerBody, Read, read_limited, read_ready};
 use crate::clock::SharedClock;
-use crate::events::Events;
+use crate::events::{Events, RetryEvent};
 
 /// How many attempts a response took, in its extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +50,7 @@ pub(crate) struct Shared {
 }
 
 /// The service made by [`RetryLayer`](super::RetryLayer).
+#[derive(Clone)]
 pub struct Retry<S> {
     inner: S,
     shared: Arc<Shared>,
@@ -58,15 +59,6 @@ pub struct Retry<S> {
 impl<S> Retry<S> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
         Self { inner, shared }
-    }
-}
-
-impl<S: Clone> Clone for Retry<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-        }
     }
 }
 
@@ -267,14 +259,14 @@ where
                         .is_none_or(|at| at >= d)
                 }) =>
             {
-                emit(&shared.events, "gave_up", || describe(&result));
+                emit(&shared.events, RetryEvent::GaveUp, || describe(&result));
                 return finish(result, attempt);
             }
             Next::Retry(delay) => delay,
             Next::Stop(stop) => {
                 let event = match stop {
-                    Stop::Exhausted => "exhausted",
-                    Stop::Deadline => "gave_up",
+                    Stop::Exhausted => RetryEvent::Exhausted,
+                    Stop::Deadline => RetryEvent::GaveUp,
                 };
                 emit(&shared.events, event, || describe(&result));
                 return finish(result, attempt);
@@ -283,10 +275,12 @@ where
         if let Some(budget) = &shared.budget
             && !budget.withdraw()
         {
-            emit(&shared.events, "budget_exhausted", || describe(&result));
+            emit(&shared.events, RetryEvent::BudgetExhausted, || {
+                describe(&result)
+            });
             return finish(result, attempt);
         }
-        emit(&shared.events, "retry", || describe(&result));
+        emit(&shared.events, RetryEvent::Retry, || describe(&result));
         drop(result);
         shared.clock.sleep(delay).await;
         previous = delay;
@@ -352,6 +346,6 @@ fn finish<R>(
     })
 }
 
-fn emit(events: &Events, event: &'static str, detail: impl FnOnce() -> String) {
-    events.note(super::LAYER, event, None, || Some(detail()));
+fn emit(events: &Events, event: RetryEvent, detail: impl FnOnce() -> String) {
+    events.report(event, None, || Some(detail()));
 }

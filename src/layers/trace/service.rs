@@ -447,7 +447,7 @@ where
                 if sampled {
                     record_response(&span, &res, *this.client);
                 }
-                Ok(res.map(|body| TracedBody::new(body, span, !*this.client, log)))
+                Ok(res.map(|body| TracedBody::in_span(body, span, !*this.client, log)))
             }
             Err(e) => {
                 if sampled {
