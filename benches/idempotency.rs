@@ -19,7 +19,7 @@ use std::time::Duration;
 use battlement::backends::{MemoryStore, RedisStore};
 use battlement::body::LayerBody;
 use battlement::idempotency::{
-    Claim, ClaimToken, Fingerprint, IdempotencyLayer, IdempotencyStore, StoredResponse,
+    Claim, ClaimToken, Completion, Fingerprint, IdempotencyLayer, IdempotencyStore, StoredResponse,
 };
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -118,7 +118,10 @@ fn bench_claim<St: IdempotencyStore>(
                     .await
                 {
                     let _ = store
-                        .complete(&id, token, &fingerprint, &stored, Duration::from_secs(60))
+                        .complete(
+                            &id,
+                            Completion::new(token, &fingerprint, &stored, Duration::from_secs(60)),
+                        )
                         .await;
                 }
             }

@@ -10,7 +10,9 @@ mod support;
 use std::time::Duration;
 
 use battlement::backends::EtcdStore;
-use battlement::idempotency::{Claim, ClaimToken, Fingerprint, IdempotencyStore, StoredResponse};
+use battlement::idempotency::{
+    Claim, ClaimToken, Completion, Fingerprint, IdempotencyStore, StoredResponse,
+};
 use battlement::rate_limit::{Charge, Quota, RateLimitStore};
 use support::EtcdServer;
 
@@ -70,10 +72,7 @@ async fn writes_of_different_lifetimes_share_leases() {
         let done = store
             .complete(
                 &id,
-                token,
-                &fingerprint,
-                &response,
-                Duration::from_secs(86_400),
+                Completion::new(token, &fingerprint, &response, Duration::from_secs(86_400)),
             )
             .await
             .unwrap();

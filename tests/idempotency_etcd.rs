@@ -61,7 +61,7 @@ async fn a_response_too_large_for_etcd_is_not_kept_and_never_runs_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_racing_its_renewal_still_stores_the_response() {
     use battlement::idempotency::{
-        Claim, ClaimToken, Fingerprint, IdempotencyStore, StoredResponse,
+        Claim, ClaimToken, Completion, Fingerprint, IdempotencyStore, StoredResponse,
     };
 
     let etcd = EtcdServer::start();
@@ -92,7 +92,7 @@ async fn a_completion_racing_its_renewal_still_stores_the_response() {
         };
         tokio::task::yield_now().await;
         let stored = store
-            .complete(&id, token, &fingerprint, &response, lock)
+            .complete(&id, Completion::new(token, &fingerprint, &response, lock))
             .await
             .unwrap();
         renewals.await.unwrap();

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::{Backend, KeySpace, MemoryConfig, MemoryStore};
 use crate::circuit_breaker::{CircuitBreakerStore, Loaded, Published, SharedState, Versioned};
 use crate::error::StoreError;
-use crate::idempotency::{Claim, ClaimToken, Fingerprint, IdempotencyStore, StoredResponse};
+use crate::idempotency::{Claim, ClaimToken, Completion, Fingerprint, IdempotencyStore};
 use crate::rate_limit::{Charge, Decision, RateLimitStore};
 
 /// Which backend to use and how to reach it, tagged by `kind`.
@@ -187,15 +187,8 @@ impl IdempotencyStore for AnyStore {
         each!(self, s => s.claim(id, fingerprint, lock, token).await)
     }
 
-    async fn complete(
-        &self,
-        id: &str,
-        token: ClaimToken,
-        fingerprint: &Fingerprint,
-        response: &StoredResponse,
-        retention: Duration,
-    ) -> Result<bool, StoreError> {
-        each!(self, s => s.complete(id, token, fingerprint, response, retention).await)
+    async fn complete(&self, id: &str, done: Completion<'_>) -> Result<bool, StoreError> {
+        each!(self, s => s.complete(id, done).await)
     }
 
     async fn renew(&self, id: &str, token: ClaimToken, lock: Duration) -> Result<bool, StoreError> {

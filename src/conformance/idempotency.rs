@@ -13,7 +13,9 @@ use super::{Harness, StoredKey};
 use crate::backends::Backend;
 use crate::clock::ManualClock;
 use crate::idempotency::store::CONCERN;
-use crate::idempotency::{Claim, ClaimToken, Fingerprint, IdempotencyStore, StoredResponse};
+use crate::idempotency::{
+    Claim, ClaimToken, Completion, Fingerprint, IdempotencyStore, StoredResponse,
+};
 
 const T0: Duration = Duration::from_secs(1_767_225_600);
 const LOCK: Duration = Duration::from_secs(60);
@@ -109,9 +111,12 @@ where
     let (s, _clock) = setup(&h).await;
     let token = won(&s, "k", &fp("a")).await;
     assert!(
-        s.complete("k", token, &fp("a"), &response(), RETENTION)
-            .await
-            .expect("store answers")
+        s.complete(
+            "k",
+            Completion::new(token, &fp("a"), &response(), RETENTION)
+        )
+        .await
+        .expect("store answers")
     );
     for body in ["a", "b"] {
         match s
@@ -138,7 +143,7 @@ where
         trailers: None,
     };
     assert!(
-        s.complete("k2", token, &fp("a"), &bare, RETENTION)
+        s.complete("k2", Completion::new(token, &fp("a"), &bare, RETENTION))
             .await
             .expect("store answers")
     );
@@ -168,7 +173,7 @@ where
     clock.advance(Duration::from_millis(1));
     let new = won(&s, "k", &fp("a")).await;
     assert!(
-        !s.complete("k", old, &fp("a"), &response(), RETENTION)
+        !s.complete("k", Completion::new(old, &fp("a"), &response(), RETENTION))
             .await
             .expect("store answers")
     );
@@ -178,7 +183,7 @@ where
         Ok(Claim::InFlight { .. })
     ));
     assert!(
-        s.complete("k", new, &fp("a"), &response(), RETENTION)
+        s.complete("k", Completion::new(new, &fp("a"), &response(), RETENTION))
             .await
             .expect("store answers")
     );
@@ -205,7 +210,7 @@ where
     assert!(!renew(token).await.expect("store answers"), "expired");
     let next = won(&s, "k", &fp("a")).await;
     assert!(
-        s.complete("k", next, &fp("a"), &response(), RETENTION)
+        s.complete("k", Completion::new(next, &fp("a"), &response(), RETENTION))
             .await
             .expect("store answers")
     );
@@ -221,9 +226,12 @@ where
     let retention = Duration::from_secs(10);
     let token = won(&s, "k", &fp("a")).await;
     assert!(
-        s.complete("k", token, &fp("a"), &response(), retention)
-            .await
-            .expect("store answers")
+        s.complete(
+            "k",
+            Completion::new(token, &fp("a"), &response(), retention)
+        )
+        .await
+        .expect("store answers")
     );
     clock.advance(retention - Duration::from_millis(1));
     assert!(matches!(
@@ -263,9 +271,12 @@ where
     let bob = scoped("bob", "order-1");
     let token = won(&s, &alice, &fp("a")).await;
     assert!(
-        s.complete(&alice, token, &fp("a"), &response(), RETENTION)
-            .await
-            .expect("store answers")
+        s.complete(
+            &alice,
+            Completion::new(token, &fp("a"), &response(), RETENTION)
+        )
+        .await
+        .expect("store answers")
     );
     won(&s, &bob, &fp("a")).await;
 }
@@ -299,9 +310,12 @@ where
         "{lock_ttl:?}"
     );
     assert!(
-        s.complete(&id, token, &fp("a"), &response(), RETENTION)
-            .await
-            .expect("store answers")
+        s.complete(
+            &id,
+            Completion::new(token, &fp("a"), &response(), RETENTION)
+        )
+        .await
+        .expect("store answers")
     );
     let kept = ttl(h.stored_keys(&s).await);
     assert!(

@@ -14,7 +14,7 @@ use crate::backends::Backend;
 use crate::error::StoreError;
 use crate::layers::idempotency::store::{micros, state_key};
 use crate::layers::idempotency::{
-    Claim, ClaimToken, Fingerprint, IdempotencyStore, Record, StoredResponse,
+    Claim, ClaimToken, Completion, Fingerprint, IdempotencyStore, Record,
 };
 
 /// Claims retried when the key changes between the read and the write.
@@ -77,23 +77,19 @@ impl IdempotencyStore for EtcdStore {
         Err(conflicts())
     }
 
-    async fn complete(
-        &self,
-        id: &str,
-        token: ClaimToken,
-        fingerprint: &Fingerprint,
-        response: &StoredResponse,
-        retention: Duration,
-    ) -> Result<bool, StoreError> {
+    async fn complete(&self, id: &str, done: Completion<'_>) -> Result<bool, StoreError> {
         let record = Record::Completed {
-            expires_us: self.clock().now_micros().saturating_add(micros(retention)),
-            fingerprint: *fingerprint,
-            response: response.clone(),
+            expires_us: self
+                .clock()
+                .now_micros()
+                .saturating_add(micros(done.retention)),
+            fingerprint: *done.fingerprint,
+            response: done.response.clone(),
         };
         let value = record.encode();
         let key = state_key(self.keyspace(), id);
-        self.change_own(&key, token, |_| {
-            Change::Put(Cow::Borrowed(&value), retention)
+        self.change_own(&key, done.token, |_| {
+            Change::Put(Cow::Borrowed(&value), done.retention)
         })
         .await
     }

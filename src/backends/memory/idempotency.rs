@@ -44,7 +44,7 @@ use crate::error::StoreError;
 use crate::events::IdempotencyEvent;
 use crate::layers::idempotency::store::{micros, state_key};
 use crate::layers::idempotency::{
-    Claim, ClaimToken, Fingerprint, IdempotencyStore, Record, StoredResponse,
+    Claim, ClaimToken, Completion, Fingerprint, IdempotencyStore, Record,
 };
 
 /// Caps of one store's idempotency records (see the module docs).
@@ -415,25 +415,22 @@ impl IdempotencyStore for MemoryStore {
         claim
     }
 
-    async fn complete(
-        &self,
-        id: &str,
-        token: ClaimToken,
-        fingerprint: &Fingerprint,
-        response: &StoredResponse,
-        retention: Duration,
-    ) -> Result<bool, StoreError> {
+    async fn complete(&self, id: &str, done: Completion<'_>) -> Result<bool, StoreError> {
         self.check_open()?;
         let now = self.inner.clock.now_micros();
         let limits = self.inner.idempotency.limits;
         let (done, evicted) = self.inner.idempotency.with(|map| {
-            if !map.records.get(id).is_some_and(|e| owned(&e.record, token)) {
+            if !map
+                .records
+                .get(id)
+                .is_some_and(|e| owned(&e.record, done.token))
+            {
                 return (Ok(false), Evicted::default());
             }
             let record = Record::Completed {
-                expires_us: now.saturating_add(micros(retention)),
-                fingerprint: *fingerprint,
-                response: response.clone(),
+                expires_us: now.saturating_add(micros(done.retention)),
+                fingerprint: *done.fingerprint,
+                response: done.response.clone(),
             };
             let bytes = footprint(id, &record);
             // The claim makes way for its outcome; put back as it was if
@@ -559,6 +556,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::events::Events;
+    use crate::idempotency::StoredResponse;
 
     const LOCK: Duration = Duration::from_secs(60);
     const RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -585,8 +583,11 @@ mod tests {
         let token = ClaimToken::random();
         assert_eq!(s.claim(id, &fp(), LOCK, token).await?, Claim::Won, "{id}");
         assert!(
-            s.complete(id, token, &fp(), &response(body), RETENTION)
-                .await?
+            s.complete(
+                id,
+                Completion::new(token, &fp(), &response(body), RETENTION)
+            )
+            .await?
         );
         Ok(())
     }
@@ -734,9 +735,12 @@ mod tests {
         );
         // A completed claim is evictable again.
         assert!(
-            s.complete("k0", tokens[0], &fp(), &response(10), RETENTION)
-                .await
-                .unwrap()
+            s.complete(
+                "k0",
+                Completion::new(tokens[0], &fp(), &response(10), RETENTION)
+            )
+            .await
+            .unwrap()
         );
         run(&s, "k3", 10).await.unwrap();
         assert!(!has(&s, "k0"));
@@ -752,11 +756,13 @@ mod tests {
         let (a, b) = (ClaimToken::random(), ClaimToken::random());
         assert_eq!(s.claim("a", &fp(), LOCK, a).await.unwrap(), Claim::Won);
         assert_eq!(s.claim("b", &fp(), LOCK, b).await.unwrap(), Claim::Won);
-        let big = s.complete("a", a, &fp(), &response(2000), RETENTION).await;
+        let big = s
+            .complete("a", Completion::new(a, &fp(), &response(2000), RETENTION))
+            .await;
         assert!(matches!(big, Err(StoreError::Backend(_))));
         assert!(held(&s, "a").await);
         assert!(
-            s.complete("a", a, &fp(), &response(10), RETENTION)
+            s.complete("a", Completion::new(a, &fp(), &response(10), RETENTION))
                 .await
                 .unwrap()
         );

@@ -14,7 +14,7 @@ use crate::error::StoreError;
 use crate::layers::idempotency::record::encode_response;
 use crate::layers::idempotency::store::{micros, state_key};
 use crate::layers::idempotency::{
-    Claim, ClaimToken, Fingerprint, IdempotencyStore, Record, StoredResponse,
+    Claim, ClaimToken, Completion, Fingerprint, IdempotencyStore, Record,
 };
 
 static CLAIM: LazyLock<Script> =
@@ -58,20 +58,13 @@ impl IdempotencyStore for RedisStore {
         }
     }
 
-    async fn complete(
-        &self,
-        id: &str,
-        token: ClaimToken,
-        fingerprint: &Fingerprint,
-        response: &StoredResponse,
-        retention: Duration,
-    ) -> Result<bool, StoreError> {
+    async fn complete(&self, id: &str, done: Completion<'_>) -> Result<bool, StoreError> {
         let mut invocation = COMPLETE.key(state_key(self.keyspace(), id));
         invocation
-            .arg(token.to_hex())
-            .arg(fingerprint.to_hex())
-            .arg(encode_response(response))
-            .arg(micros(retention).max(1000))
+            .arg(done.token.to_hex())
+            .arg(done.fingerprint.to_hex())
+            .arg(encode_response(done.response))
+            .arg(micros(done.retention).max(1000))
             .arg(self.caller_now());
         let stored: u8 = self.invoke(&invocation).await?;
         Ok(stored == 1)

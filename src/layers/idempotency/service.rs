@@ -21,7 +21,7 @@ use super::key;
 use super::layer::Settings;
 use super::record::{ClaimToken, Fingerprint, StoredResponse};
 use super::scope::scoped_id;
-use super::store::{Claim, IdempotencyStore};
+use super::store::{Claim, Completion, IdempotencyStore};
 use crate::BoxError;
 use crate::body::{LayerBody, Read, read_limited};
 use crate::error::{FailurePolicy, StoreError};
@@ -412,13 +412,13 @@ impl<St: IdempotencyStore> Run<St> {
             let done = match held {
                 Held::Shared => {
                     self.store
-                        .complete(id, token, fingerprint, stored, retention)
+                        .complete(id, Completion::new(token, fingerprint, stored, retention))
                         .await
                 }
                 Held::Fallback => {
                     self.settings
                         .fallback
-                        .complete(id, token, fingerprint, stored, retention)
+                        .complete(id, Completion::new(token, fingerprint, stored, retention))
                         .await
                 }
             };

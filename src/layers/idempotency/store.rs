@@ -33,6 +33,38 @@ pub enum Claim {
     },
 }
 
+/// What a request's claim completes with: the claim's `token`, the
+/// request's `fingerprint`, and the `response` to keep for `retention`.
+#[derive(Debug, Clone, Copy)]
+pub struct Completion<'a> {
+    /// The token the claim was made with.
+    pub token: ClaimToken,
+    /// The fingerprint of the request that made the claim.
+    pub fingerprint: &'a Fingerprint,
+    /// The response to store.
+    pub response: &'a StoredResponse,
+    /// How long the response is kept.
+    pub retention: Duration,
+}
+
+impl<'a> Completion<'a> {
+    /// `response` for the claim `token` of a request with `fingerprint`,
+    /// kept for `retention`.
+    pub fn new(
+        token: ClaimToken,
+        fingerprint: &'a Fingerprint,
+        response: &'a StoredResponse,
+        retention: Duration,
+    ) -> Self {
+        Self {
+            token,
+            fingerprint,
+            response,
+            retention,
+        }
+    }
+}
+
 /// Claims and completed responses of idempotency keys.
 ///
 /// Every method is one atomic step on the server (Redis: one script; etcd:
@@ -60,10 +92,7 @@ pub trait IdempotencyStore: Backend {
     fn complete(
         &self,
         id: &str,
-        token: ClaimToken,
-        fingerprint: &Fingerprint,
-        response: &StoredResponse,
-        retention: Duration,
+        done: Completion<'_>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Extends the live claim `token` to `lock` from now, for a request
