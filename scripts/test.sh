@@ -47,9 +47,12 @@ rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup comp
 
 echo "== fmt";    cargo fmt --all -- --check
 echo "== clippy"; cargo clippy --all-targets --all-features -- -D warnings
-echo "== clippy (default and no features)"
+echo "== clippy (default, no features, each OTLP transport alone)"
 cargo clippy --lib -- -D warnings
 cargo clippy --lib --no-default-features -- -D warnings
+# Each transport alone builds the other's "not built" path.
+cargo clippy --lib --no-default-features --features otlp-http -- -D warnings
+cargo clippy --lib --no-default-features --features otlp-grpc -- -D warnings
 echo "== doc";    RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 echo "== test";   cargo test --all-features --all-targets
 echo "== w3c trace context"

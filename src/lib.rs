@@ -18,7 +18,7 @@ pub mod layers;
 pub mod reject;
 pub mod reload;
 pub mod stack;
-#[cfg(any(feature = "prometheus", feature = "otlp"))]
+#[cfg(any(feature = "prometheus", feature = "_otlp"))]
 pub mod telemetry;
 
 #[cfg(all(test, feature = "prometheus"))]

@@ -4,7 +4,15 @@
 //! sends the spans, metrics and access-log record of a request, with the
 //! request's trace id;
 //! `OTEL_TRACES_SAMPLER` decides which requests are traced.
-#![cfg(all(feature = "otlp", feature = "axum", feature = "prometheus"))]
+//!
+//! Both transports are exercised, so this needs both `otlp-http` and
+//! `otlp-grpc` (as `--all-features` has).
+#![cfg(all(
+    feature = "otlp-http",
+    feature = "otlp-grpc",
+    feature = "axum",
+    feature = "prometheus"
+))]
 
 mod support;
 

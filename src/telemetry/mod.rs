@@ -25,11 +25,14 @@
 //! Environment: `OTEL_EXPORTER_OTLP_ENDPOINT` turns OTLP export on (spans,
 //! metrics, and the `tracing` events that [`TelemetryGuard::logs`] passes
 //! as logs carrying the trace and span ids of the span they were written
-//! in; needs the `otlp` feature); `OTEL_EXPORTER_OTLP_PROTOCOL`
+//! in); `OTEL_EXPORTER_OTLP_PROTOCOL`
 //! is `http/protobuf` (the default, as the OpenTelemetry specification
 //! recommends: port 4318, paths `/v1/traces`, `/v1/metrics` and
-//! `/v1/logs`) or `grpc`
-//! (port 4317); `OTEL_SERVICE_NAME` overrides the service
+//! `/v1/logs`; needs the `otlp-http` feature, or `otlp`, its shorthand) or
+//! `grpc` (port 4317; needs the `otlp-grpc` feature). A protocol whose
+//! feature is off makes [`init`] return an error naming the feature, rather
+//! than export over the other transport to a port that does not speak it;
+//! `OTEL_SERVICE_NAME` overrides the service
 //! name; `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` choose the
 //! [`HeadSampler`] that both the server trace layer and the SDK apply (a
 //! name it does not know, or a ratio outside `0..=1`, is an error);
@@ -64,7 +67,7 @@ pub fn init(service_name: &str) -> Result<TelemetryGuard, ConfigError> {
     let resource = Resource::builder().with_service_name(service).build();
     // One sampler for the trace layer and the SDK, on the same ids.
     let head = HeadSampler::from_env()?;
-    #[cfg_attr(not(feature = "otlp"), allow(unused_mut))]
+    #[cfg_attr(not(feature = "_otlp"), allow(unused_mut))]
     let mut tracers = SdkTracerProvider::builder()
         .with_resource(resource.clone())
         .with_sampler(head.sdk_sampler())
@@ -84,11 +87,12 @@ pub fn init(service_name: &str) -> Result<TelemetryGuard, ConfigError> {
 
     let otlp = var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
         || var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
-    #[cfg(feature = "otlp")]
+    #[cfg(feature = "_otlp")]
     let mut loggers = None;
     if otlp {
         let protocol = OtlpProtocol::from_env(var("OTEL_EXPORTER_OTLP_PROTOCOL"))?;
-        #[cfg(feature = "otlp")]
+        protocol.check_built(Transports::BUILT)?;
+        #[cfg(feature = "_otlp")]
         {
             let (spans, metrics, logs) = otlp_exporters(protocol)?;
             tracers = tracers.with_batch_exporter(spans);
@@ -100,13 +104,6 @@ pub fn init(service_name: &str) -> Result<TelemetryGuard, ConfigError> {
                     .with_batch_exporter(logs)
                     .build(),
             );
-        }
-        #[cfg(not(feature = "otlp"))]
-        {
-            let _ = protocol;
-            return Err(ConfigError::new(
-                "OTEL_EXPORTER_OTLP_ENDPOINT is set but battlement was built without the `otlp` feature",
-            ));
         }
     }
 
@@ -123,7 +120,7 @@ pub fn init(service_name: &str) -> Result<TelemetryGuard, ConfigError> {
         tracer: tracers.tracer("battlement"),
         tracers,
         meters,
-        #[cfg(feature = "otlp")]
+        #[cfg(feature = "_otlp")]
         loggers,
         #[cfg(feature = "prometheus")]
         registry,
@@ -157,6 +154,21 @@ enum OtlpProtocol {
     HttpProtobuf,
 }
 
+/// The OTLP transports compiled in.
+#[derive(Debug, Clone, Copy)]
+struct Transports {
+    http: bool,
+    grpc: bool,
+}
+
+impl Transports {
+    /// This build's: the `otlp-http` and `otlp-grpc` features.
+    const BUILT: Self = Self {
+        http: cfg!(feature = "otlp-http"),
+        grpc: cfg!(feature = "otlp-grpc"),
+    };
+}
+
 impl OtlpProtocol {
     /// `http/protobuf` when unset (the specification's default);
     /// `http/json` is not supported.
@@ -169,45 +181,126 @@ impl OtlpProtocol {
             ))),
         }
     }
+
+    /// The variable's value naming this protocol.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::HttpProtobuf => "http/protobuf",
+        }
+    }
+
+    /// The cargo feature that compiles this transport in.
+    fn feature(self) -> &'static str {
+        match self {
+            Self::Grpc => "otlp-grpc",
+            Self::HttpProtobuf => "otlp-http",
+        }
+    }
+
+    /// `Ok` when `built` has this transport; else an error naming the
+    /// feature to turn on (and the transport built instead, if any). No
+    /// fallback: an exporter on the other transport would send to a
+    /// collector port that speaks the requested one.
+    fn check_built(self, built: Transports) -> Result<(), ConfigError> {
+        let (wanted, other) = match self {
+            Self::Grpc => (built.grpc, built.http.then_some(Self::HttpProtobuf)),
+            Self::HttpProtobuf => (built.http, built.grpc.then_some(Self::Grpc)),
+        };
+        if wanted {
+            return Ok(());
+        }
+        let mut message = format!(
+            "OTLP export over {} (OTEL_EXPORTER_OTLP_PROTOCOL={}{}) needs battlement's `{}` feature, \
+             which this build lacks",
+            self.name(),
+            self.name(),
+            if self == Self::HttpProtobuf {
+                ", the default when unset"
+            } else {
+                ""
+            },
+            self.feature(),
+        );
+        if let Some(other) = other {
+            message.push_str(&format!(
+                "; it has `{}`: set OTEL_EXPORTER_OTLP_PROTOCOL={} to use it",
+                other.feature(),
+                other.name()
+            ));
+        }
+        Err(ConfigError::new(message))
+    }
 }
+
+/// A span, a metric and a log exporter.
+#[cfg(feature = "_otlp")]
+type Exporters = (
+    opentelemetry_otlp::SpanExporter,
+    opentelemetry_otlp::MetricExporter,
+    opentelemetry_otlp::LogExporter,
+);
 
 /// The span, metric and log exporters for `protocol`, configured
 /// (endpoint, headers, timeout) from the `OTEL_EXPORTER_OTLP_*` variables.
-#[cfg(feature = "otlp")]
-fn otlp_exporters(
-    protocol: OtlpProtocol,
-) -> Result<
-    (
-        opentelemetry_otlp::SpanExporter,
-        opentelemetry_otlp::MetricExporter,
-        opentelemetry_otlp::LogExporter,
-    ),
-    ConfigError,
-> {
+#[cfg(feature = "_otlp")]
+fn otlp_exporters(protocol: OtlpProtocol) -> Result<Exporters, ConfigError> {
+    match protocol {
+        OtlpProtocol::Grpc => grpc_exporters(),
+        OtlpProtocol::HttpProtobuf => http_exporters(),
+    }
+}
+
+#[cfg(feature = "otlp-grpc")]
+fn grpc_exporters() -> Result<Exporters, ConfigError> {
+    use opentelemetry_otlp::{LogExporter, MetricExporter, SpanExporter};
+    built(
+        SpanExporter::builder().with_tonic().build(),
+        MetricExporter::builder().with_tonic().build(),
+        LogExporter::builder().with_tonic().build(),
+    )
+}
+
+#[cfg(all(feature = "_otlp", not(feature = "otlp-grpc")))]
+fn grpc_exporters() -> Result<Exporters, ConfigError> {
+    OtlpProtocol::Grpc.check_built(Transports::BUILT)?;
+    Err(ConfigError::new("OTLP over gRPC is not built"))
+}
+
+#[cfg(feature = "otlp-http")]
+fn http_exporters() -> Result<Exporters, ConfigError> {
     use opentelemetry_otlp::{
         LogExporter, MetricExporter, Protocol, SpanExporter, WithExportConfig,
     };
-    let (spans, metrics, logs) = match protocol {
-        OtlpProtocol::Grpc => (
-            SpanExporter::builder().with_tonic().build(),
-            MetricExporter::builder().with_tonic().build(),
-            LogExporter::builder().with_tonic().build(),
-        ),
-        OtlpProtocol::HttpProtobuf => (
-            SpanExporter::builder()
-                .with_http()
-                .with_protocol(Protocol::HttpBinary)
-                .build(),
-            MetricExporter::builder()
-                .with_http()
-                .with_protocol(Protocol::HttpBinary)
-                .build(),
-            LogExporter::builder()
-                .with_http()
-                .with_protocol(Protocol::HttpBinary)
-                .build(),
-        ),
-    };
+    built(
+        SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .build(),
+        MetricExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .build(),
+        LogExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .build(),
+    )
+}
+
+#[cfg(all(feature = "_otlp", not(feature = "otlp-http")))]
+fn http_exporters() -> Result<Exporters, ConfigError> {
+    OtlpProtocol::HttpProtobuf.check_built(Transports::BUILT)?;
+    Err(ConfigError::new("OTLP over HTTP is not built"))
+}
+
+/// The three exporters, or the first one's build error.
+#[cfg(feature = "_otlp")]
+fn built(
+    spans: Result<opentelemetry_otlp::SpanExporter, opentelemetry_otlp::ExporterBuildError>,
+    metrics: Result<opentelemetry_otlp::MetricExporter, opentelemetry_otlp::ExporterBuildError>,
+    logs: Result<opentelemetry_otlp::LogExporter, opentelemetry_otlp::ExporterBuildError>,
+) -> Result<Exporters, ConfigError> {
     let spans = spans.map_err(|e| ConfigError::new(format!("OTLP span exporter: {e}")))?;
     let metrics = metrics.map_err(|e| ConfigError::new(format!("OTLP metric exporter: {e}")))?;
     let logs = logs.map_err(|e| ConfigError::new(format!("OTLP log exporter: {e}")))?;
@@ -220,7 +313,7 @@ pub struct TelemetryGuard {
     tracers: SdkTracerProvider,
     meters: SdkMeterProvider,
     /// OTLP log export, when an endpoint is set.
-    #[cfg(feature = "otlp")]
+    #[cfg(feature = "_otlp")]
     loggers: Option<opentelemetry_sdk::logs::SdkLoggerProvider>,
     #[cfg(feature = "prometheus")]
     registry: prometheus::Registry,
@@ -268,12 +361,12 @@ impl TelemetryGuard {
         S: tracing::Subscriber + for<'span> LookupSpan<'span>,
         L: Layer<S>,
     {
-        #[cfg(feature = "otlp")]
+        #[cfg(feature = "_otlp")]
         let bridge = self
             .loggers
             .as_ref()
             .map(opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new);
-        #[cfg(not(feature = "otlp"))]
+        #[cfg(not(feature = "_otlp"))]
         let bridge: Option<tracing_subscriber::layer::Identity> = None;
         output.and_then(bridge)
     }
@@ -341,7 +434,7 @@ impl Drop for TelemetryGuard {
         if let Err(e) = self.meters.shutdown() {
             tracing::warn!(error = %e, "meter provider shutdown");
         }
-        #[cfg(feature = "otlp")]
+        #[cfg(feature = "_otlp")]
         if let Some(Err(e)) = self.loggers.as_ref().map(|l| l.shutdown()) {
             tracing::warn!(error = %e, "logger provider shutdown");
         }
@@ -350,7 +443,7 @@ impl Drop for TelemetryGuard {
 
 #[cfg(test)]
 mod tests {
-    use super::OtlpProtocol;
+    use super::{OtlpProtocol, Transports};
 
     #[test]
     fn the_otlp_protocol_defaults_to_http_protobuf() {
@@ -363,5 +456,49 @@ mod tests {
         );
         let err = parse(Some("http/json")).err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("http/json")));
+    }
+
+    // A protocol whose transport is not compiled in is an error naming the
+    // feature to turn on, and the variable's value that works instead.
+    #[test]
+    fn a_protocol_not_built_is_an_error_naming_its_feature() {
+        let (grpc, http) = (OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf);
+        let built = |http, grpc| Transports { http, grpc };
+        let err = |p: OtlpProtocol, b| p.check_built(b).err().map(|e| e.to_string());
+        assert!(grpc.check_built(built(true, true)).is_ok());
+        assert!(http.check_built(built(true, false)).is_ok());
+        assert!(grpc.check_built(built(false, true)).is_ok());
+        let e = err(grpc, built(true, false)).unwrap_or_default();
+        assert!(e.contains("`otlp-grpc` feature"), "{e}");
+        assert!(
+            e.contains("OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf to use it"),
+            "{e}"
+        );
+        let e = err(http, built(false, true)).unwrap_or_default();
+        assert!(e.contains("`otlp-http` feature"), "{e}");
+        assert!(e.contains("the default when unset"), "{e}");
+        assert!(
+            e.contains("OTEL_EXPORTER_OTLP_PROTOCOL=grpc to use it"),
+            "{e}"
+        );
+        let e = err(http, built(false, false)).unwrap_or_default();
+        assert!(
+            e.contains("`otlp-http` feature") && !e.contains("to use it"),
+            "{e}"
+        );
+    }
+
+    // This build's transports are the features it was built with.
+    #[test]
+    fn the_built_transports_follow_the_features() {
+        let b = Transports::BUILT;
+        assert_eq!(
+            OtlpProtocol::Grpc.check_built(b).is_ok(),
+            cfg!(feature = "otlp-grpc")
+        );
+        assert_eq!(
+            OtlpProtocol::HttpProtobuf.check_built(b).is_ok(),
+            cfg!(feature = "otlp-http")
+        );
     }
 }

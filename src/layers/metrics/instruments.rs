@@ -1,32 +1,32 @@
 //! The instruments: OpenTelemetry semconv names, unit
 //! `s`, semconv bucket boundaries.
 
-#[cfg(any(feature = "prometheus", feature = "otlp"))]
+#[cfg(any(feature = "prometheus", feature = "_otlp"))]
 use std::collections::HashMap;
-#[cfg(any(feature = "prometheus", feature = "otlp"))]
+#[cfg(any(feature = "prometheus", feature = "_otlp"))]
 use std::sync::atomic::{AtomicUsize, Ordering};
-#[cfg(any(feature = "prometheus", feature = "otlp"))]
+#[cfg(any(feature = "prometheus", feature = "_otlp"))]
 use std::sync::{OnceLock, RwLock};
 
-#[cfg(any(feature = "prometheus", feature = "otlp"))]
+#[cfg(any(feature = "prometheus", feature = "_otlp"))]
 use foldhash::fast::RandomState;
 use http::{Method, Version};
 
 use opentelemetry::KeyValue;
-#[cfg(any(feature = "prometheus", feature = "otlp"))]
+#[cfg(any(feature = "prometheus", feature = "_otlp"))]
 use opentelemetry::metrics::{BoundHistogram, BoundUpDownCounter};
 use opentelemetry::metrics::{Histogram, Meter, UpDownCounter};
 
 use crate::trace::DURATION_BUCKETS;
 
 /// The methods semconv names (see `semconv::method`), `_OTHER` last.
-#[cfg(any(feature = "prometheus", feature = "otlp"))]
+#[cfg(any(feature = "prometheus", feature = "_otlp"))]
 const METHODS: [&str; 10] = [
     "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "_OTHER",
 ];
 
 /// The values of `url.scheme`.
-#[cfg(any(feature = "prometheus", feature = "otlp"))]
+#[cfg(any(feature = "prometheus", feature = "_otlp"))]
 const SCHEMES: [&str; 3] = ["http", "https", "_OTHER"];
 
 /// Every instrument the metrics layers record into.
@@ -39,17 +39,17 @@ pub(crate) struct Instruments {
     /// `http.server.active_requests` bound to each method and scheme, on
     /// first use: a request counts itself in and out without the SDK
     /// hashing its attributes twice.
-    #[cfg(any(feature = "prometheus", feature = "otlp"))]
+    #[cfg(any(feature = "prometheus", feature = "_otlp"))]
     active_bound: Box<[OnceLock<BoundUpDownCounter<i64>>; METHODS.len() * SCHEMES.len()]>,
     /// `http.server.request.duration` bound to the attribute sets seen so
     /// far (at most [`MAX_BOUND_DURATIONS`]), by route and [`ServerKey`].
-    #[cfg(any(feature = "prometheus", feature = "otlp"))]
+    #[cfg(any(feature = "prometheus", feature = "_otlp"))]
     server_bound: std::sync::Arc<BoundDurations>,
 }
 
 /// Bound duration histograms: routes, each with the other attributes'
 /// [`ServerKey`]s (a handful per route).
-#[cfg(any(feature = "prometheus", feature = "otlp"))]
+#[cfg(any(feature = "prometheus", feature = "_otlp"))]
 #[derive(Debug, Default)]
 struct BoundDurations {
     routes: RwLock<HashMap<Box<str>, KeyedHistograms, RandomState>>,
@@ -57,12 +57,12 @@ struct BoundDurations {
 }
 
 /// One route's bound histograms, by [`ServerKey`].
-#[cfg(any(feature = "prometheus", feature = "otlp"))]
+#[cfg(any(feature = "prometheus", feature = "_otlp"))]
 type KeyedHistograms = Vec<(ServerKey, BoundHistogram<f64>)>;
 
 /// Up to how many attribute sets of `http.server.request.duration` are
 /// bound; others are recorded with their attributes.
-#[cfg(any(feature = "prometheus", feature = "otlp"))]
+#[cfg(any(feature = "prometheus", feature = "_otlp"))]
 const MAX_BOUND_DURATIONS: usize = 4_096;
 
 /// A server request's duration attributes except the route, packed: method,
@@ -137,9 +137,9 @@ impl Instruments {
                 "Duration of HTTP client requests",
             ),
             rpc_server_duration: histogram("rpc.server.call.duration", "Duration of RPCs served"),
-            #[cfg(any(feature = "prometheus", feature = "otlp"))]
+            #[cfg(any(feature = "prometheus", feature = "_otlp"))]
             active_bound: Box::new(std::array::from_fn(|_| OnceLock::new())),
-            #[cfg(any(feature = "prometheus", feature = "otlp"))]
+            #[cfg(any(feature = "prometheus", feature = "_otlp"))]
             server_bound: Default::default(),
         }
     }
@@ -148,7 +148,7 @@ impl Instruments {
     /// request's, `route` and `key` say the same (see [`ServerKey`]), and
     /// find the histogram bound to them, without the SDK hashing them.
     #[cfg_attr(
-        not(any(feature = "prometheus", feature = "otlp")),
+        not(any(feature = "prometheus", feature = "_otlp")),
         allow(unused_variables)
     )]
     pub(crate) fn record_server(
@@ -158,7 +158,7 @@ impl Instruments {
         key: ServerKey,
         attributes: &[KeyValue],
     ) {
-        #[cfg(any(feature = "prometheus", feature = "otlp"))]
+        #[cfg(any(feature = "prometheus", feature = "_otlp"))]
         {
             let bound = &self.server_bound;
             if let Ok(routes) = bound.routes.read()
@@ -190,7 +190,7 @@ impl Instruments {
     /// Adds `delta` to `http.server.active_requests` for `attributes`
     /// (method and scheme).
     pub(crate) fn add_active(&self, delta: i64, attributes: &[KeyValue]) {
-        #[cfg(any(feature = "prometheus", feature = "otlp"))]
+        #[cfg(any(feature = "prometheus", feature = "_otlp"))]
         if let Some(bound) = active_slot(attributes).and_then(|slot| self.active_bound.get(slot)) {
             bound
                 .get_or_init(|| self.active_requests.bind(attributes))
@@ -203,7 +203,7 @@ impl Instruments {
 
 /// Where the counter bound to `attributes` (a method and a scheme, as
 /// semconv names them) is kept.
-#[cfg(any(feature = "prometheus", feature = "otlp"))]
+#[cfg(any(feature = "prometheus", feature = "_otlp"))]
 fn active_slot(attributes: &[KeyValue]) -> Option<usize> {
     use opentelemetry::Value;
     let [method, scheme] = attributes else {

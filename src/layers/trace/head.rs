@@ -132,7 +132,7 @@ impl HeadSampler {
     }
 
     /// The same sampler for the SDK's tracer provider.
-    #[cfg(any(feature = "prometheus", feature = "otlp"))]
+    #[cfg(any(feature = "prometheus", feature = "_otlp"))]
     pub fn sdk_sampler(&self) -> opentelemetry_sdk::trace::Sampler {
         use opentelemetry_sdk::trace::Sampler;
         let root = match self.root {
@@ -246,7 +246,7 @@ pub(crate) fn with_root_trace_id<R>(id: TraceId, build: impl FnOnce() -> R) -> R
 }
 
 /// The trace id [`with_root_trace_id`] set, once.
-#[cfg_attr(not(any(feature = "prometheus", feature = "otlp")), allow(dead_code))]
+#[cfg_attr(not(any(feature = "prometheus", feature = "_otlp")), allow(dead_code))]
 pub(crate) fn take_root_trace_id() -> Option<TraceId> {
     ROOT_TRACE_ID.take()
 }
@@ -258,7 +258,7 @@ pub(crate) fn with_unsampled_context<R>(cx: Context, build: impl FnOnce() -> R) 
 }
 
 /// The context [`with_unsampled_context`] set, once.
-#[cfg_attr(not(any(feature = "prometheus", feature = "otlp")), allow(dead_code))]
+#[cfg_attr(not(any(feature = "prometheus", feature = "_otlp")), allow(dead_code))]
 pub(crate) fn take_unsampled_context() -> Option<Context> {
     UNSAMPLED_CONTEXT.take()
 }
@@ -267,7 +267,7 @@ pub(crate) fn take_unsampled_context() -> Option<Context> {
 static INSTALLED: RwLock<Option<HeadSampler>> = RwLock::new(None);
 
 /// Makes `sampler` the one server trace layers built from now on use.
-#[cfg_attr(not(any(feature = "prometheus", feature = "otlp")), allow(dead_code))]
+#[cfg_attr(not(any(feature = "prometheus", feature = "_otlp")), allow(dead_code))]
 pub(crate) fn install(sampler: Option<HeadSampler>) {
     if let Ok(mut installed) = INSTALLED.write() {
         *installed = sampler;
@@ -326,7 +326,7 @@ mod tests {
         ))
     }
 
-    #[cfg(any(feature = "prometheus", feature = "otlp"))]
+    #[cfg(any(feature = "prometheus", feature = "_otlp"))]
     #[test]
     fn decisions_agree_with_the_sdk_sampler() {
         use opentelemetry::trace::SpanKind;
