@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use battlement::backends::{Backend, RedisConfig, RedisStore};
 use battlement::circuit_breaker::{
     BreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitBreakerStore, Outcome,
-    SharedState, State,
+    Publication, SharedState, State,
 };
 use battlement::events::Events;
 use http::{Request, Response, StatusCode};
@@ -149,7 +149,10 @@ async fn a_batch_reads_every_key_while_cluster_slots_move() {
         reopens: 0,
     };
     for (writer, id) in ids.iter().enumerate().skip(1) {
-        store.publish(id, 0, writer as u64, open).await.unwrap();
+        store
+            .publish(id, Publication::new(0, writer as u64, open))
+            .await
+            .unwrap();
     }
     let read = |loaded: Vec<battlement::circuit_breaker::Loaded>| -> Vec<Option<u64>> {
         loaded
@@ -161,7 +164,10 @@ async fn a_batch_reads_every_key_while_cluster_slots_move() {
     assert_eq!(read(store.load_many(&ids).await.unwrap()), expected);
 
     // Move the slot of the first key (written now) to another node.
-    store.publish(ids[0], 0, 99, open).await.unwrap();
+    store
+        .publish(ids[0], Publication::new(0, 99, open))
+        .await
+        .unwrap();
     let key = store.keyspace().key("cb", ids[0]);
     let nodes = cluster.nodes();
     let slot = nodes[0]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{Backend, KeySpace, MemoryConfig, MemoryStore};
-use crate::circuit_breaker::{CircuitBreakerStore, Loaded, Published, SharedState, Versioned};
+use crate::circuit_breaker::{CircuitBreakerStore, Loaded, Publication, Published, Versioned};
 use crate::error::StoreError;
 use crate::idempotency::{Claim, ClaimToken, Completion, Fingerprint, IdempotencyStore};
 use crate::rate_limit::{Charge, Decision, RateLimitStore};
@@ -165,14 +165,8 @@ impl CircuitBreakerStore for AnyStore {
         each!(self, s => s.load_many(ids).await)
     }
 
-    async fn publish(
-        &self,
-        id: &str,
-        expected: u64,
-        writer: u64,
-        next: SharedState,
-    ) -> Result<Published, StoreError> {
-        each!(self, s => s.publish(id, expected, writer, next).await)
+    async fn publish(&self, id: &str, write: Publication) -> Result<Published, StoreError> {
+        each!(self, s => s.publish(id, write).await)
     }
 }
 

@@ -9,7 +9,7 @@ use crate::backends::Backend;
 use crate::circuit_breaker::store::{CONCERN, RETENTION};
 use crate::circuit_breaker::{
     BreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitBreakerStore, Outcome,
-    Published, SharedState, State,
+    Publication, Published, SharedState, State,
 };
 use crate::clock::ManualClock;
 
@@ -40,17 +40,29 @@ where
     let clock = ManualClock::new(T0);
     let s = h.store_with_clock(clock.shared()).await;
     assert_eq!(s.load("b/k").await.unwrap(), None);
-    let Published::Applied(v1) = s.publish("b/k", 0, 7, open_for(30)).await.unwrap() else {
+    let Published::Applied(v1) = s
+        .publish("b/k", Publication::new(0, 7, open_for(30)))
+        .await
+        .unwrap()
+    else {
         panic!("first write refused")
     };
-    match s.publish("b/k", 0, 8, CLOSED).await.unwrap() {
+    match s
+        .publish("b/k", Publication::new(0, 8, CLOSED))
+        .await
+        .unwrap()
+    {
         Published::Conflict(Some(winner)) => {
             assert_eq!((winner.version, winner.writer), (v1, 7));
             assert_eq!(winner.shared, open_for(30));
         }
         other => panic!("stale write accepted: {other:?}"),
     }
-    let Published::Applied(v2) = s.publish("b/k", v1, 8, CLOSED).await.unwrap() else {
+    let Published::Applied(v2) = s
+        .publish("b/k", Publication::new(v1, 8, CLOSED))
+        .await
+        .unwrap()
+    else {
         panic!("write on the current version refused")
     };
     assert!(v2 > v1);
@@ -61,7 +73,11 @@ where
     );
     // Nothing stored: any expected version writes, and the version still
     // grows past it.
-    let Published::Applied(v) = s.publish("b/other", v2, 9, CLOSED).await.unwrap() else {
+    let Published::Applied(v) = s
+        .publish("b/other", Publication::new(v2, 9, CLOSED))
+        .await
+        .unwrap()
+    else {
         panic!("write on an absent key refused")
     };
     assert!(v > v2);
@@ -69,7 +85,11 @@ where
     // new) still writes above every earlier version: versions are store
     // times.
     clock.advance(Duration::from_secs(1));
-    let Published::Applied(fresh) = s.publish("b/new", 0, 9, CLOSED).await.unwrap() else {
+    let Published::Applied(fresh) = s
+        .publish("b/new", Publication::new(0, 9, CLOSED))
+        .await
+        .unwrap()
+    else {
         panic!("write on a new key refused")
     };
     assert!(fresh > v2, "{fresh} <= {v2}");
@@ -84,7 +104,10 @@ where
     let tasks: Vec<_> = (0..16)
         .map(|i| {
             let s = s.clone();
-            tokio::spawn(async move { s.publish("b/k", 0, i, open_for(10 + i)).await })
+            tokio::spawn(async move {
+                s.publish("b/k", Publication::new(0, i, open_for(10 + i)))
+                    .await
+            })
         })
         .collect();
     let mut applied = Vec::new();
@@ -107,7 +130,9 @@ where
 {
     let clock = ManualClock::new(T0);
     let s = h.store_with_clock(clock.shared()).await;
-    s.publish("b/k", 0, 1, open_for(30)).await.unwrap();
+    s.publish("b/k", Publication::new(0, 1, open_for(30)))
+        .await
+        .unwrap();
     clock.advance(Duration::from_secs(10));
     let stored = s.load("b/k").await.unwrap().unwrap();
     assert_eq!(stored.shared.open_for, Duration::from_secs(20));
@@ -123,8 +148,12 @@ where
     H::Store: CircuitBreakerStore,
 {
     let s = h.store().await;
-    s.publish("b/k", 0, 1, open_for(30)).await.unwrap();
-    s.publish("b/k2", 0, 1, CLOSED).await.unwrap();
+    s.publish("b/k", Publication::new(0, 1, open_for(30)))
+        .await
+        .unwrap();
+    s.publish("b/k2", Publication::new(0, 1, CLOSED))
+        .await
+        .unwrap();
     let prefix = s.keyspace().concern_prefix(CONCERN);
     let keys: Vec<_> = h
         .stored_keys(&s)
@@ -294,22 +323,30 @@ where
     // Written first, so it is the first to expire (servers expire records
     // in real time, so there it is still present: the answers must agree
     // either way).
-    s.publish("b/old", 0, 1, CLOSED).await.unwrap();
+    s.publish("b/old", Publication::new(0, 1, CLOSED))
+        .await
+        .unwrap();
     clock.advance(RETENTION - Duration::from_secs(5));
     let forced = SharedState {
         state: State::ForcedOpen,
         open_for: Duration::ZERO,
         reopens: 0,
     };
-    s.publish("b/open", 0, 2, open_for(30)).await.unwrap();
-    s.publish("b/closed", 0, 3, CLOSED).await.unwrap();
-    s.publish("b/forced", 0, 4, forced).await.unwrap();
-    s.publish("b/odd key:{x}", 0, 5, open_for(60))
+    s.publish("b/open", Publication::new(0, 2, open_for(30)))
+        .await
+        .unwrap();
+    s.publish("b/closed", Publication::new(0, 3, CLOSED))
+        .await
+        .unwrap();
+    s.publish("b/forced", Publication::new(0, 4, forced))
+        .await
+        .unwrap();
+    s.publish("b/odd key:{x}", Publication::new(0, 5, open_for(60)))
         .await
         .unwrap();
     let mut ids: Vec<String> = (0..600).map(|i| format!("b/k{i}")).collect();
     for i in (0..600).step_by(50) {
-        s.publish(&ids[i], 0, 6, open_for(100 + i as u64))
+        s.publish(&ids[i], Publication::new(0, 6, open_for(100 + i as u64)))
             .await
             .unwrap();
     }

@@ -14,7 +14,7 @@ use crate::backends::Backend;
 use crate::error::StoreError;
 use crate::layers::circuit_breaker::store::{decode, encode, next_version, state_key};
 use crate::layers::circuit_breaker::{
-    CircuitBreakerStore, Loaded, Published, SharedState, Versioned,
+    CircuitBreakerStore, Loaded, Publication, Published, Versioned,
 };
 
 /// Reads in one transaction: etcd's default `--max-txn-ops`.
@@ -67,25 +67,19 @@ impl CircuitBreakerStore for EtcdStore {
         Ok(loaded)
     }
 
-    async fn publish(
-        &self,
-        id: &str,
-        expected: u64,
-        writer: u64,
-        next: SharedState,
-    ) -> Result<Published, StoreError> {
+    async fn publish(&self, id: &str, write: Publication) -> Result<Published, StoreError> {
         let key = state_key(self.keyspace(), id);
         let now_us = self.clock().now_micros();
         let (current, revision) = read(&self.get(&key).await?, now_us)?;
         if let Some(current) = current
-            && current.version != expected
+            && current.version != write.expected
         {
             return Ok(Published::Conflict(Some(current)));
         }
-        let version = next_version(expected, now_us);
-        let value = encode(version, writer, &next, now_us);
+        let version = next_version(write.expected, now_us);
+        let value = encode(version, write.writer, &write.next, now_us);
         match self
-            .put_at(&key, revision, value.as_bytes(), next.ttl())
+            .put_at(&key, revision, value.as_bytes(), write.next.ttl())
             .await?
         {
             Guarded::Applied => Ok(Published::Applied(version)),

@@ -8,7 +8,7 @@ use super::MemoryStore;
 use crate::error::StoreError;
 use crate::layers::circuit_breaker::store::next_version;
 use crate::layers::circuit_breaker::{
-    CircuitBreakerStore, Loaded, Published, SharedState, State, Versioned,
+    CircuitBreakerStore, Loaded, Publication, Published, SharedState, State, Versioned,
 };
 
 /// The written states, by id.
@@ -82,13 +82,7 @@ impl CircuitBreakerStore for MemoryStore {
             .collect())
     }
 
-    async fn publish(
-        &self,
-        id: &str,
-        expected: u64,
-        writer: u64,
-        next: SharedState,
-    ) -> Result<Published, StoreError> {
+    async fn publish(&self, id: &str, write: Publication) -> Result<Published, StoreError> {
         self.check_open()?;
         let now_us = self.inner.clock.now_micros();
         let mut records = self
@@ -100,21 +94,21 @@ impl CircuitBreakerStore for MemoryStore {
         records.retain(|_, r| r.expires_us > now_us);
         let current = records.get(id).copied();
         if let Some(r) = current
-            && r.version != expected
+            && r.version != write.expected
         {
             return Ok(Published::Conflict(Some(r.versioned(now_us))));
         }
-        let version = next_version(expected, now_us);
-        let open_for_us = u64::try_from(next.open_for.as_micros()).unwrap_or(u64::MAX);
-        let ttl_us = u64::try_from(next.ttl().as_micros()).unwrap_or(u64::MAX);
+        let version = next_version(write.expected, now_us);
+        let open_for_us = u64::try_from(write.next.open_for.as_micros()).unwrap_or(u64::MAX);
+        let ttl_us = u64::try_from(write.next.ttl().as_micros()).unwrap_or(u64::MAX);
         records.insert(
             id.into(),
             Record {
-                state: next.state,
+                state: write.next.state,
                 version,
-                writer,
+                writer: write.writer,
                 open_until_us: now_us.saturating_add(open_for_us),
-                reopens: next.reopens,
+                reopens: write.next.reopens,
                 expires_us: now_us.saturating_add(ttl_us),
             },
         );

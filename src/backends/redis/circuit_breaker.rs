@@ -21,7 +21,7 @@ use crate::backends::Backend;
 use crate::error::StoreError;
 use crate::layers::circuit_breaker::store::{decode, is_per_record, state_key};
 use crate::layers::circuit_breaker::{
-    CircuitBreakerStore, LOAD_BATCH, Loaded, Published, SharedState, Versioned,
+    CircuitBreakerStore, LOAD_BATCH, Loaded, Publication, Published, Versioned,
 };
 
 static LOAD: LazyLock<Script> = LazyLock::new(|| Script::new(timed_script!("breaker_load.lua")));
@@ -200,21 +200,15 @@ impl CircuitBreakerStore for RedisStore {
         Ok(loaded)
     }
 
-    async fn publish(
-        &self,
-        id: &str,
-        expected: u64,
-        writer: u64,
-        next: SharedState,
-    ) -> Result<Published, StoreError> {
+    async fn publish(&self, id: &str, write: Publication) -> Result<Published, StoreError> {
         let mut invocation = PUBLISH.key(state_key(self.keyspace(), id));
         invocation
-            .arg(expected)
-            .arg(next.state.as_str())
-            .arg(u64::try_from(next.open_for.as_micros()).unwrap_or(0))
-            .arg(next.reopens)
-            .arg(u64::try_from(next.ttl().as_millis()).unwrap_or(u64::MAX))
-            .arg(writer)
+            .arg(write.expected)
+            .arg(write.next.state.as_str())
+            .arg(u64::try_from(write.next.open_for.as_micros()).unwrap_or(0))
+            .arg(write.next.reopens)
+            .arg(u64::try_from(write.next.ttl().as_millis()).unwrap_or(u64::MAX))
+            .arg(write.writer)
             .arg(self.caller_now());
         let (version, current, now_us): (u64, String, u64) = self.invoke(&invocation).await?;
         if version > 0 {

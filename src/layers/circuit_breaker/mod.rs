@@ -66,6 +66,6 @@ pub use registry::Permit;
 pub use service::{CircuitBreaker, ClientCircuitBreaker};
 pub use state::{Outcome, State};
 pub use store::{
-    CircuitBreakerStore, FORCED_RETENTION, LOAD_BATCH, Loaded, Published, RETENTION, SharedState,
-    Versioned,
+    CircuitBreakerStore, FORCED_RETENTION, LOAD_BATCH, Loaded, Publication, Published, RETENTION,
+    SharedState, Versioned,
 };

@@ -25,7 +25,7 @@ use super::breaker::{Breaker, Ticket, Transition};
 use super::config::{BreakerConfig, Window};
 use super::error::CircuitOpen;
 use super::state::{Outcome, State};
-use super::store::{CircuitBreakerStore, LOAD_BATCH, Loaded, Published, SharedState, Versioned};
+use super::store::{CircuitBreakerStore, LOAD_BATCH, Loaded, Publication, Published, Versioned};
 use crate::clock::SharedClock;
 use crate::error::StoreError;
 use crate::events::{CircuitBreakerEvent, Events, WarnLimiter};
@@ -52,9 +52,7 @@ pub(crate) trait DynStore: Send + Sync + 'static {
     fn publish<'a>(
         &'a self,
         id: &'a str,
-        expected: u64,
-        writer: u64,
-        next: SharedState,
+        write: Publication,
     ) -> BoxFuture<'a, Result<Published, StoreError>>;
 }
 
@@ -73,13 +71,9 @@ impl<St: CircuitBreakerStore> DynStore for St {
     fn publish<'a>(
         &'a self,
         id: &'a str,
-        expected: u64,
-        writer: u64,
-        next: SharedState,
+        write: Publication,
     ) -> BoxFuture<'a, Result<Published, StoreError>> {
-        Box::pin(CircuitBreakerStore::publish(
-            self, id, expected, writer, next,
-        ))
+        Box::pin(CircuitBreakerStore::publish(self, id, write))
     }
 }
 
@@ -313,7 +307,11 @@ impl Registry {
                 return;
             };
             let id = self.id(&breaker.key);
-            match self.store.publish(&id, expected, self.writer, next).await {
+            match self
+                .store
+                .publish(&id, Publication::new(expected, self.writer, next))
+                .await
+            {
                 Ok(Published::Applied(version)) => return breaker.published(generation, version),
                 // A write of ours that timed out but applied: build on it.
                 Ok(Published::Conflict(Some(record))) if record.writer == self.writer => {

@@ -59,6 +59,29 @@ pub struct Versioned {
     pub shared: SharedState,
 }
 
+/// A state to write with [`CircuitBreakerStore::publish`]: `next`, by
+/// `writer`, if the stored version is still `expected`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Publication {
+    /// The version the writer last saw (0: none).
+    pub expected: u64,
+    /// The instance writing.
+    pub writer: u64,
+    /// The state to write.
+    pub next: SharedState,
+}
+
+impl Publication {
+    /// `next` by `writer` over version `expected`.
+    pub fn new(expected: u64, writer: u64, next: SharedState) -> Self {
+        Self {
+            expected,
+            writer,
+            next,
+        }
+    }
+}
+
 /// The outcome of [`CircuitBreakerStore::publish`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Published {
@@ -118,9 +141,7 @@ pub trait CircuitBreakerStore: Backend {
     fn publish(
         &self,
         id: &str,
-        expected: u64,
-        writer: u64,
-        next: SharedState,
+        write: Publication,
     ) -> impl Future<Output = Result<Published, StoreError>> + Send;
 }
 
