@@ -260,7 +260,7 @@ impl MemoryConfig {
 ///
 /// ```
 /// use battlement::backends::MemoryStore;
-/// use battlement::rate_limit::{Quota, RateLimitStore};
+/// use battlement::rate_limit::{Charge, Quota, RateLimitStore};
 ///
 /// let store = MemoryStore::new().rate_limit_max_keys(2);
 /// let quota = Quota::per_minute(1).unwrap();

@@ -209,34 +209,24 @@ pub struct RateLimitHandle {
 impl RateLimitHandle {
     /// Sets the quota of the policy named `name`.
     pub fn set_quota(&self, name: &str, quota: Quota) -> Result<(), ConfigError> {
-        let mut found = false;
-        self.policies.rcu(|list| {
-            let mut list: Vec<Policy> = list.to_vec();
-            found = false;
-            for policy in list.iter_mut().filter(|p| &*p.name == name) {
-                policy.set_quota(quota);
-                found = true;
-            }
-            list
-        });
-        match found {
-            true => Ok(()),
-            false => Err(ConfigError::new(format!(
-                "no rate limit policy named {name:?}"
-            ))),
-        }
+        self.update(name, |policy| policy.set_quota(quota))
     }
 
     /// Switches the policy named `name` to `mode` from the next request
     /// (what it leased or cached under the old mode is given back or
     /// expires as usual).
     pub fn set_mode(&self, name: &str, mode: SyncMode) -> Result<(), ConfigError> {
+        self.update(name, |policy| policy.mode = mode)
+    }
+
+    /// Applies `change` to the policy named `name`, for the next requests.
+    fn update(&self, name: &str, change: impl Fn(&mut Policy)) -> Result<(), ConfigError> {
         let mut found = false;
         self.policies.rcu(|list| {
             let mut list: Vec<Policy> = list.to_vec();
             found = false;
             for policy in list.iter_mut().filter(|p| &*p.name == name) {
-                policy.mode = mode;
+                change(policy);
                 found = true;
             }
             list

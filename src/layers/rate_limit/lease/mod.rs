@@ -3,7 +3,7 @@
 //!
 //! ```
 //! use battlement::backends::MemoryStore;
-//! use battlement::rate_limit::{LeaseSettings, Leased, Quota, RateLimitStore};
+//! use battlement::rate_limit::{Charge, LeaseSettings, Leased, Quota, RateLimitStore};
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! // One `Leased` per instance, over the store every instance shares.
