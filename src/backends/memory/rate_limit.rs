@@ -4,12 +4,7 @@
 //! interval to nanoseconds and has no cost-above-burst or quota-rescaling
 //! semantics, and battlement's memory, Redis and etcd backends must decide
 //! identically. The cell follows governor's design instead: the
-//! state `(debt, at)` is one 128-bit word updated with one compare-and-swap
-//! (two exact 64-bit numbers: a 64-bit word would have to round the debt
-//! or the time). The period the debt is expressed in changes only with the
-//! quota, rarely: that rewrite takes the map shard's write guard, so a
-//! decision, which holds the read guard, reads a period that cannot change
-//! under it.
+//! state is one 128-bit word updated with compare-and-swap.
 //!
 //! The store holds at most `max_keys` cells (see `MemoryStore`'s "Rate-limit
 //! key cap"). Only a new key checks the cap, against a counter kept beside
@@ -84,12 +79,6 @@ struct Overflow {
 
 /// `(debt, at)` in one word, plus the period the debt is expressed in and
 /// when the bucket is full again (for eviction).
-///
-/// `period_us` is written only through `&mut Cell`, under the map shard's
-/// write guard ([`Cell::update_exclusive`]); [`Cell::update`] runs under
-/// the read guard, so it reads the period once and swaps the word with one
-/// compare-and-swap. A write in another period (a quota change) makes it
-/// answer `None`: the caller retakes the cell under the write guard.
 #[derive(Debug, Default)]
 struct Cell {
     state: AtomicU128,
@@ -97,127 +86,116 @@ struct Cell {
     full_at_us: AtomicU64,
 }
 
-impl Cell {
-    /// A cell holding `state`, written at `now_us` by `step`.
-    fn new(state: GcraState, step: &gcra::Step, now_us: u64) -> Self {
-        let cell = Self {
-            state: AtomicU128::new(pack(state)),
-            period_us: AtomicU64::new(state.period_us),
-            full_at_us: AtomicU64::new(0),
-        };
-        cell.note_written(step, now_us);
-        cell
-    }
+/// `period_us` while a decision rewrites the cell in another period's
+/// units (a quota change): the debt and its period are two words, so the
+/// rewrite holds the period until both are written, and concurrent
+/// decisions wait instead of reading the new debt with the old period.
+const RESCALING: u64 = u64::MAX;
 
+/// The debt takes the low 53 bits of its half of the word (every debt is
+/// below 2^53, see `Quota`); the 11 above count rescales. A rescale back
+/// can write the very debt a rescale away replaced (a full bucket, denied
+/// in turn under two periods), and without the count a decision that read
+/// the word before both would still swap it, with the wrong period.
+const DEBT_BITS: u32 = 53;
+const DEBT_MASK: u64 = (1 << DEBT_BITS) - 1;
+const EPOCH_MASK: u64 = u64::MAX >> DEBT_BITS;
+
+impl Cell {
     /// Whether the bucket is full again at `now_us` (then the cell can go).
     fn is_idle(&self, now_us: u64) -> bool {
         self.full_at_us.load(Ordering::Relaxed) + FULL_AT_SLACK_US <= now_us
     }
 
-    /// The state, in the period it is expressed in. Under a guard of the
-    /// cell's shard: a period change takes the write guard.
-    #[inline]
-    fn load(&self) -> (u128, GcraState) {
-        let period_us = self.period_us.load(Ordering::Relaxed);
-        let current = self.state.load(Ordering::Acquire);
-        let state = GcraState {
-            debt: (current >> 64) as u64,
-            at: current as u64,
-            period_us,
-        };
-        (current, state)
+    fn decide(&self, quota: &Quota, cost: u64, now_us: u64) -> Decision {
+        self.update(now_us, |state| {
+            gcra::decide(Some(state), quota, cost, now_us)
+        })
     }
 
-    /// What `decide` would answer, writing nothing.
+    /// Gives back `units` spent at or before `now_us` (a spent charge, a
+    /// lease's unused units; see [`gcra::give_back`]): a cell under
+    /// another period is left alone.
+    fn give_back(&self, quota: &Quota, units: u64, now_us: u64) -> Decision {
+        self.update(now_us, |state| {
+            gcra::give_back(Some(state), quota, units, now_us)
+        })
+    }
+
+    /// What [`decide`](Self::decide) would answer, writing nothing.
     fn peek(&self, quota: &Quota, cost: u64, now_us: u64) -> Decision {
         let (_, state) = self.load();
         gcra::decide(Some(state), quota, cost, now_us).decision
     }
 
-    /// Applies `step` to the state until its write swaps in (or it writes
-    /// nothing): its decision. `None` when the write is in another period
-    /// (a quota change): then nothing was written, and the caller runs
-    /// [`update_exclusive`](Self::update_exclusive) under the write guard.
+    /// A consistent pair: the period, the word, and the period again
+    /// unchanged (a rescale sets RESCALING before it swaps the word).
     #[inline]
-    fn update(&self, now_us: u64, step: impl Fn(GcraState) -> gcra::Step) -> Option<Decision> {
-        let (mut current, mut state) = self.load();
+    fn load(&self) -> (u128, GcraState) {
         loop {
+            let period_us = self.period_us.load(Ordering::Acquire);
+            if period_us == RESCALING {
+                std::thread::yield_now();
+                continue;
+            }
+            let current = self.state.load(Ordering::Acquire);
+            if self.period_us.load(Ordering::Acquire) != period_us {
+                continue;
+            }
+            let high = (current >> 64) as u64;
+            let state = GcraState {
+                debt: high & DEBT_MASK,
+                at: current as u64,
+                period_us,
+            };
+            return (current, state);
+        }
+    }
+
+    /// Applies `step` to the state until its write swaps in (or it writes
+    /// nothing); its decision.
+    #[inline]
+    fn update(&self, now_us: u64, step: impl Fn(GcraState) -> gcra::Step) -> Decision {
+        loop {
+            let (current, state) = self.load();
+            let period_us = state.period_us;
+            let high = (current >> 64) as u64;
             let step = step(state);
             let Some(write) = step.write else {
-                return Some(step.decision);
+                return step.decision;
             };
-            if write.period_us != state.period_us {
-                return None;
+            let rescale = write.period_us != period_us;
+            if rescale
+                && self
+                    .period_us
+                    .compare_exchange(period_us, RESCALING, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                continue;
             }
-            match self.state.compare_exchange_weak(
-                current,
-                pack(write),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    self.note_written(&step, now_us);
-                    return Some(step.decision);
-                }
-                Err(now) => {
-                    current = now;
-                    state.debt = (now >> 64) as u64;
-                    state.at = now as u64;
-                }
+            let mut epoch = high >> DEBT_BITS;
+            if rescale {
+                epoch = epoch.wrapping_add(1) & EPOCH_MASK;
             }
-        }
-    }
-
-    /// [`update`](Self::update) with the cell to itself (under the shard's
-    /// write guard), a write in another period included.
-    fn update_exclusive(
-        &mut self,
-        now_us: u64,
-        step: impl Fn(GcraState) -> gcra::Step,
-    ) -> Decision {
-        let (_, state) = self.load();
-        let step = step(state);
-        if let Some(write) = step.write {
-            *self.state.get_mut() = pack(write);
-            *self.period_us.get_mut() = write.period_us;
-            self.note_written(&step, now_us);
-        }
-        step.decision
-    }
-
-    /// Moves `full_at_us` on after `step` was written at `now_us`.
-    #[inline]
-    fn note_written(&self, step: &gcra::Step, now_us: u64) {
-        let full_at = now_us.saturating_add(step.ttl_us());
-        if full_at > self.full_at_us.load(Ordering::Relaxed) + FULL_AT_SLACK_US {
-            self.full_at_us
-                .fetch_max(full_at + FULL_AT_SLACK_US, Ordering::Relaxed);
-        }
-    }
-}
-
-/// `(debt, at)` as one word (the period is kept beside it).
-#[inline]
-fn pack(state: GcraState) -> u128 {
-    (u128::from(state.debt) << 64) | u128::from(state.at)
-}
-
-/// What a request does to a cell.
-#[derive(Clone, Copy)]
-enum Op {
-    /// Decides a request of this cost.
-    Decide(u64),
-    /// Gives these units back.
-    GiveBack(u64),
-}
-
-impl Op {
-    /// The step from `state`, under `quota` at `now_us`.
-    #[inline]
-    fn step(self, state: GcraState, quota: &Quota, now_us: u64) -> gcra::Step {
-        match self {
-            Self::Decide(cost) => gcra::decide(Some(state), quota, cost, now_us),
-            Self::GiveBack(units) => gcra::give_back(Some(state), quota, units, now_us),
+            let high = (epoch << DEBT_BITS) | (write.debt & DEBT_MASK);
+            let next = (u128::from(high) << 64) | u128::from(write.at);
+            let swapped = self
+                .state
+                .compare_exchange(current, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            if rescale {
+                // The new period with the new debt, or the old one back.
+                let period = if swapped { write.period_us } else { period_us };
+                self.period_us.store(period, Ordering::Release);
+            }
+            if swapped {
+                let full_at = now_us.saturating_add(step.ttl_us());
+                if full_at > self.full_at_us.load(Ordering::Relaxed) + FULL_AT_SLACK_US {
+                    self.full_at_us
+                        .fetch_max(full_at + FULL_AT_SLACK_US, Ordering::Relaxed);
+                }
+                return step.decision;
+            }
         }
     }
 }
@@ -388,21 +366,19 @@ impl Cells {
         events: &Events,
     ) -> Decision {
         let id: &dyn IdParts = &(policy, key);
-        if let Some(decision) = self.apply(id, quota, Op::Decide(cost), now_us) {
-            return decision;
+        if let Some(cell) = self.map.get(id) {
+            return cell.decide(quota, cost, now_us);
         }
         // A new key: write only when the request is allowed.
         let fresh = gcra::decide(None, quota, cost, now_us);
-        let Some(write) = fresh.write else {
+        if fresh.write.is_none() {
             return fresh.decision;
-        };
+        }
         if self.live.load(Ordering::Relaxed) >= self.max_keys && !self.make_room(now_us) {
             return self.overflow(policy, quota, cost, now_us, events);
         }
         match self.map.entry(StateId::new(policy, key)) {
-            Entry::Occupied(mut cell) => cell
-                .get_mut()
-                .update_exclusive(now_us, |s| Op::Decide(cost).step(s, quota, now_us)),
+            Entry::Occupied(cell) => cell.get().decide(quota, cost, now_us),
             Entry::Vacant(slot) => {
                 // Taken before the insert, so concurrent new keys never
                 // pass the cap together.
@@ -411,42 +387,9 @@ impl Cells {
                     drop(slot);
                     return self.overflow(policy, quota, cost, now_us, events);
                 }
-                slot.insert(Cell::new(write, &fresh, now_us));
-                fresh.decision
+                slot.insert(Cell::default()).decide(quota, cost, now_us)
             }
         }
-    }
-
-    /// Applies `op` to the cell of `id` if the map holds one: under the
-    /// shard's read guard, or under its write guard when the op rewrites
-    /// the state in another period (a quota change). `None` without a
-    /// cell (also when the sweeper removed it between the two guards: then
-    /// the key is new again).
-    #[inline]
-    fn apply(&self, id: &dyn IdParts, quota: &Quota, op: Op, now_us: u64) -> Option<Decision> {
-        let cell = self.map.get(id)?;
-        match cell.update(now_us, |s| op.step(s, quota, now_us)) {
-            Some(decision) => Some(decision),
-            None => {
-                drop(cell);
-                self.apply_exclusive(id, quota, op, now_us)
-            }
-        }
-    }
-
-    /// [`apply`](Self::apply) under the shard's write guard: a quota
-    /// change, rare, kept out of the decisions' path.
-    #[cold]
-    #[inline(never)]
-    fn apply_exclusive(
-        &self,
-        id: &dyn IdParts,
-        quota: &Quota,
-        op: Op,
-        now_us: u64,
-    ) -> Option<Decision> {
-        let mut cell = self.map.get_mut(id)?;
-        Some(cell.update_exclusive(now_us, |s| op.step(s, quota, now_us)))
     }
 
     /// What [`decide`](Self::decide) would answer, writing nothing.
@@ -462,12 +405,10 @@ impl Cells {
     /// it (the key's, or the policy's overflow cell).
     fn give_back(&self, c: &Charge<'_>, now_us: u64) {
         let id: &dyn IdParts = &(c.policy, c.key);
-        let op = Op::GiveBack(c.cost);
-        // A give-back writes nothing in another period, so it never needs
-        // the write guard; a key the map does not hold took its charge on
-        // the overflow cell.
-        if self.apply(id, c.quota, op, now_us).is_none() && self.overflow.contains_key(c.policy) {
-            self.apply_overflow(c.policy, c.quota, op, now_us, |_| ());
+        if let Some(cell) = self.map.get(id) {
+            cell.give_back(c.quota, c.cost, now_us);
+        } else if let Some(o) = self.overflow.get(c.policy) {
+            o.cell.give_back(c.quota, c.cost, now_us);
         }
     }
 
@@ -540,45 +481,28 @@ impl Cells {
         now_us: u64,
         events: &Events,
     ) -> Decision {
-        self.apply_overflow(policy, quota, Op::Decide(cost), now_us, |policy| {
-            events.report(RateLimitEvent::Overflow, Some(policy), || {
+        let decide = |o: &Overflow| {
+            let decision = o.cell.decide(quota, cost, now_us);
+            events.report(RateLimitEvent::Overflow, Some(&o.policy), || {
                 Some(format!(
                     "the store holds its maximum of {} keys: decided on the \
                      policy's shared overflow key",
                     self.max_keys
                 ))
             });
-        })
-    }
-
-    /// Applies `op` to `policy`'s overflow cell (made if missing), as
-    /// [`apply`](Self::apply) does to a key's, then calls `then` with the
-    /// policy's name.
-    fn apply_overflow(
-        &self,
-        policy: &str,
-        quota: &Quota,
-        op: Op,
-        now_us: u64,
-        then: impl FnOnce(&Arc<str>),
-    ) -> Decision {
-        let step = |s| op.step(s, quota, now_us);
-        if let Some(o) = self.overflow.get(policy)
-            && let Some(decision) = o.cell.update(now_us, step)
-        {
-            then(&o.policy);
-            return decision;
+            decision
+        };
+        if let Some(o) = self.overflow.get(policy) {
+            return decide(&o);
         }
-        let mut o = self
+        let o = self
             .overflow
             .entry(policy.into())
             .or_insert_with(|| Overflow {
                 policy: policy.into(),
                 cell: Cell::default(),
             });
-        let decision = o.cell.update_exclusive(now_us, step);
-        then(&o.policy);
-        decision
+        decide(&o)
     }
 }
 
@@ -731,64 +655,24 @@ mod tests {
 
     // Two quotas of one rate and burst in different periods (10/s and
     // 600/min, burst 10), decided at once on one key at one instant: the
-    // debt changes units on almost every decision, each time under the
-    // shard's write guard, between decisions under its read guard. A
-    // decision that read the debt with the other quota's period would cut
-    // a per-second debt to one per-minute unit and admit more than the
-    // burst.
+    // debt changes units on almost every decision. A decision that read it
+    // with the other quota's period would cut a per-second debt to one
+    // per-minute unit and admit more than the burst.
     #[test]
     fn a_quota_change_under_contention_never_admits_more_than_the_burst() {
         let per_second = Quota::per_second(10).unwrap();
         let per_minute = Quota::per_minute(600).unwrap().with_burst(10).unwrap();
-        let events = Events::new();
         for round in 0..2_000u64 {
-            let cells = Cells::new(10);
+            let cell = Cell::default();
             let allowed = AtomicU64::new(0);
             std::thread::scope(|s| {
                 for t in 0..4u64 {
-                    let (cells, allowed, events) = (&cells, &allowed, &events);
+                    let (cell, allowed) = (&cell, &allowed);
                     let (a, b) = (&per_second, &per_minute);
                     s.spawn(move || {
                         for i in 0..40u64 {
                             let quota = if (i + t) % 2 == 0 { a } else { b };
-                            let d = cells.decide("p", b"k", quota, 1, 1_000_000_000, events);
-                            if d.is_allowed() {
-                                allowed.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    });
-                }
-            });
-            let allowed = allowed.load(Ordering::Relaxed);
-            assert!(allowed <= 10, "round {round}: {allowed} admitted");
-        }
-    }
-
-    // The same on the overflow cell, which keys share once the map is full.
-    #[test]
-    fn a_quota_change_on_the_overflow_cell_never_admits_more_than_the_burst() {
-        let per_second = Quota::per_second(10).unwrap();
-        let per_minute = Quota::per_minute(600).unwrap().with_burst(10).unwrap();
-        let events = Events::new();
-        for round in 0..500u64 {
-            let cells = Cells::new(1);
-            let now = 1_000_000_000;
-            assert!(
-                cells
-                    .decide("p", b"held", &per_second, 1, now, &events)
-                    .is_allowed()
-            );
-            let allowed = AtomicU64::new(0);
-            std::thread::scope(|s| {
-                for t in 0..4u64 {
-                    let (cells, allowed, events) = (&cells, &allowed, &events);
-                    let (a, b) = (&per_second, &per_minute);
-                    s.spawn(move || {
-                        for i in 0..40u64 {
-                            let quota = if (i + t) % 2 == 0 { a } else { b };
-                            let key = format!("k{t}-{i}");
-                            let d = cells.decide("p", key.as_bytes(), quota, 1, now, events);
-                            if d.is_allowed() {
+                            if cell.decide(quota, 1, 1_000_000_000).is_allowed() {
                                 allowed.fetch_add(1, Ordering::Relaxed);
                             }
                         }
