@@ -146,14 +146,6 @@ impl RateLimitStore for AnyStore {
     async fn decide_all(&self, charges: &[Charge<'_>]) -> Result<Vec<Decision>, StoreError> {
         each!(self, s => s.decide_all(charges).await)
     }
-
-    fn in_process(&self) -> Option<&MemoryStore> {
-        match self {
-            Self::Memory(store) => Some(store),
-            #[cfg(any(feature = "redis", feature = "etcd"))]
-            _ => None,
-        }
-    }
 }
 
 impl CircuitBreakerStore for AnyStore {

@@ -32,8 +32,10 @@ use std::sync::Arc;
 use crate::error::StoreError;
 
 mod any;
+mod guarded;
 mod memory;
 pub use any::{AnyStore, BackendConfig, FeatureOff};
+pub(crate) use guarded::{Guard, Guarded};
 pub use memory::{MemoryConfig, MemoryStore};
 
 #[cfg(feature = "redis")]

@@ -117,6 +117,7 @@ impl CircuitBreakerStore for MemoryStore {
 }
 
 impl MemoryStore {
+    #[cfg(any(test, feature = "conformance"))]
     /// Every written breaker state's key (namespaced as on the servers)
     /// with its time to live.
     pub fn circuit_breaker_entries(&self) -> Vec<(String, std::time::Duration)> {

@@ -42,7 +42,7 @@ use http::HeaderMap;
 use super::MemoryStore;
 use crate::error::StoreError;
 use crate::events::IdempotencyEvent;
-use crate::layers::idempotency::store::{micros, state_key};
+use crate::layers::idempotency::store::micros;
 use crate::layers::idempotency::{
     Claim, ClaimToken, Completion, Fingerprint, IdempotencyStore, Record,
 };
@@ -497,6 +497,15 @@ fn owned(record: &Record, token: ClaimToken) -> bool {
 }
 
 impl MemoryStore {
+    /// Whether `id` is claimed by `token` and not completed (expired
+    /// claims included: the store's answer to them is the same).
+    pub(crate) fn holds_claim(&self, id: &str, token: ClaimToken) -> bool {
+        self.inner
+            .idempotency
+            .with(|map| map.records.get(id).is_some_and(|e| owned(&e.record, token)))
+    }
+
+    #[cfg(any(test, feature = "conformance"))]
     /// Every idempotency record's key (namespaced as on the servers) with
     /// the time until it expires.
     pub fn idempotency_entries(&self) -> Vec<(String, Duration)> {
@@ -507,7 +516,7 @@ impl MemoryStore {
                 .filter(|(_, e)| e.record.expires_us() > now)
                 .map(|(id, e)| {
                     (
-                        state_key(&self.inner.keys, id),
+                        crate::layers::idempotency::store::state_key(&self.inner.keys, id),
                         Duration::from_micros(e.record.expires_us() - now),
                     )
                 })
@@ -557,6 +566,7 @@ mod tests {
     use crate::clock::ManualClock;
     use crate::events::Events;
     use crate::idempotency::StoredResponse;
+    use crate::layers::idempotency::store::state_key;
 
     const LOCK: Duration = Duration::from_secs(60);
     const RETENTION: Duration = Duration::from_secs(24 * 3600);

@@ -29,7 +29,7 @@ use super::MemoryStore;
 use crate::error::StoreError;
 use crate::events::{Events, RateLimitEvent};
 use crate::layers::rate_limit::gcra::{self, GcraState};
-use crate::layers::rate_limit::store::{CONCERN, Charge, write_state_id};
+use crate::layers::rate_limit::store::{Charge, write_state_id};
 use crate::layers::rate_limit::{Decision, Quota, RateLimitStore};
 
 /// How often idle keys are evicted.
@@ -516,6 +516,7 @@ impl MemoryStore {
         self.inner.cells.len()
     }
 
+    #[cfg(any(test, feature = "conformance"))]
     /// Every rate-limit key (namespaced as on the servers) with the time
     /// until its bucket is full again. A policy's overflow key is listed
     /// as the key of `{policy}#overflow`.
@@ -524,7 +525,12 @@ impl MemoryStore {
         let cells = &self.inner.cells;
         let entry = |id: &str, cell: &Cell| {
             let ttl = cell.full_at_us.load(Ordering::Relaxed).saturating_sub(now);
-            (self.inner.keys.key(CONCERN, id), Duration::from_micros(ttl))
+            (
+                self.inner
+                    .keys
+                    .key(crate::layers::rate_limit::store::CONCERN, id),
+                Duration::from_micros(ttl),
+            )
         };
         let overflow = cells
             .overflow
@@ -642,10 +648,6 @@ impl RateLimitStore for MemoryStore {
 
     async fn decide_all(&self, charges: &[Charge<'_>]) -> Result<Vec<Decision>, StoreError> {
         self.decide_all_at_once(charges)
-    }
-
-    fn in_process(&self) -> Option<&MemoryStore> {
-        Some(self)
     }
 }
 

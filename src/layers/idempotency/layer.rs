@@ -10,7 +10,7 @@ use super::fingerprint::{DefaultFingerprint, MakeFingerprint};
 use super::scope::AuthorizationScope;
 use super::service::Idempotency;
 use super::store::IdempotencyStore;
-use crate::backends::MemoryStore;
+use crate::backends::{Guard, Guarded};
 use crate::error::FailurePolicy;
 use crate::events::{Events, WarnLimiter};
 use crate::key::KeyExtractor;
@@ -93,11 +93,9 @@ pub(crate) struct Settings {
     pub retention: Duration,
     pub max_request_body: usize,
     pub max_response_body: usize,
-    pub failure: FailurePolicy,
-    pub events: Events,
-    // One per layer, shared by every service it makes.
-    pub fallback: MemoryStore,
-    pub warn: Arc<WarnLimiter>,
+    /// The failure policy and the events; one per layer, shared by every
+    /// service it makes (with the fallback store and the log's rate).
+    pub guard: Guard,
     /// For requests without a scope, apart: they must not hide store
     /// failures.
     pub scope_warn: Arc<WarnLimiter>,
@@ -170,10 +168,7 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
                 retention: DEFAULT_RETENTION,
                 max_request_body: DEFAULT_MAX_REQUEST_BODY,
                 max_response_body: DEFAULT_MAX_RESPONSE_BODY,
-                failure: FailurePolicy::FailClosed,
-                events: Events::new(),
-                fallback: MemoryStore::new(),
-                warn: Arc::new(WarnLimiter::new(Duration::from_secs(10))),
+                guard: Guard::new(FailurePolicy::FailClosed),
                 scope_warn: Arc::new(WarnLimiter::new(Duration::from_secs(60))),
             },
         }
@@ -286,14 +281,14 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
     /// fail-open (execute without idempotency) or a local fallback store
     /// (idempotent within this process only).
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
-        self.settings.failure = policy;
+        self.settings.guard.failure = policy;
         self
     }
 
     /// Reports executions, replays, conflicts and store failures to
     /// `events`.
     pub fn events(mut self, events: Events) -> Self {
-        self.settings.events = events;
+        self.settings.guard.events = events;
         self
     }
 }
@@ -302,7 +297,8 @@ impl<S, St: Clone> Layer<S> for IdempotencyLayer<St> {
     type Service = Idempotency<S, St>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Idempotency::new(inner, self.store.clone(), Arc::new(self.settings.clone()))
+        let store = Guarded::new(self.store.clone(), self.settings.guard.clone());
+        Idempotency::new(inner, store, Arc::new(self.settings.clone()))
     }
 }
 

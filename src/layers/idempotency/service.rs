@@ -23,6 +23,7 @@ use super::record::{ClaimToken, Fingerprint, StoredResponse};
 use super::scope::scoped_id;
 use super::store::{Claim, Completion, IdempotencyStore};
 use crate::BoxError;
+use crate::backends::Guarded;
 use crate::body::{LayerBody, Read, read_limited};
 use crate::error::{FailurePolicy, StoreError};
 use crate::events::{Event, IdempotencyEvent};
@@ -37,12 +38,12 @@ pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-
 #[derive(Clone)]
 pub struct Idempotency<S, St> {
     inner: S,
-    store: St,
+    store: Guarded<St>,
     settings: Arc<Settings>,
 }
 
 impl<S, St> Idempotency<S, St> {
-    pub(crate) fn new(inner: S, store: St, settings: Arc<Settings>) -> Self {
+    pub(crate) fn new(inner: S, store: Guarded<St>, settings: Arc<Settings>) -> Self {
         Self {
             inner,
             store,
@@ -98,6 +99,7 @@ where
             Ok(scope) => scope,
             Err(e) => {
                 settings
+                    .guard
                     .events
                     .emit(Event::named(IdempotencyEvent::ScopeUnknown).with_detail(e.to_string()));
                 if e == KeyError::MissingPeer {
@@ -130,24 +132,14 @@ where
 #[derive(Clone)]
 struct Run<St> {
     id: String,
-    store: St,
+    store: Guarded<St>,
     settings: Arc<Settings>,
     protocol: Protocol,
-}
-
-/// The store a claim was made in.
-#[derive(Clone, Copy)]
-enum Held {
-    Shared,
-    Fallback,
 }
 
 /// Attempts at storing a response when the store fails transiently (the
 /// claim token makes a repeated write safe).
 const COMPLETE_ATTEMPTS: u32 = 3;
-
-/// Attempts at freeing a claim whose answer never came.
-const RELEASE_ATTEMPTS: u32 = 5;
 
 impl<St: IdempotencyStore> Run<St> {
     async fn execute<S, ReqBody, ResBody>(
@@ -171,15 +163,16 @@ impl<St: IdempotencyStore> Run<St> {
         };
         let fingerprint = self.settings.fingerprint.fingerprint(&parts, &bytes);
         let token = ClaimToken::random();
-        let (claim, held) = match self.claim(&fingerprint, token).await {
-            Some(claimed) => claimed,
-            None if self.settings.failure == FailurePolicy::FailOpen => {
+        let (lock, id) = (self.settings.lock, self.id.as_str());
+        let claim = match self.store.claim(id, &fingerprint, lock, token).await {
+            Ok(claim) => claim,
+            Err(_) if self.settings.guard.failure == FailurePolicy::FailOpen => {
                 let res = inner
                     .call(Request::from_parts(parts, LayerBody::full(bytes)))
                     .await?;
                 return Ok(res.map(LayerBody::inner));
             }
-            None => return Ok(self.reject(Rejection::StoreDown)),
+            Err(_) => return Ok(self.reject(Rejection::StoreDown)),
         };
         match claim {
             Claim::Won => {}
@@ -207,7 +200,7 @@ impl<St: IdempotencyStore> Run<St> {
         let req = Request::from_parts(parts, LayerBody::full(bytes));
         let protocol = self.protocol;
         let owned = self
-            .run_claimed(inner, req, held, token, fingerprint)
+            .run_claimed(inner, req, token, fingerprint)
             .with_context(opentelemetry::Context::current())
             .in_current_span();
         let owned = match RequestId::current() {
@@ -234,7 +227,6 @@ impl<St: IdempotencyStore> Run<St> {
         self,
         mut inner: S,
         req: Request<LayerBody<ReqBody>>,
-        held: Held,
         token: ClaimToken,
         fingerprint: Fingerprint,
     ) -> Result<Response<LayerBody<ResBody>>, S::Error>
@@ -246,20 +238,17 @@ impl<St: IdempotencyStore> Run<St> {
         // A handler slower than the lock keeps its claim until the outcome
         // is stored: a duplicate must not run beside it.
         let (id, lock) = (self.id.clone(), self.settings.lock);
-        let _renewal = match held {
-            Held::Shared => renew_while_running(self.store.clone(), id, lock, token),
-            Held::Fallback => renew_while_running(self.settings.fallback.clone(), id, lock, token),
-        };
+        let _renewal = renew_while_running(self.store.clone(), id, lock, token);
         let res = match AssertUnwindSafe(inner.call(req)).catch_unwind().await {
             Ok(Ok(res)) => res,
             Ok(Err(e)) => {
                 // Nothing answered: the request may run again.
-                self.release(held, token).await;
+                self.release(token).await;
                 return Err(e);
             }
             Err(panic) => {
                 // Nor did a handler that panicked.
-                self.release(held, token).await;
+                self.release(token).await;
                 std::panic::resume_unwind(panic);
             }
         };
@@ -282,7 +271,7 @@ impl<St: IdempotencyStore> Run<St> {
                     body: data.clone(),
                     trailers: trailers.clone(),
                 };
-                self.complete(held, token, &fingerprint, &stored).await;
+                self.complete(token, &fingerprint, &stored).await;
                 let body = match trailers {
                     Some(trailers) => LayerBody::with_trailers(data, trailers),
                     None => LayerBody::full(data),
@@ -297,7 +286,7 @@ impl<St: IdempotencyStore> Run<St> {
                      duplicates get 410"
                 );
                 let marker = self.not_kept();
-                self.complete(held, token, &fingerprint, &marker).await;
+                self.complete(token, &fingerprint, &marker).await;
                 Ok(Response::from_parts(
                     parts,
                     LayerBody::resumed(prefix, rest),
@@ -306,7 +295,7 @@ impl<St: IdempotencyStore> Run<St> {
             Read::Failed(error) => {
                 self.emit(IdempotencyEvent::NotKept);
                 let marker = self.not_kept();
-                self.complete(held, token, &fingerprint, &marker).await;
+                self.complete(token, &fingerprint, &marker).await;
                 let problem = Problem::new(StatusCode::BAD_GATEWAY, "Bad Gateway")
                     .detail(format!("the response body failed: {error}"));
                 Ok(problem.into_response(self.protocol))
@@ -336,43 +325,7 @@ impl<St: IdempotencyStore> Run<St> {
     }
 
     fn emit(&self, event: IdempotencyEvent) {
-        self.settings.events.emit(Event::named(event));
-    }
-
-    /// Claims in the store, or per the failure policy in the local
-    /// fallback; `None` when neither can answer.
-    async fn claim(&self, fingerprint: &Fingerprint, token: ClaimToken) -> Option<(Claim, Held)> {
-        let (lock, id) = (self.settings.lock, self.id.as_str());
-        // Until the store answers: a claim that fails (a timeout) or whose
-        // request is dropped (the client went away) may still be taken on
-        // the server, and would turn every retry away with 409 until its
-        // lock expired. The guard then frees it.
-        let mut unanswered = Unanswered {
-            run: self,
-            token,
-            armed: true,
-        };
-        let claimed = self.store.claim(id, fingerprint, lock, token).await;
-        // A claim the store did not send (it knew the server was down)
-        // took nothing: no release waits for it.
-        unanswered.armed = claimed.as_ref().is_err_and(StoreError::may_have_been_sent);
-        drop(unanswered);
-        match claimed {
-            Ok(claim) => Some((claim, Held::Shared)),
-            Err(e) => {
-                self.store_failed(&e);
-                if self.settings.failure != FailurePolicy::LocalFallback {
-                    return None;
-                }
-                let claim = self
-                    .settings
-                    .fallback
-                    .claim(id, fingerprint, lock, token)
-                    .await
-                    .ok()?;
-                Some((claim, Held::Fallback))
-            }
-        }
+        self.settings.guard.events.emit(Event::named(event));
     }
 
     /// Stores `stored` as the claim's outcome. A store that refuses it for
@@ -381,20 +334,17 @@ impl<St: IdempotencyStore> Run<St> {
     /// once the lock expires.
     async fn complete(
         &self,
-        held: Held,
         token: ClaimToken,
         fingerprint: &Fingerprint,
         stored: &StoredResponse,
     ) {
-        if let Err(e) = self.store_outcome(held, token, fingerprint, stored).await {
-            self.store_failed(&e);
-            if !e.is_transient() {
-                self.emit(IdempotencyEvent::NotKept);
-                let marker = self.not_kept();
-                if let Err(e) = self.store_outcome(held, token, fingerprint, &marker).await {
-                    self.store_failed(&e);
-                }
-            }
+        if let Err(e) = self.store_outcome(token, fingerprint, stored).await
+            && !e.is_transient()
+        {
+            self.emit(IdempotencyEvent::NotKept);
+            let marker = self.not_kept();
+            // A failure is reported by the store's guard.
+            let _ = self.store_outcome(token, fingerprint, &marker).await;
         }
     }
 
@@ -402,27 +352,14 @@ impl<St: IdempotencyStore> Run<St> {
     /// lock was lost (logged).
     async fn store_outcome(
         &self,
-        held: Held,
         token: ClaimToken,
         fingerprint: &Fingerprint,
         stored: &StoredResponse,
     ) -> Result<(), StoreError> {
         let (id, retention) = (self.id.as_str(), self.settings.retention);
         for attempt in 1..=COMPLETE_ATTEMPTS {
-            let done = match held {
-                Held::Shared => {
-                    self.store
-                        .complete(id, Completion::new(token, fingerprint, stored, retention))
-                        .await
-                }
-                Held::Fallback => {
-                    self.settings
-                        .fallback
-                        .complete(id, Completion::new(token, fingerprint, stored, retention))
-                        .await
-                }
-            };
-            match done {
+            let done = Completion::new(token, fingerprint, stored, retention);
+            match self.store.complete(id, done).await {
                 Ok(true) => return Ok(()),
                 Ok(false) => {
                     self.emit(IdempotencyEvent::LockLost);
@@ -432,31 +369,16 @@ impl<St: IdempotencyStore> Run<St> {
                     );
                     return Ok(());
                 }
-                Err(e) if e.is_transient() && attempt < COMPLETE_ATTEMPTS => self.store_failed(&e),
+                Err(e) if e.is_transient() && attempt < COMPLETE_ATTEMPTS => {}
                 Err(e) => return Err(e),
             }
         }
         Ok(())
     }
 
-    async fn release(&self, held: Held, token: ClaimToken) {
-        let id = self.id.as_str();
-        let released = match held {
-            Held::Shared => self.store.release(id, token).await,
-            Held::Fallback => self.settings.fallback.release(id, token).await,
-        };
-        if let Err(e) = released {
-            self.store_failed(&e);
-        }
-    }
-
-    fn store_failed(&self, e: &StoreError) {
-        self.settings
-            .events
-            .emit(Event::named(IdempotencyEvent::StoreError).with_detail(e.to_string()));
-        self.settings.warn.warn(|suppressed| {
-            tracing::warn!(error = %e, suppressed, "idempotency store failed");
-        });
+    /// Frees the claim; a failure is reported by the store's guard.
+    async fn release(&self, token: ClaimToken) {
+        let _ = self.store.release(&self.id, token).await;
     }
 }
 
@@ -488,37 +410,6 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// Frees, when dropped armed, the claim of `token` in the background. The
-/// store may still be failing: a few tries, 0.1 s to 0.8 s apart (release
-/// is guarded by the token, so it never frees another request's claim).
-struct Unanswered<'a, St: IdempotencyStore> {
-    run: &'a Run<St>,
-    token: ClaimToken,
-    armed: bool,
-}
-
-impl<St: IdempotencyStore> Drop for Unanswered<'_, St> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (store, id, token) = (self.run.store.clone(), self.run.id.clone(), self.token);
-        runtime.spawn(async move {
-            let mut wait = std::time::Duration::from_millis(100);
-            for _ in 0..RELEASE_ATTEMPTS {
-                match store.release(&id, token).await {
-                    Err(e) if e.is_transient() => tokio::time::sleep(wait).await,
-                    _ => return,
-                }
-                wait *= 2;
-            }
-        });
     }
 }
 

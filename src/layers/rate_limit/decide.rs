@@ -1,6 +1,7 @@
 //! The decision of one request over every policy, shared by the server and
 //! client services.
 
+use std::any::Any;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -13,22 +14,35 @@ use super::headers::{self, Rendered};
 use super::lease::{Leased, SyncMode};
 use super::policy::Policy;
 use super::store::{Charge, Decision, RateLimitStore};
-use crate::backends::MemoryStore;
+use crate::backends::{AnyStore, Guarded, MemoryStore};
 use crate::error::{FailurePolicy, StoreError};
-use crate::events::{Events, RateLimitEvent, WarnLimiter};
+use crate::events::RateLimitEvent;
 use crate::key::{Key, KeyError, RequestHead};
 use crate::reject::Problem;
 
+/// The in-process store `store` is, if it is one (a [`MemoryStore`], or an
+/// [`AnyStore`] holding one): its decisions are taken at once, so the layer
+/// needs no future for them, and leasing from it would save nothing. The
+/// type test is resolved when the layer is compiled.
+fn in_process<St: 'static>(store: &St) -> Option<&MemoryStore> {
+    let store: &dyn Any = store;
+    if let Some(memory) = store.downcast_ref::<MemoryStore>() {
+        return Some(memory);
+    }
+    match store.downcast_ref::<AnyStore>()? {
+        AnyStore::Memory(memory) => Some(memory),
+        #[cfg(any(feature = "redis", feature = "etcd"))]
+        _ => None,
+    }
+}
+
 /// Everything a request's decision needs, shared by all its services.
 pub(crate) struct Limiter<St> {
-    pub(crate) store: St,
+    /// The store under the layer's failure policy.
+    pub(crate) store: Guarded<St>,
     pub(crate) policies: Arc<ArcSwap<Vec<Policy>>>,
     pub(crate) shadow: bool,
-    pub(crate) failure: FailurePolicy,
     pub(crate) legacy_headers: bool,
-    pub(crate) fallback: MemoryStore,
-    pub(crate) events: Events,
-    pub(crate) warn: Arc<WarnLimiter>,
     pub(crate) leases: Leased<St>,
 }
 
@@ -147,21 +161,14 @@ impl<St: RateLimitStore> Limiter<St> {
             if let Some((policy, key, cost)) = job.each().next() {
                 let (name, key_str, quota) = (&policy.name, key.as_str(), &policy.quota);
                 // An in-process store has nothing to save by leasing.
+                let charge = Charge::new(name, key_str, quota, cost);
                 let result = match policy.mode {
-                    SyncMode::Leased if self.store.in_process().is_none() => {
-                        self.leases
-                            .decide(Charge::new(name, key_str, quota, cost))
-                            .await
+                    SyncMode::Leased if in_process(&self.store.store).is_none() => {
+                        self.store.recover(charge, self.leases.decide(charge).await)
                     }
-                    _ => {
-                        self.store
-                            .decide(Charge::new(name, key_str, quota, cost))
-                            .await
-                    }
+                    _ => self.store.decide(charge).await,
                 };
-                if let ControlFlow::Break(verdict) =
-                    self.take(&mut strictest, policy, key, cost, result)
-                {
+                if let ControlFlow::Break(verdict) = self.take(&mut strictest, policy, result) {
                     return verdict;
                 }
             }
@@ -169,27 +176,34 @@ impl<St: RateLimitStore> Limiter<St> {
         }
         let charges = job.charges();
         let result = self.store.decide_all(&charges).await;
-        self.take_all(&job, &charges, result)
+        self.take_all(&job, result)
     }
 
     /// [`decide`](Self::decide) at once, when the store is in process;
     /// `None` when it must be awaited.
     pub(crate) fn decide_now(&self, job: &Job) -> Option<Verdict> {
-        let Some(store) = self.store.in_process() else {
+        let Some(store) = in_process(&self.store.store) else {
             return self.decide_leased_now(job);
         };
         if !job.rest.is_empty() {
             let charges = job.charges();
-            let result = store.decide_all_at_once(&charges);
-            return Some(self.take_all(job, &charges, result));
+            let result = self
+                .store
+                .recover_all(&charges, store.decide_all_at_once(&charges));
+            return Some(self.take_all(job, result));
         }
         let mut strictest = None;
         if let Some((policy, key, cost)) = job.each().next() {
             let result =
-                store.decide_bytes_at_once(&policy.name, key.as_bytes(), &policy.quota, cost);
-            if let ControlFlow::Break(verdict) =
-                self.take(&mut strictest, policy, key, cost, result)
-            {
+                match store.decide_bytes_at_once(&policy.name, key.as_bytes(), &policy.quota, cost)
+                {
+                    Err(err) => self.store.recover(
+                        Charge::new(&policy.name, key.as_str(), &policy.quota, cost),
+                        Err(err),
+                    ),
+                    decided => decided,
+                };
+            if let ControlFlow::Break(verdict) = self.take(&mut strictest, policy, result) {
                 return Some(verdict);
             }
         }
@@ -208,9 +222,7 @@ impl<St: RateLimitStore> Limiter<St> {
             .leases
             .decide_local(&policy.name, key.as_str(), &policy.quota, cost)?;
         let mut strictest = None;
-        if let ControlFlow::Break(verdict) =
-            self.take(&mut strictest, policy, key, cost, Ok(decision))
-        {
+        if let ControlFlow::Break(verdict) = self.take(&mut strictest, policy, Ok(decision)) {
             return Some(verdict);
         }
         Some(self.conclude(strictest))
@@ -218,46 +230,27 @@ impl<St: RateLimitStore> Limiter<St> {
 
     /// The verdict of an all-or-nothing decision over several policies: a
     /// store failure applies the failure policy to the whole request (the
-    /// local fallback decides it all or nothing too); a denial reports the
+    /// local fallback decided it all or nothing too); a denial reports the
     /// first denying policy and no admission of the others, which spent
     /// nothing.
-    fn take_all(
-        &self,
-        job: &Job,
-        charges: &[Charge<'_>],
-        result: Result<Vec<Decision>, StoreError>,
-    ) -> Verdict {
+    fn take_all(&self, job: &Job, result: Result<Vec<Decision>, StoreError>) -> Verdict {
         let decisions = match result {
             Ok(decisions) => decisions,
             Err(err) => {
-                let Some((first, _, _)) = job.each().next() else {
-                    return self.conclude(None);
+                return match self.on_store_error(err) {
+                    ControlFlow::Continue(()) => self.conclude(None),
+                    ControlFlow::Break(verdict) => verdict,
                 };
-                match self.on_store_error(first, &err) {
-                    FailurePolicy::FailClosed if self.shadow => return self.conclude(None),
-                    FailurePolicy::FailOpen => return self.conclude(None),
-                    FailurePolicy::FailClosed => {
-                        return Verdict::Reject(Rejection::StoreDown(err));
-                    }
-                    FailurePolicy::LocalFallback => {
-                        match self.fallback.decide_all_at_once(charges) {
-                            Ok(decisions) => decisions,
-                            Err(_) => return self.conclude(None),
-                        }
-                    }
-                }
             }
         };
         let denied = decisions.iter().any(|d| !d.is_allowed());
         let mut strictest = None;
-        for ((policy, key, cost), decision) in job.each().zip(decisions) {
+        for ((policy, _, _), decision) in job.each().zip(decisions) {
             // Not spent: the request was denied by another policy.
             if denied && decision.is_allowed() {
                 continue;
             }
-            if let ControlFlow::Break(verdict) =
-                self.take(&mut strictest, policy, key, cost, Ok(decision))
-            {
+            if let ControlFlow::Break(verdict) = self.take(&mut strictest, policy, Ok(decision)) {
                 return verdict;
             }
         }
@@ -271,32 +264,11 @@ impl<St: RateLimitStore> Limiter<St> {
         &self,
         strictest: &mut Option<(&'p Policy, Decision)>,
         policy: &'p Policy,
-        key: &Key,
-        cost: u64,
         result: Result<Decision, StoreError>,
     ) -> ControlFlow<Verdict> {
         let decision = match result {
             Ok(decision) => decision,
-            Err(err) => match self.on_store_error(policy, &err) {
-                // Shadow mode turns nothing away, not even when the store
-                // is down.
-                FailurePolicy::FailClosed if self.shadow => return ControlFlow::Continue(()),
-                FailurePolicy::FailOpen => return ControlFlow::Continue(()),
-                FailurePolicy::FailClosed => {
-                    return ControlFlow::Break(Verdict::Reject(Rejection::StoreDown(err)));
-                }
-                FailurePolicy::LocalFallback => {
-                    match self.fallback.decide_at_once(
-                        &policy.name,
-                        key.as_str(),
-                        &policy.quota,
-                        cost,
-                    ) {
-                        Ok(decision) => decision,
-                        Err(_) => return ControlFlow::Continue(()),
-                    }
-                }
-            },
+            Err(err) => return self.on_store_error(err),
         };
         let allowed = decision.is_allowed();
         if !allowed && self.shadow {
@@ -322,7 +294,10 @@ impl<St: RateLimitStore> Limiter<St> {
         }
         // Every admitted request: to the stream, not the metric (the
         // request metrics count them already).
-        self.events.notify(RateLimitEvent::Allowed, &policy.name);
+        self.store
+            .guard
+            .events
+            .notify(RateLimitEvent::Allowed, &policy.name);
         if strictest
             .as_ref()
             .is_none_or(|(_, d)| decision.remaining() < d.remaining())
@@ -341,32 +316,22 @@ impl<St: RateLimitStore> Limiter<St> {
         Verdict::Allow(strictest.map(|(p, d)| headers::render(p, &d, self.legacy_headers)))
     }
 
-    /// Logs (rate limited) and reports a store failure; returns the policy
-    /// to apply.
-    fn on_store_error(&self, policy: &Policy, err: &StoreError) -> FailurePolicy {
-        let outcome = match self.failure {
-            FailurePolicy::FailOpen => RateLimitEvent::FailOpen,
-            FailurePolicy::FailClosed => RateLimitEvent::FailClosed,
-            FailurePolicy::LocalFallback => RateLimitEvent::LocalFallback,
-        };
-        self.warn.warn(|suppressed| {
-            tracing::warn!(
-                policy = %policy.name,
-                error = %err,
-                outcome = outcome.as_str(),
-                suppressed,
-                "rate limit store failed"
-            );
-        });
-        self.events
-            .report(RateLimitEvent::StoreFailure, Some(&policy.name), || {
-                Some(format!("{}: {err}", outcome.as_str()))
-            });
-        self.emit(policy, outcome);
-        self.failure
+    /// A store failure that the guard reported and did not answer: the
+    /// request goes through unless the layer fails closed (shadow mode
+    /// turns nothing away, not even when the store is down).
+    fn on_store_error(&self, err: StoreError) -> ControlFlow<Verdict> {
+        match self.store.guard.failure {
+            FailurePolicy::FailClosed if !self.shadow => {
+                ControlFlow::Break(Verdict::Reject(Rejection::StoreDown(err)))
+            }
+            _ => ControlFlow::Continue(()),
+        }
     }
 
     fn emit(&self, policy: &Policy, event: RateLimitEvent) {
-        self.events.report(event, Some(&policy.name), || None);
+        self.store
+            .guard
+            .events
+            .report(event, Some(&policy.name), || None);
     }
 }

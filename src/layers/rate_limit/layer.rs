@@ -1,7 +1,6 @@
 //! `RateLimitLayer`: configuration and the runtime quota handle.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tower_layer::Layer;
@@ -12,9 +11,9 @@ use super::policy::Policy;
 use super::quota::Quota;
 use super::service::RateLimit;
 use super::store::RateLimitStore;
-use crate::backends::MemoryStore;
+use crate::backends::{Guard, Guarded};
 use crate::error::{ConfigError, FailurePolicy};
-use crate::events::{Events, WarnLimiter};
+use crate::events::Events;
 
 /// Rate limits requests before they reach the inner service.
 ///
@@ -45,13 +44,10 @@ pub struct RateLimitLayer<St> {
     store: St,
     policies: Arc<ArcSwap<Vec<Policy>>>,
     shadow: bool,
-    failure: FailurePolicy,
     legacy_headers: bool,
-    events: Events,
     // One per layer, shared by every service it makes (axum makes one per
     // route): the fallback quota and the log rate are per layer.
-    fallback: MemoryStore,
-    warn: Arc<WarnLimiter>,
+    guard: Guard,
     // One per layer too: this instance's leases, cached denials and key
     // rates for its leased policies.
     leases: Leased<St>,
@@ -66,11 +62,8 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
             store,
             policies: Arc::new(ArcSwap::from_pointee(Vec::new())),
             shadow: false,
-            failure: FailurePolicy::FailOpen,
             legacy_headers: false,
-            events: Events::new(),
-            fallback: MemoryStore::new(),
-            warn: Arc::new(WarnLimiter::new(Duration::from_secs(10))),
+            guard: Guard::new(FailurePolicy::FailOpen),
         }
     }
 
@@ -98,7 +91,7 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
 
     /// What to do when the store fails (default: fail open).
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
-        self.failure = policy;
+        self.guard.failure = policy;
         self
     }
 
@@ -110,13 +103,13 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
 
     /// Reports decisions to `events` (share one stream between layers).
     pub fn events(mut self, events: Events) -> Self {
-        self.events = events;
+        self.guard.events = events;
         self
     }
 
     /// The event stream decisions are reported to.
     pub fn event_stream(&self) -> &Events {
-        &self.events
+        &self.guard.events
     }
 
     /// Changes quotas at runtime.
@@ -141,14 +134,10 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
 
     pub(crate) fn limiter(&self) -> Arc<Limiter<St>> {
         Arc::new(Limiter {
-            store: self.store.clone(),
+            store: Guarded::new(self.store.clone(), self.guard.clone()),
             policies: self.policies.clone(),
             shadow: self.shadow,
-            failure: self.failure,
             legacy_headers: self.legacy_headers,
-            fallback: self.fallback.clone(),
-            events: self.events.clone(),
-            warn: self.warn.clone(),
             leases: self.leases.clone(),
         })
     }
@@ -160,11 +149,8 @@ impl<St: Clone> Clone for RateLimitLayer<St> {
             store: self.store.clone(),
             policies: self.policies.clone(),
             shadow: self.shadow,
-            failure: self.failure,
             legacy_headers: self.legacy_headers,
-            events: self.events.clone(),
-            fallback: self.fallback.clone(),
-            warn: self.warn.clone(),
+            guard: self.guard.clone(),
             leases: self.leases.clone(),
         }
     }
@@ -176,7 +162,7 @@ impl<St: std::fmt::Debug> std::fmt::Debug for RateLimitLayer<St> {
             .field("store", &self.store)
             .field("policies", &self.policies.load().len())
             .field("shadow", &self.shadow)
-            .field("failure", &self.failure)
+            .field("failure", &self.guard.failure)
             .finish_non_exhaustive()
     }
 }

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::quota::Quota;
-use crate::backends::{Backend, KeySpace, MemoryStore};
+use crate::backends::{Backend, KeySpace};
 use crate::error::StoreError;
 
 /// What a store decided for one request under one policy.
@@ -149,12 +149,6 @@ pub trait RateLimitStore: Backend {
             }
             Ok(decisions)
         }
-    }
-
-    /// The in-process store this one is, if it is one: its decisions are
-    /// taken at once, so the layer needs no future for them.
-    fn in_process(&self) -> Option<&MemoryStore> {
-        None
     }
 }
 

@@ -11,7 +11,7 @@ use futures_util::stream::FuturesUnordered;
 
 use super::settings::LeaseSettings;
 use super::table::{Entry, Step};
-use crate::backends::{Backend, KeySpace, MemoryStore};
+use crate::backends::{Backend, KeySpace};
 use crate::error::StoreError;
 use crate::layers::rate_limit::store::write_state_id;
 use crate::layers::rate_limit::{Charge, Decision, Quota, RateLimitStore};
@@ -417,9 +417,5 @@ impl<S: RateLimitStore> RateLimitStore for Leased<S> {
 
     async fn give_back(&self, charge: Charge<'_>) -> Result<(), StoreError> {
         self.shared.store.give_back(charge).await
-    }
-
-    fn in_process(&self) -> Option<&MemoryStore> {
-        None
     }
 }
