@@ -444,14 +444,22 @@ async fn store_failures_follow_the_failure_policy() {
     let local = ServiceBuilder::new()
         .layer(IdempotencyLayer::new(down).failure_policy(FailurePolicy::LocalFallback))
         .service(counted(StatusCode::CREATED, &calls));
+    let mut replayed = Vec::new();
     for _ in 0..2 {
-        local
+        let res = local
             .clone()
             .oneshot(post(Some("\"s\""), "{}"))
             .await
             .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        replayed.push(res.headers().contains_key("idempotent-replayed"));
     }
     assert_eq!(calls.load(Ordering::SeqCst), 3, "the fallback replays");
+    assert_eq!(
+        replayed,
+        [false, true],
+        "the second is the fallback's replay"
+    );
 }
 
 // Two principals, one key: two executions.
