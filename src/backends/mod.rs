@@ -19,6 +19,16 @@
 //! layers. Connect once and hand clones to every layer; clones share one
 //! connection. Each concern writes under its own [`KeySpace`] namespace.
 //!
+//! Every layer takes its store by value, as a type parameter
+//! (`RateLimitLayer::new(store)`, `CircuitBreakerLayer::new(name, store, config)`):
+//! write a store of your own by implementing the traits, and pass it the
+//! same way. The layers that call the store on every request (rate limit,
+//! idempotency) keep its type, so the call is not boxed; the circuit
+//! breaker calls it only from its background sync and keeps it boxed
+//! behind its handle. The rate limit and idempotency layers apply their
+//! `FailurePolicy` (log, count, and under a local fallback answer in
+//! process) in one wrapper around the store.
+//!
 //! | backend | feature | connection | per-call timeout |
 //! |---|---|---|---|
 //! | [`MemoryStore`] | always | none (process-local) | none needed |
