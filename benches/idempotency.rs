@@ -19,7 +19,8 @@ use std::time::Duration;
 use battlement::backends::{MemoryStore, RedisStore};
 use battlement::body::LayerBody;
 use battlement::idempotency::{
-    Claim, ClaimToken, Completion, Fingerprint, IdempotencyLayer, IdempotencyStore, StoredResponse,
+    Claim, ClaimToken, Claimant, Completion, Fingerprint, IdempotencyLayer, IdempotencyStore,
+    StoredResponse,
 };
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -114,7 +115,10 @@ fn bench_claim<St: IdempotencyStore>(
             async move {
                 let token = ClaimToken::random();
                 if let Ok(Claim::Won) = store
-                    .claim(&id, &fingerprint, Duration::from_secs(60), token)
+                    .claim(
+                        &id,
+                        Claimant::new(token, &fingerprint, Duration::from_secs(60)),
+                    )
                     .await
                 {
                     let _ = store

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use battlement::backends::EtcdStore;
 use battlement::idempotency::{
-    Claim, ClaimToken, Completion, Fingerprint, IdempotencyStore, StoredResponse,
+    Claim, ClaimToken, Claimant, Completion, Fingerprint, IdempotencyStore, StoredResponse,
 };
 use battlement::rate_limit::{Charge, Quota, RateLimitStore};
 use support::EtcdServer;
@@ -65,7 +65,10 @@ async fn writes_of_different_lifetimes_share_leases() {
         let id = format!("order-{i}");
         let token = ClaimToken::random();
         let claim = store
-            .claim(&id, &fingerprint, Duration::from_secs(60), token)
+            .claim(
+                &id,
+                Claimant::new(token, &fingerprint, Duration::from_secs(60)),
+            )
             .await
             .unwrap();
         assert_eq!(claim, Claim::Won, "a new key is won");

@@ -61,7 +61,7 @@ async fn a_response_too_large_for_etcd_is_not_kept_and_never_runs_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completion_racing_its_renewal_still_stores_the_response() {
     use battlement::idempotency::{
-        Claim, ClaimToken, Completion, Fingerprint, IdempotencyStore, StoredResponse,
+        Claim, ClaimToken, Claimant, Completion, Fingerprint, IdempotencyStore, StoredResponse,
     };
 
     let etcd = EtcdServer::start();
@@ -78,7 +78,10 @@ async fn a_completion_racing_its_renewal_still_stores_the_response() {
     for round in 0..40 {
         let id = format!("race-{round}");
         let token = ClaimToken::random();
-        let claim = store.claim(&id, &fingerprint, lock, token).await.unwrap();
+        let claim = store
+            .claim(&id, Claimant::new(token, &fingerprint, lock))
+            .await
+            .unwrap();
         assert!(matches!(claim, Claim::Won), "round {round}");
         let renewals = {
             let (renewer, id) = (renewer.clone(), id.clone());
@@ -101,7 +104,7 @@ async fn a_completion_racing_its_renewal_still_stores_the_response() {
             "round {round}: the completion lost to its own renewal"
         );
         let again = store
-            .claim(&id, &fingerprint, lock, ClaimToken::random())
+            .claim(&id, Claimant::new(ClaimToken::random(), &fingerprint, lock))
             .await
             .unwrap();
         assert!(matches!(again, Claim::Completed { .. }), "round {round}");

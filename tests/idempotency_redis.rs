@@ -202,27 +202,29 @@ async fn a_claim_dropped_with_its_request_does_not_lock_out_the_retry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_on_a_frozen_redis_fail_at_once_after_one_timeout() {
     use battlement::StoreError;
-    use battlement::idempotency::{ClaimToken, Fingerprint, IdempotencyStore};
+    use battlement::idempotency::{ClaimToken, Claimant, Fingerprint, IdempotencyStore};
     let redis = RedisServer::start();
     let s = store(&redis).await;
     let fp = Fingerprint::of(&[b"{}"]);
     let lock = Duration::from_secs(10);
-    s.claim("warm", &fp, lock, ClaimToken::random())
+    s.claim("warm", Claimant::new(ClaimToken::random(), &fp, lock))
         .await
         .unwrap();
     redis.pause();
-    let first = s.claim("first", &fp, lock, ClaimToken::random()).await;
+    let first = s
+        .claim("first", Claimant::new(ClaimToken::random(), &fp, lock))
+        .await;
     assert!(matches!(first, Err(StoreError::Timeout(_))), "{first:?}");
     for i in 0..20 {
         let id = format!("down-{i}");
-        let claim = s.claim(&id, &fp, lock, ClaimToken::random());
+        let claim = s.claim(&id, Claimant::new(ClaimToken::random(), &fp, lock));
         let err = claim.await.expect_err("Redis is frozen");
         assert!(matches!(err, StoreError::Down), "{err:?}");
     }
     redis.resume();
     let mut tries = 0;
     while s
-        .claim("after", &fp, lock, ClaimToken::random())
+        .claim("after", Claimant::new(ClaimToken::random(), &fp, lock))
         .await
         .is_err()
     {

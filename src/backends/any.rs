@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::{Backend, KeySpace, MemoryConfig, MemoryStore};
 use crate::circuit_breaker::{CircuitBreakerStore, Loaded, Publication, Published, Versioned};
 use crate::error::StoreError;
-use crate::idempotency::{Claim, ClaimToken, Completion, Fingerprint, IdempotencyStore};
+use crate::idempotency::{Claim, ClaimToken, Claimant, Completion, IdempotencyStore};
 use crate::rate_limit::{Charge, Decision, RateLimitStore};
 
 /// Which backend to use and how to reach it, tagged by `kind`.
@@ -163,14 +163,8 @@ impl CircuitBreakerStore for AnyStore {
 }
 
 impl IdempotencyStore for AnyStore {
-    async fn claim(
-        &self,
-        id: &str,
-        fingerprint: &Fingerprint,
-        lock: Duration,
-        token: ClaimToken,
-    ) -> Result<Claim, StoreError> {
-        each!(self, s => s.claim(id, fingerprint, lock, token).await)
+    async fn claim(&self, id: &str, claimant: Claimant<'_>) -> Result<Claim, StoreError> {
+        each!(self, s => s.claim(id, claimant).await)
     }
 
     async fn complete(&self, id: &str, done: Completion<'_>) -> Result<bool, StoreError> {

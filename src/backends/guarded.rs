@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::{Backend, KeySpace, MemoryStore};
 use crate::error::{FailurePolicy, StoreError};
 use crate::events::{Event, Events, IdempotencyEvent, RateLimitEvent, WarnLimiter};
-use crate::idempotency::{Claim, ClaimToken, Completion, Fingerprint, IdempotencyStore};
+use crate::idempotency::{Claim, ClaimToken, Claimant, Completion, IdempotencyStore};
 use crate::rate_limit::{Charge, Decision, RateLimitStore};
 
 /// What a layer does when its store fails, with what it needs to do it.
@@ -200,20 +200,14 @@ impl<St: IdempotencyStore> IdempotencyStore for Guarded<St> {
     /// caller goes away may still be taken on the server, and would turn
     /// every retry away with 409 until its lock expired: it is then freed
     /// in the background.
-    async fn claim(
-        &self,
-        id: &str,
-        fingerprint: &Fingerprint,
-        lock: Duration,
-        token: ClaimToken,
-    ) -> Result<Claim, StoreError> {
+    async fn claim(&self, id: &str, claimant: Claimant<'_>) -> Result<Claim, StoreError> {
         let mut unanswered = Unanswered {
             store: &self.store,
             id,
-            token,
+            token: claimant.token,
             armed: true,
         };
-        let claimed = self.store.claim(id, fingerprint, lock, token).await;
+        let claimed = self.store.claim(id, claimant).await;
         // A claim the store did not send (it knew the server was down)
         // took nothing: no release waits for it.
         unanswered.armed = claimed.as_ref().is_err_and(StoreError::may_have_been_sent);
@@ -224,7 +218,7 @@ impl<St: IdempotencyStore> IdempotencyStore for Guarded<St> {
         };
         self.idempotency_failed(&err);
         match self.guard.fallback() {
-            Some(fallback) => fallback.claim(id, fingerprint, lock, token).await,
+            Some(fallback) => fallback.claim(id, claimant).await,
             None => Err(err),
         }
     }

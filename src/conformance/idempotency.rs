@@ -14,7 +14,7 @@ use crate::backends::Backend;
 use crate::clock::ManualClock;
 use crate::idempotency::store::CONCERN;
 use crate::idempotency::{
-    Claim, ClaimToken, Completion, Fingerprint, IdempotencyStore, StoredResponse,
+    Claim, ClaimToken, Claimant, Completion, Fingerprint, IdempotencyStore, StoredResponse,
 };
 
 const T0: Duration = Duration::from_secs(1_767_225_600);
@@ -52,7 +52,11 @@ where
 /// Claims `id`, which must be won; the token it was claimed with.
 async fn won<S: IdempotencyStore>(s: &S, id: &str, f: &Fingerprint) -> ClaimToken {
     let token = ClaimToken::random();
-    match s.claim(id, f, LOCK, token).await.expect("store answers") {
+    match s
+        .claim(id, Claimant::new(token, f, LOCK))
+        .await
+        .expect("store answers")
+    {
         Claim::Won => token,
         other => panic!("expected to win {id}, got {other:?}"),
     }
@@ -67,7 +71,10 @@ where
     let tasks: Vec<_> = (0..100)
         .map(|_| {
             let s = s.clone();
-            tokio::spawn(async move { s.claim("k", &fp("{}"), LOCK, ClaimToken::random()).await })
+            tokio::spawn(async move {
+                s.claim("k", Claimant::new(ClaimToken::random(), &fp("{}"), LOCK))
+                    .await
+            })
         })
         .collect();
     let mut winners = 0;
@@ -90,7 +97,7 @@ where
     won(&s, "k", &fp("a")).await;
     for body in ["a", "b"] {
         let claim = s
-            .claim("k", &fp(body), LOCK, ClaimToken::random())
+            .claim("k", Claimant::new(ClaimToken::random(), &fp(body), LOCK))
             .await
             .expect("store answers");
         assert_eq!(
@@ -120,7 +127,7 @@ where
     );
     for body in ["a", "b"] {
         match s
-            .claim("k", &fp(body), LOCK, ClaimToken::random())
+            .claim("k", Claimant::new(ClaimToken::random(), &fp(body), LOCK))
             .await
             .expect("store answers")
         {
@@ -148,7 +155,7 @@ where
             .expect("store answers")
     );
     match s
-        .claim("k2", &fp("a"), LOCK, ClaimToken::random())
+        .claim("k2", Claimant::new(ClaimToken::random(), &fp("a"), LOCK))
         .await
         .expect("store answers")
     {
@@ -167,7 +174,8 @@ where
     let old = won(&s, "k", &fp("a")).await;
     clock.advance(LOCK - Duration::from_millis(1));
     assert!(matches!(
-        s.claim("k", &fp("a"), LOCK, ClaimToken::random()).await,
+        s.claim("k", Claimant::new(ClaimToken::random(), &fp("a"), LOCK))
+            .await,
         Ok(Claim::InFlight { .. })
     ));
     clock.advance(Duration::from_millis(1));
@@ -179,7 +187,8 @@ where
     );
     s.release("k", old).await.expect("store answers");
     assert!(matches!(
-        s.claim("k", &fp("a"), LOCK, ClaimToken::random()).await,
+        s.claim("k", Claimant::new(ClaimToken::random(), &fp("a"), LOCK))
+            .await,
         Ok(Claim::InFlight { .. })
     ));
     assert!(
@@ -203,7 +212,8 @@ where
     assert!(renew(token).await.expect("store answers"));
     clock.advance(Duration::from_millis(2));
     assert!(matches!(
-        s.claim("k", &fp("a"), LOCK, ClaimToken::random()).await,
+        s.claim("k", Claimant::new(ClaimToken::random(), &fp("a"), LOCK))
+            .await,
         Ok(Claim::InFlight { .. })
     ));
     clock.advance(LOCK);
@@ -235,7 +245,8 @@ where
     );
     clock.advance(retention - Duration::from_millis(1));
     assert!(matches!(
-        s.claim("k", &fp("a"), LOCK, ClaimToken::random()).await,
+        s.claim("k", Claimant::new(ClaimToken::random(), &fp("a"), LOCK))
+            .await,
         Ok(Claim::Completed { .. })
     ));
     clock.advance(Duration::from_millis(1));
@@ -253,7 +264,8 @@ where
         .await
         .expect("store answers");
     assert!(matches!(
-        s.claim("k", &fp("a"), LOCK, ClaimToken::random()).await,
+        s.claim("k", Claimant::new(ClaimToken::random(), &fp("a"), LOCK))
+            .await,
         Ok(Claim::InFlight { .. })
     ));
     s.release("k", token).await.expect("store answers");

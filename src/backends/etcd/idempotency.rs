@@ -14,7 +14,7 @@ use crate::backends::Backend;
 use crate::error::StoreError;
 use crate::layers::idempotency::store::{micros, state_key};
 use crate::layers::idempotency::{
-    Claim, ClaimToken, Completion, Fingerprint, IdempotencyStore, Record,
+    Claim, ClaimToken, Claimant, Completion, Fingerprint, IdempotencyStore, Record,
 };
 
 /// Claims retried when the key changes between the read and the write.
@@ -38,13 +38,12 @@ impl EtcdStore {
 }
 
 impl IdempotencyStore for EtcdStore {
-    async fn claim(
-        &self,
-        id: &str,
-        fingerprint: &Fingerprint,
-        lock: Duration,
-        token: ClaimToken,
-    ) -> Result<Claim, StoreError> {
+    async fn claim(&self, id: &str, claimant: Claimant<'_>) -> Result<Claim, StoreError> {
+        let Claimant {
+            token,
+            fingerprint,
+            lock,
+        } = claimant;
         let key = state_key(self.keyspace(), id);
         let (mut current, mut revision) = self.record(&key).await?;
         for _ in 0..MAX_ATTEMPTS {

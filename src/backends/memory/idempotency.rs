@@ -44,7 +44,7 @@ use crate::error::StoreError;
 use crate::events::IdempotencyEvent;
 use crate::layers::idempotency::store::micros;
 use crate::layers::idempotency::{
-    Claim, ClaimToken, Completion, Fingerprint, IdempotencyStore, Record,
+    Claim, ClaimToken, Claimant, Completion, IdempotencyStore, Record,
 };
 
 /// Caps of one store's idempotency records (see the module docs).
@@ -360,13 +360,12 @@ impl Records {
 }
 
 impl IdempotencyStore for MemoryStore {
-    async fn claim(
-        &self,
-        id: &str,
-        fingerprint: &Fingerprint,
-        lock: Duration,
-        token: ClaimToken,
-    ) -> Result<Claim, StoreError> {
+    async fn claim(&self, id: &str, claimant: Claimant<'_>) -> Result<Claim, StoreError> {
+        let Claimant {
+            token,
+            fingerprint,
+            lock,
+        } = claimant;
         self.check_open()?;
         let now = self.inner.clock.now_micros();
         let limits = self.inner.idempotency.limits;
@@ -565,6 +564,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::events::Events;
+    use crate::idempotency::Fingerprint;
     use crate::idempotency::StoredResponse;
     use crate::layers::idempotency::store::state_key;
 
@@ -591,7 +591,11 @@ mod tests {
     /// Claims and completes `id`.
     async fn run(s: &MemoryStore, id: &str, body: usize) -> Result<(), StoreError> {
         let token = ClaimToken::random();
-        assert_eq!(s.claim(id, &fp(), LOCK, token).await?, Claim::Won, "{id}");
+        assert_eq!(
+            s.claim(id, Claimant::new(token, &fp(), LOCK)).await?,
+            Claim::Won,
+            "{id}"
+        );
         assert!(
             s.complete(
                 id,
@@ -604,7 +608,11 @@ mod tests {
 
     async fn held(s: &MemoryStore, id: &str) -> bool {
         let token = ClaimToken::random();
-        match s.claim(id, &fp(), LOCK, token).await.unwrap() {
+        match s
+            .claim(id, Claimant::new(token, &fp(), LOCK))
+            .await
+            .unwrap()
+        {
             Claim::Won => {
                 s.release(id, token).await.unwrap();
                 false
@@ -729,11 +737,16 @@ mod tests {
         let tokens: Vec<_> = (0..3).map(|_| ClaimToken::random()).collect();
         for (i, t) in tokens.iter().enumerate() {
             let id = format!("k{i}");
-            assert_eq!(s.claim(&id, &fp(), LOCK, *t).await.unwrap(), Claim::Won);
+            assert_eq!(
+                s.claim(&id, Claimant::new(*t, &fp(), LOCK)).await.unwrap(),
+                Claim::Won
+            );
         }
         // "done" made way for k2.
         assert_eq!(evictions(&mut rx), 1);
-        let refused = s.claim("k3", &fp(), LOCK, ClaimToken::random()).await;
+        let refused = s
+            .claim("k3", Claimant::new(ClaimToken::random(), &fp(), LOCK))
+            .await;
         assert!(matches!(&refused, Err(StoreError::Backend(m)) if m.contains("full")));
         assert!(!refused.unwrap_err().is_transient());
         for i in 0..3 {
@@ -764,8 +777,14 @@ mod tests {
         // claim stays.
         let s = store(&clock).idempotency_max_bytes(2 * RECORD_OVERHEAD + 1000);
         let (a, b) = (ClaimToken::random(), ClaimToken::random());
-        assert_eq!(s.claim("a", &fp(), LOCK, a).await.unwrap(), Claim::Won);
-        assert_eq!(s.claim("b", &fp(), LOCK, b).await.unwrap(), Claim::Won);
+        assert_eq!(
+            s.claim("a", Claimant::new(a, &fp(), LOCK)).await.unwrap(),
+            Claim::Won
+        );
+        assert_eq!(
+            s.claim("b", Claimant::new(b, &fp(), LOCK)).await.unwrap(),
+            Claim::Won
+        );
         let big = s
             .complete("a", Completion::new(a, &fp(), &response(2000), RETENTION))
             .await;
@@ -783,7 +802,10 @@ mod tests {
         let clock = ManualClock::new(Duration::from_secs(1_767_225_600));
         let s = store(&clock);
         let t = ClaimToken::random();
-        assert_eq!(s.claim("s/a", &fp(), LOCK, t).await.unwrap(), Claim::Won);
+        assert_eq!(
+            s.claim("s/a", Claimant::new(t, &fp(), LOCK)).await.unwrap(),
+            Claim::Won
+        );
         clock.advance(LOCK / 2);
         assert!(s.renew("s/a", t, LOCK).await.unwrap());
         clock.advance(LOCK * 3 / 4);

@@ -14,7 +14,7 @@ use crate::error::StoreError;
 use crate::layers::idempotency::record::encode_response;
 use crate::layers::idempotency::store::{micros, state_key};
 use crate::layers::idempotency::{
-    Claim, ClaimToken, Completion, Fingerprint, IdempotencyStore, Record,
+    Claim, ClaimToken, Claimant, Completion, IdempotencyStore, Record,
 };
 
 static CLAIM: LazyLock<Script> =
@@ -27,13 +27,12 @@ static RELEASE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/idempotency_release.lua")));
 
 impl IdempotencyStore for RedisStore {
-    async fn claim(
-        &self,
-        id: &str,
-        fingerprint: &Fingerprint,
-        lock: Duration,
-        token: ClaimToken,
-    ) -> Result<Claim, StoreError> {
+    async fn claim(&self, id: &str, claimant: Claimant<'_>) -> Result<Claim, StoreError> {
+        let Claimant {
+            token,
+            fingerprint,
+            lock,
+        } = claimant;
         let mut invocation = CLAIM.key(state_key(self.keyspace(), id));
         invocation
             .arg(token.to_hex())

@@ -87,7 +87,7 @@ pub use layer::{
 pub use record::{ClaimToken, Fingerprint, Record, StoredResponse};
 pub use scope::AuthorizationScope;
 pub use service::{IDEMPOTENT_REPLAYED, Idempotency};
-pub use store::{Claim, Completion, IdempotencyStore};
+pub use store::{Claim, Claimant, Completion, IdempotencyStore};
 
 /// The store id of `key` under `scope`, for the conformance suite.
 #[cfg(feature = "conformance")]

@@ -21,7 +21,7 @@ use super::key;
 use super::layer::Settings;
 use super::record::{ClaimToken, Fingerprint, StoredResponse};
 use super::scope::scoped_id;
-use super::store::{Claim, Completion, IdempotencyStore};
+use super::store::{Claim, Claimant, Completion, IdempotencyStore};
 use crate::BoxError;
 use crate::backends::Guarded;
 use crate::body::{LayerBody, Read, read_limited};
@@ -164,7 +164,11 @@ impl<St: IdempotencyStore> Run<St> {
         let fingerprint = self.settings.fingerprint.fingerprint(&parts, &bytes);
         let token = ClaimToken::random();
         let (lock, id) = (self.settings.lock, self.id.as_str());
-        let claim = match self.store.claim(id, &fingerprint, lock, token).await {
+        let claim = match self
+            .store
+            .claim(id, Claimant::new(token, &fingerprint, lock))
+            .await
+        {
             Ok(claim) => claim,
             Err(_) if self.settings.guard.failure == FailurePolicy::FailOpen => {
                 let res = inner

@@ -33,6 +33,29 @@ pub enum Claim {
     },
 }
 
+/// A request claiming a key: the `token` it claims with, its
+/// `fingerprint`, and how long the claim keeps the key (`lock`).
+#[derive(Debug, Clone, Copy)]
+pub struct Claimant<'a> {
+    /// The token the claim is made with.
+    pub token: ClaimToken,
+    /// The fingerprint of the claiming request.
+    pub fingerprint: &'a Fingerprint,
+    /// How long the claim keeps the key unless renewed.
+    pub lock: Duration,
+}
+
+impl<'a> Claimant<'a> {
+    /// A claim as `token` by a request with `fingerprint`, for `lock`.
+    pub fn new(token: ClaimToken, fingerprint: &'a Fingerprint, lock: Duration) -> Self {
+        Self {
+            token,
+            fingerprint,
+            lock,
+        }
+    }
+}
+
 /// What a request's claim completes with: the claim's `token`, the
 /// request's `fingerprint`, and the `response` to keep for `retention`.
 #[derive(Debug, Clone, Copy)]
@@ -74,16 +97,15 @@ impl<'a> Completion<'a> {
 /// `TIME` unless a caller clock is set); the server TTL or lease then
 /// removes it. `Err` means the store failed, never a conflict.
 pub trait IdempotencyStore: Backend {
-    /// Claims `id` for a request with `fingerprint` as `token`, locked for
-    /// `lock`; an expired claim or record counts as absent. The caller
-    /// picks the token ([`ClaimToken::random`]) so that it can release a
-    /// claim whose answer it never got (a timeout).
+    /// Claims `id` for the request of `claimant.fingerprint` as
+    /// `claimant.token`, locked for `claimant.lock`; an expired claim or
+    /// record counts as absent. The caller picks the token
+    /// ([`ClaimToken::random`]) so that it can release a claim whose
+    /// answer it never got (a timeout).
     fn claim(
         &self,
         id: &str,
-        fingerprint: &Fingerprint,
-        lock: Duration,
-        token: ClaimToken,
+        claimant: Claimant<'_>,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 
     /// Stores the response of the claim `token` for `retention`. `false`
