@@ -159,9 +159,8 @@ impl<St: RateLimitStore> Limiter<St> {
         if job.rest.is_empty() {
             let mut strictest = None;
             if let Some((policy, key, cost)) = job.each().next() {
-                let (name, key_str, quota) = (&policy.name, key.as_str(), &policy.quota);
+                let charge = Charge::new(&policy.name, key.as_str(), &policy.quota, cost);
                 // An in-process store has nothing to save by leasing.
-                let charge = Charge::new(name, key_str, quota, cost);
                 let result = match policy.mode {
                     SyncMode::Leased if in_process(&self.store.store).is_none() => {
                         self.store.recover(charge, self.leases.decide(charge).await)
