@@ -179,4 +179,7 @@ soak_run fail_open "warmup:3:warmup,steady:10:steady,redis-freeze:6:outage,redis
 soak_run fail_closed "warmup:3:warmup,steady:8:steady,redis-freeze:5:outage,redis-thaw:5:recovery,redis-kill:5:outage,redis-restart:5:recovery"
 
 if [ "$failed" = 0 ]; then echo "soak: every check held"; else echo "soak: FAILED (logs in $SOAK_DIR)"; trap - EXIT; cleanup; exit 1; fi
+# Stop Redis and etcd before their pid files go.
+trap - EXIT
+cleanup
 rm -rf "$SOAK_DIR"

@@ -124,7 +124,10 @@ impl<St> Guarded<St> {
             FailurePolicy::LocalFallback => RateLimitEvent::LocalFallback,
         };
         self.guard.warn.warn(|suppressed| {
+            // Under the layer's target, so that filters by concern keep
+            // these lines.
             tracing::warn!(
+                target: "battlement::layers::rate_limit",
                 policy,
                 error = %err,
                 outcome = outcome.as_str(),
@@ -144,7 +147,12 @@ impl<St> Guarded<St> {
             .events
             .emit(Event::named(IdempotencyEvent::StoreError).with_detail(err.to_string()));
         self.guard.warn.warn(|suppressed| {
-            tracing::warn!(error = %err, suppressed, "idempotency store failed");
+            tracing::warn!(
+                target: "battlement::layers::idempotency",
+                error = %err,
+                suppressed,
+                "idempotency store failed"
+            );
         });
     }
 
