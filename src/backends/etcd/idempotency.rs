@@ -39,11 +39,6 @@ impl EtcdStore {
 
 impl IdempotencyStore for EtcdStore {
     async fn claim(&self, id: &str, claimant: Claimant<'_>) -> Result<Claim, StoreError> {
-        let Claimant {
-            token,
-            fingerprint,
-            lock,
-        } = claimant;
         let key = state_key(self.keyspace(), id);
         let (mut current, mut revision) = self.record(&key).await?;
         for _ in 0..MAX_ATTEMPTS {
@@ -63,12 +58,11 @@ impl IdempotencyStore for EtcdStore {
                 }
                 None => {}
             }
-            let record = Record::InFlight {
-                expires_us: self.clock().now_micros().saturating_add(micros(lock)),
-                token,
-                fingerprint: *fingerprint,
-            };
-            match self.put_at(&key, revision, &record.encode(), lock).await? {
+            let record = claimant.record(self.clock().now_micros());
+            match self
+                .put_at(&key, revision, &record.encode(), claimant.lock)
+                .await?
+            {
                 Guarded::Applied => return Ok(Claim::Won),
                 Guarded::Moved(get) => (current, revision) = read(&get, self.clock().now_micros())?,
             }

@@ -361,11 +361,6 @@ impl Records {
 
 impl IdempotencyStore for MemoryStore {
     async fn claim(&self, id: &str, claimant: Claimant<'_>) -> Result<Claim, StoreError> {
-        let Claimant {
-            token,
-            fingerprint,
-            lock,
-        } = claimant;
         self.check_open()?;
         let now = self.inner.clock.now_micros();
         let limits = self.inner.idempotency.limits;
@@ -396,11 +391,7 @@ impl IdempotencyStore for MemoryStore {
                 // Expired: absent.
                 _ => map.remove(id),
             };
-            let record = Record::InFlight {
-                expires_us: now.saturating_add(micros(lock)),
-                token,
-                fingerprint: *fingerprint,
-            };
+            let record = claimant.record(now);
             let bytes = footprint(id, &record);
             match map.make_room(id, bytes, &limits) {
                 Ok(evicted) => {

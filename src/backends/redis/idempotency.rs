@@ -28,16 +28,11 @@ static RELEASE: LazyLock<Script> =
 
 impl IdempotencyStore for RedisStore {
     async fn claim(&self, id: &str, claimant: Claimant<'_>) -> Result<Claim, StoreError> {
-        let Claimant {
-            token,
-            fingerprint,
-            lock,
-        } = claimant;
         let mut invocation = CLAIM.key(state_key(self.keyspace(), id));
         invocation
-            .arg(token.to_hex())
-            .arg(fingerprint.to_hex())
-            .arg(micros(lock).max(1000))
+            .arg(claimant.token.to_hex())
+            .arg(claimant.fingerprint.to_hex())
+            .arg(micros(claimant.lock).max(1000))
             .arg(self.caller_now());
         let current: Vec<u8> = self.invoke(&invocation).await?;
         if current.is_empty() {

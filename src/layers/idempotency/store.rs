@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::record::{ClaimToken, Fingerprint, StoredResponse};
+use super::record::{ClaimToken, Fingerprint, Record, StoredResponse};
 use crate::backends::{Backend, KeySpace};
 use crate::error::StoreError;
 
@@ -52,6 +52,16 @@ impl<'a> Claimant<'a> {
             token,
             fingerprint,
             lock,
+        }
+    }
+
+    /// The in-flight record this claim writes at `now_us` (µs since the
+    /// UNIX epoch, store clock).
+    pub(crate) fn record(&self, now_us: u64) -> Record {
+        Record::InFlight {
+            expires_us: now_us.saturating_add(micros(self.lock)),
+            token: self.token,
+            fingerprint: *self.fingerprint,
         }
     }
 }
