@@ -178,8 +178,8 @@ soak_run() {
 soak_run fail_open "warmup:3:warmup,steady:10:steady,redis-freeze:6:outage,redis-thaw:6:recovery,redis-kill:6:outage,redis-restart:6:recovery,redis-kill2:3:outage,redis-restart2:5:recovery,etcd-freeze:4:other,etcd-thaw:4:other,etcd-kill:4:other,etcd-restart:5:other,etcd-config:4:config"
 soak_run fail_closed "warmup:3:warmup,steady:8:steady,redis-freeze:5:outage,redis-thaw:5:recovery,redis-kill:5:outage,redis-restart:5:recovery"
 
-if [ "$failed" = 0 ]; then echo "soak: every check held"; else echo "soak: FAILED (logs in $SOAK_DIR)"; trap - EXIT; cleanup; exit 1; fi
-# Stop Redis and etcd before their pid files go.
+# Stop Redis and etcd while their pid files are there.
 trap - EXIT
 cleanup
+if [ "$failed" = 0 ]; then echo "soak: every check held"; else echo "soak: FAILED (logs in $SOAK_DIR)"; exit 1; fi
 rm -rf "$SOAK_DIR"

@@ -157,7 +157,9 @@ impl<St> Guarded<St> {
     }
 
     /// The store that holds the claim `token` on `id`: the fallback if it
-    /// took it while the store was failing.
+    /// took it while the store was failing. A fallback claim whose lock
+    /// expired and was swept is looked for in the store, which reports
+    /// its failure; either way the response is not kept.
     fn holder(&self, id: &str, token: ClaimToken) -> Holder<'_, St> {
         match self.guard.fallback() {
             Some(fallback) if fallback.holds_claim(id, token) => Holder::Fallback(fallback),

@@ -263,7 +263,7 @@ fn grpc_exporters() -> Result<Exporters, ConfigError> {
 
 #[cfg(all(feature = "_otlp", not(feature = "otlp-grpc")))]
 fn grpc_exporters() -> Result<Exporters, ConfigError> {
-    OtlpProtocol::Grpc.check_built(Transports::BUILT)?;
+    // `init` refused the protocol already; kept for the match's sake.
     Err(ConfigError::new("OTLP over gRPC is not built"))
 }
 
@@ -290,7 +290,7 @@ fn http_exporters() -> Result<Exporters, ConfigError> {
 
 #[cfg(all(feature = "_otlp", not(feature = "otlp-http")))]
 fn http_exporters() -> Result<Exporters, ConfigError> {
-    OtlpProtocol::HttpProtobuf.check_built(Transports::BUILT)?;
+    // `init` refused the protocol already; kept for the match's sake.
     Err(ConfigError::new("OTLP over HTTP is not built"))
 }
 

@@ -71,15 +71,7 @@ impl IdempotencyStore for EtcdStore {
     }
 
     async fn complete(&self, id: &str, done: Completion<'_>) -> Result<bool, StoreError> {
-        let record = Record::Completed {
-            expires_us: self
-                .clock()
-                .now_micros()
-                .saturating_add(micros(done.retention)),
-            fingerprint: *done.fingerprint,
-            response: done.response.clone(),
-        };
-        let value = record.encode();
+        let value = done.record(self.clock().now_micros()).encode();
         let key = state_key(self.keyspace(), id);
         self.change_own(&key, done.token, |_| {
             Change::Put(Cow::Borrowed(&value), done.retention)

@@ -114,10 +114,7 @@ impl RateLimitStore for EtcdStore {
     /// same round trip and decides again.
     async fn decide_all(&self, charges: &[Charge<'_>]) -> Result<Vec<Decision>, StoreError> {
         if let [c] = charges {
-            return Ok(vec![
-                self.decide(Charge::new(c.policy, c.key, c.quota, c.cost))
-                    .await?,
-            ]);
+            return Ok(vec![self.decide(*c).await?]);
         }
         let deadline = self.config().timeout() * 4;
         let decide = async {

@@ -409,7 +409,7 @@ impl IdempotencyStore for MemoryStore {
         self.check_open()?;
         let now = self.inner.clock.now_micros();
         let limits = self.inner.idempotency.limits;
-        let (done, evicted) = self.inner.idempotency.with(|map| {
+        let (stored, evicted) = self.inner.idempotency.with(|map| {
             if !map
                 .records
                 .get(id)
@@ -417,11 +417,7 @@ impl IdempotencyStore for MemoryStore {
             {
                 return (Ok(false), Evicted::default());
             }
-            let record = Record::Completed {
-                expires_us: now.saturating_add(micros(done.retention)),
-                fingerprint: *done.fingerprint,
-                response: done.response.clone(),
-            };
+            let record = done.record(now);
             let bytes = footprint(id, &record);
             // The claim makes way for its outcome; put back as it was if
             // the outcome does not fit.
@@ -439,8 +435,8 @@ impl IdempotencyStore for MemoryStore {
                 }
             }
         });
-        self.report(evicted, done.as_ref().err());
-        done
+        self.report(evicted, stored.as_ref().err());
+        stored
     }
 
     async fn renew(&self, id: &str, token: ClaimToken, lock: Duration) -> Result<bool, StoreError> {

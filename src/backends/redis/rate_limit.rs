@@ -321,10 +321,7 @@ impl RateLimitStore for RedisStore {
     /// (see [`RedisStore`]'s "Several policies").
     async fn decide_all(&self, charges: &[Charge<'_>]) -> Result<Vec<Decision>, StoreError> {
         if let [c] = charges {
-            return Ok(vec![
-                self.decide(Charge::new(c.policy, c.key, c.quota, c.cost))
-                    .await?,
-            ]);
+            return Ok(vec![self.decide(*c).await?]);
         }
         let now = self.caller_clock().map(|clock| clock.now_micros());
         let keys: Vec<(String, [u8; 40])> = charges

@@ -46,7 +46,7 @@ pub trait ClassifyResponse: Send + Sync + 'static {
         }
     }
 
-    /// Classifies an error of the inner service (or of the response body).
+    /// Classifies an error of the inner service.
     /// Default: a failure (timeouts included).
     fn classify_error(&self, error: &dyn fmt::Display) -> Outcome {
         let _ = error;

@@ -77,6 +77,9 @@ const MAX_BODY: usize = 64 << 20;
 pub struct IdempotencyLayer<St> {
     store: St,
     settings: Settings,
+    /// The failure policy and the events; one per layer, shared by every
+    /// service it makes (with the fallback store and the log's rate).
+    guard: Guard,
 }
 
 /// Everything but the store.
@@ -93,9 +96,6 @@ pub(crate) struct Settings {
     pub retention: Duration,
     pub max_request_body: usize,
     pub max_response_body: usize,
-    /// The failure policy and the events; one per layer, shared by every
-    /// service it makes (with the fallback store and the log's rate).
-    pub guard: Guard,
     /// For requests without a scope, apart: they must not hide store
     /// failures.
     pub scope_warn: Arc<WarnLimiter>,
@@ -168,9 +168,9 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
                 retention: DEFAULT_RETENTION,
                 max_request_body: DEFAULT_MAX_REQUEST_BODY,
                 max_response_body: DEFAULT_MAX_RESPONSE_BODY,
-                guard: Guard::new(FailurePolicy::FailClosed),
                 scope_warn: Arc::new(WarnLimiter::new(Duration::from_secs(60))),
             },
+            guard: Guard::new(FailurePolicy::FailClosed),
         }
     }
 
@@ -281,14 +281,14 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
     /// fail-open (execute without idempotency) or a local fallback store
     /// (idempotent within this process only).
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
-        self.settings.guard.failure = policy;
+        self.guard.failure = policy;
         self
     }
 
     /// Reports executions, replays, conflicts and store failures to
     /// `events`.
     pub fn events(mut self, events: Events) -> Self {
-        self.settings.guard.events = events;
+        self.guard.events = events;
         self
     }
 }
@@ -297,7 +297,7 @@ impl<S, St: Clone> Layer<S> for IdempotencyLayer<St> {
     type Service = Idempotency<S, St>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let store = Guarded::new(self.store.clone(), self.settings.guard.clone());
+        let store = Guarded::new(self.store.clone(), self.guard.clone());
         Idempotency::new(inner, store, Arc::new(self.settings.clone()))
     }
 }

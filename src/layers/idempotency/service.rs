@@ -98,7 +98,7 @@ where
         let scope = match settings.scope.extract(&RequestHead::of(&req)) {
             Ok(scope) => scope,
             Err(e) => {
-                settings
+                self.store
                     .guard
                     .events
                     .emit(Event::named(IdempotencyEvent::ScopeUnknown).with_detail(e.to_string()));
@@ -170,7 +170,7 @@ impl<St: IdempotencyStore> Run<St> {
             .await
         {
             Ok(claim) => claim,
-            Err(_) if self.settings.guard.failure == FailurePolicy::FailOpen => {
+            Err(_) if self.store.guard.failure == FailurePolicy::FailOpen => {
                 let res = inner
                     .call(Request::from_parts(parts, LayerBody::full(bytes)))
                     .await?;
@@ -329,7 +329,7 @@ impl<St: IdempotencyStore> Run<St> {
     }
 
     fn emit(&self, event: IdempotencyEvent) {
-        self.settings.guard.events.emit(Event::named(event));
+        self.store.guard.events.emit(Event::named(event));
     }
 
     /// Stores `stored` as the claim's outcome. A store that refuses it for
@@ -360,10 +360,9 @@ impl<St: IdempotencyStore> Run<St> {
         fingerprint: &Fingerprint,
         stored: &StoredResponse,
     ) -> Result<(), StoreError> {
-        let (id, retention) = (self.id.as_str(), self.settings.retention);
+        let done = Completion::new(token, fingerprint, stored, self.settings.retention);
         for attempt in 1..=COMPLETE_ATTEMPTS {
-            let done = Completion::new(token, fingerprint, stored, retention);
-            match self.store.complete(id, done).await {
+            match self.store.complete(&self.id, done).await {
                 Ok(true) => return Ok(()),
                 Ok(false) => {
                     self.emit(IdempotencyEvent::LockLost);

@@ -96,6 +96,16 @@ impl<'a> Completion<'a> {
             retention,
         }
     }
+
+    /// The completed record this writes at `now_us` (µs since the UNIX
+    /// epoch, store clock).
+    pub(crate) fn record(&self, now_us: u64) -> Record {
+        Record::Completed {
+            expires_us: now_us.saturating_add(micros(self.retention)),
+            fingerprint: *self.fingerprint,
+            response: self.response.clone(),
+        }
+    }
 }
 
 /// Claims and completed responses of idempotency keys.
@@ -118,9 +128,9 @@ pub trait IdempotencyStore: Backend {
         claimant: Claimant<'_>,
     ) -> impl Future<Output = Result<Claim, StoreError>> + Send;
 
-    /// Stores the response of the claim `token` for `retention`. `false`
-    /// when the claim is no longer this token's (its lock expired and
-    /// another request claimed the key).
+    /// Stores `done.response` for the claim `done.token`, kept for
+    /// `done.retention`. `false` when the claim is no longer this token's
+    /// (its lock expired and another request claimed the key).
     fn complete(
         &self,
         id: &str,

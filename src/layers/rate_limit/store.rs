@@ -114,11 +114,12 @@ pub trait RateLimitStore: Backend {
         self.decide(charge)
     }
 
-    /// Gives back `units` of cost that an allowed decision on `key` took
-    /// and that were not spent (the unused part of a lease): the key's debt
-    /// drops by `units` of `quota`, never below an empty bucket, so the
-    /// shared state can never admit more than the quota. A key absent, or
-    /// written under another period since, is left alone. One store call.
+    /// Gives back `charge.cost` units that an allowed decision on
+    /// `charge.key` took and that were not spent (the unused part of a
+    /// lease): the key's debt drops by that many units of `charge.quota`,
+    /// never below an empty bucket, so the shared state can never admit
+    /// more than the quota. A key absent, or written under another period
+    /// since, is left alone. One store call.
     fn give_back(&self, charge: Charge<'_>) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Decides every charge of one request, all or nothing; one decision

@@ -402,11 +402,9 @@ impl<S: RateLimitStore> RateLimitStore for Leased<S> {
             }
             step @ (Step::Cold | Step::Exact) => {
                 let decision = if matches!(step, Step::Cold) {
-                    store
-                        .decide_batched(Charge::new(policy, key, quota, cost))
-                        .await?
+                    store.decide_batched(charge).await?
                 } else {
-                    store.decide(Charge::new(policy, key, quota, cost)).await?
+                    store.decide(charge).await?
                 };
                 let now = Instant::now();
                 self.with_entry(&id, |e| e.record(&decision, now));
