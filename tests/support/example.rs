@@ -3,6 +3,7 @@
 //! HTTP.
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
@@ -70,7 +71,7 @@ pub struct Example {
 
 impl Example {
     /// Starts the example `name` with `BIND` on a free port and only `env`
-    /// in its environment (and `PATH`), once it accepts connections; fails
+    /// in its environment (and `PATH`), once it answers HTTP; fails
     /// the test if it exits first or does not listen within 20 s.
     pub fn start(name: &str, env: &[(&str, &str)]) -> Self {
         let binary = example_binary(name);
@@ -91,8 +92,8 @@ impl Example {
                     .envs(env.iter().map(|(k, v)| (k, v)));
                 cmd
             });
-            let listening = || TcpStream::connect(("127.0.0.1", port)).is_ok();
-            if process.ready_or_exited(Duration::from_secs(20), listening) && process.is_running() {
+            let answering = || answers_http(port);
+            if process.ready_or_exited(Duration::from_secs(20), answering) && process.is_running() {
                 return Self {
                     process,
                     base: format!("http://127.0.0.1:{port}"),
@@ -111,6 +112,24 @@ impl Example {
     pub fn is_running(&mut self) -> bool {
         self.process.is_running()
     }
+}
+
+/// Whether an HTTP server answers on `port`: a line that no router sees
+/// (hyper answers it with 400 itself, so no rate limit quota is spent).
+///
+/// A bare connect is not enough: a child that another test forks while
+/// `free_port` holds its probe listener keeps a copy of that listener until
+/// it execs, and the kernel completes a connect to it that nobody answers.
+fn answers_http(port: u16) -> bool {
+    let answer = || -> std::io::Result<bool> {
+        let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+        stream.write_all(b"x\r\n\r\n")?;
+        let mut head = [0u8; 5];
+        stream.read_exact(&mut head)?;
+        Ok(&head == b"HTTP/")
+    };
+    answer().unwrap_or(false)
 }
 
 /// A response as a test reads it.
