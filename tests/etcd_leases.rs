@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use battlement::backends::EtcdStore;
+use battlement::backends::{EtcdConfig, EtcdStore};
 use battlement::idempotency::{
     Claim, ClaimToken, Claimant, Completion, Fingerprint, IdempotencyStore, StoredResponse,
 };
@@ -23,10 +23,16 @@ async fn live_leases(etcd: &EtcdServer) -> usize {
     client.leases().await.unwrap().leases().len()
 }
 
+/// A store on `etcd` with the tests' per-call timeout.
+async fn etcd_store(etcd: &EtcdServer) -> EtcdStore {
+    let config = EtcdConfig::new([etcd.endpoint()]).with_timeout(support::ETCD_TEST_TIMEOUT);
+    EtcdStore::from_config(config).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_of_different_lifetimes_share_leases() {
     let etcd = EtcdServer::start();
-    let store = EtcdStore::connect([etcd.endpoint()]).await.unwrap();
+    let store = etcd_store(&etcd).await;
     let (fast, slow) = (Quota::per_second(10).unwrap(), Quota::per_hour(10).unwrap());
     for i in 0..20 {
         let key = format!("k{i}");

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use battlement::backends::EtcdStore;
+use battlement::backends::{EtcdConfig, EtcdStore};
 use battlement::body::LayerBody;
 use battlement::idempotency::IdempotencyLayer;
 use http::{Request, Response, StatusCode};
@@ -26,12 +26,18 @@ fn post() -> Request<String> {
         .unwrap()
 }
 
+/// A store on `etcd` with the tests' per-call timeout.
+async fn etcd_store(etcd: &EtcdServer) -> EtcdStore {
+    let config = EtcdConfig::new([etcd.endpoint()]).with_timeout(support::ETCD_TEST_TIMEOUT);
+    EtcdStore::from_config(config).await.unwrap()
+}
+
 // A response the store refuses for good is recorded as not kept: the
 // duplicate after the lock gets 410, and the request does not run again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_too_large_for_etcd_is_not_kept_and_never_runs_twice() {
     let etcd = EtcdServer::start();
-    let store = EtcdStore::connect([etcd.endpoint()]).await.unwrap();
+    let store = etcd_store(&etcd).await;
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
     let svc = ServiceBuilder::new()
@@ -65,8 +71,8 @@ async fn a_completion_racing_its_renewal_still_stores_the_response() {
     };
 
     let etcd = EtcdServer::start();
-    let store = EtcdStore::connect([etcd.endpoint()]).await.unwrap();
-    let renewer = EtcdStore::connect([etcd.endpoint()]).await.unwrap();
+    let store = etcd_store(&etcd).await;
+    let renewer = etcd_store(&etcd).await;
     let fingerprint = Fingerprint::of(&[b"POST", b"/orders"]);
     let response = StoredResponse {
         status: StatusCode::CREATED,

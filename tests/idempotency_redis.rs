@@ -70,10 +70,12 @@ async fn a_request_killed_mid_execution_runs_once_after_the_lock_expires() {
             }
             std::future::pending::<Result<Response<String>, Infallible>>()
         }));
+    // A claims after this instant, so its lock (renewed or not) cannot
+    // expire less than `lock` after it.
+    let claimed_at = Instant::now();
     process_a.spawn(a.oneshot(post()));
     started.await.unwrap();
     process_a.shutdown_background();
-    let claimed_at = Instant::now();
 
     let calls = Arc::new(AtomicUsize::new(0));
     let b = ServiceBuilder::new()

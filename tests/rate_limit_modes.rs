@@ -1,5 +1,5 @@
 //! The sync modes end to end: two axum example processes on one Redis,
-//! `RATE_LIMIT=50/m` per client IP, 100 requests alternating between
+//! `RATE_LIMIT=50/h` per client IP, 100 requests alternating between
 //! them. Exact mode admits exactly the quota; leased mode admits the quota
 //! and never more (leases are taken before they are spent), and the
 //! requests denied past it cost no store call until their retry-after.
@@ -15,7 +15,7 @@ async fn hundred_requests_over_two_instances(mode: &str) -> (usize, usize, u64) 
     let redis = RedisServer::start();
     let env = [
         ("REDIS_URL", redis.url()),
-        ("RATE_LIMIT", "50/m".to_owned()),
+        ("RATE_LIMIT", "50/h".to_owned()),
         ("RATE_LIMIT_MODE", mode.to_owned()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -50,6 +50,6 @@ async fn leased_mode_admits_the_quota_and_no_more_over_two_instances() {
     assert!((50..=52).contains(&ok), "{ok} x 200, {limited} x 429");
     assert_eq!(ok + limited, 100);
     // Past the quota, each instance asks Redis about once, then answers
-    // from its cached denial (a retry-after of 1.2 s outlasts the run).
+    // from its cached denial (a retry-after of 72 s outlasts the run).
     assert!(scripts <= 50, "{scripts} scripts for 100 requests");
 }

@@ -17,48 +17,58 @@ pub struct EtcdServer {
 }
 
 impl EtcdServer {
+    /// Starts a member, again on other ports if it exits at once (a port
+    /// taken between `free_port` and etcd's bind), a few times.
     pub fn start() -> Self {
         let binary = require_binary("etcd");
-        // tmpfs when there is one: etcd fsyncs every write, and a loaded CI
-        // disk can stall an fsync past any sane per-call timeout.
-        let dir = tempfile::Builder::new()
-            .prefix("battlement-etcd")
-            .tempdir_in("/dev/shm")
-            .or_else(|_| tempfile::tempdir())
-            .expect("temp dir");
-        let client_port = free_port();
-        let peer_port = free_port();
-        let data = dir.path().join("data");
-        let process = Process::spawn("etcd", move || {
-            let client = format!("http://127.0.0.1:{client_port}");
-            let peer = format!("http://127.0.0.1:{peer_port}");
-            let mut cmd = Command::new(&binary);
-            cmd.args(["--name", "test"])
-                .arg("--data-dir")
-                .arg(&data)
-                .args([
-                    "--listen-client-urls",
-                    &client,
-                    "--advertise-client-urls",
-                    &client,
-                ])
-                .args([
-                    "--listen-peer-urls",
-                    &peer,
-                    "--initial-advertise-peer-urls",
-                    &peer,
-                ])
-                .args(["--initial-cluster", &format!("test={peer}")])
-                .args(["--logger", "zap", "--log-level", "error"]);
-            cmd
-        });
-        let mut server = Self {
-            client_port,
-            process,
-            _dir: dir,
-        };
-        server.wait_ready();
-        server
+        for _ in 0..5 {
+            // tmpfs when there is one: etcd fsyncs every write, and a loaded
+            // CI disk can stall an fsync past any sane per-call timeout.
+            let dir = tempfile::Builder::new()
+                .prefix("battlement-etcd")
+                .tempdir_in("/dev/shm")
+                .or_else(|_| tempfile::tempdir())
+                .expect("temp dir");
+            let client_port = free_port();
+            let peer_port = free_port();
+            let data = dir.path().join("data");
+            let binary = binary.clone();
+            let process = Process::spawn("etcd", move || {
+                let client = format!("http://127.0.0.1:{client_port}");
+                let peer = format!("http://127.0.0.1:{peer_port}");
+                let mut cmd = Command::new(&binary);
+                cmd.args(["--name", "test"])
+                    .arg("--data-dir")
+                    .arg(&data)
+                    .args([
+                        "--listen-client-urls",
+                        &client,
+                        "--advertise-client-urls",
+                        &client,
+                    ])
+                    .args([
+                        "--listen-peer-urls",
+                        &peer,
+                        "--initial-advertise-peer-urls",
+                        &peer,
+                    ])
+                    .args(["--initial-cluster", &format!("test={peer}")])
+                    .args(["--logger", "zap", "--log-level", "error"]);
+                cmd
+            });
+            let mut server = Self {
+                client_port,
+                process,
+                _dir: dir,
+            };
+            if server
+                .process
+                .ready_or_exited(READY_WITHIN, healthy(client_port))
+            {
+                return server;
+            }
+        }
+        panic!("etcd exited at once on 5 pairs of ports in a row");
     }
 
     pub fn addr(&self) -> std::net::SocketAddr {
@@ -70,10 +80,8 @@ impl EtcdServer {
     }
 
     fn wait_ready(&mut self) {
-        let port = self.client_port;
-        self.process.wait_until(Duration::from_secs(20), || {
-            http_get(port, "/health").is_some_and(|r| r.contains("\"health\":\"true\""))
-        });
+        self.process
+            .wait_until(READY_WITHIN, healthy(self.client_port));
     }
 
     /// KV requests (`Range`, `Txn`, `Put`, `DeleteRange`) served so far,
@@ -109,6 +117,14 @@ impl EtcdServer {
         self.process.start();
         self.wait_ready();
     }
+}
+
+/// How long a member may take to report itself healthy.
+const READY_WITHIN: Duration = Duration::from_secs(20);
+
+/// Whether the member on `port` reports itself healthy.
+fn healthy(port: u16) -> impl FnMut() -> bool {
+    move || http_get(port, "/health").is_some_and(|r| r.contains("\"health\":\"true\""))
 }
 
 fn http_get(port: u16, path: &str) -> Option<String> {
