@@ -3,6 +3,8 @@
 //! temporary data dir, killed on drop. A missing binary or a server that
 //! does not come up fails the test (never a silent skip). The crate's
 //! examples run the same way, as child processes on free ports.
+//! `TEST_CHILD_LOGS=<dir>` keeps every child's output there, a file per
+//! start.
 #![allow(dead_code, unused_imports)]
 
 mod etcd;

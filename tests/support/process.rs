@@ -75,18 +75,31 @@ impl Process {
 
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name);
+        let (stdout, stderr) = self.output();
         let child = (self.command)()
             .stdin(Stdio::null())
-            .stdout(match std::env::var_os("TEST_CHILD_STDERR") {
-                Some(path) => std::fs::File::create(path)
-                    .map(Stdio::from)
-                    .unwrap_or_else(|_| Stdio::null()),
-                None => Stdio::null(),
-            })
-            .stderr(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.name));
         self.child = Some(child);
+    }
+
+    /// Where the child writes: nowhere, or with `TEST_CHILD_LOGS=<dir>`
+    /// both streams to `<dir>/<name>-<pid of the test>-<n>.log`, a file
+    /// per start.
+    fn output(&self) -> (Stdio, Stdio) {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static STARTS: AtomicU32 = AtomicU32::new(0);
+        let file = std::env::var_os("TEST_CHILD_LOGS").and_then(|dir| {
+            let n = STARTS.fetch_add(1, Ordering::Relaxed);
+            let name = format!("{}-{}-{n}.log", self.name, std::process::id());
+            std::fs::File::create(std::path::Path::new(&dir).join(name)).ok()
+        });
+        match file.and_then(|f| Some((f.try_clone().ok()?, f))) {
+            Some((out, err)) => (Stdio::from(out), Stdio::from(err)),
+            None => (Stdio::null(), Stdio::null()),
+        }
     }
 
     /// Kills the process and waits for it to exit.
