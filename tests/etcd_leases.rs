@@ -9,24 +9,17 @@ mod support;
 
 use std::time::Duration;
 
-use battlement::backends::{EtcdConfig, EtcdStore};
 use battlement::idempotency::{
     Claim, ClaimToken, Claimant, Completion, Fingerprint, IdempotencyStore, StoredResponse,
 };
 use battlement::rate_limit::{Charge, Quota, RateLimitStore};
-use support::EtcdServer;
+use support::{EtcdServer, etcd_store};
 
 async fn live_leases(etcd: &EtcdServer) -> usize {
     let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
         .await
         .unwrap();
     client.leases().await.unwrap().leases().len()
-}
-
-/// A store on `etcd` with the tests' per-call timeout.
-async fn etcd_store(etcd: &EtcdServer) -> EtcdStore {
-    let config = EtcdConfig::new([etcd.endpoint()]).with_timeout(support::ETCD_TEST_TIMEOUT);
-    EtcdStore::from_config(config).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

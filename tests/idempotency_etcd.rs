@@ -9,12 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use battlement::backends::{EtcdConfig, EtcdStore};
 use battlement::body::LayerBody;
 use battlement::idempotency::IdempotencyLayer;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use support::EtcdServer;
+use support::{EtcdServer, etcd_store};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 
 fn post() -> Request<String> {
@@ -24,12 +23,6 @@ fn post() -> Request<String> {
         .extension(battlement::key::PeerAddr(([192, 0, 2, 1], 40000).into()))
         .body(String::from("{}"))
         .unwrap()
-}
-
-/// A store on `etcd` with the tests' per-call timeout.
-async fn etcd_store(etcd: &EtcdServer) -> EtcdStore {
-    let config = EtcdConfig::new([etcd.endpoint()]).with_timeout(support::ETCD_TEST_TIMEOUT);
-    EtcdStore::from_config(config).await.unwrap()
 }
 
 // A response the store refuses for good is recorded as not kept: the

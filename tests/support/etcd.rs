@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::process::{Process, free_port, require_binary};
+use super::process::{Process, free_port, on_free_ports, require_binary};
 
 /// One etcd member with a temporary data dir on free loopback ports.
 pub struct EtcdServer {
@@ -21,7 +21,7 @@ impl EtcdServer {
     /// taken between `free_port` and etcd's bind), a few times.
     pub fn start() -> Self {
         let binary = require_binary("etcd");
-        for _ in 0..5 {
+        on_free_ports("etcd", || {
             // tmpfs when there is one: etcd fsyncs every write, and a loaded
             // CI disk can stall an fsync past any sane per-call timeout.
             let dir = tempfile::Builder::new()
@@ -61,14 +61,11 @@ impl EtcdServer {
                 process,
                 _dir: dir,
             };
-            if server
+            let ready = server
                 .process
-                .ready_or_exited(READY_WITHIN, healthy(client_port))
-            {
-                return server;
-            }
-        }
-        panic!("etcd exited at once on 5 pairs of ports in a row");
+                .ready_or_exited(READY_WITHIN, healthy(client_port));
+            ready.then_some(server)
+        })
     }
 
     pub fn addr(&self) -> std::net::SocketAddr {

@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::process::{Process, free_port};
+use super::process::{Process, free_port, on_free_ports};
 
 /// The example `name`, built with every feature (cargo only needs to link
 /// it: the library is already built), once per test binary.
@@ -71,17 +71,16 @@ pub struct Example {
 
 impl Example {
     /// Starts the example `name` with `BIND` on a free port and only `env`
-    /// in its environment (and `PATH`), once it answers HTTP; fails
-    /// the test if it exits first or does not listen within 20 s.
+    /// in its environment (and `PATH`), once it answers HTTP; on another
+    /// port if it exits at once. Fails the test if it does not answer
+    /// within 20 s.
     pub fn start(name: &str, env: &[(&str, &str)]) -> Self {
         let binary = example_binary(name);
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        // A port taken between `free_port` and the example's bind makes it
-        // exit at once: then again on another port, a few times.
-        for _ in 0..5 {
+        on_free_ports(&format!("the {name} example"), || {
             let port = free_port();
             let (binary, env) = (binary.clone(), env.clone());
             let mut process = Process::spawn("example", move || {
@@ -92,15 +91,12 @@ impl Example {
                     .envs(env.iter().map(|(k, v)| (k, v)));
                 cmd
             });
-            let answering = || answers_http(port);
-            if process.ready_or_exited(Duration::from_secs(20), answering) && process.is_running() {
-                return Self {
-                    process,
-                    base: format!("http://127.0.0.1:{port}"),
-                };
-            }
-        }
-        panic!("the {name} example exited before it listened, 5 times");
+            let ready = process.ready_or_exited(Duration::from_secs(20), || answers_http(port));
+            (ready && process.is_running()).then(|| Self {
+                process,
+                base: format!("http://127.0.0.1:{port}"),
+            })
+        })
     }
 
     /// `base` + `path`.

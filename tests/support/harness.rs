@@ -36,6 +36,16 @@ pub const TEST_TIMEOUT: Duration = Duration::from_millis(500);
 /// etcd commits every write through Raft and its WAL: give it more.
 pub const ETCD_TEST_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A store on `server` with [`ETCD_TEST_TIMEOUT`].
+#[cfg(feature = "etcd")]
+pub async fn etcd_store(server: &EtcdServer) -> battlement::backends::EtcdStore {
+    let config =
+        battlement::backends::EtcdConfig::new([server.endpoint()]).with_timeout(ETCD_TEST_TIMEOUT);
+    battlement::backends::EtcdStore::from_config(config)
+        .await
+        .expect("an etcd store")
+}
+
 #[cfg(all(feature = "redis", feature = "conformance"))]
 mod redis_harness {
     use battlement::StoreError;

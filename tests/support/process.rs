@@ -34,6 +34,18 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral loopback port")
 }
 
+/// Starts a server with `attempt` on fresh free ports, up to five times:
+/// `attempt` gives `None` when the server exited before it was ready (a
+/// port taken between `free_port` and its bind); then it fails the test.
+pub fn on_free_ports<T>(what: &str, mut attempt: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..5 {
+        if let Some(server) = attempt() {
+            return server;
+        }
+    }
+    panic!("{what} exited at once on 5 sets of free ports in a row");
+}
+
 /// The path of `name` on PATH, or a test failure that says how to get it.
 pub fn require_binary(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::process::{Process, free_port, require_binary};
+use super::process::{Process, free_port, on_free_ports, require_binary};
 
 /// One `redis-server --save '' --appendonly no` on a free loopback port.
 pub struct RedisServer {
@@ -28,7 +28,7 @@ impl RedisServer {
     fn start_with(extra: &[&str]) -> Self {
         let binary = require_binary("redis-server");
         let cluster = extra.contains(&"--cluster-enabled");
-        for _ in 0..5 {
+        on_free_ports("redis-server", || {
             let port = loop {
                 let port = free_port();
                 if !cluster || port <= 55535 {
@@ -56,13 +56,11 @@ impl RedisServer {
                 process,
                 _dir: dir,
             };
-            if server.process.ready_or_exited(Duration::from_secs(10), || {
+            let ready = server.process.ready_or_exited(Duration::from_secs(10), || {
                 ping(port).is_some_and(|r| r.starts_with("+PONG"))
-            }) {
-                return server;
-            }
-        }
-        panic!("redis-server exited at once on 5 ports in a row");
+            });
+            ready.then_some(server)
+        })
     }
 
     pub fn port(&self) -> u16 {
