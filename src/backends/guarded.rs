@@ -45,16 +45,20 @@ impl Guard {
     }
 }
 
-/// `store` under `guard`.
+/// `store` under `guard`. Cloned per request by the idempotency service,
+/// so the guard sits behind one `Arc`.
 #[derive(Debug, Clone)]
 pub(crate) struct Guarded<St> {
     pub(crate) store: St,
-    pub(crate) guard: Guard,
+    pub(crate) guard: Arc<Guard>,
 }
 
 impl<St> Guarded<St> {
     pub(crate) fn new(store: St, guard: Guard) -> Self {
-        Self { store, guard }
+        Self {
+            store,
+            guard: Arc::new(guard),
+        }
     }
 }
 
@@ -84,17 +88,9 @@ impl<St> Guarded<St> {
         charge: Charge<'_>,
         result: Result<Decision, StoreError>,
     ) -> Result<Decision, StoreError> {
-        let err = match result {
-            Ok(decision) => return Ok(decision),
-            Err(err) => err,
-        };
-        self.rate_limit_failed(charge.policy, &err);
-        match self.guard.fallback() {
-            Some(fallback) => {
-                fallback.decide_at_once(charge.policy, charge.key, charge.quota, charge.cost)
-            }
-            None => Err(err),
-        }
+        self.recover_with(Some(charge.policy), result, |fallback| {
+            fallback.decide_at_once(charge.policy, charge.key, charge.quota, charge.cost)
+        })
     }
 
     /// [`recover`](Self::recover) for the charges of one request, decided
@@ -104,15 +100,29 @@ impl<St> Guarded<St> {
         charges: &[Charge<'_>],
         result: Result<Vec<Decision>, StoreError>,
     ) -> Result<Vec<Decision>, StoreError> {
+        let policy = charges.first().map(|c| c.policy);
+        self.recover_with(policy, result, |fallback| {
+            fallback.decide_all_at_once(charges)
+        })
+    }
+
+    /// `result`, or its failure reported under `policy` and answered by
+    /// `fallback_answer` under a local fallback.
+    fn recover_with<T>(
+        &self,
+        policy: Option<&str>,
+        result: Result<T, StoreError>,
+        fallback_answer: impl FnOnce(&MemoryStore) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let err = match result {
-            Ok(decisions) => return Ok(decisions),
+            Ok(answer) => return Ok(answer),
             Err(err) => err,
         };
-        if let Some(first) = charges.first() {
-            self.rate_limit_failed(first.policy, &err);
+        if let Some(policy) = policy {
+            self.rate_limit_failed(policy, &err);
         }
         match self.guard.fallback() {
-            Some(fallback) => fallback.decide_all_at_once(charges),
+            Some(fallback) => fallback_answer(fallback),
             None => Err(err),
         }
     }

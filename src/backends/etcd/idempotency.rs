@@ -12,7 +12,7 @@ use super::EtcdStore;
 use super::txn::Guarded;
 use crate::backends::Backend;
 use crate::error::StoreError;
-use crate::layers::idempotency::store::{micros, state_key};
+use crate::layers::idempotency::store::state_key;
 use crate::layers::idempotency::{
     Claim, ClaimToken, Claimant, Completion, Fingerprint, IdempotencyStore, Record,
 };
@@ -80,14 +80,10 @@ impl IdempotencyStore for EtcdStore {
     }
 
     async fn renew(&self, id: &str, token: ClaimToken, lock: Duration) -> Result<bool, StoreError> {
-        let expires_us = self.clock().now_micros().saturating_add(micros(lock));
+        let now = self.clock().now_micros();
         let key = state_key(self.keyspace(), id);
         self.change_own(&key, token, |fingerprint| {
-            let record = Record::InFlight {
-                expires_us,
-                token,
-                fingerprint,
-            };
+            let record = Claimant::new(token, &fingerprint, lock).record(now);
             Change::Put(Cow::Owned(record.encode()), lock)
         })
         .await

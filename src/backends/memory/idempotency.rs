@@ -213,6 +213,13 @@ fn scope_of(id: &str) -> Option<&str> {
 }
 
 impl Map {
+    /// Whether `id` is an in-flight claim of `token`.
+    fn owns(&self, id: &str, token: ClaimToken) -> bool {
+        self.records
+            .get(id)
+            .is_some_and(|e| matches!(e.record, Record::InFlight { token: t, .. } if t == token))
+    }
+
     /// Adds `entry` (which must be absent) to the map, orders and usage.
     fn insert_entry(&mut self, id: Arc<str>, entry: Entry) {
         let pinned = match &entry.record {
@@ -410,11 +417,7 @@ impl IdempotencyStore for MemoryStore {
         let now = self.inner.clock.now_micros();
         let limits = self.inner.idempotency.limits;
         let (stored, evicted) = self.inner.idempotency.with(|map| {
-            if !map
-                .records
-                .get(id)
-                .is_some_and(|e| owned(&e.record, done.token))
-            {
+            if !map.owns(id, done.token) {
                 return (Ok(false), Evicted::default());
             }
             let record = done.record(now);
@@ -470,7 +473,7 @@ impl IdempotencyStore for MemoryStore {
     async fn release(&self, id: &str, token: ClaimToken) -> Result<(), StoreError> {
         self.check_open()?;
         self.inner.idempotency.with(|map| {
-            if map.records.get(id).is_some_and(|e| owned(&e.record, token)) {
+            if map.owns(id, token) {
                 map.remove(id);
             }
         });
@@ -478,17 +481,11 @@ impl IdempotencyStore for MemoryStore {
     }
 }
 
-fn owned(record: &Record, token: ClaimToken) -> bool {
-    matches!(record, Record::InFlight { token: t, .. } if *t == token)
-}
-
 impl MemoryStore {
     /// Whether `id` is claimed by `token` and not completed (expired
     /// claims included: the store's answer to them is the same).
     pub(crate) fn holds_claim(&self, id: &str, token: ClaimToken) -> bool {
-        self.inner
-            .idempotency
-            .with(|map| map.records.get(id).is_some_and(|e| owned(&e.record, token)))
+        self.inner.idempotency.with(|map| map.owns(id, token))
     }
 
     #[cfg(any(test, feature = "conformance"))]

@@ -193,15 +193,13 @@ impl<St: RateLimitStore> Limiter<St> {
         }
         let mut strictest = None;
         if let Some((policy, key, cost)) = job.each().next() {
-            let result =
-                match store.decide_bytes_at_once(&policy.name, key.as_bytes(), &policy.quota, cost)
-                {
-                    Err(err) => self.store.recover(
-                        Charge::new(&policy.name, key.as_str(), &policy.quota, cost),
-                        Err(err),
-                    ),
-                    decided => decided,
-                };
+            // The charge (and its key's UTF-8 check) only when it failed.
+            let result = store
+                .decide_bytes_at_once(&policy.name, key.as_bytes(), &policy.quota, cost)
+                .or_else(|err| {
+                    let charge = Charge::new(&policy.name, key.as_str(), &policy.quota, cost);
+                    self.store.recover(charge, Err(err))
+                });
             if let ControlFlow::Break(verdict) = self.take(&mut strictest, policy, result) {
                 return Some(verdict);
             }
