@@ -905,3 +905,211 @@ async fn one_client_cannot_evict_another_clients_records() {
     );
     assert_eq!(calls.load(Ordering::SeqCst), 11);
 }
+
+/// A keyed POST from `auth`, as a server with connect info sees it.
+fn post_as(key: &str, auth: &'static str) -> Request<Full<Bytes>> {
+    let mut req = post(Some(key), "{}");
+    req.headers_mut()
+        .insert("authorization", http::HeaderValue::from_static(auth));
+    req
+}
+
+// A handler that outlives the deadline's 504 keeps running to store its
+// response, and with it keeps its concurrency-limit slot and sees its
+// deadline: the limit still bounds what runs.
+#[tokio::test]
+async fn a_handler_past_its_deadline_keeps_its_slot_and_sees_its_deadline() {
+    use battlement::concurrency_limit::ConcurrencyLimitLayer;
+    use battlement::deadline::{DeadlineLayer, inbound_deadline};
+
+    let limit = ConcurrencyLimitLayer::fixed(1).unwrap();
+    let in_flight = limit.handle();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (release, wait) = tokio::sync::oneshot::channel::<()>();
+    let wait = Arc::new(tokio::sync::Mutex::new(Some(wait)));
+    let handler = {
+        let seen = seen.clone();
+        service_fn(move |_: Request<battlement::body::LayerBody<Full<Bytes>>>| {
+            seen.lock().unwrap().push(inbound_deadline().is_some());
+            let wait = wait.clone();
+            async move {
+                if let Some(rx) = wait.lock().await.take() {
+                    let _ = rx.await;
+                }
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"placed"))))
+            }
+        })
+    };
+    let svc = ServiceBuilder::new()
+        .layer(limit)
+        .layer(DeadlineLayer::new(Duration::from_millis(100)).unwrap())
+        .layer(layer())
+        .service(handler);
+    let res = svc
+        .clone()
+        .oneshot(post_as("\"slow\"", "Bearer a"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::GATEWAY_TIMEOUT);
+    drop(res);
+    assert_eq!(in_flight.in_flight(), 1, "the handler still runs");
+    let other = svc
+        .clone()
+        .oneshot(post_as("\"other\"", "Bearer b"))
+        .await
+        .unwrap();
+    assert_eq!(
+        other.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "its slot is still taken"
+    );
+    drop(other);
+    release.send(()).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while in_flight.in_flight() != 0 {
+        assert!(std::time::Instant::now() < deadline, "the slot was never freed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, headers, body) = read(
+        svc.oneshot(post_as("\"slow\"", "Bearer a"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "placed"));
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(*seen.lock().unwrap(), [true], "one run, with its deadline");
+}
+
+// A handler still running at the execution bound is cancelled: its key
+// is released (a retry runs), with an event.
+#[tokio::test(start_paused = true)]
+async fn a_handler_past_the_execution_bound_is_cancelled_and_its_key_released() {
+    let events = battlement::events::Events::new();
+    let mut seen = events.subscribe();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let (calls, cancelled) = (calls.clone(), cancelled.clone());
+        service_fn(move |_: Request<battlement::body::LayerBody<Full<Bytes>>>| {
+            let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+            let on_drop = CountOnDrop(cancelled.clone());
+            async move {
+                if first {
+                    std::future::pending::<()>().await;
+                }
+                drop(on_drop);
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"placed"))))
+            }
+        })
+    };
+    let svc = ServiceBuilder::new()
+        .layer(
+            layer()
+                .max_execution(Duration::from_secs(2))
+                .events(events.clone()),
+        )
+        .service(handler);
+    let (status, _, _) = read(
+        svc.clone()
+            .oneshot(post_as("\"hung\"", "Bearer a"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(cancelled.load(Ordering::SeqCst), 1, "the handler was dropped");
+    let names: Vec<_> = std::iter::from_fn(|| seen.try_recv().ok())
+        .map(|e| e.event())
+        .collect();
+    assert!(names.contains(&"abandoned"), "{names:?}");
+    let (status, _, body) = read(
+        svc.oneshot(post_as("\"hung\"", "Bearer a"))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "placed"));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+struct CountOnDrop(Arc<AtomicUsize>);
+
+impl Drop for CountOnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+// A service that panics in `call`, before its future exists, frees the
+// key like a handler that panics: the retry runs at once.
+#[tokio::test]
+async fn a_panic_in_call_frees_the_key() {
+    #[derive(Clone)]
+    struct PanicsOnce(Arc<AtomicUsize>);
+    impl Service<Request<battlement::body::LayerBody<Full<Bytes>>>> for PanicsOnce {
+        type Response = Response<Full<Bytes>>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Infallible>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: Request<battlement::body::LayerBody<Full<Bytes>>>) -> Self::Future {
+            assert!(self.0.fetch_add(1, Ordering::SeqCst) > 0, "call panicked");
+            std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(b"created")))))
+        }
+    }
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(layer())
+        .service(PanicsOnce(calls.clone()));
+    let res = svc
+        .clone()
+        .oneshot(post_as("\"p\"", "Bearer a"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let (status, _, body) = read(svc.oneshot(post_as("\"p\"", "Bearer a")).await.unwrap()).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "created"));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+// A response that turned the request away before it ran (an inner auth
+// or rate-limit layer's 401 / 403 / 429 / 503) is not kept: the retry
+// runs. Other statuses, 500 included, are kept.
+#[tokio::test]
+async fn responses_that_turned_the_request_away_are_not_kept() {
+    for turned_away in [401, 403, 429, 503] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let handler = {
+            let calls = calls.clone();
+            service_fn(move |_: Request<battlement::body::LayerBody<Full<Bytes>>>| {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                let status = if n == 0 { turned_away } else { 201 };
+                async move {
+                    let mut res = Response::new(Full::new(Bytes::from_static(b"")));
+                    *res.status_mut() = StatusCode::from_u16(status).unwrap();
+                    Ok::<_, Infallible>(res)
+                }
+            })
+        };
+        let svc = ServiceBuilder::new().layer(layer()).service(handler);
+        let first = svc.clone().oneshot(post_as("\"r\"", "Bearer a")).await.unwrap();
+        assert_eq!(first.status().as_u16(), turned_away);
+        let again = svc.oneshot(post_as("\"r\"", "Bearer a")).await.unwrap();
+        assert_eq!(again.status(), StatusCode::CREATED, "after {turned_away}");
+        assert!(!again.headers().contains_key("idempotent-replayed"));
+    }
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(layer())
+        .service(counted(StatusCode::INTERNAL_SERVER_ERROR, &calls));
+    for _ in 0..2 {
+        let res = svc.clone().oneshot(post_as("\"e\"", "Bearer a")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "a 500 is kept");
+}

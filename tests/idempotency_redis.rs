@@ -284,3 +284,33 @@ async fn claims_not_sent_while_redis_is_down_are_never_released() {
     assert!(sent <= 2, "{sent} claims or releases reached Redis");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+// Under the local fallback, a key that ran in the fallback while Redis
+// was down is answered by the fallback after Redis is back: a replay, not
+// a second run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_run_in_the_local_fallback_is_replayed_after_the_outage() {
+    use battlement::FailurePolicy;
+    use battlement::backends::Backend;
+
+    let mut redis = RedisServer::start();
+    let store = store(&redis).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(IdempotencyLayer::new(store.clone()).failure_policy(FailurePolicy::LocalFallback))
+        .service(created(&calls));
+    redis.stop();
+    let res = svc.clone().oneshot(post()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "run in the fallback");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    redis.restart();
+    let back = Instant::now();
+    while store.ping().await.is_err() {
+        assert!(back.elapsed() < Duration::from_secs(5), "never recovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let res = svc.oneshot(post()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "ran once across the outage");
+}

@@ -221,6 +221,14 @@ impl<St: IdempotencyStore> IdempotencyStore for Guarded<St> {
     /// every retry away with 409 until its lock expired: it is then freed
     /// in the background.
     async fn claim(&self, id: &str, claimant: Claimant<'_>) -> Result<Claim, StoreError> {
+        // A key the fallback took or completed while the store was failing
+        // is answered by the fallback until its lock or retention ends, so
+        // it runs once across the outage's end too.
+        if let Some(fallback) = self.guard.fallback()
+            && fallback.holds_record(id)
+        {
+            return fallback.claim(id, claimant).await;
+        }
         let mut unanswered = Unanswered {
             store: &self.store,
             id,

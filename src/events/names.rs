@@ -122,6 +122,10 @@ event_names! {
         Mismatch = "mismatch",
         NotKept = "not_kept",
         LockLost = "lock_lost",
+        /// A handler ran past the execution bound: cancelled, key released.
+        Abandoned = "abandoned",
+        /// A response said the request was turned away: key released.
+        Released = "released",
         ScopeUnknown = "scope_unknown",
         StoreError = "store_error",
         /// The in-memory store evicted a record to make room.

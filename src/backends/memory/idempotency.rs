@@ -488,6 +488,15 @@ impl MemoryStore {
         self.inner.idempotency.with(|map| map.owns(id, token))
     }
 
+    /// Whether `id` has a live record: an in-flight claim or a completed
+    /// response not yet expired.
+    pub(crate) fn holds_record(&self, id: &str) -> bool {
+        let now = self.inner.clock.now_micros();
+        self.inner
+            .idempotency
+            .with(|map| map.records.get(id).is_some_and(|e| e.record.expires_us() > now))
+    }
+
     #[cfg(any(test, feature = "conformance"))]
     /// Every idempotency record's key (namespaced as on the servers) with
     /// the time until it expires.

@@ -1,7 +1,7 @@
 //! `LimitedBody`: a response body that holds its request's slot until it
 //! ends.
 
-use super::limit::Permit;
+use super::limit::Slot;
 use crate::body::{BodyEnd, BodyObserver, ObservedBody};
 
 /// The inner response body; the request's slot is given back when the
@@ -9,11 +9,11 @@ use crate::body::{BodyEnd, BodyObserver, ObservedBody};
 pub type LimitedBody<B> = ObservedBody<B, HeldSlot>;
 
 /// The request's slot, held until its response body ends.
-pub struct HeldSlot(Permit);
+pub struct HeldSlot(Slot);
 
 impl<B> LimitedBody<B> {
-    pub(crate) fn holding(inner: B, permit: Permit) -> Self {
-        Self::new(inner, Some(HeldSlot(permit)))
+    pub(crate) fn holding(inner: B, slot: Slot) -> Self {
+        Self::new(inner, Some(HeldSlot(slot)))
     }
 }
 

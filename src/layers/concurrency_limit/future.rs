@@ -9,7 +9,7 @@ use pin_project_lite::pin_project;
 
 use super::body::LimitedBody;
 use super::error::Overloaded;
-use super::limit::Permit;
+use super::limit::Slot;
 use crate::body::LayerBody;
 use crate::reject::{Problem, Protocol};
 
@@ -29,7 +29,7 @@ pin_project! {
         Calling {
             #[pin]
             future: F,
-            permit: Option<Permit>,
+            slot: Option<Slot>,
         },
         Rejected {
             rejection: Option<(Overloaded, Protocol)>,
@@ -38,11 +38,11 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn calling(future: F, permit: Permit) -> Self {
+    pub(crate) fn calling(future: F, slot: Slot) -> Self {
         Self {
             state: State::Calling {
                 future,
-                permit: Some(permit),
+                slot: Some(slot),
             },
         }
     }
@@ -64,19 +64,20 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Calling { future, permit } => {
+            StateProj::Calling { future, slot } => {
                 let result = ready!(future.poll(cx));
-                let Some(permit) = permit.take() else {
+                let Some(slot) = slot.take() else {
                     unreachable!("concurrency limit future polled after completion")
                 };
                 Poll::Ready(match result {
                     Ok(res) => {
                         // Latency is time to the response head (as in
                         // Envoy); the slot is held until the body ends.
-                        permit.record_latency();
-                        Ok(res.map(|body| LayerBody::inner(LimitedBody::holding(body, permit))))
+                        slot.record_latency();
+                        Ok(res.map(|body| LayerBody::inner(LimitedBody::holding(body, slot))))
                     }
-                    // Errors are not latency samples; the slot is freed.
+                    // Errors are not latency samples; the slot is freed
+                    // (once no detached work holds it).
                     Err(e) => Err(e),
                 })
             }

@@ -165,6 +165,26 @@ impl Permit {
     }
 }
 
+/// A request's slot in the concurrency limit, in its extensions (axum:
+/// `Extension<Slot>`): the slot is given back when the response body ends
+/// *and* every copy of this handle is dropped. Work that a request
+/// detaches from its client (the idempotency layer's handler, a task a
+/// handler spawns to finish its job) keeps a copy, so the limit still
+/// bounds what runs after the client went away or the deadline answered.
+#[derive(Debug, Clone)]
+pub struct Slot(Arc<Permit>);
+
+impl Slot {
+    pub(crate) fn new(permit: Permit) -> Self {
+        Self(Arc::new(permit))
+    }
+
+    /// Records the request's latency (its response head arrived).
+    pub(crate) fn record_latency(&self) {
+        self.0.record_latency();
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         self.limiter.in_flight.fetch_sub(1, Ordering::AcqRel);

@@ -48,7 +48,10 @@
 //! never exceeded and nothing waits. A request keeps its slot until its
 //! response body ends, fails or is dropped (a streamed response occupies
 //! the server as long as it streams); a response future dropped before
-//! the head arrives gives the slot back at once.
+//! the head arrives gives the slot back at once, unless work the request
+//! detached still holds its [`Slot`]: an idempotent request's handler runs
+//! on after a deadline's 504 or a client's reset, and keeps the slot until
+//! it ends.
 //!
 //! # Priority classes
 //!
@@ -118,5 +121,6 @@ pub use config::{ConcurrencyLimitConfig, GradientConfig, LimitConfig};
 pub use error::Overloaded;
 pub use future::ResponseFuture;
 pub use layer::{ConcurrencyLimitHandle, ConcurrencyLimitLayer};
+pub use limit::Slot;
 pub use priority::{Priority, default_priority};
 pub use service::ConcurrencyLimit;

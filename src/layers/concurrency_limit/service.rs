@@ -9,7 +9,7 @@ use tower_service::Service;
 
 use super::body::LimitedBody;
 use super::future::ResponseFuture;
-use super::limit::Limiter;
+use super::limit::{Limiter, Slot};
 use super::priority::Classifier;
 use crate::body::LayerBody;
 use crate::reject::Protocol;
@@ -58,12 +58,14 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let priority = (self.classify)(&parts);
         match self.limiter.acquire(priority) {
             Ok(permit) => {
+                let slot = Slot::new(permit);
+                parts.extensions.insert(slot.clone());
                 let req = Request::from_parts(parts, body);
-                ResponseFuture::calling(self.inner.call(req), permit)
+                ResponseFuture::calling(self.inner.call(req), slot)
             }
             Err(overloaded) => {
                 ResponseFuture::rejected(overloaded, Protocol::of_headers(&parts.headers))

@@ -36,7 +36,10 @@ use http::Method;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::layer::{DEFAULT_LOCK, DEFAULT_RETENTION, IdempotencyLayer};
+use super::layer::{
+    DEFAULT_LOCK, DEFAULT_MAX_EXECUTION, DEFAULT_RELEASE_STATUSES, DEFAULT_RETENTION,
+    IdempotencyLayer,
+};
 use super::scope::AuthorizationScope;
 use super::store::IdempotencyStore;
 use crate::error::{ConfigError, FailurePolicy};
@@ -82,6 +85,14 @@ pub struct IdempotencyConfig {
     /// 1 year).
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// The longest a won claim's handler runs before it is cancelled and
+    /// its key released (default 5 min; 1 s to 1 day). See
+    /// [`IdempotencyLayer::max_execution`].
+    #[serde(with = "humantime_serde")]
+    pub max_execution: Duration,
+    /// Statuses whose responses are not kept, the key released (default
+    /// 401, 403, 429, 503). See [`IdempotencyLayer::release_statuses`].
+    pub release_statuses: Vec<u16>,
     /// What to do when the store fails (default fail closed).
     pub failure: FailurePolicy,
     /// Whose keys they are (default `Authorization`, else the peer's
@@ -98,6 +109,8 @@ impl Default for IdempotencyConfig {
             strict_keys: false,
             lock: DEFAULT_LOCK,
             retention: DEFAULT_RETENTION,
+            max_execution: DEFAULT_MAX_EXECUTION,
+            release_statuses: DEFAULT_RELEASE_STATUSES.iter().map(|s| s.as_u16()).collect(),
             failure: FailurePolicy::FailClosed,
             scope: ScopeConfig::default(),
         }
@@ -193,12 +206,23 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
                     .map_err(|e| ConfigError::new(format!("idempotency method {m:?}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let release_statuses = config
+            .release_statuses
+            .iter()
+            .map(|&code| {
+                http::StatusCode::from_u16(code).map_err(|_| {
+                    ConfigError::new(format!("idempotency release status {code} is not a status"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut layer = Self::new(store)
             .methods(methods)
             .required(config.required)
             .strict_keys(config.strict_keys)
             .lock(config.lock)
             .retention(config.retention)
+            .max_execution(config.max_execution)
+            .release_statuses(release_statuses)
             .failure_policy(config.failure);
         layer = config.scope.scoped(layer)?;
         if !config.routes.is_empty() {
@@ -222,6 +246,8 @@ mod tests {
             strict_keys: true,
             lock: Duration::from_secs(5),
             retention: Duration::from_secs(3600),
+            max_execution: Duration::from_secs(30),
+            release_statuses: vec![401, 429],
             failure: FailurePolicy::LocalFallback,
             scope: ScopeConfig::Header {
                 name: "x-tenant-id".into(),

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Method;
+use http::{Method, StatusCode};
 use tower_layer::Layer;
 
 use super::fingerprint::{DefaultFingerprint, MakeFingerprint};
@@ -23,6 +23,15 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_MAX_REQUEST_BODY: usize = 1 << 20;
 /// Default limit of a response body stored for replay.
 pub const DEFAULT_MAX_RESPONSE_BODY: usize = 1 << 20;
+/// Default bound on how long a won claim's handler runs.
+pub const DEFAULT_MAX_EXECUTION: Duration = Duration::from_secs(5 * 60);
+/// Default statuses that turn a request away before it runs: not kept.
+pub const DEFAULT_RELEASE_STATUSES: [StatusCode; 4] = [
+    StatusCode::UNAUTHORIZED,
+    StatusCode::FORBIDDEN,
+    StatusCode::TOO_MANY_REQUESTS,
+    StatusCode::SERVICE_UNAVAILABLE,
+];
 
 const MAX_LOCK: Duration = Duration::from_secs(24 * 3600);
 const MAX_RETENTION: Duration = Duration::from_secs(366 * 24 * 3600);
@@ -50,7 +59,17 @@ const MAX_BODY: usize = 64 << 20;
 ///   No two clients ever share a scope by default.
 ///
 /// Once a claim is won, the request runs to the end and its response is
-/// stored even if the client disconnects, so its retry finds the result. A
+/// stored even if the client disconnects or a deadline layer answers
+/// first, so its retry finds the result. It runs on its own task, which
+/// keeps the request's span, request id and [deadline](crate::deadline)
+/// and holds its [concurrency-limit slot](crate::concurrency_limit::Slot)
+/// until it ends, and is bounded by
+/// [`max_execution`](Self::max_execution) (5 min by default): a handler
+/// still running then is cancelled and its key released (an
+/// `idempotency`/`abandoned` event). A response whose status says the
+/// request was turned away before it ran (401, 403, 429 and 503 by
+/// default, [`release_statuses`](Self::release_statuses)) is not kept
+/// either: the key is released and a retry runs. A
 /// response body over [`max_response_body`](Self::max_response_body), one
 /// that fails, or a server-sent event stream (`text/event-stream`, passed
 /// through event by event) is not kept: duplicates get 410 Gone and the
@@ -96,6 +115,8 @@ pub(crate) struct Settings {
     pub retention: Duration,
     pub max_request_body: usize,
     pub max_response_body: usize,
+    pub max_execution: Duration,
+    pub release_statuses: Vec<StatusCode>,
     /// For requests without a scope, apart: they must not hide store
     /// failures.
     pub scope_warn: Arc<WarnLimiter>,
@@ -168,6 +189,8 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
                 retention: DEFAULT_RETENTION,
                 max_request_body: DEFAULT_MAX_REQUEST_BODY,
                 max_response_body: DEFAULT_MAX_RESPONSE_BODY,
+                max_execution: DEFAULT_MAX_EXECUTION,
+                release_statuses: DEFAULT_RELEASE_STATUSES.to_vec(),
                 scope_warn: Arc::new(WarnLimiter::new(Duration::from_secs(60))),
             },
             guard: Guard::new(FailurePolicy::FailClosed),
@@ -249,8 +272,9 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
         self
     }
 
-    /// How long an executing request holds its key (1 s to 1 day; keep it
-    /// above the handler's own timeout: the lock is not renewed).
+    /// How long a claim holds its key before it may run again, should its
+    /// process die (1 s to 1 day). A live process renews it every third
+    /// of the lock while its handler runs.
     pub fn lock(mut self, lock: Duration) -> Self {
         self.settings.lock = lock.clamp(Duration::from_secs(1), MAX_LOCK);
         self
@@ -277,9 +301,41 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
         self
     }
 
+    /// The longest a won claim's handler may run, detached from its client
+    /// (1 s to 1 day; default 5 min). A handler still running then is
+    /// cancelled, its key released (a retry runs it again) and an
+    /// `idempotency`/`abandoned` event reported; its client, if still
+    /// there, gets 504.
+    pub fn max_execution(mut self, bound: Duration) -> Self {
+        self.settings.max_execution = bound.clamp(Duration::from_secs(1), MAX_LOCK);
+        self
+    }
+
+    /// Statuses that say a request was turned away before it ran (default
+    /// 401, 403, 429 and 503, as inner authentication, rate-limit or
+    /// overload layers answer): such a response is passed on but not
+    /// kept, and the key is released so that a retry runs. Stripe saves a
+    /// result only once the endpoint started executing. A handler that
+    /// did work and answers one of these would run again on a retry:
+    /// answer another status then (a 500 is kept).
+    pub fn release_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
+        self.settings.release_statuses = statuses.into_iter().collect();
+        self
+    }
+
     /// What to do when the store fails: fail-closed (503, the default),
     /// fail-open (execute without idempotency) or a local fallback store
     /// (idempotent within this process only).
+    ///
+    /// What the local fallback keeps across an outage: a key claimed in
+    /// the fallback runs once on this process, and this process answers
+    /// it from the fallback (409 while it runs, then the replay) until its
+    /// lock or retention ends, after the store is back too. What it does
+    /// not keep: a key claimed or completed in the store before the
+    /// outage is unknown to the fallback, so a retry during the outage
+    /// runs it again; and each process has its own fallback, so a key
+    /// retried on another process during the outage runs there too. Only
+    /// fail-closed keeps exactly-once through an outage.
     pub fn failure_policy(mut self, policy: FailurePolicy) -> Self {
         self.guard.failure = policy;
         self

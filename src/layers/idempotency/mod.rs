@@ -81,8 +81,8 @@ pub use fingerprint::{DefaultFingerprint, MakeFingerprint};
 pub use future::ResponseFuture;
 pub use key::{IDEMPOTENCY_KEY, MAX_KEY_LEN};
 pub use layer::{
-    DEFAULT_LOCK, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY, DEFAULT_RETENTION,
-    IdempotencyLayer,
+    DEFAULT_LOCK, DEFAULT_MAX_EXECUTION, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY,
+    DEFAULT_RELEASE_STATUSES, DEFAULT_RETENTION, IdempotencyLayer,
 };
 pub use record::{ClaimToken, Fingerprint, Record, StoredResponse};
 pub use scope::AuthorizationScope;

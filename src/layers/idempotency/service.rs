@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
@@ -25,6 +26,8 @@ use super::store::{Claim, Claimant, Completion, IdempotencyStore};
 use crate::BoxError;
 use crate::backends::Guarded;
 use crate::body::{LayerBody, Read, read_limited};
+use crate::concurrency_limit::Slot;
+use crate::deadline::Deadline;
 use crate::error::{FailurePolicy, StoreError};
 use crate::events::{Event, IdempotencyEvent};
 use crate::key::{KeyError, RequestHead};
@@ -137,6 +140,15 @@ struct Run<St> {
     protocol: Protocol,
 }
 
+/// What the inner service made of a won claim.
+enum Handled<B> {
+    /// A response that turned the request away before it ran (its status
+    /// is one of the layer's release statuses): the key is free again.
+    Released(Response<B>),
+    /// The response head, and its body as read for keeping.
+    Answered(http::response::Parts, Read<B>),
+}
+
 /// Attempts at storing a response when the store fails transiently (the
 /// claim token makes a repeated write safe).
 const COMPLETE_ATTEMPTS: u32 = 3;
@@ -197,21 +209,31 @@ impl<St: IdempotencyStore> Run<St> {
         }
         self.emit(IdempotencyEvent::Executed);
         // From here the request runs to the end and its outcome is stored
-        // even if the client goes away: a retry must find the result, not
-        // run the request again. The task carries the request's span,
-        // OpenTelemetry context and request id, as the handler would have
-        // had them without it.
+        // even if the client goes away or a deadline answers first: a
+        // retry must find the result, not run the request again. The task
+        // carries what the handler would have had without it: the
+        // request's span, OpenTelemetry context, request id and deadline.
+        // It holds the request's concurrency-limit slot until it ends, so
+        // the limit still bounds what runs.
+        let slot = parts.extensions.get::<Slot>().cloned();
         let req = Request::from_parts(parts, LayerBody::full(bytes));
         let protocol = self.protocol;
-        let owned = self
-            .run_claimed(inner, req, token, fingerprint)
+        let claimed = self.run_claimed(inner, req, token, fingerprint);
+        let mut task: BoxFuture<'static, _> = Box::pin(
+            async move {
+                let _slot = slot;
+                claimed.await
+            }
             .with_context(opentelemetry::Context::current())
-            .in_current_span();
-        let owned = match RequestId::current() {
-            Some(id) => tokio::spawn(id.scope(owned)),
-            None => tokio::spawn(owned),
-        };
-        match owned.await {
+            .in_current_span(),
+        );
+        if let Some(deadline) = Deadline::current() {
+            task = Box::pin(deadline.scope(task));
+        }
+        if let Some(id) = RequestId::current() {
+            task = Box::pin(id.scope(task));
+        }
+        match tokio::spawn(task).await {
             Ok(result) => result,
             Err(e) => {
                 // The panic's message stays in the log: it may say more
@@ -225,11 +247,13 @@ impl<St: IdempotencyStore> Run<St> {
         }
     }
 
-    /// Calls the inner service for a won claim, then stores the response
-    /// (or a marker saying it was not kept) before handing it back.
+    /// Runs a won claim within the execution bound, then stores the
+    /// response (or a marker saying it was not kept) before handing it
+    /// back. A handler still running at the bound is cancelled and its
+    /// key released.
     async fn run_claimed<S, ReqBody, ResBody>(
         self,
-        mut inner: S,
+        inner: S,
         req: Request<LayerBody<ReqBody>>,
         token: ClaimToken,
         fingerprint: Fingerprint,
@@ -243,29 +267,28 @@ impl<St: IdempotencyStore> Run<St> {
         // is stored: a duplicate must not run beside it.
         let (id, lock) = (self.id.clone(), self.settings.lock);
         let _renewal = renew_while_running(self.store.clone(), id, lock, token);
-        let res = match AssertUnwindSafe(inner.call(req)).catch_unwind().await {
-            Ok(Ok(res)) => res,
-            Ok(Err(e)) => {
-                // Nothing answered: the request may run again.
+        let bound = self.settings.max_execution;
+        let handled = match tokio::time::timeout(bound, self.handle(inner, req, token)).await {
+            Ok(handled) => handled?,
+            Err(_) => {
                 self.release(token).await;
-                return Err(e);
-            }
-            Err(panic) => {
-                // Nor did a handler that panicked.
-                self.release(token).await;
-                std::panic::resume_unwind(panic);
+                self.emit(IdempotencyEvent::Abandoned);
+                tracing::warn!(
+                    max_execution = ?bound,
+                    "idempotent request handler cancelled at its execution bound; \
+                     its key is released"
+                );
+                let problem = Problem::new(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout")
+                    .detail(format!(
+                        "the request handler did not finish within {} s and was cancelled",
+                        bound.as_secs_f64()
+                    ));
+                return Ok(problem.into_response(self.protocol));
             }
         };
-        let (parts, body) = res.into_parts();
-        // An event stream may never end, and its client waits for each
-        // event: it goes through at once and is not kept.
-        let read = if is_event_stream(&parts.headers) {
-            Read::Partial {
-                prefix: Bytes::new(),
-                rest: body,
-            }
-        } else {
-            read_limited(body, self.settings.max_response_body).await
+        let (parts, read) = match handled {
+            Handled::Released(res) => return Ok(res.map(LayerBody::inner)),
+            Handled::Answered(parts, read) => (parts, read),
         };
         match read {
             Read::Whole { data, trailers } => {
@@ -305,6 +328,58 @@ impl<St: IdempotencyStore> Run<St> {
                 Ok(problem.into_response(self.protocol))
             }
         }
+    }
+
+    /// Calls the inner service for a won claim and reads its response. A
+    /// call that fails or panics (in `call` itself or in its future), or
+    /// a response that says the request was turned away before it ran,
+    /// releases the key: a retry may run it.
+    async fn handle<S, ReqBody, ResBody>(
+        &self,
+        mut inner: S,
+        req: Request<LayerBody<ReqBody>>,
+        token: ClaimToken,
+    ) -> Result<Handled<ResBody>, S::Error>
+    where
+        S: Service<Request<LayerBody<ReqBody>>, Response = Response<ResBody>>,
+        ResBody: Body<Data = Bytes> + Unpin,
+        ResBody::Error: fmt::Display,
+    {
+        let called = std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(req)));
+        let outcome = match called {
+            Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
+            Err(panic) => Err(panic),
+        };
+        let res = match outcome {
+            Ok(Ok(res)) => res,
+            Ok(Err(e)) => {
+                // Nothing answered: the request may run again.
+                self.release(token).await;
+                return Err(e);
+            }
+            Err(panic) => {
+                // Nor did a handler that panicked.
+                self.release(token).await;
+                std::panic::resume_unwind(panic);
+            }
+        };
+        if self.settings.release_statuses.contains(&res.status()) {
+            self.release(token).await;
+            self.emit(IdempotencyEvent::Released);
+            return Ok(Handled::Released(res));
+        }
+        let (parts, body) = res.into_parts();
+        // An event stream may never end, and its client waits for each
+        // event: it goes through at once and is not kept.
+        let read = if is_event_stream(&parts.headers) {
+            Read::Partial {
+                prefix: Bytes::new(),
+                rest: body,
+            }
+        } else {
+            read_limited(body, self.settings.max_response_body).await
+        };
+        Ok(Handled::Answered(parts, read))
     }
 
     /// What duplicates of a request whose response was not kept get: 410.
