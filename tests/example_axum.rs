@@ -482,3 +482,66 @@ fn promtool_check(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+// A flood of keyed orders spread over 150 other clients, past the memory
+// store's cap of 100,000 records, never evicts a client with one record:
+// its retry is still a replay of its order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_keys_from_other_clients_never_evicts_a_clients_order() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    const FLOOD: usize = 105_000;
+    const CLIENTS: usize = 150;
+    const WORKERS: usize = 32;
+    let app = demo(&[("RATE_LIMIT", "1000000/s")]);
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    let order = |auth: String, key: String| {
+        Request::post(app.url("/orders"))
+            .header("content-type", "application/json")
+            .header("authorization", auth)
+            .header("idempotency-key", key)
+            .body(Full::new(bytes::Bytes::from_static(b"{\"item\":\"tea\"}")))
+            .unwrap()
+    };
+    let victim = || order("Bearer victim".into(), "\"victim-1\"".into());
+    let first = client.request(victim()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let placed = first.into_body().collect().await.unwrap().to_bytes();
+
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..WORKERS {
+        let (client, next) = (client.clone(), next.clone());
+        let url = app.url("/orders");
+        workers.spawn(async move {
+            let mut not_created = 0;
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= FLOOD {
+                    return not_created;
+                }
+                let req = Request::post(url.as_str())
+                    .header("content-type", "application/json")
+                    .header("authorization", format!("Bearer flood-{}", i % CLIENTS))
+                    .header("idempotency-key", format!("\"k-{i}\""))
+                    .body(Full::new(bytes::Bytes::from_static(b"{}")))
+                    .unwrap();
+                let res = client.request(req).await.unwrap();
+                if res.status() != StatusCode::CREATED {
+                    not_created += 1;
+                }
+                res.into_body().collect().await.unwrap();
+            }
+        });
+    }
+    let not_created: usize = workers.join_all().await.into_iter().sum();
+    assert_eq!(not_created, 0, "every flood order was placed");
+
+    let again = client.request(victim()).await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let replayed = again.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(replayed, placed, "the same order");
+}

@@ -5,8 +5,11 @@
 //! whole retention (24 h by default). The store therefore caps both the
 //! number of records and their approximate size, for the whole store and
 //! for each scope (see [`Limits`]), and makes room for a new record by
-//! evicting the oldest *completed* records first: those that completed
-//! longest ago.
+//! evicting *completed* records, fairly: a scope at its own cap loses its
+//! oldest record; at the store-wide cap, the scope holding the most
+//! completed records loses its oldest, so one client flooding keys under
+//! many scopes pushes out its own records long before a scope with a few
+//! loses one.
 //!
 //! In-flight claims are never evicted: dropping one would let a duplicate
 //! of a request that is still running run beside it. When only in-flight
@@ -23,7 +26,8 @@
 //!
 //! Bookkeeping: completed records are ordered by completion in a
 //! `BTreeMap` (and, per scope, a `BTreeSet` of the same sequence numbers),
-//! in-flight claims by lock expiry; every step (claim, complete, renew,
+//! scopes by their count of completed records in a `BTreeSet`, in-flight
+//! claims by lock expiry; every step (claim, complete, renew,
 //! release, one eviction, one expiry) is `O(log n)`. Expired records at the
 //! front of either order are dropped as claims come, so no full-map purge
 //! is needed.
@@ -92,7 +96,10 @@ struct Map {
     /// In-flight claims by `(lock expiry, sequence)`.
     in_flight: BTreeMap<(u64, u64), Arc<str>>,
     /// Usage and eviction order of each scope with records.
-    scopes: HashMap<Box<str>, Scope>,
+    scopes: HashMap<Arc<str>, Scope>,
+    /// Scopes with completed records, by how many: the store-wide cap
+    /// evicts from the last (the largest) first.
+    by_completed: BTreeSet<(usize, Arc<str>)>,
     total: Usage,
     next_seq: u64,
 }
@@ -240,7 +247,9 @@ impl Map {
             if let Some(s) = self.scopes.get_mut(scope) {
                 s.usage.add(entry.bytes, pinned);
                 if !pinned {
+                    let before = s.completed.len();
                     s.completed.insert(entry.seq);
+                    self.rank(scope, before, before + 1);
                 }
             }
         }
@@ -273,14 +282,49 @@ impl Map {
             && let Some(s) = self.scopes.get_mut(scope)
         {
             s.usage.sub(entry.bytes, pinned);
-            if !pinned {
-                s.completed.remove(&entry.seq);
-            }
-            if s.usage.records == 0 {
+            let before = s.completed.len();
+            if !pinned && s.completed.remove(&entry.seq) {
+                let empty = s.usage.records == 0;
+                self.rank(scope, before, before - 1);
+                if empty {
+                    self.scopes.remove(scope);
+                }
+            } else if s.usage.records == 0 {
                 self.scopes.remove(scope);
             }
         }
         Some((id, entry))
+    }
+
+    /// Moves `scope` in the ranking by completed records from `before` to
+    /// `after` of them.
+    fn rank(&mut self, scope: &str, before: usize, after: usize) {
+        let Some((name, _)) = self.scopes.get_key_value(scope) else {
+            return;
+        };
+        let name = name.clone();
+        if before > 0 {
+            self.by_completed.remove(&(before, name.clone()));
+        }
+        if after > 0 {
+            self.by_completed.insert((after, name));
+        }
+    }
+
+    /// The record the store-wide cap evicts next: the oldest completed
+    /// record of the scope with the most of them, so that a scope with
+    /// few records is the last to lose one; records without a scope go
+    /// oldest first once no scope has any.
+    fn next_victim(&self) -> Option<Arc<str>> {
+        let oldest_of_largest = self
+            .by_completed
+            .last()
+            .and_then(|(_, scope)| self.scopes.get(scope))
+            .and_then(|s| s.completed.first())
+            .and_then(|seq| self.completed.get(seq));
+        oldest_of_largest
+            .or_else(|| self.completed.first_key_value().map(|(_, id)| id))
+            .cloned()
     }
 
     /// Drops the expired records at the front of both orders: each record
@@ -338,10 +382,9 @@ impl Map {
             }
         }
         while !self.total.fits(bytes, limits.records, limits.bytes) {
-            let Some((_, id)) = self.completed.first_key_value() else {
+            let Some(id) = self.next_victim() else {
                 return Err(Full::Store);
             };
-            let id = id.clone();
             self.remove(&id);
             evicted.store += 1;
         }
@@ -817,6 +860,36 @@ mod tests {
             assert_eq!(scope.usage, map.total);
             assert_eq!(scope.completed.len(), 1);
             assert_eq!(map.total.pinned_bytes, 0);
+            assert_eq!(map.by_completed.len(), 1);
+        });
+    }
+
+    // At the store-wide cap the largest scope loses its oldest record: a
+    // victim with one record keeps it while a flood spread over many
+    // scopes evicts only its own.
+    #[tokio::test]
+    async fn the_store_cap_evicts_from_the_largest_scope_first() {
+        let clock = ManualClock::new(Duration::from_secs(1_767_225_600));
+        let s = store(&clock)
+            .idempotency_max_records(100)
+            .idempotency_max_scope_records(50);
+        run(&s, "victim/k", 10).await.unwrap();
+        for i in 0..1_000 {
+            run(&s, &format!("flood{}/k{i}", i % 7), 10).await.unwrap();
+            clock.advance(Duration::from_millis(1));
+        }
+        assert!(has(&s, "victim/k"), "the victim's one record stays");
+        assert_eq!(s.idempotency_records(), 100);
+        s.inner.idempotency.with(|map| {
+            let sizes: Vec<_> = (0..7)
+                .map(|i| map.scopes[format!("flood{i}").as_str()].completed.len())
+                .collect();
+            assert!(
+                sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1,
+                "the flood's scopes shrink evenly: {sizes:?}"
+            );
+            let ranked: usize = map.by_completed.iter().map(|(n, _)| n).sum();
+            assert_eq!(ranked, map.completed.len());
         });
     }
 }

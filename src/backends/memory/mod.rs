@@ -192,19 +192,23 @@ impl MemoryConfig {
 /// the record's own ~400 bytes) that is ~200 MiB, just under the byte cap,
 /// and 256 MiB bounds the worst case (large responses) to what a small
 /// service can spare. A scope gets 1 % of the records and 1/16 of the
-/// bytes, so one client flooding keys pushes out only its own records,
-/// while 1,000 keys and 16 MiB (sixteen responses at the layer's default
-/// 1 MiB limit) is far more than a well-behaved client retries at once.
-/// Larger deployments keep records in Redis or etcd.
+/// bytes, and at the store-wide cap the scope holding the most completed
+/// records loses its oldest first, so a client flooding keys, even under
+/// many scopes, pushes out its own records before a scope with a few
+/// loses one; 1,000 keys and 16 MiB (sixteen responses at the layer's
+/// default 1 MiB limit) is far more than a well-behaved client retries at
+/// once. Larger deployments keep records in Redis or etcd.
 ///
 /// Bytes are an estimate: each record's id, response body, header and
 /// trailer names and values, plus a fixed overhead per record and per
 /// header. A record's scope is the part of its id before the first `/`
-/// (`{scope}/{key}`); an id without one (such as the idempotency layer's
-/// hashed ids today) is under the store caps only.
+/// (the idempotency layer's ids are `{hashed scope}/{hashed key}`); an id
+/// without one is under the store caps only, and is evicted only once no
+/// scope has a completed record left.
 ///
-/// To make room the store evicts the *completed* records that completed
-/// longest ago, first within the scope, then in the store, each in
+/// To make room the store evicts *completed* records: a scope at its cap
+/// loses its oldest; at the store's cap the largest scope loses its
+/// oldest. Each step is
 /// `O(log n)`; expired records go first and are not counted as evictions.
 /// In-flight claims are never evicted (that would let a duplicate run
 /// beside the request): when claims alone fill a cap, a new claim, or a
