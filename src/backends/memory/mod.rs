@@ -208,8 +208,8 @@ impl MemoryConfig {
 ///
 /// To make room the store evicts *completed* records: a scope at its cap
 /// loses its oldest; at the store's cap the largest scope loses its
-/// oldest. Each step is
-/// `O(log n)`; expired records go first and are not counted as evictions.
+/// oldest. Each step is `O(log n)`; expired records go first and are not
+/// counted as evictions.
 /// In-flight claims are never evicted (that would let a duplicate run
 /// beside the request): when claims alone fill a cap, a new claim, or a
 /// response too large for the room left, is refused with a
