@@ -162,35 +162,82 @@ async fn a_fast_attempt_is_not_hedged() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_post_without_a_key_is_never_hedged_and_a_keyed_one_is() {
+async fn posts_are_never_hedged_keyed_or_not_and_puts_are() {
     let up = Upstream::new(5);
     let mut client = ServiceBuilder::new()
         .layer(HedgeLayer::new(fixed(10)).unwrap())
         .service(up.service());
-    let post = |key: Option<&str>| {
-        let mut req = Request::post("http://api.example/orders");
+    let send = |method: http::Method, key: Option<&str>| {
+        let mut req = Request::builder()
+            .method(method)
+            .uri("http://api.example/orders");
         if let Some(key) = key {
             req = req.header("idempotency-key", key);
         }
         req.body(LayerBody::inner(Full::new(Bytes::from_static(b"order"))))
             .unwrap()
     };
-    up.slow_next.store(true, Ordering::SeqCst);
-    let fut = client.ready().await.unwrap().call(post(None));
-    let res = fut.await.unwrap();
-    assert_eq!(res.extensions().get::<Hedged>(), None);
-    assert_eq!(text(res).await, "0");
-    assert_eq!(up.calls().len(), 1);
+    for (n, key) in [None, Some("\"k1\"")].into_iter().enumerate() {
+        up.slow_next.store(true, Ordering::SeqCst);
+        let fut = client
+            .ready()
+            .await
+            .unwrap()
+            .call(send(http::Method::POST, key));
+        let res = fut.await.unwrap();
+        assert_eq!(res.extensions().get::<Hedged>(), None, "{key:?}");
+        assert_eq!(text(res).await, n.to_string());
+        assert_eq!(up.calls().len(), n + 1, "{key:?}");
+    }
 
     up.slow_next.store(true, Ordering::SeqCst);
-    let fut = client.ready().await.unwrap().call(post(Some("\"k1\"")));
+    let fut = client
+        .ready()
+        .await
+        .unwrap()
+        .call(send(http::Method::PUT, None));
     let res = fut.await.unwrap();
     assert_eq!(res.extensions().get::<Hedged>(), Some(&Hedged));
     let calls = up.calls();
-    assert_eq!(calls.len(), 3);
+    assert_eq!(calls.len(), 4);
     // Both copies carried the whole body.
-    assert_eq!(calls[1].body, "order");
     assert_eq!(calls[2].body, "order");
+    assert_eq!(calls[3].body, "order");
+}
+
+// A keyed POST slower than the hedge delay, against a server's
+// idempotency layer, gets the handler's response: a hedge would have met
+// the server's 409 for its own key, and that 409 would have won.
+#[tokio::test(start_paused = true)]
+async fn a_slow_keyed_post_gets_its_response_not_the_servers_409() {
+    use battlement::idempotency::IdempotencyLayer;
+
+    let runs = Arc::new(AtomicU64::new(0));
+    let handler = {
+        let runs = runs.clone();
+        service_fn(move |_: Request<LayerBody<Body>>| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(50 * MS).await;
+                let mut res = Response::new(Full::new(Bytes::from_static(b"placed")));
+                *res.status_mut() = http::StatusCode::CREATED;
+                Ok::<_, Infallible>(res)
+            }
+        })
+    };
+    let mut client = ServiceBuilder::new()
+        .layer(HedgeLayer::new(fixed(10)).unwrap())
+        .layer(IdempotencyLayer::new(MemoryStore::new()))
+        .service(handler);
+    let req = Request::post("http://api.example/orders")
+        .header("authorization", "Bearer alice")
+        .header("idempotency-key", "\"pay-1\"")
+        .body(LayerBody::inner(Full::new(Bytes::from_static(b"{}"))))
+        .unwrap();
+    let res = client.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(res.status(), http::StatusCode::CREATED);
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "placed");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
 /// Sends `n` requests one after another.

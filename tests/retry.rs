@@ -500,3 +500,56 @@ async fn waiting_for_a_stuck_service_ends_at_the_deadline() {
     assert!(err.is::<AttemptTimedOut>(), "{err}");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+// A keyed POST whose attempt times out here while the server still runs
+// it meets the server's 409 for its own key on the retry: the retry layer
+// waits out the `Retry-After` and asks again until the stored response
+// comes back, instead of reporting a conflict for a request that
+// succeeded.
+#[tokio::test]
+async fn a_keyed_retry_that_meets_its_own_key_in_flight_waits_for_the_stored_response() {
+    use battlement::idempotency::IdempotencyLayer;
+    use battlement::backends::MemoryStore;
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let runs = runs.clone();
+        tower::service_fn(move |_: http::Request<LayerBody<LayerBody<Full<Bytes>>>>| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let mut res = http::Response::new(Full::new(Bytes::from_static(b"paid")));
+                *res.status_mut() = StatusCode::CREATED;
+                Ok::<_, Infallible>(res)
+            }
+        })
+    };
+    let events = battlement::events::Events::new();
+    let mut seen = events.subscribe();
+    let client = ServiceBuilder::new()
+        .layer(
+            RetryLayer::new(
+                RetryPolicy::default()
+                    .per_try_timeout(Duration::from_millis(100))
+                    .deadline(Duration::from_secs(5)),
+            )
+            .unwrap()
+            .events(events),
+        )
+        .layer(IdempotencyLayer::new(MemoryStore::new()))
+        .service(handler);
+    let req = http::Request::post("http://api.example/payments")
+        .header("authorization", "Bearer alice")
+        .header("idempotency-key", "\"pay-1\"")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let res = client.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(res.headers()["idempotent-replayed"], "true");
+    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "paid");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let names: Vec<_> = std::iter::from_fn(|| seen.try_recv().ok())
+        .map(|e| e.event())
+        .collect();
+    assert!(names.contains(&"in_flight"), "{names:?}");
+}

@@ -74,6 +74,9 @@ event_names! {
     /// What the retry layer did after an attempt.
     RetryEvent = "retry" {
         Retry = "retry",
+        /// A keyed request in flight on the server (409): asked again
+        /// after its `Retry-After`, for the stored response.
+        InFlight = "in_flight",
         Exhausted = "exhausted",
         GaveUp = "gave_up",
         BudgetExhausted = "budget_exhausted",

@@ -13,9 +13,10 @@ use crate::events::Events;
 /// Sends a second attempt of a slow request and takes whichever response
 /// comes first.
 ///
-/// Only requests that may be sent twice are hedged: an idempotent
-/// method or an `Idempotency-Key` (gRPC calls without a key are not,
-/// since a hedge duplicates a call the server may be processing), whose
+/// Only requests of an idempotent method (GET, HEAD, OPTIONS, PUT,
+/// DELETE, TRACE) are hedged: not gRPC calls nor POSTs, `Idempotency-Key`
+/// or not (the server answers a keyed hedge with 409 for its own key
+/// while the first attempt runs, and that 409 would win). Their
 /// body, up to [`HedgeConfig::max_body`], is kept for the copy. Every
 /// other request goes out once, as it is. The hedge leaves after the
 /// configured [`HedgeDelay`](super::HedgeDelay) if the first attempt has

@@ -22,7 +22,7 @@ use crate::BoxError;
 use crate::body::{LayerBody, Read, read_limited};
 use crate::events::{Events, HedgeEvent};
 use crate::key::{HostKey, KeyExtractor, RequestHead};
-use crate::retry::{ResendCount, Safety, body_fits};
+use crate::retry::{ResendCount, body_fits, is_idempotent};
 
 /// In a response's extensions when the hedge's response won.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +172,10 @@ where
     fn call(&mut self, req: Request<LayerBody<B>>) -> Self::Future {
         let shared = self.shared.clone();
         shared.deposit();
-        let safe = Safety::of(&req) == Safety::Any && body_fits(req.body(), shared.config.max_body);
+        // An idempotent method only: a keyed POST's hedge would meet the
+        // server's 409 for its own key within a millisecond, win, and drop
+        // the first attempt that the server completes.
+        let safe = is_idempotent(req.method()) && body_fits(req.body(), shared.config.max_body);
         if !safe {
             // Sent once, as it is.
             let fut = self.inner.call(req);

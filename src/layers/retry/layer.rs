@@ -25,6 +25,13 @@ use crate::events::Events;
 /// counts as a hint too. The response carries [`Attempts`](super::Attempts)
 /// in its extensions; errors are `BoxError`.
 ///
+/// A request with an `Idempotency-Key` that meets 409 (gRPC `ABORTED`)
+/// with a `Retry-After` is asked again after the hint, within the
+/// deadline, until the server replays the stored response: the key's
+/// first request, perhaps this call's own attempt that timed out here, is
+/// still running there. These sends spend neither attempts nor the
+/// budget; without any deadline they stop after 60.
+///
 /// ```
 /// use std::time::Duration;
 /// use battlement::retry::{RetryLayer, RetryPolicy};

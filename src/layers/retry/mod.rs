@@ -52,5 +52,5 @@ pub use policy::{Budget, RetryPolicy};
 pub use service::{AttemptTimedOut, Attempts, ResendCount, Retry};
 pub use tower_policy::TowerPolicy;
 
-pub(crate) use policy::Safety;
+pub(crate) use policy::is_idempotent;
 pub(crate) use service::body_fits;

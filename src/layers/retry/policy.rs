@@ -106,18 +106,18 @@ pub(crate) enum Safety {
     Once,
 }
 
+/// Whether `method` is idempotent (RFC 9110 §9.2.2): sending it twice
+/// does what sending it once does.
+pub(crate) fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
 impl Safety {
     pub(crate) fn of<B>(req: &Request<B>) -> Self {
-        let idempotent = matches!(
-            *req.method(),
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::PUT
-                | Method::DELETE
-                | Method::TRACE
-        );
-        if idempotent || req.headers().contains_key(IDEMPOTENCY_KEY) {
+        if is_idempotent(req.method()) || req.headers().contains_key(IDEMPOTENCY_KEY) {
             Self::Any
         } else if is_grpc(req.headers()) {
             Self::Unprocessed
@@ -279,6 +279,25 @@ impl RetryPolicy {
             (None, _) => false,
         };
         retry.then(|| hint(headers, now))
+    }
+
+    /// How long to wait before asking again when the server says that a
+    /// keyed request is in flight under its key: 409 (gRPC `ABORTED`)
+    /// with a `Retry-After`, as an idempotency layer answers while the
+    /// key's first request runs. That request may be this call's own
+    /// earlier attempt (timed out here, still running there): asking
+    /// again after the hint gets its stored response, where giving up
+    /// would report a conflict for a request that succeeded.
+    pub(crate) fn in_flight_wait<B>(res: &Response<B>, now: SystemTime) -> Option<Duration> {
+        let headers = res.headers();
+        let conflict = match GrpcCode::from_headers(headers) {
+            Some(code) => code == GrpcCode::Aborted,
+            None => res.status() == http::StatusCode::CONFLICT,
+        };
+        match hint(headers, now) {
+            Some(Hint::After(wait)) if conflict => Some(wait),
+            _ => None,
+        }
     }
 
     /// The hint carried by an error: a client-side breaker or rate limiter

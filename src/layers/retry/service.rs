@@ -18,6 +18,7 @@ use crate::BoxError;
 use crate::body::{LayerBody, Read, read_limited, read_ready};
 use crate::clock::SharedClock;
 use crate::events::{Events, RetryEvent};
+use crate::idempotency::IDEMPOTENCY_KEY;
 
 /// How many attempts a response took, in its extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,11 +210,15 @@ where
     // attempt outlives it, and no retry starts that would end after it.
     let inbound = crate::layers::deadline::inbound_deadline();
     let safety = Safety::of(&req);
+    let keyed = req.headers().contains_key(IDEMPOTENCY_KEY);
     let mut replay = Replay::prepare(req, policy).await?;
     // Drawn only when a retry needs a back-off.
     let mut rng = None;
     let mut previous = Duration::ZERO;
     let mut attempt = 0;
+    // Sends that only asked for a keyed request's stored response: they
+    // spend neither attempts nor the budget.
+    let mut polls = 0;
     loop {
         attempt += 1;
         let Some(req) = replay.take(attempt) else {
@@ -232,6 +237,19 @@ where
         let hint = match &result {
             Ok(res) => {
                 let now = SystemTime::UNIX_EPOCH + shared.clock.now();
+                let in_flight = keyed && replay.replayable() && polls < MAX_POLLS;
+                if let Some(wait) = in_flight.then(|| RetryPolicy::in_flight_wait(res, now)).flatten() {
+                    let elapsed = shared.clock.now().saturating_sub(started);
+                    if !fits(wait, time_left(policy, elapsed, inbound)) {
+                        emit(&shared.events, RetryEvent::GaveUp, || describe(&result));
+                        return finish(result, attempt);
+                    }
+                    emit(&shared.events, RetryEvent::InFlight, || describe(&result));
+                    drop(result);
+                    shared.clock.sleep(wait).await;
+                    polls += 1;
+                    continue;
+                }
                 match policy.retryable_response(res, safety, now) {
                     Some(hint) => hint,
                     None => return finish(result, attempt),
@@ -251,7 +269,7 @@ where
             Some(seed) => fastrand::Rng::with_seed(seed),
             None => fastrand::Rng::new(),
         });
-        let delay = match policy.next(attempt, hint, previous, elapsed, rng) {
+        let delay = match policy.next(attempt - polls, hint, previous, elapsed, rng) {
             Next::Retry(delay)
                 if inbound.is_some_and(|d| {
                     tokio::time::Instant::now()
@@ -310,6 +328,19 @@ where
     };
     within(limit, inner.call(req)).await?.map_err(Into::into)
 }
+
+/// Asks for a keyed request's stored response at most this often when no
+/// deadline bounds the wait (a minute of the idempotency layer's
+/// `Retry-After: 1`, its default lock).
+const MAX_POLLS: u32 = 60;
+
+/// Whether waiting `wait` leaves time for one more send within `left`.
+fn fits(wait: Duration, left: Option<Duration>) -> bool {
+    left.is_none_or(|left| wait.saturating_add(MIN_SEND) < left)
+}
+
+/// The least time worth sending a request in.
+const MIN_SEND: Duration = Duration::from_millis(10);
 
 /// What is left of the deadline after `elapsed`, and of the inbound
 /// request's deadline, if there is a deadline.
