@@ -1113,3 +1113,65 @@ async fn responses_that_turned_the_request_away_are_not_kept() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1, "a 500 is kept");
 }
+
+// Two clients that send the same `Authorization` value (a client library's
+// `Bearer undefined`) but are two principals to the application's
+// authentication layer get their own scopes: neither replays the other's
+// response.
+#[tokio::test]
+async fn a_shared_credential_does_not_merge_verified_principals() {
+    use battlement::idempotency::Principal;
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(layer())
+        .service(counted(StatusCode::CREATED, &calls));
+    let as_user = |user: &'static str| {
+        let mut req = post_as("\"order-1\"", "Bearer undefined");
+        req.extensions_mut().insert(Principal::new(user));
+        req
+    };
+    for user in ["alice", "bob"] {
+        let res = svc.clone().oneshot(as_user(user)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        assert!(
+            !res.headers().contains_key("idempotent-replayed"),
+            "{user} got another principal's response"
+        );
+    }
+    let again = svc.oneshot(as_user("alice")).await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+// A scope header set by a gateway is believed only from the gateway: a
+// client that reaches the server directly cannot pick a scope with it.
+#[tokio::test]
+async fn a_gateway_scope_header_is_believed_only_from_the_gateway() {
+    use battlement::stack::StackConfig;
+
+    let config = StackConfig::from_toml(
+        "[idempotency]\nscope = { by = \"header\", name = \"x-client-id\", \
+         trusted_proxies = [\"10.0.0.0/8\"] }",
+    )
+    .unwrap();
+    let layer = IdempotencyLayer::from_config(MemoryStore::new(), &config.idempotency.unwrap())
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(counted(StatusCode::CREATED, &calls));
+    let from = |peer: &str| {
+        let mut req = bare_post(Some("\"k\""), "{}");
+        req.headers_mut()
+            .insert("x-client-id", http::HeaderValue::from_static("victim"));
+        req.extensions_mut().insert(PeerAddr(peer.parse().unwrap()));
+        req
+    };
+    let res = svc.clone().oneshot(from("10.1.2.3:5000")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let (status, _, body) = read(svc.oneshot(from("192.0.2.9:5000")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("gateway"), "{body}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

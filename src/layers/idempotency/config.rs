@@ -40,7 +40,7 @@ use super::layer::{
     DEFAULT_LOCK, DEFAULT_MAX_EXECUTION, DEFAULT_RELEASE_STATUSES, DEFAULT_RETENTION,
     IdempotencyLayer,
 };
-use super::scope::AuthorizationScope;
+use super::scope::{AuthorizationScope, PrincipalScope, TrustedHeaderScope};
 use super::store::IdempotencyStore;
 use crate::error::{ConfigError, FailurePolicy};
 use crate::key::{ClientIp, HeaderKey, header_name};
@@ -121,8 +121,10 @@ impl Default for IdempotencyConfig {
 /// requests of the same scope, so a scope must tell clients apart. A
 /// request whose scope cannot be told (no credential and no known
 /// address, a missing header) gets 400 "idempotency scope unknown" and
-/// does not run; no two clients share a scope by default. Addresses are
-/// scopes each on its own (IPv6 is not grouped by prefix here).
+/// does not run; there is no scope shared by default, but clients that
+/// send the same `Authorization` value share its scope (see [which scope
+/// fits](crate::idempotency#which-scope-fits)). Addresses are scopes each
+/// on its own (IPv6 is not grouped by prefix here).
 ///
 /// ```
 /// use battlement::stack::StackConfig;
@@ -153,10 +155,18 @@ pub enum ScopeConfig {
         #[serde(default)]
         trusted_proxies: Vec<IpNet>,
     },
+    /// The verified [`Principal`](super::Principal) an authentication
+    /// layer put in the extensions; 400 without one.
+    Principal,
     /// A request header's value (a client or tenant id a gateway sets).
     Header {
         /// The header name.
         name: String,
+        /// The gateways the header is believed from (default none: from
+        /// any peer). Set them, unless nothing but the gateway can reach
+        /// the server: a request from another peer then gets 400.
+        #[serde(default)]
+        trusted_proxies: Vec<IpNet>,
     },
 }
 
@@ -180,8 +190,17 @@ impl ScopeConfig {
             Self::ClientIp { trusted_proxies } => {
                 layer.scope(ClientIp::new(trusted_proxies.iter().copied()).ipv6_prefix(128))
             }
-            Self::Header { name } => {
-                layer.scope(HeaderKey::new(header_name("idempotency scope", name)?))
+            Self::Principal => layer.scope(PrincipalScope),
+            Self::Header {
+                name,
+                trusted_proxies,
+            } => {
+                let name = header_name("idempotency scope", name)?;
+                if trusted_proxies.is_empty() {
+                    layer.scope(HeaderKey::new(name))
+                } else {
+                    layer.scope(TrustedHeaderScope::new(name, trusted_proxies.iter().copied()))
+                }
             }
         })
     }
@@ -251,6 +270,7 @@ mod tests {
             failure: FailurePolicy::LocalFallback,
             scope: ScopeConfig::Header {
                 name: "x-tenant-id".into(),
+                trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
             },
         };
         let json = serde_json::to_string(&config).unwrap();
@@ -285,6 +305,7 @@ mod tests {
         let header = IdempotencyConfig {
             scope: ScopeConfig::Header {
                 name: "bad name".into(),
+                trusted_proxies: Vec::new(),
             },
             ..IdempotencyConfig::default()
         };

@@ -56,7 +56,9 @@ const MAX_BODY: usize = 64 << 20;
 /// - a key whose principal cannot be told gets 400 "idempotency scope
 ///   unknown" and does not run: by default, a request with neither
 ///   `Authorization` nor a known peer address (see [`AuthorizationScope`]).
-///   No two clients ever share a scope by default.
+///   No scope is shared by default, but clients sending one `Authorization`
+///   value share its scope: scope by a verified
+///   [`Principal`](super::Principal) where the application authenticates.
 ///
 /// Once a claim is won, the request runs to the end and its response is
 /// stored even if the client disconnects or a deadline layer answers

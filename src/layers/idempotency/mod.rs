@@ -52,6 +52,26 @@
 //! `MemoryStore`, `RedisStore` (one script per step) or `EtcdStore`
 //! (revision-guarded transactions), which all pass one conformance suite.
 //!
+//! # Which scope fits
+//!
+//! - **The application authenticates** (it verifies a token or a
+//!   session): its authentication layer inserts the verified [`Principal`]
+//!   into the request's extensions, and the default [`AuthorizationScope`]
+//!   uses it. [`PrincipalScope`] requires it (400 without). The
+//!   authentication layer must run before the idempotency layer: around
+//!   the preset's router, `stack.router(api).layer(auth)`.
+//! - **Each client holds its own credential, unverified here**: the
+//!   default, the hashed `Authorization`. Two clients that send the same
+//!   value (one token shared by a gateway, a client library's
+//!   `Bearer undefined`) share a scope, and may replay each other's
+//!   responses.
+//! - **A gateway authenticates and names the client in a header**:
+//!   [`TrustedHeaderScope`], which believes the header only from the
+//!   gateway's addresses, so a client that reaches the server another way
+//!   cannot choose its scope.
+//! - **No credential at all**: the client's address
+//!   ([`ClientIp`](crate::key::ClientIp)), behind trusted proxies if any.
+//!
 //! [`IdempotencyConfig`] is the same settings as a serde document (the
 //! `[idempotency]` section of the stack config):
 //!
@@ -85,7 +105,7 @@ pub use layer::{
     DEFAULT_RELEASE_STATUSES, DEFAULT_RETENTION, IdempotencyLayer,
 };
 pub use record::{ClaimToken, Fingerprint, Record, StoredResponse};
-pub use scope::AuthorizationScope;
+pub use scope::{AuthorizationScope, Principal, PrincipalScope, TrustedHeaderScope};
 pub use service::{IDEMPOTENT_REPLAYED, Idempotency};
 pub use store::{Claim, Claimant, Completion, IdempotencyStore};
 

@@ -6,18 +6,120 @@
 //! told is rejected (400, gRPC `INVALID_ARGUMENT`, "idempotency scope
 //! unknown") rather than filed with every other such request.
 
+
 use std::fmt;
 use std::sync::Arc;
 
+use http::HeaderName;
 use http::header::AUTHORIZATION;
 use ipnet::IpNet;
 
 use super::record::Fingerprint;
-use crate::key::{ClientIp, Key, KeyError, KeyExtractor, RequestHead, peer_ip};
+use crate::key::{ClientIp, HeaderKey, Key, KeyError, KeyExtractor, RequestHead, peer_ip};
 
-/// The default scope: a hash of the `Authorization` header (never the
-/// credential itself); without one, the client's IP address, so
-/// unauthenticated clients do not share keys.
+/// The principal an authentication layer verified, in the request's
+/// extensions: the idempotency scope of choice, since two clients share
+/// it only if they are one principal.
+///
+/// ```
+/// use battlement::idempotency::Principal;
+///
+/// let mut req = http::Request::post("/payments").body(()).unwrap();
+/// // In the application's authentication layer, once the token checked out:
+/// req.extensions_mut().insert(Principal::new("user-42"));
+/// # assert_eq!(req.extensions().get::<Principal>().unwrap().as_str(), "user-42");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Principal(Arc<str>);
+
+impl Principal {
+    /// The principal named `id` (a user or service account id).
+    pub fn new(id: impl Into<Arc<str>>) -> Self {
+        Self(id.into())
+    }
+
+    /// Its id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The scope of a verified [`Principal`] from the request's extensions;
+/// a request without one gets 400 "idempotency scope unknown" (the
+/// authentication layer did not run before the idempotency layer, or let
+/// an anonymous request through).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PrincipalScope;
+
+impl KeyExtractor for PrincipalScope {
+    fn extract(&self, head: &RequestHead<'_>) -> Result<Key, KeyError> {
+        principal_key(head).ok_or_else(|| {
+            KeyError::Rejected(
+                "no authenticated principal in the request (the authentication layer \
+                 must run before the idempotency layer)"
+                    .into(),
+            )
+        })
+    }
+}
+
+/// The scope of a verified principal, if the request has one.
+fn principal_key(head: &RequestHead<'_>) -> Option<Key> {
+    let principal = head.extensions.get::<Principal>()?;
+    Some(Key::from(format!("principal:{}", principal.as_str())))
+}
+
+/// A header that a gateway sets, believed only from the gateway: a
+/// request from any other peer gets 400 "idempotency scope unknown",
+/// header or not, so a client that bypasses the gateway cannot pick
+/// another client's scope. The header's value is hashed, as
+/// [`HeaderKey`](crate::key::HeaderKey) does.
+///
+/// ```
+/// use battlement::idempotency::{IdempotencyLayer, TrustedHeaderScope};
+/// use battlement::backends::MemoryStore;
+/// use http::HeaderName;
+///
+/// let layer = IdempotencyLayer::new(MemoryStore::new()).scope(TrustedHeaderScope::new(
+///     HeaderName::from_static("x-client-id"),
+///     ["10.0.0.0/8".parse().unwrap()],
+/// ));
+/// # drop(layer);
+/// ```
+#[derive(Debug, Clone)]
+pub struct TrustedHeaderScope {
+    header: HeaderKey,
+    gateways: Vec<IpNet>,
+}
+
+impl TrustedHeaderScope {
+    /// The value of `name`, believed from peers in `gateways`.
+    pub fn new(name: HeaderName, gateways: impl IntoIterator<Item = IpNet>) -> Self {
+        Self {
+            header: HeaderKey::new(name),
+            gateways: gateways.into_iter().collect(),
+        }
+    }
+}
+
+impl KeyExtractor for TrustedHeaderScope {
+    fn extract(&self, head: &RequestHead<'_>) -> Result<Key, KeyError> {
+        let peer = peer_ip(head.extensions).ok_or(KeyError::MissingPeer)?;
+        if !self.gateways.iter().any(|net| net.contains(&peer)) {
+            return Err(KeyError::Rejected(
+                "the idempotency scope header is only believed from the gateway".into(),
+            ));
+        }
+        self.header.extract(head)
+    }
+}
+
+/// The default scope: the verified [`Principal`] when an authentication
+/// layer put one in the extensions; else a hash of the `Authorization`
+/// header (never the credential itself); without one, the client's IP
+/// address, so unauthenticated clients do not share keys. Clients that
+/// send the same `Authorization` value share a scope (see the [module
+/// docs](crate::idempotency#which-scope-fits) for the scope that fits).
 ///
 /// The client's address is the connection's peer (see
 /// [`peer_ip`](crate::key::peer_ip)), or, with
@@ -106,6 +208,9 @@ impl AuthorizationScope {
 
 impl KeyExtractor for AuthorizationScope {
     fn extract(&self, head: &RequestHead<'_>) -> Result<Key, KeyError> {
+        if let Some(key) = principal_key(head) {
+            return Ok(key);
+        }
         if let Some(value) = head.headers.get(AUTHORIZATION) {
             return Ok(Key::from(principal(value.as_bytes()).as_str()));
         }
