@@ -190,6 +190,7 @@ macro_rules! rate_limit_leased_suite {
             eight_instances_hammering_one_key_admit_the_quota,
             a_stopped_instance_gives_its_lease_back_within_one_interval,
             a_denied_key_costs_no_store_call_until_its_retry_after,
+            peeks_and_impossible_costs_skip_a_cached_denial,
         );
     };
 }
