@@ -175,6 +175,7 @@ macro_rules! rate_limit_suite {
             random_sequences_match_the_reference,
             skewed_clocks_do_not_over_admit,
             give_back_returns_unused_units,
+            give_back_under_a_replaced_quota_changes_nothing,
             a_denial_by_one_policy_spends_no_other,
             concurrent_requests_spend_every_policy_or_none,
         );
@@ -190,6 +191,7 @@ macro_rules! rate_limit_leased_suite {
             eight_instances_hammering_one_key_admit_the_quota,
             a_stopped_instance_gives_its_lease_back_within_one_interval,
             a_denied_key_costs_no_store_call_until_its_retry_after,
+            peeks_and_impossible_costs_skip_a_cached_denial,
         );
     };
 }

@@ -270,6 +270,41 @@ where
     );
 }
 
+/// A give-back under a quota the key no longer runs (same period, another
+/// count and burst: a reload from 1,000/s to 10/s) changes nothing once
+/// the key was decided under the new quota: units leased under the old
+/// quota do not drain the bucket at the old rate.
+pub async fn give_back_under_a_replaced_quota_changes_nothing<H: Harness>(h: H)
+where
+    H::Store: RateLimitStore,
+{
+    let (s, clock) = setup(&h).await;
+    let old = quota(1_000, 1_000, 1_000);
+    let new = quota(10, 1_000, 10);
+    let give_back = |key, units| {
+        let s = &s;
+        async move {
+            s.give_back(Charge::new("p", key, &old, units))
+                .await
+                .expect("store answers")
+        }
+    };
+    // A lease of 500 under the old quota; the new one finds the key full.
+    assert!(decide(&s, "a", &old, 500).await.is_allowed());
+    assert!(!decide(&s, "a", &new, 1).await.is_allowed());
+    clock.advance(Duration::from_millis(10));
+    give_back("a", 500).await;
+    let d = decide(&s, "a", &new, 1).await;
+    assert!(!d.is_allowed(), "{d:?}");
+    assert_eq!(d.retry_after(), Some(Duration::from_millis(90)));
+    // 5 spent under the old quota, 1 under the new: 4 left, given back
+    // or not.
+    assert!(decide(&s, "b", &old, 5).await.is_allowed());
+    assert_eq!(decide(&s, "b", &new, 1).await.remaining(), 4);
+    give_back("b", 5).await;
+    assert_eq!(decide(&s, "b", &new, 0).await.remaining(), 4);
+}
+
 /// Two instances whose clocks are 50 ms apart, taking turns on one key
 /// (simulated by moving one clock back and forth), admit the quota and
 /// not the skew again on every swap.

@@ -2,10 +2,17 @@
 //! instances (separate handles on one shared state, each with its own
 //! [`Leased`]) on one key, in real time.
 
+use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
+use http::header::RETRY_AFTER;
+use http::{Method, Request, Response, StatusCode};
+use tower::{ServiceBuilder, ServiceExt, service_fn};
+
 use super::Harness;
-use crate::rate_limit::{Charge, LeaseSettings, Leased, Quota, RateLimitStore};
+use crate::rate_limit::{
+    Charge, LeaseSettings, Leased, Policy, Quota, RateLimitLayer, RateLimitStore, SyncMode,
+};
 
 fn quota(count: u64, period: Duration, burst: u64) -> Quota {
     Quota::new(count, period)
@@ -186,5 +193,54 @@ where
     assert!(
         before.is_none() || last > after,
         "the store decided again: {after:?} -> {last:?}"
+    );
+}
+
+/// Through the layer, a request of cost 0 (a peek: here a GET) or of a
+/// cost above the burst (here a PUT) is decided by the store as in the
+/// exact mode, even while the key's denial is cached: the GET passes after
+/// the POSTs were denied, and the PUT, which can never pass, is denied
+/// with no retry-after.
+pub async fn peeks_and_impossible_costs_skip_a_cached_denial<H: Harness>(h: H)
+where
+    H::Store: RateLimitStore,
+{
+    let q = quota(2, Duration::from_secs(3_600), 2);
+    let policy = Policy::new("p", q)
+        .expect("a valid name")
+        .mode(SyncMode::Leased)
+        .cost(|head| match *head.method {
+            Method::GET => 0,
+            Method::PUT => 3,
+            _ => 1,
+        });
+    let service = ServiceBuilder::new()
+        .layer(RateLimitLayer::new(h.store().await).policy(policy))
+        .service(service_fn(|_: Request<String>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }));
+    let send = |method: Method| {
+        let service = service.clone();
+        async move {
+            let request = Request::builder().method(method).body(String::new());
+            service
+                .oneshot(request.expect("a valid request"))
+                .await
+                .expect("infallible")
+        }
+    };
+    for _ in 0..2 {
+        assert_eq!(send(Method::POST).await.status(), StatusCode::OK);
+    }
+    let denied = send(Method::POST).await;
+    assert_eq!(denied.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(denied.headers().contains_key(RETRY_AFTER), "{denied:?}");
+    let peek = send(Method::GET).await;
+    assert_eq!(peek.status(), StatusCode::OK, "a peek costs nothing");
+    let never = send(Method::PUT).await;
+    assert_eq!(never.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        !never.headers().contains_key(RETRY_AFTER),
+        "a cost above the burst never passes: {never:?}"
     );
 }

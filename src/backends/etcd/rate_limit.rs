@@ -110,7 +110,7 @@ impl RateLimitStore for EtcdStore {
     /// One read transaction for every key, then one write transaction
     /// guarded on all of them: every charge is written when all are
     /// allowed, none otherwise (a denied one only to restate a key left
-    /// under another period). A conflict reads every key again from the
+    /// under another quota). A conflict reads every key again from the
     /// same round trip and decides again.
     async fn decide_all(&self, charges: &[Charge<'_>]) -> Result<Vec<Decision>, StoreError> {
         if let [c] = charges {

@@ -77,26 +77,39 @@ struct Overflow {
     cell: Cell,
 }
 
-/// `(debt, at)` in one word, plus the period the debt is expressed in and
-/// when the bucket is full again (for eviction).
+/// `(debt, at)` in one word, plus the quota the debt was written under
+/// and when the bucket is full again (for eviction).
 #[derive(Debug, Default)]
 struct Cell {
     state: AtomicU128,
-    period_us: AtomicU64,
+    /// The period the debt is expressed in (low [`PERIOD_BITS`] bits) and
+    /// how many times the cell changed quota (the bits above), or
+    /// [`REQUOTING`].
+    period: AtomicU64,
+    /// The count (high half) and burst (low half) of the quota the debt
+    /// was written under.
+    rate: AtomicU128,
     full_at_us: AtomicU64,
 }
 
-/// `period_us` while a decision rewrites the cell in another period's
-/// units (a quota change): the debt and its period are two words, so the
-/// rewrite holds the period until both are written, and concurrent
-/// decisions wait instead of reading the new debt with the old period.
-const RESCALING: u64 = u64::MAX;
+/// `period` while a decision rewrites the cell under another quota: the
+/// debt, its period and its rate are three words, so the rewrite holds the
+/// period until all are written, and concurrent decisions wait instead of
+/// reading the new debt with the old quota.
+const REQUOTING: u64 = u64::MAX;
+
+/// Every period is below 2^52 µs (see `Quota`); the 11 bits above count
+/// quota changes, so a decision that read the three words around one sees
+/// the period word change even when the period itself did not.
+const PERIOD_BITS: u32 = 53;
+const PERIOD_MASK: u64 = (1 << PERIOD_BITS) - 1;
 
 /// The debt takes the low 53 bits of its half of the word (every debt is
-/// below 2^53, see `Quota`); the 11 above count rescales. A rescale back
-/// can write the very debt a rescale away replaced (a full bucket, denied
-/// in turn under two periods), and without the count a decision that read
-/// the word before both would still swap it, with the wrong period.
+/// below 2^53, see `Quota`); the 11 above count quota changes. A change
+/// back can write the very debt a change away replaced (a full bucket,
+/// denied in turn under two periods), and without the count a decision
+/// that read the word before both would still swap it, with the wrong
+/// quota.
 const DEBT_BITS: u32 = 53;
 const DEBT_MASK: u64 = (1 << DEBT_BITS) - 1;
 const EPOCH_MASK: u64 = u64::MAX >> DEBT_BITS;
@@ -115,7 +128,7 @@ impl Cell {
 
     /// Gives back `units` spent at or before `now_us` (a spent charge, a
     /// lease's unused units; see [`gcra::give_back`]): a cell under
-    /// another period is left alone.
+    /// another quota is left alone.
     fn give_back(&self, quota: &Quota, units: u64, now_us: u64) -> Decision {
         self.update(now_us, |state| {
             gcra::give_back(Some(state), quota, units, now_us)
@@ -124,31 +137,36 @@ impl Cell {
 
     /// What [`decide`](Self::decide) would answer, writing nothing.
     fn peek(&self, quota: &Quota, cost: u64, now_us: u64) -> Decision {
-        let (_, state) = self.load();
+        let (_, _, state) = self.load();
         gcra::decide(Some(state), quota, cost, now_us).decision
     }
 
-    /// A consistent pair: the period, the word, and the period again
-    /// unchanged (a rescale sets RESCALING before it swaps the word).
+    /// A consistent view: the state word and the period word, with the
+    /// state they hold; the rate and the state word are read between two
+    /// equal reads of the period word (a quota change sets REQUOTING
+    /// before it writes, and counts itself after).
     #[inline]
-    fn load(&self) -> (u128, GcraState) {
+    fn load(&self) -> (u128, u64, GcraState) {
         loop {
-            let period_us = self.period_us.load(Ordering::Acquire);
-            if period_us == RESCALING {
+            let period = self.period.load(Ordering::Acquire);
+            if period == REQUOTING {
                 std::thread::yield_now();
                 continue;
             }
+            let rate = self.rate.load(Ordering::Acquire);
             let current = self.state.load(Ordering::Acquire);
-            if self.period_us.load(Ordering::Acquire) != period_us {
+            if self.period.load(Ordering::Acquire) != period {
                 continue;
             }
             let high = (current >> 64) as u64;
             let state = GcraState {
                 debt: high & DEBT_MASK,
                 at: current as u64,
-                period_us,
+                period_us: period & PERIOD_MASK,
+                count: (rate >> 64) as u64,
+                burst: rate as u64,
             };
-            return (current, state);
+            return (current, period, state);
         }
     }
 
@@ -157,24 +175,23 @@ impl Cell {
     #[inline]
     fn update(&self, now_us: u64, step: impl Fn(GcraState) -> gcra::Step) -> Decision {
         loop {
-            let (current, state) = self.load();
-            let period_us = state.period_us;
+            let (current, period, state) = self.load();
             let high = (current >> 64) as u64;
             let step = step(state);
             let Some(write) = step.write else {
                 return step.decision;
             };
-            let rescale = write.period_us != period_us;
-            if rescale
+            let requote = write.quota_parts() != state.quota_parts();
+            if requote
                 && self
-                    .period_us
-                    .compare_exchange(period_us, RESCALING, Ordering::AcqRel, Ordering::Acquire)
+                    .period
+                    .compare_exchange(period, REQUOTING, Ordering::AcqRel, Ordering::Acquire)
                     .is_err()
             {
                 continue;
             }
             let mut epoch = high >> DEBT_BITS;
-            if rescale {
+            if requote {
                 epoch = epoch.wrapping_add(1) & EPOCH_MASK;
             }
             let high = (epoch << DEBT_BITS) | (write.debt & DEBT_MASK);
@@ -183,10 +200,8 @@ impl Cell {
                 .state
                 .compare_exchange(current, next, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok();
-            if rescale {
-                // The new period with the new debt, or the old one back.
-                let period = if swapped { write.period_us } else { period_us };
-                self.period_us.store(period, Ordering::Release);
+            if requote {
+                self.end_requote(period, swapped.then_some(&write));
             }
             if swapped {
                 let full_at = now_us.saturating_add(step.ttl_us());
@@ -197,6 +212,25 @@ impl Cell {
                 return step.decision;
             }
         }
+    }
+
+    /// Ends a quota change that held the period word (`before` it): the
+    /// quota of `written`, or the old one back when the swap failed; the
+    /// change is counted either way.
+    fn end_requote(&self, before: u64, written: Option<&GcraState>) {
+        let changes = ((before >> PERIOD_BITS) + 1) & (u64::MAX >> PERIOD_BITS);
+        let period_us = match written {
+            Some(w) => {
+                self.rate.store(
+                    (u128::from(w.count) << 64) | u128::from(w.burst),
+                    Ordering::Release,
+                );
+                w.period_us
+            }
+            None => before & PERIOD_MASK,
+        };
+        self.period
+            .store((changes << PERIOD_BITS) | period_us, Ordering::Release);
     }
 }
 
@@ -427,7 +461,7 @@ impl Cells {
                     continue;
                 }
                 // The denial as a decision of its own, which rewrites a
-                // state left under another period.
+                // state left under another quota.
                 let key = c.key.as_bytes();
                 *d = self.decide(c.policy, key, c.quota, c.cost, now_us, events);
                 if d.is_allowed() {

@@ -12,7 +12,10 @@
 //! every backend.
 //!
 //! A quota change keeps the outstanding cost: the debt is rescaled from the
-//! old period to the new one, in whole units of cost rounded up.
+//! old period to the new one, in whole units of cost rounded up. The state
+//! records the whole quota it was written under (period, count, burst): a
+//! give-back under any other quota changes nothing, and the first decision
+//! under a new quota restates the key under it, denied or not.
 
 use std::time::Duration;
 
@@ -28,25 +31,73 @@ pub struct GcraState {
     pub at: u64,
     /// The `period_us` the debt is expressed in.
     pub period_us: u64,
+    /// The count of the quota it was written under (0: not known, a state
+    /// written before the count was kept).
+    pub count: u64,
+    /// The burst of that quota (0: not known).
+    pub burst: u64,
+}
+
+impl GcraState {
+    /// `debt` at `at`, written under `quota`.
+    pub fn under(quota: &Quota, debt: u64, at: u64) -> Self {
+        Self {
+            debt,
+            at,
+            period_us: quota.period_us(),
+            count: quota.count(),
+            burst: quota.burst(),
+        }
+    }
+
+    /// `(period_us, count, burst)` of the quota it was written under.
+    pub fn quota_parts(&self) -> (u64, u64, u64) {
+        (self.period_us, self.count, self.burst)
+    }
+
+    /// Whether it was written under `quota`: period, count and burst.
+    pub fn is_under(&self, quota: &Quota) -> bool {
+        self.quota_parts() == (quota.period_us(), quota.count(), quota.burst())
+    }
 }
 
 #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 impl GcraState {
-    /// `debt:at:period_us`, the stored form on etcd (Redis stores packed
-    /// doubles, see the script).
+    /// `debt:at:period_us:count:burst`, the stored form on etcd (Redis
+    /// stores packed doubles, see the script).
     pub fn encode(&self) -> String {
-        format!("{}:{}:{}", self.debt, self.at, self.period_us)
+        format!(
+            "{}:{}:{}:{}:{}",
+            self.debt, self.at, self.period_us, self.count, self.burst
+        )
     }
 
-    /// Parses [`encode`](Self::encode)'s output.
+    /// Parses [`encode`](Self::encode)'s output, or the
+    /// `debt:at:period_us` of a state written before the count and burst
+    /// were kept (they read as not known).
     pub fn decode(s: &str) -> Option<Self> {
-        let mut parts = s.split(':').map(str::parse::<u64>);
-        let state = Self {
-            debt: parts.next()?.ok()?,
-            at: parts.next()?.ok()?,
-            period_us: parts.next()?.ok()?,
-        };
-        parts.next().is_none().then_some(state)
+        let parts: Vec<u64> = s
+            .split(':')
+            .map(str::parse::<u64>)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        match parts[..] {
+            [debt, at, period_us] => Some(Self {
+                debt,
+                at,
+                period_us,
+                count: 0,
+                burst: 0,
+            }),
+            [debt, at, period_us, count, burst] => Some(Self {
+                debt,
+                at,
+                period_us,
+                count,
+                burst,
+            }),
+            _ => None,
+        }
     }
 }
 
@@ -85,24 +136,17 @@ pub fn decide(state: Option<GcraState>, quota: &Quota, cost: u64, now_us: u64) -
     if let Some(after) = after.filter(|after| *after <= quota.burst() * p) {
         return Step {
             decision: allowed(quota, after),
-            write: (cost > 0).then_some(GcraState {
-                debt: after,
-                at,
-                period_us: p,
-            }),
+            write: (cost > 0).then(|| GcraState::under(quota, after, at)),
         };
     }
     // Denied: nothing is written, unless the state was written under
-    // another period: then it is rewritten in this quota's units, with
-    // this quota's lifetime, so the key cannot expire early and refill.
-    let rescaled = state.is_some_and(|s| s.period_us != p && s.period_us != 0);
+    // another quota: then it is rewritten under this one, in its units and
+    // with its lifetime, so the key cannot expire early and refill, and a
+    // give-back under the old quota changes nothing.
+    let restated = state.is_some_and(|s| s.period_us != 0 && !s.is_under(quota));
     Step {
         decision: denied(quota, cost, debt),
-        write: (rescaled && debt > 0).then_some(GcraState {
-            debt,
-            at,
-            period_us: p,
-        }),
+        write: (restated && debt > 0).then(|| GcraState::under(quota, debt, at)),
     }
 }
 
@@ -110,8 +154,8 @@ pub fn decide(state: Option<GcraState>, quota: &Quota, cost: u64, now_us: u64) -
 /// unused units, or a charge spent by a request another policy denied.
 /// Its decision reports the state as it stands afterwards; its write is
 /// `None` when nothing changes (no state, nothing owed, or a state written
-/// under another period, whose units are not this quota's: then nothing
-/// is given back, which can only admit less).
+/// under another quota, whose units and rate are not this quota's: then
+/// nothing is given back, which can only admit less).
 ///
 /// The debt drains to `now_us` first, then drops by `units × period_us`
 /// (`units` at most a full bucket), never below zero: capacity given back
@@ -129,17 +173,13 @@ pub fn give_back(state: Option<GcraState>, quota: &Quota, units: u64, now_us: u6
         return unchanged(0);
     };
     let debt = current_debt(s, quota, now_us);
-    if s.period_us != p || units == 0 || debt == 0 {
+    if !s.is_under(quota) || units == 0 || debt == 0 {
         return unchanged(debt);
     }
     let left = debt.saturating_sub(units.min(quota.burst()) * p);
     Step {
         decision: allowed(quota, left),
-        write: Some(GcraState {
-            debt: left,
-            at: now_us.max(s.at),
-            period_us: p,
-        }),
+        write: Some(GcraState::under(quota, left, now_us.max(s.at))),
     }
 }
 
@@ -271,11 +311,7 @@ mod tests {
     #[test]
     fn a_clock_behind_drains_nothing_and_keeps_the_later_time() {
         let q = Quota::per_second(100).unwrap();
-        let ahead = GcraState {
-            debt: 50 * q.period_us(),
-            at: 1_000_000,
-            period_us: q.period_us(),
-        };
+        let ahead = GcraState::under(&q, 50 * q.period_us(), 1_000_000);
         let step = decide(Some(ahead), &q, 1, 950_000);
         assert_eq!(step.write.unwrap().at, 1_000_000);
         assert_eq!(step.write.unwrap().debt, 51 * q.period_us());
@@ -325,11 +361,7 @@ mod tests {
         assert_eq!(step.write.map(|w| w.debt), Some(0));
         assert_eq!(step.decision.remaining(), 10);
         // Drained first: 100 ms later 1 unit of the 2 was already paid.
-        let two = GcraState {
-            debt: 2 * q.period_us(),
-            at: t0,
-            period_us: q.period_us(),
-        };
+        let two = GcraState::under(&q, 2 * q.period_us(), t0);
         let back = give_back(Some(two), &q, 1, t0 + 100_000).write.unwrap();
         assert_eq!((back.debt, back.at), (0, t0 + 100_000));
         // Nothing changes: no state, nothing owed, another period.
@@ -346,6 +378,14 @@ mod tests {
             None,
             "another period"
         );
+        for other in [Quota::per_second(20).unwrap(), q.with_burst(20).unwrap()] {
+            let under_other = GcraState::under(&other, 2 * q.period_us(), t0);
+            assert_eq!(
+                give_back(Some(under_other), &q, 1, t0).write,
+                None,
+                "another count or burst"
+            );
+        }
     }
 
     // A charge spent and given back at any later time leaves the state
@@ -376,10 +416,19 @@ mod tests {
             debt: 12,
             at: 34,
             period_us: 56,
+            count: 7,
+            burst: 8,
         };
         assert_eq!(GcraState::decode(&s.encode()), Some(s));
+        let before = GcraState::decode("12:34:56").expect("the older form");
+        assert_eq!(
+            before.quota_parts(),
+            (56, 0, 0),
+            "count and burst not known"
+        );
         assert_eq!(GcraState::decode("1:2"), None);
         assert_eq!(GcraState::decode("1:2:3:4"), None);
+        assert_eq!(GcraState::decode("1:2:3:4:5:6"), None);
         assert_eq!(GcraState::decode("a:2:3"), None);
     }
 }

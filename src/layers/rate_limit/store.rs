@@ -118,8 +118,10 @@ pub trait RateLimitStore: Backend {
     /// `charge.key` took and that were not spent (the unused part of a
     /// lease): the key's debt drops by that many units of `charge.quota`,
     /// never below an empty bucket, so the shared state can never admit
-    /// more than the quota. A key absent, or written under another period
-    /// since, is left alone. One store call.
+    /// more than the quota. A key absent, or written under another quota
+    /// since (another period, count or burst: a reload), is left alone, so
+    /// units leased under a replaced quota never drain the key at its
+    /// rate. One store call.
     fn give_back(&self, charge: Charge<'_>) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Decides every charge of one request, all or nothing; one decision

@@ -8,7 +8,10 @@
 -- Decisions run in order, so a key named twice sees its first write.
 -- Needs Redis 6.0 or later (SET ... KEEPTTL).
 --
--- KEYS[i]    state key, value pack('<d<d<d<d', debt, at, period_us, expires_at)
+-- KEYS[i]    state key, value pack('<d<d<d<d<d<d', debt, at, period_us,
+--            expires_at, count, burst) with the quota it was written under
+--            (a 32-byte value without the last two, written before they
+--            were kept, reads as under an unknown quota)
 -- ARGV[i]    pack('<d<d<d<d<d', count, period_us, burst, cost, now_us) for
 --            KEYS[i]; now_us < 0: use Redis TIME; cost < 0: give -cost
 --            back (a charge spent by a request another slot denied);
@@ -27,19 +30,19 @@ local server_now
 -- Writes `left` of debt; the key lives until the bucket is full again.
 -- On Redis's own clock the expiry only moves when it must grow, and then
 -- by the slack too, so most writes keep it (SET KEEPTTL is cheaper).
-local function write(key, left, n, p, at, now, expires, server_clock)
+local function write(key, left, n, p, b, at, now, expires, server_clock)
   -- full = ceil(left / n) microseconds from now
   local full = floor(left / n)
   if full * n > left then full = full - 1 elseif (full + 1) * n <= left then full = full + 1 end
   if full * n < left then full = full + 1 end
   if server_clock and now + full <= expires then
-    redis.call('SET', key, struct.pack('<d<d<d<d', left, at, p, expires), 'KEEPTTL')
+    redis.call('SET', key, struct.pack('<d<d<d<d<d<d', left, at, p, expires, n, b), 'KEEPTTL')
     return
   end
   if server_clock then full = full + slack end
   local ttl = floor((full + 999) / 1000)
   if ttl < 1 then ttl = 1 end
-  redis.call('SET', key, struct.pack('<d<d<d<d', left, at, p, now + ttl * 1000), 'PX', ttl)
+  redis.call('SET', key, struct.pack('<d<d<d<d<d<d', left, at, p, now + ttl * 1000, n, b), 'PX', ttl)
 end
 
 -- Reads and decides one key without writing. Returns whether it is
@@ -57,19 +60,22 @@ local function evaluate(key, args)
   local debt = 0
   local at = now
   local expires = 0
-  local rescaled = false
-  local same_period = false
+  local restated = false
+  local same_quota = false
   local raw = redis.call('GET', key)
-  local held = raw and #raw == 32
+  local held = raw and (#raw == 48 or #raw == 32)
   if held then
     local d, sat, sp, sexp = struct.unpack('<d<d<d<d', raw)
-    same_period = sp == p
+    local sn, sb = 0, 0
+    if #raw == 48 then sn, sb = struct.unpack('<d<d', raw, 33) end
+    same_quota = sp == p and sn == n and sb == b
+    -- written under another quota: a decision writes it under this one
+    restated = sp > 0 and not same_quota
     -- a debt out of range (or NaN) reads as nothing or a full bucket; a
     -- time that is not a number as now
     if not (d >= 0) then d = 0 end
     if not (sat >= 0) then sat = now end
     if sp > 0 and sp ~= p then
-      rescaled = true
       -- keep the outstanding cost in whole units (rounded up), at most a
       -- full bucket
       local units = floor(d / sp)
@@ -94,33 +100,34 @@ local function evaluate(key, args)
 
   if cost < 0 then
     -- giving back (gcra::give_back): only to a state still held under
-    -- this period and still owing, at most a full bucket, never below
+    -- this quota and still owing, at most a full bucket, never below
     -- nothing; otherwise nothing is written and the debt stands
-    if not same_period or not (debt > 0) then
-      return true, debt, debt, n, p, at, now, expires, server_clock, false, 0
+    if not same_quota or not (debt > 0) then
+      return true, debt, debt, n, p, b, at, now, expires, server_clock, false, 0
     end
     if cost < -b then cost = -b end
     local left = debt + cost * p
     if left < 0 then left = 0 end
-    return true, left, debt, n, p, at, now, expires, server_clock, false, cost
+    return true, left, debt, n, p, b, at, now, expires, server_clock, false, cost
   end
   local after = debt + cost * p
   if cost <= b and after <= cap then
-    return true, after, debt, n, p, at, now, expires, server_clock, rescaled, cost
+    return true, after, debt, n, p, b, at, now, expires, server_clock, restated, cost
   end
-  return false, debt, debt, n, p, at, now, expires, server_clock, rescaled, cost
+  return false, debt, debt, n, p, b, at, now, expires, server_clock, restated, cost
 end
 
 -- Writes what `evaluate` decided: an allowed charge, or a denial whose
--- state was written under another period (then it is stored in this
--- quota's units and lifetime, so the key cannot expire early and refill).
+-- state was written under another quota (then it is stored under this
+-- one, in its units and with its lifetime, so the key cannot expire early
+-- and refill, and a give-back under the old quota changes nothing).
 -- Denials otherwise write nothing.
-local function commit(key, ok, v, n, p, at, now, expires, server_clock, rescaled, cost)
+local function commit(key, ok, v, n, p, b, at, now, expires, server_clock, restated, cost)
   if ok then
-    if cost ~= 0 then write(key, v, n, p, at, now, expires, server_clock) end
+    if cost ~= 0 then write(key, v, n, p, b, at, now, expires, server_clock) end
     return v
   end
-  if rescaled and v > 0 then write(key, v, n, p, at, now, expires, server_clock) end
+  if restated and v > 0 then write(key, v, n, p, b, at, now, expires, server_clock) end
   return -1 - v
 end
 
@@ -139,7 +146,7 @@ local function decide_group(first, last)
   for i = first, last do
     local r = evaluated[i]
     if all or not r[1] then
-      debts[i] = commit(KEYS[i], r[1], r[2], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11])
+      debts[i] = commit(KEYS[i], r[1], r[2], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12])
     else
       debts[i] = r[3]
     end
@@ -157,8 +164,8 @@ while i <= #KEYS do
     decide_group(i, last)
     i = last + 1
   else
-    local ok, v, _, n, p, at, now, expires, server_clock, rescaled, cost = evaluate(KEYS[i], args)
-    debts[i] = commit(KEYS[i], ok, v, n, p, at, now, expires, server_clock, rescaled, cost)
+    local ok, v, _, n, p, b, at, now, expires, server_clock, restated, cost = evaluate(KEYS[i], args)
+    debts[i] = commit(KEYS[i], ok, v, n, p, b, at, now, expires, server_clock, restated, cost)
     i = i + 1
   end
 end

@@ -6,11 +6,12 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry as MapEntry;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
 use super::settings::LeaseSettings;
-use super::table::{Entry, Step};
+use super::table::{Entry, Refill, Step};
 use crate::backends::{Backend, KeySpace};
 use crate::error::StoreError;
 use crate::layers::rate_limit::store::write_state_id;
@@ -54,6 +55,13 @@ impl<S: fmt::Debug> fmt::Debug for Leased<S> {
             .field("settings", &self.shared.settings)
             .finish_non_exhaustive()
     }
+}
+
+/// Whether a request of `cost` under `quota` goes through the local state:
+/// a peek (cost 0) and a cost above the burst (never possible) are decided
+/// by the store, exactly, as in the exact mode, and not remembered.
+fn is_leasable(quota: &Quota, cost: u64) -> bool {
+    cost > 0 && cost <= quota.burst()
 }
 
 /// `policy/key` (policy names never hold `/`).
@@ -115,6 +123,9 @@ impl<S: RateLimitStore> Leased<S> {
         quota: &Quota,
         cost: u64,
     ) -> Option<Decision> {
+        if !is_leasable(quota, cost) {
+            return None;
+        }
         let id = state_id(policy, key);
         let mut entry = self.shared.entries.get_mut(id.as_str())?;
         let max_lease = self.shared.settings.max_lease(quota);
@@ -127,22 +138,29 @@ impl<S: RateLimitStore> Leased<S> {
     /// The local step for `id`, creating its entry if there is room.
     fn step(&self, id: String, quota: &Quota, cost: u64, max_lease: u64, now: Instant) -> Step {
         let shared = &self.shared;
+        self.ensure_sweeper();
         if let Some(mut entry) = shared.entries.get_mut(id.as_str()) {
             return entry.step(quota, cost, max_lease, now, true);
         }
         if shared.live.load(Ordering::Relaxed) >= shared.settings.max_keys() {
             return Step::Cold;
         }
-        self.ensure_sweeper();
-        let life = shared.settings.life();
-        let mut entry = shared
-            .entries
-            .entry(id.into_boxed_str())
-            .or_insert_with(|| {
-                shared.live.fetch_add(1, Ordering::Relaxed);
-                Entry::new(*quota, now, life)
-            });
-        entry.step(quota, cost, max_lease, now, true)
+        match shared.entries.entry(id.into_boxed_str()) {
+            MapEntry::Occupied(mut entry) => {
+                entry.get_mut().step(quota, cost, max_lease, now, true)
+            }
+            MapEntry::Vacant(slot) => {
+                // Counted before the insert, so concurrent new keys never
+                // pass the cap together.
+                if shared.live.fetch_add(1, Ordering::Relaxed) >= shared.settings.max_keys() {
+                    shared.live.fetch_sub(1, Ordering::Relaxed);
+                    return Step::Cold;
+                }
+                let life = shared.settings.life();
+                let mut entry = slot.insert(Entry::new(*quota, now, life));
+                entry.step(quota, cost, max_lease, now, true)
+            }
+        }
     }
 
     /// Runs `f` on `id`'s entry, if it is still there.
@@ -152,6 +170,17 @@ impl<S: RateLimitStore> Leased<S> {
         }
     }
 
+    /// Ends refill `generation` of `id` with `f`, if that refill is still
+    /// the key's own: a key that moved on (reset under a new quota,
+    /// forgotten) gets nothing from it, and a newer refill stays in flight.
+    fn end_refill(&self, id: &str, generation: u64, f: impl FnOnce(&mut Entry)) {
+        self.with_entry(id, |e| {
+            if e.end_refill(generation) {
+                f(e);
+            }
+        });
+    }
+
     /// Takes a lease of `want` units (`carry` of them already held) and
     /// spends `cost` of it.
     async fn refill(
@@ -159,15 +188,22 @@ impl<S: RateLimitStore> Leased<S> {
         (policy, key, id): (&str, &str, &str),
         quota: &Quota,
         cost: u64,
-        want: u64,
-        carry: u64,
+        Refill {
+            want,
+            carry,
+            generation,
+        }: Refill,
     ) -> Result<Decision, StoreError> {
         let store = &self.shared.store;
         let life = self.shared.settings.life();
         // A refill whose request is dropped mid-call must not leave the key
         // marked as refilling (its units are then lost to this instance:
         // they drain on the store, never admit).
-        let _refilling = RefillGuard { leased: self, id };
+        let _refilling = RefillGuard {
+            leased: self,
+            id,
+            generation,
+        };
         // An expired lease with more than the demand: keep what is needed,
         // give back the rest.
         if carry >= want {
@@ -177,10 +213,9 @@ impl<S: RateLimitStore> Leased<S> {
                 remaining: want - cost,
                 reset: quota.period(),
             };
-            self.with_entry(id, |e| {
+            self.end_refill(id, generation, |e| {
                 e.units = want - cost;
                 e.lease_ends = now + life;
-                e.refilling = false;
                 e.restart_window(now);
                 answer = Decision::Allowed {
                     remaining: e.remaining.saturating_add(e.units),
@@ -202,22 +237,20 @@ impl<S: RateLimitStore> Leased<S> {
         let taken = match taken {
             Ok(decision) => decision,
             Err(err) => {
-                self.with_entry(id, |e| {
+                self.end_refill(id, generation, |e| {
                     e.units += carry;
-                    e.refilling = false;
                 });
                 return Err(err);
             }
         };
         if taken.is_allowed() {
             let units = carry + need - cost;
-            self.with_entry(id, |e| {
+            self.end_refill(id, generation, |e| {
                 // Nothing left after it: the next free unit is predicted
                 // (see `record`), and the key stays starved.
                 e.record(&taken, now);
                 e.units += units;
                 e.lease_ends = now + life;
-                e.refilling = false;
                 e.starved = taken.remaining() == 0;
                 e.restart_window(now);
             });
@@ -228,9 +261,8 @@ impl<S: RateLimitStore> Leased<S> {
         }
         // The lease was refused: spend what is held, or decide exactly.
         if carry >= cost {
-            self.with_entry(id, |e| {
+            self.end_refill(id, generation, |e| {
                 e.units += carry - cost;
-                e.refilling = false;
                 e.starved = true;
             });
             return Ok(Decision::Allowed {
@@ -247,8 +279,7 @@ impl<S: RateLimitStore> Leased<S> {
             Ok(taken)
         };
         let now = Instant::now();
-        self.with_entry(id, |e| {
-            e.refilling = false;
+        self.end_refill(id, generation, |e| {
             e.starved = true;
             if let Ok(decision) = &exact {
                 e.record(decision, now);
@@ -262,7 +293,9 @@ impl<S: RateLimitStore> Leased<S> {
     }
 
     /// Starts the task that gives back expired leases and forgets idle
-    /// keys, once, on the caller's runtime; it ends with the last clone.
+    /// keys, on the caller's runtime, unless it runs; it ends with the last
+    /// clone. If it ends otherwise (its runtime shut down), the next
+    /// decision starts it again.
     fn ensure_sweeper(&self) {
         let shared = &self.shared;
         if shared.sweeper.load(Ordering::Relaxed) || shared.sweeper.swap(true, Ordering::AcqRel) {
@@ -274,7 +307,11 @@ impl<S: RateLimitStore> Leased<S> {
         };
         let weak: Weak<Shared<S>> = Arc::downgrade(shared);
         let every = shared.settings.sweep_every();
+        // Moved into the task, so it clears the flag even if the task is
+        // dropped before it first runs.
+        let restart = SweeperFlag(weak.clone());
         runtime.spawn(async move {
+            let _restart = restart;
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -290,17 +327,29 @@ impl<S: RateLimitStore> Leased<S> {
     }
 }
 
-/// Clears an entry's `refilling` mark when its refill ends, however it
-/// ends.
+/// Clears the "sweeper running" flag when the sweeper task ends.
+struct SweeperFlag<S>(Weak<Shared<S>>);
+
+impl<S> Drop for SweeperFlag<S> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.sweeper.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Ends an entry's refill when the refill ends, however it ends; a newer
+/// refill of the key is left in flight.
 struct RefillGuard<'a, S> {
     leased: &'a Leased<S>,
     id: &'a str,
+    generation: u64,
 }
 
 impl<S> Drop for RefillGuard<'_, S> {
     fn drop(&mut self) {
         if let Some(mut entry) = self.leased.shared.entries.get_mut(self.id) {
-            entry.refilling = false;
+            entry.end_refill(self.generation);
         }
     }
 }
@@ -316,7 +365,7 @@ impl<S: RateLimitStore> Shared<S> {
         let mut expired = Vec::new();
         let mut removed = 0;
         self.entries.retain(|id, e| {
-            if e.refilling {
+            if e.is_refilling() {
                 return true;
             }
             if e.units > 0 && e.lease_ends <= now {
@@ -388,18 +437,14 @@ impl<S: RateLimitStore> RateLimitStore for Leased<S> {
         let (policy, key, quota, cost) = (charge.policy, charge.key, charge.quota, charge.cost);
         let store = &self.shared.store;
         let max_lease = self.shared.settings.max_lease(quota);
-        // A peek, or never possible: exact, and nothing to remember.
-        if cost == 0 || cost > quota.burst() {
+        if !is_leasable(quota, cost) {
             return store.decide(charge).await;
         }
         let id = state_id(policy, key);
         let now = Instant::now();
         match self.step(id.clone(), quota, cost, max_lease, now) {
             Step::Decided(decision) => Ok(decision),
-            Step::Refill { want, carry } => {
-                self.refill((policy, key, &id), quota, cost, want, carry)
-                    .await
-            }
+            Step::Refill(refill) => self.refill((policy, key, &id), quota, cost, refill).await,
             step @ (Step::Cold | Step::Exact) => {
                 let decision = if matches!(step, Step::Cold) {
                     store.decide_batched(charge).await?

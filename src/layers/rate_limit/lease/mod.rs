@@ -44,8 +44,11 @@
 //!   call (the added wait is one pass of the queue's task).
 //! - **Small quotas**: a quota whose largest lease is one unit is decided
 //!   exactly, one store decision per admission, with only the denial
-//!   cache in front; cost 0 (a peek) and a cost above the burst always go
-//!   to the store.
+//!   cache in front.
+//! - **Cost 0 and a cost above the burst** are decided by the store as in
+//!   the exact mode, never from a lease or a cached denial: a peek is
+//!   admitted while the key's other requests are denied, and a cost that
+//!   can never pass is denied with no retry-after.
 //!
 //! # Error bound
 //!
@@ -62,8 +65,10 @@
 //! - **Under by at most what is stranded.** At any moment at most `N × L`
 //!   units sit in leases, unspent; a live instance gives every unused unit
 //!   back within one interval of taking it (a lease lives 3/4 of it, and
-//!   expired leases are swept every 1/8). The last clone of a `Leased`
-//!   gives its leases back when dropped.
+//!   expired leases are swept every 1/8, by a task on the runtime of the
+//!   decisions, started again by the next decision if that runtime shut
+//!   down). The last clone of a `Leased` gives its leases back when
+//!   dropped.
 //! - **An instance that dies** returns nothing: its units are lost to the
 //!   shared state, which drains them at the quota's rate (at most `L ×`
 //!   the emission interval per key), so the others admit up to `L` fewer
@@ -75,9 +80,13 @@
 //!   (retry after one emission interval) instead of all asking too.
 //!
 //! The keys tracked in process are bounded by
-//! [`max_keys`](LeaseSettings::with_max_keys) (default 100,000); keys
-//! beyond it are decided exactly, and keys idle for ten intervals with
-//! nothing leased are forgotten.
+//! [`max_keys`](LeaseSettings::with_max_keys) (default 100,000), also when
+//! new keys arrive together; keys beyond it are decided exactly, and keys
+//! idle for ten intervals with nothing leased are forgotten.
+//!
+//! One lease is taken at a time per key: a lease call that ends late (its
+//! give-back was slow) never ends a newer one, and units leased under a
+//! quota are never spent under the quota a reload put in its place.
 //!
 //! On an in-process store ([`MemoryStore`](crate::backends::MemoryStore))
 //! the layer decides exactly whatever the mode: there is nothing to save.
@@ -92,3 +101,6 @@ mod table;
 pub use leased::Leased;
 pub use mode::SyncMode;
 pub use settings::LeaseSettings;
+
+#[cfg(test)]
+mod tests;

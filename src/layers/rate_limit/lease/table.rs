@@ -33,8 +33,12 @@ pub(crate) struct Entry {
     /// Demand since `window_start`, in units (admitted or not).
     window_start: Instant,
     window_used: u64,
-    /// A lease is being taken: other requests meanwhile decide exactly.
-    pub(crate) refilling: bool,
+    /// The generation of the refill taking a lease now, if one is: other
+    /// requests meanwhile decide exactly, and only that refill may end it.
+    refill: Option<u64>,
+    /// Refills started on this key (a reset keeps it), so a refill that
+    /// ends late never ends, or adds its units to, a newer one.
+    refills: u64,
     /// A lease was refused lately: lease no more than the request until
     /// the store shows room again.
     pub(crate) starved: bool,
@@ -55,9 +59,18 @@ pub(crate) enum Step {
     Cold,
     /// Another request is taking this key's lease: one exact decision now.
     Exact,
-    /// Take a lease: hold `want` units after this request's cost is
-    /// spent, of which `carry` are already held (an expired lease's rest).
-    Refill { want: u64, carry: u64 },
+    /// Take a lease.
+    Refill(Refill),
+}
+
+/// A lease to take: hold `want` units after the request's cost is spent,
+/// of which `carry` are already held (an expired lease's rest), as refill
+/// `generation` of the key.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Refill {
+    pub(crate) want: u64,
+    pub(crate) carry: u64,
+    pub(crate) generation: u64,
 }
 
 impl Entry {
@@ -72,7 +85,8 @@ impl Entry {
             decided_at: now,
             window_start: now,
             window_used: 0,
-            refilling: false,
+            refill: None,
+            refills: 0,
             starved: false,
             last_seen: now,
             new_key: true,
@@ -93,10 +107,12 @@ impl Entry {
         if self.quota != *quota {
             // Units leased under another quota are not this one's: they
             // are dropped (and drain on the store), never spent.
-            if !commit || self.refilling {
+            if !commit || self.is_refilling() {
                 return Step::Exact;
             }
+            let refills = self.refills;
             *self = Self::new(*quota, now, self.life);
+            self.refills = refills;
         }
         let fresh = self.new_key;
         if self.units >= cost && now < self.lease_ends {
@@ -118,7 +134,7 @@ impl Entry {
         if !commit {
             return Step::Exact;
         }
-        if self.refilling {
+        if self.is_refilling() {
             self.seen(cost, now);
             // A key with no room left (its last lease was refused): the
             // call in flight takes what has freed up, so this request is
@@ -145,9 +161,29 @@ impl Entry {
         } else {
             demand.max(cost).min(max_lease.max(cost))
         };
-        self.refilling = true;
+        self.refills += 1;
+        self.refill = Some(self.refills);
         let carry = std::mem::take(&mut self.units);
-        Step::Refill { want, carry }
+        Step::Refill(Refill {
+            want,
+            carry,
+            generation: self.refills,
+        })
+    }
+
+    /// Whether a refill is taking a lease for this key now.
+    pub(crate) fn is_refilling(&self) -> bool {
+        self.refill.is_some()
+    }
+
+    /// Ends refill `generation`; whether it was the one in flight (when
+    /// not, the key has moved on and the refill must leave it alone).
+    pub(crate) fn end_refill(&mut self, generation: u64) -> bool {
+        let current = self.refill == Some(generation);
+        if current {
+            self.refill = None;
+        }
+        current
     }
 
     /// Units this key is expected to use over one lease life, from its
