@@ -314,3 +314,29 @@ async fn a_key_run_in_the_local_fallback_is_replayed_after_the_outage() {
     assert_eq!(res.headers()["idempotent-replayed"], "true");
     assert_eq!(calls.load(Ordering::SeqCst), 1, "ran once across the outage");
 }
+
+// A server that may evict keys under memory pressure is named at connect:
+// an evicted claim would let a duplicate run.
+#[tokio::test]
+async fn a_server_that_may_evict_keys_is_warned_about_at_connect() {
+    let redis = RedisServer::start();
+    let lines = support::Lines::default();
+    let writer = lines.clone();
+    let _log = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
+    let quiet = store(&redis).await;
+    assert_eq!(quiet.eviction_policy().await.as_deref(), Some("noeviction"));
+    assert!(!lines.text().contains("maxmemory"), "{}", lines.text());
+    redis.cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    store(&redis).await;
+    let text = lines.text();
+    assert!(
+        text.contains("WARN") && text.contains("maxmemory_policy=allkeys-lru"),
+        "{text}"
+    );
+}

@@ -29,6 +29,17 @@ use lease::LeaseCache;
 /// One gRPC channel over all endpoints is shared by every clone; every call
 /// is bounded by the configured timeout (default 500 ms).
 ///
+/// What the cluster must keep: etcd writes every claim and record to its
+/// Raft log on a quorum before it answers, so an acknowledged claim
+/// survives a member's crash and a leader change. Idempotency records are
+/// not capped here (one per key for its retention, each under a lease
+/// that deletes it), and etcd's backend quota (`--quota-backend-bytes`,
+/// 2 GiB by default) is what bounds them: once it is full etcd raises a
+/// `NOSPACE` alarm and refuses writes, which the layers meet as store
+/// failures under their failure policy. Size the quota for the keyed
+/// requests of one retention, and compact and defragment as etcd's
+/// operations guide says.
+///
 /// ```no_run
 /// # async fn run() -> Result<(), battlement::StoreError> {
 /// use battlement::backends::{Backend, EtcdConfig, EtcdStore};

@@ -51,6 +51,25 @@ use crate::error::StoreError;
 /// applies without waiting) while one background probe, every 100 ms,
 /// pings the server and reconnects, each attempt bounded by the timeout.
 ///
+/// # What the server must keep
+///
+/// Exactly-once idempotency and exact limits hold only while Redis keeps
+/// what it acknowledged:
+/// - **No eviction.** Every key here has a time to live, so any
+///   `maxmemory-policy` but `noeviction` (`allkeys-*`, `volatile-*`) may
+///   drop one under memory pressure: an evicted idempotency claim lets a
+///   duplicate run beside its request, an evicted record runs it again.
+///   [`from_config`](Self::from_config) warns when the policy is another.
+///   Redis holds idempotency records unbounded (one per key for its
+///   retention), so size `maxmemory` for the keyed requests of one
+///   retention, and watch `used_memory`.
+/// - **Persistence.** A restart without `appendonly yes` (AOF,
+///   `appendfsync everysec` or `always`) forgets every claim and record:
+///   a replayed key runs again.
+/// - **Replication is asynchronous.** A master that acknowledged a claim
+///   and failed before its replica had it loses it at failover; the key
+///   can then run twice. `min-replicas-to-write` narrows the window.
+///
 /// # Several policies
 ///
 /// The rate-limit policies of one request are decided all or nothing
@@ -155,7 +174,36 @@ impl RedisStore {
             }),
         };
         store.ping().await?;
+        store.warn_if_keys_can_be_evicted().await;
         Ok(store)
+    }
+
+    /// The server's `maxmemory-policy`, if it lets `CONFIG GET` read it
+    /// (managed services may rename or refuse the command).
+    pub async fn eviction_policy(&self) -> Option<String> {
+        let mut get = redis::cmd("CONFIG");
+        get.arg("GET").arg("maxmemory-policy");
+        let reply: Vec<String> = self.query(&get).await.ok()?;
+        reply.into_iter().nth(1)
+    }
+
+    /// Warns once, at connect, when the server may evict keys to free
+    /// memory: every key here has a time to live, so any policy but
+    /// `noeviction` may drop one early. An evicted idempotency claim or
+    /// record runs its request again; an evicted rate-limit state admits
+    /// a fresh burst.
+    async fn warn_if_keys_can_be_evicted(&self) {
+        match self.eviction_policy().await {
+            Some(policy) if policy != "noeviction" => tracing::warn!(
+                maxmemory_policy = %policy,
+                "redis may evict keys under memory pressure: an evicted idempotency claim \
+                 or record runs its request twice, an evicted rate-limit state admits a \
+                 new burst; set maxmemory-policy noeviction (or give this data its own \
+                 server)"
+            ),
+            Some(_) => {}
+            None => tracing::debug!("redis maxmemory-policy unreadable (CONFIG GET refused)"),
+        }
     }
 
     /// The settings this store was built from.
