@@ -26,11 +26,11 @@
 //!
 //! Bookkeeping: completed records are ordered by completion in a
 //! `BTreeMap` (and, per scope, a `BTreeSet` of the same sequence numbers),
-//! scopes by their count of completed records in a `BTreeSet`, in-flight
-//! claims by lock expiry; every step (claim, complete, renew,
-//! release, one eviction, one expiry) is `O(log n)`. Expired records at the
-//! front of either order are dropped as claims come, so no full-map purge
-//! is needed.
+//! scopes by their count of completed records in a `BTreeSet`, completed
+//! records and in-flight claims each by expiry; every step (claim,
+//! complete, renew, release, one eviction, one expiry) is `O(log n)`.
+//! Every expired record is dropped as claims come (from the front of the
+//! expiry orders), so no full-map purge is needed.
 //!
 //! A record's scope is the part of its id before the first `/`
 //! (`scope/key`); an id without `/` belongs to no scope and only the
@@ -93,6 +93,10 @@ struct Map {
     records: HashMap<Arc<str>, Entry>,
     /// Completed records by completion sequence: the eviction order.
     completed: BTreeMap<u64, Arc<str>>,
+    /// Completed records by `(expiry, sequence)`: the expiry order, which
+    /// differs from the completion order when layers with different
+    /// retentions share the store.
+    expiring: BTreeMap<(u64, u64), Arc<str>>,
     /// In-flight claims by `(lock expiry, sequence)`.
     in_flight: BTreeMap<(u64, u64), Arc<str>>,
     /// Usage and eviction order of each scope with records.
@@ -157,6 +161,13 @@ impl Usage {
     fn could_fit(&self, bytes: usize, records: usize, max_bytes: usize) -> bool {
         self.pinned_records < records && self.pinned_bytes.saturating_add(bytes) <= max_bytes
     }
+}
+
+/// The two expiry orders.
+#[derive(Clone, Copy)]
+enum Order {
+    InFlight,
+    Completed,
 }
 
 /// What making room for one record evicted, by the cap that needed it.
@@ -234,8 +245,9 @@ impl Map {
                 self.in_flight.insert((*expires_us, entry.seq), id.clone());
                 true
             }
-            Record::Completed { .. } => {
+            Record::Completed { expires_us, .. } => {
                 self.completed.insert(entry.seq, id.clone());
+                self.expiring.insert((*expires_us, entry.seq), id.clone());
                 false
             }
         };
@@ -272,8 +284,9 @@ impl Map {
                 self.in_flight.remove(&(*expires_us, entry.seq));
                 true
             }
-            Record::Completed { .. } => {
+            Record::Completed { expires_us, .. } => {
                 self.completed.remove(&entry.seq);
+                self.expiring.remove(&(*expires_us, entry.seq));
                 false
             }
         };
@@ -327,23 +340,31 @@ impl Map {
             .cloned()
     }
 
-    /// Drops the expired records at the front of both orders: each record
-    /// goes once, so this is amortised `O(log n)` per write.
+    /// Drops every expired record, in-flight or completed, from the front
+    /// of the two expiry orders: each record goes once, so this is
+    /// amortised `O(log n)` per write.
     fn expire(&mut self, now_us: u64) {
-        while let Some((&(expires_us, _), id)) = self.in_flight.first_key_value()
-            && expires_us <= now_us
-        {
-            let id = id.clone();
-            self.remove(&id);
-        }
-        while let Some((_, id)) = self.completed.first_key_value()
-            && self
-                .records
-                .get(id)
-                .is_none_or(|e| e.record.expires_us() <= now_us)
-        {
-            let id = id.clone();
-            self.remove(&id);
+        for order in [Order::InFlight, Order::Completed] {
+            loop {
+                let front = match order {
+                    Order::InFlight => self.in_flight.first_key_value(),
+                    Order::Completed => self.expiring.first_key_value(),
+                };
+                let Some((&(expires_us, _), id)) = front else {
+                    break;
+                };
+                if expires_us > now_us {
+                    break;
+                }
+                let id = id.clone();
+                if self.remove(&id).is_none() {
+                    // Not in the map (cannot happen): drop the stale entry.
+                    match order {
+                        Order::InFlight => self.in_flight.pop_first(),
+                        Order::Completed => self.expiring.pop_first(),
+                    };
+                }
+            }
         }
     }
 
@@ -862,6 +883,28 @@ mod tests {
             assert_eq!(map.total.pinned_bytes, 0);
             assert_eq!(map.by_completed.len(), 1);
         });
+    }
+
+    // Records of two retentions in one store: a short one completed after
+    // a long one still goes at its own expiry, not the long one's.
+    #[tokio::test]
+    async fn each_record_expires_at_its_own_time_whatever_came_before() {
+        let clock = ManualClock::new(Duration::from_secs(1_767_225_600));
+        let s = store(&clock);
+        run(&s, "s/long", 10).await.unwrap();
+        let token = ClaimToken::random();
+        let short = Duration::from_secs(5);
+        s.claim("s/short", Claimant::new(token, &fp(), LOCK))
+            .await
+            .unwrap();
+        s.complete("s/short", Completion::new(token, &fp(), &response(10), short))
+            .await
+            .unwrap();
+        clock.advance(short);
+        run(&s, "s/next", 10).await.unwrap();
+        assert!(!has(&s, "s/short"), "expired and dropped");
+        assert!(has(&s, "s/long"));
+        assert_eq!(s.idempotency_records(), 2);
     }
 
     // At the store-wide cap the largest scope loses its oldest record: a

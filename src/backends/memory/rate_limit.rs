@@ -593,10 +593,12 @@ impl MemoryStore {
             return;
         };
         let weak: Weak<super::Inner> = Arc::downgrade(&self.inner);
+        // If this task ends for any reason (store dropped, runtime shut
+        // down, even before it first ran), the next decision starts a new
+        // sweeper: the flag is cleared when the task's future drops.
+        let restart = SweeperFlag(weak.clone());
         runtime.spawn(async move {
-            // If this task ends for any reason (store dropped, runtime shut
-            // down), the next decision starts a new sweeper.
-            let _restart = SweeperFlag(weak.clone());
+            let _restart = restart;
             let mut tick = tokio::time::interval(SWEEP_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -828,6 +830,34 @@ mod tests {
         clock.advance(Duration::from_secs(2));
         assert_eq!(flood(&store, &mut rx, 200..300, &quota), (100, 0));
         assert_eq!(store.rate_limit_keys(), 100, "the idle keys made room");
+    }
+
+    // A sweeper whose runtime shut down before it first ran is started
+    // again by the next decision on another runtime.
+    #[test]
+    fn a_sweeper_that_never_ran_is_started_again() {
+        let store = MemoryStore::new();
+        let quota = Quota::per_second(1).unwrap();
+        let decide = |key: &str| {
+            store
+                .decide_at_once("p", key, &quota, 1)
+                .unwrap()
+                .is_allowed()
+        };
+        let first = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        first.block_on(async { assert!(decide("a")) });
+        drop(first);
+        assert!(
+            !store.inner.cells.sweeper.load(Ordering::Acquire),
+            "the unrun sweeper's flag is cleared"
+        );
+        let second = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        second.block_on(async { assert!(decide("b")) });
+        assert!(store.inner.cells.sweeper.load(Ordering::Acquire));
     }
 
     #[test]
