@@ -149,7 +149,8 @@ pub struct ServerBreakerSettings {
     /// source key.
     #[serde(default = "server_breaker_name")]
     pub name: String,
-    /// Its thresholds.
+    /// Its thresholds: the fields a table leaves out are
+    /// [`BreakerConfig::default`]'s.
     #[serde(default)]
     pub thresholds: BreakerConfig,
 }
@@ -311,8 +312,8 @@ fn config_prefix() -> String {
 pub struct ClientSettings {
     /// Retries (default [`RetryPolicy::default`]).
     pub retry: Option<RetryPolicy>,
-    /// The per-host breaker's thresholds (default
-    /// [`BreakerConfig::default`]).
+    /// The per-host breaker's thresholds: the fields a table leaves out
+    /// are [`BreakerConfig::default`]'s.
     pub breaker: Option<BreakerConfig>,
     /// A client-side quota.
     pub rate_limit: Option<PolicyConfig>,
