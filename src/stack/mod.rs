@@ -36,7 +36,9 @@
 //!    traced is decided before its span is built, by the sampler
 //!    [`telemetry::init`](crate::telemetry::init) read from
 //!    `OTEL_TRACES_SAMPLER`: an unsampled request costs a plain `tracing`
-//!    span, not an OpenTelemetry one.
+//!    span, not an OpenTelemetry one. The trace and metrics layers take
+//!    the installed sampler and meter provider at their first request, so
+//!    the stack may be built before `telemetry::init` runs.
 //! 3. **Metrics**: counts every response, rejections included, under the
 //!    route template.
 //! 4. **Concurrency limit** (optional): sheds what the server cannot take
