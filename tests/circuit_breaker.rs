@@ -544,9 +544,7 @@ async fn client_mode_is_keyed_per_host_and_fails_with_circuit_open() {
     let config = BreakerConfig::default()
         .consecutive_failures(2)
         .open_for(Duration::from_secs(60));
-    let layer = layer(config, &clock)
-        .key(HostKey)
-        .client_mode();
+    let layer = layer(config, &clock).key(HostKey).client_mode();
     let handle = layer.handle();
     let svc = ServiceBuilder::new()
         .layer(layer)

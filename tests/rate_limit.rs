@@ -371,8 +371,8 @@ async fn quotas_change_at_runtime_without_resetting_keys() {
 async fn a_policy_added_to_a_clone_leaves_the_original_alone() {
     let calls = Arc::new(AtomicUsize::new(0));
     let (store, _clock) = clock_store();
-    let base =
-        RateLimitLayer::new(store).policy(Policy::new("per-ip", quota(10, 60)).unwrap().key(PeerIp));
+    let base = RateLimitLayer::new(store)
+        .policy(Policy::new("per-ip", quota(10, 60)).unwrap().key(PeerIp));
     let base_handle = base.handle();
     let strict = base
         .clone()

@@ -91,12 +91,19 @@ async fn a_stack_built_before_telemetry_init_records_into_its_provider() {
             "{uri}"
         );
     }
-    assert_eq!(call(&preset, "/preset").await.0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        call(&preset, "/preset").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 
     let text = telemetry.prometheus_text().unwrap();
     for route in ["/preset", "/by-hand"] {
         let route = format!("http_route=\"{route}\"");
-        let seen = series(&text, "http_server_request_duration_seconds_count", &[&route]);
+        let seen = series(
+            &text,
+            "http_server_request_duration_seconds_count",
+            &[&route],
+        );
         assert!(!seen.is_empty(), "no duration of {route} in:\n{text}");
     }
     let denied = series(

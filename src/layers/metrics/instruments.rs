@@ -4,9 +4,9 @@
 #[cfg(any(feature = "prometheus", feature = "_otlp"))]
 use std::collections::HashMap;
 #[cfg(any(feature = "prometheus", feature = "_otlp"))]
-use std::sync::atomic::{AtomicUsize, Ordering};
-#[cfg(any(feature = "prometheus", feature = "_otlp"))]
 use std::sync::RwLock;
+#[cfg(any(feature = "prometheus", feature = "_otlp"))]
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 #[cfg(any(feature = "prometheus", feature = "_otlp"))]

@@ -5,7 +5,6 @@ use std::any::Any;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-
 use http::StatusCode;
 
 use super::error::RateLimited;
