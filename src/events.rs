@@ -12,10 +12,11 @@
 //! assert_eq!((e.layer(), e.event(), e.policy()), ("rate_limit", "denied", Some("per-ip")));
 //! ```
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use opentelemetry::metrics::Counter;
 use opentelemetry::{KeyValue, Value};
 use tokio::sync::broadcast;
@@ -171,17 +172,35 @@ impl Events {
     }
 }
 
+/// The `battlement.events` counter: made on the global meter provider at
+/// the first event, and again at the first event after
+/// [`telemetry::init`](crate::telemetry::init) installs a provider, so
+/// events reported before (a config source's first load at startup) do
+/// not tie it to the provider that was global then.
+static EVENTS: ArcSwapOption<Counter<u64>> = ArcSwapOption::const_empty();
+
+/// Makes the next event make the counter again, on the global meter
+/// provider it finds then.
+#[cfg_attr(not(any(feature = "prometheus", feature = "_otlp")), allow(dead_code))]
+pub(crate) fn meter_provider_changed() {
+    EVENTS.store(None);
+}
+
 /// Every resilience decision, in one instrument:
-/// `battlement.events{layer, event, policy}`, on the global meter provider
-/// as it is at the first event.
+/// `battlement.events{layer, event, policy}`.
 fn count(Name { layer, event }: Name, policy: Option<&Arc<str>>) {
-    static EVENTS: OnceLock<Counter<u64>> = OnceLock::new();
-    let counter = EVENTS.get_or_init(|| {
-        opentelemetry::global::meter("battlement")
+    let mut counter = EVENTS.load();
+    if counter.is_none() {
+        let made = opentelemetry::global::meter("battlement")
             .u64_counter("battlement.events")
             .with_description("Decisions and incidents of battlement's layers")
-            .build()
-    });
+            .build();
+        EVENTS.store(Some(Arc::new(made)));
+        counter = EVENTS.load();
+    }
+    let Some(counter) = counter.as_deref() else {
+        return;
+    };
     let policy = policy.map_or(Value::from(""), |p| Value::from(p.clone()));
     counter.add(
         1,

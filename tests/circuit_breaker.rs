@@ -541,9 +541,10 @@ async fn a_grpc_body_that_ends_without_trailers_counts_as_a_failure() {
 async fn client_mode_is_keyed_per_host_and_fails_with_circuit_open() {
     let clock = clock();
     let hits = Arc::new(AtomicUsize::new(0));
-    let layer = layer(BreakerConfig::default().consecutive_failures(2), &clock)
-        .key(HostKey)
-        .client_mode();
+    let config = BreakerConfig::default()
+        .consecutive_failures(2)
+        .open_for(Duration::from_secs(60));
+    let layer = layer(config, &clock).key(HostKey).client_mode();
     let handle = layer.handle();
     let svc = ServiceBuilder::new()
         .layer(layer)
@@ -607,7 +608,10 @@ async fn works_as_an_axum_router_layer() {
     use axum::Router;
     use axum::routing::get;
     let clock = clock();
-    let layer = layer(BreakerConfig::default().consecutive_failures(2), &clock);
+    let config = BreakerConfig::default()
+        .consecutive_failures(2)
+        .open_for(Duration::from_secs(60));
+    let layer = layer(config, &clock);
     let app = Router::new()
         .route(
             "/flaky",

@@ -252,7 +252,7 @@ async fn a_change_made_while_the_connection_was_cut_is_not_missed() {
     kv.put(QUOTA_KEY, r#"{"count": 7, "period": "1h"}"#, None)
         .await
         .unwrap();
-    kv.put(BREAKER_KEY, r#"{"minimum_calls": 5}"#, None)
+    kv.put(BREAKER_KEY, r#"{"minimum_calls": 8}"#, None)
         .await
         .unwrap();
     kv.delete(BREAKER_KEY, None).await.unwrap();
@@ -278,13 +278,13 @@ async fn after_compaction_the_source_reloads_everything() {
     let etcd = EtcdServer::start();
     let proxy = TcpProxy::start(etcd.addr()).await;
     let mut kv = client(&etcd).await;
-    kv.put(BREAKER_KEY, r#"{"minimum_calls": 5}"#, None)
+    kv.put(BREAKER_KEY, r#"{"minimum_calls": 8}"#, None)
         .await
         .unwrap();
     let mut app = App::start(proxy.url()).await;
     assert_eq!(
         app.breaker.config(),
-        BreakerConfig::default().minimum_calls(5)
+        BreakerConfig::default().minimum_calls(8)
     );
     app.event("loaded", Duration::from_secs(1)).await;
     proxy.cut();
@@ -314,14 +314,14 @@ async fn another_cluster_behind_the_address_is_loaded_afresh() {
     let proxy = TcpProxy::start(first.addr()).await;
     client(&first)
         .await
-        .put(BREAKER_KEY, r#"{"minimum_calls": 5}"#, None)
+        .put(BREAKER_KEY, r#"{"minimum_calls": 8}"#, None)
         .await
         .unwrap();
     let mut app = App::start(proxy.url()).await;
     app.event("loaded", Duration::from_secs(1)).await;
     assert_eq!(
         app.breaker.config(),
-        BreakerConfig::default().minimum_calls(5)
+        BreakerConfig::default().minimum_calls(8)
     );
 
     // The other cluster: its quota document is written first, then enough

@@ -367,6 +367,47 @@ async fn quotas_change_at_runtime_without_resetting_keys() {
     assert!(handle.set_quota("nope", quota(1, 1)).is_err());
 }
 
+#[tokio::test]
+async fn a_policy_added_to_a_clone_leaves_the_original_alone() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (store, _clock) = clock_store();
+    let base = RateLimitLayer::new(store)
+        .policy(Policy::new("per-ip", quota(10, 60)).unwrap().key(PeerIp));
+    let base_handle = base.handle();
+    let strict = base
+        .clone()
+        .policy(Policy::new("per-ip", quota(1, 60)).unwrap().key(PeerIp))
+        .policy(Policy::new("global", quota(1, 60)).unwrap());
+    let svc = ServiceBuilder::new().layer(base).service(counted(&calls));
+    for _ in 0..3 {
+        let res = svc.clone().oneshot(from("192.0.2.1")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["ratelimit-policy"], "\"per-ip\";q=10;w=60");
+    }
+    assert_eq!(base_handle.quotas(), [("per-ip".to_owned(), quota(10, 60))]);
+    let strict_handle = strict.handle();
+    assert_eq!(strict_handle.quotas().len(), 2);
+    // A handle changes the layer it came from (and its services), not the
+    // clone's.
+    strict_handle.set_quota("per-ip", quota(5, 60)).unwrap();
+    assert_eq!(base_handle.quota("per-ip"), Some(quota(10, 60)));
+}
+
+#[tokio::test]
+async fn a_handle_taken_before_a_builder_call_sees_the_finished_layer() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (store, _clock) = clock_store();
+    let layer = RateLimitLayer::new(store);
+    let handle = layer.handle();
+    let layer = layer.policy(Policy::new("per-ip", quota(2, 60)).unwrap().key(PeerIp));
+    assert_eq!(handle.quotas(), [("per-ip".to_owned(), quota(2, 60))]);
+    let svc = ServiceBuilder::new().layer(layer).service(counted(&calls));
+    handle.set_quota("per-ip", quota(1, 60)).unwrap();
+    svc.clone().oneshot(from("192.0.2.1")).await.unwrap();
+    let res = svc.oneshot(from("192.0.2.1")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
 // Legacy headers are opt-in.
 #[tokio::test]
 async fn legacy_headers_are_opt_in() {

@@ -401,3 +401,122 @@ async fn the_stack_sections_build_the_layers_from_config() {
         );
     }
 }
+
+// One breaker default: the client preset without `[client.breaker]`, with
+// a partial table, and `BreakerConfig::default()` agree on every field
+// the table leaves out.
+#[tokio::test]
+async fn a_partial_client_breaker_table_keeps_the_one_default() {
+    use battlement::backends::MemoryStore;
+    use battlement::circuit_breaker::BreakerConfig;
+    use battlement::client::ClientStack;
+
+    let breaker = |document: &str| {
+        let config = StackConfig::from_toml(document).unwrap();
+        stack::client("upstream", &config.client, MemoryStore::new())
+            .unwrap()
+            .breakers()
+            .config()
+    };
+    assert_eq!(breaker(""), BreakerConfig::default());
+    assert_eq!(
+        breaker("[client.breaker]\nfailure_rate = 25.0"),
+        BreakerConfig::default().failure_rate(25.0)
+    );
+    let built = ClientStack::new("upstream", MemoryStore::new())
+        .build()
+        .unwrap();
+    assert_eq!(built.breakers().config(), BreakerConfig::default());
+    let server = StackConfig::from_toml("[circuit_breaker]").unwrap();
+    assert_eq!(
+        server.circuit_breaker.unwrap().thresholds,
+        BreakerConfig::default()
+    );
+}
+
+// By hand, `ServiceBuilderExt` assembles every layer of the server preset
+// in its order: the concurrency limit sheds what the only slot cannot
+// take, and the deadline answers a slow handler, both under the request
+// id; a client's attempts can be hedged.
+#[tokio::test]
+async fn the_ext_methods_assemble_the_preset_order_by_hand() {
+    use battlement::backends::MemoryStore;
+    use battlement::concurrency_limit::ConcurrencyLimitLayer;
+    use battlement::deadline::DeadlineLayer;
+    use battlement::rate_limit::{Policy, Quota, RateLimitLayer};
+    use battlement::stack::ServiceBuilderExt;
+    use std::time::Duration;
+
+    let limit = ConcurrencyLimitLayer::fixed(1).unwrap();
+    let slots = limit.handle();
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        )
+        .layer(
+            tower::ServiceBuilder::new()
+                .with_request_id()
+                .with_server_trace()
+                .with_server_metrics()
+                .with_concurrency_limit(limit)
+                .with_deadline(DeadlineLayer::new(Duration::from_millis(300)).unwrap())
+                .with_rate_limit(
+                    RateLimitLayer::new(MemoryStore::new())
+                        .policy(Policy::new("global", Quota::per_second(100).unwrap()).unwrap()),
+                ),
+        );
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { call(&app, get_req("/slow")).await }
+    });
+    while slots.in_flight() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, headers, _) = call(&app, get_req("/slow")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(headers.contains_key("x-request-id"));
+    assert!(headers.contains_key("retry-after"));
+    let (status, headers, _) = first.await.unwrap();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(headers.contains_key("x-request-id"));
+    assert_eq!(slots.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_ext_hedge_sends_a_second_copy_of_a_slow_attempt() {
+    use battlement::body::LayerBody;
+    use battlement::hedge::{HedgeConfig, HedgeDelay, HedgeLayer, Hedged};
+    use battlement::stack::ServiceBuilderExt;
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let hedge = HedgeConfig::default().delay(HedgeDelay::Fixed(Duration::from_millis(20)));
+    let client = tower::ServiceBuilder::new()
+        .with_hedge(HedgeLayer::new(hedge).unwrap())
+        .service_fn({
+            let calls = calls.clone();
+            move |_: Request<LayerBody<Full<Bytes>>>| {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n == 0 {
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                    }
+                    Ok::<_, std::convert::Infallible>(http::Response::new(n.to_string()))
+                }
+            }
+        });
+    let req = Request::get("http://api.example/item")
+        .body(LayerBody::inner(Full::default()))
+        .unwrap();
+    let res = client.oneshot(req).await.unwrap();
+    assert_eq!(res.extensions().get::<Hedged>(), Some(&Hedged));
+    assert_eq!(res.into_body(), "1");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

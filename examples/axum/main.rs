@@ -23,7 +23,7 @@ use axum::routing::{get, post};
 use battlement::FailurePolicy;
 use battlement::backends::AnyStore;
 use battlement::body::LayerBody;
-use battlement::circuit_breaker::{BreakerConfig, CircuitOpen, Window};
+use battlement::circuit_breaker::{BreakerConfig, CircuitOpen};
 use battlement::client::{ClientBody, ClientStackLayer};
 use battlement::concurrency_limit::ConcurrencyLimitConfig;
 use battlement::deadline::DeadlineConfig;
@@ -299,14 +299,7 @@ fn stack_config(settings: &Settings) -> Result<StackConfig, Error> {
     // request runs past REQUEST_TIMEOUT.
     config.concurrency_limit = settings.concurrency_limit.clone();
     config.deadline = Some(DeadlineConfig::new(settings.request_timeout));
-    config.client.breaker = Some(
-        BreakerConfig::default()
-            .window(Window::Time(Duration::from_secs(10)))
-            .minimum_calls(5)
-            .failure_rate(50.0)
-            .half_open_probes(1)
-            .open_for(settings.breaker_open),
-    );
+    config.client.breaker = Some(BreakerConfig::default().open_for(settings.breaker_open));
     // A deadline shorter than the breaker's open time: a caller waits at
     // most 3 s, never for an open breaker (/proxy answers 503 at once).
     config.client.retry = Some(

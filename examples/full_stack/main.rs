@@ -29,17 +29,20 @@ const CONFIG: &str = r#"
     [client.breaker]          # the client preset: one breaker per upstream host
     failure_rate = 50.0
     open_for = "5s"
+
+    [telemetry]               # OTEL_SERVICE_NAME overrides it
+    service_name = "shop"
 "#;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let config = StackConfig::from_toml(CONFIG)?;
     // OpenTelemetry (and its head sampler) from the OTEL_* variables.
-    let telemetry = battlement::telemetry::init("shop")?;
+    let telemetry = config.telemetry.init()?;
     // RUST_LOG filters log lines (printed, and OTLP logs), never spans.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let logs = telemetry.logs(fmt::layer()).with_filter(filter);
     telemetry.subscriber(logs).init();
-    let config = StackConfig::from_toml(CONFIG)?;
     let server = stack::server(&config).await?;
     let api = Router::new()
         .route("/hello", get(|| async { "hello" }))

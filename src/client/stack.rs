@@ -1,7 +1,6 @@
 //! `ClientStack`: one value that builds the client layers in order.
 
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures_util::TryFutureExt;
 use tower_service::Service;
@@ -12,7 +11,7 @@ use tower_layer::Layer;
 use crate::BoxError;
 use crate::circuit_breaker::{
     BreakerConfig, CircuitBreakerHandle, CircuitBreakerLayer, CircuitBreakerStore,
-    ClientCircuitBreaker, ClientCircuitBreakerLayer, Window,
+    ClientCircuitBreaker, ClientCircuitBreakerLayer,
 };
 use crate::clock::SharedClock;
 use crate::deadline::{ForwardDeadline, ForwardDeadlineLayer};
@@ -32,8 +31,8 @@ use crate::trace::{Trace, TraceLayer};
 /// circuit breaker per upstream host, and optionally hedging and a client
 /// rate limit.
 ///
-/// The breaker's default: open when half the calls of the last 10 s
-/// failed (at least 5 calls), for 5 s, then one probe.
+/// The breaker starts from [`BreakerConfig::default`], whose defaults are
+/// made for a breaker per upstream host.
 pub struct ClientStack<St> {
     name: String,
     store: St,
@@ -53,12 +52,7 @@ impl<St: CircuitBreakerStore + RateLimitStore> ClientStack<St> {
             name: name.into(),
             store,
             retry: RetryPolicy::default(),
-            breaker: BreakerConfig::default()
-                .window(Window::Time(Duration::from_secs(10)))
-                .minimum_calls(5)
-                .failure_rate(50.0)
-                .half_open_probes(1)
-                .open_for(Duration::from_secs(5)),
+            breaker: BreakerConfig::default(),
             rate_limit: None,
             hedge: None,
             events: Events::new(),
@@ -72,7 +66,7 @@ impl<St: CircuitBreakerStore + RateLimitStore> ClientStack<St> {
         self
     }
 
-    /// The breaker thresholds.
+    /// The breaker thresholds (default [`BreakerConfig::default`]).
     pub fn breaker(mut self, config: BreakerConfig) -> Self {
         self.breaker = config;
         self

@@ -77,7 +77,7 @@ mod tests {
 
     #[test]
     fn breaker_documents_override_the_built_in_fields() {
-        let built_in = BreakerConfig::default().minimum_calls(5);
+        let built_in = BreakerConfig::default().minimum_calls(8);
         let config = breaker(br#"{"failure_rate": 25, "open_for": "10s"}"#, &built_in).unwrap();
         assert_eq!(
             config,

@@ -149,7 +149,8 @@ pub struct ServerBreakerSettings {
     /// source key.
     #[serde(default = "server_breaker_name")]
     pub name: String,
-    /// Its thresholds.
+    /// Its thresholds: the fields a table leaves out are
+    /// [`BreakerConfig::default`]'s.
     #[serde(default)]
     pub thresholds: BreakerConfig,
 }
@@ -270,12 +271,42 @@ fn level<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<tracing::L
     })
 }
 
-/// OpenTelemetry export (the `OTEL_*` variables still apply).
+/// OpenTelemetry export (the `OTEL_*` variables still apply), set up by
+/// [`init`](Self::init).
+///
+/// ```
+/// # #[cfg(feature = "prometheus")]
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use battlement::stack::{self, StackConfig};
+///
+/// let config = StackConfig::from_toml(r#"
+///     [telemetry]
+///     service_name = "shop"
+/// "#).unwrap();
+/// // The stack may be built first: its layers take the providers at
+/// // their first request.
+/// let server = stack::server(&config).await.unwrap();
+/// let telemetry = config.telemetry.init().unwrap();
+/// assert!(telemetry.prometheus_text().unwrap().contains("service_name=\"shop\""));
+/// # drop(server);
+/// # });
+/// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetrySettings {
-    /// `service.name`.
+    /// `service.name` of every span, metric and log (default
+    /// `battlement`; `OTEL_SERVICE_NAME` overrides it).
     pub service_name: String,
+}
+
+#[cfg(any(feature = "prometheus", feature = "_otlp"))]
+impl TelemetrySettings {
+    /// [`telemetry::init`](crate::telemetry::init) for
+    /// [`service_name`](Self::service_name); keep the guard for the life
+    /// of the process.
+    pub fn init(&self) -> Result<crate::telemetry::TelemetryGuard, ConfigError> {
+        crate::telemetry::init(&self.service_name)
+    }
 }
 
 impl Default for TelemetrySettings {
@@ -311,8 +342,8 @@ fn config_prefix() -> String {
 pub struct ClientSettings {
     /// Retries (default [`RetryPolicy::default`]).
     pub retry: Option<RetryPolicy>,
-    /// The per-host breaker's thresholds (default
-    /// [`BreakerConfig::default`]).
+    /// The per-host breaker's thresholds: the fields a table leaves out
+    /// are [`BreakerConfig::default`]'s.
     pub breaker: Option<BreakerConfig>,
     /// A client-side quota.
     pub rate_limit: Option<PolicyConfig>,

@@ -4,6 +4,9 @@ use tower::ServiceBuilder;
 use tower_layer::Stack;
 
 use crate::circuit_breaker::CircuitBreakerLayer;
+use crate::concurrency_limit::ConcurrencyLimitLayer;
+use crate::deadline::DeadlineLayer;
+use crate::hedge::HedgeLayer;
 use crate::idempotency::IdempotencyLayer;
 use crate::metrics::MetricsLayer;
 use crate::rate_limit::RateLimitLayer;
@@ -16,23 +19,38 @@ use crate::trace::TraceLayer;
 /// the order of the [module docs](super) (outermost first).
 ///
 /// ```
+/// use std::time::Duration;
 /// use battlement::backends::MemoryStore;
+/// use battlement::circuit_breaker::{BreakerConfig, CircuitBreakerLayer};
+/// use battlement::concurrency_limit::ConcurrencyLimitLayer;
+/// use battlement::deadline::DeadlineLayer;
+/// use battlement::idempotency::IdempotencyLayer;
 /// use battlement::rate_limit::{Policy, Quota, RateLimitLayer};
 /// use battlement::stack::ServiceBuilderExt;
 /// use tower::ServiceBuilder;
 ///
-/// let limit = RateLimitLayer::new(MemoryStore::new())
+/// let store = MemoryStore::new();
+/// let limit = RateLimitLayer::new(store.clone())
 ///     .policy(Policy::new("global", Quota::per_second(100).unwrap()).unwrap());
+/// let breaker = CircuitBreakerLayer::new("server", store.clone(), BreakerConfig::default()).unwrap();
 /// let svc = ServiceBuilder::new()
 ///     .with_request_id()
 ///     .with_server_trace()
 ///     .with_server_metrics()
+///     .with_concurrency_limit(ConcurrencyLimitLayer::fixed(64).unwrap())
+///     .with_deadline(DeadlineLayer::new(Duration::from_secs(10)).unwrap())
 ///     .with_rate_limit(limit)
+///     .with_circuit_breaker(breaker)
+///     .with_idempotency(IdempotencyLayer::new(store))
 ///     .service_fn(|_: http::Request<String>| async {
 ///         Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
 ///     });
 /// # drop(svc);
 /// ```
+///
+/// On the client side, [`with_retry`](Self::with_retry) then
+/// [`with_hedge`](Self::with_hedge) (each attempt may be hedged), as
+/// [`ClientStack`](crate::client::ClientStack) assembles them.
 pub trait ServiceBuilderExt<L>: Sized {
     /// [`RequestIdLayer`] without its own span: put
     /// [`with_server_trace`](Self::with_server_trace) after it, whose span
@@ -43,6 +61,18 @@ pub trait ServiceBuilderExt<L>: Sized {
     fn with_server_trace(self) -> ServiceBuilder<Stack<TraceLayer, L>>;
     /// [`MetricsLayer::server`].
     fn with_server_metrics(self) -> ServiceBuilder<Stack<MetricsLayer, L>>;
+    /// A concurrency limit: after the metrics, so a shed request is
+    /// counted, and before every other refusal, since shedding costs a
+    /// compare-and-swap and no store call.
+    fn with_concurrency_limit(
+        self,
+        layer: ConcurrencyLimitLayer,
+    ) -> ServiceBuilder<Stack<ConcurrencyLimitLayer, L>>;
+    /// The server deadline: inside the concurrency limit, whose slot a
+    /// request cut at its deadline gives back then (and whose adaptive
+    /// limit sees that latency), and around the rate limit and everything
+    /// after it, whose store calls count against the request's time.
+    fn with_deadline(self, layer: DeadlineLayer) -> ServiceBuilder<Stack<DeadlineLayer, L>>;
     /// A rate limiter.
     fn with_rate_limit<St>(
         self,
@@ -60,6 +90,9 @@ pub trait ServiceBuilderExt<L>: Sized {
     ) -> ServiceBuilder<Stack<IdempotencyLayer<St>, L>>;
     /// Retries (client side).
     fn with_retry(self, layer: RetryLayer) -> ServiceBuilder<Stack<RetryLayer, L>>;
+    /// Hedged attempts (client side): below the retry, above the
+    /// per-attempt trace, metrics and breaker.
+    fn with_hedge(self, layer: HedgeLayer) -> ServiceBuilder<Stack<HedgeLayer, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -73,6 +106,17 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
 
     fn with_server_metrics(self) -> ServiceBuilder<Stack<MetricsLayer, L>> {
         self.layer(MetricsLayer::server())
+    }
+
+    fn with_concurrency_limit(
+        self,
+        layer: ConcurrencyLimitLayer,
+    ) -> ServiceBuilder<Stack<ConcurrencyLimitLayer, L>> {
+        self.layer(layer)
+    }
+
+    fn with_deadline(self, layer: DeadlineLayer) -> ServiceBuilder<Stack<DeadlineLayer, L>> {
+        self.layer(layer)
     }
 
     fn with_rate_limit<St>(
@@ -97,6 +141,10 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     }
 
     fn with_retry(self, layer: RetryLayer) -> ServiceBuilder<Stack<RetryLayer, L>> {
+        self.layer(layer)
+    }
+
+    fn with_hedge(self, layer: HedgeLayer) -> ServiceBuilder<Stack<HedgeLayer, L>> {
         self.layer(layer)
     }
 }

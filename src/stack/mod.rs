@@ -36,25 +36,37 @@
 //!    traced is decided before its span is built, by the sampler
 //!    [`telemetry::init`](crate::telemetry::init) read from
 //!    `OTEL_TRACES_SAMPLER`: an unsampled request costs a plain `tracing`
-//!    span, not an OpenTelemetry one.
+//!    span, not an OpenTelemetry one. The trace and metrics layers take
+//!    the installed sampler and meter provider at their first request, so
+//!    the stack may be built before `telemetry::init` runs.
 //! 3. **Metrics**: counts every response, rejections included, under the
 //!    route template.
-//! 4. **Rate limit**: the cheapest refusal, before any work; before
-//!    idempotency so that a client retrying one key in a loop is limited
-//!    too, and a denied request never claims a key.
-//! 5. **Circuit breaker** (server side, optional): sheds load while the
+//! 4. **Concurrency limit** (optional): sheds what the server cannot take
+//!    at once, with a compare-and-swap and no store call, so overload is
+//!    refused before any other work; its adaptive limit measures the
+//!    latency of everything below it.
+//! 5. **Deadline** (optional): the request's time runs from here, so the
+//!    store calls of the layers below count against it; a request cut at
+//!    its deadline gives its concurrency slot back at once.
+//! 6. **Rate limit**: the cheapest refusal that needs the store, before any
+//!    work; before idempotency so that a client retrying one key in a loop
+//!    is limited too, and a denied request never claims a key.
+//! 7. **Circuit breaker** (server side, optional): sheds load while the
 //!    service itself fails; after the rate limiter so that denials do not
 //!    count as outcomes.
-//! 6. **Idempotency**: innermost, around the handler: only admitted
+//! 8. **Idempotency**: innermost, around the handler: only admitted
 //!    requests claim keys, and a replay is what the handler answered.
 //!
 //! Health routes (and extra routes such as `/metrics`) sit under the first
-//! three only: probes are never rate limited or shed.
+//! three only: probes are never shed, timed out or rate limited.
+//! [`ServiceBuilderExt`] has a method for each layer, to assemble the same
+//! order by hand.
 //!
 //! # Client order, outermost first
 //!
 //! Request id forwarding, then **retry** (it wraps everything per attempt),
-//! then per attempt the client **trace** span and **metrics**, the
+//! the **hedge** when configured (a second copy of a slow attempt), then
+//! per attempt (and per copy) the client **trace** span and **metrics**, the
 //! **breaker** per upstream host (an open breaker fails an attempt at once,
 //! and retry honours its `retry_after`), and the client **rate limit**
 //! innermost (a denied attempt never reaches the network).

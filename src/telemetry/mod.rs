@@ -112,6 +112,7 @@ pub fn init(service_name: &str) -> Result<TelemetryGuard, ConfigError> {
     opentelemetry::global::set_tracer_provider(tracers.clone());
     crate::trace::head::install(Some(head));
     opentelemetry::global::set_meter_provider(meters.clone());
+    crate::events::meter_provider_changed();
     opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
         Box::new(W3cTraceContext::new()),
         Box::new(BaggagePropagator::new()),

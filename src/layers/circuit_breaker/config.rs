@@ -18,10 +18,27 @@ pub enum Window {
     Time(Duration),
 }
 
-/// A breaker's settings. The defaults are resilience4j's, except the
-/// smaller window: the last 100 calls, at least 20 of them, open at 50 %
-/// failures or 100 % calls slower than 60 s, stay open 60 s, then let 10
-/// probes decide, each within 60 s.
+/// A breaker's settings.
+///
+/// # The defaults
+///
+/// The calls of the last 10 s, at least 5 of them; open at 50 % failures
+/// or 100 % calls slower than 60 s; stay open 5 s, then let 1 probe
+/// decide, within 60 s. Every breaker of the crate starts from these: the
+/// client preset's, a `[client.breaker]` or `[circuit_breaker]` table's
+/// missing fields, and a config source's fields not in its document.
+///
+/// They are made for the common breaker, one per upstream host, where
+/// each host may see little traffic, as Envoy's outlier detection is (it
+/// ejects a host after 5 consecutive 5xx): a time window lets old calls
+/// age out, where resilience4j's default window (the last 100 calls, at
+/// least 100 of them) would let a host called a few times a minute fail
+/// for half an hour before it opens, and then judge it on calls made long
+/// ago; 5 calls are enough to tell a dead host; a short open time with one
+/// probe puts a recovered host back within seconds and costs a dead one a
+/// call every 5 s. The failure and slow-call thresholds are
+/// resilience4j's. For one busy dependency shared by the whole service, a
+/// count window of more calls and a higher minimum give steadier rates.
 ///
 /// ```
 /// use std::time::Duration;
@@ -64,14 +81,14 @@ pub struct BreakerConfig {
 impl Default for BreakerConfig {
     fn default() -> Self {
         Self {
-            window: Window::Count(100),
-            minimum_calls: 20,
+            window: Window::Time(Duration::from_secs(10)),
+            minimum_calls: 5,
             failure_rate: 50.0,
             slow_call_rate: 100.0,
             slow_call: Duration::from_secs(60),
             consecutive_failures: None,
-            half_open_probes: 10,
-            open_for: Duration::from_secs(60),
+            half_open_probes: 1,
+            open_for: Duration::from_secs(5),
             open_backoff: 1.0,
             max_open_for: Duration::from_secs(600),
             probe_timeout: Duration::from_secs(60),
@@ -277,7 +294,7 @@ mod tests {
                 "max_open_for",
             ),
             (
-                BreakerConfig::default().window(Window::Count(10)),
+                BreakerConfig::default().window(Window::Count(4)),
                 "minimum_calls",
             ),
         ];

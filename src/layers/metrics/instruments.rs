@@ -4,9 +4,10 @@
 #[cfg(any(feature = "prometheus", feature = "_otlp"))]
 use std::collections::HashMap;
 #[cfg(any(feature = "prometheus", feature = "_otlp"))]
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::RwLock;
 #[cfg(any(feature = "prometheus", feature = "_otlp"))]
-use std::sync::{OnceLock, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 #[cfg(any(feature = "prometheus", feature = "_otlp"))]
 use foldhash::fast::RandomState;
@@ -29,6 +30,30 @@ const METHODS: [&str; 10] = [
 #[cfg(any(feature = "prometheus", feature = "_otlp"))]
 const SCHEMES: [&str; 3] = ["http", "https", "_OTHER"];
 
+/// A layer's instruments, shared by its services: made on the meter the
+/// layer was given, or else on the global meter provider as it is at the
+/// layer's first request, so that a layer built before the provider is
+/// installed still records into it.
+#[derive(Debug, Default)]
+pub(crate) struct LazyInstruments(OnceLock<Arc<Instruments>>);
+
+impl LazyInstruments {
+    /// Instruments made on `meter` now.
+    pub(crate) fn on(meter: &Meter) -> Self {
+        Self(OnceLock::from(Arc::new(Instruments::new(meter))))
+    }
+
+    /// The instruments, made on the global meter provider at the first
+    /// call if none were given (later calls cost one atomic load).
+    pub(crate) fn get(&self) -> &Arc<Instruments> {
+        self.0.get_or_init(|| {
+            Arc::new(Instruments::new(&opentelemetry::global::meter(
+                "battlement",
+            )))
+        })
+    }
+}
+
 /// Every instrument the metrics layers record into.
 #[derive(Debug, Clone)]
 pub(crate) struct Instruments {
@@ -44,7 +69,7 @@ pub(crate) struct Instruments {
     /// `http.server.request.duration` bound to the attribute sets seen so
     /// far (at most [`MAX_BOUND_DURATIONS`]), by route and [`ServerKey`].
     #[cfg(any(feature = "prometheus", feature = "_otlp"))]
-    server_bound: std::sync::Arc<BoundDurations>,
+    server_bound: Arc<BoundDurations>,
 }
 
 /// Bound duration histograms: routes, each with the other attributes'

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use opentelemetry::metrics::Meter;
 use tower_layer::Layer;
 
-use super::instruments::Instruments;
+use super::instruments::LazyInstruments;
 use super::service::{Extra, Metrics};
 use crate::trace::ExtraAttributes;
 use crate::trace::custom::ValueCap;
@@ -29,14 +29,14 @@ use crate::trace::custom::ValueCap;
 /// use battlement::metrics::MetricsLayer;
 /// use tower::ServiceBuilder;
 ///
-/// // On the global meter provider (set it up first, e.g. with
-/// // `battlement::telemetry`).
+/// // On the global meter provider installed by the first request (e.g.
+/// // by `battlement::telemetry::init`, before or after this line).
 /// let server = ServiceBuilder::new().layer(MetricsLayer::server());
 /// # let _ = server;
 /// ```
 #[derive(Debug, Clone)]
 pub struct MetricsLayer {
-    instruments: Arc<Instruments>,
+    instruments: Arc<LazyInstruments>,
     client: bool,
     probes: bool,
     extra: Extra,
@@ -46,20 +46,29 @@ pub struct MetricsLayer {
 const MAX_ATTRIBUTE_VALUES: usize = 100;
 
 impl MetricsLayer {
-    /// Server metrics on the global meter provider.
+    /// Server metrics on the global meter provider, as it is when the
+    /// layer's first request comes: a layer built before
+    /// [`telemetry::init`](crate::telemetry::init) (or any other
+    /// installation of a provider) records into the provider installed
+    /// after it.
     pub fn server() -> Self {
-        Self::with_meter(&opentelemetry::global::meter("battlement"), false)
+        Self::new(LazyInstruments::default(), false)
     }
 
-    /// Client metrics on the global meter provider.
+    /// Client metrics on the global meter provider, as it is when the
+    /// layer's first request comes.
     pub fn client() -> Self {
-        Self::with_meter(&opentelemetry::global::meter("battlement"), true)
+        Self::new(LazyInstruments::default(), true)
     }
 
     /// Metrics on `meter`; `client` for client-side metrics.
     pub fn with_meter(meter: &Meter, client: bool) -> Self {
+        Self::new(LazyInstruments::on(meter), client)
+    }
+
+    fn new(instruments: LazyInstruments, client: bool) -> Self {
         Self {
-            instruments: Arc::new(Instruments::new(meter)),
+            instruments: Arc::new(instruments),
             client,
             probes: false,
             extra: Extra {

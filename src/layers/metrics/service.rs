@@ -11,7 +11,7 @@ use opentelemetry::KeyValue;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::instruments::{Instruments, ServerKey};
+use super::instruments::{LazyInstruments, ServerKey};
 use super::recording::{Kind, OpenRecording, Recording};
 use crate::body::ObservedBody;
 use crate::health::is_probe;
@@ -23,7 +23,7 @@ use crate::trace::semconv::{grpc_answered, grpc_call, method, protocol_version, 
 #[derive(Debug, Clone)]
 pub struct Metrics<S> {
     inner: S,
-    instruments: Arc<Instruments>,
+    instruments: Arc<LazyInstruments>,
     client: bool,
     probes: bool,
     extra: Extra,
@@ -57,7 +57,7 @@ impl Extra {
 impl<S> Metrics<S> {
     pub(crate) fn new(
         inner: S,
-        instruments: Arc<Instruments>,
+        instruments: Arc<LazyInstruments>,
         client: bool,
         probes: bool,
         extra: Extra,
@@ -72,6 +72,7 @@ impl<S> Metrics<S> {
     }
 
     fn start<B>(&self, req: &Request<B>) -> Recording {
+        let instruments = self.instruments.get();
         let mut attributes = Vec::with_capacity(8);
         let mut rpc = None;
         let mut server_key = None;
@@ -86,7 +87,7 @@ impl<S> Metrics<S> {
             Kind::Client
         } else {
             attributes.push(KeyValue::new("url.scheme", scheme(req)));
-            self.instruments.add_active(1, &attributes);
+            instruments.add_active(1, &attributes);
             if let Some(call) = grpc_call(req) {
                 attributes.push(KeyValue::new("rpc.system", "grpc"));
                 rpc = Some(call.into());
@@ -111,7 +112,7 @@ impl<S> Metrics<S> {
             }
         };
         Recording {
-            instruments: self.instruments.clone(),
+            instruments: instruments.clone(),
             kind,
             started: Instant::now(),
             attributes,

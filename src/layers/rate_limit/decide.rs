@@ -5,12 +5,11 @@ use std::any::Any;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
 use http::StatusCode;
 
 use super::error::RateLimited;
 use super::headers::{self, Rendered};
+use super::layer::Policies;
 use super::lease::{Leased, SyncMode};
 use super::policy::Policy;
 use super::store::{Charge, Decision, RateLimitStore};
@@ -40,7 +39,7 @@ fn in_process<St: 'static>(store: &St) -> Option<&MemoryStore> {
 pub(crate) struct Limiter<St> {
     /// The store under the layer's failure policy.
     pub(crate) store: Guarded<St>,
-    pub(crate) policies: Arc<ArcSwap<Vec<Policy>>>,
+    pub(crate) policies: Policies,
     pub(crate) shadow: bool,
     pub(crate) legacy_headers: bool,
     pub(crate) leases: Leased<St>,

@@ -28,6 +28,15 @@ use crate::events::Events;
 /// restrictive policy. [`client_mode`](Self::client_mode) returns a typed
 /// [`RateLimited`](super::RateLimited) error instead.
 ///
+/// The builder methods take the layer by value and change it alone: a
+/// policy added to a clone never reaches the original, nor the services
+/// made before. A running layer's quotas change through its
+/// [`handle`](Self::handle), which steers the layer, its clones (axum
+/// clones a layer per route) and every service they make. Take the handle
+/// once the layer is built: a builder call on a layer that has clones or
+/// services gives it a policy list of its own, which older handles do not
+/// steer.
+///
 /// ```
 /// use battlement::backends::MemoryStore;
 /// use battlement::key::PeerIp;
@@ -42,7 +51,7 @@ use crate::events::Events;
 /// ```
 pub struct RateLimitLayer<St> {
     store: St,
-    policies: Arc<ArcSwap<Vec<Policy>>>,
+    policies: Policies,
     shadow: bool,
     legacy_headers: bool,
     // One per layer, shared by every service it makes (axum makes one per
@@ -60,20 +69,19 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
         Self {
             leases: Leased::new(store.clone(), LeaseSettings::default()),
             store,
-            policies: Arc::new(ArcSwap::from_pointee(Vec::new())),
+            policies: Policies::new(),
             shadow: false,
             legacy_headers: false,
             guard: Guard::new(FailurePolicy::FailOpen),
         }
     }
 
-    /// Adds a policy; a request must pass all of them.
-    pub fn policy(self, policy: Policy) -> Self {
-        self.policies.rcu(|list| {
-            let mut list: Vec<Policy> = list.to_vec();
+    /// Adds a policy (replacing the one of the same name); a request must
+    /// pass all of them.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policies = self.policies.edit(|list| {
             list.retain(|p| p.name != policy.name);
             list.push(policy.clone());
-            list
         });
         self
     }
@@ -112,10 +120,11 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
         &self.guard.events
     }
 
-    /// Changes quotas at runtime.
+    /// Changes quotas at runtime, in this layer, the clones made of it
+    /// and the services they make.
     pub fn handle(&self) -> RateLimitHandle {
         RateLimitHandle {
-            policies: self.policies.clone(),
+            policies: self.policies.list.clone(),
         }
     }
 
@@ -160,10 +169,52 @@ impl<St: std::fmt::Debug> std::fmt::Debug for RateLimitLayer<St> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimitLayer")
             .field("store", &self.store)
-            .field("policies", &self.policies.load().len())
+            .field("policies", &self.policies.list.load().len())
             .field("shadow", &self.shadow)
             .field("failure", &self.guard.failure)
             .finish_non_exhaustive()
+    }
+}
+
+/// A layer's policy list, read by every service of the layer and its
+/// clones, and changed at runtime by its handles.
+#[derive(Clone)]
+pub(crate) struct Policies {
+    list: Arc<ArcSwap<Vec<Policy>>>,
+    /// Held by each layer and service over `list`, not by handles.
+    owners: Arc<()>,
+}
+
+impl Policies {
+    fn new() -> Self {
+        Self {
+            list: Arc::new(ArcSwap::from_pointee(Vec::new())),
+            owners: Arc::new(()),
+        }
+    }
+
+    /// The list after `change`, for a builder call: the same list changed
+    /// when no other layer or service reads it (so handles taken before
+    /// see the change), else a new one the others never see.
+    fn edit(self, change: impl Fn(&mut Vec<Policy>)) -> Self {
+        let changed = |list: &Arc<Vec<Policy>>| {
+            let mut list = list.to_vec();
+            change(&mut list);
+            list
+        };
+        if Arc::strong_count(&self.owners) == 1 {
+            self.list.rcu(changed);
+            return self;
+        }
+        Self {
+            list: Arc::new(ArcSwap::from_pointee(changed(&self.list.load_full()))),
+            owners: Arc::new(()),
+        }
+    }
+
+    /// The current list, lock-free (a change swaps the whole list).
+    pub(crate) fn load_full(&self) -> Arc<Vec<Policy>> {
+        self.list.load_full()
     }
 }
 

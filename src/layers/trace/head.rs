@@ -32,7 +32,8 @@ use crate::error::ConfigError;
 /// [`telemetry::init`](crate::telemetry::init) reads it from
 /// `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`, gives the SDK the
 /// same sampler and id generator, and installs it for every server trace
-/// layer built afterwards. With a tracer provider of your own, give the
+/// layer that has not served a request yet, built before or after. With a
+/// tracer provider of your own, give the
 /// provider [`sdk_sampler`](Self::sdk_sampler) and
 /// [`TraceIds`](crate::telemetry::TraceIds), and the layer
 /// [`head_sampler`](super::TraceLayer::head_sampler).
@@ -266,7 +267,8 @@ pub(crate) fn take_unsampled_context() -> Option<Context> {
 /// The sampler [`telemetry::init`](crate::telemetry::init) installed.
 static INSTALLED: RwLock<Option<HeadSampler>> = RwLock::new(None);
 
-/// Makes `sampler` the one server trace layers built from now on use.
+/// Makes `sampler` the one server trace layers take at their first
+/// request.
 #[cfg_attr(not(any(feature = "prometheus", feature = "_otlp")), allow(dead_code))]
 pub(crate) fn install(sampler: Option<HeadSampler>) {
     if let Ok(mut installed) = INSTALLED.write() {

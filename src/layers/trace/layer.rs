@@ -1,12 +1,12 @@
 //! `TraceLayer`: server and client tracing.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tower_layer::Layer;
 
 use super::access_log::AccessLog;
 use super::custom::{Custom, ExtraAttributes};
-use super::head::{self, HeadSampler};
+use super::head::HeadSampler;
 use super::service::Trace;
 
 /// One OpenTelemetry span per request, through
@@ -38,7 +38,8 @@ use super::service::Trace;
 /// span off so this span is the request's root.
 ///
 /// Sampling: with a [`HeadSampler`] (the one
-/// [`telemetry::init`](crate::telemetry::init) installed, or
+/// [`telemetry::init`](crate::telemetry::init) installed, whether before
+/// or after the layer was built, or
 /// [`head_sampler`](Self::head_sampler)), a server request the sampler
 /// leaves out gets no OpenTelemetry span at all, only a plain `tracing`
 /// span that carries the request id for log lines and makes the request's
@@ -67,7 +68,7 @@ use super::service::Trace;
 #[derive(Debug, Clone)]
 pub struct TraceLayer {
     client: bool,
-    head: Option<HeadSampler>,
+    head: Sampler,
     options: Options,
     custom: Custom,
 }
@@ -85,13 +86,19 @@ pub(crate) struct Options {
     pub(crate) access_log: Option<AccessLog>,
 }
 
+/// A layer's head sampler, shared by its services: the one given, or else
+/// the one installed when the layer's first request comes.
+pub(crate) type Sampler = Arc<OnceLock<Option<HeadSampler>>>;
+
 impl TraceLayer {
     /// Server spans, sampled by the [`HeadSampler`] that
-    /// [`telemetry::init`](crate::telemetry::init) installed, if it ran.
+    /// [`telemetry::init`](crate::telemetry::init) installed, if it ran
+    /// before the layer's first request (it may run after the layer is
+    /// built).
     pub fn server() -> Self {
         Self {
             client: false,
-            head: head::installed(),
+            head: Arc::new(OnceLock::new()),
             options: Options::default(),
             custom: Custom::default(),
         }
@@ -101,7 +108,7 @@ impl TraceLayer {
     pub fn client() -> Self {
         Self {
             client: true,
-            head: None,
+            head: Arc::new(OnceLock::from(None)),
             options: Options::default(),
             custom: Custom::default(),
         }
@@ -179,7 +186,7 @@ impl TraceLayer {
     /// sampled twice. Client spans follow their parent and ignore this.
     pub fn head_sampler(self, sampler: Option<HeadSampler>) -> Self {
         Self {
-            head: sampler.filter(|_| !self.client),
+            head: Arc::new(OnceLock::from(sampler.filter(|_| !self.client))),
             ..self
         }
     }
@@ -192,7 +199,7 @@ impl<S> Layer<S> for TraceLayer {
         Trace::new(
             inner,
             self.client,
-            self.head,
+            self.head.clone(),
             self.options,
             self.custom.clone(),
         )

@@ -18,7 +18,7 @@ use super::access_log::Entry;
 use super::body::TracedBody;
 use super::custom::{Custom, ExtraAttributes, with_request_parts, with_response_parts};
 use super::head::{self, Head, HeadSampler, UNSAMPLED_TARGET};
-use super::layer::Options;
+use super::layer::{Options, Sampler};
 use super::propagation::{extract, inject};
 use super::semconv::{
     OTHER, grpc_answered, grpc_call, grpc_names, grpc_parts, grpc_unnamed, method,
@@ -34,7 +34,7 @@ use crate::retry::ResendCount;
 pub struct Trace<S> {
     inner: S,
     client: bool,
-    head: Option<HeadSampler>,
+    head: Sampler,
     options: Options,
     custom: Custom,
 }
@@ -43,7 +43,7 @@ impl<S> Trace<S> {
     pub(crate) fn new(
         inner: S,
         client: bool,
-        head: Option<HeadSampler>,
+        head: Sampler,
         options: Options,
         custom: Custom,
     ) -> Self {
@@ -127,7 +127,9 @@ where
                 Some(extract(req.headers(), self.options.baggage)),
             )
         } else {
-            let (span, cx) = request_span(self.head, &req, self.options.baggage, hooked);
+            // The installed sampler, looked up once per layer.
+            let sampler = *self.head.get_or_init(head::installed);
+            let (span, cx) = request_span(sampler, &req, self.options.baggage, hooked);
             // An entered span makes the request's context current; a span
             // no subscriber records (a global filter turned it off) cannot,
             // so the future attaches the context itself while it runs.
