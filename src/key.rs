@@ -243,12 +243,28 @@ pub enum KeyError {
     Rejected(String),
 }
 
+/// What an operator does about [`KeyError::MissingPeer`].
+const MISSING_PEER_FIX: &str = "the server records no client address: serve the app with \
+     connect info (axum: `into_make_service_with_connect_info::<SocketAddr>()`, or \
+     `ServerStack::serve`), or insert a `PeerAddr` extension in the hyper service";
+
+/// Logs [`MISSING_PEER_FIX`] once per process, at the first request that
+/// needed the address: every such request fails alike, and one line names
+/// the fix.
+fn warn_missing_peer_once() {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!("{MISSING_PEER_FIX}; until then every request keyed by address gets 500");
+    }
+}
+
 impl From<KeyError> for Problem {
     fn from(err: KeyError) -> Self {
         match err {
             KeyError::MissingPeer => {
+                warn_missing_peer_once();
                 Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
-                    .detail("the server cannot tell the client address")
+                    .detail(MISSING_PEER_FIX)
             }
             other => Problem::new(StatusCode::BAD_REQUEST, "Bad Request").detail(other.to_string()),
         }

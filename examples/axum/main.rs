@@ -480,13 +480,11 @@ async fn main() -> Result<(), Error> {
     }
     let listener = tokio::net::TcpListener::bind(settings.bind).await?;
     tracing::info!(addr = %settings.bind, layers = settings.layers, "listening");
-    axum::serve(
-        listener,
-        app.router
-            .clone()
-            .into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(app.health.shutdown_on_signal(settings.drain))
-    .await?;
+    // With connect info (per-client keys read the peer address); on
+    // SIGINT or SIGTERM readiness fails, and the listener closes after
+    // DRAIN_SECS.
+    stack::serve(listener, app.router.clone())
+        .with_graceful_shutdown(app.health.shutdown_on_signal(settings.drain))
+        .await?;
     Ok(())
 }

@@ -6,8 +6,6 @@
 //! `curl 127.0.0.1:3000/readyz` and `curl 127.0.0.1:3000/metrics`.
 //! Listens on `BIND` (default `127.0.0.1:3000`).
 
-use std::net::SocketAddr;
-
 use axum::Router;
 use axum::routing::{get, post};
 use battlement::stack::{self, StackConfig};
@@ -52,13 +50,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let listener = tokio::net::TcpListener::bind(bind).await?;
-    let health = server.health().clone();
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            health.drain(); // readiness fails first, liveness keeps passing
-        })
+    // With connect info (per-IP keys need the client's address); on
+    // SIGINT or SIGTERM readiness fails first, then the listener closes.
+    server
+        .serve(listener, app, std::time::Duration::from_secs(1))
         .await?;
     Ok(())
 }

@@ -8,7 +8,6 @@
 //! `idempotent-replayed: true`. The same key with another body gets 422,
 //! no key 400, a new key order 2. Listens on `BIND` (default `127.0.0.1:3000`).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -50,7 +49,8 @@ async fn main() -> Result<(), Error> {
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".into());
     let listener = tokio::net::TcpListener::bind(bind).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).await?;
+    // With connect info: a client without `Authorization` is scoped by
+    // its address.
+    battlement::stack::serve(listener, app).await?;
     Ok(())
 }

@@ -8,7 +8,6 @@
 //! with `RateLimit` headers counting down together, then 429 with
 //! `Retry-After`. Listens on `BIND` (default `127.0.0.1:3000`).
 
-use std::net::SocketAddr;
 
 use axum::Router;
 use axum::routing::get;
@@ -34,8 +33,8 @@ async fn main() -> Result<(), Error> {
 
     let listener = tokio::net::TcpListener::bind(var("BIND", "127.0.0.1:3000")).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    // `PeerIp` reads the address axum records with the connect info.
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).await?;
+    // `PeerIp` reads the address recorded with the connect info, which
+    // `stack::serve` turns on.
+    battlement::stack::serve(listener, app).await?;
     Ok(())
 }

@@ -90,4 +90,6 @@ pub use config::{
 pub use ext::ServiceBuilderExt;
 #[cfg(feature = "tonic")]
 pub use grpc::{GrpcService, GrpcStackLayer, GrpcStackService};
+#[cfg(feature = "axum")]
+pub use router::{Served, serve};
 pub use server::{ServerStack, StackError, server};

@@ -1,13 +1,70 @@
 //! The axum form of the server preset.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::extract::connect_info::IntoMakeServiceWithConnectInfo;
+use axum::middleware::AddExtension;
+use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
 use super::optional::Optional;
 use super::server::ServerStack;
 use crate::health::HealthRoutes;
 
+/// What [`serve`] returns: axum's server for `app`, with connect info.
+/// Await it, or chain `.with_graceful_shutdown(..)`.
+pub type Served = axum::serve::Serve<
+    TcpListener,
+    IntoMakeServiceWithConnectInfo<Router, SocketAddr>,
+    AddExtension<Router, ConnectInfo<SocketAddr>>,
+>;
+
+/// Serves `app` on `listener` with connect info on, which the per-client
+/// rate limits and the idempotency scopes read: served without it
+/// (`axum::serve(listener, app)`), every request keyed by the client's
+/// address gets 500. See [`ServerStack::serve`] for the preset's drain.
+///
+/// ```no_run
+/// # async fn run(app: axum::Router) -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+/// battlement::stack::serve(listener, app).await
+/// # }
+/// ```
+pub fn serve(listener: TcpListener, app: Router) -> Served {
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+}
+
 impl ServerStack {
+    /// Serves `app` (from [`router`](Self::router) or
+    /// [`router_with`](Self::router_with)) on `listener`, with connect
+    /// info on (see [`serve`]), until SIGINT or SIGTERM: readiness then
+    /// fails at once, the listener closes `grace` later (time for load
+    /// balancers to see it), and requests in flight finish.
+    ///
+    /// ```no_run
+    /// # async fn run(stack: battlement::stack::ServerStack, api: axum::Router) -> std::io::Result<()> {
+    /// use std::time::Duration;
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    /// stack.serve(listener, stack.router(api), Duration::from_secs(5)).await
+    /// # }
+    /// ```
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        app: Router,
+        grace: Duration,
+    ) -> std::io::Result<()> {
+        serve(listener, app)
+            .with_graceful_shutdown(self.health.clone().shutdown_on_signal(grace))
+            .await
+    }
+
     /// `api` behind the whole stack, with the health routes merged in.
     pub fn router(&self, api: Router) -> Router {
         self.router_with(api, Router::new())
