@@ -340,3 +340,41 @@ async fn a_server_that_may_evict_keys_is_warned_about_at_connect() {
         "{text}"
     );
 }
+
+// The first idempotency claim on a server without an append-only file
+// warns, once: a restart would forget the claims and run replayed keys
+// again. With `appendonly yes`, nothing is said.
+#[tokio::test]
+async fn the_first_claim_warns_once_when_redis_keeps_no_append_only_file() {
+    use battlement::idempotency::{ClaimToken, Claimant, Fingerprint, IdempotencyStore};
+
+    let lines = support::Lines::default();
+    let writer = lines.clone();
+    let _log = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
+    let claim = |store: RedisStore, key: &'static str| async move {
+        let fp = Fingerprint::of(&[b"{}"]);
+        let claimant = Claimant::new(ClaimToken::random(), &fp, Duration::from_secs(5));
+        store.claim(key, claimant).await.unwrap();
+    };
+    let durable = RedisServer::start();
+    durable.cli(&["CONFIG", "SET", "appendonly", "yes"]);
+    let kept = store(&durable).await;
+    assert_eq!(kept.appendonly().await, Some(true));
+    claim(kept, "a").await;
+    assert!(!lines.text().contains("appendonly"), "{}", lines.text());
+
+    let volatile = RedisServer::start();
+    let forgetful = store(&volatile).await;
+    assert_eq!(forgetful.appendonly().await, Some(false));
+    for key in ["a", "b", "c"] {
+        claim(forgetful.clone(), key).await;
+    }
+    let text = lines.text();
+    assert_eq!(text.matches("appendonly is off").count(), 1, "{text}");
+}

@@ -28,6 +28,7 @@ static RELEASE: LazyLock<Script> =
 
 impl IdempotencyStore for RedisStore {
     async fn claim(&self, id: &str, claimant: Claimant<'_>) -> Result<Claim, StoreError> {
+        self.warn_once_if_not_persistent().await;
         let mut invocation = CLAIM.key(state_key(self.keyspace(), id));
         invocation
             .arg(claimant.token.to_hex())

@@ -21,6 +21,7 @@ mod rate_limit;
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -65,7 +66,8 @@ use crate::error::StoreError;
 ///   retention, and watch `used_memory`.
 /// - **Persistence.** A restart without `appendonly yes` (AOF,
 ///   `appendfsync everysec` or `always`) forgets every claim and record:
-///   a replayed key runs again.
+///   a replayed key runs again. The first idempotency claim warns when
+///   `appendonly` is off.
 /// - **Replication is asynchronous.** A master that acknowledged a claim
 ///   and failed before its replica had it loses it at failover; the key
 ///   can then run twice. `min-replicas-to-write` narrows the window.
@@ -111,6 +113,8 @@ struct Inner {
     clock: Option<SharedClock>,
     decisions: DecisionQueue,
     gate: Gate,
+    /// Whether the first idempotency claim checked `appendonly`.
+    persistence_checked: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -171,6 +175,7 @@ impl RedisStore {
                 clock: None,
                 decisions: DecisionQueue::default(),
                 gate: Gate::default(),
+                persistence_checked: AtomicBool::new(false),
             }),
         };
         store.ping().await?;
@@ -181,10 +186,38 @@ impl RedisStore {
     /// The server's `maxmemory-policy`, if it lets `CONFIG GET` read it
     /// (managed services may rename or refuse the command).
     pub async fn eviction_policy(&self) -> Option<String> {
+        self.config_value("maxmemory-policy").await
+    }
+
+    /// Whether the server keeps an append-only file (`appendonly yes`),
+    /// if it lets `CONFIG GET` read it: without one, a restart loses
+    /// every write since the last snapshot.
+    pub async fn appendonly(&self) -> Option<bool> {
+        Some(self.config_value("appendonly").await? == "yes")
+    }
+
+    /// `CONFIG GET name`'s value, if the server answers it.
+    async fn config_value(&self, name: &str) -> Option<String> {
         let mut get = redis::cmd("CONFIG");
-        get.arg("GET").arg("maxmemory-policy");
+        get.arg("GET").arg(name);
         let reply: Vec<String> = self.query(&get).await.ok()?;
         reply.into_iter().nth(1)
+    }
+
+    /// Warns, at the first idempotency claim of this store, when the
+    /// server keeps no append-only file: a restart then forgets the
+    /// claims and records, and a replayed key runs again.
+    pub(crate) async fn warn_once_if_not_persistent(&self) {
+        let checked = &self.inner.persistence_checked;
+        if checked.load(Ordering::Relaxed) || checked.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if self.appendonly().await == Some(false) {
+            tracing::warn!(
+                "redis appendonly is off: a restart forgets every idempotency claim and \
+                 record, and a replayed key runs its request again; set appendonly yes"
+            );
+        }
     }
 
     /// Warns once, at connect, when the server may evict keys to free
@@ -224,6 +257,7 @@ impl RedisStore {
                 clock: Some(clock),
                 decisions: DecisionQueue::default(),
                 gate: Gate::default(),
+                persistence_checked: AtomicBool::new(false),
             }),
         }
     }
