@@ -8,7 +8,6 @@
 //! with `RateLimit` headers counting down together, then 429 with
 //! `Retry-After`. Listens on `BIND` (default `127.0.0.1:3000`).
 
-
 use axum::Router;
 use axum::routing::get;
 use battlement::backends::RedisStore;
