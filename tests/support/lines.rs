@@ -26,3 +26,18 @@ impl Lines {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
+
+/// Captures this thread's `warn` and `error` lines until the guard drops
+/// (a current-thread test runtime logs on this thread).
+pub fn capture_warnings() -> (Lines, tracing::subscriber::DefaultGuard) {
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
+    (lines, guard)
+}
