@@ -236,7 +236,10 @@ async fn a_slow_keyed_post_gets_its_response_not_the_servers_409() {
         .unwrap();
     let res = client.ready().await.unwrap().call(req).await.unwrap();
     assert_eq!(res.status(), http::StatusCode::CREATED);
-    assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "placed");
+    assert_eq!(
+        res.into_body().collect().await.unwrap().to_bytes(),
+        "placed"
+    );
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 

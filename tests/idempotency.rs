@@ -929,16 +929,18 @@ async fn a_handler_past_its_deadline_keeps_its_slot_and_sees_its_deadline() {
     let wait = Arc::new(tokio::sync::Mutex::new(Some(wait)));
     let handler = {
         let seen = seen.clone();
-        service_fn(move |_: Request<battlement::body::LayerBody<Full<Bytes>>>| {
-            seen.lock().unwrap().push(inbound_deadline().is_some());
-            let wait = wait.clone();
-            async move {
-                if let Some(rx) = wait.lock().await.take() {
-                    let _ = rx.await;
+        service_fn(
+            move |_: Request<battlement::body::LayerBody<Full<Bytes>>>| {
+                seen.lock().unwrap().push(inbound_deadline().is_some());
+                let wait = wait.clone();
+                async move {
+                    if let Some(rx) = wait.lock().await.take() {
+                        let _ = rx.await;
+                    }
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"placed"))))
                 }
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"placed"))))
-            }
-        })
+            },
+        )
     };
     let svc = ServiceBuilder::new()
         .layer(limit)
@@ -967,15 +969,14 @@ async fn a_handler_past_its_deadline_keeps_its_slot_and_sees_its_deadline() {
     release.send(()).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while in_flight.in_flight() != 0 {
-        assert!(std::time::Instant::now() < deadline, "the slot was never freed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was never freed"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (status, headers, body) = read(
-        svc.oneshot(post_as("\"slow\"", "Bearer a"))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, headers, body) =
+        read(svc.oneshot(post_as("\"slow\"", "Bearer a")).await.unwrap()).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "placed"));
     assert_eq!(headers["idempotent-replayed"], "true");
     assert_eq!(*seen.lock().unwrap(), [true], "one run, with its deadline");
@@ -991,17 +992,19 @@ async fn a_handler_past_the_execution_bound_is_cancelled_and_its_key_released() 
     let cancelled = Arc::new(AtomicUsize::new(0));
     let handler = {
         let (calls, cancelled) = (calls.clone(), cancelled.clone());
-        service_fn(move |_: Request<battlement::body::LayerBody<Full<Bytes>>>| {
-            let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
-            let on_drop = CountOnDrop(cancelled.clone());
-            async move {
-                if first {
-                    std::future::pending::<()>().await;
+        service_fn(
+            move |_: Request<battlement::body::LayerBody<Full<Bytes>>>| {
+                let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+                let on_drop = CountOnDrop(cancelled.clone());
+                async move {
+                    if first {
+                        std::future::pending::<()>().await;
+                    }
+                    drop(on_drop);
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"placed"))))
                 }
-                drop(on_drop);
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"placed"))))
-            }
-        })
+            },
+        )
     };
     let svc = ServiceBuilder::new()
         .layer(
@@ -1018,17 +1021,16 @@ async fn a_handler_past_the_execution_bound_is_cancelled_and_its_key_released() 
     )
     .await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(cancelled.load(Ordering::SeqCst), 1, "the handler was dropped");
+    assert_eq!(
+        cancelled.load(Ordering::SeqCst),
+        1,
+        "the handler was dropped"
+    );
     let names: Vec<_> = std::iter::from_fn(|| seen.try_recv().ok())
         .map(|e| e.event())
         .collect();
     assert!(names.contains(&"abandoned"), "{names:?}");
-    let (status, _, body) = read(
-        svc.oneshot(post_as("\"hung\"", "Bearer a"))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, _, body) = read(svc.oneshot(post_as("\"hung\"", "Bearer a")).await.unwrap()).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "placed"));
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
@@ -1086,18 +1088,24 @@ async fn responses_that_turned_the_request_away_are_not_kept() {
         let calls = Arc::new(AtomicUsize::new(0));
         let handler = {
             let calls = calls.clone();
-            service_fn(move |_: Request<battlement::body::LayerBody<Full<Bytes>>>| {
-                let n = calls.fetch_add(1, Ordering::SeqCst);
-                let status = if n == 0 { turned_away } else { 201 };
-                async move {
-                    let mut res = Response::new(Full::new(Bytes::from_static(b"")));
-                    *res.status_mut() = StatusCode::from_u16(status).unwrap();
-                    Ok::<_, Infallible>(res)
-                }
-            })
+            service_fn(
+                move |_: Request<battlement::body::LayerBody<Full<Bytes>>>| {
+                    let n = calls.fetch_add(1, Ordering::SeqCst);
+                    let status = if n == 0 { turned_away } else { 201 };
+                    async move {
+                        let mut res = Response::new(Full::new(Bytes::from_static(b"")));
+                        *res.status_mut() = StatusCode::from_u16(status).unwrap();
+                        Ok::<_, Infallible>(res)
+                    }
+                },
+            )
         };
         let svc = ServiceBuilder::new().layer(layer()).service(handler);
-        let first = svc.clone().oneshot(post_as("\"r\"", "Bearer a")).await.unwrap();
+        let first = svc
+            .clone()
+            .oneshot(post_as("\"r\"", "Bearer a"))
+            .await
+            .unwrap();
         assert_eq!(first.status().as_u16(), turned_away);
         let again = svc.oneshot(post_as("\"r\"", "Bearer a")).await.unwrap();
         assert_eq!(again.status(), StatusCode::CREATED, "after {turned_away}");
@@ -1108,7 +1116,11 @@ async fn responses_that_turned_the_request_away_are_not_kept() {
         .layer(layer())
         .service(counted(StatusCode::INTERNAL_SERVER_ERROR, &calls));
     for _ in 0..2 {
-        let res = svc.clone().oneshot(post_as("\"e\"", "Bearer a")).await.unwrap();
+        let res = svc
+            .clone()
+            .oneshot(post_as("\"e\"", "Bearer a"))
+            .await
+            .unwrap();
         assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1, "a 500 is kept");
@@ -1155,8 +1167,8 @@ async fn a_gateway_scope_header_is_believed_only_from_the_gateway() {
          trusted_proxies = [\"10.0.0.0/8\"] }",
     )
     .unwrap();
-    let layer = IdempotencyLayer::from_config(MemoryStore::new(), &config.idempotency.unwrap())
-        .unwrap();
+    let layer =
+        IdempotencyLayer::from_config(MemoryStore::new(), &config.idempotency.unwrap()).unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let svc = ServiceBuilder::new()
         .layer(layer)

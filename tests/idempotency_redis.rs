@@ -312,7 +312,11 @@ async fn a_key_run_in_the_local_fallback_is_replayed_after_the_outage() {
     let res = svc.oneshot(post()).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["idempotent-replayed"], "true");
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "ran once across the outage");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "ran once across the outage"
+    );
 }
 
 // A server that may evict keys under memory pressure is named at connect:

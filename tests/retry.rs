@@ -508,8 +508,8 @@ async fn waiting_for_a_stuck_service_ends_at_the_deadline() {
 // succeeded.
 #[tokio::test]
 async fn a_keyed_retry_that_meets_its_own_key_in_flight_waits_for_the_stored_response() {
-    use battlement::idempotency::IdempotencyLayer;
     use battlement::backends::MemoryStore;
+    use battlement::idempotency::IdempotencyLayer;
 
     let runs = Arc::new(AtomicUsize::new(0));
     let handler = {

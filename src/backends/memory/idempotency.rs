@@ -556,9 +556,11 @@ impl MemoryStore {
     /// response not yet expired.
     pub(crate) fn holds_record(&self, id: &str) -> bool {
         let now = self.inner.clock.now_micros();
-        self.inner
-            .idempotency
-            .with(|map| map.records.get(id).is_some_and(|e| e.record.expires_us() > now))
+        self.inner.idempotency.with(|map| {
+            map.records
+                .get(id)
+                .is_some_and(|e| e.record.expires_us() > now)
+        })
     }
 
     #[cfg(any(test, feature = "conformance"))]
@@ -897,9 +899,12 @@ mod tests {
         s.claim("s/short", Claimant::new(token, &fp(), LOCK))
             .await
             .unwrap();
-        s.complete("s/short", Completion::new(token, &fp(), &response(10), short))
-            .await
-            .unwrap();
+        s.complete(
+            "s/short",
+            Completion::new(token, &fp(), &response(10), short),
+        )
+        .await
+        .unwrap();
         clock.advance(short);
         run(&s, "s/next", 10).await.unwrap();
         assert!(!has(&s, "s/short"), "expired and dropped");

@@ -110,7 +110,10 @@ impl Default for IdempotencyConfig {
             lock: DEFAULT_LOCK,
             retention: DEFAULT_RETENTION,
             max_execution: DEFAULT_MAX_EXECUTION,
-            release_statuses: DEFAULT_RELEASE_STATUSES.iter().map(|s| s.as_u16()).collect(),
+            release_statuses: DEFAULT_RELEASE_STATUSES
+                .iter()
+                .map(|s| s.as_u16())
+                .collect(),
             failure: FailurePolicy::FailClosed,
             scope: ScopeConfig::default(),
         }
@@ -199,7 +202,10 @@ impl ScopeConfig {
                 if trusted_proxies.is_empty() {
                     layer.scope(HeaderKey::new(name))
                 } else {
-                    layer.scope(TrustedHeaderScope::new(name, trusted_proxies.iter().copied()))
+                    layer.scope(TrustedHeaderScope::new(
+                        name,
+                        trusted_proxies.iter().copied(),
+                    ))
                 }
             }
         })

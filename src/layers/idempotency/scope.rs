@@ -6,7 +6,6 @@
 //! told is rejected (400, gRPC `INVALID_ARGUMENT`, "idempotency scope
 //! unknown") rather than filed with every other such request.
 
-
 use std::fmt;
 use std::sync::Arc;
 

@@ -278,8 +278,8 @@ impl<St: IdempotencyStore> Run<St> {
                     "idempotent request handler cancelled at its execution bound; \
                      its key is released"
                 );
-                let problem = Problem::new(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout")
-                    .detail(format!(
+                let problem =
+                    Problem::new(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout").detail(format!(
                         "the request handler did not finish within {} s and was cancelled",
                         bound.as_secs_f64()
                     ));

@@ -238,7 +238,10 @@ where
             Ok(res) => {
                 let now = SystemTime::UNIX_EPOCH + shared.clock.now();
                 let in_flight = keyed && replay.replayable() && polls < MAX_POLLS;
-                if let Some(wait) = in_flight.then(|| RetryPolicy::in_flight_wait(res, now)).flatten() {
+                if let Some(wait) = in_flight
+                    .then(|| RetryPolicy::in_flight_wait(res, now))
+                    .flatten()
+                {
                     let elapsed = shared.clock.now().saturating_sub(started);
                     if !fits(wait, time_left(policy, elapsed, inbound)) {
                         emit(&shared.events, RetryEvent::GaveUp, || describe(&result));
