@@ -224,7 +224,7 @@ impl<'de> Deserialize<'de> for Quota {
     }
 }
 
-/// A quota's table form. Its fields are documented on [`Quota`].
+/// A table: `count` requests per `period`, up to `burst` at once.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct QuotaTable {
