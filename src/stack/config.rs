@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::backends::BackendConfig;
@@ -10,6 +11,8 @@ use crate::error::ConfigError;
 use crate::idempotency::IdempotencyConfig;
 use crate::rate_limit::{PolicyConfig, RateLimitConfig};
 use crate::retry::RetryPolicy;
+
+mod schema;
 
 /// Every layer of the server and client presets, and the backend they
 /// share. Unknown fields are errors naming their path; a missing section
@@ -45,7 +48,7 @@ use crate::retry::RetryPolicy;
 /// assert!(typo.to_string().contains("rate_limit"), "{typo}");
 /// assert!(typo.to_string().contains("shadw"), "{typo}");
 /// ```
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct StackConfig {
     /// Where rate limits, breakers and idempotency records live.
@@ -98,9 +101,10 @@ pub struct Switch {
 }
 
 /// The table form of a [`Switch`].
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct SwitchTable {
+    /// Whether the layer is in the stack (default true).
     #[serde(default = "yes")]
     enabled: bool,
 }
@@ -135,6 +139,20 @@ impl<'de> Deserialize<'de> for Switch {
     }
 }
 
+/// `true`, `false` or a table with `enabled`.
+impl JsonSchema for Switch {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Switch".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A layer on (true) or off (false), or a table with `enabled`.",
+            "anyOf": [{ "type": "boolean" }, SwitchTable::json_schema(generator)]
+        })
+    }
+}
+
 impl Default for Switch {
     fn default() -> Self {
         Self { enabled: true }
@@ -142,7 +160,7 @@ impl Default for Switch {
 }
 
 /// The server-side breaker.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerBreakerSettings {
     /// Its name (default `server`): metric label, store prefix, config
@@ -160,7 +178,7 @@ fn server_breaker_name() -> String {
 }
 
 /// The health routes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthSettings {
     /// Liveness path.
@@ -219,7 +237,7 @@ impl Default for HealthSettings {
 ///     .access_log()
 ///     .is_err());
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AccessLogSettings {
     /// Whether the access log is written (default true).
@@ -230,6 +248,7 @@ pub struct AccessLogSettings {
     /// The level of 4xx answers and gRPC client errors: `"error"`,
     /// `"warn"`, `"info"` (the default), `"debug"` or `"trace"`.
     #[serde(deserialize_with = "level")]
+    #[schemars(with = "schema::Level")]
     pub client_errors: tracing::Level,
 }
 
@@ -291,7 +310,7 @@ fn level<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<tracing::L
 /// # drop(server);
 /// # });
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetrySettings {
     /// `service.name` of every span, metric and log (default
@@ -318,14 +337,16 @@ impl Default for TelemetrySettings {
 }
 
 /// Where quotas and breaker thresholds are reloaded from.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigSourceSettings {
     /// The etcd cluster (feature `etcd`).
     #[cfg(feature = "etcd")]
+    #[schemars(with = "schema::EtcdShape")]
     pub etcd: crate::backends::EtcdConfig,
     /// Without the `etcd` feature, any value here is an error saying so.
     #[cfg(not(feature = "etcd"))]
+    #[schemars(with = "schema::EtcdShape")]
     pub etcd: crate::backends::FeatureOff,
     /// The key prefix (default `/battlement/config/`).
     #[serde(default = "config_prefix")]
@@ -337,7 +358,7 @@ fn config_prefix() -> String {
 }
 
 /// The client preset: retry, per-host breaker, optional rate limit.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClientSettings {
     /// Retries (default [`RetryPolicy::default`]).
@@ -352,6 +373,31 @@ pub struct ClientSettings {
 }
 
 impl StackConfig {
+    /// The JSON Schema (draft 2020-12) of the documents this type reads:
+    /// every section and field with its description, unknown fields
+    /// refused where they are errors, quotas as strings or tables and
+    /// durations as strings. The repository ships it as
+    /// `schema/battlement.schema.json`; a TOML file whose first line is
+    /// `#:schema <path to it>` is completed and checked by editors (taplo,
+    /// VS Code's Even Better TOML).
+    ///
+    /// ```
+    /// use battlement::stack::StackConfig;
+    ///
+    /// let schema = serde_json::to_value(StackConfig::schema()).unwrap();
+    /// assert_eq!(schema["title"], "StackConfig");
+    /// assert_eq!(schema["additionalProperties"], false);
+    /// assert!(schema["properties"]["rate_limit"].is_object());
+    /// ```
+    pub fn schema() -> schemars::Schema {
+        schemars::generate::SchemaSettings::draft2020_12()
+            .with_transform(schemars::transform::RecursiveTransform(
+                schema::plain_description,
+            ))
+            .into_generator()
+            .into_root_schema_for::<StackConfig>()
+    }
+
     /// Reads a JSON document.
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
         let value: serde_json::Value = serde_json::from_str(text)

@@ -10,17 +10,53 @@ use crate::error::StoreError;
 
 /// How to reach Redis.
 ///
+/// # In a config
+///
+/// The `[backend]` table of a stack config with `kind = "redis"`, or a
+/// document of its own, has these fields; any other is an error:
+///
+/// | field | value | default |
+/// |---|---|---|
+/// | `urls` | the server's URL (`redis://:password@host:6379/0`, `rediss://` for TLS), or the seeds of a Cluster | required |
+/// | `cluster` | whether `urls` are the seeds of a Redis Cluster ([`cluster`](Self::cluster)) | `false` |
+/// | `prefix` | the key namespace ([`prefix`](Self::prefix)) | `"battlement"` |
+/// | `timeout` | bounds every call, a duration string ([`with_timeout`](Self::with_timeout)) | `"50ms"` |
+/// | `connect_timeout` | bounds connecting ([`with_connect_timeout`](Self::with_connect_timeout)) | `"2s"` |
+/// | `batch_decisions` | see [`batch_decisions`](Self::batch_decisions) | `true` |
+///
 /// ```
 /// use std::time::Duration;
-/// use battlement::backends::RedisConfig;
+/// use battlement::backends::{BackendConfig, RedisConfig};
+/// use battlement::stack::StackConfig;
 ///
+/// let config = StackConfig::from_toml(r#"
+///     [backend]
+///     kind = "redis"
+///     urls = ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]
+///     cluster = true
+///     prefix = "shop"
+///     timeout = "20ms"
+///     connect_timeout = "1s"
+///     batch_decisions = false
+/// "#).unwrap();
+/// let BackendConfig::Redis(redis) = config.backend else { panic!("redis") };
+/// assert!(redis.is_cluster());
+/// assert_eq!(redis.urls().len(), 2);
+/// assert_eq!((redis.timeout(), redis.connect_timeout()), (Duration::from_millis(20), Duration::from_secs(1)));
+///
+/// // JSON, with the defaults; a password never shows in `Debug`.
 /// let config: RedisConfig = serde_json::from_str(r#"{
 ///     "urls": ["redis://:secret@127.0.0.1:6379"],
 ///     "prefix": "shop",
 ///     "timeout": "20ms"
 /// }"#).unwrap();
 /// assert_eq!(config.timeout(), Duration::from_millis(20));
+/// assert_eq!(config.connect_timeout(), Duration::from_secs(2));
+/// assert!(config.batches_decisions());
 /// assert!(!format!("{config:?}").contains("secret"));
+///
+/// let typo = serde_json::from_str::<RedisConfig>(r#"{"urls": ["redis://a"], "timeot": "1s"}"#);
+/// assert!(typo.unwrap_err().to_string().starts_with("unknown field `timeot`"));
 /// ```
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -8,13 +8,14 @@ use serde::{Deserialize, Serialize};
 use crate::error::ConfigError;
 
 /// What the breaker looks back on to compute its rates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Window {
     /// The last N calls.
     Count(u32),
     /// The calls of the last N seconds, in one bucket per second.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     Time(Duration),
 }
 
@@ -58,7 +59,7 @@ pub enum Window {
 /// assert_eq!(parsed, config);
 /// assert!(serde_json::from_str::<BreakerConfig>(r#"{"failure_rat": 1}"#).is_err());
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerConfig {
     pub(crate) window: Window,
@@ -66,15 +67,19 @@ pub struct BreakerConfig {
     pub(crate) failure_rate: f64,
     pub(crate) slow_call_rate: f64,
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub(crate) slow_call: Duration,
     pub(crate) consecutive_failures: Option<u32>,
     pub(crate) half_open_probes: u32,
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub(crate) open_for: Duration,
     pub(crate) open_backoff: f64,
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub(crate) max_open_for: Duration,
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub(crate) probe_timeout: Duration,
 }
 

@@ -13,7 +13,9 @@ use crate::error::ConfigError;
 ///
 /// The gRPC implementations differ: tonic's server and gRPC C-core ignore
 /// the header, grpc-go fails the call with `INTERNAL`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum MalformedGrpcTimeout {
     /// The header is ignored (the layer's own timeout applies) and a
@@ -26,7 +28,7 @@ pub enum MalformedGrpcTimeout {
 }
 
 /// A route's own timeout.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteDeadline {
     /// The route: axum's matched route template (`/items/{id}`) when the
@@ -35,6 +37,7 @@ pub struct RouteDeadline {
     pub route: String,
     /// Its timeout.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
 }
 
@@ -55,13 +58,14 @@ pub struct RouteDeadline {
 /// let bad: DeadlineConfig = serde_json::from_value(serde_json::json!({ "status": 500 })).unwrap();
 /// assert!(DeadlineLayer::from_config(&bad).is_err());
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]
 pub struct DeadlineConfig {
     /// The timeout of a request whose route has none of its own
     /// (default 30 s).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
     /// Routes with their own timeout (default none).
     pub routes: Vec<RouteDeadline>,

@@ -63,7 +63,7 @@ use crate::key::{ClientIp, DEFAULT_IPV6_PREFIX, GlobalKey, HeaderKey, PeerIp, he
 /// assert!(config.policies[0].policy().is_ok());
 /// assert!(serde_json::from_str::<RateLimitConfig>(r#"{"shadw": true}"#).is_err());
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// Decided in order; a request must pass every one (default none).
@@ -78,7 +78,7 @@ pub struct RateLimitConfig {
 }
 
 /// One named quota and what it counts per.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// Sent in the `RateLimit` headers; the config source key.
@@ -120,7 +120,7 @@ impl PolicyConfig {
 /// "#).unwrap();
 /// # assert!(config.rate_limit.unwrap().policies[0].policy().is_ok());
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "by", rename_all = "snake_case", deny_unknown_fields)]
 pub enum KeyConfig {
     /// One key for every request.
@@ -136,6 +136,7 @@ pub enum KeyConfig {
     ClientIp {
         /// Proxies whose `X-Forwarded-For` / `Forwarded` is believed.
         #[serde(default)]
+        #[schemars(with = "Vec<String>")]
         trusted_proxies: Vec<IpNet>,
         /// IPv6 addresses are grouped by this prefix length (1 to 128,
         /// default 64).

@@ -1,10 +1,12 @@
 //! `Quota`: N per period with a burst.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize, de};
 
 use crate::error::ConfigError;
 
@@ -27,8 +29,52 @@ pub(crate) const MAX_EXACT: u64 = 1 << 53;
 /// assert_eq!(q.with_burst(5).unwrap().burst(), 5);
 /// assert!(Quota::new(0, Duration::from_secs(1)).is_err());
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "QuotaConfig", into = "QuotaConfig")]
+///
+/// # In a config
+///
+/// A quota is read (serde, [`FromStr`]) in one of two forms:
+///
+/// - a string `"N/<duration>"`: `N` requests per duration, with a burst
+///   of `N`. The duration is a number and a unit (`"5/10s"`, `"1000/1m"`,
+///   `"3/500ms"`, `"7/1h 30m"`: any [`humantime`] duration) or a unit
+///   alone (`"100/s"`, `"50/m"`, `"2/h"`);
+/// - a table `{ count, period, burst }`: `count` requests (at least 1)
+///   per `period` (a duration string), with up to `burst` at once (at
+///   least 1; default `count`). No other field is allowed.
+///
+/// Both are validated as [`Quota::new`] and [`Quota::with_burst`] are, and
+/// a quota is written back as a table.
+///
+/// ```
+/// use std::time::Duration;
+/// use battlement::stack::StackConfig;
+///
+/// let config = StackConfig::from_toml(r#"
+///     [[rate_limit.policies]]
+///     name = "per-ip"
+///     quota = "5/10s"
+///
+///     [[rate_limit.policies]]
+///     name = "bursty"
+///     quota = { count = 100, period = "1m", burst = 20 }
+/// "#).unwrap();
+/// let policies = config.rate_limit.unwrap().policies;
+/// let (per_ip, bursty) = (policies[0].quota, policies[1].quota);
+/// assert_eq!((per_ip.count(), per_ip.period(), per_ip.burst()), (5, Duration::from_secs(10), 5));
+/// assert_eq!((bursty.count(), bursty.period(), bursty.burst()), (100, Duration::from_secs(60), 20));
+///
+/// let typo = StackConfig::from_toml(r#"
+///     [[rate_limit.policies]]
+///     name = "per-ip"
+///     quota = "5 per 10s"
+/// "#).unwrap_err();
+/// assert_eq!(
+///     typo.message(),
+///     r#"stack config at `rate_limit.policies[0].quota`: invalid quota "5 per 10s": expected "N/<duration>" such as "100/s", "5/10s" or "3/500ms""#,
+/// );
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(into = "QuotaTable")]
 pub struct Quota {
     count: u64,
     period_us: u64,
@@ -120,39 +166,85 @@ impl fmt::Display for Quota {
     }
 }
 
-/// `N/s`, `N/m` or `N/h` (the `RATE_LIMIT` syntax of the examples).
+/// `"N/<duration>"`: `N` requests per duration, with a burst of `N`. The
+/// duration is a number and a unit (`10s`, `1m`, `500ms`, `1h 30m`: any
+/// [`humantime`] duration) or a unit alone (`s`, `m`, `h`, ...: one of it).
+/// The `RATE_LIMIT` syntax of the examples, and a config's string form.
 impl FromStr for Quota {
     type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, ConfigError> {
-        let bad = || ConfigError::new(format!("rate limit {s:?} is not N/s, N/m or N/h"));
-        let (count, unit) = s.trim().split_once('/').ok_or_else(bad)?;
-        let count: u64 = count.trim().parse().map_err(|_| bad())?;
-        let period = match unit.trim() {
-            "s" | "sec" | "second" => Duration::from_secs(1),
-            "m" | "min" | "minute" => Duration::from_secs(60),
-            "h" | "hour" => Duration::from_secs(3600),
-            _ => return Err(bad()),
+        let bad = || {
+            ConfigError::new(format!(
+                "invalid quota {s:?}: expected \"N/<duration>\" such as \"100/s\", \"5/10s\" or \"3/500ms\""
+            ))
         };
+        let (count, period) = s.trim().split_once('/').ok_or_else(bad)?;
+        let count: u64 = count.trim().parse().map_err(|_| bad())?;
+        let period = period.trim();
+        let period = if period.starts_with(|c: char| c.is_ascii_digit()) {
+            humantime::parse_duration(period)
+        } else {
+            humantime::parse_duration(&format!("1{period}"))
+        }
+        .map_err(|_| bad())?;
         Self::new(count, period)
+            .map_err(|e| ConfigError::new(format!("invalid quota {s:?}: {}", e.message())))
     }
 }
 
-/// Serde form of a [`Quota`]: `{"count": 100, "period": "1s", "burst": 20}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// What a quota may be written as, in errors and in the schema.
+const EXPECTED: &str = r#"a quota: "N/<duration>" such as "5/10s", or a table { count, period }"#;
+
+impl<'de> Deserialize<'de> for Quota {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = Quota;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(EXPECTED)
+            }
+
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Quota, E> {
+                s.parse::<Quota>().map_err(|e| E::custom(e.message()))
+            }
+
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Quota, A::Error> {
+                let invalid =
+                    |e: &dyn fmt::Display| de::Error::custom(format!("invalid quota: {e}"));
+                let table = QuotaTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map_err(|e| invalid(&e))?;
+                Quota::try_from(table).map_err(|e| invalid(&e.message()))
+            }
+        }
+
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// A table: `count` requests per `period`, up to `burst` at once.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct QuotaConfig {
+struct QuotaTable {
+    /// Requests per period, at least 1.
+    #[schemars(range(min = 1))]
     count: u64,
+    /// The period: a duration such as "1s", "10s", "1m" or "500ms".
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     period: Duration,
+    /// Requests allowed at once, at least 1 (default: count).
     #[serde(default)]
+    #[schemars(range(min = 1))]
     burst: Option<u64>,
 }
 
-impl TryFrom<QuotaConfig> for Quota {
+impl TryFrom<QuotaTable> for Quota {
     type Error = ConfigError;
 
-    fn try_from(c: QuotaConfig) -> Result<Self, ConfigError> {
+    fn try_from(c: QuotaTable) -> Result<Self, ConfigError> {
         let q = Quota::new(c.count, c.period)?;
         match c.burst {
             Some(b) => q.with_burst(b),
@@ -161,13 +253,35 @@ impl TryFrom<QuotaConfig> for Quota {
     }
 }
 
-impl From<Quota> for QuotaConfig {
+impl From<Quota> for QuotaTable {
     fn from(q: Quota) -> Self {
         Self {
             count: q.count,
             period: q.period(),
             burst: Some(q.burst),
         }
+    }
+}
+
+/// Either form: a string `"N/<duration>"` or a table.
+impl JsonSchema for Quota {
+    fn schema_name() -> Cow<'static, str> {
+        "Quota".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": EXPECTED,
+            "oneOf": [
+                {
+                    "description": "\"N/<duration>\": N requests per duration, with a burst of N",
+                    "type": "string",
+                    "pattern": r"^\s*\+?[0-9]+\s*/\s*\S.*$",
+                    "examples": ["100/s", "5/10s", "1000/1m", "3/500ms"]
+                },
+                QuotaTable::json_schema(generator)
+            ]
+        })
     }
 }
 
@@ -185,7 +299,7 @@ mod tests {
             "3/h".parse::<Quota>().unwrap().period(),
             Duration::from_secs(3600)
         );
-        for bad in ["", "10", "x/s", "10/d", "0/s", "-1/s"] {
+        for bad in ["", "10", "x/s", "10/x", "0/s", "-1/s", "5/0s"] {
             assert!(bad.parse::<Quota>().is_err(), "{bad}");
         }
         assert!(Quota::per_second(1).unwrap().with_burst(0).is_err());
