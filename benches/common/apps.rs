@@ -6,7 +6,9 @@ use axum::routing::get;
 use battlement::backends::BackendConfig;
 use battlement::idempotency::IdempotencyConfig;
 use battlement::rate_limit::{KeyConfig, PolicyConfig, RateLimitConfig};
-use battlement::stack::{self, AccessLogSettings, StackConfig, Switch};
+use battlement::stack::{
+    self, AccessLogSettings, MetricsSettings, StackConfig, Switch, TraceSettings,
+};
 
 /// Whether to measure: `cargo bench` passes `--bench`, while `cargo test
 /// --all-targets` runs bench binaries without it.
@@ -46,11 +48,13 @@ pub fn config(backend: BackendConfig) -> StackConfig {
         request_id: Switch {
             enabled: on("request_id"),
         },
-        trace: Switch {
+        trace: TraceSettings {
             enabled: on("trace"),
+            ..TraceSettings::default()
         },
-        metrics: Switch {
+        metrics: MetricsSettings {
             enabled: on("metrics"),
+            ..MetricsSettings::default()
         },
         access_log: AccessLogSettings {
             enabled: on("access_log"),

@@ -58,7 +58,11 @@
 //!    requests claim keys, and a replay is what the handler answered.
 //!
 //! Health routes (and extra routes such as `/metrics`) sit under the first
-//! three only: probes are never shed, timed out or rate limited.
+//! three only: probes are never shed, timed out or rate limited. They get a
+//! request id, but are neither traced nor counted in the request metrics
+//! unless the config says so (`[trace] trace_probes = true`,
+//! `[metrics] count_probes = true`): a probe every few seconds would bury
+//! the traffic the traces and metrics are for.
 //! [`ServiceBuilderExt`] has a method for each layer, to assemble the same
 //! order by hand.
 //!
@@ -84,8 +88,8 @@ mod server;
 
 pub use client::client;
 pub use config::{
-    AccessLogSettings, ClientSettings, ConfigSourceSettings, HealthSettings, ServerBreakerSettings,
-    StackConfig, Switch, TelemetrySettings,
+    AccessLogSettings, ClientSettings, ConfigSourceSettings, HealthSettings, MetricsSettings,
+    ServerBreakerSettings, StackConfig, Switch, TelemetrySettings, TraceSettings,
 };
 pub use ext::ServiceBuilderExt;
 #[cfg(feature = "tonic")]

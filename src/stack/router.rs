@@ -73,7 +73,8 @@ impl ServerStack {
     /// `api` behind the whole stack; the health routes and `unlimited`
     /// (e.g. the Prometheus `/metrics` router) only behind the request id,
     /// trace and metrics layers: probes and scrapes are never shed, timed
-    /// out or rate limited.
+    /// out or rate limited, and are neither traced nor counted unless the
+    /// config's `trace_probes` / `count_probes` say so.
     pub fn router_with(&self, api: Router, unlimited: Router) -> Router {
         // One `Router::layer` call per group of routes: each call boxes the
         // routes once more, and each box costs allocations per request.

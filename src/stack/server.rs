@@ -139,11 +139,15 @@ pub async fn server(config: &StackConfig) -> Result<ServerStack, StackError> {
             .request_id
             .enabled
             .then(|| RequestIdLayer::new().span(!config.trace.enabled)),
-        trace: config
-            .trace
+        trace: config.trace.enabled.then(|| {
+            TraceLayer::server()
+                .access_log(access_log)
+                .trace_probes(config.trace.trace_probes)
+        }),
+        metrics: config
+            .metrics
             .enabled
-            .then(|| TraceLayer::server().access_log(access_log)),
-        metrics: config.metrics.enabled.then(MetricsLayer::server),
+            .then(|| MetricsLayer::server().count_probes(config.metrics.count_probes)),
         rate_limit,
         breaker,
         idempotency,
