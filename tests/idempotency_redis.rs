@@ -324,7 +324,7 @@ async fn a_key_run_in_the_local_fallback_is_replayed_after_the_outage() {
 #[tokio::test]
 async fn a_server_that_may_evict_keys_is_warned_about_at_connect() {
     let redis = RedisServer::start();
-    let (lines, _log) = support::capture_warnings();
+    let (lines, _log) = support::capture_logs(tracing::Level::WARN);
     let quiet = store(&redis).await;
     assert_eq!(quiet.eviction_policy().await.as_deref(), Some("noeviction"));
     assert!(!lines.text().contains("maxmemory"), "{}", lines.text());
@@ -344,7 +344,7 @@ async fn a_server_that_may_evict_keys_is_warned_about_at_connect() {
 async fn the_first_claim_warns_once_when_redis_keeps_no_append_only_file() {
     use battlement::idempotency::{ClaimToken, Claimant, Fingerprint, IdempotencyStore};
 
-    let (lines, _log) = support::capture_warnings();
+    let (lines, _log) = support::capture_logs(tracing::Level::WARN);
     let claim = |store: RedisStore, key: &'static str| async move {
         let fp = Fingerprint::of(&[b"{}"]);
         let claimant = Claimant::new(ClaimToken::random(), &fp, Duration::from_secs(5));

@@ -1,6 +1,8 @@
-//! Serving the preset: with `stack::serve` a per-client limit sees each
-//! client's address; without connect info, every keyed request gets a 500
-//! whose body and one log line name the fix.
+//! Starting the preset: the resolved stack is logged, and a policy that
+//! counts every client in one bucket by default is warned about; with
+//! `stack::serve` a per-client limit sees each client's address; without
+//! connect info, every keyed request gets a 500 whose body and one log
+//! line name the fix.
 #![cfg(feature = "axum")]
 
 mod support;
@@ -82,4 +84,42 @@ async fn served_without_connect_info_the_500_names_the_fix_once_in_the_log() {
         1,
         "one warning naming the fix: {text}"
     );
+}
+
+// The resolved stack at `info`, once; a policy left without a key (one
+// bucket for every client) gets a `warn`, a deliberate global one does not.
+#[tokio::test]
+async fn the_resolved_stack_is_logged_and_a_default_global_key_warned_about() {
+    let (lines, _log) = support::capture_logs(tracing::Level::INFO);
+    let config = StackConfig::from_toml(
+        r#"
+        [[rate_limit.policies]]
+        name = "forgot-the-key"
+        quota = "5/10s"
+
+        [[rate_limit.policies]]
+        name = "site-wide"
+        quota = "1000/s"
+        key = { by = "global" }
+
+        [idempotency]
+        routes = ["/orders"]
+        "#,
+    )
+    .unwrap();
+    let _server = stack::server(&config).await.unwrap();
+    let text = lines.text();
+    assert!(
+        text.contains("layers=request_id > trace > metrics > rate_limit > idempotency"),
+        "{text}"
+    );
+    assert!(text.contains("backend=\"memory\""), "{text}");
+    assert!(
+        text.contains("policy=forgot-the-key") && text.contains("key=\"global (no key set)\""),
+        "{text}"
+    );
+    assert!(text.contains("scope=\"authorization\""), "{text}");
+    let warnings: Vec<_> = text.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(warnings[0].contains("policy=forgot-the-key"), "{text}");
 }

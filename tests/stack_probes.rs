@@ -44,10 +44,7 @@ async fn probes_are_counted_only_when_the_config_says_so() {
         .with_reader(PeriodicReader::builder(exporter.clone()).build())
         .build();
     opentelemetry::global::set_meter_provider(provider.clone());
-    for (toml, livez_counted) in [
-        ("", false),
-        ("metrics = { count_probes = true }", true),
-    ] {
+    for (toml, livez_counted) in [("", false), ("metrics = { count_probes = true }", true)] {
         let config = StackConfig::from_toml(toml).unwrap();
         let server = stack::server(&config).await.unwrap();
         let app = server.router(Router::new().route("/hello", get(|| async { "hello" })));
@@ -68,10 +65,8 @@ async fn probes_are_counted_only_when_the_config_says_so() {
 
 #[test]
 fn the_trace_layer_takes_trace_probes_and_both_take_a_bare_switch() {
-    let config = StackConfig::from_toml(
-        "[trace]\ntrace_probes = true\n[metrics]\nenabled = false",
-    )
-    .unwrap();
+    let config =
+        StackConfig::from_toml("[trace]\ntrace_probes = true\n[metrics]\nenabled = false").unwrap();
     assert!(config.trace.enabled && config.trace.trace_probes);
     assert!(!config.metrics.enabled && !config.metrics.count_probes);
     let config = StackConfig::from_toml("trace = false\nmetrics = true").unwrap();

@@ -64,7 +64,7 @@ pub fn config(backend: BackendConfig) -> StackConfig {
             policies: vec![PolicyConfig {
                 name: "per-ip".into(),
                 quota,
-                key: KeyConfig::client_ip([]),
+                key: Some(KeyConfig::client_ip([])),
                 mode: Default::default(),
             }],
             ..RateLimitConfig::default()

@@ -278,7 +278,9 @@ fn stack_config(settings: &Settings) -> Result<StackConfig, Error> {
         policies: vec![PolicyConfig {
             name: "per-ip".into(),
             quota: settings.rate_limit,
-            key: KeyConfig::client_ip(settings.trusted_proxies.iter().copied()),
+            key: Some(KeyConfig::client_ip(
+                settings.trusted_proxies.iter().copied(),
+            )),
             mode: settings.rate_limit_mode,
         }],
         failure: settings.rate_limit_failure,

@@ -107,7 +107,7 @@ async fn preset(quota: Quota, redis_url: Option<String>) -> Result<ServerStack, 
             policies: vec![PolicyConfig {
                 name: "per-ip".into(),
                 quota,
-                key: KeyConfig::peer_ip(),
+                key: Some(KeyConfig::peer_ip()),
                 mode: Default::default(),
             }],
             ..RateLimitConfig::default()

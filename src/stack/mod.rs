@@ -82,6 +82,7 @@ mod ext;
 mod grpc;
 #[cfg(any(feature = "axum", feature = "tonic"))]
 mod optional;
+mod resolved;
 #[cfg(feature = "axum")]
 mod router;
 mod server;

@@ -159,6 +159,7 @@ pub async fn server(config: &StackConfig) -> Result<ServerStack, StackError> {
     if let Some(source) = &config.config_source {
         stack.config = Some(stack.reload_from(source).await?);
     }
+    super::resolved::log(config, &stack);
     Ok(stack)
 }
 

@@ -27,15 +27,15 @@ impl Lines {
     }
 }
 
-/// Captures this thread's `warn` and `error` lines until the guard drops
-/// (a current-thread test runtime logs on this thread).
-pub fn capture_warnings() -> (Lines, tracing::subscriber::DefaultGuard) {
+/// Captures this thread's log lines at `level` and above until the guard
+/// drops (a current-thread test runtime logs on this thread).
+pub fn capture_logs(level: tracing::Level) -> (Lines, tracing::subscriber::DefaultGuard) {
     let lines = Lines::default();
     let writer = lines.clone();
     let guard = tracing::subscriber::set_default(
         tracing_subscriber::fmt()
             .with_ansi(false)
-            .with_max_level(tracing::Level::WARN)
+            .with_max_level(level)
             .with_writer(move || writer.clone())
             .finish(),
     );

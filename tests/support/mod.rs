@@ -18,7 +18,7 @@ mod redis;
 pub use etcd::EtcdServer;
 pub use example::{Example, Reply, example_binary, get, send};
 pub use harness::*;
-pub use lines::{Lines, capture_warnings};
+pub use lines::{Lines, capture_logs};
 pub use process::{Process, free_port, require_binary};
 pub use proxy::TcpProxy;
 pub use redis::{RedisCluster, RedisServer};

@@ -85,9 +85,11 @@ pub struct PolicyConfig {
     pub name: String,
     /// N per period with a burst.
     pub quota: Quota,
-    /// What the quota is counted per (default: one global key).
-    #[serde(default)]
-    pub key: KeyConfig,
+    /// What the quota is counted per. Left out, one bucket is shared by
+    /// every client, and the preset warns at startup: write
+    /// `key = { by = "global" }` when that is what is meant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeyConfig>,
     /// `"exact"` (default) or `"leased"`: see [`SyncMode`].
     #[serde(default)]
     pub mode: SyncMode,
@@ -97,6 +99,8 @@ impl PolicyConfig {
     /// The policy this config describes.
     pub fn policy(&self) -> Result<Policy, ConfigError> {
         self.key
+            .clone()
+            .unwrap_or_default()
             .keyed(Policy::new(&self.name, self.quota)?.mode(self.mode))
     }
 }
@@ -243,16 +247,16 @@ mod tests {
                 PolicyConfig {
                     name: "per-ip".into(),
                     quota: Quota::per_second(10).unwrap().with_burst(3).unwrap(),
-                    key: KeyConfig::client_ip(["10.0.0.0/8".parse().unwrap()]),
+                    key: Some(KeyConfig::client_ip(["10.0.0.0/8".parse().unwrap()])),
                     mode: SyncMode::Leased,
                 },
                 PolicyConfig {
                     name: "per-key".into(),
                     quota: Quota::per_minute(5).unwrap(),
-                    key: KeyConfig::Header {
+                    key: Some(KeyConfig::Header {
                         name: "x-api-key".into(),
                         secret: None,
-                    },
+                    }),
                     mode: SyncMode::Exact,
                 },
             ],
