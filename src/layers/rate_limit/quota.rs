@@ -30,6 +30,36 @@ pub(crate) const MAX_EXACT: u64 = 1 << 53;
 /// assert!(Quota::new(0, Duration::from_secs(1)).is_err());
 /// ```
 ///
+/// # What it admits
+///
+/// The limiter is a GCRA (a leaky bucket, decided per request): a full
+/// bucket admits `burst` requests at once, then one every `period /
+/// count` as it drains. So "5 per 10 s" admits five requests at once, and
+/// the sixth is told to come back in 2 s (`retry-after: 2`), not 10:
+///
+/// ```
+/// use battlement::backends::MemoryStore;
+/// use battlement::rate_limit::{Policy, RateLimitLayer};
+/// use http::{Request, Response, StatusCode};
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let quota = "5/10s".parse().unwrap();
+/// let svc = ServiceBuilder::new()
+///     .layer(RateLimitLayer::new(MemoryStore::new()).policy(Policy::new("q", quota).unwrap()))
+///     .service(service_fn(|_: Request<String>| async {
+///         Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+///     }));
+/// for _ in 0..5 {
+///     let res = svc.clone().oneshot(Request::new(String::new())).await.unwrap();
+///     assert_eq!(res.status(), StatusCode::OK);
+/// }
+/// let sixth = svc.oneshot(Request::new(String::new())).await.unwrap();
+/// assert_eq!(sixth.status(), StatusCode::TOO_MANY_REQUESTS);
+/// assert_eq!(sixth.headers()["retry-after"], "2");
+/// # });
+/// ```
+///
 /// # In a config
 ///
 /// A quota is read (serde, [`FromStr`]) in one of two forms:
