@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Backend, KeySpace, MemoryConfig, MemoryStore};
+use super::{Backend, Durability, KeySpace, MemoryConfig, MemoryStore};
 use crate::circuit_breaker::{CircuitBreakerStore, Loaded, Publication, Published, Versioned};
 use crate::error::StoreError;
 use crate::idempotency::{Claim, ClaimToken, Claimant, Completion, IdempotencyStore};
@@ -127,6 +127,10 @@ impl Backend for AnyStore {
 
     fn close(&self) {
         each!(self, s => s.close())
+    }
+
+    async fn durability(&self) -> Durability {
+        each!(self, s => s.durability().await)
     }
 }
 

@@ -72,6 +72,50 @@ pub trait Backend: Clone + Send + Sync + fmt::Debug + 'static {
     /// Stops every clone of this store: later calls fail with
     /// [`StoreError::Closed`], and the connection is released.
     fn close(&self);
+
+    /// How well the store keeps what it acknowledged (default
+    /// [`Durability::Unknown`]).
+    fn durability(&self) -> impl Future<Output = Durability> + Send {
+        async { Durability::Unknown }
+    }
+}
+
+/// How well a backend keeps what it acknowledged: what exactly-once
+/// idempotency and exact limits rest on. Readiness shows it
+/// ([`durability_check`](crate::health::durability_check)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// In this process only: gone when it exits.
+    Process,
+    /// Written to a quorum's log before it is acknowledged (etcd).
+    Quorum,
+    /// Redis with an append-only file: kept across a restart (up to its
+    /// `appendfsync`), not across a failover that loses an acknowledged
+    /// write (replication is asynchronous).
+    AppendOnly,
+    /// Redis with snapshots only: a restart loses what came after the
+    /// last one.
+    Snapshots,
+    /// Redis with neither: a restart loses everything.
+    Volatile,
+    /// Not known (the server refused `CONFIG GET`).
+    Unknown,
+}
+
+impl Durability {
+    /// `process`, `quorum`, `append-only`, `snapshots`, `volatile` or
+    /// `unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Process => "process",
+            Self::Quorum => "quorum",
+            Self::AppendOnly => "append-only",
+            Self::Snapshots => "snapshots",
+            Self::Volatile => "volatile",
+            Self::Unknown => "unknown",
+        }
+    }
 }
 
 /// The default key prefix.

@@ -9,7 +9,7 @@ use crate::concurrency_limit::{ConcurrencyLimitHandle, ConcurrencyLimitLayer};
 use crate::deadline::DeadlineLayer;
 use crate::error::{ConfigError, StoreError};
 use crate::events::Events;
-use crate::health::{HealthRegistry, store_check};
+use crate::health::{HealthRegistry, durability_check, store_check};
 use crate::idempotency::IdempotencyLayer;
 use crate::metrics::MetricsLayer;
 use crate::rate_limit::{RateLimitHandle, RateLimitLayer};
@@ -93,6 +93,7 @@ pub async fn server(config: &StackConfig) -> Result<ServerStack, StackError> {
     let store = AnyStore::connect(&config.backend).await?;
     let health = HealthRegistry::new();
     health.register(store_check(store.clone()));
+    health.register(durability_check(store.clone()));
     let events = Events::new();
     let rate_limit = match &config.rate_limit {
         Some(settings) => {

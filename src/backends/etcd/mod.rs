@@ -19,7 +19,7 @@ use etcd_client::{Client, ConnectOptions};
 pub use config::EtcdConfig;
 pub use config_source::EtcdConfigSource;
 
-use super::{Backend, KeySpace};
+use super::{Backend, Durability, KeySpace};
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::StoreError;
 use lease::LeaseCache;
@@ -196,5 +196,9 @@ impl Backend for EtcdStore {
         if let Ok(mut client) = self.inner.client.write() {
             client.take();
         }
+    }
+
+    async fn durability(&self) -> Durability {
+        Durability::Quorum
     }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Deserialize;
 
-use super::{Backend, DEFAULT_PREFIX, KeySpace};
+use super::{Backend, DEFAULT_PREFIX, Durability, KeySpace};
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::StoreError;
 use crate::events::Events;
@@ -438,5 +438,9 @@ impl Backend for MemoryStore {
 
     fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
+    }
+
+    async fn durability(&self) -> Durability {
+        Durability::Process
     }
 }

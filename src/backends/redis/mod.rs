@@ -37,7 +37,7 @@ pub use config::RedisConfig;
 use decision_queue::DecisionQueue;
 use gate::Gate;
 
-use super::{Backend, KeySpace};
+use super::{Backend, Durability, KeySpace};
 use crate::clock::SharedClock;
 use crate::error::StoreError;
 
@@ -420,6 +420,19 @@ impl Backend for RedisStore {
     fn close(&self) {
         if let Ok(mut conn) = self.inner.conn.write() {
             conn.take();
+        }
+    }
+
+    /// From `appendonly` and `save`, as the server says now.
+    async fn durability(&self) -> Durability {
+        match self.appendonly().await {
+            Some(true) => Durability::AppendOnly,
+            Some(false) => match self.config_value("save").await {
+                Some(save) if !save.trim().is_empty() => Durability::Snapshots,
+                Some(_) => Durability::Volatile,
+                None => Durability::Unknown,
+            },
+            None => Durability::Unknown,
         }
     }
 }

@@ -63,7 +63,14 @@ impl Group {
 pub struct Outcome {
     pub(crate) status: Status,
     pub(crate) output: Option<String>,
-    pub(crate) observed: Option<(f64, Cow<'static, str>)>,
+    pub(crate) observed: Option<(Observed, Cow<'static, str>)>,
+}
+
+/// A check's `observedValue`: a measurement, or a state named in words.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Observed {
+    Number(f64),
+    Text(Cow<'static, str>),
 }
 
 impl Outcome {
@@ -93,7 +100,18 @@ impl Outcome {
 
     /// Adds the measured value (`observedValue`, `observedUnit`).
     pub fn observed(mut self, value: f64, unit: impl Into<Cow<'static, str>>) -> Self {
-        self.observed = Some((value, unit.into()));
+        self.observed = Some((Observed::Number(value), unit.into()));
+        self
+    }
+
+    /// Adds a state named in words as the observed value (`observedValue`
+    /// a string, `observedUnit` saying what it names).
+    pub fn observed_text(
+        mut self,
+        value: impl Into<Cow<'static, str>>,
+        unit: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        self.observed = Some((Observed::Text(value.into()), unit.into()));
         self
     }
 

@@ -70,4 +70,4 @@ pub use http::{HEALTH_JSON, HealthEndpoint, HealthRoutes};
 pub use probe::is_probe;
 pub use registry::HealthRegistry;
 pub use report::{CheckReport, Report};
-pub use store::store_check;
+pub use store::{durability_check, store_check};

@@ -95,7 +95,8 @@ impl HealthRegistry {
         Duration::from_nanos(self.inner.cache_for.load(Ordering::Relaxed))
     }
 
-    /// Adds `check`, replacing any check with the same name.
+    /// Adds `check`, replacing any check with the same key
+    /// (`name:measurement`): one component may have several measurements.
     pub fn register(&self, check: Check) -> &Self {
         let entry = Arc::new(Entry {
             check,
@@ -103,13 +104,15 @@ impl HealthRegistry {
             runs: AtomicU64::new(0),
         });
         if let Ok(mut checks) = self.inner.checks.write() {
-            checks.retain(|e| e.check.name != entry.check.name);
+            let key = entry.check.key();
+            checks.retain(|e| e.check.key() != key);
             checks.push(entry);
         }
         self
     }
 
-    /// Removes the check named `name`; true if there was one.
+    /// Removes the checks named `name` (every measurement); true if there
+    /// was one.
     pub fn deregister(&self, name: &str) -> bool {
         let Ok(mut checks) = self.inner.checks.write() else {
             return false;

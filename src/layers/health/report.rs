@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value, json};
 
-use super::check::{Check, Group, Outcome, Status};
+use super::check::{Check, Group, Observed, Outcome, Status};
 
 /// The result of one check in one probe run.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,7 +122,11 @@ impl Report {
                 entry.insert("componentType".into(), kind.clone().into());
             }
             if let Some((value, unit)) = &c.outcome.observed {
-                entry.insert("observedValue".into(), json!(value));
+                let value = match value {
+                    Observed::Number(n) => json!(n),
+                    Observed::Text(text) => json!(text),
+                };
+                entry.insert("observedValue".into(), value);
                 entry.insert("observedUnit".into(), unit.to_string().into());
             }
             entry.insert("status".into(), c.status().as_str().into());

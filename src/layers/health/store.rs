@@ -56,6 +56,35 @@ pub fn store_check<B: Backend>(store: B) -> Check {
     .timeout(Duration::from_secs(1))
 }
 
+/// A readiness check named after the backend that shows how it keeps what
+/// it acknowledged, as `observedValue` under the measurement `durability`
+/// ([`Durability`](crate::backends::Durability): `process`, `quorum`,
+/// `append-only`, `snapshots`, `volatile` or `unknown`). It always passes:
+/// it informs, the store's own check judges. Read at most once a minute.
+///
+/// ```
+/// use battlement::backends::MemoryStore;
+/// use battlement::health::{durability_check, HealthRegistry};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let health = HealthRegistry::new();
+/// health.register(durability_check(MemoryStore::new()));
+/// let report = health.run(&battlement::health::Group::Readiness).await;
+/// let json = report.to_health_json();
+/// assert_eq!(json["checks"]["memory:durability"][0]["observedValue"], "process");
+/// # });
+/// ```
+pub fn durability_check<B: Backend>(store: B) -> Check {
+    Check::new(store.kind(), move || {
+        let store = store.clone();
+        async move { Outcome::pass().observed_text(store.durability().await.as_str(), "mode") }
+    })
+    .measurement("durability")
+    .component_type("datastore")
+    .timeout(Duration::from_secs(1))
+    .cache_for(Duration::from_secs(60))
+}
+
 /// What a probe may say about a store failure: its kind, never its text.
 fn public_reason(err: &StoreError) -> &'static str {
     match err {
