@@ -142,3 +142,43 @@ async fn a_warn_filter_on_the_log_layer_leaves_spans_exported() {
     let text = lines.text();
     assert!(text.contains("slow") && !text.contains("working"), "{text}");
 }
+
+// The request id's own `request` span (the preset opens it when the trace
+// layer is off) is for log lines only: never an exported span, whatever
+// the log level. With the trace layer on, one span per request, and the
+// access log is a log line, not an event on that span.
+#[tokio::test]
+async fn only_the_server_span_is_exported_and_it_carries_no_access_log_event() {
+    use battlement::stack::{self, StackConfig};
+
+    for level in ["warn", "info"] {
+        for trace in [false, true] {
+            let exporter = InMemorySpanExporter::default();
+            let logs = tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(Lines::default)
+                .with_filter(EnvFilter::new(level));
+            let subscriber =
+                battlement::telemetry::subscriber(provider(&exporter).tracer("test"), logs);
+            let _guard = tracing::subscriber::set_default(subscriber);
+            let config = StackConfig::from_toml(&format!("trace = {trace}")).unwrap();
+            let server = stack::server(&config).await.unwrap();
+            let app = server.router(Router::new().route("/hello", get(|| async { "hello" })));
+            let req = http::Request::get("/hello").body(Body::empty()).unwrap();
+            let res = app.oneshot(req).await.unwrap();
+            assert!(res.headers().contains_key("x-request-id"));
+            res.into_body().collect().await.unwrap();
+            let spans = exporter.get_finished_spans().unwrap();
+            let names: Vec<_> = spans.iter().map(|s| s.name.as_ref()).collect();
+            let expected: &[&str] = if trace { &["GET /hello"] } else { &[] };
+            assert_eq!(names, expected, "RUST_LOG={level}, trace = {trace}");
+            for span in &spans {
+                assert!(
+                    span.events.is_empty(),
+                    "RUST_LOG={level}: {:?}",
+                    span.events
+                );
+            }
+        }
+    }
+}

@@ -13,6 +13,8 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::Context as LayerContext;
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::request_id::REQUEST_SPAN_TARGET;
+use crate::trace::ACCESS_LOG_TARGET;
 use crate::trace::head::{UNSAMPLED_TARGET, take_unsampled_context};
 
 /// The `tracing` layer for `tracer`: every span at `INFO` or above becomes
@@ -22,7 +24,11 @@ use crate::trace::head::{UNSAMPLED_TARGET, take_unsampled_context};
 /// out. That one only makes the request's unsampled OpenTelemetry context
 /// current while it is entered, so spans created under it (also in tasks
 /// it instruments) and outbound calls belong to the request's trace and
-/// are not sampled.
+/// are not sampled. Nor does it export what is for log lines only: the
+/// access log's events (target
+/// [`ACCESS_LOG_TARGET`](crate::trace::ACCESS_LOG_TARGET)), which would
+/// repeat the server span's attributes as span events, and the request id's
+/// own span ([`REQUEST_SPAN_TARGET`](crate::request_id::REQUEST_SPAN_TARGET)).
 ///
 /// The level is this layer's own, not the log level: put the log filter on
 /// the log layer (see [`subscriber`](super::subscriber)), so that
@@ -41,7 +47,11 @@ where
         .with_filter(
             Targets::new()
                 .with_default(Level::INFO)
-                .with_target(UNSAMPLED_TARGET, LevelFilter::OFF),
+                .with_target(UNSAMPLED_TARGET, LevelFilter::OFF)
+                // Log lines and log-only spans: the server span already
+                // holds what the access log says.
+                .with_target(REQUEST_SPAN_TARGET, LevelFilter::OFF)
+                .with_target(ACCESS_LOG_TARGET, LevelFilter::OFF),
         );
     spans.and_then(UnsampledContexts)
 }

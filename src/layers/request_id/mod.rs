@@ -43,4 +43,4 @@ pub use forward::{ForwardRequestId, ForwardRequestIdLayer};
 pub use future::ResponseFuture;
 pub use id::{DefaultMakeRequestId, MakeRequestId, RequestId};
 pub use layer::{RequestIdConfig, RequestIdLayer, X_REQUEST_ID};
-pub use service::RequestIdService;
+pub use service::{REQUEST_SPAN_TARGET, RequestIdService};

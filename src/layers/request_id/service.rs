@@ -18,6 +18,12 @@ pub struct RequestIdService<S> {
     layer: RequestIdLayer,
 }
 
+/// The target of the request id's own `request` span: for log lines
+/// only, so the OpenTelemetry layer of
+/// [`telemetry::tracing_layer`](crate::telemetry::tracing_layer) never
+/// exports it, and it costs nothing where no log layer enables it.
+pub const REQUEST_SPAN_TARGET: &str = "battlement::request_id";
+
 impl<S> RequestIdService<S> {
     pub(crate) fn new(inner: S, layer: RequestIdLayer) -> Self {
         Self { inner, layer }
@@ -61,7 +67,7 @@ where
         req.extensions_mut().insert(id.clone());
         tracing::Span::current().record("request.id", id.as_str());
         let span = if self.layer.span {
-            tracing::info_span!("request", request_id = %id)
+            tracing::info_span!(target: REQUEST_SPAN_TARGET, "request", request_id = %id)
         } else {
             tracing::Span::none()
         };

@@ -101,12 +101,18 @@ impl AccessLog {
     }
 
     /// What is known of `req` before the service sees it.
-    pub(crate) fn start<B>(self, req: &Request<B>, grpc: Option<&str>) -> Box<Entry> {
+    pub(crate) fn start<B>(self, req: &Request<B>, grpc: Option<&str>) -> Option<Box<Entry>> {
+        // Nothing is kept for a line no subscriber would write: under
+        // `RUST_LOG=error`, say, the access log costs one interest check.
+        let levels = [Level::INFO, Level::WARN, self.client_errors];
+        if !levels.into_iter().any(enabled) {
+            return None;
+        }
         let route = match grpc {
             Some(call) => Route::Grpc(call.into()),
             None => Route::Http(route(req).map(Box::from)),
         };
-        Box::new(Entry {
+        Some(Box::new(Entry {
             log: self,
             started: Instant::now(),
             method: method(req.method()),
@@ -116,7 +122,7 @@ impl AccessLog {
             grpc: None,
             trace_id: TraceId::INVALID,
             error: None,
-        })
+        }))
     }
 }
 
@@ -198,6 +204,9 @@ impl Entry {
     /// Writes the entry (in the current span).
     pub(crate) fn write(&self) {
         let level = self.level();
+        if !enabled(level) {
+            return;
+        }
         let success = level == Level::INFO && self.error.is_none() && self.is_success();
         if success && !self.sampled() {
             return;
@@ -246,6 +255,17 @@ impl Entry {
 
     fn is_success(&self) -> bool {
         self.status.is_some_and(|s| s < 400) && self.grpc.is_none_or(|code| code == GrpcCode::Ok)
+    }
+}
+
+/// Whether a subscriber would write an access-log line at `level`.
+fn enabled(level: Level) -> bool {
+    match level {
+        Level::ERROR => tracing::enabled!(target: ACCESS_LOG_TARGET, Level::ERROR),
+        Level::WARN => tracing::enabled!(target: ACCESS_LOG_TARGET, Level::WARN),
+        Level::INFO => tracing::enabled!(target: ACCESS_LOG_TARGET, Level::INFO),
+        Level::DEBUG => tracing::enabled!(target: ACCESS_LOG_TARGET, Level::DEBUG),
+        _ => tracing::enabled!(target: ACCESS_LOG_TARGET, Level::TRACE),
     }
 }
 

@@ -139,7 +139,7 @@ where
         // A gRPC call named `_OTHER` for now: its answer may name it.
         let rpc = grpc_unnamed(&req).filter(|_| !self.client);
         let log = match self.options.access_log {
-            Some(log) if !self.client && !span.is_none() => Some(log.start(&req, grpc_call(&req))),
+            Some(log) if !self.client && !span.is_none() => log.start(&req, grpc_call(&req)),
             _ => None,
         };
         let future = {
