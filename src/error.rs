@@ -64,7 +64,9 @@ impl StoreError {
 }
 
 /// What a layer does when its store fails.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FailurePolicy {
     /// Let the request through as if the store had allowed it.

@@ -3,7 +3,8 @@
 //! Run with:
 //! `REDIS_URL=redis://127.0.0.1:6379 cargo run --example redis_rate_limit --features redis`,
 //! and a second instance on the same Redis with `BIND=127.0.0.1:3001`.
-//! Each client IP gets `RATE_LIMIT` (default `5/m`) across both:
+//! Each client IP gets `RATE_LIMIT` (`N/<duration>` such as `5/m` or
+//! `5/10s`; default `5/m`) across both:
 //! `curl -i 127.0.0.1:3000/hello; curl -i 127.0.0.1:3001/hello` answer 200
 //! with `RateLimit` headers counting down together, then 429 with
 //! `Retry-After`. Listens on `BIND` (default `127.0.0.1:3000`).

@@ -15,8 +15,8 @@
 //!
 //! Environment:
 //!
-//! - `RATE_LIMIT` (`N/s`, `N/m` or `N/h`, default `100/s`) and `RATE_BURST`
-//!   (default N): the per-IP quota;
+//! - `RATE_LIMIT` (`N/<duration>`: `100/s`, `50/m`, `5/10s`, `3/500ms`;
+//!   default `100/s`) and `RATE_BURST` (default N): the per-IP quota;
 //! - `REDIS_URL`: connect to Redis, keep the rate-limit state there (shared
 //!   by every instance) and add Redis to readiness (build with
 //!   `--features redis`);

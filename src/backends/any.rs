@@ -24,7 +24,7 @@ use crate::rate_limit::{Charge, Decision, RateLimitStore};
 /// # #[cfg(feature = "redis")]
 /// assert!(serde_json::from_str::<BackendConfig>(r#"{"kind": "redis"}"#).is_err());
 /// ```
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BackendConfig {
     /// In process (the default).
@@ -54,6 +54,20 @@ impl<'de> Deserialize<'de> for FeatureOff {
             "this backend needs a battlement feature this build leaves out \
              (`redis` or `etcd`: cargo build --features redis,etcd)",
         ))
+    }
+}
+
+/// Nothing: any value is an error in this build.
+impl schemars::JsonSchema for FeatureOff {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "FeatureOff".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A setting of a feature this build leaves out (`redis` or `etcd`): any value is an error.",
+            "not": {}
+        })
     }
 }
 

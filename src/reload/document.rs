@@ -6,27 +6,32 @@ use serde_json::{Map, Value};
 use crate::circuit_breaker::BreakerConfig;
 use crate::rate_limit::{Quota, SyncMode};
 
-/// Documents under `rate_limit/<policy name>` are [`Quota`]s, with an
-/// optional `"mode"` ([`SyncMode`]: `"exact"` or `"leased"`).
+/// Documents under `rate_limit/<policy name>` are [`Quota`]s, as a string
+/// (`"50/1m"`) or a table, the table with an optional `"mode"`
+/// ([`SyncMode`]: `"exact"` or `"leased"`).
 pub const RATE_LIMIT: &str = "rate_limit/";
 
 /// Documents under `circuit_breaker/<breaker name>` are [`BreakerConfig`]
 /// fields laid over the breaker's built-in config.
 pub const CIRCUIT_BREAKER: &str = "circuit_breaker/";
 
-/// Reads a quota document: `{"count": 50, "period": "1m", "burst": 10}`
-/// (burst defaults to count), validated as [`Quota::new`] and
-/// [`Quota::with_burst`] do, and its sync mode (`"mode": "leased"`; none:
-/// the policy's built-in mode).
+/// Reads a quota document as [`Quota`]'s serde form reads a quota
+/// everywhere: a string `"50/1m"` (burst: the count) or a table
+/// `{"count": 50, "period": "1m", "burst": 10}` (burst defaults to count),
+/// validated as [`Quota::new`] and [`Quota::with_burst`] do; and its sync
+/// mode, which a table may name (`"mode": "leased"`; none: the policy's
+/// built-in mode).
 pub(crate) fn quota(document: &[u8]) -> Result<(Quota, Option<SyncMode>), String> {
-    let mut fields: Map<String, Value> =
-        serde_json::from_slice(document).map_err(|e| e.to_string())?;
-    let mode = fields
-        .remove("mode")
-        .map(serde_json::from_value::<SyncMode>)
-        .transpose()
-        .map_err(|e| format!("mode: {e}"))?;
-    let quota = serde_json::from_value(Value::Object(fields)).map_err(|e| e.to_string())?;
+    let mut document: Value = serde_json::from_slice(document).map_err(|e| e.to_string())?;
+    let mode = match &mut document {
+        Value::Object(fields) => fields
+            .remove("mode")
+            .map(serde_json::from_value::<SyncMode>)
+            .transpose()
+            .map_err(|e| format!("mode: {e}"))?,
+        _ => None,
+    };
+    let quota = serde_json::from_value(document).map_err(|e| e.to_string())?;
     Ok((quota, mode))
 }
 
@@ -72,6 +77,29 @@ mod tests {
             br#"not json"#,
         ] {
             assert!(quota(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn quota_documents_take_every_form_a_quota_takes() {
+        for (document, period) in [
+            (&br#""50/1m""#[..], Duration::from_secs(60)),
+            (br#""50/m""#, Duration::from_secs(60)),
+            (br#"" 50 / 10s ""#, Duration::from_secs(10)),
+            (br#""50/500ms""#, Duration::from_millis(500)),
+        ] {
+            let (q, mode) = quota(document).unwrap();
+            assert_eq!((q, mode), (Quota::new(50, period).unwrap(), None));
+            assert_eq!(q.burst(), 50);
+        }
+        // Errors are Quota's own, naming the forms.
+        for (bad, error) in [
+            (&br#""50 per minute""#[..], "expected \"N/<duration>\""),
+            (br#""0/s""#, "at least 1"),
+            (br#"50"#, "a table { count, period }"),
+        ] {
+            let e = quota(bad).unwrap_err();
+            assert!(e.contains(error), "{}: {e}", String::from_utf8_lossy(bad));
         }
     }
 

@@ -35,7 +35,7 @@
 //!
 //! | key | document |
 //! |-----|----------|
-//! | `rate_limit/<policy>` | a [`Quota`](crate::rate_limit::Quota): `{"count": 50, "period": "1m", "burst": 10}` |
+//! | `rate_limit/<policy>` | a [`Quota`](crate::rate_limit::Quota), as a config writes one: `"50/1m"`, or `{"count": 50, "period": "1m", "burst": 10}` with an optional `"mode"` |
 //! | `circuit_breaker/<breaker>` | [`BreakerConfig`](crate::circuit_breaker::BreakerConfig) fields over the built-in ones: `{"failure_rate": 25, "open_for": "10s"}` |
 //!
 //! A deleted document restores the built-in value. The hot path reads the

@@ -480,11 +480,9 @@ impl Default for TelemetrySettings {
 pub struct ConfigSourceSettings {
     /// The etcd cluster (feature `etcd`).
     #[cfg(feature = "etcd")]
-    #[schemars(with = "schema::EtcdShape")]
     pub etcd: crate::backends::EtcdConfig,
     /// Without the `etcd` feature, any value here is an error saying so.
     #[cfg(not(feature = "etcd"))]
-    #[schemars(with = "schema::EtcdShape")]
     pub etcd: crate::backends::FeatureOff,
     /// The key prefix (default `/battlement/config/`).
     #[serde(default = "config_prefix")]

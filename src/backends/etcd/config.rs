@@ -20,18 +20,26 @@ use crate::error::StoreError;
 /// assert_eq!(config.timeout().as_millis(), 500);
 /// assert!(!format!("{config:?}").contains("secret"));
 /// ```
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EtcdConfig {
+    /// The endpoints, e.g. `http://127.0.0.1:2379`.
     endpoints: Vec<String>,
+    /// The key namespace.
     #[serde(default = "default_prefix")]
     prefix: String,
+    /// Bounds every call.
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     timeout: Duration,
+    /// Bounds connecting.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     connect_timeout: Duration,
+    /// The user name.
     #[serde(default)]
     username: Option<String>,
+    /// The password (the user name's; never shown in `Debug`).
     #[serde(default)]
     password: Option<String>,
 }

@@ -39,20 +39,31 @@ use rate_limit::{Cells, DEFAULT_MAX_KEYS};
 /// `idempotency_max_scope_records`, `idempotency_max_scope_bytes`) and the
 /// rate-limit key cap (`rate_limit_max_keys`) are described on
 /// [`MemoryStore`]; a 0 is a configuration error.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryConfig {
+    /// The key namespace.
     #[serde(default = "default_prefix")]
     prefix: String,
+    /// Idempotency records kept at most.
     #[serde(default = "default_max_records")]
+    #[schemars(range(min = 1))]
     idempotency_max_records: usize,
+    /// Bytes of idempotency records kept at most.
     #[serde(default = "default_max_bytes")]
+    #[schemars(range(min = 1))]
     idempotency_max_bytes: usize,
+    /// Idempotency records one scope may keep.
     #[serde(default = "default_max_scope_records")]
+    #[schemars(range(min = 1))]
     idempotency_max_scope_records: usize,
+    /// Bytes of idempotency records one scope may keep.
     #[serde(default = "default_max_scope_bytes")]
+    #[schemars(range(min = 1))]
     idempotency_max_scope_bytes: usize,
+    /// Rate-limit keys kept at most.
     #[serde(default = "default_max_keys")]
+    #[schemars(range(min = 1))]
     rate_limit_max_keys: usize,
 }
 

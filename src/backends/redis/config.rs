@@ -58,18 +58,28 @@ use crate::error::StoreError;
 /// let typo = serde_json::from_str::<RedisConfig>(r#"{"urls": ["redis://a"], "timeot": "1s"}"#);
 /// assert!(typo.unwrap_err().to_string().starts_with("unknown field `timeot`"));
 /// ```
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
+    /// The server's URL (`redis://:password@host:6379/0`, `rediss://` for
+    /// TLS), or the seeds of a Cluster.
     urls: Vec<String>,
+    /// Whether `urls` are the seeds of a Redis Cluster.
     #[serde(default)]
     cluster: bool,
+    /// The key namespace.
     #[serde(default = "default_prefix")]
     prefix: String,
+    /// Bounds every call.
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     timeout: Duration,
+    /// Bounds connecting.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     connect_timeout: Duration,
+    /// Whether concurrent rate-limit decisions on a standalone server
+    /// share one script call.
     #[serde(default = "default_batch_decisions")]
     batch_decisions: bool,
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ConfigError;
 
 /// How the limit is set.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum LimitConfig {
     /// At most N requests in flight, always.
@@ -28,7 +28,7 @@ pub enum LimitConfig {
 /// `min_rtt_interval` (± `min_rtt_jitter`) the limit drops to `min_limit`
 /// until `min_rtt_samples` requests have completed; their latency is the
 /// new `min_rtt`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct GradientConfig {
     /// The limit once the first minimum latency is measured (default 20).
@@ -40,6 +40,7 @@ pub struct GradientConfig {
     pub max_limit: u32,
     /// How often the limit is recomputed (default 100 ms).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub sample_window: Duration,
     /// The percentile of a window's latencies compared with the minimum
     /// latency, in (0, 100] (default 50).
@@ -49,6 +50,7 @@ pub struct GradientConfig {
     pub min_rtt_buffer: f64,
     /// How often the minimum latency is measured again (default 60 s).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub min_rtt_interval: Duration,
     /// A random extra of up to this fraction of `min_rtt_interval`, so that
     /// replicas do not measure at once (default 0.15).
@@ -130,7 +132,7 @@ impl GradientConfig {
 /// let bad: ConcurrencyLimitConfig = serde_json::from_str(r#"{"batch_share": 1.5}"#).unwrap();
 /// assert!(ConcurrencyLimitLayer::from_config(&bad).is_err());
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConcurrencyLimitConfig {
     /// The name in events and rejections (default `"concurrency"`).
@@ -146,6 +148,7 @@ pub struct ConcurrencyLimitConfig {
     /// The `Retry-After` of a rejection, rounded up to whole seconds
     /// (default 1 s).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub retry_after: Duration,
 }
 

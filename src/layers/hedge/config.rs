@@ -7,19 +7,25 @@ use serde::Deserialize;
 use crate::error::ConfigError;
 
 /// How long the first attempt runs before the hedge is sent.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum HedgeDelay {
     /// Always this long.
-    Fixed(#[serde(with = "humantime_serde")] Duration),
+    Fixed(
+        #[serde(with = "humantime_serde")]
+        #[schemars(with = "String")]
+        Duration,
+    ),
     /// This percentile (0 < p < 100) of the recent latencies of the
     /// request's host. Until the host has `min_samples` of them, `fallback`
     /// if set, else no hedge.
     Percentile {
         /// The percentile, e.g. 95.0.
         percentile: f64,
-        /// The delay while there are too few samples; `None`: no hedge.
+        /// The delay while there are too few samples (default none: no
+        /// hedge).
         #[serde(default, with = "humantime_serde")]
+        #[schemars(with = "Option<String>")]
         fallback: Option<Duration>,
     },
 }
@@ -53,13 +59,18 @@ impl Default for HedgeDelay {
 /// assert!(parsed.validate().is_ok());
 /// assert!(HedgeConfig::default().max_hedged_fraction(1.5).validate().is_err());
 /// ```
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct HedgeConfig {
+    /// When the hedge goes out (default the host's p95).
     pub(crate) delay: HedgeDelay,
+    /// At most this share of requests is hedged, 0 to 1.
     pub(crate) max_hedged_fraction: f64,
+    /// Latencies a host needs before its percentile is used.
     pub(crate) min_samples: u32,
+    /// Hosts whose latencies are kept.
     pub(crate) max_hosts: usize,
+    /// Request bodies up to this many bytes are kept for the hedge.
     pub(crate) max_body: usize,
 }
 

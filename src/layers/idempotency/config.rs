@@ -64,7 +64,7 @@ use crate::key::{ClientIp, HeaderKey, header_name};
 /// assert!(matches!(config.scope, ScopeConfig::ClientIp { .. }));
 /// assert!(serde_json::from_str::<IdempotencyConfig>(r#"{"requird": true}"#).is_err());
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct IdempotencyConfig {
     /// The route templates covered (`/orders`, `/orders/{id}`); empty
@@ -80,15 +80,18 @@ pub struct IdempotencyConfig {
     /// How long a claim is held while its request runs (default 60 s;
     /// 1 s to 1 day).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub lock: Duration,
     /// How long a completed response is replayed (default 24 h; 1 s to
     /// 1 year).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub retention: Duration,
     /// The longest a won claim's handler runs before it is cancelled and
     /// its key released (default 5 min; 1 s to 1 day). See
     /// [`IdempotencyLayer::max_execution`].
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub max_execution: Duration,
     /// Statuses whose responses are not kept, the key released (default
     /// 401, 403, 429, 503). See [`IdempotencyLayer::release_statuses`].
@@ -140,7 +143,7 @@ impl Default for IdempotencyConfig {
 /// "#).unwrap();
 /// # assert!(config.idempotency.is_some());
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "by", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ScopeConfig {
     /// The hashed `Authorization` header; without one, the client's
@@ -149,6 +152,7 @@ pub enum ScopeConfig {
         /// Proxies whose `X-Forwarded-For` is believed (default none: the
         /// peer is the client).
         #[serde(default)]
+        #[schemars(with = "Vec<String>")]
         trusted_proxies: Vec<IpNet>,
     },
     /// The client's address alone, `Authorization` or not (for
@@ -156,10 +160,13 @@ pub enum ScopeConfig {
     ClientIp {
         /// Proxies whose `X-Forwarded-For` is believed.
         #[serde(default)]
+        #[schemars(with = "Vec<String>")]
         trusted_proxies: Vec<IpNet>,
     },
     /// The verified [`Principal`](super::Principal) an authentication
-    /// layer put in the extensions; 400 without one.
+    /// layer put in the extensions; 400 without one. (Serde reads, and
+    /// ignores, any other field beside `by` here.)
+    #[schemars(extend("additionalProperties" = true))]
     Principal,
     /// A request header's value (a client or tenant id a gateway sets).
     Header {
@@ -169,6 +176,7 @@ pub enum ScopeConfig {
         /// any peer). Set them, unless nothing but the gateway can reach
         /// the server: a request from another peer then gets 400.
         #[serde(default)]
+        #[schemars(with = "Vec<String>")]
         trusted_proxies: Vec<IpNet>,
     },
 }

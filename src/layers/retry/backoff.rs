@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// How long to wait before a retry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Backoff {
     /// Retry `n` (1-based) waits a uniform random time in
@@ -15,18 +15,22 @@ pub enum Backoff {
     Exponential {
         /// The first retry's ceiling.
         #[serde(with = "humantime_serde")]
+        #[schemars(with = "String")]
         base: Duration,
         /// The cap.
         #[serde(with = "humantime_serde")]
+        #[schemars(with = "String")]
         max: Duration,
     },
     /// Each wait is uniform in `[base, min(max, previous × 3)]`.
     Decorrelated {
         /// The smallest wait.
         #[serde(with = "humantime_serde")]
+        #[schemars(with = "String")]
         base: Duration,
         /// The cap.
         #[serde(with = "humantime_serde")]
+        #[schemars(with = "String")]
         max: Duration,
     },
 }

@@ -19,7 +19,7 @@ use crate::trace::semconv::is_grpc;
 /// The retry budget: retries may add at most `percent` of the
 /// requests of the last `window`, plus `min_per_sec` retries per second
 /// (tower's `TpsBudget`), so a struggling upstream is not hit harder.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Budget {
     /// Retries allowed as a percentage of requests.
@@ -28,6 +28,7 @@ pub struct Budget {
     pub min_per_sec: u32,
     /// How far back requests count.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub window: Duration,
 }
 
@@ -63,18 +64,29 @@ impl Default for Budget {
 /// let parsed: RetryPolicy = serde_json::from_str(json).unwrap();
 /// assert!(parsed.validate().is_ok());
 /// ```
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryPolicy {
+    /// Attempts in all, the first included.
     pub(crate) max_attempts: u32,
+    /// The wait between attempts (default exponential from 100 ms,
+    /// capped at 10 s).
     pub(crate) backoff: Backoff,
+    /// Bounds each attempt (null: no bound).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
     pub(crate) per_try_timeout: Option<Duration>,
+    /// Bounds all attempts and waits (null: no bound).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
     pub(crate) deadline: Option<Duration>,
+    /// HTTP statuses retried.
     pub(crate) statuses: Vec<u16>,
+    /// gRPC codes retried (14 is `UNAVAILABLE`).
     pub(crate) grpc_codes: Vec<i32>,
+    /// Request bodies up to this many bytes are replayed.
     pub(crate) max_replay_body: usize,
+    /// The retry budget (default 20 % + 10/s; null: none).
     pub(crate) budget: Option<Budget>,
 }
 

@@ -16,7 +16,9 @@ use crate::error::ConfigError;
 /// assert_eq!("leased".parse::<SyncMode>().unwrap(), SyncMode::Leased);
 /// assert!("fast".parse::<SyncMode>().is_err());
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncMode {
     /// One store decision per request (batched with concurrent ones): the

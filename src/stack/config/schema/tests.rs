@@ -1,6 +1,6 @@
-//! Each shape names the fields and variants its type's serde form reads:
-//! the names serde expects are read from its "unknown field" and "unknown
-//! variant" errors.
+//! Each config type's schema names the fields and variants its serde form
+//! reads: the names serde expects are read from its "unknown field" and
+//! "unknown variant" errors.
 
 use std::collections::BTreeSet;
 
@@ -9,6 +9,13 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::*;
+use crate::backends::BackendConfig;
+use crate::concurrency_limit::{ConcurrencyLimitConfig, GradientConfig, LimitConfig};
+use crate::error::FailurePolicy;
+use crate::hedge::{HedgeConfig, HedgeDelay};
+use crate::idempotency::{IdempotencyConfig, ScopeConfig};
+use crate::rate_limit::SyncMode;
+use crate::retry::{Backoff, Budget, RetryPolicy};
 
 type Names = BTreeSet<String>;
 
@@ -118,7 +125,7 @@ fn enums_match<T: DeserializeOwned + JsonSchema>(tag: Option<&str>, unknown: Val
 }
 
 #[test]
-fn every_shape_names_the_fields_and_variants_serde_reads() {
+fn every_schema_names_the_fields_and_variants_serde_reads() {
     structs_match::<crate::backends::MemoryConfig>();
     #[cfg(feature = "redis")]
     structs_match::<crate::backends::RedisConfig>();
@@ -130,7 +137,6 @@ fn every_shape_names_the_fields_and_variants_serde_reads() {
     structs_match::<IdempotencyConfig>();
     structs_match::<ConcurrencyLimitConfig>();
     structs_match::<GradientConfig>();
-    // The derived ones too: their serde attributes are read by both.
     structs_match::<super::super::StackConfig>();
     structs_match::<super::super::ClientSettings>();
     structs_match::<super::super::HealthSettings>();
@@ -170,9 +176,32 @@ fn every_backend_kind_is_described_whatever_the_features() {
 
 #[test]
 fn descriptions_are_plain_text() {
-    let rustdoc = "Reads a [`Quota`], as\n[`RateLimitLayer::from_config`](crate::X) does.\n\n```\nlet x = 1;\n```\nSee [`Switch`].";
+    let rustdoc = "Reads a [`Quota`], as\n[`RateLimitLayer::from_config`](crate::X) does.\n\n```\n# use x;\nlet x = 1;\n```\nSee [`Switch`] and [the\nguide](crate#guide), in `[0, max]`.\n\n# Details\n\n| field | value |";
     assert_eq!(
         plain(rustdoc),
-        "Reads a `Quota`, as `RateLimitLayer::from_config` does.\n\nSee `Switch`."
+        "Reads a `Quota`, as `RateLimitLayer::from_config` does.\n\nSee `Switch` and the guide, in `[0, max]`."
     );
+}
+
+#[test]
+fn the_schema_refuses_a_backend_this_build_leaves_out_as_serde_does() {
+    let schema = serde_json::to_value(super::super::StackConfig::schema()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let redis = json!({ "kind": "redis", "urls": ["redis://127.0.0.1:6379"] });
+    let etcd = json!({ "endpoints": ["http://127.0.0.1:2379"] });
+    for (document, built) in [
+        (json!({ "backend": redis }), cfg!(feature = "redis")),
+        (
+            json!({ "backend": { "kind": "etcd", "endpoints": etcd["endpoints"] } }),
+            cfg!(feature = "etcd"),
+        ),
+        (
+            json!({ "config_source": { "etcd": etcd } }),
+            cfg!(feature = "etcd"),
+        ),
+    ] {
+        let serde = super::super::StackConfig::from_value(document.clone()).is_ok();
+        assert_eq!(serde, built, "{document}");
+        assert_eq!(validator.is_valid(&document), built, "{document}");
+    }
 }
