@@ -16,16 +16,23 @@ pub fn measuring() -> bool {
     std::env::args().any(|a| a == "--bench")
 }
 
-/// OpenTelemetry as in the example: traces sampled as `OTEL_TRACES_SAMPLER`
-/// says (every request by default),
-/// metrics aggregated by the SDK for the Prometheus reader, nothing
-/// exported. Keep the guard for the whole run.
+/// OpenTelemetry and logs as the example installs them: traces sampled as
+/// `OTEL_TRACES_SAMPLER` says (every request by default), metrics
+/// aggregated by the SDK for the Prometheus reader, nothing exported, and
+/// a fmt log layer filtered by `RUST_LOG` (default `warn`, as in
+/// production). Keep the guard for the whole run.
 pub fn telemetry() -> battlement::telemetry::TelemetryGuard {
-    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer as _;
     use tracing_subscriber::util::SubscriberInitExt;
     let telemetry = battlement::telemetry::init("bench").unwrap_or_else(|e| panic!("{e}"));
-    tracing_subscriber::registry()
-        .with(telemetry.tracing_layer())
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    telemetry
+        .subscriber(
+            telemetry
+                .logs(tracing_subscriber::fmt::layer())
+                .with_filter(filter),
+        )
         .init();
     telemetry
 }
@@ -96,8 +103,9 @@ pub async fn full_leased(backend: BackendConfig, quota: battlement::rate_limit::
         for policy in &mut rate_limit.policies {
             policy.quota = quota;
             policy.mode = battlement::rate_limit::SyncMode::Leased;
-            policy.key =
-                KeyConfig::client_ip(["127.0.0.1/32".parse().unwrap_or_else(|e| panic!("{e}"))]);
+            policy.key = Some(KeyConfig::client_ip(["127.0.0.1/32"
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}"))]));
         }
     }
     let server = stack::server(&config)

@@ -24,7 +24,9 @@ pin_project! {
     enum State<F, B, E> {
         Passthrough { #[pin] future: F },
         Running { future: BoxFuture<'static, Result<Response<LayerBody<B>>, E>> },
-        Rejected { problem: Option<(Problem, Protocol)> },
+        // Boxed: a rejection is rare, and the problem is large enough to
+        // grow every request's future.
+        Rejected { problem: Option<Box<(Problem, Protocol)>> },
     }
 }
 
@@ -44,7 +46,7 @@ impl<F, B, E> ResponseFuture<F, B, E> {
     pub(crate) fn rejected(problem: Problem, protocol: Protocol) -> Self {
         Self {
             state: State::Rejected {
-                problem: Some((problem, protocol)),
+                problem: Some(Box::new((problem, protocol))),
             },
         }
     }
@@ -63,9 +65,10 @@ where
                 .map(|r| r.map(|res| res.map(LayerBody::inner))),
             StateProj::Running { future } => future.as_mut().poll(cx),
             StateProj::Rejected { problem } => {
-                let Some((problem, protocol)) = problem.take() else {
+                let Some(rejected) = problem.take() else {
                     unreachable!("idempotency future polled after completion")
                 };
+                let (problem, protocol) = *rejected;
                 Poll::Ready(Ok(problem.into_response(protocol)))
             }
         }
