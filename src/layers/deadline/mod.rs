@@ -35,7 +35,11 @@
 //! longer than a handler should take to answer), nor is waiting in
 //! `poll_ready`. On expiry the inner future is dropped at once, which
 //! cancels the handler at its next `.await`; work it spawned keeps
-//! running unless it watches its [`Deadline`].
+//! running unless it watches its [`Deadline`]. One exception by design:
+//! an idempotent request that won its key runs on after the 504 (its
+//! outcome is stored so that the retry finds it, not a second run),
+//! inside its [`Deadline`] scope and holding its concurrency-limit slot,
+//! until the idempotency layer's `max_execution` bound cancels it.
 //!
 //! # Which deadline
 //!
