@@ -1187,3 +1187,40 @@ async fn a_gateway_scope_header_is_believed_only_from_the_gateway() {
     assert!(body.contains("gateway"), "{body}");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+// A handler that answered but whose body is still coming at the execution
+// bound has done its work: the body is not kept (duplicates get 410) and
+// the key is not released, so a retry never runs it twice.
+#[tokio::test(start_paused = true)]
+async fn a_body_still_coming_at_the_bound_is_not_kept_and_the_handler_never_runs_again() {
+    type Endless = http_body_util::StreamBody<
+        futures_util::stream::Pending<Result<http_body::Frame<Bytes>, std::io::Error>>,
+    >;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let calls = calls.clone();
+        service_fn(
+            move |_: Request<battlement::body::LayerBody<Full<Bytes>>>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                let body: Endless =
+                    http_body_util::StreamBody::new(futures_util::stream::pending());
+                async move { Ok::<_, Infallible>(Response::new(body)) }
+            },
+        )
+    };
+    let svc = ServiceBuilder::new()
+        .layer(layer().max_execution(Duration::from_secs(2)))
+        .service(handler);
+    let first = svc
+        .clone()
+        .oneshot(post_as("\"slow-body\"", "Bearer a"))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::BAD_GATEWAY);
+    let again = svc
+        .oneshot(post_as("\"slow-body\"", "Bearer a"))
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::GONE);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

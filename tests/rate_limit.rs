@@ -564,13 +564,13 @@ async fn the_ipv6_prefix_is_configurable_per_policy_key() {
     )
     .unwrap();
     let policies = &config.rate_limit.unwrap().policies;
-    assert_eq!(policies[0].key, KeyConfig::peer_ip());
+    assert_eq!(policies[0].key, Some(KeyConfig::peer_ip()));
     assert_eq!(
         policies[1].key,
-        KeyConfig::ClientIp {
+        Some(KeyConfig::ClientIp {
             trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
             ipv6_prefix: 128
-        }
+        })
     );
     let addrs = one_64();
     assert_eq!(admitted_by(policies[0].policy().unwrap(), &addrs).await, 10);

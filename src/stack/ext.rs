@@ -69,8 +69,8 @@ pub trait ServiceBuilderExt<L>: Sized {
         layer: ConcurrencyLimitLayer,
     ) -> ServiceBuilder<Stack<ConcurrencyLimitLayer, L>>;
     /// The server deadline: inside the concurrency limit, whose slot a
-    /// request cut at its deadline gives back then (and whose adaptive
-    /// limit sees that latency), and around the rate limit and everything
+    /// request cut at its deadline gives back then, once no idempotent
+    /// handler runs on for it (and whose adaptive limit sees that latency), and around the rate limit and everything
     /// after it, whose store calls count against the request's time.
     fn with_deadline(self, layer: DeadlineLayer) -> ServiceBuilder<Stack<DeadlineLayer, L>>;
     /// A rate limiter.

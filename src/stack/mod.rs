@@ -47,7 +47,9 @@
 //!    latency of everything below it.
 //! 5. **Deadline** (optional): the request's time runs from here, so the
 //!    store calls of the layers below count against it; a request cut at
-//!    its deadline gives its concurrency slot back at once.
+//!    its deadline gives its concurrency slot back at once, unless an
+//!    idempotent handler runs on to store its outcome (it keeps the slot
+//!    until it ends).
 //! 6. **Rate limit**: the cheapest refusal that needs the store, before any
 //!    work; before idempotency so that a client retrying one key in a loop
 //!    is limited too, and a denied request never claims a key.

@@ -87,7 +87,7 @@ fn scope_name(scope: &ScopeConfig) -> &'static str {
     match scope {
         ScopeConfig::Authorization { .. } => "authorization",
         ScopeConfig::ClientIp { .. } => "client_ip",
-        ScopeConfig::Principal => "principal",
+        ScopeConfig::Principal {} => "principal",
         ScopeConfig::Header { .. } => "header",
     }
 }

@@ -212,6 +212,8 @@ impl RedisStore {
         if checked.load(Ordering::Relaxed) || checked.swap(true, Ordering::Relaxed) {
             return;
         }
+        // Asked once: a server that refuses CONFIG would otherwise cost
+        // every claim a round trip.
         if self.appendonly().await == Some(false) {
             tracing::warn!(
                 "redis appendonly is off: a restart forgets every idempotency claim and \

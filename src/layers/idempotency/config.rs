@@ -164,10 +164,8 @@ pub enum ScopeConfig {
         trusted_proxies: Vec<IpNet>,
     },
     /// The verified [`Principal`](super::Principal) an authentication
-    /// layer put in the extensions; 400 without one. (Serde reads, and
-    /// ignores, any other field beside `by` here.)
-    #[schemars(extend("additionalProperties" = true))]
-    Principal,
+    /// layer put in the extensions; 400 without one.
+    Principal {},
     /// A request header's value (a client or tenant id a gateway sets).
     Header {
         /// The header name.
@@ -201,7 +199,7 @@ impl ScopeConfig {
             Self::ClientIp { trusted_proxies } => {
                 layer.scope(ClientIp::new(trusted_proxies.iter().copied()).ipv6_prefix(128))
             }
-            Self::Principal => layer.scope(PrincipalScope),
+            Self::Principal {} => layer.scope(PrincipalScope),
             Self::Header {
                 name,
                 trusted_proxies,
@@ -243,9 +241,14 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
             .release_statuses
             .iter()
             .map(|&code| {
-                http::StatusCode::from_u16(code).map_err(|_| {
-                    ConfigError::new(format!("idempotency release status {code} is not a status"))
-                })
+                http::StatusCode::from_u16(code)
+                    .ok()
+                    .filter(|s| s.is_client_error() || s.is_server_error())
+                    .ok_or_else(|| {
+                        ConfigError::new(format!(
+                            "idempotency release status {code} is not a 4xx or 5xx status"
+                        ))
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut layer = Self::new(store)

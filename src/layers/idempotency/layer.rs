@@ -319,9 +319,13 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
     /// kept, and the key is released so that a retry runs. Stripe saves a
     /// result only once the endpoint started executing. A handler that
     /// did work and answers one of these would run again on a retry:
-    /// answer another status then (a 500 is kept).
+    /// answer another status then (a 500 is kept). Only 4xx and 5xx
+    /// statuses are taken: a success is always kept.
     pub fn release_statuses(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
-        self.settings.release_statuses = statuses.into_iter().collect();
+        self.settings.release_statuses = statuses
+            .into_iter()
+            .filter(|s| s.is_client_error() || s.is_server_error())
+            .collect();
         self
     }
 

@@ -58,8 +58,13 @@
 //!   session): its authentication layer inserts the verified [`Principal`]
 //!   into the request's extensions, and the default [`AuthorizationScope`]
 //!   uses it. [`PrincipalScope`] requires it (400 without). The
-//!   authentication layer must run before the idempotency layer: around
-//!   the preset's router, `stack.router(api).layer(auth)`.
+//!   authentication layer must run before the idempotency layer. The
+//!   preset puts idempotency innermost, around the routes it is given, so
+//!   either wrap the preset's router (`stack.router(api).layer(auth)`,
+//!   which puts the health routes behind authentication too: let the auth
+//!   layer pass them), or assemble the server layers by hand with
+//!   [`ServiceBuilderExt`](crate::stack::ServiceBuilderExt), auth just
+//!   outside `with_idempotency`.
 //! - **Each client holds its own credential, unverified here**: the
 //!   default, the hashed `Authorization`. Two clients that send the same
 //!   value (one token shared by a gateway, a client library's

@@ -145,6 +145,8 @@ enum Handled<B> {
     /// A response that turned the request away before it ran (its status
     /// is one of the layer's release statuses): the key is free again.
     Released(Response<B>),
+    /// Still running at the execution bound: cancelled, the key free again.
+    Abandoned,
     /// The response head, and its body as read for keeping.
     Answered(http::response::Parts, Read<B>),
 }
@@ -267,17 +269,10 @@ impl<St: IdempotencyStore> Run<St> {
         // is stored: a duplicate must not run beside it.
         let (id, lock) = (self.id.clone(), self.settings.lock);
         let _renewal = renew_while_running(self.store.clone(), id, lock, token);
-        let bound = self.settings.max_execution;
-        let handled = match tokio::time::timeout(bound, self.handle(inner, req, token)).await {
-            Ok(handled) => handled?,
-            Err(_) => {
-                self.release(token).await;
-                self.emit(IdempotencyEvent::Abandoned);
-                tracing::warn!(
-                    max_execution = ?bound,
-                    "idempotent request handler cancelled at its execution bound; \
-                     its key is released"
-                );
+        let (parts, read) = match self.handle(inner, req, token).await? {
+            Handled::Released(res) => return Ok(res.map(LayerBody::inner)),
+            Handled::Abandoned => {
+                let bound = self.settings.max_execution;
                 let problem =
                     Problem::new(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout").detail(format!(
                         "the request handler did not finish within {} s and was cancelled",
@@ -285,9 +280,6 @@ impl<St: IdempotencyStore> Run<St> {
                     ));
                 return Ok(problem.into_response(self.protocol));
             }
-        };
-        let (parts, read) = match handled {
-            Handled::Released(res) => return Ok(res.map(LayerBody::inner)),
             Handled::Answered(parts, read) => (parts, read),
         };
         match read {
@@ -330,10 +322,12 @@ impl<St: IdempotencyStore> Run<St> {
         }
     }
 
-    /// Calls the inner service for a won claim and reads its response. A
-    /// call that fails or panics (in `call` itself or in its future), or
-    /// a response that says the request was turned away before it ran,
-    /// releases the key: a retry may run it.
+    /// Calls the inner service for a won claim and reads its response,
+    /// both within the execution bound. A call that fails, panics (in
+    /// `call` itself or in its future) or is still running at the bound,
+    /// or a response that says the request was turned away before it
+    /// ran, releases the key: a retry may run it. A body still coming at
+    /// the bound is not kept (the handler answered: it must not run again).
     async fn handle<S, ReqBody, ResBody>(
         &self,
         mut inner: S,
@@ -345,9 +339,27 @@ impl<St: IdempotencyStore> Run<St> {
         ResBody: Body<Data = Bytes> + Unpin,
         ResBody::Error: fmt::Display,
     {
+        let bound = self.settings.max_execution;
+        let until = tokio::time::Instant::now() + bound;
         let called = std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(req)));
         let outcome = match called {
-            Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
+            Ok(future) => {
+                let answered =
+                    tokio::time::timeout_at(until, AssertUnwindSafe(future).catch_unwind());
+                match answered.await {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        self.release(token).await;
+                        self.emit(IdempotencyEvent::Abandoned);
+                        tracing::warn!(
+                            max_execution = ?bound,
+                            "idempotent request handler cancelled at its execution bound; \
+                             its key is released"
+                        );
+                        return Ok(Handled::Abandoned);
+                    }
+                }
+            }
             Err(panic) => Err(panic),
         };
         let res = match outcome {
@@ -377,7 +389,15 @@ impl<St: IdempotencyStore> Run<St> {
                 rest: body,
             }
         } else {
-            read_limited(body, self.settings.max_response_body).await
+            let limit = self.settings.max_response_body;
+            tokio::time::timeout_at(until, read_limited(body, limit))
+                .await
+                .unwrap_or_else(|_| {
+                    Read::Failed(format!(
+                        "the body did not end within the execution bound ({} s)",
+                        bound.as_secs_f64()
+                    ))
+                })
         };
         Ok(Handled::Answered(parts, read))
     }

@@ -29,8 +29,10 @@ use crate::events::Events;
 /// with a `Retry-After` is asked again after the hint, within the
 /// deadline, until the server replays the stored response: the key's
 /// first request, perhaps this call's own attempt that timed out here, is
-/// still running there. These sends spend neither attempts nor the
-/// budget; without any deadline they stop after 60.
+/// still running there, at least 100 ms apart. These sends spend neither
+/// `max_attempts` nor the budget (the response's
+/// [`Attempts`](super::Attempts) counts every send), and stop after 60,
+/// or at a hint over 5 minutes.
 ///
 /// ```
 /// use std::time::Duration;

@@ -165,7 +165,11 @@ pub(crate) fn is_connect_error(error: &BoxError) -> bool {
 const MAX_HINT: Duration = Duration::from_secs(300);
 
 /// The least time worth starting another attempt with.
-const MIN_ATTEMPT: Duration = Duration::from_millis(10);
+pub(crate) const MIN_ATTEMPT: Duration = Duration::from_millis(10);
+
+/// The least wait between two asks for a keyed request's stored response
+/// (a `Retry-After: 0` must not become a busy loop).
+const MIN_IN_FLIGHT_WAIT: Duration = Duration::from_millis(100);
 
 /// What to do after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,7 +303,8 @@ impl RetryPolicy {
     /// key's first request runs. That request may be this call's own
     /// earlier attempt (timed out here, still running there): asking
     /// again after the hint gets its stored response, where giving up
-    /// would report a conflict for a request that succeeded.
+    /// would report a conflict for a request that succeeded. At least
+    /// 100 ms; a hint over 5 minutes makes the 409 final.
     pub(crate) fn in_flight_wait<B>(res: &Response<B>, now: SystemTime) -> Option<Duration> {
         let headers = res.headers();
         let conflict = match GrpcCode::from_headers(headers) {
@@ -307,7 +312,9 @@ impl RetryPolicy {
             None => res.status() == http::StatusCode::CONFLICT,
         };
         match hint(headers, now) {
-            Some(Hint::After(wait)) if conflict => Some(wait),
+            Some(Hint::After(wait)) if conflict && wait <= MAX_HINT => {
+                Some(wait.max(MIN_IN_FLIGHT_WAIT))
+            }
             _ => None,
         }
     }

@@ -13,7 +13,7 @@ use tower::ServiceExt;
 use tower::retry::budget::{Budget as _, TpsBudget};
 use tower_service::Service;
 
-use super::policy::{Next, RetryPolicy, Safety, Stop, describe, is_connect_error};
+use super::policy::{MIN_ATTEMPT, Next, RetryPolicy, Safety, Stop, describe, is_connect_error};
 use crate::BoxError;
 use crate::body::{LayerBody, Read, read_limited, read_ready};
 use crate::clock::SharedClock;
@@ -332,18 +332,14 @@ where
     within(limit, inner.call(req)).await?.map_err(Into::into)
 }
 
-/// Asks for a keyed request's stored response at most this often when no
-/// deadline bounds the wait (a minute of the idempotency layer's
-/// `Retry-After: 1`, its default lock).
+/// Asks for a keyed request's stored response at most this often (a
+/// minute of the idempotency layer's `Retry-After: 1`, its default lock).
 const MAX_POLLS: u32 = 60;
 
 /// Whether waiting `wait` leaves time for one more send within `left`.
 fn fits(wait: Duration, left: Option<Duration>) -> bool {
-    left.is_none_or(|left| wait.saturating_add(MIN_SEND) < left)
+    left.is_none_or(|left| wait.saturating_add(MIN_ATTEMPT) < left)
 }
-
-/// The least time worth sending a request in.
-const MIN_SEND: Duration = Duration::from_millis(10);
 
 /// What is left of the deadline after `elapsed`, and of the inbound
 /// request's deadline, if there is a deadline.

@@ -108,11 +108,16 @@ impl AccessLog {
         if !levels.into_iter().any(enabled) {
             return None;
         }
+        Some(self.entry(req, grpc))
+    }
+
+    /// The entry of `req`, whose line is written when its response ends.
+    fn entry<B>(self, req: &Request<B>, grpc: Option<&str>) -> Box<Entry> {
         let route = match grpc {
             Some(call) => Route::Grpc(call.into()),
             None => Route::Http(route(req).map(Box::from)),
         };
-        Some(Box::new(Entry {
+        Box::new(Entry {
             log: self,
             started: Instant::now(),
             method: method(req.method()),
@@ -122,7 +127,7 @@ impl AccessLog {
             grpc: None,
             trace_id: TraceId::INVALID,
             error: None,
-        }))
+        })
     }
 }
 
@@ -274,7 +279,7 @@ mod tests {
     use super::*;
 
     fn entry(status: u16, grpc: Option<i32>, log: AccessLog) -> Box<Entry> {
-        let mut entry = log.start(&Request::get("/x").body(()).unwrap(), None);
+        let mut entry = log.entry(&Request::get("/x").body(()).unwrap(), None);
         entry.status = Some(status);
         entry.grpc = grpc.map(GrpcCode::from_i32);
         entry
