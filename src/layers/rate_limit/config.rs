@@ -59,7 +59,7 @@ use crate::key::{ClientIp, DEFAULT_IPV6_PREFIX, GlobalKey, HeaderKey, PeerIp, he
 ///     "failure": "local_fallback"
 /// }"#).unwrap();
 /// assert_eq!(config.policies[0].mode, SyncMode::Leased);
-/// assert_eq!(config.policies[0].key, KeyConfig::client_ip(["10.0.0.0/8".parse().unwrap()]));
+/// assert_eq!(config.policies[0].key, Some(KeyConfig::client_ip(["10.0.0.0/8".parse().unwrap()])));
 /// assert!(config.policies[0].policy().is_ok());
 /// assert!(serde_json::from_str::<RateLimitConfig>(r#"{"shadw": true}"#).is_err());
 /// ```
