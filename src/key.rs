@@ -249,12 +249,15 @@ const MISSING_PEER_FIX: &str = "the server records no client address: serve the 
      `ServerStack::serve`), or insert a `PeerAddr` extension in the hyper service";
 
 /// Logs [`MISSING_PEER_FIX`] once per process, at the first request that
-/// needed the address: every such request fails alike, and one line names
-/// the fix.
-fn warn_missing_peer_once() {
+/// needed the address (a rate-limit key, an idempotency scope): every such
+/// request is refused alike, and one line names the fix.
+pub(crate) fn warn_missing_peer_once() {
     static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        tracing::warn!("{MISSING_PEER_FIX}; until then every request keyed by address gets 500");
+        tracing::warn!(
+            "{MISSING_PEER_FIX}; until then every request keyed by the client's address is \
+             refused (500, or 400 for an Idempotency-Key without a credential)"
+        );
     }
 }
 

@@ -163,11 +163,10 @@ impl Usage {
     }
 }
 
-/// The two expiry orders.
-#[derive(Clone, Copy)]
-enum Order {
-    InFlight,
-    Completed,
+/// The id at the front of an expiry order, if it has expired by `now_us`.
+fn expired_front(order: &BTreeMap<(u64, u64), Arc<str>>, now_us: u64) -> Option<Arc<str>> {
+    let (&(expires_us, _), id) = order.first_key_value()?;
+    (expires_us <= now_us).then(|| id.clone())
 }
 
 /// What making room for one record evicted, by the cap that needed it.
@@ -296,13 +295,12 @@ impl Map {
         {
             s.usage.sub(entry.bytes, pinned);
             let before = s.completed.len();
-            if !pinned && s.completed.remove(&entry.seq) {
-                let empty = s.usage.records == 0;
+            let ranked = !pinned && s.completed.remove(&entry.seq);
+            let empty = s.usage.records == 0;
+            if ranked {
                 self.rank(scope, before, before - 1);
-                if empty {
-                    self.scopes.remove(scope);
-                }
-            } else if s.usage.records == 0 {
+            }
+            if empty {
                 self.scopes.remove(scope);
             }
         }
@@ -344,26 +342,17 @@ impl Map {
     /// of the two expiry orders: each record goes once, so this is
     /// amortised `O(log n)` per write.
     fn expire(&mut self, now_us: u64) {
-        for order in [Order::InFlight, Order::Completed] {
-            loop {
-                let front = match order {
-                    Order::InFlight => self.in_flight.first_key_value(),
-                    Order::Completed => self.expiring.first_key_value(),
-                };
-                let Some((&(expires_us, _), id)) = front else {
-                    break;
-                };
-                if expires_us > now_us {
-                    break;
-                }
-                let id = id.clone();
-                if self.remove(&id).is_none() {
-                    // Not in the map (cannot happen): drop the stale entry.
-                    match order {
-                        Order::InFlight => self.in_flight.pop_first(),
-                        Order::Completed => self.expiring.pop_first(),
-                    };
-                }
+        // `remove` takes each id out of its order; an id missing from the
+        // map (which cannot happen) is dropped from the order so the loop
+        // still ends.
+        while let Some(id) = expired_front(&self.in_flight, now_us) {
+            if self.remove(&id).is_none() {
+                self.in_flight.pop_first();
+            }
+        }
+        while let Some(id) = expired_front(&self.expiring, now_us) {
+            if self.remove(&id).is_none() {
+                self.expiring.pop_first();
             }
         }
     }

@@ -12,7 +12,7 @@ use super::service::Idempotency;
 use super::store::IdempotencyStore;
 use crate::backends::{Guard, Guarded};
 use crate::error::FailurePolicy;
-use crate::events::{Events, WarnLimiter};
+use crate::events::Events;
 use crate::key::KeyExtractor;
 
 /// Default lock of an executing request.
@@ -119,9 +119,6 @@ pub(crate) struct Settings {
     pub max_response_body: usize,
     pub max_execution: Duration,
     pub release_statuses: Vec<StatusCode>,
-    /// For requests without a scope, apart: they must not hide store
-    /// failures.
-    pub scope_warn: Arc<WarnLimiter>,
 }
 
 impl Settings {
@@ -193,7 +190,6 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
                 max_response_body: DEFAULT_MAX_RESPONSE_BODY,
                 max_execution: DEFAULT_MAX_EXECUTION,
                 release_statuses: DEFAULT_RELEASE_STATUSES.to_vec(),
-                scope_warn: Arc::new(WarnLimiter::new(Duration::from_secs(60))),
             },
             guard: Guard::new(FailurePolicy::FailClosed),
         }

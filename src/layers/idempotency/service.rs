@@ -106,14 +106,7 @@ where
                     .events
                     .emit(Event::named(IdempotencyEvent::ScopeUnknown).with_detail(e.to_string()));
                 if e == KeyError::MissingPeer {
-                    settings.scope_warn.warn(|suppressed| {
-                        tracing::warn!(
-                            suppressed,
-                            "idempotency scope unknown: no peer address in the request \
-                             (serve with connect info, or insert PeerAddr); requests with \
-                             an Idempotency-Key and no credential get 400"
-                        );
-                    });
+                    crate::key::warn_missing_peer_once();
                 }
                 return ResponseFuture::rejected(Rejection::ScopeUnknown(e).into(), protocol);
             }

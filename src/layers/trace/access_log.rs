@@ -103,9 +103,10 @@ impl AccessLog {
     /// What is known of `req` before the service sees it.
     pub(crate) fn start<B>(self, req: &Request<B>, grpc: Option<&str>) -> Option<Box<Entry>> {
         // Nothing is kept for a line no subscriber would write: under
-        // `RUST_LOG=error`, say, the access log costs one interest check.
-        let levels = [Level::INFO, Level::WARN, self.client_errors];
-        if !levels.into_iter().any(enabled) {
+        // `RUST_LOG=error`, say, the access log costs one interest check,
+        // at the most severe level it may write (tracing orders levels by
+        // verbosity: `min` is the most severe).
+        if !enabled(Level::WARN.min(self.client_errors)) {
             return None;
         }
         Some(self.entry(req, grpc))
