@@ -87,17 +87,35 @@ fn noop()
 fn request(ip: IpAddr) -> Request<String> {
     let mut req = Request::new(String::new());
     let addr = SocketAddr::new(ip, 40000);
-    req.extensions_mut().insert(addr);
+    // Where each layer reads the peer in production: tower_governor's
+    // `PeerIpKeyExtractor` takes axum's `ConnectInfo` (and only that),
+    // battlement its `PeerAddr`.
+    req.extensions_mut().insert(axum::extract::ConnectInfo(addr));
     req.extensions_mut().insert(PeerAddr(addr));
     req
 }
 
-fn bench_layer<S>(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, svc: S)
-where
-    S: Service<Request<String>> + Clone,
+/// Times `svc` under `name`, once it has answered a request as in
+/// production: status 200 with each of the `headers` (a layer that fails
+/// to find its key answers otherwise, and would be timed on its error path).
+fn bench_layer<S, B>(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    svc: S,
+    headers: &[&str],
+) where
+    S: Service<Request<String>, Response = Response<B>> + Clone,
     S::Error: std::fmt::Debug,
 {
     let ips = ips();
+    let res = rt
+        .block_on(svc.clone().oneshot(request(ips[0])))
+        .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    assert_eq!(res.status(), 200, "{name}");
+    for header in headers {
+        assert!(res.headers().contains_key(*header), "{name}: no {header}");
+    }
     let mut i = 0;
     c.bench_function(&format!("rate_limit/layer/{name}"), |b| {
         b.to_async(rt).iter(|| {
@@ -112,7 +130,7 @@ fn layer(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
-    bench_layer(c, &rt, "bare", noop());
+    bench_layer(c, &rt, "bare", noop(), &[]);
     let config = tower_governor::governor::GovernorConfigBuilder::default()
         .per_nanosecond(1)
         .burst_size(1_000_000)
@@ -121,7 +139,7 @@ fn layer(c: &mut Criterion) {
     let governed = ServiceBuilder::new()
         .layer(tower_governor::GovernorLayer::new(config))
         .service(noop());
-    bench_layer(c, &rt, "tower_governor", governed);
+    bench_layer(c, &rt, "tower_governor", governed, &[]);
     // tower_governor with its `x-ratelimit-*` headers on every response,
     // as battlement sends `RateLimit` and `RateLimit-Policy` by default.
     let config = tower_governor::governor::GovernorConfigBuilder::default()
@@ -133,7 +151,13 @@ fn layer(c: &mut Criterion) {
     let governed = ServiceBuilder::new()
         .layer(tower_governor::GovernorLayer::new(config))
         .service(noop());
-    bench_layer(c, &rt, "tower_governor-headers", governed);
+    bench_layer(
+        c,
+        &rt,
+        "tower_governor-headers",
+        governed,
+        &["x-ratelimit-limit", "x-ratelimit-remaining"],
+    );
     let quota = Quota::per_second(1_000_000_000).unwrap_or_else(|e| panic!("{e}"));
     let policy = Policy::new("per-ip", quota)
         .unwrap_or_else(|e| panic!("{e}"))
@@ -143,7 +167,7 @@ fn layer(c: &mut Criterion) {
             .layer(RateLimitLayer::new(MemoryStore::new()).policy(policy.clone()))
             .service(noop())
     });
-    bench_layer(c, &rt, "battlement-memory", limited);
+    bench_layer(c, &rt, "battlement-memory", limited, &["ratelimit", "ratelimit-policy"]);
     // The same decisions in shadow mode, which renders no headers: the
     // layer's floor without the `RateLimit` headers tower_governor does not
     // send.
@@ -156,7 +180,7 @@ fn layer(c: &mut Criterion) {
             )
             .service(noop())
     });
-    bench_layer(c, &rt, "battlement-memory-shadow", shadow);
+    bench_layer(c, &rt, "battlement-memory-shadow", shadow, &[]);
     // The same with its quota hot-reloaded from a config source: the
     // hot path reads it without a lock, so this costs the same.
     let source = MemoryConfigSource::new();
@@ -173,7 +197,13 @@ fn layer(c: &mut Criterion) {
         watch.loaded().await;
         (ServiceBuilder::new().layer(layer).service(noop()), watch)
     });
-    bench_layer(c, &rt, "battlement-memory-config-source", reloaded);
+    bench_layer(
+        c,
+        &rt,
+        "battlement-memory-config-source",
+        reloaded,
+        &["ratelimit", "ratelimit-policy"],
+    );
 }
 
 /// Runs `iters` calls of `op` spread over [`TASKS`] tasks; the elapsed time.

@@ -52,9 +52,9 @@ fn api() -> Router {
 }
 
 /// `app` behind the request id and a trace layer writing `log`.
-fn traced(log: AccessLog) -> Router {
+fn logged(log: AccessLog) -> Router {
     api()
-        .layer(TraceLayer::server().access_log(Some(log)))
+        .layer(support::traced(TraceLayer::server().access_log(Some(log))))
         .layer(RequestIdLayer::new().span(false))
 }
 
@@ -65,6 +65,7 @@ fn subscriber(filter: &str, lines: &Lines) -> impl tracing::Subscriber + Send + 
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(InMemorySpanExporter::default())
         .build();
+    support::record_spans_with(&provider);
     let writer = lines.clone();
     let logs = tracing_subscriber::fmt::layer()
         .with_ansi(false)
@@ -103,7 +104,7 @@ fn access_lines(text: &str) -> Vec<&str> {
 async fn one_line_per_request_at_info_and_5xx_at_warn() {
     let lines = Lines::default();
     let _guard = tracing::subscriber::set_default(subscriber("info", &lines));
-    let app = traced(AccessLog::new());
+    let app = logged(AccessLog::new());
 
     assert_eq!(send(&app, get_req("/items/42")).await, 200);
     assert_eq!(send(&app, get_req("/boom")).await, 500);
@@ -139,7 +140,7 @@ async fn one_line_per_request_at_info_and_5xx_at_warn() {
 async fn at_warn_only_errors_are_written() {
     let lines = Lines::default();
     let _guard = tracing::subscriber::set_default(subscriber("warn", &lines));
-    let app = traced(AccessLog::new().client_errors(tracing::Level::WARN));
+    let app = logged(AccessLog::new().client_errors(tracing::Level::WARN));
     send(&app, get_req("/items/42")).await;
     send(&app, get_req("/boom")).await;
     send(&app, get_req("/nope")).await;
@@ -155,7 +156,7 @@ async fn at_warn_only_errors_are_written() {
 async fn successes_are_sampled_errors_always_written() {
     let lines = Lines::default();
     let _guard = tracing::subscriber::set_default(subscriber("info", &lines));
-    let none = traced(AccessLog::new().sample_successes(0.0));
+    let none = logged(AccessLog::new().sample_successes(0.0));
     for _ in 0..20 {
         let req = http::Request::get("/items/1").body(Body::empty()).unwrap();
         send(&none, req).await;
@@ -166,7 +167,7 @@ async fn successes_are_sampled_errors_always_written() {
     let access = access_lines(&text);
     assert_eq!(access.len(), 2, "{text}");
 
-    let half = traced(AccessLog::new().sample_successes(0.5));
+    let half = logged(AccessLog::new().sample_successes(0.5));
     for _ in 0..400 {
         // A new trace each: the share is decided on the trace id.
         let req = http::Request::get("/items/1").body(Body::empty()).unwrap();
@@ -183,7 +184,7 @@ async fn successes_are_sampled_errors_always_written() {
 async fn streamed_bodies_are_logged_when_they_end() {
     let lines = Lines::default();
     let _guard = tracing::subscriber::set_default(subscriber("info", &lines));
-    let app = traced(AccessLog::new());
+    let app = logged(AccessLog::new());
     let res = app.clone().oneshot(get_req("/stream")).await.unwrap();
     assert!(access_lines(&lines.text()).is_empty());
     res.into_body().collect().await.unwrap();

@@ -48,6 +48,9 @@ type NamedAttributes = (String, Vec<KeyValue>);
 /// A log record: trace id and span id (hex), and its attributes.
 type LogRecord = (String, String, Vec<KeyValue>);
 
+/// A span's trace id, name, span id and parent span id (hex).
+type Spanned = (String, String, String, String);
+
 /// What the receiver got: `(trace id hex, span name)`, each span's
 /// attributes as decoded, each span's `(name, span id hex)`, metric
 /// names, and log records.
@@ -56,6 +59,8 @@ struct Received {
     spans: Arc<Mutex<Vec<(String, String)>>>,
     attributes: Arc<Mutex<Vec<NamedAttributes>>>,
     span_ids: Arc<Mutex<Vec<(String, String)>>>,
+    tree: Arc<Mutex<Vec<Spanned>>>,
+    messages: Arc<Mutex<Vec<(String, String, String)>>>,
     metrics: Arc<Mutex<Vec<String>>>,
     logs: Arc<Mutex<Vec<LogRecord>>>,
 }
@@ -71,6 +76,12 @@ impl Received {
             for ss in rs.scope_spans {
                 for span in ss.spans {
                     let id = hex(&span.trace_id);
+                    self.tree.lock().unwrap().push((
+                        id.clone(),
+                        span.name.clone(),
+                        hex(&span.span_id),
+                        hex(&span.parent_span_id),
+                    ));
                     self.span_ids
                         .lock()
                         .unwrap()
@@ -91,6 +102,12 @@ impl Received {
             for sl in rl.scope_logs {
                 for record in sl.log_records {
                     let ids = (hex(&record.trace_id), hex(&record.span_id));
+                    if let Some(any_value::Value::StringValue(body)) =
+                        record.body.as_ref().and_then(|b| b.value.as_ref())
+                    {
+                        let message = (ids.0.clone(), ids.1.clone(), body.clone());
+                        self.messages.lock().unwrap().push(message);
+                    }
                     logs.push((ids.0, ids.1, record.attributes));
                 }
             }
@@ -263,6 +280,12 @@ async fn the_example_exports_to(endpoint: &str, protocol: &str, received: &Recei
             .unwrap()
             .iter()
             .any(|(id, name)| id == trace && name == "GET /items/{id}");
+        let application = received
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(id, name)| id == trace && name == "load item");
         let metric = received
             .metrics
             .lock()
@@ -276,7 +299,7 @@ async fn the_example_exports_to(endpoint: &str, protocol: &str, received: &Recei
                         == Some(&any_value::Value::StringValue("/items/{id}".into()))
             })
         });
-        if span && metric && access {
+        if span && application && metric && access {
             break;
         }
         assert!(
@@ -309,6 +332,31 @@ async fn the_example_exports_to(endpoint: &str, protocol: &str, received: &Recei
         .and_then(|kv| kv.value.clone())
         .and_then(|v| v.value);
     assert_eq!(status, Some(any_value::Value::IntValue(200)), "{record:?}");
+
+    // One server span for the request, and the handler's own span under
+    // it; the handler's log record belongs to the handler's span.
+    let tree: Vec<_> = received
+        .tree
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(id, ..)| id == trace)
+        .cloned()
+        .collect();
+    let mut names: Vec<_> = tree.iter().map(|(_, name, ..)| name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["GET /items/{id}", "load item"], "{tree:?}");
+    let (_, _, handler_span, parent) = tree
+        .iter()
+        .find(|(_, name, ..)| name == "load item")
+        .expect("the handler's span");
+    assert_eq!(parent, &server_span, "the handler's span is the server span's child");
+    let messages = received.messages.lock().unwrap().clone();
+    let loaded = messages
+        .iter()
+        .find(|(.., body)| body == "item loaded")
+        .expect("the handler's log record");
+    assert_eq!((&loaded.0, &loaded.1), (&trace.to_owned(), handler_span), "{loaded:?}");
 
     // As the semantic conventions type them: numbers are ints, and the
     // request id is recorded once.

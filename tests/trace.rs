@@ -1,6 +1,8 @@
 //! Tracing with the OpenTelemetry SDK's in-memory exporter.
 #![cfg(feature = "axum")]
 
+mod support;
+
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -16,6 +18,7 @@ use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::{SpanKind, Status, TraceId, TracerProvider as _};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use support::{record_spans_with, traced};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -29,6 +32,7 @@ fn collect() -> (InMemorySpanExporter, tracing::subscriber::DefaultGuard) {
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
+    record_spans_with(&provider);
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
     (exporter, tracing::subscriber::set_default(subscriber))
@@ -49,7 +53,7 @@ fn app() -> Router {
             "/broken",
             get(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
         )
-        .layer(TraceLayer::server())
+        .layer(traced(TraceLayer::server()))
 }
 
 async fn send(app: Router, req: http::Request<Body>) -> http::Response<Body> {
@@ -162,7 +166,7 @@ async fn the_request_id_is_recorded() {
     let (exporter, _guard) = collect();
     let app = Router::new()
         .route("/items/{id}", get(|| async { "item" }))
-        .layer(TraceLayer::server())
+        .layer(traced(TraceLayer::server()))
         .layer(RequestIdLayer::new().span(false));
     let mut req = get_req("/items/1");
     req.headers_mut()
@@ -185,7 +189,7 @@ async fn the_span_covers_a_slow_streamed_body() {
                 Body::from_stream(chunks)
             }),
         )
-        .layer(TraceLayer::server());
+        .layer(traced(TraceLayer::server()));
     send(app, get_req("/slow")).await;
     let span = server_span(&exporter);
     let took = span.end_time.duration_since(span.start_time).unwrap();
@@ -217,7 +221,7 @@ async fn the_client_layer_injects_traceparent() {
         Ok::<_, Infallible>(res)
     });
     let client = ServiceBuilder::new()
-        .layer(TraceLayer::client())
+        .layer(traced(TraceLayer::client()))
         .service(upstream);
     let req = http::Request::get("http://upstream.test:8080/x")
         .body(Body::empty())
@@ -286,7 +290,7 @@ async fn each_retry_attempt_is_its_own_client_span() {
     let clock = ManualClock::new(Duration::from_secs(1_700_000_000));
     let client = ServiceBuilder::new()
         .layer(RetryLayer::new(policy).unwrap().clock(clock.shared()))
-        .layer(TraceLayer::client())
+        .layer(traced(TraceLayer::client()))
         .service(upstream);
     let parent = tracing::info_span!("caller");
     let req = http::Request::get("http://upstream.test/x")
@@ -344,7 +348,7 @@ async fn each_retry_attempt_is_its_own_client_span() {
 async fn grpc_spans_are_named_only_for_recognized_methods() {
     let (exporter, _guard) = collect();
     let svc = ServiceBuilder::new()
-        .layer(TraceLayer::server())
+        .layer(traced(TraceLayer::server()))
         .service(service_fn(|req: http::Request<Body>| async move {
             let res = if req.uri().path() == "/traced.Greeter/Hello" {
                 let mut trailers = http::HeaderMap::new();
@@ -431,7 +435,7 @@ async fn client_spans_redact_the_url_type_numbers_and_send_no_empty_tracestate()
         Ok::<_, Infallible>(res)
     });
     let client = ServiceBuilder::new()
-        .layer(TraceLayer::client())
+        .layer(traced(TraceLayer::client()))
         .service(upstream);
     let req = http::Request::get("http://user:secret@upstream.test:8080/x?token=abc&flag")
         .body(Body::empty())
@@ -477,7 +481,7 @@ async fn inbound_baggage_is_passed_on_only_when_trusted() {
     for trust in [false, true] {
         let handler = || async {
             let outbound = ServiceBuilder::new()
-                .layer(TraceLayer::client())
+                .layer(traced(TraceLayer::client()))
                 .service(service_fn(|req: http::Request<Body>| async move {
                     let baggage = req.headers().get("baggage").cloned();
                     Ok::<_, Infallible>(http::Response::new(Body::from(
@@ -498,7 +502,7 @@ async fn inbound_baggage_is_passed_on_only_when_trusted() {
         };
         let app = Router::new()
             .route("/", get(handler))
-            .layer(TraceLayer::server().trust_baggage(trust));
+            .layer(traced(TraceLayer::server().trust_baggage(trust)));
         let mut req = get_req("/");
         req.headers_mut()
             .insert("baggage", "user=alice".parse().unwrap());
@@ -517,7 +521,7 @@ async fn probes_are_not_traced_unless_asked() {
         let app = Router::new()
             .route("/readyz", get(|| async { "ok" }))
             .route("/items/{id}", get(|| async { "item" }))
-            .layer(TraceLayer::server().trace_probes(trace));
+            .layer(traced(TraceLayer::server().trace_probes(trace)));
         send(app.clone(), get_req("/readyz")).await;
         send(app, get_req("/items/1")).await;
         let names: Vec<String> = exporter
@@ -564,7 +568,7 @@ async fn extra_attributes_come_from_the_request_and_the_response() {
             "/items/{id}",
             get(|| async { ([("x-cache", "HIT")], "item") }),
         )
-        .layer(TraceLayer::server().attributes(Tenant));
+        .layer(traced(TraceLayer::server().attributes(Tenant)));
     let req = http::Request::get("/items/1")
         .header("x-tenant", "acme")
         .body(Body::empty())
@@ -587,7 +591,7 @@ async fn extra_attributes_come_from_the_request_and_the_response() {
 #[tokio::test]
 async fn the_span_name_can_be_overridden() {
     let (exporter, _guard) = collect();
-    let layer = TraceLayer::server().span_name(|req| {
+    let layer = traced(TraceLayer::server()).span_name(|req| {
         req.uri
             .path()
             .starts_with("/items/")
@@ -614,7 +618,7 @@ async fn the_span_name_can_be_overridden() {
 #[tokio::test]
 async fn a_filter_decides_which_requests_are_traced() {
     let (exporter, _guard) = collect();
-    let layer = TraceLayer::server().filter(|req| req.headers.get("x-synthetic").is_none());
+    let layer = traced(TraceLayer::server()).filter(|req| req.headers.get("x-synthetic").is_none());
     let seen = || async {
         use opentelemetry::trace::TraceContextExt;
         let cx = opentelemetry::Context::current();

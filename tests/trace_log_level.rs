@@ -58,7 +58,7 @@ fn proxy(head: Option<HeadSampler>) -> Router {
     };
     Router::new()
         .route("/proxy", get(handler))
-        .layer(TraceLayer::server().head_sampler(head))
+        .layer(support::traced(TraceLayer::server().head_sampler(head)))
 }
 
 /// The `traceparent` the downstream received for a `/proxy` call with
@@ -75,14 +75,17 @@ async fn forwarded(app: Router, traceparent: &str) -> String {
 
 fn provider(exporter: &InMemorySpanExporter) -> SdkTracerProvider {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    SdkTracerProvider::builder()
+    let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
-        .build()
+        .build();
+    support::record_spans_with(&provider);
+    provider
 }
 
-// A global `warn` filter, the way many subscribers are composed: no span
-// of the request is recorded, yet the downstream call continues the
-// caller's trace, sampled or not.
+// A global `warn` filter, the way many subscribers are composed: no
+// application span of the request is recorded, yet the server span is
+// (it does not go through `tracing`), and the downstream call continues
+// the caller's trace, sampled or not.
 #[tokio::test]
 async fn a_global_warn_filter_keeps_the_callers_trace() {
     let exporter = InMemorySpanExporter::default();
@@ -105,13 +108,18 @@ async fn a_global_warn_filter_keeps_the_callers_trace() {
             "{head:?}, {inbound}: downstream saw {seen:?}"
         );
     }
-    assert!(exporter.get_finished_spans().unwrap().is_empty());
+    let spans = exporter.get_finished_spans().unwrap();
+    let names: Vec<_> = spans.iter().map(|s| s.name.as_ref()).collect();
+    assert_eq!(names, ["GET /proxy", "GET /proxy"], "the sampled ones");
 }
 
 // `warn` on the fmt layer alone: log lines below it are dropped, and the
 // request's spans (info and above) are exported in the caller's trace.
 #[tokio::test]
 async fn a_warn_filter_on_the_log_layer_leaves_spans_exported() {
+    let global = support::global_spans();
+    // Its own trace: the global provider's spans are shared by the tests.
+    const OWN_TRACE: &str = "5bf92f3577b34da6a3ce929d0e0e4737";
     let exporter = InMemorySpanExporter::default();
     let lines = Lines::default();
     let writer = lines.clone();
@@ -122,14 +130,16 @@ async fn a_warn_filter_on_the_log_layer_leaves_spans_exported() {
     let subscriber = battlement::telemetry::subscriber(provider(&exporter).tracer("test"), logs);
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let inbound = format!("00-{TRACE}-00f067aa0ba902b7-01");
+    let inbound = format!("00-{OWN_TRACE}-00f067aa0ba902b7-01");
     let seen = forwarded(proxy(None), &inbound).await;
 
-    let spans = exporter.get_finished_spans().unwrap();
+    let trace = TraceId::from_hex(OWN_TRACE).unwrap();
+    let mut spans = exporter.get_finished_spans().unwrap();
+    // The client preset's spans go to the global provider.
+    spans.extend(support::spans_in(&global, trace));
     let mut names: Vec<_> = spans.iter().map(|s| s.name.as_ref()).collect();
     names.sort_unstable();
     assert_eq!(names, ["GET", "GET /proxy", "work"], "no debug span");
-    let trace = TraceId::from_hex(TRACE).unwrap();
     assert!(spans.iter().all(|s| s.span_context.trace_id() == trace));
     let client = spans
         .iter()
@@ -137,7 +147,7 @@ async fn a_warn_filter_on_the_log_layer_leaves_spans_exported() {
         .expect("a client span");
     assert_eq!(
         seen,
-        format!("00-{TRACE}-{}-01", client.span_context.span_id())
+        format!("00-{OWN_TRACE}-{}-01", client.span_context.span_id())
     );
     let text = lines.text();
     assert!(text.contains("slow") && !text.contains("working"), "{text}");
@@ -151,6 +161,8 @@ async fn a_warn_filter_on_the_log_layer_leaves_spans_exported() {
 async fn only_the_server_span_is_exported_and_it_carries_no_access_log_event() {
     use battlement::stack::{self, StackConfig};
 
+    // The preset's trace layer takes the global provider.
+    let global = support::global_spans();
     for level in ["warn", "info"] {
         for trace in [false, true] {
             let exporter = InMemorySpanExporter::default();
@@ -164,11 +176,16 @@ async fn only_the_server_span_is_exported_and_it_carries_no_access_log_event() {
             let config = StackConfig::from_toml(&format!("trace = {trace}")).unwrap();
             let server = stack::server(&config).await.unwrap();
             let app = server.router(Router::new().route("/hello", get(|| async { "hello" })));
-            let req = http::Request::get("/hello").body(Body::empty()).unwrap();
+            let trace_id = opentelemetry::trace::TraceId::from(fastrand::u128(1..));
+            let req = http::Request::get("/hello")
+                .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+                .body(Body::empty())
+                .unwrap();
             let res = app.oneshot(req).await.unwrap();
             assert!(res.headers().contains_key("x-request-id"));
             res.into_body().collect().await.unwrap();
-            let spans = exporter.get_finished_spans().unwrap();
+            let mut spans = exporter.get_finished_spans().unwrap();
+            spans.extend(support::spans_in(&global, trace_id));
             let names: Vec<_> = spans.iter().map(|s| s.name.as_ref()).collect();
             let expected: &[&str] = if trace { &["GET /hello"] } else { &[] };
             assert_eq!(names, expected, "RUST_LOG={level}, trace = {trace}");

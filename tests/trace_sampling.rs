@@ -42,6 +42,7 @@ fn collect(
         .with_sampler(sampler.sdk_sampler())
         .with_id_generator(TraceIds)
         .build();
+    support::record_spans_with(&provider);
     let lines = Lines::default();
     let writer = lines.clone();
     let subscriber = tracing_subscriber::registry()
@@ -84,7 +85,7 @@ async fn work() -> String {
         Ok::<_, Infallible>(http::Response::new(seen))
     });
     let client = ServiceBuilder::new()
-        .layer(TraceLayer::client())
+        .layer(support::traced(TraceLayer::client()))
         .service(upstream);
     let req = http::Request::get("http://upstream.test/x")
         .body(Body::empty())
@@ -97,7 +98,7 @@ async fn work() -> String {
 fn app(sampler: HeadSampler) -> Router {
     Router::new()
         .route("/work", get(work))
-        .layer(TraceLayer::server().head_sampler(Some(sampler)))
+        .layer(support::traced(TraceLayer::server().head_sampler(Some(sampler))))
         .layer(RequestIdLayer::new().span(false))
 }
 

@@ -343,7 +343,11 @@ struct SlowQuery {
     ms: u64,
 }
 
+/// The item `id`. Its application span and log record belong to the
+/// request's trace, under the server span.
 async fn item(Path(id): Path<String>) -> axum::Json<serde_json::Value> {
+    let _span = tracing::info_span!("load item").entered();
+    tracing::info!(item = %id, "item loaded");
     axum::Json(serde_json::json!({ "id": id }))
 }
 

@@ -54,10 +54,10 @@ use crate::error::ConfigError;
 use crate::trace::{HeadSampler, W3cTraceContext};
 
 mod ids;
-mod unsampled;
+mod spans;
 
 pub use ids::TraceIds;
-pub use unsampled::tracing_layer;
+pub use spans::tracing_layer;
 
 /// Sets up OpenTelemetry for `service_name` and registers it globally;
 /// keep the guard for the life of the process.

@@ -14,6 +14,7 @@ mod lines;
 mod process;
 mod proxy;
 mod redis;
+mod spans;
 
 pub use etcd::EtcdServer;
 pub use example::{Example, Reply, example_binary, get, send};
@@ -22,3 +23,4 @@ pub use lines::{Lines, capture_logs};
 pub use process::{Process, free_port, require_binary};
 pub use proxy::TcpProxy;
 pub use redis::{RedisCluster, RedisServer};
+pub use spans::{global_spans, record_spans_with, spans_in, traced};

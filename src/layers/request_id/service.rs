@@ -65,7 +65,6 @@ where
             }
         };
         req.extensions_mut().insert(id.clone());
-        tracing::Span::current().record("request.id", id.as_str());
         let span = if self.layer.span {
             tracing::info_span!(target: REQUEST_SPAN_TARGET, "request", request_id = %id)
         } else {

@@ -18,7 +18,6 @@
 
 use std::cell::Cell;
 use std::sync::RwLock;
-use std::thread::LocalKey;
 
 use opentelemetry::Context;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId};
@@ -205,11 +204,6 @@ pub(crate) enum Head {
     Unsampled(Context),
 }
 
-/// The target of an unsampled request's span: it carries the request id
-/// for log lines and the unsampled context, and no OpenTelemetry layer
-/// built by [`telemetry`](crate::telemetry) turns it into a span.
-pub(crate) const UNSAMPLED_TARGET: &str = "battlement::trace::unsampled";
-
 /// A random, valid trace id.
 pub(crate) fn random_trace_id() -> TraceId {
     TraceId::from(fastrand::u128(1..))
@@ -221,47 +215,23 @@ pub(crate) fn random_span_id() -> SpanId {
 }
 
 thread_local! {
-    /// The trace id of the sampled root span being built on this thread.
+    /// The trace id of the sampled root span being started on this thread.
     static ROOT_TRACE_ID: Cell<Option<TraceId>> = const { Cell::new(None) };
-    /// The context of the unsampled span being built on this thread.
-    static UNSAMPLED_CONTEXT: Cell<Option<Context>> = const { Cell::new(None) };
-}
-
-/// Runs `build` with `value` in `slot`, for what `build` creates on this
-/// thread to take; the slot is empty again afterwards.
-fn handing_over<T: 'static, R>(
-    slot: &'static LocalKey<Cell<Option<T>>>,
-    value: T,
-    build: impl FnOnce() -> R,
-) -> R {
-    slot.set(Some(value));
-    let built = build();
-    slot.set(None);
-    built
 }
 
 /// Runs `build` (which starts a root span) with `id` as the trace id the
 /// SDK's [`TraceIds`](crate::telemetry::TraceIds) hands out next.
 pub(crate) fn with_root_trace_id<R>(id: TraceId, build: impl FnOnce() -> R) -> R {
-    handing_over(&ROOT_TRACE_ID, id, build)
+    ROOT_TRACE_ID.set(Some(id));
+    let built = build();
+    ROOT_TRACE_ID.set(None);
+    built
 }
 
 /// The trace id [`with_root_trace_id`] set, once.
 #[cfg_attr(not(any(feature = "prometheus", feature = "_otlp")), allow(dead_code))]
 pub(crate) fn take_root_trace_id() -> Option<TraceId> {
     ROOT_TRACE_ID.take()
-}
-
-/// Runs `build` (which creates an unsampled request's span) with `cx` for
-/// the span to take.
-pub(crate) fn with_unsampled_context<R>(cx: Context, build: impl FnOnce() -> R) -> R {
-    handing_over(&UNSAMPLED_CONTEXT, cx, build)
-}
-
-/// The context [`with_unsampled_context`] set, once.
-#[cfg_attr(not(any(feature = "prometheus", feature = "_otlp")), allow(dead_code))]
-pub(crate) fn take_unsampled_context() -> Option<Context> {
-    UNSAMPLED_CONTEXT.take()
 }
 
 /// The sampler [`telemetry::init`](crate::telemetry::init) installed.

@@ -8,49 +8,43 @@ use super::access_log::AccessLog;
 use super::custom::{Custom, ExtraAttributes};
 use super::head::HeadSampler;
 use super::service::Trace;
+use super::traced::{LayerTracer, scope};
 
-/// One OpenTelemetry span per request, through
-/// `tracing` and `tracing-opentelemetry`, so application spans nest under
-/// it.
+/// One OpenTelemetry span per request, built on the OpenTelemetry API
+/// (the global tracer provider's tracer, or the one given to
+/// [`tracer_provider`](Self::tracer_provider)), whose context is current
+/// while the request and its response body are polled: application
+/// `tracing` spans (through `tracing-opentelemetry`) and log records
+/// (through the OpenTelemetry log bridge) created inside the handler nest
+/// under it. No `tracing` span is made for the request, so the export
+/// does not depend on `RUST_LOG`, and none is exported twice.
 ///
 /// Server mode ([`server`](Self::server)): the caller's W3C `traceparent`
 /// / `tracestate` / `baggage` become the parent (an invalid one starts a
 /// new trace); the span is named `{method} {route}` from axum's
 /// `MatchedPath` (`{method}` when no route matched; `service/method` for
-/// gRPC), carries the semconv attributes, and lasts until the response
-/// body ends. 5xx (and gRPC UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED,
-/// INTERNAL, UNAVAILABLE, DATA_LOSS) set Error; 4xx do not.
+/// gRPC), carries the semconv attributes (and `request.id`, with a
+/// [`RequestIdLayer`](crate::RequestIdLayer) outside), and lasts until the
+/// response body ends. 5xx (and gRPC UNKNOWN, DEADLINE_EXCEEDED,
+/// UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS) set Error; 4xx do not.
 ///
-/// Client mode ([`client`](Self::client)): a span per attempt (inside a
+/// Client mode ([`client`](Self::client)): a span per attempt, child of
+/// the current context (inside a
 /// [`RetryLayer`](crate::retry::RetryLayer) it records
 /// `http.request.resend_count`), whose context is injected into the
-/// outbound headers; 4xx and 5xx set Error.
-///
-/// The spans reach OpenTelemetry when the subscriber has a
-/// `tracing_opentelemetry` layer that sees them: keep log filters on the
-/// log layer ([`telemetry::subscriber`](crate::telemetry::subscriber)).
-/// Propagation does not depend on the spans: when a filter turns a
-/// server span off, the request runs with the caller's context current,
-/// and a client span that no OpenTelemetry layer records injects the
-/// current context, so outbound calls still continue the caller's trace.
-/// With a [`RequestIdLayer`](crate::RequestIdLayer)
-/// outside, the id is recorded as `request.id`; turn that layer's own
-/// span off so this span is the request's root.
+/// outbound headers; 4xx and 5xx set Error. Without a tracer provider, or
+/// with a span the SDK drops, the caller's trace still goes on downstream.
 ///
 /// Sampling: with a [`HeadSampler`] (the one
 /// [`telemetry::init`](crate::telemetry::init) installed, whether before
 /// or after the layer was built, or
 /// [`head_sampler`](Self::head_sampler)), a server request the sampler
-/// leaves out gets no OpenTelemetry span at all, only a plain `tracing`
-/// span that carries the request id for log lines and makes the request's
-/// unsampled context current, so spans and outbound calls under it are
+/// leaves out gets no span at all: its unsampled context (same trace, not
+/// sampled) is current instead, so spans and outbound calls under it are
 /// not sampled either. Without one, every request builds its span and the
-/// SDK's sampler decides (the span's cost is paid either way). In an
-/// unsampled request, `tracing_opentelemetry`'s `Span::current().context()`
-/// is empty (its layer never sees that span); to propagate by hand, inject
-/// `opentelemetry::Context::current()`, which is the request's context
-/// while its span is entered, sampled or not. battlement's client layers
-/// do that already.
+/// SDK's sampler decides. To propagate by hand, inject
+/// `opentelemetry::Context::current()`; battlement's client layers do that
+/// already.
 ///
 /// ```
 /// use battlement::trace::TraceLayer;
@@ -69,6 +63,7 @@ use super::service::Trace;
 pub struct TraceLayer {
     client: bool,
     head: Sampler,
+    tracer: LayerTracer,
     options: Options,
     custom: Custom,
 }
@@ -99,6 +94,7 @@ impl TraceLayer {
         Self {
             client: false,
             head: Arc::new(OnceLock::new()),
+            tracer: LayerTracer::default(),
             options: Options::default(),
             custom: Custom::default(),
         }
@@ -109,6 +105,7 @@ impl TraceLayer {
         Self {
             client: true,
             head: Arc::new(OnceLock::from(None)),
+            tracer: LayerTracer::default(),
             options: Options::default(),
             custom: Custom::default(),
         }
@@ -179,6 +176,21 @@ impl TraceLayer {
         self
     }
 
+    /// Takes spans from `provider` (its tracer for battlement's scope)
+    /// instead of the global tracer provider, as
+    /// `opentelemetry::global::tracer_provider()` is at the layer's first
+    /// request.
+    pub fn tracer_provider<P>(mut self, provider: &P) -> Self
+    where
+        P: opentelemetry::trace::TracerProvider,
+        P::Tracer: Send + Sync + 'static,
+        <P::Tracer as opentelemetry::trace::Tracer>::Span: Send + Sync + 'static,
+    {
+        let tracer = provider.tracer_with_scope(scope());
+        self.tracer = LayerTracer::given(opentelemetry::global::BoxedTracer::new(Box::new(tracer)));
+        self
+    }
+
     /// Decides with `sampler` before a server span is built (`None`: build
     /// every span and let the SDK decide). The tracer provider must sample
     /// with [`HeadSampler::sdk_sampler`] and take its ids from
@@ -200,6 +212,7 @@ impl<S> Layer<S> for TraceLayer {
             inner,
             self.client,
             self.head.clone(),
+            self.tracer.clone(),
             self.options,
             self.custom.clone(),
         )

@@ -28,6 +28,7 @@ mod layer;
 pub(crate) mod propagation;
 pub(crate) mod semconv;
 mod service;
+mod traced;
 mod w3c;
 
 pub use access_log::{ACCESS_LOG_TARGET, AccessLog};

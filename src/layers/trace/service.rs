@@ -7,23 +7,23 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
-use opentelemetry::trace::{Status, TraceContextExt};
+use opentelemetry::global::{BoxedSpan, BoxedTracer};
+use opentelemetry::trace::{SpanBuilder, SpanKind, SpanRef, Status, TraceContextExt};
 use opentelemetry::{Context as OtelContext, KeyValue};
 use pin_project_lite::pin_project;
 use tower_service::Service;
-use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::access_log::Entry;
 use super::body::TracedBody;
 use super::custom::{Custom, ExtraAttributes, with_request_parts, with_response_parts};
-use super::head::{self, Head, HeadSampler, UNSAMPLED_TARGET};
+use super::head::{self, Head, HeadSampler};
 use super::layer::{Options, Sampler};
 use super::propagation::{extract, inject};
 use super::semconv::{
     OTHER, grpc_answered, grpc_call, grpc_names, grpc_parts, grpc_unnamed, method,
     protocol_version, route, scheme,
 };
+use super::traced::{LayerTracer, Traced};
 use crate::RequestId;
 use crate::health::is_probe;
 use crate::reject::GrpcCode;
@@ -35,6 +35,7 @@ pub struct Trace<S> {
     inner: S,
     client: bool,
     head: Sampler,
+    tracer: LayerTracer,
     options: Options,
     custom: Custom,
 }
@@ -44,6 +45,7 @@ impl<S> Trace<S> {
         inner: S,
         client: bool,
         head: Sampler,
+        tracer: LayerTracer,
         options: Options,
         custom: Custom,
     ) -> Self {
@@ -51,6 +53,7 @@ impl<S> Trace<S> {
             inner,
             client,
             head,
+            tracer,
             options,
             custom,
         }
@@ -104,53 +107,44 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let probe = !self.client && !self.options.probes && is_probe(req.uri().path());
-        let (mut req, hooked) = if probe {
-            (req, Hooked::default())
-        } else {
-            Hooked::run(&self.custom, self.client, req)
-        };
+        if !self.client && !self.options.probes && is_probe(req.uri().path()) {
+            let future = self.inner.call(req);
+            return ResponseFuture::passing(future);
+        }
+        let (mut req, hooked) = Hooked::run(&self.custom, self.client, req);
         // A span the user named keeps its name when a gRPC answer comes.
         let named = hooked.name.is_some();
-        let (span, detached) = if self.client {
-            let span = client_span(&req, self.options.query);
-            set_attributes(&span, hooked.attributes);
-            inject(&outbound_context(&span), req.headers_mut());
-            (span, None)
-        } else if probe {
-            (Span::none(), None)
+        let skipped = hooked.skipped;
+        let tracer = &self.tracer;
+        let request = if self.client {
+            let parent = OtelContext::current();
+            let span = client_span(tracer.get(), &req, self.options.query, hooked, &parent);
+            let request = Traced::new(parent.with_span(span));
+            inject(&request.cx, req.headers_mut());
+            request
         } else if hooked.skipped {
             // Not traced, but in the caller's trace: outbound calls go on
             // with it.
-            (
-                Span::none(),
-                Some(extract(req.headers(), self.options.baggage)),
-            )
+            Traced::new(extract(req.headers(), self.options.baggage))
         } else {
             // The installed sampler, looked up once per layer.
             let sampler = *self.head.get_or_init(head::installed);
-            let (span, cx) = request_span(sampler, &req, self.options.baggage, hooked);
-            // An entered span makes the request's context current; a span
-            // no subscriber records (a global filter turned it off) cannot,
-            // so the future attaches the context itself while it runs.
-            let detached = span.is_disabled().then_some(cx);
-            (span, detached)
+            request_context(sampler, tracer, &req, self.options.baggage, hooked)
         };
         // A gRPC call named `_OTHER` for now: its answer may name it.
         let rpc = grpc_unnamed(&req).filter(|_| !self.client);
         let log = match self.options.access_log {
-            Some(log) if !self.client && !span.is_none() => log.start(&req, grpc_call(&req)),
+            Some(log) if !self.client && !skipped => log.start(&req, grpc_call(&req)),
             _ => None,
         };
         let future = {
-            let _attached = detached.clone().map(OtelContext::attach);
-            span.in_scope(|| self.inner.call(req))
+            let _attached = request.cx.clone().attach();
+            self.inner.call(req)
         };
-        let attributes = self.custom.attributes.clone().filter(|_| !span.is_none());
+        let attributes = self.custom.attributes.clone().filter(|_| request.recording);
         ResponseFuture {
             future,
-            span: Some(span),
-            detached,
+            request: Some(request),
             client: self.client,
             rpc,
             log,
@@ -160,50 +154,36 @@ where
     }
 }
 
-/// A server request's span, as `sampler` decides, and its context: the
-/// caller's, or the unsampled one the sampler made.
-fn request_span<B>(
+/// A server request's context: the caller's with the request's span in it
+/// (built when `sampler` samples the request, or always without one), or
+/// the unsampled context the sampler made.
+fn request_context<B>(
     sampler: Option<HeadSampler>,
+    tracer: &LayerTracer,
     req: &Request<B>,
     baggage: bool,
     hooked: Hooked,
-) -> (Span, OtelContext) {
+) -> Traced {
     let parent = extract(req.headers(), baggage);
-    match sampler.map(|sampler| sampler.decide(&parent)) {
-        None | Some(Head::Sampled { root: None }) => (server_span(req, &parent, hooked), parent),
+    let root = match sampler.map(|sampler| sampler.decide(&parent)) {
+        Some(Head::Unsampled(cx)) => return Traced::new(cx),
+        Some(Head::Sampled { root }) => root,
+        None => None,
+    };
+    let builder = server_span(req, hooked);
+    let tracer = tracer.get();
+    let span = match root {
         // Started here, so the SDK takes the decided trace id.
-        Some(Head::Sampled { root: Some(id) }) => {
-            head::with_root_trace_id(id, || (server_span(req, &parent, hooked), parent))
-        }
-        Some(Head::Unsampled(cx)) => (unsampled_span(req, &cx), cx),
-    }
-}
-
-/// The context to inject for a client span: the span's own, or, when no
-/// OpenTelemetry layer records it (filtered out, or none installed), the
-/// current one, so the caller's trace still goes on downstream.
-fn outbound_context(span: &Span) -> OtelContext {
-    let cx = span.context();
-    if cx.has_active_span() {
-        cx
-    } else {
-        OtelContext::current()
-    }
+        Some(id) => head::with_root_trace_id(id, || builder.start_with_context(tracer, &parent)),
+        None => builder.start_with_context(tracer, &parent),
+    };
+    Traced::new(parent.with_span(span))
 }
 
 /// The server span: named `{method} {route}` (or `{method}`, or the gRPC
-/// `service/method`), child of the caller's trace context `parent`.
-/// Attributes known up front go straight to the OpenTelemetry span (static
-/// values are not copied): as `tracing` fields, each would become a new
-/// string.
-///
-/// The OpenTelemetry span is started here rather than at the first enter,
-/// so that every attribute goes to it under one lock: each
-/// `OpenTelemetrySpanExt::set_attribute` would look the span up in the
-/// registry again. The SDK's sampler sees the name and kind (a root span
-/// of a new trace has been head-sampled already).
-fn server_span<B>(req: &Request<B>, parent: &OtelContext, hooked: Hooked) -> Span {
-    use tracing::field::Empty;
+/// `service/method`), with every attribute the request decides, so the
+/// sampler sees them and the span takes them without a lock.
+fn server_span<B>(req: &Request<B>, hooked: Hooked) -> SpanBuilder {
     let m = method(req.method());
     let grpc = grpc_parts(req);
     let route = route(req);
@@ -213,27 +193,11 @@ fn server_span<B>(req: &Request<B>, parent: &OtelContext, hooked: Hooked) -> Spa
         (None, None, Some(route)) => [m, " ", route].concat(),
         (None, None, None) => m.to_owned(),
     };
-    let id = req.extensions().get::<RequestId>().map(RequestId::as_str);
-    // Fields only for what the response sets, and the request id, which
-    // every log line of the request carries.
-    let span = tracing::info_span!(
-        target: "battlement::trace",
-        "request",
-        otel.name = name.as_str(),
-        otel.kind = "server",
-        request.id = id,
-        http.response.status_code = Empty,
-        rpc.grpc.status_code = Empty,
-        error.type = Empty,
-    );
-    let _ = span.set_parent(parent.clone());
-    let cx = span.context();
-    if cx.has_active_span() {
-        let mut attributes = request_attributes(req, m, route, grpc);
-        attributes.extend(hooked.attributes);
-        cx.span().set_attributes(attributes);
-    }
-    span
+    let mut attributes = request_attributes(req, m, route, grpc);
+    attributes.extend(hooked.attributes);
+    SpanBuilder::from_name(name)
+        .with_kind(SpanKind::Server)
+        .with_attributes(attributes)
 }
 
 /// The server span's attributes that the request alone decides.
@@ -243,7 +207,7 @@ fn request_attributes<B>(
     route: Option<&str>,
     grpc: Option<(&str, &str)>,
 ) -> Vec<KeyValue> {
-    let mut attributes = Vec::with_capacity(10);
+    let mut attributes = Vec::with_capacity(12);
     attributes.push(KeyValue::new("http.request.method", m));
     if m == OTHER {
         let original = req.method().as_str().to_owned();
@@ -268,6 +232,9 @@ fn request_attributes<B>(
     {
         attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
     }
+    if let Some(id) = req.extensions().get::<RequestId>() {
+        attributes.push(KeyValue::new("request.id", id.as_str().to_owned()));
+    }
     if let Some((service, rpc)) = grpc {
         attributes.push(KeyValue::new("rpc.system", "grpc"));
         // A method not recognized yet is named when its answer arrives.
@@ -279,64 +246,42 @@ fn request_attributes<B>(
     attributes
 }
 
-/// Sets `attributes` on `span`'s OpenTelemetry span.
-fn set_attributes(span: &Span, attributes: Vec<KeyValue>) {
-    for kv in attributes {
-        span.set_attribute(kv.key, kv.value);
-    }
-}
-
-/// The span of a request the head sampler left out: the request id for log
-/// lines, and `cx` made current whenever it is entered (by the layer
-/// [`telemetry`](crate::telemetry) builds, which keeps it out of
-/// OpenTelemetry). An OpenTelemetry layer that does see it gets `cx` as its
-/// parent, so drops it too.
-fn unsampled_span<B>(req: &Request<B>, cx: &OtelContext) -> Span {
-    let id = req.extensions().get::<RequestId>().map(RequestId::as_str);
-    let span = head::with_unsampled_context(
-        cx.clone(),
-        || tracing::info_span!(target: UNSAMPLED_TARGET, "request", request.id = id),
-    );
-    let _ = span.set_parent(cx.clone());
-    span
-}
-
 fn host_header<B>(req: &Request<B>) -> Option<&str> {
     let host = req.headers().get(http::header::HOST)?.to_str().ok()?;
     Some(host.rsplit_once(':').map_or(host, |(h, _)| h))
 }
 
-/// The client span of one attempt: named `{method}`, kind client.
-fn client_span<B>(req: &Request<B>, query: bool) -> Span {
-    use tracing::field::Empty;
+/// The client span of one attempt, child of `parent` (the current
+/// context): named `{method}`, kind client.
+fn client_span<B>(
+    tracer: &BoxedTracer,
+    req: &Request<B>,
+    query: bool,
+    hooked: Hooked,
+    parent: &OtelContext,
+) -> BoxedSpan {
     let m = method(req.method());
-    let span = tracing::info_span!(
-        target: "battlement::trace",
-        "request",
-        otel.name = m,
-        otel.kind = "client",
-        http.request.method = m,
-        url.full = Empty,
-        server.address = req.uri().host(),
-        // Integers as i64: `tracing_opentelemetry` turns unsigned ones
-        // into strings.
-        server.port = req.uri().port_u16().map(i64::from),
-        http.request.resend_count = req.extensions().get::<ResendCount>().map(|r| i64::from(r.0)),
-        request.id = Empty,
-        http.response.status_code = Empty,
-        rpc.grpc.status_code = Empty,
-        error.type = Empty,
-    );
-    span.record("url.full", full_url(req.uri(), query).as_str());
-    if let Some(id) = req
-        .extensions()
-        .get::<RequestId>()
-        .cloned()
-        .or_else(RequestId::current)
-    {
-        span.record("request.id", id.as_str());
+    let mut attributes = Vec::with_capacity(8);
+    attributes.push(KeyValue::new("http.request.method", m));
+    attributes.push(KeyValue::new("url.full", full_url(req.uri(), query)));
+    if let Some(host) = req.uri().host() {
+        attributes.push(KeyValue::new("server.address", host.to_owned()));
     }
-    span
+    if let Some(port) = req.uri().port_u16() {
+        attributes.push(KeyValue::new("server.port", i64::from(port)));
+    }
+    if let Some(resend) = req.extensions().get::<ResendCount>() {
+        attributes.push(KeyValue::new("http.request.resend_count", i64::from(resend.0)));
+    }
+    let id = req.extensions().get::<RequestId>().cloned().or_else(RequestId::current);
+    if let Some(id) = id {
+        attributes.push(KeyValue::new("request.id", id.as_str().to_owned()));
+    }
+    attributes.extend(hooked.attributes);
+    SpanBuilder::from_name(m)
+        .with_kind(SpanKind::Client)
+        .with_attributes(attributes)
+        .start_with_context(tracer, parent)
 }
 
 /// `url.full` as the semantic conventions ask: never the user info, and
@@ -375,13 +320,13 @@ fn full_url(uri: &http::Uri, query: bool) -> String {
 }
 
 pin_project! {
-    /// Runs the call in its span; hands the span to the response body.
+    /// Runs the call with the request's context current; hands the
+    /// context (and its span) to the response body.
     pub struct ResponseFuture<F> {
         #[pin]
         future: F,
-        span: Option<Span>,
-        // The request's context, when its span cannot make it current.
-        detached: Option<OtelContext>,
+        // `None` for a probe, which is not traced, or once answered.
+        request: Option<Traced>,
         client: bool,
         rpc: Option<Box<str>>,
         // The access-log entry, when the layer writes one.
@@ -390,6 +335,21 @@ pin_project! {
         attributes: Option<Arc<dyn ExtraAttributes>>,
         // The user named the span.
         named: bool,
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    /// A request the layer lets by: a probe.
+    fn passing(future: F) -> Self {
+        Self {
+            future,
+            request: None,
+            client: false,
+            rpc: None,
+            log: None,
+            attributes: None,
+            named: false,
+        }
     }
 }
 
@@ -402,9 +362,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let Some(request) = this.request.as_ref() else {
+            let result = ready!(this.future.poll(cx));
+            return Poll::Ready(result.map(|res| res.map(|body| TracedBody::new(body, None))));
+        };
         let result = {
-            let _entered = this.span.as_ref().map(Span::enter);
-            let _attached = this.detached.clone().map(OtelContext::attach);
+            let _attached = request.cx.clone().attach();
             let result = ready!(this.future.poll(cx));
             // Taken while the request's context is current: its trace id.
             if let Some(log) = this.log.as_mut() {
@@ -417,47 +380,46 @@ where
             }
             result
         };
-        let mut log = this.log.take();
-        let Some(span) = this.span.take() else {
-            unreachable!("trace future polled after completion")
+        let Some(request) = this.request.take() else {
+            unreachable!("checked above")
         };
-        // An unsampled request's span has nothing to record on.
-        let sampled = span
-            .metadata()
-            .is_some_and(|m| m.target() != UNSAMPLED_TARGET);
+        let log = this.log.take();
         if let Some(call) = this.rpc.take() {
             if let Ok(res) = &result {
                 grpc_answered(&call, res.headers());
             }
-            if sampled {
-                name_rpc(&span, &call, !*this.named);
+            if request.recording {
+                name_rpc(&request.cx.span(), &call, !*this.named);
             }
         }
         Poll::Ready(match result {
             Ok(res) => {
-                let res = match this.attributes.take().filter(|_| sampled) {
+                let res = match this.attributes.take() {
                     Some(extra) => {
                         with_response_parts(res, |parts| {
                             let mut attributes = Vec::new();
                             extra.response(parts, &mut attributes);
-                            set_attributes(&span, attributes);
+                            request.cx.span().set_attributes(attributes);
                         })
                         .0
                     }
                     None => res,
                 };
-                if sampled {
-                    record_response(&span, &res, *this.client);
+                if request.recording {
+                    record_response(&request.cx.span(), &res, *this.client);
                 }
-                Ok(res.map(|body| TracedBody::in_span(body, span, !*this.client, log)))
+                let server = !*this.client;
+                Ok(res.map(|body| TracedBody::in_span(body, request, server, log)))
             }
             Err(e) => {
-                if sampled {
-                    span.record("error.type", "_OTHER");
+                if request.recording {
+                    let span = request.cx.span();
+                    span.set_attribute(KeyValue::new("error.type", OTHER));
                     span.set_status(Status::error(e.to_string()));
                 }
-                if let Some(log) = log.take() {
-                    span.in_scope(|| log.write());
+                if let Some(log) = log {
+                    let _attached = request.cx.clone().attach();
+                    log.write();
                 }
                 Err(e)
             }
@@ -467,32 +429,38 @@ where
 
 /// Names the span of a gRPC call that was not recognized when it arrived,
 /// as far as its answer recognized it.
-fn name_rpc(span: &Span, call: &str, rename: bool) {
+fn name_rpc(span: &SpanRef<'_>, call: &str, rename: bool) {
     let (service, method) = grpc_names(call);
     if rename && method != OTHER {
-        let name = [service, "/", method].concat();
-        span.context().span().update_name(name);
+        span.update_name([service, "/", method].concat());
     }
-    span.set_attribute("rpc.service", service.to_owned());
-    span.set_attribute("rpc.method", method.to_owned());
+    span.set_attributes([
+        KeyValue::new("rpc.service", service.to_owned()),
+        KeyValue::new("rpc.method", method.to_owned()),
+    ]);
 }
 
 /// Status code and status: server 5xx is an error, 4xx is
 /// not; client 4xx and 5xx are errors; gRPC per the RPC conventions.
-fn record_response<B>(span: &Span, res: &Response<B>, client: bool) {
+fn record_response<B>(span: &SpanRef<'_>, res: &Response<B>, client: bool) {
     let status = res.status();
-    span.record("http.response.status_code", i64::from(status.as_u16()));
-    if let Some(code) = GrpcCode::from_headers(res.headers()) {
-        span.record("rpc.grpc.status_code", code.as_i32());
-        if code != GrpcCode::Ok && (client || code.is_server_error()) {
-            let code = code.as_i32();
-            span.set_status(Status::error(format!("grpc-status {code}")));
+    let code = KeyValue::new("http.response.status_code", i64::from(status.as_u16()));
+    if let Some(grpc) = GrpcCode::from_headers(res.headers()) {
+        span.set_attributes([
+            code,
+            KeyValue::new("rpc.grpc.status_code", i64::from(grpc.as_i32())),
+        ]);
+        if grpc != GrpcCode::Ok && (client || grpc.is_server_error()) {
+            let grpc = grpc.as_i32();
+            span.set_status(Status::error(format!("grpc-status {grpc}")));
         }
         return;
     }
     let error = status.is_server_error() || (client && status.is_client_error());
     if error {
-        span.record("error.type", status.as_str());
+        span.set_attributes([code, KeyValue::new("error.type", status.as_str().to_owned())]);
         span.set_status(Status::error(""));
+    } else {
+        span.set_attribute(code);
     }
 }
