@@ -8,7 +8,6 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::request_id::REQUEST_SPAN_TARGET;
-use crate::trace::ACCESS_LOG_TARGET;
 
 /// The `tracing` layer for `tracer`: every span at `INFO` or above becomes
 /// an OpenTelemetry span (without code location, thread, target or
@@ -16,11 +15,17 @@ use crate::trace::ACCESS_LOG_TARGET;
 /// no `tracing` parent that OpenTelemetry sees takes the current
 /// OpenTelemetry context as its parent: inside a request, the request's
 /// span that [`TraceLayer`](crate::trace::TraceLayer) made current. It
-/// does not export what is for log lines only: the access log's events
-/// (target [`ACCESS_LOG_TARGET`](crate::trace::ACCESS_LOG_TARGET)), which
-/// would repeat the server span's attributes as span events, and the
-/// request id's own span
+/// does not export the request id's own span, which is for log lines only
 /// ([`REQUEST_SPAN_TARGET`](crate::request_id::REQUEST_SPAN_TARGET)).
+///
+/// The access log's target
+/// ([`ACCESS_LOG_TARGET`](crate::trace::ACCESS_LOG_TARGET)) is left
+/// enabled here on purpose: its lines are written outside any `tracing`
+/// span, so none becomes a span event, and a target this layer turned off
+/// while the log layer turned it on would make the access log's
+/// "would this line be written" check leave `tracing-subscriber`'s
+/// per-layer filter state behind for the next span, which this layer
+/// would then miss.
 ///
 /// The level is this layer's own, not the log level: put the log filter on
 /// the log layer (see [`subscriber`](super::subscriber)), so that
@@ -39,9 +44,7 @@ where
         .with_filter(
             Targets::new()
                 .with_default(Level::INFO)
-                // Log lines and log-only spans: the server span already
-                // holds what the access log says.
-                .with_target(REQUEST_SPAN_TARGET, LevelFilter::OFF)
-                .with_target(ACCESS_LOG_TARGET, LevelFilter::OFF),
+                // The request id's log-only span.
+                .with_target(REQUEST_SPAN_TARGET, LevelFilter::OFF),
         )
 }
