@@ -27,9 +27,17 @@
 //!
 //! Layers in response mode (the default on servers) turn a rejection into a
 //! response here, so their `Service::Error` stays the inner service's error
-//! and `Router::layer` / `Server::builder().layer` need no error handling
-//!. The response body type is [`LayerBody<B>`](crate::body::LayerBody): the inner
-//! service's body, or the rejection's bytes.
+//! and `Router::layer` / `Server::builder().layer` need no error handling.
+//! The response body type is [`LayerBody<B>`](crate::body::LayerBody): the
+//! inner service's body, or the rejection's bytes. An HTTP rejection
+//! carries its [`Problem`] in the response's extensions;
+//! [`ShapeRejectionsLayer`] reads it there to give every rejection your
+//! API's error format, with one hook.
+//!
+//! With the `axum` feature, a `Problem` is an axum `IntoResponse`, so a
+//! handler can answer with one (problem+json, shaped like the layers'
+//! rejections). Its inherent `into_response(protocol)` takes precedence in
+//! method calls: write `IntoResponse::into_response(problem)` for axum's.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -40,6 +48,10 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 
 use crate::body::LayerBody;
 use crate::trace::semconv::GRPC_STATUS;
+
+mod shape;
+
+pub use shape::{ShapeFuture, ShapeRejection, ShapeRejections, ShapeRejectionsLayer, Shaped};
 
 /// The wire protocol of a request, which decides how a rejection looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -333,7 +345,10 @@ impl Problem {
             CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        headers.extend(self.headers);
+        headers.extend(self.headers.clone());
+        // What tells a rejection from a handler's answer further out
+        // (`ShapeRejectionsLayer`, the user's own middleware).
+        res.extensions_mut().insert(self);
         res
     }
 
@@ -348,6 +363,14 @@ impl Problem {
         }
         headers.extend(self.headers);
         res
+    }
+}
+
+#[cfg(feature = "axum")]
+impl axum::response::IntoResponse for Problem {
+    fn into_response(self) -> axum::response::Response {
+        self.into_http::<http_body_util::Empty<Bytes>>()
+            .map(axum::body::Body::new)
     }
 }
 
