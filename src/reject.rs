@@ -40,7 +40,6 @@
 //! method calls: write `IntoResponse::into_response(problem)` for axum's.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName};
@@ -374,18 +373,15 @@ impl axum::response::IntoResponse for Problem {
     }
 }
 
+/// What a `grpc-message` value percent-encodes, as the gRPC HTTP/2 spec
+/// requires: every byte outside printable ASCII (the non-ASCII ones are
+/// always encoded), and `%` itself.
+const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
 /// Percent-encodes a `grpc-message` value as the gRPC HTTP/2 spec requires:
 /// every byte outside printable ASCII, and `%` itself.
 pub fn grpc_percent_encode(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    for &b in message.as_bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(message, GRPC_MESSAGE).to_string()
 }
 
 #[cfg(test)]

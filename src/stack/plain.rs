@@ -16,9 +16,10 @@ use pin_project_lite::pin_project;
 use tower_layer::{Layer, Stack};
 use tower_service::Service;
 
-use super::optional::Optional;
+use super::optional::{Optional, OptionalService};
 use super::server::ServerStack;
 use crate::backends::AnyStore;
+use crate::body::LayerBody;
 use crate::circuit_breaker::CircuitBreakerLayer;
 use crate::concurrency_limit::ConcurrencyLimitLayer;
 use crate::deadline::DeadlineLayer;
@@ -38,7 +39,7 @@ type OuterLayers = Stack<
 
 /// The layers only the service's own requests pass, outermost first.
 type InnerLayers = Stack<
-    Optional<IdempotencyLayer<AnyStore>>,
+    IdempotencyOrWrap,
     Stack<
         Optional<CircuitBreakerLayer>,
         Stack<
@@ -68,10 +69,13 @@ impl ServerStack {
     /// `TowerToHyperService`, ...): the same layers in the same order as
     /// [`router`](Self::router), with the health paths of the config
     /// answered by the stack itself, under the request id, trace and
-    /// metrics layers only. The service keys nothing by the client's
-    /// address unless the requests carry it: insert
-    /// `axum::extract::ConnectInfo<SocketAddr>` into each request's
-    /// extensions when a rate-limit policy or idempotency scope reads it.
+    /// metrics layers only. The service takes `Request<LayerBody<B>>`
+    /// for a server's `Request<B>` (the idempotency layer hands on the
+    /// bytes it read, then the rest: [`LayerBody`] is an `http_body::Body`
+    /// whatever the config), and answers any `http_body::Body`. A rate-limit policy or idempotency scope keyed
+    /// by the client's address reads it from a
+    /// [`PeerAddr`](crate::key::PeerAddr) extension: insert one in each
+    /// request where the connection is accepted.
     ///
     /// ```
     /// use battlement::stack::{self, StackConfig};
@@ -80,7 +84,9 @@ impl ServerStack {
     ///
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
     /// let stack = stack::server(&StackConfig::default()).await.unwrap();
-    /// let svc = stack.layer().layer(tower::service_fn(|_: http::Request<String>| async {
+    /// use battlement::body::LayerBody;
+    ///
+    /// let svc = stack.layer().layer(tower::service_fn(|_: http::Request<LayerBody<String>>| async {
     ///     Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(bytes::Bytes::from("hello"))))
     /// }));
     /// let res = svc.clone().oneshot(http::Request::new(String::new())).await.unwrap();
@@ -101,7 +107,7 @@ impl ServerStack {
             ),
         );
         let inner = Stack::new(
-            Optional(self.idempotency.clone()),
+            IdempotencyOrWrap(self.idempotency.clone()),
             Stack::new(
                 Optional(self.breaker.clone()),
                 Stack::new(
@@ -141,6 +147,44 @@ impl<S> Layer<S> for ServerStackLayer {
             probes: self.outer.layer(self.probes.clone()),
             paths: self.probes.clone(),
         }
+    }
+}
+
+/// The idempotency layer, or, when it is off, the body wrapped as it
+/// would wrap it: the service takes one request type either way.
+#[derive(Clone, Debug)]
+pub struct IdempotencyOrWrap(Option<IdempotencyLayer<AnyStore>>);
+
+impl<S> Layer<S> for IdempotencyOrWrap {
+    type Service = OptionalService<<IdempotencyLayer<AnyStore> as Layer<S>>::Service, WrapBody<S>>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        match &self.0 {
+            Some(layer) => OptionalService::On(layer.layer(inner)),
+            None => OptionalService::Off(WrapBody(inner)),
+        }
+    }
+}
+
+/// Hands `S` the request body as a [`LayerBody`], as the idempotency
+/// layer does.
+#[derive(Clone, Debug)]
+pub struct WrapBody<S>(S);
+
+impl<S, B> Service<Request<B>> for WrapBody<S>
+where
+    S: Service<Request<LayerBody<B>>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> S::Future {
+        self.0.call(req.map(LayerBody::inner))
     }
 }
 
@@ -240,19 +284,12 @@ where
 pin_project! {
     /// The response future of [`ServerStackService`].
     #[project = StackProj]
+    #[allow(missing_docs)] // `future`, the response of either
     pub enum StackFuture<F1, F2> {
         /// A request to the service.
-        Call {
-            /// Its response.
-            #[pin]
-            future: F1,
-        },
+        Call { #[pin] future: F1 },
         /// A health probe.
-        Probe {
-            /// Its response.
-            #[pin]
-            future: F2,
-        },
+        Probe { #[pin] future: F2 },
     }
 }
 
