@@ -3,7 +3,6 @@
 //! as a plain tower layer in front of a hyper server.
 #![cfg(feature = "axum")]
 
-use std::net::SocketAddr;
 
 use axum::Router;
 use axum::body::Body;
@@ -19,17 +18,9 @@ use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use tower::{Layer, ServiceExt};
 use tracing_subscriber::layer::SubscriberExt;
 
-async fn call(app: &Router, mut req: Request<Body>) -> (StatusCode, HeaderMap, String) {
-    let peer: SocketAddr = "192.0.2.1:40000".parse().unwrap();
-    req.extensions_mut().insert(PeerAddr(peer));
-    let res = app.clone().oneshot(req).await.unwrap();
-    let (parts, body) = res.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    (
-        parts.status,
-        parts.headers,
-        String::from_utf8_lossy(&body).into_owned(),
-    )
+/// Sends `req` from a client at 192.0.2.1.
+async fn call(app: &Router, req: Request<Body>) -> (StatusCode, HeaderMap, String) {
+    send(app, from("192.0.2.1", req)).await
 }
 
 fn get_req(uri: &str) -> Request<Body> {
@@ -337,4 +328,30 @@ async fn the_plain_layer_serves_a_hyper_server() {
     assert_eq!(status, 429);
     assert_eq!(headers["content-type"], "text/plain");
     assert_eq!(body, "refused: Too Many Requests");
+}
+
+/// Every foreign type a user meets in the public signatures is reachable
+/// through battlement, at the version battlement was built with.
+#[test]
+fn foreign_types_in_signatures_are_reexported() {
+    use battlement::KeyValue;
+    use battlement::metrics::MetricsLayer;
+    use battlement::trace::ExtraAttributes;
+
+    struct Tenant;
+    impl ExtraAttributes for Tenant {
+        fn request(&self, _: &battlement::http::request::Parts, attributes: &mut Vec<KeyValue>) {
+            attributes.push(KeyValue::new("app.tenant", "a"));
+        }
+    }
+    let meter = battlement::opentelemetry::global::meter("test");
+    let _metrics = MetricsLayer::with_meter(&meter, false).attributes(Tenant);
+    let proxies: Vec<battlement::ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+    let _key = battlement::key::ClientIp::new(proxies);
+    let _schema: battlement::schemars::Schema = StackConfig::schema();
+    let _problem = Problem::new(StatusCode::CONFLICT, "Conflict")
+        .extension("key", battlement::serde_json::json!("k"));
+    let _level: battlement::tracing::Level = StackConfig::default().access_log.client_errors;
+    let _sampler: battlement::opentelemetry_sdk::trace::Sampler =
+        battlement::trace::HeadSampler::always_on().sdk_sampler();
 }
