@@ -25,8 +25,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use http::header::{FORWARDED, HeaderName};
 use hmac::{Hmac, KeyInit, Mac};
+use http::header::{FORWARDED, HeaderName};
 use http::{Extensions, HeaderMap, Method, Request, StatusCode, Uri};
 use ipnet::IpNet;
 use sha2::Sha256;

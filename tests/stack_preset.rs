@@ -3,7 +3,6 @@
 //! as a plain tower layer in front of a hyper server.
 #![cfg(feature = "axum")]
 
-
 use axum::Router;
 use axum::body::Body;
 use axum::routing::{get, post};
@@ -189,7 +188,10 @@ async fn send(app: &Router, req: Request<Body>) -> (StatusCode, HeaderMap, Strin
 async fn one_hook_shapes_the_rejections_of_every_layer_and_of_handlers() {
     let app = limited_app(true).await;
     // The rate limit's 429, its Retry-After kept.
-    assert_eq!(send(&app, from("192.0.2.1", get_req("/hello"))).await.2, "hello");
+    assert_eq!(
+        send(&app, from("192.0.2.1", get_req("/hello"))).await.2,
+        "hello"
+    );
     let (status, headers, body) = send(&app, from("192.0.2.1", get_req("/hello"))).await;
     assert_eq!(status, 429);
     assert_eq!(headers["content-type"], "application/json");
@@ -212,7 +214,10 @@ async fn one_hook_shapes_the_rejections_of_every_layer_and_of_handlers() {
     assert_eq!(body, r#"{"error":{"message":"Teapot","status":418}}"#);
     // A handler's own error is not a rejection.
     let (status, _, body) = send(&app, from("192.0.2.4", get_req("/broken"))).await;
-    assert_eq!((status, body.as_str()), (StatusCode::INTERNAL_SERVER_ERROR, "broken"));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "broken")
+    );
     // gRPC rejections keep their trailers-only form.
     let grpc = || {
         Request::post("/hello")
@@ -301,8 +306,8 @@ async fn the_plain_layer_serves_a_hyper_server() {
         }
     });
 
-    let client =
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
     let get = |path: &str| {
         let client = client.clone();
         let uri: http::Uri = format!("http://{addr}{path}").parse().unwrap();
@@ -310,11 +315,18 @@ async fn the_plain_layer_serves_a_hyper_server() {
             let res = client.get(uri).await.unwrap();
             let (parts, body) = res.into_parts();
             let body = body.collect().await.unwrap().to_bytes();
-            (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+            (
+                parts.status,
+                parts.headers,
+                String::from_utf8_lossy(&body).into_owned(),
+            )
         }
     };
     let (status, headers, body) = get("/hello").await;
-    assert_eq!((status, body.as_str()), (StatusCode::OK, "hello from /hello"));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "hello from /hello")
+    );
     assert!(headers.contains_key("x-request-id"), "{headers:?}");
     // Probes are answered by the stack and never rate limited.
     for _ in 0..3 {

@@ -7,7 +7,7 @@ use battlement::backends::BackendConfig;
 use battlement::idempotency::IdempotencyConfig;
 use battlement::rate_limit::{KeyConfig, PolicyConfig, RateLimitConfig};
 use battlement::stack::{
-    self, AccessLogSettings, MetricsSettings, StackConfig, RequestIdSettings, TraceSettings,
+    self, AccessLogSettings, MetricsSettings, RequestIdSettings, StackConfig, TraceSettings,
 };
 
 /// Whether to measure: `cargo bench` passes `--bench`, while `cargo test

@@ -114,7 +114,8 @@ impl ShapeRejectionsLayer {
 
 impl std::fmt::Debug for ShapeRejectionsLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShapeRejectionsLayer").finish_non_exhaustive()
+        f.debug_struct("ShapeRejectionsLayer")
+            .finish_non_exhaustive()
     }
 }
 

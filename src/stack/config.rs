@@ -12,8 +12,8 @@ use crate::idempotency::IdempotencyConfig;
 use crate::rate_limit::{PolicyConfig, RateLimitConfig};
 use crate::retry::RetryPolicy;
 
-mod schema;
 mod outer;
+mod schema;
 
 pub use outer::{MetricsSettings, PathPattern, RequestIdSettings, SpanNameRule, TraceSettings};
 

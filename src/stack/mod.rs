@@ -98,7 +98,7 @@ pub use config::{
 pub use ext::ServiceBuilderExt;
 #[cfg(feature = "tonic")]
 pub use grpc::{GrpcService, GrpcStackLayer, GrpcStackService};
+pub use plain::{Probes, ServerStackLayer, ServerStackService, StackFuture};
 #[cfg(feature = "axum")]
 pub use router::{Served, serve};
-pub use plain::{Probes, ServerStackLayer, ServerStackService, StackFuture};
 pub use server::{ServerStack, StackError, server};

@@ -13,8 +13,8 @@ use crate::health::{HealthRegistry, durability_check, store_check};
 use crate::idempotency::IdempotencyLayer;
 use crate::metrics::MetricsLayer;
 use crate::rate_limit::{RateLimitHandle, RateLimitLayer};
-use crate::reload::{ConfigReloader, ConfigWatch};
 use crate::reject::{ShapeRejection, ShapeRejectionsLayer};
+use crate::reload::{ConfigReloader, ConfigWatch};
 use crate::request_id::RequestIdLayer;
 use crate::trace::TraceLayer;
 

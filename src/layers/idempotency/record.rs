@@ -278,9 +278,7 @@ pub(crate) enum Unreadable {
 fn decode_response(buf: &[u8]) -> Result<StoredResponse, Unreadable> {
     match buf.first() {
         // Stored before the format byte: the status comes first.
-        Some(&first) if first < FIRST_FORMAT => {
-            decode_response_v1(buf).ok_or(Unreadable::Damaged)
-        }
+        Some(&first) if first < FIRST_FORMAT => decode_response_v1(buf).ok_or(Unreadable::Damaged),
         Some(&FORMAT) => decode_response_v1(&buf[1..]).ok_or(Unreadable::Damaged),
         Some(&newer) => Err(Unreadable::Newer(newer)),
         None => Err(Unreadable::Damaged),

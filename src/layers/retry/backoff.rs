@@ -76,7 +76,12 @@ impl Backoff {
     }
 
     /// A wait drawn from [`bounds`](Self::bounds) with `rng`.
-    pub(crate) fn delay(&self, retry: u32, previous: Duration, rng: &mut fastrand::Rng) -> Duration {
+    pub(crate) fn delay(
+        &self,
+        retry: u32,
+        previous: Duration,
+        rng: &mut fastrand::Rng,
+    ) -> Duration {
         let bounds = self.bounds(retry, previous);
         uniform(rng, *bounds.start(), *bounds.end())
     }
