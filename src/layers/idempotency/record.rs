@@ -171,8 +171,8 @@ impl Record {
     }
 
     /// Parses [`encode`](Self::encode)'s output, in any format this
-    /// release reads (see the [module docs](self)); `None` if it is not
-    /// one.
+    /// release reads (a completed response's format byte, or none as
+    /// stored by releases before it); `None` if it is not one.
     pub fn decode(value: &[u8]) -> Option<Self> {
         Self::read(value).ok()
     }
