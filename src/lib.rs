@@ -25,6 +25,17 @@ pub mod telemetry;
 mod parsers_fuzz;
 
 pub use error::{BoxError, ConfigError, FailurePolicy, StoreError};
+
+// The crates whose types are in battlement's public signatures, at the
+// versions it was built with: name them through these paths and a
+// version mismatch cannot arise (`battlement::opentelemetry::KeyValue`
+// is the `KeyValue` an `ExtraAttributes` fills).
+#[cfg(feature = "axum")]
+pub use axum;
+pub use bytes;
+pub use http;
+pub use http_body;
+pub use ipnet;
 pub use layers::circuit_breaker::{self, CircuitBreakerLayer};
 pub use layers::concurrency_limit::{self, ConcurrencyLimitLayer};
 pub use layers::deadline::{self, DeadlineLayer};
@@ -35,4 +46,24 @@ pub use layers::metrics::{self, MetricsLayer};
 pub use layers::rate_limit::{self, RateLimitLayer};
 pub use layers::request_id::{self, RequestId, RequestIdLayer};
 pub use layers::retry::{self, RetryLayer};
-pub use layers::trace::{self, TraceLayer};
+pub use layers::trace;
+/// The trace layer. tower-http has a `TraceLayer` too: import one of
+/// them under another name when both are in scope
+/// (`use battlement::TraceLayer as OtelTraceLayer;`), or name this one
+/// by its module, `battlement::trace::TraceLayer`.
+#[doc(inline)]
+pub use layers::trace::TraceLayer;
+pub use opentelemetry;
+/// The attribute an [`ExtraAttributes`](trace::ExtraAttributes) adds to a
+/// span or a metric (`opentelemetry::KeyValue`).
+pub use opentelemetry::KeyValue;
+#[cfg(any(feature = "prometheus", feature = "_otlp"))]
+pub use opentelemetry_sdk;
+pub use schemars;
+pub use serde_json;
+#[cfg(feature = "tonic")]
+pub use tonic;
+pub use tower;
+pub use tracing;
+#[cfg(any(feature = "prometheus", feature = "_otlp"))]
+pub use tracing_subscriber;

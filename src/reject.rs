@@ -27,12 +27,19 @@
 //!
 //! Layers in response mode (the default on servers) turn a rejection into a
 //! response here, so their `Service::Error` stays the inner service's error
-//! and `Router::layer` / `Server::builder().layer` need no error handling
-//!. The response body type is [`LayerBody<B>`](crate::body::LayerBody): the inner
-//! service's body, or the rejection's bytes.
+//! and `Router::layer` / `Server::builder().layer` need no error handling.
+//! The response body type is [`LayerBody<B>`](crate::body::LayerBody): the
+//! inner service's body, or the rejection's bytes. An HTTP rejection
+//! carries its [`Problem`] in the response's extensions;
+//! [`ShapeRejectionsLayer`] reads it there to give every rejection your
+//! API's error format, with one hook.
+//!
+//! With the `axum` feature, a `Problem` is an axum `IntoResponse`, so a
+//! handler can answer with one (problem+json, shaped like the layers'
+//! rejections). Its inherent `into_response(protocol)` takes precedence in
+//! method calls: write `IntoResponse::into_response(problem)` for axum's.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName};
@@ -40,6 +47,10 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 
 use crate::body::LayerBody;
 use crate::trace::semconv::GRPC_STATUS;
+
+mod shape;
+
+pub use shape::{ShapeFuture, ShapeRejection, ShapeRejections, ShapeRejectionsLayer, Shaped};
 
 /// The wire protocol of a request, which decides how a rejection looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -333,7 +344,10 @@ impl Problem {
             CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        headers.extend(self.headers);
+        headers.extend(self.headers.clone());
+        // What tells a rejection from a handler's answer further out
+        // (`ShapeRejectionsLayer`, the user's own middleware).
+        res.extensions_mut().insert(self);
         res
     }
 
@@ -351,18 +365,23 @@ impl Problem {
     }
 }
 
+#[cfg(feature = "axum")]
+impl axum::response::IntoResponse for Problem {
+    fn into_response(self) -> axum::response::Response {
+        self.into_http::<http_body_util::Empty<Bytes>>()
+            .map(axum::body::Body::new)
+    }
+}
+
+/// What a `grpc-message` value percent-encodes, as the gRPC HTTP/2 spec
+/// requires: every byte outside printable ASCII (the non-ASCII ones are
+/// always encoded), and `%` itself.
+const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
 /// Percent-encodes a `grpc-message` value as the gRPC HTTP/2 spec requires:
 /// every byte outside printable ASCII, and `%` itself.
 pub fn grpc_percent_encode(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    for &b in message.as_bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(message, GRPC_MESSAGE).to_string()
 }
 
 #[cfg(test)]

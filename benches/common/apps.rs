@@ -7,7 +7,7 @@ use battlement::backends::BackendConfig;
 use battlement::idempotency::IdempotencyConfig;
 use battlement::rate_limit::{KeyConfig, PolicyConfig, RateLimitConfig};
 use battlement::stack::{
-    self, AccessLogSettings, MetricsSettings, StackConfig, Switch, TraceSettings,
+    self, AccessLogSettings, MetricsSettings, RequestIdSettings, StackConfig, TraceSettings,
 };
 
 /// Whether to measure: `cargo bench` passes `--bench`, while `cargo test
@@ -52,8 +52,9 @@ pub fn config(backend: BackendConfig) -> StackConfig {
         battlement::rate_limit::Quota::per_second(10_000_000).unwrap_or_else(|e| panic!("{e}"));
     StackConfig {
         backend,
-        request_id: Switch {
+        request_id: RequestIdSettings {
             enabled: on("request_id"),
+            ..RequestIdSettings::default()
         },
         trace: TraceSettings {
             enabled: on("trace"),

@@ -187,17 +187,14 @@ fn is_plain(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
 }
 
+/// Every byte of an id but `A-Z a-z 0-9 . _ -` is percent-encoded.
+const NOT_PLAIN: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'-');
+
 fn encode_into(out: &mut String, id: &str) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in id.as_bytes() {
-        if is_plain(b) {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        }
-    }
+    out.extend(percent_encoding::utf8_percent_encode(id, NOT_PLAIN));
 }
 
 /// `scheme://user:secret@host` -> `scheme://user:***@host`, for `Debug`.

@@ -12,7 +12,10 @@ use crate::idempotency::IdempotencyConfig;
 use crate::rate_limit::{PolicyConfig, RateLimitConfig};
 use crate::retry::RetryPolicy;
 
+mod outer;
 mod schema;
+
+pub use outer::{MetricsSettings, PathPattern, RequestIdSettings, SpanNameRule, TraceSettings};
 
 /// Every layer of the server and client presets, and the backend they
 /// share. Unknown fields are errors naming their path; a missing section
@@ -53,9 +56,11 @@ mod schema;
 pub struct StackConfig {
     /// Where rate limits, breakers and idempotency records live.
     pub backend: BackendConfig,
-    /// The request id layer (on by default).
-    pub request_id: Switch,
-    /// The OpenTelemetry trace layer (on by default; probes not traced).
+    /// The request id layer (on by default): its header and whether
+    /// incoming ids are kept.
+    pub request_id: RequestIdSettings,
+    /// The OpenTelemetry trace layer (on by default; probes not traced):
+    /// baggage trust, span names and the requests left untraced.
     pub trace: TraceSettings,
     /// The OpenTelemetry metrics layer (on by default; probes not
     /// counted).
@@ -91,210 +96,6 @@ pub struct StackConfig {
     pub config_source: Option<ConfigSourceSettings>,
     /// The client preset.
     pub client: ClientSettings,
-}
-
-/// A layer that is on or off: `request_id = false`, or `[request_id]` with
-/// `enabled = false`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Switch {
-    /// Whether the layer is in the stack (default true).
-    pub enabled: bool,
-}
-
-/// The table form of a [`Switch`].
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct SwitchTable {
-    /// Whether the layer is in the stack (default true).
-    #[serde(default = "yes")]
-    enabled: bool,
-}
-
-impl From<SwitchTable> for Switch {
-    fn from(table: SwitchTable) -> Self {
-        Self {
-            enabled: table.enabled,
-        }
-    }
-}
-
-impl Default for Switch {
-    fn default() -> Self {
-        SwitchTable::from(true).into()
-    }
-}
-
-/// The trace layer: `trace = false`, or `[trace]` with `enabled` and
-/// `trace_probes`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceSettings {
-    /// Whether the layer is in the stack (default true).
-    pub enabled: bool,
-    /// Whether health probes and the routes beside them (`/metrics`) are
-    /// traced too (default false: a probe every few seconds would bury
-    /// the traces that matter).
-    pub trace_probes: bool,
-}
-
-/// The table form of [`TraceSettings`].
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct TraceTable {
-    /// Whether the layer is in the stack (default true).
-    #[serde(default = "yes")]
-    enabled: bool,
-    /// Whether health probes and `/metrics` are traced too (default false).
-    #[serde(default)]
-    trace_probes: bool,
-}
-
-impl From<TraceTable> for TraceSettings {
-    fn from(table: TraceTable) -> Self {
-        Self {
-            enabled: table.enabled,
-            trace_probes: table.trace_probes,
-        }
-    }
-}
-
-impl Default for TraceSettings {
-    fn default() -> Self {
-        TraceTable::from(true).into()
-    }
-}
-
-/// The metrics layer: `metrics = false`, or `[metrics]` with `enabled` and
-/// `count_probes`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MetricsSettings {
-    /// Whether the layer is in the stack (default true).
-    pub enabled: bool,
-    /// Whether health probes and the routes beside them (`/metrics`)
-    /// count as requests too (default false: they would dwarf the traffic
-    /// the metrics are for).
-    pub count_probes: bool,
-}
-
-/// The table form of [`MetricsSettings`].
-#[derive(Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct MetricsTable {
-    /// Whether the layer is in the stack (default true).
-    #[serde(default = "yes")]
-    enabled: bool,
-    /// Whether health probes and `/metrics` count as requests too
-    /// (default false).
-    #[serde(default)]
-    count_probes: bool,
-}
-
-impl From<MetricsTable> for MetricsSettings {
-    fn from(table: MetricsTable) -> Self {
-        Self {
-            enabled: table.enabled,
-            count_probes: table.count_probes,
-        }
-    }
-}
-
-impl Default for MetricsSettings {
-    fn default() -> Self {
-        MetricsTable::from(true).into()
-    }
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// A layer's settings read as `true`, `false` (the layer on with its
-/// defaults, or off) or as its table `T`.
-macro_rules! bool_or_table {
-    ($settings:ty, $table:ty, $expecting:literal, $description:literal) => {
-        impl<'de> Deserialize<'de> for $settings {
-            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                struct Visitor;
-                impl<'de> serde::de::Visitor<'de> for Visitor {
-                    type Value = $settings;
-
-                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                        f.write_str($expecting)
-                    }
-
-                    fn visit_bool<E: serde::de::Error>(self, enabled: bool) -> Result<Self::Value, E> {
-                        Ok(<$settings>::from(<$table>::from(enabled)))
-                    }
-
-                    fn visit_map<A: serde::de::MapAccess<'de>>(
-                        self,
-                        map: A,
-                    ) -> Result<Self::Value, A::Error> {
-                        let table = <$table>::deserialize(
-                            serde::de::value::MapAccessDeserializer::new(map),
-                        )?;
-                        Ok(table.into())
-                    }
-                }
-                deserializer.deserialize_any(Visitor)
-            }
-        }
-
-        impl JsonSchema for $settings {
-            fn schema_name() -> std::borrow::Cow<'static, str> {
-                stringify!($settings).into()
-            }
-
-            fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-                schemars::json_schema!({
-                    "description": $description,
-                    "anyOf": [{ "type": "boolean" }, <$table>::json_schema(generator)]
-                })
-            }
-        }
-    };
-}
-
-bool_or_table!(
-    Switch,
-    SwitchTable,
-    "true, false or a table with `enabled`",
-    "A layer on (true) or off (false), or a table with `enabled`."
-);
-bool_or_table!(
-    TraceSettings,
-    TraceTable,
-    "true, false or a table with `enabled` and `trace_probes`",
-    "The trace layer on (true) or off (false), or a table with `enabled` and `trace_probes`."
-);
-bool_or_table!(
-    MetricsSettings,
-    MetricsTable,
-    "true, false or a table with `enabled` and `count_probes`",
-    "The metrics layer on (true) or off (false), or a table with `enabled` and `count_probes`."
-);
-
-impl From<bool> for SwitchTable {
-    fn from(enabled: bool) -> Self {
-        Self { enabled }
-    }
-}
-
-impl From<bool> for TraceTable {
-    fn from(enabled: bool) -> Self {
-        Self {
-            enabled,
-            trace_probes: false,
-        }
-    }
-}
-
-impl From<bool> for MetricsTable {
-    fn from(enabled: bool) -> Self {
-        Self {
-            enabled,
-            count_probes: false,
-        }
-    }
 }
 
 /// The server-side breaker.

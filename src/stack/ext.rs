@@ -48,6 +48,19 @@ use crate::trace::TraceLayer;
 /// # drop(svc);
 /// ```
 ///
+/// tower-http has a `ServiceBuilderExt` too. Both traits can be in scope
+/// at once, imported as `_` (their methods do not clash):
+///
+/// ```
+/// use battlement::stack::ServiceBuilderExt as _;
+/// use tower_http::ServiceBuilderExt as _;
+///
+/// let builder = tower::ServiceBuilder::new()
+///     .with_request_id()           // battlement
+///     .propagate_x_request_id();   // tower-http
+/// # let _ = builder;
+/// ```
+///
 /// On the client side, [`with_retry`](Self::with_retry) then
 /// [`with_hedge`](Self::with_hedge) (each attempt may be hedged), as
 /// [`ClientStack`](crate::client::ClientStack) assembles them.

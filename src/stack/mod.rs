@@ -82,8 +82,8 @@ mod config;
 mod ext;
 #[cfg(feature = "tonic")]
 mod grpc;
-#[cfg(any(feature = "axum", feature = "tonic"))]
 mod optional;
+mod plain;
 mod resolved;
 #[cfg(feature = "axum")]
 mod router;
@@ -92,11 +92,13 @@ mod server;
 pub use client::client;
 pub use config::{
     AccessLogSettings, ClientSettings, ConfigSourceSettings, HealthSettings, MetricsSettings,
-    ServerBreakerSettings, StackConfig, Switch, TelemetrySettings, TraceSettings,
+    PathPattern, RequestIdSettings, ServerBreakerSettings, SpanNameRule, StackConfig,
+    TelemetrySettings, TraceSettings,
 };
 pub use ext::ServiceBuilderExt;
 #[cfg(feature = "tonic")]
 pub use grpc::{GrpcService, GrpcStackLayer, GrpcStackService};
+pub use plain::{Probes, ServerStackLayer, ServerStackService, StackFuture};
 #[cfg(feature = "axum")]
 pub use router::{Served, serve};
 pub use server::{ServerStack, StackError, server};

@@ -14,7 +14,7 @@ use tower_service::Service;
 
 /// `L` when it is `Some`, else nothing: the inner service alone.
 #[derive(Debug, Clone)]
-pub(crate) struct Optional<L>(pub(crate) Option<L>);
+pub struct Optional<L>(pub(crate) Option<L>);
 
 impl<L: Layer<S>, S> Layer<S> for Optional<L> {
     type Service = OptionalService<L::Service, S>;
@@ -30,7 +30,7 @@ impl<L: Layer<S>, S> Layer<S> for Optional<L> {
 /// The service of [`Optional`]: the layer's service or the inner one; the
 /// response body is the one or the other.
 #[derive(Debug, Clone)]
-pub(crate) enum OptionalService<A, S> {
+pub enum OptionalService<A, S> {
     On(A),
     Off(S),
 }
@@ -66,7 +66,7 @@ where
 pin_project! {
     /// The response future of [`OptionalService`].
     #[project = OptionalProj]
-    pub(crate) enum OptionalFuture<F1, F2> {
+    pub enum OptionalFuture<F1, F2> {
         On { #[pin] future: F1 },
         Off { #[pin] future: F2 },
     }

@@ -79,11 +79,15 @@ impl ServerStack {
         // One `Router::layer` call per group of routes: each call boxes the
         // routes once more, and each box costs allocations per request.
         let outer = ServiceBuilder::new()
+            .layer(Optional(self.shape.clone()))
             .layer(Optional(self.request_id.clone()))
             .layer(Optional(self.trace.clone()))
             .layer(Optional(self.metrics.clone()));
         // A group with every layer off is left unboxed.
-        let outer_on = self.request_id.is_some() || self.trace.is_some() || self.metrics.is_some();
+        let outer_on = self.shape.is_some()
+            || self.request_id.is_some()
+            || self.trace.is_some()
+            || self.metrics.is_some();
         let api_on = outer_on
             || self.concurrency_limit.is_some()
             || self.deadline.is_some()

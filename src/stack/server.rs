@@ -13,6 +13,7 @@ use crate::health::{HealthRegistry, durability_check, store_check};
 use crate::idempotency::IdempotencyLayer;
 use crate::metrics::MetricsLayer;
 use crate::rate_limit::{RateLimitHandle, RateLimitLayer};
+use crate::reject::{ShapeRejection, ShapeRejectionsLayer};
 use crate::reload::{ConfigReloader, ConfigWatch};
 use crate::request_id::RequestIdLayer;
 use crate::trace::TraceLayer;
@@ -63,6 +64,7 @@ pub struct ServerStack {
     pub(crate) idempotency: Option<IdempotencyLayer<AnyStore>>,
     pub(crate) concurrency_limit: Option<ConcurrencyLimitLayer>,
     pub(crate) deadline: Option<DeadlineLayer>,
+    pub(crate) shape: Option<ShapeRejectionsLayer>,
     pub(crate) events: Events,
     pub(crate) config: Option<ConfigWatch>,
 }
@@ -79,6 +81,7 @@ impl fmt::Debug for ServerStack {
             .field("idempotency", &self.idempotency.is_some())
             .field("concurrency_limit", &self.concurrency_limit.is_some())
             .field("deadline", &self.deadline.is_some())
+            .field("shape_rejections", &self.shape.is_some())
             .field("config_source", &self.config.is_some())
             .finish_non_exhaustive()
     }
@@ -136,24 +139,15 @@ pub async fn server(config: &StackConfig) -> Result<ServerStack, StackError> {
         settings: config.health.clone(),
         // The request id's own span only without the trace span (which is
         // then the root and records the id).
-        request_id: config
-            .request_id
-            .enabled
-            .then(|| RequestIdLayer::new().span(!config.trace.enabled)),
-        trace: config.trace.enabled.then(|| {
-            TraceLayer::server()
-                .access_log(access_log)
-                .trace_probes(config.trace.trace_probes)
-        }),
-        metrics: config
-            .metrics
-            .enabled
-            .then(|| MetricsLayer::server().count_probes(config.metrics.count_probes)),
+        request_id: config.request_id.layer(!config.trace.enabled)?,
+        trace: config.trace.layer(access_log),
+        metrics: config.metrics.layer(),
         rate_limit,
         breaker,
         idempotency,
         concurrency_limit,
         deadline,
+        shape: None,
         events,
         config: None,
     };
@@ -165,6 +159,27 @@ pub async fn server(config: &StackConfig) -> Result<ServerStack, StackError> {
 }
 
 impl ServerStack {
+    /// Gives every HTTP rejection of the stack (and every
+    /// [`Problem`](crate::reject::Problem) a handler returns) the body and
+    /// content type `hook` makes of it, outside every layer: see
+    /// [`ShapeRejectionsLayer`]. gRPC rejections are left as they are.
+    ///
+    /// ```
+    /// use battlement::reject::{Problem, Shaped};
+    /// use battlement::stack::{self, StackConfig};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let stack = stack::server(&StackConfig::default()).await.unwrap().shape_rejections(
+    ///     |problem: &Problem| Some(Shaped::json(&serde_json::json!({ "error": problem.title() }))),
+    /// );
+    /// # drop(stack);
+    /// # });
+    /// ```
+    pub fn shape_rejections(mut self, hook: impl ShapeRejection) -> Self {
+        self.shape = Some(ShapeRejectionsLayer::new(hook));
+        self
+    }
+
     /// The connected backend (hand clones to other layers).
     pub fn store(&self) -> &AnyStore {
         &self.store

@@ -12,6 +12,7 @@ use super::EtcdStore;
 use super::txn::Guarded;
 use crate::backends::Backend;
 use crate::error::StoreError;
+use crate::layers::idempotency::record::Unreadable;
 use crate::layers::idempotency::store::state_key;
 use crate::layers::idempotency::{
     Claim, ClaimToken, Claimant, Completion, Fingerprint, IdempotencyStore, Record,
@@ -25,8 +26,7 @@ fn read(resp: &GetResponse, now_us: u64) -> Result<(Option<Record>, i64), StoreE
     let Some(kv) = resp.kvs().first() else {
         return Ok((None, 0));
     };
-    let record = Record::decode(kv.value())
-        .ok_or_else(|| StoreError::Protocol("unreadable idempotency record".into()))?;
+    let record = Record::read(kv.value()).map_err(Unreadable::into_store_error)?;
     let live = (record.expires_us() > now_us).then_some(record);
     Ok((live, kv.mod_revision()))
 }

@@ -11,7 +11,7 @@ use redis::Script;
 use super::RedisStore;
 use crate::backends::Backend;
 use crate::error::StoreError;
-use crate::layers::idempotency::record::encode_response;
+use crate::layers::idempotency::record::{Unreadable, encode_response};
 use crate::layers::idempotency::store::{micros, state_key};
 use crate::layers::idempotency::{
     Claim, ClaimToken, Claimant, Completion, IdempotencyStore, Record,
@@ -39,17 +39,16 @@ impl IdempotencyStore for RedisStore {
         if current.is_empty() {
             return Ok(Claim::Won);
         }
-        match Record::decode(&current) {
-            Some(Record::InFlight { fingerprint, .. }) => Ok(Claim::InFlight { fingerprint }),
-            Some(Record::Completed {
+        match Record::read(&current).map_err(Unreadable::into_store_error)? {
+            Record::InFlight { fingerprint, .. } => Ok(Claim::InFlight { fingerprint }),
+            Record::Completed {
                 fingerprint,
                 response,
                 ..
-            }) => Ok(Claim::Completed {
+            } => Ok(Claim::Completed {
                 fingerprint,
                 response,
             }),
-            None => Err(StoreError::Protocol("unreadable idempotency record".into())),
         }
     }
 

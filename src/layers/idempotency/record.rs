@@ -5,16 +5,39 @@
 //! ASCII head the Lua scripts can match:
 //! - in flight: `I:{expires_us}:{token}:{fingerprint}`
 //! - completed: `C:{expires_us}:{fingerprint}:` then the response in a
-//!   length-prefixed binary form (status, headers, body, trailers).
+//!   length-prefixed binary form (status, headers, body, trailers) that
+//!   opens with its format byte.
 //!
 //! `expires_us` is the logical end of the lock or of the retention on the
 //! store's clock; the server-side TTL or lease only cleans up after it.
+//!
+//! The response's form is what a later release is most likely to extend,
+//! so it carries a format byte ([`FORMAT`]), and a record outlives the
+//! release that wrote it (retention is 24 h by default): during a rolling
+//! deploy, instances of two releases read each other's records. A release
+//! reads every format up to its own, and responses stored before the
+//! format byte existed (they open with the status, whose first byte is
+//! below 4); a format newer than it knows is an error that says so (the
+//! layer's failure policy applies), never a misread response. A change of
+//! format therefore ships in two steps: a release that reads it, then,
+//! once no older instance runs, one that writes it. The ASCII heads are
+//! matched by the Redis scripts too; a new head layout would take a new
+//! kind letter.
 
 use std::fmt;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use sha2::{Digest, Sha256};
+
+/// The format byte a stored response opens with: format 1, the layout
+/// above. (Responses stored without one open with their status's high
+/// byte, 0 to 3.)
+pub(crate) const FORMAT: u8 = 0x81;
+
+/// The first format byte: a stored response that opens with a byte from
+/// here on has a format byte.
+const FIRST_FORMAT: u8 = 0x81;
 
 /// A SHA-256 digest of what makes two requests "the same".
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,13 +56,13 @@ impl Fingerprint {
 
     /// Lowercase hex, 64 characters.
     pub fn to_hex(&self) -> String {
-        hex(&self.0)
+        hex::encode(self.0)
     }
 
     /// Parses [`to_hex`](Self::to_hex)'s output.
     pub fn from_hex(s: &str) -> Option<Self> {
         let mut out = [0u8; 32];
-        unhex(s, &mut out)?;
+        hex::decode_to_slice(s, &mut out).ok()?;
         Some(Self(out))
     }
 }
@@ -147,8 +170,21 @@ impl Record {
         }
     }
 
-    /// Parses [`encode`](Self::encode)'s output; `None` if it is not one.
+    /// Parses [`encode`](Self::encode)'s output, in any format this
+    /// release reads (a completed response's format byte, or none as
+    /// stored by releases before it); `None` if it is not one.
     pub fn decode(value: &[u8]) -> Option<Self> {
+        Self::read(value).ok()
+    }
+
+    /// [`decode`](Self::decode), telling a record of a newer release from
+    /// a damaged one.
+    pub(crate) fn read(value: &[u8]) -> Result<Self, Unreadable> {
+        Self::read_head(value).ok_or(Unreadable::Damaged)?
+    }
+
+    /// The record, or `None` when the head is not a record's.
+    fn read_head(value: &[u8]) -> Option<Result<Self, Unreadable>> {
         if value.get(1) != Some(&b':') {
             return None;
         }
@@ -159,23 +195,37 @@ impl Record {
             b'I' => {
                 let token = ClaimToken::from_hex(std::str::from_utf8(fields.next()?).ok()?)?;
                 let fingerprint = Fingerprint::from_hex(std::str::from_utf8(fields.next()?).ok()?)?;
-                Some(Self::InFlight {
+                Some(Ok(Self::InFlight {
                     expires_us,
                     token,
                     fingerprint,
-                })
+                }))
             }
             b'C' => {
                 let fingerprint = Fingerprint::from_hex(std::str::from_utf8(fields.next()?).ok()?)?;
-                let response = decode_response(fields.next()?)?;
-                Some(Self::Completed {
-                    expires_us,
-                    fingerprint,
-                    response,
-                })
+                Some(
+                    decode_response(fields.next()?).map(|response| Self::Completed {
+                        expires_us,
+                        fingerprint,
+                        response,
+                    }),
+                )
             }
             _ => None,
         }
+    }
+}
+
+impl Unreadable {
+    /// The store error of a record that could not be read.
+    pub(crate) fn into_store_error(self) -> crate::error::StoreError {
+        crate::error::StoreError::Protocol(match self {
+            Self::Damaged => "unreadable idempotency record".into(),
+            Self::Newer(format) => format!(
+                "idempotency record in format {format:#04x}, written by a newer release: \
+                 finish the rolling deploy (this release reads up to {FORMAT:#04x})"
+            ),
+        })
     }
 }
 
@@ -191,6 +241,7 @@ pub(crate) fn in_flight_value(
 /// Status, headers, body and trailers, length-prefixed (big endian).
 pub(crate) fn encode_response(r: &StoredResponse) -> Vec<u8> {
     let mut out = BytesMut::with_capacity(r.body.len() + 256);
+    out.put_u8(FORMAT);
     out.put_u16(r.status.as_u16());
     put_headers(&mut out, &r.headers);
     out.put_u32(r.body.len() as u32);
@@ -215,7 +266,27 @@ fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
     }
 }
 
-fn decode_response(mut buf: &[u8]) -> Option<StoredResponse> {
+/// Why a stored response could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unreadable {
+    /// Not a record, or a damaged one.
+    Damaged,
+    /// Written by a newer release, in this format.
+    Newer(u8),
+}
+
+fn decode_response(buf: &[u8]) -> Result<StoredResponse, Unreadable> {
+    match buf.first() {
+        // Stored before the format byte: the status comes first.
+        Some(&first) if first < FIRST_FORMAT => decode_response_v1(buf).ok_or(Unreadable::Damaged),
+        Some(&FORMAT) => decode_response_v1(&buf[1..]).ok_or(Unreadable::Damaged),
+        Some(&newer) => Err(Unreadable::Newer(newer)),
+        None => Err(Unreadable::Damaged),
+    }
+}
+
+/// Format 1 after its format byte (and the form before the byte existed).
+fn decode_response_v1(mut buf: &[u8]) -> Option<StoredResponse> {
     let status = StatusCode::from_u16(get_u16(&mut buf)?).ok()?;
     let headers = get_headers(&mut buf)?;
     let len = get_u32(&mut buf)? as usize;
@@ -267,29 +338,6 @@ fn get_u32(buf: &mut &[u8]) -> Option<u32> {
     (buf.remaining() >= 4).then(|| buf.get_u32())
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
-fn unhex(s: &str, out: &mut [u8]) -> Option<()> {
-    if s.len() != out.len() * 2 {
-        return None;
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        let pair = s.get(2 * i..2 * i + 2)?;
-        if !pair.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
-        *byte = u8::from_str_radix(pair, 16).ok()?;
-    }
-    Some(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,6 +383,48 @@ mod tests {
         for record in records {
             assert_eq!(Record::decode(&record.encode()), Some(record));
         }
+    }
+
+    /// A completed record as releases before the format byte wrote it:
+    /// 201, `a: b`, body `hi`, no trailers.
+    fn legacy_completed(fingerprint: &Fingerprint) -> Vec<u8> {
+        let mut value = format!("C:42:{}:", fingerprint.to_hex()).into_bytes();
+        value.extend_from_slice(&[0x00, 0xC9]); // status 201
+        value.extend_from_slice(&[0, 0, 0, 1, 0, 1, b'a', 0, 0, 0, 1, b'b']);
+        value.extend_from_slice(&[0, 0, 0, 2, b'h', b'i']);
+        value.push(0); // no trailers
+        value
+    }
+
+    #[test]
+    fn responses_carry_their_format_and_records_without_one_still_read() {
+        let fingerprint = Fingerprint::of(&[b"POST", b"/orders"]);
+        let mut headers = HeaderMap::new();
+        headers.insert("a", HeaderValue::from_static("b"));
+        let record = Record::Completed {
+            expires_us: 42,
+            fingerprint,
+            response: StoredResponse {
+                status: StatusCode::CREATED,
+                headers,
+                body: Bytes::from_static(b"hi"),
+                trailers: None,
+            },
+        };
+        let legacy = legacy_completed(&fingerprint);
+        assert_eq!(Record::decode(&legacy), Some(record.clone()));
+        // Today's form: the same, behind the format byte.
+        let head = format!("C:42:{}:", fingerprint.to_hex()).len();
+        let encoded = record.encode();
+        assert_eq!(encoded[head], FORMAT);
+        assert_eq!(encoded[head + 1..], legacy[head..]);
+        // A newer release's format is told apart from damage.
+        let mut newer = encoded.clone();
+        newer[head] = FORMAT + 1;
+        assert_eq!(Record::read(&newer), Err(Unreadable::Newer(FORMAT + 1)));
+        let message = Unreadable::Newer(FORMAT + 1).into_store_error().to_string();
+        assert!(message.contains("newer release"), "{message}");
+        assert_eq!(Record::read(b"C:1:zz:"), Err(Unreadable::Damaged));
     }
 
     #[test]

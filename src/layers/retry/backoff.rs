@@ -2,6 +2,7 @@
 //! decorrelated jitter (both from the AWS architecture blog's "Exponential
 //! Backoff and Jitter"), capped.
 
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -45,22 +46,44 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    /// The wait before retry `retry` (1 for the first), after a wait of
-    /// `previous` (zero before the first).
-    pub fn delay(&self, retry: u32, previous: Duration, rng: &mut fastrand::Rng) -> Duration {
+    /// The range the wait before retry `retry` (1 for the first) is drawn
+    /// from, uniformly, after a wait of `previous` (zero before the
+    /// first): full jitter up to the exponential ceiling, or from `base` up
+    /// to three times the previous wait (decorrelated), capped at `max`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use battlement::retry::Backoff;
+    ///
+    /// let backoff = Backoff::Exponential { base: Duration::from_millis(100), max: Duration::from_secs(1) };
+    /// assert_eq!(backoff.bounds(3, Duration::ZERO), Duration::ZERO..=Duration::from_millis(400));
+    /// assert_eq!(*backoff.bounds(30, Duration::ZERO).end(), Duration::from_secs(1));
+    /// ```
+    pub fn bounds(&self, retry: u32, previous: Duration) -> RangeInclusive<Duration> {
         match *self {
             Self::Exponential { base, max } => {
                 let ceiling = base
                     .checked_mul(1u32 << retry.saturating_sub(1).min(31))
                     .unwrap_or(max)
                     .min(max);
-                uniform(rng, Duration::ZERO, ceiling)
+                Duration::ZERO..=ceiling
             }
             Self::Decorrelated { base, max } => {
                 let ceiling = previous.max(base).saturating_mul(3).min(max);
-                uniform(rng, base.min(ceiling), ceiling)
+                base.min(ceiling)..=ceiling
             }
         }
+    }
+
+    /// A wait drawn from [`bounds`](Self::bounds) with `rng`.
+    pub(crate) fn delay(
+        &self,
+        retry: u32,
+        previous: Duration,
+        rng: &mut fastrand::Rng,
+    ) -> Duration {
+        let bounds = self.bounds(retry, previous);
+        uniform(rng, *bounds.start(), *bounds.end())
     }
 
     pub(crate) fn validate(&self) -> Result<(), String> {
