@@ -118,9 +118,7 @@ fn parse_sample(line: &str) -> Sample {
     Sample {
         name: name.to_owned(),
         labels,
-        value: value
-            .parse()
-            .unwrap_or_else(|_| panic!("a value: {line}")),
+        value: value.parse().unwrap_or_else(|_| panic!("a value: {line}")),
     }
 }
 
@@ -274,7 +272,10 @@ async fn example_after_traffic() -> (Example, String) {
     for _ in 0..6 {
         let reply = get_from(&app, "/proxy").await;
         if reply.status == StatusCode::SERVICE_UNAVAILABLE {
-            assert!(reply.body.contains("\"breaker\":\"downstream\""), "{reply:?}");
+            assert!(
+                reply.body.contains("\"breaker\":\"downstream\""),
+                "{reply:?}"
+            );
             opened = true;
             break;
         }
@@ -297,7 +298,10 @@ async fn example_after_traffic() -> (Example, String) {
             .any(|s| s.value == 2.0)
     })
     .await;
-    let limit = held.find("battlement_concurrency_limit_limit", &[("policy", "concurrency")]);
+    let limit = held.find(
+        "battlement_concurrency_limit_limit",
+        &[("policy", "concurrency")],
+    );
     assert_eq!(limit.len(), 1, "{limit:?}");
     assert_eq!(limit[0].value, 2.0);
     let shed = get_from(&app, "/slow?ms=1").await;
@@ -413,7 +417,10 @@ async fn the_metric_reference_matches_a_scrape_of_the_example() {
     assert!(open[0].labels["key"].starts_with("127.0.0.1:"), "{open:?}");
     let memory = scrape.find("battlement_store_up", &[("backend", "memory")]);
     assert_eq!(memory.iter().map(|s| s.value).collect::<Vec<_>>(), [1.0]);
-    let leased = scrape.find("battlement_rate_limit_leased_units", &[("policy", "per-ip")]);
+    let leased = scrape.find(
+        "battlement_rate_limit_leased_units",
+        &[("policy", "per-ip")],
+    );
     assert_eq!(leased.len(), 1, "{text}");
     let in_flight = scrape.find("battlement_concurrency_limit_in_flight", &[]);
     assert_eq!(in_flight.iter().map(|s| s.value).collect::<Vec<_>>(), [0.0]);
@@ -539,7 +546,9 @@ fn dashboard_queries() -> Vec<String> {
     let dashboard: serde_json::Value = serde_json::from_str(DASHBOARD).expect("valid JSON");
     assert!(dashboard["schemaVersion"].as_u64().is_some_and(|v| v >= 30));
     assert!(dashboard["uid"].is_string() && dashboard["title"].is_string());
-    let variables = dashboard["templating"]["list"].as_array().expect("variables");
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables");
     let datasource = variables
         .iter()
         .find(|v| v["type"] == "datasource")
@@ -547,7 +556,9 @@ fn dashboard_queries() -> Vec<String> {
     assert_eq!(datasource["query"], "prometheus");
     let mut queries = Vec::new();
     for variable in variables.iter().filter(|v| v["type"] == "query") {
-        let query = variable["query"]["query"].as_str().expect("a variable query");
+        let query = variable["query"]["query"]
+            .as_str()
+            .expect("a variable query");
         let inner = query
             .strip_prefix("label_values(")
             .and_then(|q| q.rsplit_once(','))

@@ -27,7 +27,8 @@ impl<S: Send + Sync + 'static> Source for LeaseGauge<S> {
         if gauge != Gauge::LeasedUnits {
             return;
         }
-        let (Some(leases), Some(policies)) = (self.leases.upgrade(), self.policies.upgrade()) else {
+        let (Some(leases), Some(policies)) = (self.leases.upgrade(), self.policies.upgrade())
+        else {
             return;
         };
         let policies = policies.load();
