@@ -80,6 +80,7 @@ pub(crate) fn ensure() {
 }
 
 /// Makes the instruments again, on the meter provider global now.
+#[cfg_attr(not(any(feature = "prometheus", feature = "_otlp")), allow(dead_code))]
 pub(crate) fn remake() {
     let mut made = MADE.lock().unwrap_or_else(PoisonError::into_inner);
     *made = Some(Instruments::new());
