@@ -54,6 +54,9 @@ cargo clippy --lib --no-default-features -- -D warnings
 cargo clippy --lib --no-default-features --features otlp-http -- -D warnings
 cargo clippy --lib --no-default-features --features otlp-grpc -- -D warnings
 echo "== doc";    RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
+echo "== alert rules"
+promtool check rules ops/prometheus-rules.yml
+(cd ops && promtool test rules prometheus-rules.test.yml)
 echo "== test";   cargo test --all-features --all-targets
 echo "== w3c trace context"
 if [ -e "$w3c_suite" ]; then

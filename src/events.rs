@@ -1,5 +1,8 @@
 //! The in-process event stream every layer reports its decisions to,
-//! counted in the `battlement.events` metric, and a
+//! counted in the `battlement.events` metric, the state gauges beside it
+//! (breaker states, concurrency limit and requests in flight, leased
+//! units, idempotency claims running, store health; see the
+//! [metric reference](crate::metrics#metric-reference)), and a
 //! rate-limited warning log for store failures.
 //!
 //! ```
@@ -21,8 +24,12 @@ use opentelemetry::metrics::Counter;
 use opentelemetry::{KeyValue, Value};
 use tokio::sync::broadcast;
 
+mod gauges;
 mod names;
 
+pub(crate) use gauges::{
+    Gauge, Source, claim_running, ensure as ensure_gauges, register as register_gauges, store_seen,
+};
 use names::Name;
 pub(crate) use names::{
     CircuitBreakerEvent, ConcurrencyLimitEvent, ConfigEvent, DeadlineEvent, HedgeEvent,
@@ -184,6 +191,7 @@ static EVENTS: ArcSwapOption<Counter<u64>> = ArcSwapOption::const_empty();
 #[cfg_attr(not(any(feature = "prometheus", feature = "_otlp")), allow(dead_code))]
 pub(crate) fn meter_provider_changed() {
     EVENTS.store(None);
+    gauges::remake();
 }
 
 /// Every resilience decision, in one instrument:

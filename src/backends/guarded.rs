@@ -6,14 +6,16 @@
 //! held back) and reported on the layer's events. Under
 //! [`FailurePolicy::LocalFallback`] an in-process store, one per layer,
 //! answers it; otherwise the error goes back to the layer, which fails
-//! open or closed.
+//! open or closed. Each decision's and claim's outcome also sets the
+//! backend's `battlement.store.up` gauge (a load, and a store only when
+//! it changes).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Backend, KeySpace, MemoryStore};
 use crate::error::{FailurePolicy, StoreError};
-use crate::events::{Event, Events, IdempotencyEvent, RateLimitEvent, WarnLimiter};
+use crate::events::{Event, Events, IdempotencyEvent, RateLimitEvent, WarnLimiter, store_seen};
 use crate::idempotency::{Claim, ClaimToken, Claimant, Completion, IdempotencyStore};
 use crate::rate_limit::{Charge, Decision, RateLimitStore};
 
@@ -80,7 +82,7 @@ impl<St: Backend> Backend for Guarded<St> {
     }
 }
 
-impl<St> Guarded<St> {
+impl<St: Backend> Guarded<St> {
     /// `result` of `charge`: a failure is reported and, under a local
     /// fallback, decided in process.
     pub(crate) fn recover(
@@ -115,9 +117,13 @@ impl<St> Guarded<St> {
         fallback_answer: impl FnOnce(&MemoryStore) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let err = match result {
-            Ok(answer) => return Ok(answer),
+            Ok(answer) => {
+                store_seen(self.store.kind(), true);
+                return Ok(answer);
+            }
             Err(err) => err,
         };
+        store_seen(self.store.kind(), false);
         if let Some(policy) = policy {
             self.rate_limit_failed(policy, &err);
         }
@@ -241,9 +247,13 @@ impl<St: IdempotencyStore> IdempotencyStore for Guarded<St> {
         unanswered.armed = claimed.as_ref().is_err_and(StoreError::may_have_been_sent);
         drop(unanswered);
         let err = match claimed {
-            Ok(claim) => return Ok(claim),
+            Ok(claim) => {
+                store_seen(self.store.kind(), true);
+                return Ok(claim);
+            }
             Err(err) => err,
         };
+        store_seen(self.store.kind(), false);
         self.idempotency_failed(&err);
         match self.guard.fallback() {
             Some(fallback) => fallback.claim(id, claimant).await,

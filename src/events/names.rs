@@ -184,4 +184,36 @@ mod tests {
             }
         );
     }
+
+    // The metric reference lists every event of every layer, and no other.
+    #[test]
+    fn the_metric_reference_lists_every_event() {
+        let doc = include_str!("../../docs/metrics.md");
+        let events = doc.split("## Events").nth(1).unwrap_or_default();
+        let ticked = |cell: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect()
+        };
+        let mut documented = HashSet::new();
+        for row in events.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.split('|').collect();
+            let layer = ticked(cells[1]).pop().unwrap_or_default();
+            for event in ticked(cells[2]) {
+                documented.insert((layer.clone(), event));
+            }
+        }
+        let code: HashSet<(String, String)> = all()
+            .iter()
+            .map(|n| (n.layer.to_owned(), n.event.to_owned()))
+            .collect();
+        let missing: Vec<_> = code.difference(&documented).collect();
+        let stale: Vec<_> = documented.difference(&code).collect();
+        assert!(
+            missing.is_empty() && stale.is_empty(),
+            "not in docs/metrics.md: {missing:?}; not in the code: {stale:?}"
+        );
+    }
 }

@@ -214,7 +214,7 @@ impl CircuitBreakerBuilder {
         }
         Ok(CircuitBreakerLayer {
             shared: Shared {
-                registry: Arc::new(Registry::new(self.parts)),
+                registry: super::gauge::observed(Registry::new(self.parts)),
                 key: Arc::new(GlobalKey),
                 classifier: Arc::new(DefaultClassifier),
             },

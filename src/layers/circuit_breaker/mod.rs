@@ -46,6 +46,7 @@ mod classify;
 mod config;
 mod error;
 mod future;
+mod gauge;
 mod layer;
 mod registry;
 mod service;

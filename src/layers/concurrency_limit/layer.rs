@@ -7,6 +7,7 @@ use http::request::Parts;
 use tower_layer::Layer;
 
 use super::config::ConcurrencyLimitConfig;
+use super::gauge::observed;
 use super::limit::Limiter;
 use super::priority::{Classifier, Priority, default_priority};
 use super::service::ConcurrencyLimit;
@@ -54,7 +55,7 @@ impl ConcurrencyLimitLayer {
         let clock = SystemClock::shared();
         let events = Events::new();
         Ok(Self {
-            limiter: Arc::new(Limiter::new(config, clock.clone(), events.clone())),
+            limiter: observed(Limiter::new(config, clock.clone(), events.clone())),
             config: config.clone(),
             classify: Arc::new(default_priority),
             clock,
@@ -109,7 +110,7 @@ impl ConcurrencyLimitLayer {
     }
 
     fn rebuild(mut self) -> Self {
-        self.limiter = Arc::new(Limiter::new(
+        self.limiter = observed(Limiter::new(
             &self.config,
             self.clock.clone(),
             self.events.clone(),

@@ -111,6 +111,7 @@ mod body;
 mod config;
 mod error;
 mod future;
+mod gauge;
 mod layer;
 mod limit;
 mod priority;

@@ -11,6 +11,9 @@ use crate::events::WarnLimiter;
 /// A readiness check named after the backend (`redis`, `etcd`, `memory`)
 /// that pings it and reports the round trip in `responseTime` (ms).
 ///
+/// Each ping's outcome also sets the backend's `battlement.store.up`
+/// gauge.
+///
 /// A failed ping reports only what kind of failure it was (`unavailable`,
 /// `timed out`, `closed` or `error`): the store's own error text can name
 /// hosts, ports or users, so it goes to the log (`warn`, at most once per
@@ -26,6 +29,9 @@ use crate::events::WarnLimiter;
 /// ```
 pub fn store_check<B: Backend>(store: B) -> Check {
     let name = store.kind();
+    // `battlement.store.up` shows what the checks (and the layers' calls)
+    // found.
+    crate::events::ensure_gauges();
     let warn = Arc::new(WarnLimiter::new(Duration::from_secs(10)));
     Check::new(name, move || {
         let store = store.clone();
@@ -34,6 +40,7 @@ pub fn store_check<B: Backend>(store: B) -> Check {
             let started = Instant::now();
             let result = store.ping().await;
             let ms = started.elapsed().as_secs_f64() * 1e3;
+            crate::events::store_seen(name, result.is_ok());
             match result {
                 Ok(()) => Outcome::pass(),
                 Err(err) => {

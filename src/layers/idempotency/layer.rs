@@ -175,6 +175,8 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
     /// ([`AuthorizationScope`]), 60 s lock, 24 h retention, 1 MiB body
     /// limits, fail-closed.
     pub fn new(store: St) -> Self {
+        // `battlement.idempotency.in_flight` reads a counter: made now.
+        crate::events::ensure_gauges();
         Self {
             store,
             settings: Settings {

@@ -214,9 +214,11 @@ impl<St: IdempotencyStore> Run<St> {
         let req = Request::from_parts(parts, LayerBody::full(bytes));
         let protocol = self.protocol;
         let claimed = self.run_claimed(inner, req, token, fingerprint);
+        let running = crate::events::claim_running();
         let mut task: BoxFuture<'static, _> = Box::pin(
             async move {
                 let _slot = slot;
+                let _running = running;
                 claimed.await
             }
             .with_context(opentelemetry::Context::current())

@@ -16,6 +16,12 @@
 //! assert_eq!(res.status(), 200);
 //! # });
 //! ```
+//!
+//! The state gauges (breakers, concurrency limits, leases, idempotency
+//! claims, stores) live beside the [`events`](crate::events) counter;
+//! every instrument is listed below.
+//!
+#![doc = include_str!("../../../docs/metrics.md")]
 
 mod instruments;
 mod layer;

@@ -142,6 +142,7 @@ impl<St: RateLimitStore> RateLimitLayer<St> {
     }
 
     pub(crate) fn limiter(&self) -> Arc<Limiter<St>> {
+        self.leases.observe(&self.policies.list);
         Arc::new(Limiter {
             store: Guarded::new(self.store.clone(), self.guard.clone()),
             policies: self.policies.clone(),

@@ -24,17 +24,17 @@ use crate::layers::rate_limit::{Charge, Decision, Quota, RateLimitStore};
 /// instance (a [`RateLimitLayer`](crate::rate_limit::RateLimitLayer) keeps
 /// one for its leased policies).
 pub struct Leased<S> {
-    shared: Arc<Shared<S>>,
+    pub(super) shared: Arc<Shared<S>>,
 }
 
-struct Shared<S> {
+pub(super) struct Shared<S> {
     store: S,
     /// Gives the units of the last clone's leases back (set where the store
     /// is known to be a `RateLimitStore`).
     on_drop: Box<dyn Fn(Expired) + Send + Sync>,
     settings: LeaseSettings,
     /// `policy/key` -> its local state.
-    entries: DashMap<Box<str>, Entry, foldhash::fast::RandomState>,
+    pub(super) entries: DashMap<Box<str>, Entry, foldhash::fast::RandomState>,
     /// Keys in `entries` (its own `len` locks every shard).
     live: AtomicUsize,
     sweeper: AtomicBool,

@@ -93,6 +93,7 @@
 //!
 //! [`Policy::mode`]: super::Policy::mode
 
+mod gauge;
 mod leased;
 mod mode;
 mod settings;
