@@ -33,12 +33,18 @@
 //! [`TonicBodyLayer`] innermost; with reqwest use [`ReqwestService`] as
 //! the transport.
 
+mod error;
+#[cfg(feature = "reqwest-middleware")]
+mod middleware;
 #[cfg(feature = "reqwest")]
 mod reqwest;
 mod stack;
 #[cfg(feature = "tonic")]
 mod tonic;
 
+pub use error::ClientError;
+#[cfg(feature = "reqwest-middleware")]
+pub use middleware::ClientStackMiddleware;
 #[cfg(feature = "reqwest")]
 pub use reqwest::ReqwestService;
 pub use stack::{BoxErrors, ClientBody, ClientStack, ClientStackLayer, ClientStackService};
