@@ -2,7 +2,11 @@
 //! server (`examples/axum`) running as its own process: a POST whose
 //! response is lost runs once and gets its stored response, and the
 //! stack's refusals come back as typed `ClientError`s.
-#![cfg(all(feature = "reqwest-middleware", feature = "axum", feature = "prometheus"))]
+#![cfg(all(
+    feature = "reqwest-middleware",
+    feature = "axum",
+    feature = "prometheus"
+))]
 
 mod support;
 
@@ -102,11 +106,13 @@ async fn the_stacks_refusals_are_typed() {
         "{err:?}"
     );
     let plain = client(
-        ClientStack::new("dead", MemoryStore::new())
-            .retry(RetryPolicy::default().max_attempts(1)),
+        ClientStack::new("dead", MemoryStore::new()).retry(RetryPolicy::default().max_attempts(1)),
     );
     let err = error_of(&plain, &dead).await;
-    assert!(matches!(err, reqwest_middleware::Error::Reqwest(_)), "{err:?}");
+    assert!(
+        matches!(err, reqwest_middleware::Error::Reqwest(_)),
+        "{err:?}"
+    );
     assert!(matches!(ClientError::from(err), ClientError::Transport(_)));
 
     // One call a minute to the host: the second is refused here.

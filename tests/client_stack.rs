@@ -147,15 +147,18 @@ async fn every_attempt_of_a_post_carries_one_idempotency_key() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let stack = ClientStack::new("up", MemoryStore::new())
-        .retry(policy())
-        .idempotency_keys(true)
-        .clock(clock().shared())
-        .build()
-        .unwrap();
-    let http: Client<HttpConnector, LayerBody<Full<Bytes>>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let client = ServiceBuilder::new().layer(stack).service(http);
+    // A new stack (a new breaker) per call: two failures in each.
+    let client = || {
+        let stack = ClientStack::new("up", MemoryStore::new())
+            .retry(policy())
+            .idempotency_keys(true)
+            .clock(clock().shared())
+            .build()
+            .unwrap();
+        let http: Client<HttpConnector, LayerBody<Full<Bytes>>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        ServiceBuilder::new().layer(stack).service(http)
+    };
     let post = |key: Option<&str>| {
         let mut req = http::Request::post(format!("http://{addr}/"));
         if let Some(key) = key {
@@ -163,14 +166,14 @@ async fn every_attempt_of_a_post_carries_one_idempotency_key() {
         }
         req.body(Full::new(Bytes::from_static(b"{}"))).unwrap()
     };
-    let res = client.clone().oneshot(post(None)).await.unwrap();
+    let res = client().oneshot(post(None)).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.extensions().get::<Attempts>(), Some(&Attempts(3)));
     let keys = std::mem::take(&mut *seen.0.lock().unwrap());
     assert_eq!(keys.len(), 3);
     assert!(keys[0].starts_with('"') && keys[0].len() == 38, "{keys:?}");
     assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
-    let res = client.oneshot(post(Some("\"mine\""))).await.unwrap();
+    let res = client().oneshot(post(Some("\"mine\""))).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(*seen.0.lock().unwrap(), vec!["\"mine\"".to_owned(); 3]);
 }

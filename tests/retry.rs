@@ -14,8 +14,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use battlement::body::LayerBody;
-use battlement::clock::{Clock, ManualClock};
 use battlement::client::ClientError;
+use battlement::clock::{Clock, ManualClock};
 use battlement::retry::{
     AttemptOutcome, AttemptTimedOut, Attempts, Backoff, Budget, RetryLayer, RetryPolicy,
 };
@@ -366,9 +366,9 @@ async fn the_opt_in_and_a_predicate_decide_what_is_retried() {
     let res = client(only_502, &clock()).oneshot(post()).await.unwrap();
     assert_eq!((attempts(&res), hits.get()), (1, 5));
     // No status listed, and a predicate that retries 503.
-    let only_503 = policy()
-        .statuses([])
-        .retry_if(|outcome| matches!(outcome, AttemptOutcome::Response { status, .. } if status == 503));
+    let only_503 = policy().statuses([]).retry_if(
+        |outcome| matches!(outcome, AttemptOutcome::Response { status, .. } if status == 503),
+    );
     let res = client(only_503, &clock())
         .oneshot(get_req(addr, "/always-503"))
         .await

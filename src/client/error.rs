@@ -131,7 +131,8 @@ mod tests {
             ClientError::from_box(timeout),
             ClientError::AttemptTimedOut(AttemptTimedOut(d)) if d == Duration::from_secs(1)
         ));
-        let deadline: BoxError = Box::new(DeadlineExceeded::client(Duration::from_secs(2), "retry"));
+        let deadline: BoxError =
+            Box::new(DeadlineExceeded::client(Duration::from_secs(2), "retry"));
         assert!(matches!(
             ClientError::from_box(deadline),
             ClientError::DeadlineExceeded(d) if d.source() == "retry"
