@@ -9,7 +9,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use battlement::RequestId;
 use battlement::backends::MemoryStore;
 use battlement::body::LayerBody;
@@ -119,6 +119,63 @@ async fn hyper_util_through_the_stack_retries_with_one_request_id() {
     assert_eq!(res.extensions().get::<Attempts>(), Some(&Attempts(3)));
     let ids = seen.0.lock().unwrap().clone();
     assert_eq!(ids, vec![id.as_str().to_owned(); 3]);
+}
+
+// With idempotency keys on, a POST gets one key, the same on every
+// attempt, and is retried like a GET; a key the caller set is kept.
+#[tokio::test]
+async fn every_attempt_of_a_post_carries_one_idempotency_key() {
+    let seen = Seen::default();
+    let app = Router::new()
+        .route(
+            "/",
+            post(|State(seen): State<Seen>, headers: HeaderMap| async move {
+                let key = headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let mut keys = seen.0.lock().unwrap();
+                keys.push(key);
+                match keys.len() % 3 {
+                    0 => "ok".into_response(),
+                    _ => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+                }
+            }),
+        )
+        .with_state(seen.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    // A new stack (a new breaker) per call: two failures in each.
+    let client = || {
+        let stack = ClientStack::new("up", MemoryStore::new())
+            .retry(policy())
+            .idempotency_keys(true)
+            .clock(clock().shared())
+            .build()
+            .unwrap();
+        let http: Client<HttpConnector, LayerBody<Full<Bytes>>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        ServiceBuilder::new().layer(stack).service(http)
+    };
+    let post = |key: Option<&str>| {
+        let mut req = http::Request::post(format!("http://{addr}/"));
+        if let Some(key) = key {
+            req = req.header("idempotency-key", key);
+        }
+        req.body(Full::new(Bytes::from_static(b"{}"))).unwrap()
+    };
+    let res = client().oneshot(post(None)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.extensions().get::<Attempts>(), Some(&Attempts(3)));
+    let keys = std::mem::take(&mut *seen.0.lock().unwrap());
+    assert_eq!(keys.len(), 3);
+    assert!(keys[0].starts_with('"') && keys[0].len() == 38, "{keys:?}");
+    assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+    let res = client().oneshot(post(Some("\"mine\""))).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(*seen.0.lock().unwrap(), vec!["\"mine\"".to_owned(); 3]);
 }
 
 // Once the host's breaker opens, the retry waits out

@@ -156,7 +156,7 @@ fn the_redis_rate_limit_example_stops_when_redis_is_down() {
 
 /// Through the client stack on reqwest, a 503 is retried, and every
 /// attempt carries the request id the example prints.
-#[cfg(feature = "reqwest")]
+#[cfg(feature = "reqwest-middleware")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reqwest_client_example_retries_and_forwards_its_request_id() {
     use std::sync::{Arc, Mutex};

@@ -23,15 +23,15 @@ use axum::routing::{get, post};
 use battlement::FailurePolicy;
 use battlement::backends::AnyStore;
 use battlement::body::LayerBody;
-use battlement::circuit_breaker::{BreakerConfig, CircuitOpen};
-use battlement::client::{ClientBody, ClientStackLayer};
+use battlement::circuit_breaker::BreakerConfig;
+use battlement::client::{ClientBody, ClientError, ClientStackLayer};
 use battlement::concurrency_limit::ConcurrencyLimitConfig;
 use battlement::deadline::DeadlineConfig;
 use battlement::health::{HealthRegistry, HealthRoutes};
 use battlement::idempotency::{IdempotencyConfig, ScopeConfig};
 use battlement::rate_limit::{KeyConfig, PolicyConfig, Quota, RateLimitConfig, SyncMode};
 use battlement::reload::ConfigWatch;
-use battlement::retry::{AttemptTimedOut, RetryPolicy};
+use battlement::retry::RetryPolicy;
 use battlement::stack::{self, StackConfig};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
@@ -386,16 +386,15 @@ async fn proxy(State(state): State<AppState>) -> Response {
     let response = match state.downstream.oneshot(request).await {
         Ok(response) => response,
         Err(e) => {
-            if let Some(open) = e.downcast_ref::<CircuitOpen>() {
-                let problem = battlement::reject::Problem::from(open.clone());
-                return problem
+            return match ClientError::from_box(e) {
+                ClientError::CircuitOpen(open) => battlement::reject::Problem::from(open)
                     .into_response::<Body>(battlement::reject::Protocol::Http)
-                    .map(Body::new);
-            }
-            if e.is::<AttemptTimedOut>() {
-                return (StatusCode::GATEWAY_TIMEOUT, "downstream timed out").into_response();
-            }
-            return (StatusCode::BAD_GATEWAY, format!("downstream: {e}")).into_response();
+                    .map(Body::new),
+                ClientError::AttemptTimedOut(_) | ClientError::DeadlineExceeded(_) => {
+                    (StatusCode::GATEWAY_TIMEOUT, "downstream timed out").into_response()
+                }
+                other => (StatusCode::BAD_GATEWAY, format!("downstream: {other}")).into_response(),
+            };
         }
     };
     let (parts, body) = response.into_parts();

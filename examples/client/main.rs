@@ -14,10 +14,9 @@ use std::time::Duration;
 use battlement::RequestId;
 use battlement::backends::MemoryStore;
 use battlement::body::LayerBody;
-use battlement::circuit_breaker::CircuitOpen;
-use battlement::client::ClientStack;
+use battlement::client::{ClientError, ClientStack};
 use battlement::key::HostKey;
-use battlement::rate_limit::{Policy, Quota, RateLimited};
+use battlement::rate_limit::{Policy, Quota};
 use battlement::retry::{Attempts, RetryPolicy};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -57,9 +56,11 @@ async fn run(url: &str, count: usize, rate: Quota) -> Result<Vec<String>, Error>
                 let _ = res.into_body().collect().await;
                 (status.as_u16().to_string(), attempts.to_string())
             }
-            Err(e) if e.is::<CircuitOpen>() => ("breaker-open".into(), "-".into()),
-            Err(e) if e.is::<RateLimited>() => ("rate-limited".into(), "-".into()),
-            Err(e) => (format!("error ({e})"), "-".into()),
+            Err(e) => match ClientError::from_box(e) {
+                ClientError::CircuitOpen(_) => ("breaker-open".into(), "-".into()),
+                ClientError::RateLimited(_) => ("rate-limited".into(), "-".into()),
+                other => (format!("error ({other})"), "-".into()),
+            },
         };
         lines.push(format!(
             "{n:>3} status={status} attempts={attempts} breaker={} request_id={id}",

@@ -30,15 +30,42 @@
 //! and an open breaker's remaining time becomes the retry's wait (or ends
 //! the retries when it passes the deadline); the rate limit is innermost,
 //! so every attempt counts against the quota. On a tonic `Channel` add
-//! [`TonicBodyLayer`] innermost; with reqwest use [`ReqwestService`] as
-//! the transport.
+//! [`TonicBodyLayer`] innermost; with reqwest use `ReqwestService` as
+//! the transport (feature `reqwest`), or keep a reqwest-middleware client
+//! and add the whole stack to it as one `ClientStackMiddleware` (feature
+//! `reqwest-middleware`).
+//!
+//! # Errors
+//!
+//! The stack's service errors are `BoxError`s; [`ClientError::from_box`]
+//! sorts one into [`ClientError`]: `CircuitOpen` and `RateLimited` (the
+//! call was not sent), `AttemptTimedOut` (the per-try timeout),
+//! `DeadlineExceeded` (the retry's or the inbound request's deadline) and
+//! `Transport`, each keeping the original error. The middleware's
+//! `reqwest_middleware::Error` converts into the same enum.
+//!
+//! # Exactly once
+//!
+//! [`ClientStack::idempotency_keys`] gives each request that is not
+//! idempotent an `Idempotency-Key`, once, outside the retry: every
+//! attempt carries the same key, and a server that honours it (battlement's
+//! [`IdempotencyLayer`](crate::idempotency::IdempotencyLayer)) runs the
+//! request once and answers the retries with the stored response. Without
+//! a key, a POST is sent once (unless the retry policy opts in with
+//! [`retry_non_idempotent`](crate::retry::RetryPolicy::retry_non_idempotent)).
 
+mod error;
+#[cfg(feature = "reqwest-middleware")]
+mod middleware;
 #[cfg(feature = "reqwest")]
 mod reqwest;
 mod stack;
 #[cfg(feature = "tonic")]
 mod tonic;
 
+pub use error::ClientError;
+#[cfg(feature = "reqwest-middleware")]
+pub use middleware::ClientStackMiddleware;
 #[cfg(feature = "reqwest")]
 pub use reqwest::ReqwestService;
 pub use stack::{BoxErrors, ClientBody, ClientStack, ClientStackLayer, ClientStackService};

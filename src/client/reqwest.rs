@@ -1,12 +1,10 @@
 //! `ReqwestService`: a `reqwest::Client` as a tower service over `http`
 //! types, so the same layers serve reqwest, hyper-util and tonic.
 //!
-//! Why not reqwest-middleware: its `Middleware` trait is a second
-//! middleware system beside tower; every battlement concern would need a
-//! second implementation, and its errors are one `reqwest_middleware::Error`
-//! instead of the typed `CircuitOpen` / `RateLimited` errors the layers
-//! return. A tower `Service` over `reqwest::Client` reuses the layers as
-//! they are and keeps reqwest's connection pool, TLS and proxies.
+//! A tower `Service` over `reqwest::Client` reuses the layers as they are
+//! and keeps reqwest's connection pool, TLS and proxies. A client already
+//! built with reqwest-middleware takes the same stack as one `Middleware`
+//! instead (`ClientStackMiddleware`, feature `reqwest-middleware`).
 
 use std::task::{Context, Poll};
 

@@ -18,6 +18,7 @@ use crate::deadline::{ForwardDeadline, ForwardDeadlineLayer};
 use crate::error::ConfigError;
 use crate::events::Events;
 use crate::hedge::{Hedge, HedgeConfig, HedgeLayer};
+use crate::idempotency::{IdempotencyKeyLayer, SetIdempotencyKey};
 use crate::key::HostKey;
 use crate::metrics::{Metrics, MetricsLayer};
 use crate::rate_limit::{
@@ -28,8 +29,8 @@ use crate::retry::{Retry, RetryLayer, RetryPolicy};
 use crate::trace::{Trace, TraceLayer};
 
 /// Builds a [`ClientStackLayer`]: request-id forwarding, retry, a
-/// circuit breaker per upstream host, and optionally hedging and a client
-/// rate limit.
+/// circuit breaker per upstream host, and optionally an
+/// `Idempotency-Key` per request, hedging and a client rate limit.
 ///
 /// The breaker starts from [`BreakerConfig::default`], whose defaults are
 /// made for a breaker per upstream host.
@@ -40,6 +41,7 @@ pub struct ClientStack<St> {
     breaker: BreakerConfig,
     rate_limit: Option<Policy>,
     hedge: Option<HedgeConfig>,
+    idempotency_keys: bool,
     events: Events,
     clock: Option<SharedClock>,
 }
@@ -55,6 +57,7 @@ impl<St: CircuitBreakerStore + RateLimitStore> ClientStack<St> {
             breaker: BreakerConfig::default(),
             rate_limit: None,
             hedge: None,
+            idempotency_keys: false,
             events: Events::new(),
             clock: None,
         }
@@ -85,6 +88,21 @@ impl<St: CircuitBreakerStore + RateLimitStore> ClientStack<St> {
     /// has one.
     pub fn hedge(mut self, config: HedgeConfig) -> Self {
         self.hedge = Some(config);
+        self
+    }
+
+    /// Gives each request that is not idempotent (POST, PATCH, ...) and
+    /// has no `Idempotency-Key` a new one (a UUIDv7), outside the retry
+    /// and hedge, so all its attempts carry the same key (off by
+    /// default). The retry then sends it again like a GET, and a server
+    /// that honours the key runs it once: on a lost response, the retry
+    /// gets the stored response instead of a second execution. Turn it
+    /// on for upstreams that honour the header (battlement's
+    /// [`IdempotencyLayer`](crate::idempotency::IdempotencyLayer), Stripe-style
+    /// APIs); to one that ignores it, a keyed POST is retried as if it
+    /// were safe. See [`IdempotencyKeyLayer`].
+    pub fn idempotency_keys(mut self, on: bool) -> Self {
+        self.idempotency_keys = on;
         self
     }
 
@@ -126,8 +144,13 @@ impl<St: CircuitBreakerStore + RateLimitStore> ClientStack<St> {
                 .events(self.events)
                 .client_mode()
         });
+        let keys = match self.idempotency_keys {
+            true => IdempotencyKeyLayer::new(),
+            false => IdempotencyKeyLayer::off(),
+        };
         Ok(ClientStackLayer {
             forward: ForwardRequestIdLayer::new(),
+            keys,
             retry,
             hedge,
             trace: TraceLayer::client(),
@@ -139,6 +162,7 @@ impl<St: CircuitBreakerStore + RateLimitStore> ClientStack<St> {
 }
 
 /// The client layers, outermost first: [`ForwardRequestIdLayer`],
+/// [`IdempotencyKeyLayer`] when turned on (one key for all attempts),
 /// [`RetryLayer`] (bounded by the inbound request's deadline, if any),
 /// [`HedgeLayer`] when configured (a second copy of a slow attempt),
 /// then per attempt (and per copy) [`ForwardDeadlineLayer`] (the inbound deadline's time
@@ -148,6 +172,7 @@ impl<St: CircuitBreakerStore + RateLimitStore> ClientStack<St> {
 /// and a client-mode rate limit when configured.
 pub struct ClientStackLayer<St> {
     forward: ForwardRequestIdLayer,
+    keys: IdempotencyKeyLayer,
     retry: RetryLayer,
     hedge: Option<HedgeLayer>,
     trace: TraceLayer,
@@ -160,6 +185,7 @@ impl<St: Clone> Clone for ClientStackLayer<St> {
     fn clone(&self) -> Self {
         Self {
             forward: self.forward.clone(),
+            keys: self.keys,
             retry: self.retry.clone(),
             hedge: self.hedge.clone(),
             trace: self.trace.clone(),
@@ -196,17 +222,23 @@ pub type ClientBody<B> = crate::trace::TracedBody<
 
 /// The service a [`ClientStackLayer`] makes over `S`.
 pub type ClientStackService<S, St> = ForwardRequestId<
-    Retry<
-        Either<
-            Hedge<
+    SetIdempotencyKey<
+        Retry<
+            Either<
+                Hedge<
+                    ForwardDeadline<
+                        Trace<
+                            Metrics<
+                                ClientCircuitBreaker<Either<ClientRateLimit<S, St>, BoxErrors<S>>>,
+                            >,
+                        >,
+                    >,
+                >,
                 ForwardDeadline<
                     Trace<
                         Metrics<ClientCircuitBreaker<Either<ClientRateLimit<S, St>, BoxErrors<S>>>>,
                     >,
                 >,
-            >,
-            ForwardDeadline<
-                Trace<Metrics<ClientCircuitBreaker<Either<ClientRateLimit<S, St>, BoxErrors<S>>>>>,
             >,
         >,
     >,
@@ -251,6 +283,7 @@ impl<S, St: RateLimitStore> Layer<S> for ClientStackLayer<St> {
             Some(hedge) => Either::Left(hedge.layer(attempt)),
             None => Either::Right(attempt),
         };
-        self.forward.layer(self.retry.layer(attempt))
+        self.forward
+            .layer(self.keys.layer(self.retry.layer(attempt)))
     }
 }

@@ -21,6 +21,6 @@ pub use example::{Example, Reply, example_binary, get, send};
 pub use harness::*;
 pub use lines::{Lines, capture_logs};
 pub use process::{Process, free_port, require_binary};
-pub use proxy::TcpProxy;
+pub use proxy::{LossyProxy, TcpProxy};
 pub use redis::{RedisCluster, RedisServer};
 pub use spans::{global_spans, record_spans_with, spans_in, traced};

@@ -82,3 +82,72 @@ impl Drop for TcpProxy {
         self.cut();
     }
 }
+
+/// A TCP proxy that loses responses: on each of its first `lose`
+/// connections the request goes through to the server, and the
+/// connection is closed as soon as the server starts to answer (its
+/// handler has run), so the client never sees that answer. Later
+/// connections pass both ways.
+pub struct LossyProxy {
+    addr: SocketAddr,
+    lost: Arc<std::sync::atomic::AtomicUsize>,
+    accept: JoinHandle<()>,
+}
+
+impl LossyProxy {
+    pub async fn start(target: SocketAddr, lose: usize) -> Self {
+        use std::sync::atomic::AtomicUsize;
+        use tokio::io::AsyncReadExt;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let lost = Arc::new(AtomicUsize::new(0));
+        let to_lose = Arc::new(AtomicUsize::new(lose));
+        let accept = tokio::spawn({
+            let lost = lost.clone();
+            async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    let lose_this = to_lose
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    let lost = lost.clone();
+                    tokio::spawn(async move {
+                        let Ok(mut server) = TcpStream::connect(target).await else {
+                            return;
+                        };
+                        if !lose_this {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            return;
+                        }
+                        let (mut from_client, client_out) = client.into_split();
+                        let (mut from_server, mut to_server) = server.into_split();
+                        let up = tokio::spawn(async move {
+                            let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+                        });
+                        let mut first = [0u8; 1];
+                        let _ = from_server.read(&mut first).await;
+                        lost.fetch_add(1, Ordering::SeqCst);
+                        up.abort();
+                        drop(client_out);
+                    });
+                }
+            }
+        });
+        Self { addr, lost, accept }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// How many responses it lost so far.
+    pub fn lost(&self) -> usize {
+        self.lost.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for LossyProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}

@@ -10,8 +10,11 @@ use crate::reject::{GrpcCode, Problem};
 /// A request's deadline passed before its response head was ready; the
 /// inner service's future was dropped.
 ///
-/// It becomes a 504 (or 503, as configured) with a problem+json body, or a
-/// trailers-only `DEADLINE_EXCEEDED` for gRPC.
+/// On the server it becomes a 504 (or 503, as configured) with a problem+json body, or a
+/// trailers-only `DEADLINE_EXCEEDED` for gRPC. On the client it is the
+/// retry's error when its deadline, or the deadline of the inbound request
+/// the call serves, cut an attempt or left no time for one
+/// ([`ClientError::DeadlineExceeded`](crate::client::ClientError::DeadlineExceeded)).
 #[derive(Debug, Clone)]
 pub struct DeadlineExceeded {
     timeout: Duration,
@@ -28,13 +31,21 @@ impl DeadlineExceeded {
         }
     }
 
+    /// An outbound call's deadline: `retry` (the retry policy's) or
+    /// `inbound` (the inbound request's).
+    pub(crate) fn client(timeout: Duration, source: &'static str) -> Self {
+        Self::new(timeout, source, StatusCode::GATEWAY_TIMEOUT)
+    }
+
     /// The timeout that expired (the smallest of the request's).
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
 
     /// Where the timeout came from: `default`, `route`, `grpc-timeout`
-    /// or `outer` (an enclosing deadline layer's).
+    /// or `outer` (an enclosing deadline layer's) on the server; `retry`
+    /// (the retry policy's deadline) or `inbound` (the inbound request's)
+    /// on an outbound call.
     pub fn source(&self) -> &'static str {
         self.source
     }

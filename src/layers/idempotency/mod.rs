@@ -90,6 +90,7 @@
 //! # drop(layer);
 //! ```
 
+mod client;
 mod config;
 mod error;
 mod fingerprint;
@@ -101,6 +102,7 @@ mod scope;
 mod service;
 pub(crate) mod store;
 
+pub use client::{IdempotencyKeyLayer, SetIdempotencyKey};
 pub use config::{IdempotencyConfig, ScopeConfig};
 pub use fingerprint::{DefaultFingerprint, MakeFingerprint};
 pub use future::ResponseFuture;

@@ -48,7 +48,7 @@ mod tower_policy;
 
 pub use backoff::Backoff;
 pub use layer::RetryLayer;
-pub use policy::{Budget, RetryPolicy};
+pub use policy::{AttemptOutcome, Budget, RetryPolicy};
 pub use service::{AttemptTimedOut, Attempts, ResendCount, Retry};
 pub use tower_policy::TowerPolicy;
 

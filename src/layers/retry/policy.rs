@@ -1,9 +1,11 @@
 //! `RetryPolicy`: how many attempts, how long between them, and which
 //! outcomes are worth another try.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::{Method, Request, Response};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use serde::Deserialize;
 
 use super::backoff::Backoff;
@@ -88,6 +90,49 @@ pub struct RetryPolicy {
     pub(crate) max_replay_body: usize,
     /// The retry budget (default 20 % + 10/s; null: none).
     pub(crate) budget: Option<Budget>,
+    /// Retries requests that are neither idempotent nor keyed (POST,
+    /// PATCH without an `Idempotency-Key`): a request whose response was
+    /// lost may then run twice. Off by default.
+    pub(crate) retry_non_idempotent: bool,
+    /// Which outcomes are worth another try, instead of `statuses` and
+    /// `grpc_codes` (set in code only).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub(crate) retry_if: Option<RetryIf>,
+}
+
+/// An attempt's outcome as a [`RetryPolicy::retry_if`] predicate sees it.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum AttemptOutcome<'a> {
+    /// A response came back.
+    Response {
+        /// Its status.
+        status: StatusCode,
+        /// Its headers.
+        headers: &'a HeaderMap,
+        /// Its gRPC status code, when it is a trailers-only gRPC response.
+        grpc_code: Option<i32>,
+    },
+    /// The attempt failed: a transport error, a timeout, or a layer below
+    /// the retry refusing it (an open breaker, a spent client quota).
+    Error(&'a (dyn std::error::Error + Send + Sync + 'static)),
+}
+
+/// A `retry_if` predicate.
+#[derive(Clone)]
+pub(crate) struct RetryIf(Arc<dyn Fn(AttemptOutcome<'_>) -> bool + Send + Sync>);
+
+impl fmt::Debug for RetryIf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RetryIf(..)")
+    }
+}
+
+impl PartialEq for RetryIf {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl Default for RetryPolicy {
@@ -101,6 +146,8 @@ impl Default for RetryPolicy {
             grpc_codes: vec![14],
             max_replay_body: 64 * 1024,
             budget: Some(Budget::default()),
+            retry_non_idempotent: false,
+            retry_if: None,
         }
     }
 }
@@ -246,6 +293,71 @@ impl RetryPolicy {
         self
     }
 
+    /// Decides which outcomes are worth another try, in place of
+    /// [`statuses`](Self::statuses) and [`grpc_codes`](Self::grpc_codes)
+    /// (by default every error is). Which requests may be sent again
+    /// does not change: idempotent methods, keyed requests, and gRPC
+    /// calls on a response with a gRPC code or a connection failure.
+    /// `Retry-After` and the other hints still set the wait.
+    ///
+    /// ```
+    /// use battlement::retry::{AttemptOutcome, RetryPolicy};
+    ///
+    /// // Retry 500 too, and no error except a connection failure.
+    /// let policy = RetryPolicy::default().retry_if(|outcome| match outcome {
+    ///     AttemptOutcome::Response { status, .. } => {
+    ///         matches!(status.as_u16(), 500 | 502 | 503 | 504)
+    ///     }
+    ///     AttemptOutcome::Error(e) => e.to_string().contains("connect"),
+    ///     _ => false,
+    /// });
+    /// # let _ = policy;
+    /// ```
+    ///
+    /// With a `TowerPolicy`, tower's retry hands over errors of any type,
+    /// so the predicate sees responses only there.
+    pub fn retry_if<F>(mut self, predicate: F) -> Self
+    where
+        F: Fn(AttemptOutcome<'_>) -> bool + Send + Sync + 'static,
+    {
+        self.retry_if = Some(RetryIf(Arc::new(predicate)));
+        self
+    }
+
+    /// Retries requests that are neither idempotent nor keyed: a POST or
+    /// PATCH without an `Idempotency-Key` (off by default).
+    ///
+    /// Dangerous: a retry follows a lost response as well as a lost
+    /// request, and a lost response (a reset connection, a timeout, a
+    /// proxy's 502 or 504) often means the server *did* run the request.
+    /// Retrying it runs it again: a second order, a second payment. Turn
+    /// this on only for endpoints that are safe to repeat although their
+    /// method does not say so. For the others, give the request an
+    /// `Idempotency-Key` instead
+    /// ([`ClientStack::idempotency_keys`](crate::client::ClientStack::idempotency_keys)
+    /// adds one to each): a server that honours it (battlement's
+    /// [`IdempotencyLayer`](crate::idempotency::IdempotencyLayer)) runs it
+    /// once and replays its response to the retries.
+    pub fn retry_non_idempotent(mut self, allow: bool) -> Self {
+        self.retry_non_idempotent = allow;
+        self
+    }
+
+    /// How freely this policy sends `req` again.
+    pub(crate) fn safety<B>(&self, req: &Request<B>) -> Safety {
+        match Safety::of(req) {
+            _ if self.retry_non_idempotent => Safety::Any,
+            safety => safety,
+        }
+    }
+
+    /// Whether the predicate, if any, retries `error`.
+    pub(crate) fn retries_error(&self, error: &BoxError) -> bool {
+        self.retry_if
+            .as_ref()
+            .is_none_or(|f| (f.0)(AttemptOutcome::Error(error.as_ref())))
+    }
+
     /// Checks every value; the layer constructor calls it.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_attempts == 0 {
@@ -275,7 +387,9 @@ impl RetryPolicy {
 
     /// Whether `req` may be sent more than once: an idempotent
     /// method, an `Idempotency-Key`, or gRPC (retried only on its
-    /// configured codes and on connection failures).
+    /// configured codes and on connection failures). A policy with
+    /// [`retry_non_idempotent`](Self::retry_non_idempotent) sends any
+    /// request again.
     pub fn is_safe<B>(req: &Request<B>) -> bool {
         Safety::of(req) != Safety::Once
     }
@@ -289,10 +403,19 @@ impl RetryPolicy {
         now: SystemTime,
     ) -> Option<Option<Hint>> {
         let headers = res.headers();
-        let retry = match (GrpcCode::from_headers(headers), safety) {
-            (Some(code), _) => self.grpc_codes.contains(&code.as_i32()),
-            (None, Safety::Any) => self.statuses.contains(&res.status().as_u16()),
-            (None, _) => false,
+        let code = GrpcCode::from_headers(headers);
+        let retry = match (&self.retry_if, code, safety) {
+            (Some(f), _, _) if code.is_some() || safety == Safety::Any => {
+                (f.0)(AttemptOutcome::Response {
+                    status: res.status(),
+                    headers,
+                    grpc_code: code.map(GrpcCode::as_i32),
+                })
+            }
+            (Some(_), _, _) => false,
+            (None, Some(code), _) => self.grpc_codes.contains(&code.as_i32()),
+            (None, None, Safety::Any) => self.statuses.contains(&res.status().as_u16()),
+            (None, None, _) => false,
         };
         retry.then(|| hint(headers, now))
     }

@@ -17,6 +17,7 @@ use super::policy::{MIN_ATTEMPT, Next, RetryPolicy, Safety, Stop, describe, is_c
 use crate::BoxError;
 use crate::body::{LayerBody, Read, read_limited, read_ready};
 use crate::clock::SharedClock;
+use crate::deadline::DeadlineExceeded;
 use crate::events::{Events, RetryEvent};
 use crate::idempotency::IDEMPOTENCY_KEY;
 
@@ -116,12 +117,15 @@ enum Replay<B> {
 
 impl<B> Replay<B> {
     /// Reads a safe request's body whole, up to the limit.
-    async fn prepare(req: Request<B>, policy: &RetryPolicy) -> Result<Self, BoxError>
+    async fn prepare(
+        req: Request<B>,
+        policy: &RetryPolicy,
+        safety: Safety,
+    ) -> Result<Self, BoxError>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: fmt::Display,
     {
-        let safety = Safety::of(&req);
         // A body of unknown size is streaming: sent at once, never held
         // back. gRPC's is kept when it is all there at once (a unary call's
         // one message): a stream whose next message is not ready yet is
@@ -209,9 +213,9 @@ where
     // The deadline of the inbound request this call serves, if any: no
     // attempt outlives it, and no retry starts that would end after it.
     let inbound = crate::layers::deadline::inbound_deadline();
-    let safety = Safety::of(&req);
+    let safety = policy.safety(&req);
     let keyed = req.headers().contains_key(IDEMPOTENCY_KEY);
-    let mut replay = Replay::prepare(req, policy).await?;
+    let mut replay = Replay::prepare(req, policy, safety).await?;
     // Drawn only when a retry needs a back-off.
     let mut rng = None;
     let mut previous = Duration::ZERO;
@@ -228,9 +232,13 @@ where
             // Waiting for the service (a full buffer, a concurrency limit)
             // counts against the deadline too.
             let left = time_left(policy, shared.clock.now().saturating_sub(started), inbound);
-            within(left, ServiceExt::ready(&mut inner))
-                .await?
-                .map_err(Into::into)?;
+            match left {
+                Some(left) => tokio::time::timeout(left.time, ServiceExt::ready(&mut inner))
+                    .await
+                    .map_err(|_| left.exceeded())?,
+                None => ServiceExt::ready(&mut inner).await,
+            }
+            .map_err(Into::into)?;
         }
         let elapsed = shared.clock.now().saturating_sub(started);
         let result = send(&mut inner, req, policy, elapsed, inbound).await;
@@ -243,7 +251,7 @@ where
                     .flatten()
                 {
                     let elapsed = shared.clock.now().saturating_sub(started);
-                    if !fits(wait, time_left(policy, elapsed, inbound)) {
+                    if !fits(wait, time_left(policy, elapsed, inbound).map(|l| l.time)) {
                         emit(&shared.events, RetryEvent::GaveUp, || describe(&result));
                         return finish(result, attempt);
                     }
@@ -262,6 +270,7 @@ where
             Err(e) if safety == Safety::Unprocessed && !is_connect_error(e) => {
                 return finish(result, attempt);
             }
+            Err(e) if !policy.retries_error(e) => return finish(result, attempt),
             Err(e) => RetryPolicy::error_hint(e),
         };
         if !replay.replayable() {
@@ -322,14 +331,24 @@ where
     S::Error: Into<BoxError>,
 {
     let left = time_left(policy, elapsed, inbound);
-    if left.is_some_and(|l| l.is_zero()) {
-        return Err(AttemptTimedOut(Duration::ZERO).into());
+    if let Some(left) = left
+        && left.time.is_zero()
+    {
+        return Err(left.exceeded().into());
     }
-    let limit = match (policy.per_try_timeout, left) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    within(limit, inner.call(req)).await?.map_err(Into::into)
+    let call = inner.call(req);
+    match (policy.per_try_timeout, left) {
+        (Some(per_try), left) if left.is_none_or(|l| per_try <= l.time) => {
+            tokio::time::timeout(per_try, call)
+                .await
+                .map_err(|_| AttemptTimedOut(per_try))?
+        }
+        (_, Some(left)) => tokio::time::timeout(left.time, call)
+            .await
+            .map_err(|_| left.exceeded())?,
+        (_, None) => call.await,
+    }
+    .map_err(Into::into)
 }
 
 /// Asks for a keyed request's stored response at most this often (a
@@ -341,28 +360,46 @@ fn fits(wait: Duration, left: Option<Duration>) -> bool {
     left.is_none_or(|left| wait.saturating_add(MIN_ATTEMPT) < left)
 }
 
-/// What is left of the deadline after `elapsed`, and of the inbound
-/// request's deadline, if there is a deadline.
+/// The time left before the nearer deadline.
+#[derive(Debug, Clone, Copy)]
+struct Left {
+    time: Duration,
+    /// `retry` or `inbound`.
+    source: &'static str,
+    /// The deadline's length.
+    timeout: Duration,
+}
+
+impl Left {
+    /// The error when it passes.
+    fn exceeded(self) -> DeadlineExceeded {
+        DeadlineExceeded::client(self.timeout, self.source)
+    }
+}
+
+/// What is left of the deadline after `elapsed`, or of the inbound
+/// request's deadline when that is nearer, if there is a deadline.
 fn time_left(
     policy: &RetryPolicy,
     elapsed: Duration,
     inbound: Option<tokio::time::Instant>,
-) -> Option<Duration> {
-    let own = policy.deadline.map(|d| d.saturating_sub(elapsed));
-    let inbound = inbound.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+) -> Option<Left> {
+    let own = policy.deadline.map(|d| Left {
+        time: d.saturating_sub(elapsed),
+        source: "retry",
+        timeout: d,
+    });
+    let inbound = inbound.map(|d| {
+        let time = d.saturating_duration_since(tokio::time::Instant::now());
+        Left {
+            time,
+            source: "inbound",
+            timeout: time,
+        }
+    });
     match (own, inbound) {
-        (Some(a), Some(b)) => Some(a.min(b)),
+        (Some(a), Some(b)) => Some(if b.time < a.time { b } else { a }),
         (a, b) => a.or(b),
-    }
-}
-
-/// `fut`, bounded by `limit` when there is one.
-async fn within<F: Future>(limit: Option<Duration>, fut: F) -> Result<F::Output, AttemptTimedOut> {
-    match limit {
-        Some(limit) => tokio::time::timeout(limit, fut)
-            .await
-            .map_err(|_| AttemptTimedOut(limit)),
-        None => Ok(fut.await),
     }
 }
 

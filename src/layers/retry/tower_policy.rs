@@ -68,7 +68,7 @@ impl<B: Clone, R, E> tower::retry::Policy<Request<B>, Response<R>, E> for TowerP
         req: &mut Request<B>,
         result: &mut Result<Response<R>, E>,
     ) -> Option<Self::Future> {
-        let safety = Safety::of(req);
+        let safety = self.policy.safety(req);
         let hint = match result {
             Ok(res) => self
                 .policy
@@ -101,7 +101,7 @@ impl<B: Clone, R, E> tower::retry::Policy<Request<B>, Response<R>, E> for TowerP
                 budget.deposit();
             }
         }
-        RetryPolicy::is_safe(req).then(|| req.clone())
+        (self.policy.safety(req) != Safety::Once).then(|| req.clone())
     }
 }
 
