@@ -75,7 +75,11 @@ async fn a_failover_under_load_follows_the_failure_policy_and_runs_no_order_twic
         ("RUST_LOG", "warn"),
     ];
     let (a, b) = (Example::start("axum", &env), Example::start("axum", &env));
-    let load = Load::start(&[a.base.clone(), b.base.clone()], 6, Duration::from_millis(2));
+    let load = Load::start(
+        &[a.base.clone(), b.base.clone()],
+        6,
+        Duration::from_millis(2),
+    );
     let phase = phase();
     tokio::time::sleep(phase).await;
 
@@ -99,7 +103,11 @@ async fn a_failover_under_load_follows_the_failure_policy_and_runs_no_order_twic
     let samples = load.stop().await;
 
     let window = |from: Duration, to: Duration| {
-        Summary::of(samples.iter().filter(move |s| s.sent >= from && s.sent < to))
+        Summary::of(
+            samples
+                .iter()
+                .filter(move |s| s.sent >= from && s.sent < to),
+        )
     };
     let after = |from, to| support::load::decisions_resumed(&samples, from, to);
     println!("\nRedis Cluster failover, 2 instances, store timeout 250 ms\n{TABLE_HEADER}");
@@ -135,9 +143,15 @@ async fn a_failover_under_load_follows_the_failure_policy_and_runs_no_order_twic
     );
     // Fail-open counted exactly: one event per answer let through without
     // a decision.
-    let admitted = samples.iter().filter(|s| s.status != 0 && !s.decided).count() as u64;
+    let admitted = samples
+        .iter()
+        .filter(|s| s.status != 0 && !s.decided)
+        .count() as u64;
     let counted = events(&[&a, &b], "rate_limit", "fail_open").await;
-    assert_eq!(counted, admitted, "fail_open events vs answers without a decision");
+    assert_eq!(
+        counted, admitted,
+        "fail_open events vs answers without a decision"
+    );
     // Idempotency: both instances race on every key; none ran twice.
     let twice = support::load::executed_twice(&samples);
     assert!(twice.is_empty(), "orders executed twice: {twice:?}");
@@ -205,7 +219,10 @@ where
         }
         if started.elapsed() > Duration::from_secs(30) {
             let body = http_body_util::BodyExt::collect(res.into_body()).await;
-            panic!("no answer from the new master: {:?}", body.map(|b| b.to_bytes()));
+            panic!(
+                "no answer from the new master: {:?}",
+                body.map(|b| b.to_bytes())
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -261,16 +278,30 @@ async fn a_claim_only_the_dead_master_had_runs_again_unless_it_waited_for_a_repl
         // `wait_for_replicas`, claims need one.
         cluster.node_mut(master).restart();
         let started = Instant::now();
-        while !cluster.nodes()[master].cli(&["info", "replication"]).contains("master_link_status:up") {
-            assert!(started.elapsed() < Duration::from_secs(30), "old master not in sync");
+        while !cluster.nodes()[master]
+            .cli(&["info", "replication"])
+            .contains("master_link_status:up")
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "old master not in sync"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
         let retry = until_served(&svc, "k").await;
         if wait {
-            assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE, "not acknowledged");
+            assert_eq!(
+                first.status(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not acknowledged"
+            );
             assert_eq!(retry.status(), StatusCode::CREATED);
-            assert_eq!(runs.load(Ordering::SeqCst), 1, "ran once, after the failover");
+            assert_eq!(
+                runs.load(Ordering::SeqCst),
+                1,
+                "ran once, after the failover"
+            );
         } else {
             assert_eq!(first.status(), StatusCode::CREATED);
             assert_eq!(retry.status(), StatusCode::CREATED);
@@ -278,7 +309,11 @@ async fn a_claim_only_the_dead_master_had_runs_again_unless_it_waited_for_a_repl
                 !retry.headers().contains_key("idempotent-replayed"),
                 "the claim was lost with the master"
             );
-            assert_eq!(runs.load(Ordering::SeqCst), 2, "the window asynchronous replication leaves");
+            assert_eq!(
+                runs.load(Ordering::SeqCst),
+                2,
+                "the window asynchronous replication leaves"
+            );
         }
     }
 }

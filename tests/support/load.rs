@@ -238,19 +238,26 @@ pub fn executed_twice(samples: &[Sample]) -> Vec<u64> {
             *fresh.entry(key).or_default() += 1;
         }
     }
-    let mut twice: Vec<u64> = fresh.into_iter().filter(|(_, n)| *n > 1).map(|(k, _)| k).collect();
+    let mut twice: Vec<u64> = fresh
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(k, _)| k)
+        .collect();
     twice.sort();
     twice
 }
 
 /// From `from`, how long until the `/hello` answers are store decisions
-/// again: the end of the last undecided one sent between `from` and `to`
-/// (zero if none was).
+/// again: the answer of the first one sent between `from` and `to` that
+/// starts a run of 20 decided ones (an isolated timeout on a loaded
+/// machine afterwards does not count); `to - from` if none does.
 pub fn decisions_resumed(samples: &[Sample], from: Duration, to: Duration) -> Duration {
-    samples
+    let hello: Vec<&Sample> = samples
         .iter()
-        .filter(|s| s.route == Route::Hello && s.sent >= from && s.sent < to && !s.decided)
-        .map(|s| s.answered().saturating_sub(from))
-        .max()
-        .unwrap_or_default()
+        .filter(|s| s.route == Route::Hello && s.sent >= from && s.sent < to)
+        .collect();
+    hello
+        .windows(20)
+        .find(|run| run.iter().all(|s| s.decided))
+        .map_or(to - from, |run| run[0].answered().saturating_sub(from))
 }

@@ -19,9 +19,9 @@ mod redis;
 
 pub use etcd::EtcdServer;
 pub use example::{Example, Reply, example_binary, get, send};
+pub use fault_proxy::{Fault, FaultProxy};
 pub use harness::*;
 pub use lines::{Lines, capture_logs};
 pub use process::{Process, free_port, require_binary};
-pub use fault_proxy::{Fault, FaultProxy};
 pub use proxy::TcpProxy;
 pub use redis::{RedisCluster, RedisServer};

@@ -154,8 +154,14 @@ impl RedisCluster {
             let node = &cluster.nodes[i];
             if node.cli(&["role"]).starts_with("slave") {
                 let started = std::time::Instant::now();
-                while !node.cli(&["info", "replication"]).contains("master_link_status:up") {
-                    assert!(started.elapsed() < Duration::from_secs(20), "replica not in sync");
+                while !node
+                    .cli(&["info", "replication"])
+                    .contains("master_link_status:up")
+                {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(20),
+                        "replica not in sync"
+                    );
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
@@ -240,7 +246,10 @@ impl RedisCluster {
                     matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
                 })
         };
-        let master = rows.iter().find(serves).expect("a master serves every slot");
+        let master = rows
+            .iter()
+            .find(serves)
+            .expect("a master serves every slot");
         let replica = rows
             .iter()
             .find(|row| row[2].contains("slave") && row[3] == master[0]);

@@ -302,7 +302,9 @@ mod tests {
         assert!(zero.validate().is_err());
         let base = RedisConfig::standalone("redis://a").with_timeout(Duration::from_millis(50));
         for (replicas, ms) in [(0, 10), (1, 0), (1, 50)] {
-            let wait = base.clone().wait_for_replicas(replicas, Duration::from_millis(ms));
+            let wait = base
+                .clone()
+                .wait_for_replicas(replicas, Duration::from_millis(ms));
             assert!(wait.validate().is_err(), "{replicas} replicas, {ms} ms");
         }
         let wait = base.wait_for_replicas(1, Duration::from_millis(20));
@@ -313,7 +315,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             parsed.replica_wait(),
-            Some(ReplicaWait { replicas: 2, timeout: Duration::from_millis(20) })
+            Some(ReplicaWait {
+                replicas: 2,
+                timeout: Duration::from_millis(20)
+            })
         );
         let err = serde_json::from_str::<RedisConfig>(r#"{"urls":["redis://a"],"timeot":"1s"}"#);
         assert!(err.is_err(), "unknown fields are rejected");

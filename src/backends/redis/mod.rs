@@ -340,7 +340,10 @@ impl RedisStore {
             pipe.cmd("WAIT").arg(wait.replicas).arg(ms.max(1));
             pipe
         };
-        let (hashed, whole) = (pipeline("EVALSHA", script.get_hash()), pipeline("EVAL", code));
+        let (hashed, whole) = (
+            pipeline("EVALSHA", script.get_hash()),
+            pipeline("EVAL", code),
+        );
         let (reply, acked): (T, u32) = self
             .bounded(|mut c| async move {
                 match hashed.query_async(&mut c).await {
