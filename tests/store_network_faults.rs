@@ -276,7 +276,10 @@ async fn redis_behind_network_faults_keeps_the_timeout_policy_and_recovers() {
     );
     // A down server is probed every 100 ms, each probe bounded by the
     // timeout: decisions resume within 1 s.
-    faults_under_load("Redis", &proxy, backend, timeout, |_| Duration::from_secs(1)).await;
+    faults_under_load("Redis", &proxy, backend, timeout, |_| {
+        Duration::from_secs(1)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
