@@ -22,7 +22,7 @@ use battlement::backends::{RedisConfig, RedisStore};
 use battlement::body::LayerBody;
 use battlement::idempotency::IdempotencyLayer;
 use http::{Request, Response, StatusCode};
-use support::load::{Load, Route, Sample, Summary, TABLE_HEADER};
+use support::load::{Load, Summary, TABLE_HEADER};
 use support::{Example, RedisCluster, get};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 
@@ -128,13 +128,7 @@ async fn a_failover_under_load_follows_the_failure_policy_and_runs_no_order_twic
     // Every answer is a documented one: /hello 200 (decided, or admitted
     // by fail-open), /orders 201, 409 (its twin in flight) or 503 (the
     // claim failed: idempotency is fail-closed).
-    let undocumented: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| match s.route {
-            Route::Hello => s.status != 200,
-            Route::Orders => ![201, 409, 503].contains(&s.status),
-        })
-        .collect();
+    let undocumented = support::load::beyond_policy(&samples);
     assert!(
         undocumented.is_empty(),
         "{} answers beyond the failure policy, e.g. {:?}",
@@ -143,10 +137,7 @@ async fn a_failover_under_load_follows_the_failure_policy_and_runs_no_order_twic
     );
     // Fail-open counted exactly: one event per answer let through without
     // a decision.
-    let admitted = samples
-        .iter()
-        .filter(|s| s.status != 0 && !s.decided)
-        .count() as u64;
+    let admitted = support::load::undecided(&samples);
     let counted = events(&[&a, &b], "rate_limit", "fail_open").await;
     assert_eq!(
         counted, admitted,

@@ -208,13 +208,7 @@ async fn faults_under_load(
     }
     samples.extend(run);
 
-    let undocumented: Vec<&Sample> = samples
-        .iter()
-        .filter(|s| match s.route {
-            Route::Hello => s.status != 200,
-            Route::Orders => ![201, 409, 503].contains(&s.status),
-        })
-        .collect();
+    let undocumented = support::load::beyond_policy(&samples);
     if !undocumented.is_empty() {
         broken.push(format!(
             "{} answers beyond the failure policy, e.g. {:?}",
@@ -222,10 +216,7 @@ async fn faults_under_load(
             undocumented.first()
         ));
     }
-    let admitted = samples
-        .iter()
-        .filter(|s| s.status != 0 && !s.decided)
-        .count() as u64;
+    let admitted = support::load::undecided(&samples);
     if !eventually(Duration::from_secs(2), || {
         fail_open.load(Ordering::SeqCst) == admitted
     })

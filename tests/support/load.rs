@@ -261,3 +261,24 @@ pub fn decisions_resumed(samples: &[Sample], from: Duration, to: Duration) -> Du
         .find(|run| run.iter().all(|s| s.decided))
         .map_or(to - from, |run| run[0].answered().saturating_sub(from))
 }
+
+/// Answers beyond a fail-open rate limit and a fail-closed idempotency
+/// layer: `/hello` other than 200, `/orders` other than 201, 409 (its twin
+/// in flight) or 503 (the claim failed), transport errors.
+pub fn beyond_policy(samples: &[Sample]) -> Vec<&Sample> {
+    samples
+        .iter()
+        .filter(|s| match s.route {
+            Route::Hello => s.status != 200,
+            Route::Orders => ![201, 409, 503].contains(&s.status),
+        })
+        .collect()
+}
+
+/// Answers given without a store decision (no `RateLimit` headers).
+pub fn undecided(samples: &[Sample]) -> u64 {
+    samples
+        .iter()
+        .filter(|s| s.status != 0 && !s.decided)
+        .count() as u64
+}
