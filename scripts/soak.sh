@@ -19,6 +19,9 @@
 #   flock /tmp/cargo.lock scripts/soak.sh
 # SOAK_TIMEOUT_MS (default 50) is the Redis per-call timeout,
 # SOAK_CONNECTIONS (default 16) the number of concurrent connections.
+# Then the failover and network-fault phases (SOAK_FAULTS=0 skips them;
+# SOAK_FAILOVER_SECS, default 10, and SOAK_FAULT_MS, default 4000, set
+# their phases).
 # (Internally, `scripts/soak.sh fault PHASE` applies one phase's fault.)
 set -euo pipefail
 
@@ -181,5 +184,19 @@ soak_run fail_closed "warmup:3:warmup,steady:8:steady,redis-freeze:5:outage,redi
 # Stop Redis and etcd while their pid files are there.
 trap - EXIT
 cleanup
+
+# Redis Cluster failover and network faults: the tests that CI runs short
+# (3 s and 1.2 s phases), here with longer phases. The failover phase runs
+# two instances of the axum example on a 3-master, 3-replica cluster
+# through CLUSTER FAILOVER and a master's SIGKILL; the proxy phases put
+# latency, a bandwidth limit, resets mid-reply, a blackhole and a
+# half-open peer between the preset and Redis, then etcd. Each prints its
+# table and fails on a broken check (see the tests' docs).
+if [ "${SOAK_FAULTS:-1}" = 1 ]; then
+	echo "== Redis Cluster failover and network faults (debug test builds)"
+	FAILOVER_PHASE_SECS=${SOAK_FAILOVER_SECS:-10} FAULT_PHASE_MS=${SOAK_FAULT_MS:-4000} \
+		cargo test --quiet --all-features --test redis_failover --test store_network_faults \
+		-- --nocapture --test-threads 1 || failed=1
+fi
 if [ "$failed" = 0 ]; then echo "soak: every check held"; else echo "soak: FAILED (logs in $SOAK_DIR)"; exit 1; fi
 rm -rf "$SOAK_DIR"

@@ -51,7 +51,7 @@ pub use memory::{MemoryConfig, MemoryStore};
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "redis")]
-pub use self::redis::{RedisConfig, RedisStore};
+pub use self::redis::{RedisConfig, RedisStore, ReplicaWait};
 
 #[cfg(feature = "etcd")]
 mod etcd;

@@ -9,8 +9,10 @@
 
 mod etcd;
 mod example;
+mod fault_proxy;
 mod harness;
 mod lines;
+pub mod load;
 mod process;
 mod proxy;
 mod redis;
@@ -18,6 +20,7 @@ mod spans;
 
 pub use etcd::EtcdServer;
 pub use example::{Example, Reply, example_binary, get, send};
+pub use fault_proxy::{Fault, FaultProxy};
 pub use harness::*;
 pub use lines::{Lines, capture_logs};
 pub use process::{Process, free_port, require_binary};

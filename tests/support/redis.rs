@@ -133,22 +133,53 @@ fn ping(port: u16) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
-/// Three masters, slots split evenly, `cluster_state:ok` before use.
+/// Three masters, slots split evenly, `cluster_state:ok` before use;
+/// with [`start_with_replicas`](Self::start_with_replicas), a replica of
+/// each.
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
     pub fn start() -> Self {
+        Self::start_nodes(3, 0, "2000")
+    }
+
+    /// Three masters and three replicas, one of each master, in sync
+    /// before use. A master unreachable for 1 s is failed over to its
+    /// replica.
+    pub fn start_with_replicas() -> Self {
+        let mut cluster = Self::start_nodes(6, 1, "1000");
+        for i in 0..cluster.nodes.len() {
+            let node = &cluster.nodes[i];
+            if node.cli(&["role"]).starts_with("slave") {
+                let started = std::time::Instant::now();
+                while !node
+                    .cli(&["info", "replication"])
+                    .contains("master_link_status:up")
+                {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(20),
+                        "replica not in sync"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        cluster.wait_ok();
+        cluster
+    }
+
+    fn start_nodes(count: usize, replicas: usize, node_timeout: &str) -> Self {
         let cluster_args = [
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
             "nodes.conf",
             "--cluster-node-timeout",
-            "2000",
+            node_timeout,
         ];
-        let nodes: Vec<RedisServer> = (0..3)
+        let nodes: Vec<RedisServer> = (0..count)
             .map(|_| RedisServer::start_with(&cluster_args))
             .collect();
         let addrs: Vec<String> = nodes
@@ -159,7 +190,7 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("run redis-cli --cluster create");
         assert!(
@@ -187,6 +218,63 @@ impl RedisCluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+    }
+
+    /// The node serving `key` as master now and its replica, as the
+    /// running node `asked` sees them (`CLUSTER NODES`).
+    pub fn master_and_replica_of(&self, key: &str, asked: usize) -> (usize, Option<usize>) {
+        let node = &self.nodes[asked];
+        let slot: u16 = node
+            .cli(&["cluster", "keyslot", key])
+            .trim()
+            .parse()
+            .expect("CLUSTER KEYSLOT reply");
+        let table = node.cli(&["cluster", "nodes"]);
+        let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split(' ').collect()).collect();
+        let index_of = |row: &[&str]| {
+            let port = row[1].split(['@', ':']).nth(1).unwrap_or("");
+            self.nodes
+                .iter()
+                .position(|n| n.port.to_string() == port)
+                .expect("a node of this cluster")
+        };
+        let serves = |row: &&Vec<&str>| {
+            row[2].contains("master")
+                && !row[2].contains("fail")
+                && row[8..].iter().any(|range| {
+                    let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                    matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
+                })
+        };
+        let master = rows
+            .iter()
+            .find(serves)
+            .expect("a master serves every slot");
+        let replica = rows
+            .iter()
+            .find(|row| row[2].contains("slave") && row[3] == master[0]);
+        (index_of(master), replica.map(|r| index_of(r)))
+    }
+
+    /// The replica of the master `master` (asked of `master`).
+    pub fn replica_of(&self, master: usize) -> usize {
+        let node = &self.nodes[master];
+        let id = node.cli(&["cluster", "myid"]).trim().to_owned();
+        let table = node.cli(&["cluster", "nodes"]);
+        let port = table
+            .lines()
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .find(|row| row.len() > 3 && row[2].contains("slave") && row[3] == id)
+            .and_then(|row| row[1].split(['@', ':']).nth(1).map(str::to_owned))
+            .expect("a replica of this master");
+        self.nodes
+            .iter()
+            .position(|n| n.port.to_string() == port)
+            .expect("a node of this cluster")
+    }
+
+    pub fn node_mut(&mut self, i: usize) -> &mut RedisServer {
+        &mut self.nodes[i]
     }
 
     pub fn urls(&self) -> Vec<String> {

@@ -27,7 +27,11 @@ use lease::LeaseCache;
 /// State in etcd, shared by every process that points at the same cluster.
 ///
 /// One gRPC channel over all endpoints is shared by every clone; every call
-/// is bounded by the configured timeout (default 500 ms).
+/// is bounded by the configured timeout (default 500 ms). A connection
+/// that stops answering without closing (a half-open peer, a blackholed
+/// route) is found dead by HTTP/2 keep-alive pings, one every 10 s with 5 s
+/// for its answer: until then, up to 15 s, calls on it time out and the
+/// layers' failure policies apply; the channel then connects again.
 ///
 /// What the cluster must keep: etcd writes every claim and record to its
 /// Raft log on a quorum before it answers, so an acknowledged claim

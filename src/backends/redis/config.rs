@@ -23,6 +23,7 @@ use crate::error::StoreError;
 /// | `timeout` | bounds every call, a duration string ([`with_timeout`](Self::with_timeout)) | `"50ms"` |
 /// | `connect_timeout` | bounds connecting ([`with_connect_timeout`](Self::with_connect_timeout)) | `"2s"` |
 /// | `batch_decisions` | see [`batch_decisions`](Self::batch_decisions) | `true` |
+/// | `wait_for_replicas` | `{ replicas = 1, timeout = "20ms" }`: idempotency writes wait for replicas ([`wait_for_replicas`](Self::wait_for_replicas)) | none |
 ///
 /// ```
 /// use std::time::Duration;
@@ -82,6 +83,24 @@ pub struct RedisConfig {
     /// share one script call.
     #[serde(default = "default_batch_decisions")]
     batch_decisions: bool,
+    /// Idempotency claims and records are acknowledged only once this
+    /// many replicas have them (`WAIT`).
+    #[serde(default)]
+    wait_for_replicas: Option<ReplicaWait>,
+}
+
+/// How many replicas must have an idempotency write before it counts, and
+/// how long to wait for them ([`RedisConfig::wait_for_replicas`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaWait {
+    /// Replicas that must acknowledge the write (at least 1).
+    pub replicas: u32,
+    /// How long `WAIT` waits for them (above zero, below the per-call
+    /// timeout).
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub timeout: Duration,
 }
 
 fn default_batch_decisions() -> bool {
@@ -110,6 +129,7 @@ impl RedisConfig {
             timeout: default_timeout(),
             connect_timeout: default_connect_timeout(),
             batch_decisions: default_batch_decisions(),
+            wait_for_replicas: None,
         }
     }
 
@@ -154,6 +174,38 @@ impl RedisConfig {
     pub fn batch_decisions(mut self, on: bool) -> Self {
         self.batch_decisions = on;
         self
+    }
+
+    /// Acknowledges an idempotency claim only once `replicas` replicas of
+    /// its master have it: each claim and stored response is followed by
+    /// `WAIT replicas timeout` on the same connection. A claim fewer
+    /// replicas confirmed within `timeout` is given back and fails, so the
+    /// layer's failure policy applies (503 by default) and the client's
+    /// retry runs the request; a stored response is kept either way (the
+    /// request ran), with a warning. Without it, replication is asynchronous: a
+    /// master that acknowledged a claim and fails before its replica has
+    /// it loses the claim at failover, and the key runs twice. `timeout`
+    /// must be below the per-call timeout, which bounds the write and its
+    /// wait together. Rate-limit and breaker state never wait. Serde:
+    /// `wait_for_replicas = { replicas = 1, timeout = "20ms" }`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use battlement::backends::RedisConfig;
+    ///
+    /// let config = RedisConfig::cluster(["redis://10.0.0.1:7000"])
+    ///     .with_timeout(Duration::from_millis(100))
+    ///     .wait_for_replicas(1, Duration::from_millis(50));
+    /// assert_eq!(config.replica_wait().map(|w| w.replicas), Some(1));
+    /// ```
+    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait_for_replicas = Some(ReplicaWait { replicas, timeout });
+        self
+    }
+
+    /// The replicas idempotency writes wait for, if set.
+    pub fn replica_wait(&self) -> Option<ReplicaWait> {
+        self.wait_for_replicas
     }
 
     /// Whether rate-limit decisions are batched (see
@@ -201,6 +253,15 @@ impl RedisConfig {
                 "redis: timeouts must be above zero".into(),
             ));
         }
+        if let Some(wait) = self.wait_for_replicas
+            && (wait.replicas == 0 || wait.timeout.is_zero() || wait.timeout >= self.timeout)
+        {
+            return Err(StoreError::Config(
+                "redis: wait_for_replicas needs at least 1 replica and a timeout above zero \
+                 and below the per-call timeout"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -215,6 +276,7 @@ impl fmt::Debug for RedisConfig {
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("batch_decisions", &self.batch_decisions)
+            .field("wait_for_replicas", &self.wait_for_replicas)
             .finish()
     }
 }
@@ -238,6 +300,26 @@ mod tests {
         assert!(two.validate().is_err());
         let zero = RedisConfig::standalone("redis://a").with_timeout(Duration::ZERO);
         assert!(zero.validate().is_err());
+        let base = RedisConfig::standalone("redis://a").with_timeout(Duration::from_millis(50));
+        for (replicas, ms) in [(0, 10), (1, 0), (1, 50)] {
+            let wait = base
+                .clone()
+                .wait_for_replicas(replicas, Duration::from_millis(ms));
+            assert!(wait.validate().is_err(), "{replicas} replicas, {ms} ms");
+        }
+        let wait = base.wait_for_replicas(1, Duration::from_millis(20));
+        assert!(wait.validate().is_ok());
+        let parsed: RedisConfig = serde_json::from_str(
+            r#"{"urls":["redis://a"],"wait_for_replicas":{"replicas":2,"timeout":"20ms"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            parsed.replica_wait(),
+            Some(ReplicaWait {
+                replicas: 2,
+                timeout: Duration::from_millis(20)
+            })
+        );
         let err = serde_json::from_str::<RedisConfig>(r#"{"urls":["redis://a"],"timeot":"1s"}"#);
         assert!(err.is_err(), "unknown fields are rejected");
     }

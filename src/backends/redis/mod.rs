@@ -30,10 +30,11 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{
-    Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, ScriptInvocation, Value,
+    Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, Script,
+    ScriptInvocation, ServerErrorKind, Value,
 };
 
-pub use config::RedisConfig;
+pub use config::{RedisConfig, ReplicaWait};
 use decision_queue::DecisionQueue;
 use gate::Gate;
 
@@ -69,8 +70,21 @@ use crate::error::StoreError;
 ///   a replayed key runs again. The first idempotency claim warns when
 ///   `appendonly` is off.
 /// - **Replication is asynchronous.** A master that acknowledged a claim
-///   and failed before its replica had it loses it at failover; the key
-///   can then run twice. `min-replicas-to-write` narrows the window.
+///   (or a stored response) and failed before its replica had it loses it
+///   at failover; the key can then run twice. Replicas usually trail by
+///   well under a millisecond, so the window is the last writes before
+///   the crash, but it is real: with the replica behind, the test suite
+///   makes the same key run twice across a failover.
+///   [`RedisConfig::wait_for_replicas`] closes it for idempotency: each
+///   claim and record waits (`WAIT`) until a replica has it, and one no
+///   replica confirmed in time fails the request (503) instead of being
+///   acknowledged. `min-replicas-to-write N` with `min-replicas-max-lag`
+///   on the server narrows it for every write (a master refuses writes
+///   while fewer replicas are connected and recent) without closing it:
+///   the lag it allows can still be lost. Rate-limit state lost this way
+///   costs at most the charges of the last moments before the crash (a
+///   few over-admissions on the keys of that master's slots); breaker
+///   state, a transition seen again.
 ///
 /// # Several policies
 ///
@@ -295,6 +309,52 @@ impl RedisStore {
     ) -> Result<T, StoreError> {
         self.bounded(|mut c| async move { script.invoke_async(&mut c).await })
             .await
+    }
+
+    /// Runs the script `code` (whose `EVALSHA` hash is `script`'s) on
+    /// `key` with `args`, with the per-call timeout. With
+    /// [`wait_for_replicas`](RedisConfig::wait_for_replicas) set, a `WAIT`
+    /// follows it in one pipeline, on the connection of `key`'s master;
+    /// returns the script's reply and whether enough replicas have it.
+    pub(crate) async fn invoke_replicated<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        code: &'static str,
+        key: &str,
+        args: &[Vec<u8>],
+    ) -> Result<(T, bool), StoreError> {
+        let Some(wait) = self.inner.config.replica_wait() else {
+            let mut invocation = script.key(key);
+            for arg in args {
+                invocation.arg(arg.as_slice());
+            }
+            return Ok((self.invoke(&invocation).await?, true));
+        };
+        let pipeline = |eval: &str, script: &str| {
+            let mut pipe = redis::pipe();
+            pipe.cmd(eval).arg(script).arg(1).arg(key);
+            for arg in args {
+                pipe.arg(arg.as_slice());
+            }
+            let ms = u64::try_from(wait.timeout.as_millis()).unwrap_or(u64::MAX);
+            pipe.cmd("WAIT").arg(wait.replicas).arg(ms.max(1));
+            pipe
+        };
+        let (hashed, whole) = (
+            pipeline("EVALSHA", script.get_hash()),
+            pipeline("EVAL", code),
+        );
+        let (reply, acked): (T, u32) = self
+            .bounded(|mut c| async move {
+                match hashed.query_async(&mut c).await {
+                    Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                        whole.query_async(&mut c).await
+                    }
+                    other => other,
+                }
+            })
+            .await?;
+        Ok((reply, acked >= wait.replicas))
     }
 
     /// Runs `cmd` with the per-call timeout.
