@@ -7,6 +7,12 @@
 # processes on free loopback ports, and check /metrics with promtool; under
 # CI a missing tool FAILS them.
 #
+# The loom models of the rate-limit cell and the lease table run under
+# `--cfg battlement_loom` in their own target dir (target/loom), with at
+# most LOOM_MAX_PREEMPTIONS (default 2) preemptions per interleaving.
+# Each cargo-fuzz target (fuzz/, nightly) runs FUZZ_SECONDS (default 10)
+# from its seed corpus; scripts/fuzz.sh runs them longer.
+#
 # Then the W3C Trace Context test suite (../shared/conformance/
 # w3c-trace-context, python3 with venv; it installs aiohttp from PyPI) runs
 # against `examples/w3c`: every case must pass. The suite lives beside the
@@ -55,6 +61,12 @@ cargo clippy --lib --no-default-features --features otlp-http -- -D warnings
 cargo clippy --lib --no-default-features --features otlp-grpc -- -D warnings
 echo "== doc";    RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 echo "== test";   cargo test --all-features --all-targets
+echo "== loom"
+RUSTFLAGS="--cfg battlement_loom" LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-2}" \
+    CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/loom" \
+    cargo test --release --lib --no-default-features loom
+echo "== fuzz"
+SANITIZER=none FUZZ_TARGET_DIR="$(realpath -m "${CARGO_TARGET_DIR:-target}")/fuzz" scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
 echo "== w3c trace context"
 if [ -e "$w3c_suite" ]; then
     cargo build --all-features --example w3c

@@ -50,6 +50,9 @@ pub use memory::{MemoryConfig, MemoryStore};
 
 #[cfg(feature = "redis")]
 mod redis;
+/// The decision a Redis rate-limit script's reply stands for.
+#[cfg(all(feature = "redis", any(fuzzing, test)))]
+pub(crate) use redis::script_decision as redis_script_decision;
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisConfig, RedisStore};
 
