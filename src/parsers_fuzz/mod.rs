@@ -323,7 +323,8 @@ pub fn breaker_reply(data: &[u8]) {
 /// The config documents: a rate-limit document read is written as the
 /// documented table and read the same; a breaker document read is written
 /// whole and read the same; a stack config (TOML, or JSON when it opens
-/// with `{`) read is validated.
+/// with `{`) is read, its access log built and its health settings checked,
+/// without a panic.
 pub fn config(data: &[u8]) {
     use crate::reload::document;
     if let Ok((quota, _)) = document::quota(data) {
@@ -349,6 +350,7 @@ pub fn config(data: &[u8]) {
         crate::stack::StackConfig::from_toml(text)
     };
     if let Ok(config) = parsed {
-        let _ = config.validate();
+        let _ = config.access_log.access_log();
+        let _ = config.health.validate();
     }
 }
