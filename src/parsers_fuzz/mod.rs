@@ -284,8 +284,9 @@ pub fn idempotency_record(data: &[u8]) {
 
 /// A stored rate-limit state (etcd's text form): one read is written back
 /// and read the same. On Redis the script answers a debt: with the first
-/// 8 bytes as that debt, a non-negative one admits (leaving no more than
-/// the burst), a negative one denies (leaving nothing).
+/// 8 bytes as that debt, a non-negative one admits and a negative one
+/// denies, leaving no more than the burst, with a retry-after unless the
+/// cost is above the burst.
 pub fn rate_limit_reply(data: &[u8]) {
     if let Some(state) = GcraState::decode(&String::from_utf8_lossy(data)) {
         assert_eq!(GcraState::decode(&state.encode()), Some(state));
@@ -300,9 +301,14 @@ pub fn rate_limit_reply(data: &[u8]) {
         let cost = u64::from(word[9]);
         let decision = crate::backends::redis_script_decision(&quota, cost, debt);
         assert_eq!(decision.is_allowed(), debt >= 0, "{debt}: {decision:?}");
-        assert!(decision.remaining() <= quota.burst(), "{debt}: {decision:?}");
-        if debt < 0 {
-            assert_eq!(decision.remaining(), 0, "{debt}: {decision:?}");
+        assert!(
+            decision.remaining() <= quota.burst(),
+            "{debt}: {decision:?}"
+        );
+        if !decision.is_allowed() {
+            // Only a cost above the burst is told never to come back.
+            let never = decision.retry_after().is_none();
+            assert_eq!(never, cost > quota.burst(), "{debt}: {decision:?}");
         }
     }
 }

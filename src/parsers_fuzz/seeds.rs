@@ -28,6 +28,8 @@ fn every_seed_keeps_its_targets_property() {
         }
         assert!(seeds >= 3, "{name}: {seeds} seeds");
     }
-    let targets = std::fs::read_dir(fuzz.join("fuzz_targets")).unwrap().count();
+    let targets = std::fs::read_dir(fuzz.join("fuzz_targets"))
+        .unwrap()
+        .count();
     assert_eq!(targets, TARGETS.len(), "a fuzz target without a check here");
 }
