@@ -9,7 +9,7 @@
 #
 # The loom models of the rate-limit cell and the lease table run under
 # `--cfg battlement_loom` in their own target dir (target/loom), with at
-# most LOOM_MAX_PREEMPTIONS (default 2) preemptions per interleaving.
+# most LOOM_MAX_PREEMPTIONS (default 3) preemptions per interleaving.
 # Each cargo-fuzz target (fuzz/, nightly) runs FUZZ_SECONDS (default 10)
 # from its seed corpus; scripts/fuzz.sh runs them longer.
 #
@@ -62,7 +62,7 @@ cargo clippy --lib --no-default-features --features otlp-grpc -- -D warnings
 echo "== doc";    RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features
 echo "== test";   cargo test --all-features --all-targets
 echo "== loom"
-RUSTFLAGS="--cfg battlement_loom" LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-2}" \
+RUSTFLAGS="--cfg battlement_loom" LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" \
     CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/loom" \
     cargo test --release --lib --no-default-features loom
 echo "== fuzz"

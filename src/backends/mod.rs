@@ -50,11 +50,11 @@ pub use memory::{MemoryConfig, MemoryStore};
 
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisConfig, RedisStore};
 /// The decision a Redis rate-limit script's reply stands for.
 #[cfg(all(feature = "redis", any(fuzzing, test)))]
 pub(crate) use redis::script_decision as redis_script_decision;
-#[cfg(feature = "redis")]
-pub use self::redis::{RedisConfig, RedisStore};
 
 #[cfg(feature = "etcd")]
 mod etcd;

@@ -113,7 +113,11 @@ pub fn trace_context(data: &[u8]) {
     // The SDK's baggage propagator percent-decodes keys as it reads them
     // but writes them as they are: a key with `%` is not carried
     // unchanged, so only the others are compared.
-    for (key, (value, _)) in cx.baggage().iter().filter(|(k, _)| !k.contains('%')) {
+    for (key, (value, _)) in cx
+        .baggage()
+        .iter()
+        .filter(|(k, _)| !k.as_str().contains('%'))
+    {
         assert_eq!(
             back.baggage().get(key.as_str()),
             Some(value),
