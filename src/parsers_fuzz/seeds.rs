@@ -2,8 +2,11 @@
 
 use std::path::Path;
 
+/// A target's check of one input.
+type Check = fn(&[u8]);
+
 /// The fuzz targets (`fuzz/fuzz_targets/<name>.rs`) and their checks.
-const TARGETS: [(&str, fn(&[u8])); 9] = [
+const TARGETS: [(&str, Check); 9] = [
     ("trace_context", super::trace_context),
     ("forwarded", super::forwarded),
     ("idempotency_key", super::idempotency_key),
