@@ -7,6 +7,12 @@
 # processes on free loopback ports, and check /metrics with promtool; under
 # CI a missing tool FAILS them.
 #
+# The loom models of the rate-limit cell and the lease table run under
+# `--cfg battlement_loom` in their own target dir (target/loom), with at
+# most LOOM_MAX_PREEMPTIONS (default 3) preemptions per interleaving.
+# Each cargo-fuzz target (fuzz/, nightly) runs FUZZ_SECONDS (default 10)
+# from its seed corpus; scripts/fuzz.sh runs them longer.
+#
 # Then the W3C Trace Context test suite (../shared/conformance/
 # w3c-trace-context, python3 with venv; it installs aiohttp from PyPI) runs
 # against `examples/w3c`: every case must pass. The suite lives beside the
@@ -58,6 +64,12 @@ echo "== alert rules"
 promtool check rules ops/prometheus-rules.yml
 (cd ops && promtool test rules prometheus-rules.test.yml)
 echo "== test";   cargo test --all-features --all-targets
+echo "== loom"
+RUSTFLAGS="--cfg battlement_loom" LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}" \
+    CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}/loom" \
+    cargo test --release --lib --no-default-features loom
+echo "== fuzz"
+SANITIZER=none FUZZ_TARGET_DIR="$(realpath -m "${CARGO_TARGET_DIR:-target}")/fuzz" scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
 echo "== w3c trace context"
 if [ -e "$w3c_suite" ]; then
     cargo build --all-features --example w3c

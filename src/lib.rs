@@ -18,11 +18,13 @@ pub mod layers;
 pub mod reject;
 pub mod reload;
 pub mod stack;
+mod sync;
 #[cfg(any(feature = "prometheus", feature = "_otlp"))]
 pub mod telemetry;
 
-#[cfg(all(test, feature = "prometheus"))]
-mod parsers_fuzz;
+#[cfg(all(any(test, fuzzing), feature = "prometheus"))]
+#[doc(hidden)]
+pub mod parsers_fuzz;
 
 pub use error::{BoxError, ConfigError, FailurePolicy, StoreError};
 

@@ -52,6 +52,9 @@ pub use memory::{MemoryConfig, MemoryStore};
 mod redis;
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisConfig, RedisStore, ReplicaWait};
+/// The decision a Redis rate-limit script's reply stands for.
+#[cfg(all(feature = "redis", any(fuzzing, test)))]
+pub(crate) use redis::script_decision as redis_script_decision;
 
 #[cfg(feature = "etcd")]
 mod etcd;

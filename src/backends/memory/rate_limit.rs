@@ -17,13 +17,12 @@
 
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
-use portable_atomic::AtomicU128;
 
 use super::MemoryStore;
 use crate::error::StoreError;
@@ -31,6 +30,8 @@ use crate::events::{Events, RateLimitEvent};
 use crate::layers::rate_limit::gcra::{self, GcraState};
 use crate::layers::rate_limit::store::{Charge, write_state_id};
 use crate::layers::rate_limit::{Decision, Quota, RateLimitStore};
+// The cell's atomics are loom's under `--cfg battlement_loom` (see `loom_models`).
+use crate::sync::{AtomicU64, AtomicU128, Ordering, yield_now};
 
 /// How often idle keys are evicted.
 pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -150,7 +151,7 @@ impl Cell {
         loop {
             let period = self.period.load(Ordering::Acquire);
             if period == REQUOTING {
-                std::thread::yield_now();
+                yield_now();
                 continue;
             }
             let rate = self.rate.load(Ordering::Acquire);
@@ -686,6 +687,9 @@ impl RateLimitStore for MemoryStore {
         self.decide_all_at_once(charges)
     }
 }
+
+#[cfg(all(test, battlement_loom))]
+mod loom_models;
 
 #[cfg(test)]
 mod tests {

@@ -19,6 +19,9 @@ mod gate;
 mod idempotency;
 mod rate_limit;
 
+#[cfg(any(fuzzing, test))]
+pub(crate) use rate_limit::decision as script_decision;
+
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -346,7 +346,7 @@ impl RateLimitStore for RedisStore {
 
 /// The decision the script's `debt` stands for: allowed (or spending
 /// nothing) when `debt >= 0`, denied with `-1 - debt` outstanding otherwise.
-fn decision(quota: &Quota, cost: u64, debt: i64) -> Decision {
+pub(crate) fn decision(quota: &Quota, cost: u64, debt: i64) -> Decision {
     match u64::try_from(debt) {
         Ok(after) => gcra::allowed(quota, after),
         Err(_) => gcra::denied(quota, cost, debt.unsigned_abs() - 1),

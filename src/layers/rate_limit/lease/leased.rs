@@ -382,6 +382,24 @@ impl<S: RateLimitStore> Shared<S> {
     }
 }
 
+#[cfg(all(test, battlement_loom))]
+impl<S: RateLimitStore> Leased<S> {
+    /// The sweeper's pass at `now`, its give-backs made.
+    pub(super) async fn sweep_at(&self, now: Instant) {
+        let expired = self.shared.sweep(now);
+        give_back_all(&self.shared.store, expired).await;
+    }
+
+    /// Keys whose refill flag is set.
+    pub(super) fn refilling(&self) -> usize {
+        self.shared
+            .entries
+            .iter()
+            .filter(|e| e.is_refilling())
+            .count()
+    }
+}
+
 /// Gives every expired lease back, concurrently. A failed give-back loses
 /// nothing but time: those units drain on the store at the quota's rate.
 async fn give_back_all<S: RateLimitStore>(store: &S, expired: Expired) {

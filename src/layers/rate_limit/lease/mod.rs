@@ -103,5 +103,7 @@ pub use leased::Leased;
 pub use mode::SyncMode;
 pub use settings::LeaseSettings;
 
+#[cfg(all(test, battlement_loom))]
+mod loom_models;
 #[cfg(test)]
 mod tests;
