@@ -28,8 +28,8 @@ use battlement::trace::TraceLayer;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http_body_util::BodyExt;
 use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
-use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanProcessor};
 use tower::{ServiceBuilder, ServiceExt};
 use tracing_subscriber::Layer as _;
@@ -62,14 +62,24 @@ struct Live {
 impl Live {
     /// Sends one request to `app` and checks that it ended `spans` spans
     /// and recorded a `http.server.request.duration` point when `metrics`.
-    fn check(&self, rt: &tokio::runtime::Runtime, name: &str, app: &Router, spans: usize, metrics: bool) {
+    fn check(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        name: &str,
+        app: &Router,
+        spans: usize,
+        metrics: bool,
+    ) {
         let before = self.ended.0.load(Ordering::Relaxed);
         rt.block_on(send(app.clone()));
         let ended = self.ended.0.load(Ordering::Relaxed) - before;
         assert_eq!(ended, spans, "{name}: spans ended per request");
         self.metrics.reset();
         self.meters.force_flush().unwrap_or_else(|e| panic!("{e}"));
-        let exported = self.metrics.get_finished_metrics().unwrap_or_else(|e| panic!("{e}"));
+        let exported = self
+            .metrics
+            .get_finished_metrics()
+            .unwrap_or_else(|e| panic!("{e}"));
         let recorded = exported.iter().any(|rm| {
             rm.scope_metrics()
                 .flat_map(|sm| sm.metrics())
@@ -117,9 +127,12 @@ fn request(c: &mut Criterion) {
         .build();
     opentelemetry::global::set_tracer_provider(tracers.clone());
     opentelemetry::global::set_meter_provider(meters.clone());
-    let logs = tracing_subscriber::fmt::layer().with_filter(tracing_subscriber::EnvFilter::new("warn"));
+    let logs =
+        tracing_subscriber::fmt::layer().with_filter(tracing_subscriber::EnvFilter::new("warn"));
     let subscriber = tracing_subscriber::registry()
-        .with(battlement::telemetry::tracing_layer(tracers.tracer("bench")))
+        .with(battlement::telemetry::tracing_layer(
+            tracers.tracer("bench"),
+        ))
         .with(logs);
     tracing::subscriber::set_global_default(subscriber).unwrap_or_else(|e| panic!("{e}"));
     let live = Live {

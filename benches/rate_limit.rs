@@ -90,7 +90,8 @@ fn request(ip: IpAddr) -> Request<String> {
     // Where each layer reads the peer in production: tower_governor's
     // `PeerIpKeyExtractor` takes axum's `ConnectInfo` (and only that),
     // battlement its `PeerAddr`.
-    req.extensions_mut().insert(axum::extract::ConnectInfo(addr));
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(addr));
     req.extensions_mut().insert(PeerAddr(addr));
     req
 }
@@ -167,7 +168,13 @@ fn layer(c: &mut Criterion) {
             .layer(RateLimitLayer::new(MemoryStore::new()).policy(policy.clone()))
             .service(noop())
     });
-    bench_layer(c, &rt, "battlement-memory", limited, &["ratelimit", "ratelimit-policy"]);
+    bench_layer(
+        c,
+        &rt,
+        "battlement-memory",
+        limited,
+        &["ratelimit", "ratelimit-policy"],
+    );
     // The same decisions in shadow mode, which renders no headers: the
     // layer's floor without the `RateLimit` headers tower_governor does not
     // send.

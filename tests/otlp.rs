@@ -350,13 +350,20 @@ async fn the_example_exports_to(endpoint: &str, protocol: &str, received: &Recei
         .iter()
         .find(|(_, name, ..)| name == "load item")
         .expect("the handler's span");
-    assert_eq!(parent, &server_span, "the handler's span is the server span's child");
+    assert_eq!(
+        parent, &server_span,
+        "the handler's span is the server span's child"
+    );
     let messages = received.messages.lock().unwrap().clone();
     let loaded = messages
         .iter()
         .find(|(.., body)| body == "item loaded")
         .expect("the handler's log record");
-    assert_eq!((&loaded.0, &loaded.1), (&trace.to_owned(), handler_span), "{loaded:?}");
+    assert_eq!(
+        (&loaded.0, &loaded.1),
+        (&trace.to_owned(), handler_span),
+        "{loaded:?}"
+    );
 
     // As the semantic conventions type them: numbers are ints, and the
     // request id is recorded once.

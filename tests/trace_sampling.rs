@@ -98,7 +98,9 @@ async fn work() -> String {
 fn app(sampler: HeadSampler) -> Router {
     Router::new()
         .route("/work", get(work))
-        .layer(support::traced(TraceLayer::server().head_sampler(Some(sampler))))
+        .layer(support::traced(
+            TraceLayer::server().head_sampler(Some(sampler)),
+        ))
         .layer(RequestIdLayer::new().span(false))
 }
 

@@ -58,7 +58,10 @@ impl BodyObserver for OpenSpan {
             return;
         }
         let span = self.request.cx.span();
-        span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code.as_i32())));
+        span.set_attribute(KeyValue::new(
+            "rpc.grpc.status_code",
+            i64::from(code.as_i32()),
+        ));
         if code != GrpcCode::Ok && (!self.server || code.is_server_error()) {
             let code = code.as_i32();
             span.set_status(Status::error(format!("grpc-status {code}")));

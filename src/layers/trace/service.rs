@@ -271,9 +271,16 @@ fn client_span<B>(
         attributes.push(KeyValue::new("server.port", i64::from(port)));
     }
     if let Some(resend) = req.extensions().get::<ResendCount>() {
-        attributes.push(KeyValue::new("http.request.resend_count", i64::from(resend.0)));
+        attributes.push(KeyValue::new(
+            "http.request.resend_count",
+            i64::from(resend.0),
+        ));
     }
-    let id = req.extensions().get::<RequestId>().cloned().or_else(RequestId::current);
+    let id = req
+        .extensions()
+        .get::<RequestId>()
+        .cloned()
+        .or_else(RequestId::current);
     if let Some(id) = id {
         attributes.push(KeyValue::new("request.id", id.as_str().to_owned()));
     }
@@ -458,7 +465,10 @@ fn record_response<B>(span: &SpanRef<'_>, res: &Response<B>, client: bool) {
     }
     let error = status.is_server_error() || (client && status.is_client_error());
     if error {
-        span.set_attributes([code, KeyValue::new("error.type", status.as_str().to_owned())]);
+        span.set_attributes([
+            code,
+            KeyValue::new("error.type", status.as_str().to_owned()),
+        ]);
         span.set_status(Status::error(""));
     } else {
         span.set_attribute(code);
