@@ -3,6 +3,8 @@
 //! as a plain tower layer in front of a hyper server.
 #![cfg(feature = "axum")]
 
+mod support;
+
 use axum::Router;
 use axum::body::Body;
 use axum::routing::{get, post};
@@ -12,10 +14,8 @@ use battlement::stack::{self, StackConfig};
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use opentelemetry::trace::{SpanKind, TracerProvider as _};
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use opentelemetry::trace::SpanKind;
 use tower::{Layer, ServiceExt};
-use tracing_subscriber::layer::SubscriberExt;
 
 /// Sends `req` from a client at 192.0.2.1.
 async fn call(app: &Router, req: Request<Body>) -> (StatusCode, HeaderMap, String) {
@@ -67,26 +67,6 @@ async fn the_request_id_section_sets_the_header_and_the_trust() {
     assert!(err.contains("request_id.header"), "{err}");
 }
 
-/// The names of the server spans finished while `run` ran.
-async fn server_spans<F: std::future::Future<Output = ()>>(run: F) -> Vec<String> {
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-    let guard = tracing::subscriber::set_default(subscriber);
-    run.await;
-    drop(guard);
-    exporter
-        .get_finished_spans()
-        .unwrap()
-        .into_iter()
-        .filter(|s| s.span_kind == SpanKind::Server)
-        .map(|s| s.name.into_owned())
-        .collect()
-}
-
 #[tokio::test]
 async fn span_names_and_untraced_paths_come_from_the_trace_section() {
     let config = StackConfig::from_toml(
@@ -105,19 +85,31 @@ async fn span_names_and_untraced_paths_come_from_the_trace_section() {
             .route("/internal/{job}", get(|| async { "job" }))
             .route("/favicon.ico", get(|| async { "icon" })),
     );
-    let names = server_spans(async {
-        for path in [
-            "/hello",
-            "/admin/users",
-            "/internal/jobs",
-            "/favicon.ico",
-            "/livez",
-        ] {
-            let (status, _, _) = call(&app, get_req(path)).await;
-            assert_eq!(status, 200, "{path}");
-        }
-    })
-    .await;
+    // The preset's trace layer takes the global provider; the requests
+    // carry a trace of their own to find their spans by.
+    let global = support::global_spans();
+    let trace_id = opentelemetry::trace::TraceId::from(0x5eed_u128 << 64 | 0xcafe);
+    for path in [
+        "/hello",
+        "/admin/users",
+        "/internal/jobs",
+        "/favicon.ico",
+        "/livez",
+    ] {
+        let mut req = get_req(path);
+        let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+        req.headers_mut()
+            .insert("traceparent", traceparent.parse().unwrap());
+        let (status, _, _) = call(&app, req).await;
+        assert_eq!(status, 200, "{path}");
+    }
+    let mut spans = support::spans_in(&global, trace_id);
+    spans.sort_by_key(|s| s.start_time);
+    let names: Vec<_> = spans
+        .iter()
+        .filter(|s| s.span_kind == SpanKind::Server)
+        .map(|s| s.name.as_ref())
+        .collect();
     assert_eq!(names, ["GET /hello", "admin"]);
 
     // A pattern with a `*` inside is refused when read.
