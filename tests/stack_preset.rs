@@ -239,16 +239,12 @@ async fn without_a_hook_rejections_and_handler_problems_are_problem_json() {
     assert_eq!(doc["title"], "Teapot");
 }
 
-/// The preset as a plain tower layer in front of a hyper server, with no
-/// axum in the path: the request id, the health probes, the rate limit
-/// and the shaped rejections.
+/// The preset as a plain tower layer around a tower service, with no axum
+/// in the path: the request id, the health probes, the rate limit and the
+/// shaped rejections.
 #[tokio::test]
-async fn the_plain_layer_serves_a_hyper_server() {
+async fn the_plain_layer_wraps_any_tower_service() {
     use battlement::body::LayerBody;
-    use hyper::body::Incoming;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use hyper_util::server::conn::auto;
-    use hyper_util::service::TowerToHyperService;
 
     let config = StackConfig::from_toml(
         r#"
@@ -268,43 +264,25 @@ async fn the_plain_layer_serves_a_hyper_server() {
                 format!("refused: {}", problem.title()),
             ))
         });
-    let layer = server.layer();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                return;
-            };
-            let handler = tower::service_fn(|req: Request<LayerBody<Incoming>>| async move {
-                let path = req.uri().path().to_owned();
-                Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(
-                    format!("hello from {path}"),
-                ))))
-            });
-            let svc = layer.layer(handler);
-            // The peer the per-ip policy keys by.
-            let svc = tower::ServiceBuilder::new()
-                .map_request(move |mut req: Request<Incoming>| {
-                    req.extensions_mut().insert(PeerAddr(peer));
-                    req
-                })
-                .service(svc);
-            tokio::spawn(async move {
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc))
-                    .await;
-            });
-        }
+    let handler = tower::service_fn(|req: Request<LayerBody<Full<Bytes>>>| async move {
+        let path = req.uri().path().to_owned();
+        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(format!(
+            "hello from {path}"
+        )))))
     });
-
-    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .build_http::<Full<Bytes>>();
+    let svc = tower::util::BoxCloneService::new(server.layer().layer(handler).map_response(
+        |res: http::Response<_>| {
+            res.map(|body| http_body_util::BodyExt::map_err(body, |e| e.to_string()).boxed())
+        },
+    ));
     let get = |path: &str| {
-        let client = client.clone();
-        let uri: http::Uri = format!("http://{addr}{path}").parse().unwrap();
+        let mut req = Request::get(path).body(Full::<Bytes>::default()).unwrap();
+        // The peer the per-ip policy keys by.
+        req.extensions_mut()
+            .insert(PeerAddr("192.0.2.1:4000".parse().unwrap()));
+        let svc = svc.clone();
         async move {
-            let res = client.get(uri).await.unwrap();
+            let res = svc.oneshot(req).await.unwrap();
             let (parts, body) = res.into_parts();
             let body = body.collect().await.unwrap().to_bytes();
             (

@@ -29,7 +29,9 @@ pub fn traced(layer: TraceLayer) -> TraceLayer {
 
 /// The exporter of the global tracer provider, set once for the test
 /// binary: for presets, whose trace layers take the global provider.
-/// Tests share it, so each finds its spans by trace id ([`spans_in`]).
+/// Tests share it, so each finds its spans by trace id ([`spans_in`]),
+/// which their requests carry in a `traceparent` (the W3C propagator is
+/// set too).
 pub fn global_spans() -> InMemorySpanExporter {
     static EXPORTER: OnceLock<InMemorySpanExporter> = OnceLock::new();
     EXPORTER
@@ -39,6 +41,9 @@ pub fn global_spans() -> InMemorySpanExporter {
                 .with_simple_exporter(exporter.clone())
                 .build();
             opentelemetry::global::set_tracer_provider(provider);
+            opentelemetry::global::set_text_map_propagator(
+                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+            );
             exporter
         })
         .clone()
