@@ -110,7 +110,7 @@ pub trait ServiceBuilderExt<L>: Sized {
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     fn with_request_id(self) -> ServiceBuilder<Stack<RequestIdLayer, L>> {
-        self.layer(RequestIdLayer::new().span(false))
+        self.layer(RequestIdLayer::new())
     }
 
     fn with_server_trace(self) -> ServiceBuilder<Stack<TraceLayer, L>> {

@@ -139,7 +139,7 @@ pub async fn server(config: &StackConfig) -> Result<ServerStack, StackError> {
         settings: config.health.clone(),
         // The request id's own span only without the trace span (which is
         // then the root and records the id).
-        request_id: config.request_id.layer(!config.trace.enabled)?,
+        request_id: config.request_id.layer()?,
         trace: config.trace.layer(access_log),
         metrics: config.metrics.layer(),
         rate_limit,

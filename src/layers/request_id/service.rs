@@ -65,6 +65,7 @@ where
             }
         };
         req.extensions_mut().insert(id.clone());
+        tracing::Span::current().record("request.id", id.as_str());
         let span = if self.layer.span {
             tracing::info_span!(target: REQUEST_SPAN_TARGET, "request", request_id = %id)
         } else {

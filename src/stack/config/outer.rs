@@ -25,7 +25,7 @@ use crate::trace::TraceLayer;
 ///     trust_incoming = false   # the edge of the system: always a new id
 /// "#).unwrap();
 /// assert_eq!(config.request_id.header, "x-correlation-id");
-/// assert!(StackConfig::from_toml("request_id = false").unwrap().request_id.layer(false).unwrap().is_none());
+/// assert!(StackConfig::from_toml("request_id = false").unwrap().request_id.layer().unwrap().is_none());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestIdSettings {
@@ -86,10 +86,11 @@ impl Default for RequestIdSettings {
 
 impl RequestIdSettings {
     /// The layer these settings describe (`None` when off), with its own
-    /// `request` span or not (the stack turns it off when the trace
-    /// layer's span records the id); a header that is not a header name
-    /// is an error.
-    pub fn layer(&self, span: bool) -> Result<Option<RequestIdLayer>, ConfigError> {
+    /// log-only `request` span, so that every log line of the request
+    /// carries the id (the span is never exported, and costs nothing where
+    /// no log layer enables it); a header that is not a header name is an
+    /// error.
+    pub fn layer(&self) -> Result<Option<RequestIdLayer>, ConfigError> {
         if !self.enabled {
             return Ok(None);
         }
@@ -102,8 +103,7 @@ impl RequestIdSettings {
         Ok(Some(
             RequestIdLayer::new()
                 .header(header)
-                .trust_incoming(self.trust_incoming)
-                .span(span),
+                .trust_incoming(self.trust_incoming),
         ))
     }
 }
