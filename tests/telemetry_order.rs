@@ -83,11 +83,12 @@ async fn a_stack_built_before_telemetry_init_records_into_its_provider() {
     );
 
     // The installed head sampler follows the caller's "not sampled": no
-    // OpenTelemetry span is built, the handler runs in the plain one.
+    // OpenTelemetry span is built; the handler runs in the request id's
+    // log-only span.
     for (app, uri) in [(&preset, "/preset"), (&by_hand, "/by-hand")] {
         assert_eq!(
             call(app, uri).await,
-            (StatusCode::OK, "battlement::trace::unsampled".to_owned()),
+            (StatusCode::OK, "battlement::request_id".to_owned()),
             "{uri}"
         );
     }
