@@ -68,12 +68,13 @@ async fn work() -> String {
     }
     .instrument(tracing::info_span!("work"))
     .await;
-    let task = tokio::spawn(
+    // A spawned task takes the request's context along, as with any
+    // OpenTelemetry instrumentation.
+    let task = tokio::spawn(opentelemetry::context::FutureExt::with_current_context(
         async {
             let _span = tracing::info_span!("spawned").entered();
-        }
-        .in_current_span(),
-    );
+        },
+    ));
     let _ = task.await;
     let upstream = service_fn(|req: http::Request<Body>| async move {
         let seen = req
@@ -101,7 +102,7 @@ fn app(sampler: HeadSampler) -> Router {
         .layer(support::traced(
             TraceLayer::server().head_sampler(Some(sampler)),
         ))
-        .layer(RequestIdLayer::new().span(false))
+        .layer(RequestIdLayer::new())
 }
 
 /// The `traceparent` upstream saw, and the request id.
@@ -221,7 +222,7 @@ async fn log_lines_of_an_unsampled_request_carry_the_id() {
         .find(|l| l.contains("working"))
         .unwrap_or_else(|| panic!("no log line in {text:?}"));
     assert!(
-        line.contains(&format!("request{{request.id=\"{id}\"}}")),
+        line.contains(&format!("request{{request_id={id}}}")),
         "{line}"
     );
 }

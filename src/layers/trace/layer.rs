@@ -16,7 +16,10 @@ use super::traced::{LayerTracer, scope};
 /// while the request and its response body are polled: application
 /// `tracing` spans (through `tracing-opentelemetry`) and log records
 /// (through the OpenTelemetry log bridge) created inside the handler nest
-/// under it. No `tracing` span is made for the request, so the export
+/// under it; a task the handler spawns takes it along with
+/// `opentelemetry::context::FutureExt::with_current_context` (a `tracing`
+/// span's `in_current_span` does not carry it). No `tracing` span is made
+/// for the request, so the export
 /// does not depend on `RUST_LOG`, and none is exported twice.
 ///
 /// Server mode ([`server`](Self::server)): the caller's W3C `traceparent`
