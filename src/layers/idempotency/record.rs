@@ -218,6 +218,7 @@ impl Record {
 
 impl Unreadable {
     /// The store error of a record that could not be read.
+    #[cfg(any(feature = "redis", feature = "etcd", test))]
     pub(crate) fn into_store_error(self) -> crate::error::StoreError {
         crate::error::StoreError::Protocol(match self {
             Self::Damaged => "unreadable idempotency record".into(),
