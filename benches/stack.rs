@@ -207,6 +207,35 @@ fn runtime(workers: usize) -> tokio::runtime::Runtime {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Checks, before any load, that `app` does its real work: 200, and the
+/// request id and rate-limit headers where its layers set them.
+async fn answers_as_in_production(addr: SocketAddr, app: &str) {
+    let stream = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(conn);
+    let req = http::Request::get("/hello")
+        .header("host", "127.0.0.1")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let res = sender
+        .send_request(req)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(res.status(), 200, "{app}");
+    let headers: &[&str] = match app {
+        "full" => &["x-request-id", "ratelimit", "ratelimit-policy"],
+        "peers" => &["x-request-id", "x-ratelimit-limit", "x-ratelimit-remaining"],
+        _ => &[],
+    };
+    for name in headers {
+        assert!(res.headers().contains_key(*name), "{app}: no {name}");
+    }
+}
+
 /// `STACK_SERVE=bare|full|peers`: serves that app alone on `STACK_PORT` for
 /// `STACK_SECONDS`, on one worker thread.
 fn serve_only(app: &str) {
@@ -215,7 +244,12 @@ fn serve_only(app: &str) {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("STACK_SERVE needs STACK_PORT"));
     runtime(1).block_on(async {
-        let telemetry = apps::telemetry();
+        // Each app with the telemetry its users install: battlement's for
+        // the preset (and bare axum), the peers' own for theirs.
+        let (telemetry, peers_telemetry) = match app {
+            "peers" => (None, Some(apps::peers_telemetry())),
+            _ => (Some(apps::telemetry()), None),
+        };
         let router = match app {
             "bare" => apps::routes(),
             "full" => apps::full(battlement::backends::BackendConfig::default()).await,
@@ -223,9 +257,10 @@ fn serve_only(app: &str) {
             other => panic!("STACK_SERVE={other}: bare, full or peers"),
         };
         let addr = serve_on(router, port).await;
+        answers_as_in_production(addr, app).await;
         println!("serving {app} on {addr} for {} s", seconds());
         tokio::time::sleep(Duration::from_secs(seconds())).await;
-        drop(telemetry);
+        drop((telemetry, peers_telemetry));
     });
 }
 

@@ -371,3 +371,40 @@ async fn a_tonic_channel_retries_unavailable_after_the_pushback() {
         .unwrap();
     assert_eq!((*calls.lock().unwrap(), clock.now()), (3, before));
 }
+
+// `[client] idempotency_keys = true` gives the preset's POSTs a key.
+#[tokio::test]
+async fn the_client_config_turns_idempotency_keys_on() {
+    let seen = Seen::default();
+    let app = Router::new()
+        .route(
+            "/",
+            post(|State(seen): State<Seen>, headers: HeaderMap| async move {
+                let key = headers.get("idempotency-key").map(|v| v.as_bytes().to_vec());
+                seen.0.lock().unwrap().push(String::from_utf8(key.unwrap_or_default()).unwrap());
+                "ok"
+            }),
+        )
+        .with_state(seen.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    for (toml, keyed) in [("[client]\nidempotency_keys = true", true), ("", false)] {
+        let config = battlement::stack::StackConfig::from_toml(toml).unwrap();
+        let stack = battlement::stack::client("up", &config.client, MemoryStore::new()).unwrap();
+        let http: Client<HttpConnector, LayerBody<Full<Bytes>>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let req = http::Request::post(format!("http://{addr}/"))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let res = ServiceBuilder::new()
+            .layer(stack)
+            .service(http)
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let key = seen.0.lock().unwrap().pop().unwrap();
+        assert_eq!(key.len() == 38, keyed, "{toml:?}: {key:?}");
+    }
+}

@@ -37,6 +37,49 @@ pub fn telemetry() -> battlement::telemetry::TelemetryGuard {
     telemetry
 }
 
+/// What a team using the peers' crates installs, as their READMEs show,
+/// with nothing from battlement: an `SdkTracerProvider` (its sampler from
+/// `OTEL_TRACES_SAMPLER`, as the SDK reads it), a meter provider with the
+/// Prometheus reader, the W3C trace-context propagator, and the same
+/// subscriber as [`telemetry`] (tracing-opentelemetry beside a fmt layer
+/// filtered by `RUST_LOG`, default `warn`). Keep the providers for the run.
+#[allow(dead_code)]
+pub fn peers_telemetry() -> (
+    opentelemetry_sdk::trace::SdkTracerProvider,
+    opentelemetry_sdk::metrics::SdkMeterProvider,
+) {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("bench")
+        .build();
+    let tracers = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_resource(resource.clone())
+        .build();
+    let exporter = opentelemetry_prometheus::exporter()
+        .with_registry(prometheus::Registry::new())
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let meters = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_resource(resource)
+        .with_reader(exporter)
+        .build();
+    opentelemetry::global::set_tracer_provider(tracers.clone());
+    opentelemetry::global::set_meter_provider(meters.clone());
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(tracers.tracer("bench")))
+        .with(tracing_subscriber::fmt::layer().with_filter(filter))
+        .init();
+    (tracers, meters)
+}
+
 /// The bare app.
 pub fn routes() -> Router {
     Router::new().route("/hello", get(|| async { "hello" }))

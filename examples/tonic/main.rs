@@ -367,22 +367,18 @@ mod tests {
     #[tokio::test]
     async fn a_call_makes_an_rpc_span_and_duration_metric() {
         use opentelemetry::metrics::MeterProvider as _;
-        use opentelemetry::trace::TracerProvider as _;
         use opentelemetry_sdk::metrics::{
             InMemoryMetricExporter, PeriodicReader, SdkMeterProvider,
         };
         use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
-        use tracing_subscriber::layer::SubscriberExt;
 
+        // The trace layer takes the global tracer provider at its first
+        // request.
         let spans = InMemorySpanExporter::default();
         let tracers = SdkTracerProvider::builder()
             .with_simple_exporter(spans.clone())
             .build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(tracers.tracer("test")));
-        // Global: the other tests run on other threads, and a thread-local
-        // subscriber can lose the callsite-interest race against them.
-        tracing::subscriber::set_global_default(subscriber).unwrap();
+        opentelemetry::global::set_tracer_provider(tracers.clone());
         let metrics = InMemoryMetricExporter::default();
         let meters = SdkMeterProvider::builder()
             .with_reader(PeriodicReader::builder(metrics.clone()).build())

@@ -9,16 +9,21 @@ use crate::rate_limit::RateLimitStore;
 /// The client stack named `name` (its breaker's and rate limit's name)
 /// that `settings` describe, keeping breaker and rate-limit state in
 /// `store`: request id forwarding, retry, per-attempt trace and metrics,
-/// a breaker per upstream host, and the client quota when set.
+/// a breaker per upstream host, and the client quota, hedging and
+/// idempotency keys when set.
 ///
 /// ```
 /// use battlement::backends::MemoryStore;
 /// use battlement::stack::{self, StackConfig};
 ///
 /// let config = StackConfig::from_toml(r#"
+///     [client]
+///     idempotency_keys = true
+///
 ///     [client.retry]
 ///     max_attempts = 2
 /// "#).unwrap();
+/// assert!(config.client.idempotency_keys);
 /// let layer = stack::client("upstream", &config.client, MemoryStore::new()).unwrap();
 /// # drop(layer);
 /// ```
@@ -43,5 +48,5 @@ where
     if let Some(hedge) = &settings.hedge {
         stack = stack.hedge(hedge.clone());
     }
-    stack.build()
+    stack.idempotency_keys(settings.idempotency_keys).build()
 }

@@ -307,6 +307,10 @@ pub struct ClientSettings {
     pub rate_limit: Option<PolicyConfig>,
     /// Hedged requests (off unless present).
     pub hedge: Option<crate::hedge::HedgeConfig>,
+    /// Gives each request that is not idempotent and has no
+    /// `Idempotency-Key` a new one, reused by all its attempts (default
+    /// false). See [`ClientStack::idempotency_keys`](crate::client::ClientStack::idempotency_keys).
+    pub idempotency_keys: bool,
 }
 
 impl StackConfig {

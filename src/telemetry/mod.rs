@@ -45,13 +45,12 @@ use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
-use opentelemetry_sdk::propagation::BaggagePropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::registry::{LookupSpan, Registry};
 
 use crate::error::ConfigError;
-use crate::trace::{HeadSampler, W3cTraceContext};
+use crate::trace::{HeadSampler, W3cBaggage, W3cTraceContext};
 
 mod ids;
 mod spans;
@@ -113,10 +112,7 @@ pub fn init(service_name: &str) -> Result<TelemetryGuard, ConfigError> {
     crate::trace::head::install(Some(head));
     opentelemetry::global::set_meter_provider(meters.clone());
     crate::events::meter_provider_changed();
-    opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
-        Box::new(W3cTraceContext::new()),
-        Box::new(BaggagePropagator::new()),
-    ]));
+    opentelemetry::global::set_text_map_propagator(w3c_propagator());
     Ok(TelemetryGuard {
         tracer: tracers.tracer("battlement"),
         tracers,
@@ -440,6 +436,14 @@ impl Drop for TelemetryGuard {
             tracing::warn!(error = %e, "logger provider shutdown");
         }
     }
+}
+
+/// The propagator [`init`] installs: W3C Trace Context and W3C Baggage.
+pub(crate) fn w3c_propagator() -> TextMapCompositePropagator {
+    TextMapCompositePropagator::new(vec![
+        Box::new(W3cTraceContext::new()),
+        Box::new(W3cBaggage::new()),
+    ])
 }
 
 #[cfg(test)]

@@ -78,8 +78,14 @@ const MAX_BODY: usize = 64 << 20;
 /// request does not run again. An inner error (no response at all) or a
 /// handler that panics releases the key, so a retry runs. A handler slower
 /// than the [`lock`](Self::lock) keeps its claim: it is renewed every third
-/// of the lock while the request runs. A process killed while executing
-/// keeps the lock until it expires; then the key can run once more. If
+/// of the lock while the request runs. A renewal that fails is tried again
+/// at the next third; if none lands for a whole lock (the store slower
+/// than the lock, or cut off), the claim lapses: a duplicate that comes
+/// then runs too, and the first run's response still goes to its caller
+/// but is not stored (an `idempotency`/`lock_lost` event and a warning).
+/// Keep the lock well above the store's per-call timeout. A process killed
+/// while executing keeps the lock until it expires; then the key can run
+/// once more. If
 /// the store fails the default is fail-closed (503), since
 /// exactly-once cannot be promised. Apply it to unary routes: bodies are
 /// read whole.
@@ -274,7 +280,8 @@ impl<St: IdempotencyStore> IdempotencyLayer<St> {
 
     /// How long a claim holds its key before it may run again, should its
     /// process die (1 s to 1 day). A live process renews it every third
-    /// of the lock while its handler runs.
+    /// of the lock while its handler runs; if no renewal reaches the store
+    /// for a whole lock, the claim lapses and a duplicate may run.
     pub fn lock(mut self, lock: Duration) -> Self {
         self.settings.lock = lock.clamp(Duration::from_secs(1), MAX_LOCK);
         self

@@ -18,6 +18,8 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{BoundHistogram, BoundUpDownCounter};
 use opentelemetry::metrics::{Histogram, Meter, UpDownCounter};
 
+use opentelemetry_semantic_conventions::metric;
+
 use crate::trace::DURATION_BUCKETS;
 
 /// The methods semconv names (see `semconv::method`), `_OTHER` last.
@@ -149,19 +151,19 @@ impl Instruments {
         };
         Self {
             server_duration: histogram(
-                "http.server.request.duration",
+                metric::HTTP_SERVER_REQUEST_DURATION,
                 "Duration of HTTP server requests",
             ),
             active_requests: meter
-                .i64_up_down_counter("http.server.active_requests")
+                .i64_up_down_counter(metric::HTTP_SERVER_ACTIVE_REQUESTS)
                 .with_unit("{request}")
                 .with_description("Number of active HTTP server requests")
                 .build(),
             client_duration: histogram(
-                "http.client.request.duration",
+                metric::HTTP_CLIENT_REQUEST_DURATION,
                 "Duration of HTTP client requests",
             ),
-            rpc_server_duration: histogram("rpc.server.call.duration", "Duration of RPCs served"),
+            rpc_server_duration: histogram(metric::RPC_SERVER_CALL_DURATION, "Duration of RPCs served"),
             #[cfg(any(feature = "prometheus", feature = "_otlp"))]
             active_bound: Box::new(std::array::from_fn(|_| OnceLock::new())),
             #[cfg(any(feature = "prometheus", feature = "_otlp"))]

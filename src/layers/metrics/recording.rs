@@ -10,7 +10,7 @@ use opentelemetry::{KeyValue, Value};
 use super::instruments::{Instruments, ServerKey};
 use crate::body::{BodyEnd, BodyObserver};
 use crate::reject::GrpcCode;
-use crate::trace::semconv::grpc_names;
+use crate::trace::semconv::{attr, grpc_names};
 
 /// What is known of a request so far.
 pub(crate) struct Recording {
@@ -68,7 +68,7 @@ impl Recording {
     pub(crate) fn add_grpc_status(&mut self, metadata: &HeaderMap) {
         if let Some(code) = GrpcCode::from_headers(metadata) {
             let code = i64::from(code.as_i32());
-            self.add(KeyValue::new("rpc.grpc.status_code", code));
+            self.add(KeyValue::new(attr::RPC_GRPC_STATUS_CODE, code));
         }
     }
 }
@@ -86,7 +86,7 @@ impl BodyObserver for OpenRecording {
 
     fn on_end(mut self, end: BodyEnd) {
         if end == BodyEnd::Failed {
-            self.0.add(KeyValue::new("error.type", "body"));
+            self.0.add(KeyValue::new(attr::ERROR_TYPE, "body"));
         }
     }
 }
@@ -102,8 +102,8 @@ impl Drop for Recording {
         }
         if let Some(call) = self.rpc.take() {
             let (service, method) = grpc_names(&call);
-            self.add(KeyValue::new("rpc.service", service.to_owned()));
-            self.add(KeyValue::new("rpc.method", method.to_owned()));
+            self.add(KeyValue::new(attr::RPC_SERVICE, service.to_owned()));
+            self.add(KeyValue::new(attr::RPC_METHOD, method.to_owned()));
         }
         let seconds = self.started.elapsed().as_secs_f64();
         if let Some((key, covered)) = self.server_key
@@ -112,7 +112,7 @@ impl Drop for Recording {
             let route = self
                 .attributes
                 .iter()
-                .find(|kv| kv.key.as_str() == "http.route")
+                .find(|kv| kv.key.as_str() == attr::HTTP_ROUTE)
                 .map_or("", |kv| match &kv.value {
                     Value::String(route) => route.as_str(),
                     _ => "",

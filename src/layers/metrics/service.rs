@@ -17,7 +17,7 @@ use crate::body::ObservedBody;
 use crate::health::is_probe;
 use crate::trace::ExtraAttributes;
 use crate::trace::custom::{ValueCap, with_request_parts, with_response_parts};
-use crate::trace::semconv::{grpc_answered, grpc_call, method, protocol_version, route, scheme};
+use crate::trace::semconv::{attr, grpc_answered, grpc_call, method, protocol_version, route, scheme};
 
 /// The service made by [`MetricsLayer`](super::MetricsLayer).
 #[derive(Debug, Clone)]
@@ -76,30 +76,30 @@ impl<S> Metrics<S> {
         let mut attributes = Vec::with_capacity(8);
         let mut rpc = None;
         let mut server_key = None;
-        attributes.push(KeyValue::new("http.request.method", method(req.method())));
+        attributes.push(KeyValue::new(attr::HTTP_REQUEST_METHOD, method(req.method())));
         let kind = if self.client {
             if let Some(host) = req.uri().host() {
-                attributes.push(KeyValue::new("server.address", host.to_owned()));
+                attributes.push(KeyValue::new(attr::SERVER_ADDRESS, host.to_owned()));
             }
             if let Some(port) = req.uri().port_u16() {
-                attributes.push(KeyValue::new("server.port", i64::from(port)));
+                attributes.push(KeyValue::new(attr::SERVER_PORT, i64::from(port)));
             }
             Kind::Client
         } else {
-            attributes.push(KeyValue::new("url.scheme", scheme(req)));
+            attributes.push(KeyValue::new(attr::URL_SCHEME, scheme(req)));
             instruments.add_active(1, &attributes);
             if let Some(call) = grpc_call(req) {
-                attributes.push(KeyValue::new("rpc.system", "grpc"));
+                attributes.push(KeyValue::new(attr::RPC_SYSTEM, "grpc"));
                 rpc = Some(call.into());
                 Kind::Rpc
             } else {
                 attributes.push(KeyValue::new(
-                    "network.protocol.version",
+                    attr::NETWORK_PROTOCOL_VERSION,
                     protocol_version(req.version()),
                 ));
                 let route = route(req);
                 if let Some(route) = route {
-                    attributes.push(KeyValue::new("http.route", route.to_owned()));
+                    attributes.push(KeyValue::new(attr::HTTP_ROUTE, route.to_owned()));
                 }
                 // The user's attributes are not in the packed key: with
                 // them, every duration goes through the attribute set.
@@ -211,13 +211,13 @@ where
                     }
                     Kind::Server | Kind::Client => {
                         recording.add(KeyValue::new(
-                            "http.response.status_code",
+                            attr::HTTP_RESPONSE_STATUS_CODE,
                             i64::from(status.as_u16()),
                         ));
                         let error = status.is_server_error()
                             || (recording.kind == Kind::Client && status.is_client_error());
                         if error {
-                            recording.add(KeyValue::new("error.type", status.as_u16().to_string()));
+                            recording.add(KeyValue::new(attr::ERROR_TYPE, status.as_u16().to_string()));
                         }
                         let covered = recording.attributes.len();
                         recording.server_key = recording
@@ -229,7 +229,7 @@ where
                 Ok(res.map(|inner| MeteredBody::new(inner, recording)))
             }
             Err(e) => {
-                recording.add(KeyValue::new("error.type", "_OTHER"));
+                recording.add(KeyValue::new(attr::ERROR_TYPE, "_OTHER"));
                 Err(e)
             }
         })

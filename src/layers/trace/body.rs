@@ -8,6 +8,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::{Status, TraceContextExt};
 
 use super::access_log::Entry;
+use super::semconv::attr;
 use super::traced::Traced;
 use crate::body::{BodyEnd, BodyObserver, ObservedBody};
 use crate::reject::GrpcCode;
@@ -59,7 +60,7 @@ impl BodyObserver for OpenSpan {
         }
         let span = self.request.cx.span();
         span.set_attribute(KeyValue::new(
-            "rpc.grpc.status_code",
+            attr::RPC_GRPC_STATUS_CODE,
             i64::from(code.as_i32()),
         ));
         if code != GrpcCode::Ok && (!self.server || code.is_server_error()) {
@@ -72,7 +73,7 @@ impl BodyObserver for OpenSpan {
         if end == BodyEnd::Failed {
             if self.request.recording {
                 let span = self.request.cx.span();
-                span.set_attribute(KeyValue::new("error.type", "body"));
+                span.set_attribute(KeyValue::new(attr::ERROR_TYPE, "body"));
                 span.set_status(Status::error("response body failed"));
             }
             if let Some(log) = self.log.as_mut() {

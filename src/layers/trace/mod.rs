@@ -21,6 +21,7 @@
 //! own, with the span-name override and the filter of requests traced.
 
 mod access_log;
+pub(crate) mod baggage;
 mod body;
 pub(crate) mod custom;
 pub(crate) mod head;
@@ -32,6 +33,7 @@ mod traced;
 mod w3c;
 
 pub use access_log::{ACCESS_LOG_TARGET, AccessLog};
+pub use baggage::W3cBaggage;
 pub use body::TracedBody;
 pub use custom::ExtraAttributes;
 pub use head::HeadSampler;

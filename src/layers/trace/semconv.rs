@@ -26,6 +26,26 @@ use std::sync::RwLock;
 
 use http::{HeaderMap, HeaderName, Method, Request, Version};
 
+/// The attribute names recorded, from the semantic conventions crate.
+pub(crate) mod attr {
+    pub(crate) use opentelemetry_semantic_conventions::attribute::{
+        ERROR_TYPE, HTTP_REQUEST_METHOD, HTTP_REQUEST_METHOD_ORIGINAL, HTTP_REQUEST_RESEND_COUNT,
+        HTTP_RESPONSE_STATUS_CODE, HTTP_ROUTE, NETWORK_PROTOCOL_VERSION, RPC_METHOD,
+        SERVER_ADDRESS, SERVER_PORT, URL_FULL, URL_PATH, URL_SCHEME, USER_AGENT_ORIGINAL,
+    };
+
+    // The RPC names gRPC dashboards and the OpenTelemetry gRPC
+    // instrumentations still record; newer conventions renamed them
+    // (`rpc.system.name`, `rpc.response.status_code`).
+    #[allow(deprecated)]
+    pub(crate) const RPC_SYSTEM: &str = opentelemetry_semantic_conventions::attribute::RPC_SYSTEM;
+    #[allow(deprecated)]
+    pub(crate) const RPC_SERVICE: &str = opentelemetry_semantic_conventions::attribute::RPC_SERVICE;
+    #[allow(deprecated)]
+    pub(crate) const RPC_GRPC_STATUS_CODE: &str =
+        opentelemetry_semantic_conventions::attribute::RPC_GRPC_STATUS_CODE;
+}
+
 /// `grpc-status`, parsed once.
 pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 

@@ -20,6 +20,7 @@ use super::head::{self, Head, HeadSampler};
 use super::layer::{Options, Sampler};
 use super::propagation::{extract, inject};
 use super::semconv::{
+    attr,
     OTHER, grpc_answered, grpc_call, grpc_names, grpc_parts, grpc_unnamed, method,
     protocol_version, route, scheme,
 };
@@ -208,39 +209,39 @@ fn request_attributes<B>(
     grpc: Option<(&str, &str)>,
 ) -> Vec<KeyValue> {
     let mut attributes = Vec::with_capacity(12);
-    attributes.push(KeyValue::new("http.request.method", m));
+    attributes.push(KeyValue::new(attr::HTTP_REQUEST_METHOD, m));
     if m == OTHER {
         let original = req.method().as_str().to_owned();
-        attributes.push(KeyValue::new("http.request.method_original", original));
+        attributes.push(KeyValue::new(attr::HTTP_REQUEST_METHOD_ORIGINAL, original));
     }
     if let Some(route) = route {
-        attributes.push(KeyValue::new("http.route", route.to_owned()));
+        attributes.push(KeyValue::new(attr::HTTP_ROUTE, route.to_owned()));
     }
-    attributes.push(KeyValue::new("url.path", req.uri().path().to_owned()));
-    attributes.push(KeyValue::new("url.scheme", scheme(req)));
+    attributes.push(KeyValue::new(attr::URL_PATH, req.uri().path().to_owned()));
+    attributes.push(KeyValue::new(attr::URL_SCHEME, scheme(req)));
     attributes.push(KeyValue::new(
-        "network.protocol.version",
+        attr::NETWORK_PROTOCOL_VERSION,
         protocol_version(req.version()),
     ));
     if let Some(host) = req.uri().host().or_else(|| host_header(req)) {
-        attributes.push(KeyValue::new("server.address", host.to_owned()));
+        attributes.push(KeyValue::new(attr::SERVER_ADDRESS, host.to_owned()));
     }
     if let Some(agent) = req
         .headers()
         .get(http::header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
     {
-        attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
+        attributes.push(KeyValue::new(attr::USER_AGENT_ORIGINAL, agent.to_owned()));
     }
     if let Some(id) = req.extensions().get::<RequestId>() {
         attributes.push(KeyValue::new("request.id", id.as_str().to_owned()));
     }
     if let Some((service, rpc)) = grpc {
-        attributes.push(KeyValue::new("rpc.system", "grpc"));
+        attributes.push(KeyValue::new(attr::RPC_SYSTEM, "grpc"));
         // A method not recognized yet is named when its answer arrives.
         if rpc != OTHER {
-            attributes.push(KeyValue::new("rpc.service", service.to_owned()));
-            attributes.push(KeyValue::new("rpc.method", rpc.to_owned()));
+            attributes.push(KeyValue::new(attr::RPC_SERVICE, service.to_owned()));
+            attributes.push(KeyValue::new(attr::RPC_METHOD, rpc.to_owned()));
         }
     }
     attributes
@@ -262,17 +263,17 @@ fn client_span<B>(
 ) -> BoxedSpan {
     let m = method(req.method());
     let mut attributes = Vec::with_capacity(8);
-    attributes.push(KeyValue::new("http.request.method", m));
-    attributes.push(KeyValue::new("url.full", full_url(req.uri(), query)));
+    attributes.push(KeyValue::new(attr::HTTP_REQUEST_METHOD, m));
+    attributes.push(KeyValue::new(attr::URL_FULL, full_url(req.uri(), query)));
     if let Some(host) = req.uri().host() {
-        attributes.push(KeyValue::new("server.address", host.to_owned()));
+        attributes.push(KeyValue::new(attr::SERVER_ADDRESS, host.to_owned()));
     }
     if let Some(port) = req.uri().port_u16() {
-        attributes.push(KeyValue::new("server.port", i64::from(port)));
+        attributes.push(KeyValue::new(attr::SERVER_PORT, i64::from(port)));
     }
     if let Some(resend) = req.extensions().get::<ResendCount>() {
         attributes.push(KeyValue::new(
-            "http.request.resend_count",
+            attr::HTTP_REQUEST_RESEND_COUNT,
             i64::from(resend.0),
         ));
     }
@@ -421,7 +422,7 @@ where
             Err(e) => {
                 if request.recording {
                     let span = request.cx.span();
-                    span.set_attribute(KeyValue::new("error.type", OTHER));
+                    span.set_attribute(KeyValue::new(attr::ERROR_TYPE, OTHER));
                     span.set_status(Status::error(e.to_string()));
                 }
                 if let Some(log) = log {
@@ -442,8 +443,8 @@ fn name_rpc(span: &SpanRef<'_>, call: &str, rename: bool) {
         span.update_name([service, "/", method].concat());
     }
     span.set_attributes([
-        KeyValue::new("rpc.service", service.to_owned()),
-        KeyValue::new("rpc.method", method.to_owned()),
+        KeyValue::new(attr::RPC_SERVICE, service.to_owned()),
+        KeyValue::new(attr::RPC_METHOD, method.to_owned()),
     ]);
 }
 
@@ -451,11 +452,11 @@ fn name_rpc(span: &SpanRef<'_>, call: &str, rename: bool) {
 /// not; client 4xx and 5xx are errors; gRPC per the RPC conventions.
 fn record_response<B>(span: &SpanRef<'_>, res: &Response<B>, client: bool) {
     let status = res.status();
-    let code = KeyValue::new("http.response.status_code", i64::from(status.as_u16()));
+    let code = KeyValue::new(attr::HTTP_RESPONSE_STATUS_CODE, i64::from(status.as_u16()));
     if let Some(grpc) = GrpcCode::from_headers(res.headers()) {
         span.set_attributes([
             code,
-            KeyValue::new("rpc.grpc.status_code", i64::from(grpc.as_i32())),
+            KeyValue::new(attr::RPC_GRPC_STATUS_CODE, i64::from(grpc.as_i32())),
         ]);
         if grpc != GrpcCode::Ok && (client || grpc.is_server_error()) {
             let grpc = grpc.as_i32();
@@ -467,7 +468,7 @@ fn record_response<B>(span: &SpanRef<'_>, res: &Response<B>, client: bool) {
     if error {
         span.set_attributes([
             code,
-            KeyValue::new("error.type", status.as_str().to_owned()),
+            KeyValue::new(attr::ERROR_TYPE, status.as_str().to_owned()),
         ]);
         span.set_status(Status::error(""));
     } else {

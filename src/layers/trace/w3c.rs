@@ -70,15 +70,15 @@ static FIELDS: std::sync::LazyLock<[String; 2]> =
 /// the members it could not hold.
 ///
 /// [`telemetry::init`](crate::telemetry::init) installs it (with
-/// OpenTelemetry's baggage propagator); to install it yourself:
+/// [`W3cBaggage`](crate::trace::W3cBaggage)); to install them yourself:
 ///
 /// ```
-/// use battlement::trace::W3cTraceContext;
+/// use battlement::trace::{W3cBaggage, W3cTraceContext};
 /// use opentelemetry::propagation::TextMapCompositePropagator;
 ///
 /// opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
 ///     Box::new(W3cTraceContext::new()),
-///     // Box::new(opentelemetry_sdk::propagation::BaggagePropagator::new()),
+///     Box::new(W3cBaggage::new()),
 /// ]));
 /// ```
 #[derive(Debug, Clone, Default)]
