@@ -380,8 +380,13 @@ async fn the_client_config_turns_idempotency_keys_on() {
         .route(
             "/",
             post(|State(seen): State<Seen>, headers: HeaderMap| async move {
-                let key = headers.get("idempotency-key").map(|v| v.as_bytes().to_vec());
-                seen.0.lock().unwrap().push(String::from_utf8(key.unwrap_or_default()).unwrap());
+                let key = headers
+                    .get("idempotency-key")
+                    .map(|v| v.as_bytes().to_vec());
+                seen.0
+                    .lock()
+                    .unwrap()
+                    .push(String::from_utf8(key.unwrap_or_default()).unwrap());
                 "ok"
             }),
         )

@@ -359,10 +359,17 @@ async fn renewals_slower_than_the_lock(proxy: &FaultProxy, backend: BackendConfi
         if status != 503 {
             break (status, body);
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "the store is back");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the store is back"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(second, (200, "run 3".to_owned()), "the lapsed key runs again");
+    assert_eq!(
+        second,
+        (200, "run 3".to_owned()),
+        "the lapsed key runs again"
+    );
     assert_eq!(first.await.unwrap(), (200, "run 2".to_owned()));
     assert_eq!(post("lapsed").await, (200, "run 3".to_owned()));
     let mut lost = 0;

@@ -110,7 +110,6 @@ pub fn trace_context(data: &[u8]) {
     assert_eq!(back.span().span_context(), &span, "{out:?}");
 }
 
-
 /// A flag byte (bit 0: `Forwarded`, else `X-Forwarded-For`), then up to
 /// four header values, one a line. Behind a trusted proxy the key is an
 /// address or an IPv6 network, never header text; from an untrusted peer

@@ -163,7 +163,10 @@ impl Instruments {
                 metric::HTTP_CLIENT_REQUEST_DURATION,
                 "Duration of HTTP client requests",
             ),
-            rpc_server_duration: histogram(metric::RPC_SERVER_CALL_DURATION, "Duration of RPCs served"),
+            rpc_server_duration: histogram(
+                metric::RPC_SERVER_CALL_DURATION,
+                "Duration of RPCs served",
+            ),
             #[cfg(any(feature = "prometheus", feature = "_otlp"))]
             active_bound: Box::new(std::array::from_fn(|_| OnceLock::new())),
             #[cfg(any(feature = "prometheus", feature = "_otlp"))]

@@ -17,7 +17,9 @@ use crate::body::ObservedBody;
 use crate::health::is_probe;
 use crate::trace::ExtraAttributes;
 use crate::trace::custom::{ValueCap, with_request_parts, with_response_parts};
-use crate::trace::semconv::{attr, grpc_answered, grpc_call, method, protocol_version, route, scheme};
+use crate::trace::semconv::{
+    attr, grpc_answered, grpc_call, method, protocol_version, route, scheme,
+};
 
 /// The service made by [`MetricsLayer`](super::MetricsLayer).
 #[derive(Debug, Clone)]
@@ -76,7 +78,10 @@ impl<S> Metrics<S> {
         let mut attributes = Vec::with_capacity(8);
         let mut rpc = None;
         let mut server_key = None;
-        attributes.push(KeyValue::new(attr::HTTP_REQUEST_METHOD, method(req.method())));
+        attributes.push(KeyValue::new(
+            attr::HTTP_REQUEST_METHOD,
+            method(req.method()),
+        ));
         let kind = if self.client {
             if let Some(host) = req.uri().host() {
                 attributes.push(KeyValue::new(attr::SERVER_ADDRESS, host.to_owned()));
@@ -217,7 +222,8 @@ where
                         let error = status.is_server_error()
                             || (recording.kind == Kind::Client && status.is_client_error());
                         if error {
-                            recording.add(KeyValue::new(attr::ERROR_TYPE, status.as_u16().to_string()));
+                            recording
+                                .add(KeyValue::new(attr::ERROR_TYPE, status.as_u16().to_string()));
                         }
                         let covered = recording.attributes.len();
                         recording.server_key = recording

@@ -15,8 +15,7 @@ const MAX_MEMBERS: usize = 64;
 /// The most bytes of `baggage` text passed on.
 const MAX_BYTES: usize = 8192;
 
-static FIELDS: std::sync::LazyLock<[String; 1]> =
-    std::sync::LazyLock::new(|| [BAGGAGE.to_owned()]);
+static FIELDS: std::sync::LazyLock<[String; 1]> = std::sync::LazyLock::new(|| [BAGGAGE.to_owned()]);
 
 /// What a value may not hold as it is, so is percent-encoded: everything
 /// but the W3C `baggage-octet`s, and `%` itself.
@@ -183,9 +182,8 @@ fn is_property(property: &str) -> bool {
 /// RFC 7230 `token`: one or more `tchar`.
 fn is_token(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn is_baggage_octet(b: u8) -> bool {
@@ -213,7 +211,6 @@ mod tests {
         W3cBaggage::new().inject_context(cx, &mut out);
         out.remove(BAGGAGE)
     }
-
 
     #[test]
     fn keys_and_properties_are_passed_on_as_they_came() {

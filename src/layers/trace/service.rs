@@ -20,8 +20,7 @@ use super::head::{self, Head, HeadSampler};
 use super::layer::{Options, Sampler};
 use super::propagation::{extract, inject};
 use super::semconv::{
-    attr,
-    OTHER, grpc_answered, grpc_call, grpc_names, grpc_parts, grpc_unnamed, method,
+    OTHER, attr, grpc_answered, grpc_call, grpc_names, grpc_parts, grpc_unnamed, method,
     protocol_version, route, scheme,
 };
 use super::traced::{LayerTracer, Traced};
