@@ -25,22 +25,6 @@ fn fp(body: &str) -> Fingerprint {
     Fingerprint::of(&[b"POST", b"/orders", body.as_bytes()])
 }
 
-fn response() -> StoredResponse {
-    let mut headers = HeaderMap::new();
-    headers.insert("content-type", HeaderValue::from_static("application/json"));
-    headers.append("set-cookie", HeaderValue::from_static("a=1"));
-    headers.append("set-cookie", HeaderValue::from_static("b=2"));
-    let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", HeaderValue::from_static("0"));
-    StoredResponse {
-        status: StatusCode::CREATED,
-        headers,
-        // Every byte value, so nothing is lost to an encoding.
-        body: (0..=255u8).cycle().take(1024).collect::<Vec<u8>>().into(),
-        trailers: Some(trailers),
-    }
-}
-
 async fn setup<H: Harness>(h: &H) -> (H::Store, ManualClock)
 where
     H::Store: IdempotencyStore,
@@ -120,7 +104,7 @@ where
     assert!(
         s.complete(
             "k",
-            Completion::new(token, &fp("a"), &response(), RETENTION)
+            Completion::new(token, &fp("a"), &StoredResponse::sample(), RETENTION)
         )
         .await
         .expect("store answers")
@@ -136,7 +120,7 @@ where
                 response: replayed,
             } => {
                 assert_eq!(fingerprint, fp("a"));
-                assert_eq!(replayed, response());
+                assert_eq!(replayed, StoredResponse::sample());
             }
             other => panic!("{other:?}"),
         }
@@ -181,7 +165,7 @@ where
     clock.advance(Duration::from_millis(1));
     let new = won(&s, "k", &fp("a")).await;
     assert!(
-        !s.complete("k", Completion::new(old, &fp("a"), &response(), RETENTION))
+        !s.complete("k", Completion::new(old, &fp("a"), &StoredResponse::sample(), RETENTION))
             .await
             .expect("store answers")
     );
@@ -192,7 +176,7 @@ where
         Ok(Claim::InFlight { .. })
     ));
     assert!(
-        s.complete("k", Completion::new(new, &fp("a"), &response(), RETENTION))
+        s.complete("k", Completion::new(new, &fp("a"), &StoredResponse::sample(), RETENTION))
             .await
             .expect("store answers")
     );
@@ -220,7 +204,7 @@ where
     assert!(!renew(token).await.expect("store answers"), "expired");
     let next = won(&s, "k", &fp("a")).await;
     assert!(
-        s.complete("k", Completion::new(next, &fp("a"), &response(), RETENTION))
+        s.complete("k", Completion::new(next, &fp("a"), &StoredResponse::sample(), RETENTION))
             .await
             .expect("store answers")
     );
@@ -238,7 +222,7 @@ where
     assert!(
         s.complete(
             "k",
-            Completion::new(token, &fp("a"), &response(), retention)
+            Completion::new(token, &fp("a"), &StoredResponse::sample(), retention)
         )
         .await
         .expect("store answers")
@@ -285,7 +269,7 @@ where
     assert!(
         s.complete(
             &alice,
-            Completion::new(token, &fp("a"), &response(), RETENTION)
+            Completion::new(token, &fp("a"), &StoredResponse::sample(), RETENTION)
         )
         .await
         .expect("store answers")
@@ -324,7 +308,7 @@ where
     assert!(
         s.complete(
             &id,
-            Completion::new(token, &fp("a"), &response(), RETENTION)
+            Completion::new(token, &fp("a"), &StoredResponse::sample(), RETENTION)
         )
         .await
         .expect("store answers")

@@ -3,6 +3,7 @@
 pub mod circuit_breaker;
 pub mod concurrency_limit;
 pub mod deadline;
+pub mod edit;
 pub mod health;
 pub mod hedge;
 pub mod idempotency;

@@ -2,7 +2,7 @@
 //! layer that holds a clone of the store.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::MemoryStore;
 use crate::error::StoreError;
@@ -14,6 +14,14 @@ use crate::layers::circuit_breaker::{
 /// The written states, by id.
 #[derive(Debug, Default)]
 pub(crate) struct Records(Mutex<HashMap<Box<str>, Record>>);
+
+impl Records {
+    /// The states, locked (a panic elsewhere leaves them consistent:
+    /// every change is one insert or removal).
+    fn lock(&self) -> MutexGuard<'_, HashMap<Box<str>, Record>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Record {
@@ -57,12 +65,7 @@ impl CircuitBreakerStore for MemoryStore {
     async fn load(&self, id: &str) -> Result<Option<Versioned>, StoreError> {
         self.check_open()?;
         let now_us = self.inner.clock.now_micros();
-        let mut records = self
-            .inner
-            .breakers
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut records = self.inner.breakers.lock();
         Ok(read(&mut records, id, now_us))
     }
 
@@ -70,12 +73,7 @@ impl CircuitBreakerStore for MemoryStore {
     async fn load_many(&self, ids: &[&str]) -> Result<Vec<Loaded>, StoreError> {
         self.check_open()?;
         let now_us = self.inner.clock.now_micros();
-        let mut records = self
-            .inner
-            .breakers
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut records = self.inner.breakers.lock();
         Ok(ids
             .iter()
             .map(|id| Ok(read(&mut records, id, now_us)))
@@ -85,12 +83,7 @@ impl CircuitBreakerStore for MemoryStore {
     async fn publish(&self, id: &str, write: Publication) -> Result<Published, StoreError> {
         self.check_open()?;
         let now_us = self.inner.clock.now_micros();
-        let mut records = self
-            .inner
-            .breakers
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut records = self.inner.breakers.lock();
         records.retain(|_, r| r.expires_us > now_us);
         let current = records.get(id).copied();
         if let Some(r) = current
@@ -122,12 +115,7 @@ impl MemoryStore {
     /// with its time to live.
     pub fn circuit_breaker_entries(&self) -> Vec<(String, std::time::Duration)> {
         let now_us = self.inner.clock.now_micros();
-        let records = self
-            .inner
-            .breakers
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let records = self.inner.breakers.lock();
         records
             .iter()
             .filter(|(_, r)| r.expires_us > now_us)

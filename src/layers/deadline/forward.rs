@@ -1,15 +1,13 @@
 //! `ForwardDeadline`: sends the inbound deadline on with outbound gRPC
 //! calls.
 
-use std::task::{Context, Poll};
-
 use http::Request;
 use tokio::time::Instant;
 use tower_layer::Layer;
-use tower_service::Service;
 
 use super::context::inbound_deadline;
 use super::grpc_timeout::{self, GRPC_TIMEOUT};
+use crate::layers::edit::{EditRequest, RequestEdit};
 use crate::reject::Protocol;
 
 /// Adds a `grpc-timeout` header with the time left of the
@@ -31,37 +29,22 @@ impl<S> Layer<S> for ForwardDeadlineLayer {
     type Service = ForwardDeadline<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ForwardDeadline { inner }
+        EditRequest::new(inner, *self)
     }
 }
 
 /// The service made by [`ForwardDeadlineLayer`].
-#[derive(Debug, Clone)]
-pub struct ForwardDeadline<S> {
-    inner: S,
-}
+pub type ForwardDeadline<S> = EditRequest<S, ForwardDeadlineLayer>;
 
-impl<S, B> Service<Request<B>> for ForwardDeadline<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+impl RequestEdit for ForwardDeadlineLayer {
+    fn edit<B>(&self, req: &mut Request<B>) {
         if let Some(deadline) = inbound_deadline()
-            && Protocol::of(&req) != Protocol::Http
+            && Protocol::of(req) != Protocol::Http
             && !req.headers().contains_key(GRPC_TIMEOUT)
         {
             let left = deadline.saturating_duration_since(Instant::now());
             req.headers_mut()
                 .insert(GRPC_TIMEOUT, grpc_timeout::encode(left));
         }
-        self.inner.call(req)
     }
 }

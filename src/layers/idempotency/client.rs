@@ -1,13 +1,11 @@
 //! `IdempotencyKeyLayer`: an `Idempotency-Key` on each outbound request
 //! that is not idempotent, the same one on every attempt.
 
-use std::task::{Context, Poll};
-
 use http::{HeaderValue, Request};
 use tower_layer::Layer;
-use tower_service::Service;
 
 use super::key::IDEMPOTENCY_KEY;
+use crate::layers::edit::{EditRequest, RequestEdit};
 use crate::retry::is_idempotent;
 
 /// Gives each request whose method is not idempotent (POST, PATCH, ...)
@@ -73,33 +71,15 @@ impl<S> Layer<S> for IdempotencyKeyLayer {
     type Service = SetIdempotencyKey<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        SetIdempotencyKey {
-            inner,
-            enabled: self.enabled,
-        }
+        EditRequest::new(inner, *self)
     }
 }
 
 /// The service made by [`IdempotencyKeyLayer`].
-#[derive(Debug, Clone)]
-pub struct SetIdempotencyKey<S> {
-    inner: S,
-    enabled: bool,
-}
+pub type SetIdempotencyKey<S> = EditRequest<S, IdempotencyKeyLayer>;
 
-impl<S, B> Service<Request<B>> for SetIdempotencyKey<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+impl RequestEdit for IdempotencyKeyLayer {
+    fn edit<B>(&self, req: &mut Request<B>) {
         if self.enabled
             && !is_idempotent(req.method())
             && !req.headers().contains_key(IDEMPOTENCY_KEY)
@@ -110,6 +90,5 @@ where
                 req.headers_mut().insert(IDEMPOTENCY_KEY, value);
             }
         }
-        self.inner.call(req)
     }
 }

@@ -339,24 +339,30 @@ fn get_u32(buf: &mut &[u8]) -> Option<u32> {
     (buf.remaining() >= 4).then(|| buf.get_u32())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn response() -> StoredResponse {
+#[cfg(any(test, feature = "conformance"))]
+impl StoredResponse {
+    /// A response with repeated headers, trailers and every byte value in
+    /// its body, so nothing is lost to an encoding unnoticed (tests).
+    pub(crate) fn sample() -> Self {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("application/json"));
         headers.append("set-cookie", HeaderValue::from_static("a=1"));
         headers.append("set-cookie", HeaderValue::from_static("b=2"));
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
-        StoredResponse {
+        Self {
             status: StatusCode::CREATED,
             headers,
-            body: Bytes::from_static(b"{\"order\":1}\0\xff binary"),
+            body: (0..=255u8).cycle().take(1024).collect::<Vec<u8>>().into(),
             trailers: Some(trailers),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
 
     #[test]
     fn records_round_trip() {
@@ -370,14 +376,14 @@ mod tests {
             Record::Completed {
                 expires_us: 42,
                 fingerprint,
-                response: response(),
+                response: StoredResponse::sample(),
             },
             Record::Completed {
                 expires_us: 42,
                 fingerprint,
                 response: StoredResponse {
                     trailers: None,
-                    ..response()
+                    ..StoredResponse::sample()
                 },
             },
         ];
@@ -433,7 +439,7 @@ mod tests {
         let good = Record::Completed {
             expires_us: 1,
             fingerprint: Fingerprint::of(&[b"x"]),
-            response: response(),
+            response: StoredResponse::sample(),
         }
         .encode();
         for cut in 0..good.len() {

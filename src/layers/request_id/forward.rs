@@ -1,12 +1,10 @@
 //! `ForwardRequestIdLayer`: puts the current request id on outbound calls.
 
-use std::task::{Context, Poll};
-
 use http::{HeaderName, Request};
 use tower_layer::Layer;
-use tower_service::Service;
 
 use super::id::RequestId;
+use crate::layers::edit::{EditRequest, RequestEdit};
 use super::layer::X_REQUEST_ID;
 
 /// Forwards the request id on outbound requests made by a client stack
@@ -72,45 +70,26 @@ impl<S> Layer<S> for ForwardRequestIdLayer {
     type Service = ForwardRequestId<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ForwardRequestId {
-            inner,
-            layer: self.clone(),
-        }
+        EditRequest::new(inner, self.clone())
     }
 }
 
 /// The service made by [`ForwardRequestIdLayer`].
-#[derive(Debug, Clone)]
-pub struct ForwardRequestId<S> {
-    inner: S,
-    layer: ForwardRequestIdLayer,
-}
+pub type ForwardRequestId<S> = EditRequest<S, ForwardRequestIdLayer>;
 
-impl<S, B> Service<Request<B>> for ForwardRequestId<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        if !req.headers().contains_key(&self.layer.header) {
+impl RequestEdit for ForwardRequestIdLayer {
+    fn edit<B>(&self, req: &mut Request<B>) {
+        if !req.headers().contains_key(&self.header) {
             let id = req
                 .extensions()
                 .get::<RequestId>()
                 .cloned()
                 .or_else(RequestId::current)
-                .or_else(|| self.layer.generate_missing.then(RequestId::new_v7));
+                .or_else(|| self.generate_missing.then(RequestId::new_v7));
             if let Some(id) = id {
                 req.headers_mut()
-                    .insert(self.layer.header.clone(), id.header_value().clone());
+                    .insert(self.header.clone(), id.header_value().clone());
             }
         }
-        self.inner.call(req)
     }
 }

@@ -211,13 +211,13 @@ impl<S> Layer<S> for TraceLayer {
     type Service = Trace<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Trace::new(
+        Trace {
             inner,
-            self.client,
-            self.head.clone(),
-            self.tracer.clone(),
-            self.options,
-            self.custom.clone(),
-        )
+            client: self.client,
+            head: self.head.clone(),
+            tracer: self.tracer.clone(),
+            options: self.options,
+            custom: self.custom.clone(),
+        }
     }
 }

@@ -32,33 +32,14 @@ use crate::retry::ResendCount;
 /// The service made by [`TraceLayer`](super::TraceLayer).
 #[derive(Debug, Clone)]
 pub struct Trace<S> {
-    inner: S,
-    client: bool,
-    head: Sampler,
-    tracer: LayerTracer,
-    options: Options,
-    custom: Custom,
+    pub(super) inner: S,
+    pub(super) client: bool,
+    pub(super) head: Sampler,
+    pub(super) tracer: LayerTracer,
+    pub(super) options: Options,
+    pub(super) custom: Custom,
 }
 
-impl<S> Trace<S> {
-    pub(crate) fn new(
-        inner: S,
-        client: bool,
-        head: Sampler,
-        tracer: LayerTracer,
-        options: Options,
-        custom: Custom,
-    ) -> Self {
-        Self {
-            inner,
-            client,
-            head,
-            tracer,
-            options,
-            custom,
-        }
-    }
-}
 
 /// What the user's hooks made of a request.
 #[derive(Default)]
