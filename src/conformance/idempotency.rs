@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, StatusCode};
 
 use super::{Harness, StoredKey};
 use crate::backends::Backend;
@@ -165,9 +165,12 @@ where
     clock.advance(Duration::from_millis(1));
     let new = won(&s, "k", &fp("a")).await;
     assert!(
-        !s.complete("k", Completion::new(old, &fp("a"), &StoredResponse::sample(), RETENTION))
-            .await
-            .expect("store answers")
+        !s.complete(
+            "k",
+            Completion::new(old, &fp("a"), &StoredResponse::sample(), RETENTION)
+        )
+        .await
+        .expect("store answers")
     );
     s.release("k", old).await.expect("store answers");
     assert!(matches!(
@@ -176,9 +179,12 @@ where
         Ok(Claim::InFlight { .. })
     ));
     assert!(
-        s.complete("k", Completion::new(new, &fp("a"), &StoredResponse::sample(), RETENTION))
-            .await
-            .expect("store answers")
+        s.complete(
+            "k",
+            Completion::new(new, &fp("a"), &StoredResponse::sample(), RETENTION)
+        )
+        .await
+        .expect("store answers")
     );
 }
 
@@ -204,9 +210,12 @@ where
     assert!(!renew(token).await.expect("store answers"), "expired");
     let next = won(&s, "k", &fp("a")).await;
     assert!(
-        s.complete("k", Completion::new(next, &fp("a"), &StoredResponse::sample(), RETENTION))
-            .await
-            .expect("store answers")
+        s.complete(
+            "k",
+            Completion::new(next, &fp("a"), &StoredResponse::sample(), RETENTION)
+        )
+        .await
+        .expect("store answers")
     );
     assert!(!s.renew("k", next, LOCK).await.expect("store answers"));
 }

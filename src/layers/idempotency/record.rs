@@ -363,7 +363,6 @@ impl StoredResponse {
 mod tests {
     use super::*;
 
-
     #[test]
     fn records_round_trip() {
         let fingerprint = Fingerprint::of(&[b"POST", b"/orders", b"{}"]);

@@ -4,8 +4,8 @@ use http::{HeaderName, Request};
 use tower_layer::Layer;
 
 use super::id::RequestId;
-use crate::layers::edit::{EditRequest, RequestEdit};
 use super::layer::X_REQUEST_ID;
+use crate::layers::edit::{EditRequest, RequestEdit};
 
 /// Forwards the request id on outbound requests made by a client stack
 /// (hyper-util, tonic `Channel`, any tower HTTP client).

@@ -40,7 +40,6 @@ pub struct Trace<S> {
     pub(super) custom: Custom,
 }
 
-
 /// What the user's hooks made of a request.
 #[derive(Default)]
 struct Hooked {
