@@ -28,7 +28,10 @@ impl<L: Layer<S>, S> Layer<S> for Optional<L> {
 }
 
 /// The service of [`Optional`]: the layer's service or the inner one; the
-/// response body is the one or the other.
+/// response body is the one or the other. A layer that is on has its
+/// response future boxed: the layers above then move a pointer instead of
+/// the whole nested future (pinned, the moves cost more than the
+/// allocation).
 #[derive(Debug, Clone)]
 pub enum OptionalService<A, S> {
     On(A),
@@ -42,7 +45,7 @@ where
 {
     type Response = Response<Either<B1, B2>>;
     type Error = A::Error;
-    type Future = OptionalFuture<A::Future, S::Future>;
+    type Future = OptionalFuture<Pin<Box<A::Future>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         match self {
@@ -54,7 +57,7 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         match self {
             Self::On(svc) => OptionalFuture::On {
-                future: svc.call(req),
+                future: Box::pin(svc.call(req)),
             },
             Self::Off(svc) => OptionalFuture::Off {
                 future: svc.call(req),
@@ -88,5 +91,44 @@ where
                 .poll(cx)
                 .map(|res| res.map(|res| res.map(Either::Right))),
         }
+    }
+}
+
+/// Boxes the inner service's response future and body, once, between the
+/// outer and inner groups of the preset: the layers above then move a
+/// pointer, not the whole nested future and body, at each level.
+#[derive(Debug, Clone, Copy)]
+pub struct BoxInner;
+
+impl<S> Layer<S> for BoxInner {
+    type Service = BoxedInner<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BoxedInner(inner)
+    }
+}
+
+/// The service of [`BoxInner`].
+#[derive(Debug, Clone)]
+pub struct BoxedInner<S>(S);
+
+impl<S, Req, B> Service<Req> for BoxedInner<S>
+where
+    S: Service<Req, Response = Response<B>>,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<crate::BoxError>,
+{
+    type Response = Response<axum::body::Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let future = self.0.call(req);
+        Box::pin(async move { future.await.map(|res| res.map(axum::body::Body::new)) })
     }
 }

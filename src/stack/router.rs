@@ -98,6 +98,7 @@ impl ServerStack {
             api.layer(
                 outer
                     .clone()
+                    .layer(super::optional::BoxInner)
                     .layer(Optional(self.concurrency_limit.clone()))
                     .layer(Optional(self.deadline.clone()))
                     .layer(Optional(self.rate_limit.clone()))
