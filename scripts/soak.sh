@@ -195,7 +195,7 @@ cleanup
 if [ "${SOAK_FAULTS:-1}" = 1 ]; then
 	echo "== Redis Cluster failover and network faults (debug test builds)"
 	FAILOVER_PHASE_SECS=${SOAK_FAILOVER_SECS:-10} FAULT_PHASE_MS=${SOAK_FAULT_MS:-4000} \
-		cargo test --quiet --all-features --test redis_failover --test store_network_faults \
+		cargo test --quiet --all-features --test redis_failover --test store_network_faults --test idempotency_lock_renewal \
 		-- --nocapture --test-threads 1 || failed=1
 fi
 if [ "$failed" = 0 ]; then echo "soak: every check held"; else echo "soak: FAILED (logs in $SOAK_DIR)"; exit 1; fi

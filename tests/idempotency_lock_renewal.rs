@@ -17,10 +17,15 @@ use battlement::backends::{BackendConfig, EtcdConfig, RedisConfig};
 use battlement::idempotency::IdempotencyConfig;
 use battlement::stack::{self, StackConfig};
 use support::{EtcdServer, Fault, FaultProxy, RedisServer};
+use tokio::sync::Notify;
 
 /// The preset on `backend` with `POST /slow` idempotent under a 1 s lock,
-/// its handler running `run_for`; each run answers `run N`.
-async fn serve_slow(backend: BackendConfig, run_for: Duration) -> (stack::ServerStack, String) {
+/// its handler running `run_for`; each run answers `run N` and, as it
+/// starts (its claim won), notifies the returned `Notify`.
+async fn serve_slow(
+    backend: BackendConfig,
+    run_for: Duration,
+) -> (stack::ServerStack, String, Arc<Notify>) {
     let config = StackConfig {
         backend,
         idempotency: Some(IdempotencyConfig {
@@ -33,10 +38,13 @@ async fn serve_slow(backend: BackendConfig, run_for: Duration) -> (stack::Server
     };
     let server = stack::server(&config).await.expect("the server stack");
     let runs = Arc::new(AtomicU64::new(0));
+    let started = Arc::new(Notify::new());
+    let notify = started.clone();
     let api = Router::new().route(
         "/slow",
         post(move || async move {
             let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+            notify.notify_one();
             tokio::time::sleep(run_for).await;
             format!("run {run}")
         }),
@@ -44,7 +52,7 @@ async fn serve_slow(backend: BackendConfig, run_for: Duration) -> (stack::Server
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(stack::serve(listener, server.router(api)).into_future());
-    (server, base)
+    (server, base, started)
 }
 
 /// A handler slower than the lock keeps its claim while renewals land: a
@@ -54,7 +62,14 @@ async fn serve_slow(backend: BackendConfig, run_for: Duration) -> (stack::Server
 /// gets its own response, but it is not stored (a `lock_lost` event), and
 /// later duplicates replay the second run's.
 async fn renewals_slower_than_the_lock(proxy: &FaultProxy, backend: BackendConfig) {
-    let (server, base) = serve_slow(backend, Duration::from_millis(2500)).await;
+    let (server, base, started) = serve_slow(backend, Duration::from_millis(2500)).await;
+    // Times count from the moment a handler starts: its claim was won
+    // just before.
+    let handler_started = || async {
+        tokio::time::timeout(Duration::from_secs(10), started.notified())
+            .await
+            .expect("the handler starts");
+    };
     let mut events = server.events().subscribe();
     let client = reqwest::Client::new();
     let post = |key: &'static str| {
@@ -69,25 +84,26 @@ async fn renewals_slower_than_the_lock(proxy: &FaultProxy, backend: BackendConfi
 
     // Renewals land.
     let first = tokio::spawn(post("renewed"));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    handler_started().await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(post("renewed").await.0, 409, "past the lock, still claimed");
     assert_eq!(first.await.unwrap(), (200, "run 1".to_owned()));
     assert_eq!(post("renewed").await, (200, "run 1".to_owned()));
 
     // No renewal lands for longer than the lock.
     let first = tokio::spawn(post("lapsed"));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    handler_started().await;
     proxy.set(Fault::Blackhole);
-    tokio::time::sleep(Duration::from_millis(1400)).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     proxy.set(Fault::None);
-    let started = Instant::now();
+    let healed = Instant::now();
     let second = loop {
         let (status, body) = post("lapsed").await;
         if status != 503 {
             break (status, body);
         }
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            healed.elapsed() < Duration::from_secs(5),
             "the store is back"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;

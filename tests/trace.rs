@@ -12,11 +12,12 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use battlement::request_id::RequestIdLayer;
 use battlement::trace::TraceLayer;
+use battlement::trace::W3cBaggage;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::{SpanKind, Status, TraceId, TracerProvider as _};
-use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use support::{record_spans_with, traced};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
@@ -26,7 +27,7 @@ use tracing_subscriber::layer::SubscriberExt;
 fn collect() -> (InMemorySpanExporter, tracing::subscriber::DefaultGuard) {
     opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
         Box::new(TraceContextPropagator::new()),
-        Box::new(BaggagePropagator::new()),
+        Box::new(W3cBaggage::new()),
     ]));
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder()

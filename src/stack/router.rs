@@ -1,14 +1,20 @@
 //! The axum form of the server preset.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::extract::connect_info::IntoMakeServiceWithConnectInfo;
 use axum::middleware::AddExtension;
+use http::Response;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
+use tower_layer::Layer;
+use tower_service::Service;
 
 use super::optional::Optional;
 use super::server::ServerStack;
@@ -98,7 +104,7 @@ impl ServerStack {
             api.layer(
                 outer
                     .clone()
-                    .layer(super::optional::BoxInner)
+                    .layer(BoxInner)
                     .layer(Optional(self.concurrency_limit.clone()))
                     .layer(Optional(self.deadline.clone()))
                     .layer(Optional(self.rate_limit.clone()))
@@ -119,5 +125,44 @@ impl ServerStack {
         } else {
             health
         })
+    }
+}
+
+/// Boxes the inner service's response future and body, once, between the
+/// outer and inner groups of the preset: the layers above then move a
+/// pointer, not the whole nested future and body, at each level.
+#[derive(Debug, Clone, Copy)]
+struct BoxInner;
+
+impl<S> Layer<S> for BoxInner {
+    type Service = BoxedInner<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        BoxedInner(inner)
+    }
+}
+
+/// The service of [`BoxInner`].
+#[derive(Debug, Clone)]
+struct BoxedInner<S>(S);
+
+impl<S, Req, B> Service<Req> for BoxedInner<S>
+where
+    S: Service<Req, Response = Response<B>>,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<crate::BoxError>,
+{
+    type Response = Response<axum::body::Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let future = self.0.call(req);
+        Box::pin(async move { future.await.map(|res| res.map(axum::body::Body::new)) })
     }
 }

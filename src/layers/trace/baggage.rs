@@ -1,8 +1,6 @@
 //! A W3C Baggage propagator that passes members on as they came: see
 //! [`W3cBaggage`].
 
-use std::fmt::Write as _;
-
 use opentelemetry::Context;
 use opentelemetry::baggage::{Baggage, BaggageExt};
 use opentelemetry::propagation::text_map_propagator::FieldIter;
@@ -57,9 +55,13 @@ const NOT_BAGGAGE_OCTET: &AsciiSet = &CONTROLS
 /// - values are `baggage-octet`s, percent-decoded as UTF-8 into the
 ///   [`Baggage`] and encoded again on the way out;
 /// - properties (`;k=v` or `;k`) are kept as they came;
-/// - a member that breaks any of these is skipped, the others are kept;
-/// - repeated `baggage` headers are one list; at most 64 members and 8192
-///   bytes are read, and written.
+/// - a member that breaks any of these is skipped, the others are kept (a
+///   header line holding bytes that are not visible ASCII is skipped
+///   whole);
+/// - an escape that is not UTF-8 reads as U+FFFD;
+/// - repeated `baggage` headers are one list; at most 64 members are read,
+///   and as many as take 8192 bytes once written out again, so that what
+///   is read is passed on whole.
 ///
 /// Properties the application set that are not valid are not sent.
 #[derive(Debug, Clone, Default)]
@@ -79,20 +81,16 @@ impl TextMapPropagator for W3cBaggage {
         let mut header = String::new();
         // [`Baggage`] holds only keys that are tokens.
         for (key, (value, properties)) in cx.baggage() {
-            let start = header.len();
-            if start > 0 {
+            let properties = valid_properties(properties.as_str());
+            let member = member_text(key.as_str(), value.as_str(), properties.as_deref());
+            let separator = usize::from(!header.is_empty());
+            if header.len() + separator + member.len() > MAX_BYTES {
+                continue;
+            }
+            if separator == 1 {
                 header.push(',');
             }
-            let value = utf8_percent_encode(value.as_str(), NOT_BAGGAGE_OCTET);
-            let _ = write!(header, "{}={value}", key.as_str());
-            let properties = properties.as_str();
-            if !properties.is_empty() && properties_are_valid(properties) {
-                header.push(';');
-                header.push_str(properties);
-            }
-            if header.len() > MAX_BYTES {
-                header.truncate(start);
-            }
+            header.push_str(&member);
         }
         if !header.is_empty() {
             injector.set(BAGGAGE, header);
@@ -104,16 +102,24 @@ impl TextMapPropagator for W3cBaggage {
             return cx.clone();
         };
         let mut baggage = Baggage::new();
+        // What the members kept take once written out again (`,` between
+        // them), so that what is read is passed on whole.
         let mut bytes = 0;
         let members = headers.iter().flat_map(|h| h.split(','));
         for member in members.map(trim_ows).filter(|m| !m.is_empty()) {
-            bytes += member.len() + 1;
-            if baggage.len() == MAX_MEMBERS || bytes > MAX_BYTES + 1 {
+            if baggage.len() == MAX_MEMBERS || bytes >= MAX_BYTES {
                 break;
             }
-            if let Some((key, value, properties)) = parse_member(member) {
-                baggage.insert_with_metadata(key, value, properties);
+            let Some((key, value, properties)) = parse_member(member) else {
+                continue;
+            };
+            let written = member_text(key, &value, Some(&properties)).len();
+            let separator = usize::from(bytes > 0);
+            if bytes + separator + written > MAX_BYTES {
+                break;
             }
+            bytes += separator + written;
+            baggage.insert_with_metadata(key.to_owned(), value, properties);
         }
         if baggage.is_empty() {
             return cx.clone();
@@ -138,9 +144,10 @@ pub(crate) fn members(cx: &Context) -> Vec<(String, String, String)> {
     all
 }
 
-/// `key OWS "=" OWS value *( OWS ";" OWS property )`: the key, the decoded
-/// value and the properties as they came (joined by `;`).
-fn parse_member(member: &str) -> Option<(String, String, String)> {
+/// `key OWS "=" OWS value *( OWS ";" OWS property )`: the key, the
+/// decoded value (escapes that are not UTF-8 read as U+FFFD) and the
+/// properties as they came (joined by `;`).
+fn parse_member(member: &str) -> Option<(&str, String, String)> {
     let (pair, properties) = match member.split_once(';') {
         Some((pair, properties)) => (pair, Some(properties)),
         None => (member, None),
@@ -150,23 +157,32 @@ fn parse_member(member: &str) -> Option<(String, String, String)> {
     if !is_token(key) || !value.bytes().all(is_baggage_octet) {
         return None;
     }
-    let value = percent_decode_str(value).decode_utf8().ok()?;
+    let value = percent_decode_str(value).decode_utf8_lossy().into_owned();
     let properties = match properties {
-        Some(properties) => {
-            let properties: Vec<&str> = properties.split(';').map(trim_ows).collect();
-            if !properties.iter().all(|p| is_property(p)) {
-                return None;
-            }
-            properties.join(";")
-        }
+        Some(properties) => valid_properties(properties)?,
         None => String::new(),
     };
-    Some((key.to_owned(), value.into_owned(), properties))
+    Some((key, value, properties))
 }
 
-/// `;`-separated properties, each valid.
-fn properties_are_valid(properties: &str) -> bool {
-    properties.split(';').all(|p| is_property(trim_ows(p)))
+/// One member as it is written: the value percent-encoded, the properties
+/// (already valid) after a `;`.
+fn member_text(key: &str, value: &str, properties: Option<&str>) -> String {
+    let mut text = format!("{key}={}", utf8_percent_encode(value, NOT_BAGGAGE_OCTET));
+    if let Some(properties) = properties.filter(|p| !p.is_empty()) {
+        text.push(';');
+        text.push_str(properties);
+    }
+    text
+}
+
+/// `;`-separated properties, each trimmed, when every one is valid.
+fn valid_properties(properties: &str) -> Option<String> {
+    let properties: Vec<&str> = properties.split(';').map(trim_ows).collect();
+    properties
+        .iter()
+        .all(|p| is_property(p))
+        .then(|| properties.join(";"))
 }
 
 /// `key OWS "=" OWS value` or `key OWS`.
@@ -175,7 +191,7 @@ fn is_property(property: &str) -> bool {
         Some((key, value)) => {
             is_token(trim_ows(key)) && trim_ows(value).bytes().all(is_baggage_octet)
         }
-        None => is_token(trim_ows(property)),
+        None => is_token(property),
     }
 }
 
@@ -230,9 +246,19 @@ mod tests {
 
     #[test]
     fn an_invalid_member_is_skipped_and_the_others_kept() {
-        let cx = extract("ok=1,bad key=2,novalue,k=\"q\",p=1;bad prop,k2=%FF,last=2");
+        let cx = extract("ok=1,bad key=2,novalue,k=\"q\",p=1;bad prop,k3=v;,last=2");
         let keys: Vec<String> = members(&cx).into_iter().map(|m| m.0).collect();
         assert_eq!(keys, ["last", "ok"]);
+    }
+
+    #[test]
+    fn an_escape_that_is_not_utf8_reads_as_the_replacement_character() {
+        let cx = extract("k=a%FFb");
+        assert_eq!(
+            cx.baggage().get("k").map(|v| v.to_string()),
+            Some("a\u{fffd}b".to_owned())
+        );
+        assert_eq!(inject(&cx).as_deref(), Some("k=a%EF%BF%BDb"));
     }
 
     #[test]
@@ -254,11 +280,32 @@ mod tests {
     }
 
     #[test]
-    fn at_most_64_members_are_read() {
-        let header: Vec<String> = (0..100).map(|i| format!("k{i}=v")).collect();
+    fn what_is_read_is_passed_on_whole_within_8192_bytes() {
+        // 60 members of 150 bytes as they came, each written out again
+        // three times as long (a bare `%` is written `%25`): 150 bytes as
+        // they came would allow all 60.
+        let value = "%".repeat(146);
+        let header: Vec<String> = (10..70).map(|i| format!("k{i}={value}")).collect();
         let cx = extract(&header.join(","));
-        assert_eq!(cx.baggage().len(), MAX_MEMBERS);
-        assert!(cx.baggage().get("k63").is_some());
+        let kept = cx.baggage().len();
+        assert!((10..60).contains(&kept), "{kept} members kept");
+        let out = inject(&cx).expect("a header");
+        assert!(out.len() <= MAX_BYTES, "{} bytes", out.len());
+        assert_eq!(members(&extract(&out)), members(&cx));
+        // The members read are the first ones, in order.
+        assert!(cx.baggage().get("k10").is_some());
+    }
+
+    #[test]
+    fn inject_leaves_out_members_past_8192_bytes() {
+        let mut baggage = Baggage::new();
+        for i in 0..60 {
+            baggage.insert(format!("k{i}"), "ä".repeat(50));
+        }
+        let out = inject(&Context::new().with_baggage(baggage)).expect("a header");
+        assert!(out.len() <= MAX_BYTES, "{} bytes", out.len());
+        let sent = extract(&out).baggage().len();
+        assert!((10..60).contains(&sent), "{sent} members sent");
     }
 
     #[test]
