@@ -804,14 +804,22 @@ mod tests {
     }
 
     /// Whole addresses, so the tests of the walk see which hop it chose.
+    /// The key the trusted load balancer's extractor gives a request from
+    /// `peer` with one `X-Forwarded-For: xff`.
+    fn behind_lb(peer: &str, xff: &str) -> String {
+        client(&lb(), &request(peer, &[("x-forwarded-for", xff)]))
+    }
+
     fn lb() -> ClientIp {
         ClientIp::new(["10.0.0.0/8".parse().unwrap(), "fd00::/8".parse().unwrap()]).ipv6_prefix(128)
     }
 
     #[test]
     fn spoofed_left_most_forwarded_for_is_never_the_key() {
-        let req = request("10.0.0.1:1", &[("x-forwarded-for", "6.6.6.6, 203.0.113.7")]);
-        assert_eq!(client(&lb(), &req), "203.0.113.7");
+        assert_eq!(
+            behind_lb("10.0.0.1:1", "6.6.6.6, 203.0.113.7"),
+            "203.0.113.7"
+        );
         // Spoofed entries in a separate header line come first too.
         let req = request(
             "10.0.0.1:1",
@@ -825,36 +833,31 @@ mod tests {
 
     #[test]
     fn untrusted_peer_ignores_the_header() {
-        let req = request("198.51.100.1:1", &[("x-forwarded-for", "6.6.6.6")]);
-        assert_eq!(client(&lb(), &req), "198.51.100.1");
+        assert_eq!(behind_lb("198.51.100.1:1", "6.6.6.6"), "198.51.100.1");
     }
 
     #[test]
     fn all_trusted_hops_give_the_left_most() {
-        let req = request("10.0.0.1:1", &[("x-forwarded-for", "10.1.1.1, 10.2.2.2")]);
-        assert_eq!(client(&lb(), &req), "10.1.1.1");
+        assert_eq!(behind_lb("10.0.0.1:1", "10.1.1.1, 10.2.2.2"), "10.1.1.1");
         let req = request("10.0.0.1:1", &[]);
         assert_eq!(client(&lb(), &req), "10.0.0.1");
     }
 
     #[test]
     fn garbage_hop_stops_at_the_last_trusted_address() {
-        let req = request(
-            "10.0.0.1:1",
-            &[("x-forwarded-for", "203.0.113.7, not-an-ip, 10.0.0.2")],
+        assert_eq!(
+            behind_lb("10.0.0.1:1", "203.0.113.7, not-an-ip, 10.0.0.2"),
+            "10.0.0.2"
         );
-        assert_eq!(client(&lb(), &req), "10.0.0.2");
     }
 
     #[test]
     fn ports_brackets_and_mapped_addresses_are_understood() {
-        let req = request(
-            "[::ffff:10.0.0.1]:1",
-            &[("x-forwarded-for", "[2001:db8::7]:4711")],
+        assert_eq!(
+            behind_lb("[::ffff:10.0.0.1]:1", "[2001:db8::7]:4711"),
+            "2001:db8::7"
         );
-        assert_eq!(client(&lb(), &req), "2001:db8::7");
-        let req = request("10.0.0.1:1", &[("x-forwarded-for", "203.0.113.7:8080")]);
-        assert_eq!(client(&lb(), &req), "203.0.113.7");
+        assert_eq!(behind_lb("10.0.0.1:1", "203.0.113.7:8080"), "203.0.113.7");
     }
 
     #[test]

@@ -30,6 +30,15 @@ const CLOSED: SharedState = SharedState {
     reopens: 0,
 };
 
+/// The version `write` got on `id`; a write refused fails, naming `what`
+/// it was written on.
+async fn applied<S: CircuitBreakerStore>(s: &S, id: &str, write: Publication, what: &str) -> u64 {
+    match s.publish(id, write).await.expect("store answers") {
+        Published::Applied(version) => version,
+        other => panic!("a write on {what} refused: {other:?}"),
+    }
+}
+
 /// Writing needs the stored version; a stale writer gets the winner's
 /// state back (and its writer id); versions only grow, even after a
 /// record expired.
@@ -40,13 +49,13 @@ where
     let clock = ManualClock::new(T0);
     let s = h.store_with_clock(clock.shared()).await;
     assert_eq!(s.load("b/k").await.unwrap(), None);
-    let Published::Applied(v1) = s
-        .publish("b/k", Publication::new(0, 7, open_for(30)))
-        .await
-        .unwrap()
-    else {
-        panic!("first write refused")
-    };
+    let v1 = applied(
+        &s,
+        "b/k",
+        Publication::new(0, 7, open_for(30)),
+        "first write",
+    )
+    .await;
     match s
         .publish("b/k", Publication::new(0, 8, CLOSED))
         .await
@@ -58,13 +67,13 @@ where
         }
         other => panic!("stale write accepted: {other:?}"),
     }
-    let Published::Applied(v2) = s
-        .publish("b/k", Publication::new(v1, 8, CLOSED))
-        .await
-        .unwrap()
-    else {
-        panic!("write on the current version refused")
-    };
+    let v2 = applied(
+        &s,
+        "b/k",
+        Publication::new(v1, 8, CLOSED),
+        "current version",
+    )
+    .await;
     assert!(v2 > v1);
     let stored = s.load("b/k").await.unwrap().unwrap();
     assert_eq!(
@@ -73,25 +82,13 @@ where
     );
     // Nothing stored: any expected version writes, and the version still
     // grows past it.
-    let Published::Applied(v) = s
-        .publish("b/other", Publication::new(v2, 9, CLOSED))
-        .await
-        .unwrap()
-    else {
-        panic!("write on an absent key refused")
-    };
+    let v = applied(&s, "b/other", Publication::new(v2, 9, CLOSED), "absent key").await;
     assert!(v > v2);
     // A writer that never saw a record (it expired, or this instance is
     // new) still writes above every earlier version: versions are store
     // times.
     clock.advance(Duration::from_secs(1));
-    let Published::Applied(fresh) = s
-        .publish("b/new", Publication::new(0, 9, CLOSED))
-        .await
-        .unwrap()
-    else {
-        panic!("write on a new key refused")
-    };
+    let fresh = applied(&s, "b/new", Publication::new(0, 9, CLOSED), "new key").await;
     assert!(fresh > v2, "{fresh} <= {v2}");
 }
 

@@ -46,6 +46,26 @@ async fn won<S: IdempotencyStore>(s: &S, id: &str, f: &Fingerprint) -> ClaimToke
     }
 }
 
+/// Whether a new claim on `id` finds it in flight.
+async fn in_flight<S: IdempotencyStore>(s: &S, id: &str) -> bool {
+    let fingerprint = fp("a");
+    let claimant = Claimant::new(ClaimToken::random(), &fingerprint, LOCK);
+    matches!(s.claim(id, claimant).await, Ok(Claim::InFlight { .. }))
+}
+
+/// Completes `id` for `token` with the sample response for body `a`;
+/// whether the store took it.
+async fn completed<S: IdempotencyStore>(
+    s: &S,
+    id: &str,
+    token: ClaimToken,
+    retention: Duration,
+) -> bool {
+    let (fingerprint, response) = (fp("a"), StoredResponse::sample());
+    let done = Completion::new(token, &fingerprint, &response, retention);
+    s.complete(id, done).await.expect("store answers")
+}
+
 /// 100 concurrent claims of one key: exactly one wins.
 pub async fn hundred_concurrent_claims_have_one_winner<H: Harness>(h: H)
 where
@@ -101,14 +121,7 @@ where
 {
     let (s, _clock) = setup(&h).await;
     let token = won(&s, "k", &fp("a")).await;
-    assert!(
-        s.complete(
-            "k",
-            Completion::new(token, &fp("a"), &StoredResponse::sample(), RETENTION)
-        )
-        .await
-        .expect("store answers")
-    );
+    assert!(completed(&s, "k", token, RETENTION).await);
     for body in ["a", "b"] {
         match s
             .claim("k", Claimant::new(ClaimToken::random(), &fp(body), LOCK))
@@ -157,35 +170,13 @@ where
     let (s, clock) = setup(&h).await;
     let old = won(&s, "k", &fp("a")).await;
     clock.advance(LOCK - Duration::from_millis(1));
-    assert!(matches!(
-        s.claim("k", Claimant::new(ClaimToken::random(), &fp("a"), LOCK))
-            .await,
-        Ok(Claim::InFlight { .. })
-    ));
+    assert!(in_flight(&s, "k").await);
     clock.advance(Duration::from_millis(1));
     let new = won(&s, "k", &fp("a")).await;
-    assert!(
-        !s.complete(
-            "k",
-            Completion::new(old, &fp("a"), &StoredResponse::sample(), RETENTION)
-        )
-        .await
-        .expect("store answers")
-    );
+    assert!(!completed(&s, "k", old, RETENTION).await);
     s.release("k", old).await.expect("store answers");
-    assert!(matches!(
-        s.claim("k", Claimant::new(ClaimToken::random(), &fp("a"), LOCK))
-            .await,
-        Ok(Claim::InFlight { .. })
-    ));
-    assert!(
-        s.complete(
-            "k",
-            Completion::new(new, &fp("a"), &StoredResponse::sample(), RETENTION)
-        )
-        .await
-        .expect("store answers")
-    );
+    assert!(in_flight(&s, "k").await);
+    assert!(completed(&s, "k", new, RETENTION).await);
 }
 
 /// A renewed claim holds past its first lock, for its owner only; it
@@ -201,22 +192,11 @@ where
     assert!(!renew(ClaimToken::random()).await.expect("store answers"));
     assert!(renew(token).await.expect("store answers"));
     clock.advance(Duration::from_millis(2));
-    assert!(matches!(
-        s.claim("k", Claimant::new(ClaimToken::random(), &fp("a"), LOCK))
-            .await,
-        Ok(Claim::InFlight { .. })
-    ));
+    assert!(in_flight(&s, "k").await);
     clock.advance(LOCK);
     assert!(!renew(token).await.expect("store answers"), "expired");
     let next = won(&s, "k", &fp("a")).await;
-    assert!(
-        s.complete(
-            "k",
-            Completion::new(next, &fp("a"), &StoredResponse::sample(), RETENTION)
-        )
-        .await
-        .expect("store answers")
-    );
+    assert!(completed(&s, "k", next, RETENTION).await);
     assert!(!s.renew("k", next, LOCK).await.expect("store answers"));
 }
 
@@ -228,14 +208,7 @@ where
     let (s, clock) = setup(&h).await;
     let retention = Duration::from_secs(10);
     let token = won(&s, "k", &fp("a")).await;
-    assert!(
-        s.complete(
-            "k",
-            Completion::new(token, &fp("a"), &StoredResponse::sample(), retention)
-        )
-        .await
-        .expect("store answers")
-    );
+    assert!(completed(&s, "k", token, retention).await);
     clock.advance(retention - Duration::from_millis(1));
     assert!(matches!(
         s.claim("k", Claimant::new(ClaimToken::random(), &fp("a"), LOCK))
@@ -256,11 +229,7 @@ where
     s.release("k", ClaimToken::random())
         .await
         .expect("store answers");
-    assert!(matches!(
-        s.claim("k", Claimant::new(ClaimToken::random(), &fp("a"), LOCK))
-            .await,
-        Ok(Claim::InFlight { .. })
-    ));
+    assert!(in_flight(&s, "k").await);
     s.release("k", token).await.expect("store answers");
     won(&s, "k", &fp("a")).await;
 }
@@ -275,14 +244,7 @@ where
     let alice = scoped("alice", "order-1");
     let bob = scoped("bob", "order-1");
     let token = won(&s, &alice, &fp("a")).await;
-    assert!(
-        s.complete(
-            &alice,
-            Completion::new(token, &fp("a"), &StoredResponse::sample(), RETENTION)
-        )
-        .await
-        .expect("store answers")
-    );
+    assert!(completed(&s, &alice, token, RETENTION).await);
     won(&s, &bob, &fp("a")).await;
 }
 
@@ -314,14 +276,7 @@ where
         lock_ttl > LOCK - SLACK && lock_ttl <= LOCK * 2 + SLACK,
         "{lock_ttl:?}"
     );
-    assert!(
-        s.complete(
-            &id,
-            Completion::new(token, &fp("a"), &StoredResponse::sample(), RETENTION)
-        )
-        .await
-        .expect("store answers")
-    );
+    assert!(completed(&s, &id, token, RETENTION).await);
     let kept = ttl(h.stored_keys(&s).await);
     assert!(
         kept > RETENTION - SLACK && kept <= RETENTION * 2 + SLACK,

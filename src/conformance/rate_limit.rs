@@ -35,6 +35,14 @@ async fn decide<S: RateLimitStore>(s: &S, key: &str, q: &Quota, cost: u64) -> De
         .expect("store answers")
 }
 
+/// What is left of key `k` under `policy` after a decision of `cost`.
+async fn remaining<S: RateLimitStore>(s: &S, policy: &str, q: &Quota, cost: u64) -> u64 {
+    s.decide(Charge::new(policy, "k", q, cost))
+        .await
+        .expect("answers")
+        .remaining()
+}
+
 /// The burst is admitted at once, then the next request is denied.
 pub async fn burst_is_admitted_then_denied<H: Harness>(h: H)
 where
@@ -432,34 +440,10 @@ where
     let d = decide_all(&s, &[charge("b", &b, 1), charge("a", &a, 1)]).await;
     assert!(!d[0].is_allowed() && d[1].is_allowed(), "{d:?}");
     // Each untouched state, read on its own: a peek, then a spend.
-    assert_eq!(
-        s.decide(Charge::new("a", "k", &a, 0))
-            .await
-            .expect("answers")
-            .remaining(),
-        8
-    );
-    assert_eq!(
-        s.decide(Charge::new("c", "k", &c, 0))
-            .await
-            .expect("answers")
-            .remaining(),
-        48
-    );
-    assert_eq!(
-        s.decide(Charge::new("a", "k", &a, 1))
-            .await
-            .expect("answers")
-            .remaining(),
-        7
-    );
-    assert_eq!(
-        s.decide(Charge::new("c", "k", &c, 1))
-            .await
-            .expect("answers")
-            .remaining(),
-        47
-    );
+    assert_eq!(remaining(&s, "a", &a, 0).await, 8);
+    assert_eq!(remaining(&s, "c", &c, 0).await, 48);
+    assert_eq!(remaining(&s, "a", &a, 1).await, 7);
+    assert_eq!(remaining(&s, "c", &c, 1).await, 47);
 }
 
 /// 64 concurrent requests over two policies, the second with room for

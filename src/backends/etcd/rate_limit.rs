@@ -58,17 +58,11 @@ impl RateLimitStore for EtcdStore {
                     Guarded::Applied => return Ok(step.decision),
                     Guarded::Moved(get) => (state, revision) = read(&get),
                 }
-                // Back off a little so that contenders interleave.
-                let spread = u64::from(attempt.min(20)) * 250;
-                tokio::time::sleep(Duration::from_micros(fastrand::u64(0..=spread))).await;
+                back_off(attempt).await;
             }
-            Err(StoreError::Backend(format!(
-                "etcd: {MAX_ATTEMPTS} conflicting writes on one rate-limit key"
-            )))
+            Err(conflicted("one rate-limit key"))
         };
-        tokio::time::timeout(deadline, decide)
-            .await
-            .map_err(|_| StoreError::Timeout(deadline))?
+        within(deadline, decide).await
     }
 
     /// A read, then a revision-guarded write (or delete, when nothing is
@@ -159,15 +153,32 @@ impl RateLimitStore for EtcdStore {
                     GuardedAll::Applied => return Ok(decisions.collect()),
                     GuardedAll::Moved(gets) => states = gets.iter().map(read).collect(),
                 }
-                let spread = u64::from(attempt.min(20)) * 250;
-                tokio::time::sleep(Duration::from_micros(fastrand::u64(0..=spread))).await;
+                back_off(attempt).await;
             }
-            Err(StoreError::Backend(format!(
-                "etcd: {MAX_ATTEMPTS} conflicting writes on rate-limit keys"
-            )))
+            Err(conflicted("rate-limit keys"))
         };
-        tokio::time::timeout(deadline, decide)
-            .await
-            .map_err(|_| StoreError::Timeout(deadline))?
+        within(deadline, decide).await
     }
+}
+
+/// Waits a random moment that grows with `attempt`, so that contenders
+/// for one key interleave.
+async fn back_off(attempt: u32) {
+    let spread = u64::from(attempt.min(20)) * 250;
+    tokio::time::sleep(Duration::from_micros(fastrand::u64(0..=spread))).await;
+}
+
+/// Every attempt met a concurrent write on `what`.
+fn conflicted(what: &str) -> StoreError {
+    StoreError::Backend(format!("etcd: {MAX_ATTEMPTS} conflicting writes on {what}"))
+}
+
+/// `decide`, bounded by `deadline`.
+async fn within<T>(
+    deadline: Duration,
+    decide: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(deadline, decide)
+        .await
+        .map_err(|_| StoreError::Timeout(deadline))?
 }

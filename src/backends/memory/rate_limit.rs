@@ -763,19 +763,32 @@ mod tests {
         n
     }
 
+    /// A store holding at most `max_keys` keys, on a manual clock, and
+    /// its events.
+    fn capped(
+        max_keys: usize,
+    ) -> (
+        crate::clock::ManualClock,
+        MemoryStore,
+        tokio::sync::broadcast::Receiver<crate::events::Event>,
+    ) {
+        let clock = crate::clock::ManualClock::new(Duration::from_secs(1_000));
+        let events = Events::new();
+        let rx = events.subscribe();
+        let store = MemoryStore::new()
+            .rate_limit_max_keys(max_keys)
+            .with_clock(clock.shared())
+            .events(events);
+        (clock, store, rx)
+    }
+
     // A million distinct keys within one period on a store capped at 10,000:
     // the first 10,000 get their own keys, the rest share the policy's one
     // overflow key, which admits its burst and then denies them, each
     // decision reported.
     #[test]
     fn a_key_flood_is_capped_and_shares_one_limited_overflow_key() {
-        let clock = crate::clock::ManualClock::new(Duration::from_secs(1_000));
-        let events = Events::new();
-        let mut rx = events.subscribe();
-        let store = MemoryStore::new()
-            .rate_limit_max_keys(10_000)
-            .with_clock(clock.shared())
-            .events(events);
+        let (clock, store, mut rx) = capped(10_000);
         let quota = Quota::per_minute(5).unwrap();
         let (allowed, overflowed) = flood(&store, &mut rx, 0..1_000_000, &quota);
         assert_eq!(
@@ -817,13 +830,7 @@ mod tests {
             .build()
             .unwrap();
         let _in_runtime = rt.enter();
-        let clock = crate::clock::ManualClock::new(Duration::from_secs(1_000));
-        let events = Events::new();
-        let mut rx = events.subscribe();
-        let store = MemoryStore::new()
-            .rate_limit_max_keys(100)
-            .with_clock(clock.shared())
-            .events(events);
+        let (clock, store, mut rx) = capped(100);
         let quota = Quota::per_second(1).unwrap();
         assert_eq!(flood(&store, &mut rx, 0..100, &quota), (100, 0));
         assert_eq!(flood(&store, &mut rx, 100..101, &quota), (1, 1));

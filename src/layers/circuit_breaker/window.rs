@@ -141,29 +141,23 @@ mod tests {
 
     use super::*;
 
+    fn totals(calls: u64, failures: u64, slow: u64) -> Totals {
+        Totals {
+            calls,
+            failures,
+            slow,
+        }
+    }
+
     #[test]
     fn count_window_evicts_the_oldest_call() {
         let mut w = Outcomes::new(Window::Count(3));
         w.record(0, true, false);
         w.record(0, false, true);
         w.record(0, false, false);
-        assert_eq!(
-            w.totals(0),
-            Totals {
-                calls: 3,
-                failures: 1,
-                slow: 1
-            }
-        );
+        assert_eq!(w.totals(0), totals(3, 1, 1));
         w.record(0, false, false);
-        assert_eq!(
-            w.totals(0),
-            Totals {
-                calls: 3,
-                failures: 0,
-                slow: 1
-            }
-        );
+        assert_eq!(w.totals(0), totals(3, 0, 1));
     }
 
     #[test]
@@ -172,31 +166,10 @@ mod tests {
         w.record(100, true, false);
         w.record(101, true, true);
         w.record(102, false, false);
-        assert_eq!(
-            w.totals(102),
-            Totals {
-                calls: 3,
-                failures: 2,
-                slow: 1
-            }
-        );
+        assert_eq!(w.totals(102), totals(3, 2, 1));
         // At 103 the call of second 100 is 3 s old: out.
-        assert_eq!(
-            w.totals(103),
-            Totals {
-                calls: 2,
-                failures: 1,
-                slow: 1
-            }
-        );
-        assert_eq!(
-            w.totals(104),
-            Totals {
-                calls: 1,
-                failures: 0,
-                slow: 0
-            }
-        );
+        assert_eq!(w.totals(103), totals(2, 1, 1));
+        assert_eq!(w.totals(104), totals(1, 0, 0));
         // A long gap clears everything, in at most `len` steps.
         assert_eq!(w.totals(1_000_000), Totals::default());
         w.record(1_000_000, true, false);

@@ -231,6 +231,15 @@ fn current_debt(s: GcraState, quota: &Quota, now_us: u64) -> u64 {
 mod tests {
     use super::*;
 
+    /// The state after `n` admitted units at time 0.
+    fn spent(q: &Quota, n: u64) -> Option<GcraState> {
+        let mut state = None;
+        for _ in 0..n {
+            run(q, &mut state, 1, 0);
+        }
+        state
+    }
+
     fn run(q: &Quota, state: &mut Option<GcraState>, cost: u64, now: u64) -> Decision {
         let step = decide(*state, q, cost, now);
         if let Some(w) = step.write {
@@ -296,10 +305,7 @@ mod tests {
     #[test]
     fn quota_change_keeps_outstanding_cost() {
         let q = Quota::per_second(10).unwrap();
-        let mut s = None;
-        for _ in 0..4 {
-            run(&q, &mut s, 1, 0);
-        }
+        let mut s = spent(&q, 4);
         let bigger = Quota::per_minute(100).unwrap();
         // 4 units were spent; the new period keeps them.
         match run(&bigger, &mut s, 1, 0) {
@@ -320,10 +326,7 @@ mod tests {
     #[test]
     fn a_denial_after_a_period_change_rewrites_the_state_with_the_new_lifetime() {
         let fast = Quota::per_second(10).unwrap();
-        let mut s = None;
-        for _ in 0..10 {
-            run(&fast, &mut s, 1, 0);
-        }
+        let s = spent(&fast, 10);
         let slow = Quota::per_minute(10).unwrap();
         let step = decide(s, &slow, 1, 0);
         assert!(!step.decision.is_allowed());
