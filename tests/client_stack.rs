@@ -121,32 +121,43 @@ async fn hyper_util_through_the_stack_retries_with_one_request_id() {
     assert_eq!(ids, vec![id.as_str().to_owned(); 3]);
 }
 
-// With idempotency keys on, a POST gets one key, the same on every
-// attempt, and is retried like a GET; a key the caller set is kept.
-#[tokio::test]
-async fn every_attempt_of_a_post_carries_one_idempotency_key() {
+/// A server on `/` that records each POST's `Idempotency-Key` (empty when
+/// there is none) and answers what `answer` makes of how many it has seen.
+async fn key_server(answer: fn(usize) -> StatusCode) -> (Seen, std::net::SocketAddr) {
     let seen = Seen::default();
     let app = Router::new()
         .route(
             "/",
-            post(|State(seen): State<Seen>, headers: HeaderMap| async move {
-                let key = headers
-                    .get("idempotency-key")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_owned();
-                let mut keys = seen.0.lock().unwrap();
-                keys.push(key);
-                match keys.len() % 3 {
-                    0 => "ok".into_response(),
-                    _ => StatusCode::SERVICE_UNAVAILABLE.into_response(),
-                }
-            }),
+            post(
+                move |State(seen): State<Seen>, headers: HeaderMap| async move {
+                    let key = headers
+                        .get("idempotency-key")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let mut keys = seen.0.lock().unwrap();
+                    keys.push(key);
+                    answer(keys.len())
+                },
+            ),
         )
         .with_state(seen.clone());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
+    (seen, addr)
+}
+
+// With idempotency keys on, a POST gets one key, the same on every
+// attempt, and is retried like a GET; a key the caller set is kept.
+#[tokio::test]
+async fn every_attempt_of_a_post_carries_one_idempotency_key() {
+    // Two failures, then a success.
+    let (seen, addr) = key_server(|n| match n % 3 {
+        0 => StatusCode::OK,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    })
+    .await;
     // A new stack (a new breaker) per call: two failures in each.
     let client = || {
         let stack = ClientStack::new("up", MemoryStore::new())
@@ -375,25 +386,7 @@ async fn a_tonic_channel_retries_unavailable_after_the_pushback() {
 // `[client] idempotency_keys = true` gives the preset's POSTs a key.
 #[tokio::test]
 async fn the_client_config_turns_idempotency_keys_on() {
-    let seen = Seen::default();
-    let app = Router::new()
-        .route(
-            "/",
-            post(|State(seen): State<Seen>, headers: HeaderMap| async move {
-                let key = headers
-                    .get("idempotency-key")
-                    .map(|v| v.as_bytes().to_vec());
-                seen.0
-                    .lock()
-                    .unwrap()
-                    .push(String::from_utf8(key.unwrap_or_default()).unwrap());
-                "ok"
-            }),
-        )
-        .with_state(seen.clone());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (seen, addr) = key_server(|_| StatusCode::OK).await;
     for (toml, keyed) in [("[client]\nidempotency_keys = true", true), ("", false)] {
         let config = battlement::stack::StackConfig::from_toml(toml).unwrap();
         let stack = battlement::stack::client("up", &config.client, MemoryStore::new()).unwrap();
