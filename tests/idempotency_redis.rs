@@ -14,30 +14,12 @@ use battlement::backends::{RedisConfig, RedisStore};
 use battlement::body::LayerBody;
 use battlement::idempotency::IdempotencyLayer;
 use http::{Request, Response, StatusCode};
-use support::RedisServer;
+use support::{RedisServer, counting};
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 
 async fn store(redis: &RedisServer) -> RedisStore {
     let config = RedisConfig::standalone(redis.url()).with_timeout(Duration::from_millis(200));
     RedisStore::from_config(config).await.unwrap()
-}
-
-/// A handler answering "created" and counting its calls.
-fn created(
-    calls: &Arc<AtomicUsize>,
-) -> impl tower::Service<
-    Request<LayerBody<String>>,
-    Response = Response<String>,
-    Error = Infallible,
-    Future = impl Send,
-> + Clone
-+ Send
-+ 'static {
-    let calls = calls.clone();
-    service_fn(move |_: Request<LayerBody<String>>| {
-        calls.fetch_add(1, Ordering::SeqCst);
-        async { Ok::<_, Infallible>(Response::new(String::from("created"))) }
-    })
 }
 
 fn post() -> Request<String> {
@@ -80,7 +62,7 @@ async fn a_request_killed_mid_execution_runs_once_after_the_lock_expires() {
     let calls = Arc::new(AtomicUsize::new(0));
     let b = ServiceBuilder::new()
         .layer(IdempotencyLayer::new(store(&redis).await).lock(lock))
-        .service(created(&calls));
+        .service(counting(&calls, StatusCode::OK));
     let res = b.clone().oneshot(post()).await.unwrap();
     assert_eq!(res.status(), StatusCode::CONFLICT, "A's lock still holds");
     let executed = loop {
@@ -112,7 +94,7 @@ async fn redis_down_is_503_and_nothing_executes() {
     let calls = Arc::new(AtomicUsize::new(0));
     let svc = ServiceBuilder::new()
         .layer(IdempotencyLayer::new(store(&redis).await))
-        .service(created(&calls));
+        .service(counting(&calls, StatusCode::OK));
     redis.stop();
     let started = Instant::now();
     let res = svc.clone().oneshot(post()).await.unwrap();
@@ -148,7 +130,7 @@ async fn an_unanswered_claim_does_not_lock_out_the_retry(how: Unanswered) {
     let calls = Arc::new(AtomicUsize::new(0));
     let svc = ServiceBuilder::new()
         .layer(IdempotencyLayer::new(store(&redis).await))
-        .service(created(&calls));
+        .service(counting(&calls, StatusCode::OK));
     // Loads the scripts, so the frozen call is the claim itself.
     let warm = Request::post("/orders")
         .header("idempotency-key", "\"warm\"")
@@ -256,7 +238,7 @@ async fn claims_not_sent_while_redis_is_down_are_never_released() {
     let calls = Arc::new(AtomicUsize::new(0));
     let svc = ServiceBuilder::new()
         .layer(IdempotencyLayer::new(store(&redis).await))
-        .service(created(&calls));
+        .service(counting(&calls, StatusCode::OK));
     let post = |key: &str| {
         Request::post("/orders")
             .header("idempotency-key", format!("\"{key}\""))
@@ -298,7 +280,7 @@ async fn a_key_run_in_the_local_fallback_is_replayed_after_the_outage() {
     let calls = Arc::new(AtomicUsize::new(0));
     let svc = ServiceBuilder::new()
         .layer(IdempotencyLayer::new(store.clone()).failure_policy(FailurePolicy::LocalFallback))
-        .service(created(&calls));
+        .service(counting(&calls, StatusCode::OK));
     redis.stop();
     let res = svc.clone().oneshot(post()).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK, "run in the fallback");

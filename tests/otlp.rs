@@ -274,18 +274,11 @@ async fn the_example_exports_to(endpoint: &str, protocol: &str, received: &Recei
 
     let waited = Instant::now();
     loop {
-        let span = received
-            .spans
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(id, name)| id == trace && name == "GET /items/{id}");
-        let application = received
-            .spans
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(id, name)| id == trace && name == "load item");
+        let in_trace = |span: &str| {
+            let spans = received.spans.lock().unwrap();
+            spans.iter().any(|(id, name)| id == trace && name == span)
+        };
+        let (span, application) = (in_trace("GET /items/{id}"), in_trace("load item"));
         let metric = received
             .metrics
             .lock()

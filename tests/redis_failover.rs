@@ -19,19 +19,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use battlement::backends::{RedisConfig, RedisStore};
-use battlement::body::LayerBody;
 use battlement::idempotency::IdempotencyLayer;
 use http::{Request, Response, StatusCode};
 use support::load::{Load, Summary, TABLE_HEADER};
-use support::{Example, RedisCluster, get};
-use tower::{ServiceBuilder, ServiceExt, service_fn};
+use support::{Example, RedisCluster, counting, env_number, get};
+use tower::{ServiceBuilder, ServiceExt};
 
 fn phase() -> Duration {
-    let secs = std::env::var("FAILOVER_PHASE_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    Duration::from_secs(secs)
+    Duration::from_secs(env_number("FAILOVER_PHASE_SECS", 3))
 }
 
 /// Waits until node `i` says it is a master (at most 30 s).
@@ -154,28 +149,6 @@ async fn a_failover_under_load_follows_the_failure_policy_and_runs_no_order_twic
     );
 }
 
-/// A handler answering 201 and counting its runs.
-fn orders(
-    runs: &Arc<AtomicUsize>,
-) -> impl tower::Service<
-    Request<LayerBody<String>>,
-    Response = Response<String>,
-    Error = Infallible,
-    Future = impl Send,
-> + Clone
-+ Send
-+ 'static {
-    let runs = runs.clone();
-    service_fn(move |_: Request<LayerBody<String>>| {
-        runs.fetch_add(1, Ordering::SeqCst);
-        async {
-            let mut res = Response::new(String::from("created"));
-            *res.status_mut() = StatusCode::CREATED;
-            Ok::<_, Infallible>(res)
-        }
-    })
-}
-
 fn post(key: &str) -> Request<String> {
     Request::post("/orders")
         .header("idempotency-key", format!("\"{key}\""))
@@ -237,7 +210,9 @@ async fn a_claim_only_the_dead_master_had_runs_again_unless_it_waited_for_a_repl
         let runs = Arc::new(AtomicUsize::new(0));
         let store = RedisStore::from_config(config).await.unwrap();
         let layer = IdempotencyLayer::new(store).lock(Duration::from_secs(60));
-        let svc = ServiceBuilder::new().layer(layer).service(orders(&runs));
+        let svc = ServiceBuilder::new()
+            .layer(layer)
+            .service(counting(&runs, StatusCode::CREATED));
         let (masters, replicas): (Vec<usize>, Vec<usize>) = (0..cluster.nodes().len())
             .partition(|&i| cluster.nodes()[i].cli(&["role"]).starts_with("master"));
 

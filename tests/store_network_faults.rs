@@ -27,14 +27,10 @@ use battlement::idempotency::IdempotencyConfig;
 use battlement::rate_limit::{PolicyConfig, Quota, RateLimitConfig};
 use battlement::stack::{self, StackConfig};
 use support::load::{Load, Route, Sample, Summary, TABLE_HEADER, decisions_resumed};
-use support::{EtcdServer, Fault, FaultProxy, RedisServer};
+use support::{EtcdServer, Fault, FaultProxy, RedisServer, env_number};
 
 fn phase() -> Duration {
-    let ms = std::env::var("FAULT_PHASE_MS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1200);
-    Duration::from_millis(ms)
+    Duration::from_millis(env_number("FAULT_PHASE_MS", 1200))
 }
 
 /// The faults, in order, each with a name for the table.

@@ -10,6 +10,7 @@
 mod etcd;
 mod example;
 mod fault_proxy;
+mod handlers;
 mod harness;
 mod lines;
 pub mod load;
@@ -21,6 +22,7 @@ mod spans;
 pub use etcd::EtcdServer;
 pub use example::{Example, Reply, example_binary, get, send};
 pub use fault_proxy::{Fault, FaultProxy};
+pub use handlers::{counting, env_number};
 pub use harness::*;
 pub use lines::{Lines, capture_logs};
 pub use process::{Process, free_port, require_binary};
