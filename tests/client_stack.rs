@@ -9,7 +9,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::any;
 use battlement::RequestId;
 use battlement::backends::MemoryStore;
 use battlement::body::LayerBody;
@@ -37,29 +37,31 @@ use helloworld::greeter_client::GreeterClient;
 use helloworld::greeter_server::{Greeter, GreeterServer};
 use helloworld::{HelloReply, HelloRequest};
 
-/// The request ids each attempt carried, in order.
+/// The header values each attempt carried, in order.
 #[derive(Clone, Default)]
 struct Seen(Arc<Mutex<Vec<String>>>);
 
-/// A server that records each attempt's request id and answers what
-/// `answer` makes of the ids seen so far (the current one last).
+/// A server on `/` (any method) that records the `header` each attempt
+/// carried (empty when none) and answers what `answer` makes of the values
+/// seen so far (the current one last).
 async fn recording_server(
     seen: Seen,
+    header: &'static str,
     answer: impl Fn(&[String]) -> axum::response::Response + Clone + Send + Sync + 'static,
 ) -> std::net::SocketAddr {
     let app = Router::new()
         .route(
             "/",
-            get(
+            any(
                 move |State(seen): State<Seen>, headers: HeaderMap| async move {
-                    let id = headers
-                        .get("x-request-id")
+                    let value = headers
+                        .get(header)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or_default()
                         .to_owned();
-                    let mut ids = seen.0.lock().unwrap();
-                    ids.push(id);
-                    answer(&ids)
+                    let mut values = seen.0.lock().unwrap();
+                    values.push(value);
+                    answer(&values)
                 },
             ),
         )
@@ -72,7 +74,7 @@ async fn recording_server(
 
 /// Fails the first `fail_first` attempts with 503, then answers 200.
 async fn http_server(seen: Seen, fail_first: usize) -> std::net::SocketAddr {
-    recording_server(seen, move |ids| {
+    recording_server(seen, "x-request-id", move |ids| {
         if ids.len() <= fail_first {
             StatusCode::SERVICE_UNAVAILABLE.into_response()
         } else {
@@ -121,30 +123,14 @@ async fn hyper_util_through_the_stack_retries_with_one_request_id() {
     assert_eq!(ids, vec![id.as_str().to_owned(); 3]);
 }
 
-/// A server on `/` that records each POST's `Idempotency-Key` (empty when
-/// there is none) and answers what `answer` makes of how many it has seen.
+/// A server recording each attempt's `Idempotency-Key`, answering what
+/// `answer` makes of how many it has seen.
 async fn key_server(answer: fn(usize) -> StatusCode) -> (Seen, std::net::SocketAddr) {
     let seen = Seen::default();
-    let app = Router::new()
-        .route(
-            "/",
-            post(
-                move |State(seen): State<Seen>, headers: HeaderMap| async move {
-                    let key = headers
-                        .get("idempotency-key")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned();
-                    let mut keys = seen.0.lock().unwrap();
-                    keys.push(key);
-                    answer(keys.len())
-                },
-            ),
-        )
-        .with_state(seen.clone());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = recording_server(seen.clone(), "idempotency-key", move |keys| {
+        answer(keys.len()).into_response()
+    })
+    .await;
     (seen, addr)
 }
 
@@ -234,7 +220,7 @@ async fn an_open_breaker_ends_retries_that_cannot_wait() {
 /// Answers each request id's first attempt with 503 and `Retry-After: 1`,
 /// and its second with 200.
 async fn pacing_server(seen: Seen) -> std::net::SocketAddr {
-    recording_server(seen, |ids| {
+    recording_server(seen, "x-request-id", |ids| {
         let id = ids.last();
         if ids.iter().filter(|seen| Some(*seen) == id).count() == 1 {
             (StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")]).into_response()
